@@ -1,0 +1,672 @@
+//! The HCL configuration file, turned once into a validated [`Config`]. Nothing else in
+//! gosyncd sees the raw file.
+//!
+//! Parsing is split into [`Config::from_str`] (pure, tested on fixtures) and
+//! [`Config::from_file`] (reads the file and checks that the files it names can be read).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use hcl::{Block, Body, Expression, Structure};
+
+use crate::paths::{self, is_within};
+
+/// Where the daemon and the CLI look for the configuration when `-config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gosyncd/config.hcl";
+
+/// A configuration error: names the file, the key and, when known, the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The address the daemon listens on. `ip == None` means every address (`":8080"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddress {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl fmt::Display for BindAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            None => write!(f, ":{}", self.port),
+            Some(ip) => write!(f, "{}", SocketAddr::new(ip, self.port)),
+        }
+    }
+}
+
+/// A peer as listed in `remotes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The entry as written in the config; this is how the peer is named in output.
+    pub label: String,
+}
+
+impl Remote {
+    /// The base URL of the peer's API.
+    pub fn url(&self) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The exclude rules of one directory.
+#[derive(Debug, Clone)]
+pub struct Excludes {
+    /// The entries as written, sent to peers so they can honour them.
+    pub entries: Vec<String>,
+    /// Absolute entries: the path and everything below it.
+    paths: Vec<String>,
+    /// Entries without a leading `/`: globs matched against file names.
+    names: GlobSet,
+}
+
+impl Excludes {
+    /// Builds the rules of directory `dir` from its entries.
+    pub fn new(dir: &str, entries: &[String]) -> Result<Excludes, String> {
+        let mut paths = Vec::new();
+        let mut names = GlobSetBuilder::new();
+        for entry in entries {
+            if entry.starts_with('/') {
+                paths::check_normalized(entry).map_err(|e| format!("exclude {entry:?}: {e}"))?;
+                if !is_within(entry, dir) || entry == dir {
+                    return Err(format!(
+                        "exclude {entry:?} is not inside its directory {dir:?}"
+                    ));
+                }
+                paths.push(entry.clone());
+            } else {
+                if entry.is_empty() || entry.contains('/') {
+                    return Err(format!(
+                        "exclude {entry:?}: a pattern without a leading '/' matches file names and cannot contain '/'"
+                    ));
+                }
+                let glob = GlobBuilder::new(entry)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| format!("exclude {entry:?}: {e}"))?;
+                names.add(glob);
+            }
+        }
+        let names = names
+            .build()
+            .map_err(|e| format!("exclude patterns: {e}"))?;
+        Ok(Excludes {
+            entries: entries.to_vec(),
+            paths,
+            names,
+        })
+    }
+
+    /// Whether a logical path is excluded, either by an absolute entry or because its
+    /// own name matches a pattern. Callers that walk trees prune excluded directories,
+    /// so a name pattern excludes everything below a matching directory too; the
+    /// receiver checks every component for the same effect.
+    pub fn is_excluded(&self, path: &str) -> bool {
+        self.paths.iter().any(|p| is_within(path, p)) || self.names.is_match(paths::file_name(path))
+    }
+
+    /// Whether `path` or any of its ancestors below `dir` is excluded.
+    pub fn excludes_any_component(&self, dir: &str, path: &str) -> bool {
+        let mut current = dir.to_string();
+        for component in paths::components_below(path, dir) {
+            current.push('/');
+            current.push_str(component);
+            if self.is_excluded(&current) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// One configured directory.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    /// The logical path, absolute and normalised (`/etc/haproxy`).
+    pub path: String,
+    pub excludes: Excludes,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from.
+    pub file: PathBuf,
+    pub bind_address: BindAddress,
+    pub remotes: Vec<Remote>,
+    pub tls_ca_certificate: PathBuf,
+    pub tls_certificate: PathBuf,
+    pub tls_private_key: PathBuf,
+    /// The local prefix under which the configured directories live (`/` by default).
+    pub root: PathBuf,
+    pub directories: Vec<Directory>,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "bind_address",
+    "remotes",
+    "tls_ca_certificate",
+    "tls_certificate",
+    "tls_private_key",
+    "root",
+    "directory",
+];
+
+impl Config {
+    /// Reads and validates the file, including that the TLS files it names can be read.
+    pub fn from_file(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            message: format!("cannot read the configuration: {e}"),
+        })?;
+        let config = Config::from_str(&text, file)?;
+        for (key, path) in [
+            ("tls_ca_certificate", &config.tls_ca_certificate),
+            ("tls_certificate", &config.tls_certificate),
+            ("tls_private_key", &config.tls_private_key),
+        ] {
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(config.error_at(&text, key, format!("{key}: cannot read {}: {e}", path.display())));
+            }
+        }
+        if !config.root.is_dir() {
+            return Err(config.error_at(
+                &text,
+                "root",
+                format!("root: {} is not a directory", config.root.display()),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text. `file` names the source in messages and
+    /// anchors relative TLS file paths (they are relative to the file's directory).
+    pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let err = |key: Option<&str>, message: String| ConfigError {
+            file: file.to_path_buf(),
+            line: key.and_then(|k| line_of(text, k)),
+            message,
+        };
+        let body: Body = hcl::parse(text).map_err(|e| hcl_error(file, &e.to_string()))?;
+
+        let mut raw = Raw::default();
+        for structure in body.into_iter() {
+            match structure {
+                Structure::Attribute(attr) => {
+                    let key = attr.key.as_str().to_string();
+                    if !KNOWN_KEYS.contains(&key.as_str()) || key == "directory" {
+                        return Err(err(Some(&key), unknown_key_message(&key)));
+                    }
+                    if raw.seen.contains(&key) {
+                        return Err(err(Some(&key), format!("{key}: set more than once")));
+                    }
+                    raw.seen.push(key.clone());
+                    let value = attr.expr;
+                    match key.as_str() {
+                        "remotes" => {
+                            raw.remotes = Some(string_list(&key, &value).map_err(|m| err(Some(&key), m))?)
+                        }
+                        _ => {
+                            let s = string_value(&key, &value).map_err(|m| err(Some(&key), m))?;
+                            raw.strings.push((key, s));
+                        }
+                    }
+                }
+                Structure::Block(block) => {
+                    let name = block.identifier.as_str().to_string();
+                    if name != "directory" {
+                        return Err(err(Some(&name), unknown_key_message(&name)));
+                    }
+                    raw.directories
+                        .push(directory_block(block).map_err(|m| err(Some("directory"), m))?);
+                }
+            }
+        }
+
+        let get = |key: &str| {
+            raw.strings
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let required = |key: &str| {
+            get(key).ok_or_else(|| err(None, format!("{key}: required key is missing")))
+        };
+        let relative_to_file = |p: String| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                file.parent().unwrap_or(Path::new(".")).join(p)
+            }
+        };
+
+        let bind_text = required("bind_address")?;
+        let bind_address =
+            parse_bind_address(&bind_text).map_err(|m| err(Some("bind_address"), format!("bind_address: {m}")))?;
+
+        let remotes_text = raw
+            .remotes
+            .ok_or_else(|| err(None, "remotes: required key is missing".into()))?;
+        let mut remotes: Vec<Remote> = Vec::new();
+        for entry in remotes_text {
+            let remote = parse_remote(&entry).map_err(|m| err(Some("remotes"), format!("remotes: {m}")))?;
+            if remotes.iter().any(|r| r.host == remote.host && r.port == remote.port) {
+                return Err(err(Some("remotes"), format!("remotes: {entry:?} is listed twice")));
+            }
+            remotes.push(remote);
+        }
+
+        let root = PathBuf::from(get("root").unwrap_or_else(|| "/".into()));
+        if !root.is_absolute() {
+            return Err(err(Some("root"), format!("root: {:?} is not an absolute path", root.display().to_string())));
+        }
+
+        let mut directories: Vec<Directory> = Vec::new();
+        for (path, excludes) in raw.directories {
+            paths::check_normalized(&path)
+                .map_err(|m| err(Some("directory"), format!("directory {path:?}: {m}")))?;
+            if let Some(other) = directories
+                .iter()
+                .find(|d| is_within(&path, &d.path) || is_within(&d.path, &path))
+            {
+                return Err(err(
+                    Some("directory"),
+                    format!("directory {path:?} overlaps directory {:?}", other.path),
+                ));
+            }
+            let excludes = Excludes::new(&path, &excludes)
+                .map_err(|m| err(Some("exclude"), format!("directory {path:?}: {m}")))?;
+            directories.push(Directory { path, excludes });
+        }
+        if directories.is_empty() {
+            return Err(err(None, "no directory block: nothing to synchronise".into()));
+        }
+
+        Ok(Config {
+            file: file.to_path_buf(),
+            bind_address,
+            remotes,
+            tls_ca_certificate: relative_to_file(required("tls_ca_certificate")?),
+            tls_certificate: relative_to_file(required("tls_certificate")?),
+            tls_private_key: relative_to_file(required("tls_private_key")?),
+            root,
+            directories,
+        })
+    }
+
+    fn error_at(&self, text: &str, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: line_of(text, key),
+            message,
+        }
+    }
+
+    /// Where a logical path lives on this host.
+    pub fn local_path(&self, logical: &str) -> PathBuf {
+        self.root.join(logical.trim_start_matches('/'))
+    }
+
+    /// The configured directory containing a logical path.
+    pub fn directory_of(&self, logical: &str) -> Option<&Directory> {
+        self.directories.iter().find(|d| is_within(logical, &d.path))
+    }
+}
+
+#[derive(Default)]
+struct Raw {
+    seen: Vec<String>,
+    strings: Vec<(String, String)>,
+    remotes: Option<Vec<String>>,
+    directories: Vec<(String, Vec<String>)>,
+}
+
+/// Condenses the parser's multi-line report into one line that keeps the line number.
+fn hcl_error(file: &Path, report: &str) -> ConfigError {
+    let line = report
+        .split("line ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
+    let reason = report
+        .rsplit("= ")
+        .next()
+        .unwrap_or(report)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim();
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        message: format!("invalid HCL: {reason}"),
+    }
+}
+
+fn unknown_key_message(key: &str) -> String {
+    format!(
+        "unknown key {key:?} (known keys: {})",
+        KNOWN_KEYS.join(", ")
+    )
+}
+
+fn string_value(key: &str, value: &Expression) -> Result<String, String> {
+    match value {
+        Expression::String(s) => Ok(s.clone()),
+        other => Err(format!("{key}: expected a string, found {}", type_name(other))),
+    }
+}
+
+fn string_list(key: &str, value: &Expression) -> Result<Vec<String>, String> {
+    match value {
+        Expression::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Expression::String(s) => Ok(s.clone()),
+                other => Err(format!(
+                    "{key}: expected a list of strings, found an element that is {}",
+                    type_name(other)
+                )),
+            })
+            .collect(),
+        other => Err(format!("{key}: expected a list of strings, found {}", type_name(other))),
+    }
+}
+
+fn type_name(value: &Expression) -> &'static str {
+    match value {
+        Expression::Null => "null",
+        Expression::Bool(_) => "a boolean",
+        Expression::Number(_) => "a number",
+        Expression::String(_) => "a string",
+        Expression::Array(_) => "a list",
+        Expression::Object(_) => "an object",
+        Expression::TemplateExpr(_) => "a template (interpolation is not supported)",
+        _ => "an expression (only literal values are supported)",
+    }
+}
+
+fn directory_block(block: Block) -> Result<(String, Vec<String>), String> {
+    let [label] = block.labels.as_slice() else {
+        return Err(format!(
+            "directory: expected one label, the directory path (directory \"/etc/haproxy\" {{ ... }}), found {}",
+            block.labels.len()
+        ));
+    };
+    let path = label.as_str().to_string();
+    let mut exclude = Vec::new();
+    for structure in block.body.into_iter() {
+        match structure {
+            Structure::Attribute(attr) if attr.key.as_str() == "exclude" => {
+                exclude = string_list("exclude", &attr.expr).map_err(|m| format!("directory {path:?}: {m}"))?;
+            }
+            Structure::Attribute(attr) => {
+                return Err(format!(
+                    "directory {path:?}: unknown key {:?} (known keys: exclude)",
+                    attr.key.as_str()
+                ))
+            }
+            Structure::Block(inner) => {
+                return Err(format!(
+                    "directory {path:?}: unknown block {:?}",
+                    inner.identifier.as_str()
+                ))
+            }
+        }
+    }
+    Ok((path, exclude))
+}
+
+/// Parses `":8080"`, `"ip:port"` or `"[v6]:port"`.
+pub fn parse_bind_address(text: &str) -> Result<BindAddress, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        return Ok(BindAddress {
+            ip: None,
+            port: parse_port(port, text)?,
+        });
+    }
+    let (host, port) = split_host_port(text)?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| format!("{text:?}: {host:?} is not an IP address (use \":{port}\" for every address)"))?;
+    Ok(BindAddress {
+        ip: Some(ip),
+        port: parse_port(port, text)?,
+    })
+}
+
+/// Parses `"host:port"` or `"[v6]:port"`; the port is required.
+pub fn parse_remote(text: &str) -> Result<Remote, String> {
+    let (host, port) = split_host_port(text)?;
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if host.contains(':') && host.parse::<IpAddr>().is_err() {
+        return Err(format!("{text:?}: {host:?} is not an IPv6 address"));
+    }
+    if !host.contains(':')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+    {
+        return Err(format!("{text:?}: {host:?} is not a valid host name"));
+    }
+    Ok(Remote {
+        host: host.to_string(),
+        port: parse_port(port, text)?,
+        label: text.to_string(),
+    })
+}
+
+fn split_host_port(text: &str) -> Result<(&str, &str), String> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?}: missing ']'"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| format!("{text:?}: missing port (write \"[{host}]:8080\")"))?;
+        return Ok((host, port));
+    }
+    match text.rsplit_once(':') {
+        Some((host, _)) if host.contains(':') => Err(format!(
+            "{text:?}: an IPv6 address must be in brackets, as \"[{host}]:port\""
+        )),
+        Some((host, port)) => Ok((host, port)),
+        None => Err(format!("{text:?}: missing port (write \"{text}:8080\")")),
+    }
+}
+
+fn parse_port(port: &str, text: &str) -> Result<u16, String> {
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{text:?}: {port:?} is not a port number (1-65535)")),
+    }
+}
+
+/// The 1-based line where `key` is first set, for messages (HCL values carry no spans).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines().position(|line| {
+        let line = line.trim_start();
+        line.strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with([' ', '\t', '=', '"', '{']) || rest.is_empty())
+    })
+    .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+bind_address = ":8080"
+
+# List all the nodes in the group, self IP address will be blacklisted
+remotes = [
+  "172.17.0.2:8080",
+  "172.17.0.3:8080"
+]
+
+tls_ca_certificate = "/etc/gosyncd/gosyncd.crt"
+tls_certificate = "/etc/gosyncd/gosyncd.crt"
+tls_private_key = "/etc/gosyncd/gosyncd.key"
+
+directory "/etc/haproxy" {
+  exclude = [
+    "/etc/haproxy/errors"
+  ]
+}
+
+directory "/foo/bar" {
+}
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(text, Path::new("/etc/gosyncd/config.hcl"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn seed_example_parses() {
+        let c = parse(SEED).unwrap();
+        assert_eq!(c.bind_address, BindAddress { ip: None, port: 8080 });
+        assert_eq!(c.remotes.len(), 2);
+        assert_eq!(c.remotes[1].label, "172.17.0.3:8080");
+        assert_eq!(c.tls_certificate, PathBuf::from("/etc/gosyncd/gosyncd.crt"));
+        assert_eq!(c.root, PathBuf::from("/"));
+        assert_eq!(c.directories.len(), 2);
+        assert_eq!(c.directories[1].path, "/foo/bar");
+        assert!(c.directories[0].excludes.is_excluded("/etc/haproxy/errors/503.http"));
+    }
+
+    #[test]
+    fn bind_addresses_parse_in_every_form() {
+        assert_eq!(parse_bind_address(":8080").unwrap().ip, None);
+        let v4 = parse_bind_address("127.0.0.2:9000").unwrap();
+        assert_eq!(v4.ip, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(v4.port, 9000);
+        let v6 = parse_bind_address("[::1]:8080").unwrap();
+        assert_eq!(v6.ip, Some("::1".parse().unwrap()));
+        assert!(parse_bind_address("8080").unwrap_err().contains("missing port"));
+        assert!(parse_bind_address("host:8080").unwrap_err().contains("not an IP address"));
+        assert!(parse_bind_address(":0").unwrap_err().contains("not a port"));
+    }
+
+    #[test]
+    fn remotes_need_a_port_and_accept_host_names() {
+        let r = parse_remote("node-1.example.com:8080").unwrap();
+        assert_eq!((r.host.as_str(), r.port), ("node-1.example.com", 8080));
+        assert_eq!(r.url(), "https://node-1.example.com:8080");
+        let r = parse_remote("[fd00::2]:8080").unwrap();
+        assert_eq!(r.url(), "https://[fd00::2]:8080");
+        assert!(parse_remote("172.17.0.2").unwrap_err().contains("missing port"));
+        assert!(parse_remote("fd00::2:8080").unwrap_err().contains("brackets"));
+        assert!(parse_remote("a/b:80").unwrap_err().contains("host name"));
+    }
+
+    #[test]
+    fn invalid_configs_are_refused_with_file_key_and_line() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "bind_adress = \":8080\"\n",
+                "/etc/gosyncd/config.hcl:1: unknown key \"bind_adress\"",
+            ),
+            (
+                &SEED.replace("bind_address = \":8080\"", "bind_address = 8080"),
+                "config.hcl:2: bind_address: expected a string, found a number",
+            ),
+            (
+                &SEED.replace("\"172.17.0.3:8080\"", "\"172.17.0.3\""),
+                "config.hcl:5: remotes: \"172.17.0.3\": missing port",
+            ),
+            (
+                &SEED.replace("\"/foo/bar\"", "\"foo/bar\""),
+                "directory \"foo/bar\": path \"foo/bar\" is not absolute",
+            ),
+            (
+                &SEED.replace("\"/foo/bar\"", "\"/etc/haproxy/conf.d\""),
+                "directory \"/etc/haproxy/conf.d\" overlaps directory \"/etc/haproxy\"",
+            ),
+            (
+                &SEED.replace("\"/etc/haproxy/errors\"", "\"/etc/nginx/errors\""),
+                "exclude \"/etc/nginx/errors\" is not inside its directory \"/etc/haproxy\"",
+            ),
+            (
+                &SEED.replace("tls_private_key = \"/etc/gosyncd/gosyncd.key\"", ""),
+                "tls_private_key: required key is missing",
+            ),
+            (
+                &SEED.replace("exclude = [", "exclud = ["),
+                "directory \"/etc/haproxy\": unknown key \"exclud\"",
+            ),
+            ("bind_address = \n", "config.hcl:1: invalid HCL: invalid expression"),
+            (
+                &format!("{SEED}\nremotes = []\n"),
+                "config.hcl:23: invalid HCL: invalid attribute; expected unique attribute key",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = error(text);
+            assert!(message.contains(expected), "expected {expected:?} in {message:?}");
+        }
+    }
+
+    #[test]
+    fn exclude_paths_match_on_component_boundaries() {
+        let ex = Excludes::new("/etc/haproxy", &["/etc/haproxy/err".into()]).unwrap();
+        assert!(ex.is_excluded("/etc/haproxy/err"));
+        assert!(ex.is_excluded("/etc/haproxy/err/500.http"));
+        assert!(!ex.is_excluded("/etc/haproxy/errors.bak"));
+        assert!(!ex.is_excluded("/etc/haproxy"));
+    }
+
+    #[test]
+    fn exclude_globs_match_file_names_only() {
+        let ex = Excludes::new("/etc/x", &["*.swp".into(), "*~".into(), ".#*".into()]).unwrap();
+        assert!(ex.is_excluded("/etc/x/.a.cfg.swp"));
+        assert!(ex.is_excluded("/etc/x/sub/a.cfg~"));
+        assert!(ex.is_excluded("/etc/x/.#lock"));
+        assert!(!ex.is_excluded("/etc/x/a.cfg"));
+        assert!(!ex.is_excluded("/etc/x/swp"));
+        assert!(ex.excludes_any_component("/etc/x", "/etc/x/dir~/inner.cfg"));
+        assert!(!ex.excludes_any_component("/etc/x", "/etc/x/dir/inner.cfg"));
+        assert!(Excludes::new("/etc/x", &["a/b".into()]).is_err());
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_config_file() {
+        let text = SEED.replace("/etc/gosyncd/gosyncd.key", "node.key");
+        let c = Config::from_str(&text, Path::new("/srv/node1/config.hcl")).unwrap();
+        assert_eq!(c.tls_private_key, PathBuf::from("/srv/node1/node.key"));
+        assert_eq!(c.local_path("/etc/haproxy/x"), PathBuf::from("/etc/haproxy/x"));
+    }
+}

@@ -1,0 +1,10 @@
+//! gosyncd keeps configuration directories identical on every server of a group.
+//!
+//! Data flows one way: [`config`] -> [`sync`] (scan, fetch manifests, [`plan`], push) on
+//! the sending side; [`server`] -> [`apply`] on the receiving side.
+
+pub mod config;
+pub mod manifest;
+pub mod paths;
+pub mod plan;
+pub mod protocol;

@@ -1,0 +1,343 @@
+//! Scanning configured directories into a manifest: logical path -> kind, mode, owner,
+//! content hash or link target. Symlinks are listed as links and never followed.
+//!
+//! A running daemon keeps a [`HashCache`] so that repeated scans of unchanged files do
+//! not read them again; the cache is keyed by inode, size, mtime and ctime, so any write
+//! to a file (which moves its ctime) invalidates its entry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+use tracing::warn;
+use walkdir::WalkDir;
+
+use crate::config::{Config, Directory};
+use crate::paths::in_scope;
+use crate::protocol::{Content, Digest256, Entry};
+
+/// Logical path -> state, ordered so that parents come before their children.
+pub type Manifest = BTreeMap<String, Entry>;
+
+/// Prefix of the temporary files gosyncd writes next to their targets; never synced.
+pub const TEMP_PREFIX: &str = ".gosyncd-";
+/// Suffix of those temporary files.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Whether a file name is one of gosyncd's own temporary files.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+}
+
+/// The result of scanning.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: Manifest,
+    /// Configured directories that do not exist here.
+    pub missing: Vec<String>,
+    /// Paths that could not be read, with the reason. Nothing below them is known, so
+    /// nothing below them may be deleted elsewhere because of this scan.
+    pub unreadable: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// File hashes remembered between scans by a long-running process.
+#[derive(Default)]
+pub struct HashCache {
+    map: Mutex<HashMap<PathBuf, (Stamp, Digest256)>>,
+}
+
+impl HashCache {
+    fn get(&self, path: &Path, stamp: Stamp) -> Option<Digest256> {
+        let map = self.map.lock().expect("hash cache lock");
+        map.get(path).filter(|(s, _)| *s == stamp).map(|(_, d)| *d)
+    }
+
+    fn put(&self, path: PathBuf, stamp: Stamp, digest: Digest256) {
+        self.map
+            .lock()
+            .expect("hash cache lock")
+            .insert(path, (stamp, digest));
+    }
+}
+
+/// Modification time of a file in nanoseconds since the epoch.
+pub fn mtime_ns(meta: &Metadata) -> i64 {
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
+/// Hashes a reader's whole content.
+pub fn hash_reader(mut reader: impl Read) -> io::Result<Digest256> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Digest256(hasher.finalize().into()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Opens a file for reading without following a symlink in its last component.
+pub fn open_nofollow(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
+/// Scans every configured directory in `scope` (empty: all of them).
+pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
+    let mut out = Scan::default();
+    for dir in &config.directories {
+        if in_scope(&dir.path, scope) {
+            scan_directory(config, dir, scope, cache, &mut out);
+        }
+    }
+    out
+}
+
+fn scan_directory(config: &Config, dir: &Directory, scope: &[String], cache: &HashCache, out: &mut Scan) {
+    let local_root = config.local_path(&dir.path);
+    match std::fs::metadata(&local_root) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            out.unreadable
+                .push((dir.path.clone(), "not a directory".into()));
+            return;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            out.missing.push(dir.path.clone());
+            return;
+        }
+        Err(e) => {
+            out.unreadable.push((dir.path.clone(), e.to_string()));
+            return;
+        }
+    }
+
+    let logical_of = |local: &Path| -> Option<String> {
+        let rel = local.strip_prefix(&local_root).ok()?;
+        let rel = rel.to_str()?;
+        Some(if rel.is_empty() {
+            dir.path.clone()
+        } else {
+            format!("{}/{rel}", dir.path)
+        })
+    };
+
+    // The configured directory itself may be a symlink placed by the administrator;
+    // below it, nothing is followed.
+    let walker = WalkDir::new(&local_root)
+        .follow_links(false)
+        .follow_root_links(true)
+        .into_iter()
+        .filter_entry(|e| {
+            if e.depth() == 0 {
+                return true;
+            }
+            let Some(name) = e.file_name().to_str() else {
+                warn!(path = %e.path().display(), "skipping a name that is not UTF-8");
+                return false;
+            };
+            if is_temp_name(name) {
+                return false;
+            }
+            match logical_of(e.path()) {
+                Some(logical) => !dir.excludes.is_excluded(&logical) && in_scope(&logical, scope),
+                None => false,
+            }
+        });
+
+    for item in walker {
+        let entry = match item {
+            Ok(entry) => entry,
+            Err(e) => {
+                let at = e
+                    .path()
+                    .and_then(|p| logical_of(p))
+                    .unwrap_or_else(|| dir.path.clone());
+                warn!(path = %at, error = %e, "cannot read");
+                out.unreadable.push((at, e.to_string()));
+                continue;
+            }
+        };
+        let Some(logical) = logical_of(entry.path()) else {
+            continue;
+        };
+        match read_entry(entry.path(), entry.depth() == 0, cache) {
+            Ok(Some(state)) => {
+                out.entries.insert(logical, state);
+            }
+            Ok(None) => warn!(path = %logical, "skipping a file that is not a regular file, directory or symlink"),
+            Err(e) => {
+                warn!(path = %logical, error = %e, "cannot read");
+                out.unreadable.push((logical, e.to_string()));
+            }
+        }
+    }
+}
+
+/// Reads the state of one local path without following a final symlink (unless
+/// `follow` is set, for a configured directory itself). `Ok(None)` for a device,
+/// socket or fifo.
+pub fn read_entry(path: &Path, follow: bool, cache: &HashCache) -> io::Result<Option<Entry>> {
+    let meta = if follow {
+        std::fs::metadata(path)?
+    } else {
+        std::fs::symlink_metadata(path)?
+    };
+    let file_type = meta.file_type();
+    let content = if file_type.is_dir() {
+        Content::Dir
+    } else if file_type.is_symlink() {
+        let target = std::fs::read_link(path)?;
+        let target = target
+            .into_os_string()
+            .into_string()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "symlink target is not UTF-8"))?;
+        Content::Symlink { target }
+    } else if file_type.is_file() {
+        let stamp = Stamp::of(&meta);
+        let sha256 = match cache.get(path, stamp) {
+            Some(digest) => digest,
+            None => {
+                let file = open_nofollow(path)?;
+                let digest = hash_reader(file)?;
+                cache.put(path.to_path_buf(), stamp, digest);
+                digest
+            }
+        };
+        Content::File {
+            size: meta.size(),
+            sha256,
+        }
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Entry {
+        content,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime_ns: mtime_ns(&meta),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn config_for(root: &Path, exclude: &str) -> Config {
+        let text = format!(
+            r#"
+bind_address = "127.0.0.1:1"
+remotes = []
+tls_ca_certificate = "ca.pem"
+tls_certificate = "cert.pem"
+tls_private_key = "key.pem"
+root = "{}"
+directory "/etc/app" {{
+  exclude = [{exclude}]
+}}
+directory "/etc/missing" {{
+}}
+"#,
+            root.display()
+        );
+        Config::from_str(&text, Path::new("/x/config.hcl")).unwrap()
+    }
+
+    #[test]
+    fn scan_lists_files_dirs_and_links_without_following_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(app.join("empty")).unwrap();
+        std::fs::write(app.join("a.cfg"), b"hello").unwrap();
+        std::fs::set_permissions(app.join("a.cfg"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::fs::write(tmp.path().join("outside/secret"), b"s").unwrap();
+        symlink("../../outside", app.join("link")).unwrap();
+        std::fs::write(app.join(".gosyncd-1234.tmp"), b"partial").unwrap();
+        std::fs::write(app.join("skip.swp"), b"x").unwrap();
+
+        let config = config_for(tmp.path(), r#""*.swp""#);
+        let scan = scan(&config, &[], &HashCache::default());
+        let paths: Vec<_> = scan.entries.keys().cloned().collect();
+        assert_eq!(paths, ["/etc/app", "/etc/app/a.cfg", "/etc/app/empty", "/etc/app/link"]);
+        assert_eq!(scan.missing, ["/etc/missing"]);
+        let a = &scan.entries["/etc/app/a.cfg"];
+        assert_eq!(a.mode, 0o640);
+        assert_eq!(
+            a.content,
+            Content::File {
+                size: 5,
+                sha256: Digest256::of(b"hello")
+            }
+        );
+        assert_eq!(
+            scan.entries["/etc/app/link"].content,
+            Content::Symlink {
+                target: "../../outside".into()
+            }
+        );
+    }
+
+    #[test]
+    fn cache_is_invalidated_by_a_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("a"), b"one").unwrap();
+        let config = config_for(tmp.path(), "");
+        let cache = HashCache::default();
+        let first = scan(&config, &[], &cache);
+        std::fs::write(app.join("a"), b"two").unwrap();
+        let second = scan(&config, &[], &cache);
+        assert_ne!(first.entries["/etc/app/a"], second.entries["/etc/app/a"]);
+        let Content::File { sha256, .. } = &second.entries["/etc/app/a"].content else {
+            panic!("not a file")
+        };
+        assert_eq!(*sha256, Digest256::of(b"two"));
+    }
+
+    #[test]
+    fn scope_limits_the_scan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(app.join("sub")).unwrap();
+        std::fs::write(app.join("sub/in"), b"1").unwrap();
+        std::fs::write(app.join("out"), b"2").unwrap();
+        let config = config_for(tmp.path(), "");
+        let scan = scan(&config, &["/etc/app/sub".into()], &HashCache::default());
+        let paths: Vec<_> = scan.entries.keys().cloned().collect();
+        assert_eq!(paths, ["/etc/app", "/etc/app/sub", "/etc/app/sub/in"]);
+        assert!(scan.missing.is_empty(), "out-of-scope directories are not scanned");
+    }
+}

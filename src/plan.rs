@@ -1,0 +1,291 @@
+//! Planning: a PURE function of (local manifest, remote manifest) -> operations that make
+//! the remote hold what the local side holds. No I/O, no clocks.
+//!
+//! Order matters and is part of the contract with the receiver: every deletion comes
+//! first, children before their parents; then every put, parents before their children.
+//! Each operation carries the remote state it was planned against, so the receiver can
+//! refuse it when that state changed in between.
+
+use crate::manifest::Manifest;
+use crate::protocol::{Action, Entry, Op};
+
+/// Plans the operations that turn `remote` into `local`.
+///
+/// `owners` says whether the receiver applies owners; when it does not, differing owners
+/// alone cause no operation.
+pub fn plan(local: &Manifest, remote: &Manifest, owners: bool) -> Vec<Op> {
+    let replaced_by_other_kind = |path: &str, theirs: &Entry| match local.get(path) {
+        None => true,
+        // A directory cannot be renamed over a file (or the reverse): delete it first.
+        Some(ours) => ours.content.is_dir() != theirs.content.is_dir(),
+    };
+
+    let mut ops: Vec<Op> = remote
+        .iter()
+        .rev()
+        .filter(|(path, theirs)| replaced_by_other_kind(path, theirs))
+        .map(|(path, theirs)| Op {
+            path: path.clone(),
+            action: Action::Delete,
+            expect: Some(theirs.clone()),
+        })
+        .collect();
+
+    for (path, ours) in local {
+        let expect = match remote.get(path) {
+            Some(theirs) if replaced_by_other_kind(path, theirs) => None,
+            Some(theirs) if ours.same_state(theirs, owners) => continue,
+            Some(theirs) => Some(theirs.clone()),
+            None => None,
+        };
+        ops.push(Op {
+            path: path.clone(),
+            action: Action::Put {
+                entry: ours.clone(),
+            },
+            expect,
+        });
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ChangeKind, Content, Digest256};
+    use proptest::prelude::*;
+
+    fn file(text: &str, mode: u32) -> Entry {
+        Entry {
+            content: Content::File {
+                size: text.len() as u64,
+                sha256: Digest256::of(text.as_bytes()),
+            },
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+        }
+    }
+
+    fn dir() -> Entry {
+        Entry {
+            content: Content::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+        }
+    }
+
+    fn link(target: &str) -> Entry {
+        Entry {
+            content: Content::Symlink {
+                target: target.into(),
+            },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+        }
+    }
+
+    fn manifest(entries: &[(&str, Entry)]) -> Manifest {
+        entries
+            .iter()
+            .map(|(p, e)| (p.to_string(), e.clone()))
+            .collect()
+    }
+
+    fn summary(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .map(|op| {
+                let sign = match op.change() {
+                    ChangeKind::Added => "+",
+                    ChangeKind::Updated => "M",
+                    ChangeKind::Deleted => "-",
+                };
+                format!("{sign} {}", op.path)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_table() {
+        let cases: Vec<(&str, Manifest, Manifest, Vec<&str>)> = vec![
+            (
+                "add into a new directory, parent first",
+                manifest(&[("/d", dir()), ("/d/sub", dir()), ("/d/sub/a", file("a", 0o644))]),
+                manifest(&[("/d", dir())]),
+                vec!["+ /d/sub", "+ /d/sub/a"],
+            ),
+            (
+                "content change is an update",
+                manifest(&[("/d", dir()), ("/d/a", file("new", 0o644))]),
+                manifest(&[("/d", dir()), ("/d/a", file("old", 0o644))]),
+                vec!["M /d/a"],
+            ),
+            (
+                "mode change is an update",
+                manifest(&[("/d", dir()), ("/d/a", file("x", 0o600))]),
+                manifest(&[("/d", dir()), ("/d/a", file("x", 0o644))]),
+                vec!["M /d/a"],
+            ),
+            (
+                "deletes go children first, before any put",
+                manifest(&[("/d", dir()), ("/d/z", file("z", 0o644))]),
+                manifest(&[
+                    ("/d", dir()),
+                    ("/d/old", dir()),
+                    ("/d/old/x", file("x", 0o644)),
+                    ("/d/z", file("z", 0o644)),
+                ]),
+                vec!["- /d/old/x", "- /d/old"],
+            ),
+            (
+                "directory replaced by a file: delete then add",
+                manifest(&[("/d", dir()), ("/d/x", file("now a file", 0o644))]),
+                manifest(&[("/d", dir()), ("/d/x", dir()), ("/d/x/in", file("i", 0o644))]),
+                vec!["- /d/x/in", "- /d/x", "+ /d/x"],
+            ),
+            (
+                "file replaced by a symlink is one update",
+                manifest(&[("/d", dir()), ("/d/x", link("target"))]),
+                manifest(&[("/d", dir()), ("/d/x", file("f", 0o644))]),
+                vec!["M /d/x"],
+            ),
+            (
+                "missing configured directory is created",
+                manifest(&[("/d", dir())]),
+                manifest(&[]),
+                vec!["+ /d"],
+            ),
+        ];
+        for (name, local, remote, expected) in cases {
+            assert_eq!(summary(&plan(&local, &remote, true)), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn owners_count_only_when_the_receiver_applies_them() {
+        let mut theirs = file("x", 0o644);
+        theirs.uid = 1000;
+        let local = manifest(&[("/d/a", file("x", 0o644))]);
+        let remote = manifest(&[("/d/a", theirs)]);
+        assert_eq!(summary(&plan(&local, &remote, true)), ["M /d/a"]);
+        assert!(plan(&local, &remote, false).is_empty());
+    }
+
+    #[test]
+    fn clocks_take_no_part() {
+        let mut newer = file("x", 0o644);
+        newer.mtime_ns = 42;
+        let local = manifest(&[("/d/a", newer)]);
+        let remote = manifest(&[("/d/a", file("x", 0o644))]);
+        assert!(plan(&local, &remote, true).is_empty());
+    }
+
+    #[test]
+    fn operations_carry_the_remote_state_they_were_planned_against() {
+        let local = manifest(&[("/d/a", file("new", 0o644))]);
+        let remote = manifest(&[("/d/a", file("old", 0o644)), ("/d/b", file("b", 0o644))]);
+        let ops = plan(&local, &remote, true);
+        assert_eq!(ops[0].path, "/d/b");
+        assert_eq!(ops[0].expect, Some(file("b", 0o644)));
+        assert_eq!(ops[1].expect, Some(file("old", 0o644)));
+    }
+
+    /// Applies operations to a model of the receiver, checking each expectation and that
+    /// parents exist before children and directories are empty when deleted.
+    fn apply_model(remote: &Manifest, ops: &[Op]) -> Manifest {
+        let mut state = remote.clone();
+        for op in ops {
+            assert_eq!(state.get(&op.path), op.expect.as_ref(), "expectation of {}", op.path);
+            match &op.action {
+                Action::Delete => {
+                    let prefix = format!("{}/", op.path);
+                    assert!(
+                        !state.keys().any(|k| k.starts_with(&prefix)),
+                        "{} deleted while it has children",
+                        op.path
+                    );
+                    state.remove(&op.path);
+                }
+                Action::Put { entry } => {
+                    let parent = crate::paths::parent(&op.path);
+                    if parent != "/d" && op.path != "/d" {
+                        assert!(
+                            state.get(parent).is_some_and(|p| p.content.is_dir()),
+                            "{} put before its parent",
+                            op.path
+                        );
+                    }
+                    state.insert(op.path.clone(), entry.clone());
+                }
+            }
+        }
+        state
+    }
+
+    fn entry_strategy() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            (0u8..3, prop_oneof![Just(0o644u32), Just(0o600)])
+                .prop_map(|(c, m)| file(&c.to_string(), m)),
+            Just(dir()),
+            (0u8..2).prop_map(|t| link(&t.to_string())),
+        ]
+    }
+
+    /// A consistent tree under `/d`: every path's parent is present and is a directory.
+    fn tree_strategy() -> impl Strategy<Value = Manifest> {
+        let names = prop::sample::select(vec!["a", "b", "c"]);
+        prop::collection::vec((prop::collection::vec(names, 1..4), entry_strategy()), 0..12)
+            .prop_map(|items| {
+                let mut m = Manifest::new();
+                m.insert("/d".into(), dir());
+                for (components, entry) in items {
+                    let mut path = "/d".to_string();
+                    let last = components.len() - 1;
+                    for (i, c) in components.iter().enumerate() {
+                        path.push('/');
+                        path.push_str(c);
+                        let parent_ok = m
+                            .get(crate::paths::parent(&path))
+                            .is_some_and(|e| e.content.is_dir());
+                        if !parent_ok {
+                            break;
+                        }
+                        if i == last {
+                            if !m.contains_key(&path) {
+                                m.insert(path.clone(), entry.clone());
+                            }
+                        } else {
+                            m.entry(path.clone()).or_insert_with(dir);
+                        }
+                    }
+                }
+                m
+            })
+    }
+
+    fn without_mtimes(m: &Manifest) -> Manifest {
+        m.iter()
+            .map(|(p, e)| (p.clone(), Entry { mtime_ns: 0, ..e.clone() }))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn plan_of_identical_manifests_is_empty(tree in tree_strategy()) {
+            prop_assert!(plan(&tree, &tree, true).is_empty());
+        }
+
+        #[test]
+        fn applying_the_plan_yields_the_local_manifest(local in tree_strategy(), remote in tree_strategy()) {
+            let ops = plan(&local, &remote, true);
+            let result = apply_model(&remote, &ops);
+            prop_assert_eq!(without_mtimes(&result), without_mtimes(&local));
+            prop_assert!(plan(&local, &result, true).is_empty());
+        }
+    }
+}

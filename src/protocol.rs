@@ -1,0 +1,456 @@
+//! The wire contract between nodes: API version, routes, limits, the types that travel,
+//! and the binary batch format that carries file contents without base64.
+//!
+//! Everything a peer sends is decoded here; nothing here touches the filesystem.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the HTTP API; every route lives under `/v1/`.
+pub const API_VERSION: &str = "v1";
+/// Returns the identity of the serving process.
+pub const IDENTITY_ROUTE: &str = "/v1/identity";
+/// Returns the receiver's manifest (optionally limited to a scope).
+pub const MANIFEST_ROUTE: &str = "/v1/manifest";
+/// Applies one batch of operations with their contents.
+pub const APPLY_ROUTE: &str = "/v1/apply";
+/// Media type of an apply request body.
+pub const BATCH_CONTENT_TYPE: &str = "application/vnd.gosyncd.batch";
+
+/// Magic bytes opening every batch body.
+pub const BATCH_MAGIC: &[u8; 4] = b"GSB1";
+/// Largest apply request body a receiver accepts; larger pushes are split by the sender.
+pub const MAX_APPLY_BODY_BYTES: usize = 512 * 1024 * 1024;
+/// Largest JSON header inside a batch body.
+pub const MAX_BATCH_HEADER_BYTES: usize = 64 * 1024 * 1024;
+/// Largest manifest request body (a list of scope paths).
+pub const MAX_MANIFEST_REQUEST_BYTES: usize = 1024 * 1024;
+/// Most operations one batch may carry.
+pub const MAX_OPS_PER_BATCH: usize = 1_000_000;
+/// Longest path accepted on the wire, in bytes (Linux's PATH_MAX).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest symlink target accepted on the wire, in bytes.
+pub const MAX_LINK_TARGET_BYTES: usize = 4096;
+
+/// Time allowed to open a TCP connection to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for a manifest request, scanning included.
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time allowed for an apply request, upload and fsyncs included.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time allowed for the identity request that detects this node behind an alias.
+pub const IDENTITY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a client has to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; further clients wait in the accept queue.
+pub const MAX_CONCURRENT_CONNECTIONS: usize = 256;
+
+/// A SHA-256 digest, hex on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest256(pub [u8; 32]);
+
+impl Digest256 {
+    /// Hashes a byte slice.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest256(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Digest256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Digest256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&text, &mut out)
+            .map_err(|_| serde::de::Error::custom("sha256 must be 64 hex digits"))?;
+        Ok(Digest256(out))
+    }
+}
+
+/// What a path is, with what identifies its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Content {
+    File { size: u64, sha256: Digest256 },
+    Dir,
+    Symlink { target: String },
+}
+
+impl Content {
+    /// A short name for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Content::File { .. } => "file",
+            Content::Dir => "directory",
+            Content::Symlink { .. } => "symlink",
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Content::Dir)
+    }
+}
+
+/// The state of one path: content plus metadata.
+///
+/// `mtime` travels so that receivers can keep it, but it never takes part in a
+/// comparison: no decision depends on clocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub content: Content,
+    /// Permission bits, `0o7777` at most.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time in nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub mtime_ns: i64,
+}
+
+impl Entry {
+    /// Whether two entries describe the same state; owners only count when `owners` is set.
+    pub fn same_state(&self, other: &Entry, owners: bool) -> bool {
+        self.content == other.content
+            && (self.content_is_link() || self.mode == other.mode)
+            && (!owners || (self.uid == other.uid && self.gid == other.gid))
+    }
+
+    fn content_is_link(&self) -> bool {
+        // Permission bits of a symlink are meaningless on Linux and cannot be set.
+        matches!(self.content, Content::Symlink { .. })
+    }
+
+    /// A one-line description for conflict messages.
+    pub fn describe(&self) -> String {
+        match &self.content {
+            Content::File { sha256, .. } => format!("file sha256 {sha256} mode {:o}", self.mode),
+            Content::Dir => format!("directory mode {:o}", self.mode),
+            Content::Symlink { target } => format!("symlink to {target:?}"),
+        }
+    }
+}
+
+/// One path with its state, as listed in a manifest response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    pub path: String,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+/// Asks a receiver for its manifest.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRequest {
+    /// Logical paths limiting the listing (with their ancestors); empty means everything.
+    #[serde(default)]
+    pub scope: Vec<String>,
+}
+
+/// A configured directory as the receiver sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryInfo {
+    pub path: String,
+    /// The receiver's own exclude entries for this directory, so that senders do not
+    /// plan writes the receiver would refuse.
+    pub exclude: Vec<String>,
+    /// Whether the directory exists on the receiver.
+    pub present: bool,
+}
+
+/// The identity a node announces, used to detect this node behind an alias.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Random per process.
+    pub node_id: String,
+    /// The gosyncd version serving.
+    pub version: String,
+}
+
+/// A receiver's manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestResponse {
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// Whether the receiver applies owners (it runs as root).
+    pub owners: bool,
+    pub directories: Vec<DirectoryInfo>,
+    pub entries: Vec<WireEntry>,
+    /// Subtrees the receiver could not read; senders leave them alone.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
+}
+
+/// What an operation does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    /// Make the path hold `entry`. File content follows in the batch body when
+    /// [`Op::needs_content`] says so.
+    Put { entry: Entry },
+    /// Remove the path (a directory only when it is empty).
+    Delete,
+}
+
+/// One operation, with the receiver's state it was planned against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub path: String,
+    #[serde(flatten)]
+    pub action: Action,
+    /// What the receiver held when the operation was planned (`None`: nothing).
+    /// The receiver refuses the operation as a conflict when this no longer holds.
+    pub expect: Option<Entry>,
+}
+
+impl Op {
+    /// Whether the batch body carries content for this operation: a file whose
+    /// content differs from what the receiver is expected to hold.
+    pub fn needs_content(&self) -> Option<u64> {
+        let Action::Put { entry } = &self.action else {
+            return None;
+        };
+        let Content::File { size, sha256 } = &entry.content else {
+            return None;
+        };
+        match &self.expect {
+            Some(Entry {
+                content: Content::File { sha256: old, .. },
+                ..
+            }) if old == sha256 => None,
+            _ => Some(*size),
+        }
+    }
+
+    /// The change this operation makes, as shown to users.
+    pub fn change(&self) -> ChangeKind {
+        match (&self.action, &self.expect) {
+            (Action::Delete, _) => ChangeKind::Deleted,
+            (Action::Put { .. }, None) => ChangeKind::Added,
+            (Action::Put { .. }, Some(_)) => ChangeKind::Updated,
+        }
+    }
+}
+
+/// The three kinds of change users see as `[+]`, `[M]` and `[-]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Updated,
+    Deleted,
+}
+
+/// The JSON header of a batch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchHeader {
+    pub ops: Vec<Op>,
+}
+
+/// How one operation ended on the receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "lowercase")]
+pub enum Outcome {
+    Applied,
+    /// The receiver's state differed from the operation's expectation; nothing written.
+    Conflict(String),
+    /// The operation could not be carried out; the old state is intact.
+    Failed(String),
+    /// A directory was not removed because it holds paths excluded on the receiver.
+    Kept(String),
+}
+
+/// The receiver's answer to a batch, one result per operation in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub results: Vec<OpResult>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpResult {
+    pub path: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The error body of every 4xx/5xx answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Encodes a batch: magic, header length (u32 big-endian), JSON header, then the
+/// contents of the operations that need one, back to back, in order.
+pub fn encode_batch(header: &BatchHeader, contents: &[&[u8]]) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("batch header serialises");
+    let total: usize = contents.iter().map(|c| c.len()).sum();
+    let mut out = Vec::with_capacity(8 + json.len() + total);
+    out.extend_from_slice(BATCH_MAGIC);
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
+    for c in contents {
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+/// A decoded batch: the header and, for each operation, its content range in the body.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    pub header: BatchHeader,
+    /// `contents[i]` is the content of `header.ops[i]`, when it needs one.
+    pub contents: Vec<Option<&'a [u8]>>,
+}
+
+/// Decodes and checks the framing of a batch body. Paths are checked by the receiver.
+pub fn decode_batch(body: &[u8]) -> Result<Batch<'_>, String> {
+    if body.len() < 8 || &body[..4] != BATCH_MAGIC {
+        return Err("not a gosyncd batch (bad magic)".into());
+    }
+    let len = u32::from_be_bytes(body[4..8].try_into().expect("4 bytes")) as usize;
+    if len > MAX_BATCH_HEADER_BYTES {
+        return Err(format!(
+            "batch header of {len} bytes exceeds the limit of {MAX_BATCH_HEADER_BYTES}"
+        ));
+    }
+    let rest = &body[8..];
+    if rest.len() < len {
+        return Err("batch body shorter than its header length".into());
+    }
+    let header: BatchHeader = serde_json::from_slice(&rest[..len])
+        .map_err(|e| format!("malformed batch header: {e}"))?;
+    if header.ops.len() > MAX_OPS_PER_BATCH {
+        return Err(format!(
+            "batch of {} operations exceeds the limit of {MAX_OPS_PER_BATCH}",
+            header.ops.len()
+        ));
+    }
+    let mut data = &rest[len..];
+    let mut contents = Vec::with_capacity(header.ops.len());
+    for op in &header.ops {
+        match op.needs_content() {
+            None => contents.push(None),
+            Some(size) => {
+                let size = usize::try_from(size).map_err(|_| "file size too large")?;
+                if data.len() < size {
+                    return Err(format!("{}: content truncated", op.path));
+                }
+                let (content, tail) = data.split_at(size);
+                let Action::Put { entry } = &op.action else {
+                    unreachable!("only puts carry content")
+                };
+                if let Content::File { sha256, .. } = &entry.content {
+                    let actual = Digest256::of(content);
+                    if actual != *sha256 {
+                        return Err(format!(
+                            "{}: content sha256 {actual} does not match the announced {sha256}",
+                            op.path
+                        ));
+                    }
+                }
+                contents.push(Some(content));
+                data = tail;
+            }
+        }
+    }
+    if !data.is_empty() {
+        return Err(format!("{} trailing bytes after the last content", data.len()));
+    }
+    Ok(Batch { header, contents })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_entry(bytes: &[u8]) -> Entry {
+        Entry {
+            content: Content::File {
+                size: bytes.len() as u64,
+                sha256: Digest256::of(bytes),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+        }
+    }
+
+    fn put(path: &str, bytes: &[u8]) -> Op {
+        Op {
+            path: path.into(),
+            action: Action::Put {
+                entry: file_entry(bytes),
+            },
+            expect: None,
+        }
+    }
+
+    #[test]
+    fn batch_round_trips_binary_content() {
+        let a: &[u8] = b"\x00\xffbinary\n";
+        let b: &[u8] = b"";
+        let header = BatchHeader {
+            ops: vec![put("/etc/a", a), put("/etc/b", b)],
+        };
+        let body = encode_batch(&header, &[a, b]);
+        let batch = decode_batch(&body).unwrap();
+        assert_eq!(batch.contents, vec![Some(a), Some(b)]);
+        assert_eq!(batch.header.ops, header.ops);
+    }
+
+    #[test]
+    fn batch_with_wrong_hash_is_refused() {
+        let header = BatchHeader {
+            ops: vec![put("/etc/a", b"announced")],
+        };
+        let body = encode_batch(&header, &[b"different"]);
+        let err = decode_batch(&body).unwrap_err();
+        assert!(err.contains("/etc/a") && err.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn batch_with_trailing_or_missing_bytes_is_refused() {
+        let header = BatchHeader {
+            ops: vec![put("/etc/a", b"abc")],
+        };
+        let mut body = encode_batch(&header, &[b"abc"]);
+        body.push(0);
+        assert!(decode_batch(&body).unwrap_err().contains("trailing"));
+        let body = encode_batch(&header, &[b"ab"]);
+        assert!(decode_batch(&body).unwrap_err().contains("truncated"));
+        assert!(decode_batch(b"garbage!").unwrap_err().contains("magic"));
+    }
+
+    #[test]
+    fn metadata_only_update_carries_no_content() {
+        let mut op = put("/etc/a", b"same");
+        op.expect = Some(file_entry(b"same"));
+        assert_eq!(op.needs_content(), None);
+        op.expect = Some(file_entry(b"other"));
+        assert_eq!(op.needs_content(), Some(4));
+    }
+}
