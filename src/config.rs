@@ -191,7 +191,11 @@ impl Config {
             ("tls_private_key", &config.tls_private_key),
         ] {
             if let Err(e) = std::fs::File::open(path) {
-                return Err(config.error_at(&text, key, format!("{key}: cannot read {}: {e}", path.display())));
+                return Err(config.error_at(
+                    &text,
+                    key,
+                    format!("{key}: cannot read {}: {e}", path.display()),
+                ));
             }
         }
         if !config.root.is_dir() {
@@ -229,7 +233,8 @@ impl Config {
                     let value = attr.expr;
                     match key.as_str() {
                         "remotes" => {
-                            raw.remotes = Some(string_list(&key, &value).map_err(|m| err(Some(&key), m))?)
+                            raw.remotes =
+                                Some(string_list(&key, &value).map_err(|m| err(Some(&key), m))?)
                         }
                         _ => {
                             let s = string_value(&key, &value).map_err(|m| err(Some(&key), m))?;
@@ -267,24 +272,37 @@ impl Config {
         };
 
         let bind_text = required("bind_address")?;
-        let bind_address =
-            parse_bind_address(&bind_text).map_err(|m| err(Some("bind_address"), format!("bind_address: {m}")))?;
+        let bind_address = parse_bind_address(&bind_text)
+            .map_err(|m| err(Some("bind_address"), format!("bind_address: {m}")))?;
 
         let remotes_text = raw
             .remotes
             .ok_or_else(|| err(None, "remotes: required key is missing".into()))?;
         let mut remotes: Vec<Remote> = Vec::new();
         for entry in remotes_text {
-            let remote = parse_remote(&entry).map_err(|m| err(Some("remotes"), format!("remotes: {m}")))?;
-            if remotes.iter().any(|r| r.host == remote.host && r.port == remote.port) {
-                return Err(err(Some("remotes"), format!("remotes: {entry:?} is listed twice")));
+            let remote =
+                parse_remote(&entry).map_err(|m| err(Some("remotes"), format!("remotes: {m}")))?;
+            if remotes
+                .iter()
+                .any(|r| r.host == remote.host && r.port == remote.port)
+            {
+                return Err(err(
+                    Some("remotes"),
+                    format!("remotes: {entry:?} is listed twice"),
+                ));
             }
             remotes.push(remote);
         }
 
         let root = PathBuf::from(get("root").unwrap_or_else(|| "/".into()));
         if !root.is_absolute() {
-            return Err(err(Some("root"), format!("root: {:?} is not an absolute path", root.display().to_string())));
+            return Err(err(
+                Some("root"),
+                format!(
+                    "root: {:?} is not an absolute path",
+                    root.display().to_string()
+                ),
+            ));
         }
 
         let mut directories: Vec<Directory> = Vec::new();
@@ -305,7 +323,10 @@ impl Config {
             directories.push(Directory { path, excludes });
         }
         if directories.is_empty() {
-            return Err(err(None, "no directory block: nothing to synchronise".into()));
+            return Err(err(
+                None,
+                "no directory block: nothing to synchronise".into(),
+            ));
         }
 
         Ok(Config {
@@ -335,7 +356,9 @@ impl Config {
 
     /// The configured directory containing a logical path.
     pub fn directory_of(&self, logical: &str) -> Option<&Directory> {
-        self.directories.iter().find(|d| is_within(logical, &d.path))
+        self.directories
+            .iter()
+            .find(|d| is_within(logical, &d.path))
     }
 }
 
@@ -379,7 +402,10 @@ fn unknown_key_message(key: &str) -> String {
 fn string_value(key: &str, value: &Expression) -> Result<String, String> {
     match value {
         Expression::String(s) => Ok(s.clone()),
-        other => Err(format!("{key}: expected a string, found {}", type_name(other))),
+        other => Err(format!(
+            "{key}: expected a string, found {}",
+            type_name(other)
+        )),
     }
 }
 
@@ -395,7 +421,10 @@ fn string_list(key: &str, value: &Expression) -> Result<Vec<String>, String> {
                 )),
             })
             .collect(),
-        other => Err(format!("{key}: expected a list of strings, found {}", type_name(other))),
+        other => Err(format!(
+            "{key}: expected a list of strings, found {}",
+            type_name(other)
+        )),
     }
 }
 
@@ -424,7 +453,8 @@ fn directory_block(block: Block) -> Result<(String, Vec<String>), String> {
     for structure in block.body.into_iter() {
         match structure {
             Structure::Attribute(attr) if attr.key.as_str() == "exclude" => {
-                exclude = string_list("exclude", &attr.expr).map_err(|m| format!("directory {path:?}: {m}"))?;
+                exclude = string_list("exclude", &attr.expr)
+                    .map_err(|m| format!("directory {path:?}: {m}"))?;
             }
             Structure::Attribute(attr) => {
                 return Err(format!(
@@ -452,9 +482,9 @@ pub fn parse_bind_address(text: &str) -> Result<BindAddress, String> {
         });
     }
     let (host, port) = split_host_port(text)?;
-    let ip: IpAddr = host
-        .parse()
-        .map_err(|_| format!("{text:?}: {host:?} is not an IP address (use \":{port}\" for every address)"))?;
+    let ip: IpAddr = host.parse().map_err(|_| {
+        format!("{text:?}: {host:?} is not an IP address (use \":{port}\" for every address)")
+    })?;
     Ok(BindAddress {
         ip: Some(ip),
         port: parse_port(port, text)?,
@@ -512,12 +542,13 @@ fn parse_port(port: &str, text: &str) -> Result<u16, String> {
 
 /// The 1-based line where `key` is first set, for messages (HCL values carry no spans).
 fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|line| {
-        let line = line.trim_start();
-        line.strip_prefix(key)
-            .is_some_and(|rest| rest.starts_with([' ', '\t', '=', '"', '{']) || rest.is_empty())
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with([' ', '\t', '=', '"', '{']) || rest.is_empty())
+        })
+        .map(|i| i + 1)
 }
 
 #[cfg(test)]
@@ -558,14 +589,22 @@ directory "/foo/bar" {
     #[test]
     fn seed_example_parses() {
         let c = parse(SEED).unwrap();
-        assert_eq!(c.bind_address, BindAddress { ip: None, port: 8080 });
+        assert_eq!(
+            c.bind_address,
+            BindAddress {
+                ip: None,
+                port: 8080
+            }
+        );
         assert_eq!(c.remotes.len(), 2);
         assert_eq!(c.remotes[1].label, "172.17.0.3:8080");
         assert_eq!(c.tls_certificate, PathBuf::from("/etc/gosyncd/gosyncd.crt"));
         assert_eq!(c.root, PathBuf::from("/"));
         assert_eq!(c.directories.len(), 2);
         assert_eq!(c.directories[1].path, "/foo/bar");
-        assert!(c.directories[0].excludes.is_excluded("/etc/haproxy/errors/503.http"));
+        assert!(c.directories[0]
+            .excludes
+            .is_excluded("/etc/haproxy/errors/503.http"));
     }
 
     #[test]
@@ -576,8 +615,12 @@ directory "/foo/bar" {
         assert_eq!(v4.port, 9000);
         let v6 = parse_bind_address("[::1]:8080").unwrap();
         assert_eq!(v6.ip, Some("::1".parse().unwrap()));
-        assert!(parse_bind_address("8080").unwrap_err().contains("missing port"));
-        assert!(parse_bind_address("host:8080").unwrap_err().contains("not an IP address"));
+        assert!(parse_bind_address("8080")
+            .unwrap_err()
+            .contains("missing port"));
+        assert!(parse_bind_address("host:8080")
+            .unwrap_err()
+            .contains("not an IP address"));
         assert!(parse_bind_address(":0").unwrap_err().contains("not a port"));
     }
 
@@ -588,8 +631,12 @@ directory "/foo/bar" {
         assert_eq!(r.url(), "https://node-1.example.com:8080");
         let r = parse_remote("[fd00::2]:8080").unwrap();
         assert_eq!(r.url(), "https://[fd00::2]:8080");
-        assert!(parse_remote("172.17.0.2").unwrap_err().contains("missing port"));
-        assert!(parse_remote("fd00::2:8080").unwrap_err().contains("brackets"));
+        assert!(parse_remote("172.17.0.2")
+            .unwrap_err()
+            .contains("missing port"));
+        assert!(parse_remote("fd00::2:8080")
+            .unwrap_err()
+            .contains("brackets"));
         assert!(parse_remote("a/b:80").unwrap_err().contains("host name"));
     }
 
@@ -628,7 +675,10 @@ directory "/foo/bar" {
                 &SEED.replace("exclude = [", "exclud = ["),
                 "directory \"/etc/haproxy\": unknown key \"exclud\"",
             ),
-            ("bind_address = \n", "config.hcl:1: invalid HCL: invalid expression"),
+            (
+                "bind_address = \n",
+                "config.hcl:1: invalid HCL: invalid expression",
+            ),
             (
                 &format!("{SEED}\nremotes = []\n"),
                 "config.hcl:23: invalid HCL: invalid attribute; expected unique attribute key",
@@ -636,7 +686,10 @@ directory "/foo/bar" {
         ];
         for (text, expected) in cases {
             let message = error(text);
-            assert!(message.contains(expected), "expected {expected:?} in {message:?}");
+            assert!(
+                message.contains(expected),
+                "expected {expected:?} in {message:?}"
+            );
         }
     }
 
@@ -667,6 +720,9 @@ directory "/foo/bar" {
         let text = SEED.replace("/etc/gosyncd/gosyncd.key", "node.key");
         let c = Config::from_str(&text, Path::new("/srv/node1/config.hcl")).unwrap();
         assert_eq!(c.tls_private_key, PathBuf::from("/srv/node1/node.key"));
-        assert_eq!(c.local_path("/etc/haproxy/x"), PathBuf::from("/etc/haproxy/x"));
+        assert_eq!(
+            c.local_path("/etc/haproxy/x"),
+            PathBuf::from("/etc/haproxy/x")
+        );
     }
 }

@@ -3,8 +3,17 @@
 //! Data flows one way: [`config`] -> [`sync`] (scan, fetch manifests, [`plan`], push) on
 //! the sending side; [`server`] -> [`apply`] on the receiving side.
 
+pub mod apply;
+pub mod certs;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod group;
 pub mod manifest;
 pub mod paths;
 pub mod plan;
 pub mod protocol;
+pub mod server;
+pub mod sync;
+pub mod tls;

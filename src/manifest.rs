@@ -122,7 +122,13 @@ pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
     out
 }
 
-fn scan_directory(config: &Config, dir: &Directory, scope: &[String], cache: &HashCache, out: &mut Scan) {
+fn scan_directory(
+    config: &Config,
+    dir: &Directory,
+    scope: &[String],
+    cache: &HashCache,
+    out: &mut Scan,
+) {
     let local_root = config.local_path(&dir.path);
     match std::fs::metadata(&local_root) {
         Ok(meta) if meta.is_dir() => {}
@@ -180,7 +186,7 @@ fn scan_directory(config: &Config, dir: &Directory, scope: &[String], cache: &Ha
             Err(e) => {
                 let at = e
                     .path()
-                    .and_then(|p| logical_of(p))
+                    .and_then(&logical_of)
                     .unwrap_or_else(|| dir.path.clone());
                 warn!(path = %at, error = %e, "cannot read");
                 out.unreadable.push((at, e.to_string()));
@@ -194,7 +200,9 @@ fn scan_directory(config: &Config, dir: &Directory, scope: &[String], cache: &Ha
             Ok(Some(state)) => {
                 out.entries.insert(logical, state);
             }
-            Ok(None) => warn!(path = %logical, "skipping a file that is not a regular file, directory or symlink"),
+            Ok(None) => {
+                warn!(path = %logical, "skipping a file that is not a regular file, directory or symlink")
+            }
             Err(e) => {
                 warn!(path = %logical, error = %e, "cannot read");
                 out.unreadable.push((logical, e.to_string()));
@@ -217,10 +225,9 @@ pub fn read_entry(path: &Path, follow: bool, cache: &HashCache) -> io::Result<Op
         Content::Dir
     } else if file_type.is_symlink() {
         let target = std::fs::read_link(path)?;
-        let target = target
-            .into_os_string()
-            .into_string()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "symlink target is not UTF-8"))?;
+        let target = target.into_os_string().into_string().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "symlink target is not UTF-8")
+        })?;
         Content::Symlink { target }
     } else if file_type.is_file() {
         let stamp = Stamp::of(&meta);
@@ -280,7 +287,8 @@ directory "/etc/missing" {{
         let app = tmp.path().join("etc/app");
         std::fs::create_dir_all(app.join("empty")).unwrap();
         std::fs::write(app.join("a.cfg"), b"hello").unwrap();
-        std::fs::set_permissions(app.join("a.cfg"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(app.join("a.cfg"), std::fs::Permissions::from_mode(0o640))
+            .unwrap();
         std::fs::create_dir(tmp.path().join("outside")).unwrap();
         std::fs::write(tmp.path().join("outside/secret"), b"s").unwrap();
         symlink("../../outside", app.join("link")).unwrap();
@@ -290,7 +298,15 @@ directory "/etc/missing" {{
         let config = config_for(tmp.path(), r#""*.swp""#);
         let scan = scan(&config, &[], &HashCache::default());
         let paths: Vec<_> = scan.entries.keys().cloned().collect();
-        assert_eq!(paths, ["/etc/app", "/etc/app/a.cfg", "/etc/app/empty", "/etc/app/link"]);
+        assert_eq!(
+            paths,
+            [
+                "/etc/app",
+                "/etc/app/a.cfg",
+                "/etc/app/empty",
+                "/etc/app/link"
+            ]
+        );
         assert_eq!(scan.missing, ["/etc/missing"]);
         let a = &scan.entries["/etc/app/a.cfg"];
         assert_eq!(a.mode, 0o640);
@@ -338,6 +354,9 @@ directory "/etc/missing" {{
         let scan = scan(&config, &["/etc/app/sub".into()], &HashCache::default());
         let paths: Vec<_> = scan.entries.keys().cloned().collect();
         assert_eq!(paths, ["/etc/app", "/etc/app/sub", "/etc/app/sub/in"]);
-        assert!(scan.missing.is_empty(), "out-of-scope directories are not scanned");
+        assert!(
+            scan.missing.is_empty(),
+            "out-of-scope directories are not scanned"
+        );
     }
 }

@@ -77,7 +77,13 @@ mod tests {
 
     #[test]
     fn normalized_paths_are_accepted() {
-        for p in ["/etc", "/etc/haproxy/haproxy.cfg", "/a b/c\\d", "/é/..x", "/.hidden"] {
+        for p in [
+            "/etc",
+            "/etc/haproxy/haproxy.cfg",
+            "/a b/c\\d",
+            "/é/..x",
+            "/.hidden",
+        ] {
             assert_eq!(check_normalized(p), Ok(()), "{p}");
         }
     }

@@ -115,7 +115,11 @@ mod tests {
         let cases: Vec<(&str, Manifest, Manifest, Vec<&str>)> = vec![
             (
                 "add into a new directory, parent first",
-                manifest(&[("/d", dir()), ("/d/sub", dir()), ("/d/sub/a", file("a", 0o644))]),
+                manifest(&[
+                    ("/d", dir()),
+                    ("/d/sub", dir()),
+                    ("/d/sub/a", file("a", 0o644)),
+                ]),
                 manifest(&[("/d", dir())]),
                 vec!["+ /d/sub", "+ /d/sub/a"],
             ),
@@ -145,7 +149,11 @@ mod tests {
             (
                 "directory replaced by a file: delete then add",
                 manifest(&[("/d", dir()), ("/d/x", file("now a file", 0o644))]),
-                manifest(&[("/d", dir()), ("/d/x", dir()), ("/d/x/in", file("i", 0o644))]),
+                manifest(&[
+                    ("/d", dir()),
+                    ("/d/x", dir()),
+                    ("/d/x/in", file("i", 0o644)),
+                ]),
                 vec!["- /d/x/in", "- /d/x", "+ /d/x"],
             ),
             (
@@ -200,7 +208,12 @@ mod tests {
     fn apply_model(remote: &Manifest, ops: &[Op]) -> Manifest {
         let mut state = remote.clone();
         for op in ops {
-            assert_eq!(state.get(&op.path), op.expect.as_ref(), "expectation of {}", op.path);
+            assert_eq!(
+                state.get(&op.path),
+                op.expect.as_ref(),
+                "expectation of {}",
+                op.path
+            );
             match &op.action {
                 Action::Delete => {
                     let prefix = format!("{}/", op.path);
@@ -239,38 +252,49 @@ mod tests {
     /// A consistent tree under `/d`: every path's parent is present and is a directory.
     fn tree_strategy() -> impl Strategy<Value = Manifest> {
         let names = prop::sample::select(vec!["a", "b", "c"]);
-        prop::collection::vec((prop::collection::vec(names, 1..4), entry_strategy()), 0..12)
-            .prop_map(|items| {
-                let mut m = Manifest::new();
-                m.insert("/d".into(), dir());
-                for (components, entry) in items {
-                    let mut path = "/d".to_string();
-                    let last = components.len() - 1;
-                    for (i, c) in components.iter().enumerate() {
-                        path.push('/');
-                        path.push_str(c);
-                        let parent_ok = m
-                            .get(crate::paths::parent(&path))
-                            .is_some_and(|e| e.content.is_dir());
-                        if !parent_ok {
-                            break;
+        prop::collection::vec(
+            (prop::collection::vec(names, 1..4), entry_strategy()),
+            0..12,
+        )
+        .prop_map(|items| {
+            let mut m = Manifest::new();
+            m.insert("/d".into(), dir());
+            for (components, entry) in items {
+                let mut path = "/d".to_string();
+                let last = components.len() - 1;
+                for (i, c) in components.iter().enumerate() {
+                    path.push('/');
+                    path.push_str(c);
+                    let parent_ok = m
+                        .get(crate::paths::parent(&path))
+                        .is_some_and(|e| e.content.is_dir());
+                    if !parent_ok {
+                        break;
+                    }
+                    if i == last {
+                        if !m.contains_key(&path) {
+                            m.insert(path.clone(), entry.clone());
                         }
-                        if i == last {
-                            if !m.contains_key(&path) {
-                                m.insert(path.clone(), entry.clone());
-                            }
-                        } else {
-                            m.entry(path.clone()).or_insert_with(dir);
-                        }
+                    } else {
+                        m.entry(path.clone()).or_insert_with(dir);
                     }
                 }
-                m
-            })
+            }
+            m
+        })
     }
 
     fn without_mtimes(m: &Manifest) -> Manifest {
         m.iter()
-            .map(|(p, e)| (p.clone(), Entry { mtime_ns: 0, ..e.clone() }))
+            .map(|(p, e)| {
+                (
+                    p.clone(),
+                    Entry {
+                        mtime_ns: 0,
+                        ..e.clone()
+                    },
+                )
+            })
             .collect()
     }
 

@@ -340,8 +340,8 @@ pub fn decode_batch(body: &[u8]) -> Result<Batch<'_>, String> {
     if rest.len() < len {
         return Err("batch body shorter than its header length".into());
     }
-    let header: BatchHeader = serde_json::from_slice(&rest[..len])
-        .map_err(|e| format!("malformed batch header: {e}"))?;
+    let header: BatchHeader =
+        serde_json::from_slice(&rest[..len]).map_err(|e| format!("malformed batch header: {e}"))?;
     if header.ops.len() > MAX_OPS_PER_BATCH {
         return Err(format!(
             "batch of {} operations exceeds the limit of {MAX_OPS_PER_BATCH}",
@@ -377,7 +377,10 @@ pub fn decode_batch(body: &[u8]) -> Result<Batch<'_>, String> {
         }
     }
     if !data.is_empty() {
-        return Err(format!("{} trailing bytes after the last content", data.len()));
+        return Err(format!(
+            "{} trailing bytes after the last content",
+            data.len()
+        ));
     }
     Ok(Batch { header, contents })
 }
@@ -429,7 +432,10 @@ mod tests {
         };
         let body = encode_batch(&header, &[b"different"]);
         let err = decode_batch(&body).unwrap_err();
-        assert!(err.contains("/etc/a") && err.contains("does not match"), "{err}");
+        assert!(
+            err.contains("/etc/a") && err.contains("does not match"),
+            "{err}"
+        );
     }
 
     #[test]

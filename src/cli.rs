@@ -1,0 +1,344 @@
+//! The command line: clap definitions, Go-style `-flag` normalisation (the original tool's
+//! `gosyncd -config F sync -dry` keeps working), and the dispatch of each command.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use tracing::{error, info};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::manifest::HashCache;
+use crate::server::{self, Node};
+use crate::sync::{self, Options, Report};
+use crate::tls::TlsMaterial;
+
+const ABOUT: &str = "Keeps configuration directories identical on every server of a group";
+
+const LONG_ABOUT: &str = "\
+Keeps configuration directories (/etc/haproxy, /etc/nginx, ...) identical on every server
+of a group. Every node runs the daemon, an HTTPS API with mutual TLS; on the node where
+files were edited, `gosyncd sync` pushes the local tree to every peer as authoritative.
+
+Without a command, gosyncd runs the daemon, as the original tool did.";
+
+const EXAMPLES: &str = "\
+Examples:
+  gosyncd -config /etc/gosyncd/config.hcl                 run the daemon
+  gosyncd -config /etc/gosyncd/config.hcl sync -dry       show what would change on each peer
+  gosyncd -config /etc/gosyncd/config.hcl sync            push this node's tree to every peer
+  gosyncd sync /etc/haproxy/conf.d                        push one subtree only
+  gosyncd demo                                            try a three-node group on this machine
+
+Exit codes: 0 success; 1 with `sync -dry --exit-code` when changes are pending;
+2 when anything failed (a peer unreachable, an operation refused, an invalid config).";
+
+#[derive(Parser, Debug)]
+#[command(name = "gosyncd", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Configuration file (HCL)
+    #[arg(long, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// Log at debug level (RUST_LOG overrides)
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: serve this node's directories to its peers (the default)
+    Daemon,
+    /// Push this node's directories to every peer; this node is authoritative
+    Sync(SyncArgs),
+    /// Show what `sync` would change on each peer (the same as `sync -dry`)
+    State(StateArgs),
+    /// Check the configuration and certificates, then exit (0 valid, 2 invalid)
+    CheckConfig,
+    /// Start a throw-away three-node group on 127.0.0.2-4 and show a sync
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Print what would change on each peer; change nothing
+    #[arg(long = "dry-run", visible_alias = "dry")]
+    pub dry_run: bool,
+
+    /// With --dry-run: exit 1 when changes are pending (and nothing failed)
+    #[arg(long)]
+    pub exit_code: bool,
+
+    /// Limit the sync to these files or subtrees (absolute paths inside configured directories)
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    /// Exit 1 when changes are pending (and nothing failed)
+    #[arg(long)]
+    pub exit_code: bool,
+
+    /// Limit the report to these files or subtrees
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Run the scenario and exit instead of waiting for Ctrl-C
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// Rewrites Go-style single-dash long flags (`-config`, `-dry`, `-config=F`) into their
+/// `--` form. Only names clap knows as long flags or aliases are rewritten; everything
+/// after `--` is left alone.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut longs = Vec::new();
+    collect_long_names(&Cli::command(), &mut longs);
+    let mut out = Vec::new();
+    let mut rest_is_positional = false;
+    for arg in args {
+        let rewritten = match arg.to_str() {
+            Some("--") => {
+                rest_is_positional = true;
+                None
+            }
+            Some(text)
+                if !rest_is_positional && text.starts_with('-') && !text.starts_with("--") =>
+            {
+                let name = text[1..].split('=').next().unwrap_or_default();
+                (name.len() > 1 && longs.iter().any(|l| l == name))
+                    .then(|| OsString::from(format!("-{text}")))
+            }
+            _ => None,
+        };
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
+}
+
+fn collect_long_names(command: &clap::Command, out: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        out.extend(arg.get_long().map(str::to_string));
+        out.extend(
+            arg.get_all_aliases()
+                .into_iter()
+                .flatten()
+                .map(str::to_string),
+        );
+    }
+    out.extend(["help".to_string(), "version".to_string()]);
+    for sub in command.get_subcommands() {
+        collect_long_names(sub, out);
+    }
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        None | Some(Command::Daemon) => daemon(&cli.config).await,
+        Some(Command::Sync(args)) => {
+            sync_command(&cli.config, args.paths, args.dry_run, args.exit_code).await
+        }
+        Some(Command::State(args)) => {
+            sync_command(&cli.config, args.paths, true, args.exit_code).await
+        }
+        Some(Command::CheckConfig) => check_config(&cli.config),
+        Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
+    };
+    result.unwrap_or_else(|e| {
+        error!("{e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn load(config: &std::path::Path) -> anyhow::Result<(Arc<Config>, TlsMaterial)> {
+    let config = Config::from_file(config)?;
+    let tls = TlsMaterial::load(&config)?;
+    Ok((Arc::new(config), tls))
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (config, tls) = load(path)?;
+    tls.server_config()?;
+    tls.client_config()?;
+    println!(
+        "{}: valid ({} directories, {} remotes)",
+        path.display(),
+        config.directories.len(),
+        config.remotes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (config, tls) = load(path)?;
+    let server_tls = tls.server_config()?;
+    let listener = server::bind(&config.bind_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("bind_address {}: cannot listen: {e}", config.bind_address))?;
+    let node = Arc::new(Node::new(config.clone(), Arc::new(HashCache::default())));
+    info!(
+        address = %listener.local_addr()?,
+        node_id = %node.identity.node_id,
+        directories = config.directories.len(),
+        "gosyncd daemon listening"
+    );
+    server::serve(listener, server_tls, node, shutdown_signal()).await;
+    info!("gosyncd daemon stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn sync_command(
+    path: &std::path::Path,
+    paths: Vec<String>,
+    dry_run: bool,
+    exit_code: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::from_file(path)?);
+    let engine = sync::engine_for_cli(config).await?;
+    let options = Options {
+        scope: paths
+            .into_iter()
+            .map(|p| match p.trim_end_matches('/') {
+                "" => "/".to_string(),
+                trimmed => trimmed.to_string(),
+            })
+            .collect(),
+        dry_run,
+    };
+    if dry_run {
+        println!("synchronization dry run");
+    }
+    let report = engine.run(&options, print_peer).await;
+    Ok(exit_code_of(&report, dry_run && exit_code))
+}
+
+/// Prints a peer's lines in the original tool's form, with the date.
+pub fn print_peer(report: &sync::PeerReport) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for change in &report.changes {
+        let _ = writeln!(out, "{}: {change}", timestamp());
+    }
+    let _ = out.flush();
+    if let Some(e) = &report.error {
+        error!(peer = %report.peer, "peer not synchronised: {e}");
+    }
+}
+
+/// `2026/11/23 12:14:27 +0000`: year, month, day, local time and offset.
+pub fn timestamp() -> String {
+    chrono::Local::now()
+        .format("%Y/%m/%d %H:%M:%S %z")
+        .to_string()
+}
+
+fn exit_code_of(report: &Report, pending_is_one: bool) -> ExitCode {
+    for e in &report.local_errors {
+        error!("{e}");
+    }
+    if report.failed() {
+        ExitCode::from(2)
+    } else if pending_is_one && report.has_changes() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(normalize_args(args.iter().map(OsString::from))).unwrap()
+    }
+
+    #[test]
+    fn go_style_flags_keep_working() {
+        let cli = parse(&["gosyncd", "-config", "/x.hcl", "sync", "-dry"]);
+        assert_eq!(cli.config, PathBuf::from("/x.hcl"));
+        assert!(matches!(
+            cli.command,
+            Some(Command::Sync(SyncArgs { dry_run: true, .. }))
+        ));
+        let cli = parse(&[
+            "gosyncd",
+            "--config",
+            "/x.hcl",
+            "sync",
+            "--dry-run",
+            "--exit-code",
+        ]);
+        assert!(matches!(
+            cli.command,
+            Some(Command::Sync(SyncArgs {
+                dry_run: true,
+                exit_code: true,
+                ..
+            }))
+        ));
+        let cli = parse(&["gosyncd", "-config=/y.hcl", "-debug"]);
+        assert_eq!(cli.config, PathBuf::from("/y.hcl"));
+        assert!(cli.debug && cli.command.is_none());
+        assert!(parse(&["gosyncd", "-d", "state"]).debug);
+    }
+
+    #[test]
+    fn sync_takes_paths_and_state_is_a_dry_run() {
+        let cli = parse(&["gosyncd", "sync", "/etc/haproxy/conf.d", "/etc/nginx"]);
+        let Some(Command::Sync(args)) = cli.command else {
+            panic!("not sync")
+        };
+        assert_eq!(args.paths, ["/etc/haproxy/conf.d", "/etc/nginx"]);
+        assert!(!args.dry_run);
+        assert!(matches!(
+            parse(&["gosyncd", "state"]).command,
+            Some(Command::State(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_single_dash_words_are_not_rewritten() {
+        let args = normalize_args(["gosyncd", "-nosuch", "--", "-config"].map(OsString::from));
+        assert_eq!(
+            args,
+            ["gosyncd", "-nosuch", "--", "-config"].map(OsString::from)
+        );
+    }
+
+    #[test]
+    fn help_explains_the_commands() {
+        let help = Cli::command().render_long_help().to_string();
+        for word in [
+            "sync",
+            "state",
+            "check-config",
+            "demo",
+            "daemon",
+            "Exit codes",
+        ] {
+            assert!(help.contains(word), "help lacks {word}");
+        }
+    }
+}

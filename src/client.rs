@@ -1,0 +1,132 @@
+//! A client for one peer's API: typed calls over reqwest with our TLS identity, each
+//! with a timeout, and errors that say in plain words what went wrong.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::config::Remote;
+use crate::protocol::{
+    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse,
+};
+use crate::tls;
+
+/// Why a call to a peer failed, worded for the operator.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerError(pub String);
+
+/// One HTTP client shared by every peer (it holds the connection pool and our identity).
+pub fn http_client(tls: rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(protocol::CONNECT_TIMEOUT)
+        .no_proxy()
+        .build()?)
+}
+
+/// A peer: the remote as configured and the shared client.
+#[derive(Clone)]
+pub struct Peer {
+    pub remote: Remote,
+    http: reqwest::Client,
+}
+
+impl Peer {
+    pub fn new(remote: Remote, http: reqwest::Client) -> Peer {
+        Peer { remote, http }
+    }
+
+    /// The peer's identity.
+    pub async fn identity(&self) -> Result<Identity, PeerError> {
+        let request = self
+            .http
+            .get(format!("{}{}", self.remote.url(), protocol::IDENTITY_ROUTE))
+            .timeout(protocol::IDENTITY_TIMEOUT);
+        self.call(request, protocol::IDENTITY_TIMEOUT).await
+    }
+
+    /// The peer's manifest, limited to `scope` (empty: everything).
+    pub async fn manifest(&self, scope: &[String]) -> Result<ManifestResponse, PeerError> {
+        let request = self
+            .http
+            .post(format!("{}{}", self.remote.url(), protocol::MANIFEST_ROUTE))
+            .timeout(protocol::MANIFEST_TIMEOUT)
+            .json(&ManifestRequest {
+                scope: scope.to_vec(),
+            });
+        self.call(request, protocol::MANIFEST_TIMEOUT).await
+    }
+
+    /// Sends one batch body (see [`protocol::encode_batch`]).
+    pub async fn apply(&self, body: Vec<u8>) -> Result<ApplyResponse, PeerError> {
+        let request = self
+            .http
+            .post(format!("{}{}", self.remote.url(), protocol::APPLY_ROUTE))
+            .timeout(protocol::APPLY_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, protocol::BATCH_CONTENT_TYPE)
+            .body(body);
+        self.call(request, protocol::APPLY_TIMEOUT).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        let response = request.send().await.map_err(|e| explain(&e, timeout))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<T>()
+                .await
+                .map_err(|e| PeerError(format!("unreadable answer: {}", chain(&e))));
+        }
+        let detail = match response.json::<ErrorBody>().await {
+            Ok(body) => body.error,
+            Err(_) => status.canonical_reason().unwrap_or("").to_string(),
+        };
+        Err(PeerError(match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("refused the request as too large (413) {detail}")
+            }
+            _ => format!("refused the request ({}): {detail}", status.as_u16()),
+        }))
+    }
+}
+
+fn explain(err: &reqwest::Error, timeout: Duration) -> PeerError {
+    if let Some(tls) = tls::explain(err) {
+        return PeerError(tls);
+    }
+    if err.is_timeout() {
+        return PeerError(format!("timed out (limit {}s)", timeout.as_secs()));
+    }
+    if err.is_connect() {
+        return PeerError(format!("unreachable: {}", root_cause(err)));
+    }
+    PeerError(chain(err))
+}
+
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
+}
+
+fn chain(err: &(dyn StdError + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut current = err.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,244 @@
+//! A throw-away group of real nodes on this machine: each on its own loopback address
+//! (127.0.0.2, .3, ...), with generated certificates, its own `root` under a temporary
+//! directory and a config file the CLI can use. `gosyncd demo` and the integration tests
+//! run on it; nothing here is mocked: real sockets, real TLS, real files.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::certs;
+use crate::config::Config;
+use crate::manifest::HashCache;
+use crate::server::{self, Node};
+use crate::sync::Engine;
+use crate::tls::TlsMaterial;
+
+/// How the group's certificates are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsStyle {
+    /// A group CA signs one certificate per node.
+    Authority,
+    /// One self-signed certificate for every node, named by all three `tls_*` keys.
+    SelfSigned,
+}
+
+/// What group to build.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    pub nodes: usize,
+    /// Last octet of the first node's address (127.0.0.N).
+    pub first_octet: u8,
+    /// Configured directories with their exclude entries.
+    pub directories: Vec<(String, Vec<String>)>,
+    pub tls: TlsStyle,
+}
+
+impl Default for GroupSpec {
+    fn default() -> Self {
+        GroupSpec {
+            nodes: 3,
+            first_octet: 2,
+            directories: vec![("/etc/app".into(), Vec::new())],
+            tls: TlsStyle::Authority,
+        }
+    }
+}
+
+/// One node of the group.
+pub struct GroupNode {
+    pub addr: SocketAddr,
+    /// The config file, usable as `gosyncd -config PATH ...`.
+    pub config_path: PathBuf,
+    pub config: Arc<Config>,
+    running: Option<Running>,
+}
+
+struct Running {
+    node: Arc<Node>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl GroupNode {
+    /// Where a logical path lives on this node.
+    pub fn path(&self, logical: &str) -> PathBuf {
+        self.config.local_path(logical)
+    }
+
+    /// The running daemon's identity, if it runs.
+    pub fn node_id(&self) -> Option<String> {
+        self.running
+            .as_ref()
+            .map(|r| r.node.identity.node_id.clone())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+}
+
+/// A running group; dropping it stops the daemons and deletes the files.
+pub struct LocalGroup {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<GroupNode>,
+}
+
+impl LocalGroup {
+    /// Builds the files of the group and starts every node.
+    pub async fn start(spec: &GroupSpec) -> anyhow::Result<LocalGroup> {
+        let dir = tempfile::Builder::new()
+            .prefix("gosyncd-group-")
+            .tempdir()?;
+        let ips: Vec<IpAddr> = (0..spec.nodes)
+            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, spec.first_octet + i as u8)))
+            .collect();
+        let mut listeners = Vec::new();
+        for ip in &ips {
+            let listener = TcpListener::bind(SocketAddr::new(*ip, 0))
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {ip} (loopback addresses 127.0.0.x are needed)")
+                })?;
+            listeners.push(listener);
+        }
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<Result<_, _>>()?;
+        let names: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+
+        // Certificates: per node signed by a CA, or one shared self-signed one.
+        let mut tls_files = Vec::new();
+        match spec.tls {
+            TlsStyle::Authority => {
+                let ca = certs::Authority::new("gosyncd group CA")?;
+                std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem)?;
+                for (i, name) in names.iter().enumerate() {
+                    let pem = ca.issue(std::slice::from_ref(name))?;
+                    let (cert, key) = (format!("node{}.pem", i + 1), format!("node{}.key", i + 1));
+                    std::fs::write(dir.path().join(&cert), pem.cert)?;
+                    std::fs::write(dir.path().join(&key), pem.key)?;
+                    tls_files.push(("ca.pem".to_string(), cert, key));
+                }
+            }
+            TlsStyle::SelfSigned => {
+                let pem = certs::self_signed(&names)?;
+                std::fs::write(dir.path().join("gosyncd.crt"), pem.cert)?;
+                std::fs::write(dir.path().join("gosyncd.key"), pem.key)?;
+                for _ in &names {
+                    tls_files.push((
+                        "gosyncd.crt".into(),
+                        "gosyncd.crt".into(),
+                        "gosyncd.key".into(),
+                    ));
+                }
+            }
+        }
+
+        let remotes: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let root = dir.path().join(format!("node{}", i + 1));
+            for (logical, _) in &spec.directories {
+                std::fs::create_dir_all(root.join(logical.trim_start_matches('/')))?;
+            }
+            let (ca, cert, key) = &tls_files[i];
+            let config_path = dir.path().join(format!("node{}.hcl", i + 1));
+            std::fs::write(
+                &config_path,
+                config_text(
+                    addrs[i],
+                    &remotes,
+                    (ca, cert, key),
+                    &root,
+                    &spec.directories,
+                ),
+            )?;
+            let config = Arc::new(Config::from_file(&config_path)?);
+            let mut node = GroupNode {
+                addr: addrs[i],
+                config_path,
+                config,
+                running: None,
+            };
+            node.running = Some(run_node(&node.config, listener)?);
+            nodes.push(node);
+        }
+        Ok(LocalGroup { dir, nodes })
+    }
+
+    /// Stops node `i` (its files stay).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(running) = self.nodes[i].running.take() {
+            let _ = running.stop.send(());
+            let _ = running.task.await;
+        }
+    }
+
+    /// Starts node `i` again on the same address.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.stop(i).await;
+        let node = &mut self.nodes[i];
+        let listener = TcpListener::bind(node.addr).await?;
+        node.running = Some(run_node(&node.config, listener)?);
+        Ok(())
+    }
+
+    /// An engine acting for node `i`, as `gosyncd sync` on that node would.
+    pub async fn engine(&self, i: usize) -> anyhow::Result<Engine> {
+        let node = &self.nodes[i];
+        let tls = TlsMaterial::load(&node.config)?;
+        Engine::new(
+            node.config.clone(),
+            &tls,
+            Arc::new(HashCache::default()),
+            node.node_id(),
+        )
+        .await
+    }
+
+    /// The temporary directory holding everything.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn run_node(config: &Arc<Config>, listener: TcpListener) -> anyhow::Result<Running> {
+    let tls = TlsMaterial::load(config)?.server_config()?;
+    let node = Arc::new(Node::new(config.clone(), Arc::new(HashCache::default())));
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(server::serve(listener, tls, node.clone(), async {
+        let _ = stopped.await;
+    }));
+    Ok(Running { node, stop, task })
+}
+
+fn config_text(
+    addr: SocketAddr,
+    remotes: &[String],
+    (ca, cert, key): (&str, &str, &str),
+    root: &Path,
+    directories: &[(String, Vec<String>)],
+) -> String {
+    let mut text = format!(
+        "bind_address = \"{addr}\"\n\n# every node of the group; this node's own entry is skipped\nremotes = [\n  {}\n]\n\n\
+         tls_ca_certificate = \"{ca}\"\ntls_certificate = \"{cert}\"\ntls_private_key = \"{key}\"\n\n\
+         # where this node's directories live on this machine\nroot = \"{}\"\n",
+        remotes.join(",\n  "),
+        root.display()
+    );
+    for (path, exclude) in directories {
+        let exclude: Vec<String> = exclude.iter().map(|e| format!("\"{e}\"")).collect();
+        text.push_str(&format!(
+            "\ndirectory \"{path}\" {{\n  exclude = [{}]\n}}\n",
+            exclude.join(", ")
+        ));
+    }
+    text
+}

@@ -1,0 +1,277 @@
+//! The HTTPS API every node serves: an axum router (testable without a socket) and the
+//! mutual-TLS listener in front of it.
+//!
+//! The router only decodes, checks and hands over: scanning lives in [`crate::manifest`],
+//! writing in [`crate::apply`]. Every refusal is logged with the client's address.
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::apply;
+use crate::config::{BindAddress, Config};
+use crate::manifest::{self, HashCache};
+use crate::paths;
+use crate::protocol::{
+    self, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest, ManifestResponse,
+    Outcome, WireEntry, MAX_APPLY_BODY_BYTES, MAX_MANIFEST_REQUEST_BYTES,
+};
+use crate::tls;
+
+/// What a serving node knows and shares between requests.
+pub struct Node {
+    pub config: Arc<Config>,
+    pub identity: Identity,
+    /// Whether owners are applied (the daemon runs as root).
+    pub owners: bool,
+    pub cache: Arc<HashCache>,
+    /// Batches are applied one at a time, so that two pushes never interleave.
+    apply_lock: Mutex<()>,
+}
+
+impl Node {
+    pub fn new(config: Arc<Config>, cache: Arc<HashCache>) -> Node {
+        Node {
+            config,
+            identity: Identity {
+                node_id: uuid::Uuid::new_v4().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            owners: apply::applies_owners(),
+            cache,
+            apply_lock: Mutex::new(()),
+        }
+    }
+}
+
+/// The client's address, attached to each request by the listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Errors a handler answers with; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The API routes. Requests without a [`ClientAddr`] extension are served too (tests).
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(protocol::IDENTITY_ROUTE, get(identity))
+        .route(
+            protocol::MANIFEST_ROUTE,
+            post(manifest).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
+        )
+        .route(
+            protocol::APPLY_ROUTE,
+            post(apply).layer(DefaultBodyLimit::max(MAX_APPLY_BODY_BYTES)),
+        )
+        .with_state(node)
+}
+
+async fn identity(State(node): State<Arc<Node>>) -> Json<Identity> {
+    Json(node.identity.clone())
+}
+
+fn client_of(addr: &Option<Extension<ClientAddr>>) -> String {
+    addr.as_ref().map_or_else(
+        || "unknown".to_string(),
+        |Extension(ClientAddr(a))| a.to_string(),
+    )
+}
+
+async fn manifest(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    body: Bytes,
+) -> Result<Json<ManifestResponse>, ApiError> {
+    let request: ManifestRequest = serde_json::from_slice(&body)
+        .map_err(|e| refuse(&addr, format!("malformed manifest request: {e}")))?;
+    for path in &request.scope {
+        paths::check_normalized(path).map_err(|e| refuse(&addr, format!("scope: {e}")))?;
+    }
+    let response = tokio::task::spawn_blocking(move || manifest_response(&node, &request.scope))
+        .await
+        .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
+    Ok(Json(response))
+}
+
+/// Builds this node's manifest response.
+pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
+    let scan = manifest::scan(&node.config, scope, &node.cache);
+    let directories = node
+        .config
+        .directories
+        .iter()
+        .map(|d| DirectoryInfo {
+            path: d.path.clone(),
+            exclude: d.excludes.entries.clone(),
+            present: !scan.missing.contains(&d.path),
+        })
+        .collect();
+    ManifestResponse {
+        identity: node.identity.clone(),
+        owners: node.owners,
+        directories,
+        entries: scan
+            .entries
+            .into_iter()
+            .map(|(path, entry)| WireEntry { path, entry })
+            .collect(),
+        unreadable: scan.unreadable.into_iter().map(|(p, _)| p).collect(),
+    }
+}
+
+async fn apply(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    body: Bytes,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let _one_at_a_time = node.apply_lock.lock().await;
+    let client = client_of(&addr);
+    let worker = node.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let batch = protocol::decode_batch(&body)?;
+        apply::validate_batch(&worker.config, &batch.header)?;
+        Ok::<_, String>(apply::apply_batch(&worker.config, worker.owners, &batch))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
+    .map_err(|reason| refuse(&addr, reason))?;
+
+    let mut applied = 0;
+    for result in &results {
+        match &result.outcome {
+            Outcome::Applied => {
+                applied += 1;
+                debug!(%client, path = %result.path, "applied");
+            }
+            Outcome::Kept(reason) => debug!(%client, path = %result.path, %reason, "kept"),
+            Outcome::Conflict(reason) => {
+                warn!(%client, path = %result.path, %reason, "conflict: operation refused")
+            }
+            Outcome::Failed(reason) => {
+                warn!(%client, path = %result.path, %reason, "operation failed")
+            }
+        }
+    }
+    info!(%client, operations = results.len(), applied, "batch applied");
+    Ok(Json(ApplyResponse { results }))
+}
+
+fn refuse(addr: &Option<Extension<ClientAddr>>, reason: String) -> ApiError {
+    warn!(client = %client_of(addr), %reason, "request refused");
+    ApiError::BadRequest(reason)
+}
+
+/// Binds the configured address. `":port"` listens on every address, IPv6 dual-stack
+/// when the host has IPv6, IPv4 otherwise.
+pub async fn bind(addr: &BindAddress) -> io::Result<TcpListener> {
+    match addr.ip {
+        Some(ip) => TcpListener::bind(SocketAddr::new(ip, addr.port)).await,
+        None => match TcpListener::bind((Ipv6Addr::UNSPECIFIED, addr.port)).await {
+            Ok(listener) => Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(e),
+            Err(_) => TcpListener::bind(("0.0.0.0", addr.port)).await,
+        },
+    }
+}
+
+/// Serves the API with mutual TLS on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(node);
+    let slots = Arc::new(Semaphore::new(protocol::MAX_CONCURRENT_CONNECTIONS));
+    // Connections are tracked so that stopping the server also ends kept-alive ones.
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+        };
+        let (tcp, client) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone().layer(Extension(ClientAddr(client)));
+        connections.spawn(async move {
+            let _permit = permit;
+            let stream =
+                match tokio::time::timeout(protocol::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        let reason = tls::explain(&e).unwrap_or_else(|| e.to_string());
+                        warn!(%client, %reason, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!(%client, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(protocol::HEADER_READ_TIMEOUT);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                .await
+            {
+                debug!(%client, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
+}

@@ -1,0 +1,546 @@
+//! The diff-and-push engine: scan the local tree, fetch each peer's manifest, plan, then
+//! print (dry run) or push. `sync`, `sync -dry`, the demo and the daemon all call
+//! [`Engine::run`].
+//!
+//! Peers are handled concurrently and independently: one slow or dead peer neither
+//! delays nor stops the others. Each peer gets one manifest request and, when something
+//! changes, one apply request carrying every change with its content (split only when
+//! the changes exceed the receiver's body limit).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::client::{self, Peer};
+use crate::config::{BindAddress, Config, Excludes, Remote};
+use crate::manifest::{self, HashCache, Manifest, Scan};
+use crate::paths::{self, is_within};
+use crate::plan::plan;
+use crate::protocol::{
+    self, Action, BatchHeader, ChangeKind, Content, Digest256, ManifestResponse, Op, Outcome,
+};
+use crate::tls::TlsMaterial;
+
+/// File contents of a batch, one slot per operation (`None`: no content travels).
+type Contents = Vec<Option<Arc<Vec<u8>>>>;
+
+/// Room left in a batch body for its header when splitting large pushes.
+const BATCH_HEADER_ALLOWANCE_BYTES: usize = 16 * 1024 * 1024;
+
+/// What one run does.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Logical paths limiting the run to those files or subtrees; empty: everything.
+    pub scope: Vec<String>,
+    /// Plan and report, change nothing.
+    pub dry_run: bool,
+}
+
+/// What happened (or would happen) to one path on one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeStatus {
+    Done(ChangeKind),
+    /// Refused or failed on the peer, or conflicting; the peer's file is intact.
+    Skipped(String),
+    /// A directory left in place on purpose (it holds paths the peer excludes).
+    Kept(String),
+}
+
+/// One line of output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub peer: String,
+    pub path: String,
+    pub status: ChangeStatus,
+}
+
+impl fmt::Display for Change {
+    /// The original tool's line, without its timestamp: `[M] 10.0.0.2:8080 /etc/x updated`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (peer, path) = (&self.peer, &self.path);
+        match &self.status {
+            ChangeStatus::Done(ChangeKind::Added) => write!(f, "[+] {peer} {path} added"),
+            ChangeStatus::Done(ChangeKind::Updated) => write!(f, "[M] {peer} {path} updated"),
+            ChangeStatus::Done(ChangeKind::Deleted) => write!(f, "[-] {peer} {path} deleted"),
+            ChangeStatus::Skipped(reason) | ChangeStatus::Kept(reason) => {
+                write!(f, "[!] {peer} {path} skipped: {reason}")
+            }
+        }
+    }
+}
+
+/// The outcome of a run for one peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerReport {
+    pub peer: String,
+    pub changes: Vec<Change>,
+    /// The peer could not be synchronised (unreachable, refused the request, ...).
+    pub error: Option<String>,
+    /// Why the remote was left alone: it turned out to be this node.
+    pub skipped: Option<String>,
+}
+
+impl PeerReport {
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+            || self
+                .changes
+                .iter()
+                .any(|c| matches!(c.status, ChangeStatus::Skipped(_)))
+    }
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Problems on this node (a missing configured directory, a bad scope path).
+    pub local_errors: Vec<String>,
+    /// One per peer, in the order of `remotes`.
+    pub peers: Vec<PeerReport>,
+}
+
+impl Report {
+    /// Whether anything failed: decides exit code 2.
+    pub fn failed(&self) -> bool {
+        !self.local_errors.is_empty() || self.peers.iter().any(PeerReport::failed)
+    }
+
+    /// Whether any change was (or would be) made.
+    pub fn has_changes(&self) -> bool {
+        self.peers.iter().any(|p| {
+            p.changes
+                .iter()
+                .any(|c| matches!(c.status, ChangeStatus::Done(_)))
+        })
+    }
+}
+
+/// The engine: this node's config, its peers and its hash cache.
+pub struct Engine {
+    config: Arc<Config>,
+    peers: Vec<Peer>,
+    cache: Arc<HashCache>,
+    /// The identity of the daemon of this node, when known: a remote announcing it is
+    /// this node under another name.
+    self_id: Option<String>,
+}
+
+impl Engine {
+    /// Builds the engine; remotes that resolve to this node's own listening address are
+    /// dropped here (logged at debug).
+    pub async fn new(
+        config: Arc<Config>,
+        tls: &TlsMaterial,
+        cache: Arc<HashCache>,
+        self_id: Option<String>,
+    ) -> anyhow::Result<Engine> {
+        let http = client::http_client(tls.client_config()?)?;
+        let mut peers = Vec::new();
+        for remote in &config.remotes {
+            if resolves_to_self(remote, &config.bind_address).await {
+                debug!(peer = %remote.label, "skipping remote: it is this node");
+                continue;
+            }
+            peers.push(Peer::new(remote.clone(), http.clone()));
+        }
+        Ok(Engine {
+            config,
+            peers,
+            cache,
+            self_id,
+        })
+    }
+
+    /// Asks the daemon listening on this node's bind address for its identity, so that a
+    /// CLI run recognises this node behind any alias in `remotes`. `None` when no daemon
+    /// answers (detection by address still applies).
+    pub async fn discover_self_id(config: &Config, tls: &TlsMaterial) -> Option<String> {
+        let ip = config
+            .bind_address
+            .ip
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let host = ip.to_string();
+        let remote = Remote {
+            label: format!("{}", SocketAddr::new(ip, config.bind_address.port)),
+            host,
+            port: config.bind_address.port,
+        };
+        let http = client::http_client(tls.client_config().ok()?).ok()?;
+        match Peer::new(remote, http).identity().await {
+            Ok(identity) => Some(identity.node_id),
+            Err(e) => {
+                debug!(error = %e, "no local daemon identity");
+                None
+            }
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The peers this engine synchronises (the remotes minus this node).
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// Runs one sync (or dry run). `on_peer` is called as each peer finishes, in
+    /// completion order, so that output flows while slow peers are still working.
+    pub async fn run(&self, options: &Options, mut on_peer: impl FnMut(&PeerReport)) -> Report {
+        let span = info_span!("sync", dry_run = options.dry_run);
+        async {
+            let mut report = Report::default();
+            for path in &options.scope {
+                if let Err(e) = paths::check_normalized(path) {
+                    report.local_errors.push(e);
+                } else if self.config.directory_of(path).is_none() {
+                    report
+                        .local_errors
+                        .push(format!("{path}: not inside a configured directory"));
+                }
+            }
+            if !report.local_errors.is_empty() {
+                return report;
+            }
+
+            let started = std::time::Instant::now();
+            let scope = options.scope.clone();
+            let manifests: Vec<_> = self
+                .peers
+                .iter()
+                .map(|peer| {
+                    let peer = peer.clone();
+                    let scope = scope.clone();
+                    tokio::spawn(async move { peer.manifest(&scope).await })
+                })
+                .collect();
+            let (config, cache) = (self.config.clone(), self.cache.clone());
+            let scan = tokio::task::spawn_blocking(move || manifest::scan(&config, &scope, &cache))
+                .await
+                .expect("scan task");
+            for dir in &scan.missing {
+                report.local_errors.push(format!(
+                    "directory {dir} is missing on this node: nothing is synchronised for it"
+                ));
+            }
+            let local = Arc::new(LocalState::new(scan));
+
+            let mut tasks = JoinSet::new();
+            for (index, (peer, manifest)) in self.peers.iter().cloned().zip(manifests).enumerate() {
+                let local = local.clone();
+                let config = self.config.clone();
+                let self_id = self.self_id.clone();
+                let options = options.clone();
+                let span = info_span!("peer", peer = %peer.remote.label);
+                tasks.spawn(
+                    async move {
+                        let manifest = manifest.await.expect("manifest task");
+                        let report =
+                            sync_peer(&config, &peer, manifest, &local, self_id, &options).await;
+                        (index, report)
+                    }
+                    .instrument(span),
+                );
+            }
+            let mut reports: Vec<(usize, PeerReport)> = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                let (index, report) = done.expect("peer task");
+                on_peer(&report);
+                reports.push((index, report));
+            }
+            reports.sort_by_key(|(i, _)| *i);
+            report.peers = reports.into_iter().map(|(_, r)| r).collect();
+            let changes: usize = report.peers.iter().map(|p| p.changes.len()).sum();
+            info!(
+                peers = report.peers.len(),
+                changes,
+                failed = report.failed(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "sync finished"
+            );
+            report
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The local scan plus the file contents read so far, shared by all peers of a run so
+/// that each file is read once however many peers need it.
+struct LocalState {
+    scan: Scan,
+    contents: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+}
+
+impl LocalState {
+    fn new(scan: Scan) -> LocalState {
+        LocalState {
+            scan,
+            contents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn content(&self, config: &Config, path: &str) -> std::io::Result<Arc<Vec<u8>>> {
+        if let Some(bytes) = self.contents.lock().expect("contents lock").get(path) {
+            return Ok(bytes.clone());
+        }
+        let mut bytes = Vec::new();
+        manifest::open_nofollow(&config.local_path(path))?.read_to_end(&mut bytes)?;
+        let bytes = Arc::new(bytes);
+        self.contents
+            .lock()
+            .expect("contents lock")
+            .insert(path.to_string(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+async fn sync_peer(
+    config: &Config,
+    peer: &Peer,
+    manifest: Result<ManifestResponse, client::PeerError>,
+    local: &LocalState,
+    self_id: Option<String>,
+    options: &Options,
+) -> PeerReport {
+    let label = peer.remote.label.clone();
+    let mut report = PeerReport {
+        peer: label.clone(),
+        ..PeerReport::default()
+    };
+    let remote = match manifest {
+        Ok(remote) => remote,
+        Err(e) => {
+            warn!(error = %e, "peer failed");
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    if self_id.as_deref() == Some(remote.identity.node_id.as_str()) {
+        debug!("skipping remote: it announces this node's identity");
+        report.skipped = Some("it is this node (same identity)".into());
+        return report;
+    }
+
+    let (ours, theirs, refused_dirs) = views(config, local, &remote);
+    for dir in refused_dirs {
+        report.changes.push(Change {
+            peer: label.clone(),
+            path: dir.0,
+            status: ChangeStatus::Skipped(dir.1),
+        });
+    }
+    let ops = plan(&ours, &theirs, remote.owners);
+    if options.dry_run || ops.is_empty() {
+        report.changes.extend(ops.iter().map(|op| Change {
+            peer: label.clone(),
+            path: op.path.clone(),
+            status: ChangeStatus::Done(op.change()),
+        }));
+        return report;
+    }
+    push(config, peer, ops, local, &mut report).await;
+    report
+}
+
+/// The local and remote manifests restricted to what this peer and this node both
+/// synchronise, plus the configured directories the peer cannot take (with the reason).
+fn views(
+    config: &Config,
+    local: &LocalState,
+    remote: &ManifestResponse,
+) -> (Manifest, Manifest, Vec<(String, String)>) {
+    let mut refused = Vec::new();
+    // For each local directory this run covers: the peer's exclude rules for it.
+    let mut shared: Vec<(&crate::config::Directory, Excludes)> = Vec::new();
+    for dir in &config.directories {
+        if !local.scan.entries.contains_key(&dir.path) {
+            continue; // missing here or out of scope
+        }
+        match remote.directories.iter().find(|d| d.path == dir.path) {
+            None => refused.push((
+                dir.path.clone(),
+                "not a configured directory on the peer".into(),
+            )),
+            Some(info) => match Excludes::new(&dir.path, &info.exclude) {
+                Ok(excludes) => shared.push((dir, excludes)),
+                Err(e) => refused.push((
+                    dir.path.clone(),
+                    format!("the peer's excludes are invalid: {e}"),
+                )),
+            },
+        }
+    }
+    let unknown: Vec<&str> = local
+        .scan
+        .unreadable
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .chain(remote.unreadable.iter().map(String::as_str))
+        .collect();
+    let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
+
+    let ours: Manifest = local
+        .scan
+        .entries
+        .iter()
+        .filter(|(path, _)| {
+            known(path)
+                && shared.iter().any(|(dir, theirs)| {
+                    is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
+                })
+        })
+        .map(|(p, e)| (p.clone(), e.clone()))
+        .collect();
+    let theirs: Manifest = remote
+        .entries
+        .iter()
+        .filter(|w| {
+            known(&w.path)
+                && shared.iter().any(|(dir, _)| {
+                    is_within(&w.path, &dir.path)
+                        && !dir.excludes.excludes_any_component(&dir.path, &w.path)
+                })
+        })
+        .map(|w| (w.path.clone(), w.entry.clone()))
+        .collect::<BTreeMap<_, _>>();
+    (ours, theirs, refused)
+}
+
+/// Sends the operations with their contents and records the outcome of each.
+async fn push(
+    config: &Config,
+    peer: &Peer,
+    mut ops: Vec<Op>,
+    local: &LocalState,
+    report: &mut PeerReport,
+) {
+    let label = peer.remote.label.clone();
+    let mut contents: Contents = Vec::with_capacity(ops.len());
+    let mut unreadable: Vec<(usize, String)> = Vec::new();
+    for (i, op) in ops.iter_mut().enumerate() {
+        if op.needs_content().is_none() {
+            contents.push(None);
+            continue;
+        }
+        match local.content(config, &op.path) {
+            Ok(bytes) => {
+                // The file may have changed since the scan: announce what is sent.
+                if let Action::Put { entry } = &mut op.action {
+                    entry.content = Content::File {
+                        size: bytes.len() as u64,
+                        sha256: Digest256::of(&bytes),
+                    };
+                }
+                contents.push(Some(bytes));
+            }
+            Err(e) => {
+                unreadable.push((i, format!("cannot read the local file: {e}")));
+                contents.push(None);
+            }
+        }
+    }
+    // Drop operations whose content could not be read (and report them).
+    let mut batch_ops = Vec::new();
+    let mut batch_contents = Vec::new();
+    for (i, (op, content)) in ops.into_iter().zip(contents).enumerate() {
+        if let Some((_, reason)) = unreadable.iter().find(|(j, _)| *j == i) {
+            report.changes.push(Change {
+                peer: label.clone(),
+                path: op.path,
+                status: ChangeStatus::Skipped(reason.clone()),
+            });
+            continue;
+        }
+        batch_ops.push(op);
+        batch_contents.push(content);
+    }
+
+    for (ops, contents) in split_batches(batch_ops, batch_contents) {
+        let header = BatchHeader { ops };
+        let slices: Vec<&[u8]> = contents.iter().flatten().map(|c| c.as_slice()).collect();
+        let body = protocol::encode_batch(&header, &slices);
+        let bytes = body.len();
+        match peer.apply(body).await {
+            Ok(response) => {
+                debug!(operations = header.ops.len(), bytes, "batch sent");
+                for (op, result) in header.ops.iter().zip(response.results) {
+                    let status = match result.outcome {
+                        Outcome::Applied => ChangeStatus::Done(op.change()),
+                        Outcome::Conflict(reason) => {
+                            ChangeStatus::Skipped(format!("conflict: {reason}"))
+                        }
+                        Outcome::Failed(reason) => ChangeStatus::Skipped(reason),
+                        Outcome::Kept(reason) => ChangeStatus::Kept(reason),
+                    };
+                    report.changes.push(Change {
+                        peer: label.clone(),
+                        path: op.path.clone(),
+                        status,
+                    });
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "push failed");
+                report.error = Some(e.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// Splits operations into batches whose contents fit the receiver's body limit. Almost
+/// every sync is one batch.
+fn split_batches(ops: Vec<Op>, contents: Contents) -> Vec<(Vec<Op>, Contents)> {
+    let budget = protocol::MAX_APPLY_BODY_BYTES - BATCH_HEADER_ALLOWANCE_BYTES;
+    let mut batches = vec![(Vec::new(), Vec::new())];
+    let mut used = 0usize;
+    for (op, content) in ops.into_iter().zip(contents) {
+        let size = content.as_ref().map_or(0, |c| c.len());
+        let current = batches.last_mut().expect("one batch");
+        if used + size > budget && !current.0.is_empty() {
+            batches.push((Vec::new(), Vec::new()));
+            used = 0;
+        }
+        used += size;
+        let current = batches.last_mut().expect("one batch");
+        current.0.push(op);
+        current.1.push(content);
+    }
+    batches
+}
+
+/// Whether a remote resolves to the address this node listens on.
+async fn resolves_to_self(remote: &Remote, bind: &BindAddress) -> bool {
+    let Ok(addrs) = tokio::net::lookup_host((remote.host.as_str(), remote.port)).await else {
+        return false;
+    };
+    let mut addrs = addrs;
+    addrs.any(|addr| {
+        addr.port() == bind.port
+            && match bind.ip {
+                Some(ip) if !ip.is_unspecified() => addr.ip() == ip,
+                _ => is_local_address(addr.ip()),
+            }
+    })
+}
+
+/// Whether an address belongs to this host: binding to it succeeds only then.
+fn is_local_address(ip: IpAddr) -> bool {
+    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Loads TLS material and builds an engine for a CLI run (not inside a daemon).
+pub async fn engine_for_cli(config: Arc<Config>) -> anyhow::Result<Engine> {
+    let tls = TlsMaterial::load(&config)?;
+    let self_id = Engine::discover_self_id(&config, &tls).await;
+    Engine::new(config, &tls, Arc::new(HashCache::default()), self_id)
+        .await
+        .context("cannot set up the peers")
+}

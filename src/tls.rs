@@ -1,0 +1,276 @@
+//! PEM files -> rustls server and client configurations for mutual TLS.
+//!
+//! Only the configured CA is trusted, never the system roots. Besides ordinary chains,
+//! a certificate that is byte-identical to one in the CA file is accepted ("pinned"):
+//! this is the original tool's setup, one self-signed certificate (which carries
+//! CA:TRUE) named by all three `tls_*` keys, which webpki alone refuses as
+//! `CaUsedAsEndEntity`. A pinned certificate still has its validity period checked and,
+//! on the client side, its subjectAltName against the peer's host.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+
+use crate::config::Config;
+
+/// The certificates and key named by the config.
+pub struct TlsMaterial {
+    pub ca: Vec<CertificateDer<'static>>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl TlsMaterial {
+    /// Reads the three PEM files, naming the key and file on failure.
+    pub fn load(config: &Config) -> anyhow::Result<TlsMaterial> {
+        let certs =
+            |key: &str, path: &std::path::Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| anyhow!("{key}: {}: {e}", path.display()))?;
+                if certs.is_empty() {
+                    return Err(anyhow!(
+                        "{key}: {}: no PEM certificate found",
+                        path.display()
+                    ));
+                }
+                Ok(certs)
+            };
+        let ca = certs("tls_ca_certificate", &config.tls_ca_certificate)?;
+        let chain = certs("tls_certificate", &config.tls_certificate)?;
+        let key = PrivateKeyDer::from_pem_file(&config.tls_private_key).map_err(|e| {
+            anyhow!(
+                "tls_private_key: {}: no usable PEM private key ({e})",
+                config.tls_private_key.display()
+            )
+        })?;
+        Ok(TlsMaterial { ca, chain, key })
+    }
+
+    fn roots(&self) -> anyhow::Result<Arc<RootCertStore>> {
+        let mut roots = RootCertStore::empty();
+        for cert in &self.ca {
+            roots
+                .add(cert.clone())
+                .context("tls_ca_certificate: a certificate cannot be used as a trust anchor")?;
+        }
+        Ok(Arc::new(roots))
+    }
+
+    /// The server side: requires a client certificate from the group.
+    pub fn server_config(&self) -> anyhow::Result<Arc<ServerConfig>> {
+        let provider = provider();
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .build()
+            .context("tls_ca_certificate: cannot build the client verifier")?;
+        let verifier = PinnedClientVerifier {
+            inner,
+            pinned: self.ca.clone(),
+        };
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .context("tls_certificate/tls_private_key: the key does not fit the certificate")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// The client side: presents our certificate, trusts only the group's CA.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let provider = provider();
+        let inner = WebPkiServerVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .build()
+            .context("tls_ca_certificate: cannot build the server verifier")?;
+        let verifier = PinnedServerVerifier {
+            inner,
+            pinned: self.ca.clone(),
+        };
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .context("tls_certificate/tls_private_key: the key does not fit the certificate")?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Checks the validity period of a pinned certificate.
+fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), Error> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let now = now.as_secs() as i64;
+    let validity = parsed.validity();
+    if now < validity.not_before.timestamp() {
+        return Err(Error::InvalidCertificate(CertificateError::NotValidYet));
+    }
+    if now > validity.not_after.timestamp() {
+        return Err(Error::InvalidCertificate(CertificateError::Expired));
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct PinnedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ClientCertVerifier for PinnedClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        if self.pinned.iter().any(|p| p == end_entity) {
+            check_validity(end_entity, now)?;
+            return Ok(ClientCertVerified::assertion());
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct PinnedServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if self.pinned.iter().any(|p| p == end_entity) {
+            check_validity(end_entity, now)?;
+            let cert = webpki::EndEntityCert::try_from(end_entity)
+                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            cert.verify_is_valid_for_subject_name(server_name)
+                .map_err(|_| Error::InvalidCertificate(CertificateError::NotValidForName))?;
+            return Ok(ServerCertVerified::assertion());
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Finds a TLS error in an error chain and says in plain words what it means for an
+/// operator. `None` when the chain holds no TLS error.
+pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<Error>() {
+            return Some(describe(tls));
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Error>())
+        {
+            return Some(describe(tls));
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn describe(err: &Error) -> String {
+    use rustls::AlertDescription as Alert;
+    let what = match err {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the peer's certificate is not signed by our tls_ca_certificate".to_string()
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName)
+        | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            "the peer's certificate is not valid for the host name or address in remotes (check its subjectAltName)".to_string()
+        }
+        Error::InvalidCertificate(CertificateError::Expired)
+        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            "the peer's certificate has expired".to_string()
+        }
+        Error::InvalidCertificate(CertificateError::NotValidYet)
+        | Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
+            "the peer's certificate is not valid yet".to_string()
+        }
+        Error::AlertReceived(Alert::UnknownCA | Alert::BadCertificate | Alert::CertificateRequired | Alert::CertificateUnknown) => {
+            "the peer refused our certificate (is tls_certificate signed by the peer's CA?)".to_string()
+        }
+        Error::AlertReceived(Alert::CertificateExpired) => {
+            "the peer refused our certificate as expired or not yet valid".to_string()
+        }
+        other => other.to_string(),
+    };
+    format!("TLS: {what} ({err})")
+}
