@@ -241,12 +241,7 @@ fn current_state(parent: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
             }
         }
         rustix::fs::FileType::RegularFile => {
-            let fd = rustix::fs::openat(
-                parent,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
+            let fd = open_regular(parent, name)?;
             Content::File {
                 size: st.st_size as u64,
                 sha256: crate::manifest::hash_reader(File::from(fd))?,
@@ -267,6 +262,24 @@ fn current_state(parent: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
     }))
 }
 
+/// Opens an existing regular file for reading: never through a symlink, never blocking
+/// on a FIFO that replaced it, and refusing anything that is not a regular file.
+fn open_regular(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::other(format!(
+            "{name} is no longer a regular file"
+        )));
+    }
+    Ok(fd)
+}
+
 fn temp_name() -> String {
     format!(
         "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
@@ -285,12 +298,7 @@ fn put(
         Content::File { .. } => match content {
             Some(bytes) => write_file(parent, name, bytes, entry, owners)?,
             None => {
-                let fd = rustix::fs::openat(
-                    parent,
-                    name,
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
+                let fd = open_regular(parent, name)?;
                 set_meta(&fd, entry, owners)?;
                 set_mtime(&fd, entry)?;
             }

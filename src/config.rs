@@ -716,6 +716,20 @@ directory "/foo/bar" {
     }
 
     #[test]
+    fn example_config_in_contrib_parses() {
+        let text = include_str!("../contrib/gosyncd.example.hcl");
+        let c = parse(text).unwrap();
+        assert_eq!(c.remotes.len(), 3);
+        assert_eq!(c.directories[0].path, "/etc/haproxy");
+        assert!(c.directories[0]
+            .excludes
+            .is_excluded("/etc/haproxy/.haproxy.cfg.swp"));
+        assert!(c.directories[0]
+            .excludes
+            .is_excluded("/etc/haproxy/errors/503.http"));
+    }
+
+    #[test]
     fn tls_paths_are_relative_to_the_config_file() {
         let text = SEED.replace("/etc/gosyncd/gosyncd.key", "node.key");
         let c = Config::from_str(&text, Path::new("/srv/node1/config.hcl")).unwrap();

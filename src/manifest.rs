@@ -103,12 +103,21 @@ pub fn hash_reader(mut reader: impl Read) -> io::Result<Digest256> {
     }
 }
 
-/// Opens a file for reading without following a symlink in its last component.
+/// Opens a regular file for reading without following a symlink in its last component
+/// and without blocking if a FIFO took its place.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is no longer a regular file",
+            path.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// Scans every configured directory in `scope` (empty: all of them).

@@ -1,0 +1,38 @@
+# gosyncd configuration: the same file form as the original tool.
+# Copy to /etc/gosyncd/config.hcl and adapt; `gosyncd -config FILE check-config` checks it.
+
+# Where the daemon listens. ":8080" means every address (IPv6 dual-stack, IPv4 if the
+# host has no IPv6); "10.0.0.2:8080" or "[fd00::2]:8080" name one address.
+bind_address = ":8080"
+
+# Every node of the group, "host:port" (host names allowed). The same list can be used
+# on every node: the entry that is this node is recognised and skipped.
+remotes = [
+  "10.0.0.2:8080",
+  "10.0.0.3:8080",
+  "10.0.0.4:8080"
+]
+
+# Mutual TLS: every node presents a certificate that chains to tls_ca_certificate.
+# The original setup works too: one self-signed certificate named by all three keys.
+# Relative paths are relative to this file's directory.
+tls_ca_certificate = "/etc/gosyncd/gosyncd.crt"
+tls_certificate = "/etc/gosyncd/gosyncd.crt"
+tls_private_key = "/etc/gosyncd/gosyncd.key"
+
+# Optional: the local prefix under which the directories below live on this host
+# (default "/"). Paths on the wire stay logical ("/etc/haproxy/haproxy.cfg").
+# root = "/"
+
+directory "/etc/haproxy" {
+  exclude = [
+    # an absolute path: that path and everything below it
+    "/etc/haproxy/errors",
+    # no leading "/": a pattern matched against file names
+    "*.swp",
+    "*~",
+  ]
+}
+
+directory "/etc/nginx" {
+}
