@@ -426,3 +426,221 @@ fn delete(parent: &OwnedFd, name: &str, current: Option<&Entry>) -> io::Result<O
 pub fn applies_owners() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Digest256;
+    use std::path::Path;
+
+    fn config(root: &Path) -> Config {
+        let text = format!(
+            r#"
+bind_address = "127.0.0.1:1"
+remotes = []
+tls_ca_certificate = "ca.pem"
+tls_certificate = "cert.pem"
+tls_private_key = "key.pem"
+root = "{}"
+directory "/etc/app" {{
+  exclude = ["/etc/app/private", "*.swp"]
+}}
+"#,
+            root.display()
+        );
+        Config::from_str(&text, Path::new("/x/config.hcl")).unwrap()
+    }
+
+    fn put(path: &str, bytes: &[u8]) -> Op {
+        Op {
+            path: path.into(),
+            action: Action::Put {
+                entry: Entry {
+                    content: Content::File {
+                        size: bytes.len() as u64,
+                        sha256: Digest256::of(bytes),
+                    },
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: 0,
+                },
+            },
+            expect: None,
+        }
+    }
+
+    fn refusal(config: &Config, ops: Vec<Op>) -> String {
+        validate_batch(config, &BatchHeader { ops }).unwrap_err()
+    }
+
+    #[test]
+    fn paths_outside_or_excluded_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let cases = [
+            ("/etc/app/../passwd", "\"..\""),
+            ("/etc/passwd", "outside the configured directories"),
+            ("/etc/application/x", "outside the configured directories"),
+            ("etc/app/x", "not absolute"),
+            ("/etc/app/private/key", "excluded on this node"),
+            ("/etc/app/dir.swp/inner", "excluded on this node"),
+            ("/etc/app/.gosyncd-1.tmp", "temporary file name"),
+        ];
+        for (path, why) in cases {
+            let err = refusal(&c, vec![put(path, b"x")]);
+            assert!(err.contains(why), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn configured_directories_are_never_deleted_or_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let delete = Op {
+            path: "/etc/app".into(),
+            action: Action::Delete,
+            expect: None,
+        };
+        assert!(refusal(&c, vec![delete]).contains("never deleted"));
+        assert!(refusal(&c, vec![put("/etc/app", b"x")]).contains("stay a directory"));
+    }
+
+    #[test]
+    fn impossible_modes_and_link_targets_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let mut op = put("/etc/app/x", b"x");
+        if let Action::Put { entry } = &mut op.action {
+            entry.mode = 0o170_000;
+        }
+        assert!(refusal(&c, vec![op]).contains("not a permission mode"));
+        let mut link = put("/etc/app/l", b"");
+        if let Action::Put { entry } = &mut link.action {
+            entry.content = Content::Symlink {
+                target: String::new(),
+            };
+        }
+        assert!(refusal(&c, vec![link]).contains("invalid symlink target"));
+    }
+
+    #[test]
+    fn a_symlink_planted_in_a_parent_refuses_the_whole_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside"), app.join("sub")).unwrap();
+        let ops = vec![put("/etc/app/fine", b"1"), put("/etc/app/sub/evil", b"2")];
+        let err = refusal(&c, ops);
+        assert!(err.contains("/etc/app/sub is a symlink"), "{err}");
+        assert!(
+            !app.join("fine").exists(),
+            "nothing is written when a batch is refused"
+        );
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("outside"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_executor_refuses_a_symlink_that_appears_after_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        let op = put("/etc/app/sub/evil", b"2");
+        validate_batch(
+            &c,
+            &BatchHeader {
+                ops: vec![op.clone()],
+            },
+        )
+        .unwrap();
+        // The link is planted between validation and execution.
+        std::os::unix::fs::symlink(tmp.path().join("outside"), app.join("sub")).unwrap();
+        let outcome = apply_op(&c, false, &op, Some(b"2"));
+        assert!(
+            matches!(&outcome, Outcome::Failed(r) if r.contains("symlink")),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("outside"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_put_lands_atomically_with_its_mode_and_leaves_no_temp_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("x"), b"old").unwrap();
+        let mut op = put("/etc/app/x", b"new content");
+        let old = crate::manifest::read_entry(&app.join("x"), false, &Default::default())
+            .unwrap()
+            .unwrap();
+        op.expect = Some(old);
+        if let Action::Put { entry } = &mut op.action {
+            entry.mode = 0o600;
+        }
+        assert_eq!(
+            apply_op(&c, false, &op, Some(b"new content")),
+            Outcome::Applied
+        );
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"new content");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(app.join("x"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x"]);
+    }
+
+    #[test]
+    fn a_stale_expectation_is_a_conflict_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("x"), b"edited on the peer").unwrap();
+        let op = put("/etc/app/x", b"pushed"); // planned against "nothing there"
+        let outcome = apply_op(&c, false, &op, Some(b"pushed"));
+        assert!(
+            matches!(&outcome, Outcome::Conflict(r) if r.contains("expected nothing")),
+            "{outcome:?}"
+        );
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"edited on the peer");
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_file_does_not_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            app.join("fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let outcome = apply_op(&c, false, &put("/etc/app/fifo", b"x"), Some(b"x"));
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    }
+}
