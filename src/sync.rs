@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use tokio::task::JoinSet;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, Instrument};
 
 use crate::client::{self, Peer};
 use crate::config::{BindAddress, Config, Excludes, Remote};
@@ -171,7 +171,7 @@ impl Engine {
             host,
             port: config.bind_address.port,
         };
-        let http = client::http_client(tls.client_config().ok()?).ok()?;
+        let http = client::http_client(tls.identity_probe_config().ok()?).ok()?;
         match Peer::new(remote, http).identity().await {
             Ok(identity) => Some(identity.node_id),
             Err(e) => {
@@ -317,7 +317,6 @@ async fn sync_peer(
     let remote = match manifest {
         Ok(remote) => remote,
         Err(e) => {
-            warn!(error = %e, "peer failed");
             report.error = Some(e.to_string());
             return report;
         }
@@ -487,7 +486,6 @@ async fn push(
                 }
             }
             Err(e) => {
-                warn!(error = %e, "push failed");
                 report.error = Some(e.to_string());
                 return;
             }
