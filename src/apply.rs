@@ -10,7 +10,7 @@
 //! fsync of the directory: a crash leaves the old file or the new one, never a mix.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
@@ -20,7 +20,8 @@ use crate::config::{Config, Directory};
 use crate::manifest::{is_temp_name, TEMP_PREFIX, TEMP_SUFFIX};
 use crate::paths::{self, components_below};
 use crate::protocol::{
-    Action, Batch, BatchHeader, Content, Entry, Op, OpResult, Outcome, MAX_LINK_TARGET_BYTES,
+    Action, Batch, BatchHeader, Content, Digest256, Entry, Op, OpResult, Outcome,
+    MAX_LINK_TARGET_BYTES,
 };
 
 /// Checks that a path from a peer is one this node may write: well-formed, inside a
@@ -137,17 +138,18 @@ fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> O
         Ok(found) => found,
         Err(reason) => return Outcome::Failed(reason),
     };
-    let current = match current_state(&parent, &name) {
-        Ok(current) => current,
+    let checked = match current_state(&parent, &name) {
+        Ok(checked) => checked,
         Err(e) => return Outcome::Failed(format!("cannot read the current state: {e}")),
     };
+    let current = checked.as_ref().map(|(entry, _)| entry);
 
     // Already in the wanted state (another sync got there first): nothing to do.
     let wanted = match &op.action {
         Action::Put { entry } => Some(entry),
         Action::Delete => None,
     };
-    let already = match (&current, wanted) {
+    let already = match (current, wanted) {
         (None, None) => true,
         (Some(have), Some(want)) => have.same_state(want, owners),
         _ => false,
@@ -155,7 +157,7 @@ fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> O
     if already {
         return Outcome::Applied;
     }
-    let as_expected = match (&current, &op.expect) {
+    let as_expected = match (current, &op.expect) {
         (None, None) => true,
         (Some(have), Some(expect)) => have.same_state(expect, true),
         _ => false,
@@ -165,23 +167,29 @@ fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> O
         return Outcome::Conflict(format!(
             "changed on the peer since the sync was planned (expected {}, found {})",
             describe(op.expect.as_ref()),
-            describe(current.as_ref())
+            describe(current)
         ));
     }
 
-    let result = match &op.action {
-        Action::Delete => delete(&parent, &name, current.as_ref()),
-        Action::Put { entry } => put(&parent, &name, entry, content, owners),
+    let target = Target {
+        parent: &parent,
+        name: &name,
+        checked: checked.as_ref().map(|(_, fp)| *fp),
     };
-    match result {
-        Ok(outcome) => outcome,
-        Err(e) => Outcome::Failed(e.to_string()),
-    }
+    let result = match &op.action {
+        Action::Delete => target.delete(current),
+        Action::Put { entry } => target.put(entry, content, owners),
+    };
+    result.unwrap_or_else(|e| Outcome::Failed(e.to_string()))
 }
 
 /// Opens the directory holding `path` without following any link below the configured
 /// directory, and returns it with the final component's name.
-fn open_parent(config: &Config, dir: &Directory, path: &str) -> Result<(OwnedFd, String), String> {
+pub(crate) fn open_parent(
+    config: &Config,
+    dir: &Directory,
+    path: &str,
+) -> Result<(OwnedFd, String), String> {
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     if path == dir.path {
         // The configured directory itself: its parent is the administrator's, trusted.
@@ -225,27 +233,48 @@ fn open_parent(config: &Config, dir: &Directory, path: &str) -> Result<(OwnedFd,
     Ok((fd, name))
 }
 
-/// The state of `name` in `parent`, without following it.
-fn current_state(parent: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
+/// What identifies one inode in one state: a write or a metadata change moves `ctime`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    fn of(st: &rustix::fs::Stat) -> Fingerprint {
+        Fingerprint {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size,
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+        }
+    }
+}
+
+/// The state of `name` in `parent`, without following it, with the fingerprint of the
+/// inode that state was read from. A file's state is read from one open descriptor, so
+/// its content, mode and owner belong to the same inode.
+fn current_state(parent: &OwnedFd, name: &str) -> io::Result<Option<(Entry, Fingerprint)>> {
     let st = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let content = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-        rustix::fs::FileType::Directory => Content::Dir,
+    let (content, st) = match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::Directory => (Content::Dir, st),
         rustix::fs::FileType::Symlink => {
             let target = rustix::fs::readlinkat(parent, name, Vec::new())?;
-            Content::Symlink {
-                target: target.to_string_lossy().into_owned(),
-            }
+            let target = target.to_string_lossy().into_owned();
+            (Content::Symlink { target }, st)
         }
         rustix::fs::FileType::RegularFile => {
             let fd = open_regular(parent, name)?;
-            Content::File {
-                size: st.st_size as u64,
-                sha256: crate::manifest::hash_reader(File::from(fd))?,
-            }
+            let st = rustix::fs::fstat(&fd)?;
+            let sha256 = crate::manifest::hash_reader(File::from(fd))?;
+            let size = st.st_size as u64;
+            (Content::File { size, sha256 }, st)
         }
         other => {
             return Err(io::Error::other(format!(
@@ -253,18 +282,19 @@ fn current_state(parent: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
             )))
         }
     };
-    Ok(Some(Entry {
+    let entry = Entry {
         content,
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
-        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64,
-    }))
+        mtime_ns: crate::manifest::nanos(st.st_mtime, st.st_mtime_nsec as i64),
+    };
+    Ok(Some((entry, Fingerprint::of(&st))))
 }
 
 /// Opens an existing regular file for reading: never through a symlink, never blocking
 /// on a FIFO that replaced it, and refusing anything that is not a regular file.
-fn open_regular(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+pub(crate) fn open_regular(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
     let fd = rustix::fs::openat(
         parent,
         name,
@@ -287,90 +317,151 @@ fn temp_name() -> String {
     )
 }
 
-fn put(
-    parent: &OwnedFd,
-    name: &str,
-    entry: &Entry,
-    content: Option<&[u8]>,
-    owners: bool,
-) -> io::Result<Outcome> {
-    match &entry.content {
-        Content::File { .. } => match content {
-            Some(bytes) => write_file(parent, name, bytes, entry, owners)?,
-            None => {
-                let fd = open_regular(parent, name)?;
-                set_meta(&fd, entry, owners)?;
-                set_mtime(&fd, entry)?;
-            }
-        },
-        Content::Dir => {
-            match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-                Ok(()) | Err(Errno::EXIST) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let fd = rustix::fs::openat(
-                parent,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            set_meta(&fd, entry, owners)?;
-            rustix::fs::fsync(parent)?;
+fn changed_underneath() -> Outcome {
+    Outcome::Conflict("changed on the peer while the operation was being applied".into())
+}
+
+/// One name in one opened directory, with the fingerprint of what was checked there.
+struct Target<'a> {
+    parent: &'a OwnedFd,
+    name: &'a str,
+    checked: Option<Fingerprint>,
+}
+
+impl Target<'_> {
+    /// Whether the name still holds the inode (or the absence) that was checked. Asked
+    /// right before a rename or unlink, so a change made on the peer meanwhile is
+    /// refused instead of silently replaced.
+    fn unchanged(&self) -> io::Result<bool> {
+        match rustix::fs::statat(self.parent, self.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(self.checked == Some(Fingerprint::of(&st))),
+            Err(Errno::NOENT) => Ok(self.checked.is_none()),
+            Err(e) => Err(e.into()),
         }
-        Content::Symlink { target } => {
-            let tmp = temp_name();
-            rustix::fs::symlinkat(target.as_str(), parent, tmp.as_str())?;
-            let placed = (|| {
-                if owners {
+    }
+
+    fn put(&self, entry: &Entry, content: Option<&[u8]>, owners: bool) -> io::Result<Outcome> {
+        match &entry.content {
+            Content::File { sha256, .. } => match content {
+                Some(bytes) => self.write_file(bytes, entry, owners),
+                None => {
+                    // Same content, other metadata. The file is rewritten from the very
+                    // inode that was checked rather than chmod-ed in place: whatever sits
+                    // at the name (a swapped-in or hard-linked file) is never touched.
+                    let fd = open_regular(self.parent, self.name)?;
+                    if Some(Fingerprint::of(&rustix::fs::fstat(&fd)?)) != self.checked {
+                        return Ok(changed_underneath());
+                    }
+                    let mut bytes = Vec::new();
+                    File::from(fd).read_to_end(&mut bytes)?;
+                    if Digest256::of(&bytes) != *sha256 {
+                        return Ok(changed_underneath());
+                    }
+                    self.write_file(&bytes, entry, owners)
+                }
+            },
+            Content::Dir => {
+                match rustix::fs::mkdirat(self.parent, self.name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(Errno::EXIST) if self.checked.is_some() => {}
+                    Err(Errno::EXIST) => return Ok(changed_underneath()),
+                    Err(e) => return Err(e.into()),
+                }
+                let fd = rustix::fs::openat(
+                    self.parent,
+                    self.name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                let opened = Fingerprint::of(&rustix::fs::fstat(&fd)?);
+                if self
+                    .checked
+                    .is_some_and(|c| (c.dev, c.ino) != (opened.dev, opened.ino))
+                {
+                    return Ok(changed_underneath());
+                }
+                set_meta(&fd, entry, owners)?;
+                rustix::fs::fsync(self.parent)?;
+                Ok(Outcome::Applied)
+            }
+            Content::Symlink { target } => {
+                let tmp = temp_name();
+                rustix::fs::symlinkat(target.as_str(), self.parent, tmp.as_str())?;
+                let owned = if owners {
                     rustix::fs::chownat(
-                        parent,
+                        self.parent,
                         tmp.as_str(),
                         Some(rustix::fs::Uid::from_raw(entry.uid)),
                         Some(rustix::fs::Gid::from_raw(entry.gid)),
                         AtFlags::SYMLINK_NOFOLLOW,
-                    )?;
-                }
-                rustix::fs::renameat(parent, tmp.as_str(), parent, name)
-            })();
-            if let Err(e) = placed {
-                let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
-                return Err(e.into());
+                    )
+                    .map_err(io::Error::from)
+                } else {
+                    Ok(())
+                };
+                self.rename_into_place(&tmp, owned)
             }
-            rustix::fs::fsync(parent)?;
         }
     }
-    Ok(Outcome::Applied)
-}
 
-fn write_file(
-    parent: &OwnedFd,
-    name: &str,
-    bytes: &[u8],
-    entry: &Entry,
-    owners: bool,
-) -> io::Result<()> {
-    let tmp = temp_name();
-    let fd = rustix::fs::openat(
-        parent,
-        tmp.as_str(),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?;
-    let written = (|| {
-        let mut file = File::from(fd);
-        file.write_all(bytes)?;
-        set_meta(&file, entry, owners)?;
-        set_mtime(&file, entry)?;
-        file.sync_all()?;
-        rustix::fs::renameat(parent, tmp.as_str(), parent, name)?;
-        Ok::<_, io::Error>(())
-    })();
-    if let Err(e) = written {
-        let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
-        return Err(e);
+    fn write_file(&self, bytes: &[u8], entry: &Entry, owners: bool) -> io::Result<Outcome> {
+        let tmp = temp_name();
+        let fd = rustix::fs::openat(
+            self.parent,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let written = (|| {
+            let mut file = File::from(fd);
+            file.write_all(bytes)?;
+            set_meta(&file, entry, owners)?;
+            set_mtime(&file, entry)?;
+            file.sync_all()
+        })();
+        self.rename_into_place(&tmp, written)
     }
-    rustix::fs::fsync(parent)?;
-    Ok(())
+
+    /// Renames a prepared temporary entry over the name, unless preparing it failed or
+    /// the name changed since it was checked; the temporary entry never survives.
+    fn rename_into_place(&self, tmp: &str, prepared: io::Result<()>) -> io::Result<Outcome> {
+        let outcome = prepared.and_then(|()| {
+            if !self.unchanged()? {
+                return Ok(changed_underneath());
+            }
+            rustix::fs::renameat(self.parent, tmp, self.parent, self.name)?;
+            Ok(Outcome::Applied)
+        });
+        if !matches!(outcome, Ok(Outcome::Applied)) {
+            let _ = rustix::fs::unlinkat(self.parent, tmp, AtFlags::empty());
+            return outcome;
+        }
+        rustix::fs::fsync(self.parent)?;
+        outcome
+    }
+
+    fn delete(&self, current: Option<&Entry>) -> io::Result<Outcome> {
+        if !self.unchanged()? {
+            return Ok(changed_underneath());
+        }
+        let is_dir = current.is_some_and(|e| e.content.is_dir());
+        let flags = if is_dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        match rustix::fs::unlinkat(self.parent, self.name, flags) {
+            Ok(()) => {}
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => {
+                return Ok(Outcome::Kept(
+                    "directory kept: it holds paths excluded on this node".into(),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        rustix::fs::fsync(self.parent)?;
+        Ok(Outcome::Applied)
+    }
 }
 
 /// Owner first: changing the owner clears set-id bits, which the mode then restores.
@@ -400,26 +491,6 @@ fn set_mtime(fd: impl AsFd, entry: &Entry) -> io::Result<()> {
     };
     rustix::fs::futimens(&fd, &times)?;
     Ok(())
-}
-
-fn delete(parent: &OwnedFd, name: &str, current: Option<&Entry>) -> io::Result<Outcome> {
-    let is_dir = current.is_some_and(|e| e.content.is_dir());
-    let flags = if is_dir {
-        AtFlags::REMOVEDIR
-    } else {
-        AtFlags::empty()
-    };
-    match rustix::fs::unlinkat(parent, name, flags) {
-        Ok(()) => {}
-        Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => {
-            return Ok(Outcome::Kept(
-                "directory kept: it holds paths excluded on this node".into(),
-            ))
-        }
-        Err(e) => return Err(e.into()),
-    }
-    rustix::fs::fsync(parent)?;
-    Ok(Outcome::Applied)
 }
 
 /// Whether this process can apply owners.
@@ -642,5 +713,63 @@ directory "/etc/app" {{
         .unwrap();
         let outcome = apply_op(&c, false, &put("/etc/app/fifo", b"x"), Some(b"x"));
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_mode_change_never_touches_another_name_of_a_hard_linked_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let outside = tmp.path().join("outside-secret");
+        std::fs::write(&outside, b"same").unwrap();
+        std::fs::hard_link(&outside, app.join("x")).unwrap();
+        let mut op = put("/etc/app/x", b"same");
+        op.expect =
+            crate::manifest::read_entry(&app.join("x"), false, &Default::default()).unwrap();
+        if let Action::Put { entry } = &mut op.action {
+            entry.mode = 0o4777;
+        }
+        assert_eq!(op.needs_content(), None, "a metadata-only update");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let outside_mode = mode(&outside);
+        assert_eq!(apply_op(&c, false, &op, None), Outcome::Applied);
+        assert_eq!(mode(&app.join("x")), 0o4777);
+        assert_eq!(mode(&outside), outside_mode, "the other name is untouched");
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"same");
+    }
+
+    #[test]
+    fn a_change_between_check_and_rename_is_a_conflict() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("x"), b"checked").unwrap();
+        let dir = c.directory_of("/etc/app/x").unwrap();
+        let (parent, name) = open_parent(&c, dir, "/etc/app/x").unwrap();
+        let (_, fingerprint) = current_state(&parent, &name).unwrap().unwrap();
+        let target = Target {
+            parent: &parent,
+            name: &name,
+            checked: Some(fingerprint),
+        };
+        // Edited on the peer after the check, before the rename.
+        std::fs::write(app.join("x"), b"edited meanwhile").unwrap();
+        let entry = match put("/etc/app/x", b"pushed").action {
+            Action::Put { entry } => entry,
+            Action::Delete => unreachable!(),
+        };
+        let outcome = target.put(&entry, Some(b"pushed"), false).unwrap();
+        assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"edited meanwhile");
+        let names: Vec<_> = std::fs::read_dir(&app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x"], "the temporary file is removed");
+        assert!(matches!(target.delete(None).unwrap(), Outcome::Conflict(_)));
+        assert!(app.join("x").exists());
     }
 }

@@ -24,6 +24,8 @@ pub fn http_client(tls: rustls::ClientConfig) -> anyhow::Result<reqwest::Client>
         .use_preconfigured_tls(tls)
         .connect_timeout(protocol::CONNECT_TIMEOUT)
         .no_proxy()
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 
@@ -76,13 +78,21 @@ impl Peer {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, PeerError> {
-        let response = request.send().await.map_err(|e| explain(&e, timeout))?;
+        let mut response = request.send().await.map_err(|e| explain(&e, timeout))?;
         let status = response.status();
         if status.is_success() {
-            return response
-                .json::<T>()
-                .await
-                .map_err(|e| PeerError(format!("unreadable answer: {}", chain(&e))));
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, timeout))? {
+                if body.len() + chunk.len() > protocol::MAX_RESPONSE_BYTES {
+                    return Err(PeerError(format!(
+                        "answer larger than the limit of {} bytes",
+                        protocol::MAX_RESPONSE_BYTES
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return serde_json::from_slice(&body)
+                .map_err(|e| PeerError(format!("unreadable answer: {e}")));
         }
         let detail = match response.json::<ErrorBody>().await {
             Ok(body) => body.error,

@@ -60,7 +60,7 @@ impl Stamp {
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: mtime_ns(meta),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
         }
     }
 }
@@ -87,7 +87,13 @@ impl HashCache {
 
 /// Modification time of a file in nanoseconds since the epoch.
 pub fn mtime_ns(meta: &Metadata) -> i64 {
-    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+    nanos(meta.mtime(), meta.mtime_nsec())
+}
+
+/// Seconds and nanoseconds as nanoseconds, saturating: a peer can set any mtime, and a
+/// far-off one must not overflow.
+pub fn nanos(secs: i64, nsecs: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsecs)
 }
 
 /// Hashes a reader's whole content.

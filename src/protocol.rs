@@ -26,6 +26,8 @@ pub const BATCH_MAGIC: &[u8; 4] = b"GSB1";
 pub const MAX_APPLY_BODY_BYTES: usize = 512 * 1024 * 1024;
 /// Largest JSON header inside a batch body.
 pub const MAX_BATCH_HEADER_BYTES: usize = 64 * 1024 * 1024;
+/// Largest answer a client reads from a peer (a manifest of a very large tree).
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 /// Largest manifest request body (a list of scope paths).
 pub const MAX_MANIFEST_REQUEST_BYTES: usize = 1024 * 1024;
 /// Most operations one batch may carry.

@@ -9,7 +9,7 @@ use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -41,7 +41,7 @@ pub struct Node {
     pub owners: bool,
     pub cache: Arc<HashCache>,
     /// Batches are applied one at a time, so that two pushes never interleave.
-    apply_lock: Mutex<()>,
+    apply_lock: Arc<Mutex<()>>,
 }
 
 impl Node {
@@ -54,7 +54,7 @@ impl Node {
             },
             owners: apply::applies_owners(),
             cache,
-            apply_lock: Mutex::new(()),
+            apply_lock: Arc::new(Mutex::new(())),
         }
     }
 }
@@ -69,6 +69,8 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -76,6 +78,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -96,10 +99,7 @@ pub fn router(node: Arc<Node>) -> Router {
             protocol::MANIFEST_ROUTE,
             post(manifest).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
         )
-        .route(
-            protocol::APPLY_ROUTE,
-            post(apply).layer(DefaultBodyLimit::max(MAX_APPLY_BODY_BYTES)),
-        )
+        .route(protocol::APPLY_ROUTE, post(apply))
         .with_state(node)
 }
 
@@ -159,12 +159,32 @@ pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
 async fn apply(
     State(node): State<Arc<Node>>,
     addr: Option<Extension<ClientAddr>>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    let _one_at_a_time = node.apply_lock.lock().await;
+    // One batch at a time, and one body in memory at a time: the lock is taken before
+    // the body is read, and it is held by the blocking work itself, so a client that
+    // disconnects cannot release it while its batch is still being written.
+    let one_at_a_time = node.apply_lock.clone().lock_owned().await;
+    let body = tokio::time::timeout(
+        protocol::APPLY_TIMEOUT,
+        axum::body::to_bytes(body, MAX_APPLY_BODY_BYTES),
+    )
+    .await
+    .map_err(|_| refuse(&addr, "request body not received in time".into()))?
+    .map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            warn!(client = %client_of(&addr), limit = MAX_APPLY_BODY_BYTES, "request body too large");
+            ApiError::TooLarge(format!("request body exceeds the limit of {MAX_APPLY_BODY_BYTES} bytes"))
+        } else {
+            refuse(&addr, format!("request body not received: {e}"))
+        }
+    })?;
     let client = client_of(&addr);
     let worker = node.clone();
     let results = tokio::task::spawn_blocking(move || {
+        let _held = one_at_a_time;
         let batch = protocol::decode_batch(&body)?;
         apply::validate_batch(&worker.config, &batch.header)?;
         Ok::<_, String>(apply::apply_batch(&worker.config, worker.owners, &batch))
@@ -260,7 +280,10 @@ pub async fn serve(
                         return;
                     }
                 };
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // HTTP/1.1 only: one request at a time per connection keeps the memory a
+            // client can claim bounded by the connection limit.
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
             builder
                 .http1()
                 .timer(TokioTimer::new())

@@ -17,19 +17,23 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::apply;
 use crate::client::{self, Peer};
 use crate::config::{BindAddress, Config, Excludes, Remote};
 use crate::manifest::{self, HashCache, Manifest, Scan};
 use crate::paths::{self, is_within};
 use crate::plan::plan;
 use crate::protocol::{
-    self, Action, BatchHeader, ChangeKind, Content, Digest256, ManifestResponse, Op, Outcome,
+    self, Action, BatchHeader, ChangeKind, Content, Digest256, Entry, ManifestResponse, Op, Outcome,
 };
 use crate::tls::TlsMaterial;
 
 /// File contents of a batch, one slot per operation (`None`: no content travels).
 type Contents = Vec<Option<Arc<Vec<u8>>>>;
 
+/// Operations per batch when splitting large pushes, which keeps the JSON header well
+/// under the receiver's header limit.
+const OPS_PER_BATCH: usize = 100_000;
 /// Room left in a batch body for its header when splitting large pushes.
 const BATCH_HEADER_ALLOWANCE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -286,12 +290,28 @@ impl LocalState {
         }
     }
 
-    fn content(&self, config: &Config, path: &str) -> std::io::Result<Arc<Vec<u8>>> {
+    /// The content of a scanned file, read without following any link below its
+    /// configured directory, and only if it still has the scanned digest.
+    fn content(
+        &self,
+        config: &Config,
+        path: &str,
+        scanned: &Digest256,
+    ) -> Result<Arc<Vec<u8>>, String> {
         if let Some(bytes) = self.contents.lock().expect("contents lock").get(path) {
             return Ok(bytes.clone());
         }
+        let dir = config
+            .directory_of(path)
+            .ok_or_else(|| "outside the configured directories".to_string())?;
+        let (parent, name) = apply::open_parent(config, dir, path)?;
         let mut bytes = Vec::new();
-        manifest::open_nofollow(&config.local_path(path))?.read_to_end(&mut bytes)?;
+        apply::open_regular(&parent, &name)
+            .and_then(|fd| std::fs::File::from(fd).read_to_end(&mut bytes))
+            .map_err(|e| format!("cannot read the local file: {e}"))?;
+        if Digest256::of(&bytes) != *scanned {
+            return Err("changed on this node during the sync; run the sync again".into());
+        }
         let bytes = Arc::new(bytes);
         self.contents
             .lock()
@@ -416,31 +436,31 @@ fn views(
 async fn push(
     config: &Config,
     peer: &Peer,
-    mut ops: Vec<Op>,
+    ops: Vec<Op>,
     local: &LocalState,
     report: &mut PeerReport,
 ) {
     let label = peer.remote.label.clone();
     let mut contents: Contents = Vec::with_capacity(ops.len());
     let mut unreadable: Vec<(usize, String)> = Vec::new();
-    for (i, op) in ops.iter_mut().enumerate() {
-        if op.needs_content().is_none() {
-            contents.push(None);
-            continue;
-        }
-        match local.content(config, &op.path) {
-            Ok(bytes) => {
-                // The file may have changed since the scan: announce what is sent.
-                if let Action::Put { entry } = &mut op.action {
-                    entry.content = Content::File {
-                        size: bytes.len() as u64,
-                        sha256: Digest256::of(&bytes),
-                    };
-                }
-                contents.push(Some(bytes));
+    for (i, op) in ops.iter().enumerate() {
+        let scanned = match &op.action {
+            Action::Put {
+                entry:
+                    Entry {
+                        content: Content::File { sha256, .. },
+                        ..
+                    },
+            } if op.needs_content().is_some() => sha256,
+            _ => {
+                contents.push(None);
+                continue;
             }
-            Err(e) => {
-                unreadable.push((i, format!("cannot read the local file: {e}")));
+        };
+        match local.content(config, &op.path, scanned) {
+            Ok(bytes) => contents.push(Some(bytes)),
+            Err(reason) => {
+                unreadable.push((i, reason));
                 contents.push(None);
             }
         }
@@ -502,7 +522,7 @@ fn split_batches(ops: Vec<Op>, contents: Contents) -> Vec<(Vec<Op>, Contents)> {
     for (op, content) in ops.into_iter().zip(contents) {
         let size = content.as_ref().map_or(0, |c| c.len());
         let current = batches.last_mut().expect("one batch");
-        if used + size > budget && !current.0.is_empty() {
+        if (used + size > budget || current.0.len() >= OPS_PER_BATCH) && !current.0.is_empty() {
             batches.push((Vec::new(), Vec::new()));
             used = 0;
         }
@@ -516,7 +536,8 @@ fn split_batches(ops: Vec<Op>, contents: Contents) -> Vec<(Vec<Op>, Contents)> {
 
 /// Whether a remote resolves to the address this node listens on.
 async fn resolves_to_self(remote: &Remote, bind: &BindAddress) -> bool {
-    let Ok(addrs) = tokio::net::lookup_host((remote.host.as_str(), remote.port)).await else {
+    let lookup = tokio::net::lookup_host((remote.host.as_str(), remote.port));
+    let Ok(Ok(addrs)) = tokio::time::timeout(protocol::CONNECT_TIMEOUT, lookup).await else {
         return false;
     };
     let mut addrs = addrs;
