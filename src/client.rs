@@ -2,7 +2,12 @@
 //! with a timeout, and errors that say in plain words what went wrong.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -18,32 +23,45 @@ use crate::tls;
 #[error("{0}")]
 pub struct PeerError(pub String);
 
-/// One HTTP client shared by every peer (it holds the connection pool and our identity).
-pub fn http_client(tls: rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+/// The HTTP client shared by every peer (connection pool and our identity), with the TLS
+/// configuration it was built from, kept for diagnosing refusals.
+#[derive(Clone)]
+pub struct Transport {
+    http: reqwest::Client,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+/// Builds the transport shared by every peer.
+pub fn http_client(tls: rustls::ClientConfig) -> anyhow::Result<Transport> {
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls.clone())
         .connect_timeout(protocol::CONNECT_TIMEOUT)
         .no_proxy()
         .https_only(true)
         .redirect(reqwest::redirect::Policy::none())
-        .build()?)
+        .build()?;
+    Ok(Transport {
+        http,
+        tls: Arc::new(tls),
+    })
 }
 
-/// A peer: the remote as configured and the shared client.
+/// A peer: the remote as configured and the shared transport.
 #[derive(Clone)]
 pub struct Peer {
     pub remote: Remote,
-    http: reqwest::Client,
+    transport: Transport,
 }
 
 impl Peer {
-    pub fn new(remote: Remote, http: reqwest::Client) -> Peer {
-        Peer { remote, http }
+    pub fn new(remote: Remote, transport: Transport) -> Peer {
+        Peer { remote, transport }
     }
 
     /// The peer's identity.
     pub async fn identity(&self) -> Result<Identity, PeerError> {
         let request = self
+            .transport
             .http
             .get(format!("{}{}", self.remote.url(), protocol::IDENTITY_ROUTE))
             .timeout(protocol::IDENTITY_TIMEOUT);
@@ -53,6 +71,7 @@ impl Peer {
     /// The peer's manifest, limited to `scope` (empty: everything).
     pub async fn manifest(&self, scope: &[String]) -> Result<ManifestResponse, PeerError> {
         let request = self
+            .transport
             .http
             .post(format!("{}{}", self.remote.url(), protocol::MANIFEST_ROUTE))
             .timeout(protocol::MANIFEST_TIMEOUT)
@@ -65,6 +84,7 @@ impl Peer {
     /// Sends one batch body (see [`protocol::encode_batch`]).
     pub async fn apply(&self, body: Vec<u8>) -> Result<ApplyResponse, PeerError> {
         let request = self
+            .transport
             .http
             .post(format!("{}{}", self.remote.url(), protocol::APPLY_ROUTE))
             .timeout(protocol::APPLY_TIMEOUT)
@@ -78,7 +98,18 @@ impl Peer {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, PeerError> {
-        let mut response = request.send().await.map_err(|e| explain(&e, timeout))?;
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) if !e.is_timeout() && tls::explain(&e).is_none() => {
+                // A TLS 1.3 server refuses a client certificate after the handshake, and
+                // the HTTP stack then reports only a cancelled request: ask TLS directly.
+                return Err(match self.diagnose_tls().await {
+                    Some(reason) => PeerError(reason),
+                    None => explain(&e, timeout),
+                });
+            }
+            Err(e) => return Err(explain(&e, timeout)),
+        };
         let status = response.status();
         if status.is_success() {
             let mut body = Vec::new();
@@ -104,6 +135,41 @@ impl Peer {
             }
             _ => format!("refused the request ({}): {detail}", status.as_u16()),
         }))
+    }
+}
+
+impl Peer {
+    /// Connects with TLS alone and sends one request, to surface the peer's TLS alert
+    /// when a call failed without saying why. `None` when TLS is not the problem.
+    async fn diagnose_tls(&self) -> Option<String> {
+        let connect = TcpStream::connect((self.remote.host.as_str(), self.remote.port));
+        let tcp = tokio::time::timeout(protocol::CONNECT_TIMEOUT, connect)
+            .await
+            .ok()?
+            .ok()?;
+        let name = ServerName::try_from(self.remote.host.clone()).ok()?;
+        let connector = tokio_rustls::TlsConnector::from(self.transport.tls.clone());
+        let handshake = connector.connect(name, tcp);
+        let mut stream = match tokio::time::timeout(protocol::TLS_HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .ok()?
+        {
+            Ok(stream) => stream,
+            Err(e) => return tls::explain(&e),
+        };
+        let probe = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            protocol::IDENTITY_ROUTE,
+            self.remote.host
+        );
+        if let Err(e) = stream.write_all(probe.as_bytes()).await {
+            return tls::explain(&e);
+        }
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(protocol::IDENTITY_TIMEOUT, stream.read(&mut first)).await {
+            Ok(Err(e)) => tls::explain(&e),
+            _ => None,
+        }
     }
 }
 

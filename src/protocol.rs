@@ -24,6 +24,9 @@ pub const BATCH_CONTENT_TYPE: &str = "application/vnd.gosyncd.batch";
 pub const BATCH_MAGIC: &[u8; 4] = b"GSB1";
 /// Largest apply request body a receiver accepts; larger pushes are split by the sender.
 pub const MAX_APPLY_BODY_BYTES: usize = 512 * 1024 * 1024;
+/// Request body bytes a receiver buffers at once, across all concurrent pushes; must
+/// be at least [`MAX_APPLY_BODY_BYTES`].
+pub const MAX_BUFFERED_BODY_BYTES: usize = 1024 * 1024 * 1024;
 /// Largest JSON header inside a batch body.
 pub const MAX_BATCH_HEADER_BYTES: usize = 64 * 1024 * 1024;
 /// Largest answer a client reads from a peer (a manifest of a very large tree).

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -33,6 +34,9 @@ use crate::protocol::{
 };
 use crate::tls;
 
+/// The unit in which the body budget is counted.
+const BUDGET_UNIT_BYTES: usize = 1024;
+
 /// What a serving node knows and shares between requests.
 pub struct Node {
     pub config: Arc<Config>,
@@ -42,6 +46,8 @@ pub struct Node {
     pub cache: Arc<HashCache>,
     /// Batches are applied one at a time, so that two pushes never interleave.
     apply_lock: Arc<Mutex<()>>,
+    /// Request bytes being buffered at once, in [`BUDGET_UNIT_BYTES`] units.
+    body_budget: Arc<Semaphore>,
 }
 
 impl Node {
@@ -55,6 +61,9 @@ impl Node {
             owners: apply::applies_owners(),
             cache,
             apply_lock: Arc::new(Mutex::new(())),
+            body_budget: Arc::new(Semaphore::new(
+                protocol::MAX_BUFFERED_BODY_BYTES / BUDGET_UNIT_BYTES,
+            )),
         }
     }
 }
@@ -159,32 +168,44 @@ pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
 async fn apply(
     State(node): State<Arc<Node>>,
     addr: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ApplyResponse>, ApiError> {
-    // One batch at a time, and one body in memory at a time: the lock is taken before
-    // the body is read, and it is held by the blocking work itself, so a client that
-    // disconnects cannot release it while its batch is still being written.
+    // Bodies are read into memory, so the bytes being read at once are budgeted: each
+    // request reserves its announced length (the limit when it announces none) first.
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > MAX_APPLY_BODY_BYTES) {
+        return Err(too_large(&addr));
+    }
+    let reserve = announced.unwrap_or(MAX_APPLY_BODY_BYTES);
+    let budget = node
+        .body_budget
+        .clone()
+        .acquire_many_owned(reserve.div_ceil(BUDGET_UNIT_BYTES).max(1) as u32)
+        .await
+        .expect("budget semaphore never closed");
+    let body = tokio::time::timeout(protocol::APPLY_TIMEOUT, axum::body::to_bytes(body, reserve))
+        .await
+        .map_err(|_| refuse(&addr, "request body not received in time".into()))?
+        .map_err(|e| {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                too_large(&addr)
+            } else {
+                refuse(&addr, format!("request body not received: {e}"))
+            }
+        })?;
+    // One batch at a time. The lock is held by the blocking work itself, so a client
+    // that disconnects cannot release it while its batch is still being written.
     let one_at_a_time = node.apply_lock.clone().lock_owned().await;
-    let body = tokio::time::timeout(
-        protocol::APPLY_TIMEOUT,
-        axum::body::to_bytes(body, MAX_APPLY_BODY_BYTES),
-    )
-    .await
-    .map_err(|_| refuse(&addr, "request body not received in time".into()))?
-    .map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            warn!(client = %client_of(&addr), limit = MAX_APPLY_BODY_BYTES, "request body too large");
-            ApiError::TooLarge(format!("request body exceeds the limit of {MAX_APPLY_BODY_BYTES} bytes"))
-        } else {
-            refuse(&addr, format!("request body not received: {e}"))
-        }
-    })?;
     let client = client_of(&addr);
     let worker = node.clone();
     let results = tokio::task::spawn_blocking(move || {
-        let _held = one_at_a_time;
+        let _held = (one_at_a_time, budget);
         let batch = protocol::decode_batch(&body)?;
         apply::validate_batch(&worker.config, &batch.header)?;
         Ok::<_, String>(apply::apply_batch(&worker.config, worker.owners, &batch))
@@ -211,6 +232,13 @@ async fn apply(
     }
     info!(%client, operations = results.len(), applied, "batch applied");
     Ok(Json(ApplyResponse { results }))
+}
+
+fn too_large(addr: &Option<Extension<ClientAddr>>) -> ApiError {
+    warn!(client = %client_of(addr), limit = MAX_APPLY_BODY_BYTES, "request body too large");
+    ApiError::TooLarge(format!(
+        "request body exceeds the limit of {MAX_APPLY_BODY_BYTES} bytes"
+    ))
 }
 
 fn refuse(addr: &Option<Extension<ClientAddr>>, reason: String) -> ApiError {

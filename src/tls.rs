@@ -259,14 +259,14 @@ pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {
         if let Some(tls) = e.downcast_ref::<Error>() {
             return Some(describe(tls));
         }
-        if let Some(tls) = e
+        // `io::Error::source()` skips the error it wraps: step into it explicitly.
+        current = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<Error>())
         {
-            return Some(describe(tls));
-        }
-        current = e.source();
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
     }
     None
 }
