@@ -1,0 +1,192 @@
+//! The binary against a live group: exit codes, a peer that is down, this node listed
+//! among its own remotes (by its address or behind an alias), and `check-config`.
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_that_is_down_fails_alone_and_the_others_are_synchronised() {
+    let mut group = start(3, 110).await;
+    write(&group.nodes[0], "/etc/app/a.conf", "a");
+    write(&group.nodes[0], "/etc/app/sub/b.conf", "b");
+    group.stop(2).await;
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    let down_before = snapshot(&n2.path("/etc/app"));
+
+    let report = sync(&group, 0).await;
+    assert!(report.failed());
+    let live = peer_report(&report, n1);
+    assert!(live.error.is_none(), "{report:#?}");
+    assert_eq!(live.changes.len(), 3, "{report:#?}");
+    assert_same_tree(n0, n1);
+    let down = peer_report(&report, n2);
+    let error = down.error.as_deref().expect("the stopped peer failed");
+    assert!(error.contains("unreachable"), "{error}");
+
+    // The binary: the live peer gets the next change, the exit code says a peer failed.
+    write(n0, "/etc/app/c.conf", "c");
+    let run = gosyncd(config_args(&n0.config_path, &["sync"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert_eq!(
+        run.change_lines(),
+        [format!("[+] {} /etc/app/c.conf added", n1.addr)]
+    );
+    assert!(run.stderr.contains(&n2.addr.to_string()), "{run:#?}");
+    assert_eq!(read(n1, "/etc/app/c.conf"), b"c");
+    assert_eq!(snapshot(&n2.path("/etc/app")), down_before);
+
+    // Once it is back, a run brings it up to date.
+    group.restart(2).await.unwrap();
+    let run = gosyncd(config_args(&group.nodes[0].config_path, &["sync"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_same_tree(&group.nodes[0], &group.nodes[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_exit_code_is_1_when_changes_are_pending_and_0_when_not() {
+    let mut group = start(3, 115).await;
+    let config = group.nodes[0].config_path.clone();
+    write(&group.nodes[0], "/etc/app/a.conf", "a");
+
+    let pending = gosyncd(config_args(&config, &["sync", "-dry", "--exit-code"])).await;
+    assert_eq!(pending.code, Some(1), "{pending:#?}");
+    assert_eq!(pending.change_lines().len(), 2, "{pending:#?}");
+    assert!(!exists(&group.nodes[1], "/etc/app/a.conf"));
+    // `state` is the same dry run.
+    let state = gosyncd(config_args(&config, &["state", "--exit-code"])).await;
+    assert_eq!(state.code, Some(1), "{state:#?}");
+    // Without --exit-code, pending changes are not an error.
+    let plain = gosyncd(config_args(&config, &["sync", "-dry"])).await;
+    assert_eq!(plain.code, Some(0), "{plain:#?}");
+
+    let sync = gosyncd(config_args(&config, &["sync"])).await;
+    assert_eq!(sync.code, Some(0), "{sync:#?}");
+    let clean = gosyncd(config_args(&config, &["sync", "-dry", "--exit-code"])).await;
+    assert_eq!(clean.code, Some(0), "{clean:#?}");
+    assert!(clean.change_lines().is_empty(), "{clean:#?}");
+
+    // A failure wins over "pending": an unreachable peer makes it 2.
+    write(&group.nodes[0], "/etc/app/b.conf", "b");
+    group.stop(2).await;
+    let failed = gosyncd(config_args(&config, &["sync", "-dry", "--exit-code"])).await;
+    assert_eq!(failed.code, Some(2), "{failed:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_never_treats_this_node_as_a_peer() {
+    let group = start(3, 120).await;
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    assert!(
+        n0.config
+            .remotes
+            .iter()
+            .any(|r| r.label == n0.addr.to_string()),
+        "the config is expected to list this node itself"
+    );
+    write(n0, "/etc/app/a.conf", "a");
+
+    let engine = engine(&group, 0).await;
+    let peers: Vec<String> = engine
+        .peers()
+        .iter()
+        .map(|p| p.remote.label.clone())
+        .collect();
+    assert_eq!(peers, [n1.addr.to_string(), n2.addr.to_string()]);
+    let report = run(&engine, &[], false).await;
+    assert_clean(&report);
+    let reported: Vec<&str> = report.peers.iter().map(|p| p.peer.as_str()).collect();
+    assert_eq!(reported, [n1.addr.to_string(), n2.addr.to_string()]);
+
+    write(n0, "/etc/app/b.conf", "b");
+    let run = gosyncd(config_args(&n0.config_path, &["sync"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let own = n0.addr.to_string();
+    assert!(
+        !run.stdout.contains(&own) && !run.stderr.contains(&own),
+        "{run:#?}"
+    );
+    assert_eq!(run.change_lines().len(), 2, "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_node_behind_an_alias_is_recognised_by_its_identity() {
+    let group = start(2, 125).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    // Another port on node 0's address leading to node 0: an alias the address check
+    // cannot see through (as a NAT or a port forward would be).
+    let alias = forwarder(n0.addr.ip(), n0.addr).await;
+    let variant = config_variant(&group, 0, "with-alias.hcl", |text| {
+        with_remotes(
+            &text,
+            &[
+                n0.addr.to_string(),
+                alias.addr.to_string(),
+                n1.addr.to_string(),
+            ],
+        )
+    });
+    write(n0, "/etc/app/a.conf", "a");
+
+    let report = run(&engine_for(&variant, n0.node_id()).await, &[], false).await;
+    assert_clean(&report);
+    let labels: Vec<&str> = report.peers.iter().map(|p| p.peer.as_str()).collect();
+    assert_eq!(labels, [alias.addr.to_string(), n1.addr.to_string()]);
+    let aliased = &report.peers[0];
+    assert!(aliased.skipped.is_some(), "{report:#?}");
+    assert!(aliased.changes.is_empty() && aliased.error.is_none());
+    assert_eq!(summary(&report, n1), ["+ /etc/app/a.conf"]);
+
+    // The binary learns this node's identity from the daemon on its bind address.
+    write(n0, "/etc/app/b.conf", "b");
+    let run = gosyncd(config_args(&variant, &["sync"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(
+        run.change_lines(),
+        [format!("[+] {} /etc/app/b.conf added", n1.addr)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_accepts_a_valid_config_and_names_file_and_key_of_a_broken_one() {
+    let group = start(1, 130).await;
+    let config = &group.nodes[0].config_path;
+    let ok = gosyncd(config_args(config, &["check-config"])).await;
+    assert_eq!(ok.code, Some(0), "{ok:#?}");
+    assert!(ok.stdout.contains("valid"), "{ok:#?}");
+
+    let no_port = config_variant(&group, 0, "no-port.hcl", |text| {
+        with_remotes(&text, &["127.0.0.131".to_string()])
+    });
+    let run = gosyncd(config_args(&no_port, &["check-config"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    let file = no_port.display().to_string();
+    assert!(
+        run.stderr.contains(&file)
+            && run.stderr.contains("remotes")
+            && run.stderr.contains("missing port"),
+        "{run:#?}"
+    );
+
+    let no_key = config_variant(&group, 0, "no-key.hcl", |text| {
+        with_line(&text, "tls_private_key", "tls_private_key = \"absent.key\"")
+    });
+    let run = gosyncd(config_args(&no_key, &["check-config"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr.contains(&no_key.display().to_string())
+            && run.stderr.contains("tls_private_key")
+            && run.stderr.contains("absent.key"),
+        "{run:#?}"
+    );
+
+    let typo = config_variant(&group, 0, "typo.hcl", |text| {
+        text.replace("bind_address", "bind_adress")
+    });
+    let run = gosyncd(config_args(&typo, &["check-config"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr.contains(&typo.display().to_string()) && run.stderr.contains("bind_adress"),
+        "{run:#?}"
+    );
+}

@@ -1,0 +1,589 @@
+//! Helpers shared by the integration tests: groups of real nodes, file helpers, tree
+//! snapshots, a TCP forwarder that gives a node a second address, and a runner for the
+//! real binary that cannot hang.
+//!
+//! Nothing here sleeps to synchronise: every wait is on an event (a task, a channel, a
+//! child process) with a deadline that fails the test.
+
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gosyncd::client::{self, Peer};
+use gosyncd::config::{Config, Remote};
+use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
+use gosyncd::manifest::{self, HashCache, Manifest};
+use gosyncd::protocol::{ChangeKind, Content, Digest256, Entry};
+use gosyncd::sync::{ChangeStatus, Engine, Options, PeerReport, Report};
+use gosyncd::tls::TlsMaterial;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Longest a run of the binary may take before the test fails and the child is killed.
+pub const BINARY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest an engine run or a single request may take in a test.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `127.0.0.octet`.
+pub fn ip(octet: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet))
+}
+
+/// Starts `nodes` nodes on 127.0.0.first_octet and up, one directory `/etc/app`.
+pub async fn start(nodes: usize, first_octet: u8) -> LocalGroup {
+    start_with(GroupSpec {
+        nodes,
+        first_octet,
+        ..GroupSpec::default()
+    })
+    .await
+}
+
+pub async fn start_with(spec: GroupSpec) -> LocalGroup {
+    LocalGroup::start(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("group {spec:?} does not start: {e:#}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Files on a node, by logical path.
+
+/// Writes a file, creating its parents.
+pub fn write(node: &GroupNode, logical: &str, bytes: impl AsRef<[u8]>) {
+    let path = node.path(logical);
+    std::fs::create_dir_all(path.parent().expect("has a parent")).unwrap();
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+pub fn mkdir(node: &GroupNode, logical: &str) {
+    std::fs::create_dir_all(node.path(logical)).unwrap();
+}
+
+/// Creates a symlink at `logical` whose target text is `target`.
+pub fn symlink(node: &GroupNode, target: impl AsRef<Path>, logical: &str) {
+    let path = node.path(logical);
+    std::fs::create_dir_all(path.parent().expect("has a parent")).unwrap();
+    std::os::unix::fs::symlink(target, &path)
+        .unwrap_or_else(|e| panic!("cannot link {}: {e}", path.display()));
+}
+
+pub fn chmod(node: &GroupNode, logical: &str, mode: u32) {
+    std::fs::set_permissions(node.path(logical), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Removes a file, link or whole directory (never following a link).
+pub fn remove(node: &GroupNode, logical: &str) {
+    let path = node.path(logical);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    if meta.is_dir() {
+        std::fs::remove_dir_all(&path).unwrap();
+    } else {
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+pub fn read(node: &GroupNode, logical: &str) -> Vec<u8> {
+    let path = node.path(logical);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+pub fn exists(node: &GroupNode, logical: &str) -> bool {
+    std::fs::symlink_metadata(node.path(logical)).is_ok()
+}
+
+/// The target text of a symlink, panicking when the path is not a symlink.
+pub fn link_target(node: &GroupNode, logical: &str) -> PathBuf {
+    let path = node.path(logical);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(
+        meta.file_type().is_symlink(),
+        "{} is not a symlink",
+        path.display()
+    );
+    std::fs::read_link(&path).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Snapshots: everything below a directory, byte for byte.
+
+/// One path of a snapshot. Times are kept so that "nothing was written" also catches a
+/// temporary file created and removed again (it moves its directory's mtime).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    File {
+        mode: u32,
+        owner: (u32, u32),
+        bytes: Vec<u8>,
+        mtime_ns: i64,
+    },
+    Dir {
+        mode: u32,
+        owner: (u32, u32),
+        mtime_ns: i64,
+    },
+    Symlink {
+        target: PathBuf,
+        owner: (u32, u32),
+        mtime_ns: i64,
+    },
+    Other,
+}
+
+/// Relative path (`""` for the root itself) -> item.
+pub type Tree = BTreeMap<PathBuf, Item>;
+
+/// Everything below `root`, links not followed.
+pub fn snapshot(root: &Path) -> Tree {
+    let mut tree = Tree::new();
+    walk(root, Path::new(""), &mut tree);
+    tree
+}
+
+fn walk(root: &Path, rel: &Path, tree: &mut Tree) {
+    let path = root.join(rel);
+    let meta = std::fs::symlink_metadata(&path)
+        .unwrap_or_else(|e| panic!("cannot stat {}: {e}", path.display()));
+    let owner = (meta.uid(), meta.gid());
+    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    let mode = meta.mode() & 0o7777;
+    let file_type = meta.file_type();
+    let item = if file_type.is_symlink() {
+        Item::Symlink {
+            target: std::fs::read_link(&path).unwrap(),
+            owner,
+            mtime_ns,
+        }
+    } else if file_type.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for name in names {
+            walk(root, &rel.join(name), tree);
+        }
+        Item::Dir {
+            mode,
+            owner,
+            mtime_ns,
+        }
+    } else if file_type.is_file() {
+        Item::File {
+            mode,
+            owner,
+            bytes: std::fs::read(&path).unwrap(),
+            mtime_ns,
+        }
+    } else {
+        Item::Other
+    };
+    tree.insert(rel.to_path_buf(), item);
+}
+
+/// The snapshot with every time zeroed: what "identical trees" compares.
+pub fn without_times(tree: &Tree) -> Tree {
+    tree.iter()
+        .map(|(path, item)| {
+            let item = match item.clone() {
+                Item::File {
+                    mode, owner, bytes, ..
+                } => Item::File {
+                    mode,
+                    owner,
+                    bytes,
+                    mtime_ns: 0,
+                },
+                Item::Dir { mode, owner, .. } => Item::Dir {
+                    mode,
+                    owner,
+                    mtime_ns: 0,
+                },
+                Item::Symlink { target, owner, .. } => Item::Symlink {
+                    target,
+                    owner,
+                    mtime_ns: 0,
+                },
+                Item::Other => Item::Other,
+            };
+            (path.clone(), item)
+        })
+        .collect()
+}
+
+/// A node's manifest as gosyncd sees it, without modification times.
+pub fn manifest_of(node: &GroupNode) -> Manifest {
+    let scan = manifest::scan(&node.config, &[], &HashCache::default());
+    assert!(
+        scan.unreadable.is_empty() && scan.missing.is_empty(),
+        "scan of {}: {scan:?}",
+        node.addr
+    );
+    scan.entries
+        .into_iter()
+        .map(|(path, mut entry)| {
+            entry.mtime_ns = 0;
+            (path, entry)
+        })
+        .collect()
+}
+
+/// Asserts that `a` and `b` hold the same trees in every directory `a` is configured
+/// with: same manifest (mtime aside) and the same bytes, modes, owners and link texts.
+pub fn assert_same_tree(a: &GroupNode, b: &GroupNode) {
+    let (ma, mb) = (manifest_of(a), manifest_of(b));
+    if ma != mb {
+        let only_a: Vec<_> = ma.iter().filter(|(p, e)| mb.get(*p) != Some(e)).collect();
+        let only_b: Vec<_> = mb.iter().filter(|(p, e)| ma.get(*p) != Some(e)).collect();
+        panic!(
+            "manifests of {} and {} differ\nonly on {}: {only_a:#?}\nonly on {}: {only_b:#?}",
+            a.addr, b.addr, a.addr, b.addr
+        );
+    }
+    for dir in &a.config.directories {
+        let ta = without_times(&snapshot(&a.path(&dir.path)));
+        let tb = without_times(&snapshot(&b.path(&dir.path)));
+        assert_eq!(
+            ta, tb,
+            "{} differs between {} and {}",
+            dir.path, a.addr, b.addr
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running the engine.
+
+pub async fn run(engine: &Engine, scope: &[&str], dry_run: bool) -> Report {
+    let options = Options {
+        scope: scope.iter().map(|s| s.to_string()).collect(),
+        dry_run,
+    };
+    tokio::time::timeout(CALL_TIMEOUT, engine.run(&options, |_| {}))
+        .await
+        .expect("the sync finishes in time")
+}
+
+/// `gosyncd sync` on node `from`, through the library.
+pub async fn sync(group: &LocalGroup, from: usize) -> Report {
+    run(&engine(group, from).await, &[], false).await
+}
+
+/// `gosyncd sync -dry` on node `from`, through the library.
+pub async fn dry_run(group: &LocalGroup, from: usize) -> Report {
+    run(&engine(group, from).await, &[], true).await
+}
+
+pub async fn engine(group: &LocalGroup, i: usize) -> Engine {
+    group.engine(i).await.expect("engine")
+}
+
+/// An engine acting with the config file at `path` (a variant of a node's config).
+pub async fn engine_for(path: &Path, self_id: Option<String>) -> Engine {
+    let config = Config::from_file(path).unwrap_or_else(|e| panic!("{e}"));
+    let tls = TlsMaterial::load(&config).unwrap();
+    Engine::new(
+        Arc::new(config),
+        &tls,
+        Arc::new(HashCache::default()),
+        self_id,
+    )
+    .await
+    .unwrap()
+}
+
+/// Panics with the whole report when anything failed.
+pub fn assert_clean(report: &Report) {
+    assert!(!report.failed(), "the sync failed: {report:#?}");
+}
+
+/// The report of the peer `node`.
+pub fn peer_report<'r>(report: &'r Report, node: &GroupNode) -> &'r PeerReport {
+    let label = node.addr.to_string();
+    report
+        .peers
+        .iter()
+        .find(|p| p.peer == label)
+        .unwrap_or_else(|| panic!("no report for {label}: {report:#?}"))
+}
+
+/// The output lines of one peer, in order.
+pub fn lines(report: &Report, node: &GroupNode) -> Vec<String> {
+    peer_report(report, node)
+        .changes
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// `"+ /etc/app/x"`-style summary of one peer's changes, sorted.
+pub fn summary(report: &Report, node: &GroupNode) -> Vec<String> {
+    let mut out: Vec<String> = peer_report(report, node)
+        .changes
+        .iter()
+        .map(|c| {
+            let sign = match &c.status {
+                ChangeStatus::Done(ChangeKind::Added) => "+",
+                ChangeStatus::Done(ChangeKind::Updated) => "M",
+                ChangeStatus::Done(ChangeKind::Deleted) => "-",
+                ChangeStatus::Skipped(_) | ChangeStatus::Kept(_) => "!",
+            };
+            format!("{sign} {}", c.path)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Sorted owned strings, for comparing with [`summary`].
+pub fn sorted(items: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+    out.sort();
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Config variants and raw peers.
+
+/// Writes a modified copy of node `i`'s config next to it (so relative TLS paths still
+/// resolve) and returns its path.
+pub fn config_variant(
+    group: &LocalGroup,
+    i: usize,
+    name: &str,
+    edit: impl FnOnce(String) -> String,
+) -> PathBuf {
+    let text = std::fs::read_to_string(&group.nodes[i].config_path).unwrap();
+    let path = group.path().join(name);
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+/// Replaces the whole `remotes = [...]` list.
+pub fn with_remotes(text: &str, remotes: &[String]) -> String {
+    let start = text.find("remotes = [").expect("remotes in config");
+    let end = start + text[start..].find(']').expect("end of remotes") + 1;
+    let list: Vec<String> = remotes.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        "{}remotes = [{}]{}",
+        &text[..start],
+        list.join(", "),
+        &text[end..]
+    )
+}
+
+/// Replaces the first line starting (after indentation) with `key` by `line`.
+pub fn with_line(text: &str, key: &str, line: &str) -> String {
+    let mut replaced = false;
+    let out: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            if !replaced && l.trim_start().starts_with(key) {
+                replaced = true;
+                line
+            } else {
+                l
+            }
+        })
+        .collect();
+    assert!(replaced, "no line starting with {key:?} in:\n{text}");
+    out.join("\n") + "\n"
+}
+
+pub fn tls_of(node: &GroupNode) -> TlsMaterial {
+    TlsMaterial::load(&node.config).unwrap()
+}
+
+/// A peer client for `addr` using `tls` as our identity.
+pub fn peer(tls: &TlsMaterial, addr: SocketAddr) -> Peer {
+    peer_with(tls.client_config().unwrap(), addr)
+}
+
+pub fn peer_with(tls: rustls::ClientConfig, addr: SocketAddr) -> Peer {
+    let remote = Remote {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        label: addr.to_string(),
+    };
+    Peer::new(remote, client::http_client(tls).unwrap())
+}
+
+/// A put of a regular file holding `bytes`.
+pub fn file_entry(bytes: &[u8], mode: u32) -> Entry {
+    Entry {
+        content: Content::File {
+            size: bytes.len() as u64,
+            sha256: Digest256::of(bytes),
+        },
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A TCP forwarder: another address for a node, or a man in the middle that can act at a
+// precise moment of a transfer.
+
+/// Runs until dropped.
+pub struct Forwarder {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// Forwards every connection made to `bind:<ephemeral>` to `target`.
+pub async fn forwarder(bind: IpAddr, target: SocketAddr) -> Forwarder {
+    forwarder_with_hook(bind, target, usize::MAX, None).await
+}
+
+/// Like [`forwarder`]; in addition, once a connection has carried `threshold` bytes from
+/// the client, `hook` runs (once) BEFORE those bytes are passed on: the server cannot
+/// have received the whole request yet.
+pub async fn forwarder_with_hook(
+    bind: IpAddr,
+    target: SocketAddr,
+    threshold: usize,
+    hook: Option<Hook>,
+) -> Forwarder {
+    let listener = TcpListener::bind(SocketAddr::new(bind, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hook = Arc::new(Mutex::new(hook));
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((client, _)) = listener.accept().await {
+            let hook = hook.clone();
+            connections.spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let down = async {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                };
+                let up = async {
+                    let mut sent = 0usize;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match client_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if sent < threshold && sent + n >= threshold {
+                            let hook = hook.lock().unwrap().take();
+                            if let Some(hook) = hook {
+                                hook();
+                            }
+                        }
+                        sent += n;
+                        if server_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_write.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    Forwarder { addr, task }
+}
+
+// ---------------------------------------------------------------------------------------
+// The real binary.
+
+/// How a run of the binary ended.
+#[derive(Debug)]
+pub struct BinaryRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl BinaryRun {
+    /// The `[+]`/`[M]`/`[-]`/`[!]` lines without their timestamps, sorted.
+    pub fn change_lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .stdout
+            .lines()
+            .filter_map(|line| line.find(": [").map(|i| line[i + 2..].to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// Runs `gosyncd ARGS` to completion (killing it after [`BINARY_TIMEOUT`]) without
+/// blocking the runtime that serves the group's nodes.
+pub async fn gosyncd<I, S>(args: I) -> BinaryRun
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    tokio::task::spawn_blocking(move || run_binary(args))
+        .await
+        .expect("binary runner")
+}
+
+fn run_binary(args: Vec<OsString>) -> BinaryRun {
+    let child = Command::new(env!("CARGO_BIN_EXE_gosyncd"))
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gosyncd starts");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(BINARY_TIMEOUT) {
+        Ok(output) => {
+            let output = output.expect("wait for gosyncd");
+            BinaryRun {
+                code: output.status.code(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        }
+        Err(_) => {
+            // Not reaped yet (the waiting thread still waits), so the pid is still ours.
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            panic!("gosyncd {args:?} did not finish within {BINARY_TIMEOUT:?}");
+        }
+    }
+}
+
+/// `-config PATH` followed by `rest`.
+pub fn config_args(config: &Path, rest: &[&str]) -> Vec<OsString> {
+    let mut args = vec![OsString::from("-config"), config.as_os_str().to_os_string()];
+    args.extend(rest.iter().map(OsString::from));
+    args
+}

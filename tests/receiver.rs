@@ -1,0 +1,325 @@
+//! The receiving side under attack or in a race: crafted apply requests from a group
+//! member are refused whole, with a reason, and write nothing anywhere; links on the
+//! receiver are never followed; a file changed behind the sender's back is a conflict.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use gosyncd::group::{GroupSpec, LocalGroup};
+use gosyncd::manifest::{self, HashCache, Manifest};
+use gosyncd::plan::plan;
+use gosyncd::protocol::{
+    encode_batch, Action, BatchHeader, Content, Op, Outcome, APPLY_ROUTE, BATCH_CONTENT_TYPE,
+    MAX_APPLY_BODY_BYTES,
+};
+use gosyncd::server::{router, Node};
+use tower::ServiceExt;
+
+/// A group of two whose directory `/etc/app` excludes `/etc/app/private` and `*.swp`,
+/// with a directory `outside` next to the nodes' roots.
+async fn group(first_octet: u8) -> LocalGroup {
+    let group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet,
+        directories: vec![(
+            "/etc/app".into(),
+            vec!["/etc/app/private".into(), "*.swp".into()],
+        )],
+        ..GroupSpec::default()
+    })
+    .await;
+    std::fs::create_dir(group.path().join("outside")).unwrap();
+    std::fs::write(group.path().join("outside/victim"), "outside, untouched").unwrap();
+    group
+}
+
+fn put(path: &str, bytes: &[u8]) -> Op {
+    Op {
+        path: path.into(),
+        action: Action::Put {
+            entry: file_entry(bytes, 0o644),
+        },
+        expect: None,
+    }
+}
+
+/// A batch putting each `(path, bytes)`, in order.
+fn batch(puts: &[(&str, &[u8])]) -> Vec<u8> {
+    let header = BatchHeader {
+        ops: puts.iter().map(|(p, b)| put(p, b)).collect(),
+    };
+    let contents: Vec<&[u8]> = puts.iter().map(|(_, b)| *b).collect();
+    encode_batch(&header, &contents)
+}
+
+/// Sends `body` from node 0 to node 1 and checks that it is refused with a 400 naming
+/// `reason`, and that nothing changed anywhere in the group's directory (both nodes'
+/// roots, the certificates, and `outside`).
+async fn assert_refused(group: &LocalGroup, body: Vec<u8>, reason: &str) {
+    let before = snapshot(group.path());
+    let err = peer(&tls_of(&group.nodes[0]), group.nodes[1].addr)
+        .apply(body)
+        .await
+        .expect_err("the batch was accepted");
+    let message = err.to_string();
+    assert!(
+        message.contains("(400)") && message.contains(reason),
+        "expected a 400 naming {reason:?}, got: {message}"
+    );
+    assert_eq!(
+        snapshot(group.path()),
+        before,
+        "a refused batch wrote something"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_a_path_with_dotdot() {
+    let group = group(70).await;
+    let body = batch(&[
+        ("/etc/app/ok.conf", b"fine"),
+        ("/etc/app/../../../outside/evil", b"escaped"),
+    ]);
+    assert_refused(&group, body, "\"..\" component").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_a_path_outside_the_configured_directories() {
+    let group = group(73).await;
+    let body = batch(&[
+        ("/etc/app/ok.conf", b"fine"),
+        ("/etc/other/evil", b"elsewhere"),
+    ]);
+    assert_refused(&group, body, "outside the configured directories").await;
+    let body = batch(&[("/etc/application/evil", b"a sibling with a common prefix")]);
+    assert_refused(&group, body, "outside the configured directories").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_an_excluded_path() {
+    let group = group(76).await;
+    let body = batch(&[
+        ("/etc/app/ok.conf", b"fine"),
+        ("/etc/app/private/key", b"excluded"),
+    ]);
+    assert_refused(&group, body, "excluded on this node").await;
+    let body = batch(&[("/etc/app/sub/.x.swp", b"excluded by name")]);
+    assert_refused(&group, body, "excluded on this node").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_a_path_through_a_symlink_planted_on_the_receiver() {
+    let group = group(79).await;
+    let outside = group.path().join("outside");
+    symlink(&group.nodes[1], &outside, "/etc/app/sub");
+    let body = batch(&[
+        ("/etc/app/ok.conf", b"fine"),
+        ("/etc/app/sub/evil", b"through the link"),
+    ]);
+    assert_refused(&group, body, "is a symlink on this node").await;
+    // Through a link to a directory inside the tree too: links are never followed.
+    mkdir(&group.nodes[1], "/etc/app/real");
+    symlink(&group.nodes[1], "real", "/etc/app/alias");
+    let body = batch(&[("/etc/app/alias/x.conf", b"through an inner link")]);
+    assert_refused(&group, body, "is a symlink on this node").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_garbage() {
+    let group = group(85).await;
+    assert_refused(&group, b"this is not a batch at all".to_vec(), "bad magic").await;
+    let mut truncated = batch(&[("/etc/app/a.conf", b"some content")]);
+    truncated.truncate(truncated.len() - 3);
+    assert_refused(&group, truncated, "truncated").await;
+    let mut bad_header = b"GSB1".to_vec();
+    bad_header.extend_from_slice(&5u32.to_be_bytes());
+    bad_header.extend_from_slice(b"{nope");
+    assert_refused(&group, bad_header, "malformed batch header").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_a_batch_whose_content_hash_does_not_match() {
+    let group = group(88).await;
+    let header = BatchHeader {
+        ops: vec![
+            put("/etc/app/ok.conf", b"fine"),
+            put("/etc/app/a.conf", b"announced content"),
+        ],
+    };
+    let body = encode_batch(&header, &[b"fine", b"announced CONTENT"]);
+    assert_refused(&group, body, "does not match").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_a_body_over_the_limit_with_413() {
+    let group = group(91).await;
+    let node = Arc::new(Node::new(
+        group.nodes[1].config.clone(),
+        Arc::new(HashCache::default()),
+    ));
+    let app = router(node);
+    let before = snapshot(group.path());
+    // vec![0; n] is calloc'd: the pages are never touched, so this costs no memory.
+    let request = |len: usize| {
+        Request::post(APPLY_ROUTE)
+            .header("content-type", BATCH_CONTENT_TYPE)
+            .body(Body::from(vec![0u8; len]))
+            .unwrap()
+    };
+    let over = app
+        .clone()
+        .oneshot(request(MAX_APPLY_BODY_BYTES + 1))
+        .await
+        .unwrap();
+    assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // At the limit the body is read, and refused for what it is.
+    let at = app.oneshot(request(MAX_APPLY_BODY_BYTES)).await.unwrap();
+    assert_eq!(at.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        snapshot(group.path()),
+        before,
+        "a refused body wrote something"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_cannot_write_through_a_link_it_creates() {
+    let group = group(82).await;
+    let outside = group.path().join("outside");
+    let before_outside = snapshot(&outside);
+    let link = Op {
+        path: "/etc/app/sub".into(),
+        action: Action::Put {
+            entry: gosyncd::protocol::Entry {
+                content: Content::Symlink {
+                    target: outside.display().to_string(),
+                },
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+            },
+        },
+        expect: None,
+    };
+    let header = BatchHeader {
+        ops: vec![link, put("/etc/app/sub/evil", b"through the new link")],
+    };
+    let body = encode_batch(&header, &[b"through the new link"]);
+    let response = peer(&tls_of(&group.nodes[0]), group.nodes[1].addr)
+        .apply(body)
+        .await
+        .expect("the batch is well-formed");
+    let outcomes: Vec<_> = response.results.iter().map(|r| &r.outcome).collect();
+    assert_eq!(outcomes[0], &Outcome::Applied);
+    assert!(
+        matches!(outcomes[1], Outcome::Failed(reason) if reason.contains("symlink")),
+        "{outcomes:?}"
+    );
+    assert_eq!(snapshot(&outside), before_outside, "written through a link");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_replaces_and_deletes_links_on_the_peer_without_following_them() {
+    let group = group(100).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let outside = group.path().join("outside");
+    symlink(n1, outside.join("victim"), "/etc/app/target");
+    symlink(n1, &outside, "/etc/app/linkdir");
+    write(n0, "/etc/app/target", "a file from node 0");
+    let before_outside = snapshot(&outside);
+
+    let report = sync(&group, 0).await;
+    assert_clean(&report);
+    assert_eq!(
+        summary(&report, n1),
+        ["- /etc/app/linkdir", "M /etc/app/target"]
+    );
+    let meta = std::fs::symlink_metadata(n1.path("/etc/app/target")).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(read(n1, "/etc/app/target"), b"a file from node 0");
+    assert!(!exists(n1, "/etc/app/linkdir"));
+    assert_eq!(snapshot(&outside), before_outside, "written through a link");
+}
+
+/// The receiver's manifest as the sender plans against it.
+fn manifest_from(response: &gosyncd::protocol::ManifestResponse) -> Manifest {
+    response
+        .entries
+        .iter()
+        .map(|w| (w.path.clone(), w.entry.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_an_operation_planned_against_a_state_that_changed() {
+    let group = group(94).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/conf", "from the sender");
+    write(n1, "/etc/app/conf", "old");
+    let peer = peer(&tls_of(n0), n1.addr);
+    let remote = peer.manifest(&[]).await.unwrap();
+    let local = manifest::scan(&n0.config, &[], &HashCache::default()).entries;
+    let ops = plan(&local, &manifest_from(&remote), remote.owners);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+
+    // Someone edits the file on the receiver between planning and pushing.
+    write(n1, "/etc/app/conf", "edited on the peer");
+    let body = encode_batch(&BatchHeader { ops }, &[b"from the sender"]);
+    let response = peer.apply(body).await.unwrap();
+    assert!(
+        matches!(&response.results[0].outcome, Outcome::Conflict(reason) if reason.contains("changed on the peer")),
+        "{response:?}"
+    );
+    assert_eq!(read(n1, "/etc/app/conf"), b"edited on the peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_reports_a_conflict_and_leaves_the_peers_file_intact() {
+    let group = group(97).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let big = vec![7u8; 2 * 1024 * 1024];
+    write(n0, "/etc/app/big.bin", &big);
+    write(n0, "/etc/app/conf", "from the sender");
+    write(n1, "/etc/app/conf", "old");
+
+    // Node 1 seen through a forwarder that edits node 1's file once 1 MiB of the push
+    // went through: after the plan, before the receiver has the whole batch.
+    let edited = Arc::new(AtomicBool::new(false));
+    let hook = {
+        let (path, edited) = (n1.path("/etc/app/conf"), edited.clone());
+        Box::new(move || {
+            std::fs::write(&path, "edited on the peer").unwrap();
+            edited.store(true, Ordering::SeqCst);
+        })
+    };
+    let alias = forwarder_with_hook(n1.addr.ip(), n1.addr, 1024 * 1024, Some(hook)).await;
+    let variant = config_variant(&group, 0, "via-forwarder.hcl", |text| {
+        with_remotes(&text, &[alias.addr.to_string()])
+    });
+    let report = run(&engine_for(&variant, n0.node_id()).await, &[], false).await;
+    assert!(edited.load(Ordering::SeqCst), "the edit did not happen");
+
+    assert!(report.failed(), "{report:#?}");
+    let changes = &report.peers[0].changes;
+    let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(
+        lines[0],
+        format!("[+] {} /etc/app/big.bin added", alias.addr)
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "[!] {} /etc/app/conf skipped: conflict: ",
+            alias.addr
+        )),
+        "{lines:#?}"
+    );
+    assert_eq!(read(n1, "/etc/app/conf"), b"edited on the peer");
+    assert_eq!(read(n1, "/etc/app/big.bin"), big);
+}

@@ -1,0 +1,239 @@
+//! Mutual TLS between nodes: who is refused, with what message, and that a refused
+//! client writes nothing.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use gosyncd::certs::Authority;
+use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// A batch that would add `/etc/app/evil` if anyone let it through.
+fn evil_batch() -> Vec<u8> {
+    let bytes: &[u8] = b"planted";
+    let header = BatchHeader {
+        ops: vec![Op {
+            path: "/etc/app/evil".into(),
+            action: Action::Put {
+                entry: file_entry(bytes, 0o644),
+            },
+            expect: None,
+        }],
+    };
+    encode_batch(&header, &[bytes])
+}
+
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Fresh clients per check of a refused client certificate. TLS 1.3 refuses a client
+/// certificate after the client's side of the handshake is complete, so what the client
+/// sees depends on timing: a property of the refusal must hold on every attempt.
+const ATTEMPTS: usize = 50;
+
+/// A client trusting the group's CA and presenting no certificate.
+fn anonymous_config(group: &gosyncd::group::LocalGroup) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(group.path().join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// A variant of node 0's config whose certificate comes from another CA (it still
+/// trusts the group's CA, so servers are accepted).
+fn stranger_config(group: &gosyncd::group::LocalGroup) -> std::path::PathBuf {
+    let stranger = Authority::new("another CA").unwrap();
+    let pem = stranger
+        .issue(&[group.nodes[0].addr.ip().to_string()])
+        .unwrap();
+    std::fs::write(group.path().join("stranger.pem"), pem.cert).unwrap();
+    std::fs::write(group.path().join("stranger.key"), pem.key).unwrap();
+    config_variant(group, 0, "stranger.hcl", |text| {
+        let text = with_line(
+            &text,
+            "tls_certificate",
+            "tls_certificate = \"stranger.pem\"",
+        );
+        with_line(
+            &text,
+            "tls_private_key",
+            "tls_private_key = \"stranger.key\"",
+        )
+    })
+}
+
+fn stranger_tls(path: &std::path::Path) -> gosyncd::tls::TlsMaterial {
+    let config = gosyncd::config::Config::from_file(path).unwrap();
+    gosyncd::tls::TlsMaterial::load(&config).unwrap()
+}
+
+/// Sends the evil batch and a manifest request from `ATTEMPTS` fresh clients; every one
+/// must be refused below HTTP. Returns the error messages.
+async fn refused_every_time(
+    client: impl Fn() -> rustls::ClientConfig,
+    target: std::net::SocketAddr,
+) -> Vec<String> {
+    let mut messages = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let err = peer_with(client(), target)
+            .apply(evil_batch())
+            .await
+            .expect_err("the batch was accepted");
+        messages.push(err.to_string());
+        let err = peer_with(client(), target)
+            .manifest(&[])
+            .await
+            .expect_err("the manifest was served");
+        messages.push(err.to_string());
+    }
+    for message in &messages {
+        assert!(
+            !message.contains("refused the request ("),
+            "the request reached the API: {message}"
+        );
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_without_a_certificate_is_refused() {
+    let group = start(2, 50).await;
+    let target = &group.nodes[1];
+    let before = snapshot(group.path());
+    refused_every_time(|| anonymous_config(&group), target.addr).await;
+    assert_eq!(snapshot(group.path()), before, "something was written");
+
+    // The same request with the group's identity goes through: the refusal above is
+    // about the certificate, not the request.
+    peer(&tls_of(&group.nodes[0]), target.addr)
+        .identity()
+        .await
+        .expect("a group member is served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_from_another_ca_is_refused() {
+    let group = start(3, 55).await;
+    let variant = stranger_config(&group);
+    let tls = stranger_tls(&variant);
+    write(&group.nodes[0], "/etc/app/a.conf", "from a stranger");
+
+    let before = snapshot(group.path());
+    refused_every_time(|| tls.client_config().unwrap(), group.nodes[1].addr).await;
+    // The CLI with that config: every peer refuses, exit code 2, nothing changed.
+    let run = gosyncd(config_args(&variant, &["sync"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.change_lines().is_empty(), "{run:#?}");
+    assert_eq!(snapshot(group.path()), before, "something was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_client_certificate_is_always_explained_as_a_tls_problem() {
+    let group = start(2, 68).await;
+    let target = group.nodes[1].addr;
+    let tls = stranger_tls(&stranger_config(&group));
+    let mut messages = refused_every_time(|| anonymous_config(&group), target).await;
+    messages.extend(refused_every_time(|| tls.client_config().unwrap(), target).await);
+    let unexplained: Vec<&String> = messages
+        .iter()
+        .filter(|m| !(m.contains("TLS") && m.contains("certificate")))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "{} of {} refusals do not name TLS and the certificate, e.g. {:?}",
+        unexplained.len(),
+        messages.len(),
+        unexplained.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_not_valid_for_the_dialed_address_is_rejected() {
+    let group = start(2, 60).await;
+    let target = &group.nodes[1];
+    // 127.0.0.62 leads to node 1, whose certificate names 127.0.0.61 only.
+    let alias = forwarder(ip(62), target.addr).await;
+    let tls = tls_of(&group.nodes[0]);
+
+    let before = snapshot(group.path());
+    let err = peer(&tls, alias.addr)
+        .apply(evil_batch())
+        .await
+        .expect_err("a server certificate for another address was accepted");
+    let message = err.to_string();
+    assert!(
+        message.contains("TLS") && message.contains("subjectAltName"),
+        "{message}"
+    );
+    assert_eq!(snapshot(group.path()), before, "something was written");
+
+    // Dialled by the address its certificate names, the same node is accepted.
+    peer(&tls, target.addr)
+        .identity()
+        .await
+        .expect("the node is accepted under its own address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_certificate_from_another_ca_is_rejected_with_a_tls_message() {
+    let group = start(1, 65).await;
+    // A node of another group on 127.0.0.66: its own CA, its own certificate.
+    let dir = group.path().join("stranger");
+    std::fs::create_dir_all(dir.join("root/etc/app")).unwrap();
+    let stranger = Authority::new("another CA").unwrap();
+    let pem = stranger.issue(&[ip(66).to_string()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), &stranger.cert_pem).unwrap();
+    std::fs::write(dir.join("node.pem"), pem.cert).unwrap();
+    std::fs::write(dir.join("node.key"), pem.key).unwrap();
+    std::fs::write(
+        dir.join("node.hcl"),
+        format!(
+            "bind_address = \"{}:1\"\nremotes = []\ntls_ca_certificate = \"ca.pem\"\n\
+             tls_certificate = \"node.pem\"\ntls_private_key = \"node.key\"\n\
+             root = \"{}\"\ndirectory \"/etc/app\" {{\n}}\n",
+            ip(66),
+            dir.join("root").display()
+        ),
+    )
+    .unwrap();
+    let config = gosyncd::config::Config::from_file(&dir.join("node.hcl")).unwrap();
+    let server_tls = gosyncd::tls::TlsMaterial::load(&config)
+        .unwrap()
+        .server_config()
+        .unwrap();
+    let node = Arc::new(gosyncd::server::Node::new(
+        Arc::new(config),
+        Arc::new(gosyncd::manifest::HashCache::default()),
+    ));
+    let listener = tokio::net::TcpListener::bind((ip(66), 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(gosyncd::server::serve(listener, server_tls, node, async {
+        let _ = stopped.await;
+    }));
+
+    let before = snapshot(&dir);
+    let err = peer(&tls_of(&group.nodes[0]), addr)
+        .apply(evil_batch())
+        .await
+        .expect_err("a server certificate from another CA was accepted");
+    let message = err.to_string();
+    assert!(
+        message.contains("TLS") && message.contains("tls_ca_certificate"),
+        "{message}"
+    );
+    assert_eq!(snapshot(&dir), before, "something was written");
+    let _ = stop.send(());
+    server.await.unwrap();
+}
