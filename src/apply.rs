@@ -9,9 +9,11 @@
 //! fsynced, given its mode, owner and mtime, renamed over the target, and followed by an
 //! fsync of the directory: a crash leaves the old file or the new one, never a mix.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -115,72 +117,202 @@ fn check_no_symlink_on_the_way(
     Ok(())
 }
 
+/// Batches with at most this many file contents fsync each file; larger ones flush
+/// their filesystems once with `syncfs`, which is far cheaper than one fsync per file.
+const FSYNC_EACH_MAX_FILES: usize = 16;
+
 /// Carries out a validated batch, in order, and reports each operation's outcome.
 /// `owners` says whether owners are applied (this process runs as root).
 pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>) -> Vec<OpResult> {
-    batch
+    let files = batch.contents.iter().filter(|c| c.is_some()).count();
+    let mut session = Session::new(files <= FSYNC_EACH_MAX_FILES);
+    let mut results: Vec<OpResult> = batch
         .header
         .ops
         .iter()
         .zip(&batch.contents)
-        .map(|(op, content)| OpResult {
+        .enumerate()
+        .map(|(index, (op, content))| OpResult {
             path: op.path.clone(),
-            outcome: apply_op(config, owners, op, *content),
+            outcome: session.apply(config, owners, index, op, *content),
         })
-        .collect()
+        .collect();
+    session.finish(config, &mut results);
+    results
 }
 
-fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> Outcome {
-    let Some(dir) = config.directory_of(&op.path) else {
-        return Outcome::Failed("outside the configured directories".into());
-    };
-    let (parent, name) = match open_parent(config, dir, &op.path) {
-        Ok(found) => found,
-        Err(reason) => return Outcome::Failed(reason),
-    };
-    let checked = match current_state(&parent, &name) {
-        Ok(checked) => checked,
-        Err(e) => return Outcome::Failed(format!("cannot read the current state: {e}")),
-    };
-    let current = checked.as_ref().map(|(entry, _)| entry);
+/// A file written under a temporary name, renamed over its target at the end of the
+/// batch once its data is durable.
+struct Pending {
+    index: usize,
+    path: String,
+    tmp: String,
+    checked: Option<Fingerprint>,
+}
 
-    // Already in the wanted state (another sync got there first): nothing to do.
-    let wanted = match &op.action {
-        Action::Put { entry } => Some(entry),
-        Action::Delete => None,
-    };
-    let already = match (current, wanted) {
-        (None, None) => true,
-        (Some(have), Some(want)) => have.same_state(want, owners),
-        _ => false,
-    };
-    if already {
-        return Outcome::Applied;
-    }
-    let as_expected = match (current, &op.expect) {
-        (None, None) => true,
-        (Some(have), Some(expect)) => have.same_state(expect, true),
-        _ => false,
-    };
-    if !as_expected {
-        let describe = |e: Option<&Entry>| e.map_or_else(|| "nothing".to_string(), Entry::describe);
-        return Outcome::Conflict(format!(
-            "changed on the peer since the sync was planned (expected {}, found {})",
-            describe(op.expect.as_ref()),
-            describe(current)
-        ));
+/// The work of one batch that is deferred to its end, so that durability costs one
+/// flush per batch rather than two fsyncs per file. Order of events for a file: the
+/// temporary file is written; its data is flushed (fsync, or `syncfs` of its whole
+/// filesystem); the target is checked again and the temporary file renamed over it;
+/// the directory is fsynced. A crash at any point leaves the old file or the new one.
+struct Session {
+    fsync_each: bool,
+    pending: Vec<Pending>,
+    /// Configured directories (local paths) holding pending files: one `syncfs` each.
+    filesystems: BTreeSet<PathBuf>,
+    /// Directories (local paths) whose entries changed: one fsync each.
+    dirty: BTreeSet<PathBuf>,
+}
+
+impl Session {
+    fn new(fsync_each: bool) -> Session {
+        Session {
+            fsync_each,
+            pending: Vec::new(),
+            filesystems: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+        }
     }
 
-    let target = Target {
-        parent: &parent,
-        name: &name,
-        checked: checked.as_ref().map(|(_, fp)| *fp),
-    };
-    let result = match &op.action {
-        Action::Delete => target.delete(current),
-        Action::Put { entry } => target.put(entry, content, owners),
-    };
-    result.unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+    fn apply(
+        &mut self,
+        config: &Config,
+        owners: bool,
+        index: usize,
+        op: &Op,
+        content: Option<&[u8]>,
+    ) -> Outcome {
+        let Some(dir) = config.directory_of(&op.path) else {
+            return Outcome::Failed("outside the configured directories".into());
+        };
+        let (parent, name) = match open_parent(config, dir, &op.path) {
+            Ok(found) => found,
+            Err(reason) => return Outcome::Failed(reason),
+        };
+        let checked = match current_state(&parent, &name) {
+            Ok(checked) => checked,
+            Err(e) => return Outcome::Failed(format!("cannot read the current state: {e}")),
+        };
+        let current = checked.as_ref().map(|(entry, _)| entry);
+
+        // Already in the wanted state (another sync got there first): nothing to do.
+        let wanted = match &op.action {
+            Action::Put { entry } => Some(entry),
+            Action::Delete => None,
+        };
+        let already = match (current, wanted) {
+            (None, None) => true,
+            (Some(have), Some(want)) => have.same_state(want, owners),
+            _ => false,
+        };
+        if already {
+            return Outcome::Applied;
+        }
+        let as_expected = match (current, &op.expect) {
+            (None, None) => true,
+            (Some(have), Some(expect)) => have.same_state(expect, true),
+            _ => false,
+        };
+        if !as_expected {
+            let describe =
+                |e: Option<&Entry>| e.map_or_else(|| "nothing".to_string(), Entry::describe);
+            return Outcome::Conflict(format!(
+                "changed on the peer since the sync was planned (expected {}, found {})",
+                describe(op.expect.as_ref()),
+                describe(current)
+            ));
+        }
+
+        let target = Target {
+            parent: &parent,
+            name: &name,
+            checked: checked.as_ref().map(|(_, fp)| *fp),
+        };
+        let step = match &op.action {
+            Action::Delete => target.delete(current).map(Step::Done),
+            Action::Put { entry } => target.put(entry, content, owners, self.fsync_each),
+        };
+        let parent_dir = config.local_path(paths::parent(&op.path));
+        match step {
+            Ok(Step::Done(outcome)) => {
+                if outcome == Outcome::Applied {
+                    self.dirty.insert(parent_dir);
+                }
+                outcome
+            }
+            Ok(Step::Rename(tmp)) => {
+                self.filesystems.insert(config.local_path(&dir.path));
+                self.pending.push(Pending {
+                    index,
+                    path: op.path.clone(),
+                    tmp,
+                    checked: target.checked,
+                });
+                Outcome::Applied
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// Flushes, renames the pending files into place and fsyncs the changed directories.
+    fn finish(mut self, config: &Config, results: &mut [OpResult]) {
+        let mut flush_failed = None;
+        if !self.fsync_each {
+            for local in &self.filesystems {
+                let flushed = rustix::fs::open(
+                    local,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .and_then(rustix::fs::syncfs);
+                if let Err(e) = flushed {
+                    flush_failed = Some(format!("cannot flush the data to disk: {e}"));
+                }
+            }
+        }
+        for pending in std::mem::take(&mut self.pending) {
+            let dir = config.directory_of(&pending.path).expect("validated path");
+            let outcome = match open_parent(config, dir, &pending.path) {
+                Err(reason) => Outcome::Failed(reason),
+                Ok((parent, name)) => {
+                    let target = Target {
+                        parent: &parent,
+                        name: &name,
+                        checked: pending.checked,
+                    };
+                    let prepared = match &flush_failed {
+                        Some(reason) => Err(io::Error::other(reason.clone())),
+                        None => Ok(()),
+                    };
+                    target
+                        .rename_into_place(&pending.tmp, prepared)
+                        .unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+                }
+            };
+            if outcome == Outcome::Applied {
+                self.dirty
+                    .insert(config.local_path(paths::parent(&pending.path)));
+            }
+            results[pending.index].outcome = outcome;
+        }
+        for local in &self.dirty {
+            let synced = rustix::fs::open(
+                local,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .and_then(rustix::fs::fsync);
+            if let Err(e) = synced {
+                tracing::warn!(directory = %local.display(), error = %e, "cannot fsync a directory");
+            }
+        }
+    }
+}
+
+/// What a put did: finished, or left a temporary file to rename at the end of the batch.
+enum Step {
+    Done(Outcome),
+    Rename(String),
 }
 
 /// Opens the directory holding `path` without following any link below the configured
@@ -340,31 +472,37 @@ impl Target<'_> {
         }
     }
 
-    fn put(&self, entry: &Entry, content: Option<&[u8]>, owners: bool) -> io::Result<Outcome> {
+    fn put(
+        &self,
+        entry: &Entry,
+        content: Option<&[u8]>,
+        owners: bool,
+        fsync: bool,
+    ) -> io::Result<Step> {
         match &entry.content {
             Content::File { sha256, .. } => match content {
-                Some(bytes) => self.write_file(bytes, entry, owners),
+                Some(bytes) => self.write_file(bytes, entry, owners, fsync),
                 None => {
                     // Same content, other metadata. The file is rewritten from the very
                     // inode that was checked rather than chmod-ed in place: whatever sits
                     // at the name (a swapped-in or hard-linked file) is never touched.
                     let fd = open_regular(self.parent, self.name)?;
                     if Some(Fingerprint::of(&rustix::fs::fstat(&fd)?)) != self.checked {
-                        return Ok(changed_underneath());
+                        return Ok(Step::Done(changed_underneath()));
                     }
                     let mut bytes = Vec::new();
                     File::from(fd).read_to_end(&mut bytes)?;
                     if Digest256::of(&bytes) != *sha256 {
-                        return Ok(changed_underneath());
+                        return Ok(Step::Done(changed_underneath()));
                     }
-                    self.write_file(&bytes, entry, owners)
+                    self.write_file(&bytes, entry, owners, fsync)
                 }
             },
             Content::Dir => {
                 match rustix::fs::mkdirat(self.parent, self.name, Mode::from_raw_mode(0o700)) {
                     Ok(()) => {}
                     Err(Errno::EXIST) if self.checked.is_some() => {}
-                    Err(Errno::EXIST) => return Ok(changed_underneath()),
+                    Err(Errno::EXIST) => return Ok(Step::Done(changed_underneath())),
                     Err(e) => return Err(e.into()),
                 }
                 let fd = rustix::fs::openat(
@@ -378,11 +516,10 @@ impl Target<'_> {
                     .checked
                     .is_some_and(|c| (c.dev, c.ino) != (opened.dev, opened.ino))
                 {
-                    return Ok(changed_underneath());
+                    return Ok(Step::Done(changed_underneath()));
                 }
                 set_meta(&fd, entry, owners)?;
-                rustix::fs::fsync(self.parent)?;
-                Ok(Outcome::Applied)
+                Ok(Step::Done(Outcome::Applied))
             }
             Content::Symlink { target } => {
                 let tmp = temp_name();
@@ -399,12 +536,20 @@ impl Target<'_> {
                 } else {
                     Ok(())
                 };
-                self.rename_into_place(&tmp, owned)
+                self.rename_into_place(&tmp, owned).map(Step::Done)
             }
         }
     }
 
-    fn write_file(&self, bytes: &[u8], entry: &Entry, owners: bool) -> io::Result<Outcome> {
+    /// Writes the content under a temporary name, with its metadata (and fsynced when
+    /// `fsync` is set; otherwise the batch flushes it); the caller renames it.
+    fn write_file(
+        &self,
+        bytes: &[u8],
+        entry: &Entry,
+        owners: bool,
+        fsync: bool,
+    ) -> io::Result<Step> {
         let tmp = temp_name();
         let fd = rustix::fs::openat(
             self.parent,
@@ -417,9 +562,18 @@ impl Target<'_> {
             file.write_all(bytes)?;
             set_meta(&file, entry, owners)?;
             set_mtime(&file, entry)?;
-            file.sync_all()
+            if fsync {
+                file.sync_all()?;
+            }
+            Ok(())
         })();
-        self.rename_into_place(&tmp, written)
+        match written {
+            Ok(()) => Ok(Step::Rename(tmp)),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(self.parent, tmp.as_str(), AtFlags::empty());
+                Err(e)
+            }
+        }
     }
 
     /// Renames a prepared temporary entry over the name, unless preparing it failed or
@@ -434,9 +588,7 @@ impl Target<'_> {
         });
         if !matches!(outcome, Ok(Outcome::Applied)) {
             let _ = rustix::fs::unlinkat(self.parent, tmp, AtFlags::empty());
-            return outcome;
         }
-        rustix::fs::fsync(self.parent)?;
         outcome
     }
 
@@ -459,7 +611,6 @@ impl Target<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        rustix::fs::fsync(self.parent)?;
         Ok(Outcome::Applied)
     }
 }
@@ -501,8 +652,19 @@ pub fn applies_owners() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Digest256;
     use std::path::Path;
+
+    /// Applies one operation as a batch of its own.
+    fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> Outcome {
+        let mut session = Session::new(true);
+        let outcome = session.apply(config, owners, 0, op, content);
+        let mut results = vec![OpResult {
+            path: op.path.clone(),
+            outcome,
+        }];
+        session.finish(config, &mut results);
+        results.remove(0).outcome
+    }
 
     fn config(root: &Path) -> Config {
         let text = format!(
@@ -755,13 +917,16 @@ directory "/etc/app" {{
             name: &name,
             checked: Some(fingerprint),
         };
-        // Edited on the peer after the check, before the rename.
-        std::fs::write(app.join("x"), b"edited meanwhile").unwrap();
         let entry = match put("/etc/app/x", b"pushed").action {
             Action::Put { entry } => entry,
             Action::Delete => unreachable!(),
         };
-        let outcome = target.put(&entry, Some(b"pushed"), false).unwrap();
+        let Step::Rename(tmp) = target.put(&entry, Some(b"pushed"), false, true).unwrap() else {
+            panic!("a file put leaves a temporary file to rename")
+        };
+        // Edited on the peer after the check, before the rename.
+        std::fs::write(app.join("x"), b"edited meanwhile").unwrap();
+        let outcome = target.rename_into_place(&tmp, Ok(())).unwrap();
         assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
         assert_eq!(std::fs::read(app.join("x")).unwrap(), b"edited meanwhile");
         let names: Vec<_> = std::fs::read_dir(&app)
@@ -771,5 +936,46 @@ directory "/etc/app" {{
         assert_eq!(names, ["x"], "the temporary file is removed");
         assert!(matches!(target.delete(None).unwrap(), Outcome::Conflict(_)));
         assert!(app.join("x").exists());
+    }
+
+    #[test]
+    fn a_large_batch_is_flushed_once_and_renamed_into_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("f07"), b"edited on the peer").unwrap();
+        let contents: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("content {i}").into_bytes())
+            .collect();
+        let ops: Vec<Op> = (0..40)
+            .map(|i| put(&format!("/etc/app/f{i:02}"), &contents[i]))
+            .collect();
+        assert!(ops.len() > FSYNC_EACH_MAX_FILES);
+        let slices: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
+        let body = crate::protocol::encode_batch(&BatchHeader { ops }, &slices);
+        let batch = crate::protocol::decode_batch(&body).unwrap();
+        validate_batch(&c, &batch.header).unwrap();
+        let results = apply_batch(&c, false, &batch);
+        for (i, result) in results.iter().enumerate() {
+            if i == 7 {
+                assert!(matches!(result.outcome, Outcome::Conflict(_)), "{result:?}");
+                assert_eq!(
+                    std::fs::read(app.join("f07")).unwrap(),
+                    b"edited on the peer"
+                );
+            } else {
+                assert_eq!(result.outcome, Outcome::Applied, "{}", result.path);
+                assert_eq!(
+                    std::fs::read(app.join(format!("f{i:02}"))).unwrap(),
+                    contents[i]
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::read_dir(&app).unwrap().count(),
+            40,
+            "no temporary file is left"
+        );
     }
 }
