@@ -5,6 +5,7 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -83,13 +84,22 @@ impl Peer {
 
     /// Sends one batch body (see [`protocol::encode_batch`]).
     pub async fn apply(&self, body: Vec<u8>) -> Result<ApplyResponse, PeerError> {
+        self.apply_chunks(vec![Bytes::from(body)]).await
+    }
+
+    /// Sends one batch body given as consecutive chunks, streamed without copying them
+    /// together (file contents are shared between the peers of a sync).
+    pub async fn apply_chunks(&self, chunks: Vec<Bytes>) -> Result<ApplyResponse, PeerError> {
+        let length: usize = chunks.iter().map(Bytes::len).sum();
+        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
         let request = self
             .transport
             .http
             .post(format!("{}{}", self.remote.url(), protocol::APPLY_ROUTE))
             .timeout(protocol::APPLY_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, protocol::BATCH_CONTENT_TYPE)
-            .body(body);
+            .header(reqwest::header::CONTENT_LENGTH, length)
+            .body(reqwest::Body::wrap_stream(stream));
         self.call(request, protocol::APPLY_TIMEOUT).await
     }
 

@@ -310,15 +310,21 @@ pub struct ErrorBody {
 /// Encodes a batch: magic, header length (u32 big-endian), JSON header, then the
 /// contents of the operations that need one, back to back, in order.
 pub fn encode_batch(header: &BatchHeader, contents: &[&[u8]]) -> Vec<u8> {
-    let json = serde_json::to_vec(header).expect("batch header serialises");
-    let total: usize = contents.iter().map(|c| c.len()).sum();
-    let mut out = Vec::with_capacity(8 + json.len() + total);
-    out.extend_from_slice(BATCH_MAGIC);
-    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(&json);
+    let mut out = encode_batch_header(header);
     for c in contents {
         out.extend_from_slice(c);
     }
+    out
+}
+
+/// The start of a batch body: magic, header length and JSON header. The contents follow
+/// (a sender may stream them from shared buffers instead of copying them in).
+pub fn encode_batch_header(header: &BatchHeader) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("batch header serialises");
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(BATCH_MAGIC);
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    out.extend_from_slice(&json);
     out
 }
 

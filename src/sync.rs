@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use bytes::Bytes;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, Instrument};
 
@@ -29,7 +30,7 @@ use crate::protocol::{
 use crate::tls::TlsMaterial;
 
 /// File contents of a batch, one slot per operation (`None`: no content travels).
-type Contents = Vec<Option<Arc<Vec<u8>>>>;
+type Contents = Vec<Option<Bytes>>;
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
 /// under the receiver's header limit.
@@ -279,7 +280,7 @@ impl Engine {
 /// that each file is read once however many peers need it.
 struct LocalState {
     scan: Scan,
-    contents: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    contents: Mutex<HashMap<String, Bytes>>,
 }
 
 impl LocalState {
@@ -292,12 +293,7 @@ impl LocalState {
 
     /// The content of a scanned file, read without following any link below its
     /// configured directory, and only if it still has the scanned digest.
-    fn content(
-        &self,
-        config: &Config,
-        path: &str,
-        scanned: &Digest256,
-    ) -> Result<Arc<Vec<u8>>, String> {
+    fn content(&self, config: &Config, path: &str, scanned: &Digest256) -> Result<Bytes, String> {
         if let Some(bytes) = self.contents.lock().expect("contents lock").get(path) {
             return Ok(bytes.clone());
         }
@@ -312,7 +308,7 @@ impl LocalState {
         if Digest256::of(&bytes) != *scanned {
             return Err("changed on this node during the sync; run the sync again".into());
         }
-        let bytes = Arc::new(bytes);
+        let bytes = Bytes::from(bytes);
         self.contents
             .lock()
             .expect("contents lock")
@@ -483,10 +479,10 @@ async fn push(
 
     for (ops, contents) in split_batches(batch_ops, batch_contents) {
         let header = BatchHeader { ops };
-        let slices: Vec<&[u8]> = contents.iter().flatten().map(|c| c.as_slice()).collect();
-        let body = protocol::encode_batch(&header, &slices);
-        let bytes = body.len();
-        match peer.apply(body).await {
+        let mut body = vec![Bytes::from(protocol::encode_batch_header(&header))];
+        body.extend(contents.into_iter().flatten());
+        let bytes: usize = body.iter().map(Bytes::len).sum();
+        match peer.apply_chunks(body).await {
             Ok(response) => {
                 debug!(operations = header.ops.len(), bytes, "batch sent");
                 for (op, result) in header.ops.iter().zip(response.results) {
