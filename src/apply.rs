@@ -644,6 +644,33 @@ fn set_mtime(fd: impl AsFd, entry: &Entry) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes the temporary files a crash may have left in the configured directories
+/// (the targets themselves are intact: a rename is the last step). Returns how many.
+pub fn remove_stale_temp_files(config: &Config) -> usize {
+    let mut removed = 0;
+    for dir in &config.directories {
+        let walker = walkdir::WalkDir::new(config.local_path(&dir.path))
+            .follow_links(false)
+            .into_iter()
+            .filter_map(Result::ok);
+        for entry in walker {
+            let stale = entry.depth() > 0
+                && !entry.file_type().is_dir()
+                && entry.file_name().to_str().is_some_and(is_temp_name);
+            if !stale {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temporary file")
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// Whether this process can apply owners.
 pub fn applies_owners() -> bool {
     rustix::process::geteuid().is_root()
@@ -977,5 +1004,22 @@ directory "/etc/app" {{
             40,
             "no temporary file is left"
         );
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(app.join("sub")).unwrap();
+        std::fs::write(app.join(".gosyncd-0123.tmp"), b"partial").unwrap();
+        std::fs::write(app.join("sub/.gosyncd-4567.tmp"), b"partial").unwrap();
+        std::fs::write(app.join("sub/.gosyncd-notes.txt"), b"kept").unwrap();
+        std::fs::write(app.join("keep.cfg"), b"kept").unwrap();
+        assert_eq!(remove_stale_temp_files(&c), 2);
+        assert!(!app.join(".gosyncd-0123.tmp").exists());
+        assert!(!app.join("sub/.gosyncd-4567.tmp").exists());
+        assert!(app.join("sub/.gosyncd-notes.txt").exists());
+        assert!(app.join("keep.cfg").exists());
     }
 }

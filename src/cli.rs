@@ -186,6 +186,13 @@ async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let listener = server::bind(&config.bind_address)
         .await
         .map_err(|e| anyhow::anyhow!("bind_address {}: cannot listen: {e}", config.bind_address))?;
+    let stale = crate::apply::remove_stale_temp_files(&config);
+    if stale > 0 {
+        info!(
+            removed = stale,
+            "removed temporary files left by an interrupted sync"
+        );
+    }
     let node = Arc::new(Node::new(config.clone(), Arc::new(HashCache::default())));
     info!(
         address = %listener.local_addr()?,
