@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Helpers for sync-vs-rsync.sh: tree generation, edits, verification, free ports and
+the summary table. Standard library only.
+
+    bench_helper.py gen DIR FILES TOTAL_BYTES SEED     create the tree, print the edit target
+    bench_helper.py edit FILE VERSION                  rewrite FILE with new content, same size
+    bench_helper.py verify SRC DST [DST ...]           exit 1 (and say why) if a DST differs
+    bench_helper.py freeport START IP [IP ...]         first port free on every IP
+    bench_helper.py listening IP PORT                  exit 0 when a socket listens there
+    bench_helper.py table RESULTS_DIR                  print the summary table
+"""
+
+import hashlib
+import os
+import random
+import socket
+import statistics
+import sys
+
+# ---------------------------------------------------------------------------- tree
+
+
+def generate(root, files, total, seed):
+    """A deterministic tree: 20 top directories with 15 sub-directories each (320 in
+    all), `files` files with heavy-tailed sizes summing to `total` bytes, random content
+    (incompressible, like it matters for neither tool), mostly 0644 with some 0600/0640."""
+    rng = random.Random(seed)
+    dirs = []
+    for i in range(20):
+        top = f"app{i:02d}"
+        dirs.append(top)
+        dirs.extend(f"{top}/conf{j:02d}.d" for j in range(15))
+    for d in dirs:
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+
+    weights = [rng.lognormvariate(0.0, 1.6) for _ in range(files)]
+    scale = total / sum(weights)
+    cap = 4 * 1024 * 1024
+    sizes = [min(cap, max(1, int(w * scale))) for w in weights]
+    # Spread the rounding remainder over the smaller files so the total is exact.
+    short = total - sum(sizes)
+    i = 0
+    while short > 0 and i < 10 * files:  # bounded
+        j = i % files
+        if sizes[j] < cap:
+            add = min(short, 1024, cap - sizes[j])
+            sizes[j] += add
+            short -= add
+        i += 1
+
+    target = None
+    for n, size in enumerate(sizes):
+        d = dirs[rng.randrange(len(dirs))]
+        ext = rng.choice([".conf", ".cfg", ".map", ".pem", ".lua", ".json"])
+        rel = f"{d}/f{n:05d}{ext}"
+        path = os.path.join(root, rel)
+        with open(path, "wb") as f:
+            f.write(rng.randbytes(size))
+        roll = rng.random()
+        os.chmod(path, 0o600 if roll < 0.05 else 0o640 if roll < 0.15 else 0o644)
+        if target is None and 4096 <= size <= 65536:
+            target = rel
+    print(target)
+
+
+def edit(path, version):
+    """Rewrites a file in place with new content of the same size and a distinct mtime
+    (so that rsync's size+mtime quick check sees the change too)."""
+    size = os.path.getsize(path)
+    rng = random.Random(f"edit-{version}")
+    with open(path, "wb") as f:
+        f.write(rng.randbytes(size))
+    st = os.stat(path)
+    stamp = st.st_mtime_ns + (int(version) + 1) * 10**9
+    os.utime(path, ns=(stamp, stamp))
+
+
+# ---------------------------------------------------------------------------- verify
+
+
+def manifest(root):
+    """relative path -> (kind, mode, uid, gid, size, sha256 or link target), mtimes."""
+    out, mtimes = {}, {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            ids = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+            if os.path.islink(path):
+                out[rel] = ("link", 0, 0, 0, 0, os.readlink(path))
+            elif os.path.isdir(path):
+                out[rel] = ("dir",) + ids + (0, "")
+            else:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                out[rel] = ("file",) + ids + (st.st_size, h.hexdigest())
+                mtimes[rel] = st.st_mtime_ns
+    return out, mtimes
+
+
+def verify(src, dsts):
+    want, want_mtimes = manifest(src)
+    failed = False
+    for dst in dsts:
+        got, got_mtimes = manifest(dst)
+        problems = []
+        for rel in sorted(set(want) | set(got)):
+            if rel not in got:
+                problems.append(f"missing   {rel}")
+            elif rel not in want:
+                problems.append(f"extra     {rel}")
+            elif want[rel] != got[rel]:
+                problems.append(f"differs   {rel}: want {want[rel][:5]} got {got[rel][:5]}")
+        if problems:
+            failed = True
+            print(f"VERIFY FAILED: {dst} differs from {src} in {len(problems)} paths:",
+                  file=sys.stderr)
+            for p in problems[:20]:
+                print(f"  {p}", file=sys.stderr)
+        # mtimes are informative only (gosyncd never compares them).
+        off = sum(1 for r, m in want_mtimes.items() if got_mtimes.get(r, m) != m)
+        if off:
+            print(f"note: {dst}: {off} files with a different mtime than the source",
+                  file=sys.stderr)
+    sys.exit(1 if failed else 0)
+
+
+# ---------------------------------------------------------------------------- ports
+
+
+def freeport(start, ips):
+    for port in range(start, start + 200):
+        ok = True
+        for ip in ips:
+            s = socket.socket()
+            try:
+                s.bind((ip, port))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+            if not ok:
+                break
+        if ok:
+            print(port)
+            return
+    sys.exit(f"no free port in {start}..{start + 199} on {' '.join(ips)}")
+
+
+def listening(ip, port):
+    """Looks for a listening socket in /proc/net/tcp (connecting would start a TLS
+    handshake the daemon logs as refused)."""
+    a, b, c, d = (int(x) for x in ip.split("."))
+    want = f"{d:02X}{c:02X}{b:02X}{a:02X}:{int(port):04X}"
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == want and fields[3] == "0A":
+                sys.exit(0)
+    sys.exit(1)
+
+
+# ---------------------------------------------------------------------------- table
+
+
+def times(results, key):
+    path = os.path.join(results, key + ".times")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [float(line) for line in f if line.strip()]
+
+
+def read_value(results, key, default="-"):
+    path = os.path.join(results, key)
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return f.read().strip() or default
+
+
+def fmt(values, how):
+    if not values:
+        return "-"
+    return f"{(statistics.median if how == 'med' else min)(values):.3f}"
+
+
+def table(results):
+    print(read_value(results, "title"))
+    print()
+    head = (f"{'scenario':<34} {'gosyncd med':>11} {'min':>7}   {'rsync med':>9} {'min':>7}"
+            f"   {'ratio':>6}   {'rsync seq med':>13}")
+    print(head)
+    print("-" * len(head))
+    rows = [
+        ("(a) initial sync, 3 empty peers", "initial"),
+        ("(b) no-change audit (dry run)", "nochange"),
+        ("(c) one file changed", "onefile"),
+    ]
+    for label, key in rows:
+        g, r, s = times(results, f"gosyncd-{key}"), times(results, f"rsync-{key}"), \
+            times(results, f"rsyncseq-{key}")
+        ratio = f"{statistics.median(g) / statistics.median(r):.2f}x" if g and r else "-"
+        print(f"{label:<34} {fmt(g, 'med'):>11} {fmt(g, 'min'):>7}   {fmt(r, 'med'):>9}"
+              f" {fmt(r, 'min'):>7}   {ratio:>6}   {fmt(s, 'med'):>13}")
+    print()
+    print("times in seconds, wall clock; rsync = the three rsyncs run concurrently;")
+    print("ratio = gosyncd median / rsync median (above 1: gosyncd slower)")
+    print()
+    print("reference (same work, other settings), median / min in seconds:")
+    refs = [
+        ("rsync --fsync, initial (gosyncd makes its writes durable)", "rsyncfsync-initial"),
+        ("rsync -c, no-change dry run (hashes all)", "rsyncsum-nochange"),
+        ("gosyncd sync -dry with no peers (local scan)", "gosyncd-scanonly"),
+    ]
+    for label, key in refs:
+        v = times(results, key)
+        print(f"  {label:<58} {fmt(v, 'med'):>7} / {fmt(v, 'min')}")
+    print()
+    print("peak memory (max resident set size):")
+    for label, key in [
+        ("gosyncd sync client, (a) initial", "rss-gosyncd-initial"),
+        ("gosyncd sync client, (b) no-change dry run", "rss-gosyncd-nochange"),
+        ("gosyncd sync client, (c) one file changed", "rss-gosyncd-onefile"),
+        ("gosyncd peer daemon 127.0.0.3 (VmHWM after the runs)", "rss-daemon-1"),
+        ("gosyncd peer daemon 127.0.0.4 (VmHWM after the runs)", "rss-daemon-2"),
+        ("gosyncd peer daemon 127.0.0.5 (VmHWM after the runs)", "rss-daemon-3"),
+        ("one rsync client, (a) initial", "rss-rsync-initial"),
+    ]:
+        kbs = [int(x) for x in read_value(results, key + ".kb", "").split() if x.isdigit()]
+        value = f"{max(kbs) / 1024:.1f} MiB" if kbs else "-"
+        print(f"  {label:<58} {value:>11}")
+    print()
+    print("every run, in seconds:")
+    keys = sorted(n[:-6] for n in os.listdir(results) if n.endswith(".times"))
+    for key in keys:
+        print(f"  {key:<22} " + " ".join(f"{t:.3f}" for t in times(results, key)))
+
+
+def main(argv):
+    if len(argv) < 2:
+        sys.exit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "gen":
+        generate(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "edit":
+        edit(args[0], args[1])
+    elif cmd == "verify":
+        verify(args[0], args[1:])
+    elif cmd == "freeport":
+        freeport(int(args[0]), args[1:])
+    elif cmd == "listening":
+        listening(args[0], args[1])
+    elif cmd == "table":
+        table(args[0])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

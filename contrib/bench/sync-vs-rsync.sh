@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# sync-vs-rsync.sh: how long `gosyncd sync` takes to push a directory to three peers,
+# compared with rsync doing the same work, on one machine over loopback.
+#
+# What it builds (all in a temporary directory, removed on exit):
+#   * a deterministic tree of 10,000 files, about 100 MB, in 320 directories: node 1's
+#     /etc/bench (under its `root`);
+#   * one self-signed certificate made with the openssl command line, named by all three
+#     tls_* keys (the original gosyncd's setup);
+#   * node 1 (the sender, 127.0.0.2) and three peer daemons on 127.0.0.3, .4 and .5;
+#   * three rsync daemons on the same addresses, one module per peer.
+#
+# What it measures, RUNS times each (median and min of wall-clock seconds):
+#   (a) initial sync to three empty peers  gosyncd sync       | rsync -a --delete
+#   (b) no-change audit                    gosyncd sync -dry  | rsync -a --delete -n -i
+#   (c) one file changed, then sync        gosyncd sync       | rsync -a --delete
+# gosyncd handles its peers concurrently, so the three rsyncs run concurrently too; their
+# sequential time is shown for reference, as are rsync --fsync (gosyncd makes what it
+# writes durable), rsync -c (gosyncd hashes every file) and a gosyncd dry run without peers
+# (the sender's local scan alone). It also reports the peak RSS of the gosyncd sync
+# client (/usr/bin/time) and of the peer daemons (VmHWM). Every gosyncd and rsync run is
+# verified: each peer's tree must match the source (paths, types, modes, owners, sizes,
+# SHA-256 of contents); the script fails loudly otherwise.
+#
+# Run it from anywhere in the repository (it builds the release binary first):
+#     contrib/bench/sync-vs-rsync.sh
+# Settings (environment): RUNS=5  FILES=10000  TOTAL_MB=100  KEEP=1 (keep the temporary
+# directory)  TMPDIR (where that directory goes; /dev/shm shows the figures without any
+# fsync cost). Needs about 6 GB there with the defaults: emptied peer trees are moved
+# aside, not deleted, until exit (see empty() below). Needs bash, python3, openssl,
+# rsync and /usr/bin/time; when run as root on a Debian-like system, missing rsync/time
+# are installed with apt-get. Only loopback addresses are used. Takes several minutes.
+
+set -euo pipefail
+export LC_ALL=C
+
+RUNS=${RUNS:-5}
+FILES=${FILES:-10000}
+TOTAL_MB=${TOTAL_MB:-100}
+KEEP=${KEEP:-0}
+SEED=20240611
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+helper=(python3 "$here/bench_helper.py")
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    printf '\n[bench] FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# need COMMAND PACKAGE: install PACKAGE with apt-get when COMMAND is missing (as root).
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing $2"
+        apt-get install -y -q "$2" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$2" >/dev/null 2>&1; } || true
+    fi
+    command -v "$1" >/dev/null 2>&1 || die "$1 is needed (package $2)"
+}
+need python3 python3
+need openssl openssl
+need rsync rsync
+need /usr/bin/time time
+command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
+
+# ------------------------------------------------------------------ workspace, cleanup
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/gosyncd-bench.XXXXXX")
+res="$work/results"
+logs="$work/logs"
+mkdir -p "$res" "$logs"
+daemon_pids=()
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    # Every process this script started is one of its background jobs: end them by id.
+    local pid
+    for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+    for pid in $(jobs -p); do wait "$pid" 2>/dev/null || true; done
+    if [ "$status" -ne 0 ]; then
+        for f in "$logs"/peer*.log "$logs"/rsyncd*.log; do
+            [ -s "$f" ] || continue
+            printf '\n[bench] last lines of %s:\n' "${f##*/}" >&2
+            tail -n 15 "$f" >&2
+        done
+    fi
+    if [ "$KEEP" = 1 ]; then
+        log "kept $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --------------------------------------------------------------------------- build
+
+log "building the release binary"
+(cd "$repo" && cargo build --release --quiet)
+bin="${CARGO_TARGET_DIR:-$repo/target}/release/gosyncd"
+[ -x "$bin" ] || die "no binary at $bin"
+
+# ---------------------------------------------------------------------------- tree
+
+src="$work/node1/etc/bench"
+log "creating $FILES files (${TOTAL_MB} MB) in $src"
+mkdir -p "$src"
+target=$("${helper[@]}" gen "$src" "$FILES" $((TOTAL_MB * 1000 * 1000)) "$SEED")
+[ -n "$target" ] && [ -f "$src/$target" ] || die "the generator named no file to edit"
+ndirs=$(find "$src" -type d | wc -l)
+nfiles=$(find "$src" -type f | wc -l)
+bytes=$(find "$src" -type f -printf '%s\n' | awk '{ n += $1 } END { print n }')
+
+peers=(127.0.0.3 127.0.0.4 127.0.0.5)
+for i in 1 2 3; do
+    mkdir -p "$work/peer$i/etc/bench" "$work/rsync/peer$i"
+done
+
+# ------------------------------------------------------------------ certificate, ports
+
+tls="$work/tls"
+mkdir -p "$tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=gosyncd-bench \
+    -addext subjectAltName=IP:127.0.0.2,IP:127.0.0.3,IP:127.0.0.4,IP:127.0.0.5 \
+    -keyout "$tls/gosyncd.key" -out "$tls/gosyncd.crt" 2>"$logs/openssl.log" ||
+    die "openssl req failed: $(cat "$logs/openssl.log")"
+
+gport=$("${helper[@]}" freeport 18443 127.0.0.2 "${peers[@]}")
+rport=$("${helper[@]}" freeport 18873 "${peers[@]}")
+[ "$gport" != "$rport" ] || die "gosyncd and rsync would share port $gport"
+
+# ---------------------------------------------------------------------------- configs
+
+# write_config FILE ADDRESS ROOT REMOTE...
+write_config() {
+    local file=$1 address=$2 root=$3
+    shift 3
+    {
+        printf 'bind_address = "%s"\n\n' "$address"
+        printf 'remotes = [\n'
+        local r sep=""
+        for r in "$@"; do
+            printf '%s  "%s"' "$sep" "$r"
+            sep=$',\n'
+        done
+        printf '\n]\n\n'
+        printf 'tls_ca_certificate = "%s"\n' "$tls/gosyncd.crt"
+        printf 'tls_certificate = "%s"\n' "$tls/gosyncd.crt"
+        printf 'tls_private_key = "%s"\n\n' "$tls/gosyncd.key"
+        printf 'root = "%s"\n\n' "$root"
+        printf 'directory "/etc/bench" {\n}\n'
+    } >"$file"
+}
+
+remotes=("127.0.0.2:$gport" "127.0.0.3:$gport" "127.0.0.4:$gport" "127.0.0.5:$gport")
+write_config "$work/node1.hcl" "127.0.0.2:$gport" "$work/node1" "${remotes[@]}"
+for i in 1 2 3; do
+    write_config "$work/peer$i.hcl" "${peers[i - 1]}:$gport" "$work/peer$i" "${remotes[@]}"
+done
+# The same sender without peers: a dry run with it is the local scan alone.
+write_config "$work/node1-nopeers.hcl" "127.0.0.2:$gport" "$work/node1"
+"$bin" -config "$work/node1.hcl" check-config >"$logs/check-config.log" 2>&1 ||
+    die "check-config: $(cat "$logs/check-config.log")"
+
+# As root, the rsync daemon would write as "nobody" unless told otherwise.
+ids=""
+if [ "$(id -u)" = 0 ]; then ids=$'    uid = 0\n    gid = 0'; fi
+for i in 1 2 3; do
+    cat >"$work/rsyncd$i.conf" <<EOF
+use chroot = no
+reverse lookup = no
+max connections = 0
+log file = $logs/rsyncd$i.log
+pid file = $work/rsyncd$i.pid
+
+[peer$i]
+    path = $work/rsync/peer$i
+    read only = false
+    list = false
+$ids
+EOF
+done
+
+# ------------------------------------------------------------------------ daemons
+
+# wait_listening IP PORT PID LOG: poll (at most 30 s) until something listens there.
+wait_listening() {
+    local ip=$1 port=$2 pid=$3 logfile=$4 n
+    for ((n = 0; n < 300; n++)); do
+        kill -0 "$pid" 2>/dev/null || die "the daemon for $ip:$port exited: $(tail -n 5 "$logfile")"
+        "${helper[@]}" listening "$ip" "$port" && return 0
+        sleep 0.1
+    done
+    die "nothing listens on $ip:$port after 30 s"
+}
+
+log "starting 3 gosyncd peers on port $gport and 3 rsync daemons on port $rport"
+for i in 1 2 3; do
+    "$bin" -config "$work/peer$i.hcl" >"$logs/peer$i.log" 2>&1 &
+    daemon_pids+=($!)
+    rsync --daemon --no-detach --config="$work/rsyncd$i.conf" \
+        --address="${peers[i - 1]}" --port="$rport" >"$logs/rsyncd$i.out" 2>&1 &
+    rsync_pid=$!
+    wait_listening "${peers[i - 1]}" "$gport" "${daemon_pids[i - 1]}" "$logs/peer$i.log"
+    wait_listening "${peers[i - 1]}" "$rport" "$rsync_pid" "$logs/rsyncd$i.out"
+done
+
+# ------------------------------------------------------------------------ helpers
+
+# record KEY T0 T1: append the elapsed seconds to KEY's results.
+record() {
+    awk -v a="$2" -v b="$3" 'BEGIN { printf "%.4f\n", b - a }' >>"$res/$1.times"
+}
+
+# max_rss FILE: the last line /usr/bin/time -f %M wrote (kilobytes).
+max_rss() { tail -n 1 "$1"; }
+
+# empty DIR...: move everything below each DIR aside (into $work/trash), keep DIR.
+# Not deleted: freeing tens of thousands of inodes just before a run slows the file
+# creations that follow on some filesystems (ext4 without a journal skips every inode
+# freed in the last minutes, one lookup each), which would be charged to the next tool.
+empty() {
+    local d
+    for d in "$@"; do
+        trash_n=$((trash_n + 1))
+        mkdir "$work/trash/$trash_n"
+        find "$d" -mindepth 1 -maxdepth 1 -exec mv -t "$work/trash/$trash_n" {} +
+    done
+}
+trash_n=0
+mkdir "$work/trash"
+
+gosyncd_dirs=("$work/peer1/etc/bench" "$work/peer2/etc/bench" "$work/peer3/etc/bench")
+rsync_dirs=("$work/rsync/peer1" "$work/rsync/peer2" "$work/rsync/peer3")
+
+# verify WHAT DIR...: every DIR must equal the source tree.
+verify() {
+    local what=$1
+    shift
+    "${helper[@]}" verify "$src" "$@" 2>"$logs/verify.err" || {
+        cat "$logs/verify.err" >&2
+        die "$what: a peer differs from the source"
+    }
+    if [ -s "$logs/verify.err" ]; then
+        sed 's/^/[bench]   /' "$logs/verify.err" | sort -u | head -n 3 >&2
+    fi
+}
+
+# gosyncd_run KEY RUN CONFIG ARG...: one timed `gosyncd -config CONFIG ARG...`.
+gosyncd_run() {
+    local key=$1 run=$2 config=$3
+    shift 3
+    local out="$logs/gosyncd-$key-$run" status=0 t0 t1
+    sync # flush earlier writes so that they are not charged to this run
+    t0=$EPOCHREALTIME
+    /usr/bin/time -f %M -o "$out.rss" "$bin" -config "$config" "$@" >"$out.out" 2>"$out.err" ||
+        status=$?
+    t1=$EPOCHREALTIME
+    if [ "$status" -ne 0 ]; then
+        printf '[bench] stderr of gosyncd %s:\n' "$*" >&2
+        tail -n 20 "$out.err" >&2
+        printf '[bench] stdout (last lines):\n' >&2
+        tail -n 5 "$out.out" >&2
+        die "gosyncd $* exited with status $status (scenario $key, run $run)"
+    fi
+    record "gosyncd-$key" "$t0" "$t1"
+    max_rss "$out.rss" >>"$res/rss-gosyncd-$key.kb"
+}
+
+# rsync_run KEY RUN conc|seq ARG...: one timed push to the three rsync daemons, the three
+# rsyncs concurrently or one after the other.
+rsync_run() {
+    local key=$1 run=$2 mode=$3
+    shift 3
+    local out="$logs/$key-$run" status=0 i t0 t1 pids=()
+    sync
+    t0=$EPOCHREALTIME
+    for i in 1 2 3; do
+        local cmd=(/usr/bin/time -f %M -o "$out-$i.rss"
+            rsync -a --delete "$@" "$src/" "rsync://${peers[i - 1]}:$rport/peer$i/")
+        if [ "$mode" = conc ]; then
+            "${cmd[@]}" >"$out-$i.out" 2>"$out-$i.err" &
+            pids+=($!)
+        else
+            "${cmd[@]}" >"$out-$i.out" 2>"$out-$i.err" || status=$?
+        fi
+    done
+    for i in "${pids[@]}"; do wait "$i" || status=$?; done
+    t1=$EPOCHREALTIME
+    if [ "$status" -ne 0 ]; then
+        cat "$out"-*.err >&2
+        die "rsync $* failed with status $status (scenario $key, run $run)"
+    fi
+    record "$key" "$t0" "$t1"
+    [ "$key" != rsync-initial ] || max_rss "$out-1.rss" >>"$res/rss-rsync-initial.kb"
+}
+
+# ---------------------------------------------------------------------- scenarios
+
+printf '%s\n' "$("$bin" --version) vs $(rsync --version | awk 'NR == 1 { print $1, $3 }'):" \
+    "$nfiles files in $ndirs directories, $(awk -v b="$bytes" 'BEGIN{printf "%.1f", b/1e6}') MB;" \
+    "1 sender (127.0.0.2) -> 3 peers (127.0.0.3-5); $RUNS runs each; $(nproc) CPUs" |
+    paste -sd' ' >"$res/title"
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+log "(a) initial sync to 3 empty peers, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    empty "${gosyncd_dirs[@]}"
+    gosyncd_run initial "$run" "$work/node1.hcl" sync
+    added=$(grep -c '\[+\]' "$logs/gosyncd-initial-$run.out" || true)
+    verify "gosyncd initial sync (run $run)" "${gosyncd_dirs[@]}"
+
+    empty "${rsync_dirs[@]}"
+    rsync_run rsync-initial "$run" conc
+    verify "rsync initial copy (run $run)" "${rsync_dirs[@]}"
+    empty "${rsync_dirs[@]}"
+    rsync_run rsyncseq-initial "$run" seq
+    verify "rsync sequential initial copy (run $run)" "${rsync_dirs[@]}"
+    empty "${rsync_dirs[@]}"
+    rsync_run rsyncfsync-initial "$run" conc --fsync
+    verify "rsync --fsync initial copy (run $run)" "${rsync_dirs[@]}"
+    log "  run $run: gosyncd $(tail -n 1 "$res/gosyncd-initial.times")s ($added paths added)," \
+        "rsync $(tail -n 1 "$res/rsync-initial.times")s"
+done
+
+log "(b) no-change audit, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    # --exit-code: exit 1 if the dry run finds anything to change (a failure here).
+    gosyncd_run nochange "$run" "$work/node1.hcl" sync -dry --exit-code
+    verify "gosyncd dry run (run $run)" "${gosyncd_dirs[@]}"
+    rsync_run rsync-nochange "$run" conc -n -i
+    rsync_run rsyncseq-nochange "$run" seq -n -i
+    rsync_run rsyncsum-nochange "$run" conc -n -i -c
+    if [ -s "$logs/rsync-nochange-$run-1.out" ]; then
+        log "  note: rsync -n -i listed changes: $(head -n 3 "$logs/rsync-nochange-$run-1.out")"
+    fi
+    gosyncd_run scanonly "$run" "$work/node1-nopeers.hcl" sync -dry
+    log "  run $run: gosyncd $(tail -n 1 "$res/gosyncd-nochange.times")s," \
+        "rsync $(tail -n 1 "$res/rsync-nochange.times")s," \
+        "local scan alone $(tail -n 1 "$res/gosyncd-scanonly.times")s"
+done
+
+log "(c) one file changed ($target), $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    "${helper[@]}" edit "$src/$target" $((2 * run))
+    gosyncd_run onefile "$run" "$work/node1.hcl" sync
+    updated=$(grep -c '\[M\]' "$logs/gosyncd-onefile-$run.out" || true)
+    [ "$updated" = 3 ] || die "gosyncd reported $updated updates for one file on 3 peers"
+    verify "gosyncd one-file sync (run $run)" "${gosyncd_dirs[@]}"
+    rsync_run rsync-onefile "$run" conc
+    verify "rsync one-file copy (run $run)" "${rsync_dirs[@]}"
+    # A second edit for the sequential reference; gosyncd's next run still sees one file.
+    "${helper[@]}" edit "$src/$target" $((2 * run + 1))
+    rsync_run rsyncseq-onefile "$run" seq
+    verify "rsync sequential one-file copy (run $run)" "${rsync_dirs[@]}"
+    log "  run $run: gosyncd $(tail -n 1 "$res/gosyncd-onefile.times")s," \
+        "rsync $(tail -n 1 "$res/rsync-onefile.times")s"
+done
+
+for i in 1 2 3; do
+    awk '/^VmHWM:/ { print $2 }' "/proc/${daemon_pids[i - 1]}/status" >"$res/rss-daemon-$i.kb"
+done
+warnings=""
+for i in 1 2 3; do warnings+="$(grep -c 'WARN' "$logs/peer$i.log" || true) "; done
+
+echo
+"${helper[@]}" table "$res"
+echo
+echo "peer daemon warnings logged (per daemon): $warnings"
+echo "load average (1/5/15 min) before the runs: $load_start; after: $(cut -d' ' -f1-3 /proc/loadavg)"
