@@ -679,6 +679,7 @@ pub fn applies_owners() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{config_at, file_entry};
     use std::path::Path;
 
     /// Applies one operation as a batch of its own.
@@ -694,37 +695,14 @@ mod tests {
     }
 
     fn config(root: &Path) -> Config {
-        let text = format!(
-            r#"
-bind_address = "127.0.0.1:1"
-remotes = []
-tls_ca_certificate = "ca.pem"
-tls_certificate = "cert.pem"
-tls_private_key = "key.pem"
-root = "{}"
-directory "/etc/app" {{
-  exclude = ["/etc/app/private", "*.swp"]
-}}
-"#,
-            root.display()
-        );
-        Config::from_str(&text, Path::new("/x/config.hcl")).unwrap()
+        config_at(root, r#""/etc/app/private", "*.swp""#)
     }
 
     fn put(path: &str, bytes: &[u8]) -> Op {
         Op {
             path: path.into(),
             action: Action::Put {
-                entry: Entry {
-                    content: Content::File {
-                        size: bytes.len() as u64,
-                        sha256: Digest256::of(bytes),
-                    },
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    mtime_ns: 0,
-                },
+                entry: file_entry(bytes),
             },
             expect: None,
         }

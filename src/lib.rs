@@ -17,3 +17,6 @@ pub mod protocol;
 pub mod server;
 pub mod sync;
 pub mod tls;
+
+#[cfg(test)]
+mod testing;

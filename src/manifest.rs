@@ -274,27 +274,8 @@ pub fn read_entry(path: &Path, follow: bool, cache: &HashCache) -> io::Result<Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{config_at, config_text};
     use std::os::unix::fs::{symlink, PermissionsExt};
-
-    fn config_for(root: &Path, exclude: &str) -> Config {
-        let text = format!(
-            r#"
-bind_address = "127.0.0.1:1"
-remotes = []
-tls_ca_certificate = "ca.pem"
-tls_certificate = "cert.pem"
-tls_private_key = "key.pem"
-root = "{}"
-directory "/etc/app" {{
-  exclude = [{exclude}]
-}}
-directory "/etc/missing" {{
-}}
-"#,
-            root.display()
-        );
-        Config::from_str(&text, Path::new("/x/config.hcl")).unwrap()
-    }
 
     #[test]
     fn scan_lists_files_dirs_and_links_without_following_links() {
@@ -310,7 +291,8 @@ directory "/etc/missing" {{
         std::fs::write(app.join(".gosyncd-1234.tmp"), b"partial").unwrap();
         std::fs::write(app.join("skip.swp"), b"x").unwrap();
 
-        let config = config_for(tmp.path(), r#""*.swp""#);
+        let text = config_text(tmp.path(), r#""*.swp""#) + "directory \"/etc/missing\" {\n}\n";
+        let config = crate::testing::parse(&text);
         let scan = scan(&config, &[], &HashCache::default());
         let paths: Vec<_> = scan.entries.keys().cloned().collect();
         assert_eq!(
@@ -346,7 +328,7 @@ directory "/etc/missing" {{
         let app = tmp.path().join("etc/app");
         std::fs::create_dir_all(&app).unwrap();
         std::fs::write(app.join("a"), b"one").unwrap();
-        let config = config_for(tmp.path(), "");
+        let config = config_at(tmp.path(), "");
         let cache = HashCache::default();
         let first = scan(&config, &[], &cache);
         std::fs::write(app.join("a"), b"two").unwrap();
@@ -365,7 +347,7 @@ directory "/etc/missing" {{
         std::fs::create_dir_all(app.join("sub")).unwrap();
         std::fs::write(app.join("sub/in"), b"1").unwrap();
         std::fs::write(app.join("out"), b"2").unwrap();
-        let config = config_for(tmp.path(), "");
+        let config = config_at(tmp.path(), "");
         let scan = scan(&config, &["/etc/app/sub".into()], &HashCache::default());
         let paths: Vec<_> = scan.entries.keys().cloned().collect();
         assert_eq!(paths, ["/etc/app", "/etc/app/sub", "/etc/app/sub/in"]);

@@ -52,19 +52,14 @@ pub fn plan(local: &Manifest, remote: &Manifest, owners: bool) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ChangeKind, Content, Digest256};
+    use crate::protocol::{ChangeKind, Content};
+    use crate::testing::file_entry;
     use proptest::prelude::*;
 
     fn file(text: &str, mode: u32) -> Entry {
         Entry {
-            content: Content::File {
-                size: text.len() as u64,
-                sha256: Digest256::of(text.as_bytes()),
-            },
             mode,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
+            ..file_entry(text.as_bytes())
         }
     }
 

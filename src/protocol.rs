@@ -399,19 +399,7 @@ pub fn decode_batch(body: &[u8]) -> Result<Batch<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn file_entry(bytes: &[u8]) -> Entry {
-        Entry {
-            content: Content::File {
-                size: bytes.len() as u64,
-                sha256: Digest256::of(bytes),
-            },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 0,
-        }
-    }
+    use crate::testing::file_entry;
 
     fn put(path: &str, bytes: &[u8]) -> Op {
         Op {
