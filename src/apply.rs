@@ -679,7 +679,7 @@ pub fn applies_owners() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{config_at, file_entry};
+    use crate::testing::{config_at, put};
     use std::path::Path;
 
     /// Applies one operation as a batch of its own.
@@ -696,16 +696,6 @@ mod tests {
 
     fn config(root: &Path) -> Config {
         config_at(root, r#""/etc/app/private", "*.swp""#)
-    }
-
-    fn put(path: &str, bytes: &[u8]) -> Op {
-        Op {
-            path: path.into(),
-            action: Action::Put {
-                entry: file_entry(bytes),
-            },
-            expect: None,
-        }
     }
 
     fn refusal(config: &Config, ops: Vec<Op>) -> String {

@@ -399,17 +399,7 @@ pub fn decode_batch(body: &[u8]) -> Result<Batch<'_>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::file_entry;
-
-    fn put(path: &str, bytes: &[u8]) -> Op {
-        Op {
-            path: path.into(),
-            action: Action::Put {
-                entry: file_entry(bytes),
-            },
-            expect: None,
-        }
-    }
+    use crate::testing::{file_entry, put};
 
     #[test]
     fn batch_round_trips_binary_content() {

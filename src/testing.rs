@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::protocol::{Content, Digest256, Entry};
+use crate::protocol::{Action, Content, Digest256, Entry, Op};
 
 /// A config whose one directory, `/etc/app`, lives under `root`, with the given
 /// exclude entries (written as HCL list items, e.g. `"*.swp", "/etc/app/private"`).
@@ -45,5 +45,16 @@ pub fn file_entry(bytes: &[u8]) -> Entry {
         uid: 0,
         gid: 0,
         mtime_ns: 0,
+    }
+}
+
+/// An operation that puts a file holding `bytes` at `path`, planned against nothing there.
+pub fn put(path: &str, bytes: &[u8]) -> Op {
+    Op {
+        path: path.into(),
+        action: Action::Put {
+            entry: file_entry(bytes),
+        },
+        expect: None,
     }
 }
