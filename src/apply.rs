@@ -208,9 +208,11 @@ impl Session {
         if already {
             return Outcome::Applied;
         }
+        // Owners count only where they are applied: the expectation of an automatic
+        // push is the sender's own version, owners included.
         let as_expected = match (current, &op.expect) {
             (None, None) => true,
-            (Some(have), Some(expect)) => have.same_state(expect, true),
+            (Some(have), Some(expect)) => have.same_state(expect, owners),
             _ => false,
         };
         if !as_expected {

@@ -11,8 +11,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use tracing::{error, info};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
-use crate::manifest::HashCache;
-use crate::server::{self, Node};
+use crate::daemon::Daemon;
+use crate::server;
 use crate::sync::{self, Options, Report};
 use crate::tls::TlsMaterial;
 
@@ -181,26 +181,21 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let (config, tls) = load(path)?;
-    let server_tls = tls.server_config()?;
+    let config = Arc::new(Config::from_file(path)?);
     let listener = server::bind(&config.bind_address)
         .await
         .map_err(|e| anyhow::anyhow!("bind_address {}: cannot listen: {e}", config.bind_address))?;
-    let stale = crate::apply::remove_stale_temp_files(&config);
-    if stale > 0 {
-        info!(
-            removed = stale,
-            "removed temporary files left by an interrupted sync"
-        );
-    }
-    let node = Arc::new(Node::new(config.clone(), Arc::new(HashCache::default())));
+    let address = listener.local_addr()?;
+    let daemon = Daemon::start(config.clone(), listener, true).await?;
     info!(
-        address = %listener.local_addr()?,
-        node_id = %node.identity.node_id,
+        %address,
+        node_id = %daemon.node.identity.node_id,
         directories = config.directories.len(),
-        "gosyncd daemon listening"
+        debounce_ms = config.debounce.as_millis() as u64,
+        "gosyncd daemon listening and watching"
     );
-    server::serve(listener, server_tls, node, shutdown_signal()).await;
+    shutdown_signal().await;
+    daemon.stop().await;
     info!("gosyncd daemon stopped");
     Ok(ExitCode::SUCCESS)
 }

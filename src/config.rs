@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use hcl::{Block, Body, Expression, Structure};
@@ -15,6 +16,14 @@ use crate::paths::{self, is_within};
 
 /// Where the daemon and the CLI look for the configuration when `-config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gosyncd/config.hcl";
+
+/// How long the watcher waits for a burst of edits to end before pushing it.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Editors' temporary and backup files, excluded everywhere unless
+/// `editor_excludes = false`: vim's swap files and its write test `4913`, backups `*~`,
+/// emacs lock and auto-save files.
+pub const EDITOR_EXCLUDES: &[&str] = &[".*.swp", ".*.swx", "*~", "4913", ".#*", "#*#"];
 
 /// A configuration error: names the file, the key and, when known, the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +95,23 @@ pub struct Excludes {
 impl Excludes {
     /// Builds the rules of directory `dir` from its entries.
     pub fn new(dir: &str, entries: &[String]) -> Result<Excludes, String> {
+        Excludes::with_editor_defaults(dir, entries, false)
+    }
+
+    /// Builds the rules of directory `dir` from its entries, plus [`EDITOR_EXCLUDES`]
+    /// when `editor` is set.
+    pub fn with_editor_defaults(
+        dir: &str,
+        entries: &[String],
+        editor: bool,
+    ) -> Result<Excludes, String> {
+        let defaults = EDITOR_EXCLUDES.iter().map(|e| e.to_string());
+        let entries: Vec<String> = if editor {
+            entries.iter().cloned().chain(defaults).collect()
+        } else {
+            entries.to_vec()
+        };
+        let entries = entries.as_slice();
         let mut paths = Vec::new();
         let mut names = GlobSetBuilder::new();
         for entry in entries {
@@ -164,6 +190,8 @@ pub struct Config {
     /// The local prefix under which the configured directories live (`/` by default).
     pub root: PathBuf,
     pub directories: Vec<Directory>,
+    /// The watcher's quiet period before it pushes a burst of edits.
+    pub debounce: Duration,
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -173,6 +201,8 @@ const KNOWN_KEYS: &[&str] = &[
     "tls_certificate",
     "tls_private_key",
     "root",
+    "debounce",
+    "editor_excludes",
     "directory",
 ];
 
@@ -232,6 +262,18 @@ impl Config {
                     raw.seen.push(key.clone());
                     let value = attr.expr;
                     match key.as_str() {
+                        "editor_excludes" => match value {
+                            Expression::Bool(b) => raw.editor_excludes = Some(b),
+                            other => {
+                                return Err(err(
+                                    Some(&key),
+                                    format!(
+                                        "{key}: expected true or false, found {}",
+                                        type_name(&other)
+                                    ),
+                                ))
+                            }
+                        },
                         "remotes" => {
                             raw.remotes =
                                 Some(string_list(&key, &value).map_err(|m| err(Some(&key), m))?)
@@ -318,7 +360,8 @@ impl Config {
                     format!("directory {path:?} overlaps directory {:?}", other.path),
                 ));
             }
-            let excludes = Excludes::new(&path, &excludes)
+            let editor = raw.editor_excludes.unwrap_or(true);
+            let excludes = Excludes::with_editor_defaults(&path, &excludes, editor)
                 .map_err(|m| err(Some("exclude"), format!("directory {path:?}: {m}")))?;
             directories.push(Directory { path, excludes });
         }
@@ -329,6 +372,19 @@ impl Config {
             ));
         }
 
+        let debounce = match get("debounce") {
+            None => DEFAULT_DEBOUNCE,
+            Some(text) => humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| *d >= Duration::from_millis(10) && *d <= Duration::from_secs(60))
+                .ok_or_else(|| {
+                    err(
+                        Some("debounce"),
+                        format!("debounce: {text:?} is not a duration between 10ms and 60s (such as \"150ms\")"),
+                    )
+                })?,
+        };
+
         Ok(Config {
             file: file.to_path_buf(),
             bind_address,
@@ -338,6 +394,7 @@ impl Config {
             tls_private_key: relative_to_file(required("tls_private_key")?),
             root,
             directories,
+            debounce,
         })
     }
 
@@ -354,6 +411,14 @@ impl Config {
         self.root.join(logical.trim_start_matches('/'))
     }
 
+    /// The logical path of a local path under `root`, when it lies in a configured
+    /// directory.
+    pub fn logical_path(&self, local: &Path) -> Option<String> {
+        let rel = local.strip_prefix(&self.root).ok()?.to_str()?;
+        let logical = format!("/{}", rel.trim_end_matches('/'));
+        self.directory_of(&logical).map(|_| logical)
+    }
+
     /// The configured directory containing a logical path.
     pub fn directory_of(&self, logical: &str) -> Option<&Directory> {
         self.directories
@@ -367,6 +432,7 @@ struct Raw {
     seen: Vec<String>,
     strings: Vec<(String, String)>,
     remotes: Option<Vec<String>>,
+    editor_excludes: Option<bool>,
     directories: Vec<(String, Vec<String>)>,
 }
 
@@ -727,6 +793,32 @@ directory "/foo/bar" {
         assert!(c.directories[0]
             .excludes
             .is_excluded("/etc/haproxy/errors/503.http"));
+    }
+
+    #[test]
+    fn debounce_and_editor_excludes_have_defaults_and_can_be_set() {
+        let c = parse(SEED).unwrap();
+        assert_eq!(c.debounce, DEFAULT_DEBOUNCE);
+        let ex = &c.directories[0].excludes;
+        for name in [
+            ".haproxy.cfg.swp",
+            ".x.swx",
+            "haproxy.cfg~",
+            "4913",
+            ".#haproxy.cfg",
+            "#haproxy.cfg#",
+        ] {
+            assert!(ex.is_excluded(&format!("/etc/haproxy/{name}")), "{name}");
+        }
+        assert!(!ex.is_excluded("/etc/haproxy/haproxy.cfg"));
+        let text = format!("debounce = \"1s\"\neditor_excludes = false\n{SEED}");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.debounce, Duration::from_secs(1));
+        assert!(!c.directories[0].excludes.is_excluded("/etc/haproxy/x~"));
+        assert!(error(&format!("debounce = \"soon\"\n{SEED}")).contains("config.hcl:1: debounce"));
+        assert!(
+            error(&format!("editor_excludes = \"no\"\n{SEED}")).contains("expected true or false")
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
             vec!["*.swp".into(), format!("{DIRECTORY}/local")],
         )],
         tls: TlsStyle::Authority,
+        watch: true,
     };
     let group = LocalGroup::start(&spec).await?;
     let node = |i: usize| &group.nodes[i];

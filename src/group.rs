@@ -9,13 +9,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::certs;
 use crate::config::Config;
+use crate::daemon::Daemon;
 use crate::manifest::HashCache;
-use crate::server::{self, Node};
 use crate::sync::Engine;
 use crate::tls::TlsMaterial;
 
@@ -37,6 +35,8 @@ pub struct GroupSpec {
     /// Configured directories with their exclude entries.
     pub directories: Vec<(String, Vec<String>)>,
     pub tls: TlsStyle,
+    /// Whether the daemons watch their trees and push changes automatically.
+    pub watch: bool,
 }
 
 impl Default for GroupSpec {
@@ -46,6 +46,7 @@ impl Default for GroupSpec {
             first_octet: 2,
             directories: vec![("/etc/app".into(), Vec::new())],
             tls: TlsStyle::Authority,
+            watch: false,
         }
     }
 }
@@ -56,19 +57,21 @@ pub struct GroupNode {
     /// The config file, usable as `gosyncd -config PATH ...`.
     pub config_path: PathBuf,
     pub config: Arc<Config>,
+    watch: bool,
     running: Option<Running>,
 }
 
-struct Running {
-    node: Arc<Node>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
+type Running = Daemon;
 
 impl GroupNode {
     /// Where a logical path lives on this node.
     pub fn path(&self, logical: &str) -> PathBuf {
         self.config.local_path(logical)
+    }
+
+    /// The running daemon's counters, if it runs.
+    pub fn stats(&self) -> Option<crate::protocol::StatusCounters> {
+        self.running.as_ref().map(|r| r.node.stats.snapshot())
     }
 
     /// The running daemon's identity, if it runs.
@@ -165,9 +168,10 @@ impl LocalGroup {
                 addr: addrs[i],
                 config_path,
                 config,
+                watch: spec.watch,
                 running: None,
             };
-            node.running = Some(run_node(&node.config, listener)?);
+            node.running = Some(Daemon::start(node.config.clone(), listener, spec.watch).await?);
             nodes.push(node);
         }
         Ok(LocalGroup { dir, nodes })
@@ -176,8 +180,7 @@ impl LocalGroup {
     /// Stops node `i` (its files stay).
     pub async fn stop(&mut self, i: usize) {
         if let Some(running) = self.nodes[i].running.take() {
-            let _ = running.stop.send(());
-            let _ = running.task.await;
+            running.stop().await;
         }
     }
 
@@ -186,7 +189,7 @@ impl LocalGroup {
         self.stop(i).await;
         let node = &mut self.nodes[i];
         let listener = TcpListener::bind(node.addr).await?;
-        node.running = Some(run_node(&node.config, listener)?);
+        node.running = Some(Daemon::start(node.config.clone(), listener, node.watch).await?);
         Ok(())
     }
 
@@ -207,16 +210,6 @@ impl LocalGroup {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
-}
-
-fn run_node(config: &Arc<Config>, listener: TcpListener) -> anyhow::Result<Running> {
-    let tls = TlsMaterial::load(config)?.server_config()?;
-    let node = Arc::new(Node::new(config.clone(), Arc::new(HashCache::default())));
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(server::serve(listener, tls, node.clone(), async {
-        let _ = stopped.await;
-    }));
-    Ok(Running { node, stop, task })
 }
 
 fn config_text(

@@ -18,5 +18,8 @@ pub mod server;
 pub mod sync;
 pub mod tls;
 
+pub mod daemon;
 #[cfg(test)]
 mod testing;
+pub mod versions;
+pub mod watcher;

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 pub const API_VERSION: &str = "v1";
 /// Returns the identity of the serving process.
 pub const IDENTITY_ROUTE: &str = "/v1/identity";
+/// Returns a daemon's counters.
+pub const STATUS_ROUTE: &str = "/v1/status";
 /// Returns the receiver's manifest (optionally limited to a scope).
 pub const MANIFEST_ROUTE: &str = "/v1/manifest";
 /// Applies one batch of operations with their contents.
@@ -193,6 +195,24 @@ pub struct Identity {
     pub node_id: String,
     /// The gosyncd version serving.
     pub version: String,
+}
+
+/// A daemon's counters since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounters {
+    pub apply_requests: u64,
+    pub applied: u64,
+    pub conflicts_refused: u64,
+    pub pushes: u64,
+    pub conflicts_reported: u64,
+}
+
+/// The answer of the status route.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusResponse {
+    #[serde(flatten)]
+    pub identity: Identity,
+    pub counters: StatusCounters,
 }
 
 /// A receiver's manifest.

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -29,10 +30,12 @@ use crate::config::{BindAddress, Config};
 use crate::manifest::{self, HashCache};
 use crate::paths;
 use crate::protocol::{
-    self, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest, ManifestResponse,
-    Outcome, WireEntry, MAX_APPLY_BODY_BYTES, MAX_MANIFEST_REQUEST_BYTES,
+    self, Action, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest,
+    ManifestResponse, Outcome, StatusCounters, StatusResponse, WireEntry, MAX_APPLY_BODY_BYTES,
+    MAX_MANIFEST_REQUEST_BYTES,
 };
 use crate::tls;
+use crate::versions::Versions;
 
 /// The unit in which the body budget is counted.
 const BUDGET_UNIT_BYTES: usize = 1024;
@@ -48,10 +51,48 @@ pub struct Node {
     apply_lock: Arc<Mutex<()>>,
     /// Request bytes being buffered at once, in [`BUDGET_UNIT_BYTES`] units.
     body_budget: Arc<Semaphore>,
+    /// A daemon's memory of each path's version; what a push applies is recorded there
+    /// before the watcher can see the write.
+    pub versions: Option<Arc<Versions>>,
+    pub stats: Stats,
+}
+
+/// Counters a daemon exposes on its status route.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Apply requests received from peers.
+    pub apply_requests: AtomicU64,
+    /// Operations received and applied.
+    pub applied: AtomicU64,
+    /// Operations received and refused as conflicts.
+    pub conflicts_refused: AtomicU64,
+    /// Automatic pushes this node sent (one per peer per burst of edits).
+    pub pushes: AtomicU64,
+    /// Operations of those pushes that peers refused as conflicts.
+    pub conflicts_reported: AtomicU64,
+}
+
+impl Stats {
+    /// The counters' current values.
+    pub fn snapshot(&self) -> StatusCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatusCounters {
+            apply_requests: get(&self.apply_requests),
+            applied: get(&self.applied),
+            conflicts_refused: get(&self.conflicts_refused),
+            pushes: get(&self.pushes),
+            conflicts_reported: get(&self.conflicts_reported),
+        }
+    }
 }
 
 impl Node {
-    pub fn new(config: Arc<Config>, cache: Arc<HashCache>) -> Node {
+    /// A node that serves `config`; `versions` when it runs the watcher.
+    pub fn new(
+        config: Arc<Config>,
+        cache: Arc<HashCache>,
+        versions: Option<Arc<Versions>>,
+    ) -> Node {
         Node {
             config,
             identity: Identity {
@@ -64,6 +105,8 @@ impl Node {
             body_budget: Arc::new(Semaphore::new(
                 protocol::MAX_BUFFERED_BODY_BYTES / BUDGET_UNIT_BYTES,
             )),
+            versions,
+            stats: Stats::default(),
         }
     }
 }
@@ -104,6 +147,7 @@ impl IntoResponse for ApiError {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route(protocol::IDENTITY_ROUTE, get(identity))
+        .route(protocol::STATUS_ROUTE, get(status))
         .route(
             protocol::MANIFEST_ROUTE,
             post(manifest).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
@@ -114,6 +158,13 @@ pub fn router(node: Arc<Node>) -> Router {
 
 async fn identity(State(node): State<Arc<Node>>) -> Json<Identity> {
     Json(node.identity.clone())
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Json<StatusResponse> {
+    Json(StatusResponse {
+        identity: node.identity.clone(),
+        counters: node.stats.snapshot(),
+    })
 }
 
 fn client_of(addr: &Option<Extension<ClientAddr>>) -> String {
@@ -204,11 +255,24 @@ async fn apply(
     let one_at_a_time = node.apply_lock.clone().lock_owned().await;
     let client = client_of(&addr);
     let worker = node.clone();
+    node.stats.apply_requests.fetch_add(1, Ordering::Relaxed);
     let results = tokio::task::spawn_blocking(move || {
         let _held = (one_at_a_time, budget);
         let batch = protocol::decode_batch(&body)?;
         apply::validate_batch(&worker.config, &batch.header)?;
-        Ok::<_, String>(apply::apply_batch(&worker.config, worker.owners, &batch))
+        let results = apply::apply_batch(&worker.config, worker.owners, &batch);
+        if let Some(versions) = &worker.versions {
+            for (op, result) in batch.header.ops.iter().zip(&results) {
+                if result.outcome == Outcome::Applied {
+                    let state = match &op.action {
+                        Action::Put { entry } => Some(entry.clone()),
+                        Action::Delete => None,
+                    };
+                    versions.record(&op.path, state);
+                }
+            }
+        }
+        Ok::<_, String>(results)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
@@ -219,10 +283,12 @@ async fn apply(
         match &result.outcome {
             Outcome::Applied => {
                 applied += 1;
+                node.stats.applied.fetch_add(1, Ordering::Relaxed);
                 debug!(%client, path = %result.path, "applied");
             }
             Outcome::Kept(reason) => debug!(%client, path = %result.path, %reason, "kept"),
             Outcome::Conflict(reason) => {
+                node.stats.conflicts_refused.fetch_add(1, Ordering::Relaxed);
                 warn!(%client, path = %result.path, %reason, "conflict: operation refused")
             }
             Outcome::Failed(reason) => {

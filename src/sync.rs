@@ -276,6 +276,42 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Pushes operations planned elsewhere (the watcher's, which expect this node's own
+    /// previous versions) to every peer at once, one request per peer, reading contents
+    /// from `scan`. No manifest is fetched: the latency from save to replicated is one
+    /// round trip.
+    pub async fn push_ops(&self, ops: Vec<Op>, scan: Scan) -> Report {
+        let local = Arc::new(LocalState::new(scan));
+        let ops = Arc::new(ops);
+        let mut tasks = JoinSet::new();
+        for (index, peer) in self.peers.iter().cloned().enumerate() {
+            let (local, ops, config) = (local.clone(), ops.clone(), self.config.clone());
+            let span = info_span!("peer", peer = %peer.remote.label);
+            tasks.spawn(
+                async move {
+                    let mut report = PeerReport {
+                        peer: peer.remote.label.clone(),
+                        ..PeerReport::default()
+                    };
+                    push(&config, &peer, ops.to_vec(), &local, &mut report).await;
+                    (index, report)
+                }
+                .instrument(span),
+            );
+        }
+        let mut peers: Vec<(usize, PeerReport)> = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            peers.push(done.expect("peer task"));
+        }
+        peers.sort_by_key(|(i, _)| *i);
+        Report {
+            local_errors: Vec::new(),
+            peers: peers.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
+}
+
 /// The local scan plus the file contents read so far, shared by all peers of a run so
 /// that each file is read once however many peers need it.
 struct LocalState {

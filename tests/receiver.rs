@@ -161,6 +161,7 @@ async fn apply_refuses_a_body_over_the_limit_with_413() {
     let node = Arc::new(Node::new(
         group.nodes[1].config.clone(),
         Arc::new(HashCache::default()),
+        None,
     ));
     let app = router(node);
     let before = snapshot(group.path());

@@ -215,6 +215,7 @@ async fn server_certificate_from_another_ca_is_rejected_with_a_tls_message() {
     let node = Arc::new(gosyncd::server::Node::new(
         Arc::new(config),
         Arc::new(gosyncd::manifest::HashCache::default()),
+        None,
     ));
     let listener = tokio::net::TcpListener::bind((ip(66), 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,138 @@
+//! A running daemon: the API server, the filesystem watcher, and the propagation loop
+//! that feeds the watcher's changes to the engine. `gosyncd daemon`, the demo and the
+//! tests all start daemons through [`Daemon::start`].
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::apply;
+use crate::config::Config;
+use crate::manifest::{self, HashCache};
+use crate::server::{self, Node};
+use crate::sync::{ChangeStatus, Engine, Options};
+use crate::tls::TlsMaterial;
+use crate::versions::Versions;
+use crate::watcher::{self, WATCH_QUEUE_SIGNALS};
+
+/// Paths named in the start-up drift warning before it says "and N more".
+const DRIFT_PATHS_SHOWN: usize = 10;
+
+/// A daemon running in this process.
+pub struct Daemon {
+    pub node: Arc<Node>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Starts serving on `listener` and, when `watch` is set (always, for
+    /// `gosyncd daemon`), watching the configured directories and pushing their changes.
+    pub async fn start(
+        config: Arc<Config>,
+        listener: TcpListener,
+        watch: bool,
+    ) -> anyhow::Result<Daemon> {
+        let tls = TlsMaterial::load(&config)?;
+        let server_tls = tls.server_config()?;
+        let (cache, versions) = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                let stale = apply::remove_stale_temp_files(&config);
+                if stale > 0 {
+                    info!(
+                        removed = stale,
+                        "removed temporary files left by an interrupted sync"
+                    );
+                }
+                let cache = Arc::new(HashCache::default());
+                let scan = manifest::scan(&config, &[], &cache);
+                (cache, Arc::new(Versions::new(scan.entries)))
+            })
+            .await?
+        };
+        let node = Arc::new(Node::new(
+            config.clone(),
+            cache.clone(),
+            Some(versions.clone()),
+        ));
+        let engine = Arc::new(
+            Engine::new(
+                config.clone(),
+                &tls,
+                cache,
+                Some(node.identity.node_id.clone()),
+            )
+            .await?,
+        );
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE_SIGNALS);
+        let watch = if watch {
+            Some(watcher::watch(&config, tx)?)
+        } else {
+            None
+        };
+
+        let (stop, stopped) = oneshot::channel();
+        let serving = node.clone();
+        let task = tokio::spawn(async move {
+            let propagation = tokio::spawn(watcher::propagate(
+                engine.clone(),
+                serving.clone(),
+                versions,
+                rx,
+            ));
+            let drift = tokio::spawn(report_drift(engine));
+            server::serve(listener, server_tls, serving, async {
+                let _ = stopped.await;
+            })
+            .await;
+            drop(watch);
+            propagation.abort();
+            drift.abort();
+        });
+        Ok(Daemon { node, stop, task })
+    }
+
+    /// Stops serving and watching.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Start-up never pushes: a node that was off for a week must not overwrite the group
+/// with stale files. It compares with its peers and warns about any drift instead.
+async fn report_drift(engine: Arc<Engine>) {
+    let options = Options {
+        dry_run: true,
+        ..Options::default()
+    };
+    let report = engine.run(&options, |_| {}).await;
+    for peer in &report.peers {
+        if let Some(e) = &peer.error {
+            warn!(peer = %peer.peer, "cannot compare with peer at start-up: {e}");
+            continue;
+        }
+        let differing: Vec<&str> = peer
+            .changes
+            .iter()
+            .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
+            .map(|c| c.path.as_str())
+            .collect();
+        if differing.is_empty() {
+            continue;
+        }
+        let shown = differing[..differing.len().min(DRIFT_PATHS_SHOWN)].join(", ");
+        let more = differing.len().saturating_sub(DRIFT_PATHS_SHOWN);
+        warn!(
+            peer = %peer.peer,
+            paths = differing.len(),
+            "drift: {shown}{} differ from this node; nothing was pushed. \
+             Run `gosyncd sync` on the node whose files are authoritative",
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! What a running daemon last knew of each path: built by a scan at start-up, updated
+//! by the local changes it pushes and by the changes it receives. Nothing is stored on
+//! disk; this is the daemon's memory.
+//!
+//! Two guarantees of automatic propagation rest on it:
+//! - conflict safety: a local change is pushed as "apply this only if you still have
+//!   version X", X being this node's version before the edit, so a peer that has
+//!   something else refuses instead of losing its change;
+//! - no echo: a file written because a peer pushed it is recorded here first, so the
+//!   watcher finds nothing new when it sees the write, and pushes nothing.
+
+use std::sync::Mutex;
+
+use crate::manifest::{Manifest, Scan};
+use crate::paths::{in_scope, is_within};
+use crate::plan::plan;
+use crate::protocol::{Entry, Op};
+
+/// The versions this node last knew, by logical path.
+pub struct Versions {
+    map: Mutex<Manifest>,
+}
+
+impl Versions {
+    pub fn new(initial: Manifest) -> Versions {
+        Versions {
+            map: Mutex::new(initial),
+        }
+    }
+
+    /// Records what a peer's push left at `path` (`None`: deleted).
+    pub fn record(&self, path: &str, state: Option<Entry>) {
+        let mut map = self.map.lock().expect("versions lock");
+        match state {
+            Some(entry) => map.insert(path.to_string(), entry),
+            None => map.remove(path),
+        };
+    }
+
+    /// The state last known at `path`.
+    pub fn get(&self, path: &str) -> Option<Entry> {
+        self.map.lock().expect("versions lock").get(path).cloned()
+    }
+
+    /// Compares a scan of `scope` (empty: everything) with the versions known there,
+    /// records the scan as the new versions, and returns the operations that carry the
+    /// difference to peers, each expecting the version this node had before.
+    ///
+    /// Paths the scan could not read, and configured directories that are missing, are
+    /// left out: an unreadable or vanished tree is never pushed as a deletion.
+    pub fn take_changes(&self, scan: &Scan, scope: &[String], owners: bool) -> Vec<Op> {
+        let unknown: Vec<&str> = scan
+            .unreadable
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .chain(scan.missing.iter().map(String::as_str))
+            .collect();
+        let covered =
+            |path: &str| in_scope(path, scope) && !unknown.iter().any(|u| is_within(path, u));
+
+        let mut map = self.map.lock().expect("versions lock");
+        let before: Manifest = map
+            .iter()
+            .filter(|(path, _)| covered(path))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        let now: Manifest = scan
+            .entries
+            .iter()
+            .filter(|(path, _)| covered(path))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect();
+        let ops = plan(&now, &before, owners);
+        for path in before.keys() {
+            map.remove(path);
+        }
+        map.extend(now);
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Action, ChangeKind};
+    use crate::testing::file_entry;
+
+    fn scan_of(entries: &[(&str, &[u8])]) -> Scan {
+        Scan {
+            entries: entries
+                .iter()
+                .map(|(p, b)| (p.to_string(), file_entry(b)))
+                .collect(),
+            ..Scan::default()
+        }
+    }
+
+    #[test]
+    fn a_local_edit_is_pushed_expecting_the_previous_version() {
+        let versions = Versions::new(scan_of(&[("/d/a", b"v1")]).entries);
+        let ops = versions.take_changes(&scan_of(&[("/d/a", b"v2")]), &[], true);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].expect, Some(file_entry(b"v1")));
+        assert_eq!(
+            ops[0].action,
+            Action::Put {
+                entry: file_entry(b"v2")
+            }
+        );
+        assert_eq!(versions.get("/d/a"), Some(file_entry(b"v2")));
+    }
+
+    #[test]
+    fn a_received_write_is_not_pushed_back() {
+        let versions = Versions::new(scan_of(&[("/d/a", b"v1")]).entries);
+        versions.record("/d/a", Some(file_entry(b"from a peer")));
+        let ops = versions.take_changes(&scan_of(&[("/d/a", b"from a peer")]), &[], true);
+        assert!(ops.is_empty(), "{ops:?}");
+    }
+
+    #[test]
+    fn scope_limits_what_counts_as_deleted() {
+        let versions = Versions::new(scan_of(&[("/d/a", b"1"), ("/d/b", b"2")]).entries);
+        let ops = versions.take_changes(&scan_of(&[]), &["/d/a".to_string()], true);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(
+            (ops[0].path.as_str(), ops[0].change()),
+            ("/d/a", ChangeKind::Deleted)
+        );
+        assert_eq!(
+            versions.get("/d/b"),
+            Some(file_entry(b"2")),
+            "outside the scope, kept"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unreadable_tree_is_never_pushed_as_deleted() {
+        let versions = Versions::new(scan_of(&[("/d/a", b"1"), ("/e/b", b"2")]).entries);
+        let mut scan = scan_of(&[]);
+        scan.missing.push("/d".into());
+        scan.unreadable
+            .push(("/e".into(), "permission denied".into()));
+        assert!(versions.take_changes(&scan, &[], true).is_empty());
+        assert_eq!(versions.get("/d/a"), Some(file_entry(b"1")));
+    }
+}
