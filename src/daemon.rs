@@ -16,7 +16,7 @@ use crate::server::{self, Node};
 use crate::sync::{ChangeStatus, Engine, Options};
 use crate::tls::TlsMaterial;
 use crate::versions::Versions;
-use crate::watcher::{self, WATCH_QUEUE_SIGNALS};
+use crate::watcher::{self, Outbox, WATCH_QUEUE_SIGNALS};
 
 /// Paths named in the start-up drift warning before it says "and N more".
 const DRIFT_PATHS_SHOWN: usize = 10;
@@ -78,19 +78,38 @@ impl Daemon {
         let (stop, stopped) = oneshot::channel();
         let serving = node.clone();
         let task = tokio::spawn(async move {
-            let propagation = tokio::spawn(watcher::propagate(
+            // One outbox and one delivering task per peer: a peer that is down never
+            // holds the others back.
+            let outboxes: Vec<Arc<Outbox>> =
+                engine.peers().iter().map(|_| Arc::default()).collect();
+            let mut workers: Vec<_> = outboxes
+                .iter()
+                .enumerate()
+                .map(|(index, outbox)| {
+                    tokio::spawn(watcher::deliver(
+                        engine.clone(),
+                        serving.clone(),
+                        index,
+                        outbox.clone(),
+                    ))
+                })
+                .collect();
+            workers.push(tokio::spawn(watcher::propagate(
                 engine.clone(),
                 serving.clone(),
                 versions,
+                outboxes,
                 rx,
-            ));
+            )));
             let drift = tokio::spawn(report_drift(engine));
             server::serve(listener, server_tls, serving, async {
                 let _ = stopped.await;
             })
             .await;
             drop(watch);
-            propagation.abort();
+            for worker in workers {
+                worker.abort();
+            }
             drift.abort();
         });
         Ok(Daemon { node, stop, task })

@@ -277,38 +277,21 @@ impl Engine {
 }
 
 impl Engine {
-    /// Pushes operations planned elsewhere (the watcher's, which expect this node's own
-    /// previous versions) to every peer at once, one request per peer, reading contents
-    /// from `scan`. No manifest is fetched: the latency from save to replicated is one
-    /// round trip.
-    pub async fn push_ops(&self, ops: Vec<Op>, scan: Scan) -> Report {
-        let local = Arc::new(LocalState::new(scan));
-        let ops = Arc::new(ops);
-        let mut tasks = JoinSet::new();
-        for (index, peer) in self.peers.iter().cloned().enumerate() {
-            let (local, ops, config) = (local.clone(), ops.clone(), self.config.clone());
-            let span = info_span!("peer", peer = %peer.remote.label);
-            tasks.spawn(
-                async move {
-                    let mut report = PeerReport {
-                        peer: peer.remote.label.clone(),
-                        ..PeerReport::default()
-                    };
-                    push(&config, &peer, ops.to_vec(), &local, &mut report).await;
-                    (index, report)
-                }
-                .instrument(span),
-            );
-        }
-        let mut peers: Vec<(usize, PeerReport)> = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            peers.push(done.expect("peer task"));
-        }
-        peers.sort_by_key(|(i, _)| *i);
-        Report {
-            local_errors: Vec::new(),
-            peers: peers.into_iter().map(|(_, r)| r).collect(),
-        }
+    /// Pushes operations planned elsewhere (the watcher's, which expect the versions this
+    /// peer is known to hold) to peer `index` of [`Engine::peers`], in one request,
+    /// reading contents from `scan`. No manifest is fetched: from save to replicated
+    /// is one round trip.
+    pub async fn push_to(&self, index: usize, ops: Vec<Op>, scan: Scan) -> PeerReport {
+        let peer = &self.peers[index];
+        let mut report = PeerReport {
+            peer: peer.remote.label.clone(),
+            ..PeerReport::default()
+        };
+        let local = LocalState::new(scan);
+        push(&self.config, peer, ops, &local, &mut report)
+            .instrument(info_span!("peer", peer = %peer.remote.label))
+            .await;
+        report
     }
 }
 

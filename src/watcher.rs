@@ -3,24 +3,28 @@
 //! The notify callback only converts events and `try_send`s them on a bounded channel; it
 //! never blocks. When the channel is full it asks for a rescan instead. The propagation
 //! loop coalesces events per path until the configured quiet period (`debounce`) passes,
-//! scans the paths touched, compares them with this node's [`Versions`], and pushes the
-//! difference to every peer through the one engine.
+//! scans the paths touched, compares them with this node's [`Versions`], and hands the
+//! difference to each peer's [`Outbox`], which a task per peer delivers through the one
+//! engine, retrying with backoff while that peer is unreachable.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::manifest;
+use crate::manifest::{self, Manifest};
+use crate::paths::is_within;
+use crate::plan::plan;
+use crate::protocol::{Entry, Op};
 use crate::server::Node;
-use crate::sync::{ChangeStatus, Engine};
+use crate::sync::{ChangeStatus, Engine, PeerReport};
 use crate::versions::Versions;
 
 /// Signals the channel from the watcher to the propagation loop can hold.
@@ -108,6 +112,7 @@ pub async fn propagate(
     engine: Arc<Engine>,
     node: Arc<Node>,
     versions: Arc<Versions>,
+    outboxes: Vec<Arc<Outbox>>,
     mut rx: mpsc::Receiver<Signal>,
 ) {
     let config = engine.config().clone();
@@ -129,11 +134,19 @@ pub async fn propagate(
         } else {
             burst.paths.into_iter().collect()
         };
-        push_burst(&engine, &node, &versions, scope).await;
+        push_burst(&engine, &node, &versions, &outboxes, scope).await;
     }
 }
 
-async fn push_burst(engine: &Engine, node: &Node, versions: &Versions, scope: Vec<String>) {
+/// Scans a burst's paths, takes the difference from this node's versions, and hands
+/// it to every peer's outbox.
+async fn push_burst(
+    engine: &Engine,
+    node: &Node,
+    versions: &Versions,
+    outboxes: &[Arc<Outbox>],
+    scope: Vec<String>,
+) {
     let config = engine.config().clone();
     let cache = node.cache.clone();
     let scan_scope = scope.clone();
@@ -148,27 +161,132 @@ async fn push_burst(engine: &Engine, node: &Node, versions: &Versions, scope: Ve
         );
         return;
     }
-    let report = engine.push_ops(ops, scan).await;
-    for peer in &report.peers {
-        if !peer.changes.is_empty() {
-            node.stats.pushes.fetch_add(1, Ordering::Relaxed);
+    for outbox in outboxes {
+        outbox.merge(&ops);
+    }
+}
+
+/// First wait before retrying an unreachable peer.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Changes waiting for one peer: path -> the version that peer is expected to hold
+/// there (`None`: nothing). Kept in memory while the peer is unreachable, merged as
+/// more changes come.
+#[derive(Default)]
+pub struct Outbox {
+    pending: Mutex<BTreeMap<String, Option<Entry>>>,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// Adds changes. A path already waiting keeps its older expectation: that is what
+    /// the peer still holds.
+    fn merge(&self, ops: &[Op]) {
+        let mut pending = self.pending.lock().expect("outbox lock");
+        for op in ops {
+            pending
+                .entry(op.path.clone())
+                .or_insert_with(|| op.expect.clone());
         }
-        if let Some(e) = &peer.error {
-            error!(peer = %peer.peer, "push failed: {e}");
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> BTreeMap<String, Option<Entry>> {
+        std::mem::take(&mut *self.pending.lock().expect("outbox lock"))
+    }
+
+    /// Puts back changes whose push failed; their expectations win over newer ones,
+    /// since the peer never received the versions those assume.
+    fn restore(&self, taken: BTreeMap<String, Option<Entry>>) {
+        self.pending.lock().expect("outbox lock").extend(taken);
+    }
+
+    /// How many paths wait.
+    pub fn len(&self) -> usize {
+        self.pending.lock().expect("outbox lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Delivers one peer's outbox: the latest content of every waiting path, in one
+/// request, retried with exponential backoff while the peer is unreachable.
+pub async fn deliver(engine: Arc<Engine>, node: Arc<Node>, index: usize, outbox: Arc<Outbox>) {
+    let peer = engine.peers()[index].remote.label.clone();
+    let mut backoff: Option<Duration> = None;
+    loop {
+        match backoff {
+            None => outbox.wake.notified().await,
+            Some(wait) => tokio::time::sleep(wait).await,
         }
-        for change in &peer.changes {
-            match &change.status {
-                ChangeStatus::Skipped(reason) if reason.starts_with("conflict") => {
-                    node.stats
-                        .conflicts_reported
-                        .fetch_add(1, Ordering::Relaxed);
-                    error!(
-                        "{change}; nothing was overwritten: run `gosyncd sync` on the node whose version should win"
-                    );
-                }
-                ChangeStatus::Skipped(_) => warn!("{change}"),
-                _ => info!("{change}"),
+        let pending = outbox.take();
+        if pending.is_empty() {
+            continue;
+        }
+        let config = engine.config().clone();
+        let cache = node.cache.clone();
+        let scope: Vec<String> = pending.keys().cloned().collect();
+        let scan = tokio::task::spawn_blocking(move || manifest::scan(&config, &scope, &cache))
+            .await
+            .expect("scan task");
+        let unknown: Vec<&str> = scan
+            .unreadable
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .chain(scan.missing.iter().map(String::as_str))
+            .collect();
+        let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
+        let ours: Manifest = pending
+            .keys()
+            .filter(|p| known(p))
+            .filter_map(|p| scan.entries.get(p).map(|e| (p.clone(), e.clone())))
+            .collect();
+        let theirs: Manifest = pending
+            .iter()
+            .filter(|(p, _)| known(p))
+            .filter_map(|(p, e)| e.clone().map(|e| (p.clone(), e)))
+            .collect();
+        let ops = plan(&ours, &theirs, node.owners);
+        if ops.is_empty() {
+            backoff = None;
+            continue;
+        }
+        let count = ops.len();
+        let report = engine.push_to(index, ops, scan).await;
+        node.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = &report.error {
+            if backoff.is_none() {
+                warn!(%peer, pending = pending.len(), "peer unreachable, changes kept in memory and retried: {e}");
             }
+            outbox.restore(pending);
+            backoff = Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)));
+            continue;
+        }
+        if backoff.take().is_some() {
+            info!(%peer, changes = count, "peer reachable again, pending changes delivered");
+        }
+        log_changes(&node, &report);
+    }
+}
+
+fn log_changes(node: &Node, report: &PeerReport) {
+    for change in &report.changes {
+        match &change.status {
+            ChangeStatus::Skipped(reason) if reason.starts_with("conflict") => {
+                node.stats
+                    .conflicts_reported
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(
+                    "{change}; nothing was overwritten: run `gosyncd sync` on the node whose version should win"
+                );
+            }
+            ChangeStatus::Skipped(_) => warn!("{change}"),
+            _ => info!("{change}"),
         }
     }
 }
