@@ -1,8 +1,10 @@
-//! `gosyncd demo`: a three-node group on 127.0.0.2-4 in a temporary directory, a
-//! scripted edit-and-sync on node 1, then the group stays up for the user to play with.
+//! `gosyncd demo`: a three-node group on 127.0.0.2-4 in a temporary directory: daemons
+//! that start on drifted trees and push nothing, a dry run and a sync from node 1, a file
+//! replicated by the watchers alone, then the group stays up for the user to play with.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -12,6 +14,8 @@ use crate::manifest::{self, HashCache};
 use crate::sync::Options;
 
 const DIRECTORY: &str = "/etc/demo-app";
+/// How long the demo waits for the watcher to replicate a saved file.
+const PROPAGATION_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Runs the demo; `wait` keeps the group up until Ctrl-C.
 pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
@@ -25,12 +29,12 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
         tls: TlsStyle::Authority,
         watch: true,
     };
-    let group = LocalGroup::start(&spec).await?;
-    let node = |i: usize| &group.nodes[i];
-    let cmd =
-        |i: usize, rest: &str| format!("gosyncd -config {} {rest}", node(i).config_path.display());
+    let mut group = LocalGroup::build(&spec).await?;
+    let trees: Vec<PathBuf> = group.nodes.iter().map(|n| n.path(DIRECTORY)).collect();
+    let configs: Vec<PathBuf> = group.nodes.iter().map(|n| n.config_path.clone()).collect();
+    let cmd = |i: usize, rest: &str| format!("gosyncd -config {} {rest}", configs[i].display());
 
-    section("A three-node group is running on this machine");
+    section("A three-node group on this machine");
     for (i, n) in group.nodes.iter().enumerate() {
         println!(
             "  node{}  {}  tree: {}",
@@ -46,23 +50,23 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
 
     // Node 1 holds the edited tree; node 2 has an old copy and a file that should go.
     let write = |i: usize, rel: &str, text: &str| -> anyhow::Result<()> {
-        let path = node(i).path(&format!("{DIRECTORY}/{rel}"));
+        let path = trees[i].join(rel);
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     write(0, "app.conf", "listen 8080\nworkers 4\n")?;
     write(0, "conf.d/site.conf", "server_name example.org\n")?;
-    std::fs::create_dir_all(node(0).path(&format!("{DIRECTORY}/cache")))?;
-    std::os::unix::fs::symlink(
-        "conf.d/site.conf",
-        node(0).path(&format!("{DIRECTORY}/current")),
-    )?;
+    std::fs::create_dir_all(trees[0].join("cache"))?;
+    std::os::unix::fs::symlink("conf.d/site.conf", trees[0].join("current"))?;
     write(0, "local/hostname", "node1\n")?;
     write(1, "app.conf", "listen 8080\nworkers 2\n")?;
     write(1, "stale.conf", "removed upstream\n")?;
     write(1, "local/hostname", "node2\n")?;
     section("Node 1 holds the edited tree");
-    show_tree(&node(0).path(DIRECTORY));
+    show_tree(&trees[0]);
+    // The daemons start on trees that differ: they warn about the drift and push
+    // nothing until told to (a node back from a week off must not overwrite the group).
+    group.start_all().await?;
 
     let engine = group.engine(0).await?;
     section(&format!("$ {}", cmd(0, "sync -dry")));
@@ -94,25 +98,43 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
     }
     let failed = dry.failed() || real.failed() || !all_match;
 
-    section("An edit on node 1, synchronised by path");
-    write(0, "app.conf", "listen 8080\nworkers 8\n")?;
-    println!("$ {}", cmd(0, &format!("sync {DIRECTORY}/app.conf")));
-    let edit = engine
-        .run(
-            &Options {
-                scope: vec![format!("{DIRECTORY}/app.conf")],
-                dry_run: false,
-            },
-            print_peer,
-        )
-        .await;
-    let failed = failed || edit.failed();
+    section("Automatic propagation: a file saved on node 1, no command typed");
+    let saved = Instant::now();
+    let text = "written on node 1, pushed by its watcher\n";
+    write(0, "conf.d/auto.conf", text)?;
+    let arrived = |i: usize| {
+        std::fs::read_to_string(trees[i].join("conf.d/auto.conf")).is_ok_and(|t| t == text)
+    };
+    let mut replicated = false;
+    while saved.elapsed() < PROPAGATION_DEADLINE {
+        if (1..group.nodes.len()).all(arrived) {
+            replicated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if replicated {
+        println!(
+            "  conf.d/auto.conf reached node2 and node3 {} ms after it was saved",
+            saved.elapsed().as_millis()
+        );
+    } else {
+        println!("  conf.d/auto.conf did NOT reach every node within {PROPAGATION_DEADLINE:?}");
+    }
+    let failed = failed || !replicated;
 
     if wait {
         section("Try it yourself (Ctrl-C stops the group and deletes its files)");
-        println!("  edit files under {}", node(0).path(DIRECTORY).display());
-        println!("  then run: {}", cmd(0, "sync -dry"));
-        println!("       and: {}", cmd(0, "sync"));
+        println!(
+            "  edit files under {}: the daemons push them",
+            trees[0].display()
+        );
+        println!("  audit with: {}", cmd(0, "sync -dry"));
+        println!("  force with: {}", cmd(0, "sync"));
+        println!(
+            "  or one subtree: {}",
+            cmd(0, &format!("sync {DIRECTORY}/conf.d"))
+        );
         shutdown_signal().await;
     }
     Ok(if failed {

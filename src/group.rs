@@ -58,6 +58,8 @@ pub struct GroupNode {
     pub config_path: PathBuf,
     pub config: Arc<Config>,
     watch: bool,
+    /// The bound address, until the daemon starts.
+    listener: Option<TcpListener>,
     running: Option<Running>,
 }
 
@@ -95,6 +97,14 @@ pub struct LocalGroup {
 impl LocalGroup {
     /// Builds the files of the group and starts every node.
     pub async fn start(spec: &GroupSpec) -> anyhow::Result<LocalGroup> {
+        let mut group = LocalGroup::build(spec).await?;
+        group.start_all().await?;
+        Ok(group)
+    }
+
+    /// Builds the files of the group and binds its addresses, without starting any
+    /// daemon (so that trees can be prepared first); [`LocalGroup::start_all`] starts them.
+    pub async fn build(spec: &GroupSpec) -> anyhow::Result<LocalGroup> {
         let dir = tempfile::Builder::new()
             .prefix("gosyncd-group-")
             .tempdir()?;
@@ -169,12 +179,23 @@ impl LocalGroup {
                 config_path,
                 config,
                 watch: spec.watch,
+                listener: None,
                 running: None,
             };
-            node.running = Some(Daemon::start(node.config.clone(), listener, spec.watch).await?);
+            node.listener = Some(listener);
             nodes.push(node);
         }
         Ok(LocalGroup { dir, nodes })
+    }
+
+    /// Starts every node that does not run yet.
+    pub async fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].is_running() {
+                self.restart(i).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Stops node `i` (its files stay).
@@ -188,7 +209,10 @@ impl LocalGroup {
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.stop(i).await;
         let node = &mut self.nodes[i];
-        let listener = TcpListener::bind(node.addr).await?;
+        let listener = match node.listener.take() {
+            Some(listener) => listener,
+            None => TcpListener::bind(node.addr).await?,
+        };
         node.running = Some(Daemon::start(node.config.clone(), listener, node.watch).await?);
         Ok(())
     }
