@@ -4,8 +4,10 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+
+use tokio::sync::{mpsc, oneshot, watch::channel as watch_channel};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -18,6 +20,8 @@ use crate::tls::TlsMaterial;
 use crate::versions::Versions;
 use crate::watcher::{self, Outbox, WATCH_QUEUE_SIGNALS};
 
+/// How long a stopping daemon lets pushes under way finish.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// Paths named in the start-up drift warning before it says "and N more".
 const DRIFT_PATHS_SHOWN: usize = 10;
 
@@ -76,6 +80,7 @@ impl Daemon {
         };
 
         let (stop, stopped) = oneshot::channel();
+        let (stopping, stop_requested) = watch_channel(false);
         let serving = node.clone();
         let task = tokio::spawn(async move {
             // One outbox and one delivering task per peer: a peer that is down never
@@ -91,26 +96,41 @@ impl Daemon {
                         serving.clone(),
                         index,
                         outbox.clone(),
+                        stop_requested.clone(),
                     ))
                 })
                 .collect();
-            workers.push(tokio::spawn(watcher::propagate(
+            let propagation = tokio::spawn(watcher::propagate(
                 engine.clone(),
                 serving.clone(),
                 versions,
                 outboxes,
                 rx,
-            )));
+            ));
             let drift = tokio::spawn(report_drift(engine));
             server::serve(listener, server_tls, serving, async {
                 let _ = stopped.await;
             })
             .await;
+            // Stop watching, let pushes under way finish (within a deadline), then go.
             drop(watch);
-            for worker in workers {
-                worker.abort();
-            }
+            propagation.abort();
             drift.abort();
+            let _ = stopping.send(true);
+            let finishing = async {
+                for worker in workers.iter_mut() {
+                    let _ = worker.await;
+                }
+            };
+            if tokio::time::timeout(SHUTDOWN_DEADLINE, finishing)
+                .await
+                .is_err()
+            {
+                warn!("pushes still under way after {SHUTDOWN_DEADLINE:?}: stopping anyway");
+                for worker in workers {
+                    worker.abort();
+                }
+            }
         });
         Ok(Daemon { node, stop, task })
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -216,13 +216,33 @@ impl Outbox {
 
 /// Delivers one peer's outbox: the latest content of every waiting path, in one
 /// request, retried with exponential backoff while the peer is unreachable.
-pub async fn deliver(engine: Arc<Engine>, node: Arc<Node>, index: usize, outbox: Arc<Outbox>) {
+///
+/// Returns when `stopping` turns true while it is idle or waiting to retry; a push under
+/// way is finished first.
+pub async fn deliver(
+    engine: Arc<Engine>,
+    node: Arc<Node>,
+    index: usize,
+    outbox: Arc<Outbox>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let peer = engine.peers()[index].remote.label.clone();
     let mut backoff: Option<Duration> = None;
     loop {
-        match backoff {
-            None => outbox.wake.notified().await,
-            Some(wait) => tokio::time::sleep(wait).await,
+        let wait = async {
+            match backoff {
+                None => outbox.wake.notified().await,
+                Some(wait) => tokio::time::sleep(wait).await,
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = stopping.wait_for(|stop| *stop) => {
+                if !outbox.is_empty() {
+                    warn!(%peer, pending = outbox.len(), "stopping with changes not delivered to this peer");
+                }
+                return;
+            }
         }
         let pending = outbox.take();
         if pending.is_empty() {
