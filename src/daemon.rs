@@ -106,6 +106,7 @@ impl Daemon {
                 versions,
                 outboxes,
                 rx,
+                watch,
             ));
             let drift = tokio::spawn(report_drift(engine));
             server::serve(listener, server_tls, serving, async {
@@ -113,7 +114,6 @@ impl Daemon {
             })
             .await;
             // Stop watching, let pushes under way finish (within a deadline), then go.
-            drop(watch);
             propagation.abort();
             drift.abort();
             let _ = stopping.send(true);

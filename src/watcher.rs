@@ -108,15 +108,41 @@ fn describe(err: &notify::Error) -> String {
 }
 
 /// Turns bursts of signals into pushes, until the channel closes.
+///
+/// It owns the watch (`None` when the daemon does not watch): every
+/// [`DIRECTORY_CHECK_INTERVAL`] it checks that each configured directory is still the
+/// one watched, so that a directory missing at start-up is watched once it appears and
+/// one deleted and re-created is watched again, and rescanned either way.
 pub async fn propagate(
     engine: Arc<Engine>,
     node: Arc<Node>,
     versions: Arc<Versions>,
     outboxes: Vec<Arc<Outbox>>,
     mut rx: mpsc::Receiver<Signal>,
+    mut watch: Option<Watch>,
 ) {
     let config = engine.config().clone();
-    while let Some(first) = rx.recv().await {
+    let mut watched: Vec<Option<(u64, u64)>> = config
+        .directories
+        .iter()
+        .map(|d| directory_identity(&config.local_path(&d.path)))
+        .collect();
+    let mut check = tokio::time::interval(DIRECTORY_CHECK_INTERVAL);
+    loop {
+        let first = tokio::select! {
+            signal = rx.recv() => match signal {
+                Some(signal) => signal,
+                None => return,
+            },
+            _ = check.tick() => {
+                let Some(watch) = watch.as_mut() else { continue };
+                let appeared = rewatch(&config, watch, &mut watched);
+                if appeared.is_empty() {
+                    continue;
+                }
+                Signal::Changed(appeared)
+            }
+        };
         let mut burst = Burst::default();
         burst.add(&config, first);
         // Coalesce per path until the group has been quiet for the debounce window.
@@ -136,6 +162,48 @@ pub async fn propagate(
         };
         push_burst(&engine, &node, &versions, &outboxes, scope).await;
     }
+}
+
+/// How often the configured directories themselves are checked.
+pub const DIRECTORY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Device and inode of a directory, `None` when it is missing.
+fn directory_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Watches configured directories that appeared or were replaced since the last check;
+/// returns their local paths, to be rescanned.
+fn rewatch(config: &Config, watch: &mut Watch, watched: &mut [Option<(u64, u64)>]) -> Vec<PathBuf> {
+    let mut appeared = Vec::new();
+    for (dir, known) in config.directories.iter().zip(watched.iter_mut()) {
+        let local = config.local_path(&dir.path);
+        let now = directory_identity(&local);
+        if now == *known {
+            continue;
+        }
+        *known = now;
+        if now.is_none() {
+            warn!(directory = %dir.path, "configured directory disappeared: watched again when it reappears");
+            continue;
+        }
+        let _ = watch.unwatch(&local);
+        match watch.watch(&local, RecursiveMode::Recursive) {
+            Ok(()) => {
+                info!(directory = %dir.path, "configured directory (re)appeared: watching it");
+                appeared.push(local);
+            }
+            Err(e) => {
+                *known = None;
+                warn!(directory = %dir.path, "cannot watch: {}", describe(&e));
+            }
+        }
+    }
+    appeared
 }
 
 /// Scans a burst's paths, takes the difference from this node's versions, and hands
