@@ -400,3 +400,59 @@ impl Burst {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{file_entry, put};
+
+    fn update(path: &str, from: &[u8], to: &[u8]) -> Op {
+        Op {
+            expect: Some(file_entry(from)),
+            ..put(path, to)
+        }
+    }
+
+    #[test]
+    fn a_waiting_path_keeps_the_version_the_peer_still_holds() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")]);
+        outbox.merge(&[update("/d/a", b"v2", b"v3"), put("/d/b", b"new")]);
+        let pending = outbox.take();
+        assert_eq!(pending["/d/a"], Some(file_entry(b"v1")));
+        assert_eq!(pending["/d/b"], None);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_failed_delivery_restores_the_older_expectations() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")]);
+        let in_flight = outbox.take();
+        // An edit made while the push was under way assumes the peer got v2.
+        outbox.merge(&[update("/d/a", b"v2", b"v3")]);
+        // The push failed: the peer still holds v1.
+        outbox.restore(in_flight);
+        assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    #[test]
+    fn local_paths_outside_the_configured_directories_are_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::testing::config_at(tmp.path(), "");
+        let mut burst = Burst::default();
+        burst.add(
+            &config,
+            Signal::Changed(vec![
+                tmp.path().join("etc/app/x.cfg"),
+                tmp.path().join("etc/other/y"),
+                PathBuf::from("/elsewhere/z"),
+            ]),
+        );
+        assert_eq!(
+            burst.paths.into_iter().collect::<Vec<_>>(),
+            ["/etc/app/x.cfg"]
+        );
+        assert!(!burst.rescan);
+    }
+}
