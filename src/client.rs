@@ -21,8 +21,20 @@ use crate::tls;
 
 /// Why a call to a peer failed, worded for the operator.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct PeerError(pub String);
+pub enum PeerError {
+    /// The peer could not be reached, or did not answer properly: worth retrying.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The peer answered and refused the request: sending it again is useless.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl PeerError {
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, PeerError::Refused(_))
+    }
+}
 
 /// The HTTP client shared by every peer (connection pool and our identity), with the TLS
 /// configuration it was built from, kept for diagnosing refusals.
@@ -114,7 +126,7 @@ impl Peer {
                 // A TLS 1.3 server refuses a client certificate after the handshake, and
                 // the HTTP stack then reports only a cancelled request: ask TLS directly.
                 return Err(match self.diagnose_tls().await {
-                    Some(reason) => PeerError(reason),
+                    Some(reason) => PeerError::Unreachable(reason),
                     None => explain(&e, timeout),
                 });
             }
@@ -125,7 +137,7 @@ impl Peer {
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, timeout))? {
                 if body.len() + chunk.len() > protocol::MAX_RESPONSE_BYTES {
-                    return Err(PeerError(format!(
+                    return Err(PeerError::Refused(format!(
                         "answer larger than the limit of {} bytes",
                         protocol::MAX_RESPONSE_BYTES
                     )));
@@ -133,18 +145,23 @@ impl Peer {
                 body.extend_from_slice(&chunk);
             }
             return serde_json::from_slice(&body)
-                .map_err(|e| PeerError(format!("unreadable answer: {e}")));
+                .map_err(|e| PeerError::Refused(format!("unreadable answer: {e}")));
         }
         let detail = match response.json::<ErrorBody>().await {
             Ok(body) => body.error,
             Err(_) => status.canonical_reason().unwrap_or("").to_string(),
         };
-        Err(PeerError(match status {
+        let message = match status {
             StatusCode::PAYLOAD_TOO_LARGE => {
                 format!("refused the request as too large (413) {detail}")
             }
             _ => format!("refused the request ({}): {detail}", status.as_u16()),
-        }))
+        };
+        Err(if status.is_client_error() {
+            PeerError::Refused(message)
+        } else {
+            PeerError::Unreachable(message)
+        })
     }
 }
 
@@ -185,15 +202,15 @@ impl Peer {
 
 fn explain(err: &reqwest::Error, timeout: Duration) -> PeerError {
     if let Some(tls) = tls::explain(err) {
-        return PeerError(tls);
+        return PeerError::Unreachable(tls);
     }
     if err.is_timeout() {
-        return PeerError(format!("timed out (limit {}s)", timeout.as_secs()));
+        return PeerError::Unreachable(format!("timed out (limit {}s)", timeout.as_secs()));
     }
     if err.is_connect() {
-        return PeerError(format!("unreachable: {}", root_cause(err)));
+        return PeerError::Unreachable(format!("unreachable: {}", root_cause(err)));
     }
-    PeerError(chain(err))
+    PeerError::Unreachable(chain(err))
 }
 
 fn root_cause(err: &(dyn StdError + 'static)) -> String {

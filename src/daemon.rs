@@ -94,6 +94,7 @@ impl Daemon {
                     tokio::spawn(watcher::deliver(
                         engine.clone(),
                         serving.clone(),
+                        versions.clone(),
                         index,
                         outbox.clone(),
                         stop_requested.clone(),

@@ -20,12 +20,13 @@ use tracing::{debug, info, info_span, Instrument};
 
 use crate::apply;
 use crate::client::{self, Peer};
-use crate::config::{BindAddress, Config, Excludes, Remote};
+use crate::config::{BindAddress, Config, Directory, Excludes, Remote};
 use crate::manifest::{self, HashCache, Manifest, Scan};
 use crate::paths::{self, is_within};
 use crate::plan::plan;
 use crate::protocol::{
-    self, Action, BatchHeader, ChangeKind, Content, Digest256, Entry, ManifestResponse, Op, Outcome,
+    self, Action, BatchHeader, ChangeKind, Content, Digest256, DirectoryInfo, Entry,
+    ManifestResponse, Op, Outcome,
 };
 use crate::tls::TlsMaterial;
 
@@ -87,6 +88,12 @@ pub struct PeerReport {
     pub changes: Vec<Change>,
     /// The peer could not be synchronised (unreachable, refused the request, ...).
     pub error: Option<String>,
+    /// The error was the peer refusing the request (sending it again is useless), not
+    /// the peer being unreachable.
+    pub refused: bool,
+    /// Files not sent because they were written again since the scan (they are also
+    /// reported as skipped changes).
+    pub changed_locally: Vec<String>,
     /// Why the remote was left alone: it turned out to be this node.
     pub skipped: Option<String>,
 }
@@ -134,6 +141,8 @@ pub struct Engine {
     /// The identity of the daemon of this node, when known: a remote announcing it is
     /// this node under another name.
     self_id: Option<String>,
+    /// Each peer's configured directories and excludes, from its last manifest.
+    peer_dirs: Arc<Mutex<Vec<Option<Vec<DirectoryInfo>>>>>,
 }
 
 impl Engine {
@@ -154,11 +163,13 @@ impl Engine {
             }
             peers.push(Peer::new(remote.clone(), http.clone()));
         }
+        let peer_dirs = Arc::new(Mutex::new(vec![None; peers.len()]));
         Ok(Engine {
             config,
             peers,
             cache,
             self_id,
+            peer_dirs,
         })
     }
 
@@ -242,10 +253,15 @@ impl Engine {
                 let config = self.config.clone();
                 let self_id = self.self_id.clone();
                 let options = options.clone();
+                let peer_dirs = self.peer_dirs.clone();
                 let span = info_span!("peer", peer = %peer.remote.label);
                 tasks.spawn(
                     async move {
                         let manifest = manifest.await.expect("manifest task");
+                        if let Ok(m) = &manifest {
+                            peer_dirs.lock().expect("peer dirs lock")[index] =
+                                Some(m.directories.clone());
+                        }
                         let report =
                             sync_peer(&config, &peer, manifest, &local, self_id, &options).await;
                         (index, report)
@@ -278,20 +294,68 @@ impl Engine {
 
 impl Engine {
     /// Pushes operations planned elsewhere (the watcher's, which expect the versions this
-    /// peer is known to hold) to peer `index` of [`Engine::peers`], in one request,
-    /// reading contents from `scan`. No manifest is fetched: from save to replicated
-    /// is one round trip.
-    pub async fn push_to(&self, index: usize, ops: Vec<Op>, scan: Scan) -> PeerReport {
+    /// peer is known to hold) to peer `index` of [`Engine::peers`], in one request. A
+    /// file whose content no longer matches its operation is not sent, and is listed in
+    /// [`PeerReport::changed_locally`]. No manifest is fetched once the peer's
+    /// directories are known: from save to replicated is one round trip.
+    pub async fn push_to(&self, index: usize, ops: Vec<Op>) -> PeerReport {
         let peer = &self.peers[index];
+        let span = info_span!("peer", peer = %peer.remote.label);
         let mut report = PeerReport {
             peer: peer.remote.label.clone(),
             ..PeerReport::default()
         };
-        let local = LocalState::new(scan);
+        // The peer's own directories and excludes: remembered from its last manifest,
+        // or asked for now (scoped to these paths, so cheap).
+        let known = self.peer_dirs.lock().expect("peer dirs lock")[index].clone();
+        let theirs = match known {
+            Some(theirs) => theirs,
+            None => {
+                let scope: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
+                match peer.manifest(&scope).instrument(span.clone()).await {
+                    Ok(manifest) => {
+                        self.remember_dirs(index, &manifest.directories);
+                        manifest.directories
+                    }
+                    Err(e) => {
+                        report.refused = e.is_refusal();
+                        report.error = Some(e.to_string());
+                        return report;
+                    }
+                }
+            }
+        };
+        let (shared, refused) = peer_rules(&self.config, &theirs, |dir| {
+            ops.iter().any(|op| is_within(&op.path, &dir.path))
+        });
+        for (path, reason) in refused {
+            report.changes.push(Change {
+                peer: report.peer.clone(),
+                path,
+                status: ChangeStatus::Skipped(reason),
+            });
+        }
+        let ops: Vec<Op> = ops
+            .into_iter()
+            .filter(|op| {
+                shared.iter().any(|(dir, excludes)| {
+                    is_within(&op.path, &dir.path)
+                        && !excludes.excludes_any_component(&dir.path, &op.path)
+                })
+            })
+            .collect();
+        if ops.is_empty() {
+            return report;
+        }
+        let local = LocalState::new(Scan::default());
         push(&self.config, peer, ops, &local, &mut report)
-            .instrument(info_span!("peer", peer = %peer.remote.label))
+            .instrument(span)
             .await;
         report
+    }
+
+    fn remember_dirs(&self, index: usize, dirs: &[DirectoryInfo]) {
+        self.peer_dirs.lock().expect("peer dirs lock")[index] = Some(dirs.to_vec());
     }
 }
 
@@ -312,20 +376,26 @@ impl LocalState {
 
     /// The content of a scanned file, read without following any link below its
     /// configured directory, and only if it still has the scanned digest.
-    fn content(&self, config: &Config, path: &str, scanned: &Digest256) -> Result<Bytes, String> {
+    fn content(
+        &self,
+        config: &Config,
+        path: &str,
+        scanned: &Digest256,
+    ) -> Result<Bytes, Unsendable> {
         if let Some(bytes) = self.contents.lock().expect("contents lock").get(path) {
             return Ok(bytes.clone());
         }
         let dir = config
             .directory_of(path)
-            .ok_or_else(|| "outside the configured directories".to_string())?;
-        let (parent, name) = apply::open_parent(config, dir, path)?;
+            .ok_or_else(|| Unsendable::Unreadable("outside the configured directories".into()))?;
+        let (parent, name) =
+            apply::open_parent(config, dir, path).map_err(Unsendable::Unreadable)?;
         let mut bytes = Vec::new();
         apply::open_regular(&parent, &name)
             .and_then(|fd| std::fs::File::from(fd).read_to_end(&mut bytes))
-            .map_err(|e| format!("cannot read the local file: {e}"))?;
+            .map_err(|e| Unsendable::Unreadable(format!("cannot read the local file: {e}")))?;
         if Digest256::of(&bytes) != *scanned {
-            return Err("changed on this node during the sync; run the sync again".into());
+            return Err(Unsendable::Changed);
         }
         let bytes = Bytes::from(bytes);
         self.contents
@@ -334,6 +404,13 @@ impl LocalState {
             .insert(path.to_string(), bytes.clone());
         Ok(bytes)
     }
+}
+
+/// Why a planned file could not be sent.
+enum Unsendable {
+    /// It was written again since the scan; a later scan will pick the new version up.
+    Changed,
+    Unreadable(String),
 }
 
 async fn sync_peer(
@@ -352,6 +429,7 @@ async fn sync_peer(
     let remote = match manifest {
         Ok(remote) => remote,
         Err(e) => {
+            report.refused = e.is_refusal();
             report.error = Some(e.to_string());
             return report;
         }
@@ -390,27 +468,10 @@ fn views(
     local: &LocalState,
     remote: &ManifestResponse,
 ) -> (Manifest, Manifest, Vec<(String, String)>) {
-    let mut refused = Vec::new();
-    // For each local directory this run covers: the peer's exclude rules for it.
-    let mut shared: Vec<(&crate::config::Directory, Excludes)> = Vec::new();
-    for dir in &config.directories {
-        if !local.scan.entries.contains_key(&dir.path) {
-            continue; // missing here or out of scope
-        }
-        match remote.directories.iter().find(|d| d.path == dir.path) {
-            None => refused.push((
-                dir.path.clone(),
-                "not a configured directory on the peer".into(),
-            )),
-            Some(info) => match Excludes::new(&dir.path, &info.exclude) {
-                Ok(excludes) => shared.push((dir, excludes)),
-                Err(e) => refused.push((
-                    dir.path.clone(),
-                    format!("the peer's excludes are invalid: {e}"),
-                )),
-            },
-        }
-    }
+    let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
+        // Missing here or out of scope: not part of this run.
+        local.scan.entries.contains_key(&dir.path)
+    });
     let unknown: Vec<&str> = local
         .scan
         .unreadable
@@ -447,6 +508,35 @@ fn views(
     (ours, theirs, refused)
 }
 
+/// A peer's rules for the configured directories `wanted` selects: for each directory
+/// the peer also has, the peer's excludes; for each it lacks, the reason it is refused.
+type PeerRules<'c> = (Vec<(&'c Directory, Excludes)>, Vec<(String, String)>);
+
+fn peer_rules<'c>(
+    config: &'c Config,
+    theirs: &[DirectoryInfo],
+    wanted: impl Fn(&Directory) -> bool,
+) -> PeerRules<'c> {
+    let mut shared = Vec::new();
+    let mut refused = Vec::new();
+    for dir in config.directories.iter().filter(|d| wanted(d)) {
+        match theirs.iter().find(|d| d.path == dir.path) {
+            None => refused.push((
+                dir.path.clone(),
+                "not a configured directory on the peer".into(),
+            )),
+            Some(info) => match Excludes::new(&dir.path, &info.exclude) {
+                Ok(excludes) => shared.push((dir, excludes)),
+                Err(e) => refused.push((
+                    dir.path.clone(),
+                    format!("the peer's excludes are invalid: {e}"),
+                )),
+            },
+        }
+    }
+    (shared, refused)
+}
+
 /// Sends the operations with their contents and records the outcome of each.
 async fn push(
     config: &Config,
@@ -474,7 +564,13 @@ async fn push(
         };
         match local.content(config, &op.path, scanned) {
             Ok(bytes) => contents.push(Some(bytes)),
-            Err(reason) => {
+            Err(Unsendable::Changed) => {
+                report.changed_locally.push(op.path.clone());
+                let reason = "changed on this node during the sync; run the sync again";
+                unreadable.push((i, reason.to_string()));
+                contents.push(None);
+            }
+            Err(Unsendable::Unreadable(reason)) => {
                 unreadable.push((i, reason));
                 contents.push(None);
             }
@@ -521,6 +617,7 @@ async fn push(
                 }
             }
             Err(e) => {
+                report.refused = e.is_refusal();
                 report.error = Some(e.to_string());
                 return;
             }

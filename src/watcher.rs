@@ -13,14 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use notify::RecursiveMode;
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::manifest::{self, Manifest};
-use crate::paths::is_within;
 use crate::plan::plan;
 use crate::protocol::{Entry, Op};
 use crate::server::Node;
@@ -56,7 +56,15 @@ pub fn watch(config: &Config, tx: mpsc::Sender<Signal>) -> anyhow::Result<Watch>
                 let mut rescan = false;
                 for event in events {
                     rescan |= event.need_rescan();
+                    // Opening or reading a file changes nothing, and the daemon reads
+                    // files itself (scanning, sending): only writes count.
+                    if is_read_only(&event.event.kind) {
+                        continue;
+                    }
                     paths.extend(event.event.paths);
+                }
+                if paths.is_empty() && !rescan {
+                    return;
                 }
                 let signal = if rescan {
                     Signal::Rescan
@@ -88,6 +96,15 @@ pub fn watch(config: &Config, tx: mpsc::Sender<Signal>) -> anyhow::Result<Watch>
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {}", dir.path, describe(&e)))?;
     }
     Ok(debouncer)
+}
+
+/// Whether an event only says that a file was opened, read or closed unmodified.
+fn is_read_only(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+        EventKind::Access(_) => true,
+        _ => false,
+    }
 }
 
 /// Words for watch errors; running out of inotify watches names the sysctl to raise.
@@ -290,6 +307,7 @@ impl Outbox {
 pub async fn deliver(
     engine: Arc<Engine>,
     node: Arc<Node>,
+    versions: Arc<Versions>,
     index: usize,
     outbox: Arc<Outbox>,
     mut stopping: watch::Receiver<bool>,
@@ -316,27 +334,16 @@ pub async fn deliver(
         if pending.is_empty() {
             continue;
         }
-        let config = engine.config().clone();
-        let cache = node.cache.clone();
-        let scope: Vec<String> = pending.keys().cloned().collect();
-        let scan = tokio::task::spawn_blocking(move || manifest::scan(&config, &scope, &cache))
-            .await
-            .expect("scan task");
-        let unknown: Vec<&str> = scan
-            .unreadable
-            .iter()
-            .map(|(p, _)| p.as_str())
-            .chain(scan.missing.iter().map(String::as_str))
-            .collect();
-        let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
+        // Send the versions this node recorded, never a newer scan: every state a peer
+        // receives is one the versions map knew, so the expectations of later bursts
+        // (planned against that map) hold on the peer. A file written again since
+        // its version was recorded is put back below and sent by the write's burst.
         let ours: Manifest = pending
             .keys()
-            .filter(|p| known(p))
-            .filter_map(|p| scan.entries.get(p).map(|e| (p.clone(), e.clone())))
+            .filter_map(|p| versions.get(p).map(|e| (p.clone(), e)))
             .collect();
         let theirs: Manifest = pending
             .iter()
-            .filter(|(p, _)| known(p))
             .filter_map(|(p, e)| e.clone().map(|e| (p.clone(), e)))
             .collect();
         let ops = plan(&ours, &theirs, node.owners);
@@ -345,8 +352,14 @@ pub async fn deliver(
             continue;
         }
         let count = ops.len();
-        let report = engine.push_to(index, ops, scan).await;
+        let report = engine.push_to(index, ops).await;
         node.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        if let (Some(e), true) = (&report.error, report.refused) {
+            // Sending the same batch again would be refused again: report and drop it.
+            error!(%peer, changes = count, "peer refused the push, not retried: {e}");
+            backoff = None;
+            continue;
+        }
         if let Some(e) = &report.error {
             if backoff.is_none() {
                 warn!(%peer, pending = pending.len(), "peer unreachable, changes kept in memory and retried: {e}");
@@ -358,12 +371,26 @@ pub async fn deliver(
         if backoff.take().is_some() {
             info!(%peer, changes = count, "peer reachable again, pending changes delivered");
         }
+        // Files written again while this push was prepared were not sent: the peer
+        // still holds what it held, and the write's own burst brings the new content.
+        let unsent: BTreeMap<String, Option<Entry>> = pending
+            .into_iter()
+            .filter(|(path, _)| report.changed_locally.contains(path))
+            .collect();
+        if !unsent.is_empty() {
+            debug!(%peer, paths = unsent.len(), "files changed while being pushed: kept for the next push");
+            outbox.restore(unsent);
+            outbox.wake.notify_one();
+        }
         log_changes(&node, &report);
     }
 }
 
 fn log_changes(node: &Node, report: &PeerReport) {
     for change in &report.changes {
+        if report.changed_locally.contains(&change.path) {
+            continue;
+        }
         match &change.status {
             ChangeStatus::Skipped(reason) if reason.starts_with("conflict") => {
                 node.stats
