@@ -85,6 +85,20 @@ impl HashCache {
     }
 }
 
+/// How long after its last change a file's hash may be cached. Timestamps move in
+/// coarse ticks, so a file rewritten twice within one tick, at the same size, keeps its
+/// stamp: hashing such a recent file again is the only safe answer.
+const CACHE_SETTLE_NS: i64 = 2_000_000_000;
+
+/// Whether a file last changed long enough ago for its stamp to identify its content.
+fn settled(meta: &Metadata) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let changed = nanos(meta.ctime(), meta.ctime_nsec()).max(mtime_ns(meta));
+    now.saturating_sub(changed) > CACHE_SETTLE_NS
+}
+
 /// Modification time of a file in nanoseconds since the epoch.
 pub fn mtime_ns(meta: &Metadata) -> i64 {
     nanos(meta.mtime(), meta.mtime_nsec())
@@ -230,7 +244,7 @@ fn scan_directory(
 /// `follow` is set, for a configured directory itself). `Ok(None)` for a device,
 /// socket or fifo.
 pub fn read_entry(path: &Path, follow: bool, cache: &HashCache) -> io::Result<Option<Entry>> {
-    let meta = if follow {
+    let mut meta = if follow {
         std::fs::metadata(path)?
     } else {
         std::fs::symlink_metadata(path)?
@@ -245,13 +259,23 @@ pub fn read_entry(path: &Path, follow: bool, cache: &HashCache) -> io::Result<Op
         })?;
         Content::Symlink { target }
     } else if file_type.is_file() {
-        let stamp = Stamp::of(&meta);
-        let sha256 = match cache.get(path, stamp) {
+        let sha256 = match cache.get(path, Stamp::of(&meta)) {
             Some(digest) => digest,
             None => {
-                let file = open_nofollow(path)?;
-                let digest = hash_reader(file)?;
-                cache.put(path.to_path_buf(), stamp, digest);
+                // Size, metadata and hash all come from the one opened file, and only
+                // if it did not change while it was read: a file being written is
+                // reported as such, never as one version's size with another's hash.
+                let mut file = open_nofollow(path)?;
+                let before = file.metadata()?;
+                let digest = hash_reader(&mut file)?;
+                let after = file.metadata()?;
+                if Stamp::of(&before) != Stamp::of(&after) {
+                    return Err(io::Error::other("changed while it was read"));
+                }
+                if settled(&after) {
+                    cache.put(path.to_path_buf(), Stamp::of(&after), digest);
+                }
+                meta = after;
                 digest
             }
         };

@@ -541,13 +541,14 @@ fn peer_rules<'c>(
 async fn push(
     config: &Config,
     peer: &Peer,
-    ops: Vec<Op>,
+    mut ops: Vec<Op>,
     local: &LocalState,
     report: &mut PeerReport,
 ) {
     let label = peer.remote.label.clone();
     let mut contents: Contents = Vec::with_capacity(ops.len());
     let mut unreadable: Vec<(usize, String)> = Vec::new();
+    let mut sizes: Vec<(usize, u64)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let scanned = match &op.action {
             Action::Put {
@@ -563,7 +564,12 @@ async fn push(
             }
         };
         match local.content(config, &op.path, scanned) {
-            Ok(bytes) => contents.push(Some(bytes)),
+            Ok(bytes) => {
+                // The bytes hash to the planned digest; the size that frames them on
+                // the wire is theirs by construction.
+                sizes.push((i, bytes.len() as u64));
+                contents.push(Some(bytes));
+            }
             Err(Unsendable::Changed) => {
                 report.changed_locally.push(op.path.clone());
                 let reason = "changed on this node during the sync; run the sync again";
@@ -573,6 +579,13 @@ async fn push(
             Err(Unsendable::Unreadable(reason)) => {
                 unreadable.push((i, reason));
                 contents.push(None);
+            }
+        }
+    }
+    for (i, size) in sizes {
+        if let Action::Put { entry } = &mut ops[i].action {
+            if let Content::File { size: framed, .. } = &mut entry.content {
+                *framed = size;
             }
         }
     }

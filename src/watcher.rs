@@ -378,10 +378,12 @@ pub async fn deliver(
             .filter(|(path, _)| report.changed_locally.contains(path))
             .collect();
         if !unsent.is_empty() {
+            // No wake-up here: the write's own burst wakes this outbox when it merges
+            // (or already left a permit, if it merged while this push was under way).
             debug!(%peer, paths = unsent.len(), "files changed while being pushed: kept for the next push");
             outbox.restore(unsent);
-            outbox.wake.notify_one();
         }
+
         log_changes(&node, &report);
     }
 }
