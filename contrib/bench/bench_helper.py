@@ -241,24 +241,23 @@ def table(results):
         print(f"  {key:<22} " + " ".join(f"{t:.3f}" for t in times(results, key)))
 
 
+def run(argv, doc, commands):
+    """The command line (also latency_helper.py's): argv[1] names one of `commands`, a
+    function of the remaining arguments; anything else exits with the usage, `doc`."""
+    if len(argv) < 2 or argv[1] not in commands:
+        sys.exit(doc)
+    commands[argv[1]](argv[2:])
+
+
 def main(argv):
-    if len(argv) < 2:
-        sys.exit(__doc__)
-    cmd, args = argv[1], argv[2:]
-    if cmd == "gen":
-        generate(args[0], int(args[1]), int(args[2]), int(args[3]))
-    elif cmd == "edit":
-        edit(args[0], args[1])
-    elif cmd == "verify":
-        verify(args[0], args[1:])
-    elif cmd == "freeport":
-        freeport(int(args[0]), args[1:])
-    elif cmd == "listening":
-        listening(args[0], args[1])
-    elif cmd == "table":
-        table(args[0])
-    else:
-        sys.exit(__doc__)
+    run(argv, __doc__, {
+        "gen": lambda a: generate(a[0], int(a[1]), int(a[2]), int(a[3])),
+        "edit": lambda a: edit(a[0], a[1]),
+        "verify": lambda a: verify(a[0], a[1:]),
+        "freeport": lambda a: freeport(int(a[0]), a[1:]),
+        "listening": lambda a: listening(a[0], a[1]),
+        "table": lambda a: table(a[0]),
+    })
 
 
 if __name__ == "__main__":

@@ -72,31 +72,15 @@ KEEP=${KEEP:-0}
 SEED=20240611
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-helper=(python3 "$here/bench_helper.py")
+# shellcheck source=contrib/bench/lib.sh
+. "$here/lib.sh"
 lat=(python3 "$here/latency_helper.py")
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    printf '\n[bench] FAILED: %s\n' "$*" >&2
-    exit 1
-}
 
 case "$SAVE_MODE" in rename | overwrite) ;; *) die "SAVE_MODE must be rename or overwrite" ;; esac
 for v in SAVES SAVES_SLOW SAVES_LSYNCD1 SAVES_LSYNCD15 GAP_MS TREE_FILES TREE_DIRS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
 
-# need COMMAND PACKAGE: install PACKAGE with apt-get when COMMAND is missing (as root).
-need() {
-    command -v "$1" >/dev/null 2>&1 && return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        log "installing $2"
-        apt-get install -y -q "$2" >/dev/null 2>&1 ||
-            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$2" >/dev/null 2>&1; } || true
-    fi
-    command -v "$1" >/dev/null 2>&1 || die "$1 is needed (package $2)"
-}
 need python3 python3
 need openssl openssl
 if [ "$LSYNCD" = 1 ]; then
@@ -106,12 +90,6 @@ fi
 command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
 
 # ------------------------------------------------------------------ workspace, cleanup
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/gosyncd-latency.XXXXXX")
-res="$work/results"
-logs="$work/logs"
-mkdir -p "$res" "$logs"
-failures=()
 
 # children_of PID: the process ids whose parent is PID (lsyncd's rsync runs).
 children_of() { ps -o pid= --ppid "$1" 2>/dev/null || true; }
@@ -129,36 +107,18 @@ stop() {
     wait "$pid" 2>/dev/null || true
 }
 
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    # Every process this script started is one of its background jobs (or a child of
-    # lsyncd, stopped with it): end them by id.
+# end_jobs: every process this script started is one of its background jobs (or a
+# child of lsyncd, stopped with it): end them by id.
+end_jobs() {
     local pid
     for pid in $(jobs -p); do stop "$pid"; done
-    if [ "$status" -ne 0 ]; then
-        for f in "$logs"/*.log; do
-            [ -s "$f" ] || continue
-            printf '\n[bench] last lines of %s:\n' "${f##*/}" >&2
-            tail -n 15 "$f" >&2
-        done
-    fi
-    if [ "$KEEP" = 1 ]; then
-        log "kept $work"
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+workspace gosyncd-latency '*.log'
+failures=()
 
 # --------------------------------------------------------------------------- build
 
-log "building the release binary"
-(cd "$repo" && cargo build --release --quiet)
-bin="${CARGO_TARGET_DIR:-$repo/target}/release/gosyncd"
-[ -x "$bin" ] || die "no binary at $bin"
+build
 
 # ---------------------------------------------------------------------------- trees
 
@@ -179,40 +139,12 @@ echo "$nfiles files in $ndirs directories" >"$res/treedesc"
 
 # ------------------------------------------------------------------ certificate, ports
 
-tls="$work/tls"
-mkdir -p "$tls"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=gosyncd-bench \
-    -addext subjectAltName=IP:127.0.0.2,IP:127.0.0.3,IP:127.0.0.4 \
-    -keyout "$tls/gosyncd.key" -out "$tls/gosyncd.crt" 2>"$logs/openssl.txt" ||
-    die "openssl req failed: $(cat "$logs/openssl.txt")"
+certificate "${ips[@]}"
 
 gport=$("${helper[@]}" freeport 18443 "${ips[@]}")
 rport=$("${helper[@]}" freeport 18873 127.0.0.3 127.0.0.4)
 [ "$gport" != "$rport" ] || die "gosyncd and rsync would share port $gport"
 remotes=("127.0.0.2:$gport" "127.0.0.3:$gport" "127.0.0.4:$gport")
-
-# write_config FILE ADDRESS ROOT DEBOUNCE(or "") REMOTE...
-write_config() {
-    local file=$1 address=$2 root=$3 debounce=$4
-    shift 4
-    {
-        printf 'bind_address = "%s"\n\n' "$address"
-        printf 'remotes = [\n'
-        local r sep=""
-        for r in "$@"; do
-            printf '%s  "%s"' "$sep" "$r"
-            sep=$',\n'
-        done
-        printf '\n]\n\n'
-        printf 'tls_ca_certificate = "%s"\n' "$tls/gosyncd.crt"
-        printf 'tls_certificate = "%s"\n' "$tls/gosyncd.crt"
-        printf 'tls_private_key = "%s"\n\n' "$tls/gosyncd.key"
-        printf 'root = "%s"\n\n' "$root"
-        [ -z "$debounce" ] || printf 'debounce = "%s"\n\n' "$debounce"
-        printf 'directory "/etc/bench" {\n}\n'
-    } >"$file"
-}
 
 for i in 1 2 3; do
     write_config "$work/node$i.hcl" "${ips[i - 1]}:$gport" "$work/node$i" "" "${remotes[@]}"
@@ -224,17 +156,6 @@ for i in 1 2 3; do
 done
 
 # ------------------------------------------------------------------------ helpers
-
-# wait_listening IP PORT PID LOG: poll (at most 30 s) until something listens there.
-wait_listening() {
-    local ip=$1 port=$2 pid=$3 logfile=$4 n
-    for ((n = 0; n < 300; n++)); do
-        kill -0 "$pid" 2>/dev/null || die "the daemon for $ip:$port exited: $(tail -n 5 "$logfile")"
-        "${helper[@]}" listening "$ip" "$port" && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $ip:$port after 30 s"
-}
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
@@ -377,23 +298,8 @@ gosyncd_scenario gosyncd-default "" "$SAVES"
 gosyncd_scenario gosyncd-1s -1s "$SAVES_SLOW"
 
 if [ "$LSYNCD" = 1 ]; then
-    # As root, the rsync daemon would write as "nobody" unless told otherwise.
-    ids=""
-    if [ "$(id -u)" = 0 ]; then ids=$'    uid = 0\n    gid = 0'; fi
     for k in 2 3; do
-        cat >"$work/rsyncd$k.conf" <<EOF
-use chroot = no
-reverse lookup = no
-max connections = 0
-log file = $logs/rsyncd$k.log
-pid file = $work/rsyncd$k.pid
-
-[node$k]
-    path = $work/node$k/etc/bench
-    read only = false
-    list = false
-$ids
-EOF
+        write_rsyncd_conf "$k" "node$k" "$work/node$k/etc/bench"
         rsync --daemon --no-detach --config="$work/rsyncd$k.conf" \
             --address="${ips[k - 1]}" --port="$rport" >"$logs/rsyncd$k.out" 2>&1 &
         wait_listening "${ips[k - 1]}" "$rport" "$!" "$logs/rsyncd$k.out"

@@ -26,6 +26,9 @@ import sys
 import time
 import uuid
 
+sys.dont_write_bytecode = True  # no __pycache__ in contrib/bench
+from bench_helper import read_value, run  # noqa: E402  (this directory is on sys.path)
+
 # ---------------------------------------------------------------------------- tree
 
 
@@ -292,14 +295,6 @@ def pct(values, p):
     return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
 
 
-def read_value(results, key, default="-"):
-    path = os.path.join(results, key)
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return f.read().strip() or default
-
-
 SCENARIOS = [
     ("gosyncd-default", "gosyncd, debounce 150ms (default)"),
     ("gosyncd-1s", "gosyncd, debounce 1s"),
@@ -399,26 +394,16 @@ def table(results):
 
 
 def main(argv):
-    if len(argv) < 2:
-        sys.exit(__doc__)
-    cmd, args = argv[1], argv[2:]
-    if cmd == "tree":
-        tree(args[0], int(args[1]), int(args[2]), int(args[3]))
-    elif cmd == "saves":
-        saves(args[0], args[1], int(args[2]), float(args[3]), float(args[4]), args[5],
-              args[6], args[7:])
-    elif cmd == "idle":
-        idle(float(args[0]), float(args[1]), [int(p) for p in args[2:]])
-    elif cmd == "cpu":
-        cpu(float(args[0]), [int(p) for p in args[1:]])
-    elif cmd == "rss":
-        rss(args[0], int(args[1]))
-    elif cmd == "status":
-        status(args[0], args[1], args[2:])
-    elif cmd == "table":
-        table(args[0])
-    else:
-        sys.exit(__doc__)
+    run(argv, __doc__, {
+        "tree": lambda a: tree(a[0], int(a[1]), int(a[2]), int(a[3])),
+        "saves": lambda a: saves(a[0], a[1], int(a[2]), float(a[3]), float(a[4]), a[5],
+                                 a[6], a[7:]),
+        "idle": lambda a: idle(float(a[0]), float(a[1]), [int(p) for p in a[2:]]),
+        "cpu": lambda a: cpu(float(a[0]), [int(p) for p in a[1:]]),
+        "rss": lambda a: rss(a[0], int(a[1])),
+        "status": lambda a: status(a[0], a[1], a[2:]),
+        "table": lambda a: table(a[0]),
+    })
 
 
 if __name__ == "__main__":

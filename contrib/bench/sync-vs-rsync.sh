@@ -41,25 +41,9 @@ KEEP=${KEEP:-0}
 SEED=20240611
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-helper=(python3 "$here/bench_helper.py")
+# shellcheck source=contrib/bench/lib.sh
+. "$here/lib.sh"
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() {
-    printf '\n[bench] FAILED: %s\n' "$*" >&2
-    exit 1
-}
-
-# need COMMAND PACKAGE: install PACKAGE with apt-get when COMMAND is missing (as root).
-need() {
-    command -v "$1" >/dev/null 2>&1 && return 0
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        log "installing $2"
-        apt-get install -y -q "$2" >/dev/null 2>&1 ||
-            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$2" >/dev/null 2>&1; } || true
-    fi
-    command -v "$1" >/dev/null 2>&1 || die "$1 is needed (package $2)"
-}
 need python3 python3
 need openssl openssl
 need rsync rsync
@@ -68,42 +52,20 @@ command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
 
 # ------------------------------------------------------------------ workspace, cleanup
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/gosyncd-bench.XXXXXX")
-res="$work/results"
-logs="$work/logs"
-mkdir -p "$res" "$logs"
 daemon_pids=()
 
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    # Every process this script started is one of its background jobs: end them by id.
+# end_jobs: every process this script started is one of its background jobs: end them
+# by id.
+end_jobs() {
     local pid
     for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
     for pid in $(jobs -p); do wait "$pid" 2>/dev/null || true; done
-    if [ "$status" -ne 0 ]; then
-        for f in "$logs"/peer*.log "$logs"/rsyncd*.log; do
-            [ -s "$f" ] || continue
-            printf '\n[bench] last lines of %s:\n' "${f##*/}" >&2
-            tail -n 15 "$f" >&2
-        done
-    fi
-    if [ "$KEEP" = 1 ]; then
-        log "kept $work"
-    else
-        rm -rf "$work"
-    fi
-    exit "$status"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+workspace gosyncd-bench 'peer*.log' 'rsyncd*.log'
 
 # --------------------------------------------------------------------------- build
 
-log "building the release binary"
-(cd "$repo" && cargo build --release --quiet)
-bin="${CARGO_TARGET_DIR:-$repo/target}/release/gosyncd"
-[ -x "$bin" ] || die "no binary at $bin"
+build
 
 # ---------------------------------------------------------------------------- tree
 
@@ -123,13 +85,7 @@ done
 
 # ------------------------------------------------------------------ certificate, ports
 
-tls="$work/tls"
-mkdir -p "$tls"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=gosyncd-bench \
-    -addext subjectAltName=IP:127.0.0.2,IP:127.0.0.3,IP:127.0.0.4,IP:127.0.0.5 \
-    -keyout "$tls/gosyncd.key" -out "$tls/gosyncd.crt" 2>"$logs/openssl.log" ||
-    die "openssl req failed: $(cat "$logs/openssl.log")"
+certificate 127.0.0.2 "${peers[@]}"
 
 gport=$("${helper[@]}" freeport 18443 127.0.0.2 "${peers[@]}")
 rport=$("${helper[@]}" freeport 18873 "${peers[@]}")
@@ -137,68 +93,21 @@ rport=$("${helper[@]}" freeport 18873 "${peers[@]}")
 
 # ---------------------------------------------------------------------------- configs
 
-# write_config FILE ADDRESS ROOT REMOTE...
-write_config() {
-    local file=$1 address=$2 root=$3
-    shift 3
-    {
-        printf 'bind_address = "%s"\n\n' "$address"
-        printf 'remotes = [\n'
-        local r sep=""
-        for r in "$@"; do
-            printf '%s  "%s"' "$sep" "$r"
-            sep=$',\n'
-        done
-        printf '\n]\n\n'
-        printf 'tls_ca_certificate = "%s"\n' "$tls/gosyncd.crt"
-        printf 'tls_certificate = "%s"\n' "$tls/gosyncd.crt"
-        printf 'tls_private_key = "%s"\n\n' "$tls/gosyncd.key"
-        printf 'root = "%s"\n\n' "$root"
-        printf 'directory "/etc/bench" {\n}\n'
-    } >"$file"
-}
-
 remotes=("127.0.0.2:$gport" "127.0.0.3:$gport" "127.0.0.4:$gport" "127.0.0.5:$gport")
-write_config "$work/node1.hcl" "127.0.0.2:$gport" "$work/node1" "${remotes[@]}"
+write_config "$work/node1.hcl" "127.0.0.2:$gport" "$work/node1" "" "${remotes[@]}"
 for i in 1 2 3; do
-    write_config "$work/peer$i.hcl" "${peers[i - 1]}:$gport" "$work/peer$i" "${remotes[@]}"
+    write_config "$work/peer$i.hcl" "${peers[i - 1]}:$gport" "$work/peer$i" "" "${remotes[@]}"
 done
 # The same sender without peers: a dry run with it is the local scan alone.
-write_config "$work/node1-nopeers.hcl" "127.0.0.2:$gport" "$work/node1"
+write_config "$work/node1-nopeers.hcl" "127.0.0.2:$gport" "$work/node1" ""
 "$bin" -config "$work/node1.hcl" check-config >"$logs/check-config.log" 2>&1 ||
     die "check-config: $(cat "$logs/check-config.log")"
 
-# As root, the rsync daemon would write as "nobody" unless told otherwise.
-ids=""
-if [ "$(id -u)" = 0 ]; then ids=$'    uid = 0\n    gid = 0'; fi
 for i in 1 2 3; do
-    cat >"$work/rsyncd$i.conf" <<EOF
-use chroot = no
-reverse lookup = no
-max connections = 0
-log file = $logs/rsyncd$i.log
-pid file = $work/rsyncd$i.pid
-
-[peer$i]
-    path = $work/rsync/peer$i
-    read only = false
-    list = false
-$ids
-EOF
+    write_rsyncd_conf "$i" "peer$i" "$work/rsync/peer$i"
 done
 
 # ------------------------------------------------------------------------ daemons
-
-# wait_listening IP PORT PID LOG: poll (at most 30 s) until something listens there.
-wait_listening() {
-    local ip=$1 port=$2 pid=$3 logfile=$4 n
-    for ((n = 0; n < 300; n++)); do
-        kill -0 "$pid" 2>/dev/null || die "the daemon for $ip:$port exited: $(tail -n 5 "$logfile")"
-        "${helper[@]}" listening "$ip" "$port" && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $ip:$port after 30 s"
-}
 
 log "starting 3 gosyncd peers on port $gport and 3 rsync daemons on port $rport"
 for i in 1 2 3; do

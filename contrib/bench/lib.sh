@@ -1,0 +1,141 @@
+# lib.sh: the parts shared by sync-vs-rsync.sh and latency-vs-lsyncd.sh. Sourced, not run;
+# the script that sources it sets `here` (this directory) and KEEP first.
+
+repo=$(cd "$here/../.." && pwd)
+helper=(python3 "$here/bench_helper.py")
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    printf '\n[bench] FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# need COMMAND PACKAGE: install PACKAGE with apt-get when COMMAND is missing (as root).
+need() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing $2"
+        apt-get install -y -q "$2" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$2" >/dev/null 2>&1; } || true
+    fi
+    command -v "$1" >/dev/null 2>&1 || die "$1 is needed (package $2)"
+}
+
+# ------------------------------------------------------------------ workspace, cleanup
+
+# workspace NAME LOG_GLOB...: a new temporary directory $work (with $res and $logs in
+# it) and the exit trap that removes it. On exit, cleanup ends the script's background
+# jobs with end_jobs (which the script defines) and, after a failure, shows the last
+# lines of the logs in $logs that match a LOG_GLOB.
+workspace() {
+    work=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    shift
+    fail_logs=("$@")
+    res="$work/results"
+    logs="$work/logs"
+    mkdir -p "$res" "$logs"
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    end_jobs
+    if [ "$status" -ne 0 ]; then
+        local pattern f
+        for pattern in "${fail_logs[@]}"; do
+            for f in "$logs"/$pattern; do
+                [ -s "$f" ] || continue
+                printf '\n[bench] last lines of %s:\n' "${f##*/}" >&2
+                tail -n 15 "$f" >&2
+            done
+        done
+    fi
+    if [ "$KEEP" = 1 ]; then
+        log "kept $work"
+    else
+        rm -rf "$work"
+    fi
+    exit "$status"
+}
+
+# --------------------------------------------------------------------------- build
+
+# build: the release binary, as $bin.
+build() {
+    log "building the release binary"
+    (cd "$repo" && cargo build --release --quiet)
+    bin="${CARGO_TARGET_DIR:-$repo/target}/release/gosyncd"
+    [ -x "$bin" ] || die "no binary at $bin"
+}
+
+# ------------------------------------------------------------------ certificate, configs
+
+# certificate IP...: one self-signed certificate for all the IPs, $tls/gosyncd.{crt,key}.
+certificate() {
+    local san
+    san=$(printf 'IP:%s,' "$@")
+    tls="$work/tls"
+    mkdir -p "$tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=gosyncd-bench \
+        -addext subjectAltName="${san%,}" \
+        -keyout "$tls/gosyncd.key" -out "$tls/gosyncd.crt" 2>"$logs/openssl.txt" ||
+        die "openssl req failed: $(cat "$logs/openssl.txt")"
+}
+
+# write_config FILE ADDRESS ROOT DEBOUNCE(or "") REMOTE...
+write_config() {
+    local file=$1 address=$2 root=$3 debounce=$4
+    shift 4
+    {
+        printf 'bind_address = "%s"\n\n' "$address"
+        printf 'remotes = [\n'
+        local r sep=""
+        for r in "$@"; do
+            printf '%s  "%s"' "$sep" "$r"
+            sep=$',\n'
+        done
+        printf '\n]\n\n'
+        printf 'tls_ca_certificate = "%s"\n' "$tls/gosyncd.crt"
+        printf 'tls_certificate = "%s"\n' "$tls/gosyncd.crt"
+        printf 'tls_private_key = "%s"\n\n' "$tls/gosyncd.key"
+        printf 'root = "%s"\n\n' "$root"
+        [ -z "$debounce" ] || printf 'debounce = "%s"\n\n' "$debounce"
+        printf 'directory "/etc/bench" {\n}\n'
+    } >"$file"
+}
+
+# write_rsyncd_conf N MODULE PATH: $work/rsyncd$N.conf, one writable module.
+write_rsyncd_conf() {
+    local n=$1 module=$2 path=$3 ids=""
+    # As root, the rsync daemon would write as "nobody" unless told otherwise.
+    if [ "$(id -u)" = 0 ]; then ids=$'    uid = 0\n    gid = 0'; fi
+    cat >"$work/rsyncd$n.conf" <<EOF
+use chroot = no
+reverse lookup = no
+max connections = 0
+log file = $logs/rsyncd$n.log
+pid file = $work/rsyncd$n.pid
+
+[$module]
+    path = $path
+    read only = false
+    list = false
+$ids
+EOF
+}
+
+# ------------------------------------------------------------------------ daemons
+
+# wait_listening IP PORT PID LOG: poll (at most 30 s) until something listens there.
+wait_listening() {
+    local ip=$1 port=$2 pid=$3 logfile=$4 n
+    for ((n = 0; n < 300; n++)); do
+        kill -0 "$pid" 2>/dev/null || die "the daemon for $ip:$port exited: $(tail -n 5 "$logfile")"
+        "${helper[@]}" listening "$ip" "$port" && return 0
+        sleep 0.1
+    done
+    die "nothing listens on $ip:$port after 30 s"
+}
