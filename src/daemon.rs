@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use tokio::sync::{mpsc, oneshot, watch::channel as watch_channel};
+use tokio::sync::{oneshot, watch::channel as watch_channel};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -18,7 +18,7 @@ use crate::server::{self, Node};
 use crate::sync::{ChangeStatus, Engine, Options};
 use crate::tls::TlsMaterial;
 use crate::versions::Versions;
-use crate::watcher::{self, Outbox, WATCH_QUEUE_SIGNALS};
+use crate::watcher::{self, Outbox, Queue, WATCH_QUEUE_SIGNALS};
 
 /// How long a stopping daemon lets pushes under way finish.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -72,9 +72,9 @@ impl Daemon {
             )
             .await?,
         );
-        let (tx, rx) = mpsc::channel(WATCH_QUEUE_SIGNALS);
+        let (queue, received) = Queue::new(WATCH_QUEUE_SIGNALS);
         let watch = if watch {
-            Some(watcher::watch(&config, tx)?)
+            Some(watcher::watch(&config, queue)?)
         } else {
             None
         };
@@ -106,7 +106,7 @@ impl Daemon {
                 serving.clone(),
                 versions,
                 outboxes,
-                rx,
+                received,
                 watch,
             ));
             let drift = tokio::spawn(report_drift(engine));

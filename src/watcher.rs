@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,14 +47,40 @@ pub enum Signal {
 /// A running filesystem watch; dropping it stops watching.
 pub type Watch = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
 
-/// Watches every configured directory that exists, recursively.
-pub fn watch(config: &Config, tx: mpsc::Sender<Signal>) -> anyhow::Result<Watch> {
-    let mut debouncer = new_debouncer(NOTIFY_WINDOW, None, move |result: DebounceEventResult| {
-        match result {
+/// The watcher's side of the queue to the propagation loop.
+///
+/// The callback never blocks: it `try_send`s. When the queue is full, events are lost,
+/// so it raises `lost` instead, which the loop turns into a rescan the next time it
+/// looks (after every signal it receives and at every directory check), so a full queue
+/// can never drop the request to rescan.
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::Sender<Signal>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Queue {
+    /// A queue of `capacity` signals, and the receiving end for [`propagate`].
+    pub fn new(capacity: usize) -> (Queue, QueueReceiver) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let lost = Arc::new(AtomicBool::new(false));
+        (
+            Queue {
+                tx,
+                lost: lost.clone(),
+            },
+            QueueReceiver { rx, lost },
+        )
+    }
+
+    /// Hands one debounced batch of notify's results on, without blocking.
+    fn forward(&self, result: DebounceEventResult) {
+        let signal = match result {
             Ok(events) => {
                 let mut paths = Vec::new();
                 let mut rescan = false;
                 for event in events {
+                    // The kernel's queue overflowed, or the backend asks for a rescan.
                     rescan |= event.need_rescan();
                     // Opening or reading a file changes nothing, and the daemon reads
                     // files itself (scanning, sending): only writes count.
@@ -63,26 +89,45 @@ pub fn watch(config: &Config, tx: mpsc::Sender<Signal>) -> anyhow::Result<Watch>
                     }
                     paths.extend(event.event.paths);
                 }
-                if paths.is_empty() && !rescan {
-                    return;
-                }
-                let signal = if rescan {
+                if rescan {
+                    warn!("watcher: events were lost (kernel queue overflow): rescanning");
                     Signal::Rescan
+                } else if paths.is_empty() {
+                    return;
                 } else {
                     Signal::Changed(paths)
-                };
-                // Never block the watcher: a full queue becomes a rescan.
-                if tx.try_send(signal).is_err() {
-                    let _ = tx.try_send(Signal::Rescan);
                 }
             }
             Err(errors) => {
                 for e in errors {
                     warn!("watcher: {}", describe(&e));
                 }
-                let _ = tx.try_send(Signal::Rescan);
+                Signal::Rescan
             }
+        };
+        if self.tx.try_send(signal).is_err() {
+            self.lost.store(true, Ordering::SeqCst);
         }
+    }
+}
+
+/// The propagation loop's side of the queue.
+pub struct QueueReceiver {
+    rx: mpsc::Receiver<Signal>,
+    lost: Arc<AtomicBool>,
+}
+
+impl QueueReceiver {
+    /// Whether signals were dropped since the last call (the queue was full).
+    fn take_lost(&self) -> bool {
+        self.lost.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// Watches every configured directory that exists, recursively.
+pub fn watch(config: &Config, queue: Queue) -> anyhow::Result<Watch> {
+    let mut debouncer = new_debouncer(NOTIFY_WINDOW, None, move |result: DebounceEventResult| {
+        queue.forward(result)
     })
     .map_err(|e| anyhow::anyhow!("cannot start the filesystem watcher: {}", describe(&e)))?;
     for dir in &config.directories {
@@ -135,7 +180,7 @@ pub async fn propagate(
     node: Arc<Node>,
     versions: Arc<Versions>,
     outboxes: Vec<Arc<Outbox>>,
-    mut rx: mpsc::Receiver<Signal>,
+    mut queue: QueueReceiver,
     mut watch: Option<Watch>,
 ) {
     let config = engine.config().clone();
@@ -147,29 +192,35 @@ pub async fn propagate(
     let mut check = tokio::time::interval(DIRECTORY_CHECK_INTERVAL);
     loop {
         let first = tokio::select! {
-            signal = rx.recv() => match signal {
+            signal = queue.rx.recv() => match signal {
                 Some(signal) => signal,
                 None => return,
             },
             _ = check.tick() => {
+                if queue.take_lost() {
+                    Signal::Rescan
+                } else {
                 let Some(watch) = watch.as_mut() else { continue };
                 let appeared = rewatch(&config, watch, &mut watched);
                 if appeared.is_empty() {
                     continue;
                 }
                 Signal::Changed(appeared)
+                }
             }
         };
         let mut burst = Burst::default();
         burst.add(&config, first);
         // Coalesce per path until the group has been quiet for the debounce window.
         loop {
-            match tokio::time::timeout(config.debounce, rx.recv()).await {
+            match tokio::time::timeout(config.debounce, queue.rx.recv()).await {
                 Ok(Some(signal)) => burst.add(&config, signal),
                 Ok(None) => return,
                 Err(_) => break,
             }
         }
+        // Signals dropped on a full queue: their paths are unknown, so compare everything.
+        burst.rescan |= queue.take_lost();
         let scope: Vec<String> = if burst.rescan || burst.paths.len() > MAX_SCOPED_PATHS {
             Vec::new()
         } else if burst.paths.is_empty() {
@@ -463,6 +514,82 @@ mod tests {
         // The push failed: the peer still holds v1.
         outbox.restore(in_flight);
         assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    fn event(kind: EventKind, path: &str) -> notify_debouncer_full::DebouncedEvent {
+        notify_debouncer_full::DebouncedEvent::new(
+            notify::Event::new(kind).add_path(PathBuf::from(path)),
+            std::time::Instant::now(),
+        )
+    }
+
+    fn modified(path: &str) -> notify_debouncer_full::DebouncedEvent {
+        event(EventKind::Modify(notify::event::ModifyKind::Any), path)
+    }
+
+    fn received(queue: &mut QueueReceiver) -> Vec<Signal> {
+        std::iter::from_fn(|| queue.rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn a_full_queue_turns_into_a_rescan_instead_of_blocking_or_losing_it() {
+        let (queue, mut receiver) = Queue::new(1);
+        queue.forward(Ok(vec![modified("/r/etc/app/a")]));
+        // The queue is full: this batch (even a rescan request) cannot be queued.
+        queue.forward(Ok(vec![modified("/r/etc/app/b")]));
+        queue.forward(Err(vec![notify::Error::generic("boom")]));
+        let signals = received(&mut receiver);
+        assert!(
+            matches!(&signals[..], [Signal::Changed(p)] if p == &[PathBuf::from("/r/etc/app/a")]),
+            "{signals:?}"
+        );
+        assert!(receiver.take_lost(), "the dropped batches ask for a rescan");
+        assert!(!receiver.take_lost(), "once");
+    }
+
+    #[test]
+    fn an_overflow_notice_or_a_watch_error_asks_for_a_rescan() {
+        let (queue, mut receiver) = Queue::new(8);
+        let mut overflow = event(EventKind::Other, "/r/etc/app");
+        overflow.event = overflow.event.set_flag(notify::event::Flag::Rescan);
+        queue.forward(Ok(vec![modified("/r/etc/app/a"), overflow]));
+        queue.forward(Err(vec![notify::Error::generic("backend failed")]));
+        let signals = received(&mut receiver);
+        assert!(
+            matches!(&signals[..], [Signal::Rescan, Signal::Rescan]),
+            "{signals:?}"
+        );
+        assert!(!receiver.take_lost());
+    }
+
+    #[test]
+    fn reads_alone_send_nothing() {
+        let (queue, mut receiver) = Queue::new(8);
+        queue.forward(Ok(vec![
+            event(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/r/a"),
+            event(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/r/a"),
+        ]));
+        assert!(received(&mut receiver).is_empty());
+        queue.forward(Ok(vec![event(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            "/r/a",
+        )]));
+        assert_eq!(received(&mut receiver).len(), 1, "closing after a write counts");
+    }
+
+    #[test]
+    fn running_out_of_inotify_watches_names_the_sysctl_to_raise() {
+        for err in [
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+            notify::Error::io(std::io::Error::from_raw_os_error(28)),
+        ] {
+            let text = describe(&err);
+            assert!(
+                text.contains("fs.inotify.max_user_watches") && text.contains("524288"),
+                "{text}"
+            );
+        }
+        assert!(!describe(&notify::Error::generic("other")).contains("inotify"));
     }
 
     #[test]
