@@ -37,6 +37,8 @@ pub struct GroupSpec {
     pub tls: TlsStyle,
     /// Whether the daemons watch their trees and push changes automatically.
     pub watch: bool,
+    /// The `debounce` key; `None` leaves the default.
+    pub debounce: Option<std::time::Duration>,
 }
 
 impl Default for GroupSpec {
@@ -47,6 +49,7 @@ impl Default for GroupSpec {
             directories: vec![("/etc/app".into(), Vec::new())],
             tls: TlsStyle::Authority,
             watch: false,
+            debounce: None,
         }
     }
 }
@@ -171,6 +174,7 @@ impl LocalGroup {
                     (ca, cert, key),
                     &root,
                     &spec.directories,
+                    spec.debounce,
                 ),
             )?;
             let config = Arc::new(Config::from_file(&config_path)?);
@@ -203,6 +207,12 @@ impl LocalGroup {
         if let Some(running) = self.nodes[i].running.take() {
             running.stop().await;
         }
+    }
+
+    /// Gives up node `i`'s address, which the group holds until the node starts, so that
+    /// another process (the real binary) can listen on it.
+    pub fn release(&mut self, i: usize) {
+        self.nodes[i].listener = None;
     }
 
     /// Starts node `i` again on the same address.
@@ -242,6 +252,7 @@ fn config_text(
     (ca, cert, key): (&str, &str, &str),
     root: &Path,
     directories: &[(String, Vec<String>)],
+    debounce: Option<std::time::Duration>,
 ) -> String {
     let mut text = format!(
         "bind_address = \"{addr}\"\n\n# every node of the group; this node's own entry is skipped\nremotes = [\n  {}\n]\n\n\
@@ -250,6 +261,9 @@ fn config_text(
         remotes.join(",\n  "),
         root.display()
     );
+    if let Some(debounce) = debounce {
+        text.push_str(&format!("debounce = \"{}ms\"\n", debounce.as_millis()));
+    }
     for (path, exclude) in directories {
         let exclude: Vec<String> = exclude.iter().map(|e| format!("\"{e}\"")).collect();
         text.push_str(&format!(

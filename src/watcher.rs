@@ -90,7 +90,6 @@ impl Queue {
                     paths.extend(event.event.paths);
                 }
                 if rescan {
-                    warn!("watcher: events were lost (kernel queue overflow): rescanning");
                     Signal::Rescan
                 } else if paths.is_empty() {
                     return;
@@ -184,7 +183,7 @@ pub async fn propagate(
     mut watch: Option<Watch>,
 ) {
     let config = engine.config().clone();
-    let mut watched: Vec<Option<(u64, u64)>> = config
+    let mut watched: Vec<Option<DirectoryIdentity>> = config
         .directories
         .iter()
         .map(|d| directory_identity(&config.local_path(&d.path)))
@@ -221,6 +220,21 @@ pub async fn propagate(
         }
         // Signals dropped on a full queue: their paths are unknown, so compare everything.
         burst.rescan |= queue.take_lost();
+        // A configured directory itself was touched (removed, replaced): check now rather
+        // than at the next tick, which could miss a quick delete-and-recreate.
+        if let Some(watch) = watch.as_mut() {
+            if config
+                .directories
+                .iter()
+                .any(|d| burst.paths.contains(&d.path))
+            {
+                let appeared = rewatch(&config, watch, &mut watched);
+                burst.add(&config, Signal::Changed(appeared));
+            }
+        }
+        if burst.rescan {
+            warn!("watcher: events were lost (kernel queue overflow or watch error): rescanning every configured directory");
+        }
         let scope: Vec<String> = if burst.rescan || burst.paths.len() > MAX_SCOPED_PATHS {
             Vec::new()
         } else if burst.paths.is_empty() {
@@ -235,18 +249,26 @@ pub async fn propagate(
 /// How often the configured directories themselves are checked.
 pub const DIRECTORY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Device and inode of a directory, `None` when it is missing.
-fn directory_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+/// Which directory is at a path: device, inode and birth time (where the filesystem
+/// records one, since a re-created directory often gets the freed inode number back);
+/// `None` when it is missing.
+type DirectoryIdentity = (u64, u64, Option<std::time::SystemTime>);
+
+fn directory_identity(path: &std::path::Path) -> Option<DirectoryIdentity> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
         .ok()
         .filter(|m| m.is_dir())
-        .map(|m| (m.dev(), m.ino()))
+        .map(|m| (m.dev(), m.ino(), m.created().ok()))
 }
 
 /// Watches configured directories that appeared or were replaced since the last check;
 /// returns their local paths, to be rescanned.
-fn rewatch(config: &Config, watch: &mut Watch, watched: &mut [Option<(u64, u64)>]) -> Vec<PathBuf> {
+fn rewatch(
+    config: &Config,
+    watch: &mut Watch,
+    watched: &mut [Option<DirectoryIdentity>],
+) -> Vec<PathBuf> {
     let mut appeared = Vec::new();
     for (dir, known) in config.directories.iter().zip(watched.iter_mut()) {
         let local = config.local_path(&dir.path);
@@ -310,6 +332,10 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Changes waiting for one peer: path -> the version that peer is expected to hold
 /// there (`None`: nothing). Kept in memory while the peer is unreachable, merged as
 /// more changes come.
+///
+/// It is bounded by the tree, not by the outage: one small entry per path (a digest and
+/// metadata, never content, which is read when the push is made), however often the
+/// path changes while the peer is away.
 #[derive(Default)]
 pub struct Outbox {
     pending: Mutex<BTreeMap<String, Option<Entry>>>,
@@ -567,14 +593,21 @@ mod tests {
         let (queue, mut receiver) = Queue::new(8);
         queue.forward(Ok(vec![
             event(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/r/a"),
-            event(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/r/a"),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "/r/a",
+            ),
         ]));
         assert!(received(&mut receiver).is_empty());
         queue.forward(Ok(vec![event(
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             "/r/a",
         )]));
-        assert_eq!(received(&mut receiver).len(), 1, "closing after a write counts");
+        assert_eq!(
+            received(&mut receiver).len(),
+            1,
+            "closing after a write counts"
+        );
     }
 
     #[test]

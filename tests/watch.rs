@@ -839,3 +839,238 @@ async fn an_edit_made_while_the_previous_one_is_pushed_still_reaches_the_peers()
         describe(&group)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Large bursts, the configured directories themselves, and stopping.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_files_changed_at_once_are_one_push_per_peer_carrying_only_the_changes() {
+    // Like a `git checkout` touching 1000 files in a 1500-file tree. That is more paths
+    // than a burst names one by one, so the daemon rescans the whole tree against its
+    // versions: the push must still carry the 1000 changes and nothing else. The
+    // debounce is raised to 1 s so that a loaded test machine pausing the writing loop
+    // cannot split the burst; the benchmark measures the same at the default.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 3,
+        first_octet: 192,
+        watch: true,
+        debounce: Some(Duration::from_secs(1)),
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    let path = |i: usize| format!("/etc/app/d{}/f{i}.conf", i % 10);
+    for node in &group.nodes {
+        for i in 0..1500 {
+            write(node, &path(i), format!("old {i}\n"));
+        }
+    }
+    group.start_all().await.unwrap();
+    let before: Vec<StatusCounters> = group.nodes.iter().map(counters).collect();
+
+    for i in 0..1000 {
+        write(&group.nodes[0], &path(i), format!("new {i}\n"));
+    }
+    let peers = &group.nodes[1..];
+    eventually(&group, WAIT, "the 1000 changes on both peers", || {
+        peers
+            .iter()
+            .all(|n| (0..1000).all(|i| holds(n, &path(i), format!("new {i}\n"))))
+    })
+    .await;
+    holds_for_quiet_period(&group, "one apply request per peer", || {
+        total(&group, |c| c.apply_requests) - before.iter().map(|c| c.apply_requests).sum::<u64>()
+            == 2
+    })
+    .await;
+    for (node, before) in peers.iter().zip(&before[1..]) {
+        assert_eq!(
+            counters(node).applied - before.applied,
+            1000,
+            "{} applied exactly the changed files\n{}",
+            node.addr,
+            describe(&group)
+        );
+        assert_same_tree(&group.nodes[0], node);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_directory_deleted_and_recreated_is_watched_again() {
+    let group = watching(196).await;
+    let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
+    write(n0, "/etc/app/old.conf", "before\n");
+    eventually(&group, WAIT, "the first file on both peers", || {
+        peers
+            .iter()
+            .all(|n| holds(n, "/etc/app/old.conf", "before\n"))
+    })
+    .await;
+
+    // A vanished configured directory (unmounted, say) is never pushed as a deletion.
+    std::fs::remove_dir_all(n0.path("/etc/app")).unwrap();
+    holds_for_quiet_period(&group, "the peers keep their files", || {
+        peers
+            .iter()
+            .all(|n| holds(n, "/etc/app/old.conf", "before\n"))
+    })
+    .await;
+    // Once it is back, what it holds is this node's tree again, and it is watched.
+    std::fs::create_dir(n0.path("/etc/app")).unwrap();
+    write(n0, "/etc/app/new.conf", "after re-creation\n");
+    eventually(
+        &group,
+        WAIT,
+        "the re-created directory's tree on both peers",
+        || {
+            peers.iter().all(|n| {
+                holds(n, "/etc/app/new.conf", "after re-creation\n")
+                    && !exists(n, "/etc/app/old.conf")
+            })
+        },
+    )
+    .await;
+    // The new directory is watched, not merely rescanned once: a later edit travels.
+    write(n0, "/etc/app/new.conf", "edited later\n");
+    eventually(&group, PROMPT, "a later edit in it", || {
+        peers
+            .iter()
+            .all(|n| holds(n, "/etc/app/new.conf", "edited later\n"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_directory_missing_at_start_up_is_watched_once_it_appears() {
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 3,
+        first_octet: 204,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    std::fs::remove_dir(group.nodes[0].path("/etc/app")).unwrap();
+    group.start_all().await.unwrap();
+    let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
+
+    std::fs::create_dir(n0.path("/etc/app")).unwrap();
+    write(n0, "/etc/app/late.conf", "the directory came late\n");
+    eventually(&group, WAIT, "a file of the late directory", || {
+        peers
+            .iter()
+            .all(|n| holds(n, "/etc/app/late.conf", "the directory came late\n"))
+    })
+    .await;
+    write(n0, "/etc/app/late.conf", "edited later\n");
+    eventually(&group, PROMPT, "a later edit in it", || {
+        peers
+            .iter()
+            .all(|n| holds(n, "/etc/app/late.conf", "edited later\n"))
+    })
+    .await;
+}
+
+/// Every temporary file of the daemons' writes under `root`.
+fn temp_files(root: &std::path::Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(gosyncd::manifest::is_temp_name)
+        })
+        .map(|e| e.into_path())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_push_under_way_and_leaves_no_temp_file() {
+    // Node 0 is the real binary. It reaches node 1 through a forwarder that sends it
+    // SIGTERM once 256 KiB of a 16 MiB push have gone through: a push is then under
+    // way. One self-signed certificate names all three addresses, so the forwarder can
+    // listen on the third node's (never started) and still pass the name check.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 3,
+        first_octet: 208,
+        tls: gosyncd::group::TlsStyle::SelfSigned,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.restart(1).await.unwrap();
+    group.release(0);
+    group.release(2);
+    let pid = Arc::new(std::sync::OnceLock::<u32>::new());
+    let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hook = {
+        let (pid, signalled) = (pid.clone(), signalled.clone());
+        Box::new(move || {
+            let pid = pid.get().copied().expect("node 0 runs");
+            let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            signalled.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let forwarder = forwarder_with_hook(ip(210), group.nodes[1].addr, 256 * 1024, Some(hook)).await;
+    let config = config_variant(&group, 0, "node1-forwarded.hcl", |text| {
+        with_remotes(
+            &text,
+            &[group.nodes[0].addr.to_string(), forwarder.addr.to_string()],
+        )
+    });
+    let log_path = group.path().join("node1.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gosyncd"))
+        .args(config_args(&config, &[]))
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    pid.set(child.id()).unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // Ready once it answers (it watches before it serves).
+    let probe = peer(&tls_of(&group.nodes[0]), group.nodes[0].addr);
+    let started = Instant::now();
+    while probe.identity().await.is_err() {
+        if started.elapsed() > WAIT {
+            let _ = child.kill();
+            panic!("node 0 did not start within {WAIT:?}:\n{}", log());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+
+    let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    write(&group.nodes[0], "/etc/app/big.bin", &big);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("node 0 did not stop within 30 s:\n{}", log());
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let log = log();
+    assert!(
+        signalled.load(std::sync::atomic::Ordering::SeqCst),
+        "the push never started:\n{log}"
+    );
+    assert!(status.success(), "node 0 exited with {status}:\n{log}");
+    assert!(
+        holds(&group.nodes[1], "/etc/app/big.bin", &big),
+        "the push under way was not finished before exiting:\n{log}"
+    );
+    assert!(!log.contains("stopping anyway"), "{log}");
+    for root in [group.path().join("node1"), group.path().join("node2")] {
+        assert_eq!(temp_files(&root), Vec::<PathBuf>::new(), "{log}");
+    }
+}
