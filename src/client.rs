@@ -2,13 +2,14 @@
 //! with a timeout, and errors that say in plain words what went wrong.
 
 use std::error::Error as StdError;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -42,11 +43,15 @@ impl PeerError {
 pub struct Transport {
     http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
+    local: Option<IpAddr>,
 }
 
-/// Builds the transport shared by every peer.
-pub fn http_client(tls: rustls::ClientConfig) -> anyhow::Result<Transport> {
+/// Builds the transport shared by every peer. With `local`, connections are made from
+/// that address (the one `bind_address` names), so that peers see the address they
+/// expect.
+pub fn http_client(tls: rustls::ClientConfig, local: Option<IpAddr>) -> anyhow::Result<Transport> {
     let http = reqwest::Client::builder()
+        .local_address(local)
         .use_preconfigured_tls(tls.clone())
         .connect_timeout(protocol::CONNECT_TIMEOUT)
         .no_proxy()
@@ -56,6 +61,7 @@ pub fn http_client(tls: rustls::ClientConfig) -> anyhow::Result<Transport> {
     Ok(Transport {
         http,
         tls: Arc::new(tls),
+        local,
     })
 }
 
@@ -169,7 +175,22 @@ impl Peer {
     /// Connects with TLS alone and sends one request, to surface the peer's TLS alert
     /// when a call failed without saying why. `None` when TLS is not the problem.
     async fn diagnose_tls(&self) -> Option<String> {
-        let connect = TcpStream::connect((self.remote.host.as_str(), self.remote.port));
+        let local = self.transport.local;
+        let connect = async {
+            let target = tokio::net::lookup_host((self.remote.host.as_str(), self.remote.port))
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))?;
+            let socket = if target.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Some(ip) = local {
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+            }
+            socket.connect(target).await
+        };
         let tcp = tokio::time::timeout(protocol::CONNECT_TIMEOUT, connect)
             .await
             .ok()?

@@ -51,6 +51,14 @@ pub struct BindAddress {
     pub port: u16,
 }
 
+impl BindAddress {
+    /// The address outgoing connections are made from: the one named, if any
+    /// (`":8080"` and `"0.0.0.0:8080"` name none).
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.ip.filter(|ip| !ip.is_unspecified())
+    }
+}
+
 impl fmt::Display for BindAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.ip {
@@ -192,6 +200,52 @@ pub struct Config {
     pub directories: Vec<Directory>,
     /// The watcher's quiet period before it pushes a burst of edits.
     pub debounce: Duration,
+    /// Client addresses allowed to read and write this node's trees (`allow_from`);
+    /// `None`: the addresses the `remotes` hosts resolve to.
+    pub allow_from: Option<Vec<AllowEntry>>,
+}
+
+/// One `allow_from` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowEntry {
+    /// An address or a network, such as `10.0.0.7` or `10.0.0.0/24`.
+    Net(ipnet::IpNet),
+    /// A host name, resolved when the daemon starts and again when an unknown address
+    /// calls.
+    Host(String),
+}
+
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllowEntry::Net(net) => write!(f, "{net}"),
+            AllowEntry::Host(host) => write!(f, "{host}"),
+        }
+    }
+}
+
+/// Parses an `allow_from` entry: an IP address, a network in CIDR form, or a host name.
+pub fn parse_allow_entry(text: &str) -> Result<AllowEntry, String> {
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        return Ok(AllowEntry::Net(net.trunc()));
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(AllowEntry::Net(ipnet::IpNet::from(ip)));
+    }
+    let is_name = !text.is_empty()
+        && !text.starts_with(['-', '.'])
+        // Top-level domains are never numeric: "10.0.0.300" is a mistyped address.
+        && !text.rsplit('.').next().is_some_and(|label| label.chars().all(|c| c.is_ascii_digit()))
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_');
+    if is_name {
+        Ok(AllowEntry::Host(text.to_string()))
+    } else {
+        Err(format!(
+            "{text:?} is not an IP address, a network (such as \"10.0.0.0/24\") or a host name"
+        ))
+    }
 }
 
 const KNOWN_KEYS: &[&str] = &[
@@ -203,6 +257,7 @@ const KNOWN_KEYS: &[&str] = &[
     "root",
     "debounce",
     "editor_excludes",
+    "allow_from",
     "directory",
 ];
 
@@ -276,6 +331,10 @@ impl Config {
                         },
                         "remotes" => {
                             raw.remotes =
+                                Some(string_list(&key, &value).map_err(|m| err(Some(&key), m))?)
+                        }
+                        "allow_from" => {
+                            raw.allow_from =
                                 Some(string_list(&key, &value).map_err(|m| err(Some(&key), m))?)
                         }
                         _ => {
@@ -372,6 +431,17 @@ impl Config {
             ));
         }
 
+        let allow_from = match raw.allow_from {
+            None => None,
+            Some(entries) => Some(
+                entries
+                    .iter()
+                    .map(|e| parse_allow_entry(e))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| err(Some("allow_from"), format!("allow_from: {m}")))?,
+            ),
+        };
+
         let debounce = match get("debounce") {
             None => DEFAULT_DEBOUNCE,
             Some(text) => humantime::parse_duration(&text)
@@ -395,6 +465,7 @@ impl Config {
             root,
             directories,
             debounce,
+            allow_from,
         })
     }
 
@@ -432,6 +503,7 @@ struct Raw {
     seen: Vec<String>,
     strings: Vec<(String, String)>,
     remotes: Option<Vec<String>>,
+    allow_from: Option<Vec<String>>,
     editor_excludes: Option<bool>,
     directories: Vec<(String, Vec<String>)>,
 }
@@ -819,6 +891,38 @@ directory "/foo/bar" {
         assert!(
             error(&format!("editor_excludes = \"no\"\n{SEED}")).contains("expected true or false")
         );
+    }
+
+    #[test]
+    fn allow_from_takes_addresses_networks_and_host_names() {
+        assert_eq!(parse(SEED).unwrap().allow_from, None);
+        let text = format!(
+            "allow_from = [\"10.0.0.7\", \"10.1.0.9/16\", \"2001:db8::/32\", \"lb-1.example\"]\n{SEED}"
+        );
+        let entries: Vec<String> = parse(&text)
+            .unwrap()
+            .allow_from
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                "10.0.0.7/32",
+                "10.1.0.0/16",
+                "2001:db8::/32",
+                "lb-1.example"
+            ]
+        );
+        for bad in ["10.0.0.0/33", "10.0.0.300", "-host", "a b", ""] {
+            let message = error(&format!("\n\nallow_from = [\"{bad}\"]\n{SEED}"));
+            assert!(
+                message.contains("config.hcl:3: allow_from:")
+                    && message.contains(&format!("{bad:?}")),
+                "{bad:?}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl Daemon {
             cache.clone(),
             Some(versions.clone()),
         ));
+        node.allow.refresh().await;
         let engine = Arc::new(
             Engine::new(
                 config.clone(),

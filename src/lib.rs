@@ -3,6 +3,7 @@
 //! Data flows one way: [`config`] -> [`sync`] (scan, fetch manifests, [`plan`], push) on
 //! the sending side; [`server`] -> [`apply`] on the receiving side.
 
+pub mod access;
 pub mod apply;
 pub mod certs;
 pub mod cli;

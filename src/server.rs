@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -25,6 +26,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::access::Allowlist;
 use crate::apply;
 use crate::config::{BindAddress, Config};
 use crate::manifest::{self, HashCache};
@@ -55,6 +57,8 @@ pub struct Node {
     /// before the watcher can see the write.
     pub versions: Option<Arc<Versions>>,
     pub stats: Stats,
+    /// The client addresses allowed to read and write.
+    pub allow: Allowlist,
 }
 
 /// Counters a daemon exposes on its status route.
@@ -94,6 +98,7 @@ impl Node {
         versions: Option<Arc<Versions>>,
     ) -> Node {
         Node {
+            allow: Allowlist::new(&config),
             config,
             identity: Identity {
                 node_id: uuid::Uuid::new_v4().to_string(),
@@ -115,11 +120,18 @@ impl Node {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Who the client's certificate names (subject and alternative names), attached to each
+/// request by the listener, for logs.
+#[derive(Clone, Debug)]
+pub struct ClientSubject(pub Arc<str>);
+
 /// Errors a handler answers with; each maps to one status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -130,6 +142,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -144,16 +157,52 @@ impl IntoResponse for ApiError {
 }
 
 /// The API routes. Requests without a [`ClientAddr`] extension are served too (tests).
+///
+/// Every route but the identity one (which says no more than who this node is, and
+/// which a node's own command line asks to recognise it) is for the group's addresses
+/// only: see [`Allowlist`].
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
-        .route(protocol::IDENTITY_ROUTE, get(identity))
         .route(protocol::STATUS_ROUTE, get(status))
         .route(
             protocol::MANIFEST_ROUTE,
             post(manifest).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
         )
         .route(protocol::APPLY_ROUTE, post(apply))
+        .route_layer(middleware::from_fn_with_state(node.clone(), authorize))
+        .route(protocol::IDENTITY_ROUTE, get(identity))
         .with_state(node)
+}
+
+/// Refuses (403) a client whose address is not allowed, before its request is read.
+async fn authorize(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    subject: Option<Extension<ClientSubject>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(Extension(ClientAddr(client))) = addr {
+        if !node.allow.allows(client.ip()).await {
+            let subject = subject.map_or_else(|| "unknown".into(), |Extension(s)| s.0);
+            let route = request.uri().path().to_string();
+            warn!(
+                %client,
+                certificate = %subject,
+                %route,
+                "request refused: client address not allowed (not in {})",
+                node.allow.source()
+            );
+            return ApiError::Forbidden(format!(
+                "client address {} is not allowed to use {route} on this node: it is not one \
+                 of the addresses in its {} (certificate: {subject})",
+                client.ip(),
+                node.allow.source()
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn identity(State(node): State<Arc<Node>>) -> Json<Identity> {
@@ -374,6 +423,13 @@ pub async fn serve(
                         return;
                     }
                 };
+            let subject = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map_or_else(|| "none".to_string(), tls::describe_certificate);
+            let app = app.layer(Extension(ClientSubject(subject.into())));
             // HTTP/1.1 only: one request at a time per connection keeps the memory a
             // client can claim bounded by the connection limit.
             let mut builder =

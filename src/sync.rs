@@ -154,7 +154,7 @@ impl Engine {
         cache: Arc<HashCache>,
         self_id: Option<String>,
     ) -> anyhow::Result<Engine> {
-        let http = client::http_client(tls.client_config()?)?;
+        let http = client::http_client(tls.client_config()?, config.bind_address.source_ip())?;
         let mut peers = Vec::new();
         for remote in &config.remotes {
             if resolves_to_self(remote, &config.bind_address).await {
@@ -187,7 +187,7 @@ impl Engine {
             host,
             port: config.bind_address.port,
         };
-        let http = client::http_client(tls.identity_probe_config().ok()?).ok()?;
+        let http = client::http_client(tls.identity_probe_config().ok()?, None).ok()?;
         match Peer::new(remote, http).identity().await {
             Ok(identity) => Some(identity.node_id),
             Err(e) => {

@@ -251,6 +251,38 @@ impl ServerCertVerifier for PinnedServerVerifier {
     }
 }
 
+/// A certificate's subject and alternative names, for logs: `CN=node1 (SAN 10.0.0.1,
+/// node1.example)`.
+pub fn describe_certificate(cert: &CertificateDer<'_>) -> String {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return "an unparsable certificate".to_string();
+    };
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(dns) => names.push(dns.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        parsed.subject().to_string()
+    } else {
+        format!("{} (SAN {})", parsed.subject(), names.join(", "))
+    }
+}
+
 /// Finds a TLS error in an error chain and says in plain words what it means for an
 /// operator. `None` when the chain holds no TLS error.
 pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {

@@ -62,7 +62,7 @@ fn batch(puts: &[(&str, &[u8])]) -> Vec<u8> {
 /// roots, the certificates, and `outside`).
 async fn assert_refused(group: &LocalGroup, body: Vec<u8>, reason: &str) {
     let before = snapshot(group.path());
-    let err = peer(&tls_of(&group.nodes[0]), group.nodes[1].addr)
+    let err = peer_as(&group.nodes[0], group.nodes[1].addr)
         .apply(body)
         .await
         .expect_err("the batch was accepted");
@@ -212,7 +212,7 @@ async fn batch_cannot_write_through_a_link_it_creates() {
         ops: vec![link, put("/etc/app/sub/evil", b"through the new link")],
     };
     let body = encode_batch(&header, &[b"through the new link"]);
-    let response = peer(&tls_of(&group.nodes[0]), group.nodes[1].addr)
+    let response = peer_as(&group.nodes[0], group.nodes[1].addr)
         .apply(body)
         .await
         .expect("the batch is well-formed");
@@ -263,7 +263,7 @@ async fn apply_refuses_an_operation_planned_against_a_state_that_changed() {
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/conf", "from the sender");
     write(n1, "/etc/app/conf", "old");
-    let peer = peer(&tls_of(n0), n1.addr);
+    let peer = peer_as(n0, n1.addr);
     let remote = peer.manifest(&[]).await.unwrap();
     let local = manifest::scan(&n0.config, &[], &HashCache::default()).entries;
     let ops = plan(&local, &manifest_from(&remote), remote.owners);

@@ -25,7 +25,7 @@ use gosyncd::protocol::{ChangeKind, Content, Digest256, Entry};
 use gosyncd::sync::{ChangeStatus, Engine, Options, PeerReport, Report};
 use gosyncd::tls::TlsMaterial;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Longest a run of the binary may take before the test fails and the child is killed.
@@ -407,13 +407,28 @@ pub fn peer(tls: &TlsMaterial, addr: SocketAddr) -> Peer {
     peer_with(tls.client_config().unwrap(), addr)
 }
 
+/// A peer client for `addr` acting as `node`: its certificate, and connections made from
+/// its address, as the node's own pushes are.
+pub fn peer_as(node: &GroupNode, addr: SocketAddr) -> Peer {
+    let remote = Remote {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        label: addr.to_string(),
+    };
+    let tls = tls_of(node).client_config().unwrap();
+    Peer::new(
+        remote,
+        client::http_client(tls, Some(node.addr.ip())).unwrap(),
+    )
+}
+
 pub fn peer_with(tls: rustls::ClientConfig, addr: SocketAddr) -> Peer {
     let remote = Remote {
         host: addr.ip().to_string(),
         port: addr.port(),
         label: addr.to_string(),
     };
-    Peer::new(remote, client::http_client(tls).unwrap())
+    Peer::new(remote, client::http_client(tls, None).unwrap())
 }
 
 /// A put of a regular file holding `bytes`.
@@ -467,10 +482,16 @@ pub async fn forwarder_with_hook(
     let hook = Arc::new(Mutex::new(hook));
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
-        while let Ok((client, _)) = listener.accept().await {
+        while let Ok((client, client_addr)) = listener.accept().await {
             let hook = hook.clone();
             connections.spawn(async move {
-                let Ok(server) = TcpStream::connect(target).await else {
+                // From the client's own address, as a NAT-less network would carry it.
+                let connect = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::new(client_addr.ip(), 0))?;
+                    socket.connect(target).await
+                };
+                let Ok(server) = connect.await else {
                     return;
                 };
                 let (mut client_read, mut client_write) = client.into_split();
