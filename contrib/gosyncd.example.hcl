@@ -20,6 +20,11 @@ tls_ca_certificate = "/etc/gosyncd/gosyncd.crt"
 tls_certificate = "/etc/gosyncd/gosyncd.crt"
 tls_private_key = "/etc/gosyncd/gosyncd.key"
 
+# Optional: which client addresses may read and write this node's directories.
+# By default, every address the remotes above resolve to; allow_from replaces that list
+# (addresses, networks, host names), for peers behind NAT or multi-homed hosts.
+# allow_from = ["10.0.0.0/24"]
+
 # Optional: the local prefix under which the directories below live on this host
 # (default "/"). Paths on the wire stay logical ("/etc/haproxy/haproxy.cfg").
 # root = "/"

@@ -38,6 +38,16 @@ impl Authority {
     /// A node certificate valid for `names` (host names or IP addresses), usable as
     /// both server and client.
     pub fn issue(&self, names: &[String]) -> Result<Pem, rcgen::Error> {
+        self.issue_with(names, |_| {})
+    }
+
+    /// Like [`Authority::issue`], with `adjust` applied to the certificate's parameters
+    /// before signing (a validity period, say).
+    pub fn issue_with(
+        &self,
+        names: &[String],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Result<Pem, rcgen::Error> {
         let mut params = CertificateParams::new(names.to_vec())?;
         params.distinguished_name.push(
             DnType::CommonName,
@@ -47,6 +57,7 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        adjust(&mut params);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pem {

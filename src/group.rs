@@ -95,6 +95,8 @@ impl GroupNode {
 pub struct LocalGroup {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<GroupNode>,
+    /// The group's CA, when its certificates have one (to issue more).
+    pub ca: Option<certs::Authority>,
 }
 
 impl LocalGroup {
@@ -131,6 +133,7 @@ impl LocalGroup {
 
         // Certificates: per node signed by a CA, or one shared self-signed one.
         let mut tls_files = Vec::new();
+        let mut authority = None;
         match spec.tls {
             TlsStyle::Authority => {
                 let ca = certs::Authority::new("gosyncd group CA")?;
@@ -142,6 +145,7 @@ impl LocalGroup {
                     std::fs::write(dir.path().join(&key), pem.key)?;
                     tls_files.push(("ca.pem".to_string(), cert, key));
                 }
+                authority = Some(ca);
             }
             TlsStyle::SelfSigned => {
                 let pem = certs::self_signed(&names)?;
@@ -189,7 +193,11 @@ impl LocalGroup {
             node.listener = Some(listener);
             nodes.push(node);
         }
-        Ok(LocalGroup { dir, nodes })
+        Ok(LocalGroup {
+            dir,
+            nodes,
+            ca: authority,
+        })
     }
 
     /// Starts every node that does not run yet.

@@ -56,7 +56,34 @@ impl TlsMaterial {
                 config.tls_private_key.display()
             )
         })?;
-        Ok(TlsMaterial { ca, chain, key })
+        let material = TlsMaterial { ca, chain, key };
+        if let Some(problem) = material.validity_problem(UnixTime::now()) {
+            // Not fatal: a machine booted before its clock is set would otherwise stay
+            // down; peers refuse the certificate meanwhile, and say why.
+            tracing::warn!(
+                "tls_certificate {}: {problem}: peers will refuse it",
+                config.tls_certificate.display()
+            );
+        }
+        Ok(material)
+    }
+
+    /// What is wrong with our own certificate's validity period at `now`, if anything.
+    pub fn validity_problem(&self, now: UnixTime) -> Option<String> {
+        match check_validity(self.chain.first()?, now) {
+            Ok(()) => None,
+            Err(Error::InvalidCertificate(CertificateError::ExpiredContext {
+                not_after, ..
+            })) => Some(format!("expired on {}", date(not_after))),
+            Err(Error::InvalidCertificate(CertificateError::NotValidYetContext {
+                not_before,
+                ..
+            })) => Some(format!(
+                "not valid before {} (is this machine's clock right?)",
+                date(not_before)
+            )),
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     fn roots(&self) -> anyhow::Result<Arc<RootCertStore>> {
@@ -125,19 +152,47 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Checks the validity period of a pinned certificate.
+/// Checks the validity period of a pinned certificate, with the times in the error, as
+/// webpki reports them for ordinary chains.
 fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), Error> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
-    let now = now.as_secs() as i64;
-    let validity = parsed.validity();
-    if now < validity.not_before.timestamp() {
-        return Err(Error::InvalidCertificate(CertificateError::NotValidYet));
+    let (not_before, not_after) =
+        validity(cert).ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    if now.as_secs() < not_before.as_secs() {
+        return Err(Error::InvalidCertificate(
+            CertificateError::NotValidYetContext {
+                time: now,
+                not_before,
+            },
+        ));
     }
-    if now > validity.not_after.timestamp() {
-        return Err(Error::InvalidCertificate(CertificateError::Expired));
+    if now.as_secs() > not_after.as_secs() {
+        return Err(Error::InvalidCertificate(
+            CertificateError::ExpiredContext {
+                time: now,
+                not_after,
+            },
+        ));
     }
     Ok(())
+}
+
+/// A certificate's validity period.
+fn validity(cert: &CertificateDer<'_>) -> Option<(UnixTime, UnixTime)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let secs = |t: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0) as u64));
+    let validity = parsed.validity();
+    Some((
+        secs(validity.not_before.timestamp()),
+        secs(validity.not_after.timestamp()),
+    ))
+}
+
+/// A time as an operator reads it: `2026-01-31T00:00:00Z`.
+fn date(time: UnixTime) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(time.as_secs()),
+    )
+    .to_string()
 }
 
 #[derive(Debug)]
@@ -313,21 +368,66 @@ fn describe(err: &Error) -> String {
         | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
             "the peer's certificate is not valid for the host name or address in remotes (check its subjectAltName)".to_string()
         }
-        Error::InvalidCertificate(CertificateError::Expired)
-        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+        Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => {
+            format!(
+                "the peer's certificate expired on {} (it is now {})",
+                date(*not_after),
+                date(*time)
+            )
+        }
+        Error::InvalidCertificate(CertificateError::Expired) => {
             "the peer's certificate has expired".to_string()
         }
-        Error::InvalidCertificate(CertificateError::NotValidYet)
-        | Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
+        Error::InvalidCertificate(CertificateError::NotValidYetContext { time, not_before }) => {
+            format!(
+                "the peer's certificate is not valid before {} (it is now {}: check both clocks)",
+                date(*not_before),
+                date(*time)
+            )
+        }
+        Error::InvalidCertificate(CertificateError::NotValidYet) => {
             "the peer's certificate is not valid yet".to_string()
         }
         Error::AlertReceived(Alert::UnknownCA | Alert::BadCertificate | Alert::CertificateRequired | Alert::CertificateUnknown) => {
             "the peer refused our certificate (is tls_certificate signed by the peer's CA?)".to_string()
         }
         Error::AlertReceived(Alert::CertificateExpired) => {
-            "the peer refused our certificate as expired or not yet valid".to_string()
+            "the peer refused our certificate as expired or not yet valid (check tls_certificate's \
+             dates, and the clocks of both machines)"
+                .to_string()
         }
         other => other.to_string(),
     };
     format!("TLS: {what} ({err})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate in the original tool's style, valid over `years`.
+    fn pinned(years: (i32, i32)) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec!["10.0.0.1".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.not_before = rcgen::date_time_ymd(years.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(years.1, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_pinned_certificate_outside_its_period_is_refused_with_its_dates() {
+        let now = UnixTime::now();
+        assert!(check_validity(&pinned((2020, 2200)), now).is_ok());
+        let expired = describe(&check_validity(&pinned((2020, 2021)), now).unwrap_err());
+        assert!(
+            expired.contains("expired on 2021-01-01T00:00:00Z"),
+            "{expired}"
+        );
+        let early = describe(&check_validity(&pinned((2100, 2101)), now).unwrap_err());
+        assert!(
+            early.contains("not valid before 2100-01-01T00:00:00Z"),
+            "{early}"
+        );
+    }
 }

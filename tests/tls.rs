@@ -238,3 +238,134 @@ async fn server_certificate_from_another_ca_is_rejected_with_a_tls_message() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------
+// Validity periods.
+
+/// Jan 1 2020 to Jan 1 2021: long over.
+fn expired(params: &mut rcgen::CertificateParams) {
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+}
+
+/// From Jan 1 2100: not yet.
+fn not_yet_valid(params: &mut rcgen::CertificateParams) {
+    params.not_before = rcgen::date_time_ymd(2100, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2101, 1, 1);
+}
+
+/// A variant of node `i`'s config whose certificate, for the node's own address and
+/// signed by the group's CA, has the validity period `period` sets.
+fn config_with_period(
+    group: &gosyncd::group::LocalGroup,
+    i: usize,
+    name: &str,
+    period: fn(&mut rcgen::CertificateParams),
+) -> std::path::PathBuf {
+    let ca = group.ca.as_ref().expect("the group has a CA");
+    let pem = ca
+        .issue_with(&[group.nodes[i].addr.ip().to_string()], period)
+        .unwrap();
+    std::fs::write(group.path().join(format!("{name}.pem")), pem.cert).unwrap();
+    std::fs::write(group.path().join(format!("{name}.key")), pem.key).unwrap();
+    config_variant(group, i, &format!("{name}.hcl"), |text| {
+        let text = with_line(
+            &text,
+            "tls_certificate",
+            &format!("tls_certificate = \"{name}.pem\""),
+        );
+        with_line(
+            &text,
+            "tls_private_key",
+            &format!("tls_private_key = \"{name}.key\""),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_not_yet_valid_server_certificates_are_refused_with_their_dates() {
+    let mut group = start(3, 228).await;
+    for (i, name, period) in [
+        (1, "expired", expired as fn(&mut _)),
+        (2, "future", not_yet_valid),
+    ] {
+        let variant = config_with_period(&group, i, name, period);
+        group.nodes[i].config = Arc::new(gosyncd::config::Config::from_file(&variant).unwrap());
+        group.restart(i).await.unwrap();
+    }
+    write(&group.nodes[0], "/etc/app/a.conf", "not for them\n");
+    let before = snapshot(group.path());
+    let report = sync(&group, 0).await;
+    for (i, words) in [
+        (1, ["certificate expired on 2021-01-01", "it is now 20"]),
+        (
+            2,
+            [
+                "certificate is not valid before 2100-01-01",
+                "check both clocks",
+            ],
+        ),
+    ] {
+        let error = peer_report(&report, &group.nodes[i])
+            .error
+            .clone()
+            .unwrap_or_else(|| panic!("node {i} was not refused"));
+        for word in words {
+            assert!(error.contains(word), "{word:?} not in: {error}");
+        }
+    }
+    assert_eq!(snapshot(group.path()), before, "something was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_not_yet_valid_client_certificates_are_refused_and_the_server_says_which() {
+    // The server is the real binary, so that what it logs can be read.
+    let mut group = gosyncd::group::LocalGroup::build(&gosyncd::group::GroupSpec {
+        nodes: 2,
+        first_octet: 232,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    group.release(1);
+    let mut server =
+        DaemonProcess::spawn(&group.nodes[1].config_path, group.path().join("node2.log"));
+    let target = group.nodes[1].addr;
+    server
+        .wait_ready(&peer(&tls_of(&group.nodes[0]), target))
+        .await;
+    let before = snapshot(&group.path().join("node2"));
+
+    for (name, period, logged) in [
+        (
+            "expired",
+            expired as fn(&mut _),
+            "certificate expired on 2021-01-01",
+        ),
+        (
+            "future",
+            not_yet_valid,
+            "certificate is not valid before 2100-01-01",
+        ),
+    ] {
+        let tls = stranger_tls(&config_with_period(&group, 0, name, period));
+        assert!(
+            tls.validity_problem(rustls::pki_types::UnixTime::now())
+                .is_some(),
+            "{name}: our own certificate's problem is seen on loading"
+        );
+        let messages = refused_every_time(|| tls.client_config().unwrap(), target).await;
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("expired or not yet valid")),
+            "{name}: the client is not told why: {messages:?}"
+        );
+        server.wait_for_log(logged).await;
+    }
+    assert_eq!(
+        snapshot(&group.path().join("node2")),
+        before,
+        "something was written"
+    );
+}

@@ -1021,45 +1021,16 @@ async fn sigterm_finishes_the_push_under_way_and_leaves_no_temp_file() {
             &[group.nodes[0].addr.to_string(), forwarder.addr.to_string()],
         )
     });
-    let log_path = group.path().join("node1.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gosyncd"))
-        .args(config_args(&config, &[]))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    pid.set(child.id()).unwrap();
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-
-    // Ready once it answers (it watches before it serves).
-    let probe = peer(&tls_of(&group.nodes[0]), group.nodes[0].addr);
-    let started = Instant::now();
-    while probe.identity().await.is_err() {
-        if started.elapsed() > WAIT {
-            let _ = child.kill();
-            panic!("node 0 did not start within {WAIT:?}:\n{}", log());
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    let mut daemon = DaemonProcess::spawn(&config, group.path().join("node1.log"));
+    pid.set(daemon.child.id()).unwrap();
+    daemon
+        .wait_ready(&peer(&tls_of(&group.nodes[0]), group.nodes[0].addr))
+        .await;
 
     let big: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
     write(&group.nodes[0], "/etc/app/big.bin", &big);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("node 0 did not stop within 30 s:\n{}", log());
-        }
-        tokio::time::sleep(POLL).await;
-    };
-    let log = log();
+    let status = daemon.wait_exit(Duration::from_secs(30)).await;
+    let log = daemon.log();
     assert!(
         signalled.load(std::sync::atomic::Ordering::SeqCst),
         "the push never started:\n{log}"

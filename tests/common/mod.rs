@@ -608,3 +608,83 @@ pub fn config_args(config: &Path, rest: &[&str]) -> Vec<OsString> {
     args.extend(rest.iter().map(OsString::from));
     args
 }
+
+/// The real binary running as a daemon, its output in a log file; killed when dropped.
+pub struct DaemonProcess {
+    pub child: std::process::Child,
+    pub log_path: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `gosyncd -config CONFIG` with info logging into `log_path`.
+    pub fn spawn(config: &Path, log_path: PathBuf) -> DaemonProcess {
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gosyncd"))
+            .args(config_args(config, &[]))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("gosyncd starts");
+        DaemonProcess { child, log_path }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until `probe` gets its identity (it watches before it serves).
+    pub async fn wait_ready(&mut self, probe: &Peer) {
+        let started = std::time::Instant::now();
+        while probe.identity().await.is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("the daemon exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                started.elapsed() < CALL_TIMEOUT,
+                "the daemon did not answer within {CALL_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+
+    /// Waits for it to exit, failing the test after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the daemon did not exit within {within:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+
+    /// Waits until its log holds `text`, failing the test after [`CALL_TIMEOUT`].
+    pub async fn wait_for_log(&self, text: &str) {
+        let started = std::time::Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                started.elapsed() < CALL_TIMEOUT,
+                "{text:?} not logged within {CALL_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
