@@ -41,3 +41,18 @@ directory "/etc/haproxy" {
 
 directory "/etc/nginx" {
 }
+
+# Optional: the daemon's limits (defaults shown; see the README for each).
+# limits {
+#   max_request_size = "512MiB"
+#   max_file_size = "256MiB"
+#   max_batch_entries = 1000000
+#   max_manifest_size = "256MiB"
+#   handshake_timeout = "10s"
+#   header_timeout = "10s"
+#   idle_timeout = "30s"
+#   max_connections = 256
+#   max_handshakes = 64
+#   max_handshakes_per_address = 8
+#   max_concurrent_applies = 4
+# }

@@ -44,6 +44,14 @@ pub fn confine<'c>(config: &'c Config, path: &str) -> Result<&'c Directory, Stri
 
 /// Checks a whole batch before anything is written. Returns the first reason to refuse.
 pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), String> {
+    let limits = &config.limits;
+    if header.ops.len() > limits.max_batch_entries {
+        return Err(format!(
+            "batch of {} operations exceeds this node's max_batch_entries ({})",
+            header.ops.len(),
+            limits.max_batch_entries
+        ));
+    }
     let deleted: std::collections::HashSet<&str> = header
         .ops
         .iter()
@@ -54,6 +62,14 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
         let dir = confine(config, &op.path)?;
         if let Action::Put { entry } = &op.action {
             check_entry(&op.path, entry)?;
+            if let Content::File { size, .. } = &entry.content {
+                if *size > limits.max_file_size {
+                    return Err(format!(
+                        "{}: a file of {size} bytes exceeds this node's max_file_size ({})",
+                        op.path, limits.max_file_size
+                    ));
+                }
+            }
             if op.path == dir.path && !entry.content.is_dir() {
                 return Err(format!(
                     "{}: a configured directory must stay a directory",

@@ -44,6 +44,16 @@ pub struct Transport {
     http: reqwest::Client,
     tls: Arc<rustls::ClientConfig>,
     local: Option<IpAddr>,
+    /// Largest answer accepted (`max_manifest_size`).
+    max_response: u64,
+}
+
+impl Transport {
+    /// Accepts answers up to `bytes` (default: the default `max_manifest_size`).
+    pub fn with_max_response(mut self, bytes: u64) -> Transport {
+        self.max_response = bytes;
+        self
+    }
 }
 
 /// Builds the transport shared by every peer. With `local`, connections are made from
@@ -62,6 +72,7 @@ pub fn http_client(tls: rustls::ClientConfig, local: Option<IpAddr>) -> anyhow::
         http,
         tls: Arc::new(tls),
         local,
+        max_response: crate::limits::Limits::default().max_manifest_size,
     })
 }
 
@@ -142,10 +153,10 @@ impl Peer {
         if status.is_success() {
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, timeout))? {
-                if body.len() + chunk.len() > protocol::MAX_RESPONSE_BYTES {
+                let limit = self.transport.max_response;
+                if (body.len() + chunk.len()) as u64 > limit {
                     return Err(PeerError::Refused(format!(
-                        "answer larger than the limit of {} bytes",
-                        protocol::MAX_RESPONSE_BYTES
+                        "answer larger than this node's max_manifest_size of {limit} bytes"
                     )));
                 }
                 body.extend_from_slice(&chunk);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use hcl::{Block, Body, Expression, Structure};
 
+use crate::limits::Limits;
 use crate::paths::{self, is_within};
 
 /// Where the daemon and the CLI look for the configuration when `-config` is not given.
@@ -203,6 +204,8 @@ pub struct Config {
     /// Client addresses allowed to read and write this node's trees (`allow_from`);
     /// `None`: the addresses the `remotes` hosts resolve to.
     pub allow_from: Option<Vec<AllowEntry>>,
+    /// The `limits { ... }` block over the defaults.
+    pub limits: Limits,
 }
 
 /// One `allow_from` entry.
@@ -259,6 +262,7 @@ const KNOWN_KEYS: &[&str] = &[
     "editor_excludes",
     "allow_from",
     "directory",
+    "limits",
 ];
 
 impl Config {
@@ -308,7 +312,8 @@ impl Config {
             match structure {
                 Structure::Attribute(attr) => {
                     let key = attr.key.as_str().to_string();
-                    if !KNOWN_KEYS.contains(&key.as_str()) || key == "directory" {
+                    if !KNOWN_KEYS.contains(&key.as_str()) || key == "directory" || key == "limits"
+                    {
                         return Err(err(Some(&key), unknown_key_message(&key)));
                     }
                     if raw.seen.contains(&key) {
@@ -345,6 +350,14 @@ impl Config {
                 }
                 Structure::Block(block) => {
                     let name = block.identifier.as_str().to_string();
+                    if name == "limits" {
+                        if raw.limits.is_some() {
+                            return Err(err(Some("limits"), "limits: set more than once".into()));
+                        }
+                        raw.limits =
+                            Some(Limits::from_block(block).map_err(|(key, m)| err(Some(&key), m))?);
+                        continue;
+                    }
                     if name != "directory" {
                         return Err(err(Some(&name), unknown_key_message(&name)));
                     }
@@ -466,6 +479,7 @@ impl Config {
             directories,
             debounce,
             allow_from,
+            limits: raw.limits.unwrap_or_default(),
         })
     }
 
@@ -504,6 +518,7 @@ struct Raw {
     strings: Vec<(String, String)>,
     remotes: Option<Vec<String>>,
     allow_from: Option<Vec<String>>,
+    limits: Option<Limits>,
     editor_excludes: Option<bool>,
     directories: Vec<(String, Vec<String>)>,
 }
@@ -865,6 +880,27 @@ directory "/foo/bar" {
         assert!(c.directories[0]
             .excludes
             .is_excluded("/etc/haproxy/errors/503.http"));
+        // The commented-out optional keys are valid, and the limits shown are the
+        // defaults.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with("allow_from")
+                        || rest.starts_with("root")
+                        || rest.starts_with("limits")
+                        || rest.starts_with("  ")
+                        || rest == "}" =>
+                {
+                    rest
+                }
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = parse(&uncommented).unwrap();
+        assert!(c.allow_from.is_some());
+        assert_eq!(c.limits, crate::limits::Limits::default());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod group;
+pub mod limits;
 pub mod manifest;
 pub mod paths;
 pub mod plan;

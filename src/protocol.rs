@@ -24,15 +24,14 @@ pub const BATCH_CONTENT_TYPE: &str = "application/vnd.gosyncd.batch";
 
 /// Magic bytes opening every batch body.
 pub const BATCH_MAGIC: &[u8; 4] = b"GSB1";
-/// Largest apply request body a receiver accepts; larger pushes are split by the sender.
+/// The default `max_request_size`: the largest apply request body a receiver accepts,
+/// and what a peer that announces no limits is assumed to accept.
 pub const MAX_APPLY_BODY_BYTES: usize = 512 * 1024 * 1024;
 /// Request body bytes a receiver buffers at once, across all concurrent pushes; must
 /// be at least [`MAX_APPLY_BODY_BYTES`].
 pub const MAX_BUFFERED_BODY_BYTES: usize = 1024 * 1024 * 1024;
 /// Largest JSON header inside a batch body.
 pub const MAX_BATCH_HEADER_BYTES: usize = 64 * 1024 * 1024;
-/// Largest answer a client reads from a peer (a manifest of a very large tree).
-pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 /// Largest manifest request body (a list of scope paths).
 pub const MAX_MANIFEST_REQUEST_BYTES: usize = 1024 * 1024;
 /// Most operations one batch may carry.
@@ -52,10 +51,6 @@ pub const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
 pub const IDENTITY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time a client has to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; further clients wait in the accept queue.
-pub const MAX_CONCURRENT_CONNECTIONS: usize = 256;
 
 /// A SHA-256 digest, hex on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -227,6 +222,34 @@ pub struct ManifestResponse {
     /// Subtrees the receiver could not read; senders leave them alone.
     #[serde(default)]
     pub unreadable: Vec<String>,
+    /// What the receiver accepts in one apply request; senders fit their pushes to it.
+    #[serde(default)]
+    pub limits: PeerLimits,
+}
+
+/// The limits a receiver announces in its manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLimits {
+    pub max_request_size: u64,
+    pub max_file_size: u64,
+    pub max_batch_entries: usize,
+}
+
+impl From<&crate::limits::Limits> for PeerLimits {
+    fn from(limits: &crate::limits::Limits) -> Self {
+        PeerLimits {
+            max_request_size: limits.max_request_size,
+            max_file_size: limits.max_file_size,
+            max_batch_entries: limits.max_batch_entries,
+        }
+    }
+}
+
+impl Default for PeerLimits {
+    /// What a peer that announces nothing is assumed to accept: the defaults.
+    fn default() -> Self {
+        PeerLimits::from(&crate::limits::Limits::default())
+    }
 }
 
 /// What an operation does.

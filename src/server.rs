@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ use crate::manifest::{self, HashCache};
 use crate::paths;
 use crate::protocol::{
     self, Action, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest,
-    ManifestResponse, Outcome, StatusCounters, StatusResponse, WireEntry, MAX_APPLY_BODY_BYTES,
+    ManifestResponse, Outcome, StatusCounters, StatusResponse, WireEntry,
     MAX_MANIFEST_REQUEST_BYTES,
 };
 use crate::tls;
@@ -53,6 +53,8 @@ pub struct Node {
     apply_lock: Arc<Mutex<()>>,
     /// Request bytes being buffered at once, in [`BUDGET_UNIT_BYTES`] units.
     body_budget: Arc<Semaphore>,
+    /// Apply requests being received or applied (`max_concurrent_applies`).
+    applies: Arc<Semaphore>,
     /// A daemon's memory of each path's version; what a push applies is recorded there
     /// before the watcher can see the write.
     pub versions: Option<Arc<Versions>>,
@@ -97,6 +99,7 @@ impl Node {
         cache: Arc<HashCache>,
         versions: Option<Arc<Versions>>,
     ) -> Node {
+        let limits = config.limits.clone();
         Node {
             allow: Allowlist::new(&config),
             config,
@@ -108,8 +111,10 @@ impl Node {
             cache,
             apply_lock: Arc::new(Mutex::new(())),
             body_budget: Arc::new(Semaphore::new(
-                protocol::MAX_BUFFERED_BODY_BYTES / BUDGET_UNIT_BYTES,
+                protocol::MAX_BUFFERED_BODY_BYTES.max(limits.max_request_size as usize)
+                    / BUDGET_UNIT_BYTES,
             )),
+            applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
             versions,
             stats: Stats::default(),
         }
@@ -135,6 +140,8 @@ pub enum ApiError {
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -144,6 +151,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (
@@ -262,6 +270,7 @@ pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
             .map(|(path, entry)| WireEntry { path, entry })
             .collect(),
         unreadable: scan.unreadable.into_iter().map(|(p, _)| p).collect(),
+        limits: (&node.config.limits).into(),
     }
 }
 
@@ -271,34 +280,48 @@ async fn apply(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ApplyResponse>, ApiError> {
+    let limits = &node.config.limits;
+    let limit = limits.max_request_size as usize;
+    let Ok(receiving) = node.applies.clone().try_acquire_owned() else {
+        warn!(client = %client_of(&addr), limit = limits.max_concurrent_applies, "apply refused: too many under way");
+        return Err(ApiError::Busy(format!(
+            "{} apply requests are under way already (max_concurrent_applies); try again later",
+            limits.max_concurrent_applies
+        )));
+    };
     // Bodies are read into memory, so the bytes being read at once are budgeted: each
     // request reserves its announced length (the limit when it announces none) first.
     let announced = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if announced.is_some_and(|n| n > MAX_APPLY_BODY_BYTES) {
-        return Err(too_large(&addr));
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large(&addr, limit));
     }
-    let reserve = announced.unwrap_or(MAX_APPLY_BODY_BYTES);
+    let reserve = announced.unwrap_or(limit);
     let budget = node
         .body_budget
         .clone()
         .acquire_many_owned(reserve.div_ceil(BUDGET_UNIT_BYTES).max(1) as u32)
         .await
         .expect("budget semaphore never closed");
-    let body = tokio::time::timeout(protocol::APPLY_TIMEOUT, axum::body::to_bytes(body, reserve))
-        .await
-        .map_err(|_| refuse(&addr, "request body not received in time".into()))?
-        .map_err(|e| {
-            let over_limit = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if over_limit {
-                too_large(&addr)
-            } else {
-                refuse(&addr, format!("request body not received: {e}"))
-            }
-        })?;
+    let body = tokio::time::timeout(
+        protocol::APPLY_TIMEOUT,
+        read_body(body, reserve, limits.idle_timeout),
+    )
+    .await
+    .map_err(|_| refuse(&addr, "request body not received in time".into()))?
+    .map_err(|e| match e {
+        BodyError::TooLarge => too_large(&addr, limit),
+        BodyError::Stalled => refuse(
+            &addr,
+            format!(
+                "request body stalled: nothing received for {:?} (idle_timeout)",
+                limits.idle_timeout
+            ),
+        ),
+        BodyError::Broken(e) => refuse(&addr, format!("request body not received: {e}")),
+    })?;
     // One batch at a time. The lock is held by the blocking work itself, so a client
     // that disconnects cannot release it while its batch is still being written.
     let one_at_a_time = node.apply_lock.clone().lock_owned().await;
@@ -306,7 +329,7 @@ async fn apply(
     let worker = node.clone();
     node.stats.apply_requests.fetch_add(1, Ordering::Relaxed);
     let results = tokio::task::spawn_blocking(move || {
-        let _held = (one_at_a_time, budget);
+        let _held = (one_at_a_time, budget, receiving);
         let batch = protocol::decode_batch(&body)?;
         apply::validate_batch(&worker.config, &batch.header)?;
         let results = apply::apply_batch(&worker.config, worker.owners, &batch);
@@ -349,11 +372,46 @@ async fn apply(
     Ok(Json(ApplyResponse { results }))
 }
 
-fn too_large(addr: &Option<Extension<ClientAddr>>) -> ApiError {
-    warn!(client = %client_of(addr), limit = MAX_APPLY_BODY_BYTES, "request body too large");
+fn too_large(addr: &Option<Extension<ClientAddr>>, limit: usize) -> ApiError {
+    warn!(client = %client_of(addr), limit, "request body too large");
     ApiError::TooLarge(format!(
-        "request body exceeds the limit of {MAX_APPLY_BODY_BYTES} bytes"
+        "request body exceeds this node's max_request_size of {limit} bytes"
     ))
+}
+
+/// Why a request body could not be read.
+enum BodyError {
+    TooLarge,
+    Stalled,
+    Broken(String),
+}
+
+/// Reads a whole body of at most `limit` bytes, giving up when it makes no progress for
+/// `idle` (a client that trickles or stops cannot hold the request).
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => return Ok(buffer.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            if buffer.is_empty() {
+                buffer.reserve(limit.min(64 * 1024 * 1024).max(data.len()));
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
 }
 
 fn refuse(addr: &Option<Extension<ClientAddr>>, reason: String) -> ApiError {
@@ -375,23 +433,29 @@ pub async fn bind(addr: &BindAddress) -> io::Result<TcpListener> {
 }
 
 /// Serves the API with mutual TLS on `listener` until `shutdown` completes.
+///
+/// A connection first takes a place among the handshakes (`max_handshakes`, of which one
+/// address may hold `max_handshakes_per_address`); there is no waiting for one: a
+/// connection that finds none is closed at once, so clients that never finish their
+/// handshake cannot keep the group's nodes out. Once authenticated it takes one of
+/// `max_connections`, and waits for it.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limits = node.config.limits.clone();
     let acceptor = TlsAcceptor::from(tls);
     let app = router(node);
-    let slots = Arc::new(Semaphore::new(protocol::MAX_CONCURRENT_CONNECTIONS));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let per_address = Arc::new(PerAddress::new(limits.max_handshakes_per_address));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let turned_away = Arc::new(TurnedAway::default());
     // Connections are tracked so that stopping the server also ends kept-alive ones.
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-        };
         let (tcp, client) = tokio::select! {
             _ = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -404,25 +468,35 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+            turned_away.note(client, "max_handshakes");
+            continue;
+        };
+        let Some(from_address) = PerAddress::admit(&per_address, client.ip()) else {
+            turned_away.note(client, "max_handshakes_per_address");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone().layer(Extension(ClientAddr(client)));
+        let slots = slots.clone();
+        let limits = limits.clone();
         connections.spawn(async move {
-            let _permit = permit;
-            let stream =
-                match tokio::time::timeout(protocol::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        let reason = tls::explain(&e).unwrap_or_else(|| e.to_string());
-                        warn!(%client, %reason, "TLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        warn!(%client, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let handshake =
+                tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+            drop((handshaking, from_address));
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    let reason = tls::explain(&e).unwrap_or_else(|| e.to_string());
+                    warn!(%client, %reason, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%client, timeout = ?limits.handshake_timeout, "TLS handshake timed out (handshake_timeout)");
+                    return;
+                }
+            };
+            let _slot = slots.acquire_owned().await.expect("semaphore never closed");
             let subject = stream
                 .get_ref()
                 .1
@@ -437,7 +511,7 @@ pub async fn serve(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(protocol::HEADER_READ_TIMEOUT);
+                .header_read_timeout(limits.header_timeout);
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
                 .await
@@ -447,4 +521,76 @@ pub async fn serve(
         });
     }
     connections.shutdown().await;
+}
+
+/// Handshakes under way per client address.
+struct PerAddress {
+    limit: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One handshake counted against its address until dropped.
+struct AddressPermit {
+    owner: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn new(limit: usize) -> PerAddress {
+        PerAddress {
+            limit,
+            counts: Default::default(),
+        }
+    }
+
+    fn admit(this: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressPermit> {
+        let ip = ip.to_canonical();
+        let mut counts = this.counts.lock().expect("per-address lock");
+        let count = counts.entry(ip).or_default();
+        if *count >= this.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPermit {
+            owner: this.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().expect("per-address lock");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Connections closed for want of a handshake place, logged at most every 10 s.
+#[derive(Default)]
+struct TurnedAway {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl TurnedAway {
+    fn note(&self, client: SocketAddr, limit: &str) {
+        let mut state = self.state.lock().expect("turned-away lock");
+        state.1 += 1;
+        if state
+            .0
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            warn!(
+                %client,
+                closed = state.1,
+                "connections closed before their TLS handshake: {limit} reached \
+                 (a client opening connections without completing them?)"
+            );
+            *state = (Some(std::time::Instant::now()), 0);
+        }
+    }
 }

@@ -26,7 +26,7 @@ use crate::paths::{self, is_within};
 use crate::plan::plan;
 use crate::protocol::{
     self, Action, BatchHeader, ChangeKind, Content, Digest256, DirectoryInfo, Entry,
-    ManifestResponse, Op, Outcome,
+    ManifestResponse, Op, Outcome, PeerLimits,
 };
 use crate::tls::TlsMaterial;
 
@@ -37,7 +37,12 @@ type Contents = Vec<Option<Bytes>>;
 /// under the receiver's header limit.
 const OPS_PER_BATCH: usize = 100_000;
 /// Room left in a batch body for its header when splitting large pushes.
-const BATCH_HEADER_ALLOWANCE_BYTES: usize = 16 * 1024 * 1024;
+/// Room counted for one operation's entry in a batch header, besides its path: the
+/// JSON of an entry with both states (two digests, modes, owners, times) is under 400
+/// bytes.
+const HEADER_BYTES_PER_OP: usize = 1024;
+/// Room counted for a batch's framing.
+const BATCH_FRAMING_BYTES: usize = 1024;
 
 /// What one run does.
 #[derive(Debug, Clone, Default)]
@@ -142,7 +147,7 @@ pub struct Engine {
     /// this node under another name.
     self_id: Option<String>,
     /// Each peer's configured directories and excludes, from its last manifest.
-    peer_dirs: Arc<Mutex<Vec<Option<Vec<DirectoryInfo>>>>>,
+    peer_dirs: Arc<Mutex<Vec<Option<PeerTerms>>>>,
 }
 
 impl Engine {
@@ -154,7 +159,8 @@ impl Engine {
         cache: Arc<HashCache>,
         self_id: Option<String>,
     ) -> anyhow::Result<Engine> {
-        let http = client::http_client(tls.client_config()?, config.bind_address.source_ip())?;
+        let http = client::http_client(tls.client_config()?, config.bind_address.source_ip())?
+            .with_max_response(config.limits.max_manifest_size);
         let mut peers = Vec::new();
         for remote in &config.remotes {
             if resolves_to_self(remote, &config.bind_address).await {
@@ -260,7 +266,7 @@ impl Engine {
                         let manifest = manifest.await.expect("manifest task");
                         if let Ok(m) = &manifest {
                             peer_dirs.lock().expect("peer dirs lock")[index] =
-                                Some(m.directories.clone());
+                                Some(PeerTerms::of(m));
                         }
                         let report =
                             sync_peer(&config, &peer, manifest, &local, self_id, &options).await;
@@ -308,14 +314,15 @@ impl Engine {
         // The peer's own directories and excludes: remembered from its last manifest,
         // or asked for now (scoped to these paths, so cheap).
         let known = self.peer_dirs.lock().expect("peer dirs lock")[index].clone();
-        let theirs = match known {
-            Some(theirs) => theirs,
+        let terms = match known {
+            Some(terms) => terms,
             None => {
                 let scope: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
                 match peer.manifest(&scope).instrument(span.clone()).await {
                     Ok(manifest) => {
-                        self.remember_dirs(index, &manifest.directories);
-                        manifest.directories
+                        let terms = PeerTerms::of(&manifest);
+                        self.peer_dirs.lock().expect("peer dirs lock")[index] = Some(terms.clone());
+                        terms
                     }
                     Err(e) => {
                         report.refused = e.is_refusal();
@@ -325,7 +332,7 @@ impl Engine {
                 }
             }
         };
-        let (shared, refused) = peer_rules(&self.config, &theirs, |dir| {
+        let (shared, refused) = peer_rules(&self.config, &terms.directories, |dir| {
             ops.iter().any(|op| is_within(&op.path, &dir.path))
         });
         for (path, reason) in refused {
@@ -348,14 +355,32 @@ impl Engine {
             return report;
         }
         let local = LocalState::new(Scan::default());
-        push(&self.config, peer, ops, &local, &mut report)
+        push(&self.config, peer, ops, &local, &terms.limits, &mut report)
             .instrument(span)
             .await;
+        if report.error.is_some() {
+            // The peer may have restarted with other directories or limits: ask again
+            // before the next push.
+            self.peer_dirs.lock().expect("peer dirs lock")[index] = None;
+        }
         report
     }
+}
 
-    fn remember_dirs(&self, index: usize, dirs: &[DirectoryInfo]) {
-        self.peer_dirs.lock().expect("peer dirs lock")[index] = Some(dirs.to_vec());
+/// What a peer's last manifest said about what it takes: its directories with their
+/// excludes, and its limits.
+#[derive(Clone, Debug)]
+struct PeerTerms {
+    directories: Vec<DirectoryInfo>,
+    limits: PeerLimits,
+}
+
+impl PeerTerms {
+    fn of(manifest: &ManifestResponse) -> PeerTerms {
+        PeerTerms {
+            directories: manifest.directories.clone(),
+            limits: manifest.limits,
+        }
     }
 }
 
@@ -457,7 +482,7 @@ async fn sync_peer(
         }));
         return report;
     }
-    push(config, peer, ops, local, &mut report).await;
+    push(config, peer, ops, local, &remote.limits, &mut report).await;
     report
 }
 
@@ -541,11 +566,35 @@ fn peer_rules<'c>(
 async fn push(
     config: &Config,
     peer: &Peer,
-    mut ops: Vec<Op>,
+    ops: Vec<Op>,
     local: &LocalState,
+    limits: &PeerLimits,
     report: &mut PeerReport,
 ) {
     let label = peer.remote.label.clone();
+    // Files the peer would refuse as too large are reported, not sent.
+    let (mut ops, oversized): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| {
+        !matches!(&op.action, Action::Put { entry: Entry { content: Content::File { size, .. }, .. } } if *size > limits.max_file_size)
+    });
+    for op in oversized {
+        if let Action::Put {
+            entry:
+                Entry {
+                    content: Content::File { size, .. },
+                    ..
+                },
+        } = &op.action
+        {
+            report.changes.push(Change {
+                peer: label.clone(),
+                path: op.path.clone(),
+                status: ChangeStatus::Skipped(format!(
+                    "{size} bytes, over the peer's max_file_size ({} bytes)",
+                    limits.max_file_size
+                )),
+            });
+        }
+    }
     let mut contents: Contents = Vec::with_capacity(ops.len());
     let mut unreadable: Vec<(usize, String)> = Vec::new();
     let mut sizes: Vec<(usize, u64)> = Vec::new();
@@ -605,7 +654,7 @@ async fn push(
         batch_contents.push(content);
     }
 
-    for (ops, contents) in split_batches(batch_ops, batch_contents) {
+    for (ops, contents) in split_batches(batch_ops, batch_contents, limits) {
         let header = BatchHeader { ops };
         let mut body = vec![Bytes::from(protocol::encode_batch_header(&header))];
         body.extend(contents.into_iter().flatten());
@@ -638,18 +687,24 @@ async fn push(
     }
 }
 
-/// Splits operations into batches whose contents fit the receiver's body limit. Almost
-/// every sync is one batch.
-fn split_batches(ops: Vec<Op>, contents: Contents) -> Vec<(Vec<Op>, Contents)> {
-    let budget = protocol::MAX_APPLY_BODY_BYTES - BATCH_HEADER_ALLOWANCE_BYTES;
+/// Splits operations into batches that fit the receiver's limits: the body size (the
+/// contents plus a generous allowance for each operation's line in the header) and the
+/// number of operations. Almost every sync is one batch.
+fn split_batches(
+    ops: Vec<Op>,
+    contents: Contents,
+    limits: &PeerLimits,
+) -> Vec<(Vec<Op>, Contents)> {
+    let budget = limits.max_request_size as usize;
+    let most = limits.max_batch_entries.min(OPS_PER_BATCH);
     let mut batches = vec![(Vec::new(), Vec::new())];
-    let mut used = 0usize;
+    let mut used = BATCH_FRAMING_BYTES;
     for (op, content) in ops.into_iter().zip(contents) {
-        let size = content.as_ref().map_or(0, |c| c.len());
+        let size = content.as_ref().map_or(0, |c| c.len()) + op.path.len() + HEADER_BYTES_PER_OP;
         let current = batches.last_mut().expect("one batch");
-        if (used + size > budget || current.0.len() >= OPS_PER_BATCH) && !current.0.is_empty() {
+        if (used + size > budget || current.0.len() >= most) && !current.0.is_empty() {
             batches.push((Vec::new(), Vec::new()));
-            used = 0;
+            used = BATCH_FRAMING_BYTES;
         }
         used += size;
         let current = batches.last_mut().expect("one batch");

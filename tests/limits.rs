@@ -1,0 +1,322 @@
+//! The named limits, tried by clients that break them: connections that never complete
+//! their handshake, requests that stall, more applies than allowed at once, files and
+//! requests larger than a receiver takes, and a manifest larger than a sender takes.
+//! Each limit is lowered in the node's config so that the tests run in seconds.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gosyncd::config::Config;
+use gosyncd::group::{GroupNode, LocalGroup};
+use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Restarts node `i` with `limits { BODY }` added to its config.
+async fn with_limits(group: &mut LocalGroup, i: usize, body: &str) {
+    let variant = config_variant(group, i, &format!("node{}-limits.hcl", i + 1), |text| {
+        format!("{text}\nlimits {{\n{body}\n}}\n")
+    });
+    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap());
+    group.restart(i).await.unwrap();
+}
+
+/// A TCP connection to `to` from `from`'s address.
+async fn tcp_from(from: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// A mutual-TLS connection to `to` made as node `from` would make it.
+async fn tls_from(from: &GroupNode, to: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = tcp_from(from.addr.ip(), to).await;
+    let config = Arc::new(tls_of(from).client_config().unwrap());
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::IpAddress(to.ip().into()), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection, failing the test if that takes longer
+/// than `within`; returns what it sent.
+async fn closed_within(stream: &mut (impl AsyncRead + Unpin), within: Duration) -> String {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server kept the connection open for {within:?}; it sent {:?}",
+        String::from_utf8_lossy(&received)
+    );
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// The start of an apply request announcing `length` body bytes.
+fn apply_head(to: SocketAddr, length: usize) -> String {
+    format!(
+        "POST /v1/apply HTTP/1.1\r\nhost: {to}\r\ncontent-type: application/vnd.gosyncd.batch\r\n\
+         content-length: {length}\r\n\r\n"
+    )
+}
+
+/// A batch creating each `(path, bytes)`.
+fn creating(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let header = BatchHeader {
+        ops: files
+            .iter()
+            .map(|(path, bytes)| Op {
+                path: path.to_string(),
+                action: Action::Put {
+                    entry: file_entry(bytes, 0o644),
+                },
+                expect: None,
+            })
+            .collect(),
+    };
+    let contents: Vec<&[u8]> = files.iter().map(|(_, b)| *b).collect();
+    encode_batch(&header, &contents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_handshake_cannot_keep_the_group_out() {
+    let mut group = start(2, 236).await;
+    with_limits(
+        &mut group,
+        1,
+        "handshake_timeout = \"1s\"\nmax_handshakes = 16\nmax_handshakes_per_address = 4",
+    )
+    .await;
+    let target = group.nodes[1].addr;
+    // More idle connections from one address than the server has handshake places.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tcp_from("127.0.0.1".parse().unwrap(), target).await);
+    }
+    let opened = Instant::now();
+
+    write(&group.nodes[0], "/etc/app/a.conf", "still served\n");
+    let report = sync(&group, 0).await;
+    assert_clean(&report);
+    assert_eq!(read(&group.nodes[1], "/etc/app/a.conf"), b"still served\n");
+
+    // Every one of them is closed: beyond the per-address places at once, the others
+    // when the handshake timeout strikes.
+    for stream in &mut idle {
+        closed_within(stream, Duration::from_secs(5)).await;
+    }
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "closing the idle connections took {:?}",
+        opened.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_stall_are_dropped_after_their_timeouts() {
+    let mut group = start(2, 240).await;
+    with_limits(
+        &mut group,
+        1,
+        "header_timeout = \"1s\"\nidle_timeout = \"1s\"",
+    )
+    .await;
+    let (n0, target) = (&group.nodes[0], group.nodes[1].addr);
+    let before = snapshot(group.path());
+
+    // A body that stops after a few bytes: refused as stalled.
+    let mut stalled_body = tls_from(n0, target).await;
+    let head = apply_head(target, 100_000);
+    stalled_body.write_all(head.as_bytes()).await.unwrap();
+    stalled_body.write_all(b"GSB1").await.unwrap();
+    let answer = closed_within(&mut stalled_body, Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("stalled"),
+        "{answer}"
+    );
+
+    // Headers that never end: the connection is closed.
+    let mut stalled_head = tls_from(n0, target).await;
+    stalled_head
+        .write_all(b"POST /v1/apply HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    closed_within(&mut stalled_head, Duration::from_secs(5)).await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // A kept-alive connection left idle after a request: closed too.
+    let mut kept = tls_from(n0, target).await;
+    kept.write_all(b"GET /v1/identity HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut kept, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    assert_eq!(snapshot(group.path()), before, "a stalled request wrote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applies_beyond_max_concurrent_applies_are_answered_503_and_retryable() {
+    let mut group = start(2, 244).await;
+    with_limits(
+        &mut group,
+        1,
+        "max_concurrent_applies = 1\nidle_timeout = \"20s\"",
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    // One apply that is being received (its body never comes) holds the only place.
+    let mut holder = tls_from(n0, n1.addr).await;
+    holder
+        .write_all(apply_head(n1.addr, 100_000).as_bytes())
+        .await
+        .unwrap();
+    holder.flush().await.unwrap();
+
+    let peer = peer_as(n0, n1.addr);
+    let body = creating(&[("/etc/app/second.conf", b"second\n")]);
+    let started = Instant::now();
+    let err = loop {
+        // The holder's request may not have reached the handler yet.
+        match peer.apply(body.clone()).await {
+            Err(e) if e.to_string().contains("503") => break e,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "never refused: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                std::fs::remove_file(n1.path("/etc/app/second.conf")).ok();
+            }
+        }
+    };
+    assert!(
+        !err.is_refusal() && err.to_string().contains("max_concurrent_applies"),
+        "a busy peer is to be retried, and says why: {err}"
+    );
+
+    // Once the holder goes, the same request goes through.
+    drop(holder);
+    let started = Instant::now();
+    while let Err(e) = peer.apply(body.clone()).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still refused after the holder left: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(read(n1, "/etc/app/second.conf"), b"second\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_fit_the_receivers_request_file_and_entry_limits() {
+    let mut group = start(2, 248).await;
+    with_limits(
+        &mut group,
+        1,
+        "max_request_size = \"2MiB\"\nmax_file_size = \"1MiB\"\nmax_batch_entries = 10",
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let small: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    for i in 0..30 {
+        write(n0, &format!("/etc/app/f{i:02}.bin"), &small);
+    }
+    let big = vec![7u8; 1536 * 1024];
+    write(n0, "/etc/app/big.bin", &big);
+
+    let report = sync(&group, 0).await;
+    let peer = peer_report(&report, n1);
+    assert!(peer.error.is_none(), "{:?}", peer.error);
+    for i in 0..30 {
+        assert_eq!(read(n1, &format!("/etc/app/f{i:02}.bin")), small);
+    }
+    assert!(!exists(n1, "/etc/app/big.bin"));
+    let lines = lines(&report, n1);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/etc/app/big.bin") && l.contains("max_file_size")),
+        "{lines:#?}"
+    );
+    let requests = n1.stats().unwrap().apply_requests;
+    assert!(
+        requests >= 3,
+        "30 files in batches of at most 10 need at least 3 requests, not {requests}"
+    );
+
+    // A client that ignores the announced limits is refused, naming them.
+    let client = peer_as(n0, n1.addr);
+    let err = client
+        .apply(creating(&[("/etc/app/big.bin", &big)]))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("(400)") && err.to_string().contains("max_file_size"),
+        "{err}"
+    );
+    // (Over max_request_size the answer is a 413, sent before the body is read: asked
+    // through the router, since a client still sending the body may not see it.)
+    let app = gosyncd::server::router(Arc::new(gosyncd::server::Node::new(
+        n1.config.clone(),
+        Arc::new(gosyncd::manifest::HashCache::default()),
+        None,
+    )));
+    let over = axum::http::Request::post(gosyncd::protocol::APPLY_ROUTE)
+        .body(axum::body::Body::from(vec![0u8; 2 * 1024 * 1024 + 1]))
+        .unwrap();
+    let answer = tower::ServiceExt::oneshot(app, over).await.unwrap();
+    assert_eq!(answer.status(), axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+    let text = axum::body::to_bytes(answer.into_body(), 4096)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text).contains("max_request_size"),
+        "{text:?}"
+    );
+    let many: Vec<(String, Vec<u8>)> = (0..11)
+        .map(|i| (format!("/etc/app/m{i}.conf"), b"x".to_vec()))
+        .collect();
+    let files: Vec<(&str, &[u8])> = many
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    let err = client.apply(creating(&files)).await.unwrap_err();
+    assert!(err.to_string().contains("max_batch_entries"), "{err}");
+    assert!(!exists(n1, "/etc/app/m0.conf"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_larger_than_max_manifest_size_is_refused_by_the_sender() {
+    let mut group = start(2, 252).await;
+    let variant = config_variant(&group, 0, "node1-small-manifest.hcl", |text| {
+        format!("{text}\nlimits {{\n  max_manifest_size = \"4KiB\"\n}}\n")
+    });
+    group.nodes[0].config = Arc::new(Config::from_file(&variant).unwrap());
+    let n1 = &group.nodes[1];
+    for i in 0..200 {
+        write(n1, &format!("/etc/app/peer-file-{i:03}.conf"), "x\n");
+    }
+    let report = sync(&group, 0).await;
+    let error = peer_report(&report, n1).error.clone().unwrap_or_default();
+    assert!(error.contains("max_manifest_size"), "{error}");
+    assert_eq!(
+        std::fs::read_dir(n1.path("/etc/app")).unwrap().count(),
+        200,
+        "nothing was deleted on the peer"
+    );
+}
