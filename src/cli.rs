@@ -182,6 +182,13 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
 
 async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::from_file(path)?);
+    // A write over the file-size resource limit must fail that one file (EFBIG, reported
+    // to the sender) rather than kill the daemon, as SIGXFSZ does by default. A handler
+    // of our own replaces the default action; the signals are only drained.
+    let mut file_size_exceeded =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
+            .map_err(|e| anyhow::anyhow!("cannot handle SIGXFSZ: {e}"))?;
+    tokio::spawn(async move { while file_size_exceeded.recv().await.is_some() {} });
     let listener = server::bind(&config.bind_address)
         .await
         .map_err(|e| anyhow::anyhow!("bind_address {}: cannot listen: {e}", config.bind_address))?;
