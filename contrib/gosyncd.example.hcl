@@ -25,6 +25,10 @@ tls_private_key = "/etc/gosyncd/gosyncd.key"
 # (addresses, networks, host names), for peers behind NAT or multi-homed hosts.
 # allow_from = ["10.0.0.0/24"]
 
+# Optional: the share of a directory's entries on a peer that `gosyncd sync` may delete
+# without --force (default 0.5); emptying a directory always needs --force.
+# max_delete_share = 0.5
+
 # Optional: the local prefix under which the directories below live on this host
 # (default "/"). Paths on the wire stay logical ("/etc/haproxy/haproxy.cfg").
 # root = "/"

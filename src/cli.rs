@@ -75,6 +75,12 @@ pub struct SyncArgs {
     #[arg(long)]
     pub exit_code: bool,
 
+    /// Push even when it deletes every entry of a configured directory on a peer, or
+    /// more than max_delete_share of them (refused by default: an unmounted or emptied
+    /// directory on this node looks just like that)
+    #[arg(long)]
+    pub force: bool,
+
     /// Limit the sync to these files or subtrees (absolute paths inside configured directories)
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
@@ -147,10 +153,17 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Daemon) => daemon(&cli.config).await,
         Some(Command::Sync(args)) => {
-            sync_command(&cli.config, args.paths, args.dry_run, args.exit_code).await
+            sync_command(
+                &cli.config,
+                args.paths,
+                args.dry_run,
+                args.exit_code,
+                args.force,
+            )
+            .await
         }
         Some(Command::State(args)) => {
-            sync_command(&cli.config, args.paths, true, args.exit_code).await
+            sync_command(&cli.config, args.paths, true, args.exit_code, false).await
         }
         Some(Command::CheckConfig) => check_config(&cli.config),
         Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
@@ -222,6 +235,7 @@ async fn sync_command(
     paths: Vec<String>,
     dry_run: bool,
     exit_code: bool,
+    force: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::from_file(path)?);
     let engine = sync::engine_for_cli(config).await?;
@@ -234,6 +248,7 @@ async fn sync_command(
             })
             .collect(),
         dry_run,
+        force,
     };
     if dry_run {
         println!("synchronization dry run");

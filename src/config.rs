@@ -206,6 +206,9 @@ pub struct Config {
     pub allow_from: Option<Vec<AllowEntry>>,
     /// The `limits { ... }` block over the defaults.
     pub limits: Limits,
+    /// The share of a configured directory's entries on a peer above which a `sync`
+    /// that deletes them is refused without `--force`.
+    pub max_delete_share: f64,
 }
 
 /// One `allow_from` entry.
@@ -251,6 +254,9 @@ pub fn parse_allow_entry(text: &str) -> Result<AllowEntry, String> {
     }
 }
 
+/// The default `max_delete_share`: half of a directory.
+pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.5;
+
 const KNOWN_KEYS: &[&str] = &[
     "bind_address",
     "remotes",
@@ -261,6 +267,7 @@ const KNOWN_KEYS: &[&str] = &[
     "debounce",
     "editor_excludes",
     "allow_from",
+    "max_delete_share",
     "directory",
     "limits",
 ];
@@ -322,6 +329,23 @@ impl Config {
                     raw.seen.push(key.clone());
                     let value = attr.expr;
                     match key.as_str() {
+                        "max_delete_share" => {
+                            let share = match &value {
+                                Expression::Number(n) => n.as_f64(),
+                                _ => None,
+                            }
+                            .filter(|v| (0.0..=1.0).contains(v))
+                            .ok_or_else(|| {
+                                err(
+                                    Some(&key),
+                                    format!(
+                                        "{key}: expected a number from 0 to 1 (such as 0.5 for half), found {}",
+                                        type_name(&value)
+                                    ),
+                                )
+                            })?;
+                            raw.max_delete_share = Some(share);
+                        }
                         "editor_excludes" => match value {
                             Expression::Bool(b) => raw.editor_excludes = Some(b),
                             other => {
@@ -480,6 +504,7 @@ impl Config {
             debounce,
             allow_from,
             limits: raw.limits.unwrap_or_default(),
+            max_delete_share: raw.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE),
         })
     }
 
@@ -519,6 +544,7 @@ struct Raw {
     remotes: Option<Vec<String>>,
     allow_from: Option<Vec<String>>,
     limits: Option<Limits>,
+    max_delete_share: Option<f64>,
     editor_excludes: Option<bool>,
     directories: Vec<(String, Vec<String>)>,
 }
@@ -887,6 +913,7 @@ directory "/foo/bar" {
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
                     if rest.starts_with("allow_from")
+                        || rest.starts_with("max_delete_share")
                         || rest.starts_with("root")
                         || rest.starts_with("limits")
                         || rest.starts_with("  ")

@@ -153,8 +153,14 @@ async fn report_drift(engine: Arc<Engine>) {
     };
     let report = engine.run(&options, |_| {}).await;
     for peer in &report.peers {
-        if let Some(e) = &peer.error {
+        let guarded = peer.refused && !peer.changes.is_empty();
+        if let (Some(e), false) = (&peer.error, guarded) {
             warn!(peer = %peer.peer, "cannot compare with peer at start-up: {e}");
+            continue;
+        }
+        if let (Some(e), true) = (&peer.error, guarded) {
+            // The mass-delete guard: this node's tree looks emptied next to the peer's.
+            warn!(peer = %peer.peer, "drift at start-up, and {e}");
             continue;
         }
         let differing: Vec<&str> = peer

@@ -51,6 +51,8 @@ pub struct Options {
     pub scope: Vec<String>,
     /// Plan and report, change nothing.
     pub dry_run: bool,
+    /// Push even what the mass-delete guard refuses.
+    pub force: bool,
 }
 
 /// What happened (or would happen) to one path on one peer.
@@ -474,6 +476,18 @@ async fn sync_peer(
         });
     }
     let ops = plan(&ours, &theirs, remote.owners);
+    if !options.force {
+        if let Some(refusal) = mass_delete(config, &options.scope, &theirs, &ops) {
+            report.error = Some(refusal);
+            report.refused = true;
+            report.changes.extend(ops.iter().map(|op| Change {
+                peer: label.clone(),
+                path: op.path.clone(),
+                status: ChangeStatus::Skipped("not sent: mass-delete guard".into()),
+            }));
+            return report;
+        }
+    }
     if options.dry_run || ops.is_empty() {
         report.changes.extend(ops.iter().map(|op| Change {
             peer: label.clone(),
@@ -484,6 +498,56 @@ async fn sync_peer(
     }
     push(config, peer, ops, local, &remote.limits, &mut report).await;
     report
+}
+
+/// Deletions below this count never trip the share rule of the mass-delete guard.
+pub const MASS_DELETE_MIN: usize = 10;
+
+/// The mass-delete guard: a push that would leave a configured directory empty on the
+/// peer (every entry deleted, nothing put), or delete more than `max_delete_share` of its
+/// entries (and at least [`MASS_DELETE_MIN`]), most likely comes from an unmounted or
+/// emptied directory on this node. A path deleted and put again (a type change) does not
+/// count. Only directories the run covers whole are judged. Returns the refusal, naming
+/// the directory and the counts.
+fn mass_delete(config: &Config, scope: &[String], theirs: &Manifest, ops: &[Op]) -> Option<String> {
+    // A sync scoped below a directory sees only part of it: no share can be judged.
+    let whole = |dir: &str| scope.is_empty() || scope.iter().any(|s| is_within(dir, s));
+    for dir in config.directories.iter().filter(|d| whole(&d.path)) {
+        let held = theirs
+            .keys()
+            .filter(|p| *p != &dir.path && is_within(p, &dir.path))
+            .count();
+        let in_dir: Vec<&Op> = ops
+            .iter()
+            .filter(|op| is_within(&op.path, &dir.path))
+            .collect();
+        let put: std::collections::HashSet<&str> = in_dir
+            .iter()
+            .filter(|op| op.action != Action::Delete)
+            .map(|op| op.path.as_str())
+            .collect();
+        // A path deleted and put again changes type; it is not lost.
+        let deleted = in_dir
+            .iter()
+            .filter(|op| op.action == Action::Delete && !put.contains(op.path.as_str()))
+            .count();
+        if held == 0 || deleted == 0 {
+            continue;
+        }
+        let share = deleted as f64 / held as f64;
+        let emptied = deleted == held && put.is_empty();
+        if emptied || (deleted >= MASS_DELETE_MIN && share > config.max_delete_share) {
+            return Some(format!(
+                "refusing to delete {deleted} of the {held} entries of {} on this peer \
+                 (max_delete_share is {:.0}%): is {} on this node unmounted or emptied? \
+                 Run the sync again with --force if this is intended",
+                dir.path,
+                config.max_delete_share * 100.0,
+                dir.path
+            ));
+        }
+    }
+    None
 }
 
 /// The local and remote manifests restricted to what this peer and this node both

@@ -190,3 +190,75 @@ async fn check_config_accepts_a_valid_config_and_names_file_and_key_of_a_broken_
         "{run:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// The mass-delete guard.
+
+/// `count` files under `/etc/app` on every node of the group, the same everywhere.
+fn same_files_everywhere(group: &gosyncd::group::LocalGroup, count: usize) {
+    for node in &group.nodes {
+        for i in 0..count {
+            write(node, &format!("/etc/app/d{}/f{i:02}.conf", i % 3), "kept\n");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_that_would_empty_a_directory_on_the_peers_is_refused_without_force() {
+    let group = start(3, 132).await;
+    same_files_everywhere(&group, 20);
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    let before = snapshot(&n1.path("/etc/app"));
+    // Node 0's directory is emptied (an unmounted volume looks the same).
+    for entry in std::fs::read_dir(n0.path("/etc/app")).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+
+    for args in [&["sync"][..], &["sync", "-dry"]] {
+        let run = gosyncd(config_args(&n0.config_path, args)).await;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        for peer in [n1, n2] {
+            let said = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                said.contains(&peer.addr.to_string())
+                    && said.contains("refusing to delete 23 of the 23 entries of /etc/app")
+                    && said.contains("--force"),
+                "{args:?}: {run:#?}"
+            );
+        }
+        assert_eq!(snapshot(&n1.path("/etc/app")), before, "{args:?} deleted");
+    }
+
+    let run = gosyncd(config_args(&n0.config_path, &["sync", "--force"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_same_tree(n0, n1);
+    assert_same_tree(n0, n2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_more_than_max_delete_share_needs_force_or_a_higher_share() {
+    let group = start(2, 136).await;
+    same_files_everywhere(&group, 30);
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    // 20 of the peer's 33 entries (30 files, 3 directories) go: more than half.
+    for i in 10..30 {
+        remove(n0, &format!("/etc/app/d{}/f{i:02}.conf", i % 3));
+    }
+    let run = gosyncd(config_args(&n0.config_path, &["sync"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("refusing to delete 20 of the 33 entries")
+            && run.stderr.contains("max_delete_share is 50%"),
+        "{run:#?}"
+    );
+    assert!(exists(n1, "/etc/app/d1/f10.conf"));
+
+    // An operator who expects such pushes raises the share.
+    let variant = config_variant(&group, 0, "node1-share.hcl", |text| {
+        format!("max_delete_share = 0.7\n{text}")
+    });
+    let run = gosyncd(config_args(&variant, &["sync"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_same_tree(n0, n1);
+}

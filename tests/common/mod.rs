@@ -266,6 +266,7 @@ pub async fn run(engine: &Engine, scope: &[&str], dry_run: bool) -> Report {
     let options = Options {
         scope: scope.iter().map(|s| s.to_string()).collect(),
         dry_run,
+        ..Options::default()
     };
     tokio::time::timeout(CALL_TIMEOUT, engine.run(&options, |_| {}))
         .await
