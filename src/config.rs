@@ -989,6 +989,23 @@ directory "/foo/bar" {
     }
 
     #[test]
+    fn max_delete_share_is_a_fraction() {
+        assert_eq!(
+            parse(SEED).unwrap().max_delete_share,
+            DEFAULT_MAX_DELETE_SHARE
+        );
+        let c = parse(&format!("max_delete_share = 0.9\n{SEED}")).unwrap();
+        assert_eq!(c.max_delete_share, 0.9);
+        for bad in ["1.5", "-0.1", "\"half\""] {
+            let message = error(&format!("max_delete_share = {bad}\n{SEED}"));
+            assert!(
+                message.contains("config.hcl:1: max_delete_share: expected a number from 0 to 1"),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    #[test]
     fn tls_paths_are_relative_to_the_config_file() {
         let text = SEED.replace("/etc/gosyncd/gosyncd.key", "node.key");
         let c = Config::from_str(&text, Path::new("/srv/node1/config.hcl")).unwrap();

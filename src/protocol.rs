@@ -492,3 +492,95 @@ mod tests {
         assert_eq!(op.needs_content(), Some(4));
     }
 }
+
+/// Hostile input for the wire decoder: whatever the bytes, it answers, and what it
+/// accepts is consistent with what it read.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Bodies built from pieces a decoder must handle: the magic or not, any length
+    /// word, JSON that is nearly a header, and noise.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let header_json = prop_oneof![
+            Just(r#"{"ops":[]}"#.to_string()),
+            "[a-z\\\"{}\\[\\]:,0-9 ]{0,80}",
+            (any::<u64>(), "[/a-z.]{0,20}").prop_map(|(n, p)| format!(
+                r#"{{"ops":[{{"path":"{p}","action":"put","entry":{{"type":"file","sha256":"{}","size":{n},"mode":420,"uid":0,"gid":0}}}}]}}"#,
+                "ab".repeat(32)
+            )),
+        ];
+        (
+            prop_oneof![
+                Just(BATCH_MAGIC.to_vec()),
+                prop::collection::vec(any::<u8>(), 0..6)
+            ],
+            prop_oneof![any::<u32>(), 0u32..200],
+            header_json,
+            prop::collection::vec(any::<u8>(), 0..64),
+            any::<bool>(),
+        )
+            .prop_map(|(magic, len, json, tail, honest_len)| {
+                let mut out = magic;
+                let len = if honest_len { json.len() as u32 } else { len };
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(json.as_bytes());
+                out.extend_from_slice(&tail);
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::testing::cases(2000)))]
+
+        #[test]
+        fn the_decoder_never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_batch(&bytes);
+        }
+
+        #[test]
+        fn a_batch_with_flipped_bytes_is_refused_or_still_hashes_right(
+            files in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..4),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+        ) {
+            let ops: Vec<Op> = files
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| crate::testing::put(&format!("/etc/app/f{i}"), bytes))
+                .collect();
+            let contents: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+            let mut body = encode_batch(&BatchHeader { ops }, &contents);
+            for (at, mask) in flips {
+                let i = at.index(body.len());
+                body[i] ^= mask;
+            }
+            if let Ok(batch) = decode_batch(&body) {
+                for (op, content) in batch.header.ops.iter().zip(&batch.contents) {
+                    if let (Action::Put { entry }, Some(bytes)) = (&op.action, content) {
+                        if let Content::File { sha256, size } = &entry.content {
+                            prop_assert_eq!(*sha256, Digest256::of(bytes));
+                            prop_assert_eq!(*size, bytes.len() as u64);
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn what_the_decoder_accepts_has_every_content_it_announces(body in body()) {
+            if let Ok(batch) = decode_batch(&body) {
+                prop_assert_eq!(batch.contents.len(), batch.header.ops.len());
+                for (op, content) in batch.header.ops.iter().zip(&batch.contents) {
+                    match (op.needs_content(), content) {
+                        (Some(size), Some(bytes)) => {
+                            prop_assert_eq!(size, bytes.len() as u64);
+                        }
+                        (None, None) => {}
+                        (needed, got) => prop_assert!(false, "content {:?} for {:?}", got.map(|b| b.len()), needed),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -58,3 +58,12 @@ pub fn put(path: &str, bytes: &[u8]) -> Op {
         expect: None,
     }
 }
+
+/// How many cases a property runs: `default`, or `PROPTEST_CASES` from the environment
+/// (for longer runs than `cargo test` needs).
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
