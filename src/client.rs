@@ -62,6 +62,13 @@ impl Transport {
 pub fn http_client(tls: rustls::ClientConfig, local: Option<IpAddr>) -> anyhow::Result<Transport> {
     let http = reqwest::Client::builder()
         .local_address(local)
+        // A peer whose link is cut mid-request would otherwise hold a request for as
+        // long as TCP retransmits (many minutes): unacknowledged data, or silence on an
+        // idle connection, fails it within LINK_LOSS_TIMEOUT instead.
+        .tcp_keepalive(Duration::from_secs(10))
+        .tcp_keepalive_interval(Duration::from_secs(5))
+        .tcp_keepalive_retries(3u32)
+        .tcp_user_timeout(protocol::LINK_LOSS_TIMEOUT)
         .use_preconfigured_tls(tls.clone())
         .connect_timeout(protocol::CONNECT_TIMEOUT)
         .no_proxy()

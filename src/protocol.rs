@@ -49,6 +49,9 @@ pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time allowed for the identity request that detects this node behind an alias.
 pub const IDENTITY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time after which a connection to a peer that stopped acknowledging (its link was
+/// cut, it was powered off) fails, even in the middle of a request.
+pub const LINK_LOSS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client has to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

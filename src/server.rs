@@ -468,6 +468,8 @@ pub async fn serve(
                 }
             },
         };
+        // An IPv4 client of a dual-stack socket is named as IPv4.
+        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
             turned_away.note(client, "max_handshakes");
             continue;
