@@ -91,24 +91,8 @@ command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
 
 # ------------------------------------------------------------------ workspace, cleanup
 
-# children_of PID: the process ids whose parent is PID (lsyncd's rsync runs).
-children_of() { ps -o pid= --ppid "$1" 2>/dev/null || true; }
-
-# stop PID: SIGTERM (with the children it started), at most 15 s, then SIGKILL.
-stop() {
-    local pid=$1 n c
-    for c in $(children_of "$pid"); do kill "$c" 2>/dev/null || true; done
-    kill "$pid" 2>/dev/null || true
-    for ((n = 0; n < 150; n++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
-
 # end_jobs: every process this script started is one of its background jobs (or a
-# child of lsyncd, stopped with it): end them by id.
+# child of lsyncd, stopped with it): end them by id (stop is in lib.sh).
 end_jobs() {
     local pid
     for pid in $(jobs -p); do stop "$pid"; done
@@ -247,28 +231,11 @@ gosyncd_scenario() {
 
 # lsyncd_scenario KEY DELAY(or "") N TIMEOUT_S: lsyncd to the two rsync daemons.
 lsyncd_scenario() {
-    local key=$1 delay=$2 n=$3 timeout=$4 pid waited k started
-    {
-        printf 'settings {\n    logfile = "%s",\n    statusFile = "%s",\n    nodaemon = true,\n}\n' \
-            "$logs/$key.log" "$work/$key.status"
-        for k in 2 3; do
-            printf 'sync {\n    default.rsync,\n    source = "%s/",\n' "$tree1"
-            printf '    target = "rsync://%s:%s/node%s/",\n' "${ips[k - 1]}" "$rport" "$k"
-            [ -z "$delay" ] || printf '    delay = %s,\n' "$delay"
-            printf '}\n'
-        done
-    } >"$work/$key.lua"
-    log "$key: starting lsyncd (delay ${delay:-default})"
-    lsyncd -nodaemon "$work/$key.lua" >"$logs/$key.out" 2>&1 &
-    pid=$!
+    local key=$1 delay=$2 n=$3 timeout=$4 pid waited
     # Start-up: one full rsync per target (the trees are already equal).
-    for ((k = 0; k < 1200; k++)); do
-        kill -0 "$pid" 2>/dev/null || die "lsyncd exited: $(tail -n 5 "$logs/$key.out" "$logs/$key.log" 2>/dev/null)"
-        started=$(grep -c 'Startup of .* finished' "$logs/$key.log" 2>/dev/null || true)
-        [ "${started:-0}" -ge 2 ] && break
-        sleep 0.1
-    done
-    [ "$k" -lt 1200 ] || die "lsyncd did not finish its start-up in 120 s"
+    start_lsyncd "$key" "$delay" "$tree1" \
+        "rsync://${ips[1]}:$rport/node2/" "rsync://${ips[2]}:$rport/node3/"
+    pid=$lsyncd_pid
     waited=$("${lat[@]}" idle 3 20 "$pid")
     log "  idle after start-up (${waited}s)"
     [ "$key" != lsyncd-1 ] || "${lat[@]}" rss lsyncd "$pid" >"$res/rss-lsyncd.idle"
@@ -299,10 +266,7 @@ gosyncd_scenario gosyncd-1s -1s "$SAVES_SLOW"
 
 if [ "$LSYNCD" = 1 ]; then
     for k in 2 3; do
-        write_rsyncd_conf "$k" "node$k" "$work/node$k/etc/bench"
-        rsync --daemon --no-detach --config="$work/rsyncd$k.conf" \
-            --address="${ips[k - 1]}" --port="$rport" >"$logs/rsyncd$k.out" 2>&1 &
-        wait_listening "${ips[k - 1]}" "$rport" "$!" "$logs/rsyncd$k.out"
+        start_rsyncd "$k" "${ips[k - 1]}" "$rport" "$work/node$k/etc/bench"
     done
     lsyncd_scenario lsyncd-1 1 "$SAVES_LSYNCD1" 15
     lsyncd_scenario lsyncd-default "" "$SAVES_LSYNCD15" 45

@@ -256,12 +256,15 @@ def rss(key, pid):
 
 
 def status(crt, key, addrs):
-    """Each daemon's counters, through the same mutual TLS its peers use."""
+    """Each daemon's counters, through the same mutual TLS its peers use, from the first
+    daemon's address (the group's routes answer the group's addresses only)."""
     ctx = ssl.create_default_context(cafile=crt)
     ctx.load_cert_chain(crt, key)
+    source = addrs[0].rsplit(":", 1)[0]
     for addr in addrs:
         host, port = addr.rsplit(":", 1)
-        conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10)
+        conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=10,
+                                           source_address=(source, 0))
         try:
             conn.request("GET", "/v1/status")
             body = json.loads(conn.getresponse().read())

@@ -1,5 +1,5 @@
-# lib.sh: the parts shared by sync-vs-rsync.sh and latency-vs-lsyncd.sh. Sourced, not run;
-# the script that sources it sets `here` (this directory) and KEEP first.
+# lib.sh: the parts shared by sync-vs-rsync.sh, latency-vs-lsyncd.sh and checkout-burst.sh.
+# Sourced, not run; the script that sources it sets `here` (this directory) and KEEP first.
 
 repo=$(cd "$here/../.." && pwd)
 helper=(python3 "$here/bench_helper.py")
@@ -138,4 +138,62 @@ wait_listening() {
         sleep 0.1
     done
     die "nothing listens on $ip:$port after 30 s"
+}
+
+# children_of PID: the process ids whose parent is PID (lsyncd's rsync runs).
+children_of() { ps -o pid= --ppid "$1" 2>/dev/null || true; }
+
+# stop PID: SIGTERM (with the children it started), at most 15 s, then SIGKILL.
+stop() {
+    local pid=$1 n c
+    for c in $(children_of "$pid"); do kill "$c" 2>/dev/null || true; done
+    kill "$pid" 2>/dev/null || true
+    for ((n = 0; n < 150; n++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------------ lsyncd
+
+# start_rsyncd N IP PORT PATH: `rsync --daemon` (a background job) on IP:PORT with one
+# writable module, nodeN, whose path is PATH; returns once it listens.
+start_rsyncd() {
+    local n=$1 ip=$2 port=$3 path=$4
+    write_rsyncd_conf "$n" "node$n" "$path"
+    rsync --daemon --no-detach --config="$work/rsyncd$n.conf" \
+        --address="$ip" --port="$port" >"$logs/rsyncd$n.out" 2>&1 &
+    wait_listening "$ip" "$port" "$!" "$logs/rsyncd$n.out"
+}
+
+# start_lsyncd KEY DELAY(or "") SOURCE TARGET...: lsyncd (a background job, its pid in
+# $lsyncd_pid) with one `sync { default.rsync }` from SOURCE to each rsync:// TARGET,
+# config $work/KEY.lua, log $logs/KEY.log; returns once its start-up (one full rsync
+# per target) is over.
+start_lsyncd() {
+    local key=$1 delay=$2 source=$3 k started target
+    shift 3
+    {
+        printf 'settings {\n    logfile = "%s",\n    statusFile = "%s",\n    nodaemon = true,\n}\n' \
+            "$logs/$key.log" "$work/$key.status"
+        for target in "$@"; do
+            printf 'sync {\n    default.rsync,\n    source = "%s/",\n' "$source"
+            printf '    target = "%s",\n' "$target"
+            [ -z "$delay" ] || printf '    delay = %s,\n' "$delay"
+            printf '}\n'
+        done
+    } >"$work/$key.lua"
+    log "$key: starting lsyncd (delay ${delay:-default})"
+    lsyncd -nodaemon "$work/$key.lua" >"$logs/$key.out" 2>&1 &
+    lsyncd_pid=$!
+    for ((k = 0; k < 1200; k++)); do
+        kill -0 "$lsyncd_pid" 2>/dev/null ||
+            die "lsyncd exited: $(tail -n 5 "$logs/$key.out" "$logs/$key.log" 2>/dev/null)"
+        started=$(grep -c 'Startup of .* finished' "$logs/$key.log" 2>/dev/null || true)
+        [ "${started:-0}" -ge "$#" ] && break
+        sleep 0.1
+    done
+    [ "$k" -lt 1200 ] || die "lsyncd did not finish its start-up in 120 s"
 }
