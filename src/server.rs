@@ -93,6 +93,14 @@ impl Stats {
 }
 
 impl Node {
+    /// Waits until no received batch is being written, and keeps the next one out until
+    /// the guard is dropped. The watcher scans under it: a batch half-written (its
+    /// versions are recorded when it is done) would otherwise look like local edits and
+    /// be pushed back.
+    pub async fn hold_applies(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.apply_lock.clone().lock_owned().await
+    }
+
     /// A node that serves `config`; `versions` when it runs the watcher.
     pub fn new(
         config: Arc<Config>,

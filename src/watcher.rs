@@ -308,10 +308,13 @@ async fn push_burst(
     let config = engine.config().clone();
     let cache = node.cache.clone();
     let scan_scope = scope.clone();
+    // Not while a received batch is being written: see `Node::hold_applies`.
+    let quiet = node.hold_applies().await;
     let scan = tokio::task::spawn_blocking(move || manifest::scan(&config, &scan_scope, &cache))
         .await
         .expect("scan task");
     let ops = versions.take_changes(&scan, &scope, node.owners);
+    drop(quiet);
     if ops.is_empty() {
         debug!(
             paths = scope.len(),
