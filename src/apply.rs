@@ -203,7 +203,10 @@ impl Session {
         };
         let (parent, name) = match open_parent(config, dir, &op.path) {
             Ok(found) => found,
-            Err(reason) => return Outcome::Failed(reason),
+            // A deletion whose directory is already gone (deleted earlier in the batch,
+            // or by another sync) is done: the path is absent, as wanted.
+            Err(e) if e.missing && op.action == Action::Delete => return Outcome::Applied,
+            Err(e) => return Outcome::Failed(e.to_string()),
         };
         let checked = match current_state(&parent, &name) {
             Ok(checked) => checked,
@@ -291,7 +294,7 @@ impl Session {
         for pending in std::mem::take(&mut self.pending) {
             let dir = config.directory_of(&pending.path).expect("validated path");
             let outcome = match open_parent(config, dir, &pending.path) {
-                Err(reason) => Outcome::Failed(reason),
+                Err(reason) => Outcome::Failed(reason.to_string()),
                 Ok((parent, name)) => {
                     let target = Target {
                         parent: &parent,
@@ -320,8 +323,12 @@ impl Session {
                 Mode::empty(),
             )
             .and_then(rustix::fs::fsync);
-            if let Err(e) = synced {
-                tracing::warn!(directory = %local.display(), error = %e, "cannot fsync a directory");
+            match synced {
+                // Changed, then deleted later in the same batch: nothing left to flush.
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => {
+                    tracing::warn!(directory = %local.display(), error = %e, "cannot fsync a directory")
+                }
             }
         }
     }
@@ -333,24 +340,51 @@ enum Step {
     Rename(String),
 }
 
+/// Why the directory holding a path could not be opened.
+#[derive(Debug)]
+pub(crate) struct ParentError {
+    /// A directory on the way does not exist (so neither does the path).
+    pub missing: bool,
+    message: String,
+}
+
+impl ParentError {
+    fn other(message: String) -> ParentError {
+        ParentError {
+            missing: false,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for ParentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Opens the directory holding `path` without following any link below the configured
 /// directory, and returns it with the final component's name.
 pub(crate) fn open_parent(
     config: &Config,
     dir: &Directory,
     path: &str,
-) -> Result<(OwnedFd, String), String> {
+) -> Result<(OwnedFd, String), ParentError> {
     let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     if path == dir.path {
         // The configured directory itself: its parent is the administrator's, trusted.
         let parent = config.local_path(paths::parent(&dir.path));
         let fd = rustix::fs::open(&parent, dir_flags, Mode::empty())
-            .map_err(|e| format!("cannot open {}: {e}", parent.display()))?;
+            .map_err(|e| ParentError::other(format!("cannot open {}: {e}", parent.display())))?;
         return Ok((fd, paths::file_name(path).to_string()));
     }
     let base = config.local_path(&dir.path);
-    let mut fd = rustix::fs::open(&base, dir_flags, Mode::empty())
-        .map_err(|e| format!("configured directory {} cannot be opened: {e}", dir.path))?;
+    let mut fd = rustix::fs::open(&base, dir_flags, Mode::empty()).map_err(|e| {
+        ParentError::other(format!(
+            "configured directory {} cannot be opened: {e}",
+            dir.path
+        ))
+    })?;
     let mut components: Vec<&str> = components_below(path, &dir.path).collect();
     let name = components
         .pop()
@@ -362,7 +396,12 @@ pub(crate) fn open_parent(
         logical.push_str(component);
         fd = match rustix::fs::openat(&fd, component, dir_flags | OFlags::NOFOLLOW, Mode::empty()) {
             Ok(next) => next,
-            Err(Errno::NOENT) => return Err(format!("parent directory {logical} does not exist")),
+            Err(Errno::NOENT) => {
+                return Err(ParentError {
+                    missing: true,
+                    message: format!("parent directory {logical} does not exist"),
+                })
+            }
             Err(e) => {
                 let is_link = rustix::fs::statat(&fd, component, AtFlags::SYMLINK_NOFOLLOW)
                     .map(|st| {
@@ -370,13 +409,13 @@ pub(crate) fn open_parent(
                             == rustix::fs::FileType::Symlink
                     })
                     .unwrap_or(false);
-                return Err(if is_link {
+                return Err(ParentError::other(if is_link {
                     format!(
                         "refused, {logical} is a symlink on this node (links are never followed)"
                     )
                 } else {
                     format!("{logical} cannot be opened as a directory: {e}")
-                });
+                }));
             }
         };
     }
@@ -718,6 +757,48 @@ mod tests {
 
     fn refusal(config: &Config, ops: Vec<Op>) -> String {
         validate_batch(config, &BatchHeader { ops }).unwrap_err()
+    }
+
+    #[test]
+    fn deleting_below_a_directory_already_deleted_is_done_not_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(app.join("gone")).unwrap();
+        std::fs::write(app.join("gone/x"), "x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let delete = |path: &str, expect: Option<Entry>| Op {
+            path: path.into(),
+            action: Action::Delete,
+            expect,
+        };
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let file = Entry {
+            mode: mode(&app.join("gone/x")),
+            ..crate::testing::file_entry(b"x")
+        };
+        let dir = Entry {
+            content: Content::Dir,
+            mode: mode(&app.join("gone")),
+            ..file.clone()
+        };
+        // The directory goes; deletions below it (an echo, or another sync's) then find
+        // no parent: the path is absent, as wanted, whatever was expected there.
+        let header = BatchHeader {
+            ops: vec![
+                delete("/etc/app/gone/x", Some(file.clone())),
+                delete("/etc/app/gone", Some(dir)),
+                delete("/etc/app/gone/y", Some(file)),
+                delete("/etc/app/never/z", None),
+            ],
+        };
+        let body = crate::protocol::encode_batch(&header, &[]);
+        let batch = crate::protocol::decode_batch(&body).unwrap();
+        let results = apply_batch(&c, false, &batch);
+        for result in &results {
+            assert_eq!(result.outcome, Outcome::Applied, "{}", result.path);
+        }
+        assert!(!app.join("gone").exists());
     }
 
     #[test]

@@ -415,8 +415,8 @@ impl LocalState {
         let dir = config
             .directory_of(path)
             .ok_or_else(|| Unsendable::Unreadable("outside the configured directories".into()))?;
-        let (parent, name) =
-            apply::open_parent(config, dir, path).map_err(Unsendable::Unreadable)?;
+        let (parent, name) = apply::open_parent(config, dir, path)
+            .map_err(|e| Unsendable::Unreadable(e.to_string()))?;
         let mut bytes = Vec::new();
         apply::open_regular(&parent, &name)
             .and_then(|fd| std::fs::File::from(fd).read_to_end(&mut bytes))
