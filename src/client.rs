@@ -243,6 +243,13 @@ fn explain(err: &reqwest::Error, timeout: Duration) -> PeerError {
     if let Some(tls) = tls::explain(err) {
         return PeerError::Unreachable(tls);
     }
+    if err.is_timeout() && err.is_connect() {
+        // The connect timeout covers the TCP and TLS handshakes.
+        return PeerError::Unreachable(format!(
+            "timed out connecting (TCP and TLS handshake, limit {}s)",
+            protocol::CONNECT_TIMEOUT.as_secs()
+        ));
+    }
     if err.is_timeout() {
         return PeerError::Unreachable(format!("timed out (limit {}s)", timeout.as_secs()));
     }

@@ -689,3 +689,126 @@ impl Drop for DaemonProcess {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Fault injection: a forwarder that cuts a transfer, the binary under a wrapper command,
+// and what an interrupted write may leave behind.
+
+/// Like [`forwarder`], except that the first connection to carry more than `threshold`
+/// bytes from the client is cut there: the first `threshold` bytes are passed on, the
+/// rest never is, and both directions are closed at once with a reset. Later
+/// connections are forwarded whole. The flag says whether the cut happened.
+pub async fn forwarder_cutting(
+    bind: IpAddr,
+    target: SocketAddr,
+    threshold: usize,
+) -> (Forwarder, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let listener = TcpListener::bind(SocketAddr::new(bind, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = cut.clone();
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((mut client, client_addr)) = listener.accept().await {
+            let cut = cut.clone();
+            connections.spawn(async move {
+                let connect = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::new(client_addr.ip(), 0))?;
+                    socket.connect(target).await
+                };
+                let Ok(mut server) = connect.await else {
+                    return;
+                };
+                let cut_here = {
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    let down = async {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                        let _ = client_write.shutdown().await;
+                    };
+                    // Whether this connection is the one cut.
+                    let up = async {
+                        let mut sent = 0usize;
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if sent + n > threshold && !cut.swap(true, Ordering::SeqCst) {
+                                let _ = server_write.write_all(&buf[..threshold - sent]).await;
+                                return true;
+                            }
+                            sent += n;
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_write.shutdown().await;
+                        false
+                    };
+                    tokio::pin!(up, down);
+                    let mut down_done = false;
+                    loop {
+                        tokio::select! {
+                            cut_here = &mut up => {
+                                if !cut_here && !down_done {
+                                    (&mut down).await;
+                                }
+                                break cut_here;
+                            }
+                            () = &mut down, if !down_done => down_done = true,
+                        }
+                    }
+                };
+                if cut_here {
+                    // Closing with a zero linger sends a reset: both ends see the
+                    // connection die, as when a cable is pulled or a middlebox drops it.
+                    let _ = client.set_zero_linger();
+                    let _ = server.set_zero_linger();
+                }
+            });
+        }
+    });
+    (Forwarder { addr, task }, flag)
+}
+
+impl DaemonProcess {
+    /// Like [`DaemonProcess::spawn`], with the binary started through a wrapper that
+    /// execs it, as `PROGRAM ARGS... gosyncd -config CONFIG` (`prlimit --fsize=N --`,
+    /// say): the child's pid is then the daemon's own.
+    pub fn spawn_with<S: AsRef<OsStr>>(
+        program: impl AsRef<OsStr>,
+        args: &[S],
+        config: &Path,
+        log_path: PathBuf,
+    ) -> DaemonProcess {
+        let program = program.as_ref().to_os_string();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(&program)
+            .args(args)
+            .arg(env!("CARGO_BIN_EXE_gosyncd"))
+            .args(config_args(config, &[]))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program:?} does not start: {e}"));
+        DaemonProcess { child, log_path }
+    }
+}
+
+/// gosyncd's temporary files anywhere below `root` (links not followed).
+pub fn temp_files_below(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(manifest::is_temp_name))
+        .map(|e| e.into_path())
+        .collect()
+}
