@@ -83,6 +83,28 @@ impl HashCache {
             .expect("hash cache lock")
             .insert(path, (stamp, digest));
     }
+
+    /// Forgets the files a full scan did not find (deleted, renamed, excluded since), so
+    /// that the cache holds at most one entry per file of the trees.
+    fn keep_only(&self, config: &Config, scan: &Scan) {
+        self.map
+            .lock()
+            .expect("hash cache lock")
+            .retain(|local, _| {
+                config
+                    .logical_path(local)
+                    .is_some_and(|logical| scan.entries.contains_key(&logical))
+            });
+    }
+
+    /// How many files it remembers.
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("hash cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How long after its last change a file's hash may be cached. Timestamps move in
@@ -147,6 +169,9 @@ pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
         if in_scope(&dir.path, scope) {
             scan_directory(config, dir, scope, cache, &mut out);
         }
+    }
+    if scope.is_empty() {
+        cache.keep_only(config, &out);
     }
     out
 }
@@ -344,6 +369,33 @@ mod tests {
                 target: "../../outside".into()
             }
         );
+    }
+
+    #[test]
+    fn a_full_scan_forgets_the_hashes_of_files_that_are_gone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(app.join(name), name).unwrap();
+        }
+        // Only files that settled (no change for 2 s) are cached.
+        std::thread::sleep(std::time::Duration::from_millis(
+            CACHE_SETTLE_NS as u64 / 1_000_000 + 100,
+        ));
+        let config = config_at(tmp.path(), "");
+        let cache = HashCache::default();
+        scan(&config, &[], &cache);
+        assert_eq!(cache.len(), 3);
+        std::fs::remove_file(app.join("a")).unwrap();
+        std::fs::rename(app.join("b"), app.join("b2")).unwrap();
+        // A scoped scan sees too little to judge.
+        scan(&config, &["/etc/app/c".to_string()], &cache);
+        assert_eq!(cache.len(), 3);
+        scan(&config, &[], &cache);
+        // Only "c" remains: "a" is gone, and "b2" is new to the cache (a rename moves
+        // the ctime, so it is cached again only once it settles).
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
