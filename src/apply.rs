@@ -36,7 +36,9 @@ pub fn confine<'c>(config: &'c Config, path: &str) -> Result<&'c Directory, Stri
     if dir.excludes.excludes_any_component(&dir.path, path) {
         return Err(format!("{path}: excluded on this node"));
     }
-    if is_temp_name(paths::file_name(path)) {
+    // Any component, not only the last: scans skip such names with everything below
+    // them, so a directory named like one would hide its tree from every manifest.
+    if path[dir.path.len()..].split('/').any(is_temp_name) {
         return Err(format!("{path}: a gosyncd temporary file name"));
     }
     Ok(dir)
@@ -813,6 +815,7 @@ mod tests {
             ("/etc/app/private/key", "excluded on this node"),
             ("/etc/app/dir.swp/inner", "excluded on this node"),
             ("/etc/app/.gosyncd-1.tmp", "temporary file name"),
+            ("/etc/app/.gosyncd-1.tmp/inner", "temporary file name"),
         ];
         for (path, why) in cases {
             let err = refusal(&c, vec![put(path, b"x")]);
