@@ -144,6 +144,8 @@ impl Peer {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, PeerError> {
+        let started = std::time::Instant::now();
+        let limit = Limit { timeout, started };
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(e) if !e.is_timeout() && tls::explain(&e).is_none() => {
@@ -151,15 +153,15 @@ impl Peer {
                 // the HTTP stack then reports only a cancelled request: ask TLS directly.
                 return Err(match self.diagnose_tls().await {
                     Some(reason) => PeerError::Unreachable(reason),
-                    None => explain(&e, timeout),
+                    None => explain(&e, &limit),
                 });
             }
-            Err(e) => return Err(explain(&e, timeout)),
+            Err(e) => return Err(explain(&e, &limit)),
         };
         let status = response.status();
         if status.is_success() {
             let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, timeout))? {
+            while let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, &limit))? {
                 let limit = self.transport.max_response;
                 if (body.len() + chunk.len()) as u64 > limit {
                     return Err(PeerError::Refused(format!(
@@ -239,7 +241,15 @@ impl Peer {
     }
 }
 
-fn explain(err: &reqwest::Error, timeout: Duration) -> PeerError {
+/// The time limit of a call, and when it started: a timeout well before the limit is the
+/// link's (TCP gave up), not the call's.
+struct Limit {
+    timeout: Duration,
+    started: std::time::Instant,
+}
+
+fn explain(err: &reqwest::Error, limit: &Limit) -> PeerError {
+    let timeout = limit.timeout;
     if let Some(tls) = tls::explain(err) {
         return PeerError::Unreachable(tls);
     }
@@ -248,6 +258,13 @@ fn explain(err: &reqwest::Error, timeout: Duration) -> PeerError {
         return PeerError::Unreachable(format!(
             "timed out connecting (TCP and TLS handshake, limit {}s)",
             protocol::CONNECT_TIMEOUT.as_secs()
+        ));
+    }
+    let elapsed = limit.started.elapsed();
+    if err.is_timeout() && elapsed + Duration::from_secs(1) < timeout {
+        return PeerError::Unreachable(format!(
+            "no answer from the peer for {}s: the connection was given up (is its link down?)",
+            protocol::LINK_LOSS_TIMEOUT.as_secs()
         ));
     }
     if err.is_timeout() {

@@ -209,7 +209,7 @@ check "node 2 gets the edit at once" within 10 holds 2 haproxy.cfg "$(printf 'gl
 # A cut link fails the push in progress within the link-loss timeout (30 s); the
 # change is kept for node 3 and retried with backoff.
 check "node 1 notices that node 3 is unreachable (within 45 s)" \
-    within 45 grep -q "peer unreachable.*peer=$net.3:8080" "$work/node1.log"
+    within 45 grep -q "peer unreachable.*is its link down.*peer=$net.3:8080" "$work/node1.log"
 check "node 3 does not have the edit while its link is down" \
     holds 3 haproxy.cfg "$(printf 'global\n  maxconn 4096')"
 ip -n "$prefix-3" link set eth0 up
