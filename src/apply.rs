@@ -9,11 +9,12 @@
 //! fsynced, given its mode, owner and mtime, renamed over the target, and followed by an
 //! fsync of the directory: a crash leaves the old file or the new one, never a mix.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -140,10 +141,14 @@ fn check_no_symlink_on_the_way(
 const FSYNC_EACH_MAX_FILES: usize = 16;
 
 /// Carries out a validated batch, in order, and reports each operation's outcome.
-/// `owners` says whether owners are applied (this process runs as root).
-pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>) -> Vec<OpResult> {
+/// `owners` says whether owners are applied (this process runs as root); `origin` says
+/// where the batch comes from, for the backups it takes.
+///
+/// In directories with a `validate` command run on received changes, every changed path
+/// keeps its previous state until [`Applied::commit`]: [`Applied::reject`] puts it back.
+pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>, origin: &str) -> Applied {
     let files = batch.contents.iter().filter(|c| c.is_some()).count();
-    let mut session = Session::new(files <= FSYNC_EACH_MAX_FILES);
+    let mut session = Session::new(files <= FSYNC_EACH_MAX_FILES, origin);
     let mut results: Vec<OpResult> = batch
         .header
         .ops
@@ -155,8 +160,192 @@ pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>) -> Vec<OpRe
             outcome: session.apply(config, owners, index, op, *content),
         })
         .collect();
+    let undo = std::mem::take(&mut session.undo);
+    let changed = std::mem::take(&mut session.changed);
     session.finish(config, &mut results);
-    results
+    Applied {
+        results,
+        undo,
+        changed,
+    }
+}
+
+/// A batch carried out, whose changes in validated directories can still be undone.
+pub struct Applied {
+    pub results: Vec<OpResult>,
+    undo: Vec<Undo>,
+    /// Operations that changed something (not those that found the state wanted).
+    changed: BTreeSet<usize>,
+}
+
+impl Applied {
+    /// The configured directories this batch changed, with the paths it changed in each.
+    pub fn touched(&self, config: &Config) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (index, result) in self.results.iter().enumerate() {
+            if result.outcome == Outcome::Applied && self.changed.contains(&index) {
+                if let Some(dir) = config.directory_of(&result.path) {
+                    out.entry(dir.path.clone())
+                        .or_default()
+                        .push(result.path.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts back the previous state of every path this batch changed in directory
+    /// `dir` (newest change first) and marks those operations rejected with `reason`.
+    /// Returns the paths that could not be put back (with why), which should be none.
+    pub fn reject(&mut self, config: &Config, dir: &str, reason: &str) -> Vec<(String, String)> {
+        let mut failures = Vec::new();
+        for undo in self.undo.iter_mut().rev() {
+            if undo.dir != dir || self.results[undo.index].outcome != Outcome::Applied {
+                continue;
+            }
+            if let Err(e) = undo.put_back(config) {
+                failures.push((undo.path.clone(), e.to_string()));
+            }
+            self.results[undo.index].outcome = Outcome::Rejected(reason.to_string());
+        }
+        failures
+    }
+
+    /// Keeps the batch as applied: drops what was kept for undoing it.
+    pub fn commit(self) -> Vec<OpResult> {
+        self.results.clone()
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        for undo in &self.undo {
+            undo.forget();
+        }
+    }
+}
+
+/// What a path held before a batch changed it, kept so that the change can be undone.
+struct Undo {
+    index: usize,
+    /// The configured directory.
+    dir: String,
+    /// The logical path; its directory is opened again to undo (it may have been
+    /// deleted and re-created since).
+    path: String,
+    previous: Previous,
+}
+
+enum Previous {
+    /// Nothing was there.
+    Absent,
+    /// A file or symlink, still linked under a temporary name.
+    Linked(Kept),
+    /// A directory, with its mode.
+    Dir(u32),
+}
+
+impl Undo {
+    /// Restores the previous state.
+    fn put_back(&mut self, config: &Config) -> io::Result<()> {
+        let dir = config
+            .directory_of(&self.path)
+            .ok_or_else(|| io::Error::other("outside the configured directories"))?;
+        let (parent, name) =
+            open_parent(config, dir, &self.path).map_err(|e| io::Error::other(e.to_string()))?;
+        let now = rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW);
+        let is_dir = now.as_ref().is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        });
+        let exists = now.is_ok();
+        match &self.previous {
+            Previous::Absent => {
+                if exists {
+                    let flags = if is_dir {
+                        AtFlags::REMOVEDIR
+                    } else {
+                        AtFlags::empty()
+                    };
+                    rustix::fs::unlinkat(&parent, name.as_str(), flags)?;
+                }
+            }
+            Previous::Linked(kept) => {
+                if is_dir {
+                    rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::REMOVEDIR)?;
+                }
+                rustix::fs::renameat(&*kept.holder, kept.tmp.as_str(), &parent, name.as_str())?;
+                self.previous = Previous::Absent;
+                return Ok(());
+            }
+            Previous::Dir(mode) => {
+                if exists && !is_dir {
+                    rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty())?;
+                }
+                if !is_dir {
+                    rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(*mode))?;
+                }
+                let fd = rustix::fs::openat(
+                    &parent,
+                    name.as_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
+            }
+        }
+        let _ = rustix::fs::fsync(&parent);
+        Ok(())
+    }
+
+    /// Removes the temporary link that kept the previous version, if any.
+    fn forget(&self) {
+        if let Previous::Linked(kept) = &self.previous {
+            kept.forget();
+        }
+    }
+}
+
+/// A previous file or symlink kept under a temporary name in `holder`.
+#[derive(Clone)]
+struct Kept {
+    holder: Arc<OwnedFd>,
+    tmp: String,
+}
+
+impl Kept {
+    fn forget(&self) {
+        let _ = rustix::fs::unlinkat(&*self.holder, self.tmp.as_str(), AtFlags::empty());
+    }
+}
+
+/// Links the file or symlink `name` of `parent` under a temporary name at the top of
+/// `dir` (next to it when that is another filesystem). `None` when there is nothing to
+/// link: no entry, or a directory.
+fn keep_previous(
+    config: &Config,
+    dir: &Directory,
+    parent: &OwnedFd,
+    name: &str,
+) -> io::Result<Option<Kept>> {
+    let top = rustix::fs::open(
+        config.local_path(&dir.path),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let tmp = temp_name();
+    let holder = match rustix::fs::linkat(parent, name, &top, tmp.as_str(), AtFlags::empty()) {
+        Ok(()) => top,
+        Err(Errno::XDEV) => {
+            rustix::fs::linkat(parent, name, parent, tmp.as_str(), AtFlags::empty())?;
+            parent.try_clone()?
+        }
+        Err(Errno::NOENT) | Err(Errno::PERM) | Err(Errno::ISDIR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(Kept {
+        holder: Arc::new(holder),
+        tmp,
+    }))
 }
 
 /// A file written under a temporary name, renamed over its target at the end of the
@@ -180,15 +369,24 @@ struct Session {
     filesystems: BTreeSet<PathBuf>,
     /// Directories (local paths) whose entries changed: one fsync each.
     dirty: BTreeSet<PathBuf>,
+    /// Where the batch comes from, for backups.
+    origin: String,
+    /// Previous states kept for a rollback.
+    undo: Vec<Undo>,
+    /// Operations that changed something.
+    changed: BTreeSet<usize>,
 }
 
 impl Session {
-    fn new(fsync_each: bool) -> Session {
+    fn new(fsync_each: bool, origin: &str) -> Session {
         Session {
             fsync_each,
             pending: Vec::new(),
             filesystems: BTreeSet::new(),
             dirty: BTreeSet::new(),
+            origin: origin.to_string(),
+            undo: Vec::new(),
+            changed: BTreeSet::new(),
         }
     }
 
@@ -210,10 +408,75 @@ impl Session {
             Err(e) if e.missing && op.action == Action::Delete => return Outcome::Applied,
             Err(e) => return Outcome::Failed(e.to_string()),
         };
+        // Where the directory validates what it receives, the file or link at the name
+        // is first linked under a temporary name, so that a rejected change can be put
+        // back. Linking moves the inode's ctime: it comes before the state is read. The
+        // link lives at the top of the configured directory, where it cannot keep a
+        // directory the batch deletes from being empty (on another filesystem: next to
+        // the file).
+        let kept = if dir.actions.validate.is_some() && dir.actions.run_on.on_receive() {
+            match keep_previous(config, dir, &parent, &name) {
+                Ok(kept) => kept,
+                Err(e) => {
+                    return Outcome::Failed(format!(
+                        "cannot keep the previous version for a rollback: {e}"
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let undo_before = self.undo.len();
+        let outcome = self.apply_at(
+            config,
+            owners,
+            index,
+            op,
+            content,
+            dir,
+            parent,
+            name,
+            kept.clone(),
+        );
+        if let (Some(kept), true) = (&kept, self.undo.len() == undo_before) {
+            // Not changed after all: the kept link is not needed.
+            kept.forget();
+        }
+        outcome
+    }
+
+    /// [`Session::apply`] once the parent directory is open (and, in a validated
+    /// directory, the previous file linked as `kept`).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_at(
+        &mut self,
+        config: &Config,
+        owners: bool,
+        index: usize,
+        op: &Op,
+        content: Option<&[u8]>,
+        dir: &Directory,
+        parent: OwnedFd,
+        name: String,
+        kept: Option<Kept>,
+    ) -> Outcome {
         let checked = match current_state(&parent, &name) {
             Ok(checked) => checked,
             Err(e) => return Outcome::Failed(format!("cannot read the current state: {e}")),
         };
+        if let Some(kept) = &kept {
+            // The link must hold the inode whose state was just read.
+            let same =
+                rustix::fs::statat(&*kept.holder, kept.tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .ok()
+                    .zip(checked.as_ref())
+                    .is_some_and(|(st, (_, fp))| st.st_ino == fp.ino && st.st_dev == fp.dev);
+            if !same {
+                return Outcome::Conflict(
+                    "changed on the peer while the operation was being applied".into(),
+                );
+            }
+        }
         let current = checked.as_ref().map(|(entry, _)| entry);
 
         // Already in the wanted state (another sync got there first): nothing to do.
@@ -246,6 +509,43 @@ impl Session {
             ));
         }
 
+        // The previous version: into the backups, and kept for a rollback where the
+        // directory validates what it receives. Without either, nothing is changed.
+        if let (Some(backup), Some(have)) = (&dir.backup, current) {
+            if !have.content.is_dir() {
+                let verb = match op.action {
+                    Action::Delete => "deleted",
+                    Action::Put { .. } => "replaced",
+                };
+                let reason = format!("{verb} by {}", self.origin);
+                if let Err(e) = crate::backup::save(backup, &op.path, &parent, &name, have, &reason)
+                {
+                    return Outcome::Failed(format!(
+                        "cannot back up the previous version to {}: {e}",
+                        backup.directory.display()
+                    ));
+                }
+            }
+        }
+        if dir.actions.validate.is_some() && dir.actions.run_on.on_receive() {
+            let previous = match (current, &kept) {
+                (None, _) => Previous::Absent,
+                (Some(have), _) if have.content.is_dir() => Previous::Dir(have.mode),
+                (Some(_), Some(kept)) => Previous::Linked(kept.clone()),
+                (Some(_), None) => {
+                    return Outcome::Conflict(
+                        "changed on the peer while the operation was being applied".into(),
+                    )
+                }
+            };
+            self.undo.push(Undo {
+                index,
+                dir: dir.path.clone(),
+                path: op.path.clone(),
+                previous,
+            });
+        }
+
         let target = Target {
             parent: &parent,
             name: &name,
@@ -259,11 +559,13 @@ impl Session {
         match step {
             Ok(Step::Done(outcome)) => {
                 if outcome == Outcome::Applied {
+                    self.changed.insert(index);
                     self.dirty.insert(parent_dir);
                 }
                 outcome
             }
             Ok(Step::Rename(tmp)) => {
+                self.changed.insert(index);
                 self.filesystems.insert(config.local_path(&dir.path));
                 self.pending.push(Pending {
                     index,
@@ -743,7 +1045,7 @@ mod tests {
 
     /// Applies one operation as a batch of its own.
     fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> Outcome {
-        let mut session = Session::new(true);
+        let mut session = Session::new(true, "a test");
         let outcome = session.apply(config, owners, 0, op, content);
         let mut results = vec![OpResult {
             path: op.path.clone(),
@@ -796,7 +1098,7 @@ mod tests {
         };
         let body = crate::protocol::encode_batch(&header, &[]);
         let batch = crate::protocol::decode_batch(&body).unwrap();
-        let results = apply_batch(&c, false, &batch);
+        let results = apply_batch(&c, false, &batch, "a test").commit();
         for result in &results {
             assert_eq!(result.outcome, Outcome::Applied, "{}", result.path);
         }
@@ -1053,7 +1355,7 @@ mod tests {
         let body = crate::protocol::encode_batch(&BatchHeader { ops }, &slices);
         let batch = crate::protocol::decode_batch(&body).unwrap();
         validate_batch(&c, &batch.header).unwrap();
-        let results = apply_batch(&c, false, &batch);
+        let results = apply_batch(&c, false, &batch, "a test").commit();
         for (i, result) in results.iter().enumerate() {
             if i == 7 {
                 assert!(matches!(result.outcome, Outcome::Conflict(_)), "{result:?}");
@@ -1257,9 +1559,44 @@ mod properties {
                     prop_assert!(crate::paths::is_within(&op.path, "/etc/app"), "{}", op.path);
                     prop_assert!(!crate::paths::is_within(&op.path, "/etc/app/private"), "{}", op.path);
                 }
-                apply_batch(&config, false, &batch);
+                apply_batch(&config, false, &batch, "a test").commit();
             }
             prop_assert_eq!(untouchable(root), before);
         }
+    }
+}
+
+#[cfg(test)]
+mod rollback_tests {
+    use super::*;
+    use crate::protocol::{decode_batch, encode_batch};
+    use crate::testing::{config_text, parse, put};
+
+    #[test]
+    fn a_rejected_batch_puts_every_path_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = config_text(tmp.path(), "")
+            .replace("  exclude = []", "  exclude = []\n  validate = \"false\"");
+        let config = parse(&text);
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("old.cfg"), "old").unwrap();
+        let old = Op {
+            expect: Some(crate::testing::file_entry(b"old")),
+            ..put("/etc/app/old.cfg", b"replaced")
+        };
+        let header = BatchHeader {
+            ops: vec![put("/etc/app/new.cfg", b"new"), old],
+        };
+        let body = encode_batch(&header, &[b"new", b"replaced"]);
+        let batch = decode_batch(&body).unwrap();
+        let mut applied = apply_batch(&config, false, &batch, "a test");
+        assert!(app.join("new.cfg").exists());
+        assert_eq!(applied.results[1].outcome, Outcome::Applied);
+        assert_eq!(std::fs::read(app.join("old.cfg")).unwrap(), b"replaced");
+        let failures = applied.reject(&config, "/etc/app", "no");
+        assert_eq!(failures, Vec::<(String, String)>::new());
+        assert!(!app.join("new.cfg").exists());
+        assert_eq!(std::fs::read(app.join("old.cfg")).unwrap(), b"old");
     }
 }

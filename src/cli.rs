@@ -264,6 +264,9 @@ pub fn print_peer(report: &sync::PeerReport) {
     for change in &report.changes {
         let _ = writeln!(out, "{}: {change}", timestamp());
     }
+    for action in &report.actions {
+        let _ = writeln!(out, "{}: {action}", timestamp());
+    }
     let _ = out.flush();
     if let Some(e) = &report.error {
         error!(peer = %report.peer, "peer not synchronised: {e}");

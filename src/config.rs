@@ -12,6 +12,7 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use hcl::{Block, Body, Expression, Structure};
 
+use crate::actions::{Actions, Backup, BackupBlock, RunOn, DEFAULT_ACTION_TIMEOUT};
 use crate::limits::Limits;
 use crate::paths::{self, is_within};
 
@@ -184,6 +185,10 @@ pub struct Directory {
     /// The logical path, absolute and normalised (`/etc/haproxy`).
     pub path: String,
     pub excludes: Excludes,
+    /// Where previous versions replaced by a sync are kept, if anywhere.
+    pub backup: Option<Backup>,
+    /// `validate` and `on_change`.
+    pub actions: Actions,
 }
 
 /// The validated configuration.
@@ -268,8 +273,10 @@ const KNOWN_KEYS: &[&str] = &[
     "editor_excludes",
     "allow_from",
     "max_delete_share",
+    "action_timeout",
     "directory",
     "limits",
+    "backup",
 ];
 
 impl Config {
@@ -382,6 +389,15 @@ impl Config {
                             Some(Limits::from_block(block).map_err(|(key, m)| err(Some(&key), m))?);
                         continue;
                     }
+                    if name == "backup" {
+                        if raw.backup.is_some() {
+                            return Err(err(Some("backup"), "backup: set more than once".into()));
+                        }
+                        raw.backup = Some(
+                            BackupBlock::from_block(block).map_err(|m| err(Some("backup"), m))?,
+                        );
+                        continue;
+                    }
                     if name != "directory" {
                         return Err(err(Some(&name), unknown_key_message(&name)));
                     }
@@ -444,7 +460,49 @@ impl Config {
         }
 
         let mut directories: Vec<Directory> = Vec::new();
-        for (path, excludes) in raw.directories {
+        let action_timeout = match get("action_timeout") {
+            None => DEFAULT_ACTION_TIMEOUT,
+            Some(text) => humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(3600))
+                .ok_or_else(|| {
+                    err(
+                        Some("action_timeout"),
+                        format!("action_timeout: {text:?} is not a duration between 1s and 1h (such as \"60s\")"),
+                    )
+                })?,
+        };
+        let raw_paths: Vec<String> = raw.directories.iter().map(|d| d.path.clone()).collect();
+        for raw_dir in raw.directories {
+            let RawDirectory {
+                path,
+                exclude: excludes,
+                backup,
+                validate,
+                on_change,
+                run_on,
+            } = raw_dir;
+            let backup = BackupBlock::resolve(raw.backup.as_ref(), backup.as_ref())
+                .map_err(|m| err(Some("backup"), format!("directory {path:?}: {m}")))?;
+            if let Some(b) = &backup {
+                let local = |logical: &str| root.join(logical.trim_start_matches('/'));
+                let inside = raw_paths.iter().any(|p| b.directory.starts_with(local(p)));
+                if inside {
+                    return Err(err(
+                        Some("backup"),
+                        format!(
+                            "directory {path:?}: backups must not be kept inside a synchronised directory ({})",
+                            b.directory.display()
+                        ),
+                    ));
+                }
+            }
+            let actions = Actions {
+                validate,
+                on_change,
+                run_on: run_on.unwrap_or(RunOn::Both),
+                timeout: action_timeout,
+            };
             paths::check_normalized(&path)
                 .map_err(|m| err(Some("directory"), format!("directory {path:?}: {m}")))?;
             if let Some(other) = directories
@@ -459,7 +517,12 @@ impl Config {
             let editor = raw.editor_excludes.unwrap_or(true);
             let excludes = Excludes::with_editor_defaults(&path, &excludes, editor)
                 .map_err(|m| err(Some("exclude"), format!("directory {path:?}: {m}")))?;
-            directories.push(Directory { path, excludes });
+            directories.push(Directory {
+                path,
+                excludes,
+                backup,
+                actions,
+            });
         }
         if directories.is_empty() {
             return Err(err(
@@ -546,7 +609,8 @@ struct Raw {
     limits: Option<Limits>,
     max_delete_share: Option<f64>,
     editor_excludes: Option<bool>,
-    directories: Vec<(String, Vec<String>)>,
+    directories: Vec<RawDirectory>,
+    backup: Option<BackupBlock>,
 }
 
 /// Condenses the parser's multi-line report into one line that keeps the line number.
@@ -620,7 +684,17 @@ fn type_name(value: &Expression) -> &'static str {
     }
 }
 
-fn directory_block(block: Block) -> Result<(String, Vec<String>), String> {
+/// A `directory` block as written.
+struct RawDirectory {
+    path: String,
+    exclude: Vec<String>,
+    backup: Option<BackupBlock>,
+    validate: Option<String>,
+    on_change: Vec<String>,
+    run_on: Option<RunOn>,
+}
+
+fn directory_block(block: Block) -> Result<RawDirectory, String> {
     let [label] = block.labels.as_slice() else {
         return Err(format!(
             "directory: expected one label, the directory path (directory \"/etc/haproxy\" {{ ... }}), found {}",
@@ -628,28 +702,60 @@ fn directory_block(block: Block) -> Result<(String, Vec<String>), String> {
         ));
     };
     let path = label.as_str().to_string();
-    let mut exclude = Vec::new();
+    let mut out = RawDirectory {
+        path: path.clone(),
+        exclude: Vec::new(),
+        backup: None,
+        validate: None,
+        on_change: Vec::new(),
+        run_on: None,
+    };
+    let within = |m: String| format!("directory {path:?}: {m}");
     for structure in block.body.into_iter() {
         match structure {
-            Structure::Attribute(attr) if attr.key.as_str() == "exclude" => {
-                exclude = string_list("exclude", &attr.expr)
-                    .map_err(|m| format!("directory {path:?}: {m}"))?;
-            }
             Structure::Attribute(attr) => {
-                return Err(format!(
-                    "directory {path:?}: unknown key {:?} (known keys: exclude)",
-                    attr.key.as_str()
-                ))
+                let key = attr.key.as_str();
+                match key {
+                    "exclude" => out.exclude = string_list(key, &attr.expr).map_err(within)?,
+                    "validate" => {
+                        let command = string_value(key, &attr.expr).map_err(within)?;
+                        if command.trim().is_empty() {
+                            return Err(within("validate: the command is empty".into()));
+                        }
+                        out.validate = Some(command);
+                    }
+                    "on_change" => {
+                        out.on_change = match &attr.expr {
+                            Expression::String(s) => vec![s.clone()],
+                            _ => string_list(key, &attr.expr).map_err(within)?,
+                        };
+                        if out.on_change.iter().any(|c| c.trim().is_empty()) {
+                            return Err(within("on_change: a command is empty".into()));
+                        }
+                    }
+                    "run_on" => {
+                        let text = string_value(key, &attr.expr).map_err(within)?;
+                        out.run_on = Some(RunOn::parse(&text).map_err(within)?);
+                    }
+                    other => {
+                        return Err(within(format!(
+                            "unknown key {other:?} (known keys: exclude, validate, on_change, run_on, and a backup block)"
+                        )))
+                    }
+                }
+            }
+            Structure::Block(inner) if inner.identifier.as_str() == "backup" => {
+                out.backup = Some(BackupBlock::from_block(inner).map_err(within)?);
             }
             Structure::Block(inner) => {
-                return Err(format!(
-                    "directory {path:?}: unknown block {:?}",
+                return Err(within(format!(
+                    "unknown block {:?}",
                     inner.identifier.as_str()
-                ))
+                )))
             }
         }
     }
-    Ok((path, exclude))
+    Ok(out)
 }
 
 /// Parses `":8080"`, `"ip:port"` or `"[v6]:port"`.

@@ -4,7 +4,9 @@
 //! the sending side; [`server`] -> [`apply`] on the receiving side.
 
 pub mod access;
+pub mod actions;
 pub mod apply;
+pub mod backup;
 pub mod certs;
 pub mod cli;
 pub mod client;

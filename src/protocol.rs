@@ -203,6 +203,9 @@ pub struct StatusCounters {
     pub conflicts_refused: u64,
     pub pushes: u64,
     pub conflicts_reported: u64,
+    /// Operations received, applied, then rolled back because validation failed.
+    #[serde(default)]
+    pub rejected: u64,
 }
 
 /// The answer of the status route.
@@ -332,12 +335,30 @@ pub enum Outcome {
     Failed(String),
     /// A directory was not removed because it holds paths excluded on the receiver.
     Kept(String),
+    /// Applied, then put back: the directory's `validate` command refused the result.
+    Rejected(String),
 }
 
 /// The receiver's answer to a batch, one result per operation in order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApplyResponse {
     pub results: Vec<OpResult>,
+    /// The `on_change` commands the batch made the receiver run.
+    #[serde(default)]
+    pub actions: Vec<ActionReport>,
+}
+
+/// How one of a receiver's commands ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReport {
+    /// The configured directory it belongs to.
+    pub directory: String,
+    pub command: String,
+    pub success: bool,
+    /// Its exit code; `None` when it was killed or could not start.
+    pub code: Option<i32>,
+    /// The first line of its error output (or output).
+    pub first_line: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

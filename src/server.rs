@@ -4,6 +4,7 @@
 //! The router only decodes, checks and hands over: scanning lives in [`crate::manifest`],
 //! writing in [`crate::apply`]. Every refusal is logged with the client's address.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -27,12 +28,13 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::access::Allowlist;
+use crate::actions;
 use crate::apply;
 use crate::config::{BindAddress, Config};
 use crate::manifest::{self, HashCache};
 use crate::paths;
 use crate::protocol::{
-    self, Action, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest,
+    self, Action, ActionReport, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest,
     ManifestResponse, Outcome, StatusCounters, StatusResponse, WireEntry,
     MAX_MANIFEST_REQUEST_BYTES,
 };
@@ -61,6 +63,8 @@ pub struct Node {
     pub stats: Stats,
     /// The client addresses allowed to read and write.
     pub allow: Allowlist,
+    /// Runs the directories' `on_change` commands, coalesced.
+    pub runner: Arc<actions::Runner>,
 }
 
 /// Counters a daemon exposes on its status route.
@@ -76,6 +80,8 @@ pub struct Stats {
     pub pushes: AtomicU64,
     /// Operations of those pushes that peers refused as conflicts.
     pub conflicts_reported: AtomicU64,
+    /// Operations received and rolled back because validation failed.
+    pub rejected: AtomicU64,
 }
 
 impl Stats {
@@ -88,6 +94,7 @@ impl Stats {
             conflicts_refused: get(&self.conflicts_refused),
             pushes: get(&self.pushes),
             conflicts_reported: get(&self.conflicts_reported),
+            rejected: get(&self.rejected),
         }
     }
 }
@@ -125,6 +132,7 @@ impl Node {
             applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
             versions,
             stats: Stats::default(),
+            runner: Arc::default(),
         }
     }
 }
@@ -330,33 +338,26 @@ async fn apply(
         ),
         BodyError::Broken(e) => refuse(&addr, format!("request body not received: {e}")),
     })?;
-    // One batch at a time. The lock is held by the blocking work itself, so a client
-    // that disconnects cannot release it while its batch is still being written.
+    // One batch at a time. The batch is applied, validated and committed by a task of its
+    // own, which holds the lock: a client that disconnects cannot release it, nor stop
+    // a batch half-way between being written and being validated.
     let one_at_a_time = node.apply_lock.clone().lock_owned().await;
     let client = client_of(&addr);
-    let worker = node.clone();
     node.stats.apply_requests.fetch_add(1, Ordering::Relaxed);
-    let results = tokio::task::spawn_blocking(move || {
-        let _held = (one_at_a_time, budget, receiving);
-        let batch = protocol::decode_batch(&body)?;
-        apply::validate_batch(&worker.config, &batch.header)?;
-        let results = apply::apply_batch(&worker.config, worker.owners, &batch);
-        if let Some(versions) = &worker.versions {
-            for (op, result) in batch.header.ops.iter().zip(&results) {
-                if result.outcome == Outcome::Applied {
-                    let state = match &op.action {
-                        Action::Put { entry } => Some(entry.clone()),
-                        Action::Delete => None,
-                    };
-                    versions.record(&op.path, state);
-                }
-            }
-        }
-        Ok::<_, String>(results)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
-    .map_err(|reason| refuse(&addr, reason))?;
+    let worker = node.clone();
+    let origin = format!("a sync from {client}");
+    let task = tokio::spawn(async move {
+        let held = (one_at_a_time, budget, receiving);
+        let results = apply_and_validate(&worker, body, origin).await;
+        drop(held);
+        let (results, changed) = results?;
+        let actions = run_on_change(&worker, changed).await;
+        Ok::<_, String>((results, actions))
+    });
+    let (results, actions) = task
+        .await
+        .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
+        .map_err(|reason| refuse(&addr, reason))?;
 
     let mut applied = 0;
     for result in &results {
@@ -374,10 +375,123 @@ async fn apply(
             Outcome::Failed(reason) => {
                 warn!(%client, path = %result.path, %reason, "operation failed")
             }
+            Outcome::Rejected(reason) => {
+                node.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(%client, path = %result.path, %reason, "rejected and rolled back")
+            }
         }
     }
     info!(%client, operations = results.len(), applied, "batch applied");
-    Ok(Json(ApplyResponse { results }))
+    Ok(Json(ApplyResponse { results, actions }))
+}
+
+/// Decodes, checks and applies a batch, runs the `validate` command of every directory
+/// it changed, puts back what a failed validation refuses, records the versions of what
+/// stays, and returns the results with the paths changed per directory.
+async fn apply_and_validate(
+    node: &Arc<Node>,
+    body: Bytes,
+    origin: String,
+) -> Result<(Vec<protocol::OpResult>, BTreeMap<String, Vec<String>>), String> {
+    let config = node.config.clone();
+    let owners = node.owners;
+    let (ops, mut applied) = tokio::task::spawn_blocking(move || {
+        let batch = protocol::decode_batch(&body)?;
+        apply::validate_batch(&config, &batch.header)?;
+        let applied = apply::apply_batch(&config, owners, &batch, &origin);
+        Ok::<_, String>((batch.header.ops, applied))
+    })
+    .await
+    .map_err(|e| format!("apply failed: {e}"))??;
+
+    for (path, changed) in applied.touched(&node.config) {
+        let Some(dir) = node.config.directories.iter().find(|d| d.path == path) else {
+            continue;
+        };
+        let (Some(command), true) = (&dir.actions.validate, dir.actions.run_on.on_receive()) else {
+            continue;
+        };
+        let (local_dir, local_changed) = local_paths(&node.config, &dir.path, &changed);
+        let result = actions::run(command, &local_dir, &local_changed, dir.actions.timeout).await;
+        if result.success {
+            debug!(directory = %dir.path, %command, "validation passed");
+            continue;
+        }
+        let why = if result.first_line.is_empty() {
+            format!("`{command}` exited with {:?}", result.code)
+        } else {
+            result.first_line.clone()
+        };
+        let reason = format!("validation failed: {why}");
+        warn!(directory = %dir.path, %command, changed = changed.len(), "{reason}: rolling the batch's changes back");
+        let dir_path = dir.path.clone();
+        let config = node.config.clone();
+        let (back, failures) = tokio::task::spawn_blocking(move || {
+            let failures = applied.reject(&config, &dir_path, &reason);
+            (applied, failures)
+        })
+        .await
+        .map_err(|e| format!("rollback failed: {e}"))?;
+        applied = back;
+        for (path, e) in failures {
+            tracing::error!(%path, "cannot put the previous version back: {e}");
+        }
+    }
+
+    let changed = applied.touched(&node.config);
+    let results = tokio::task::spawn_blocking(move || applied.commit())
+        .await
+        .map_err(|e| format!("commit failed: {e}"))?;
+    if let Some(versions) = &node.versions {
+        for (op, result) in ops.iter().zip(&results) {
+            if result.outcome == Outcome::Applied {
+                let state = match &op.action {
+                    Action::Put { entry } => Some(entry.clone()),
+                    Action::Delete => None,
+                };
+                versions.record(&op.path, state);
+            }
+        }
+    }
+    Ok((results, changed))
+}
+
+/// Where a directory and its changed paths are on this host, for commands.
+fn local_paths(config: &Config, dir: &str, changed: &[String]) -> (String, Vec<String>) {
+    let local = |p: &str| config.local_path(p).to_string_lossy().into_owned();
+    (local(dir), changed.iter().map(|p| local(p)).collect())
+}
+
+/// Runs the `on_change` commands of the directories a received batch changed, and says
+/// how each ended.
+async fn run_on_change(
+    node: &Arc<Node>,
+    changed: BTreeMap<String, Vec<String>>,
+) -> Vec<ActionReport> {
+    let mut reports = Vec::new();
+    for (path, paths) in changed {
+        let Some(dir) = node.config.directories.iter().find(|d| d.path == path) else {
+            continue;
+        };
+        if !dir.actions.run_on.on_receive() {
+            continue;
+        }
+        let (local_dir, local_changed) = local_paths(&node.config, &dir.path, &paths);
+        for result in node
+            .runner
+            .on_change(&local_dir, &dir.actions, local_changed)
+            .await
+        {
+            reports.push(ActionReport {
+                directory: dir.path.clone(),
+                command: result.command,
+                success: result.success,
+                code: result.code,
+                first_line: result.first_line,
+            });
+        }
+    }
+    reports
 }
 
 fn too_large(addr: &Option<Extension<ClientAddr>>, limit: usize) -> ApiError {

@@ -25,7 +25,7 @@ use crate::manifest::{self, HashCache, Manifest, Scan};
 use crate::paths::{self, is_within};
 use crate::plan::plan;
 use crate::protocol::{
-    self, Action, BatchHeader, ChangeKind, Content, Digest256, DirectoryInfo, Entry,
+    self, Action, ActionReport, BatchHeader, ChangeKind, Content, Digest256, DirectoryInfo, Entry,
     ManifestResponse, Op, Outcome, PeerLimits,
 };
 use crate::tls::TlsMaterial;
@@ -63,6 +63,8 @@ pub enum ChangeStatus {
     Skipped(String),
     /// A directory left in place on purpose (it holds paths the peer excludes).
     Kept(String),
+    /// Applied, then put back by the peer: its `validate` command refused the result.
+    Rejected(String),
 }
 
 /// One line of output.
@@ -84,6 +86,37 @@ impl fmt::Display for Change {
             ChangeStatus::Skipped(reason) | ChangeStatus::Kept(reason) => {
                 write!(f, "[!] {peer} {path} skipped: {reason}")
             }
+            ChangeStatus::Rejected(reason) => write!(f, "[!] {peer} {path} rejected: {reason}"),
+        }
+    }
+}
+
+/// A command a peer ran for a push: `[*] 10.0.0.2:8080 /etc/haproxy on_change
+/// "systemctl reload haproxy" ok`, or `[!] ... failed (exit 1): <first line>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionLine {
+    pub peer: String,
+    pub report: ActionReport,
+}
+
+impl fmt::Display for ActionLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        if r.success {
+            write!(
+                f,
+                "[*] {} {} on_change {:?} ok",
+                self.peer, r.directory, r.command
+            )
+        } else {
+            let code = r
+                .code
+                .map_or_else(|| "killed".to_string(), |c| format!("exit {c}"));
+            write!(
+                f,
+                "[!] {} {} on_change {:?} failed ({code}): {}",
+                self.peer, r.directory, r.command, r.first_line
+            )
         }
     }
 }
@@ -103,15 +136,20 @@ pub struct PeerReport {
     pub changed_locally: Vec<String>,
     /// Why the remote was left alone: it turned out to be this node.
     pub skipped: Option<String>,
+    /// The `on_change` commands the peer ran for this push.
+    pub actions: Vec<ActionLine>,
 }
 
 impl PeerReport {
     pub fn failed(&self) -> bool {
         self.error.is_some()
-            || self
-                .changes
-                .iter()
-                .any(|c| matches!(c.status, ChangeStatus::Skipped(_)))
+            || self.changes.iter().any(|c| {
+                matches!(
+                    c.status,
+                    ChangeStatus::Skipped(_) | ChangeStatus::Rejected(_)
+                )
+            })
+            || self.actions.iter().any(|a| !a.report.success)
     }
 }
 
@@ -726,6 +764,12 @@ async fn push(
         match peer.apply_chunks(body).await {
             Ok(response) => {
                 debug!(operations = header.ops.len(), bytes, "batch sent");
+                report
+                    .actions
+                    .extend(response.actions.into_iter().map(|action| ActionLine {
+                        peer: label.clone(),
+                        report: action,
+                    }));
                 for (op, result) in header.ops.iter().zip(response.results) {
                     let status = match result.outcome {
                         Outcome::Applied => ChangeStatus::Done(op.change()),
@@ -734,6 +778,7 @@ async fn push(
                         }
                         Outcome::Failed(reason) => ChangeStatus::Skipped(reason),
                         Outcome::Kept(reason) => ChangeStatus::Kept(reason),
+                        Outcome::Rejected(reason) => ChangeStatus::Rejected(reason),
                     };
                     report.changes.push(Change {
                         peer: label.clone(),

@@ -336,6 +336,7 @@ pub fn summary(report: &Report, node: &GroupNode) -> Vec<String> {
                 ChangeStatus::Done(ChangeKind::Updated) => "M",
                 ChangeStatus::Done(ChangeKind::Deleted) => "-",
                 ChangeStatus::Skipped(_) | ChangeStatus::Kept(_) => "!",
+                ChangeStatus::Rejected(_) => "x",
             };
             format!("{sign} {}", c.path)
         })

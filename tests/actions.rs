@@ -1,0 +1,247 @@
+//! What a directory's configuration asks for around a change, on real daemons: a batch
+//! its `validate` command refuses is put back byte for byte and reported as rejected;
+//! `on_change` runs once per batch with the batch's paths, on every receiving node, and
+//! the sender hears how it ended; backups keep the versions a sync replaced.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use gosyncd::config::Config;
+use gosyncd::group::LocalGroup;
+use gosyncd::sync::ChangeStatus;
+
+/// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
+async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
+    let name = format!("node{}-actions.hcl", i + 1);
+    let variant = config_variant(group, i, &name, |text| {
+        assert!(text.contains("  exclude = []"), "{text}");
+        text.replace("  exclude = []", &format!("  exclude = []\n{lines}"))
+    });
+    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap_or_else(|e| panic!("{e}")));
+    group.restart(i).await.unwrap();
+}
+
+/// The same files on every node.
+fn same_everywhere(group: &LocalGroup, files: &[(&str, &str)]) {
+    for node in &group.nodes {
+        for (path, content) in files {
+            write(node, path, content);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_validation_is_put_back_on_that_node_and_reported_as_rejected() {
+    let mut group = start(3, 211).await;
+    same_everywhere(
+        &group,
+        &[
+            ("/etc/app/app.cfg", "listen 80\n"),
+            ("/etc/app/other.cfg", "kept\n"),
+            ("/etc/app/sub/deep.cfg", "deep\n"),
+        ],
+    );
+    // Node 1 validates what it receives: no BROKEN line in app.cfg. Node 2 does not.
+    with_directory_lines(
+        &mut group,
+        1,
+        r#"  validate = "if grep -q BROKEN \"$GOSYNCD_DIRECTORY/app.cfg\"; then echo 'app.cfg: unknown directive BROKEN' >&2; exit 1; fi""#,
+    )
+    .await;
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    let before = without_times(&snapshot(&n1.path("/etc/app")));
+
+    write(n0, "/etc/app/app.cfg", "listen 80\nBROKEN\n");
+    write(n0, "/etc/app/new.cfg", "new\n");
+    write(n0, "/etc/app/newdir/inner.cfg", "inner\n");
+    remove(n0, "/etc/app/other.cfg");
+    remove(n0, "/etc/app/sub");
+    let report = sync(&group, 0).await;
+
+    // Node 1: every change put back, byte for byte, and each reported as rejected.
+    assert_eq!(
+        without_times(&snapshot(&n1.path("/etc/app"))),
+        before,
+        "node 1 does not hold exactly what it held before the push"
+    );
+    let rejected = peer_report(&report, n1);
+    assert!(!rejected.changes.is_empty());
+    for change in &rejected.changes {
+        match &change.status {
+            ChangeStatus::Rejected(reason) => assert_eq!(
+                reason, "validation failed: app.cfg: unknown directive BROKEN",
+                "{change}"
+            ),
+            other => panic!("{}: {other:?}", change.path),
+        }
+    }
+    assert!(lines(&report, n1).iter().any(|l| l.ends_with(
+        "/etc/app/app.cfg rejected: validation failed: app.cfg: unknown directive BROKEN"
+    )));
+    assert!(report.failed());
+    assert_eq!(n1.stats().unwrap().rejected, rejected.changes.len() as u64);
+    assert_eq!(
+        temp_files_below(&n1.path("/etc/app")),
+        Vec::<std::path::PathBuf>::new()
+    );
+
+    // Node 2, which does not validate, took the push.
+    assert_same_tree(n0, n2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() {
+    let mut group = start(3, 223).await;
+    let logs: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| group.path().join(format!("node{}-runs.log", i + 1)))
+        .collect();
+    let marker = group.path().join("reload-fails");
+    for i in 1..3 {
+        let log = logs[i].display();
+        let fail = marker.display();
+        with_directory_lines(
+            &mut group,
+            i,
+            &format!(
+                r#"  on_change = [
+    "{{ echo RUN; printf '%s\n' \"$GOSYNCD_CHANGED\"; }} >> {log}",
+    "if [ -e {fail} ]; then echo 'reload failed: bad config' >&2; exit 3; fi"
+  ]"#
+            ),
+        )
+        .await;
+    }
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    for name in ["a.cfg", "b.cfg", "c/d.cfg"] {
+        write(n0, &format!("/etc/app/{name}"), name);
+    }
+    let report = sync(&group, 0).await;
+    assert!(!report.failed(), "{report:#?}");
+    for (node, log) in [(n1, &logs[1]), (n2, &logs[2])] {
+        let runs = std::fs::read_to_string(log).unwrap();
+        let mut lines: Vec<&str> = runs.lines().collect();
+        assert_eq!(lines.remove(0), "RUN");
+        lines.sort();
+        let mut expected: Vec<String> = [
+            "/etc/app/a.cfg",
+            "/etc/app/b.cfg",
+            "/etc/app/c",
+            "/etc/app/c/d.cfg",
+        ]
+        .iter()
+        .map(|p| node.path(p).display().to_string())
+        .collect();
+        expected.sort();
+        assert_eq!(
+            lines, expected,
+            "one run, with the batch's paths, on {}",
+            node.addr
+        );
+        let told = &peer_report(&report, node).actions;
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told
+            .iter()
+            .all(|a| a.report.success && a.to_string().starts_with("[*] ")));
+    }
+    assert!(!logs[0].exists(), "the sender ran nothing");
+
+    // A failing command is reported to the sender with its exit code and first line.
+    std::fs::write(&marker, "").unwrap();
+    write(n0, "/etc/app/a.cfg", "a, again");
+    let report = sync(&group, 0).await;
+    assert!(report.failed());
+    for node in [n1, n2] {
+        let failed: Vec<String> = peer_report(&report, node)
+            .actions
+            .iter()
+            .filter(|a| !a.report.success)
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(
+            failed[0].contains("failed (exit 3): reload failed: bad config"),
+            "{failed:?}"
+        );
+        // The change itself stays: on_change runs after it was accepted.
+        assert_eq!(read(node, "/etc/app/a.cfg"), b"a, again");
+        assert_eq!(
+            std::fs::read_to_string(&logs[if node.addr == n1.addr { 1 } else { 2 }])
+                .unwrap()
+                .matches("RUN")
+                .count(),
+            2
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_keep_the_versions_a_sync_replaced_or_deleted_and_prune_the_oldest() {
+    let mut group = start(2, 214).await;
+    let store = group.path().join("backups");
+    with_directory_lines(
+        &mut group,
+        1,
+        &format!(
+            "  backup {{\n    directory = \"{}\"\n    keep = 2\n  }}",
+            store.display()
+        ),
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let backup = n1.config.directories[0]
+        .backup
+        .clone()
+        .expect("node 1 keeps backups");
+    for version in ["v1\n", "v2\n", "v3\n", "v4\n"] {
+        write(n0, "/etc/app/app.cfg", version);
+        assert_clean(&sync(&group, 0).await);
+    }
+    let kept = gosyncd::backup::list(&backup, "/etc/app").unwrap();
+    let contents: Vec<Vec<u8>> = kept
+        .iter()
+        .map(|v| gosyncd::backup::content(&backup, v).unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        [b"v2\n".to_vec(), b"v3\n".to_vec()],
+        "v1 pruned, v4 live"
+    );
+    assert!(
+        kept[1].reason.starts_with("replaced by a sync from "),
+        "{:?}",
+        kept[1]
+    );
+
+    remove(n0, "/etc/app/app.cfg");
+    write(
+        n0,
+        "/etc/app/keep.cfg",
+        "so that the directory is not emptied",
+    );
+    assert_clean(&sync(&group, 0).await);
+    let kept = gosyncd::backup::list(&backup, "/etc/app/app.cfg").unwrap();
+    assert_eq!(kept.len(), 2);
+    assert_eq!(
+        gosyncd::backup::content(&backup, &kept[1]).unwrap(),
+        b"v4\n"
+    );
+    assert!(
+        kept[1].reason.starts_with("deleted by a sync from "),
+        "{:?}",
+        kept[1]
+    );
+    // Backups are private to the node.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(
+        Path::new(&store)
+            .join("etc/app/app.cfg")
+            .join(&kept[1].version),
+    )
+    .unwrap()
+    .permissions()
+    .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
