@@ -267,6 +267,39 @@ pub async fn run(
     }
 }
 
+/// Runs the `validate` command of each directory in `changed` that validates local
+/// changes, with the directory and the changed paths as they are on this host. Returns
+/// the directories whose command failed, each with the reason to give.
+pub async fn validate_local(
+    config: &crate::config::Config,
+    changed: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Vec<(String, String)> {
+    let mut refused = Vec::new();
+    for (path, paths) in changed {
+        let Some(dir) = config.directories.iter().find(|d| &d.path == path) else {
+            continue;
+        };
+        let (Some(command), true) = (&dir.actions.validate, dir.actions.run_on.on_local()) else {
+            continue;
+        };
+        let local = |p: &str| config.local_path(p).to_string_lossy().into_owned();
+        let paths: Vec<String> = paths.iter().map(|p| local(p)).collect();
+        let result = run(command, &local(&dir.path), &paths, dir.actions.timeout).await;
+        if !result.success {
+            let why = if result.first_line.is_empty() {
+                format!("`{command}` exited with {:?}", result.code)
+            } else {
+                result.first_line
+            };
+            refused.push((
+                dir.path.clone(),
+                format!("validation failed on this node: {why}"),
+            ));
+        }
+    }
+    refused
+}
+
 /// How long a directory's `on_change` commands wait for more changes before they run,
 /// so that changes arriving together (from several peers, or a burst) cause one reload.
 pub const COALESCE: Duration = Duration::from_millis(250);

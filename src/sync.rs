@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::actions;
 use crate::apply;
 use crate::client::{self, Peer};
 use crate::config::{BindAddress, Config, Directory, Excludes, Remote};
@@ -290,6 +291,22 @@ impl Engine {
                 report.local_errors.push(format!(
                     "directory {dir} is missing on this node: nothing is synchronised for it"
                 ));
+            }
+            // A tree that fails its own validation is not pushed: its directory is left
+            // alone on the peers, as an unreadable one is.
+            let mut scan = scan;
+            let to_validate: BTreeMap<String, Vec<String>> = self
+                .config
+                .directories
+                .iter()
+                .filter(|d| scan.entries.contains_key(&d.path))
+                .map(|d| (d.path.clone(), Vec::new()))
+                .collect();
+            for (dir, reason) in actions::validate_local(&self.config, &to_validate).await {
+                report
+                    .local_errors
+                    .push(format!("refusing to push {dir}: {reason}"));
+                scan.unreadable.push((dir, reason));
             }
             let local = Arc::new(LocalState::new(scan));
 

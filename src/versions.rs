@@ -49,6 +49,19 @@ impl Versions {
     /// Paths the scan could not read, and configured directories that are missing, are
     /// left out: an unreadable or vanished tree is never pushed as a deletion.
     pub fn take_changes(&self, scan: &Scan, scope: &[String], owners: bool) -> Vec<Op> {
+        self.changes(scan, scope, owners, true)
+    }
+
+    /// The paths [`Versions::take_changes`] would return operations for, recording
+    /// nothing.
+    pub fn peek_changes(&self, scan: &Scan, scope: &[String], owners: bool) -> Vec<String> {
+        self.changes(scan, scope, owners, false)
+            .into_iter()
+            .map(|op| op.path)
+            .collect()
+    }
+
+    fn changes(&self, scan: &Scan, scope: &[String], owners: bool, record: bool) -> Vec<Op> {
         let unknown: Vec<&str> = scan
             .unreadable
             .iter()
@@ -71,6 +84,9 @@ impl Versions {
             .map(|(p, e)| (p.clone(), e.clone()))
             .collect();
         let ops = plan(&now, &before, owners);
+        if !record {
+            return ops;
+        }
         for path in before.keys() {
             map.remove(path);
         }

@@ -19,8 +19,10 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, Recom
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::actions;
 use crate::config::Config;
 use crate::manifest::{self, Manifest};
+use crate::paths::is_within;
 use crate::plan::plan;
 use crate::protocol::{Entry, Op};
 use crate::server::Node;
@@ -189,6 +191,8 @@ pub async fn propagate(
         .map(|d| directory_identity(&config.local_path(&d.path)))
         .collect();
     let mut check = tokio::time::interval(DIRECTORY_CHECK_INTERVAL);
+    // Directories whose last changes failed their validation.
+    let mut held_back: BTreeSet<String> = BTreeSet::new();
     loop {
         let first = tokio::select! {
             signal = queue.rx.recv() => match signal {
@@ -240,9 +244,19 @@ pub async fn propagate(
         } else if burst.paths.is_empty() {
             continue;
         } else {
-            burst.paths.into_iter().collect()
+            // A directory held back by a failed validation is compared whole again, so
+            // that the fix brings every change that waited.
+            let mut paths = burst.paths;
+            for dir in &held_back {
+                if paths.iter().any(|p| is_within(p, dir)) {
+                    paths.insert(dir.clone());
+                }
+            }
+            paths.into_iter().collect()
         };
-        push_burst(&engine, &node, &versions, &outboxes, scope).await;
+        let refused = push_burst(&engine, &node, &versions, &outboxes, scope.clone()).await;
+        held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
+        held_back.extend(refused);
     }
 }
 
@@ -304,27 +318,80 @@ async fn push_burst(
     versions: &Versions,
     outboxes: &[Arc<Outbox>],
     scope: Vec<String>,
-) {
+) -> Vec<String> {
     let config = engine.config().clone();
     let cache = node.cache.clone();
     let scan_scope = scope.clone();
     // Not while a received batch is being written: see `Node::hold_applies`.
     let quiet = node.hold_applies().await;
-    let scan = tokio::task::spawn_blocking(move || manifest::scan(&config, &scan_scope, &cache))
-        .await
-        .expect("scan task");
+    let mut scan =
+        tokio::task::spawn_blocking(move || manifest::scan(&config, &scan_scope, &cache))
+            .await
+            .expect("scan task");
+    // A directory whose changes fail its own validation is not pushed: its paths are
+    // left out (their versions stay what the peers hold), until an edit fixes it.
+    let config = engine.config();
+    let touched = changed_by_directory(config, versions, &scan, &scope, node.owners);
+    let mut refused = Vec::new();
+    for (dir, reason) in actions::validate_local(config, &touched).await {
+        error!("not pushing the changes of {dir}: {reason}; fix it here and save again");
+        scan.unreadable.push((dir.clone(), reason));
+        refused.push(dir);
+    }
     let ops = versions.take_changes(&scan, &scope, node.owners);
     drop(quiet);
+    // The directories' own on_change commands, for local changes.
+    let mut changed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for op in &ops {
+        if let Some(dir) = config.directory_of(&op.path) {
+            changed
+                .entry(dir.path.clone())
+                .or_default()
+                .push(op.path.clone());
+        }
+    }
+    for (dir_path, paths) in changed {
+        let Some(dir) = config.directory_of(&dir_path) else {
+            continue;
+        };
+        if dir.actions.on_change.is_empty() || !dir.actions.run_on.on_local() {
+            continue;
+        }
+        let runner = node.runner.clone();
+        let actions = dir.actions.clone();
+        let local = |p: &str| config.local_path(p).to_string_lossy().into_owned();
+        let (local_dir, local_paths) = (local(&dir_path), paths.iter().map(|p| local(p)).collect());
+        tokio::spawn(async move { runner.on_change(&local_dir, &actions, local_paths).await });
+    }
     if ops.is_empty() {
         debug!(
             paths = scope.len(),
             "no change to push (a write received from a peer, or undone)"
         );
-        return;
+        return refused;
     }
     for outbox in outboxes {
         outbox.merge(&ops);
     }
+    refused
+}
+
+/// The configured directories a burst changed, with the changed paths (all of a
+/// directory's paths that differ from the versions, for a rescan).
+fn changed_by_directory(
+    config: &Config,
+    versions: &Versions,
+    scan: &manifest::Scan,
+    scope: &[String],
+    owners: bool,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for op in versions.peek_changes(scan, scope, owners) {
+        if let Some(dir) = config.directory_of(&op) {
+            out.entry(dir.path.clone()).or_default().push(op);
+        }
+    }
+    out
 }
 
 /// First wait before retrying an unreachable peer.

@@ -21,6 +21,7 @@ async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
         text.replace("  exclude = []", &format!("  exclude = []\n{lines}"))
     });
     group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap_or_else(|e| panic!("{e}")));
+    group.nodes[i].config_path = variant;
     group.restart(i).await.unwrap();
 }
 
@@ -99,8 +100,8 @@ async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() 
         .map(|i| group.path().join(format!("node{}-runs.log", i + 1)))
         .collect();
     let marker = group.path().join("reload-fails");
-    for i in 1..3 {
-        let log = logs[i].display();
+    for (i, log) in logs.iter().enumerate().skip(1) {
+        let log = log.display();
         let fail = marker.display();
         with_directory_lines(
             &mut group,
@@ -244,4 +245,113 @@ async fn backups_keep_the_versions_a_sync_replaced_or_deleted_and_prune_the_olde
     .permissions()
     .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_whose_own_tree_fails_validation_pushes_nothing_of_it() {
+    let mut group = start(2, 226).await;
+    same_everywhere(&group, &[("/etc/app/app.cfg", "listen 80\n")]);
+    with_directory_lines(
+        &mut group,
+        0,
+        r#"  validate = "! grep -q BROKEN \"$GOSYNCD_DIRECTORY/app.cfg\" || { echo 'app.cfg: BROKEN is not a directive' >&2; exit 1; }""#,
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let before = snapshot(&n1.path("/etc/app"));
+    write(n0, "/etc/app/app.cfg", "BROKEN\n");
+    write(n0, "/etc/app/new.cfg", "new\n");
+
+    let run = gosyncd(config_args(&n0.config_path, &["sync"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr.contains(
+            "refusing to push /etc/app: validation failed on this node: app.cfg: BROKEN is not a directive"
+        ),
+        "{run:#?}"
+    );
+    assert!(run.change_lines().is_empty(), "{run:#?}");
+    assert_eq!(
+        snapshot(&n1.path("/etc/app")),
+        before,
+        "the peer was changed"
+    );
+
+    // Fixed, it goes.
+    write(n0, "/etc/app/app.cfg", "listen 8080\n");
+    let run = gosyncd(config_args(&n0.config_path, &["sync"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_same_tree(n0, n1);
+}
+
+/// Polls `condition` every 20 ms for up to `within`.
+async fn within(within: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < within {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_edits_are_validated_before_the_watcher_pushes_them_and_run_on_change() {
+    let mut group = start_with(gosyncd::group::GroupSpec {
+        nodes: 2,
+        first_octet: 242,
+        watch: true,
+        ..Default::default()
+    })
+    .await;
+    let log = group.path().join("local-runs.log");
+    with_directory_lines(
+        &mut group,
+        0,
+        &format!(
+            r#"  validate = "! grep -q BROKEN \"$GOSYNCD_DIRECTORY/app.cfg\" 2>/dev/null"
+  on_change = "printf '%s\n' \"$GOSYNCD_CHANGED\" >> {}""#,
+            log.display()
+        ),
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let wait = std::time::Duration::from_secs(10);
+
+    write(n0, "/etc/app/app.cfg", "listen 80\n");
+    assert!(
+        within(wait, || exists(n1, "/etc/app/app.cfg")
+            && read(n1, "/etc/app/app.cfg") == b"listen 80\n")
+        .await
+    );
+    let app = n0.path("/etc/app/app.cfg").display().to_string();
+    assert!(
+        within(wait, || std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.lines().any(|x| x == app)))
+        .await,
+        "on_change did not run for the local edit"
+    );
+
+    // A broken save is not pushed: node 1 keeps the good version.
+    write(n0, "/etc/app/app.cfg", "listen 80\nBROKEN\n");
+    write(n0, "/etc/app/sentinel.cfg", "after the broken save\n");
+    let quiet = n0.config.debounce * 4 + std::time::Duration::from_millis(500);
+    assert!(
+        !within(quiet, || read(n1, "/etc/app/app.cfg") != b"listen 80\n").await,
+        "a change that fails validation was pushed"
+    );
+    assert!(
+        !exists(n1, "/etc/app/sentinel.cfg"),
+        "the directory's other changes wait too"
+    );
+
+    // Fixed: the next save goes, with everything that waited.
+    write(n0, "/etc/app/app.cfg", "listen 8080\n");
+    assert!(
+        within(wait, || read(n1, "/etc/app/app.cfg") == b"listen 8080\n"
+            && exists(n1, "/etc/app/sentinel.cfg"))
+        .await,
+        "the fixed tree did not arrive"
+    );
 }
