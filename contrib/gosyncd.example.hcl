@@ -33,7 +33,17 @@ tls_private_key = "/etc/gosyncd/gosyncd.key"
 # (default "/"). Paths on the wire stay logical ("/etc/haproxy/haproxy.cfg").
 # root = "/"
 
+# Optional: keep the previous version of every file a sync replaces or deletes.
+# backup {
+#   directory = "/var/lib/gosyncd/backups"
+#   keep = 5
+# }
+
 directory "/etc/haproxy" {
+  # Optional: check the directory after every change (a received batch that fails is
+  # put back and reported to the sender), and reload once it is accepted.
+  # validate = "haproxy -c -f /etc/haproxy/haproxy.cfg"
+  # on_change = ["systemctl reload haproxy"]
   exclude = [
     # an absolute path: that path and everything below it
     "/etc/haproxy/errors",

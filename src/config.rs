@@ -1016,10 +1016,19 @@ directory "/foo/bar" {
         // defaults.
         let uncommented: String = text
             .lines()
+            .map(|l| l.replacen("  # validate", "  validate", 1))
+            .map(|l| l.replacen("  # on_change", "  on_change", 1))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let uncommented: String = uncommented
+            .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest)
                     if rest.starts_with("allow_from")
                         || rest.starts_with("max_delete_share")
+                        || rest.starts_with("backup")
+                        || rest.starts_with("validate")
+                        || rest.starts_with("on_change")
                         || rest.starts_with("root")
                         || rest.starts_with("limits")
                         || rest.starts_with("  ")
@@ -1033,6 +1042,10 @@ directory "/foo/bar" {
             .join("\n");
         let c = parse(&uncommented).unwrap();
         assert!(c.allow_from.is_some());
+        let haproxy = &c.directories[0];
+        assert_eq!(haproxy.backup.as_ref().unwrap().keep, 5);
+        assert!(haproxy.actions.validate.is_some());
+        assert_eq!(haproxy.actions.on_change.len(), 1);
         assert_eq!(c.limits, crate::limits::Limits::default());
     }
 
@@ -1092,6 +1105,45 @@ directory "/foo/bar" {
                 "{bad:?}: {message}"
             );
         }
+    }
+
+    #[test]
+    fn bad_actions_and_backups_are_refused_naming_the_key() {
+        let with = |inner: &str, outer: &str| {
+            SEED.replace(
+                "directory \"/foo/bar\" {\n}",
+                &format!("directory \"/foo/bar\" {{\n{inner}\n}}\n{outer}"),
+            )
+        };
+        for (inner, outer, words) in [
+            ("validate = \"  \"", "", "validate: the command is empty"),
+            (
+                "run_on = \"sometimes\"",
+                "",
+                "run_on: \"sometimes\" is not one of",
+            ),
+            ("on_change = [\"\"]", "", "on_change: a command is empty"),
+            ("reload = \"x\"", "", "unknown key \"reload\""),
+            ("backup {\n keep = 3\n}", "", "backup: no directory named"),
+            (
+                "",
+                "backup {\n directory = \"var/b\"\n}",
+                "is not an absolute path",
+            ),
+            (
+                "",
+                "backup {\n directory = \"/foo/bar/old\"\n}",
+                "must not be kept inside",
+            ),
+        ] {
+            let message = error(&with(inner, outer));
+            assert!(message.contains(words), "{inner:?} {outer:?}: {message}");
+            assert!(message.contains("config.hcl:"), "{message}");
+        }
+        let c = parse(&with("validate = \"true\"\nrun_on = \"local\"", "")).unwrap();
+        let actions = &c.directories[1].actions;
+        assert_eq!(actions.validate.as_deref(), Some("true"));
+        assert_eq!(actions.run_on, crate::actions::RunOn::Local);
     }
 
     #[test]
