@@ -63,6 +63,9 @@ pub enum Command {
     CheckConfig,
     /// Start a throw-away three-node group on 127.0.0.2-4 and show a sync
     Demo(DemoArgs),
+    /// Make the group's certificates: a CA and node certificates, or one self-signed
+    #[command(long_about = crate::certs::CERT_LONG_ABOUT)]
+    Cert(crate::certs::CertArgs),
 }
 
 #[derive(Args, Debug)]
@@ -167,6 +170,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Some(Command::CheckConfig) => check_config(&cli.config),
         Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
+        Some(Command::Cert(args)) => crate::certs::command(args),
     };
     result.unwrap_or_else(|e| {
         error!("{e:#}");
