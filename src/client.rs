@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Remote;
 use crate::protocol::{
-    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse,
+    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse, StatusResponse,
 };
 use crate::tls;
 
@@ -93,6 +93,16 @@ pub struct Peer {
 impl Peer {
     pub fn new(remote: Remote, transport: Transport) -> Peer {
         Peer { remote, transport }
+    }
+
+    /// The peer's counters and what its watcher knows of its own peers.
+    pub async fn status(&self) -> Result<StatusResponse, PeerError> {
+        let request = self
+            .transport
+            .http
+            .get(format!("{}{}", self.remote.url(), protocol::STATUS_ROUTE))
+            .timeout(protocol::IDENTITY_TIMEOUT);
+        self.call(request, protocol::IDENTITY_TIMEOUT).await
     }
 
     /// The peer's identity.

@@ -211,6 +211,8 @@ pub struct Config {
     pub allow_from: Option<Vec<AllowEntry>>,
     /// The `limits { ... }` block over the defaults.
     pub limits: Limits,
+    /// Where the daemon serves Prometheus metrics (plain HTTP), if anywhere.
+    pub metrics_address: Option<SocketAddr>,
     /// The share of a configured directory's entries on a peer above which a `sync`
     /// that deletes them is refused without `--force`.
     pub max_delete_share: f64,
@@ -274,6 +276,7 @@ const KNOWN_KEYS: &[&str] = &[
     "allow_from",
     "max_delete_share",
     "action_timeout",
+    "metrics_address",
     "directory",
     "limits",
     "backup",
@@ -460,6 +463,15 @@ impl Config {
         }
 
         let mut directories: Vec<Directory> = Vec::new();
+        let metrics_address = match get("metrics_address") {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    Some("metrics_address"),
+                    format!("metrics_address: {text:?} is not an address and port (such as \"127.0.0.1:9105\")"),
+                )
+            })?),
+        };
         let action_timeout = match get("action_timeout") {
             None => DEFAULT_ACTION_TIMEOUT,
             Some(text) => humantime::parse_duration(&text)
@@ -568,6 +580,7 @@ impl Config {
             allow_from,
             limits: raw.limits.unwrap_or_default(),
             max_delete_share: raw.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE),
+            metrics_address,
         })
     }
 

@@ -80,6 +80,10 @@ impl Daemon {
             None
         };
 
+        let metrics_listener = match config.metrics_address {
+            Some(address) => Some(crate::metrics::bind(address).await?),
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel();
         let (stopping, stop_requested) = watch_channel(false);
         let serving = node.clone();
@@ -88,6 +92,18 @@ impl Daemon {
             // holds the others back.
             let outboxes: Vec<Arc<Outbox>> =
                 engine.peers().iter().map(|_| Arc::default()).collect();
+            let tracks = engine
+                .peers()
+                .iter()
+                .zip(&outboxes)
+                .map(|(peer, outbox)| {
+                    Arc::new(server::PeerTrack::new(
+                        peer.remote.label.clone(),
+                        outbox.clone(),
+                    ))
+                })
+                .collect();
+            let _ = serving.peers.set(tracks);
             let mut workers: Vec<_> = outboxes
                 .iter()
                 .enumerate()
@@ -111,6 +127,8 @@ impl Daemon {
                 watch,
             ));
             let drift = tokio::spawn(report_drift(engine));
+            let metrics = metrics_listener
+                .map(|listener| tokio::spawn(crate::metrics::serve(listener, serving.clone())));
             server::serve(listener, server_tls, serving, async {
                 let _ = stopped.await;
             })
@@ -118,6 +136,9 @@ impl Daemon {
             // Stop watching, let pushes under way finish (within a deadline), then go.
             propagation.abort();
             drift.abort();
+            if let Some(metrics) = metrics {
+                metrics.abort();
+            }
             let _ = stopping.send(true);
             let finishing = async {
                 for worker in workers.iter_mut() {

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod group;
 pub mod limits;
 pub mod manifest;
+pub mod metrics;
 pub mod paths;
 pub mod plan;
 pub mod protocol;

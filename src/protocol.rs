@@ -214,6 +214,31 @@ pub struct StatusResponse {
     #[serde(flatten)]
     pub identity: Identity,
     pub counters: StatusCounters,
+    /// What this daemon's watcher knows of each of its peers.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A daemon's automatic pushes to one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer as written in `remotes`.
+    pub peer: String,
+    /// Changed paths waiting to be pushed to it (it is unreachable, or a push is under
+    /// way).
+    pub pending: u64,
+    pub pushes: u64,
+    /// Pushes that failed (unreachable, refused).
+    pub failures: u64,
+    /// Operations it refused as conflicts.
+    pub conflicts: u64,
+    /// Bytes of apply requests sent to it.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// When a push last succeeded, in seconds since the Unix epoch.
+    pub last_success_unix: Option<u64>,
+    /// Why the last push failed, when it did.
+    pub last_error: Option<String>,
 }
 
 /// A receiver's manifest.

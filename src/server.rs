@@ -35,7 +35,7 @@ use crate::manifest::{self, HashCache};
 use crate::paths;
 use crate::protocol::{
     self, Action, ActionReport, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest,
-    ManifestResponse, Outcome, StatusCounters, StatusResponse, WireEntry,
+    ManifestResponse, Outcome, PeerStatus, StatusCounters, StatusResponse, WireEntry,
     MAX_MANIFEST_REQUEST_BYTES,
 };
 use crate::tls;
@@ -65,6 +65,55 @@ pub struct Node {
     pub allow: Allowlist,
     /// Runs the directories' `on_change` commands, coalesced.
     pub runner: Arc<actions::Runner>,
+    /// The watcher's pushes to each peer, in the order of the engine's peers.
+    pub peers: std::sync::OnceLock<Vec<Arc<PeerTrack>>>,
+}
+
+/// What a daemon's watcher knows of its pushes to one peer.
+pub struct PeerTrack {
+    pub peer: String,
+    pub outbox: Arc<crate::watcher::Outbox>,
+    state: std::sync::Mutex<PeerStatus>,
+}
+
+impl PeerTrack {
+    pub fn new(peer: String, outbox: Arc<crate::watcher::Outbox>) -> PeerTrack {
+        PeerTrack {
+            state: std::sync::Mutex::new(PeerStatus {
+                peer: peer.clone(),
+                ..PeerStatus::default()
+            }),
+            peer,
+            outbox,
+        }
+    }
+
+    /// Records the end of a push of `bytes`: `Ok(conflicts)` or the error.
+    pub fn pushed(&self, result: Result<u64, String>, bytes: u64) {
+        let mut state = self.state.lock().expect("peer track lock");
+        state.pushes += 1;
+        state.bytes_sent += bytes;
+        match result {
+            Ok(conflicts) => {
+                state.conflicts += conflicts;
+                state.last_error = None;
+                state.last_success_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs());
+            }
+            Err(e) => {
+                state.failures += 1;
+                state.last_error = Some(e);
+            }
+        }
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        let mut status = self.state.lock().expect("peer track lock").clone();
+        status.pending = self.outbox.len() as u64;
+        status
+    }
 }
 
 /// Counters a daemon exposes on its status route.
@@ -82,6 +131,8 @@ pub struct Stats {
     pub conflicts_reported: AtomicU64,
     /// Operations received and rolled back because validation failed.
     pub rejected: AtomicU64,
+    /// Bytes of apply request bodies received.
+    pub bytes_received: AtomicU64,
 }
 
 impl Stats {
@@ -133,7 +184,16 @@ impl Node {
             versions,
             stats: Stats::default(),
             runner: Arc::default(),
+            peers: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What the watcher knows of each peer (nothing when this node does not watch).
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .get()
+            .map(|peers| peers.iter().map(|p| p.status()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -237,6 +297,7 @@ async fn status(State(node): State<Arc<Node>>) -> Json<StatusResponse> {
     Json(StatusResponse {
         identity: node.identity.clone(),
         counters: node.stats.snapshot(),
+        peers: node.peer_status(),
     })
 }
 
@@ -338,6 +399,9 @@ async fn apply(
         ),
         BodyError::Broken(e) => refuse(&addr, format!("request body not received: {e}")),
     })?;
+    node.stats
+        .bytes_received
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
     // One batch at a time. The batch is applied, validated and committed by a task of its
     // own, which holds the lock: a client that disconnects cannot release it, nor stop
     // a batch half-way between being written and being validated.

@@ -139,6 +139,8 @@ pub struct PeerReport {
     pub skipped: Option<String>,
     /// The `on_change` commands the peer ran for this push.
     pub actions: Vec<ActionLine>,
+    /// Bytes of apply requests sent to the peer.
+    pub bytes_sent: u64,
 }
 
 impl PeerReport {
@@ -781,6 +783,7 @@ async fn push(
         match peer.apply_chunks(body).await {
             Ok(response) => {
                 debug!(operations = header.ops.len(), bytes, "batch sent");
+                report.bytes_sent += bytes as u64;
                 report
                     .actions
                     .extend(response.actions.into_iter().map(|action| ActionLine {

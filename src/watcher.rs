@@ -501,6 +501,19 @@ pub async fn deliver(
         let count = ops.len();
         let report = engine.push_to(index, ops).await;
         node.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        if let Some(track) = node.peers.get().and_then(|peers| peers.get(index)) {
+            let conflicts = report
+                .changes
+                .iter()
+                .filter(
+                    |c| matches!(&c.status, ChangeStatus::Skipped(r) if r.starts_with("conflict")),
+                )
+                .count() as u64;
+            track.pushed(
+                report.error.clone().map_or(Ok(conflicts), Err),
+                report.bytes_sent,
+            );
+        }
         if let (Some(e), true) = (&report.error, report.refused) {
             // Sending the same batch again would be refused again: report and drop it.
             error!(%peer, changes = count, "peer refused the push, not retried: {e}");

@@ -1,0 +1,153 @@
+//! Prometheus metrics: a plain-HTTP `GET /metrics` on `metrics_address` (off by
+//! default), in the text exposition format, rendered with prometheus-client from the
+//! daemon's counters and its watcher's view of each peer at the time of the scrape.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::server::Node;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+/// The metrics of `node` now, in the text format.
+pub fn render(node: &Node) -> String {
+    let mut registry = Registry::with_prefix("gosyncd");
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let metric = Counter::<u64>::default();
+        metric.inc_by(value);
+        registry.register(name, help, metric);
+    };
+    let stats = &node.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    counter(
+        &mut registry,
+        "apply_requests",
+        "Apply requests received from peers",
+        get(&stats.apply_requests),
+    );
+    counter(
+        &mut registry,
+        "received_bytes",
+        "Bytes of apply requests received from peers",
+        get(&stats.bytes_received),
+    );
+    counter(
+        &mut registry,
+        "applied_operations",
+        "Operations received and applied",
+        get(&stats.applied),
+    );
+    counter(
+        &mut registry,
+        "conflicts_refused",
+        "Operations received and refused as conflicts",
+        get(&stats.conflicts_refused),
+    );
+    counter(
+        &mut registry,
+        "validation_rejections",
+        "Operations received, applied, then put back because validation failed",
+        get(&stats.rejected),
+    );
+
+    let pushes = Family::<PeerLabel, Counter>::default();
+    let failures = Family::<PeerLabel, Counter>::default();
+    let conflicts = Family::<PeerLabel, Counter>::default();
+    let sent = Family::<PeerLabel, Counter>::default();
+    let pending = Family::<PeerLabel, Gauge>::default();
+    let last_success = Family::<PeerLabel, Gauge>::default();
+    for peer in node.peer_status() {
+        let label = PeerLabel {
+            peer: peer.peer.clone(),
+        };
+        pushes.get_or_create(&label).inc_by(peer.pushes);
+        failures.get_or_create(&label).inc_by(peer.failures);
+        conflicts.get_or_create(&label).inc_by(peer.conflicts);
+        sent.get_or_create(&label).inc_by(peer.bytes_sent);
+        pending.get_or_create(&label).set(peer.pending as i64);
+        if let Some(at) = peer.last_success_unix {
+            last_success.get_or_create(&label).set(at as i64);
+        }
+    }
+    registry.register("pushes", "Automatic pushes to a peer", pushes);
+    registry.register(
+        "push_failures",
+        "Automatic pushes to a peer that failed (unreachable, refused)",
+        failures,
+    );
+    registry.register(
+        "conflicts_reported",
+        "Operations a peer refused as conflicts",
+        conflicts,
+    );
+    registry.register("sent_bytes", "Bytes of apply requests sent to a peer", sent);
+    registry.register(
+        "pending_changes",
+        "Changed paths waiting to be pushed to a peer",
+        pending,
+    );
+    registry.register(
+        "last_success_timestamp_seconds",
+        "When a push to a peer last succeeded (Unix time)",
+        last_success,
+    );
+    let info = Family::<VersionLabel, Gauge>::default();
+    info.get_or_create(&VersionLabel {
+        version: node.identity.version.clone(),
+    })
+    .set(1);
+    registry.register("build_info", "The running version", info);
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Binds `address` for the metrics endpoint; the error names the key.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics_address {address}: cannot listen: {e}"))
+}
+
+/// Serves `GET /metrics` until the task is aborted.
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(node);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!("metrics endpoint stopped: {e}");
+    }
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        render(&node),
+    )
+}
