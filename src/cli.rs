@@ -31,6 +31,11 @@ Examples:
   gosyncd -config /etc/gosyncd/config.hcl sync -dry       show what would change on each peer
   gosyncd -config /etc/gosyncd/config.hcl sync            push this node's tree to every peer
   gosyncd sync /etc/haproxy/conf.d                        push one subtree only
+  gosyncd sync -dry --format json                         the same as JSON lines, for audits
+  gosyncd status                                          how every peer stands (a monitoring check)
+  gosyncd backups restore /etc/haproxy/haproxy.cfg        put the last kept version back
+  gosyncd cert self-signed --out /etc/gosyncd 10.0.0.2 10.0.0.3
+                                                          make the group's certificate
   gosyncd demo                                            try a three-node group on this machine
 
 Exit codes: 0 success; 1 with `sync -dry --exit-code` when changes are pending;
@@ -66,6 +71,52 @@ pub enum Command {
     /// Make the group's certificates: a CA and node certificates, or one self-signed
     #[command(long_about = crate::certs::CERT_LONG_ABOUT)]
     Cert(crate::certs::CertArgs),
+    /// Ask every peer how it stands: reachable, latency, version, drift, pending changes,
+    /// conflicts, last push (exit 0 all well, 1 drift, 2 a peer unreachable)
+    Status(StatusArgs),
+    /// List or restore the versions kept by the backup setting
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+}
+
+/// How results are printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Lines for people, in the original tool's form
+    #[default]
+    Text,
+    /// One JSON object per line, for scripts and audits
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupsCommand {
+    /// List the kept versions (of PATH and below, or of every directory)
+    List {
+        /// A file or directory inside a configured directory
+        #[arg(value_name = "PATH")]
+        path: Option<String>,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Put a kept version of PATH back (the newest, or VERSION); the daemon then pushes
+    /// it like any other edit, and the version it replaces is kept in turn
+    Restore {
+        /// The file to restore
+        #[arg(value_name = "PATH")]
+        path: String,
+        /// The version, as `backups list` shows it
+        #[arg(value_name = "VERSION")]
+        version: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +135,10 @@ pub struct SyncArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
     /// Limit the sync to these files or subtrees (absolute paths inside configured directories)
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
@@ -94,6 +149,10 @@ pub struct StateArgs {
     /// Exit 1 when changes are pending (and nothing failed)
     #[arg(long)]
     pub exit_code: bool,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 
     /// Limit the report to these files or subtrees
     #[arg(value_name = "PATH")]
@@ -156,18 +215,25 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Daemon) => daemon(&cli.config).await,
         Some(Command::Sync(args)) => {
-            sync_command(
-                &cli.config,
-                args.paths,
-                args.dry_run,
-                args.exit_code,
-                args.force,
-            )
-            .await
+            let mode = SyncMode {
+                dry_run: args.dry_run,
+                exit_code: args.exit_code,
+                force: args.force,
+                format: args.format,
+            };
+            sync_command(&cli.config, args.paths, mode).await
         }
         Some(Command::State(args)) => {
-            sync_command(&cli.config, args.paths, true, args.exit_code, false).await
+            let mode = SyncMode {
+                dry_run: true,
+                exit_code: args.exit_code,
+                force: false,
+                format: args.format,
+            };
+            sync_command(&cli.config, args.paths, mode).await
         }
+        Some(Command::Status(args)) => status_command(&cli.config, args.format).await,
+        Some(Command::Backups(command)) => backups_command(&cli.config, command),
         Some(Command::CheckConfig) => check_config(&cli.config),
         Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
         Some(Command::Cert(args)) => crate::certs::command(args),
@@ -234,13 +300,26 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn sync_command(
-    path: &std::path::Path,
-    paths: Vec<String>,
+/// How a sync runs and prints.
+#[derive(Clone, Copy, Debug)]
+struct SyncMode {
     dry_run: bool,
     exit_code: bool,
     force: bool,
+    format: Format,
+}
+
+async fn sync_command(
+    path: &std::path::Path,
+    paths: Vec<String>,
+    mode: SyncMode,
 ) -> anyhow::Result<ExitCode> {
+    let SyncMode {
+        dry_run,
+        exit_code,
+        force,
+        format,
+    } = mode;
     let config = Arc::new(Config::from_file(path)?);
     let engine = sync::engine_for_cli(config).await?;
     let options = Options {
@@ -254,11 +333,133 @@ async fn sync_command(
         dry_run,
         force,
     };
+    if format == Format::Json {
+        let report = engine
+            .run(&options, |peer| print_peer_json(peer, dry_run))
+            .await;
+        for e in &report.local_errors {
+            json_line(&serde_json::json!({ "time": now_rfc3339(), "error": e }));
+        }
+        let changes: usize = report.peers.iter().map(|p| p.changes.len()).sum();
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "summary": {
+                "dry_run": dry_run,
+                "peers": report.peers.len(),
+                "changes": changes,
+                "failed": report.failed(),
+            }
+        }));
+        return Ok(exit_code_of(&report, dry_run && exit_code));
+    }
     if dry_run {
         println!("synchronization dry run");
     }
     let report = engine.run(&options, print_peer).await;
     Ok(exit_code_of(&report, dry_run && exit_code))
+}
+
+fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+fn json_line(value: &serde_json::Value) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+/// A peer's results as JSON lines: one per change, per command the peer ran, and for
+/// an error.
+fn print_peer_json(report: &sync::PeerReport, dry_run: bool) {
+    use crate::protocol::ChangeKind;
+    for change in &report.changes {
+        let (kind, reason) = match &change.status {
+            sync::ChangeStatus::Done(ChangeKind::Added) => ("added", None),
+            sync::ChangeStatus::Done(ChangeKind::Updated) => ("updated", None),
+            sync::ChangeStatus::Done(ChangeKind::Deleted) => ("deleted", None),
+            sync::ChangeStatus::Skipped(r) => ("skipped", Some(r)),
+            sync::ChangeStatus::Kept(r) => ("kept", Some(r)),
+            sync::ChangeStatus::Rejected(r) => ("rejected", Some(r)),
+        };
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": change.peer,
+            "path": change.path,
+            "change": kind,
+            "reason": reason,
+            "dry_run": dry_run,
+        }));
+    }
+    for action in &report.actions {
+        let a = &action.report;
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": action.peer,
+            "directory": a.directory,
+            "on_change": a.command,
+            "ok": a.success,
+            "code": a.code,
+            "first_line": a.first_line,
+        }));
+    }
+    if let Some(e) = &report.error {
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": report.peer,
+            "error": e,
+            "refused": report.refused,
+        }));
+    }
+}
+
+async fn status_command(path: &std::path::Path, format: Format) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::from_file(path)?);
+    let peers = crate::ops::status(config).await?;
+    match format {
+        Format::Json => {
+            for peer in &peers {
+                json_line(&serde_json::to_value(peer)?);
+            }
+        }
+        Format::Text => print!("{}", crate::ops::status_table(&peers)),
+    }
+    Ok(ExitCode::from(crate::ops::status_code(&peers)))
+}
+
+fn backups_command(path: &std::path::Path, command: BackupsCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::from_file(path)?;
+    match command {
+        BackupsCommand::List { path, format } => {
+            let versions = crate::ops::backups_list(&config, path.as_deref())?;
+            for v in &versions {
+                match format {
+                    Format::Json => json_line(&serde_json::to_value(v)?),
+                    Format::Text => println!(
+                        "{}  {}  {}  {}",
+                        v.version,
+                        v.path,
+                        v.entry.describe(),
+                        v.reason
+                    ),
+                }
+            }
+            if versions.is_empty() && format == Format::Text {
+                eprintln!("no kept versions");
+            }
+        }
+        BackupsCommand::Restore { path, version } => {
+            let restored = crate::ops::backups_restore(&config, &path, version.as_deref())?;
+            println!(
+                "{}: restored {} ({})",
+                timestamp(),
+                restored.path,
+                restored.version
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints a peer's lines in the original tool's form, with the date.

@@ -229,7 +229,7 @@ impl LocalGroup {
         let node = &mut self.nodes[i];
         let listener = match node.listener.take() {
             Some(listener) => listener,
-            None => TcpListener::bind(node.addr).await?,
+            None => bind_again(node.addr).await?,
         };
         node.running = Some(Daemon::start(node.config.clone(), listener, node.watch).await?);
         Ok(())
@@ -251,6 +251,24 @@ impl LocalGroup {
     /// The temporary directory holding everything.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Binds a stopped node's address again. Its own outgoing connections (made from the
+/// same address) may hold the port number for a moment after it stopped: retried for
+/// up to 3 s.
+async fn bind_again(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let started = std::time::Instant::now();
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < std::time::Duration::from_secs(3) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod group;
 pub mod limits;
 pub mod manifest;
 pub mod metrics;
+pub mod ops;
 pub mod paths;
 pub mod plan;
 pub mod protocol;

@@ -144,3 +144,214 @@ async fn the_metrics_endpoint_serves_the_text_format_and_its_counters_move() {
     );
     assert!(toward_1.last_success_unix.is_some() && toward_1.last_error.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_a_stopped_peer_and_a_drifted_one_and_its_exit_code_says_so() {
+    let mut group = start_with(GroupSpec {
+        nodes: 3,
+        first_octet: 37,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let config = group.nodes[0].config_path.clone();
+    let (a1, a2) = (
+        group.nodes[1].addr.to_string(),
+        group.nodes[2].addr.to_string(),
+    );
+
+    let run = gosyncd(config_args(&config, &["status"])).await;
+    assert_eq!(run.code, Some(0), "all in sync: {run:#?}");
+    assert!(run.stdout.starts_with("PEER"), "{run:#?}");
+
+    // Node 2 drifts (changed while its watcher was stopped), then node 1 stops.
+    group.stop(2).await;
+    write(&group.nodes[2], "/etc/app/only-on-2.cfg", "drift\n");
+    group.restart(2).await.unwrap();
+    let run = gosyncd(config_args(&config, &["status", "--format", "json"])).await;
+    assert_eq!(run.code, Some(1), "a drifted peer: {run:#?}");
+    let peers: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let of = |addr: &str| {
+        peers
+            .iter()
+            .find(|p| p["peer"] == addr)
+            .unwrap_or_else(|| panic!("{addr} not in {peers:?}"))
+            .clone()
+    };
+    assert_eq!(of(&a2)["drift"], 1, "{peers:?}");
+    assert_eq!(of(&a2)["reachable"], true);
+    assert_eq!(of(&a1)["drift"], 0);
+    assert!(of(&a1)["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+    assert_eq!(
+        of(&a1)["pending"],
+        0,
+        "this node's daemon answered: {peers:?}"
+    );
+
+    group.stop(1).await;
+    let run = gosyncd(config_args(&config, &["status"])).await;
+    assert_eq!(run.code, Some(2), "a stopped peer: {run:#?}");
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&a1))
+        .unwrap_or_else(|| panic!("{run:#?}"));
+    assert!(row.contains(" no "), "{row}");
+    assert!(
+        run.stdout.contains(&format!("{a1}: unreachable")),
+        "{run:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_dry_run_print_one_json_object_per_line() {
+    let group = start(2, 42).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/a.cfg", "a\n");
+    write(n1, "/etc/app/stale.cfg", "stale\n");
+    for (args, dry) in [
+        (&["sync", "-dry", "--format", "json"][..], true),
+        (&["sync", "--format", "json"], false),
+    ] {
+        let run = gosyncd(config_args(&n0.config_path, args)).await;
+        assert_eq!(run.code, Some(0), "{run:#?}");
+        let lines: Vec<serde_json::Value> = run
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect();
+        let mut changes: Vec<(String, String)> = lines
+            .iter()
+            .filter(|l| l.get("change").is_some())
+            .map(|l| {
+                assert_eq!(l["peer"], n1.addr.to_string());
+                assert_eq!(l["dry_run"], dry);
+                (
+                    l["path"].as_str().unwrap().to_string(),
+                    l["change"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        changes.sort();
+        assert_eq!(
+            changes,
+            [
+                ("/etc/app/a.cfg".to_string(), "added".to_string()),
+                ("/etc/app/stale.cfg".to_string(), "deleted".to_string())
+            ],
+            "{run:#?}"
+        );
+        let summary = &lines.last().unwrap()["summary"];
+        assert_eq!(summary["changes"], 2);
+        assert_eq!(summary["failed"], false);
+    }
+    assert_same_tree(n0, n1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_backup_is_put_back_and_pushed_like_any_edit() {
+    let mut group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 250,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let store = group.path().join("backups");
+    for i in 0..2 {
+        let name = format!("node{}-backups.hcl", i + 1);
+        let variant = config_variant(&group, i, &name, |text| {
+            format!(
+                "backup {{\n  directory = \"{}/{i}\"\n  keep = 3\n}}\n{text}",
+                store.display()
+            )
+        });
+        group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap());
+        group.nodes[i].config_path = variant;
+        group.restart(i).await.unwrap();
+    }
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let wait = |node: &gosyncd::group::GroupNode, bytes: &'static [u8]| {
+        let path = node.path("/etc/app/app.cfg");
+        async move {
+            let started = Instant::now();
+            while std::fs::read(&path).ok().as_deref() != Some(bytes) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{} never held {:?}",
+                    path.display(),
+                    String::from_utf8_lossy(bytes)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    write(n0, "/etc/app/app.cfg", "good\n");
+    wait(n1, b"good\n").await;
+    write(n0, "/etc/app/app.cfg", "bad\n");
+    wait(n1, b"bad\n").await;
+
+    // Node 1 kept the good version when the bad one arrived.
+    let run = gosyncd(config_args(
+        &n1.config_path,
+        &["backups", "list", "/etc/app"],
+    ))
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.stdout.lines().count(), 1, "{run:#?}");
+    assert!(
+        run.stdout.contains("/etc/app/app.cfg") && run.stdout.contains("replaced by a sync from"),
+        "{run:#?}"
+    );
+    let json = gosyncd(config_args(
+        &n1.config_path,
+        &["backups", "list", "--format", "json"],
+    ))
+    .await;
+    let version: serde_json::Value =
+        serde_json::from_str(json.stdout.lines().next().unwrap()).unwrap();
+    let name = version["version"].as_str().unwrap().to_string();
+
+    // Restored on node 1, it reaches node 0 through node 1's watcher.
+    let run = gosyncd(config_args(
+        &n1.config_path,
+        &["backups", "restore", "/etc/app/app.cfg", &name],
+    ))
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(
+        run.stdout
+            .contains(&format!("restored /etc/app/app.cfg ({name})")),
+        "{run:#?}"
+    );
+    assert_eq!(read(n1, "/etc/app/app.cfg"), b"good\n");
+    wait(n0, b"good\n").await;
+
+    // What the restore replaced was kept in turn; a missing version is refused by name.
+    let run = gosyncd(config_args(
+        &n1.config_path,
+        &["backups", "list", "/etc/app/app.cfg"],
+    ))
+    .await;
+    assert!(run.stdout.contains("a restore of backup"), "{run:#?}");
+    let run = gosyncd(config_args(
+        &n1.config_path,
+        &[
+            "backups",
+            "restore",
+            "/etc/app/app.cfg",
+            "19700101T000000.000000000Z",
+        ],
+    ))
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr
+            .contains("no kept version 19700101T000000.000000000Z"),
+        "{run:#?}"
+    );
+}

@@ -1,0 +1,272 @@
+//! The operator's commands besides `sync`: `status` (each peer's reachability, version,
+//! drift, and what this node's daemon knows of it) and `backups list|restore`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context};
+use serde::Serialize;
+
+use crate::apply;
+use crate::backup::{self, Version};
+use crate::client::{self, Peer};
+use crate::config::{Config, Remote};
+use crate::manifest::{self, HashCache};
+use crate::protocol::{self, Action, BatchHeader, Content, Op, Outcome, StatusResponse};
+use crate::sync::{self, ChangeStatus, Options};
+use crate::tls::TlsMaterial;
+
+/// One peer as `gosyncd status` sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerState {
+    pub peer: String,
+    pub reachable: bool,
+    /// Round trip of its status request.
+    pub latency_ms: Option<f64>,
+    pub version: Option<String>,
+    /// Paths that differ from this node (what `sync` would change); `None` when unknown.
+    pub drift: Option<usize>,
+    /// Changes this node's daemon holds for it (`None`: no daemon answered here).
+    pub pending: Option<u64>,
+    /// Operations it refused as conflicts, seen by this node's daemon.
+    pub conflicts: Option<u64>,
+    /// When this node's daemon last pushed to it successfully (Unix time).
+    pub last_success_unix: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// Asks every peer, and this node's daemon, how things stand.
+pub async fn status(config: Arc<Config>) -> anyhow::Result<Vec<PeerState>> {
+    let tls = TlsMaterial::load(&config)?;
+    let engine = sync::engine_for_cli(config.clone()).await?;
+    let local = local_daemon_status(&config, &tls).await;
+
+    let mut asks = Vec::new();
+    for peer in engine.peers().iter().cloned() {
+        asks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = peer.status().await;
+            (peer.remote.label.clone(), started.elapsed(), answer)
+        }));
+    }
+    let dry = Options {
+        dry_run: true,
+        ..Options::default()
+    };
+    let report = engine.run(&dry, |_| {}).await;
+
+    let mut out = Vec::new();
+    for ask in asks {
+        let (label, took, answer) = ask.await.context("status task")?;
+        let mine = local
+            .as_ref()
+            .and_then(|s| s.peers.iter().find(|p| p.peer == label));
+        // Changes listed count even when a sync would be refused (by the mass-delete
+        // guard, say); an error with nothing listed leaves the drift unknown.
+        let drift = report.peers.iter().find(|p| p.peer == label).and_then(|p| {
+            let differing = p
+                .changes
+                .iter()
+                .filter(|c| !matches!(c.status, ChangeStatus::Kept(_)))
+                .count();
+            (differing > 0 || p.error.is_none()).then_some(differing)
+        });
+        let (reachable, version, error) = match answer {
+            Ok(status) => (true, Some(status.identity.version), None),
+            Err(e) => (false, None, Some(e.to_string())),
+        };
+        out.push(PeerState {
+            latency_ms: reachable.then_some(took.as_secs_f64() * 1000.0),
+            reachable,
+            version,
+            drift,
+            pending: local.as_ref().map(|_| mine.map_or(0, |m| m.pending)),
+            conflicts: mine.map(|m| m.conflicts),
+            last_success_unix: mine.and_then(|m| m.last_success_unix),
+            error,
+            peer: label,
+        });
+    }
+    Ok(out)
+}
+
+/// This node's own daemon's status, when one answers on the bind address.
+async fn local_daemon_status(config: &Config, tls: &TlsMaterial) -> Option<StatusResponse> {
+    let ip = config
+        .bind_address
+        .source_ip()
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let remote = Remote {
+        host: ip.to_string(),
+        port: config.bind_address.port,
+        label: std::net::SocketAddr::new(ip, config.bind_address.port).to_string(),
+    };
+    let http = client::http_client(tls.identity_probe_config().ok()?, None).ok()?;
+    Peer::new(remote, http).status().await.ok()
+}
+
+/// The exit code of `status`: 2 when a peer is unreachable, 1 when one has drifted.
+pub fn status_code(peers: &[PeerState]) -> u8 {
+    if peers.iter().any(|p| !p.reachable) {
+        2
+    } else if peers.iter().any(|p| p.drift != Some(0)) {
+        1
+    } else {
+        0
+    }
+}
+
+/// `status` as a table.
+pub fn status_table(peers: &[PeerState]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dash = || "-".to_string();
+    let mut rows = vec![[
+        "PEER".to_string(),
+        "REACHABLE".into(),
+        "LATENCY".into(),
+        "VERSION".into(),
+        "DRIFT".into(),
+        "PENDING".into(),
+        "CONFLICTS".into(),
+        "LAST PUSH".into(),
+    ]];
+    for p in peers {
+        rows.push([
+            p.peer.clone(),
+            if p.reachable { "yes" } else { "no" }.into(),
+            p.latency_ms.map_or_else(dash, |ms| format!("{ms:.1} ms")),
+            p.version.clone().unwrap_or_else(dash),
+            p.drift.map_or_else(dash, |d| d.to_string()),
+            p.pending.map_or_else(dash, |n| n.to_string()),
+            p.conflicts.map_or_else(dash, |n| n.to_string()),
+            p.last_success_unix.map_or_else(
+                || "never".to_string(),
+                |at| {
+                    let time = chrono::DateTime::from_timestamp(at as i64, 0)
+                        .map(|t| {
+                            t.with_timezone(&chrono::Local)
+                                .format("%Y/%m/%d %H:%M:%S")
+                                .to_string()
+                        })
+                        .unwrap_or_default();
+                    format!("{time} ({} s ago)", now.saturating_sub(at))
+                },
+            ),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for p in peers.iter().filter(|p| p.error.is_some()) {
+        out.push_str(&format!(
+            "{}: {}\n",
+            p.peer,
+            p.error.as_deref().unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// The directory's backup settings for `path`, or why there are none.
+fn backup_of(config: &Config, path: &str) -> anyhow::Result<(String, crate::actions::Backup)> {
+    let dir = config
+        .directory_of(path)
+        .ok_or_else(|| anyhow!("{path}: not inside a configured directory"))?;
+    let backup = dir.backup.clone().ok_or_else(|| {
+        anyhow!(
+            "{path}: no backups are kept for {} (see the backup setting)",
+            dir.path
+        )
+    })?;
+    Ok((dir.path.clone(), backup))
+}
+
+/// Every kept version at or below `path` (everything, when `None`).
+pub fn backups_list(config: &Config, path: Option<&str>) -> anyhow::Result<Vec<Version>> {
+    let mut out = Vec::new();
+    match path {
+        Some(path) => {
+            crate::paths::check_normalized(path).map_err(|e| anyhow!(e))?;
+            let (_, backup) = backup_of(config, path)?;
+            out.extend(backup::list(&backup, path)?);
+        }
+        None => {
+            for dir in &config.directories {
+                if let Some(backup) = &dir.backup {
+                    out.extend(backup::list(backup, &dir.path)?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Puts a kept version of `path` back (the newest when `version` is `None`), through
+/// the same checks and atomic write as a received sync. The version replaced is backed
+/// up in turn. Returns the version restored.
+pub fn backups_restore(
+    config: &Config,
+    path: &str,
+    version: Option<&str>,
+) -> anyhow::Result<Version> {
+    crate::paths::check_normalized(path).map_err(|e| anyhow!(e))?;
+    let (_, backup) = backup_of(config, path)?;
+    let versions: Vec<Version> = backup::list(&backup, path)?
+        .into_iter()
+        .filter(|v| v.path == path)
+        .collect();
+    let chosen = match version {
+        Some(name) => versions
+            .into_iter()
+            .find(|v| v.version == name)
+            .ok_or_else(|| {
+                anyhow!("{path}: no kept version {name} (see `gosyncd backups list {path}`)")
+            })?,
+        None => versions
+            .into_iter()
+            .last()
+            .ok_or_else(|| anyhow!("{path}: no kept version"))?,
+    };
+    let content = match chosen.entry.content {
+        Content::File { .. } => Some(backup::content(&backup, &chosen)?),
+        _ => None,
+    };
+    let current = manifest::scan(config, &[path.to_string()], &HashCache::default())
+        .entries
+        .remove(path);
+    let op = Op {
+        path: path.to_string(),
+        action: Action::Put {
+            entry: chosen.entry.clone(),
+        },
+        expect: current,
+    };
+    let header = BatchHeader { ops: vec![op] };
+    apply::validate_batch(config, &header).map_err(|e| anyhow!(e))?;
+    let body = protocol::encode_batch(
+        &header,
+        &content.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+    );
+    let batch = protocol::decode_batch(&body).map_err(|e| anyhow!(e))?;
+    let origin = format!("a restore of backup {}", chosen.version);
+    let results = apply::apply_batch(config, apply::applies_owners(), &batch, &origin).commit();
+    match &results[0].outcome {
+        Outcome::Applied => Ok(chosen),
+        Outcome::Conflict(why)
+        | Outcome::Failed(why)
+        | Outcome::Kept(why)
+        | Outcome::Rejected(why) => Err(anyhow!("{path}: not restored: {why}")),
+    }
+}
