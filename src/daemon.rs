@@ -40,12 +40,27 @@ impl Daemon {
         listener: TcpListener,
         watch: bool,
     ) -> anyhow::Result<Daemon> {
+        Daemon::start_with(config, listener, watch, true).await
+    }
+
+    /// [`Daemon::start`]; `clean` removes temporary files left by an interrupted sync,
+    /// which a reload must not do: the daemon it replaces may be writing some.
+    pub async fn start_with(
+        config: Arc<Config>,
+        listener: TcpListener,
+        watch: bool,
+        clean: bool,
+    ) -> anyhow::Result<Daemon> {
         let tls = TlsMaterial::load(&config)?;
         let server_tls = tls.server_config()?;
         let (cache, versions) = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {
-                let stale = apply::remove_stale_temp_files(&config);
+                let stale = if clean {
+                    apply::remove_stale_temp_files(&config)
+                } else {
+                    0
+                };
                 if stale > 0 {
                     info!(
                         removed = stale,

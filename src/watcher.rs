@@ -436,6 +436,22 @@ impl Outbox {
         self.pending.lock().expect("outbox lock").extend(taken);
     }
 
+    /// Hands every waiting change over to `other` (a daemon reloading its config passes
+    /// them to its successor), keeping the older expectation where both have a path,
+    /// and wakes it.
+    pub fn hand_over(&self, other: &Outbox) {
+        let taken = self.take();
+        if taken.is_empty() {
+            return;
+        }
+        let mut pending = other.pending.lock().expect("outbox lock");
+        for (path, expect) in taken {
+            pending.insert(path, expect);
+        }
+        drop(pending);
+        other.wake.notify_one();
+    }
+
     /// How many paths wait.
     pub fn len(&self) -> usize {
         self.pending.lock().expect("outbox lock").len()

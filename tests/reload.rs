@@ -1,0 +1,148 @@
+//! SIGHUP: the real daemon reads its configuration and certificates again without
+//! dropping its watcher or refusing requests; a broken configuration is refused and the
+//! running one stays.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gosyncd::group::{GroupSpec, LocalGroup};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn arrives(group: &LocalGroup, logical: &str, bytes: &[u8]) {
+    let started = Instant::now();
+    while std::fs::read(group.nodes[1].path(logical)).ok().as_deref() != Some(bytes) {
+        assert!(started.elapsed() < WAIT, "{logical} never reached node 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn hangup(daemon: &DaemonProcess) {
+    let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+}
+
+/// Waits until `text` has been logged `count` times.
+async fn logged(daemon: &DaemonProcess, text: &str, count: usize) {
+    let started = Instant::now();
+    while daemon.log().matches(text).count() < count {
+        assert!(
+            started.elapsed() < WAIT,
+            "{text:?} not logged {count} times:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_broken() {
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 218,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.restart(1).await.unwrap();
+    group.release(0);
+    let config_path = group.nodes[0].config_path.clone();
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    // systemd's notify socket, as `Type=notify` gives it.
+    let socket_path = group.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let mut daemon = DaemonProcess::spawn_with(
+        "env",
+        &[format!("NOTIFY_SOCKET={}", socket_path.display())],
+        &config_path,
+        group.path().join("node1.log"),
+    );
+    let probe = peer_as(&group.nodes[1], group.nodes[0].addr);
+    daemon.wait_ready(&probe).await;
+    let said = |notify: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(said(&notify).contains("READY=1"), "ready once serving and watching");
+    write(&group.nodes[0], "/etc/app/before.cfg", "before\n");
+    arrives(&group, "/etc/app/before.cfg", b"before\n").await;
+
+    // A broken file: refused, named, and the daemon serves and watches as before.
+    std::fs::write(
+        &config_path,
+        original.replace("remotes = [", "remotes = [ oops"),
+    )
+    .unwrap();
+    hangup(&daemon);
+    logged(
+        &daemon,
+        "reload refused, the running configuration stays",
+        1,
+    )
+    .await;
+    assert!(
+        daemon.log().contains(&config_path.display().to_string()),
+        "{}",
+        daemon.log()
+    );
+    probe.identity().await.expect("still serving");
+    write(
+        &group.nodes[0],
+        "/etc/app/after-refusal.cfg",
+        "still watched\n",
+    );
+    arrives(&group, "/etc/app/after-refusal.cfg", b"still watched\n").await;
+
+    // A good one with a new setting: taken, and the watcher still pushes.
+    let metrics: std::net::SocketAddr = "127.0.0.218:19106".parse().unwrap();
+    std::fs::write(
+        &config_path,
+        format!("metrics_address = \"{metrics}\"\n{original}"),
+    )
+    .unwrap();
+    hangup(&daemon);
+    logged(&daemon, "configuration and certificates reloaded", 1).await;
+    // Each SIGHUP: RELOADING, then READY again (refused or not).
+    let notes: Vec<String> = (0..4).map(|_| said(&notify)).collect();
+    let expected = ["RELOADING=1", "READY=1", "RELOADING=1", "READY=1"];
+    for (note, wanted) in notes.iter().zip(expected) {
+        assert!(note.contains(wanted), "{notes:?}");
+    }
+    let mut scrape = tokio::net::TcpStream::connect(metrics)
+        .await
+        .expect("metrics after the reload");
+    scrape
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    scrape.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.contains("gosyncd_apply_requests_total"), "{answer}");
+    probe.identity().await.expect("serving after the reload");
+    write(
+        &group.nodes[0],
+        "/etc/app/after-reload.cfg",
+        "watched by the new one\n",
+    );
+    arrives(
+        &group,
+        "/etc/app/after-reload.cfg",
+        b"watched by the new one\n",
+    )
+    .await;
+    assert!(
+        !daemon.log().contains("stopping anyway"),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited"
+    );
+}
