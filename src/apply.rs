@@ -644,6 +644,45 @@ enum Step {
     Rename(String),
 }
 
+/// The text of a file (confined as a write would be, links never followed), for a
+/// diff; or a note saying why there is none.
+pub fn read_text(config: &Config, path: &str, limit: u64) -> crate::protocol::FileText {
+    use std::io::Read;
+    let note = |n: &str| crate::protocol::FileText {
+        path: path.to_string(),
+        text: None,
+        note: Some(n.to_string()),
+    };
+    let Ok(dir) = confine(config, path) else {
+        return note("outside the configured directories");
+    };
+    let (parent, name) = match open_parent(config, dir, path) {
+        Ok(found) => found,
+        Err(e) if e.missing => return note("missing"),
+        Err(e) => return note(&e.to_string()),
+    };
+    let fd = match open_regular(&parent, &name) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return note("missing"),
+        Err(_) => return note("not a regular file"),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = File::from(fd).take(limit + 1).read_to_end(&mut bytes) {
+        return note(&format!("unreadable: {e}"));
+    }
+    if bytes.len() as u64 > limit {
+        return note("too large to show");
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => crate::protocol::FileText {
+            path: path.to_string(),
+            text: Some(text),
+            note: None,
+        },
+        _ => note("binary"),
+    }
+}
+
 /// Why the directory holding a path could not be opened.
 #[derive(Debug)]
 pub(crate) struct ParentError {

@@ -135,6 +135,10 @@ pub struct SyncArgs {
     #[arg(long)]
     pub force: bool,
 
+    /// With --dry-run: show a unified diff of each changed text file, per peer
+    #[arg(long, requires = "dry_run")]
+    pub diff: bool,
+
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -219,6 +223,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 dry_run: args.dry_run,
                 exit_code: args.exit_code,
                 force: args.force,
+                diff: args.diff,
                 format: args.format,
             };
             sync_command(&cli.config, args.paths, mode).await
@@ -228,6 +233,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 dry_run: true,
                 exit_code: args.exit_code,
                 force: false,
+                diff: false,
                 format: args.format,
             };
             sync_command(&cli.config, args.paths, mode).await
@@ -389,6 +395,7 @@ struct SyncMode {
     dry_run: bool,
     exit_code: bool,
     force: bool,
+    diff: bool,
     format: Format,
 }
 
@@ -401,6 +408,7 @@ async fn sync_command(
         dry_run,
         exit_code,
         force,
+        diff,
         format,
     } = mode;
     let config = Arc::new(Config::from_file(path)?);
@@ -415,6 +423,7 @@ async fn sync_command(
             .collect(),
         dry_run,
         force,
+        diff,
     };
     if format == Format::Json {
         let report = engine
@@ -487,6 +496,14 @@ fn print_peer_json(report: &sync::PeerReport, dry_run: bool) {
             "first_line": a.first_line,
         }));
     }
+    for (path, diff) in &report.diffs {
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": report.peer,
+            "path": path,
+            "diff": diff,
+        }));
+    }
     if let Some(e) = &report.error {
         json_line(&serde_json::json!({
             "time": now_rfc3339(),
@@ -554,6 +571,9 @@ pub fn print_peer(report: &sync::PeerReport) {
     }
     for action in &report.actions {
         let _ = writeln!(out, "{}: {action}", timestamp());
+    }
+    for (_, diff) in &report.diffs {
+        let _ = write!(out, "{diff}");
     }
     let _ = out.flush();
     if let Some(e) = &report.error {

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Remote;
 use crate::protocol::{
-    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse, StatusResponse,
+    self, ApplyResponse, ContentRequest, ContentResponse, ErrorBody, Identity, ManifestRequest,
+    ManifestResponse, StatusResponse,
 };
 use crate::tls;
 
@@ -124,6 +125,19 @@ impl Peer {
             .timeout(protocol::MANIFEST_TIMEOUT)
             .json(&ManifestRequest {
                 scope: scope.to_vec(),
+            });
+        self.call(request, protocol::MANIFEST_TIMEOUT).await
+    }
+
+    /// The text of some of the peer's files, for a diff.
+    pub async fn contents(&self, paths: &[String]) -> Result<ContentResponse, PeerError> {
+        let request = self
+            .transport
+            .http
+            .post(format!("{}{}", self.remote.url(), protocol::CONTENT_ROUTE))
+            .timeout(protocol::MANIFEST_TIMEOUT)
+            .json(&ContentRequest {
+                paths: paths.to_vec(),
             });
         self.call(request, protocol::MANIFEST_TIMEOUT).await
     }

@@ -17,6 +17,10 @@ pub const IDENTITY_ROUTE: &str = "/v1/identity";
 pub const STATUS_ROUTE: &str = "/v1/status";
 /// Returns the receiver's manifest (optionally limited to a scope).
 pub const MANIFEST_ROUTE: &str = "/v1/manifest";
+/// The route answering the text of some files, for `sync -dry --diff`.
+pub const CONTENT_ROUTE: &str = "/v1/content";
+/// Largest file whose text `/v1/content` returns (larger ones are only named).
+pub const MAX_DIFF_FILE_BYTES: u64 = 1024 * 1024;
 /// Applies one batch of operations with their contents.
 pub const APPLY_ROUTE: &str = "/v1/apply";
 /// Media type of an apply request body.
@@ -239,6 +243,28 @@ pub struct PeerStatus {
     pub last_success_unix: Option<u64>,
     /// Why the last push failed, when it did.
     pub last_error: Option<String>,
+}
+
+/// The files whose text a sender asks for, to show a diff.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentRequest {
+    pub paths: Vec<String>,
+}
+
+/// What `/v1/content` says of one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileText {
+    pub path: String,
+    /// Its text, when it is a UTF-8 regular file no larger than [`MAX_DIFF_FILE_BYTES`].
+    pub text: Option<String>,
+    /// Why there is no text: `missing`, `binary`, `too large`, `not a regular file`, ...
+    pub note: Option<String>,
+}
+
+/// The answer of `/v1/content`, in the order asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentResponse {
+    pub files: Vec<FileText>,
 }
 
 /// A receiver's manifest.

@@ -253,6 +253,10 @@ pub fn router(node: Arc<Node>) -> Router {
             post(manifest).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
         )
         .route(protocol::APPLY_ROUTE, post(apply))
+        .route(
+            protocol::CONTENT_ROUTE,
+            post(content).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
+        )
         .route_layer(middleware::from_fn_with_state(node.clone(), authorize))
         .route(protocol::IDENTITY_ROUTE, get(identity))
         .with_state(node)
@@ -325,6 +329,28 @@ async fn manifest(
         .await
         .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
     Ok(Json(response))
+}
+
+async fn content(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    body: Bytes,
+) -> Result<Json<protocol::ContentResponse>, ApiError> {
+    let request: protocol::ContentRequest = serde_json::from_slice(&body)
+        .map_err(|e| refuse(&addr, format!("malformed content request: {e}")))?;
+    for path in &request.paths {
+        apply::confine(&node.config, path).map_err(|e| refuse(&addr, e))?;
+    }
+    let files = tokio::task::spawn_blocking(move || {
+        request
+            .paths
+            .iter()
+            .map(|path| apply::read_text(&node.config, path, protocol::MAX_DIFF_FILE_BYTES))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("read failed: {e}")))?;
+    Ok(Json(protocol::ContentResponse { files }))
 }
 
 /// Builds this node's manifest response.

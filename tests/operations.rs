@@ -355,3 +355,74 @@ async fn a_restored_backup_is_put_back_and_pushed_like_any_edit() {
         "{run:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_with_diff_shows_each_changed_text_file_per_peer_and_changes_nothing() {
+    let group = start(2, 48).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(
+        n0,
+        "/etc/app/app.cfg",
+        "listen 80\nmaxconn 20\ntimeout 5s\n",
+    );
+    write(
+        n1,
+        "/etc/app/app.cfg",
+        "listen 80\nmaxconn 10\ntimeout 5s\n",
+    );
+    write(n0, "/etc/app/new.cfg", "brand new\n");
+    write(n1, "/etc/app/gone.cfg", "going away\n");
+    write(n0, "/etc/app/blob.bin", [0u8, 159, 146, 150]);
+    write(n1, "/etc/app/blob.bin", [1u8, 2, 3]);
+    let before = snapshot(&n1.path("/etc/app"));
+
+    let run = gosyncd(config_args(&n0.config_path, &["sync", "-dry", "--diff"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let out = &run.stdout;
+    let peer = n1.addr.to_string();
+    for expected in [
+        format!("--- {peer}:/etc/app/app.cfg"),
+        "+++ this node:/etc/app/app.cfg".to_string(),
+        "-maxconn 10".to_string(),
+        "+maxconn 20".to_string(),
+        " listen 80".to_string(),
+        "--- /dev/null".to_string(),
+        "+brand new".to_string(),
+        format!("--- {peer}:/etc/app/gone.cfg"),
+        "-going away".to_string(),
+        "/etc/app/blob.bin: no diff shown (binary)".to_string(),
+    ] {
+        assert!(out.contains(&expected), "{expected:?} missing from:\n{out}");
+    }
+    assert_eq!(
+        snapshot(&n1.path("/etc/app")),
+        before,
+        "a dry run changed the peer"
+    );
+
+    let run = gosyncd(config_args(&n0.config_path, &["sync", "--diff"])).await;
+    assert_eq!(
+        run.code,
+        Some(2),
+        "--diff without a dry run is refused: {run:#?}"
+    );
+
+    // The route behind it answers the group only, inside the configured directories,
+    // and never follows a link.
+    symlink(n1, "/etc/passwd", "/etc/app/link");
+    let stranger = common::peer(&tls_of(n0), n1.addr);
+    let err = stranger
+        .contents(&["/etc/app/app.cfg".into()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("(403)"), "{err}");
+    let member = peer_as(n0, n1.addr);
+    let err = member.contents(&["/etc/passwd".into()]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("(400)") && err.to_string().contains("outside"),
+        "{err}"
+    );
+    let answer = member.contents(&["/etc/app/link".into()]).await.unwrap();
+    assert_eq!(answer.files[0].text, None);
+    assert_eq!(answer.files[0].note.as_deref(), Some("not a regular file"));
+}
