@@ -77,6 +77,10 @@ pub enum Command {
     /// List or restore the versions kept by the backup setting
     #[command(subcommand)]
     Backups(BackupsCommand),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(crate::docs::CompletionsArgs),
+    /// Print the man page gosyncd(1), or write every page into a directory with --out
+    Man(crate::docs::ManArgs),
 }
 
 /// How results are printed.
@@ -243,6 +247,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::CheckConfig) => check_config(&cli.config),
         Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
         Some(Command::Cert(args)) => crate::certs::command(args),
+        Some(Command::Completions(args)) => crate::docs::completions(args),
+        Some(Command::Man(args)) => crate::docs::man(args),
     };
     result.unwrap_or_else(|e| {
         error!("{e:#}");

@@ -69,7 +69,10 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_brok
         let n = notify.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    assert!(said(&notify).contains("READY=1"), "ready once serving and watching");
+    assert!(
+        said(&notify).contains("READY=1"),
+        "ready once serving and watching"
+    );
     write(&group.nodes[0], "/etc/app/before.cfg", "before\n");
     arrives(&group, "/etc/app/before.cfg", b"before\n").await;
 
