@@ -102,23 +102,23 @@ impl Daemon {
         let (stop, stopped) = oneshot::channel();
         let (stopping, stop_requested) = watch_channel(false);
         let serving = node.clone();
+        // One outbox and one delivering task per peer: a peer that is down never holds
+        // the others back. They exist before `start` returns, so that a reload can hand
+        // the previous daemon's waiting changes over to them at once.
+        let outboxes: Vec<Arc<Outbox>> = engine.peers().iter().map(|_| Arc::default()).collect();
+        let tracks = engine
+            .peers()
+            .iter()
+            .zip(&outboxes)
+            .map(|(peer, outbox)| {
+                Arc::new(server::PeerTrack::new(
+                    peer.remote.label.clone(),
+                    outbox.clone(),
+                ))
+            })
+            .collect();
+        let _ = node.peers.set(tracks);
         let task = tokio::spawn(async move {
-            // One outbox and one delivering task per peer: a peer that is down never
-            // holds the others back.
-            let outboxes: Vec<Arc<Outbox>> =
-                engine.peers().iter().map(|_| Arc::default()).collect();
-            let tracks = engine
-                .peers()
-                .iter()
-                .zip(&outboxes)
-                .map(|(peer, outbox)| {
-                    Arc::new(server::PeerTrack::new(
-                        peer.remote.label.clone(),
-                        outbox.clone(),
-                    ))
-                })
-                .collect();
-            let _ = serving.peers.set(tracks);
             let mut workers: Vec<_> = outboxes
                 .iter()
                 .enumerate()

@@ -149,3 +149,45 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_brok
         "the daemon exited"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 63,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    let config_path = group.nodes[0].config_path.clone();
+    let daemon = DaemonProcess::spawn(&config_path, group.path().join("node1.log"));
+    logged(&daemon, "listening and watching", 1).await;
+
+    // Node 1 is down: the save waits in node 0's memory.
+    write(
+        &group.nodes[0],
+        "/etc/app/waiting.cfg",
+        "saved while node 1 was down\n",
+    );
+    logged(&daemon, "peer unreachable, changes kept in memory", 1).await;
+
+    hangup(&daemon);
+    logged(&daemon, "configuration and certificates reloaded", 1).await;
+    group.restart(1).await.unwrap();
+    // The new daemon got the waiting change and retries it: node 1 catches up.
+    let started = Instant::now();
+    while std::fs::read(group.nodes[1].path("/etc/app/waiting.cfg"))
+        .ok()
+        .as_deref()
+        != Some(b"saved while node 1 was down\n".as_slice())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the waiting change was lost in the reload:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
