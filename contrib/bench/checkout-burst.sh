@@ -98,12 +98,6 @@ export GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
 
 # ------------------------------------------------------------------ workspace, cleanup
 
-# end_jobs: every process this script started is one of its background jobs (or a
-# child of lsyncd, stopped with it): end them by id (stop is in lib.sh).
-end_jobs() {
-    local pid
-    for pid in $(jobs -p); do stop "$pid"; done
-}
 workspace gosyncd-checkout '*.log'
 failures=()
 

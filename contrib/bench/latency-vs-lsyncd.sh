@@ -91,12 +91,6 @@ command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
 
 # ------------------------------------------------------------------ workspace, cleanup
 
-# end_jobs: every process this script started is one of its background jobs (or a
-# child of lsyncd, stopped with it): end them by id (stop is in lib.sh).
-end_jobs() {
-    local pid
-    for pid in $(jobs -p); do stop "$pid"; done
-}
 workspace gosyncd-latency '*.log'
 failures=()
 

@@ -1,4 +1,5 @@
 # lib.sh: the parts shared by sync-vs-rsync.sh, latency-vs-lsyncd.sh and checkout-burst.sh.
+# shellcheck shell=bash
 # Sourced, not run; the script that sources it sets `here` (this directory) and KEEP first.
 
 repo=$(cd "$here/../.." && pwd)
@@ -25,7 +26,7 @@ need() {
 
 # workspace NAME LOG_GLOB...: a new temporary directory $work (with $res and $logs in
 # it) and the exit trap that removes it. On exit, cleanup ends the script's background
-# jobs with end_jobs (which the script defines) and, after a failure, shows the last
+# jobs with end_jobs (defined below; a script may define its own) and, after a failure, shows the last
 # lines of the logs in $logs that match a LOG_GLOB.
 workspace() {
     work=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
@@ -196,4 +197,11 @@ start_lsyncd() {
         sleep 0.1
     done
     [ "$k" -lt 1200 ] || die "lsyncd did not finish its start-up in 120 s"
+}
+
+# end_jobs: every process the sourcing script started is one of its background jobs (or
+# a child of lsyncd, stopped with it): end them by id.
+end_jobs() {
+    local pid
+    for pid in $(jobs -p); do stop "$pid"; done
 }
