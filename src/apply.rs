@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -26,6 +25,7 @@ use crate::protocol::{
     Action, Batch, BatchHeader, Content, Digest256, Entry, Op, OpResult, Outcome,
     MAX_LINK_TARGET_BYTES,
 };
+use crate::rollback::{keep_previous, Kept, Previous, Undo};
 
 /// Checks that a path from a peer is one this node may write: well-formed, inside a
 /// configured directory, not excluded, not one of gosyncd's temporary names.
@@ -223,129 +223,6 @@ impl Drop for Applied {
             undo.forget();
         }
     }
-}
-
-/// What a path held before a batch changed it, kept so that the change can be undone.
-struct Undo {
-    index: usize,
-    /// The configured directory.
-    dir: String,
-    /// The logical path; its directory is opened again to undo (it may have been
-    /// deleted and re-created since).
-    path: String,
-    previous: Previous,
-}
-
-enum Previous {
-    /// Nothing was there.
-    Absent,
-    /// A file or symlink, still linked under a temporary name.
-    Linked(Kept),
-    /// A directory, with its mode.
-    Dir(u32),
-}
-
-impl Undo {
-    /// Restores the previous state.
-    fn put_back(&mut self, config: &Config) -> io::Result<()> {
-        let dir = config
-            .directory_of(&self.path)
-            .ok_or_else(|| io::Error::other("outside the configured directories"))?;
-        let (parent, name) =
-            open_parent(config, dir, &self.path).map_err(|e| io::Error::other(e.to_string()))?;
-        let now = rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW);
-        let is_dir = now.as_ref().is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
-        });
-        let exists = now.is_ok();
-        match &self.previous {
-            Previous::Absent => {
-                if exists {
-                    let flags = if is_dir {
-                        AtFlags::REMOVEDIR
-                    } else {
-                        AtFlags::empty()
-                    };
-                    rustix::fs::unlinkat(&parent, name.as_str(), flags)?;
-                }
-            }
-            Previous::Linked(kept) => {
-                if is_dir {
-                    rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::REMOVEDIR)?;
-                }
-                rustix::fs::renameat(&*kept.holder, kept.tmp.as_str(), &parent, name.as_str())?;
-                self.previous = Previous::Absent;
-                return Ok(());
-            }
-            Previous::Dir(mode) => {
-                if exists && !is_dir {
-                    rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty())?;
-                }
-                if !is_dir {
-                    rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(*mode))?;
-                }
-                let fd = rustix::fs::openat(
-                    &parent,
-                    name.as_str(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
-            }
-        }
-        let _ = rustix::fs::fsync(&parent);
-        Ok(())
-    }
-
-    /// Removes the temporary link that kept the previous version, if any.
-    fn forget(&self) {
-        if let Previous::Linked(kept) = &self.previous {
-            kept.forget();
-        }
-    }
-}
-
-/// A previous file or symlink kept under a temporary name in `holder`.
-#[derive(Clone)]
-struct Kept {
-    holder: Arc<OwnedFd>,
-    tmp: String,
-}
-
-impl Kept {
-    fn forget(&self) {
-        let _ = rustix::fs::unlinkat(&*self.holder, self.tmp.as_str(), AtFlags::empty());
-    }
-}
-
-/// Links the file or symlink `name` of `parent` under a temporary name at the top of
-/// `dir` (next to it when that is another filesystem). `None` when there is nothing to
-/// link: no entry, or a directory.
-fn keep_previous(
-    config: &Config,
-    dir: &Directory,
-    parent: &OwnedFd,
-    name: &str,
-) -> io::Result<Option<Kept>> {
-    let top = rustix::fs::open(
-        config.local_path(&dir.path),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let tmp = temp_name();
-    let holder = match rustix::fs::linkat(parent, name, &top, tmp.as_str(), AtFlags::empty()) {
-        Ok(()) => top,
-        Err(Errno::XDEV) => {
-            rustix::fs::linkat(parent, name, parent, tmp.as_str(), AtFlags::empty())?;
-            parent.try_clone()?
-        }
-        Err(Errno::NOENT) | Err(Errno::PERM) | Err(Errno::ISDIR) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    Ok(Some(Kept {
-        holder: Arc::new(holder),
-        tmp,
-    }))
 }
 
 /// A file written under a temporary name, renamed over its target at the end of the
@@ -644,45 +521,6 @@ enum Step {
     Rename(String),
 }
 
-/// The text of a file (confined as a write would be, links never followed), for a
-/// diff; or a note saying why there is none.
-pub fn read_text(config: &Config, path: &str, limit: u64) -> crate::protocol::FileText {
-    use std::io::Read;
-    let note = |n: &str| crate::protocol::FileText {
-        path: path.to_string(),
-        text: None,
-        note: Some(n.to_string()),
-    };
-    let Ok(dir) = confine(config, path) else {
-        return note("outside the configured directories");
-    };
-    let (parent, name) = match open_parent(config, dir, path) {
-        Ok(found) => found,
-        Err(e) if e.missing => return note("missing"),
-        Err(e) => return note(&e.to_string()),
-    };
-    let fd = match open_regular(&parent, &name) {
-        Ok(fd) => fd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return note("missing"),
-        Err(_) => return note("not a regular file"),
-    };
-    let mut bytes = Vec::new();
-    if let Err(e) = File::from(fd).take(limit + 1).read_to_end(&mut bytes) {
-        return note(&format!("unreadable: {e}"));
-    }
-    if bytes.len() as u64 > limit {
-        return note("too large to show");
-    }
-    match String::from_utf8(bytes) {
-        Ok(text) if !text.contains('\0') => crate::protocol::FileText {
-            path: path.to_string(),
-            text: Some(text),
-            note: None,
-        },
-        _ => note("binary"),
-    }
-}
-
 /// Why the directory holding a path could not be opened.
 #[derive(Debug)]
 pub(crate) struct ParentError {
@@ -842,7 +680,7 @@ pub(crate) fn open_regular(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> 
     Ok(fd)
 }
 
-fn temp_name() -> String {
+pub(crate) fn temp_name() -> String {
     format!(
         "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
         uuid::Uuid::new_v4().simple()

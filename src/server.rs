@@ -345,7 +345,7 @@ async fn content(
         request
             .paths
             .iter()
-            .map(|path| apply::read_text(&node.config, path, protocol::MAX_DIFF_FILE_BYTES))
+            .map(|path| crate::diff::read_text(&node.config, path, protocol::MAX_DIFF_FILE_BYTES))
             .collect()
     })
     .await

@@ -551,7 +551,7 @@ async fn sync_peer(
         }
     }
     if options.dry_run && options.diff && !ops.is_empty() {
-        report.diffs = diffs(config, peer, &ops).await;
+        report.diffs = crate::diff::diffs(config, peer, &ops).await;
     }
     if options.dry_run || ops.is_empty() {
         report.changes.extend(ops.iter().map(|op| Change {
@@ -563,103 +563,6 @@ async fn sync_peer(
     }
     push(config, peer, ops, local, &remote.limits, &mut report).await;
     report
-}
-
-/// The unified diffs (peer's version -> this node's) of the files `ops` change in
-/// content, in their order; a note for a file that is binary, too large or unreadable.
-async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, String)> {
-    let file = |e: Option<&Entry>| match e {
-        Some(Entry {
-            content: Content::File { sha256, .. },
-            ..
-        }) => Some(*sha256),
-        _ => None,
-    };
-    let mut wanted = Vec::new();
-    for op in ops {
-        let before = file(op.expect.as_ref());
-        let after = match &op.action {
-            Action::Put { entry } => file(Some(entry)),
-            Action::Delete => None,
-        };
-        if (before.is_some() || after.is_some()) && before != after {
-            wanted.push((op.path.clone(), before.is_some(), after.is_some()));
-        }
-    }
-    if wanted.is_empty() {
-        return Vec::new();
-    }
-    let remote_paths: Vec<String> = wanted
-        .iter()
-        .filter(|(_, before, _)| *before)
-        .map(|(p, _, _)| p.clone())
-        .collect();
-    let theirs = if remote_paths.is_empty() {
-        Vec::new()
-    } else {
-        match peer.contents(&remote_paths).await {
-            Ok(answer) => answer.files,
-            Err(e) => {
-                return vec![(
-                    String::new(),
-                    format!("no diff: the peer's files could not be read: {e}"),
-                )]
-            }
-        }
-    };
-    let label = &peer.remote.label;
-    let mut out = Vec::new();
-    for (path, before, after) in wanted {
-        let old = if before {
-            theirs.iter().find(|f| f.path == path).cloned()
-        } else {
-            Some(crate::protocol::FileText {
-                path: path.clone(),
-                text: Some(String::new()),
-                note: None,
-            })
-        };
-        let new = if after {
-            apply::read_text(config, &path, protocol::MAX_DIFF_FILE_BYTES)
-        } else {
-            crate::protocol::FileText {
-                path: path.clone(),
-                text: Some(String::new()),
-                note: None,
-            }
-        };
-        let text = match (
-            old.as_ref().and_then(|f| f.text.as_deref()),
-            new.text.as_deref(),
-        ) {
-            (Some(old_text), Some(new_text)) => similar::TextDiff::from_lines(old_text, new_text)
-                .unified_diff()
-                .context_radius(3)
-                .header(
-                    &if before {
-                        format!("{label}:{path}")
-                    } else {
-                        "/dev/null".into()
-                    },
-                    &if after {
-                        format!("this node:{path}")
-                    } else {
-                        "/dev/null".into()
-                    },
-                )
-                .to_string(),
-            _ => {
-                let why = old
-                    .as_ref()
-                    .and_then(|f| f.note.clone())
-                    .or(new.note.clone())
-                    .unwrap_or_else(|| "unreadable".into());
-                format!("{path}: no diff shown ({why})\n")
-            }
-        };
-        out.push((path, text));
-    }
-    out
 }
 
 /// Deletions below this count never trip the share rule of the mass-delete guard.

@@ -1,0 +1,135 @@
+//! Putting a batch back: what each path held before a batch changed it, in a directory
+//! whose `validate` command checks what it receives. A previous file or link is kept as
+//! a hard link under a temporary name until the batch is accepted.
+
+use std::io;
+use std::sync::Arc;
+
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::config::{Config, Directory};
+
+/// What a path held before a batch changed it, kept so that the change can be undone.
+pub(crate) struct Undo {
+    pub index: usize,
+    /// The configured directory.
+    pub dir: String,
+    /// The logical path; its directory is opened again to undo (it may have been
+    /// deleted and re-created since).
+    pub path: String,
+    pub previous: Previous,
+}
+
+pub(crate) enum Previous {
+    /// Nothing was there.
+    Absent,
+    /// A file or symlink, still linked under a temporary name.
+    Linked(Kept),
+    /// A directory, with its mode.
+    Dir(u32),
+}
+
+impl Undo {
+    /// Restores the previous state.
+    pub fn put_back(&mut self, config: &Config) -> io::Result<()> {
+        let dir = config
+            .directory_of(&self.path)
+            .ok_or_else(|| io::Error::other("outside the configured directories"))?;
+        let (parent, name) = crate::apply::open_parent(config, dir, &self.path)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let now = rustix::fs::statat(&parent, name.as_str(), AtFlags::SYMLINK_NOFOLLOW);
+        let is_dir = now.as_ref().is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        });
+        let exists = now.is_ok();
+        match &self.previous {
+            Previous::Absent => {
+                if exists {
+                    let flags = if is_dir {
+                        AtFlags::REMOVEDIR
+                    } else {
+                        AtFlags::empty()
+                    };
+                    rustix::fs::unlinkat(&parent, name.as_str(), flags)?;
+                }
+            }
+            Previous::Linked(kept) => {
+                if is_dir {
+                    rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::REMOVEDIR)?;
+                }
+                rustix::fs::renameat(&*kept.holder, kept.tmp.as_str(), &parent, name.as_str())?;
+                self.previous = Previous::Absent;
+                return Ok(());
+            }
+            Previous::Dir(mode) => {
+                if exists && !is_dir {
+                    rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty())?;
+                }
+                if !is_dir {
+                    rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(*mode))?;
+                }
+                let fd = rustix::fs::openat(
+                    &parent,
+                    name.as_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
+            }
+        }
+        let _ = rustix::fs::fsync(&parent);
+        Ok(())
+    }
+
+    /// Removes the temporary link that kept the previous version, if any.
+    pub fn forget(&self) {
+        if let Previous::Linked(kept) = &self.previous {
+            kept.forget();
+        }
+    }
+}
+
+/// A previous file or symlink kept under a temporary name in `holder`.
+#[derive(Clone)]
+pub(crate) struct Kept {
+    pub holder: Arc<OwnedFd>,
+    pub tmp: String,
+}
+
+impl Kept {
+    pub fn forget(&self) {
+        let _ = rustix::fs::unlinkat(&*self.holder, self.tmp.as_str(), AtFlags::empty());
+    }
+}
+
+/// Links the file or symlink `name` of `parent` under a temporary name at the top of
+/// `dir` (next to it when that is another filesystem). `None` when there is nothing to
+/// link: no entry, or a directory.
+pub(crate) fn keep_previous(
+    config: &Config,
+    dir: &Directory,
+    parent: &OwnedFd,
+    name: &str,
+) -> io::Result<Option<Kept>> {
+    let top = rustix::fs::open(
+        config.local_path(&dir.path),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let tmp = crate::apply::temp_name();
+    let holder = match rustix::fs::linkat(parent, name, &top, tmp.as_str(), AtFlags::empty()) {
+        Ok(()) => top,
+        Err(Errno::XDEV) => {
+            rustix::fs::linkat(parent, name, parent, tmp.as_str(), AtFlags::empty())?;
+            parent.try_clone()?
+        }
+        Err(Errno::NOENT) | Err(Errno::PERM) | Err(Errno::ISDIR) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(Kept {
+        holder: Arc::new(holder),
+        tmp,
+    }))
+}
