@@ -69,8 +69,8 @@ pub enum Command {
     /// Start a throw-away three-node group on 127.0.0.2-4 and show a sync
     Demo(DemoArgs),
     /// Make the group's certificates: a CA and node certificates, or one self-signed
-    #[command(long_about = crate::certs::CERT_LONG_ABOUT)]
-    Cert(crate::certs::CertArgs),
+    #[command(long_about = crate::certgen::CERT_LONG_ABOUT)]
+    Cert(crate::certgen::CertArgs),
     /// Ask every peer how it stands: reachable, latency, version, drift, pending changes,
     /// conflicts, last push (exit 0 all well, 1 drift, 2 a peer unreachable)
     Status(StatusArgs),
@@ -246,7 +246,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Backups(command)) => backups_command(&cli.config, command),
         Some(Command::CheckConfig) => check_config(&cli.config),
         Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
-        Some(Command::Cert(args)) => crate::certs::command(args),
+        Some(Command::Cert(args)) => crate::certgen::command(args),
         Some(Command::Completions(args)) => crate::docs::completions(args),
         Some(Command::Man(args)) => crate::docs::man(args),
     };

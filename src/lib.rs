@@ -7,6 +7,7 @@ pub mod access;
 pub mod actions;
 pub mod apply;
 pub mod backup;
+pub mod certgen;
 pub mod certs;
 pub mod cli;
 pub mod client;
