@@ -267,37 +267,72 @@ pub async fn run(
     }
 }
 
-/// Runs the `validate` command of each directory in `changed` that validates local
-/// changes, with the directory and the changed paths as they are on this host. Returns
-/// the directories whose command failed, each with the reason to give.
-pub async fn validate_local(
+/// A directory and its changed logical paths as they are on this host, for commands.
+pub fn local_paths(
+    config: &crate::config::Config,
+    dir: &str,
+    changed: &[String],
+) -> (String, Vec<String>) {
+    let local = |p: &str| config.local_path(p).to_string_lossy().into_owned();
+    (local(dir), changed.iter().map(|p| local(p)).collect())
+}
+
+/// Which changes a command is run for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Received from a peer.
+    Received,
+    /// Made on this node.
+    Local,
+}
+
+impl RunOn {
+    /// Whether commands run for changes from `side`.
+    pub fn covers(self, side: Side) -> bool {
+        match side {
+            Side::Received => self.on_receive(),
+            Side::Local => self.on_local(),
+        }
+    }
+}
+
+/// Runs the `validate` command of each directory in `changed` that validates changes
+/// from `side`, with the directory and the changed paths as they are on this host.
+/// Returns the directories whose command failed, each with why: the command's first
+/// line of output, or its exit status.
+pub async fn validate(
     config: &crate::config::Config,
     changed: &std::collections::BTreeMap<String, Vec<String>>,
+    side: Side,
 ) -> Vec<(String, String)> {
     let mut refused = Vec::new();
     for (path, paths) in changed {
-        let Some(dir) = config.directories.iter().find(|d| &d.path == path) else {
+        let Some(dir) = config.directory_of(path) else {
             continue;
         };
-        let (Some(command), true) = (&dir.actions.validate, dir.actions.run_on.on_local()) else {
+        let (Some(command), true) = (&dir.actions.validate, dir.actions.run_on.covers(side)) else {
             continue;
         };
-        let local = |p: &str| config.local_path(p).to_string_lossy().into_owned();
-        let paths: Vec<String> = paths.iter().map(|p| local(p)).collect();
-        let result = run(command, &local(&dir.path), &paths, dir.actions.timeout).await;
+        let (local_dir, local_changed) = local_paths(config, &dir.path, paths);
+        let result = run(command, &local_dir, &local_changed, dir.actions.timeout).await;
         if !result.success {
             let why = if result.first_line.is_empty() {
                 format!("`{command}` exited with {:?}", result.code)
             } else {
                 result.first_line
             };
-            refused.push((
-                dir.path.clone(),
-                format!("validation failed on this node: {why}"),
-            ));
+            refused.push((dir.path.clone(), why));
         }
     }
     refused
+}
+
+/// Whether any directory validates changes from `side`.
+pub fn validates(config: &crate::config::Config, side: Side) -> bool {
+    config
+        .directories
+        .iter()
+        .any(|d| d.actions.validate.is_some() && d.actions.run_on.covers(side))
 }
 
 /// How long a directory's `on_change` commands wait for more changes before they run,

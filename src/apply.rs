@@ -181,17 +181,13 @@ pub struct Applied {
 impl Applied {
     /// The configured directories this batch changed, with the paths it changed in each.
     pub fn touched(&self, config: &Config) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (index, result) in self.results.iter().enumerate() {
-            if result.outcome == Outcome::Applied && self.changed.contains(&index) {
-                if let Some(dir) = config.directory_of(&result.path) {
-                    out.entry(dir.path.clone())
-                        .or_default()
-                        .push(result.path.clone());
-                }
-            }
-        }
-        out
+        config.by_directory(
+            self.results
+                .iter()
+                .enumerate()
+                .filter(|(index, r)| r.outcome == Outcome::Applied && self.changed.contains(index))
+                .map(|(_, r)| r.path.clone()),
+        )
     }
 
     /// Puts back the previous state of every path this batch changed in directory

@@ -611,6 +611,21 @@ impl Config {
             .iter()
             .find(|d| is_within(logical, &d.path))
     }
+
+    /// Logical paths grouped by the configured directory holding them (paths outside
+    /// every directory are left out).
+    pub fn by_directory(
+        &self,
+        paths: impl IntoIterator<Item = String>,
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for path in paths {
+            if let Some(dir) = self.directory_of(&path) {
+                out.entry(dir.path.clone()).or_default().push(path);
+            }
+        }
+        out
+    }
 }
 
 #[derive(Default)]

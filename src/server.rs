@@ -497,27 +497,12 @@ async fn apply_and_validate(
     .await
     .map_err(|e| format!("apply failed: {e}"))??;
 
-    for (path, changed) in applied.touched(&node.config) {
-        let Some(dir) = node.config.directories.iter().find(|d| d.path == path) else {
-            continue;
-        };
-        let (Some(command), true) = (&dir.actions.validate, dir.actions.run_on.on_receive()) else {
-            continue;
-        };
-        let (local_dir, local_changed) = local_paths(&node.config, &dir.path, &changed);
-        let result = actions::run(command, &local_dir, &local_changed, dir.actions.timeout).await;
-        if result.success {
-            debug!(directory = %dir.path, %command, "validation passed");
-            continue;
-        }
-        let why = if result.first_line.is_empty() {
-            format!("`{command}` exited with {:?}", result.code)
-        } else {
-            result.first_line.clone()
-        };
+    let touched = applied.touched(&node.config);
+    for (dir_path, why) in actions::validate(&node.config, &touched, actions::Side::Received).await
+    {
         let reason = format!("validation failed: {why}");
-        warn!(directory = %dir.path, %command, changed = changed.len(), "{reason}: rolling the batch's changes back");
-        let dir_path = dir.path.clone();
+        let changed = touched.get(&dir_path).map_or(0, Vec::len);
+        warn!(directory = %dir_path, changed, "{reason}: rolling the batch's changes back");
         let config = node.config.clone();
         let (back, failures) = tokio::task::spawn_blocking(move || {
             let failures = applied.reject(&config, &dir_path, &reason);
@@ -549,12 +534,6 @@ async fn apply_and_validate(
     Ok((results, changed))
 }
 
-/// Where a directory and its changed paths are on this host, for commands.
-fn local_paths(config: &Config, dir: &str, changed: &[String]) -> (String, Vec<String>) {
-    let local = |p: &str| config.local_path(p).to_string_lossy().into_owned();
-    (local(dir), changed.iter().map(|p| local(p)).collect())
-}
-
 /// Runs the `on_change` commands of the directories a received batch changed, and says
 /// how each ended.
 async fn run_on_change(
@@ -563,13 +542,13 @@ async fn run_on_change(
 ) -> Vec<ActionReport> {
     let mut reports = Vec::new();
     for (path, paths) in changed {
-        let Some(dir) = node.config.directories.iter().find(|d| d.path == path) else {
+        let Some(dir) = node.config.directory_of(&path) else {
             continue;
         };
         if !dir.actions.run_on.on_receive() {
             continue;
         }
-        let (local_dir, local_changed) = local_paths(&node.config, &dir.path, &paths);
+        let (local_dir, local_changed) = actions::local_paths(&node.config, &dir.path, &paths);
         for result in node
             .runner
             .on_change(&local_dir, &dir.actions, local_changed)

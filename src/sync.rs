@@ -309,7 +309,10 @@ impl Engine {
                 .filter(|d| scan.entries.contains_key(&d.path))
                 .map(|d| (d.path.clone(), Vec::new()))
                 .collect();
-            for (dir, reason) in actions::validate_local(&self.config, &to_validate).await {
+            for (dir, why) in
+                actions::validate(&self.config, &to_validate, actions::Side::Local).await
+            {
+                let reason = format!("validation failed on this node: {why}");
                 report
                     .local_errors
                     .push(format!("refusing to push {dir}: {reason}"));

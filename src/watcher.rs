@@ -331,26 +331,20 @@ async fn push_burst(
     // A directory whose changes fail its own validation is not pushed: its paths are
     // left out (their versions stay what the peers hold), until an edit fixes it.
     let config = engine.config();
-    let touched = changed_by_directory(config, versions, &scan, &scope, node.owners);
     let mut refused = Vec::new();
-    for (dir, reason) in actions::validate_local(config, &touched).await {
-        error!("not pushing the changes of {dir}: {reason}; fix it here and save again");
-        scan.unreadable.push((dir.clone(), reason));
-        refused.push(dir);
+    if actions::validates(config, actions::Side::Local) {
+        let touched = config.by_directory(versions.peek_changes(&scan, &scope, node.owners));
+        for (dir, why) in actions::validate(config, &touched, actions::Side::Local).await {
+            let reason = format!("validation failed on this node: {why}");
+            error!("not pushing the changes of {dir}: {reason}; fix it here and save again");
+            scan.unreadable.push((dir.clone(), reason));
+            refused.push(dir);
+        }
     }
     let ops = versions.take_changes(&scan, &scope, node.owners);
     drop(quiet);
     // The directories' own on_change commands, for local changes.
-    let mut changed: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for op in &ops {
-        if let Some(dir) = config.directory_of(&op.path) {
-            changed
-                .entry(dir.path.clone())
-                .or_default()
-                .push(op.path.clone());
-        }
-    }
-    for (dir_path, paths) in changed {
+    for (dir_path, paths) in config.by_directory(ops.iter().map(|op| op.path.clone())) {
         let Some(dir) = config.directory_of(&dir_path) else {
             continue;
         };
@@ -359,8 +353,7 @@ async fn push_burst(
         }
         let runner = node.runner.clone();
         let actions = dir.actions.clone();
-        let local = |p: &str| config.local_path(p).to_string_lossy().into_owned();
-        let (local_dir, local_paths) = (local(&dir_path), paths.iter().map(|p| local(p)).collect());
+        let (local_dir, local_paths) = actions::local_paths(config, &dir_path, &paths);
         tokio::spawn(async move { runner.on_change(&local_dir, &actions, local_paths).await });
     }
     if ops.is_empty() {
@@ -374,24 +367,6 @@ async fn push_burst(
         outbox.merge(&ops);
     }
     refused
-}
-
-/// The configured directories a burst changed, with the changed paths (all of a
-/// directory's paths that differ from the versions, for a rescan).
-fn changed_by_directory(
-    config: &Config,
-    versions: &Versions,
-    scan: &manifest::Scan,
-    scope: &[String],
-    owners: bool,
-) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for op in versions.peek_changes(scan, scope, owners) {
-        if let Some(dir) = config.directory_of(&op) {
-            out.entry(dir.path.clone()).or_default().push(op);
-        }
-    }
-    out
 }
 
 /// First wait before retrying an unreachable peer.
