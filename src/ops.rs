@@ -9,10 +9,9 @@ use serde::Serialize;
 
 use crate::apply;
 use crate::backup::{self, Version};
-use crate::client::{self, Peer};
-use crate::config::{Config, Remote};
+use crate::config::Config;
 use crate::manifest::{self, HashCache};
-use crate::protocol::{self, Action, BatchHeader, Content, Op, Outcome, StatusResponse};
+use crate::protocol::{self, Action, BatchHeader, Content, Op, Outcome};
 use crate::sync::{self, ChangeStatus, Options};
 use crate::tls::TlsMaterial;
 
@@ -39,7 +38,11 @@ pub struct PeerState {
 pub async fn status(config: Arc<Config>) -> anyhow::Result<Vec<PeerState>> {
     let tls = TlsMaterial::load(&config)?;
     let engine = sync::engine_for_cli(config.clone()).await?;
-    let local = local_daemon_status(&config, &tls).await;
+    // This node's own daemon, when one answers on the bind address.
+    let local = match sync::Engine::own_daemon(&config, &tls) {
+        Some(daemon) => daemon.status().await.ok(),
+        None => None,
+    };
 
     let mut asks = Vec::new();
     for peer in engine.peers().iter().cloned() {
@@ -88,21 +91,6 @@ pub async fn status(config: Arc<Config>) -> anyhow::Result<Vec<PeerState>> {
         });
     }
     Ok(out)
-}
-
-/// This node's own daemon's status, when one answers on the bind address.
-async fn local_daemon_status(config: &Config, tls: &TlsMaterial) -> Option<StatusResponse> {
-    let ip = config
-        .bind_address
-        .source_ip()
-        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-    let remote = Remote {
-        host: ip.to_string(),
-        port: config.bind_address.port,
-        label: std::net::SocketAddr::new(ip, config.bind_address.port).to_string(),
-    };
-    let http = client::http_client(tls.identity_probe_config().ok()?, None).ok()?;
-    Peer::new(remote, http).status().await.ok()
 }
 
 /// The exit code of `status`: 2 when a peer is unreachable, 1 when one has drifted.

@@ -231,24 +231,30 @@ impl Engine {
     /// CLI run recognises this node behind any alias in `remotes`. `None` when no daemon
     /// answers (detection by address still applies).
     pub async fn discover_self_id(config: &Config, tls: &TlsMaterial) -> Option<String> {
-        let ip = config
-            .bind_address
-            .ip
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let host = ip.to_string();
-        let remote = Remote {
-            label: format!("{}", SocketAddr::new(ip, config.bind_address.port)),
-            host,
-            port: config.bind_address.port,
-        };
-        let http = client::http_client(tls.identity_probe_config().ok()?, None).ok()?;
-        match Peer::new(remote, http).identity().await {
+        match Engine::own_daemon(config, tls)?.identity().await {
             Ok(identity) => Some(identity.node_id),
             Err(e) => {
                 debug!(error = %e, "no local daemon identity");
                 None
             }
         }
+    }
+
+    /// A client for the daemon listening on this node's bind address (the address it
+    /// names, or loopback), verifying its chain but not its name: the answers are only
+    /// ever used to recognise this node and to read its own counters.
+    pub fn own_daemon(config: &Config, tls: &TlsMaterial) -> Option<Peer> {
+        let ip = config
+            .bind_address
+            .source_ip()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let remote = Remote {
+            label: SocketAddr::new(ip, config.bind_address.port).to_string(),
+            host: ip.to_string(),
+            port: config.bind_address.port,
+        };
+        let http = client::http_client(tls.identity_probe_config().ok()?, None).ok()?;
+        Some(Peer::new(remote, http))
     }
 
     pub fn config(&self) -> &Arc<Config> {
