@@ -317,7 +317,7 @@ async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
                         let previous = std::mem::replace(&mut daemon, next);
                         let node = previous.node.clone();
                         previous.stop().await;
-                        node_hand_over(&node, &daemon);
+                        daemon.take_waiting_from(&node);
                         config = next_config;
                         log_started(&daemon, &config, address);
                         info!(file = %path.display(), "configuration and certificates reloaded");
@@ -351,23 +351,6 @@ async fn reload(
         );
     }
     Ok(Arc::new(next))
-}
-
-fn node_hand_over(previous: &Arc<server::Node>, next: &Daemon) {
-    let (Some(mine), Some(theirs)) = (previous.peers.get(), next.node.peers.get()) else {
-        return;
-    };
-    for track in mine {
-        match theirs.iter().find(|t| t.peer == track.peer) {
-            Some(successor) => track.outbox.hand_over(&successor.outbox),
-            None if !track.outbox.is_empty() => tracing::warn!(
-                peer = %track.peer,
-                pending = track.outbox.len(),
-                "peer no longer in remotes: its pending changes are dropped"
-            ),
-            None => {}
-        }
-    }
 }
 
 fn log_started(daemon: &Daemon, config: &Config, address: std::net::SocketAddr) {

@@ -173,6 +173,25 @@ impl Daemon {
         Ok(Daemon { node, stop, task })
     }
 
+    /// Takes over the changes a stopped daemon still held for its peers (a reload), for
+    /// the peers both know by their `remotes` entry.
+    pub fn take_waiting_from(&self, previous: &Node) {
+        let (Some(mine), Some(theirs)) = (self.node.peers.get(), previous.peers.get()) else {
+            return;
+        };
+        for track in theirs {
+            match mine.iter().find(|t| t.peer == track.peer) {
+                Some(successor) => track.outbox.hand_over(&successor.outbox),
+                None if !track.outbox.is_empty() => warn!(
+                    peer = %track.peer,
+                    pending = track.outbox.len(),
+                    "peer no longer in remotes: its pending changes are dropped"
+                ),
+                None => {}
+            }
+        }
+    }
+
     /// Stops serving and watching.
     pub async fn stop(self) {
         let _ = self.stop.send(());
