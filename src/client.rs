@@ -294,10 +294,30 @@ fn explain(err: &reqwest::Error, limit: &Limit) -> PeerError {
     if err.is_timeout() {
         return PeerError::Unreachable(format!("timed out (limit {}s)", timeout.as_secs()));
     }
+    if matches!(
+        io_kind(err),
+        Some(std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable)
+    ) {
+        // The kernel's answer, on a new connection or a kept-alive one whose neighbour
+        // stopped answering.
+        return PeerError::Unreachable(format!("{}: is its link down?", root_cause(err)));
+    }
     if err.is_connect() {
         return PeerError::Unreachable(format!("unreachable: {}", root_cause(err)));
     }
     PeerError::Unreachable(chain(err))
+}
+
+/// The kind of the I/O error at the bottom of `err`'s chain, if there is one.
+fn io_kind(err: &(dyn StdError + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = e.source();
+    }
+    None
 }
 
 fn root_cause(err: &(dyn StdError + 'static)) -> String {
@@ -319,4 +339,32 @@ fn chain(err: &(dyn StdError + 'static)) -> String {
         current = e.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection error")
+        }
+    }
+
+    impl StdError for Wrapped {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn io_kind_is_found_below_wrappers() {
+        let err = Wrapped(std::io::Error::from(std::io::ErrorKind::HostUnreachable));
+        assert_eq!(io_kind(&err), Some(std::io::ErrorKind::HostUnreachable));
+        let plain = std::fmt::Error;
+        assert_eq!(io_kind(&plain), None);
+    }
 }
