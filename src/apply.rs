@@ -25,7 +25,7 @@ use crate::protocol::{
     Action, Batch, BatchHeader, Content, Digest256, Entry, Op, OpResult, Outcome,
     MAX_LINK_TARGET_BYTES,
 };
-use crate::rollback::{keep_previous, Kept, Previous, Undo};
+use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
 
 /// Checks that a path from a peer is one this node may write: well-formed, inside a
 /// configured directory, not excluded, not one of gosyncd's temporary names.
@@ -162,11 +162,18 @@ pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>, origin: &st
         .collect();
     let undo = std::mem::take(&mut session.undo);
     let changed = std::mem::take(&mut session.changed);
+    let journals = std::mem::take(&mut session.journals);
+    for journal in journals.values() {
+        if let Err(e) = journal.sync() {
+            tracing::warn!(error = %e, "cannot flush a rollback journal to disk");
+        }
+    }
     session.finish(config, &mut results);
     Applied {
         results,
         undo,
         changed,
+        journals,
     }
 }
 
@@ -176,6 +183,8 @@ pub struct Applied {
     undo: Vec<Undo>,
     /// Operations that changed something (not those that found the state wanted).
     changed: BTreeSet<usize>,
+    /// The rollback journal of each validated directory the batch changed.
+    journals: BTreeMap<String, Journal>,
 }
 
 impl Applied {
@@ -204,6 +213,9 @@ impl Applied {
             }
             self.results[undo.index].outcome = Outcome::Rejected(reason.to_string());
         }
+        if let Some(journal) = self.journals.remove(dir) {
+            journal.remove();
+        }
         failures
     }
 
@@ -215,6 +227,11 @@ impl Applied {
 
 impl Drop for Applied {
     fn drop(&mut self) {
+        // The journals first: a journal without its kept versions would put back
+        // what is already accepted.
+        for journal in self.journals.values() {
+            journal.remove();
+        }
         for undo in &self.undo {
             undo.forget();
         }
@@ -248,6 +265,8 @@ struct Session {
     undo: Vec<Undo>,
     /// Operations that changed something.
     changed: BTreeSet<usize>,
+    /// Rollback journals, by configured directory.
+    journals: BTreeMap<String, Journal>,
 }
 
 impl Session {
@@ -260,6 +279,7 @@ impl Session {
             origin: origin.to_string(),
             undo: Vec::new(),
             changed: BTreeSet::new(),
+            journals: BTreeMap::new(),
         }
     }
 
@@ -411,12 +431,16 @@ impl Session {
                     )
                 }
             };
-            self.undo.push(Undo {
+            let undo = Undo {
                 index,
                 dir: dir.path.clone(),
                 path: op.path.clone(),
                 previous,
-            });
+            };
+            if let Err(e) = self.record(config, dir, &undo) {
+                return Outcome::Failed(format!("cannot record the change for a rollback: {e}"));
+            }
+            self.undo.push(undo);
         }
 
         let target = Target {
@@ -450,6 +474,17 @@ impl Session {
             }
             Err(e) => Outcome::Failed(e.to_string()),
         }
+    }
+
+    /// Writes `undo` to the journal of its directory (created with the first change).
+    fn record(&mut self, config: &Config, dir: &Directory, undo: &Undo) -> io::Result<()> {
+        let journal = match self.journals.entry(dir.path.clone()) {
+            std::collections::btree_map::Entry::Occupied(found) => found.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(Journal::create(config, dir)?)
+            }
+        };
+        journal.record(undo)
     }
 
     /// Flushes, renames the pending files into place and fsyncs the changed directories.

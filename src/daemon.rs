@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use tokio::sync::{oneshot, watch::channel as watch_channel};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::apply;
 use crate::config::Config;
@@ -57,6 +57,7 @@ impl Daemon {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {
                 let stale = if clean {
+                    report_recovered(crate::rollback::recover(&config));
                     apply::remove_stale_temp_files(&config)
                 } else {
                     0
@@ -236,5 +237,21 @@ async fn report_drift(engine: Arc<Engine>) {
              Run `gosyncd sync` on the node whose files are authoritative",
             if more > 0 { format!(" and {more} more") } else { String::new() }
         );
+    }
+}
+
+/// Logs the batches put back at start-up because they were never validated.
+fn report_recovered(recovered: Vec<crate::rollback::Recovered>) {
+    for done in recovered {
+        if !done.paths.is_empty() {
+            warn!(
+                directory = %done.dir,
+                paths = %done.paths.join(", "),
+                "a received batch was not validated before this daemon stopped; its changes were put back"
+            );
+        }
+        for (path, error) in done.failures {
+            error!(directory = %done.dir, %path, %error, "cannot put back a change of a batch that was not validated");
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::*;
 use gosyncd::config::Config;
-use gosyncd::group::LocalGroup;
+use gosyncd::group::{GroupSpec, LocalGroup};
 use gosyncd::sync::ChangeStatus;
 
 /// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
@@ -354,4 +354,92 @@ async fn local_edits_are_validated_before_the_watcher_pushes_them_and_run_on_cha
         .await,
         "the fixed tree did not arrive"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_validation_never_ended_is_put_back_when_the_daemon_starts_again() {
+    // Node 1 is the real binary, killed with SIGKILL while its `validate` command runs:
+    // the batch is written, not yet accepted. Node 0 (no daemon) pushes to it.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 234,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    group.release(1);
+    let hold = group.path().join("hold-validation");
+    let started = group.path().join("validation-started");
+    let validated = config_variant(&group, 1, "node2-validated.hcl", |text| {
+        text.replace(
+            "  exclude = []",
+            &format!(
+                "  exclude = []\n  validate = \"if [ -e {} ]; then touch {}; sleep 20; fi\"",
+                hold.display(),
+                started.display()
+            ),
+        )
+    });
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let direct = config_variant(&group, 0, "node1-direct.hcl", |text| {
+        with_remotes(&text, &[n1.addr.to_string()])
+    });
+    for node in [n0, n1] {
+        write(node, "/etc/app/app.cfg", "listen 80\n");
+        write(node, "/etc/app/other.cfg", "kept\n");
+    }
+    let before = without_times(&snapshot(&n1.path("/etc/app")));
+    let probe = peer(&tls_of(n1), n1.addr);
+    let log = |run: usize| group.path().join(format!("node2-validated-{run}.log"));
+    let mut daemon = DaemonProcess::spawn(&validated, log(0));
+    daemon.wait_ready(&probe).await;
+
+    write(n0, "/etc/app/app.cfg", "listen 8080\n");
+    write(n0, "/etc/app/conf.d/new.cfg", "new\n");
+    remove(n0, "/etc/app/other.cfg");
+    std::fs::write(&hold, "").unwrap();
+    let engine = engine_for(&direct, None).await;
+    let push = tokio::spawn(async move { run(&engine, &[], false).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "validation never started:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Written and waiting for its validation: then killed.
+    assert_eq!(read(n1, "/etc/app/app.cfg"), b"listen 8080\n");
+    daemon.child.kill().unwrap();
+    daemon.wait_exit(std::time::Duration::from_secs(10)).await;
+    let report = push.await.unwrap();
+    assert!(report.failed(), "{report:#?}");
+
+    // Started again: the batch is put back, byte for byte, and nothing temporary is left.
+    std::fs::remove_file(&hold).unwrap();
+    let mut daemon = DaemonProcess::spawn(&validated, log(1));
+    daemon.wait_ready(&probe).await;
+    assert_eq!(
+        without_times(&snapshot(&n1.path("/etc/app"))),
+        before,
+        "node 2 does not hold what it held before the push:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        temp_files_below(&n1.path("/etc/app")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    daemon.wait_for_log("its changes were put back").await;
+    assert!(
+        daemon.log().contains("/etc/app/app.cfg"),
+        "{}",
+        daemon.log()
+    );
+
+    // The next push is validated and accepted.
+    let report = run(&engine_for(&direct, None).await, &[], false).await;
+    assert_clean(&report);
+    assert_same_tree(n0, n1);
 }
