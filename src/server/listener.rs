@@ -1,0 +1,203 @@
+//! The mutual-TLS listener in front of the router: binding the configured address,
+//! accepting connections, and the limits on handshakes and connections that keep
+//! clients which never finish from holding a node.
+//!
+//! It tells the router who the client is (its address and certificate, as request
+//! extensions) and must not look at requests itself: what a request may do is the
+//! routes' decision.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Extension;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::{router, ClientAddr, ClientSubject, Node};
+use crate::config::BindAddress;
+use crate::tls;
+
+/// Binds the configured address. `":port"` listens on every address, IPv6 dual-stack
+/// when the host has IPv6, IPv4 otherwise.
+pub async fn bind(addr: &BindAddress) -> io::Result<TcpListener> {
+    match addr.ip {
+        Some(ip) => TcpListener::bind(SocketAddr::new(ip, addr.port)).await,
+        None => match TcpListener::bind((Ipv6Addr::UNSPECIFIED, addr.port)).await {
+            Ok(listener) => Ok(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(e),
+            Err(_) => TcpListener::bind(("0.0.0.0", addr.port)).await,
+        },
+    }
+}
+
+/// Serves the API with mutual TLS on `listener` until `shutdown` completes.
+///
+/// A connection first takes a place among the handshakes (`max_handshakes`, of which one
+/// address may hold `max_handshakes_per_address`); there is no waiting for one: a
+/// connection that finds none is closed at once, so clients that never finish their
+/// handshake cannot keep the group's nodes out. Once authenticated it takes one of
+/// `max_connections`, and waits for it.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let limits = node.config.limits.clone();
+    let acceptor = TlsAcceptor::from(tls);
+    let app = router(node);
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let per_address = Arc::new(PerAddress::new(limits.max_handshakes_per_address));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let turned_away = Arc::new(TurnedAway::default());
+    // Connections are tracked so that stopping the server also ends kept-alive ones.
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, client) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // An IPv4 client of a dual-stack socket is named as IPv4.
+        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
+            turned_away.note(client, "max_handshakes");
+            continue;
+        };
+        let Some(from_address) = PerAddress::admit(&per_address, client.ip()) else {
+            turned_away.note(client, "max_handshakes_per_address");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone().layer(Extension(ClientAddr(client)));
+        let slots = slots.clone();
+        let limits = limits.clone();
+        connections.spawn(async move {
+            let handshake =
+                tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+            drop((handshaking, from_address));
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    let reason = tls::explain(&e).unwrap_or_else(|| e.to_string());
+                    warn!(%client, %reason, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%client, timeout = ?limits.handshake_timeout, "TLS handshake timed out (handshake_timeout)");
+                    return;
+                }
+            };
+            let _slot = slots.acquire_owned().await.expect("semaphore never closed");
+            let subject = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map_or_else(|| "none".to_string(), tls::describe_certificate);
+            let app = app.layer(Extension(ClientSubject(subject.into())));
+            // HTTP/1.1 only: one request at a time per connection keeps the memory a
+            // client can claim bounded by the connection limit.
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                .await
+            {
+                debug!(%client, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+/// Handshakes under way per client address.
+struct PerAddress {
+    limit: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One handshake counted against its address until dropped.
+struct AddressPermit {
+    owner: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn new(limit: usize) -> PerAddress {
+        PerAddress {
+            limit,
+            counts: Default::default(),
+        }
+    }
+
+    fn admit(this: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressPermit> {
+        let ip = ip.to_canonical();
+        let mut counts = this.counts.lock().expect("per-address lock");
+        let count = counts.entry(ip).or_default();
+        if *count >= this.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPermit {
+            owner: this.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressPermit {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().expect("per-address lock");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Connections closed for want of a handshake place, logged at most every 10 s.
+#[derive(Default)]
+struct TurnedAway {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl TurnedAway {
+    fn note(&self, client: SocketAddr, limit: &str) {
+        let mut state = self.state.lock().expect("turned-away lock");
+        state.1 += 1;
+        if state
+            .0
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            warn!(
+                %client,
+                closed = state.1,
+                "connections closed before their TLS handshake: {limit} reached \
+                 (a client opening connections without completing them?)"
+            );
+            *state = (Some(std::time::Instant::now()), 0);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! What a serving node holds between requests: its configuration and identity, the
+//! locks and budgets that bound what requests may claim, the counters of its status
+//! route and what its watcher knows of each peer.
+//!
+//! It holds state and answers questions about it; it must not decode requests or touch
+//! a socket (that is the routes' and the listener's work).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::access::Allowlist;
+use crate::actions;
+use crate::apply;
+use crate::config::Config;
+use crate::manifest::HashCache;
+use crate::protocol::{self, Identity, PeerStatus, StatusCounters};
+use crate::versions::Versions;
+
+/// The unit in which the body budget is counted.
+pub(super) const BUDGET_UNIT_BYTES: usize = 1024;
+
+/// What a serving node knows and shares between requests.
+pub struct Node {
+    pub config: Arc<Config>,
+    pub identity: Identity,
+    /// Whether owners are applied (the daemon runs as root).
+    pub owners: bool,
+    pub cache: Arc<HashCache>,
+    /// Batches are applied one at a time, so that two pushes never interleave.
+    pub(super) apply_lock: Arc<Mutex<()>>,
+    /// Request bytes being buffered at once, in [`BUDGET_UNIT_BYTES`] units.
+    pub(super) body_budget: Arc<Semaphore>,
+    /// Apply requests being received or applied (`max_concurrent_applies`).
+    pub(super) applies: Arc<Semaphore>,
+    /// A daemon's memory of each path's version; what a push applies is recorded there
+    /// before the watcher can see the write.
+    pub versions: Option<Arc<Versions>>,
+    pub stats: Stats,
+    /// The client addresses allowed to read and write.
+    pub allow: Allowlist,
+    /// Runs the directories' `on_change` commands, coalesced.
+    pub runner: Arc<actions::Runner>,
+    /// The watcher's pushes to each peer, in the order of the engine's peers.
+    pub peers: std::sync::OnceLock<Vec<Arc<PeerTrack>>>,
+}
+
+/// What a daemon's watcher knows of its pushes to one peer.
+pub struct PeerTrack {
+    pub peer: String,
+    pub outbox: Arc<crate::watcher::Outbox>,
+    state: std::sync::Mutex<PeerStatus>,
+}
+
+impl PeerTrack {
+    pub fn new(peer: String, outbox: Arc<crate::watcher::Outbox>) -> PeerTrack {
+        PeerTrack {
+            state: std::sync::Mutex::new(PeerStatus {
+                peer: peer.clone(),
+                ..PeerStatus::default()
+            }),
+            peer,
+            outbox,
+        }
+    }
+
+    /// Records the end of a push of `bytes`: `Ok(conflicts)` or the error.
+    pub fn pushed(&self, result: Result<u64, String>, bytes: u64) {
+        let mut state = self.state.lock().expect("peer track lock");
+        state.pushes += 1;
+        state.bytes_sent += bytes;
+        match result {
+            Ok(conflicts) => {
+                state.conflicts += conflicts;
+                state.last_error = None;
+                state.last_success_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs());
+            }
+            Err(e) => {
+                state.failures += 1;
+                state.last_error = Some(e);
+            }
+        }
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        let mut status = self.state.lock().expect("peer track lock").clone();
+        status.pending = self.outbox.len() as u64;
+        status
+    }
+}
+
+/// Counters a daemon exposes on its status route.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Apply requests received from peers.
+    pub apply_requests: AtomicU64,
+    /// Operations received and applied.
+    pub applied: AtomicU64,
+    /// Operations received and refused as conflicts.
+    pub conflicts_refused: AtomicU64,
+    /// Automatic pushes this node sent (one per peer per burst of edits).
+    pub pushes: AtomicU64,
+    /// Operations of those pushes that peers refused as conflicts.
+    pub conflicts_reported: AtomicU64,
+    /// Operations received and rolled back because validation failed.
+    pub rejected: AtomicU64,
+    /// Bytes of apply request bodies received.
+    pub bytes_received: AtomicU64,
+}
+
+impl Stats {
+    /// The counters' current values.
+    pub fn snapshot(&self) -> StatusCounters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatusCounters {
+            apply_requests: get(&self.apply_requests),
+            applied: get(&self.applied),
+            conflicts_refused: get(&self.conflicts_refused),
+            pushes: get(&self.pushes),
+            conflicts_reported: get(&self.conflicts_reported),
+            rejected: get(&self.rejected),
+        }
+    }
+}
+
+impl Node {
+    /// Waits until no received batch is being written, and keeps the next one out until
+    /// the guard is dropped. The watcher scans under it: a batch half-written (its
+    /// versions are recorded when it is done) would otherwise look like local edits and
+    /// be pushed back.
+    pub async fn hold_applies(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.apply_lock.clone().lock_owned().await
+    }
+
+    /// A node that serves `config`; `versions` when it runs the watcher.
+    pub fn new(
+        config: Arc<Config>,
+        cache: Arc<HashCache>,
+        versions: Option<Arc<Versions>>,
+    ) -> Node {
+        let limits = config.limits.clone();
+        Node {
+            allow: Allowlist::new(&config),
+            config,
+            identity: Identity {
+                node_id: uuid::Uuid::new_v4().to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            owners: apply::applies_owners(),
+            cache,
+            apply_lock: Arc::new(Mutex::new(())),
+            body_budget: Arc::new(Semaphore::new(
+                protocol::MAX_BUFFERED_BODY_BYTES.max(limits.max_request_size as usize)
+                    / BUDGET_UNIT_BYTES,
+            )),
+            applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
+            versions,
+            stats: Stats::default(),
+            runner: Arc::default(),
+            peers: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// What the watcher knows of each peer (nothing when this node does not watch).
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .get()
+            .map(|peers| peers.iter().map(|p| p.status()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,439 @@
+//! The API's routes and their handlers: who may call them, what each decodes and checks,
+//! and how each failure becomes an HTTP status ([`ApiError`]).
+//!
+//! Handlers only decode, check and hand over: scanning lives in [`crate::manifest`],
+//! writing in [`crate::apply`]. They must not know about sockets or TLS: what they learn
+//! of the client comes from the listener's request extensions, so that the router can be
+//! driven with `oneshot`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use tracing::{debug, info, warn};
+
+use super::node::BUDGET_UNIT_BYTES;
+use super::{ClientAddr, ClientSubject, Node};
+use crate::actions;
+use crate::apply;
+use crate::manifest;
+use crate::paths;
+use crate::protocol::{
+    self, Action, ActionReport, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest,
+    ManifestResponse, Outcome, StatusResponse, WireEntry, MAX_MANIFEST_REQUEST_BYTES,
+};
+
+/// Errors a handler answers with; each maps to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The API routes. Requests without a [`ClientAddr`] extension are served too (tests).
+///
+/// Every route but the identity one (which says no more than who this node is, and
+/// which a node's own command line asks to recognise it) is for the group's addresses
+/// only: see [`Allowlist`](crate::access::Allowlist).
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(protocol::STATUS_ROUTE, get(status))
+        .route(
+            protocol::MANIFEST_ROUTE,
+            post(manifest).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
+        )
+        .route(protocol::APPLY_ROUTE, post(apply))
+        .route(
+            protocol::CONTENT_ROUTE,
+            post(content).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
+        )
+        .route_layer(middleware::from_fn_with_state(node.clone(), authorize))
+        .route(protocol::IDENTITY_ROUTE, get(identity))
+        .with_state(node)
+}
+
+/// Refuses (403) a client whose address is not allowed, before its request is read.
+async fn authorize(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    subject: Option<Extension<ClientSubject>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(Extension(ClientAddr(client))) = addr {
+        // This host's own command line may read the counters (`gosyncd status`).
+        let own_status =
+            request.uri().path() == protocol::STATUS_ROUTE && client.ip().is_loopback();
+        if !own_status && !node.allow.allows(client.ip()).await {
+            let subject = subject.map_or_else(|| "unknown".into(), |Extension(s)| s.0);
+            let route = request.uri().path().to_string();
+            warn!(
+                %client,
+                certificate = %subject,
+                %route,
+                "request refused: client address not allowed (not in {})",
+                node.allow.source()
+            );
+            return ApiError::Forbidden(format!(
+                "client address {} is not allowed to use {route} on this node: it is not one \
+                 of the addresses in its {} (certificate: {subject})",
+                client.ip(),
+                node.allow.source()
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn identity(State(node): State<Arc<Node>>) -> Json<Identity> {
+    Json(node.identity.clone())
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Json<StatusResponse> {
+    Json(StatusResponse {
+        identity: node.identity.clone(),
+        counters: node.stats.snapshot(),
+        peers: node.peer_status(),
+    })
+}
+
+fn client_of(addr: &Option<Extension<ClientAddr>>) -> String {
+    addr.as_ref().map_or_else(
+        || "unknown".to_string(),
+        |Extension(ClientAddr(a))| a.to_string(),
+    )
+}
+
+async fn manifest(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    body: Bytes,
+) -> Result<Json<ManifestResponse>, ApiError> {
+    let request: ManifestRequest = serde_json::from_slice(&body)
+        .map_err(|e| refuse(&addr, format!("malformed manifest request: {e}")))?;
+    for path in &request.scope {
+        paths::check_normalized(path).map_err(|e| refuse(&addr, format!("scope: {e}")))?;
+    }
+    let response = tokio::task::spawn_blocking(move || manifest_response(&node, &request.scope))
+        .await
+        .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
+    Ok(Json(response))
+}
+
+async fn content(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    body: Bytes,
+) -> Result<Json<protocol::ContentResponse>, ApiError> {
+    let request: protocol::ContentRequest = serde_json::from_slice(&body)
+        .map_err(|e| refuse(&addr, format!("malformed content request: {e}")))?;
+    for path in &request.paths {
+        apply::confine(&node.config, path).map_err(|e| refuse(&addr, e))?;
+    }
+    let files = tokio::task::spawn_blocking(move || {
+        request
+            .paths
+            .iter()
+            .map(|path| crate::diff::read_text(&node.config, path, protocol::MAX_DIFF_FILE_BYTES))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("read failed: {e}")))?;
+    Ok(Json(protocol::ContentResponse { files }))
+}
+
+/// Builds this node's manifest response.
+pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
+    let scan = manifest::scan(&node.config, scope, &node.cache);
+    let directories = node
+        .config
+        .directories
+        .iter()
+        .map(|d| DirectoryInfo {
+            path: d.path.clone(),
+            exclude: d.excludes.entries.clone(),
+            present: !scan.missing.contains(&d.path),
+        })
+        .collect();
+    ManifestResponse {
+        identity: node.identity.clone(),
+        owners: node.owners,
+        directories,
+        entries: scan
+            .entries
+            .into_iter()
+            .map(|(path, entry)| WireEntry { path, entry })
+            .collect(),
+        unreadable: scan.unreadable.into_iter().map(|(p, _)| p).collect(),
+        limits: (&node.config.limits).into(),
+    }
+}
+
+async fn apply(
+    State(node): State<Arc<Node>>,
+    addr: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ApplyResponse>, ApiError> {
+    let limits = &node.config.limits;
+    let limit = limits.max_request_size as usize;
+    let Ok(receiving) = node.applies.clone().try_acquire_owned() else {
+        warn!(client = %client_of(&addr), limit = limits.max_concurrent_applies, "apply refused: too many under way");
+        return Err(ApiError::Busy(format!(
+            "{} apply requests are under way already (max_concurrent_applies); try again later",
+            limits.max_concurrent_applies
+        )));
+    };
+    // Bodies are read into memory, so the bytes being read at once are budgeted: each
+    // request reserves its announced length (the limit when it announces none) first.
+    let announced = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large(&addr, limit));
+    }
+    let reserve = announced.unwrap_or(limit);
+    let budget = node
+        .body_budget
+        .clone()
+        .acquire_many_owned(reserve.div_ceil(BUDGET_UNIT_BYTES).max(1) as u32)
+        .await
+        .expect("budget semaphore never closed");
+    let body = tokio::time::timeout(
+        protocol::APPLY_TIMEOUT,
+        read_body(body, reserve, limits.idle_timeout),
+    )
+    .await
+    .map_err(|_| refuse(&addr, "request body not received in time".into()))?
+    .map_err(|e| match e {
+        BodyError::TooLarge => too_large(&addr, limit),
+        BodyError::Stalled => refuse(
+            &addr,
+            format!(
+                "request body stalled: nothing received for {:?} (idle_timeout)",
+                limits.idle_timeout
+            ),
+        ),
+        BodyError::Broken(e) => refuse(&addr, format!("request body not received: {e}")),
+    })?;
+    node.stats
+        .bytes_received
+        .fetch_add(body.len() as u64, Ordering::Relaxed);
+    // One batch at a time. The batch is applied, validated and committed by a task of its
+    // own, which holds the lock: a client that disconnects cannot release it, nor stop
+    // a batch half-way between being written and being validated.
+    let one_at_a_time = node.apply_lock.clone().lock_owned().await;
+    let client = client_of(&addr);
+    node.stats.apply_requests.fetch_add(1, Ordering::Relaxed);
+    let worker = node.clone();
+    let origin = format!("a sync from {client}");
+    let task = tokio::spawn(async move {
+        let held = (one_at_a_time, budget, receiving);
+        let results = apply_and_validate(&worker, body, origin).await;
+        drop(held);
+        let (results, changed) = results?;
+        let actions = run_on_change(&worker, changed).await;
+        Ok::<_, String>((results, actions))
+    });
+    let (results, actions) = task
+        .await
+        .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
+        .map_err(|reason| refuse(&addr, reason))?;
+
+    let mut applied = 0;
+    for result in &results {
+        match &result.outcome {
+            Outcome::Applied => {
+                applied += 1;
+                node.stats.applied.fetch_add(1, Ordering::Relaxed);
+                debug!(%client, path = %result.path, "applied");
+            }
+            Outcome::Kept(reason) => debug!(%client, path = %result.path, %reason, "kept"),
+            Outcome::Conflict(reason) => {
+                node.stats.conflicts_refused.fetch_add(1, Ordering::Relaxed);
+                warn!(%client, path = %result.path, %reason, "conflict: operation refused")
+            }
+            Outcome::Failed(reason) => {
+                warn!(%client, path = %result.path, %reason, "operation failed")
+            }
+            Outcome::Rejected(reason) => {
+                node.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(%client, path = %result.path, %reason, "rejected and rolled back")
+            }
+        }
+    }
+    info!(%client, operations = results.len(), applied, "batch applied");
+    Ok(Json(ApplyResponse { results, actions }))
+}
+
+/// Decodes, checks and applies a batch, runs the `validate` command of every directory
+/// it changed, puts back what a failed validation refuses, records the versions of what
+/// stays, and returns the results with the paths changed per directory.
+async fn apply_and_validate(
+    node: &Arc<Node>,
+    body: Bytes,
+    origin: String,
+) -> Result<(Vec<protocol::OpResult>, BTreeMap<String, Vec<String>>), String> {
+    let config = node.config.clone();
+    let owners = node.owners;
+    let (ops, mut applied) = tokio::task::spawn_blocking(move || {
+        let batch = protocol::decode_batch(&body)?;
+        apply::validate_batch(&config, &batch.header)?;
+        let applied = apply::apply_batch(&config, owners, &batch, &origin);
+        Ok::<_, String>((batch.header.ops, applied))
+    })
+    .await
+    .map_err(|e| format!("apply failed: {e}"))??;
+
+    let touched = applied.touched(&node.config);
+    for (dir_path, why) in actions::validate(&node.config, &touched, actions::Side::Received).await
+    {
+        let reason = format!("validation failed: {why}");
+        let changed = touched.get(&dir_path).map_or(0, Vec::len);
+        warn!(directory = %dir_path, changed, "{reason}: rolling the batch's changes back");
+        let config = node.config.clone();
+        let (back, failures) = tokio::task::spawn_blocking(move || {
+            let failures = applied.reject(&config, &dir_path, &reason);
+            (applied, failures)
+        })
+        .await
+        .map_err(|e| format!("rollback failed: {e}"))?;
+        applied = back;
+        for (path, e) in failures {
+            tracing::error!(%path, "cannot put the previous version back: {e}");
+        }
+    }
+
+    let changed = applied.touched(&node.config);
+    let results = tokio::task::spawn_blocking(move || applied.commit())
+        .await
+        .map_err(|e| format!("commit failed: {e}"))?;
+    if let Some(versions) = &node.versions {
+        for (op, result) in ops.iter().zip(&results) {
+            if result.outcome == Outcome::Applied {
+                let state = match &op.action {
+                    Action::Put { entry } => Some(entry.clone()),
+                    Action::Delete => None,
+                };
+                versions.record(&op.path, state);
+            }
+        }
+    }
+    Ok((results, changed))
+}
+
+/// Runs the `on_change` commands of the directories a received batch changed, and says
+/// how each ended.
+async fn run_on_change(
+    node: &Arc<Node>,
+    changed: BTreeMap<String, Vec<String>>,
+) -> Vec<ActionReport> {
+    let mut reports = Vec::new();
+    for (path, paths) in changed {
+        let Some(dir) = node.config.directory_of(&path) else {
+            continue;
+        };
+        if !dir.actions.run_on.on_receive() {
+            continue;
+        }
+        let (local_dir, local_changed) = actions::local_paths(&node.config, &dir.path, &paths);
+        for result in node
+            .runner
+            .on_change(&local_dir, &dir.actions, local_changed)
+            .await
+        {
+            reports.push(ActionReport {
+                directory: dir.path.clone(),
+                command: result.command,
+                success: result.success,
+                code: result.code,
+                first_line: result.first_line,
+            });
+        }
+    }
+    reports
+}
+
+fn too_large(addr: &Option<Extension<ClientAddr>>, limit: usize) -> ApiError {
+    warn!(client = %client_of(addr), limit, "request body too large");
+    ApiError::TooLarge(format!(
+        "request body exceeds this node's max_request_size of {limit} bytes"
+    ))
+}
+
+/// Why a request body could not be read.
+enum BodyError {
+    TooLarge,
+    Stalled,
+    Broken(String),
+}
+
+/// Reads a whole body of at most `limit` bytes, giving up when it makes no progress for
+/// `idle` (a client that trickles or stops cannot hold the request).
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => return Ok(buffer.freeze()),
+            Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            if buffer.is_empty() {
+                buffer.reserve(limit.min(64 * 1024 * 1024).max(data.len()));
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+}
+
+fn refuse(addr: &Option<Extension<ClientAddr>>, reason: String) -> ApiError {
+    warn!(client = %client_of(addr), %reason, "request refused");
+    ApiError::BadRequest(reason)
+}
