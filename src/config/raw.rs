@@ -1,0 +1,200 @@
+//! Reading the HCL text as written, for [`Config::from_str`](super::Config::from_str):
+//! the top-level keys it may hold, the record of what was found ([`Raw`]), `directory`
+//! blocks, literal values, and the line a key is on. It checks only what one value or
+//! block shows alone (its type, its keys, an empty command); checks across the file and
+//! the defaults belong to the parent.
+
+use std::path::Path;
+
+use hcl::{Block, Expression, Structure};
+
+use super::ConfigError;
+use crate::actions::{BackupBlock, RunOn};
+use crate::limits::Limits;
+
+pub(super) const KNOWN_KEYS: &[&str] = &[
+    "bind_address",
+    "remotes",
+    "tls_ca_certificate",
+    "tls_certificate",
+    "tls_private_key",
+    "root",
+    "debounce",
+    "editor_excludes",
+    "allow_from",
+    "max_delete_share",
+    "action_timeout",
+    "metrics_address",
+    "directory",
+    "limits",
+    "backup",
+];
+
+#[derive(Default)]
+pub(super) struct Raw {
+    pub(super) seen: Vec<String>,
+    pub(super) strings: Vec<(String, String)>,
+    pub(super) remotes: Option<Vec<String>>,
+    pub(super) allow_from: Option<Vec<String>>,
+    pub(super) limits: Option<Limits>,
+    pub(super) max_delete_share: Option<f64>,
+    pub(super) editor_excludes: Option<bool>,
+    pub(super) directories: Vec<RawDirectory>,
+    pub(super) backup: Option<BackupBlock>,
+}
+
+/// Condenses the parser's multi-line report into one line that keeps the line number.
+pub(super) fn hcl_error(file: &Path, report: &str) -> ConfigError {
+    let line = report
+        .split("line ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
+    let reason = report
+        .rsplit("= ")
+        .next()
+        .unwrap_or(report)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim();
+    ConfigError {
+        file: file.to_path_buf(),
+        line,
+        message: format!("invalid HCL: {reason}"),
+    }
+}
+
+pub(super) fn unknown_key_message(key: &str) -> String {
+    format!(
+        "unknown key {key:?} (known keys: {})",
+        KNOWN_KEYS.join(", ")
+    )
+}
+
+pub(super) fn string_value(key: &str, value: &Expression) -> Result<String, String> {
+    match value {
+        Expression::String(s) => Ok(s.clone()),
+        other => Err(format!(
+            "{key}: expected a string, found {}",
+            type_name(other)
+        )),
+    }
+}
+
+pub(super) fn string_list(key: &str, value: &Expression) -> Result<Vec<String>, String> {
+    match value {
+        Expression::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                Expression::String(s) => Ok(s.clone()),
+                other => Err(format!(
+                    "{key}: expected a list of strings, found an element that is {}",
+                    type_name(other)
+                )),
+            })
+            .collect(),
+        other => Err(format!(
+            "{key}: expected a list of strings, found {}",
+            type_name(other)
+        )),
+    }
+}
+
+pub(super) fn type_name(value: &Expression) -> &'static str {
+    match value {
+        Expression::Null => "null",
+        Expression::Bool(_) => "a boolean",
+        Expression::Number(_) => "a number",
+        Expression::String(_) => "a string",
+        Expression::Array(_) => "a list",
+        Expression::Object(_) => "an object",
+        Expression::TemplateExpr(_) => "a template (interpolation is not supported)",
+        _ => "an expression (only literal values are supported)",
+    }
+}
+
+/// A `directory` block as written.
+pub(super) struct RawDirectory {
+    pub(super) path: String,
+    pub(super) exclude: Vec<String>,
+    pub(super) backup: Option<BackupBlock>,
+    pub(super) validate: Option<String>,
+    pub(super) on_change: Vec<String>,
+    pub(super) run_on: Option<RunOn>,
+}
+
+pub(super) fn directory_block(block: Block) -> Result<RawDirectory, String> {
+    let [label] = block.labels.as_slice() else {
+        return Err(format!(
+            "directory: expected one label, the directory path (directory \"/etc/haproxy\" {{ ... }}), found {}",
+            block.labels.len()
+        ));
+    };
+    let path = label.as_str().to_string();
+    let mut out = RawDirectory {
+        path: path.clone(),
+        exclude: Vec::new(),
+        backup: None,
+        validate: None,
+        on_change: Vec::new(),
+        run_on: None,
+    };
+    let within = |m: String| format!("directory {path:?}: {m}");
+    for structure in block.body.into_iter() {
+        match structure {
+            Structure::Attribute(attr) => {
+                let key = attr.key.as_str();
+                match key {
+                    "exclude" => out.exclude = string_list(key, &attr.expr).map_err(within)?,
+                    "validate" => {
+                        let command = string_value(key, &attr.expr).map_err(within)?;
+                        if command.trim().is_empty() {
+                            return Err(within("validate: the command is empty".into()));
+                        }
+                        out.validate = Some(command);
+                    }
+                    "on_change" => {
+                        out.on_change = match &attr.expr {
+                            Expression::String(s) => vec![s.clone()],
+                            _ => string_list(key, &attr.expr).map_err(within)?,
+                        };
+                        if out.on_change.iter().any(|c| c.trim().is_empty()) {
+                            return Err(within("on_change: a command is empty".into()));
+                        }
+                    }
+                    "run_on" => {
+                        let text = string_value(key, &attr.expr).map_err(within)?;
+                        out.run_on = Some(RunOn::parse(&text).map_err(within)?);
+                    }
+                    other => {
+                        return Err(within(format!(
+                            "unknown key {other:?} (known keys: exclude, validate, on_change, run_on, and a backup block)"
+                        )))
+                    }
+                }
+            }
+            Structure::Block(inner) if inner.identifier.as_str() == "backup" => {
+                out.backup = Some(BackupBlock::from_block(inner).map_err(within)?);
+            }
+            Structure::Block(inner) => {
+                return Err(within(format!(
+                    "unknown block {:?}",
+                    inner.identifier.as_str()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The 1-based line where `key` is first set, for messages (HCL values carry no spans).
+pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with([' ', '\t', '=', '"', '{']) || rest.is_empty())
+        })
+        .map(|i| i + 1)
+}

@@ -1,0 +1,280 @@
+//! Tests of [`Config::from_str`](super::Config::from_str) as a whole: the seed and
+//! contrib examples, defaults, and refusals that name the file, the key and the line.
+
+use super::*;
+
+const SEED: &str = r#"
+bind_address = ":8080"
+
+# List all the nodes in the group, self IP address will be blacklisted
+remotes = [
+  "172.17.0.2:8080",
+  "172.17.0.3:8080"
+]
+
+tls_ca_certificate = "/etc/gosyncd/gosyncd.crt"
+tls_certificate = "/etc/gosyncd/gosyncd.crt"
+tls_private_key = "/etc/gosyncd/gosyncd.key"
+
+directory "/etc/haproxy" {
+  exclude = [
+"/etc/haproxy/errors"
+  ]
+}
+
+directory "/foo/bar" {
+}
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_str(text, Path::new("/etc/gosyncd/config.hcl"))
+}
+
+fn error(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn seed_example_parses() {
+    let c = parse(SEED).unwrap();
+    assert_eq!(
+        c.bind_address,
+        BindAddress {
+            ip: None,
+            port: 8080
+        }
+    );
+    assert_eq!(c.remotes.len(), 2);
+    assert_eq!(c.remotes[1].label, "172.17.0.3:8080");
+    assert_eq!(c.tls_certificate, PathBuf::from("/etc/gosyncd/gosyncd.crt"));
+    assert_eq!(c.root, PathBuf::from("/"));
+    assert_eq!(c.directories.len(), 2);
+    assert_eq!(c.directories[1].path, "/foo/bar");
+    assert!(c.directories[0]
+        .excludes
+        .is_excluded("/etc/haproxy/errors/503.http"));
+}
+
+#[test]
+fn invalid_configs_are_refused_with_file_key_and_line() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "bind_adress = \":8080\"\n",
+            "/etc/gosyncd/config.hcl:1: unknown key \"bind_adress\"",
+        ),
+        (
+            &SEED.replace("bind_address = \":8080\"", "bind_address = 8080"),
+            "config.hcl:2: bind_address: expected a string, found a number",
+        ),
+        (
+            &SEED.replace("\"172.17.0.3:8080\"", "\"172.17.0.3\""),
+            "config.hcl:5: remotes: \"172.17.0.3\": missing port",
+        ),
+        (
+            &SEED.replace("\"/foo/bar\"", "\"foo/bar\""),
+            "directory \"foo/bar\": path \"foo/bar\" is not absolute",
+        ),
+        (
+            &SEED.replace("\"/foo/bar\"", "\"/etc/haproxy/conf.d\""),
+            "directory \"/etc/haproxy/conf.d\" overlaps directory \"/etc/haproxy\"",
+        ),
+        (
+            &SEED.replace("\"/etc/haproxy/errors\"", "\"/etc/nginx/errors\""),
+            "exclude \"/etc/nginx/errors\" is not inside its directory \"/etc/haproxy\"",
+        ),
+        (
+            &SEED.replace("tls_private_key = \"/etc/gosyncd/gosyncd.key\"", ""),
+            "tls_private_key: required key is missing",
+        ),
+        (
+            &SEED.replace("exclude = [", "exclud = ["),
+            "directory \"/etc/haproxy\": unknown key \"exclud\"",
+        ),
+        (
+            "bind_address = \n",
+            "config.hcl:1: invalid HCL: invalid expression",
+        ),
+        (
+            &format!("{SEED}\nremotes = []\n"),
+            "config.hcl:23: invalid HCL: invalid attribute; expected unique attribute key",
+        ),
+    ];
+    for (text, expected) in cases {
+        let message = error(text);
+        assert!(
+            message.contains(expected),
+            "expected {expected:?} in {message:?}"
+        );
+    }
+}
+
+#[test]
+fn example_config_in_contrib_parses() {
+    let text = include_str!("../../contrib/gosyncd.example.hcl");
+    let c = parse(text).unwrap();
+    assert_eq!(c.remotes.len(), 3);
+    assert_eq!(c.directories[0].path, "/etc/haproxy");
+    assert!(c.directories[0]
+        .excludes
+        .is_excluded("/etc/haproxy/.haproxy.cfg.swp"));
+    assert!(c.directories[0]
+        .excludes
+        .is_excluded("/etc/haproxy/errors/503.http"));
+    // The commented-out optional keys are valid, and the limits shown are the
+    // defaults.
+    let uncommented: String = text
+        .lines()
+        .map(|l| l.replacen("  # validate", "  validate", 1))
+        .map(|l| l.replacen("  # on_change", "  on_change", 1))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let uncommented: String = uncommented
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with("allow_from")
+                    || rest.starts_with("max_delete_share")
+                    || rest.starts_with("backup")
+                    || rest.starts_with("validate")
+                    || rest.starts_with("on_change")
+                    || rest.starts_with("root")
+                    || rest.starts_with("limits")
+                    || rest.starts_with("  ")
+                    || rest == "}" =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = parse(&uncommented).unwrap();
+    assert!(c.allow_from.is_some());
+    let haproxy = &c.directories[0];
+    assert_eq!(haproxy.backup.as_ref().unwrap().keep, 5);
+    assert!(haproxy.actions.validate.is_some());
+    assert_eq!(haproxy.actions.on_change.len(), 1);
+    assert_eq!(c.limits, crate::limits::Limits::default());
+}
+
+#[test]
+fn debounce_and_editor_excludes_have_defaults_and_can_be_set() {
+    let c = parse(SEED).unwrap();
+    assert_eq!(c.debounce, DEFAULT_DEBOUNCE);
+    let ex = &c.directories[0].excludes;
+    for name in [
+        ".haproxy.cfg.swp",
+        ".x.swx",
+        "haproxy.cfg~",
+        "4913",
+        ".#haproxy.cfg",
+        "#haproxy.cfg#",
+    ] {
+        assert!(ex.is_excluded(&format!("/etc/haproxy/{name}")), "{name}");
+    }
+    assert!(!ex.is_excluded("/etc/haproxy/haproxy.cfg"));
+    let text = format!("debounce = \"1s\"\neditor_excludes = false\n{SEED}");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.debounce, Duration::from_secs(1));
+    assert!(!c.directories[0].excludes.is_excluded("/etc/haproxy/x~"));
+    assert!(error(&format!("debounce = \"soon\"\n{SEED}")).contains("config.hcl:1: debounce"));
+    assert!(error(&format!("editor_excludes = \"no\"\n{SEED}")).contains("expected true or false"));
+}
+
+#[test]
+fn allow_from_takes_addresses_networks_and_host_names() {
+    assert_eq!(parse(SEED).unwrap().allow_from, None);
+    let text = format!(
+        "allow_from = [\"10.0.0.7\", \"10.1.0.9/16\", \"2001:db8::/32\", \"lb-1.example\"]\n{SEED}"
+    );
+    let entries: Vec<String> = parse(&text)
+        .unwrap()
+        .allow_from
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            "10.0.0.7/32",
+            "10.1.0.0/16",
+            "2001:db8::/32",
+            "lb-1.example"
+        ]
+    );
+    for bad in ["10.0.0.0/33", "10.0.0.300", "-host", "a b", ""] {
+        let message = error(&format!("\n\nallow_from = [\"{bad}\"]\n{SEED}"));
+        assert!(
+            message.contains("config.hcl:3: allow_from:") && message.contains(&format!("{bad:?}")),
+            "{bad:?}: {message}"
+        );
+    }
+}
+
+#[test]
+fn bad_actions_and_backups_are_refused_naming_the_key() {
+    let with = |inner: &str, outer: &str| {
+        SEED.replace(
+            "directory \"/foo/bar\" {\n}",
+            &format!("directory \"/foo/bar\" {{\n{inner}\n}}\n{outer}"),
+        )
+    };
+    for (inner, outer, words) in [
+        ("validate = \"  \"", "", "validate: the command is empty"),
+        (
+            "run_on = \"sometimes\"",
+            "",
+            "run_on: \"sometimes\" is not one of",
+        ),
+        ("on_change = [\"\"]", "", "on_change: a command is empty"),
+        ("reload = \"x\"", "", "unknown key \"reload\""),
+        ("backup {\n keep = 3\n}", "", "backup: no directory named"),
+        (
+            "",
+            "backup {\n directory = \"var/b\"\n}",
+            "is not an absolute path",
+        ),
+        (
+            "",
+            "backup {\n directory = \"/foo/bar/old\"\n}",
+            "must not be kept inside",
+        ),
+    ] {
+        let message = error(&with(inner, outer));
+        assert!(message.contains(words), "{inner:?} {outer:?}: {message}");
+        assert!(message.contains("config.hcl:"), "{message}");
+    }
+    let c = parse(&with("validate = \"true\"\nrun_on = \"local\"", "")).unwrap();
+    let actions = &c.directories[1].actions;
+    assert_eq!(actions.validate.as_deref(), Some("true"));
+    assert_eq!(actions.run_on, crate::actions::RunOn::Local);
+}
+
+#[test]
+fn max_delete_share_is_a_fraction() {
+    assert_eq!(
+        parse(SEED).unwrap().max_delete_share,
+        DEFAULT_MAX_DELETE_SHARE
+    );
+    let c = parse(&format!("max_delete_share = 0.9\n{SEED}")).unwrap();
+    assert_eq!(c.max_delete_share, 0.9);
+    for bad in ["1.5", "-0.1", "\"half\""] {
+        let message = error(&format!("max_delete_share = {bad}\n{SEED}"));
+        assert!(
+            message.contains("config.hcl:1: max_delete_share: expected a number from 0 to 1"),
+            "{bad}: {message}"
+        );
+    }
+}
+
+#[test]
+fn tls_paths_are_relative_to_the_config_file() {
+    let text = SEED.replace("/etc/gosyncd/gosyncd.key", "node.key");
+    let c = Config::from_str(&text, Path::new("/srv/node1/config.hcl")).unwrap();
+    assert_eq!(c.tls_private_key, PathBuf::from("/srv/node1/node.key"));
+    assert_eq!(
+        c.local_path("/etc/haproxy/x"),
+        PathBuf::from("/etc/haproxy/x")
+    );
+}
