@@ -1,0 +1,284 @@
+//! One peer's part of a run: the terms it takes (its directories, excludes and limits),
+//! the views of both trees restricted to what both sides synchronise, the plan and the
+//! mass-delete guard, then a report (dry run) or a push. Also the local state every peer
+//! of a run shares, so that each file to send is read once.
+//!
+//! It handles a single peer and never touches another peer's report; sending is left to
+//! `push`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::push::push;
+use super::{Change, ChangeStatus, Options, PeerReport};
+use crate::apply;
+use crate::client::{self, Peer};
+use crate::config::{Config, Directory, Excludes};
+use crate::manifest::{Manifest, Scan};
+use crate::paths::is_within;
+use crate::plan::plan;
+use crate::protocol::{Action, Digest256, DirectoryInfo, ManifestResponse, Op, PeerLimits};
+
+/// What a peer's last manifest said about what it takes: its directories with their
+/// excludes, and its limits.
+#[derive(Clone, Debug)]
+pub(super) struct PeerTerms {
+    pub(super) directories: Vec<DirectoryInfo>,
+    pub(super) limits: PeerLimits,
+}
+
+impl PeerTerms {
+    pub(super) fn of(manifest: &ManifestResponse) -> PeerTerms {
+        PeerTerms {
+            directories: manifest.directories.clone(),
+            limits: manifest.limits,
+        }
+    }
+}
+
+/// The local scan plus the file contents read so far, shared by all peers of a run so
+/// that each file is read once however many peers need it.
+pub(super) struct LocalState {
+    scan: Scan,
+    contents: Mutex<HashMap<String, Bytes>>,
+}
+
+impl LocalState {
+    pub(super) fn new(scan: Scan) -> LocalState {
+        LocalState {
+            scan,
+            contents: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The content of a scanned file, read without following any link below its
+    /// configured directory, and only if it still has the scanned digest.
+    pub(super) fn content(
+        &self,
+        config: &Config,
+        path: &str,
+        scanned: &Digest256,
+    ) -> Result<Bytes, Unsendable> {
+        if let Some(bytes) = self.contents.lock().expect("contents lock").get(path) {
+            return Ok(bytes.clone());
+        }
+        let dir = config
+            .directory_of(path)
+            .ok_or_else(|| Unsendable::Unreadable("outside the configured directories".into()))?;
+        let (parent, name) = apply::open_parent(config, dir, path)
+            .map_err(|e| Unsendable::Unreadable(e.to_string()))?;
+        let mut bytes = Vec::new();
+        apply::open_regular(&parent, &name)
+            .and_then(|fd| std::fs::File::from(fd).read_to_end(&mut bytes))
+            .map_err(|e| Unsendable::Unreadable(format!("cannot read the local file: {e}")))?;
+        if Digest256::of(&bytes) != *scanned {
+            return Err(Unsendable::Changed);
+        }
+        let bytes = Bytes::from(bytes);
+        self.contents
+            .lock()
+            .expect("contents lock")
+            .insert(path.to_string(), bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// Why a planned file could not be sent.
+pub(super) enum Unsendable {
+    /// It was written again since the scan; a later scan will pick the new version up.
+    Changed,
+    Unreadable(String),
+}
+
+pub(super) async fn sync_peer(
+    config: &Config,
+    peer: &Peer,
+    manifest: Result<ManifestResponse, client::PeerError>,
+    local: &LocalState,
+    self_id: Option<String>,
+    options: &Options,
+) -> PeerReport {
+    let label = peer.remote.label.clone();
+    let mut report = PeerReport {
+        peer: label.clone(),
+        ..PeerReport::default()
+    };
+    let remote = match manifest {
+        Ok(remote) => remote,
+        Err(e) => {
+            report.refused = e.is_refusal();
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    if self_id.as_deref() == Some(remote.identity.node_id.as_str()) {
+        debug!("skipping remote: it announces this node's identity");
+        report.skipped = Some("it is this node (same identity)".into());
+        return report;
+    }
+
+    let (ours, theirs, refused_dirs) = views(config, local, &remote);
+    for dir in refused_dirs {
+        report.changes.push(Change {
+            peer: label.clone(),
+            path: dir.0,
+            status: ChangeStatus::Skipped(dir.1),
+        });
+    }
+    let ops = plan(&ours, &theirs, remote.owners);
+    if !options.force {
+        if let Some(refusal) = mass_delete(config, &options.scope, &theirs, &ops) {
+            report.error = Some(refusal);
+            report.refused = true;
+            report.changes.extend(ops.iter().map(|op| Change {
+                peer: label.clone(),
+                path: op.path.clone(),
+                status: ChangeStatus::Skipped("not sent: mass-delete guard".into()),
+            }));
+            return report;
+        }
+    }
+    if options.dry_run && options.diff && !ops.is_empty() {
+        report.diffs = crate::diff::diffs(config, peer, &ops).await;
+    }
+    if options.dry_run || ops.is_empty() {
+        report.changes.extend(ops.iter().map(|op| Change {
+            peer: label.clone(),
+            path: op.path.clone(),
+            status: ChangeStatus::Done(op.change()),
+        }));
+        return report;
+    }
+    push(config, peer, ops, local, &remote.limits, &mut report).await;
+    report
+}
+
+/// Deletions below this count never trip the share rule of the mass-delete guard.
+pub const MASS_DELETE_MIN: usize = 10;
+
+/// The mass-delete guard: a push that would leave a configured directory empty on the
+/// peer (every entry deleted, nothing put), or delete more than `max_delete_share` of its
+/// entries (and at least [`MASS_DELETE_MIN`]), most likely comes from an unmounted or
+/// emptied directory on this node. A path deleted and put again (a type change) does not
+/// count. Only directories the run covers whole are judged. Returns the refusal, naming
+/// the directory and the counts.
+fn mass_delete(config: &Config, scope: &[String], theirs: &Manifest, ops: &[Op]) -> Option<String> {
+    // A sync scoped below a directory sees only part of it: no share can be judged.
+    let whole = |dir: &str| scope.is_empty() || scope.iter().any(|s| is_within(dir, s));
+    for dir in config.directories.iter().filter(|d| whole(&d.path)) {
+        let held = theirs
+            .keys()
+            .filter(|p| *p != &dir.path && is_within(p, &dir.path))
+            .count();
+        let in_dir: Vec<&Op> = ops
+            .iter()
+            .filter(|op| is_within(&op.path, &dir.path))
+            .collect();
+        let put: std::collections::HashSet<&str> = in_dir
+            .iter()
+            .filter(|op| op.action != Action::Delete)
+            .map(|op| op.path.as_str())
+            .collect();
+        // A path deleted and put again changes type; it is not lost.
+        let deleted = in_dir
+            .iter()
+            .filter(|op| op.action == Action::Delete && !put.contains(op.path.as_str()))
+            .count();
+        if held == 0 || deleted == 0 {
+            continue;
+        }
+        let share = deleted as f64 / held as f64;
+        let emptied = deleted == held && put.is_empty();
+        if emptied || (deleted >= MASS_DELETE_MIN && share > config.max_delete_share) {
+            return Some(format!(
+                "refusing to delete {deleted} of the {held} entries of {} on this peer \
+                 (max_delete_share is {:.0}%): is {} on this node unmounted or emptied? \
+                 Run the sync again with --force if this is intended",
+                dir.path,
+                config.max_delete_share * 100.0,
+                dir.path
+            ));
+        }
+    }
+    None
+}
+
+/// The local and remote manifests restricted to what this peer and this node both
+/// synchronise, plus the configured directories the peer cannot take (with the reason).
+fn views(
+    config: &Config,
+    local: &LocalState,
+    remote: &ManifestResponse,
+) -> (Manifest, Manifest, Vec<(String, String)>) {
+    let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
+        // Missing here or out of scope: not part of this run.
+        local.scan.entries.contains_key(&dir.path)
+    });
+    let unknown: Vec<&str> = local
+        .scan
+        .unreadable
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .chain(remote.unreadable.iter().map(String::as_str))
+        .collect();
+    let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
+
+    let ours: Manifest = local
+        .scan
+        .entries
+        .iter()
+        .filter(|(path, _)| {
+            known(path)
+                && shared.iter().any(|(dir, theirs)| {
+                    is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
+                })
+        })
+        .map(|(p, e)| (p.clone(), e.clone()))
+        .collect();
+    let theirs: Manifest = remote
+        .entries
+        .iter()
+        .filter(|w| {
+            known(&w.path)
+                && shared.iter().any(|(dir, _)| {
+                    is_within(&w.path, &dir.path)
+                        && !dir.excludes.excludes_any_component(&dir.path, &w.path)
+                })
+        })
+        .map(|w| (w.path.clone(), w.entry.clone()))
+        .collect::<BTreeMap<_, _>>();
+    (ours, theirs, refused)
+}
+
+/// A peer's rules for the configured directories `wanted` selects: for each directory
+/// the peer also has, the peer's excludes; for each it lacks, the reason it is refused.
+type PeerRules<'c> = (Vec<(&'c Directory, Excludes)>, Vec<(String, String)>);
+
+pub(super) fn peer_rules<'c>(
+    config: &'c Config,
+    theirs: &[DirectoryInfo],
+    wanted: impl Fn(&Directory) -> bool,
+) -> PeerRules<'c> {
+    let mut shared = Vec::new();
+    let mut refused = Vec::new();
+    for dir in config.directories.iter().filter(|d| wanted(d)) {
+        match theirs.iter().find(|d| d.path == dir.path) {
+            None => refused.push((
+                dir.path.clone(),
+                "not a configured directory on the peer".into(),
+            )),
+            Some(info) => match Excludes::new(&dir.path, &info.exclude) {
+                Ok(excludes) => shared.push((dir, excludes)),
+                Err(e) => refused.push((
+                    dir.path.clone(),
+                    format!("the peer's excludes are invalid: {e}"),
+                )),
+            },
+        }
+    }
+    (shared, refused)
+}

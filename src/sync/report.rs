@@ -1,0 +1,150 @@
+//! What a run is asked to do ([`Options`]) and what it reports: one [`Change`] or
+//! [`ActionLine`] per output line, gathered in a [`PeerReport`] per peer and a [`Report`]
+//! per run. Their `Display` is the line the CLI prints, so its text is user-facing output.
+//!
+//! Plain data: no I/O, and no knowledge of how the engine produces it.
+
+use std::fmt;
+
+use crate::protocol::{ActionReport, ChangeKind};
+
+/// What one run does.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Logical paths limiting the run to those files or subtrees; empty: everything.
+    pub scope: Vec<String>,
+    /// Plan and report, change nothing.
+    pub dry_run: bool,
+    /// Push even what the mass-delete guard refuses.
+    pub force: bool,
+    /// With `dry_run`: compute a unified diff of each changed text file.
+    pub diff: bool,
+}
+
+/// What happened (or would happen) to one path on one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeStatus {
+    Done(ChangeKind),
+    /// Refused or failed on the peer, or conflicting; the peer's file is intact.
+    Skipped(String),
+    /// A directory left in place on purpose (it holds paths the peer excludes).
+    Kept(String),
+    /// Applied, then put back by the peer: its `validate` command refused the result.
+    Rejected(String),
+}
+
+/// One line of output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub peer: String,
+    pub path: String,
+    pub status: ChangeStatus,
+}
+
+impl fmt::Display for Change {
+    /// The original tool's line, without its timestamp: `[M] 10.0.0.2:8080 /etc/x updated`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (peer, path) = (&self.peer, &self.path);
+        match &self.status {
+            ChangeStatus::Done(ChangeKind::Added) => write!(f, "[+] {peer} {path} added"),
+            ChangeStatus::Done(ChangeKind::Updated) => write!(f, "[M] {peer} {path} updated"),
+            ChangeStatus::Done(ChangeKind::Deleted) => write!(f, "[-] {peer} {path} deleted"),
+            ChangeStatus::Skipped(reason) | ChangeStatus::Kept(reason) => {
+                write!(f, "[!] {peer} {path} skipped: {reason}")
+            }
+            ChangeStatus::Rejected(reason) => write!(f, "[!] {peer} {path} rejected: {reason}"),
+        }
+    }
+}
+
+/// A command a peer ran for a push: `[*] 10.0.0.2:8080 /etc/haproxy on_change
+/// "systemctl reload haproxy" ok`, or `[!] ... failed (exit 1): <first line>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionLine {
+    pub peer: String,
+    pub report: ActionReport,
+}
+
+impl fmt::Display for ActionLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        if r.success {
+            write!(
+                f,
+                "[*] {} {} on_change {:?} ok",
+                self.peer, r.directory, r.command
+            )
+        } else {
+            let code = r
+                .code
+                .map_or_else(|| "killed".to_string(), |c| format!("exit {c}"));
+            write!(
+                f,
+                "[!] {} {} on_change {:?} failed ({code}): {}",
+                self.peer, r.directory, r.command, r.first_line
+            )
+        }
+    }
+}
+
+/// The outcome of a run for one peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerReport {
+    pub peer: String,
+    pub changes: Vec<Change>,
+    /// The peer could not be synchronised (unreachable, refused the request, ...).
+    pub error: Option<String>,
+    /// The error was the peer refusing the request (sending it again is useless), not
+    /// the peer being unreachable.
+    pub refused: bool,
+    /// Files not sent because they were written again since the scan (they are also
+    /// reported as skipped changes).
+    pub changed_locally: Vec<String>,
+    /// Why the remote was left alone: it turned out to be this node.
+    pub skipped: Option<String>,
+    /// The `on_change` commands the peer ran for this push.
+    pub actions: Vec<ActionLine>,
+    /// Bytes of apply requests sent to the peer.
+    pub bytes_sent: u64,
+    /// With `Options::diff`: per changed file, its unified diff (peer -> this node), or
+    /// a one-line note for a file that cannot be shown.
+    pub diffs: Vec<(String, String)>,
+}
+
+impl PeerReport {
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+            || self.changes.iter().any(|c| {
+                matches!(
+                    c.status,
+                    ChangeStatus::Skipped(_) | ChangeStatus::Rejected(_)
+                )
+            })
+            || self.actions.iter().any(|a| !a.report.success)
+    }
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Problems on this node (a missing configured directory, a bad scope path).
+    pub local_errors: Vec<String>,
+    /// One per peer, in the order of `remotes`.
+    pub peers: Vec<PeerReport>,
+}
+
+impl Report {
+    /// Whether anything failed: decides exit code 2.
+    pub fn failed(&self) -> bool {
+        !self.local_errors.is_empty() || self.peers.iter().any(PeerReport::failed)
+    }
+
+    /// Whether any change was (or would be) made.
+    pub fn has_changes(&self) -> bool {
+        self.peers.iter().any(|p| {
+            p.changes
+                .iter()
+                .any(|c| matches!(c.status, ChangeStatus::Done(_)))
+        })
+    }
+}
