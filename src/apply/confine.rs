@@ -1,0 +1,207 @@
+//! Confinement and batch validation, before anything is written: the path rules of the
+//! receiver applied to every operation, this node's limits, and the refusal of
+//! impossible modes, invalid link targets and paths below a symlink. It only reads
+//! metadata and never writes. It is not the last line of defence either: the tree can
+//! change before execution, where every path is reached again without following a link.
+
+use std::io;
+
+use crate::config::{Config, Directory};
+use crate::manifest::is_temp_name;
+use crate::paths::{self, components_below};
+use crate::protocol::{Action, BatchHeader, Content, Entry, MAX_LINK_TARGET_BYTES};
+
+/// Checks that a path from a peer is one this node may write: well-formed, inside a
+/// configured directory, not excluded, not one of gosyncd's temporary names.
+pub fn confine<'c>(config: &'c Config, path: &str) -> Result<&'c Directory, String> {
+    paths::check_normalized(path)?;
+    let dir = config
+        .directory_of(path)
+        .ok_or_else(|| format!("{path}: outside the configured directories of this node"))?;
+    if dir.excludes.excludes_any_component(&dir.path, path) {
+        return Err(format!("{path}: excluded on this node"));
+    }
+    // Any component, not only the last: scans skip such names with everything below
+    // them, so a directory named like one would hide its tree from every manifest.
+    if path[dir.path.len()..].split('/').any(is_temp_name) {
+        return Err(format!("{path}: a gosyncd temporary file name"));
+    }
+    Ok(dir)
+}
+
+/// Checks a whole batch before anything is written. Returns the first reason to refuse.
+pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), String> {
+    let limits = &config.limits;
+    if header.ops.len() > limits.max_batch_entries {
+        return Err(format!(
+            "batch of {} operations exceeds this node's max_batch_entries ({})",
+            header.ops.len(),
+            limits.max_batch_entries
+        ));
+    }
+    let deleted: std::collections::HashSet<&str> = header
+        .ops
+        .iter()
+        .filter(|op| op.action == Action::Delete)
+        .map(|op| op.path.as_str())
+        .collect();
+    for op in &header.ops {
+        let dir = confine(config, &op.path)?;
+        if let Action::Put { entry } = &op.action {
+            check_entry(&op.path, entry)?;
+            if let Content::File { size, .. } = &entry.content {
+                if *size > limits.max_file_size {
+                    return Err(format!(
+                        "{}: a file of {size} bytes exceeds this node's max_file_size ({})",
+                        op.path, limits.max_file_size
+                    ));
+                }
+            }
+            if op.path == dir.path && !entry.content.is_dir() {
+                return Err(format!(
+                    "{}: a configured directory must stay a directory",
+                    op.path
+                ));
+            }
+        } else if op.path == dir.path {
+            return Err(format!(
+                "{}: a configured directory is never deleted",
+                op.path
+            ));
+        }
+        if let Some(expect) = &op.expect {
+            check_entry(&op.path, expect)?;
+        }
+        check_no_symlink_on_the_way(config, dir, &op.path, &deleted)?;
+    }
+    Ok(())
+}
+
+fn check_entry(path: &str, entry: &Entry) -> Result<(), String> {
+    if entry.mode > 0o7777 {
+        return Err(format!(
+            "{path}: mode {:o} is not a permission mode",
+            entry.mode
+        ));
+    }
+    if let Content::Symlink { target } = &entry.content {
+        if target.is_empty() || target.contains('\0') || target.len() > MAX_LINK_TARGET_BYTES {
+            return Err(format!("{path}: invalid symlink target"));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a path one of whose parents below the configured directory is a symlink,
+/// unless the same batch deletes that symlink first (a link replaced by a directory).
+fn check_no_symlink_on_the_way(
+    config: &Config,
+    dir: &Directory,
+    path: &str,
+    deleted: &std::collections::HashSet<&str>,
+) -> Result<(), String> {
+    let mut logical = dir.path.clone();
+    let mut components: Vec<&str> = components_below(path, &dir.path).collect();
+    components.pop();
+    for component in components {
+        logical.push('/');
+        logical.push_str(component);
+        match std::fs::symlink_metadata(config.local_path(&logical)) {
+            Ok(meta) if meta.file_type().is_symlink() && !deleted.contains(logical.as_str()) => {
+                return Err(format!(
+                    "{path}: refused, {logical} is a symlink on this node (links are never followed)"
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{path}: cannot inspect {logical}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::test_config;
+    use crate::protocol::Op;
+    use crate::testing::put;
+
+    fn refusal(config: &Config, ops: Vec<Op>) -> String {
+        validate_batch(config, &BatchHeader { ops }).unwrap_err()
+    }
+
+    #[test]
+    fn paths_outside_or_excluded_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let cases = [
+            ("/etc/app/../passwd", "\"..\""),
+            ("/etc/passwd", "outside the configured directories"),
+            ("/etc/application/x", "outside the configured directories"),
+            ("etc/app/x", "not absolute"),
+            ("/etc/app/private/key", "excluded on this node"),
+            ("/etc/app/dir.swp/inner", "excluded on this node"),
+            ("/etc/app/.gosyncd-1.tmp", "temporary file name"),
+            ("/etc/app/.gosyncd-1.tmp/inner", "temporary file name"),
+        ];
+        for (path, why) in cases {
+            let err = refusal(&c, vec![put(path, b"x")]);
+            assert!(err.contains(why), "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn configured_directories_are_never_deleted_or_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let delete = Op {
+            path: "/etc/app".into(),
+            action: Action::Delete,
+            expect: None,
+        };
+        assert!(refusal(&c, vec![delete]).contains("never deleted"));
+        assert!(refusal(&c, vec![put("/etc/app", b"x")]).contains("stay a directory"));
+    }
+
+    #[test]
+    fn impossible_modes_and_link_targets_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let mut op = put("/etc/app/x", b"x");
+        if let Action::Put { entry } = &mut op.action {
+            entry.mode = 0o170_000;
+        }
+        assert!(refusal(&c, vec![op]).contains("not a permission mode"));
+        let mut link = put("/etc/app/l", b"");
+        if let Action::Put { entry } = &mut link.action {
+            entry.content = Content::Symlink {
+                target: String::new(),
+            };
+        }
+        assert!(refusal(&c, vec![link]).contains("invalid symlink target"));
+    }
+
+    #[test]
+    fn a_symlink_planted_in_a_parent_refuses_the_whole_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside"), app.join("sub")).unwrap();
+        let ops = vec![put("/etc/app/fine", b"1"), put("/etc/app/sub/evil", b"2")];
+        let err = refusal(&c, ops);
+        assert!(err.contains("/etc/app/sub is a symlink"), "{err}");
+        assert!(
+            !app.join("fine").exists(),
+            "nothing is written when a batch is refused"
+        );
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("outside"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+}

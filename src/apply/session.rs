@@ -1,0 +1,470 @@
+//! The executor: carries out each operation of a validated batch (checking the state it
+//! expects, taking backups, keeping what a rollback needs) and defers the renames and
+//! flushes to the end of the batch. It relies on validation for nothing the tree can
+//! change meanwhile: every path is reached again through the `fs` primitives. What the
+//! outcomes mean for the caller (commit or rejection) is not its business but `batch`'s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::fs::{current_state, open_parent, Fingerprint, Step, Target};
+use crate::config::{Config, Directory};
+use crate::paths;
+use crate::protocol::{Action, Entry, Op, OpResult, Outcome};
+use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
+
+/// A file written under a temporary name, renamed over its target at the end of the
+/// batch once its data is durable.
+struct Pending {
+    index: usize,
+    path: String,
+    tmp: String,
+    checked: Option<Fingerprint>,
+}
+
+/// The work of one batch that is deferred to its end, so that durability costs one
+/// flush per batch rather than two fsyncs per file. Order of events for a file: the
+/// temporary file is written; its data is flushed (fsync, or `syncfs` of its whole
+/// filesystem); the target is checked again and the temporary file renamed over it;
+/// the directory is fsynced. A crash at any point leaves the old file or the new one.
+pub(super) struct Session {
+    fsync_each: bool,
+    pending: Vec<Pending>,
+    /// Configured directories (local paths) holding pending files: one `syncfs` each.
+    filesystems: BTreeSet<PathBuf>,
+    /// Directories (local paths) whose entries changed: one fsync each.
+    dirty: BTreeSet<PathBuf>,
+    /// Where the batch comes from, for backups.
+    origin: String,
+    /// Previous states kept for a rollback.
+    pub(super) undo: Vec<Undo>,
+    /// Operations that changed something.
+    pub(super) changed: BTreeSet<usize>,
+    /// Rollback journals, by configured directory.
+    pub(super) journals: BTreeMap<String, Journal>,
+}
+
+impl Session {
+    pub(super) fn new(fsync_each: bool, origin: &str) -> Session {
+        Session {
+            fsync_each,
+            pending: Vec::new(),
+            filesystems: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            origin: origin.to_string(),
+            undo: Vec::new(),
+            changed: BTreeSet::new(),
+            journals: BTreeMap::new(),
+        }
+    }
+
+    pub(super) fn apply(
+        &mut self,
+        config: &Config,
+        owners: bool,
+        index: usize,
+        op: &Op,
+        content: Option<&[u8]>,
+    ) -> Outcome {
+        let Some(dir) = config.directory_of(&op.path) else {
+            return Outcome::Failed("outside the configured directories".into());
+        };
+        let (parent, name) = match open_parent(config, dir, &op.path) {
+            Ok(found) => found,
+            // A deletion whose directory is already gone (deleted earlier in the batch,
+            // or by another sync) is done: the path is absent, as wanted.
+            Err(e) if e.missing && op.action == Action::Delete => return Outcome::Applied,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        // Where the directory validates what it receives, the file or link at the name
+        // is first linked under a temporary name, so that a rejected change can be put
+        // back. Linking moves the inode's ctime: it comes before the state is read. The
+        // link lives at the top of the configured directory, where it cannot keep a
+        // directory the batch deletes from being empty (on another filesystem: next to
+        // the file).
+        let kept = if dir.actions.validate.is_some() && dir.actions.run_on.on_receive() {
+            match keep_previous(config, dir, &parent, &name) {
+                Ok(kept) => kept,
+                Err(e) => {
+                    return Outcome::Failed(format!(
+                        "cannot keep the previous version for a rollback: {e}"
+                    ))
+                }
+            }
+        } else {
+            None
+        };
+        let undo_before = self.undo.len();
+        let outcome = self.apply_at(
+            config,
+            owners,
+            index,
+            op,
+            content,
+            dir,
+            parent,
+            name,
+            kept.clone(),
+        );
+        if let (Some(kept), true) = (&kept, self.undo.len() == undo_before) {
+            // Not changed after all: the kept link is not needed.
+            kept.forget();
+        }
+        outcome
+    }
+
+    /// [`Session::apply`] once the parent directory is open (and, in a validated
+    /// directory, the previous file linked as `kept`).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_at(
+        &mut self,
+        config: &Config,
+        owners: bool,
+        index: usize,
+        op: &Op,
+        content: Option<&[u8]>,
+        dir: &Directory,
+        parent: OwnedFd,
+        name: String,
+        kept: Option<Kept>,
+    ) -> Outcome {
+        let checked = match current_state(&parent, &name) {
+            Ok(checked) => checked,
+            Err(e) => return Outcome::Failed(format!("cannot read the current state: {e}")),
+        };
+        if let Some(kept) = &kept {
+            // The link must hold the inode whose state was just read.
+            let same =
+                rustix::fs::statat(&*kept.holder, kept.tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .ok()
+                    .zip(checked.as_ref())
+                    .is_some_and(|(st, (_, fp))| st.st_ino == fp.ino && st.st_dev == fp.dev);
+            if !same {
+                return Outcome::Conflict(
+                    "changed on the peer while the operation was being applied".into(),
+                );
+            }
+        }
+        let current = checked.as_ref().map(|(entry, _)| entry);
+
+        // Already in the wanted state (another sync got there first): nothing to do.
+        let wanted = match &op.action {
+            Action::Put { entry } => Some(entry),
+            Action::Delete => None,
+        };
+        let already = match (current, wanted) {
+            (None, None) => true,
+            (Some(have), Some(want)) => have.same_state(want, owners),
+            _ => false,
+        };
+        if already {
+            return Outcome::Applied;
+        }
+        // Owners count only where they are applied: the expectation of an automatic
+        // push is the sender's own version, owners included.
+        let as_expected = match (current, &op.expect) {
+            (None, None) => true,
+            (Some(have), Some(expect)) => have.same_state(expect, owners),
+            _ => false,
+        };
+        if !as_expected {
+            let describe =
+                |e: Option<&Entry>| e.map_or_else(|| "nothing".to_string(), Entry::describe);
+            return Outcome::Conflict(format!(
+                "changed on the peer since the sync was planned (expected {}, found {})",
+                describe(op.expect.as_ref()),
+                describe(current)
+            ));
+        }
+
+        // The previous version: into the backups, and kept for a rollback where the
+        // directory validates what it receives. Without either, nothing is changed.
+        if let (Some(backup), Some(have)) = (&dir.backup, current) {
+            if !have.content.is_dir() {
+                let verb = match op.action {
+                    Action::Delete => "deleted",
+                    Action::Put { .. } => "replaced",
+                };
+                let reason = format!("{verb} by {}", self.origin);
+                if let Err(e) = crate::backup::save(backup, &op.path, &parent, &name, have, &reason)
+                {
+                    return Outcome::Failed(format!(
+                        "cannot back up the previous version to {}: {e}",
+                        backup.directory.display()
+                    ));
+                }
+            }
+        }
+        if dir.actions.validate.is_some() && dir.actions.run_on.on_receive() {
+            let previous = match (current, &kept) {
+                (None, _) => Previous::Absent,
+                (Some(have), _) if have.content.is_dir() => Previous::Dir(have.mode),
+                (Some(_), Some(kept)) => Previous::Linked(kept.clone()),
+                (Some(_), None) => {
+                    return Outcome::Conflict(
+                        "changed on the peer while the operation was being applied".into(),
+                    )
+                }
+            };
+            let undo = Undo {
+                index,
+                dir: dir.path.clone(),
+                path: op.path.clone(),
+                previous,
+            };
+            if let Err(e) = self.record(config, dir, &undo) {
+                return Outcome::Failed(format!("cannot record the change for a rollback: {e}"));
+            }
+            self.undo.push(undo);
+        }
+
+        let target = Target {
+            parent: &parent,
+            name: &name,
+            checked: checked.as_ref().map(|(_, fp)| *fp),
+        };
+        let step = match &op.action {
+            Action::Delete => target.delete(current).map(Step::Done),
+            Action::Put { entry } => target.put(entry, content, owners, self.fsync_each),
+        };
+        let parent_dir = config.local_path(paths::parent(&op.path));
+        match step {
+            Ok(Step::Done(outcome)) => {
+                if outcome == Outcome::Applied {
+                    self.changed.insert(index);
+                    self.dirty.insert(parent_dir);
+                }
+                outcome
+            }
+            Ok(Step::Rename(tmp)) => {
+                self.changed.insert(index);
+                self.filesystems.insert(config.local_path(&dir.path));
+                self.pending.push(Pending {
+                    index,
+                    path: op.path.clone(),
+                    tmp,
+                    checked: target.checked,
+                });
+                Outcome::Applied
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    /// Writes `undo` to the journal of its directory (created with the first change).
+    fn record(&mut self, config: &Config, dir: &Directory, undo: &Undo) -> io::Result<()> {
+        let journal = match self.journals.entry(dir.path.clone()) {
+            std::collections::btree_map::Entry::Occupied(found) => found.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(Journal::create(config, dir)?)
+            }
+        };
+        journal.record(undo)
+    }
+
+    /// Flushes, renames the pending files into place and fsyncs the changed directories.
+    pub(super) fn finish(mut self, config: &Config, results: &mut [OpResult]) {
+        let mut flush_failed = None;
+        if !self.fsync_each {
+            for local in &self.filesystems {
+                let flushed = rustix::fs::open(
+                    local,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .and_then(rustix::fs::syncfs);
+                if let Err(e) = flushed {
+                    flush_failed = Some(format!("cannot flush the data to disk: {e}"));
+                }
+            }
+        }
+        for pending in std::mem::take(&mut self.pending) {
+            let dir = config.directory_of(&pending.path).expect("validated path");
+            let outcome = match open_parent(config, dir, &pending.path) {
+                Err(reason) => Outcome::Failed(reason.to_string()),
+                Ok((parent, name)) => {
+                    let target = Target {
+                        parent: &parent,
+                        name: &name,
+                        checked: pending.checked,
+                    };
+                    let prepared = match &flush_failed {
+                        Some(reason) => Err(io::Error::other(reason.clone())),
+                        None => Ok(()),
+                    };
+                    target
+                        .rename_into_place(&pending.tmp, prepared)
+                        .unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+                }
+            };
+            if outcome == Outcome::Applied {
+                self.dirty
+                    .insert(config.local_path(paths::parent(&pending.path)));
+            }
+            results[pending.index].outcome = outcome;
+        }
+        for local in &self.dirty {
+            let synced = rustix::fs::open(
+                local,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .and_then(rustix::fs::fsync);
+            match synced {
+                // Changed, then deleted later in the same batch: nothing left to flush.
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => {
+                    tracing::warn!(directory = %local.display(), error = %e, "cannot fsync a directory")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::{test_config, validate_batch};
+    use crate::protocol::BatchHeader;
+    use crate::testing::put;
+    use std::path::Path;
+
+    /// Applies one operation as a batch of its own.
+    fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> Outcome {
+        let mut session = Session::new(true, "a test");
+        let outcome = session.apply(config, owners, 0, op, content);
+        let mut results = vec![OpResult {
+            path: op.path.clone(),
+            outcome,
+        }];
+        session.finish(config, &mut results);
+        results.remove(0).outcome
+    }
+
+    #[test]
+    fn the_executor_refuses_a_symlink_that_appears_after_validation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        let op = put("/etc/app/sub/evil", b"2");
+        validate_batch(
+            &c,
+            &BatchHeader {
+                ops: vec![op.clone()],
+            },
+        )
+        .unwrap();
+        // The link is planted between validation and execution.
+        std::os::unix::fs::symlink(tmp.path().join("outside"), app.join("sub")).unwrap();
+        let outcome = apply_op(&c, false, &op, Some(b"2"));
+        assert!(
+            matches!(&outcome, Outcome::Failed(r) if r.contains("symlink")),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join("outside"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_put_lands_atomically_with_its_mode_and_leaves_no_temp_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("x"), b"old").unwrap();
+        let mut op = put("/etc/app/x", b"new content");
+        let old = crate::manifest::read_entry(&app.join("x"), false, &Default::default())
+            .unwrap()
+            .unwrap();
+        op.expect = Some(old);
+        if let Action::Put { entry } = &mut op.action {
+            entry.mode = 0o600;
+        }
+        assert_eq!(
+            apply_op(&c, false, &op, Some(b"new content")),
+            Outcome::Applied
+        );
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"new content");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(app.join("x"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x"]);
+    }
+
+    #[test]
+    fn a_stale_expectation_is_a_conflict_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("x"), b"edited on the peer").unwrap();
+        let op = put("/etc/app/x", b"pushed"); // planned against "nothing there"
+        let outcome = apply_op(&c, false, &op, Some(b"pushed"));
+        assert!(
+            matches!(&outcome, Outcome::Conflict(r) if r.contains("expected nothing")),
+            "{outcome:?}"
+        );
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"edited on the peer");
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_file_does_not_block() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            app.join("fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let outcome = apply_op(&c, false, &put("/etc/app/fifo", b"x"), Some(b"x"));
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_mode_change_never_touches_another_name_of_a_hard_linked_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let outside = tmp.path().join("outside-secret");
+        std::fs::write(&outside, b"same").unwrap();
+        std::fs::hard_link(&outside, app.join("x")).unwrap();
+        let mut op = put("/etc/app/x", b"same");
+        op.expect =
+            crate::manifest::read_entry(&app.join("x"), false, &Default::default()).unwrap();
+        if let Action::Put { entry } = &mut op.action {
+            entry.mode = 0o4777;
+        }
+        assert_eq!(op.needs_content(), None, "a metadata-only update");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let outside_mode = mode(&outside);
+        assert_eq!(apply_op(&c, false, &op, None), Outcome::Applied);
+        assert_eq!(mode(&app.join("x")), 0o4777);
+        assert_eq!(mode(&outside), outside_mode, "the other name is untouched");
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"same");
+    }
+}
