@@ -20,7 +20,6 @@ type Contents = Vec<Option<Bytes>>;
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
 /// under the receiver's header limit.
 const OPS_PER_BATCH: usize = 100_000;
-/// Room left in a batch body for its header when splitting large pushes.
 /// Room counted for one operation's entry in a batch header, besides its path: the
 /// JSON of an entry with both states (two digests, modes, owners, times) is under 400
 /// bytes.
