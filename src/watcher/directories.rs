@@ -1,0 +1,128 @@
+//! The configured directories as watched: starting the recursive watch on each, and
+//! telling which directory is at each path (its identity) so that one that appears, or
+//! is deleted and re-created, is watched again.
+//!
+//! It only watches and reports the local paths to rescan; it does not scan, compare or
+//! push.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use tracing::{info, warn};
+
+use super::queue::Queue;
+use crate::config::Config;
+
+/// The notify debouncer's own window: it pairs renames and drops duplicate events.
+const NOTIFY_WINDOW: Duration = Duration::from_millis(50);
+
+/// A running filesystem watch; dropping it stops watching.
+pub type Watch = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+
+/// Watches every configured directory that exists, recursively.
+pub fn watch(config: &Config, queue: Queue) -> anyhow::Result<Watch> {
+    let mut debouncer = new_debouncer(NOTIFY_WINDOW, None, move |result: DebounceEventResult| {
+        queue.forward(result)
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the filesystem watcher: {}", describe(&e)))?;
+    for dir in &config.directories {
+        let local = config.local_path(&dir.path);
+        if !local.is_dir() {
+            warn!(directory = %dir.path, "configured directory is missing: not watched");
+            continue;
+        }
+        debouncer
+            .watch(&local, RecursiveMode::Recursive)
+            .map_err(|e| anyhow::anyhow!("cannot watch {}: {}", dir.path, describe(&e)))?;
+    }
+    Ok(debouncer)
+}
+
+/// Words for watch errors; running out of inotify watches names the sysctl to raise.
+pub(super) fn describe(err: &notify::Error) -> String {
+    match &err.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            "out of inotify watches: raise fs.inotify.max_user_watches (for example \
+             `sysctl fs.inotify.max_user_watches=524288`)"
+                .to_string()
+        }
+        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(28) => {
+            "out of inotify watches (ENOSPC): raise fs.inotify.max_user_watches (for example \
+             `sysctl fs.inotify.max_user_watches=524288`)"
+                .to_string()
+        }
+        _ => err.to_string(),
+    }
+}
+
+/// How often the configured directories themselves are checked.
+pub const DIRECTORY_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Which directory is at a path: device, inode and birth time (where the filesystem
+/// records one, since a re-created directory often gets the freed inode number back);
+/// `None` when it is missing.
+pub(super) type DirectoryIdentity = (u64, u64, Option<std::time::SystemTime>);
+
+pub(super) fn directory_identity(path: &std::path::Path) -> Option<DirectoryIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| (m.dev(), m.ino(), m.created().ok()))
+}
+
+/// Watches configured directories that appeared or were replaced since the last check;
+/// returns their local paths, to be rescanned.
+pub(super) fn rewatch(
+    config: &Config,
+    watch: &mut Watch,
+    watched: &mut [Option<DirectoryIdentity>],
+) -> Vec<PathBuf> {
+    let mut appeared = Vec::new();
+    for (dir, known) in config.directories.iter().zip(watched.iter_mut()) {
+        let local = config.local_path(&dir.path);
+        let now = directory_identity(&local);
+        if now == *known {
+            continue;
+        }
+        *known = now;
+        if now.is_none() {
+            warn!(directory = %dir.path, "configured directory disappeared: watched again when it reappears");
+            continue;
+        }
+        let _ = watch.unwatch(&local);
+        match watch.watch(&local, RecursiveMode::Recursive) {
+            Ok(()) => {
+                info!(directory = %dir.path, "configured directory (re)appeared: watching it");
+                appeared.push(local);
+            }
+            Err(e) => {
+                *known = None;
+                warn!(directory = %dir.path, "cannot watch: {}", describe(&e));
+            }
+        }
+    }
+    appeared
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_inotify_watches_names_the_sysctl_to_raise() {
+        for err in [
+            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
+            notify::Error::io(std::io::Error::from_raw_os_error(28)),
+        ] {
+            let text = describe(&err);
+            assert!(
+                text.contains("fs.inotify.max_user_watches") && text.contains("524288"),
+                "{text}"
+            );
+        }
+        assert!(!describe(&notify::Error::generic("other")).contains("inotify"));
+    }
+}
