@@ -1,0 +1,254 @@
+//! The one-shot commands: `sync` and `state`, `status`, `backups` and `check-config`,
+//! each of which loads the configuration, does its work and returns an exit code; and
+//! how their results are printed, as lines in the original tool's form or as JSON lines.
+//!
+//! It only calls into the engine and the operations in [`crate::ops`] and prints what
+//! they return; it neither parses arguments nor decides anything about a peer itself.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tracing::error;
+
+use super::{BackupsCommand, Format};
+use crate::config::Config;
+use crate::sync::{self, Options, Report};
+use crate::tls::TlsMaterial;
+
+fn load(config: &std::path::Path) -> anyhow::Result<(Arc<Config>, TlsMaterial)> {
+    let config = Config::from_file(config)?;
+    let tls = TlsMaterial::load(&config)?;
+    Ok((Arc::new(config), tls))
+}
+
+pub(super) fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (config, tls) = load(path)?;
+    tls.server_config()?;
+    tls.client_config()?;
+    println!(
+        "{}: valid ({} directories, {} remotes)",
+        path.display(),
+        config.directories.len(),
+        config.remotes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How a sync runs and prints.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SyncMode {
+    pub(super) dry_run: bool,
+    pub(super) exit_code: bool,
+    pub(super) force: bool,
+    pub(super) diff: bool,
+    pub(super) format: Format,
+}
+
+pub(super) async fn sync_command(
+    path: &std::path::Path,
+    paths: Vec<String>,
+    mode: SyncMode,
+) -> anyhow::Result<ExitCode> {
+    let SyncMode {
+        dry_run,
+        exit_code,
+        force,
+        diff,
+        format,
+    } = mode;
+    let config = Arc::new(Config::from_file(path)?);
+    let engine = sync::engine_for_cli(config).await?;
+    let options = Options {
+        scope: paths
+            .into_iter()
+            .map(|p| match p.trim_end_matches('/') {
+                "" => "/".to_string(),
+                trimmed => trimmed.to_string(),
+            })
+            .collect(),
+        dry_run,
+        force,
+        diff,
+    };
+    if format == Format::Json {
+        let report = engine
+            .run(&options, |peer| print_peer_json(peer, dry_run))
+            .await;
+        for e in &report.local_errors {
+            json_line(&serde_json::json!({ "time": now_rfc3339(), "error": e }));
+        }
+        let changes: usize = report.peers.iter().map(|p| p.changes.len()).sum();
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "summary": {
+                "dry_run": dry_run,
+                "peers": report.peers.len(),
+                "changes": changes,
+                "failed": report.failed(),
+            }
+        }));
+        return Ok(exit_code_of(&report, dry_run && exit_code));
+    }
+    if dry_run {
+        println!("synchronization dry run");
+    }
+    let report = engine.run(&options, print_peer).await;
+    Ok(exit_code_of(&report, dry_run && exit_code))
+}
+
+fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+fn json_line(value: &serde_json::Value) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = writeln!(out, "{value}");
+    let _ = out.flush();
+}
+
+/// A peer's results as JSON lines: one per change, per command the peer ran, and for
+/// an error.
+fn print_peer_json(report: &sync::PeerReport, dry_run: bool) {
+    use crate::protocol::ChangeKind;
+    for change in &report.changes {
+        let (kind, reason) = match &change.status {
+            sync::ChangeStatus::Done(ChangeKind::Added) => ("added", None),
+            sync::ChangeStatus::Done(ChangeKind::Updated) => ("updated", None),
+            sync::ChangeStatus::Done(ChangeKind::Deleted) => ("deleted", None),
+            sync::ChangeStatus::Skipped(r) => ("skipped", Some(r)),
+            sync::ChangeStatus::Kept(r) => ("kept", Some(r)),
+            sync::ChangeStatus::Rejected(r) => ("rejected", Some(r)),
+        };
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": change.peer,
+            "path": change.path,
+            "change": kind,
+            "reason": reason,
+            "dry_run": dry_run,
+        }));
+    }
+    for action in &report.actions {
+        let a = &action.report;
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": action.peer,
+            "directory": a.directory,
+            "on_change": a.command,
+            "ok": a.success,
+            "code": a.code,
+            "first_line": a.first_line,
+        }));
+    }
+    for (path, diff) in &report.diffs {
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": report.peer,
+            "path": path,
+            "diff": diff,
+        }));
+    }
+    if let Some(e) = &report.error {
+        json_line(&serde_json::json!({
+            "time": now_rfc3339(),
+            "peer": report.peer,
+            "error": e,
+            "refused": report.refused,
+        }));
+    }
+}
+
+pub(super) async fn status_command(
+    path: &std::path::Path,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::from_file(path)?);
+    let peers = crate::ops::status(config).await?;
+    match format {
+        Format::Json => {
+            for peer in &peers {
+                json_line(&serde_json::to_value(peer)?);
+            }
+        }
+        Format::Text => print!("{}", crate::ops::status_table(&peers)),
+    }
+    Ok(ExitCode::from(crate::ops::status_code(&peers)))
+}
+
+pub(super) fn backups_command(
+    path: &std::path::Path,
+    command: BackupsCommand,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::from_file(path)?;
+    match command {
+        BackupsCommand::List { path, format } => {
+            let versions = crate::ops::backups_list(&config, path.as_deref())?;
+            for v in &versions {
+                match format {
+                    Format::Json => json_line(&serde_json::to_value(v)?),
+                    Format::Text => println!(
+                        "{}  {}  {}  {}",
+                        v.version,
+                        v.path,
+                        v.entry.describe(),
+                        v.reason
+                    ),
+                }
+            }
+            if versions.is_empty() && format == Format::Text {
+                eprintln!("no kept versions");
+            }
+        }
+        BackupsCommand::Restore { path, version } => {
+            let restored = crate::ops::backups_restore(&config, &path, version.as_deref())?;
+            println!(
+                "{}: restored {} ({})",
+                timestamp(),
+                restored.path,
+                restored.version
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a peer's lines in the original tool's form, with the date.
+pub fn print_peer(report: &sync::PeerReport) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for change in &report.changes {
+        let _ = writeln!(out, "{}: {change}", timestamp());
+    }
+    for action in &report.actions {
+        let _ = writeln!(out, "{}: {action}", timestamp());
+    }
+    for (_, diff) in &report.diffs {
+        let _ = write!(out, "{diff}");
+    }
+    let _ = out.flush();
+    if let Some(e) = &report.error {
+        error!(peer = %report.peer, "peer not synchronised: {e}");
+    }
+}
+
+/// `2026/11/23 12:14:27 +0000`: year, month, day, local time and offset.
+pub fn timestamp() -> String {
+    chrono::Local::now()
+        .format("%Y/%m/%d %H:%M:%S %z")
+        .to_string()
+}
+
+fn exit_code_of(report: &Report, pending_is_one: bool) -> ExitCode {
+    for e in &report.local_errors {
+        error!("{e}");
+    }
+    if report.failed() {
+        ExitCode::from(2)
+    } else if pending_is_one && report.has_changes() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
