@@ -40,17 +40,21 @@ impl Daemon {
         listener: TcpListener,
         watch: bool,
     ) -> anyhow::Result<Daemon> {
-        Daemon::start_with(config, listener, watch, true).await
+        Daemon::start_with(config, listener, watch, None).await
     }
 
-    /// [`Daemon::start`]; `clean` removes temporary files left by an interrupted sync,
-    /// which a reload must not do: the daemon it replaces may be writing some.
+    /// [`Daemon::start`], or a reload's new daemon when `previous` is the node of the
+    /// daemon it replaces. A first start puts back batches that were never validated and
+    /// removes temporary files left by an interrupted sync; a reload must not (the
+    /// previous daemon may be writing some), and it applies received batches one at a
+    /// time with the previous daemon while both run.
     pub async fn start_with(
         config: Arc<Config>,
         listener: TcpListener,
         watch: bool,
-        clean: bool,
+        previous: Option<&Node>,
     ) -> anyhow::Result<Daemon> {
+        let clean = previous.is_none();
         let tls = TlsMaterial::load(&config)?;
         let server_tls = tls.server_config()?;
         let (cache, versions) = {
@@ -74,11 +78,11 @@ impl Daemon {
             })
             .await?
         };
-        let node = Arc::new(Node::new(
-            config.clone(),
-            cache.clone(),
-            Some(versions.clone()),
-        ));
+        let mut node = Node::new(config.clone(), cache.clone(), Some(versions.clone()));
+        if let Some(previous) = previous {
+            node = node.applying_after(previous);
+        }
+        let node = Arc::new(node);
         node.allow.refresh().await;
         let engine = Arc::new(
             Engine::new(

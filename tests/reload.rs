@@ -191,3 +191,52 @@ async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_daemon_applies_batches_one_at_a_time_with_the_one_it_replaces() {
+    // While a reload runs both daemons, a batch received by one and a batch received by
+    // the other (or the new watcher's scan) are never written at the same time.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 1,
+        first_octet: 238,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    let config = group.nodes[0].config.clone();
+    let listener = || async { tokio::net::TcpListener::bind((ip(238), 0)).await.unwrap() };
+    let previous = gosyncd::daemon::Daemon::start(config.clone(), listener().await, false)
+        .await
+        .unwrap();
+    let next = gosyncd::daemon::Daemon::start_with(
+        config.clone(),
+        listener().await,
+        false,
+        Some(&previous.node),
+    )
+    .await
+    .unwrap();
+    let unrelated = gosyncd::daemon::Daemon::start(config, listener().await, false)
+        .await
+        .unwrap();
+
+    let applying = previous.node.hold_applies().await;
+    // Another daemon of the same config is not held back: the hold itself is no proof.
+    tokio::time::timeout(WAIT, unrelated.node.hold_applies())
+        .await
+        .expect("an unrelated daemon waits for another's applies");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), next.node.hold_applies())
+            .await
+            .is_err(),
+        "the reloaded daemon wrote while the previous one applied a batch"
+    );
+    drop(applying);
+    tokio::time::timeout(WAIT, next.node.hold_applies())
+        .await
+        .expect("the reloaded daemon applies once the previous one is done");
+    for daemon in [previous, next, unrelated] {
+        daemon.stop().await;
+    }
+}

@@ -53,7 +53,9 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         match reload(path, &config, address).await {
             Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
             Ok(next_config) => {
-                match Daemon::start_with(next_config.clone(), listener()?, true, false).await {
+                match Daemon::start_with(next_config.clone(), listener()?, true, Some(&daemon.node))
+                    .await
+                {
                     Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
                     Ok(next) => {
                         let previous = std::mem::replace(&mut daemon, next);

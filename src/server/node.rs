@@ -136,6 +136,13 @@ impl Node {
         self.apply_lock.clone().lock_owned().await
     }
 
+    /// This node, applying received batches one at a time with `previous` (and scanning
+    /// for local edits only while neither applies one): a reload runs both for a moment.
+    pub fn applying_after(mut self, previous: &Node) -> Node {
+        self.apply_lock = previous.apply_lock.clone();
+        self
+    }
+
     /// A node that serves `config`; `versions` when it runs the watcher.
     pub fn new(
         config: Arc<Config>,
