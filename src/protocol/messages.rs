@@ -1,0 +1,176 @@
+//! The JSON requests and answers of each route besides the batch body: identity, status,
+//! manifest (with the limits a receiver announces), content for diffs, the answer to an
+//! apply request, and the error body. Data only; the server and the client give them
+//! their meaning.
+
+use serde::{Deserialize, Serialize};
+
+use super::{OpResult, WireEntry};
+
+/// Asks a receiver for its manifest.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRequest {
+    /// Logical paths limiting the listing (with their ancestors); empty means everything.
+    #[serde(default)]
+    pub scope: Vec<String>,
+}
+
+/// A configured directory as the receiver sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryInfo {
+    pub path: String,
+    /// The receiver's own exclude entries for this directory, so that senders do not
+    /// plan writes the receiver would refuse.
+    pub exclude: Vec<String>,
+    /// Whether the directory exists on the receiver.
+    pub present: bool,
+}
+
+/// The identity a node announces, used to detect this node behind an alias.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Random per process.
+    pub node_id: String,
+    /// The gosyncd version serving.
+    pub version: String,
+}
+
+/// A daemon's counters since it started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounters {
+    pub apply_requests: u64,
+    pub applied: u64,
+    pub conflicts_refused: u64,
+    pub pushes: u64,
+    pub conflicts_reported: u64,
+    /// Operations received, applied, then rolled back because validation failed.
+    #[serde(default)]
+    pub rejected: u64,
+}
+
+/// The answer of the status route.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusResponse {
+    #[serde(flatten)]
+    pub identity: Identity,
+    pub counters: StatusCounters,
+    /// What this daemon's watcher knows of each of its peers.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// A daemon's automatic pushes to one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer as written in `remotes`.
+    pub peer: String,
+    /// Changed paths waiting to be pushed to it (it is unreachable, or a push is under
+    /// way).
+    pub pending: u64,
+    pub pushes: u64,
+    /// Pushes that failed (unreachable, refused).
+    pub failures: u64,
+    /// Operations it refused as conflicts.
+    pub conflicts: u64,
+    /// Bytes of apply requests sent to it.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// When a push last succeeded, in seconds since the Unix epoch.
+    pub last_success_unix: Option<u64>,
+    /// Why the last push failed, when it did.
+    pub last_error: Option<String>,
+}
+
+/// The files whose text a sender asks for, to show a diff.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentRequest {
+    pub paths: Vec<String>,
+}
+
+/// What `/v1/content` says of one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileText {
+    pub path: String,
+    /// Its text, when it is a UTF-8 regular file no larger than
+    /// [`MAX_DIFF_FILE_BYTES`](super::MAX_DIFF_FILE_BYTES).
+    pub text: Option<String>,
+    /// Why there is no text: `missing`, `binary`, `too large`, `not a regular file`, ...
+    pub note: Option<String>,
+}
+
+/// The answer of `/v1/content`, in the order asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContentResponse {
+    pub files: Vec<FileText>,
+}
+
+/// A receiver's manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestResponse {
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// Whether the receiver applies owners (it runs as root).
+    pub owners: bool,
+    pub directories: Vec<DirectoryInfo>,
+    pub entries: Vec<WireEntry>,
+    /// Subtrees the receiver could not read; senders leave them alone.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
+    /// What the receiver accepts in one apply request; senders fit their pushes to it.
+    #[serde(default)]
+    pub limits: PeerLimits,
+}
+
+/// The limits a receiver announces in its manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLimits {
+    pub max_request_size: u64,
+    pub max_file_size: u64,
+    pub max_batch_entries: usize,
+}
+
+impl From<&crate::limits::Limits> for PeerLimits {
+    fn from(limits: &crate::limits::Limits) -> Self {
+        PeerLimits {
+            max_request_size: limits.max_request_size,
+            max_file_size: limits.max_file_size,
+            max_batch_entries: limits.max_batch_entries,
+        }
+    }
+}
+
+impl Default for PeerLimits {
+    /// What a peer that announces nothing is assumed to accept: the defaults.
+    fn default() -> Self {
+        PeerLimits::from(&crate::limits::Limits::default())
+    }
+}
+
+/// The receiver's answer to a batch, one result per operation in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub results: Vec<OpResult>,
+    /// The `on_change` commands the batch made the receiver run.
+    #[serde(default)]
+    pub actions: Vec<ActionReport>,
+}
+
+/// How one of a receiver's commands ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReport {
+    /// The configured directory it belongs to.
+    pub directory: String,
+    pub command: String,
+    pub success: bool,
+    /// Its exit code; `None` when it was killed or could not start.
+    pub code: Option<i32>,
+    /// The first line of its error output (or output).
+    pub first_line: String,
+}
+
+/// The error body of every 4xx/5xx answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

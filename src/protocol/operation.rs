@@ -1,0 +1,103 @@
+//! What a sender asks a receiver to do to one path ([`Op`], its [`Action`] and the state
+//! it was planned against), the change users see ([`ChangeKind`]), and how the receiver
+//! says it ended ([`Outcome`], [`OpResult`]). It neither plans operations nor carries
+//! them out.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Content, Entry};
+
+/// What an operation does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    /// Make the path hold `entry`. File content follows in the batch body when
+    /// [`Op::needs_content`] says so.
+    Put { entry: Entry },
+    /// Remove the path (a directory only when it is empty).
+    Delete,
+}
+
+/// One operation, with the receiver's state it was planned against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub path: String,
+    #[serde(flatten)]
+    pub action: Action,
+    /// What the receiver held when the operation was planned (`None`: nothing).
+    /// The receiver refuses the operation as a conflict when this no longer holds.
+    pub expect: Option<Entry>,
+}
+
+impl Op {
+    /// Whether the batch body carries content for this operation: a file whose
+    /// content differs from what the receiver is expected to hold.
+    pub fn needs_content(&self) -> Option<u64> {
+        let Action::Put { entry } = &self.action else {
+            return None;
+        };
+        let Content::File { size, sha256 } = &entry.content else {
+            return None;
+        };
+        match &self.expect {
+            Some(Entry {
+                content: Content::File { sha256: old, .. },
+                ..
+            }) if old == sha256 => None,
+            _ => Some(*size),
+        }
+    }
+
+    /// The change this operation makes, as shown to users.
+    pub fn change(&self) -> ChangeKind {
+        match (&self.action, &self.expect) {
+            (Action::Delete, _) => ChangeKind::Deleted,
+            (Action::Put { .. }, None) => ChangeKind::Added,
+            (Action::Put { .. }, Some(_)) => ChangeKind::Updated,
+        }
+    }
+}
+
+/// The three kinds of change users see as `[+]`, `[M]` and `[-]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Updated,
+    Deleted,
+}
+
+/// How one operation ended on the receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "reason", rename_all = "lowercase")]
+pub enum Outcome {
+    Applied,
+    /// The receiver's state differed from the operation's expectation; nothing written.
+    Conflict(String),
+    /// The operation could not be carried out; the old state is intact.
+    Failed(String),
+    /// A directory was not removed because it holds paths excluded on the receiver.
+    Kept(String),
+    /// Applied, then put back: the directory's `validate` command refused the result.
+    Rejected(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpResult {
+    pub path: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{file_entry, put};
+
+    #[test]
+    fn metadata_only_update_carries_no_content() {
+        let mut op = put("/etc/a", b"same");
+        op.expect = Some(file_entry(b"same"));
+        assert_eq!(op.needs_content(), None);
+        op.expect = Some(file_entry(b"other"));
+        assert_eq!(op.needs_content(), Some(4));
+    }
+}

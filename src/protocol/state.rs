@@ -1,0 +1,120 @@
+//! The state of one path as it travels: what it is ([`Content`], with a [`Digest256`] of a
+//! file's bytes) and its metadata ([`Entry`]), and how a manifest lists it
+//! ([`WireEntry`]). Plain values and their comparison; nothing here reads a file or
+//! decides what to change.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 digest, hex on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest256(pub [u8; 32]);
+
+impl Digest256 {
+    /// Hashes a byte slice.
+    pub fn of(bytes: &[u8]) -> Self {
+        Digest256(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Digest256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Digest256 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&text, &mut out)
+            .map_err(|_| serde::de::Error::custom("sha256 must be 64 hex digits"))?;
+        Ok(Digest256(out))
+    }
+}
+
+/// What a path is, with what identifies its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Content {
+    File { size: u64, sha256: Digest256 },
+    Dir,
+    Symlink { target: String },
+}
+
+impl Content {
+    /// A short name for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Content::File { .. } => "file",
+            Content::Dir => "directory",
+            Content::Symlink { .. } => "symlink",
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Content::Dir)
+    }
+}
+
+/// The state of one path: content plus metadata.
+///
+/// `mtime` travels so that receivers can keep it, but it never takes part in a
+/// comparison: no decision depends on clocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    #[serde(flatten)]
+    pub content: Content,
+    /// Permission bits, `0o7777` at most.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time in nanoseconds since the Unix epoch.
+    #[serde(default)]
+    pub mtime_ns: i64,
+}
+
+impl Entry {
+    /// Whether two entries describe the same state; owners only count when `owners` is set.
+    pub fn same_state(&self, other: &Entry, owners: bool) -> bool {
+        self.content == other.content
+            && (self.content_is_link() || self.mode == other.mode)
+            && (!owners || (self.uid == other.uid && self.gid == other.gid))
+    }
+
+    fn content_is_link(&self) -> bool {
+        // Permission bits of a symlink are meaningless on Linux and cannot be set.
+        matches!(self.content, Content::Symlink { .. })
+    }
+
+    /// A one-line description for conflict messages.
+    pub fn describe(&self) -> String {
+        match &self.content {
+            Content::File { sha256, .. } => format!("file sha256 {sha256} mode {:o}", self.mode),
+            Content::Dir => format!("directory mode {:o}", self.mode),
+            Content::Symlink { target } => format!("symlink to {target:?}"),
+        }
+    }
+}
+
+/// One path with its state, as listed in a manifest response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireEntry {
+    pub path: String,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
