@@ -170,7 +170,13 @@ impl Peer {
     ) -> Result<T, PeerError> {
         let started = std::time::Instant::now();
         let limit = Limit { timeout, started };
-        let mut response = match request.send().await {
+        let sent = request.send();
+        tokio::pin!(sent);
+        let answer = tokio::select! {
+            answer = &mut sent => answer,
+            reason = self.refused_meanwhile() => return Err(PeerError::Unreachable(reason)),
+        };
+        let mut response = match answer {
             Ok(response) => response,
             Err(e) if !e.is_timeout() && tls::explain(&e).is_none() => {
                 // A TLS 1.3 server refuses a client certificate after the handshake, and
@@ -216,6 +222,20 @@ impl Peer {
 }
 
 impl Peer {
+    /// For a call still unanswered after [`TLS_RECHECK_AFTER`]: the peer's TLS refusal
+    /// of this node's certificate, checked on a connection of its own; never completes
+    /// otherwise. A TLS 1.3 server refuses a client certificate after the client's
+    /// handshake is over, and the HTTP client can miss that refusal when it lands just
+    /// as the request is handed to the connection: the call would then wait out its
+    /// whole time limit.
+    async fn refused_meanwhile(&self) -> String {
+        tokio::time::sleep(TLS_RECHECK_AFTER).await;
+        match self.diagnose_tls().await {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Connects with TLS alone and sends one request, to surface the peer's TLS alert
     /// when a call failed without saying why. `None` when TLS is not the problem.
     async fn diagnose_tls(&self) -> Option<String> {
@@ -264,6 +284,10 @@ impl Peer {
         }
     }
 }
+
+/// How long a call waits for its answer before checking, on a connection of its own,
+/// whether the peer refuses this node's certificate.
+const TLS_RECHECK_AFTER: Duration = Duration::from_secs(2);
 
 /// The time limit of a call, and when it started: a timeout well before the limit is the
 /// link's (TCP gave up), not the call's.

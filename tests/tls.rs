@@ -369,3 +369,74 @@ async fn expired_and_not_yet_valid_client_certificates_are_refused_and_the_serve
         "something was written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_the_http_client_missed_fails_the_call_within_seconds() {
+    // Regression: in TLS 1.3 the refusal of a client certificate comes after the
+    // client's handshake; landing just as the request was handed to the connection, it
+    // went unnoticed and the call waited out its whole time limit (120 s for a
+    // manifest). Here the first connection completes a handshake and then says nothing,
+    // as if its refusal was missed; every later one refuses the certificate.
+    let mut group = gosyncd::group::LocalGroup::build(&gosyncd::group::GroupSpec {
+        nodes: 1,
+        first_octet: 239,
+        ..gosyncd::group::GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    let node = &group.nodes[0];
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&node.config.tls_certificate)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&node.config.tls_private_key).unwrap();
+    let silent = rustls::ServerConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map(Arc::new)
+        .unwrap();
+    let refusing = tls_of(node).server_config().unwrap();
+    let listener = tokio::net::TcpListener::bind((node.addr.ip(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut first = true;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let config = if first {
+                silent.clone()
+            } else {
+                refusing.clone()
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            match acceptor.accept(tcp).await {
+                Ok(stream) if first => held.push(stream),
+                _ => {}
+            }
+            first = false;
+        }
+    });
+
+    let tls = stranger_tls(&stranger_config(&group));
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        peer_with(tls.client_config().unwrap(), addr).manifest(&[]),
+    )
+    .await
+    .expect("the call waited for an answer that never comes")
+    .expect_err("a silent peer answered");
+    let message = err.to_string();
+    assert!(
+        message.contains("TLS") && message.contains("certificate"),
+        "{message}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    server.abort();
+}
