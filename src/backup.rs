@@ -155,7 +155,6 @@ pub fn content(backup: &Backup, version: &Version) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::testing::file_entry;
-    use rustix::fs::{Mode, OFlags};
 
     #[test]
     fn versions_are_kept_with_their_content_listed_and_pruned() {
@@ -166,12 +165,7 @@ mod tests {
             directory: tmp.path().join("backups"),
             keep: 2,
         };
-        let parent = rustix::fs::open(
-            &live,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
+        let parent = crate::apply::open_dir(&live).unwrap();
         for content in ["one", "two", "three"] {
             fs::write(live.join("app.cfg"), content).unwrap();
             save(

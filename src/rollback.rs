@@ -133,11 +133,7 @@ pub(crate) fn keep_previous(
     parent: &OwnedFd,
     name: &str,
 ) -> io::Result<Option<Kept>> {
-    let top = rustix::fs::open(
-        config.local_path(&dir.path),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let top = crate::apply::open_dir(config.local_path(&dir.path))?;
     let tmp = crate::apply::temp_name();
     let (holder, beside) =
         match rustix::fs::linkat(parent, name, &top, tmp.as_str(), AtFlags::empty()) {

@@ -167,6 +167,16 @@ pub(super) fn current_state(
     Ok(Some((entry, Fingerprint::of(&st))))
 }
 
+/// Opens a directory the administrator configured (or a local path of one) to act in
+/// it through its descriptor: to sync, flush or link there.
+pub(crate) fn open_dir(path: impl AsRef<std::path::Path>) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::open(
+        path.as_ref(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
 /// Opens an existing regular file for reading: never through a symlink, never blocking
 /// on a FIFO that replaced it, and refusing anything that is not a regular file.
 pub(crate) fn open_regular(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {

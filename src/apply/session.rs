@@ -9,7 +9,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
 use super::fs::{current_state, open_parent, Fingerprint, Step, Target};
@@ -272,12 +272,7 @@ impl Session {
         let mut flush_failed = None;
         if !self.fsync_each {
             for local in &self.filesystems {
-                let flushed = rustix::fs::open(
-                    local,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .and_then(rustix::fs::syncfs);
+                let flushed = super::fs::open_dir(local).and_then(rustix::fs::syncfs);
                 if let Err(e) = flushed {
                     flush_failed = Some(format!("cannot flush the data to disk: {e}"));
                 }
@@ -309,12 +304,7 @@ impl Session {
             results[pending.index].outcome = outcome;
         }
         for local in &self.dirty {
-            let synced = rustix::fs::open(
-                local,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .and_then(rustix::fs::fsync);
+            let synced = super::fs::open_dir(local).and_then(rustix::fs::fsync);
             match synced {
                 // Changed, then deleted later in the same batch: nothing left to flush.
                 Ok(()) | Err(Errno::NOENT) => {}
@@ -435,7 +425,7 @@ mod tests {
             rustix::fs::CWD,
             app.join("fifo").as_path(),
             rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o644),
+            rustix::fs::Mode::from_raw_mode(0o644),
             0,
         )
         .unwrap();

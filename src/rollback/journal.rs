@@ -43,11 +43,7 @@ pub(crate) struct Journal {
 impl Journal {
     /// Creates an empty journal at the top of the configured directory `dir`.
     pub fn create(config: &Config, dir: &Directory) -> io::Result<Journal> {
-        let top = rustix::fs::open(
-            config.local_path(&dir.path),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let top = crate::apply::open_dir(config.local_path(&dir.path))?;
         let name = format!(
             "{JOURNAL_PREFIX}{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -207,11 +203,7 @@ fn kept_at(
             .map_err(|e| io::Error::other(e.to_string()))?
             .0
     } else {
-        rustix::fs::open(
-            config.local_path(&dir.path),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?
+        crate::apply::open_dir(config.local_path(&dir.path))?
     };
     Ok(Previous::Linked(Kept {
         holder: Arc::new(holder),
