@@ -1,0 +1,158 @@
+//! Running one command: `sh -c` with the changed paths and the directory in its
+//! environment, both output streams drained so that it never blocks on a full pipe,
+//! killed after its timeout, and how it ended summed up in a [`CommandResult`]. It
+//! knows nothing of directories or of when commands run: its callers decide that.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    pub command: String,
+    /// The exit code; `None` when it was killed (timeout or signal) or could not start.
+    pub code: Option<i32>,
+    pub success: bool,
+    /// The first line of its standard error (or, when that is empty, of its output), or
+    /// why it did not finish.
+    pub first_line: String,
+}
+
+/// Bytes of a command's output kept, per stream.
+const OUTPUT_KEPT: usize = 64 * 1024;
+
+/// Reads a stream to its end (so that the command never blocks on a full pipe), keeping
+/// its first [`OUTPUT_KEPT`] bytes.
+async fn drain(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = OUTPUT_KEPT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+    }
+    kept
+}
+
+/// Runs `command` with `sh -c`, with `changed` (the changed paths as they are on this
+/// host, one per line) in `GOSYNCD_CHANGED` and the configured directory (likewise) in
+/// `GOSYNCD_DIRECTORY`, killing it after `timeout`.
+pub async fn run(
+    command: &str,
+    directory: &str,
+    changed: &[String],
+    timeout: Duration,
+) -> CommandResult {
+    let started = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .env("GOSYNCD_CHANGED", changed.join("\n"))
+        .env("GOSYNCD_DIRECTORY", directory)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match started {
+        Ok(child) => child,
+        Err(e) => {
+            return CommandResult {
+                command: command.to_string(),
+                code: None,
+                success: false,
+                first_line: format!("cannot start /bin/sh: {e}"),
+            }
+        }
+    };
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let finished = tokio::time::timeout(timeout, async {
+        let (out, err, status) = tokio::join!(drain(&mut stdout), drain(&mut stderr), child.wait());
+        (status, out, err)
+    })
+    .await;
+    match finished {
+        Err(_) => {
+            let _ = child.kill().await;
+            CommandResult {
+                command: command.to_string(),
+                code: None,
+                success: false,
+                first_line: format!("killed after {}s (action_timeout)", timeout.as_secs()),
+            }
+        }
+        Ok((status, out, err)) => {
+            let first = |bytes: &[u8]| {
+                String::from_utf8_lossy(bytes)
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or_default()
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            };
+            let first_line = match first(&err) {
+                line if line.is_empty() => first(&out),
+                line => line,
+            };
+            match status {
+                Ok(status) => CommandResult {
+                    command: command.to_string(),
+                    code: status.code(),
+                    success: status.success(),
+                    first_line,
+                },
+                Err(e) => CommandResult {
+                    command: command.to_string(),
+                    code: None,
+                    success: false,
+                    first_line: format!("cannot wait for it: {e}"),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_command_gets_the_changed_paths_and_reports_its_first_error_line() {
+        let changed = vec!["/etc/app/a".to_string(), "/etc/app/b c".to_string()];
+        let ok = run(
+            "test \"$GOSYNCD_CHANGED\" = \"$(printf '/etc/app/a\\n/etc/app/b c')\" && test \"$GOSYNCD_DIRECTORY\" = /etc/app && echo fine",
+            "/etc/app",
+            &changed,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(ok.success, "{ok:?}");
+        assert_eq!(ok.first_line, "fine");
+        let bad = run(
+            "echo some output; echo '  line 3: unknown keyword' >&2; echo more >&2; exit 3",
+            "/etc/app",
+            &changed,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!((bad.success, bad.code), (false, Some(3)));
+        assert_eq!(bad.first_line, "line 3: unknown keyword");
+    }
+
+    #[tokio::test]
+    async fn a_command_over_its_timeout_is_killed_and_fails() {
+        let started = std::time::Instant::now();
+        let slow = run("sleep 30", "/d", &[], Duration::from_millis(300)).await;
+        assert!(
+            !slow.success && slow.first_line.contains("action_timeout"),
+            "{slow:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

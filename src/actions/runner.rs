@@ -1,0 +1,123 @@
+//! The `on_change` runner: a directory's commands run once for all the changes that
+//! arrive together, and each caller gets the results of the run that included its
+//! paths. Which commands run, and for which side's changes, is its callers' decision.
+
+use std::time::Duration;
+
+use super::{run, Actions, CommandResult};
+
+/// How long a directory's `on_change` commands wait for more changes before they run,
+/// so that changes arriving together (from several peers, or a burst) cause one reload.
+pub const COALESCE: Duration = Duration::from_millis(250);
+
+/// Runs each directory's `on_change` commands, once for all the changes submitted
+/// within [`COALESCE`] of each other; every submitter gets the results of the run that
+/// included its paths.
+#[derive(Default)]
+pub struct Runner {
+    directories: std::sync::Mutex<std::collections::HashMap<String, Pending>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    paths: std::collections::BTreeSet<String>,
+    waiters: Vec<tokio::sync::oneshot::Sender<Vec<CommandResult>>>,
+    running: bool,
+}
+
+impl Runner {
+    /// Asks for `actions.on_change` to run for `paths` of `directory`, and waits for the
+    /// results. Nothing runs (and nothing is returned) when there are no commands.
+    pub async fn on_change(
+        self: &std::sync::Arc<Self>,
+        directory: &str,
+        actions: &Actions,
+        paths: Vec<String>,
+    ) -> Vec<CommandResult> {
+        if actions.on_change.is_empty() {
+            return Vec::new();
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut all = self.directories.lock().expect("runner lock");
+            let pending = all.entry(directory.to_string()).or_default();
+            pending.paths.extend(paths);
+            pending.waiters.push(tx);
+            !std::mem::replace(&mut pending.running, true)
+        };
+        if start {
+            let runner = self.clone();
+            let directory = directory.to_string();
+            let actions = actions.clone();
+            tokio::spawn(async move { runner.drive(&directory, &actions).await });
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Runs the directory's commands while changes keep coming.
+    async fn drive(&self, directory: &str, actions: &Actions) {
+        loop {
+            tokio::time::sleep(COALESCE).await;
+            let (paths, waiters) = {
+                let mut all = self.directories.lock().expect("runner lock");
+                let pending = all.entry(directory.to_string()).or_default();
+                if pending.waiters.is_empty() {
+                    pending.running = false;
+                    return;
+                }
+                (
+                    std::mem::take(&mut pending.paths),
+                    std::mem::take(&mut pending.waiters),
+                )
+            };
+            let paths: Vec<String> = paths.into_iter().collect();
+            let mut results = Vec::new();
+            for command in &actions.on_change {
+                let result = run(command, directory, &paths, actions.timeout).await;
+                if result.success {
+                    tracing::info!(%directory, %command, changed = paths.len(), "on_change ran");
+                } else {
+                    tracing::warn!(%directory, %command, code = ?result.code, "on_change failed: {}", result.first_line);
+                }
+                results.push(result);
+            }
+            for waiter in waiters {
+                let _ = waiter.send(results.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_submitted_together_cause_one_run_with_all_their_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("runs");
+        let actions = Actions {
+            on_change: vec![format!(
+                "echo \"$GOSYNCD_CHANGED\" | tr '\\n' ' ' >> {}; echo >> {}",
+                log.display(),
+                log.display()
+            )],
+            ..Actions::default()
+        };
+        let runner = std::sync::Arc::new(Runner::default());
+        let (a, b) = tokio::join!(
+            runner.on_change("/d", &actions, vec!["/d/a".into()]),
+            runner.on_change("/d", &actions, vec!["/d/b".into()]),
+        );
+        assert!(a[0].success && b[0].success, "{a:?} {b:?}");
+        let runs = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            runs.lines().collect::<Vec<_>>(),
+            ["/d/a /d/b "],
+            "one run for both"
+        );
+        // A later change runs again.
+        runner.on_change("/d", &actions, vec!["/d/c".into()]).await;
+        assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
+    }
+}
