@@ -83,10 +83,11 @@ impl Journal {
         self.file.write_all(&line)
     }
 
-    /// Makes the journal durable; called once per batch, before its files are renamed
-    /// into place.
+    /// Makes the journal durable, its name included; called once per batch, before its
+    /// files are renamed into place.
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        Ok(rustix::fs::fsync(&self.top)?)
     }
 
     /// Removes the journal: the batch is accepted, or put back.
