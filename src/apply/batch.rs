@@ -37,8 +37,8 @@ pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>, origin: &st
         .collect();
     let undo = std::mem::take(&mut session.undo);
     let changed = std::mem::take(&mut session.changed);
-    let journals = std::mem::take(&mut session.journals);
-    for journal in journals.values() {
+    let mut journals = std::mem::take(&mut session.journals);
+    for journal in journals.values_mut() {
         if let Err(e) = journal.sync() {
             tracing::warn!(error = %e, "cannot flush a rollback journal to disk");
         }

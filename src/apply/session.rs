@@ -217,7 +217,10 @@ impl Session {
                 path: op.path.clone(),
                 previous,
             };
-            if let Err(e) = self.record(config, dir, &undo) {
+            // A change made now, not renamed into place at the end of the batch, waits
+            // until its journal line is on disk.
+            let immediate = op.action == Action::Delete || content.is_none();
+            if let Err(e) = self.record(config, dir, &undo, immediate) {
                 return Outcome::Failed(format!("cannot record the change for a rollback: {e}"));
             }
             self.undo.push(undo);
@@ -257,14 +260,26 @@ impl Session {
     }
 
     /// Writes `undo` to the journal of its directory (created with the first change).
-    fn record(&mut self, config: &Config, dir: &Directory, undo: &Undo) -> io::Result<()> {
+    /// Writes `undo` to the journal of its directory (created with the first change), and
+    /// flushes it when the change is `immediate`.
+    fn record(
+        &mut self,
+        config: &Config,
+        dir: &Directory,
+        undo: &Undo,
+        immediate: bool,
+    ) -> io::Result<()> {
         let journal = match self.journals.entry(dir.path.clone()) {
             std::collections::btree_map::Entry::Occupied(found) => found.into_mut(),
             std::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert(Journal::create(config, dir)?)
             }
         };
-        journal.record(undo)
+        journal.record(undo)?;
+        if immediate {
+            journal.sync()?;
+        }
+        Ok(())
     }
 
     /// Flushes, renames the pending files into place and fsyncs the changed directories.

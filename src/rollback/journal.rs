@@ -38,6 +38,10 @@ pub(crate) struct Journal {
     top: OwnedFd,
     name: String,
     file: File,
+    /// Lines written since the last flush.
+    unsynced: bool,
+    /// Whether the journal's name is on disk (its directory was flushed).
+    named: bool,
 }
 
 impl Journal {
@@ -59,6 +63,8 @@ impl Journal {
             top,
             name,
             file: File::from(fd),
+            unsynced: false,
+            named: false,
         })
     }
 
@@ -80,14 +86,23 @@ impl Journal {
         })
         .map_err(io::Error::other)?;
         line.push(b'\n');
+        self.unsynced = true;
         self.file.write_all(&line)
     }
 
-    /// Makes the journal durable, its name included; called once per batch, before its
-    /// files are renamed into place.
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()?;
-        Ok(rustix::fs::fsync(&self.top)?)
+    /// Makes the journal durable, its name included: before a change that is made at
+    /// once (a deletion, a directory, a link, a mode), and once per batch before its files
+    /// are renamed into place. Does nothing when nothing was written since.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        if !self.named {
+            rustix::fs::fsync(&self.top)?;
+            self.named = true;
+        }
+        Ok(())
     }
 
     /// Removes the journal: the batch is accepted, or put back.
