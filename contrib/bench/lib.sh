@@ -86,7 +86,8 @@ certificate() {
         die "openssl req failed: $(cat "$logs/openssl.txt")"
 }
 
-# write_config FILE ADDRESS ROOT DEBOUNCE(or "") REMOTE...
+# write_config FILE ADDRESS ROOT DEBOUNCE(or "") REMOTE...: writes the config, then has
+# $bin check it.
 write_config() {
     local file=$1 address=$2 root=$3 debounce=$4
     shift 4
@@ -106,6 +107,8 @@ write_config() {
         [ -z "$debounce" ] || printf 'debounce = "%s"\n\n' "$debounce"
         printf 'directory "/etc/bench" {\n}\n'
     } >"$file"
+    "$bin" -config "$file" check-config >"$logs/check-config.txt" 2>&1 ||
+        die "check-config: $(cat "$logs/check-config.txt")"
 }
 
 # write_rsyncd_conf N MODULE PATH: $work/rsyncd$N.conf, one writable module.
