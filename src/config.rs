@@ -151,14 +151,10 @@ impl Config {
             match structure {
                 Structure::Attribute(attr) => {
                     let key = attr.key.as_str().to_string();
-                    if !KNOWN_KEYS.contains(&key.as_str()) || key == "directory" || key == "limits"
-                    {
+                    // A key set twice is refused by the HCL parser itself.
+                    if !KNOWN_KEYS.contains(&key.as_str()) {
                         return Err(err(Some(&key), unknown_key_message(&key)));
                     }
-                    if raw.seen.contains(&key) {
-                        return Err(err(Some(&key), format!("{key}: set more than once")));
-                    }
-                    raw.seen.push(key.clone());
                     let value = attr.expr;
                     match key.as_str() {
                         "max_delete_share" => {

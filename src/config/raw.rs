@@ -25,14 +25,13 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "max_delete_share",
     "action_timeout",
     "metrics_address",
-    "directory",
-    "limits",
-    "backup",
 ];
+
+/// The blocks of the file's top level.
+pub(super) const KNOWN_BLOCKS: &[&str] = &["directory", "limits", "backup"];
 
 #[derive(Default)]
 pub(super) struct Raw {
-    pub(super) seen: Vec<String>,
     pub(super) strings: Vec<(String, String)>,
     pub(super) remotes: Option<Vec<String>>,
     pub(super) allow_from: Option<Vec<String>>,
@@ -68,7 +67,7 @@ pub(super) fn hcl_error(file: &Path, report: &str) -> ConfigError {
 pub(super) fn unknown_key_message(key: &str) -> String {
     format!(
         "unknown key {key:?} (known keys: {})",
-        KNOWN_KEYS.join(", ")
+        [KNOWN_KEYS, KNOWN_BLOCKS].concat().join(", ")
     )
 }
 

@@ -95,6 +95,11 @@ fn invalid_configs_are_refused_with_file_key_and_line() {
             "config.hcl:1: invalid HCL: invalid expression",
         ),
         (
+            // A block's name used as a key: refused, not read as a string and ignored.
+            &format!("{SEED}\nbackup = \"/var/lib/gosyncd/backups\"\n"),
+            "config.hcl:23: unknown key \"backup\"",
+        ),
+        (
             &format!("{SEED}\nremotes = []\n"),
             "config.hcl:23: invalid HCL: invalid attribute; expected unique attribute key",
         ),
