@@ -21,7 +21,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::config::{Config, Directory};
+use crate::config::Config;
 
 /// What a path held before a batch changed it, kept so that the change can be undone.
 pub(crate) struct Undo {
@@ -124,29 +124,27 @@ impl Kept {
     }
 }
 
-/// Links the file or symlink `name` of `parent` under a temporary name at the top of
-/// `dir` (next to it when that is another filesystem). `None` when there is nothing to
-/// link: no entry, or a directory.
+/// Links the file or symlink `name` of `parent` under a temporary name in `top`, the
+/// opened top of its configured directory (next to it when that is another filesystem).
+/// `None` when there is nothing to link: no entry, or a directory.
 pub(crate) fn keep_previous(
-    config: &Config,
-    dir: &Directory,
+    top: &Arc<OwnedFd>,
     parent: &OwnedFd,
     name: &str,
 ) -> io::Result<Option<Kept>> {
-    let top = crate::apply::open_dir(config.local_path(&dir.path))?;
     let tmp = crate::apply::temp_name();
     let (holder, beside) =
-        match rustix::fs::linkat(parent, name, &top, tmp.as_str(), AtFlags::empty()) {
-            Ok(()) => (top, false),
+        match rustix::fs::linkat(parent, name, &**top, tmp.as_str(), AtFlags::empty()) {
+            Ok(()) => (top.clone(), false),
             Err(Errno::XDEV) => {
                 rustix::fs::linkat(parent, name, parent, tmp.as_str(), AtFlags::empty())?;
-                (parent.try_clone()?, true)
+                (Arc::new(parent.try_clone()?), true)
             }
             Err(Errno::NOENT) | Err(Errno::PERM) | Err(Errno::ISDIR) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
     Ok(Some(Kept {
-        holder: Arc::new(holder),
+        holder,
         tmp,
         beside,
     }))

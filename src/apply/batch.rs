@@ -95,8 +95,8 @@ impl Applied {
     }
 
     /// Keeps the batch as applied: drops what was kept for undoing it.
-    pub fn commit(self) -> Vec<OpResult> {
-        self.results.clone()
+    pub fn commit(mut self) -> Vec<OpResult> {
+        std::mem::take(&mut self.results)
     }
 }
 

@@ -23,7 +23,7 @@ pub fn confine<'c>(config: &'c Config, path: &str) -> Result<&'c Directory, Stri
     }
     // Any component, not only the last: scans skip such names with everything below
     // them, so a directory named like one would hide its tree from every manifest.
-    if path[dir.path.len()..].split('/').any(is_temp_name) {
+    if components_below(path, &dir.path).any(is_temp_name) {
         return Err(format!("{path}: a gosyncd temporary file name"));
     }
     Ok(dir)

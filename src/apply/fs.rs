@@ -53,16 +53,15 @@ pub(crate) fn open_parent(
     dir: &Directory,
     path: &str,
 ) -> Result<(OwnedFd, String), ParentError> {
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     if path == dir.path {
         // The configured directory itself: its parent is the administrator's, trusted.
         let parent = config.local_path(paths::parent(&dir.path));
-        let fd = rustix::fs::open(&parent, dir_flags, Mode::empty())
+        let fd = open_dir(&parent)
             .map_err(|e| ParentError::other(format!("cannot open {}: {e}", parent.display())))?;
         return Ok((fd, paths::file_name(path).to_string()));
     }
     let base = config.local_path(&dir.path);
-    let mut fd = rustix::fs::open(&base, dir_flags, Mode::empty()).map_err(|e| {
+    let mut fd = open_dir(&base).map_err(|e| {
         ParentError::other(format!(
             "configured directory {} cannot be opened: {e}",
             dir.path
@@ -77,7 +76,8 @@ pub(crate) fn open_parent(
     for component in components {
         logical.push('/');
         logical.push_str(component);
-        fd = match rustix::fs::openat(&fd, component, dir_flags | OFlags::NOFOLLOW, Mode::empty()) {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        fd = match rustix::fs::openat(&fd, component, flags, Mode::empty()) {
             Ok(next) => next,
             Err(Errno::NOENT) => {
                 return Err(ParentError {
@@ -202,7 +202,7 @@ pub(crate) fn temp_name() -> String {
     )
 }
 
-fn changed_underneath() -> Outcome {
+pub(super) fn changed_underneath() -> Outcome {
     Outcome::Conflict("changed on the peer while the operation was being applied".into())
 }
 

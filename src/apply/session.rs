@@ -8,14 +8,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
-use super::fs::{current_state, open_parent, Fingerprint, Step, Target};
+use super::fs::{
+    changed_underneath, current_state, open_dir, open_parent, Fingerprint, Step, Target,
+};
 use crate::config::{Config, Directory};
 use crate::paths;
-use crate::protocol::{Action, Entry, Op, OpResult, Outcome};
+use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};
 use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
 
 /// A file written under a temporary name, renamed over its target at the end of the
@@ -47,6 +50,8 @@ pub(super) struct Session {
     pub(super) changed: BTreeSet<usize>,
     /// Rollback journals, by configured directory.
     pub(super) journals: BTreeMap<String, Journal>,
+    /// The opened tops of validated directories, by configured directory.
+    tops: BTreeMap<String, Arc<OwnedFd>>,
 }
 
 impl Session {
@@ -60,6 +65,7 @@ impl Session {
             undo: Vec::new(),
             changed: BTreeSet::new(),
             journals: BTreeMap::new(),
+            tops: BTreeMap::new(),
         }
     }
 
@@ -88,7 +94,10 @@ impl Session {
         // directory the batch deletes from being empty (on another filesystem: next to
         // the file).
         let kept = if dir.actions.validate.is_some() && dir.actions.run_on.on_receive() {
-            match keep_previous(config, dir, &parent, &name) {
+            match self
+                .top(config, dir)
+                .and_then(|top| keep_previous(&top, &parent, &name))
+            {
                 Ok(kept) => kept,
                 Err(e) => {
                     return Outcome::Failed(format!(
@@ -145,9 +154,7 @@ impl Session {
                     .zip(checked.as_ref())
                     .is_some_and(|(st, (_, fp))| st.st_ino == fp.ino && st.st_dev == fp.dev);
             if !same {
-                return Outcome::Conflict(
-                    "changed on the peer while the operation was being applied".into(),
-                );
+                return changed_underneath();
             }
         }
         let current = checked.as_ref().map(|(entry, _)| entry);
@@ -205,11 +212,7 @@ impl Session {
                 (None, _) => Previous::Absent,
                 (Some(have), _) if have.content.is_dir() => Previous::Dir(have.mode),
                 (Some(_), Some(kept)) => Previous::Linked(kept.clone()),
-                (Some(_), None) => {
-                    return Outcome::Conflict(
-                        "changed on the peer while the operation was being applied".into(),
-                    )
-                }
+                (Some(_), None) => return changed_underneath(),
             };
             let undo = Undo {
                 index,
@@ -217,9 +220,13 @@ impl Session {
                 path: op.path.clone(),
                 previous,
             };
-            // A change made now, not renamed into place at the end of the batch, waits
-            // until its journal line is on disk.
-            let immediate = op.action == Action::Delete || content.is_none();
+            // A change made now, not renamed into place at the end of the batch (anything
+            // but a file, which `Target::put` always writes under a temporary name),
+            // waits until its journal line is on disk.
+            let immediate = !matches!(
+                &op.action,
+                Action::Put { entry } if matches!(entry.content, Content::File { .. })
+            );
             if let Err(e) = self.record(config, dir, &undo, immediate) {
                 return Outcome::Failed(format!("cannot record the change for a rollback: {e}"));
             }
@@ -259,7 +266,6 @@ impl Session {
         }
     }
 
-    /// Writes `undo` to the journal of its directory (created with the first change).
     /// Writes `undo` to the journal of its directory (created with the first change), and
     /// flushes it when the change is `immediate`.
     fn record(
@@ -269,11 +275,10 @@ impl Session {
         undo: &Undo,
         immediate: bool,
     ) -> io::Result<()> {
+        let top = self.top(config, dir)?;
         let journal = match self.journals.entry(dir.path.clone()) {
             std::collections::btree_map::Entry::Occupied(found) => found.into_mut(),
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(Journal::create(config, dir)?)
-            }
+            std::collections::btree_map::Entry::Vacant(slot) => slot.insert(Journal::create(top)?),
         };
         journal.record(undo)?;
         if immediate {
@@ -282,12 +287,23 @@ impl Session {
         Ok(())
     }
 
+    /// The top of configured directory `dir`, opened once per batch: the kept versions
+    /// and the journal of a validated directory live there.
+    fn top(&mut self, config: &Config, dir: &Directory) -> io::Result<Arc<OwnedFd>> {
+        if let Some(top) = self.tops.get(&dir.path) {
+            return Ok(top.clone());
+        }
+        let top = Arc::new(open_dir(config.local_path(&dir.path))?);
+        self.tops.insert(dir.path.clone(), top.clone());
+        Ok(top)
+    }
+
     /// Flushes, renames the pending files into place and fsyncs the changed directories.
     pub(super) fn finish(mut self, config: &Config, results: &mut [OpResult]) {
         let mut flush_failed = None;
         if !self.fsync_each {
             for local in &self.filesystems {
-                let flushed = super::fs::open_dir(local).and_then(rustix::fs::syncfs);
+                let flushed = open_dir(local).and_then(rustix::fs::syncfs);
                 if let Err(e) = flushed {
                     flush_failed = Some(format!("cannot flush the data to disk: {e}"));
                 }
@@ -319,7 +335,7 @@ impl Session {
             results[pending.index].outcome = outcome;
         }
         for local in &self.dirty {
-            let synced = super::fs::open_dir(local).and_then(rustix::fs::fsync);
+            let synced = open_dir(local).and_then(rustix::fs::fsync);
             match synced {
                 // Changed, then deleted later in the same batch: nothing left to flush.
                 Ok(()) | Err(Errno::NOENT) => {}

@@ -35,7 +35,7 @@ enum Saved {
 
 /// The journal of one batch in one configured directory.
 pub(crate) struct Journal {
-    top: OwnedFd,
+    top: Arc<OwnedFd>,
     name: String,
     file: File,
     /// Lines written since the last flush.
@@ -45,16 +45,15 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// Creates an empty journal at the top of the configured directory `dir`.
-    pub fn create(config: &Config, dir: &Directory) -> io::Result<Journal> {
-        let top = crate::apply::open_dir(config.local_path(&dir.path))?;
+    /// Creates an empty journal in `top`, the opened top of a configured directory.
+    pub fn create(top: Arc<OwnedFd>) -> io::Result<Journal> {
         let name = format!(
             "{JOURNAL_PREFIX}{}{}",
             uuid::Uuid::new_v4().simple(),
             crate::manifest::TEMP_SUFFIX
         );
         let fd = rustix::fs::openat(
-            &top,
+            &*top,
             name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
@@ -99,7 +98,7 @@ impl Journal {
             self.unsynced = false;
         }
         if !self.named {
-            rustix::fs::fsync(&self.top)?;
+            rustix::fs::fsync(&*self.top)?;
             self.named = true;
         }
         Ok(())
@@ -107,7 +106,7 @@ impl Journal {
 
     /// Removes the journal: the batch is accepted, or put back.
     pub fn remove(&self) {
-        let _ = rustix::fs::unlinkat(&self.top, self.name.as_str(), AtFlags::empty());
+        let _ = rustix::fs::unlinkat(&*self.top, self.name.as_str(), AtFlags::empty());
     }
 }
 
