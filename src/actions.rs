@@ -18,10 +18,8 @@ mod runner;
 mod settings;
 
 pub use command::{run, CommandResult};
-pub use runner::{Runner, COALESCE};
-pub use settings::{
-    Actions, Backup, BackupBlock, RunOn, Side, DEFAULT_ACTION_TIMEOUT, DEFAULT_KEEP,
-};
+pub use runner::Runner;
+pub use settings::{Actions, Backup, BackupBlock, RunOn, Side, DEFAULT_ACTION_TIMEOUT};
 
 /// A directory and its changed logical paths as they are on this host, for commands.
 pub fn local_paths(
@@ -47,7 +45,7 @@ pub async fn validate(
         let Some(dir) = config.directory_of(path) else {
             continue;
         };
-        let (Some(command), true) = (&dir.actions.validate, dir.actions.run_on.covers(side)) else {
+        let Some(command) = dir.actions.validator(side) else {
             continue;
         };
         let (local_dir, local_changed) = local_paths(config, &dir.path, paths);
@@ -64,10 +62,31 @@ pub async fn validate(
     refused
 }
 
+/// Runs the `on_change` commands of configured directory `dir` for its changed logical
+/// `paths`, when they run for changes from `side`, and returns how each ended.
+pub async fn on_change(
+    runner: &std::sync::Arc<Runner>,
+    config: &crate::config::Config,
+    dir: &str,
+    paths: &[String],
+    side: Side,
+) -> Vec<CommandResult> {
+    let Some(dir) = config.directory_of(dir) else {
+        return Vec::new();
+    };
+    if !dir.actions.run_on.covers(side) {
+        return Vec::new();
+    }
+    let (local_dir, local_changed) = local_paths(config, &dir.path, paths);
+    runner
+        .on_change(&local_dir, &dir.actions, local_changed)
+        .await
+}
+
 /// Whether any directory validates changes from `side`.
 pub fn validates(config: &crate::config::Config, side: Side) -> bool {
     config
         .directories
         .iter()
-        .any(|d| d.actions.validate.is_some() && d.actions.run_on.covers(side))
+        .any(|d| d.actions.validator(side).is_some())
 }

@@ -161,17 +161,12 @@ async fn push_burst(
     let ops = versions.take_changes(&scan, &scope, node.owners);
     drop(quiet);
     // The directories' own on_change commands, for local changes.
-    for (dir_path, paths) in config.by_directory(ops.iter().map(|op| op.path.clone())) {
-        let Some(dir) = config.directory_of(&dir_path) else {
-            continue;
-        };
-        if dir.actions.on_change.is_empty() || !dir.actions.run_on.on_local() {
-            continue;
-        }
+    for (dir, paths) in config.by_directory(ops.iter().map(|op| op.path.clone())) {
         let runner = node.runner.clone();
-        let actions = dir.actions.clone();
-        let (local_dir, local_paths) = actions::local_paths(config, &dir_path, &paths);
-        tokio::spawn(async move { runner.on_change(&local_dir, &actions, local_paths).await });
+        let config = node.config.clone();
+        tokio::spawn(async move {
+            actions::on_change(&runner, &config, &dir, &paths, actions::Side::Local).await
+        });
     }
     if ops.is_empty() {
         debug!(

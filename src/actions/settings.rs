@@ -147,8 +147,11 @@ impl Default for Actions {
 }
 
 impl Actions {
-    pub fn is_empty(&self) -> bool {
-        self.validate.is_none() && self.on_change.is_empty()
+    /// The `validate` command, when there is one and it runs for changes from `side`.
+    pub fn validator(&self, side: Side) -> Option<&str> {
+        self.validate
+            .as_deref()
+            .filter(|_| self.run_on.covers(side))
     }
 }
 

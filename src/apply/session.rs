@@ -16,6 +16,7 @@ use rustix::io::Errno;
 use super::fs::{
     changed_underneath, current_state, open_dir, open_parent, Fingerprint, Step, Target,
 };
+use crate::actions::Side;
 use crate::config::{Config, Directory};
 use crate::paths;
 use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};
@@ -93,7 +94,7 @@ impl Session {
         // link lives at the top of the configured directory, where it cannot keep a
         // directory the batch deletes from being empty (on another filesystem: next to
         // the file).
-        let kept = if dir.actions.validate.is_some() && dir.actions.run_on.on_receive() {
+        let kept = if dir.actions.validator(Side::Received).is_some() {
             match self
                 .top(config, dir)
                 .and_then(|top| keep_previous(&top, &parent, &name))
@@ -207,7 +208,7 @@ impl Session {
                 }
             }
         }
-        if dir.actions.validate.is_some() && dir.actions.run_on.on_receive() {
+        if dir.actions.validator(Side::Received).is_some() {
             let previous = match (current, &kept) {
                 (None, _) => Previous::Absent,
                 (Some(have), _) if have.content.is_dir() => Previous::Dir(have.mode),

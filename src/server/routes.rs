@@ -366,21 +366,18 @@ async fn run_on_change(
     changed: BTreeMap<String, Vec<String>>,
 ) -> Vec<ActionReport> {
     let mut reports = Vec::new();
-    for (path, paths) in changed {
-        let Some(dir) = node.config.directory_of(&path) else {
-            continue;
-        };
-        if !dir.actions.run_on.on_receive() {
-            continue;
-        }
-        let (local_dir, local_changed) = actions::local_paths(&node.config, &dir.path, &paths);
-        for result in node
-            .runner
-            .on_change(&local_dir, &dir.actions, local_changed)
-            .await
-        {
+    for (dir, paths) in changed {
+        let results = actions::on_change(
+            &node.runner,
+            &node.config,
+            &dir,
+            &paths,
+            actions::Side::Received,
+        )
+        .await;
+        for result in results {
             reports.push(ActionReport {
-                directory: dir.path.clone(),
+                directory: dir.clone(),
                 command: result.command,
                 success: result.success,
                 code: result.code,
