@@ -25,7 +25,6 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, Instrument};
 
-pub use self::peer::MASS_DELETE_MIN;
 use self::peer::{peer_rules, sync_peer, LocalState, PeerTerms};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};

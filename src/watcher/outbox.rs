@@ -69,11 +69,7 @@ impl Outbox {
         if taken.is_empty() {
             return;
         }
-        let mut pending = other.pending.lock().expect("outbox lock");
-        for (path, expect) in taken {
-            pending.insert(path, expect);
-        }
-        drop(pending);
+        other.restore(taken);
         other.wake.notify_one();
     }
 
