@@ -15,7 +15,6 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::server;
-use crate::tls::TlsMaterial;
 
 pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::from_file(path)?);
@@ -40,30 +39,26 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         Ok(tokio::net::TcpListener::from_std(socket.try_clone()?)?)
     };
     let mut daemon = Daemon::start(config.clone(), listener()?, true).await?;
-    log_started(&daemon, &config, address);
+    log_started(&daemon, address);
     notify(&[sd_notify::NotifyState::Ready]);
 
-    let mut config = config;
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
             _ = hangup.recv() => {}
         }
         notify(&[sd_notify::NotifyState::Reloading]);
-        match reload(path, &config, address).await {
+        match reload(path, &daemon.node.config, address).await {
             Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
             Ok(next_config) => {
-                match Daemon::start_with(next_config.clone(), listener()?, true, Some(&daemon.node))
-                    .await
-                {
+                match Daemon::start_with(next_config, listener()?, true, Some(&daemon.node)).await {
                     Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
                     Ok(next) => {
                         let previous = std::mem::replace(&mut daemon, next);
                         let node = previous.node.clone();
                         previous.stop().await;
                         daemon.take_waiting_from(&node);
-                        config = next_config;
-                        log_started(&daemon, &config, address);
+                        log_started(&daemon, address);
                         info!(file = %path.display(), "configuration and certificates reloaded");
                     }
                 }
@@ -77,15 +72,14 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads and checks the configuration file again for a reload: the file, its
-/// certificates, and that it listens where the running daemon does.
+/// Reads and checks the configuration file again for a reload: the file, and that it
+/// listens where the running daemon does (its certificates are loaded by the new daemon).
 async fn reload(
     path: &std::path::Path,
     running: &Config,
     address: std::net::SocketAddr,
 ) -> anyhow::Result<Arc<Config>> {
     let next = Config::from_file(path)?;
-    TlsMaterial::load(&next)?.server_config()?;
     if next.bind_address != running.bind_address {
         anyhow::bail!(
             "{}: bind_address changed from {} to {}: that needs a restart (the daemon listens on {address})",
@@ -97,7 +91,8 @@ async fn reload(
     Ok(Arc::new(next))
 }
 
-fn log_started(daemon: &Daemon, config: &Config, address: std::net::SocketAddr) {
+fn log_started(daemon: &Daemon, address: std::net::SocketAddr) {
+    let config = &daemon.node.config;
     info!(
         %address,
         node_id = %daemon.node.identity.node_id,
