@@ -47,7 +47,7 @@ impl Default for Limits {
         Limits {
             max_request_size: crate::protocol::MAX_APPLY_BODY_BYTES as u64,
             max_file_size: 256 * MIB,
-            max_batch_entries: 1_000_000,
+            max_batch_entries: crate::protocol::MAX_OPS_PER_BATCH,
             max_manifest_size: 256 * MIB,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
