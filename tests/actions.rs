@@ -371,11 +371,14 @@ async fn a_batch_whose_validation_never_ended_is_put_back_when_the_daemon_starts
     group.release(1);
     let hold = group.path().join("hold-validation");
     let started = group.path().join("validation-started");
+    // The command holds only the validation of the pushed batch (conf.d/new.cfg exists
+    // only once it is written), not the one of the daemon's start-up comparison, which
+    // may run late on a busy machine.
     let validated = config_variant(&group, 1, "node2-validated.hcl", |text| {
         text.replace(
             "  exclude = []",
             &format!(
-                "  exclude = []\n  validate = \"if [ -e {} ]; then touch {}; sleep 20; fi\"",
+                "  exclude = []\n  validate = \"if [ -e {} ] && [ -e \\\"$GOSYNCD_DIRECTORY/conf.d/new.cfg\\\" ]; then touch {}; sleep 20; fi\"",
                 hold.display(),
                 started.display()
             ),
@@ -411,7 +414,12 @@ async fn a_batch_whose_validation_never_ended_is_put_back_when_the_daemon_starts
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     // Written and waiting for its validation: then killed.
-    assert_eq!(read(n1, "/etc/app/app.cfg"), b"listen 8080\n");
+    assert_eq!(
+        read(n1, "/etc/app/app.cfg"),
+        b"listen 8080\n",
+        "validation started before the batch was written:\n{}",
+        daemon.log()
+    );
     daemon.child.kill().unwrap();
     daemon.wait_exit(std::time::Duration::from_secs(10)).await;
     let report = push.await.unwrap();
