@@ -33,6 +33,15 @@ tls_private_key = "/etc/gosyncd/gosyncd.key"
 # (default "/"). Paths on the wire stay logical ("/etc/haproxy/haproxy.cfg").
 # root = "/"
 
+# Optional: where the daemon keeps its spool of changes not yet delivered to a peer
+# (replayed after a restart; empty in steady state), and its lock (default
+# "/var/lib/gosyncd", which the systemd unit makes). Each daemon needs its own.
+# state_directory = "/var/lib/gosyncd"
+
+# Optional: how often the daemon compares its trees with each peer's and reports the
+# drift (default "5m"; also once at start-up and when a peer comes back).
+# reconcile_interval = "5m"
+
 # Optional: keep the previous version of every file a sync replaces or deletes.
 # backup {
 #   directory = "/var/lib/gosyncd/backups"

@@ -24,7 +24,7 @@ mod session;
 pub use batch::{apply_batch, Applied};
 pub use confine::{confine, validate_batch};
 pub use fs::remove_stale_temp_files;
-pub(crate) use fs::{open_dir, open_parent, open_regular, temp_name};
+pub(crate) use fs::{open_dir, open_parent, open_regular, state_of, temp_name};
 
 /// Whether this process can apply owners.
 pub fn applies_owners() -> bool {

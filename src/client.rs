@@ -30,11 +30,21 @@ pub enum PeerError {
     /// The peer answered and refused the request: sending it again is useless.
     #[error("{0}")]
     Refused(String),
+    /// The peer is there but could not take the request this moment: it answered 503
+    /// (too many applies under way), or the connection was reset during the call.
+    /// Worth sending again in a moment.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl PeerError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, PeerError::Refused(_))
+    }
+
+    /// Whether the same call is worth making again within seconds.
+    pub fn is_momentary(&self) -> bool {
+        matches!(self, PeerError::Busy(_))
     }
 }
 
@@ -215,6 +225,8 @@ impl Peer {
         };
         Err(if status.is_client_error() {
             PeerError::Refused(message)
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            PeerError::Busy(message)
         } else {
             PeerError::Unreachable(message)
         })
@@ -328,6 +340,18 @@ fn explain(err: &reqwest::Error, limit: &Limit) -> PeerError {
     }
     if err.is_connect() {
         return PeerError::Unreachable(format!("unreachable: {}", root_cause(err)));
+    }
+    if matches!(
+        io_kind(err),
+        Some(
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        )
+    ) {
+        // The peer answered the connection, then dropped it: a restart, or a listener
+        // shedding load. Not a refusal of the request.
+        return PeerError::Busy(format!("connection reset: {}", chain(err)));
     }
     PeerError::Unreachable(chain(err))
 }

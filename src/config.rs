@@ -43,6 +43,14 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/gosyncd/config.hcl";
 /// How long the watcher waits for a burst of edits to end before pushing it.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
 
+/// Where a daemon keeps its spool of undelivered changes when `state_directory` is not
+/// given.
+pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/gosyncd";
+
+/// How often a daemon compares its trees with each peer's when `reconcile_interval` is
+/// not given.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
+
 /// The default `max_delete_share`: half of a directory.
 pub const DEFAULT_MAX_DELETE_SHARE: f64 = 0.5;
 
@@ -102,6 +110,10 @@ pub struct Config {
     /// The share of a configured directory's entries on a peer above which a `sync`
     /// that deletes them is refused without `--force`.
     pub max_delete_share: f64,
+    /// Where the daemon keeps its spool of changes not yet delivered, and its lock.
+    pub state_directory: PathBuf,
+    /// How often the daemon compares its trees with each peer's, to find drift.
+    pub reconcile_interval: Duration,
 }
 
 impl Config {
@@ -385,8 +397,34 @@ impl Config {
                 })?,
         };
 
+        let state_directory =
+            PathBuf::from(get("state_directory").unwrap_or_else(|| DEFAULT_STATE_DIRECTORY.into()));
+        if !state_directory.is_absolute() {
+            return Err(err(
+                Some("state_directory"),
+                format!(
+                    "state_directory: {:?} is not an absolute path",
+                    state_directory.display().to_string()
+                ),
+            ));
+        }
+        let reconcile_interval = match get("reconcile_interval") {
+            None => DEFAULT_RECONCILE_INTERVAL,
+            Some(text) => humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
+                .ok_or_else(|| {
+                    err(
+                        Some("reconcile_interval"),
+                        format!("reconcile_interval: {text:?} is not a duration between 1s and 24h (such as \"5m\")"),
+                    )
+                })?,
+        };
+
         Ok(Config {
             file: file.to_path_buf(),
+            state_directory,
+            reconcile_interval,
             bind_address,
             remotes,
             tls_ca_certificate: relative_to_file(required("tls_ca_certificate")?),

@@ -15,15 +15,13 @@ use crate::apply;
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
 use crate::server::{self, Node};
-use crate::sync::{ChangeStatus, Engine, Options};
+use crate::sync::Engine;
 use crate::tls::TlsMaterial;
 use crate::versions::Versions;
 use crate::watcher::{self, Outbox, Queue, WATCH_QUEUE_SIGNALS};
 
 /// How long a stopping daemon lets pushes under way finish.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-/// Paths named in the start-up drift warning before it says "and N more".
-const DRIFT_PATHS_SHOWN: usize = 10;
 
 /// A daemon running in this process.
 pub struct Daemon {
@@ -78,7 +76,17 @@ impl Daemon {
             })
             .await?
         };
+        // The spool of undelivered changes: shared with the daemon this one replaces (same
+        // process, same state directory), read from disk on a first start.
+        let spool = crate::spool::Spool::open(&config.state_directory)?;
+        let spooled = if clean {
+            spool.clear();
+            spool.load(&config)
+        } else {
+            Default::default()
+        };
         let mut node = Node::new(config.clone(), cache.clone(), Some(versions.clone()));
+        node.spool = Some(spool.clone());
         if let Some(previous) = previous {
             node = node.applying_after(previous);
         }
@@ -111,17 +119,32 @@ impl Daemon {
         // the others back. They exist before `start` returns, so that a reload can hand
         // the previous daemon's waiting changes over to them at once.
         let outboxes: Vec<Arc<Outbox>> = engine.peers().iter().map(|_| Arc::default()).collect();
-        let tracks = engine
-            .peers()
-            .iter()
-            .zip(&outboxes)
-            .map(|(peer, outbox)| {
-                Arc::new(server::PeerTrack::new(
-                    peer.remote.label.clone(),
-                    outbox.clone(),
-                ))
-            })
-            .collect();
+        let mut tracks = Vec::new();
+        let mut replayed = 0;
+        for (peer, outbox) in engine.peers().iter().zip(&outboxes) {
+            let label = &peer.remote.label;
+            spool.register(label, outbox.clone());
+            if let Some(known) = spooled.get(label) {
+                // Delivered with the local tree's current content: the delivery plans
+                // from the versions scanned above against what the peer holds.
+                replayed += known.len();
+                outbox.restore(known.clone());
+                outbox.wake();
+            }
+            let addresses = addresses_of(&peer.remote.host, peer.remote.port).await;
+            tracks.push(Arc::new(server::PeerTrack::new(
+                label.clone(),
+                outbox.clone(),
+                addresses,
+            )));
+        }
+        if replayed > 0 {
+            info!(
+                paths = replayed,
+                file = %spool.file().display(),
+                "changes not delivered before the last stop are delivered now"
+            );
+        }
         let _ = node.peers.set(tracks);
         let task = tokio::spawn(async move {
             let mut workers: Vec<_> = outboxes
@@ -134,6 +157,7 @@ impl Daemon {
                         versions.clone(),
                         index,
                         outbox.clone(),
+                        Some(spool.clone()),
                         stop_requested.clone(),
                     ))
                 })
@@ -142,11 +166,15 @@ impl Daemon {
                 engine.clone(),
                 serving.clone(),
                 versions,
-                outboxes,
+                outboxes.clone(),
                 received,
                 watch,
             ));
-            let drift = tokio::spawn(report_drift(engine));
+            let drift = tokio::spawn(crate::reconcile::reconcile(
+                engine,
+                serving.clone(),
+                outboxes,
+            ));
             let metrics = metrics_listener
                 .map(|listener| tokio::spawn(crate::metrics::serve(listener, serving.clone())));
             server::serve(listener, server_tls, serving, async {
@@ -195,6 +223,12 @@ impl Daemon {
                 None => {}
             }
         }
+        if let Some(spool) = &self.node.spool {
+            for track in theirs {
+                spool.forget(&track.outbox);
+            }
+            spool.save(true);
+        }
     }
 
     /// Stops serving and watching.
@@ -204,43 +238,12 @@ impl Daemon {
     }
 }
 
-/// Start-up never pushes: a node that was off for a week must not overwrite the group
-/// with stale files. It compares with its peers and warns about any drift instead.
-async fn report_drift(engine: Arc<Engine>) {
-    let options = Options {
-        dry_run: true,
-        ..Options::default()
-    };
-    let report = engine.run(&options, |_| {}).await;
-    for peer in &report.peers {
-        let guarded = peer.refused && !peer.changes.is_empty();
-        if let (Some(e), false) = (&peer.error, guarded) {
-            warn!(peer = %peer.peer, "cannot compare with peer at start-up: {e}");
-            continue;
-        }
-        if let (Some(e), true) = (&peer.error, guarded) {
-            // The mass-delete guard: this node's tree looks emptied next to the peer's.
-            warn!(peer = %peer.peer, "drift at start-up, and {e}");
-            continue;
-        }
-        let differing: Vec<&str> = peer
-            .changes
-            .iter()
-            .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
-            .map(|c| c.path.as_str())
-            .collect();
-        if differing.is_empty() {
-            continue;
-        }
-        let shown = differing[..differing.len().min(DRIFT_PATHS_SHOWN)].join(", ");
-        let more = differing.len().saturating_sub(DRIFT_PATHS_SHOWN);
-        warn!(
-            peer = %peer.peer,
-            paths = differing.len(),
-            "drift: {shown}{} differ from this node; nothing was pushed. \
-             Run `gosyncd sync` on the node whose files are authoritative",
-            if more > 0 { format!(" and {more} more") } else { String::new() }
-        );
+/// The addresses `host` resolves to (none when it does not resolve within seconds).
+async fn addresses_of(host: &str, port: u16) -> Vec<std::net::IpAddr> {
+    let lookup = tokio::net::lookup_host((host, port));
+    match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+        _ => Vec::new(),
     }
 }
 

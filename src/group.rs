@@ -1,6 +1,6 @@
 //! A throw-away group of real nodes on this machine: each on its own loopback address
-//! (127.0.0.2, .3, ...), with generated certificates, its own `root` under a temporary
-//! directory and a config file the CLI can use. `gosyncd demo` and the integration tests
+//! (127.0.0.2, .3, ...), with generated certificates, its own `root` and `state_directory`
+//! under a temporary directory and a config file the CLI can use. `gosyncd demo` and the integration tests
 //! run on it; nothing here is mocked: real sockets, real TLS, real files.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -283,8 +283,10 @@ fn config_text(
     let mut text = format!(
         "bind_address = \"{addr}\"\n\n# every node of the group; this node's own entry is skipped\nremotes = [\n  {}\n]\n\n\
          tls_ca_certificate = \"{ca}\"\ntls_certificate = \"{cert}\"\ntls_private_key = \"{key}\"\n\n\
-         # where this node's directories live on this machine\nroot = \"{}\"\n",
+         # where this node's directories live on this machine\nroot = \"{}\"\n\
+         # this node's own spool of undelivered changes\nstate_directory = \"{}-state\"\n",
         remotes.join(",\n  "),
+        root.display(),
         root.display()
     );
     if let Some(debounce) = debounce {

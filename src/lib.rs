@@ -23,8 +23,10 @@ pub mod ops;
 pub mod paths;
 pub mod plan;
 pub mod protocol;
+pub mod reconcile;
 pub(crate) mod rollback;
 pub mod server;
+pub mod spool;
 pub mod sync;
 pub mod tls;
 

@@ -18,11 +18,19 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::protocol::HeldKind;
 use crate::server::Node;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
     peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabel {
+    peer: String,
+    /// `conflict`, `rejected`, `refused` or `kept`.
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,10 +85,23 @@ pub fn render(node: &Node) -> String {
     let sent = Family::<PeerLabel, Counter>::default();
     let pending = Family::<PeerLabel, Gauge>::default();
     let last_success = Family::<PeerLabel, Gauge>::default();
+    let held = Family::<HeldLabel, Gauge>::default();
+    let drift = Family::<PeerLabel, Gauge>::default();
     for peer in node.peer_status() {
         let label = PeerLabel {
             peer: peer.peer.clone(),
         };
+        for kind in HeldKind::ALL {
+            let count = peer.held.iter().filter(|h| h.outcome == kind).count();
+            held.get_or_create(&HeldLabel {
+                peer: peer.peer.clone(),
+                outcome: kind.name().to_string(),
+            })
+            .set(count as i64);
+        }
+        if let Some(paths) = peer.drift_paths {
+            drift.get_or_create(&label).set(paths as i64);
+        }
         pushes.get_or_create(&label).inc_by(peer.pushes);
         failures.get_or_create(&label).inc_by(peer.failures);
         conflicts.get_or_create(&label).inc_by(peer.conflicts);
@@ -106,6 +127,16 @@ pub fn render(node: &Node) -> String {
         "pending_changes",
         "Changed paths waiting to be pushed to a peer",
         pending,
+    );
+    registry.register(
+        "held_paths",
+        "Paths whose change a peer did not take, held until they are edited again, by outcome",
+        held,
+    );
+    registry.register(
+        "drift_paths",
+        "Paths that differ from a peer and that nobody is delivering, at the last comparison",
+        drift,
     );
     registry.register(
         "last_success_timestamp_seconds",

@@ -29,6 +29,9 @@ pub struct PeerState {
     pub pending: Option<u64>,
     /// Operations it refused as conflicts, seen by this node's daemon.
     pub conflicts: Option<u64>,
+    /// Paths whose change it did not take, held by this node's daemon until they are
+    /// edited again (`None`: no daemon answered here).
+    pub held: Option<Vec<protocol::HeldPath>>,
     /// When this node's daemon last pushed to it successfully (Unix time).
     pub last_success_unix: Option<u64>,
     pub error: Option<String>,
@@ -85,6 +88,9 @@ pub async fn status(config: Arc<Config>) -> anyhow::Result<Vec<PeerState>> {
             drift,
             pending: local.as_ref().map(|_| mine.map_or(0, |m| m.pending)),
             conflicts: mine.map(|m| m.conflicts),
+            held: local
+                .as_ref()
+                .map(|_| mine.map_or_else(Vec::new, |m| m.held.clone())),
             last_success_unix: mine.and_then(|m| m.last_success_unix),
             error,
             peer: label,
@@ -118,6 +124,7 @@ pub fn status_table(peers: &[PeerState]) -> String {
         "DRIFT".into(),
         "PENDING".into(),
         "CONFLICTS".into(),
+        "HELD".into(),
         "LAST PUSH".into(),
     ]];
     for p in peers {
@@ -129,6 +136,7 @@ pub fn status_table(peers: &[PeerState]) -> String {
             p.drift.map_or_else(dash, |d| d.to_string()),
             p.pending.map_or_else(dash, |n| n.to_string()),
             p.conflicts.map_or_else(dash, |n| n.to_string()),
+            p.held.as_ref().map_or_else(dash, |h| h.len().to_string()),
             p.last_success_unix.map_or_else(
                 || "never".to_string(),
                 |at| {
@@ -144,7 +152,7 @@ pub fn status_table(peers: &[PeerState]) -> String {
             ),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -163,6 +171,17 @@ pub fn status_table(peers: &[PeerState]) -> String {
             p.peer,
             p.error.as_deref().unwrap_or_default()
         ));
+    }
+    for p in peers {
+        for held in p.held.iter().flatten() {
+            out.push_str(&format!(
+                "{}: {} held ({}): {}\n",
+                p.peer,
+                held.path,
+                held.outcome.name(),
+                held.reason
+            ));
+        }
     }
     out
 }
@@ -254,6 +273,7 @@ pub fn backups_restore(
         Outcome::Applied => Ok(chosen),
         Outcome::Conflict(why)
         | Outcome::Failed(why)
+        | Outcome::Refused(why)
         | Outcome::Kept(why)
         | Outcome::Rejected(why) => Err(anyhow!("{path}: not restored: {why}")),
     }

@@ -20,10 +20,10 @@ mod state;
 pub use batch::{decode_batch, encode_batch, encode_batch_header, Batch, BatchHeader};
 pub use messages::{
     ActionReport, ApplyResponse, ContentRequest, ContentResponse, DirectoryInfo, ErrorBody,
-    FileText, Identity, ManifestRequest, ManifestResponse, PeerLimits, PeerStatus, StatusCounters,
-    StatusResponse,
+    FileText, HeldKind, HeldPath, Identity, ManifestRequest, ManifestResponse, PeerLimits,
+    PeerStatus, StatusCounters, StatusResponse,
 };
-pub use operation::{Action, ChangeKind, Op, OpResult, Outcome};
+pub use operation::{Action, ChangeKind, Found, Op, OpResult, Outcome};
 pub use state::{Content, Digest256, Entry, WireEntry};
 
 /// Version of the HTTP API; every route lives under `/v1/`.

@@ -263,7 +263,7 @@ impl Engine {
             report.changes.push(Change {
                 peer: report.peer.clone(),
                 path,
-                status: ChangeStatus::Skipped(reason),
+                status: ChangeStatus::Refused(reason),
             });
         }
         let ops: Vec<Op> = ops

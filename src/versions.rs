@@ -72,7 +72,7 @@ impl Versions {
             |path: &str| in_scope(path, scope) && !unknown.iter().any(|u| is_within(path, u));
 
         let mut map = self.map.lock().expect("versions lock");
-        let before: Manifest = map
+        let mut before: Manifest = map
             .iter()
             .filter(|(path, _)| covered(path))
             .map(|(p, e)| (p.clone(), e.clone()))
@@ -83,6 +83,30 @@ impl Versions {
             .filter(|(path, _)| covered(path))
             .map(|(p, e)| (p.clone(), e.clone()))
             .collect();
+        // A directory found gone takes everything below it: a scope naming one file of a
+        // tree being deleted (`rm -rf` still under way when the burst ended) covers the
+        // directory as an ancestor, and its deletion must carry the rest of its contents,
+        // or the peers would be asked to delete a directory that still holds them.
+        let gone: Vec<String> = before
+            .iter()
+            .filter(|(path, entry)| entry.content.is_dir() && !now.contains_key(*path))
+            .map(|(path, _)| path.clone())
+            .collect();
+        for dir in gone {
+            if unknown.iter().any(|u| is_within(&dir, u)) {
+                continue;
+            }
+            let prefix = format!("{dir}/");
+            let below: Vec<(String, Entry)> = map
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(path, _)| path.starts_with(&prefix))
+                .map(|(p, e)| (p.clone(), e.clone()))
+                .collect();
+            before.extend(below);
+        }
         let ops = plan(&now, &before, owners);
         if !record {
             return ops;
@@ -148,6 +172,48 @@ mod tests {
             Some(file_entry(b"2")),
             "outside the scope, kept"
         );
+    }
+
+    #[test]
+    fn a_directory_found_gone_is_deleted_with_everything_below_it() {
+        let dir = Entry {
+            content: crate::protocol::Content::Dir,
+            ..file_entry(b"")
+        };
+        let mut known = scan_of(&[
+            ("/d/top/f1", b"1"),
+            ("/d/top/f2", b"2"),
+            ("/d/top-x", b"x"),
+            ("/d/topper", b"x"),
+        ])
+        .entries;
+        known.insert("/d/top".into(), dir.clone());
+        known.insert("/d/top/sub".into(), dir);
+        known.insert("/d/top/sub/f3".into(), file_entry(b"3"));
+        let versions = Versions::new(known);
+        // The burst named one file; the whole tree is gone by the time of the scan.
+        let ops = versions.take_changes(
+            &scan_of(&[("/d/top-x", b"x"), ("/d/topper", b"x")]),
+            &["/d/top/f1".to_string()],
+            true,
+        );
+        let mut deleted: Vec<&str> = ops.iter().map(|op| op.path.as_str()).collect();
+        assert_eq!(deleted.last(), Some(&"/d/top"), "the directory goes last");
+        deleted.sort();
+        assert_eq!(
+            deleted,
+            [
+                "/d/top",
+                "/d/top/f1",
+                "/d/top/f2",
+                "/d/top/sub",
+                "/d/top/sub/f3"
+            ],
+            "{ops:?}"
+        );
+        assert!(ops.iter().all(|op| op.action == Action::Delete));
+        assert_eq!(versions.get("/d/top/f2"), None);
+        assert_eq!(versions.get("/d/topper"), Some(file_entry(b"x")));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tracing::{debug, error, warn};
 
 use self::directories::{directory_identity, rewatch, DirectoryIdentity};
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
-pub use self::outbox::{deliver, Outbox};
+pub use self::outbox::{deliver, Held, Known, Outbox};
 pub use self::queue::{Queue, QueueReceiver, Signal, WATCH_QUEUE_SIGNALS};
 use crate::actions;
 use crate::config::Config;
@@ -177,6 +177,14 @@ async fn push_burst(
     }
     for outbox in outboxes {
         outbox.merge(&ops);
+    }
+    // On disk before it counts as queued: a restart from here on delivers it.
+    if let Some(spool) = &node.spool {
+        let spool = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.save(true)).await;
+    }
+    for outbox in outboxes {
+        outbox.wake();
     }
     refused
 }

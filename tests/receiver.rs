@@ -219,7 +219,7 @@ async fn batch_cannot_write_through_a_link_it_creates() {
     let outcomes: Vec<_> = response.results.iter().map(|r| &r.outcome).collect();
     assert_eq!(outcomes[0], &Outcome::Applied);
     assert!(
-        matches!(outcomes[1], Outcome::Failed(reason) if reason.contains("symlink")),
+        matches!(outcomes[1], Outcome::Refused(reason) if reason.contains("symlink")),
         "{outcomes:?}"
     );
     assert_eq!(snapshot(&outside), before_outside, "written through a link");

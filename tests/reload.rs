@@ -171,7 +171,7 @@ async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
         "/etc/app/waiting.cfg",
         "saved while node 1 was down\n",
     );
-    logged(&daemon, "peer unreachable, changes kept in memory", 1).await;
+    logged(&daemon, "peer unreachable, changes kept in the spool", 1).await;
 
     hangup(&daemon);
     logged(&daemon, "configuration and certificates reloaded", 1).await;

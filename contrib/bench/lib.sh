@@ -103,7 +103,9 @@ write_config() {
         printf 'tls_ca_certificate = "%s"\n' "$tls/gosyncd.crt"
         printf 'tls_certificate = "%s"\n' "$tls/gosyncd.crt"
         printf 'tls_private_key = "%s"\n\n' "$tls/gosyncd.key"
-        printf 'root = "%s"\n\n' "$root"
+        printf 'root = "%s"\n' "$root"
+        # Each daemon its own spool of undelivered changes (and its lock).
+        printf 'state_directory = "%s-state"\n\n' "$root"
         [ -z "$debounce" ] || printf 'debounce = "%s"\n\n' "$debounce"
         printf 'directory "/etc/bench" {\n}\n'
     } >"$file"

@@ -33,6 +33,7 @@ pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>, origin: &st
         .map(|(index, (op, content))| OpResult {
             path: op.path.clone(),
             outcome: session.apply(config, owners, index, op, *content),
+            found: None,
         })
         .collect();
     let undo = std::mem::take(&mut session.undo);

@@ -28,6 +28,9 @@ pub(super) enum Step {
 pub(crate) struct ParentError {
     /// A directory on the way does not exist (so neither does the path).
     pub missing: bool,
+    /// A component on the way is a symlink on this node: refused for good (links are
+    /// never followed), not a passing failure.
+    pub link: bool,
     message: String,
 }
 
@@ -35,6 +38,7 @@ impl ParentError {
     fn other(message: String) -> ParentError {
         ParentError {
             missing: false,
+            link: false,
             message,
         }
     }
@@ -82,6 +86,7 @@ pub(crate) fn open_parent(
             Err(Errno::NOENT) => {
                 return Err(ParentError {
                     missing: true,
+                    link: false,
                     message: format!("parent directory {logical} does not exist"),
                 })
             }
@@ -92,17 +97,34 @@ pub(crate) fn open_parent(
                             == rustix::fs::FileType::Symlink
                     })
                     .unwrap_or(false);
-                return Err(ParentError::other(if is_link {
-                    format!(
-                        "refused, {logical} is a symlink on this node (links are never followed)"
-                    )
+                return Err(if is_link {
+                    ParentError {
+                        missing: false,
+                        link: true,
+                        message: format!(
+                            "refused, {logical} is a symlink on this node (links are never followed)"
+                        ),
+                    }
                 } else {
-                    format!("{logical} cannot be opened as a directory: {e}")
-                }));
+                    ParentError::other(format!("{logical} cannot be opened as a directory: {e}"))
+                });
             }
         };
     }
     Ok((fd, name))
+}
+
+/// What this node holds at `path` now, read without following a link below its
+/// configured directory (`Some(None)`: nothing); `None` when it cannot be read.
+pub(crate) fn state_of(config: &Config, path: &str) -> Option<Option<Entry>> {
+    let dir = config.directory_of(path)?;
+    match open_parent(config, dir, path) {
+        Ok((parent, name)) => current_state(&parent, &name)
+            .ok()
+            .map(|found| found.map(|(entry, _)| entry)),
+        Err(e) if e.missing => Some(None),
+        Err(_) => None,
+    }
 }
 
 /// What identifies one inode in one state: a write or a metadata change moves `ctime`.
@@ -360,15 +382,29 @@ impl Target<'_> {
             AtFlags::empty()
         };
         match rustix::fs::unlinkat(self.parent, self.name, flags) {
-            Ok(()) => {}
-            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => {
-                return Ok(Outcome::Kept(
-                    "directory kept: it holds paths excluded on this node".into(),
-                ))
-            }
-            Err(e) => return Err(e.into()),
+            Ok(()) => Ok(Outcome::Applied),
+            // What the directory still holds decides what this means: the caller asks
+            // `remaining_names`.
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => Err(Errno::NOTEMPTY.into()),
+            Err(e) => Err(e.into()),
         }
-        Ok(Outcome::Applied)
+    }
+
+    /// The names a directory at the name still holds (it could not be deleted), without
+    /// following a link to it.
+    pub(super) fn remaining_names(&self) -> io::Result<Vec<String>> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        let fd = rustix::fs::openat(self.parent, self.name, flags, Mode::empty())?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 }
 

@@ -86,6 +86,7 @@ impl Session {
             // A deletion whose directory is already gone (deleted earlier in the batch,
             // or by another sync) is done: the path is absent, as wanted.
             Err(e) if e.missing && op.action == Action::Delete => return Outcome::Applied,
+            Err(e) if e.link => return Outcome::Refused(e.to_string()),
             Err(e) => return Outcome::Failed(e.to_string()),
         };
         // Where the directory validates what it receives, the file or link at the name
@@ -240,7 +241,12 @@ impl Session {
             checked: checked.as_ref().map(|(_, fp)| *fp),
         };
         let step = match &op.action {
-            Action::Delete => target.delete(current).map(Step::Done),
+            Action::Delete => match target.delete(current) {
+                Err(e) if e.raw_os_error() == Some(Errno::NOTEMPTY.raw_os_error()) => {
+                    Ok(Step::Done(not_empty(dir, &op.path, &target)))
+                }
+                other => other.map(Step::Done),
+            },
             Action::Put { entry } => target.put(entry, content, owners, self.fsync_each),
         };
         let parent_dir = config.local_path(paths::parent(&op.path));
@@ -348,6 +354,45 @@ impl Session {
     }
 }
 
+/// Names shown in the message about a directory that could not be deleted.
+const REMAINING_SHOWN: usize = 5;
+
+/// The outcome of deleting a directory that is not empty, from what it still holds: kept
+/// for good when everything left is excluded on this node (or an interrupted sync's
+/// temporary file), a failure worth retrying when it still holds paths the sender has
+/// not deleted yet (they come in a later batch).
+fn not_empty(dir: &Directory, path: &str, target: &Target<'_>) -> Outcome {
+    let names = match target.remaining_names() {
+        Ok(names) => names,
+        Err(e) => return Outcome::Failed(format!("directory not deleted, not empty: {e}")),
+    };
+    let (excluded, others): (Vec<String>, Vec<String>) = names
+        .into_iter()
+        .map(|name| format!("{path}/{name}"))
+        .partition(|child| {
+            crate::manifest::is_temp_name(paths::file_name(child))
+                || dir.excludes.excludes_any_component(&dir.path, child)
+        });
+    let shown = |list: &[String]| {
+        let mut text = list[..list.len().min(REMAINING_SHOWN)].join(", ");
+        if list.len() > REMAINING_SHOWN {
+            text.push_str(&format!(" and {} more", list.len() - REMAINING_SHOWN));
+        }
+        text
+    };
+    if others.is_empty() {
+        Outcome::Kept(format!(
+            "directory kept: it holds paths excluded on this node: {}",
+            shown(&excluded)
+        ))
+    } else {
+        Outcome::Failed(format!(
+            "directory not deleted yet: it still holds {}, not deleted by this batch",
+            shown(&others)
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,6 +408,7 @@ mod tests {
         let mut results = vec![OpResult {
             path: op.path.clone(),
             outcome,
+            found: None,
         }];
         session.finish(config, &mut results);
         results.remove(0).outcome
@@ -387,7 +433,7 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path().join("outside"), app.join("sub")).unwrap();
         let outcome = apply_op(&c, false, &op, Some(b"2"));
         assert!(
-            matches!(&outcome, Outcome::Failed(r) if r.contains("symlink")),
+            matches!(&outcome, Outcome::Refused(r) if r.contains("symlink")),
             "{outcome:?}"
         );
         assert_eq!(

@@ -111,22 +111,13 @@ fn json_line(value: &serde_json::Value) {
 /// A peer's results as JSON lines: one per change, per command the peer ran, and for
 /// an error.
 fn print_peer_json(report: &sync::PeerReport, dry_run: bool) {
-    use crate::protocol::ChangeKind;
     for change in &report.changes {
-        let (kind, reason) = match &change.status {
-            sync::ChangeStatus::Done(ChangeKind::Added) => ("added", None),
-            sync::ChangeStatus::Done(ChangeKind::Updated) => ("updated", None),
-            sync::ChangeStatus::Done(ChangeKind::Deleted) => ("deleted", None),
-            sync::ChangeStatus::Skipped(r) => ("skipped", Some(r)),
-            sync::ChangeStatus::Kept(r) => ("kept", Some(r)),
-            sync::ChangeStatus::Rejected(r) => ("rejected", Some(r)),
-        };
         json_line(&serde_json::json!({
             "time": now_rfc3339(),
             "peer": change.peer,
             "path": change.path,
-            "change": kind,
-            "reason": reason,
+            "change": change.status.name(),
+            "reason": change.status.reason(),
             "dry_run": dry_run,
         }));
     }

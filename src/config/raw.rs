@@ -25,6 +25,8 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "max_delete_share",
     "action_timeout",
     "metrics_address",
+    "state_directory",
+    "reconcile_interval",
 ];
 
 /// The blocks of the file's top level.

@@ -80,6 +80,60 @@ pub struct PeerStatus {
     pub last_success_unix: Option<u64>,
     /// Why the last push failed, when it did.
     pub last_error: Option<String>,
+    /// Paths whose change the peer did not take and that are not retried until they
+    /// are edited here again (or an operator runs `gosyncd sync`).
+    #[serde(default)]
+    pub held: Vec<HeldPath>,
+    /// Paths that differ from this node and that nobody is delivering, found by the
+    /// last comparison (`None`: not compared yet).
+    #[serde(default)]
+    pub drift_paths: Option<u64>,
+    /// The first of them.
+    #[serde(default)]
+    pub drift: Vec<String>,
+}
+
+/// A path whose change a peer did not take, held until the next edit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldPath {
+    pub path: String,
+    pub outcome: HeldKind,
+    pub reason: String,
+}
+
+/// Why a change is held rather than retried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeldKind {
+    /// The peer holds another version (an edit made there).
+    #[default]
+    Conflict,
+    /// The peer's `validate` refused it and put its own version back.
+    Rejected,
+    /// Refused for good by the peer's rules or this node's.
+    Refused,
+    /// A directory the peer keeps: it holds paths the peer excludes.
+    Kept,
+}
+
+impl HeldKind {
+    /// Every kind, in the order they are shown.
+    pub const ALL: [HeldKind; 4] = [
+        HeldKind::Conflict,
+        HeldKind::Rejected,
+        HeldKind::Refused,
+        HeldKind::Kept,
+    ];
+
+    /// Its name, as in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeldKind::Conflict => "conflict",
+            HeldKind::Rejected => "rejected",
+            HeldKind::Refused => "refused",
+            HeldKind::Kept => "kept",
+        }
+    }
 }
 
 /// The files whose text a sender asks for, to show a diff.

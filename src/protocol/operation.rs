@@ -73,12 +73,25 @@ pub enum Outcome {
     Applied,
     /// The receiver's state differed from the operation's expectation; nothing written.
     Conflict(String),
-    /// The operation could not be carried out; the old state is intact.
+    /// The operation could not be carried out now (disk full, an I/O error, no
+    /// permission, a read-only filesystem, a directory still holding paths not deleted
+    /// yet); the old state is intact. Worth retrying: senders do, with backoff.
     Failed(String),
+    /// Refused for good by this node's rules (a link in the way, a path this node does
+    /// not take); the old state is intact. Sending it again is useless until the path
+    /// changes on the sender.
+    Refused(String),
     /// A directory was not removed because it holds paths excluded on the receiver.
     Kept(String),
     /// Applied, then put back: the directory's `validate` command refused the result.
     Rejected(String),
+}
+
+impl Outcome {
+    /// Whether the receiver changed the path as asked.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Outcome::Applied)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -86,6 +99,18 @@ pub struct OpResult {
     pub path: String,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// For an operation not applied: what the receiver holds at the path once the batch
+    /// is done (after any rollback), so that the sender knows what this peer holds
+    /// instead of assuming. `None` when applied, or when the receiver could not read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<Found>,
+}
+
+/// What a receiver holds at a path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found {
+    /// `None`: nothing.
+    pub entry: Option<Entry>,
 }
 
 #[cfg(test)]

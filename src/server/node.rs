@@ -5,7 +5,7 @@
 //! It holds state and answers questions about it; it must not decode requests or touch
 //! a socket (that is the routes' and the listener's work).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, Semaphore};
@@ -15,7 +15,7 @@ use crate::actions;
 use crate::apply;
 use crate::config::Config;
 use crate::manifest::HashCache;
-use crate::protocol::{self, Identity, PeerStatus, StatusCounters};
+use crate::protocol::{self, HeldPath, Identity, PeerStatus, StatusCounters};
 use crate::versions::Versions;
 
 /// The unit in which the body budget is counted.
@@ -44,17 +44,33 @@ pub struct Node {
     pub runner: Arc<actions::Runner>,
     /// The watcher's pushes to each peer, in the order of the engine's peers.
     pub peers: std::sync::OnceLock<Vec<Arc<PeerTrack>>>,
+    /// Where the differences waiting for peers are kept across restarts (a daemon's).
+    pub spool: Option<Arc<crate::spool::Spool>>,
+    /// Asks the anti-entropy pass to compare with the peers now (one came back).
+    pub reconcile_now: tokio::sync::Notify,
 }
 
 /// What a daemon's watcher knows of its pushes to one peer.
 pub struct PeerTrack {
     pub peer: String,
     pub outbox: Arc<crate::watcher::Outbox>,
+    /// The addresses the peer's host resolved to when the daemon started: a request
+    /// from one of them says the peer is up.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The last push or comparison could not reach it.
+    unreachable: AtomicBool,
     state: std::sync::Mutex<PeerStatus>,
 }
 
+/// Drift paths a peer's status lists (the count covers them all).
+pub const DRIFT_PATHS_LISTED: usize = 100;
+
 impl PeerTrack {
-    pub fn new(peer: String, outbox: Arc<crate::watcher::Outbox>) -> PeerTrack {
+    pub fn new(
+        peer: String,
+        outbox: Arc<crate::watcher::Outbox>,
+        addresses: Vec<std::net::IpAddr>,
+    ) -> PeerTrack {
         PeerTrack {
             state: std::sync::Mutex::new(PeerStatus {
                 peer: peer.clone(),
@@ -62,7 +78,26 @@ impl PeerTrack {
             }),
             peer,
             outbox,
+            addresses,
+            unreachable: AtomicBool::new(false),
         }
+    }
+
+    /// Records whether the peer could be reached; returns whether it was unreachable
+    /// before.
+    pub fn set_unreachable(&self, unreachable: bool) -> bool {
+        self.unreachable.swap(unreachable, Ordering::Relaxed)
+    }
+
+    /// Records the paths found to differ from this node that nobody is delivering;
+    /// returns whether that set changed.
+    pub fn set_drift(&self, drift: &std::collections::BTreeSet<String>) -> bool {
+        let mut state = self.state.lock().expect("peer track lock");
+        let listed: Vec<String> = drift.iter().take(DRIFT_PATHS_LISTED).cloned().collect();
+        let changed = state.drift_paths != Some(drift.len() as u64) || state.drift != listed;
+        state.drift_paths = Some(drift.len() as u64);
+        state.drift = listed;
+        changed
     }
 
     /// Records the end of a push of `bytes`: `Ok(conflicts)` or the error.
@@ -89,6 +124,16 @@ impl PeerTrack {
     pub fn status(&self) -> PeerStatus {
         let mut status = self.state.lock().expect("peer track lock").clone();
         status.pending = self.outbox.len() as u64;
+        status.held = self
+            .outbox
+            .held()
+            .into_iter()
+            .map(|(path, held)| HeldPath {
+                path,
+                outcome: held.kind(),
+                reason: held.reason().to_string(),
+            })
+            .collect();
         status
     }
 }
@@ -169,6 +214,30 @@ impl Node {
             stats: Stats::default(),
             runner: Arc::default(),
             peers: std::sync::OnceLock::new(),
+            spool: None,
+            reconcile_now: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// A request came from `ip`: the peers there are up, so what waits for them is
+    /// delivered now rather than at the end of a backoff.
+    pub fn heard_from(&self, ip: std::net::IpAddr) {
+        for track in self.peers.get().into_iter().flatten() {
+            if track.addresses.contains(&ip) {
+                track.outbox.contact();
+                if track.set_unreachable(false) {
+                    // Back from an outage: compare with it once now.
+                    self.reconcile_now.notify_one();
+                }
+            }
+        }
+    }
+
+    /// A peer's push changed `path` here: what was held against this node's previous
+    /// version of it no longer holds.
+    pub fn received(&self, path: &str) {
+        for track in self.peers.get().into_iter().flatten() {
+            track.outbox.received(path);
         }
     }
 

@@ -27,8 +27,9 @@ use crate::apply;
 use crate::manifest;
 use crate::paths;
 use crate::protocol::{
-    self, Action, ActionReport, ApplyResponse, DirectoryInfo, ErrorBody, Identity, ManifestRequest,
-    ManifestResponse, Outcome, StatusResponse, WireEntry, MAX_MANIFEST_REQUEST_BYTES,
+    self, Action, ActionReport, ApplyResponse, DirectoryInfo, ErrorBody, Found, Identity,
+    ManifestRequest, ManifestResponse, Outcome, StatusResponse, WireEntry,
+    MAX_MANIFEST_REQUEST_BYTES,
 };
 
 /// Errors a handler answers with; each maps to one status.
@@ -117,6 +118,8 @@ async fn authorize(
             ))
             .into_response();
         }
+        // A peer that calls may be back from an outage: what waits for it goes now.
+        node.heard_from(client.ip());
     }
     next.run(request).await
 }
@@ -291,7 +294,10 @@ async fn apply(
                 warn!(%client, path = %result.path, %reason, "conflict: operation refused")
             }
             Outcome::Failed(reason) => {
-                warn!(%client, path = %result.path, %reason, "operation failed")
+                warn!(%client, path = %result.path, %reason, "operation failed, the sender retries")
+            }
+            Outcome::Refused(reason) => {
+                warn!(%client, path = %result.path, %reason, "operation refused")
             }
             Outcome::Rejected(reason) => {
                 node.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -342,9 +348,18 @@ async fn apply_and_validate(
     }
 
     let changed = applied.touched(&node.config);
-    let results = tokio::task::spawn_blocking(move || applied.commit())
-        .await
-        .map_err(|e| format!("commit failed: {e}"))?;
+    // What the sender did not get is answered with what this node holds there now, so
+    // that it knows instead of assuming.
+    let config = node.config.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let mut results = applied.commit();
+        for result in results.iter_mut().filter(|r| !r.outcome.is_applied()) {
+            result.found = apply::state_of(&config, &result.path).map(|entry| Found { entry });
+        }
+        results
+    })
+    .await
+    .map_err(|e| format!("commit failed: {e}"))?;
     if let Some(versions) = &node.versions {
         for (op, result) in ops.iter().zip(&results) {
             if result.outcome == Outcome::Applied {
@@ -353,6 +368,7 @@ async fn apply_and_validate(
                     Action::Delete => None,
                 };
                 versions.record(&op.path, state);
+                node.received(&op.path);
             }
         }
     }

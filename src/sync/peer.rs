@@ -126,10 +126,23 @@ pub(super) async fn sync_peer(
         report.changes.push(Change {
             peer: label.clone(),
             path: dir.0,
-            status: ChangeStatus::Skipped(dir.1),
+            status: ChangeStatus::Refused(dir.1),
         });
     }
-    let ops = plan(&ours, &theirs, remote.owners);
+    let mut ops = plan(&ours, &theirs, remote.owners);
+    // A directory on the peer holding paths this node excludes stays: deleting it could
+    // only fail, and those paths are not this node's to delete.
+    let keeps = kept_directories(config, &remote, &ops);
+    ops.retain(|op| !keeps.iter().any(|(dir, _)| *dir == op.path));
+    for (dir, excluded) in keeps {
+        report.changes.push(Change {
+            peer: label.clone(),
+            path: dir,
+            status: ChangeStatus::Kept(format!(
+                "directory kept: it holds paths excluded on this node: {excluded}"
+            )),
+        });
+    }
     if !options.force {
         if let Some(refusal) = mass_delete(config, &options.scope, &theirs, &ops) {
             report.error = Some(refusal);
@@ -137,7 +150,7 @@ pub(super) async fn sync_peer(
             report.changes.extend(ops.iter().map(|op| Change {
                 peer: label.clone(),
                 path: op.path.clone(),
-                status: ChangeStatus::Skipped("not sent: mass-delete guard".into()),
+                status: ChangeStatus::Refused("not sent: mass-delete guard".into()),
             }));
             return report;
         }
@@ -155,6 +168,32 @@ pub(super) async fn sync_peer(
     }
     push(config, peer, ops, local, &remote.limits, &mut report).await;
     report
+}
+
+/// The directories `ops` delete on the peer that hold paths this node excludes, with the
+/// first such path of each.
+fn kept_directories(
+    config: &Config,
+    remote: &ManifestResponse,
+    ops: &[Op],
+) -> Vec<(String, String)> {
+    ops.iter()
+        .filter(|op| {
+            op.action == Action::Delete && op.expect.as_ref().is_some_and(|e| e.content.is_dir())
+        })
+        .filter_map(|op| {
+            let dir = config.directory_of(&op.path)?;
+            remote
+                .entries
+                .iter()
+                .find(|w| {
+                    w.path != op.path
+                        && is_within(&w.path, &op.path)
+                        && dir.excludes.excludes_any_component(&dir.path, &w.path)
+                })
+                .map(|w| (op.path.clone(), w.path.clone()))
+        })
+        .collect()
 }
 
 /// Deletions below this count never trip the share rule of the mass-delete guard.

@@ -5,14 +5,16 @@
 //!
 //! It does not plan or choose what to send: the caller hands it the operations.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use tracing::debug;
 
 use super::peer::{LocalState, Unsendable};
 use super::{ActionLine, Change, ChangeStatus, PeerReport};
-use crate::client::Peer;
+use crate::client::{Peer, PeerError};
 use crate::config::Config;
-use crate::protocol::{self, Action, BatchHeader, Content, Entry, Op, Outcome, PeerLimits};
+use crate::protocol::{self, Action, ApplyResponse, BatchHeader, Content, Entry, Op, PeerLimits};
 
 /// File contents of a batch, one slot per operation (`None`: no content travels).
 type Contents = Vec<Option<Bytes>>;
@@ -53,7 +55,7 @@ pub(super) async fn push(
             report.changes.push(Change {
                 peer: label.clone(),
                 path: op.path.clone(),
-                status: ChangeStatus::Skipped(format!(
+                status: ChangeStatus::Refused(format!(
                     "{size} bytes, over the peer's max_file_size ({} bytes)",
                     limits.max_file_size
                 )),
@@ -61,6 +63,7 @@ pub(super) async fn push(
         }
     }
     let mut contents: Contents = Vec::with_capacity(ops.len());
+    // Not sent this time; worth trying again (the read may succeed later).
     let mut unreadable: Vec<(usize, String)> = Vec::new();
     let mut sizes: Vec<(usize, u64)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
@@ -111,7 +114,7 @@ pub(super) async fn push(
             report.changes.push(Change {
                 peer: label.clone(),
                 path: op.path,
-                status: ChangeStatus::Skipped(reason.clone()),
+                status: ChangeStatus::Failed(reason.clone()),
             });
             continue;
         }
@@ -124,7 +127,7 @@ pub(super) async fn push(
         let mut body = vec![Bytes::from(protocol::encode_batch_header(&header))];
         body.extend(contents.into_iter().flatten());
         let bytes: usize = body.iter().map(Bytes::len).sum();
-        match peer.apply_chunks(body).await {
+        match send(peer, body).await {
             Ok(response) => {
                 debug!(operations = header.ops.len(), bytes, "batch sent");
                 report.bytes_sent += bytes as u64;
@@ -135,19 +138,13 @@ pub(super) async fn push(
                         report: action,
                     }));
                 for (op, result) in header.ops.iter().zip(response.results) {
-                    let status = match result.outcome {
-                        Outcome::Applied => ChangeStatus::Done(op.change()),
-                        Outcome::Conflict(reason) => {
-                            ChangeStatus::Skipped(format!("conflict: {reason}"))
-                        }
-                        Outcome::Failed(reason) => ChangeStatus::Skipped(reason),
-                        Outcome::Kept(reason) => ChangeStatus::Kept(reason),
-                        Outcome::Rejected(reason) => ChangeStatus::Rejected(reason),
-                    };
+                    if let Some(found) = result.found {
+                        report.peer_holds.push((op.path.clone(), found.entry));
+                    }
                     report.changes.push(Change {
                         peer: label.clone(),
                         path: op.path.clone(),
-                        status,
+                        status: ChangeStatus::of(result.outcome, op.change()),
                     });
                 }
             }
@@ -156,6 +153,32 @@ pub(super) async fn push(
                 report.error = Some(e.to_string());
                 return;
             }
+        }
+    }
+}
+
+/// Longest a push keeps sending a batch again to a peer that is busy (503, too many
+/// applies under way) or reset the connection, before it reports the failure.
+const BUSY_RETRY_BOUND: Duration = Duration::from_secs(30);
+/// First wait before sending a batch again to a busy peer; doubled each time.
+const BUSY_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two tries on a busy peer.
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Sends one batch, again and again while the peer is busy or resets the connection,
+/// within [`BUSY_RETRY_BOUND`]. Sending a batch twice is safe: the receiver treats an
+/// operation whose path already holds the wanted state as done.
+async fn send(peer: &Peer, body: Vec<Bytes>) -> Result<ApplyResponse, PeerError> {
+    let deadline = Instant::now() + BUSY_RETRY_BOUND;
+    let mut wait = BUSY_RETRY_FIRST;
+    loop {
+        match peer.apply_chunks(body.clone()).await {
+            Err(e) if e.is_momentary() && Instant::now() + wait < deadline => {
+                debug!(error = %e, wait_ms = wait.as_millis() as u64, "peer busy: sending again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(BUSY_RETRY_MAX);
+            }
+            answer => return answer,
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::protocol::{ActionReport, ChangeKind};
+use crate::protocol::{ActionReport, ChangeKind, Entry, Outcome};
 
 /// What one run does.
 #[derive(Debug, Clone, Default)]
@@ -21,16 +21,67 @@ pub struct Options {
     pub diff: bool,
 }
 
-/// What happened (or would happen) to one path on one peer.
+/// What happened (or would happen) to one path on one peer. Every variant but `Done`
+/// leaves the peer's path as it was; what a sender does next depends on the variant
+/// alone, never on the reason's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeStatus {
     Done(ChangeKind),
-    /// Refused or failed on the peer, or conflicting; the peer's file is intact.
-    Skipped(String),
+    /// The peer holds another version than the one the change was planned against (an
+    /// edit made there): nothing was overwritten.
+    Conflict(String),
+    /// Could not be done this time (the peer's disk is full, an I/O error, no
+    /// permission, a read-only filesystem, the file changed here while it was sent):
+    /// worth retrying, and the watcher does.
+    Failed(String),
+    /// Refused for good by the peer's rules or this node's (a link in the way, a
+    /// directory the peer does not have, a file over its size limit, the mass-delete
+    /// guard): sending it again is useless until the path changes here.
+    Refused(String),
     /// A directory left in place on purpose (it holds paths the peer excludes).
     Kept(String),
     /// Applied, then put back by the peer: its `validate` command refused the result.
     Rejected(String),
+}
+
+impl ChangeStatus {
+    /// The status of a receiver's outcome for a change of `kind`.
+    pub fn of(outcome: Outcome, kind: ChangeKind) -> ChangeStatus {
+        match outcome {
+            Outcome::Applied => ChangeStatus::Done(kind),
+            Outcome::Conflict(reason) => ChangeStatus::Conflict(reason),
+            Outcome::Failed(reason) => ChangeStatus::Failed(reason),
+            Outcome::Refused(reason) => ChangeStatus::Refused(reason),
+            Outcome::Kept(reason) => ChangeStatus::Kept(reason),
+            Outcome::Rejected(reason) => ChangeStatus::Rejected(reason),
+        }
+    }
+
+    /// The name of the outcome in JSON output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChangeStatus::Done(ChangeKind::Added) => "added",
+            ChangeStatus::Done(ChangeKind::Updated) => "updated",
+            ChangeStatus::Done(ChangeKind::Deleted) => "deleted",
+            ChangeStatus::Conflict(_) => "conflict",
+            ChangeStatus::Failed(_) => "failed",
+            ChangeStatus::Refused(_) => "refused",
+            ChangeStatus::Kept(_) => "kept",
+            ChangeStatus::Rejected(_) => "rejected",
+        }
+    }
+
+    /// Why the change was not made, when it was not.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ChangeStatus::Done(_) => None,
+            ChangeStatus::Conflict(r)
+            | ChangeStatus::Failed(r)
+            | ChangeStatus::Refused(r)
+            | ChangeStatus::Kept(r)
+            | ChangeStatus::Rejected(r) => Some(r),
+        }
+    }
 }
 
 /// One line of output.
@@ -49,9 +100,12 @@ impl fmt::Display for Change {
             ChangeStatus::Done(ChangeKind::Added) => write!(f, "[+] {peer} {path} added"),
             ChangeStatus::Done(ChangeKind::Updated) => write!(f, "[M] {peer} {path} updated"),
             ChangeStatus::Done(ChangeKind::Deleted) => write!(f, "[-] {peer} {path} deleted"),
-            ChangeStatus::Skipped(reason) | ChangeStatus::Kept(reason) => {
-                write!(f, "[!] {peer} {path} skipped: {reason}")
+            ChangeStatus::Conflict(reason) => {
+                write!(f, "[!] {peer} {path} skipped: conflict: {reason}")
             }
+            ChangeStatus::Failed(reason)
+            | ChangeStatus::Refused(reason)
+            | ChangeStatus::Kept(reason) => write!(f, "[!] {peer} {path} skipped: {reason}"),
             ChangeStatus::Rejected(reason) => write!(f, "[!] {peer} {path} rejected: {reason}"),
         }
     }
@@ -109,6 +163,8 @@ pub struct PeerReport {
     /// With `Options::diff`: per changed file, its unified diff (peer -> this node), or
     /// a one-line note for a file that cannot be shown.
     pub diffs: Vec<(String, String)>,
+    /// What the peer answered it holds at paths it did not change (`None`: nothing).
+    pub peer_holds: Vec<(String, Option<Entry>)>,
 }
 
 impl PeerReport {
@@ -117,7 +173,10 @@ impl PeerReport {
             || self.changes.iter().any(|c| {
                 matches!(
                     c.status,
-                    ChangeStatus::Skipped(_) | ChangeStatus::Rejected(_)
+                    ChangeStatus::Conflict(_)
+                        | ChangeStatus::Failed(_)
+                        | ChangeStatus::Refused(_)
+                        | ChangeStatus::Rejected(_)
                 )
             })
             || self.actions.iter().any(|a| !a.report.success)

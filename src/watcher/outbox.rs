@@ -1,21 +1,30 @@
-//! The per-peer outbox: changes waiting for one peer, and the task that delivers them
-//! through the engine, retrying with exponential backoff while the peer is unreachable.
+//! The per-peer outbox: what one peer is known to hold where it differs from this node,
+//! and the task that delivers what waits, retrying with exponential backoff.
+//!
+//! What a peer holds is learnt from its answers, never assumed: a change it did not apply
+//! (rejected by its `validate`, refused, conflicting, failed) leaves the state the peer
+//! reported. A change that failed for a passing reason (disk full, busy, unreachable) is
+//! retried until it is delivered or the file changes again; one rejected or refused is
+//! held, not retried, until the next local edit of that path.
 //!
 //! It does not scan or decide what changed: the propagation loop merges the changes in,
-//! and a delivery sends only versions this node recorded.
+//! and a delivery sends only versions this node recorded. It knows nothing of HTTP: the
+//! engine's push answers with typed outcomes.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::manifest::Manifest;
 use crate::plan::plan;
-use crate::protocol::{Entry, Op};
+use crate::protocol::{Entry, HeldKind, Op};
 use crate::server::Node;
+use crate::spool::Spool;
 use crate::sync::{ChangeStatus, Engine, PeerReport};
 use crate::versions::Versions;
 
@@ -24,58 +33,258 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between retries.
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Changes waiting for one peer: path -> the version that peer is expected to hold
-/// there (`None`: nothing). Kept in memory while the peer is unreachable, merged as
-/// more changes come.
+/// What one peer is known to hold at a path where it differs from this node, and
+/// whether that difference waits to be delivered or is held.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Known {
+    /// What the peer holds there (`None`: nothing): as it answered, or as this node
+    /// expects from its last delivery. For a conflict, the version the peer was expected
+    /// to hold, so that the next push is refused again rather than overwrite the peer's
+    /// own edit.
+    pub holds: Option<Entry>,
+    /// Why the difference is not being delivered; `None`: it waits for delivery.
+    pub held: Option<Held>,
+}
+
+/// Why a difference is held rather than retried: until this node's next edit of the
+/// path (or an operator's `gosyncd sync`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "lowercase")]
+pub enum Held {
+    /// The peer holds another version (an edit made there).
+    Conflict(String),
+    /// The peer's `validate` refused the change and put its version back.
+    Rejected(String),
+    /// Refused for good by the peer's rules or this node's.
+    Refused(String),
+    /// A directory the peer keeps: it holds paths the peer excludes.
+    Kept(String),
+}
+
+impl Held {
+    /// The kind, for status and metrics.
+    pub fn kind(&self) -> HeldKind {
+        match self {
+            Held::Conflict(_) => HeldKind::Conflict,
+            Held::Rejected(_) => HeldKind::Rejected,
+            Held::Refused(_) => HeldKind::Refused,
+            Held::Kept(_) => HeldKind::Kept,
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Held::Conflict(r) | Held::Rejected(r) | Held::Refused(r) | Held::Kept(r) => r,
+        }
+    }
+}
+
+/// What one peer is known to hold where it differs from this node's versions: the
+/// changes waiting for delivery and the ones held. Empty when the peer is known to hold
+/// what this node holds, so that memory grows with the differences, not with the tree.
 ///
-/// It is bounded by the tree, not by the outage: one small entry per path (a digest and
+/// Bounded by the tree, not by an outage: one small entry per path (a digest and
 /// metadata, never content, which is read when the push is made), however often the
 /// path changes while the peer is away.
 #[derive(Default)]
 pub struct Outbox {
-    pending: Mutex<BTreeMap<String, Option<Entry>>>,
+    paths: Mutex<BTreeMap<String, Known>>,
+    /// New changes to deliver.
     wake: Notify,
+    /// The peer was heard from (it may be back): retry now rather than at the end of
+    /// the backoff.
+    contact: Notify,
+}
+
+/// How a delivery ended, for the delivering loop.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Settled {
+    /// Paths now known to hold this node's version.
+    pub(super) delivered: usize,
+    /// Paths put back to be retried (a passing failure).
+    pub(super) retry: usize,
+    /// Paths held until their next edit.
+    pub(super) held: usize,
 }
 
 impl Outbox {
-    /// Adds changes. A path already waiting keeps its older expectation: that is what
-    /// the peer still holds.
-    pub(super) fn merge(&self, ops: &[Op]) {
-        let mut pending = self.pending.lock().expect("outbox lock");
+    /// Adds changes, without waking the delivery (see [`Outbox::wake`]). A path already
+    /// waiting keeps its older expectation: that is what the peer still holds. A path
+    /// held is released: the new edit is delivered against what the peer holds.
+    pub fn merge(&self, ops: &[Op]) {
+        let mut paths = self.paths.lock().expect("outbox lock");
         for op in ops {
-            pending
+            paths
                 .entry(op.path.clone())
-                .or_insert_with(|| op.expect.clone());
+                .and_modify(|known| known.held = None)
+                .or_insert_with(|| Known {
+                    holds: op.expect.clone(),
+                    held: None,
+                });
         }
-        drop(pending);
+    }
+
+    /// Wakes the delivery: changes were merged.
+    pub fn wake(&self) {
         self.wake.notify_one();
     }
 
+    /// Tells the delivery that the peer was heard from: a delivery waiting out its
+    /// backoff tries again now.
+    pub fn contact(&self) {
+        self.contact.notify_one();
+    }
+
+    /// Takes the differences waiting for delivery; the held ones stay.
     fn take(&self) -> BTreeMap<String, Option<Entry>> {
-        std::mem::take(&mut *self.pending.lock().expect("outbox lock"))
+        let mut paths = self.paths.lock().expect("outbox lock");
+        let waiting: Vec<String> = paths
+            .iter()
+            .filter(|(_, known)| known.held.is_none())
+            .map(|(path, _)| path.clone())
+            .collect();
+        waiting
+            .into_iter()
+            .map(|path| {
+                let known = paths.remove(&path).expect("listed");
+                (path, known.holds)
+            })
+            .collect()
     }
 
-    /// Puts back changes whose push failed; their expectations win over newer ones,
-    /// since the peer never received the versions those assume.
-    fn restore(&self, taken: BTreeMap<String, Option<Entry>>) {
-        self.pending.lock().expect("outbox lock").extend(taken);
+    /// Puts back what a delivery learnt of `path`: the peer holds `holds`. A newer edit
+    /// merged while the push was under way stays waiting, now against that state;
+    /// otherwise the path waits (`held` is `None`) or is held.
+    fn learn(&self, path: String, holds: Option<Entry>, held: Option<Held>) {
+        let mut paths = self.paths.lock().expect("outbox lock");
+        match paths.entry(path) {
+            std::collections::btree_map::Entry::Occupied(mut newer) => {
+                newer.get_mut().holds = holds
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(Known { holds, held });
+            }
+        }
     }
 
-    /// Hands every waiting change over to `other` (a daemon reloading its config passes
+    /// Records how the push of `sent` (path -> what the peer was expected to hold)
+    /// ended, from the peer's answers.
+    pub(super) fn settle(
+        &self,
+        sent: BTreeMap<String, Option<Entry>>,
+        report: &PeerReport,
+    ) -> Settled {
+        let mut settled = Settled::default();
+        if let Some(e) = &report.error {
+            for (path, holds) in sent {
+                if report.refused {
+                    settled.held += 1;
+                    self.learn(path, holds, Some(Held::Refused(e.clone())));
+                } else {
+                    settled.retry += 1;
+                    self.learn(path, holds, None);
+                }
+            }
+            return settled;
+        }
+        for (path, expected) in sent {
+            // Written again here while it was being pushed: not sent, and the write's own
+            // burst brings the new content.
+            if report.changed_locally.contains(&path) {
+                self.learn(path, expected, None);
+                continue;
+            }
+            // A type change is two operations on one path: the first not done decides.
+            let failed = report
+                .changes
+                .iter()
+                .filter(|c| c.path == path)
+                .map(|c| &c.status)
+                .find(|status| !matches!(status, ChangeStatus::Done(_)));
+            let Some(status) = failed else {
+                settled.delivered += 1;
+                continue;
+            };
+            let found = report
+                .peer_holds
+                .iter()
+                .rev()
+                .find(|(p, _)| *p == path)
+                .map(|(_, entry)| entry.clone());
+            let held = match status {
+                ChangeStatus::Done(_) => unreachable!("filtered above"),
+                ChangeStatus::Failed(_) => None,
+                // The peer's own edit: keep expecting what it was expected to hold, so
+                // that the next push is refused again instead of overwriting it.
+                ChangeStatus::Conflict(r) => {
+                    settled.held += 1;
+                    self.learn(path, expected, Some(Held::Conflict(r.clone())));
+                    continue;
+                }
+                ChangeStatus::Rejected(r) => Some(Held::Rejected(r.clone())),
+                ChangeStatus::Refused(r) => Some(Held::Refused(r.clone())),
+                ChangeStatus::Kept(r) => Some(Held::Kept(r.clone())),
+            };
+            match held {
+                None => settled.retry += 1,
+                Some(_) => settled.held += 1,
+            }
+            self.learn(path, found.unwrap_or(expected), held);
+        }
+        settled
+    }
+
+    /// Forgets what is held at `path`: this node received it from a peer, so its own
+    /// version changed and what was held against the previous one no longer holds.
+    pub fn received(&self, path: &str) {
+        let mut paths = self.paths.lock().expect("outbox lock");
+        if paths.get(path).is_some_and(|known| known.held.is_some()) {
+            paths.remove(path);
+        }
+    }
+
+    /// Hands every difference over to `other` (a daemon reloading its config passes
     /// them to its successor), keeping the older expectation where both have a path,
     /// and wakes it.
     pub fn hand_over(&self, other: &Outbox) {
-        let taken = self.take();
+        let taken = std::mem::take(&mut *self.paths.lock().expect("outbox lock"));
         if taken.is_empty() {
             return;
         }
         other.restore(taken);
-        other.wake.notify_one();
+        other.wake();
     }
 
-    /// How many paths wait.
+    /// Adds differences known from elsewhere (a predecessor, the spool), which win
+    /// over newer expectations.
+    pub fn restore(&self, known: BTreeMap<String, Known>) {
+        self.paths.lock().expect("outbox lock").extend(known);
+    }
+
+    /// Every difference, for the spool.
+    pub fn snapshot(&self) -> BTreeMap<String, Known> {
+        self.paths.lock().expect("outbox lock").clone()
+    }
+
+    /// The differences held, with why.
+    pub fn held(&self) -> Vec<(String, Held)> {
+        self.paths
+            .lock()
+            .expect("outbox lock")
+            .iter()
+            .filter_map(|(path, known)| known.held.clone().map(|held| (path.clone(), held)))
+            .collect()
+    }
+
+    /// How many paths wait for delivery.
     pub fn len(&self) -> usize {
-        self.pending.lock().expect("outbox lock").len()
+        self.paths
+            .lock()
+            .expect("outbox lock")
+            .values()
+            .filter(|known| known.held.is_none())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,7 +293,8 @@ impl Outbox {
 }
 
 /// Delivers one peer's outbox: the latest content of every waiting path, in one
-/// request, retried with exponential backoff while the peer is unreachable.
+/// request, retried with exponential backoff while the peer is unreachable or a path
+/// failed for a passing reason.
 ///
 /// Returns when `stopping` turns true while it is idle or waiting to retry; a push under
 /// way is finished first.
@@ -94,28 +304,38 @@ pub async fn deliver(
     versions: Arc<Versions>,
     index: usize,
     outbox: Arc<Outbox>,
+    spool: Option<Arc<Spool>>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let peer = engine.peers()[index].remote.label.clone();
     let mut backoff: Option<Duration> = None;
+    let mut unreachable = false;
     loop {
         let wait = async {
             match backoff {
-                None => outbox.wake.notified().await,
-                Some(wait) => tokio::time::sleep(wait).await,
+                None => tokio::select! {
+                    _ = outbox.wake.notified() => {}
+                    _ = outbox.contact.notified() => {}
+                },
+                Some(wait) => tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = outbox.contact.notified() => {}
+                },
             }
         };
         tokio::select! {
             _ = wait => {}
             _ = stopping.wait_for(|stop| *stop) => {
                 if !outbox.is_empty() {
-                    warn!(%peer, pending = outbox.len(), "stopping with changes not delivered to this peer");
+                    let kept = if spool.is_some() { "kept in the spool, delivered after the next start" } else { "lost" };
+                    warn!(%peer, pending = outbox.len(), "stopping with changes not delivered to this peer: {kept}");
                 }
                 return;
             }
         }
         let pending = outbox.take();
         if pending.is_empty() {
+            backoff = None;
             continue;
         }
         // Send the versions this node recorded, never a newer scan: every state a peer
@@ -133,6 +353,7 @@ pub async fn deliver(
         let ops = plan(&ours, &theirs, node.owners);
         if ops.is_empty() {
             backoff = None;
+            save(&spool);
             continue;
         }
         let count = ops.len();
@@ -142,46 +363,57 @@ pub async fn deliver(
             let conflicts = report
                 .changes
                 .iter()
-                .filter(
-                    |c| matches!(&c.status, ChangeStatus::Skipped(r) if r.starts_with("conflict")),
-                )
+                .filter(|c| matches!(&c.status, ChangeStatus::Conflict(_)))
                 .count() as u64;
             track.pushed(
                 report.error.clone().map_or(Ok(conflicts), Err),
                 report.bytes_sent,
             );
         }
-        if let (Some(e), true) = (&report.error, report.refused) {
-            // Sending the same batch again would be refused again: report and drop it.
-            error!(%peer, changes = count, "peer refused the push, not retried: {e}");
-            backoff = None;
-            continue;
+        if report.error.is_none() {
+            log_changes(&node, &report);
         }
-        if let Some(e) = &report.error {
-            if backoff.is_none() {
-                warn!(%peer, pending = pending.len(), "peer unreachable, changes kept in memory and retried: {e}");
+        let waiting = pending.len();
+        let settled = outbox.settle(pending, &report);
+        save(&spool);
+        if let Some(track) = node.peers.get().and_then(|peers| peers.get(index)) {
+            track.set_unreachable(report.error.is_some() && !report.refused);
+        }
+        match (&report.error, report.refused) {
+            (Some(e), true) => {
+                error!(%peer, changes = count, "peer refused the push, held until these paths are edited again: {e}");
             }
-            outbox.restore(pending);
-            backoff = Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)));
-            continue;
+            (Some(e), false) => {
+                if !unreachable {
+                    let kept = if spool.is_some() {
+                        "kept in the spool"
+                    } else {
+                        "kept in memory"
+                    };
+                    warn!(%peer, pending = waiting, "peer unreachable, changes {kept} and retried: {e}");
+                }
+                unreachable = true;
+            }
+            (None, _) => {
+                if std::mem::take(&mut unreachable) {
+                    info!(%peer, changes = count, "peer reachable again, pending changes delivered");
+                }
+            }
         }
-        if backoff.take().is_some() {
-            info!(%peer, changes = count, "peer reachable again, pending changes delivered");
-        }
-        // Files written again while this push was prepared were not sent: the peer
-        // still holds what it held, and the write's own burst brings the new content.
-        let unsent: BTreeMap<String, Option<Entry>> = pending
-            .into_iter()
-            .filter(|(path, _)| report.changed_locally.contains(path))
-            .collect();
-        if !unsent.is_empty() {
-            // No wake-up here: the write's own burst wakes this outbox when it merges
-            // (or already left a permit, if it merged while this push was under way).
-            debug!(%peer, paths = unsent.len(), "files changed while being pushed: kept for the next push");
-            outbox.restore(unsent);
-        }
+        backoff = if settled.retry > 0 {
+            Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)))
+        } else {
+            None
+        };
+        debug!(%peer, ?settled, "delivery settled");
+    }
+}
 
-        log_changes(&node, &report);
+/// Writes the spool after a delivery; not flushed to disk (a change delivered twice
+/// after a power loss is harmless: the peer finds it already holds it).
+fn save(spool: &Option<Arc<Spool>>) {
+    if let Some(spool) = spool {
+        spool.save(false);
     }
 }
 
@@ -191,7 +423,7 @@ fn log_changes(node: &Node, report: &PeerReport) {
             continue;
         }
         match &change.status {
-            ChangeStatus::Skipped(reason) if reason.starts_with("conflict") => {
+            ChangeStatus::Conflict(_) => {
                 node.stats
                     .conflicts_reported
                     .fetch_add(1, Ordering::Relaxed);
@@ -199,8 +431,11 @@ fn log_changes(node: &Node, report: &PeerReport) {
                     "{change}; nothing was overwritten: run `gosyncd sync` on the node whose version should win"
                 );
             }
-            ChangeStatus::Skipped(_) => warn!("{change}"),
-            _ => info!("{change}"),
+            ChangeStatus::Failed(_) => warn!("{change}; retried"),
+            ChangeStatus::Refused(_) | ChangeStatus::Rejected(_) => {
+                warn!("{change}; held until the path is edited here again")
+            }
+            ChangeStatus::Done(_) | ChangeStatus::Kept(_) => info!("{change}"),
         }
     }
 }
@@ -228,6 +463,18 @@ mod tests {
         assert!(outbox.is_empty());
     }
 
+    fn answered(path: &str, status: ChangeStatus, holds: Option<Entry>) -> PeerReport {
+        PeerReport {
+            changes: vec![crate::sync::Change {
+                peer: "p".into(),
+                path: path.into(),
+                status,
+            }],
+            peer_holds: vec![(path.into(), holds)],
+            ..PeerReport::default()
+        }
+    }
+
     #[test]
     fn a_failed_delivery_restores_the_older_expectations() {
         let outbox = Outbox::default();
@@ -236,7 +483,92 @@ mod tests {
         // An edit made while the push was under way assumes the peer got v2.
         outbox.merge(&[update("/d/a", b"v2", b"v3")]);
         // The push failed: the peer still holds v1.
-        outbox.restore(in_flight);
+        let unreachable = PeerReport {
+            error: Some("connection refused".into()),
+            ..PeerReport::default()
+        };
+        let settled = outbox.settle(in_flight, &unreachable);
+        assert_eq!(settled.retry, 1);
         assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    #[test]
+    fn a_rejected_change_is_held_and_the_next_edit_expects_what_the_peer_kept() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"good", b"bad")]);
+        let sent = outbox.take();
+        let report = answered(
+            "/d/a",
+            ChangeStatus::Rejected("validation failed".into()),
+            Some(file_entry(b"good")),
+        );
+        let settled = outbox.settle(sent, &report);
+        assert_eq!((settled.held, settled.retry), (1, 0));
+        assert!(outbox.take().is_empty(), "held, not retried");
+        assert_eq!(outbox.held()[0].1.kind(), HeldKind::Rejected);
+        // The fix is planned against this node's previous version (bad), but the peer
+        // holds good: that is what the delivery must expect.
+        outbox.merge(&[update("/d/a", b"bad", b"fixed")]);
+        assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"good")));
+        assert!(outbox.held().is_empty());
+    }
+
+    #[test]
+    fn a_conflict_keeps_expecting_the_old_version_so_the_peers_edit_is_never_overwritten() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")]);
+        let sent = outbox.take();
+        let report = answered(
+            "/d/a",
+            ChangeStatus::Conflict("changed on the peer".into()),
+            Some(file_entry(b"edited on the peer")),
+        );
+        outbox.settle(sent, &report);
+        outbox.merge(&[update("/d/a", b"v2", b"v3")]);
+        assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    #[test]
+    fn a_passing_failure_is_retried_against_what_the_peer_holds() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2"), put("/d/b", b"new")]);
+        let sent = outbox.take();
+        let mut report = answered(
+            "/d/a",
+            ChangeStatus::Failed("No space left on device".into()),
+            Some(file_entry(b"v1")),
+        );
+        report.changes.push(crate::sync::Change {
+            peer: "p".into(),
+            path: "/d/b".into(),
+            status: ChangeStatus::Done(crate::protocol::ChangeKind::Added),
+        });
+        let settled = outbox.settle(sent, &report);
+        assert_eq!((settled.delivered, settled.retry, settled.held), (1, 1, 0));
+        let again = outbox.take();
+        assert_eq!(again.len(), 1, "only the failed path waits: {again:?}");
+        assert_eq!(again["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    #[test]
+    fn receiving_a_path_forgets_what_was_held_there_but_not_what_waits() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2"), update("/d/b", b"v1", b"v2")]);
+        let sent = outbox.take();
+        let mut report = answered(
+            "/d/a",
+            ChangeStatus::Refused("a link in the way".into()),
+            Some(file_entry(b"v1")),
+        );
+        report.error = None;
+        outbox.settle(
+            sent.into_iter().filter(|(p, _)| p == "/d/a").collect(),
+            &report,
+        );
+        outbox.merge(&[update("/d/b", b"v1", b"v2")]);
+        outbox.received("/d/a");
+        outbox.received("/d/b");
+        assert!(outbox.held().is_empty());
+        assert_eq!(outbox.len(), 1);
     }
 }

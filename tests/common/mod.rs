@@ -335,8 +335,8 @@ pub fn summary(report: &Report, node: &GroupNode) -> Vec<String> {
                 ChangeStatus::Done(ChangeKind::Added) => "+",
                 ChangeStatus::Done(ChangeKind::Updated) => "M",
                 ChangeStatus::Done(ChangeKind::Deleted) => "-",
-                ChangeStatus::Skipped(_) | ChangeStatus::Kept(_) => "!",
                 ChangeStatus::Rejected(_) => "x",
+                _ => "!",
             };
             format!("{sign} {}", c.path)
         })

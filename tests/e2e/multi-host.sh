@@ -129,6 +129,9 @@ tls_ca_certificate = "$base/gosyncd.crt"
 tls_certificate = "$base/gosyncd.crt"
 tls_private_key = "$base/gosyncd.key"
 
+# Each node its own spool of undelivered changes, on its own tmpfs.
+state_directory = "$base/state"
+
 directory "$dir" {
   exclude = [
     "$dir/errors"

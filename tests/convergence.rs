@@ -1,0 +1,663 @@
+//! Convergence without a command: once whatever kept a change from a peer is gone, the
+//! group becomes identical again by itself, within 10 s, with no `gosyncd sync` and no
+//! engine run. Each test pins one way that failed: a fix saved after the peers' `validate`
+//! command rejected the previous save; edits waiting for a stopped peer while the sending
+//! daemon restarts; a receiver that could not write a file (RLIMIT_FSIZE) and then can; a
+//! large recursive delete that left empty directories on a peer (with the receiver's
+//! answer to deleting a directory that still holds a file, which blamed excludes); and
+//! `gosyncd sync` against a receiver busy with another apply, which must wait for it
+//! rather than fail on its 503.
+//!
+//! Every wait polls a condition with a deadline, or waits for an event (a marker file a
+//! command creates, a line in a daemon's log); nothing sleeps to synchronise.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gosyncd::config::Config;
+use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
+use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op, Outcome, StatusCounters};
+
+/// How long the group has to converge by itself once the cause of a failure is gone.
+const CONVERGE: Duration = Duration::from_secs(10);
+/// Longest a step that does not depend on the failure under test may take (a save
+/// reaching a live peer, say).
+const WAIT: Duration = Duration::from_secs(10);
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A group of `nodes` daemons that watch `/etc/app` and push their edits.
+async fn watching(nodes: usize, first_octet: u8) -> LocalGroup {
+    start_with(GroupSpec {
+        nodes,
+        first_octet,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+}
+
+/// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
+async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
+    let name = format!("node{}-convergence.hcl", i + 1);
+    let variant = config_variant(group, i, &name, |text| {
+        assert!(text.contains("  exclude = []"), "{text}");
+        text.replace("  exclude = []", &format!("  exclude = []\n{lines}"))
+    });
+    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap_or_else(|e| panic!("{e}")));
+    group.nodes[i].config_path = variant;
+    group.restart(i).await.unwrap();
+}
+
+/// The counters of a running node.
+fn counters(node: &GroupNode) -> StatusCounters {
+    node.stats()
+        .unwrap_or_else(|| panic!("node {} is not running", node.addr))
+}
+
+/// Every node's counters, for failure messages.
+fn describe(group: &LocalGroup) -> String {
+    group
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| match n.stats() {
+            Some(c) => format!("node {} ({}): {c:?}", i + 1, n.addr),
+            None => format!("node {} ({}): not running in this process", i + 1, n.addr),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until `condition` holds, failing the test after `within` with `state()`.
+async fn eventually(
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < within,
+            "{what}: still not the case after {within:?}\n{}",
+            state()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Whether the file at `logical` holds exactly `bytes`.
+fn holds(node: &GroupNode, logical: &str, bytes: impl AsRef<[u8]>) -> bool {
+    std::fs::read(node.path(logical)).is_ok_and(|b| b == bytes.as_ref())
+}
+
+/// What a node's file holds, for failure messages.
+fn content(node: &GroupNode, logical: &str) -> String {
+    match std::fs::read(node.path(logical)) {
+        Ok(bytes) if bytes.len() > 200 => format!("{} bytes", bytes.len()),
+        Ok(bytes) => format!("{:?}", String::from_utf8_lossy(&bytes)),
+        Err(e) => format!("unreadable ({e})"),
+    }
+}
+
+/// `len` bytes of `label` repeated.
+fn pattern(label: &str, len: usize) -> Vec<u8> {
+    label.bytes().cycle().take(len).collect()
+}
+
+/// The last lines of a daemon's log, for failure messages.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// A change the peers' validation rejected, then fixed on the sending node.
+
+/// Refuses a tree whose app.cfg holds the word BAD.
+const REJECTS_BAD: &str = r#"  validate = "if grep -q BAD \"$GOSYNCD_DIRECTORY/app.cfg\" 2>/dev/null; then echo 'app.cfg: BAD is not a directive' >&2; exit 1; fi""#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
+    // Nodes 2 and 3 validate what they receive; node 1, where the edits are made, does
+    // not, so its broken save is pushed and refused by the peers.
+    let mut group = watching(3, 52).await;
+    for i in [1, 2] {
+        with_directory_lines(&mut group, i, REJECTS_BAD).await;
+    }
+    let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
+    let file = "/etc/app/app.cfg";
+    let state = || {
+        let held: Vec<String> = group
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("node {} holds {}", i + 1, content(n, file)))
+            .collect();
+        format!("{}\n{}", held.join("\n"), describe(&group))
+    };
+
+    write(n0, file, "listen 80\n");
+    eventually(
+        WAIT,
+        "the first version on both peers",
+        || peers.iter().all(|n| holds(n, file, "listen 80\n")),
+        state,
+    )
+    .await;
+
+    write(n0, file, "listen 80\nBAD\n");
+    eventually(
+        WAIT,
+        "both peers reject the broken save",
+        || peers.iter().all(|n| counters(n).rejected >= 1),
+        state,
+    )
+    .await;
+    for peer in peers {
+        assert!(
+            holds(peer, file, "listen 80\n"),
+            "{} did not put its previous version back\n{}",
+            peer.addr,
+            state()
+        );
+    }
+
+    // The fix, saved on node 1 alone: the peers never held the broken version, and
+    // must take the fixed one all the same.
+    write(n0, file, "listen 8080\n");
+    eventually(
+        CONVERGE,
+        "the fix saved on node 1 on every peer, with no command",
+        || peers.iter().all(|n| holds(n, file, "listen 8080\n")),
+        state,
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Edits waiting for a stopped peer, across a restart of the daemon that holds them.
+
+/// Files that exist everywhere before node 3 stops, rewritten while it is down.
+const REWRITTEN: usize = 5;
+/// Files created while node 3 is down (the first few written twice).
+const CREATED: usize = 15;
+const WRITTEN_TWICE: usize = 5;
+
+fn rewritten_path(i: usize) -> String {
+    format!("/etc/app/kept/e{i}.conf")
+}
+
+fn created_path(i: usize) -> String {
+    format!("/etc/app/new/n{i:02}.conf")
+}
+
+/// The 20 edited paths with the content each must end with.
+fn final_edits() -> Vec<(String, String)> {
+    let mut edits: Vec<(String, String)> = (0..REWRITTEN)
+        .map(|i| {
+            (
+                rewritten_path(i),
+                format!("e{i}, rewritten while node 3 was down\n"),
+            )
+        })
+        .collect();
+    edits.extend((0..CREATED).map(|i| {
+        let version = if i < WRITTEN_TWICE { "second" } else { "first" };
+        (
+            created_path(i),
+            format!("n{i}, {version} version, created while node 3 was down\n"),
+        )
+    }));
+    edits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_waiting_for_a_stopped_peer_survive_a_restart_of_the_sender() {
+    let mut group = watching(3, 127).await;
+    {
+        let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
+        for i in 0..REWRITTEN {
+            write(n0, &rewritten_path(i), format!("e{i}, original\n"));
+        }
+        eventually(
+            WAIT,
+            "the original files on both peers",
+            || {
+                peers.iter().all(|n| {
+                    (0..REWRITTEN)
+                        .all(|i| holds(n, &rewritten_path(i), format!("e{i}, original\n")))
+                })
+            },
+            || describe(&group),
+        )
+        .await;
+    }
+
+    group.stop(2).await;
+    let edits = final_edits();
+    assert_eq!(edits.len(), 20);
+    {
+        let n0 = &group.nodes[0];
+        for i in 0..CREATED {
+            write(
+                n0,
+                &created_path(i),
+                format!("n{i}, first version, created while node 3 was down\n"),
+            );
+        }
+        for i in 0..REWRITTEN {
+            write(
+                n0,
+                &rewritten_path(i),
+                format!("e{i}, rewritten while node 3 was down\n"),
+            );
+        }
+        for i in 0..WRITTEN_TWICE {
+            write(
+                n0,
+                &created_path(i),
+                format!("n{i}, second version, created while node 3 was down\n"),
+            );
+        }
+        // Node 2 holding them all means that node 1 saw every edit and handed it to the
+        // outboxes of both peers: what waits for node 3 is all of it.
+        let n1 = &group.nodes[1];
+        eventually(
+            WAIT,
+            "node 2 holds the 20 edits",
+            || edits.iter().all(|(path, text)| holds(n1, path, text)),
+            || describe(&group),
+        )
+        .await;
+    }
+
+    // Node 1's daemon restarts while node 3 is still down, then node 3 comes back.
+    group.restart(0).await.unwrap();
+    group.restart(2).await.unwrap();
+    let n2 = &group.nodes[2];
+    eventually(
+        CONVERGE,
+        "node 3, back, holds the 20 edits made while it was down, with no command",
+        || edits.iter().all(|(path, text)| holds(n2, path, text)),
+        || {
+            let missing: Vec<&str> = edits
+                .iter()
+                .filter(|(path, text)| !holds(n2, path, text))
+                .map(|(path, _)| path.as_str())
+                .collect();
+            format!(
+                "node 3 holds {} of the {} edits; missing or stale: {missing:?}\n{}",
+                edits.len() - missing.len(),
+                edits.len(),
+                describe(&group)
+            )
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A receiver that could not write a file, and then can.
+
+/// The file-size limit the receiver runs under while it cannot write, in bytes.
+const FSIZE_LIMIT: usize = 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_could_not_write_catches_up_once_it_can() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    // Node 2 is the real binary under a soft RLIMIT_FSIZE (the hard limit stays
+    // unlimited, so that the limit can be raised again without privileges): writing a
+    // file larger than the limit fails with EFBIG. Node 1 is a watching daemon.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 13,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(1);
+    let mut receiver = {
+        let n1 = &group.nodes[1];
+        let mut receiver = DaemonProcess::spawn_with(
+            "prlimit",
+            &[format!("--fsize={FSIZE_LIMIT}:unlimited"), "--".into()],
+            &n1.config_path,
+            group.path().join("node2.log"),
+        );
+        receiver.wait_ready(&peer(&tls_of(n1), n1.addr)).await;
+        receiver
+    };
+    group.restart(0).await.unwrap();
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+
+    // The file appears whole (renamed in), so that one push carries it.
+    let big = pattern(
+        "larger than the receiver may write for now\n",
+        3 * FSIZE_LIMIT,
+    );
+    let staged = group.path().join("staged.bin");
+    std::fs::write(&staged, &big).unwrap();
+    std::fs::rename(&staged, n0.path("/etc/app/big.bin")).unwrap();
+
+    receiver.wait_for_log("operation failed").await;
+    let log = receiver.log();
+    assert!(
+        log.contains("/etc/app/big.bin"),
+        "the failed operation is not the large file:\n{}",
+        tail(&log)
+    );
+    if let Some(status) = receiver.child.try_wait().unwrap() {
+        panic!("the receiver died ({status}) instead of failing the write:\n{log}");
+    }
+    assert!(
+        !exists(n1, "/etc/app/big.bin"),
+        "the receiver wrote the file despite its limit: the test proves nothing"
+    );
+
+    // The cause goes away: the receiver may write files of any size again. Nothing is
+    // edited anywhere from here on.
+    let pid = rustix::process::Pid::from_raw(receiver.child.id() as i32).expect("a pid");
+    rustix::process::prlimit(
+        Some(pid),
+        rustix::process::Resource::Fsize,
+        rustix::process::Rlimit {
+            current: None,
+            maximum: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("cannot raise the receiver's RLIMIT_FSIZE: {e}"));
+
+    eventually(
+        CONVERGE,
+        "the receiver holds the file once it can write it, with no new edit and no command",
+        || holds(n1, "/etc/app/big.bin", &big),
+        || {
+            format!(
+                "the receiver holds {}\nsender: {:?}\nreceiver's log:\n{}",
+                content(n1, "/etc/app/big.bin"),
+                n0.stats(),
+                tail(&receiver.log())
+            )
+        },
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// A large recursive delete.
+
+const TREE_DIRS: usize = 40;
+const TREE_FILES: usize = 2000;
+/// Delete-and-recreate rounds: the failure was intermittent (2 runs in 10).
+const DELETE_ROUNDS: usize = 5;
+const TREE_TOP: &str = "/etc/app/top";
+
+fn tree_path(i: usize) -> String {
+    format!("{TREE_TOP}/d{:02}/f{i:04}.conf", i % TREE_DIRS)
+}
+
+/// What is left of `root` on a node (links not followed), for failure messages.
+fn left_below(node: &GroupNode, root: &str) -> String {
+    let local = node.path(root);
+    let left: Vec<PathBuf> = walkdir::WalkDir::new(&local)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.into_path())
+        .collect();
+    let dirs = left.iter().filter(|p| p.is_dir()).count();
+    let shown: Vec<String> = left
+        .iter()
+        .take(12)
+        .map(|p| p.strip_prefix(&local).unwrap_or(p).display().to_string())
+        .collect();
+    format!(
+        "{} paths left below {root} on {} ({dirs} directories), such as {shown:?}",
+        left.len(),
+        node.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_recursive_delete_leaves_no_directory_behind_on_any_peer() {
+    let group = watching(2, 28).await;
+    let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
+    for round in 1..=DELETE_ROUNDS {
+        let text = |i: usize| format!("round {round}, file {i}\n");
+        for i in 0..TREE_FILES {
+            write(n0, &tree_path(i), text(i));
+        }
+        eventually(
+            WAIT,
+            &format!("round {round}: the {TREE_FILES} files on every peer"),
+            || {
+                peers
+                    .iter()
+                    .all(|n| (0..TREE_FILES).all(|i| holds(n, &tree_path(i), text(i))))
+            },
+            || describe(&group),
+        )
+        .await;
+
+        std::fs::remove_dir_all(n0.path(TREE_TOP)).unwrap();
+        eventually(
+            CONVERGE,
+            &format!("round {round}: nothing of {TREE_TOP} left on any peer after rm -rf"),
+            || peers.iter().all(|n| !exists(n, TREE_TOP)),
+            || {
+                let left: Vec<String> = peers.iter().map(|n| left_below(n, TREE_TOP)).collect();
+                format!("{}\n{}", left.join("\n"), describe(&group))
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_directory_that_still_holds_a_file_names_the_file_not_an_exclusion() {
+    // The receiver excludes /etc/app/held/private. Node 1 sends node 2 one batch that
+    // deletes two directories, each planned against what node 2 holds: /etc/app/dir,
+    // which still holds a file that nothing excludes (its deletion is not in the batch),
+    // and /etc/app/held, which holds only an excluded path.
+    let group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 23,
+        directories: vec![("/etc/app".into(), vec!["/etc/app/held/private".into()])],
+        ..GroupSpec::default()
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let inside = "/etc/app/dir/still-here.conf";
+    write(n1, inside, "not deleted by this batch\n");
+    write(
+        n1,
+        "/etc/app/held/private/key",
+        "excluded on the receiver\n",
+    );
+    let theirs = manifest_of(n1);
+    let delete = |path: &str| Op {
+        path: path.into(),
+        action: Action::Delete,
+        expect: Some(theirs[path].clone()),
+    };
+    let body = encode_batch(
+        &BatchHeader {
+            ops: vec![delete("/etc/app/dir"), delete("/etc/app/held")],
+        },
+        &[],
+    );
+    let answer = peer_as(n0, n1.addr)
+        .apply(body)
+        .await
+        .expect("the batch is taken");
+    let outcomes: Vec<(&str, &Outcome)> = answer
+        .results
+        .iter()
+        .map(|r| (r.path.as_str(), &r.outcome))
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert!(
+        holds(n1, inside, "not deleted by this batch\n"),
+        "the file was deleted with its directory: {outcomes:?}"
+    );
+    assert!(
+        holds(
+            n1,
+            "/etc/app/held/private/key",
+            "excluded on the receiver\n"
+        ),
+        "the excluded file was deleted: {outcomes:?}"
+    );
+
+    // The directory holding only an excluded path is kept, and says so.
+    assert!(
+        matches!(outcomes[1], ("/etc/app/held", Outcome::Kept(reason)) if reason.contains("exclu")),
+        "deleting a directory that holds only an excluded path: {outcomes:?}"
+    );
+    // The other is not deleted either, and the answer names the file still inside it
+    // instead of blaming excludes that do not exist.
+    let reason = match outcomes[0] {
+        ("/etc/app/dir", Outcome::Applied) => {
+            panic!("/etc/app/dir reported deleted while it still holds {inside}: {outcomes:?}")
+        }
+        (
+            "/etc/app/dir",
+            Outcome::Conflict(reason)
+            | Outcome::Failed(reason)
+            | Outcome::Kept(reason)
+            | Outcome::Rejected(reason),
+        ) => reason,
+        other => panic!("the first result is not /etc/app/dir's: {other:?}"),
+    };
+    assert!(
+        !reason.contains("excluded") && reason.contains("still-here.conf"),
+        "deleting /etc/app/dir, which still holds {inside} (excluded nowhere), was answered \
+         {:?}: the answer must name the path still inside, not excludes",
+        outcomes[0].1
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// `gosyncd sync` against a receiver busy with another apply.
+
+/// Longest `gosyncd sync` may take when its receiver is busy for a while.
+const BUSY_BOUND: Duration = Duration::from_secs(30);
+/// What a receiver logs when it answers 503 to an apply request.
+const BUSY_LOG: &str = "apply refused: too many under way";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gosyncd_sync_waits_for_a_busy_receiver_instead_of_failing() {
+    // Node 2 is the real binary, taking one apply request at a time; its `validate`
+    // command holds the validation of a batch that changes first.cfg until the test
+    // releases it (or 30 s pass), which keeps that apply, and the only place, busy.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 18,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.restart(0).await.unwrap();
+    group.release(1);
+    let started = group.path().join("validation-started");
+    let release = group.path().join("release-validation");
+    let busy = config_variant(&group, 1, "node2-busy.hcl", |text| {
+        let lines = format!(
+            "  exclude = []\n  run_on = \"receive\"\n  validate = \"case \\\"$GOSYNCD_CHANGED\\\" in *first.cfg*) \
+             touch {}; i=0; while [ ! -e {} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done;; esac\"",
+            started.display(),
+            release.display()
+        );
+        assert!(text.contains("  exclude = []"), "{text}");
+        format!(
+            "{}\nlimits {{\n  max_concurrent_applies = 1\n}}\n",
+            text.replace("  exclude = []", &lines)
+        )
+    });
+    let mut receiver = {
+        let n1 = &group.nodes[1];
+        let mut receiver = DaemonProcess::spawn(&busy, group.path().join("node2.log"));
+        receiver.wait_ready(&peer(&tls_of(n1), n1.addr)).await;
+        receiver
+    };
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+
+    // A first push, of first.cfg alone, is being validated: the receiver is busy.
+    write(n0, "/etc/app/first.cfg", "pushed first, validated slowly\n");
+    let first_engine = engine(&group, 0).await;
+    let first =
+        tokio::spawn(async move { run(&first_engine, &["/etc/app/first.cfg"], false).await });
+    let deadline = Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first push's validation never started:\n{}",
+            tail(&receiver.log())
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    // Meanwhile, an operator runs `gosyncd sync` on node 1.
+    write(n0, "/etc/app/second.cfg", "pushed by gosyncd sync\n");
+    let clock = Instant::now();
+    let sync = tokio::spawn(gosyncd(config_args(&n0.config_path, &["sync"])));
+    // Once the receiver has turned it away as busy (or it gave up), the first push's
+    // validation ends, and the receiver takes applies again.
+    let deadline = Instant::now() + WAIT;
+    while !receiver.log().contains(BUSY_LOG) && !sync.is_finished() {
+        assert!(
+            Instant::now() < deadline,
+            "the sync neither met the busy receiver nor finished within {WAIT:?}:\n{}",
+            tail(&receiver.log())
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    std::fs::write(&release, "").unwrap();
+    let outcome = sync.await.expect("the binary's runner");
+    let elapsed = clock.elapsed();
+    let log = receiver.log();
+    assert_clean(&first.await.expect("the first push"));
+    if let Some(status) = receiver.child.try_wait().unwrap() {
+        panic!("the receiver exited ({status}):\n{}", tail(&log));
+    }
+
+    assert_eq!(
+        outcome.code,
+        Some(0),
+        "gosyncd sync failed after {elapsed:?} against a receiver busy with another apply, \
+         instead of waiting for it:\n{outcome:#?}"
+    );
+    assert!(
+        elapsed < BUSY_BOUND,
+        "gosyncd sync took {elapsed:?} (more than {BUSY_BOUND:?}):\n{outcome:#?}"
+    );
+    assert!(
+        log.contains(BUSY_LOG),
+        "the receiver never answered the sync as busy: the test proves nothing\n{}",
+        tail(&log)
+    );
+    let added = format!("[+] {} /etc/app/second.cfg added", n1.addr);
+    assert!(
+        outcome.change_lines().contains(&added),
+        "no {added:?} line:\n{outcome:#?}"
+    );
+    assert!(holds(n1, "/etc/app/second.cfg", "pushed by gosyncd sync\n"));
+    assert!(holds(
+        n1,
+        "/etc/app/first.cfg",
+        "pushed first, validated slowly\n"
+    ));
+}
