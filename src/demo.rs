@@ -29,6 +29,7 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
         tls: TlsStyle::Authority,
         watch: true,
         debounce: None,
+        reconcile_interval: None,
     };
     let mut group = LocalGroup::build(&spec).await?;
     let trees: Vec<PathBuf> = group.nodes.iter().map(|n| n.path(DIRECTORY)).collect();

@@ -39,6 +39,8 @@ pub struct GroupSpec {
     pub watch: bool,
     /// The `debounce` key; `None` leaves the default.
     pub debounce: Option<std::time::Duration>,
+    /// The `reconcile_interval` key; `None` leaves the default.
+    pub reconcile_interval: Option<std::time::Duration>,
 }
 
 impl Default for GroupSpec {
@@ -50,6 +52,7 @@ impl Default for GroupSpec {
             tls: TlsStyle::Authority,
             watch: false,
             debounce: None,
+            reconcile_interval: None,
         }
     }
 }
@@ -77,6 +80,11 @@ impl GroupNode {
     /// The running daemon's counters, if it runs.
     pub fn stats(&self) -> Option<crate::protocol::StatusCounters> {
         self.running.as_ref().map(|r| r.node.stats.snapshot())
+    }
+
+    /// What the running daemon's watcher knows of each peer, if it runs.
+    pub fn peer_status(&self) -> Option<Vec<crate::protocol::PeerStatus>> {
+        self.running.as_ref().map(|r| r.node.peer_status())
     }
 
     /// The running daemon's identity, if it runs.
@@ -178,7 +186,7 @@ impl LocalGroup {
                     (ca, cert, key),
                     &root,
                     &spec.directories,
-                    spec.debounce,
+                    (spec.debounce, spec.reconcile_interval),
                 ),
             )?;
             let config = Arc::new(Config::from_file(&config_path)?);
@@ -278,7 +286,7 @@ fn config_text(
     (ca, cert, key): (&str, &str, &str),
     root: &Path,
     directories: &[(String, Vec<String>)],
-    debounce: Option<std::time::Duration>,
+    (debounce, reconcile_interval): (Option<std::time::Duration>, Option<std::time::Duration>),
 ) -> String {
     let mut text = format!(
         "bind_address = \"{addr}\"\n\n# every node of the group; this node's own entry is skipped\nremotes = [\n  {}\n]\n\n\
@@ -291,6 +299,12 @@ fn config_text(
     );
     if let Some(debounce) = debounce {
         text.push_str(&format!("debounce = \"{}ms\"\n", debounce.as_millis()));
+    }
+    if let Some(interval) = reconcile_interval {
+        text.push_str(&format!(
+            "reconcile_interval = \"{}s\"\n",
+            interval.as_secs()
+        ));
     }
     for (path, exclude) in directories {
         let exclude: Vec<String> = exclude.iter().map(|e| format!("\"{e}\"")).collect();

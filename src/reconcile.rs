@@ -99,7 +99,10 @@ fn sort(peer: &PeerReport, outbox: &Outbox) -> BTreeSet<String> {
     let drift = peer
         .changes
         .iter()
-        .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
+        // What a sync would change, or would refuse to (the mass-delete guard, a
+        // directory the peer lacks); a directory kept for the peer's excludes is not
+        // a difference.
+        .filter(|c| !matches!(c.status, ChangeStatus::Kept(_)))
         .filter(|c| match known.get(&c.path) {
             Some(k) => {
                 waiting |= k.held.is_none();

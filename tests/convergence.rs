@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
-use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op, Outcome, StatusCounters};
+use gosyncd::protocol::{encode_batch, Action, BatchHeader, HeldKind, Op, Outcome, StatusCounters};
 
 /// How long the group has to converge by itself once the cause of a failure is gone.
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -167,6 +167,27 @@ async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
             state()
         );
     }
+    // Node 1 knows it: the path is held for each peer as rejected, with the reason, and
+    // not retried until it is edited again.
+    let held_as_rejected = |group: &LocalGroup| {
+        group.nodes[0].peer_status().is_some_and(|peers| {
+            peers.len() == 2
+                && peers.iter().all(|p| {
+                    p.held.iter().any(|h| {
+                        h.path == file
+                            && h.outcome == HeldKind::Rejected
+                            && h.reason.contains("validation failed")
+                    })
+                })
+        })
+    };
+    eventually(
+        WAIT,
+        "node 1 shows the path held as rejected for both peers",
+        || held_as_rejected(&group),
+        state,
+    )
+    .await;
 
     // The fix, saved on node 1 alone: the peers never held the broken version, and
     // must take the fixed one all the same.
@@ -176,6 +197,90 @@ async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
         "the fix saved on node 1 on every peer, with no command",
         || peers.iter().all(|n| holds(n, file, "listen 8080\n")),
         state,
+    )
+    .await;
+    eventually(
+        WAIT,
+        "nothing held any more once the fix landed",
+        || {
+            group.nodes[0]
+                .peer_status()
+                .is_some_and(|peers| peers.iter().all(|p| p.held.is_empty() && p.pending == 0))
+        },
+        state,
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Drift nobody is delivering: reported, never pushed.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_nobody_delivers_is_reported_with_its_paths_and_never_pushed() {
+    let mut group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 90,
+        watch: true,
+        reconcile_interval: Some(Duration::from_secs(1)),
+        ..GroupSpec::default()
+    })
+    .await;
+    // A file written on node 2 while its daemon is stopped: nobody edited it as far as
+    // any daemon knows, so nobody pushes it; the comparisons report it.
+    group.stop(1).await;
+    write(&group.nodes[1], "/etc/app/only-here.cfg", "drifted\n");
+    group.restart(1).await.unwrap();
+    let drift_of = |group: &LocalGroup, i: usize| {
+        group.nodes[i]
+            .peer_status()
+            .and_then(|peers| peers.first().cloned())
+            .map(|p| (p.drift_paths, p.drift))
+    };
+    let state = |group: &LocalGroup| {
+        format!(
+            "node 1 sees {:?}\nnode 2 sees {:?}\n{}",
+            drift_of(group, 0),
+            drift_of(group, 1),
+            describe(group)
+        )
+    };
+    let reported = |group: &LocalGroup, i: usize| {
+        drift_of(group, i) == Some((Some(1), vec!["/etc/app/only-here.cfg".to_string()]))
+    };
+    eventually(
+        WAIT,
+        "both nodes report the one drifted path",
+        || reported(&group, 0) && reported(&group, 1),
+        || state(&group),
+    )
+    .await;
+    assert!(
+        !exists(&group.nodes[0], "/etc/app/only-here.cfg"),
+        "the drifted file was pushed\n{}",
+        state(&group)
+    );
+    assert_eq!(
+        counters(&group.nodes[0]).apply_requests,
+        0,
+        "{}",
+        state(&group)
+    );
+    assert_eq!(
+        counters(&group.nodes[1]).apply_requests,
+        0,
+        "{}",
+        state(&group)
+    );
+
+    // Resolved by hand (the file removed on node 2, which its watcher pushes as a
+    // deletion node 1 finds already done): the next comparison clears the report.
+    remove(&group.nodes[1], "/etc/app/only-here.cfg");
+    let cleared = |group: &LocalGroup, i: usize| drift_of(group, i) == Some((Some(0), vec![]));
+    eventually(
+        WAIT,
+        "the drift report cleared on both nodes",
+        || cleared(&group, 0) && cleared(&group, 1),
+        || state(&group),
     )
     .await;
 }
