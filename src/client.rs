@@ -135,6 +135,22 @@ impl Peer {
             .timeout(protocol::MANIFEST_TIMEOUT)
             .json(&ManifestRequest {
                 scope: scope.to_vec(),
+                digests_only: false,
+            });
+        self.call(request, protocol::MANIFEST_TIMEOUT).await
+    }
+
+    /// The digest of each of the peer's configured directories (its manifest without
+    /// its entries): a comparison that costs a few bytes while the trees agree.
+    pub async fn digests(&self) -> Result<ManifestResponse, PeerError> {
+        let request = self
+            .transport
+            .http
+            .post(format!("{}{}", self.remote.url(), protocol::MANIFEST_ROUTE))
+            .timeout(protocol::MANIFEST_TIMEOUT)
+            .json(&ManifestRequest {
+                scope: Vec::new(),
+                digests_only: true,
             });
         self.call(request, protocol::MANIFEST_TIMEOUT).await
     }

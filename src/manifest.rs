@@ -33,6 +33,54 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
 }
 
+/// A digest of the part of `entries` inside configured directory `dir` that `keep`
+/// keeps: what two nodes compare to learn, without listing it, whether they hold the
+/// same tree. It covers what a sync compares (content, the mode of all but links,
+/// owners when `owners`), never times, so two trees a sync would leave alone have the
+/// same digest.
+pub fn digest(
+    entries: &Manifest,
+    dir: &str,
+    owners: bool,
+    keep: impl Fn(&str) -> bool,
+) -> Digest256 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let below = entries
+        .range::<str, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+        // Every path starting with `dir`'s text is together in the order; some of them
+        // (`dir-x`) are not within it.
+        .take_while(|(path, _)| path.starts_with(dir));
+    for (path, entry) in below.filter(|(path, _)| crate::paths::is_within(path, dir)) {
+        if !keep(path) {
+            continue;
+        }
+        hash.update(path.as_bytes());
+        hash.update([0]);
+        match &entry.content {
+            Content::File { sha256, .. } => {
+                hash.update(b"f");
+                hash.update(sha256.0);
+            }
+            Content::Dir => hash.update(b"d"),
+            Content::Symlink { target } => {
+                hash.update(b"l");
+                hash.update(target.as_bytes());
+            }
+        }
+        hash.update([0]);
+        if !matches!(entry.content, Content::Symlink { .. }) {
+            hash.update(entry.mode.to_be_bytes());
+        }
+        if owners {
+            hash.update(entry.uid.to_be_bytes());
+            hash.update(entry.gid.to_be_bytes());
+        }
+        hash.update(b"\n");
+    }
+    Digest256(hash.finalize().into())
+}
+
 /// The result of scanning.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -325,6 +373,57 @@ mod tests {
     use super::*;
     use crate::testing::{config_at, config_text};
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn a_digest_covers_what_a_sync_compares_and_only_the_directory() {
+        let file = |bytes: &[u8], mode: u32, uid: u32, mtime_ns: i64| Entry {
+            mode,
+            uid,
+            mtime_ns,
+            ..crate::testing::file_entry(bytes)
+        };
+        let tree = |entries: &[(&str, Entry)]| -> Manifest {
+            entries
+                .iter()
+                .map(|(p, e)| (p.to_string(), e.clone()))
+                .collect()
+        };
+        let base = tree(&[
+            ("/d/a", file(b"a", 0o644, 0, 1)),
+            ("/d-x/b", file(b"b", 0o644, 0, 1)),
+        ]);
+        let of = |m: &Manifest, owners: bool| digest(m, "/d", owners, |_| true);
+        let same = |m: &Manifest| of(m, true) == of(&base, true);
+        assert!(
+            same(&tree(&[
+                ("/d/a", file(b"a", 0o644, 0, 99)),
+                ("/d-x/b", file(b"other", 0o600, 0, 1)),
+            ])),
+            "times and other directories do not count"
+        );
+        assert!(
+            !same(&tree(&[("/d/a", file(b"A", 0o644, 0, 1))])),
+            "content"
+        );
+        assert!(!same(&tree(&[("/d/a", file(b"a", 0o600, 0, 1))])), "mode");
+        assert!(!same(&tree(&[("/d/a", file(b"a", 0o644, 7, 1))])), "owner");
+        let other_owner = tree(&[("/d/a", file(b"a", 0o644, 7, 1))]);
+        assert_eq!(
+            of(&other_owner, false),
+            of(&base, false),
+            "owners only when applied"
+        );
+        let extra = tree(&[
+            ("/d/a", file(b"a", 0o644, 0, 1)),
+            ("/d/skip.swp", file(b"x", 0o644, 0, 1)),
+        ]);
+        assert_ne!(of(&extra, true), of(&base, true));
+        assert_eq!(
+            digest(&extra, "/d", true, |p| !p.ends_with(".swp")),
+            of(&base, true),
+            "what `keep` leaves out does not count"
+        );
+    }
 
     #[test]
     fn scan_lists_files_dirs_and_links_without_following_links() {

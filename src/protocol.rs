@@ -19,9 +19,9 @@ mod state;
 
 pub use batch::{decode_batch, encode_batch, encode_batch_header, Batch, BatchHeader};
 pub use messages::{
-    ActionReport, ApplyResponse, ContentRequest, ContentResponse, DirectoryInfo, ErrorBody,
-    FileText, HeldKind, HeldPath, Identity, ManifestRequest, ManifestResponse, PeerLimits,
-    PeerStatus, StatusCounters, StatusResponse,
+    ActionReport, ApplyResponse, ContentRequest, ContentResponse, DirectoryDigest, DirectoryInfo,
+    ErrorBody, FileText, HeldKind, HeldPath, Identity, ManifestRequest, ManifestResponse,
+    PeerLimits, PeerStatus, StatusCounters, StatusResponse,
 };
 pub use operation::{Action, ChangeKind, Found, Op, OpResult, Outcome};
 pub use state::{Content, Digest256, Entry, WireEntry};

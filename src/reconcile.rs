@@ -5,15 +5,21 @@
 //! change of the drift set; the `drift_paths` gauge; `status`), never pushed. Nothing is
 //! pushed that nobody edited: start-up never overwrites the group with a stale tree.
 //!
-//! It compares through the engine's dry run (the same planner as `sync -dry`); it
-//! neither plans nor sends anything itself.
+//! Each pass asks every peer for a digest of each configured directory (a few bytes
+//! while the trees agree) and compares the directories whose digests differ through
+//! the engine's dry run (the same planner as `sync -dry`); it neither plans nor sends
+//! anything itself.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::server::Node;
+use crate::config::{Config, Excludes};
+use crate::manifest::{self, Scan};
+use crate::paths::is_within;
+use crate::protocol::ManifestResponse;
+use crate::server::{Node, PeerTrack};
 use crate::sync::{ChangeStatus, Engine, Options, PeerReport};
 use crate::watcher::Outbox;
 
@@ -35,30 +41,69 @@ pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>, outboxes: Vec<Arc<O
     }
 }
 
-/// One comparison with every peer.
+/// One comparison with every peer: digests first, and a full comparison (the engine's
+/// dry run) only of the directories whose digests differ, with the peers they differ
+/// on.
 async fn pass(engine: &Engine, node: &Node, outboxes: &[Arc<Outbox>], first: bool) {
+    let config = engine.config().clone();
+    let asks: Vec<_> = engine
+        .peers()
+        .iter()
+        .cloned()
+        .map(|peer| tokio::spawn(async move { peer.digests().await }))
+        .collect();
+    let (scan_config, cache) = (config.clone(), node.cache.clone());
+    let scan = tokio::task::spawn_blocking(move || manifest::scan(&scan_config, &[], &cache))
+        .await
+        .expect("scan task");
+    let tracks = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    let mut differing: BTreeSet<String> = BTreeSet::new();
+    let mut compare = vec![false; asks.len()];
+    for (index, ask) in asks.into_iter().enumerate() {
+        let label = &engine.peers()[index].remote.label;
+        let track = tracks.get(index);
+        match ask.await.expect("digest task") {
+            Err(e) => {
+                if let (Some(track), false) = (track, e.is_refusal()) {
+                    track.set_unreachable(true);
+                }
+                if first {
+                    warn!(peer = %label, "cannot compare with peer: {e}");
+                }
+            }
+            // A remote that is this node under another name.
+            Ok(theirs) if theirs.identity.node_id == node.identity.node_id => {}
+            Ok(theirs) => {
+                let dirs = directories_differing(&config, &scan, &theirs);
+                if dirs.is_empty() {
+                    if let Some(track) = track {
+                        report_drift(track, label, BTreeSet::new());
+                    }
+                } else {
+                    debug!(peer = %label, directories = ?dirs, "digests differ: comparing");
+                    differing.extend(dirs);
+                    compare[index] = true;
+                }
+            }
+        }
+    }
+    if differing.is_empty() {
+        return;
+    }
     let options = Options {
         dry_run: true,
+        scope: differing.into_iter().collect(),
         ..Options::default()
     };
     let report = engine.run(&options, |_| {}).await;
-    let tracks = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     for (index, (peer, outbox)) in report.peers.iter().zip(outboxes).enumerate() {
-        let track = tracks.get(index);
-        if peer.skipped.is_some() {
+        if !compare[index] || peer.skipped.is_some() {
             continue;
         }
         let guarded = peer.refused && !peer.changes.is_empty();
         match (&peer.error, guarded) {
             (Some(e), false) => {
-                if let Some(track) = track {
-                    if !peer.refused {
-                        track.set_unreachable(true);
-                    }
-                }
-                if first {
-                    warn!(peer = %peer.peer, "cannot compare with peer: {e}");
-                }
+                warn!(peer = %peer.peer, "cannot compare with peer: {e}");
                 continue;
             }
             (Some(e), true) => {
@@ -70,25 +115,67 @@ async fn pass(engine: &Engine, node: &Node, outboxes: &[Arc<Outbox>], first: boo
             (None, _) => {}
         }
         let drift = sort(peer, outbox);
-        let Some(track) = track else { continue };
-        if !track.set_drift(&drift) {
-            continue;
+        if let Some(track) = tracks.get(index) {
+            report_drift(track, &peer.peer, drift);
         }
-        if drift.is_empty() {
-            info!(peer = %peer.peer, "no drift with this peer any more");
-            continue;
-        }
-        let list: Vec<&str> = drift.iter().map(String::as_str).collect();
-        let shown = list[..list.len().min(DRIFT_PATHS_SHOWN)].join(", ");
-        let more = list.len().saturating_sub(DRIFT_PATHS_SHOWN);
-        warn!(
-            peer = %peer.peer,
-            paths = list.len(),
-            "drift: {shown}{} differ from this node; nothing was pushed. \
-             Run `gosyncd sync` on the node whose files are authoritative",
-            if more > 0 { format!(" and {more} more") } else { String::new() }
-        );
     }
+}
+
+/// The configured directories (present here) whose digest differs on the peer, or that
+/// cannot be judged by digest (the peer lacks it, a subtree unreadable on either side,
+/// excludes that do not parse).
+fn directories_differing(config: &Config, scan: &Scan, theirs: &ManifestResponse) -> Vec<String> {
+    let unreadable = |dir: &str| {
+        scan.unreadable
+            .iter()
+            .any(|(p, _)| is_within(p, dir) || is_within(dir, p))
+            || theirs
+                .unreadable
+                .iter()
+                .any(|p| is_within(p, dir) || is_within(dir, p))
+    };
+    config
+        .directories
+        .iter()
+        .filter(|dir| scan.entries.contains_key(&dir.path))
+        .filter(|dir| {
+            let info = theirs.directories.iter().find(|d| d.path == dir.path);
+            let digest = theirs.digests.iter().find(|d| d.path == dir.path);
+            let (Some(info), Some(digest)) = (info, digest) else {
+                return true;
+            };
+            let Ok(excludes) = Excludes::new(&dir.path, &info.exclude) else {
+                return true;
+            };
+            unreadable(&dir.path)
+                || manifest::digest(&scan.entries, &dir.path, theirs.owners, |path| {
+                    !excludes.excludes_any_component(&dir.path, path)
+                }) != digest.sha256
+        })
+        .map(|dir| dir.path.clone())
+        .collect()
+}
+
+/// Records a peer's drift, and logs it when it changed.
+fn report_drift(track: &PeerTrack, peer: &str, drift: BTreeSet<String>) {
+    track.set_unreachable(false);
+    if !track.set_drift(&drift) {
+        return;
+    }
+    if drift.is_empty() {
+        info!(%peer, "no drift with this peer");
+        return;
+    }
+    let list: Vec<&str> = drift.iter().map(String::as_str).collect();
+    let shown = list[..list.len().min(DRIFT_PATHS_SHOWN)].join(", ");
+    let more = list.len().saturating_sub(DRIFT_PATHS_SHOWN);
+    warn!(
+        %peer,
+        paths = list.len(),
+        "drift: {shown}{} differ from this node; nothing was pushed. \
+         Run `gosyncd sync` on the node whose files are authoritative",
+        if more > 0 { format!(" and {more} more") } else { String::new() }
+    );
 }
 
 /// Sorts one peer's differences: paths waiting in its outbox are delivered now (woken),

@@ -14,6 +14,16 @@ pub struct ManifestRequest {
     /// Logical paths limiting the listing (with their ancestors); empty means everything.
     #[serde(default)]
     pub scope: Vec<String>,
+    /// Answer each configured directory's digest instead of its entries.
+    #[serde(default)]
+    pub digests_only: bool,
+}
+
+/// A configured directory's digest (see [`manifest::digest`](crate::manifest::digest)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryDigest {
+    pub path: String,
+    pub sha256: super::Digest256,
 }
 
 /// A configured directory as the receiver sees it.
@@ -174,6 +184,10 @@ pub struct ManifestResponse {
     /// What the receiver accepts in one apply request; senders fit their pushes to it.
     #[serde(default)]
     pub limits: PeerLimits,
+    /// When asked for digests only: one per configured directory present here (and
+    /// `entries` is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<DirectoryDigest>,
 }
 
 /// The limits a receiver announces in its manifest.

@@ -153,9 +153,27 @@ async fn manifest(
     for path in &request.scope {
         paths::check_normalized(path).map_err(|e| refuse(&addr, format!("scope: {e}")))?;
     }
-    let response = tokio::task::spawn_blocking(move || manifest_response(&node, &request.scope))
-        .await
-        .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
+    let response = tokio::task::spawn_blocking(move || {
+        let mut response = manifest_response(&node, &request.scope);
+        if request.digests_only {
+            let entries: manifest::Manifest = std::mem::take(&mut response.entries)
+                .into_iter()
+                .map(|w| (w.path, w.entry))
+                .collect();
+            response.digests = response
+                .directories
+                .iter()
+                .filter(|d| d.present)
+                .map(|d| protocol::DirectoryDigest {
+                    path: d.path.clone(),
+                    sha256: manifest::digest(&entries, &d.path, node.owners, |_| true),
+                })
+                .collect();
+        }
+        response
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
     Ok(Json(response))
 }
 
@@ -205,6 +223,7 @@ pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
             .collect(),
         unreadable: scan.unreadable.into_iter().map(|(p, _)| p).collect(),
         limits: (&node.config.limits).into(),
+        digests: Vec::new(),
     }
 }
 
