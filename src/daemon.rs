@@ -14,11 +14,11 @@ use tracing::{error, info, warn};
 use crate::apply;
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
-use crate::server::{self, Node};
+use crate::server::{self, Node, PeerRecord};
 use crate::sync::Engine;
 use crate::tls::TlsMaterial;
 use crate::versions::Versions;
-use crate::watcher::{self, Outbox, Queue, WATCH_QUEUE_SIGNALS};
+use crate::watcher::{self, Queue, WATCH_QUEUE_SIGNALS};
 
 /// How long a stopping daemon lets pushes under way finish.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -115,28 +115,26 @@ impl Daemon {
         let (stop, stopped) = oneshot::channel();
         let (stopping, stop_requested) = watch_channel(false);
         let serving = node.clone();
-        // One outbox and one delivering task per peer: a peer that is down never holds
+        // One record and one delivering task per peer: a peer that is down never holds
         // the others back. They exist before `start` returns, so that a reload can hand
         // the previous daemon's waiting changes over to them at once.
-        let outboxes: Vec<Arc<Outbox>> = engine.peers().iter().map(|_| Arc::default()).collect();
-        let mut tracks = Vec::new();
+        let mut records = Vec::new();
         let mut replayed = 0;
-        for (peer, outbox) in engine.peers().iter().zip(&outboxes) {
-            let label = &peer.remote.label;
-            spool.register(label, outbox.clone());
-            if let Some(known) = spooled.get(label) {
+        for link in engine.peers() {
+            let remote = &link.peer.remote;
+            let record = Arc::new(PeerRecord::new(
+                link.clone(),
+                addresses_of(&remote.host, remote.port).await,
+            ));
+            spool.register(record.label(), record.outbox.clone());
+            if let Some(known) = spooled.get(record.label()) {
                 // Delivered with the local tree's current content: the delivery plans
                 // from the versions scanned above against what the peer holds.
                 replayed += known.len();
-                outbox.restore(known.clone());
-                outbox.wake();
+                record.outbox.restore(known.clone());
+                record.outbox.wake();
             }
-            let addresses = addresses_of(&peer.remote.host, peer.remote.port).await;
-            tracks.push(Arc::new(server::PeerTrack::new(
-                label.clone(),
-                outbox.clone(),
-                addresses,
-            )));
+            records.push(record);
         }
         if replayed > 0 {
             info!(
@@ -145,18 +143,16 @@ impl Daemon {
                 "changes not delivered before the last stop are delivered now"
             );
         }
-        let _ = node.peers.set(tracks);
+        let _ = node.peers.set(records.clone());
         let task = tokio::spawn(async move {
-            let mut workers: Vec<_> = outboxes
-                .iter()
-                .enumerate()
-                .map(|(index, outbox)| {
+            let mut workers: Vec<_> = records
+                .into_iter()
+                .map(|record| {
                     tokio::spawn(watcher::deliver(
                         engine.clone(),
                         serving.clone(),
                         versions.clone(),
-                        index,
-                        outbox.clone(),
+                        record,
                         Some(spool.clone()),
                         stop_requested.clone(),
                     ))
@@ -166,15 +162,10 @@ impl Daemon {
                 engine.clone(),
                 serving.clone(),
                 versions,
-                outboxes.clone(),
                 received,
                 watch,
             ));
-            let drift = tokio::spawn(crate::reconcile::reconcile(
-                engine,
-                serving.clone(),
-                outboxes,
-            ));
+            let drift = tokio::spawn(crate::reconcile::reconcile(engine, serving.clone()));
             let metrics = metrics_listener
                 .map(|listener| tokio::spawn(crate::metrics::serve(listener, serving.clone())));
             server::serve(listener, server_tls, serving, async {
@@ -212,20 +203,20 @@ impl Daemon {
         let (Some(mine), Some(theirs)) = (self.node.peers.get(), previous.peers.get()) else {
             return;
         };
-        for track in theirs {
-            match mine.iter().find(|t| t.peer == track.peer) {
-                Some(successor) => track.outbox.hand_over(&successor.outbox),
-                None if !track.outbox.is_empty() => warn!(
-                    peer = %track.peer,
-                    pending = track.outbox.len(),
+        for record in theirs {
+            match mine.iter().find(|r| r.label() == record.label()) {
+                Some(successor) => record.outbox.hand_over(&successor.outbox),
+                None if !record.outbox.is_empty() => warn!(
+                    peer = %record.label(),
+                    pending = record.outbox.len(),
                     "peer no longer in remotes: its pending changes are dropped"
                 ),
                 None => {}
             }
         }
         if let Some(spool) = &self.node.spool {
-            for track in theirs {
-                spool.forget(&track.outbox);
+            for record in theirs {
+                spool.forget(&record.outbox);
             }
             spool.save(true);
         }

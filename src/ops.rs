@@ -48,7 +48,7 @@ pub async fn status(config: Arc<Config>) -> anyhow::Result<Vec<PeerState>> {
     };
 
     let mut asks = Vec::new();
-    for peer in engine.peers().iter().cloned() {
+    for peer in engine.peers().iter().map(|link| link.peer.clone()) {
         asks.push(tokio::spawn(async move {
             let started = Instant::now();
             let answer = peer.status().await;

@@ -19,7 +19,7 @@ use crate::config::{Config, Excludes};
 use crate::manifest::{self, Scan};
 use crate::paths::is_within;
 use crate::protocol::ManifestResponse;
-use crate::server::{Node, PeerTrack};
+use crate::server::{Node, PeerRecord};
 use crate::sync::{ChangeStatus, Engine, Options, PeerReport};
 use crate::watcher::Outbox;
 
@@ -28,11 +28,11 @@ const DRIFT_PATHS_SHOWN: usize = 10;
 
 /// Compares with every peer now, then every `reconcile_interval` or when a peer comes
 /// back, until the task is aborted.
-pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>, outboxes: Vec<Arc<Outbox>>) {
+pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>) {
     let interval = engine.config().reconcile_interval;
     let mut first = true;
     loop {
-        pass(&engine, &node, &outboxes, first).await;
+        pass(&engine, &node, first).await;
         first = false;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -44,28 +44,32 @@ pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>, outboxes: Vec<Arc<O
 /// One comparison with every peer: digests first, and a full comparison (the engine's
 /// dry run) only of the directories whose digests differ, with the peers they differ
 /// on.
-async fn pass(engine: &Engine, node: &Node, outboxes: &[Arc<Outbox>], first: bool) {
+async fn pass(engine: &Engine, node: &Node, first: bool) {
     let config = engine.config().clone();
     let asks: Vec<_> = engine
         .peers()
         .iter()
-        .cloned()
-        .map(|peer| tokio::spawn(async move { peer.digests().await }))
+        .map(|link| {
+            let peer = link.peer.clone();
+            tokio::spawn(async move { (peer.remote.label.clone(), peer.digests().await) })
+        })
         .collect();
     let (scan_config, cache) = (config.clone(), node.cache.clone());
     let scan = tokio::task::spawn_blocking(move || manifest::scan(&scan_config, &[], &cache))
         .await
         .expect("scan task");
-    let tracks = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    let record_of = |label: &str| records.iter().find(|r| r.label() == label);
     let mut differing: BTreeSet<String> = BTreeSet::new();
-    let mut compare = vec![false; asks.len()];
-    for (index, ask) in asks.into_iter().enumerate() {
-        let label = &engine.peers()[index].remote.label;
-        let track = tracks.get(index);
-        match ask.await.expect("digest task") {
+    // The peers whose digests differ, to compare path by path.
+    let mut compare: BTreeSet<String> = BTreeSet::new();
+    for ask in asks {
+        let (label, answer) = ask.await.expect("digest task");
+        let record = record_of(&label);
+        match answer {
             Err(e) => {
-                if let (Some(track), false) = (track, e.is_refusal()) {
-                    track.set_unreachable(true);
+                if let (Some(record), false) = (record, e.is_refusal()) {
+                    record.set_unreachable(true);
                 }
                 if first {
                     warn!(peer = %label, "cannot compare with peer: {e}");
@@ -76,13 +80,13 @@ async fn pass(engine: &Engine, node: &Node, outboxes: &[Arc<Outbox>], first: boo
             Ok(theirs) => {
                 let dirs = directories_differing(&config, &scan, &theirs);
                 if dirs.is_empty() {
-                    if let Some(track) = track {
-                        report_drift(track, label, BTreeSet::new());
+                    if let Some(record) = record {
+                        report_drift(record, BTreeSet::new());
                     }
                 } else {
                     debug!(peer = %label, directories = ?dirs, "digests differ: comparing");
                     differing.extend(dirs);
-                    compare[index] = true;
+                    compare.insert(label);
                 }
             }
         }
@@ -96,8 +100,11 @@ async fn pass(engine: &Engine, node: &Node, outboxes: &[Arc<Outbox>], first: boo
         ..Options::default()
     };
     let report = engine.run(&options, |_| {}).await;
-    for (index, (peer, outbox)) in report.peers.iter().zip(outboxes).enumerate() {
-        if !compare[index] || peer.skipped.is_some() {
+    for peer in &report.peers {
+        let Some(record) = record_of(&peer.peer) else {
+            continue;
+        };
+        if !compare.contains(&peer.peer) || peer.skipped.is_some() {
             continue;
         }
         let guarded = peer.refused && !peer.changes.is_empty();
@@ -114,10 +121,7 @@ async fn pass(engine: &Engine, node: &Node, outboxes: &[Arc<Outbox>], first: boo
             }
             (None, _) => {}
         }
-        let drift = sort(peer, outbox);
-        if let Some(track) = tracks.get(index) {
-            report_drift(track, &peer.peer, drift);
-        }
+        report_drift(record, sort(peer, &record.outbox));
     }
 }
 
@@ -157,9 +161,10 @@ fn directories_differing(config: &Config, scan: &Scan, theirs: &ManifestResponse
 }
 
 /// Records a peer's drift, and logs it when it changed.
-fn report_drift(track: &PeerTrack, peer: &str, drift: BTreeSet<String>) {
-    track.set_unreachable(false);
-    if !track.set_drift(&drift) {
+fn report_drift(record: &PeerRecord, drift: BTreeSet<String>) {
+    let peer = record.label();
+    record.set_unreachable(false);
+    if !record.set_drift(&drift) {
         return;
     }
     if drift.is_empty() {

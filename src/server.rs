@@ -2,7 +2,7 @@
 //! mutual-TLS listener in front of it.
 //!
 //! It is split in three: `node` holds what a serving node shares between requests
-//! ([`Node`], with its [`Stats`] and a [`PeerTrack`] per peer); `routes` owns the
+//! ([`Node`], with its [`Stats`] and a [`PeerRecord`] per peer); `routes` owns the
 //! handlers and how their refusals become statuses ([`router`], [`ApiError`]); and
 //! `listener` binds, accepts and limits connections ([`bind`], [`serve`]). This module
 //! keeps only what the listener tells the router of each client. Every refusal is
@@ -16,7 +16,7 @@ mod node;
 mod routes;
 
 pub use listener::{bind, serve};
-pub use node::{Node, PeerTrack, Stats};
+pub use node::{Node, PeerRecord, Stats};
 pub use routes::{manifest_response, router, ApiError};
 
 /// The client's address, attached to each request by the listener.

@@ -19,12 +19,13 @@ mod self_detect;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, Instrument};
 
+pub use self::peer::PeerLink;
 use self::peer::{peer_rules, sync_peer, LocalState, PeerTerms};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};
@@ -40,13 +41,11 @@ use crate::tls::TlsMaterial;
 /// The engine: this node's config, its peers and its hash cache.
 pub struct Engine {
     config: Arc<Config>,
-    peers: Vec<Peer>,
+    peers: Vec<Arc<PeerLink>>,
     cache: Arc<HashCache>,
     /// The identity of the daemon of this node, when known: a remote announcing it is
     /// this node under another name.
     self_id: Option<String>,
-    /// Each peer's configured directories and excludes, from its last manifest.
-    peer_dirs: Arc<Mutex<Vec<Option<PeerTerms>>>>,
 }
 
 impl Engine {
@@ -66,15 +65,16 @@ impl Engine {
                 debug!(peer = %remote.label, "skipping remote: it is this node");
                 continue;
             }
-            peers.push(Peer::new(remote.clone(), http.clone()));
+            peers.push(Arc::new(PeerLink::new(Peer::new(
+                remote.clone(),
+                http.clone(),
+            ))));
         }
-        let peer_dirs = Arc::new(Mutex::new(vec![None; peers.len()]));
         Ok(Engine {
             config,
             peers,
             cache,
             self_id,
-            peer_dirs,
         })
     }
 
@@ -113,7 +113,7 @@ impl Engine {
     }
 
     /// The peers this engine synchronises (the remotes minus this node).
-    pub fn peers(&self) -> &[Peer] {
+    pub fn peers(&self) -> &[Arc<PeerLink>] {
         &self.peers
     }
 
@@ -141,8 +141,8 @@ impl Engine {
             let manifests: Vec<_> = self
                 .peers
                 .iter()
-                .map(|peer| {
-                    let peer = peer.clone();
+                .map(|link| {
+                    let peer = link.peer.clone();
                     let scope = scope.clone();
                     tokio::spawn(async move { peer.manifest(&scope).await })
                 })
@@ -178,22 +178,21 @@ impl Engine {
             let local = Arc::new(LocalState::new(scan));
 
             let mut tasks = JoinSet::new();
-            for (index, (peer, manifest)) in self.peers.iter().cloned().zip(manifests).enumerate() {
+            for (index, (link, manifest)) in self.peers.iter().cloned().zip(manifests).enumerate() {
                 let local = local.clone();
                 let config = self.config.clone();
                 let self_id = self.self_id.clone();
                 let options = options.clone();
-                let peer_dirs = self.peer_dirs.clone();
-                let span = info_span!("peer", peer = %peer.remote.label);
+                let span = info_span!("peer", peer = %link.label());
                 tasks.spawn(
                     async move {
                         let manifest = manifest.await.expect("manifest task");
                         if let Ok(m) = &manifest {
-                            peer_dirs.lock().expect("peer dirs lock")[index] =
-                                Some(PeerTerms::of(m));
+                            link.set_terms(Some(PeerTerms::of(m)));
                         }
                         let report =
-                            sync_peer(&config, &peer, manifest, &local, self_id, &options).await;
+                            sync_peer(&config, &link.peer, manifest, &local, self_id, &options)
+                                .await;
                         (index, report)
                     }
                     .instrument(span),
@@ -224,12 +223,12 @@ impl Engine {
 
 impl Engine {
     /// Pushes operations planned elsewhere (the watcher's, which expect the versions this
-    /// peer is known to hold) to peer `index` of [`Engine::peers`], in one request. A
-    /// file whose content no longer matches its operation is not sent, and is listed in
+    /// peer is known to hold) to one peer, in one request. A file whose content no longer
+    /// matches its operation is not sent, and is listed in
     /// [`PeerReport::changed_locally`]. No manifest is fetched once the peer's
     /// directories are known: from save to replicated is one round trip.
-    pub async fn push_to(&self, index: usize, ops: Vec<Op>) -> PeerReport {
-        let peer = &self.peers[index];
+    pub async fn push_to(&self, link: &PeerLink, ops: Vec<Op>) -> PeerReport {
+        let peer = &link.peer;
         let span = info_span!("peer", peer = %peer.remote.label);
         let mut report = PeerReport {
             peer: peer.remote.label.clone(),
@@ -237,15 +236,14 @@ impl Engine {
         };
         // The peer's own directories and excludes: remembered from its last manifest,
         // or asked for now (scoped to these paths, so cheap).
-        let known = self.peer_dirs.lock().expect("peer dirs lock")[index].clone();
-        let terms = match known {
+        let terms = match link.terms() {
             Some(terms) => terms,
             None => {
                 let scope: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
                 match peer.manifest(&scope).instrument(span.clone()).await {
                     Ok(manifest) => {
                         let terms = PeerTerms::of(&manifest);
-                        self.peer_dirs.lock().expect("peer dirs lock")[index] = Some(terms.clone());
+                        link.set_terms(Some(terms.clone()));
                         terms
                     }
                     Err(e) => {
@@ -285,7 +283,7 @@ impl Engine {
         if report.error.is_some() {
             // The peer may have restarted with other directories or limits: ask again
             // before the next push.
-            self.peer_dirs.lock().expect("peer dirs lock")[index] = None;
+            link.set_terms(None);
         }
         report
     }

@@ -48,7 +48,6 @@ pub async fn propagate(
     engine: Arc<Engine>,
     node: Arc<Node>,
     versions: Arc<Versions>,
-    outboxes: Vec<Arc<Outbox>>,
     mut queue: QueueReceiver,
     mut watch: Option<Watch>,
 ) {
@@ -122,7 +121,7 @@ pub async fn propagate(
             }
             paths.into_iter().collect()
         };
-        let refused = push_burst(&engine, &node, &versions, &outboxes, scope.clone()).await;
+        let refused = push_burst(&engine, &node, &versions, scope.clone()).await;
         held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
         held_back.extend(refused);
     }
@@ -133,7 +132,6 @@ async fn push_burst(
     engine: &Engine,
     node: &Node,
     versions: &Versions,
-    outboxes: &[Arc<Outbox>],
     scope: Vec<String>,
 ) -> Vec<String> {
     let config = engine.config().clone();
@@ -175,16 +173,17 @@ async fn push_burst(
         );
         return refused;
     }
-    for outbox in outboxes {
-        outbox.merge(&ops);
+    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    for record in records {
+        record.outbox.merge(&ops);
     }
     // On disk before it counts as queued: a restart from here on delivers it.
     if let Some(spool) = &node.spool {
         let spool = spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.save(true)).await;
     }
-    for outbox in outboxes {
-        outbox.wake();
+    for record in records {
+        record.outbox.wake();
     }
     refused
 }

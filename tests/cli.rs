@@ -90,7 +90,7 @@ async fn sync_never_treats_this_node_as_a_peer() {
     let peers: Vec<String> = engine
         .peers()
         .iter()
-        .map(|p| p.remote.label.clone())
+        .map(|p| p.label().to_string())
         .collect();
     assert_eq!(peers, [n1.addr.to_string(), n2.addr.to_string()]);
     let report = run(&engine, &[], false).await;

@@ -16,7 +16,9 @@ use crate::apply;
 use crate::config::Config;
 use crate::manifest::HashCache;
 use crate::protocol::{self, HeldPath, Identity, PeerStatus, StatusCounters};
+use crate::sync::PeerLink;
 use crate::versions::Versions;
+use crate::watcher::Outbox;
 
 /// The unit in which the body budget is counted.
 pub(super) const BUDGET_UNIT_BYTES: usize = 1024;
@@ -42,18 +44,20 @@ pub struct Node {
     pub allow: Allowlist,
     /// Runs the directories' `on_change` commands, coalesced.
     pub runner: Arc<actions::Runner>,
-    /// The watcher's pushes to each peer, in the order of the engine's peers.
-    pub peers: std::sync::OnceLock<Vec<Arc<PeerTrack>>>,
+    /// One record per peer (a daemon's; empty for a bare server).
+    pub peers: std::sync::OnceLock<Vec<Arc<PeerRecord>>>,
     /// Where the differences waiting for peers are kept across restarts (a daemon's).
     pub spool: Option<Arc<crate::spool::Spool>>,
     /// Asks the anti-entropy pass to compare with the peers now (one came back).
     pub reconcile_now: tokio::sync::Notify,
 }
 
-/// What a daemon's watcher knows of its pushes to one peer.
-pub struct PeerTrack {
-    pub peer: String,
-    pub outbox: Arc<crate::watcher::Outbox>,
+/// Everything a daemon knows of one peer, in one place: how to reach it (the client and
+/// the terms it announced, shared with the engine), what it is known to hold where it
+/// differs from this node (its outbox), where it calls from, and its counters.
+pub struct PeerRecord {
+    pub link: Arc<PeerLink>,
+    pub outbox: Arc<Outbox>,
     /// The addresses the peer's host resolved to when the daemon started: a request
     /// from one of them says the peer is up.
     pub addresses: Vec<std::net::IpAddr>,
@@ -65,22 +69,23 @@ pub struct PeerTrack {
 /// Drift paths a peer's status lists (the count covers them all).
 pub const DRIFT_PATHS_LISTED: usize = 100;
 
-impl PeerTrack {
-    pub fn new(
-        peer: String,
-        outbox: Arc<crate::watcher::Outbox>,
-        addresses: Vec<std::net::IpAddr>,
-    ) -> PeerTrack {
-        PeerTrack {
+impl PeerRecord {
+    pub fn new(link: Arc<PeerLink>, addresses: Vec<std::net::IpAddr>) -> PeerRecord {
+        PeerRecord {
             state: std::sync::Mutex::new(PeerStatus {
-                peer: peer.clone(),
+                peer: link.label().to_string(),
                 ..PeerStatus::default()
             }),
-            peer,
-            outbox,
+            link,
+            outbox: Arc::default(),
             addresses,
             unreachable: AtomicBool::new(false),
         }
+    }
+
+    /// The peer as written in `remotes`.
+    pub fn label(&self) -> &str {
+        self.link.label()
     }
 
     /// Records whether the peer could be reached; returns whether it was unreachable
@@ -92,7 +97,7 @@ impl PeerTrack {
     /// Records the paths found to differ from this node that nobody is delivering;
     /// returns whether that set changed.
     pub fn set_drift(&self, drift: &std::collections::BTreeSet<String>) -> bool {
-        let mut state = self.state.lock().expect("peer track lock");
+        let mut state = self.state.lock().expect("peer record lock");
         let listed: Vec<String> = drift.iter().take(DRIFT_PATHS_LISTED).cloned().collect();
         let changed = state.drift_paths != Some(drift.len() as u64) || state.drift != listed;
         state.drift_paths = Some(drift.len() as u64);
@@ -102,7 +107,7 @@ impl PeerTrack {
 
     /// Records the end of a push of `bytes`: `Ok(conflicts)` or the error.
     pub fn pushed(&self, result: Result<u64, String>, bytes: u64) {
-        let mut state = self.state.lock().expect("peer track lock");
+        let mut state = self.state.lock().expect("peer record lock");
         state.pushes += 1;
         state.bytes_sent += bytes;
         match result {
@@ -122,7 +127,7 @@ impl PeerTrack {
     }
 
     pub fn status(&self) -> PeerStatus {
-        let mut status = self.state.lock().expect("peer track lock").clone();
+        let mut status = self.state.lock().expect("peer record lock").clone();
         status.pending = self.outbox.len() as u64;
         status.held = self
             .outbox
@@ -222,10 +227,10 @@ impl Node {
     /// A request came from `ip`: the peers there are up, so what waits for them is
     /// delivered now rather than at the end of a backoff.
     pub fn heard_from(&self, ip: std::net::IpAddr) {
-        for track in self.peers.get().into_iter().flatten() {
-            if track.addresses.contains(&ip) {
-                track.outbox.contact();
-                if track.set_unreachable(false) {
+        for record in self.peers.get().into_iter().flatten() {
+            if record.addresses.contains(&ip) {
+                record.outbox.contact();
+                if record.set_unreachable(false) {
                     // Back from an outage: compare with it once now.
                     self.reconcile_now.notify_one();
                 }
@@ -236,8 +241,8 @@ impl Node {
     /// A peer's push changed `path` here: what was held against this node's previous
     /// version of it no longer holds.
     pub fn received(&self, path: &str) {
-        for track in self.peers.get().into_iter().flatten() {
-            track.outbox.received(path);
+        for record in self.peers.get().into_iter().flatten() {
+            record.outbox.received(path);
         }
     }
 

@@ -23,6 +23,38 @@ use crate::paths::is_within;
 use crate::plan::plan;
 use crate::protocol::{Action, Digest256, DirectoryInfo, ManifestResponse, Op, PeerLimits};
 
+/// One peer as the engine reaches it: its client, and the terms it last announced
+/// (remembered so that an automatic push costs one round trip). Shared by the engine and
+/// the daemon's record of the peer; nothing here knows what the peer holds.
+pub struct PeerLink {
+    pub peer: Peer,
+    terms: std::sync::Mutex<Option<PeerTerms>>,
+}
+
+impl PeerLink {
+    pub fn new(peer: Peer) -> PeerLink {
+        PeerLink {
+            peer,
+            terms: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The peer as written in `remotes`.
+    pub fn label(&self) -> &str {
+        &self.peer.remote.label
+    }
+
+    pub(super) fn terms(&self) -> Option<PeerTerms> {
+        self.terms.lock().expect("peer terms lock").clone()
+    }
+
+    /// Remembers what the peer announced; `None` forgets it (it may have restarted with
+    /// other directories or limits).
+    pub(super) fn set_terms(&self, terms: Option<PeerTerms>) {
+        *self.terms.lock().expect("peer terms lock") = terms;
+    }
+}
+
 /// What a peer's last manifest said about what it takes: its directories with their
 /// excludes, and its limits.
 #[derive(Clone, Debug)]

@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::manifest::Manifest;
 use crate::plan::plan;
 use crate::protocol::{Entry, HeldKind, Op};
-use crate::server::Node;
+use crate::server::{Node, PeerRecord};
 use crate::spool::Spool;
 use crate::sync::{ChangeStatus, Engine, PeerReport};
 use crate::versions::Versions;
@@ -302,12 +302,12 @@ pub async fn deliver(
     engine: Arc<Engine>,
     node: Arc<Node>,
     versions: Arc<Versions>,
-    index: usize,
-    outbox: Arc<Outbox>,
+    record: Arc<PeerRecord>,
     spool: Option<Arc<Spool>>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let peer = engine.peers()[index].remote.label.clone();
+    let peer = record.label().to_string();
+    let outbox = &record.outbox;
     let mut backoff: Option<Duration> = None;
     let mut unreachable = false;
     loop {
@@ -357,28 +357,24 @@ pub async fn deliver(
             continue;
         }
         let count = ops.len();
-        let report = engine.push_to(index, ops).await;
+        let report = engine.push_to(&record.link, ops).await;
         node.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        if let Some(track) = node.peers.get().and_then(|peers| peers.get(index)) {
-            let conflicts = report
-                .changes
-                .iter()
-                .filter(|c| matches!(&c.status, ChangeStatus::Conflict(_)))
-                .count() as u64;
-            track.pushed(
-                report.error.clone().map_or(Ok(conflicts), Err),
-                report.bytes_sent,
-            );
-        }
+        let conflicts = report
+            .changes
+            .iter()
+            .filter(|c| matches!(&c.status, ChangeStatus::Conflict(_)))
+            .count() as u64;
+        record.pushed(
+            report.error.clone().map_or(Ok(conflicts), Err),
+            report.bytes_sent,
+        );
         if report.error.is_none() {
             log_changes(&node, &report);
         }
         let waiting = pending.len();
         let settled = outbox.settle(pending, &report);
         save(&spool);
-        if let Some(track) = node.peers.get().and_then(|peers| peers.get(index)) {
-            track.set_unreachable(report.error.is_some() && !report.refused);
-        }
+        record.set_unreachable(report.error.is_some() && !report.refused);
         match (&report.error, report.refused) {
             (Some(e), true) => {
                 error!(%peer, changes = count, "peer refused the push, held until these paths are edited again: {e}");
