@@ -81,6 +81,8 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
                 let dirs = directories_differing(&config, &scan, &theirs);
                 if dirs.is_empty() {
                     if let Some(record) = record {
+                        // The peer holds this node's tree: nothing is held against it.
+                        record.outbox.forget_held(|_| true);
                         report_drift(record, BTreeSet::new());
                     }
                 } else {
@@ -121,7 +123,7 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
             }
             (None, _) => {}
         }
-        report_drift(record, sort(peer, &record.outbox));
+        report_drift(record, sort(peer, &record.outbox, &options.scope));
     }
 }
 
@@ -183,9 +185,14 @@ fn report_drift(record: &PeerRecord, drift: BTreeSet<String>) {
     );
 }
 
-/// Sorts one peer's differences: paths waiting in its outbox are delivered now (woken),
-/// held ones stay held; returns the rest, the drift.
-fn sort(peer: &PeerReport, outbox: &Outbox) -> BTreeSet<String> {
+/// Sorts one peer's differences in the directories `compared`: paths waiting in its
+/// outbox are delivered now (woken), held ones stay held (those no longer differing are
+/// forgotten: the peer holds this node's version now); returns the rest, the drift.
+fn sort(peer: &PeerReport, outbox: &Outbox, compared: &[String]) -> BTreeSet<String> {
+    let differing: BTreeSet<&str> = peer.changes.iter().map(|c| c.path.as_str()).collect();
+    outbox.forget_held(|path| {
+        compared.iter().any(|dir| is_within(path, dir)) && !differing.contains(path)
+    });
     let known = outbox.snapshot();
     let mut waiting = false;
     let drift = peer

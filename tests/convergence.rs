@@ -766,3 +766,49 @@ async fn gosyncd_sync_waits_for_a_busy_receiver_instead_of_failing() {
         "pushed first, validated slowly\n"
     ));
 }
+
+// ---------------------------------------------------------------------------------------
+// The state directory is one daemon's.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_directory_refuses_to_start_and_names_the_holder() {
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 97,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    let node1 = group.nodes[0].config_path.clone();
+    let mut first = DaemonProcess::spawn(&node1, group.path().join("node1.log"));
+    first
+        .wait_ready(&peer_as(&group.nodes[1], group.nodes[0].addr))
+        .await;
+    // The same node's config on another port: it binds, then finds the state directory
+    // taken.
+    let port = std::net::TcpListener::bind((ip(97), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = group.nodes[0].addr.to_string();
+    let twin = config_variant(&group, 0, "node1-twin.hcl", |text| {
+        assert!(text.contains(&address), "{text}");
+        text.replacen(
+            &format!("bind_address = \"{address}\""),
+            &format!("bind_address = \"{}:{port}\"", ip(97)),
+            1,
+        )
+    });
+    let run = gosyncd(config_args(&twin, &[])).await;
+    assert_ne!(run.code, Some(0), "{run:#?}");
+    let holder = format!(
+        "is in use by another gosyncd daemon (pid {})",
+        first.child.id()
+    );
+    assert!(run.stderr.contains(&holder), "{run:#?}");
+    assert!(run.stderr.contains("state_directory"), "{run:#?}");
+    // The first one is untouched.
+    assert!(first.child.try_wait().unwrap().is_none(), "{}", first.log());
+}

@@ -244,6 +244,15 @@ impl Outbox {
         }
     }
 
+    /// Forgets the held paths `which` selects: a comparison found that the peer holds
+    /// this node's version there (an operator's `sync`, an edit on the peer).
+    pub fn forget_held(&self, which: impl Fn(&str) -> bool) {
+        self.paths
+            .lock()
+            .expect("outbox lock")
+            .retain(|path, known| known.held.is_none() || !which(path));
+    }
+
     /// Hands every difference over to `other` (a daemon reloading its config passes
     /// them to its successor), keeping the older expectation where both have a path,
     /// and wakes it.
@@ -544,6 +553,29 @@ mod tests {
         let again = outbox.take();
         assert_eq!(again.len(), 1, "only the failed path waits: {again:?}");
         assert_eq!(again["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    #[test]
+    fn a_comparison_forgets_only_the_held_paths_it_found_settled() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2"), update("/e/b", b"v1", b"v2")]);
+        let sent = outbox.take();
+        let mut report = answered(
+            "/d/a",
+            ChangeStatus::Rejected("no".into()),
+            Some(file_entry(b"v1")),
+        );
+        report.changes.push(crate::sync::Change {
+            peer: "p".into(),
+            path: "/e/b".into(),
+            status: ChangeStatus::Rejected("no".into()),
+        });
+        outbox.settle(sent, &report);
+        outbox.merge(&[update("/d/c", b"v1", b"v2")]);
+        outbox.forget_held(|path| path.starts_with("/d/"));
+        let held: Vec<String> = outbox.held().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(held, ["/e/b"]);
+        assert_eq!(outbox.len(), 1, "what waits is not forgotten");
     }
 
     #[test]
