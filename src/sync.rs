@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, Instrument};
 
 pub use self::peer::PeerLink;
-use self::peer::{peer_rules, sync_peer, LocalState, PeerTerms};
+use self::peer::{kept_directories, peer_rules, sync_peer, LocalState, PeerTerms};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};
 use self::self_detect::resolves_to_self;
@@ -35,7 +35,7 @@ use crate::client::{self, Peer};
 use crate::config::{Config, Remote};
 use crate::manifest::{self, HashCache, Scan};
 use crate::paths::{self, is_within};
-use crate::protocol::Op;
+use crate::protocol::{Action, Op};
 use crate::tls::TlsMaterial;
 
 /// The engine: this node's config, its peers and its hash cache.
@@ -277,15 +277,63 @@ impl Engine {
             return report;
         }
         let local = LocalState::new(Scan::default());
+        let dir_deletes: Vec<Op> = ops
+            .iter()
+            .filter(|op| {
+                op.action == Action::Delete
+                    && op.expect.as_ref().is_some_and(|e| e.content.is_dir())
+            })
+            .cloned()
+            .collect();
         push(&self.config, peer, ops, &local, &terms.limits, &mut report)
-            .instrument(span)
+            .instrument(span.clone())
             .await;
         if report.error.is_some() {
             // The peer may have restarted with other directories or limits: ask again
             // before the next push.
             link.set_terms(None);
+            return report;
         }
+        self.explain_kept_directories(peer, dir_deletes, &mut report)
+            .instrument(span)
+            .await;
         report
+    }
+
+    /// A directory deletion the peer could not carry out because the directory still
+    /// holds paths is retried, unless what it holds is excluded on this node: those
+    /// paths are not this node's to delete, so the directory is kept for good. The peer
+    /// cannot tell (it knows its own excludes, not this node's): its listing of the
+    /// directory is asked for here.
+    async fn explain_kept_directories(
+        &self,
+        peer: &Peer,
+        deletes: Vec<Op>,
+        report: &mut PeerReport,
+    ) {
+        let failed: Vec<Op> = deletes
+            .into_iter()
+            .filter(|op| {
+                report
+                    .changes
+                    .iter()
+                    .any(|c| c.path == op.path && matches!(c.status, ChangeStatus::Failed(_)))
+            })
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        let scope: Vec<String> = failed.iter().map(|op| op.path.clone()).collect();
+        let Ok(listing) = peer.manifest(&scope).await else {
+            return;
+        };
+        for (dir, excluded) in kept_directories(&self.config, &listing, &failed) {
+            for change in report.changes.iter_mut().filter(|c| c.path == dir) {
+                change.status = ChangeStatus::Kept(format!(
+                    "directory kept: it holds paths excluded on this node: {excluded}"
+                ));
+            }
+        }
     }
 }
 

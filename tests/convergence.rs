@@ -812,3 +812,57 @@ async fn a_second_daemon_on_the_same_state_directory_refuses_to_start_and_names_
     // The first one is untouched.
     assert!(first.child.try_wait().unwrap().is_none(), "{}", first.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_directory_holding_paths_the_sender_excludes_is_kept_not_retried_forever() {
+    let mut group = watching(2, 99).await;
+    // Node 1 excludes *.local; node 2 does not, and has a file of its own in sub/.
+    let variant = config_variant(&group, 0, "node1-local.hcl", |text| {
+        assert!(text.contains("  exclude = []"), "{text}");
+        text.replace("  exclude = []", "  exclude = [\"*.local\"]")
+    });
+    group.nodes[0].config = Arc::new(Config::from_file(&variant).unwrap());
+    group.nodes[0].config_path = variant;
+    group.restart(0).await.unwrap();
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n1, "/etc/app/sub/w.local", "node 2's own\n");
+    write(n0, "/etc/app/sub/a.cfg", "a\n");
+    let state = || format!("{}\nnode 1 knows {:#?}", describe(&group), n0.peer_status());
+    // Node 2 pushes the directory its own file made (the file itself is excluded on
+    // node 1); once that is in, nothing else is under way.
+    eventually(
+        WAIT,
+        "sub/a.cfg on node 2, and node 2's push of sub on node 1",
+        || holds(n1, "/etc/app/sub/a.cfg", "a\n") && counters(n0).apply_requests >= 1,
+        state,
+    )
+    .await;
+
+    std::fs::remove_dir_all(n0.path("/etc/app/sub")).unwrap();
+    eventually(
+        CONVERGE,
+        "node 1 holds sub as kept for node 2, for the path it excludes",
+        || {
+            n0.peer_status().is_some_and(|peers| {
+                peers[0].held.iter().any(|h| {
+                    h.path == "/etc/app/sub"
+                        && h.outcome == HeldKind::Kept
+                        && h.reason.contains("/etc/app/sub/w.local")
+                })
+            })
+        },
+        state,
+    )
+    .await;
+    assert!(!exists(n1, "/etc/app/sub/a.cfg"), "{}", state());
+    assert_eq!(
+        std::fs::read(n1.path("/etc/app/sub/w.local")).unwrap(),
+        b"node 2's own\n"
+    );
+    assert_eq!(
+        n0.peer_status().unwrap()[0].pending,
+        0,
+        "held, not waiting to be retried\n{}",
+        state()
+    );
+}

@@ -204,7 +204,7 @@ pub(super) async fn sync_peer(
 
 /// The directories `ops` delete on the peer that hold paths this node excludes, with the
 /// first such path of each.
-fn kept_directories(
+pub(super) fn kept_directories(
     config: &Config,
     remote: &ManifestResponse,
     ops: &[Op],
