@@ -128,30 +128,30 @@ impl Peer {
 
     /// The peer's manifest, limited to `scope` (empty: everything).
     pub async fn manifest(&self, scope: &[String]) -> Result<ManifestResponse, PeerError> {
-        let request = self
-            .transport
-            .http
-            .post(format!("{}{}", self.remote.url(), protocol::MANIFEST_ROUTE))
-            .timeout(protocol::MANIFEST_TIMEOUT)
-            .json(&ManifestRequest {
-                scope: scope.to_vec(),
-                digests_only: false,
-            });
-        self.call(request, protocol::MANIFEST_TIMEOUT).await
+        self.ask_manifest(ManifestRequest {
+            scope: scope.to_vec(),
+            digests_only: false,
+        })
+        .await
     }
 
     /// The digest of each of the peer's configured directories (its manifest without
     /// its entries): a comparison that costs a few bytes while the trees agree.
     pub async fn digests(&self) -> Result<ManifestResponse, PeerError> {
+        self.ask_manifest(ManifestRequest {
+            scope: Vec::new(),
+            digests_only: true,
+        })
+        .await
+    }
+
+    async fn ask_manifest(&self, asked: ManifestRequest) -> Result<ManifestResponse, PeerError> {
         let request = self
             .transport
             .http
             .post(format!("{}{}", self.remote.url(), protocol::MANIFEST_ROUTE))
             .timeout(protocol::MANIFEST_TIMEOUT)
-            .json(&ManifestRequest {
-                scope: Vec::new(),
-                digests_only: true,
-            });
+            .json(&asked);
         self.call(request, protocol::MANIFEST_TIMEOUT).await
     }
 

@@ -415,12 +415,7 @@ const FSIZE_LIMIT: usize = 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_could_not_write_catches_up_once_it_can() {
-    if std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: prlimit (util-linux) is not installed");
+    if !has_prlimit() {
         return;
     }
     // Node 2 is the real binary under a soft RLIMIT_FSIZE (the hard limit stays

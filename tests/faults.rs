@@ -364,12 +364,7 @@ const FSIZE_LIMIT: usize = 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_whose_write_fails_keeps_the_old_file_applies_the_rest_and_says_why() {
-    if std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: prlimit (util-linux) is not installed");
+    if !has_prlimit() {
         return;
     }
     let mut group = LocalGroup::build(&GroupSpec {

@@ -653,6 +653,15 @@ fn run_binary(args: Vec<OsString>) -> BinaryRun {
     }
 }
 
+/// Whether the `prlimit` command (util-linux) is there; says the test is skipped if not.
+pub fn has_prlimit() -> bool {
+    let found = Command::new("prlimit").arg("--version").output().is_ok();
+    if !found {
+        eprintln!("skipped: prlimit (util-linux) is not installed");
+    }
+    found
+}
+
 /// `-config PATH` followed by `rest`.
 pub fn config_args(config: &Path, rest: &[&str]) -> Vec<OsString> {
     let mut args = vec![OsString::from("-config"), config.as_os_str().to_os_string()];
