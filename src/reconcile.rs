@@ -10,7 +10,7 @@
 //! the engine's dry run (the same planner as `sync -dry`); it neither plans nor sends
 //! anything itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tracing::{debug, info, warn};
@@ -101,6 +101,17 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
         scope: differing.into_iter().collect(),
         ..Options::default()
     };
+    // What waits for each peer now: delivered while the comparison runs, it would look
+    // like drift when the comparison ends.
+    let waiting_before: BTreeMap<String, BTreeSet<String>> = records
+        .iter()
+        .map(|r| {
+            (
+                r.label().to_string(),
+                r.outbox.snapshot().into_keys().collect(),
+            )
+        })
+        .collect();
     let report = engine.run(&options, |_| {}).await;
     for peer in &report.peers {
         let Some(record) = record_of(&peer.peer) else {
@@ -123,7 +134,8 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
             }
             (None, _) => {}
         }
-        report_drift(record, sort(peer, &record.outbox, &options.scope));
+        let before = waiting_before.get(&peer.peer).cloned().unwrap_or_default();
+        report_drift(record, sort(peer, &record.outbox, &options.scope, &before));
     }
 }
 
@@ -188,7 +200,12 @@ fn report_drift(record: &PeerRecord, drift: BTreeSet<String>) {
 /// Sorts one peer's differences in the directories `compared`: paths waiting in its
 /// outbox are delivered now (woken), held ones stay held (those no longer differing are
 /// forgotten: the peer holds this node's version now); returns the rest, the drift.
-fn sort(peer: &PeerReport, outbox: &Outbox, compared: &[String]) -> BTreeSet<String> {
+fn sort(
+    peer: &PeerReport,
+    outbox: &Outbox,
+    compared: &[String],
+    waiting_before: &BTreeSet<String>,
+) -> BTreeSet<String> {
     let differing: BTreeSet<&str> = peer.changes.iter().map(|c| c.path.as_str()).collect();
     outbox.forget_held(|path| {
         compared.iter().any(|dir| is_within(path, dir)) && !differing.contains(path)
@@ -207,7 +224,7 @@ fn sort(peer: &PeerReport, outbox: &Outbox, compared: &[String]) -> BTreeSet<Str
                 waiting |= k.held.is_none();
                 false
             }
-            None => true,
+            None => !waiting_before.contains(&c.path),
         })
         .map(|c| c.path.clone())
         .collect();

@@ -12,7 +12,9 @@
 //! its configuration in the same process shares its predecessor's spool.
 //!
 //! A spool file read at start-up is checked as strictly as a peer's batch: a torn or
-//! hostile file is refused whole, with a message, and moved aside.
+//! hostile file (a path not normalised, an entry out of range) is refused whole, with a
+//! message, and moved aside; a path this node does not synchronise (any more) is
+//! dropped, named.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -324,9 +326,11 @@ fn parse(text: &[u8], config: &Config) -> Result<Spooled, String> {
         if spooled.contains_key(&peer.peer) {
             return Err(format!("peer {} is listed twice", peer.peer));
         }
-        for (path, known) in &peer.paths {
-            crate::apply::confine(config, path)?;
-            if let Some(entry) = &known.holds {
+        let mut paths = peer.paths;
+        for (path, known) in &paths {
+            crate::paths::check_normalized(path).map_err(|e| format!("{path:?}: {e}"))?;
+            let sent = known.sent.as_ref().and_then(|s| s.entry.as_ref());
+            for entry in known.holds.iter().chain(sent) {
                 check_entry(entry).map_err(|e| format!("{path}: {e}"))?;
             }
             if known
@@ -339,15 +343,24 @@ fn parse(text: &[u8], config: &Config) -> Result<Spooled, String> {
                 ));
             }
         }
+        // Paths this node does not synchronise (any more: the configuration changed) are
+        // dropped, named; nothing outside the configured directories is ever replayed.
+        paths.retain(|path, _| match crate::apply::confine(config, path) {
+            Ok(_) => true,
+            Err(why) => {
+                warn!(peer = %peer.peer, "spooled change dropped: {why}");
+                false
+            }
+        });
         if !config.remotes.iter().any(|r| r.label == peer.peer) {
             warn!(
                 peer = %peer.peer,
-                paths = peer.paths.len(),
+                paths = paths.len(),
                 "spooled changes for a peer no longer in remotes are dropped"
             );
             continue;
         }
-        spooled.insert(peer.peer, peer.paths);
+        spooled.insert(peer.peer, paths);
     }
     Ok(spooled)
 }
@@ -403,6 +416,8 @@ mod tests {
                 Known {
                     holds: Some(file_entry(b"v1")),
                     held: None,
+                    sent: None,
+                    provisional: false,
                 },
             ),
             (
@@ -410,6 +425,10 @@ mod tests {
                 Known {
                     holds: None,
                     held: Some(Held::Rejected("validation failed".into())),
+                    sent: Some(crate::watcher::Sent {
+                        entry: Some(file_entry(b"v2")),
+                    }),
+                    provisional: false,
                 },
             ),
         ]));
@@ -445,15 +464,28 @@ mod tests {
         let cases = [
             whole[..whole.len() / 2].to_string(),
             spooled_text("/etc/app/../../etc/shadow"),
-            spooled_text("/etc/other/x"),
-            spooled_text("/etc/app/private/key"),
-            spooled_text("/etc/app/.gosyncd-1.tmp"),
+            spooled_text("etc/app/a"),
+            spooled_text("/etc/app//a"),
             whole.replace("\"version\":1", "\"version\":9"),
             whole.replace("\"held\":null", "\"held\":null,\"extra\":1"),
             whole.replace("\"mode\":420", "\"mode\":99999"),
         ];
         for text in cases {
             assert!(parse(text.as_bytes(), &config).is_err(), "accepted: {text}");
+        }
+    }
+
+    #[test]
+    fn spooled_paths_this_node_does_not_synchronise_are_dropped_not_replayed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config_with_remote(tmp.path());
+        for path in [
+            "/etc/other/x",
+            "/etc/app/private/key",
+            "/etc/app/.gosyncd-1.tmp",
+        ] {
+            let loaded = parse(spooled_text(path).as_bytes(), &config).unwrap();
+            assert!(loaded["127.0.0.3:8080"].is_empty(), "{path} replayed");
         }
     }
 

@@ -42,6 +42,21 @@ impl Versions {
         self.map.lock().expect("versions lock").get(path).cloned()
     }
 
+    /// Every path known, and what is known there, below directory `dir`.
+    pub fn below(&self, dir: &str) -> Vec<(String, Option<Entry>)> {
+        let prefix = format!("{dir}/");
+        self.map
+            .lock()
+            .expect("versions lock")
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(path, _)| path.starts_with(&prefix))
+            .map(|(path, entry)| (path.clone(), Some(entry.clone())))
+            .collect()
+    }
+
     /// Compares a scan of `scope` (empty: everything) with the versions known there,
     /// records the scan as the new versions, and returns the operations that carry the
     /// difference to peers, each expecting the version this node had before.

@@ -24,7 +24,7 @@ use tracing::{debug, error, warn};
 
 use self::directories::{directory_identity, rewatch, DirectoryIdentity};
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
-pub use self::outbox::{deliver, Held, Known, Outbox};
+pub use self::outbox::{deliver, Held, Known, Outbox, Sent};
 pub use self::queue::{Queue, QueueReceiver, Signal, WATCH_QUEUE_SIGNALS};
 use crate::actions;
 use crate::config::Config;
@@ -80,11 +80,11 @@ pub async fn propagate(
             }
         };
         let mut burst = Burst::default();
-        burst.add(&config, first);
+        touch(&node, &versions, &burst.add(&config, first));
         // Coalesce per path until the group has been quiet for the debounce window.
         loop {
             match tokio::time::timeout(config.debounce, queue.rx.recv()).await {
-                Ok(Some(signal)) => burst.add(&config, signal),
+                Ok(Some(signal)) => touch(&node, &versions, &burst.add(&config, signal)),
                 Ok(None) => return,
                 Err(_) => break,
             }
@@ -121,7 +121,15 @@ pub async fn propagate(
             }
             paths.into_iter().collect()
         };
-        let refused = push_burst(&engine, &node, &versions, scope.clone()).await;
+        let mut refused = push_burst(&engine, &node, &versions, scope.clone()).await;
+        if !scope.is_empty() {
+            // The debouncer can lose events (a file renamed then deleted at once, a
+            // file moved in and deleted within its window: nothing is reported). Once
+            // the burst is handed to the deliveries, the whole tree is compared with
+            // the versions (the hash cache makes it a walk of stats), and anything
+            // the events missed goes out too.
+            refused.extend(push_burst(&engine, &node, &versions, Vec::new()).await);
+        }
         held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
         held_back.extend(refused);
     }
@@ -171,11 +179,21 @@ async fn push_burst(
             paths = scope.len(),
             "no change to push (a write received from a peer, or undone)"
         );
+        // What the burst touched and did not change is not delivered.
+        for record in node.peers.get().into_iter().flatten() {
+            record.outbox.drop_provisional();
+        }
+        if let Some(spool) = &node.spool {
+            spool.save(false);
+        }
         return refused;
     }
     let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     for record in records {
-        record.outbox.merge(&ops);
+        record.outbox.merge(&ops, |path| {
+            config.directory_of(path).map(|dir| dir.path.clone())
+        });
+        record.outbox.drop_provisional();
     }
     // On disk before it counts as queued: a restart from here on delivers it.
     if let Some(spool) = &node.spool {
@@ -188,6 +206,61 @@ async fn push_burst(
     refused
 }
 
+/// Spools the paths a burst touches as soon as they are seen, each with the version
+/// the peers are expected to hold (see [`Outbox::touch`]): a daemon killed before the
+/// burst ends delivers them when it starts again. A directory gone from disk takes
+/// everything known below it (its deletion may be reported for the directory alone).
+fn touch(node: &Node, versions: &Versions, paths: &[String]) {
+    let (Some(spool), Some(records)) = (&node.spool, node.peers.get()) else {
+        return;
+    };
+    // Writes of a received batch are not this node's edits: touched now, they would be
+    // spooled against versions not recorded yet, and pushed back. (Once the batch is
+    // done its versions are recorded, and a touch finds nothing to deliver.)
+    if paths.is_empty() || records.is_empty() || node.applying() {
+        return;
+    }
+    // Only what this node synchronises: excluded and temporary names never travel.
+    let mut touched: Vec<_> = Vec::new();
+    for path in paths {
+        if crate::apply::confine(&node.config, path).is_err() {
+            continue;
+        }
+        let known = versions.get(path);
+        let local = node.config.local_path(path);
+        match std::fs::symlink_metadata(&local) {
+            // A directory gone: everything known below it goes with it.
+            Err(_) if known.as_ref().is_some_and(|e| e.content.is_dir()) => {
+                touched.extend(versions.below(path));
+            }
+            // A directory made or moved in: what it holds comes with it.
+            Ok(meta) if meta.is_dir() => {
+                let below = walkdir::WalkDir::new(&local)
+                    .min_depth(1)
+                    .follow_links(false)
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter_map(|e| node.config.logical_path(e.path()))
+                    .filter(|p| crate::apply::confine(&node.config, p).is_ok())
+                    .map(|p| {
+                        let known = versions.get(&p);
+                        (p, known)
+                    });
+                touched.extend(below);
+            }
+            _ => {}
+        }
+        touched.push((path.clone(), known));
+    }
+    if touched.is_empty() {
+        return;
+    }
+    for record in records {
+        record.outbox.touch(&touched);
+    }
+    spool.save(false);
+}
+
 /// The logical paths a burst touched, or a request to rescan.
 #[derive(Default)]
 struct Burst {
@@ -196,17 +269,22 @@ struct Burst {
 }
 
 impl Burst {
-    fn add(&mut self, config: &Config, signal: Signal) {
+    /// Adds a signal; returns the paths it adds.
+    fn add(&mut self, config: &Config, signal: Signal) -> Vec<String> {
+        let mut added = Vec::new();
         match signal {
             Signal::Rescan => self.rescan = true,
             Signal::Changed(paths) => {
                 for local in paths {
                     if let Some(logical) = config.logical_path(&local) {
-                        self.paths.insert(logical);
+                        if self.paths.insert(logical.clone()) {
+                            added.push(logical);
+                        }
                     }
                 }
             }
         }
+        added
     }
 }
 

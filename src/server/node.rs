@@ -94,6 +94,18 @@ impl PeerRecord {
         self.unreachable.swap(unreachable, Ordering::Relaxed)
     }
 
+    /// Takes delivered paths off the drift a comparison found (it may have run while
+    /// they were on their way).
+    pub fn delivered(&self, paths: &[String]) {
+        let mut state = self.state.lock().expect("peer record lock");
+        let before = state.drift.len();
+        state.drift.retain(|p| !paths.contains(p));
+        let gone = (before - state.drift.len()) as u64;
+        if let Some(count) = state.drift_paths.as_mut() {
+            *count = count.saturating_sub(gone);
+        }
+    }
+
     /// Records the paths found to differ from this node that nobody is delivering;
     /// returns whether that set changed.
     pub fn set_drift(&self, drift: &std::collections::BTreeSet<String>) -> bool {
@@ -184,6 +196,11 @@ impl Node {
     /// be pushed back.
     pub async fn hold_applies(&self) -> tokio::sync::OwnedMutexGuard<()> {
         self.apply_lock.clone().lock_owned().await
+    }
+
+    /// Whether a received batch is being written now.
+    pub fn applying(&self) -> bool {
+        self.apply_lock.try_lock().is_err()
     }
 
     /// This node, applying received batches one at a time with `previous` (and scanning

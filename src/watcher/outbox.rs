@@ -21,6 +21,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::manifest::Manifest;
+use crate::paths::is_within;
 use crate::plan::plan;
 use crate::protocol::{Entry, HeldKind, Op};
 use crate::server::{Node, PeerRecord};
@@ -45,6 +46,21 @@ pub struct Known {
     pub holds: Option<Entry>,
     /// Why the difference is not being delivered; `None`: it waits for delivery.
     pub held: Option<Held>,
+    /// It was being pushed when the spool was written, with this version: the peer holds
+    /// `holds` or this, and is asked which before the next push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<Sent>,
+    /// Touched by a burst that has not ended: not delivered until the burst says it
+    /// changed (and dropped if it did not); replayed from the spool after a crash.
+    #[serde(skip)]
+    pub provisional: bool,
+}
+
+/// A version sent to a peer (`None`: a deletion).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sent {
+    pub entry: Option<Entry>,
 }
 
 /// Why a difference is held rather than retried: until this node's next edit of the
@@ -89,12 +105,29 @@ impl Held {
 /// path changes while the peer is away.
 #[derive(Default)]
 pub struct Outbox {
-    paths: Mutex<BTreeMap<String, Known>>,
+    paths: Mutex<Paths>,
     /// New changes to deliver.
     wake: Notify,
     /// The peer was heard from (it may be back): retry now rather than at the end of
     /// the backoff.
     contact: Notify,
+}
+
+/// The differences of one peer, and those being pushed to it.
+#[derive(Default)]
+struct Paths {
+    known: BTreeMap<String, Known>,
+    /// Sent and not answered yet: what the peer was expected to hold. Kept apart from
+    /// `known` (where a newer edit may wait meanwhile) and spooled with it, so that a
+    /// push under way is never missing from the spool nor taken twice.
+    in_flight: BTreeMap<String, InFlight>,
+}
+
+/// A push under way: what the peer was expected to hold, and, once planned, what was
+/// sent.
+struct InFlight {
+    holds: Option<Entry>,
+    sent: Option<Sent>,
 }
 
 /// How a delivery ended, for the delivering loop.
@@ -111,18 +144,63 @@ pub(super) struct Settled {
 impl Outbox {
     /// Adds changes, without waking the delivery (see [`Outbox::wake`]). A path already
     /// waiting keeps its older expectation: that is what the peer still holds. A path
-    /// held is released: the new edit is delivered against what the peer holds.
-    pub fn merge(&self, ops: &[Op]) {
+    /// held is released: the new edit is delivered against what the peer holds. A
+    /// rejection is released for every path of the directory `directory_of` names:
+    /// the peer's `validate` judged them together, and may pass them with this edit.
+    pub fn merge(&self, ops: &[Op], directory_of: impl Fn(&str) -> Option<String>) {
         let mut paths = self.paths.lock().expect("outbox lock");
         for op in ops {
+            if let Some(dir) = directory_of(&op.path) {
+                for (path, known) in paths.known.iter_mut() {
+                    if matches!(known.held, Some(Held::Rejected(_))) && is_within(path, &dir) {
+                        known.held = None;
+                    }
+                }
+            }
             paths
+                .known
                 .entry(op.path.clone())
-                .and_modify(|known| known.held = None)
+                .and_modify(|known| {
+                    known.held = None;
+                    known.provisional = false;
+                })
                 .or_insert_with(|| Known {
                     holds: op.expect.clone(),
                     held: None,
+                    sent: None,
+                    provisional: false,
                 });
         }
+    }
+
+    /// Notes paths being written here, before their burst ends and their change is
+    /// known: each with the version the peer is expected to hold (this node's last),
+    /// unless it waits already. Spooled, they survive a crash before the burst's end;
+    /// a path found unchanged is dropped by the next delivery.
+    pub fn touch(&self, touched: &[(String, Option<Entry>)]) {
+        let mut paths = self.paths.lock().expect("outbox lock");
+        for (path, holds) in touched {
+            if !paths.known.contains_key(path) && !paths.in_flight.contains_key(path) {
+                paths.known.insert(
+                    path.clone(),
+                    Known {
+                        holds: holds.clone(),
+                        held: None,
+                        sent: None,
+                        provisional: true,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops what a burst touched and did not change (see [`Outbox::touch`]).
+    pub fn drop_provisional(&self) {
+        self.paths
+            .lock()
+            .expect("outbox lock")
+            .known
+            .retain(|_, known| !known.provisional);
     }
 
     /// Wakes the delivery: changes were merged.
@@ -136,21 +214,58 @@ impl Outbox {
         self.contact.notify_one();
     }
 
-    /// Takes the differences waiting for delivery; the held ones stay.
-    fn take(&self) -> BTreeMap<String, Option<Entry>> {
+    /// Takes the differences waiting for delivery (the held ones stay), and keeps them
+    /// as in flight until [`Outbox::settle`].
+    fn take(&self) -> BTreeMap<String, Known> {
         let mut paths = self.paths.lock().expect("outbox lock");
         let waiting: Vec<String> = paths
+            .known
             .iter()
-            .filter(|(_, known)| known.held.is_none())
+            .filter(|(path, known)| {
+                known.held.is_none() && !known.provisional && !paths.in_flight.contains_key(*path)
+            })
             .map(|(path, _)| path.clone())
             .collect();
-        waiting
-            .into_iter()
-            .map(|path| {
-                let known = paths.remove(&path).expect("listed");
-                (path, known.holds)
-            })
-            .collect()
+        let mut taken = BTreeMap::new();
+        for path in waiting {
+            let known = paths.known.remove(&path).expect("listed");
+            paths.in_flight.insert(
+                path.clone(),
+                InFlight {
+                    holds: known.holds.clone(),
+                    sent: known.sent.clone(),
+                },
+            );
+            taken.insert(path, known);
+        }
+        taken
+    }
+
+    /// Notes what is being sent for paths in flight (`None` in `ours`: a deletion).
+    fn sending(&self, ours: &Manifest) {
+        let mut paths = self.paths.lock().expect("outbox lock");
+        for (path, flight) in paths.in_flight.iter_mut() {
+            flight.sent = Some(Sent {
+                entry: ours.get(path).cloned(),
+            });
+        }
+    }
+
+    /// Puts taken differences back as they were (their push was not even tried).
+    fn put_back(&self, taken: BTreeMap<String, Known>) {
+        let mut paths = self.paths.lock().expect("outbox lock");
+        for (path, known) in taken {
+            paths.in_flight.remove(&path);
+            match paths.known.entry(path) {
+                std::collections::btree_map::Entry::Occupied(mut newer) => {
+                    newer.get_mut().holds = known.holds;
+                    newer.get_mut().sent = known.sent;
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(known);
+                }
+            }
+        }
     }
 
     /// Puts back what a delivery learnt of `path`: the peer holds `holds`. A newer edit
@@ -158,14 +273,30 @@ impl Outbox {
     /// otherwise the path waits (`held` is `None`) or is held.
     fn learn(&self, path: String, holds: Option<Entry>, held: Option<Held>) {
         let mut paths = self.paths.lock().expect("outbox lock");
-        match paths.entry(path) {
+        paths.in_flight.remove(&path);
+        match paths.known.entry(path) {
             std::collections::btree_map::Entry::Occupied(mut newer) => {
-                newer.get_mut().holds = holds
+                newer.get_mut().holds = holds;
+                newer.get_mut().sent = None;
             }
             std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(Known { holds, held });
+                slot.insert(Known {
+                    holds,
+                    held,
+                    sent: None,
+                    provisional: false,
+                });
             }
         }
+    }
+
+    /// The push of `path` landed: the peer holds this node's version.
+    fn delivered(&self, path: &str) {
+        self.paths
+            .lock()
+            .expect("outbox lock")
+            .in_flight
+            .remove(path);
     }
 
     /// Records how the push of `sent` (path -> what the peer was expected to hold)
@@ -204,6 +335,7 @@ impl Outbox {
                 .find(|status| !matches!(status, ChangeStatus::Done(_)));
             let Some(status) = failed else {
                 settled.delivered += 1;
+                self.delivered(&path);
                 continue;
             };
             let found = report
@@ -239,8 +371,12 @@ impl Outbox {
     /// version changed and what was held against the previous one no longer holds.
     pub fn received(&self, path: &str) {
         let mut paths = self.paths.lock().expect("outbox lock");
-        if paths.get(path).is_some_and(|known| known.held.is_some()) {
-            paths.remove(path);
+        if paths
+            .known
+            .get(path)
+            .is_some_and(|known| known.held.is_some())
+        {
+            paths.known.remove(path);
         }
     }
 
@@ -250,6 +386,7 @@ impl Outbox {
         self.paths
             .lock()
             .expect("outbox lock")
+            .known
             .retain(|path, known| known.held.is_none() || !which(path));
     }
 
@@ -257,7 +394,12 @@ impl Outbox {
     /// them to its successor), keeping the older expectation where both have a path,
     /// and wakes it.
     pub fn hand_over(&self, other: &Outbox) {
-        let taken = std::mem::take(&mut *self.paths.lock().expect("outbox lock"));
+        let taken = {
+            let mut paths = self.paths.lock().expect("outbox lock");
+            let all = snapshot_of(&paths);
+            *paths = Paths::default();
+            all
+        };
         if taken.is_empty() {
             return;
         }
@@ -268,12 +410,13 @@ impl Outbox {
     /// Adds differences known from elsewhere (a predecessor, the spool), which win
     /// over newer expectations.
     pub fn restore(&self, known: BTreeMap<String, Known>) {
-        self.paths.lock().expect("outbox lock").extend(known);
+        self.paths.lock().expect("outbox lock").known.extend(known);
     }
 
-    /// Every difference, for the spool.
+    /// Every difference, those in flight included (with what the peer was expected to
+    /// hold when they were sent), for the spool and comparisons.
     pub fn snapshot(&self) -> BTreeMap<String, Known> {
-        self.paths.lock().expect("outbox lock").clone()
+        snapshot_of(&self.paths.lock().expect("outbox lock"))
     }
 
     /// The differences held, with why.
@@ -281,24 +424,44 @@ impl Outbox {
         self.paths
             .lock()
             .expect("outbox lock")
+            .known
             .iter()
             .filter_map(|(path, known)| known.held.clone().map(|held| (path.clone(), held)))
             .collect()
     }
 
-    /// How many paths wait for delivery.
+    /// How many paths wait for delivery or are being pushed.
     pub fn len(&self) -> usize {
-        self.paths
-            .lock()
-            .expect("outbox lock")
-            .values()
-            .filter(|known| known.held.is_none())
-            .count()
+        let paths = self.paths.lock().expect("outbox lock");
+        let waiting = paths
+            .known
+            .iter()
+            .filter(|(path, known)| {
+                known.held.is_none() && !known.provisional && !paths.in_flight.contains_key(*path)
+            })
+            .count();
+        waiting + paths.in_flight.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn snapshot_of(paths: &Paths) -> BTreeMap<String, Known> {
+    let mut all = paths.known.clone();
+    for (path, flight) in &paths.in_flight {
+        all.insert(
+            path.clone(),
+            Known {
+                holds: flight.holds.clone(),
+                held: None,
+                sent: flight.sent.clone(),
+                provisional: false,
+            },
+        );
+    }
+    all
 }
 
 /// Delivers one peer's outbox: the latest content of every waiting path, in one
@@ -342,11 +505,25 @@ pub async fn deliver(
                 return;
             }
         }
-        let pending = outbox.take();
-        if pending.is_empty() {
+        let taken = outbox.take();
+        if taken.is_empty() {
             backoff = None;
             continue;
         }
+        // Pushes a previous daemon left under way: ask the peer which version it holds.
+        let pending = match resolve_sent(&record, &taken).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                if !unreachable {
+                    warn!(%peer, pending = taken.len(), "peer unreachable, changes kept and retried: {e}");
+                }
+                unreachable = true;
+                record.set_unreachable(!e.is_refusal());
+                outbox.put_back(taken);
+                backoff = Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)));
+                continue;
+            }
+        };
         // Send the versions this node recorded, never a newer scan: every state a peer
         // receives is one the versions map knew, so the expectations of later bursts
         // (planned against that map) hold on the peer. A file written again since
@@ -361,11 +538,14 @@ pub async fn deliver(
             .collect();
         let ops = plan(&ours, &theirs, node.owners);
         if ops.is_empty() {
+            // The peer holds this node's version of every path: nothing to send.
+            outbox.settle(pending, &PeerReport::default());
             backoff = None;
             save(&spool);
             continue;
         }
         let count = ops.len();
+        outbox.sending(&ours);
         let report = engine.push_to(&record.link, ops).await;
         node.stats.pushes.fetch_add(1, Ordering::Relaxed);
         let conflicts = report
@@ -381,6 +561,13 @@ pub async fn deliver(
             log_changes(&node, &report);
         }
         let waiting = pending.len();
+        let done: Vec<String> = report
+            .changes
+            .iter()
+            .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
+            .map(|c| c.path.clone())
+            .collect();
+        record.delivered(&done);
         let settled = outbox.settle(pending, &report);
         save(&spool);
         record.set_unreachable(report.error.is_some() && !report.refused);
@@ -412,6 +599,46 @@ pub async fn deliver(
         };
         debug!(%peer, ?settled, "delivery settled");
     }
+}
+
+/// What the peer holds at each taken path, for planning: what it was expected to hold,
+/// except where a push was under way when a previous daemon stopped (`sent`): the peer
+/// is asked, and where it holds the version sent, that is what it holds. Where it holds
+/// neither, the expectation stays, and the push is refused as a conflict (reported)
+/// rather than overwrite it.
+async fn resolve_sent(
+    record: &PeerRecord,
+    taken: &BTreeMap<String, Known>,
+) -> Result<BTreeMap<String, Option<Entry>>, crate::client::PeerError> {
+    let mut pending: BTreeMap<String, Option<Entry>> = taken
+        .iter()
+        .map(|(path, known)| (path.clone(), known.holds.clone()))
+        .collect();
+    let uncertain: Vec<(&String, &Sent)> = taken
+        .iter()
+        .filter_map(|(path, known)| known.sent.as_ref().map(|sent| (path, sent)))
+        .collect();
+    if uncertain.is_empty() {
+        return Ok(pending);
+    }
+    let scope: Vec<String> = uncertain.iter().map(|(path, _)| (*path).clone()).collect();
+    let listing = record.link.peer.manifest(&scope).await?;
+    for (path, sent) in uncertain {
+        let now = listing
+            .entries
+            .iter()
+            .find(|w| &w.path == path)
+            .map(|w| &w.entry);
+        let delivered = match (now, &sent.entry) {
+            (None, None) => true,
+            (Some(now), Some(sent)) => now.same_state(sent, listing.owners),
+            _ => false,
+        };
+        if delivered {
+            pending.insert(path.clone(), sent.entry.clone());
+        }
+    }
+    Ok(pending)
 }
 
 /// Writes the spool after a delivery; not flushed to disk (a change delivered twice
@@ -450,6 +677,20 @@ mod tests {
     use super::*;
     use crate::testing::{file_entry, put};
 
+    /// What the peer is expected to hold at each path taken for delivery.
+    fn take(outbox: &Outbox) -> BTreeMap<String, Option<Entry>> {
+        outbox
+            .take()
+            .into_iter()
+            .map(|(path, known)| (path, known.holds))
+            .collect()
+    }
+
+    /// Paths in no configured directory: a rejection is released path by path.
+    fn no_dir(_: &str) -> Option<String> {
+        None
+    }
+
     fn update(path: &str, from: &[u8], to: &[u8]) -> Op {
         Op {
             expect: Some(file_entry(from)),
@@ -460,12 +701,15 @@ mod tests {
     #[test]
     fn a_waiting_path_keeps_the_version_the_peer_still_holds() {
         let outbox = Outbox::default();
-        outbox.merge(&[update("/d/a", b"v1", b"v2")]);
-        outbox.merge(&[update("/d/a", b"v2", b"v3"), put("/d/b", b"new")]);
-        let pending = outbox.take();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        outbox.merge(&[update("/d/a", b"v2", b"v3"), put("/d/b", b"new")], no_dir);
+        let pending = take(&outbox);
         assert_eq!(pending["/d/a"], Some(file_entry(b"v1")));
         assert_eq!(pending["/d/b"], None);
-        assert!(outbox.is_empty());
+        assert_eq!(outbox.len(), 2, "in flight until settled");
+        assert!(take(&outbox).is_empty(), "never taken twice");
+        // In flight, they are still spooled, with what the peer was expected to hold.
+        assert_eq!(outbox.snapshot()["/d/a"].holds, Some(file_entry(b"v1")));
     }
 
     fn answered(path: &str, status: ChangeStatus, holds: Option<Entry>) -> PeerReport {
@@ -483,10 +727,10 @@ mod tests {
     #[test]
     fn a_failed_delivery_restores_the_older_expectations() {
         let outbox = Outbox::default();
-        outbox.merge(&[update("/d/a", b"v1", b"v2")]);
-        let in_flight = outbox.take();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        let in_flight = take(&outbox);
         // An edit made while the push was under way assumes the peer got v2.
-        outbox.merge(&[update("/d/a", b"v2", b"v3")]);
+        outbox.merge(&[update("/d/a", b"v2", b"v3")], no_dir);
         // The push failed: the peer still holds v1.
         let unreachable = PeerReport {
             error: Some("connection refused".into()),
@@ -494,14 +738,14 @@ mod tests {
         };
         let settled = outbox.settle(in_flight, &unreachable);
         assert_eq!(settled.retry, 1);
-        assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"v1")));
+        assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v1")));
     }
 
     #[test]
     fn a_rejected_change_is_held_and_the_next_edit_expects_what_the_peer_kept() {
         let outbox = Outbox::default();
-        outbox.merge(&[update("/d/a", b"good", b"bad")]);
-        let sent = outbox.take();
+        outbox.merge(&[update("/d/a", b"good", b"bad")], no_dir);
+        let sent = take(&outbox);
         let report = answered(
             "/d/a",
             ChangeStatus::Rejected("validation failed".into()),
@@ -509,35 +753,92 @@ mod tests {
         );
         let settled = outbox.settle(sent, &report);
         assert_eq!((settled.held, settled.retry), (1, 0));
-        assert!(outbox.take().is_empty(), "held, not retried");
+        assert!(take(&outbox).is_empty(), "held, not retried");
         assert_eq!(outbox.held()[0].1.kind(), HeldKind::Rejected);
         // The fix is planned against this node's previous version (bad), but the peer
         // holds good: that is what the delivery must expect.
-        outbox.merge(&[update("/d/a", b"bad", b"fixed")]);
-        assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"good")));
+        outbox.merge(&[update("/d/a", b"bad", b"fixed")], no_dir);
+        assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"good")));
         assert!(outbox.held().is_empty());
+    }
+
+    #[test]
+    fn an_edit_in_a_directory_releases_every_change_its_validation_rejected_with_it() {
+        let outbox = Outbox::default();
+        let app = |path: &str| path.starts_with("/d/").then(|| "/d".to_string());
+        outbox.merge(
+            &[
+                update("/d/a", b"1", b"bad"),
+                update("/d/b", b"1", b"2"),
+                update("/e/c", b"1", b"2"),
+            ],
+            app,
+        );
+        let sent = take(&outbox);
+        let mut report = PeerReport::default();
+        for path in ["/d/a", "/d/b", "/e/c"] {
+            report.changes.push(crate::sync::Change {
+                peer: "p".into(),
+                path: path.into(),
+                status: ChangeStatus::Rejected("validation failed".into()),
+            });
+        }
+        outbox.settle(sent, &report);
+        // The fix of /d/a: /d/b, rejected with it, goes again; /e/c waits for its own.
+        outbox.merge(&[update("/d/a", b"bad", b"fixed")], app);
+        let again: Vec<String> = take(&outbox).into_keys().collect();
+        assert_eq!(again, ["/d/a", "/d/b"]);
+        assert_eq!(outbox.held().len(), 1);
+    }
+
+    #[test]
+    fn touched_paths_are_spooled_before_their_burst_ends_without_overriding_what_waits() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        outbox.touch(&[
+            ("/d/a".to_string(), Some(file_entry(b"v2"))),
+            ("/d/b".to_string(), Some(file_entry(b"b1"))),
+        ]);
+        let spooled = outbox.snapshot();
+        assert_eq!(
+            spooled["/d/a"].holds,
+            Some(file_entry(b"v1")),
+            "the older expectation"
+        );
+        assert_eq!(spooled["/d/b"].holds, Some(file_entry(b"b1")));
+        // Not delivered before its burst ends: a delivery woken meanwhile must not find
+        // it unchanged and drop it.
+        assert_eq!(take(&outbox).into_keys().collect::<Vec<_>>(), ["/d/a"]);
+        assert_eq!(outbox.len(), 1, "what is touched is not pending");
+        // Its burst ends: /d/b changed after all, and goes; a path touched and not
+        // changed is dropped.
+        outbox.touch(&[("/d/c".to_string(), None)]);
+        outbox.merge(&[update("/d/b", b"b1", b"b2")], no_dir);
+        outbox.drop_provisional();
+        assert!(!outbox.snapshot().contains_key("/d/c"));
+        assert_eq!(take(&outbox).into_keys().collect::<Vec<_>>(), ["/d/b"]);
     }
 
     #[test]
     fn a_conflict_keeps_expecting_the_old_version_so_the_peers_edit_is_never_overwritten() {
         let outbox = Outbox::default();
-        outbox.merge(&[update("/d/a", b"v1", b"v2")]);
-        let sent = outbox.take();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        let sent = take(&outbox);
         let report = answered(
             "/d/a",
             ChangeStatus::Conflict("changed on the peer".into()),
             Some(file_entry(b"edited on the peer")),
         );
         outbox.settle(sent, &report);
-        outbox.merge(&[update("/d/a", b"v2", b"v3")]);
-        assert_eq!(outbox.take()["/d/a"], Some(file_entry(b"v1")));
+        outbox.merge(&[update("/d/a", b"v2", b"v3")], no_dir);
+        assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v1")));
     }
 
     #[test]
     fn a_passing_failure_is_retried_against_what_the_peer_holds() {
         let outbox = Outbox::default();
-        outbox.merge(&[update("/d/a", b"v1", b"v2"), put("/d/b", b"new")]);
-        let sent = outbox.take();
+        outbox.merge(&[update("/d/a", b"v1", b"v2"), put("/d/b", b"new")], no_dir);
+        let sent = take(&outbox);
         let mut report = answered(
             "/d/a",
             ChangeStatus::Failed("No space left on device".into()),
@@ -550,7 +851,7 @@ mod tests {
         });
         let settled = outbox.settle(sent, &report);
         assert_eq!((settled.delivered, settled.retry, settled.held), (1, 1, 0));
-        let again = outbox.take();
+        let again = take(&outbox);
         assert_eq!(again.len(), 1, "only the failed path waits: {again:?}");
         assert_eq!(again["/d/a"], Some(file_entry(b"v1")));
     }
@@ -558,8 +859,11 @@ mod tests {
     #[test]
     fn a_comparison_forgets_only_the_held_paths_it_found_settled() {
         let outbox = Outbox::default();
-        outbox.merge(&[update("/d/a", b"v1", b"v2"), update("/e/b", b"v1", b"v2")]);
-        let sent = outbox.take();
+        outbox.merge(
+            &[update("/d/a", b"v1", b"v2"), update("/e/b", b"v1", b"v2")],
+            no_dir,
+        );
+        let sent = take(&outbox);
         let mut report = answered(
             "/d/a",
             ChangeStatus::Rejected("no".into()),
@@ -571,7 +875,7 @@ mod tests {
             status: ChangeStatus::Rejected("no".into()),
         });
         outbox.settle(sent, &report);
-        outbox.merge(&[update("/d/c", b"v1", b"v2")]);
+        outbox.merge(&[update("/d/c", b"v1", b"v2")], no_dir);
         outbox.forget_held(|path| path.starts_with("/d/"));
         let held: Vec<String> = outbox.held().into_iter().map(|(p, _)| p).collect();
         assert_eq!(held, ["/e/b"]);
@@ -581,8 +885,11 @@ mod tests {
     #[test]
     fn receiving_a_path_forgets_what_was_held_there_but_not_what_waits() {
         let outbox = Outbox::default();
-        outbox.merge(&[update("/d/a", b"v1", b"v2"), update("/d/b", b"v1", b"v2")]);
-        let sent = outbox.take();
+        outbox.merge(
+            &[update("/d/a", b"v1", b"v2"), update("/d/b", b"v1", b"v2")],
+            no_dir,
+        );
+        let sent = take(&outbox);
         let mut report = answered(
             "/d/a",
             ChangeStatus::Refused("a link in the way".into()),
@@ -593,7 +900,7 @@ mod tests {
             sent.into_iter().filter(|(p, _)| p == "/d/a").collect(),
             &report,
         );
-        outbox.merge(&[update("/d/b", b"v1", b"v2")]);
+        outbox.merge(&[update("/d/b", b"v1", b"v2")], no_dir);
         outbox.received("/d/a");
         outbox.received("/d/b");
         assert!(outbox.held().is_empty());
