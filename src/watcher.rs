@@ -121,27 +121,33 @@ pub async fn propagate(
             }
             paths.into_iter().collect()
         };
-        let mut refused = push_burst(&engine, &node, &versions, scope.clone()).await;
-        if !scope.is_empty() {
+        // A path gone that was never known: a name that came and went unseen.
+        let fleeting = scope.iter().any(|p| {
+            versions.get(p).is_none() && std::fs::symlink_metadata(config.local_path(p)).is_err()
+        });
+        let (mut refused, changed) = push_burst(&engine, &node, &versions, scope.clone()).await;
+        if !scope.is_empty() && (changed || fleeting) {
             // The debouncer can lose events (a file renamed then deleted at once, a
             // file moved in and deleted within its window: nothing is reported). Once
-            // the burst is handed to the deliveries, the whole tree is compared with
-            // the versions (the hash cache makes it a walk of stats), and anything
-            // the events missed goes out too.
-            refused.extend(push_burst(&engine, &node, &versions, Vec::new()).await);
+            // a burst of local edits is handed to the deliveries, the whole tree is
+            // compared with the versions (the hash cache makes it a walk of stats),
+            // and anything the events missed goes out too. Not after a burst that
+            // was only the writes of received batches.
+            refused.extend(push_burst(&engine, &node, &versions, Vec::new()).await.0);
         }
         held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
         held_back.extend(refused);
     }
 }
 /// Scans a burst's paths, takes the difference from this node's versions, and hands
-/// it to every peer's outbox.
+/// it to every peer's outbox. Returns the directories held back by their own failed
+/// validation, and whether anything changed.
 async fn push_burst(
     engine: &Engine,
     node: &Node,
     versions: &Versions,
     scope: Vec<String>,
-) -> Vec<String> {
+) -> (Vec<String>, bool) {
     let config = engine.config().clone();
     let cache = node.cache.clone();
     let scan_scope = scope.clone();
@@ -186,7 +192,7 @@ async fn push_burst(
         if let Some(spool) = &node.spool {
             spool.save(false);
         }
-        return refused;
+        return (refused, false);
     }
     let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     for record in records {
@@ -203,7 +209,7 @@ async fn push_burst(
     for record in records {
         record.outbox.wake();
     }
-    refused
+    (refused, true)
 }
 
 /// Spools the paths a burst touches as soon as they are seen, each with the version
