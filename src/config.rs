@@ -246,6 +246,27 @@ impl Config {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.clone())
         };
+        // A duration key within bounds, or its default when absent.
+        let duration = |key: &str,
+                        default: Duration,
+                        (least, most): (Duration, Duration),
+                        range: &str,
+                        example: &str| {
+            match get(key) {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(&text)
+                .ok()
+                .filter(|d| *d >= least && *d <= most)
+                .ok_or_else(|| {
+                    err(
+                        Some(key),
+                        format!(
+                            "{key}: {text:?} is not a duration between {range} (such as \"{example}\")"
+                        ),
+                    )
+                }),
+        }
+        };
         let required = |key: &str| {
             get(key).ok_or_else(|| err(None, format!("{key}: required key is missing")))
         };
@@ -302,18 +323,13 @@ impl Config {
                 )
             })?),
         };
-        let action_timeout = match get("action_timeout") {
-            None => DEFAULT_ACTION_TIMEOUT,
-            Some(text) => humantime::parse_duration(&text)
-                .ok()
-                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(3600))
-                .ok_or_else(|| {
-                    err(
-                        Some("action_timeout"),
-                        format!("action_timeout: {text:?} is not a duration between 1s and 1h (such as \"60s\")"),
-                    )
-                })?,
-        };
+        let action_timeout = duration(
+            "action_timeout",
+            DEFAULT_ACTION_TIMEOUT,
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+            "1s and 1h",
+            "60s",
+        )?;
         let raw_paths: Vec<String> = raw.directories.iter().map(|d| d.path.clone()).collect();
         for raw_dir in raw.directories {
             let RawDirectory {
@@ -384,18 +400,13 @@ impl Config {
             ),
         };
 
-        let debounce = match get("debounce") {
-            None => DEFAULT_DEBOUNCE,
-            Some(text) => humantime::parse_duration(&text)
-                .ok()
-                .filter(|d| *d >= Duration::from_millis(10) && *d <= Duration::from_secs(60))
-                .ok_or_else(|| {
-                    err(
-                        Some("debounce"),
-                        format!("debounce: {text:?} is not a duration between 10ms and 60s (such as \"150ms\")"),
-                    )
-                })?,
-        };
+        let debounce = duration(
+            "debounce",
+            DEFAULT_DEBOUNCE,
+            (Duration::from_millis(10), Duration::from_secs(60)),
+            "10ms and 60s",
+            "150ms",
+        )?;
 
         let state_directory =
             PathBuf::from(get("state_directory").unwrap_or_else(|| DEFAULT_STATE_DIRECTORY.into()));
@@ -408,18 +419,13 @@ impl Config {
                 ),
             ));
         }
-        let reconcile_interval = match get("reconcile_interval") {
-            None => DEFAULT_RECONCILE_INTERVAL,
-            Some(text) => humantime::parse_duration(&text)
-                .ok()
-                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
-                .ok_or_else(|| {
-                    err(
-                        Some("reconcile_interval"),
-                        format!("reconcile_interval: {text:?} is not a duration between 1s and 24h (such as \"5m\")"),
-                    )
-                })?,
-        };
+        let reconcile_interval = duration(
+            "reconcile_interval",
+            DEFAULT_RECONCILE_INTERVAL,
+            (Duration::from_secs(1), Duration::from_secs(86_400)),
+            "1s and 24h",
+            "5m",
+        )?;
 
         Ok(Config {
             file: file.to_path_buf(),

@@ -187,6 +187,30 @@ fn debounce_and_editor_excludes_have_defaults_and_can_be_set() {
 }
 
 #[test]
+fn state_directory_and_reconcile_interval_have_defaults_and_bad_values_name_the_key() {
+    let c = parse(SEED).unwrap();
+    assert_eq!(c.state_directory, Path::new(DEFAULT_STATE_DIRECTORY));
+    assert_eq!(c.reconcile_interval, DEFAULT_RECONCILE_INTERVAL);
+    let text = format!("state_directory = \"/srv/gosyncd\"\nreconcile_interval = \"90s\"\n{SEED}");
+    let c = parse(&text).unwrap();
+    assert_eq!(c.state_directory, Path::new("/srv/gosyncd"));
+    assert_eq!(c.reconcile_interval, Duration::from_secs(90));
+    let relative = error(&format!("state_directory = \"var/lib\"\n{SEED}"));
+    assert!(
+        relative.contains("config.hcl:1: state_directory"),
+        "{relative}"
+    );
+    assert!(relative.contains("not an absolute path"), "{relative}");
+    for bad in ["\"0s\"", "\"2d\"", "\"often\""] {
+        let message = error(&format!("reconcile_interval = {bad}\n{SEED}"));
+        assert!(
+            message.contains("config.hcl:1: reconcile_interval") && message.contains("1s and 24h"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn allow_from_takes_addresses_networks_and_host_names() {
     assert_eq!(parse(SEED).unwrap().allow_from, None);
     let text = format!(
