@@ -419,6 +419,20 @@ impl Config {
                 ),
             ));
         }
+        // Its spool and lock must not be synchronised: a peer could replace them.
+        if let Some(dir) = directories
+            .iter()
+            .find(|d| state_directory.starts_with(root.join(d.path.trim_start_matches('/'))))
+        {
+            return Err(err(
+                Some("state_directory"),
+                format!(
+                    "state_directory {:?} is inside the synchronised directory {:?}: give it a place of its own",
+                    state_directory.display().to_string(),
+                    dir.path
+                ),
+            ));
+        }
         let reconcile_interval = duration(
             "reconcile_interval",
             DEFAULT_RECONCILE_INTERVAL,

@@ -55,6 +55,9 @@ impl Daemon {
         let clean = previous.is_none();
         let tls = TlsMaterial::load(&config)?;
         let server_tls = tls.server_config()?;
+        // The state directory is this daemon's before anything is recovered or cleaned:
+        // a second daemon on it must stop before it touches the first one's files.
+        let spool = crate::spool::Spool::open(&config.state_directory)?;
         let (cache, versions) = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {
@@ -76,9 +79,9 @@ impl Daemon {
             })
             .await?
         };
-        // The spool of undelivered changes: shared with the daemon this one replaces (same
-        // process, same state directory), read from disk on a first start.
-        let spool = crate::spool::Spool::open(&config.state_directory)?;
+        // The spool of undelivered changes (opened above): shared with the daemon this
+        // one replaces (same process, same state directory), read from disk on a first
+        // start.
         let spooled = if clean {
             spool.clear();
             spool.load(&config)

@@ -79,10 +79,22 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
             Ok(theirs) if theirs.identity.node_id == node.identity.node_id => {}
             Ok(theirs) => {
                 let dirs = directories_differing(&config, &scan, &theirs);
+                // Nothing is held against the peer where it holds this node's tree.
+                let equal: Vec<&str> = config
+                    .directories
+                    .iter()
+                    .map(|d| d.path.as_str())
+                    .filter(|d| scan.entries.contains_key(*d) && !dirs.iter().any(|x| x == d))
+                    .collect();
+                if let Some(record) = record {
+                    record
+                        .outbox
+                        .forget_held(|path| equal.iter().any(|dir| is_within(path, dir)));
+                }
                 if dirs.is_empty() {
-                    if let Some(record) = record {
-                        // The peer holds this node's tree: nothing is held against it.
-                        record.outbox.forget_held(|_| true);
+                    // A directory missing here cannot be judged: no verdict rather than a
+                    // false "no drift".
+                    if let (Some(record), true) = (record, scan.missing.is_empty()) {
                         report_drift(record, BTreeSet::new());
                     }
                 } else {

@@ -4,9 +4,10 @@
 //! a spooled path is delivered with the local tree's content when the daemon starts).
 //!
 //! This is a queue of undelivered work, not a state database: in steady state it is
-//! empty and the file does not exist. A new change is flushed to disk before it counts
-//! as queued; what a delivery removes is written without a flush (delivering a change
-//! twice after a power loss is harmless: the peer finds it already holds it).
+//! empty and the file does not exist. A new change is on disk (file and directory
+//! flushed) before it counts as queued; what a delivery removes is written without
+//! flushing the directory (delivering a change twice after a power loss is harmless:
+//! the peer finds it already holds it).
 //!
 //! The state directory is locked: two daemons must never share one. A daemon reloading
 //! its configuration in the same process shares its predecessor's spool.
@@ -43,6 +44,8 @@ pub const LOCK_FILE: &str = "lock";
 pub const MAX_SPOOL_BYTES: u64 = 512 * 1024 * 1024;
 /// The longest reason kept for a held path.
 const MAX_REASON_BYTES: usize = 64 * 1024;
+/// Files in the state directory are never opened through a symlink.
+const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 /// What the file says it is.
 const FORMAT: &str = "gosyncd-spool";
 const VERSION: u32 = 1;
@@ -180,8 +183,9 @@ impl Spool {
         }
     }
 
-    /// Writes every registered outbox's differences to the file, flushed to disk when
-    /// `durable` (a new change) before it returns; removes the file when there is none.
+    /// Writes every registered outbox's differences to the file (always flushed before
+    /// it is renamed into place; with `durable`, a new change, the directory too, before
+    /// it returns); removes the file when there is none.
     /// A failure is logged (once until a write succeeds): the changes stay queued in
     /// memory.
     pub fn save(&self, durable: bool) {
@@ -244,6 +248,7 @@ fn lock(dir: &Path) -> anyhow::Result<OwnedFd> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(NOFOLLOW)
         .open(&path)
         .with_context(|| format!("state_directory {}: cannot open {LOCK_FILE}", dir.display()))?;
     let fd = OwnedFd::from(file);
@@ -293,11 +298,12 @@ fn write(dir: &Path, peers: Vec<SpooledPeer>, durable: bool) -> std::io::Result<
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(NOFOLLOW)
         .open(&tmp)?;
     out.write_all(&text)?;
-    if durable {
-        out.sync_data()?;
-    }
+    // Always on disk before the rename: renamed unflushed, the file could be found
+    // empty after a power loss, and refused whole.
+    out.sync_data()?;
     drop(out);
     std::fs::rename(&tmp, &file)?;
     if durable {

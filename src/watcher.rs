@@ -80,11 +80,11 @@ pub async fn propagate(
             }
         };
         let mut burst = Burst::default();
-        touch(&node, &versions, &burst.add(&config, first));
+        touch(&node, &versions, burst.add(&config, first)).await;
         // Coalesce per path until the group has been quiet for the debounce window.
         loop {
             match tokio::time::timeout(config.debounce, queue.rx.recv()).await {
-                Ok(Some(signal)) => touch(&node, &versions, &burst.add(&config, signal)),
+                Ok(Some(signal)) => touch(&node, &versions, burst.add(&config, signal)).await,
                 Ok(None) => return,
                 Err(_) => break,
             }
@@ -129,11 +129,25 @@ pub async fn propagate(
         if !scope.is_empty() && (changed || fleeting) {
             // The debouncer can lose events (a file renamed then deleted at once, a
             // file moved in and deleted within its window: nothing is reported). Once
-            // a burst of local edits is handed to the deliveries, the whole tree is
-            // compared with the versions (the hash cache makes it a walk of stats),
-            // and anything the events missed goes out too. Not after a burst that
-            // was only the writes of received batches.
-            refused.extend(push_burst(&engine, &node, &versions, Vec::new()).await.0);
+            // a burst of local edits is handed to the deliveries, every path known is
+            // looked for (one lstat each, nothing read, no batch held up), and those
+            // gone are pushed as deletions. Not after a burst that was only the writes
+            // of received batches. Only deletions: a file found changed may be half
+            // written, and its own events bring it.
+            let (config, known) = (config.clone(), versions.clone());
+            let gone = tokio::task::spawn_blocking(move || {
+                known
+                    .paths()
+                    .into_iter()
+                    .filter(|p| std::fs::symlink_metadata(config.local_path(p)).is_err())
+                    .collect::<Vec<String>>()
+            })
+            .await
+            .expect("sweep task");
+            if !gone.is_empty() {
+                debug!(paths = gone.len(), "deletions the events missed");
+                refused.extend(push_burst(&engine, &node, &versions, gone).await.0);
+            }
         }
         held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
         held_back.extend(refused);
@@ -189,8 +203,8 @@ async fn push_burst(
         for record in node.peers.get().into_iter().flatten() {
             record.outbox.drop_provisional();
         }
-        if let Some(spool) = &node.spool {
-            spool.save(false);
+        if let Some(spool) = node.spool.clone() {
+            let _ = tokio::task::spawn_blocking(move || spool.save(false)).await;
         }
         return (refused, false);
     }
@@ -216,7 +230,16 @@ async fn push_burst(
 /// the peers are expected to hold (see [`Outbox::touch`]): a daemon killed before the
 /// burst ends delivers them when it starts again. A directory gone from disk takes
 /// everything known below it (its deletion may be reported for the directory alone).
-fn touch(node: &Node, versions: &Versions, paths: &[String]) {
+async fn touch(node: &Arc<Node>, versions: &Arc<Versions>, paths: Vec<String>) {
+    if paths.is_empty() || node.spool.is_none() || node.applying() {
+        return;
+    }
+    let (node, versions) = (node.clone(), versions.clone());
+    let _ = tokio::task::spawn_blocking(move || touch_now(&node, &versions, &paths)).await;
+}
+
+/// [`touch`], on a thread that may block.
+fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
     let (Some(spool), Some(records)) = (&node.spool, node.peers.get()) else {
         return;
     };

@@ -201,6 +201,11 @@ fn state_directory_and_reconcile_interval_have_defaults_and_bad_values_name_the_
         "{relative}"
     );
     assert!(relative.contains("not an absolute path"), "{relative}");
+    let inside = error(&format!("state_directory = \"/etc/haproxy/state\"\n{SEED}"));
+    assert!(
+        inside.contains("state_directory") && inside.contains("inside the synchronised directory"),
+        "{inside}"
+    );
     for bad in ["\"0s\"", "\"2d\"", "\"often\""] {
         let message = error(&format!("reconcile_interval = {bad}\n{SEED}"));
         assert!(

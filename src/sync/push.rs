@@ -128,6 +128,16 @@ pub(super) async fn push(
         body.extend(contents.into_iter().flatten());
         let bytes: usize = body.iter().map(Bytes::len).sum();
         match send(peer, body).await {
+            Ok(response) if response.results.len() != header.ops.len() => {
+                // Every operation is answered, or none is trusted: a path left out would
+                // otherwise count as delivered.
+                report.error = Some(format!(
+                    "the peer answered {} results for {} operations",
+                    response.results.len(),
+                    header.ops.len()
+                ));
+                return;
+            }
             Ok(response) => {
                 debug!(operations = header.ops.len(), bytes, "batch sent");
                 report.bytes_sent += bytes as u64;

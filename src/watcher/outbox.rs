@@ -148,15 +148,19 @@ impl Outbox {
     /// rejection is released for every path of the directory `directory_of` names:
     /// the peer's `validate` judged them together, and may pass them with this edit.
     pub fn merge(&self, ops: &[Op], directory_of: impl Fn(&str) -> Option<String>) {
+        let dirs: std::collections::BTreeSet<String> =
+            ops.iter().filter_map(|op| directory_of(&op.path)).collect();
         let mut paths = self.paths.lock().expect("outbox lock");
-        for op in ops {
-            if let Some(dir) = directory_of(&op.path) {
-                for (path, known) in paths.known.iter_mut() {
-                    if matches!(known.held, Some(Held::Rejected(_))) && is_within(path, &dir) {
-                        known.held = None;
-                    }
+        if !dirs.is_empty() {
+            for (path, known) in paths.known.iter_mut() {
+                if matches!(known.held, Some(Held::Rejected(_)))
+                    && dirs.iter().any(|dir| is_within(path, dir))
+                {
+                    known.held = None;
                 }
             }
+        }
+        for op in ops {
             paths
                 .known
                 .entry(op.path.clone())
@@ -272,18 +276,33 @@ impl Outbox {
     /// merged while the push was under way stays waiting, now against that state;
     /// otherwise the path waits (`held` is `None`) or is held.
     fn learn(&self, path: String, holds: Option<Entry>, held: Option<Held>) {
+        self.put(path, holds, held, false);
+    }
+
+    /// [`Outbox::learn`] after a push whose answer never came: the peer may hold the
+    /// version sent, and is asked before the next push.
+    fn unanswered(&self, path: String, holds: Option<Entry>) {
+        self.put(path, holds, None, true);
+    }
+
+    fn put(&self, path: String, holds: Option<Entry>, held: Option<Held>, maybe_sent: bool) {
         let mut paths = self.paths.lock().expect("outbox lock");
-        paths.in_flight.remove(&path);
+        let flight = paths.in_flight.remove(&path);
+        let sent = if maybe_sent {
+            flight.and_then(|f| f.sent)
+        } else {
+            None
+        };
         match paths.known.entry(path) {
             std::collections::btree_map::Entry::Occupied(mut newer) => {
                 newer.get_mut().holds = holds;
-                newer.get_mut().sent = None;
+                newer.get_mut().sent = sent;
             }
             std::collections::btree_map::Entry::Vacant(slot) => {
                 slot.insert(Known {
                     holds,
                     held,
-                    sent: None,
+                    sent,
                     provisional: false,
                 });
             }
@@ -313,56 +332,69 @@ impl Outbox {
                     settled.held += 1;
                     self.learn(path, holds, Some(Held::Refused(e.clone())));
                 } else {
+                    // Unreachable, busy, or the connection lost before the answer: the
+                    // batch may have been applied.
                     settled.retry += 1;
-                    self.learn(path, holds, None);
+                    self.unanswered(path, holds);
                 }
             }
             return settled;
         }
+        // By path, once: a catch-up push can carry many thousands.
+        let changed_locally: std::collections::HashSet<&str> =
+            report.changed_locally.iter().map(String::as_str).collect();
+        let mut not_done: std::collections::HashMap<&str, &ChangeStatus> = Default::default();
+        for change in &report.changes {
+            if !matches!(change.status, ChangeStatus::Done(_)) {
+                // A type change is two operations on one path: the first not done decides.
+                not_done
+                    .entry(change.path.as_str())
+                    .or_insert(&change.status);
+            }
+        }
+        let found: std::collections::HashMap<&str, &Option<Entry>> = report
+            .peer_holds
+            .iter()
+            .map(|(path, entry)| (path.as_str(), entry))
+            .collect();
         for (path, expected) in sent {
             // Written again here while it was being pushed: not sent, and the write's own
             // burst brings the new content.
-            if report.changed_locally.contains(&path) {
+            if changed_locally.contains(path.as_str()) {
                 self.learn(path, expected, None);
                 continue;
             }
-            // A type change is two operations on one path: the first not done decides.
-            let failed = report
-                .changes
-                .iter()
-                .filter(|c| c.path == path)
-                .map(|c| &c.status)
-                .find(|status| !matches!(status, ChangeStatus::Done(_)));
-            let Some(status) = failed else {
+            let Some(status) = not_done.get(path.as_str()) else {
                 settled.delivered += 1;
                 self.delivered(&path);
                 continue;
             };
-            let found = report
-                .peer_holds
-                .iter()
-                .rev()
-                .find(|(p, _)| *p == path)
-                .map(|(_, entry)| entry.clone());
+            // The peer says what it holds there. Where that is not what it was expected
+            // to hold, it is the peer's own edit: held as a conflict (the next push is
+            // refused against it, never overwrites it), not retried nor taken as known.
+            let edited_there = found
+                .get(path.as_str())
+                .is_some_and(|now| match (now, &expected) {
+                    (None, None) => false,
+                    (Some(now), Some(expected)) => !now.same_state(expected, false),
+                    _ => true,
+                });
             let held = match status {
                 ChangeStatus::Done(_) => unreachable!("filtered above"),
+                ChangeStatus::Conflict(r) => Some(Held::Conflict(bounded(r))),
+                _ if edited_there => Some(Held::Conflict(
+                    "the peer holds another version than expected (an edit made there)".into(),
+                )),
                 ChangeStatus::Failed(_) => None,
-                // The peer's own edit: keep expecting what it was expected to hold, so
-                // that the next push is refused again instead of overwriting it.
-                ChangeStatus::Conflict(r) => {
-                    settled.held += 1;
-                    self.learn(path, expected, Some(Held::Conflict(r.clone())));
-                    continue;
-                }
-                ChangeStatus::Rejected(r) => Some(Held::Rejected(r.clone())),
-                ChangeStatus::Refused(r) => Some(Held::Refused(r.clone())),
-                ChangeStatus::Kept(r) => Some(Held::Kept(r.clone())),
+                ChangeStatus::Rejected(r) => Some(Held::Rejected(bounded(r))),
+                ChangeStatus::Refused(r) => Some(Held::Refused(bounded(r))),
+                ChangeStatus::Kept(r) => Some(Held::Kept(bounded(r))),
             };
             match held {
                 None => settled.retry += 1,
                 Some(_) => settled.held += 1,
             }
-            self.learn(path, found.unwrap_or(expected), held);
+            self.learn(path, expected, held);
         }
         settled
     }
@@ -407,10 +439,29 @@ impl Outbox {
         other.wake();
     }
 
-    /// Adds differences known from elsewhere (a predecessor, the spool), which win
-    /// over newer expectations.
+    /// Adds differences known from elsewhere (a predecessor, the spool): their
+    /// expectation is the older one and wins; a newer edit waiting here keeps its path
+    /// released; nothing restored is provisional (its burst is over).
     pub fn restore(&self, known: BTreeMap<String, Known>) {
-        self.paths.lock().expect("outbox lock").known.extend(known);
+        let mut paths = self.paths.lock().expect("outbox lock");
+        for (path, mut older) in known {
+            older.provisional = false;
+            match paths.known.entry(path) {
+                std::collections::btree_map::Entry::Occupied(mut newer) => {
+                    let newer = newer.get_mut();
+                    newer.holds = older.holds;
+                    newer.sent = older.sent;
+                    if !newer.provisional && newer.held.is_none() {
+                        older.held = None;
+                    }
+                    newer.held = older.held;
+                    newer.provisional = false;
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(older);
+                }
+            }
+        }
     }
 
     /// Every difference, those in flight included (with what the peer was expected to
@@ -464,6 +515,17 @@ fn snapshot_of(paths: &Paths) -> BTreeMap<String, Known> {
     all
 }
 
+/// The longest reason kept for a held path: a peer's answer is not trusted to be small.
+const HELD_REASON_BYTES: usize = 4096;
+
+fn bounded(reason: &str) -> String {
+    let mut end = reason.len().min(HELD_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
 /// Delivers one peer's outbox: the latest content of every waiting path, in one
 /// request, retried with exponential backoff while the peer is unreachable or a path
 /// failed for a passing reason.
@@ -489,9 +551,12 @@ pub async fn deliver(
                     _ = outbox.wake.notified() => {}
                     _ = outbox.contact.notified() => {}
                 },
+                // A new edit goes at once too: one path that keeps failing must not hold
+                // back every later edit for this peer.
                 Some(wait) => tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = outbox.contact.notified() => {}
+                    _ = outbox.wake.notified() => {}
                 },
             }
         };
@@ -541,7 +606,7 @@ pub async fn deliver(
             // The peer holds this node's version of every path: nothing to send.
             outbox.settle(pending, &PeerReport::default());
             backoff = None;
-            save(&spool);
+            save(&spool).await;
             continue;
         }
         let count = ops.len();
@@ -569,7 +634,7 @@ pub async fn deliver(
             .collect();
         record.delivered(&done);
         let settled = outbox.settle(pending, &report);
-        save(&spool);
+        save(&spool).await;
         record.set_unreachable(report.error.is_some() && !report.refused);
         match (&report.error, report.refused) {
             (Some(e), true) => {
@@ -641,11 +706,12 @@ async fn resolve_sent(
     Ok(pending)
 }
 
-/// Writes the spool after a delivery; not flushed to disk (a change delivered twice
-/// after a power loss is harmless: the peer finds it already holds it).
-fn save(spool: &Option<Arc<Spool>>) {
-    if let Some(spool) = spool {
-        spool.save(false);
+/// Writes the spool after a delivery, on a thread that may block; its directory is not
+/// flushed (a change delivered twice after a power loss is harmless: the peer finds it
+/// already holds it).
+async fn save(spool: &Option<Arc<Spool>>) {
+    if let Some(spool) = spool.clone() {
+        let _ = tokio::task::spawn_blocking(move || spool.save(false)).await;
     }
 }
 
@@ -817,6 +883,56 @@ mod tests {
         outbox.drop_provisional();
         assert!(!outbox.snapshot().contains_key("/d/c"));
         assert_eq!(take(&outbox).into_keys().collect::<Vec<_>>(), ["/d/b"]);
+    }
+
+    #[test]
+    fn a_failure_on_a_peer_that_holds_its_own_edit_is_held_as_a_conflict_not_retried_over_it() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        let sent = outbox.take();
+        let sent = sent.into_iter().map(|(p, k)| (p, k.holds)).collect();
+        let report = answered(
+            "/d/a",
+            ChangeStatus::Failed("Permission denied".into()),
+            Some(file_entry(b"saved on the peer")),
+        );
+        let settled = outbox.settle(sent, &report);
+        assert_eq!((settled.retry, settled.held), (0, 1));
+        assert_eq!(outbox.held()[0].1.kind(), HeldKind::Conflict);
+        // The next edit is still planned against v1: refused by the peer, never
+        // overwriting its edit.
+        outbox.merge(&[update("/d/a", b"v2", b"v3")], no_dir);
+        assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    #[test]
+    fn a_restored_difference_keeps_the_older_expectation_and_is_never_provisional() {
+        let outbox = Outbox::default();
+        // A newer edit waits here; the predecessor knew the peer held v1 and held a
+        // rejection there.
+        outbox.merge(&[update("/d/a", b"v2", b"v3")], no_dir);
+        outbox.touch(&[("/d/b".to_string(), None)]);
+        let older = |holds: &[u8], held: Option<Held>| Known {
+            holds: Some(file_entry(holds)),
+            held,
+            sent: None,
+            provisional: true,
+        };
+        outbox.restore(BTreeMap::from([
+            (
+                "/d/a".to_string(),
+                older(b"v1", Some(Held::Rejected("no".into()))),
+            ),
+            ("/d/b".to_string(), older(b"b1", None)),
+        ]));
+        assert!(outbox.held().is_empty(), "the newer edit released /d/a");
+        let taken = take(&outbox);
+        assert_eq!(taken["/d/a"], Some(file_entry(b"v1")));
+        assert_eq!(
+            taken["/d/b"],
+            Some(file_entry(b"b1")),
+            "not provisional any more"
+        );
     }
 
     #[test]
