@@ -80,11 +80,11 @@ pub async fn propagate(
             }
         };
         let mut burst = Burst::default();
-        touch(&node, &versions, burst.add(&config, first)).await;
+        touch(&node, &versions, burst.add(&config, first));
         // Coalesce per path until the group has been quiet for the debounce window.
         loop {
             match tokio::time::timeout(config.debounce, queue.rx.recv()).await {
-                Ok(Some(signal)) => touch(&node, &versions, burst.add(&config, signal)).await,
+                Ok(Some(signal)) => touch(&node, &versions, burst.add(&config, signal)),
                 Ok(None) => return,
                 Err(_) => break,
             }
@@ -230,12 +230,13 @@ async fn push_burst(
 /// the peers are expected to hold (see [`Outbox::touch`]): a daemon killed before the
 /// burst ends delivers them when it starts again. A directory gone from disk takes
 /// everything known below it (its deletion may be reported for the directory alone).
-async fn touch(node: &Arc<Node>, versions: &Arc<Versions>, paths: Vec<String>) {
+fn touch(node: &Arc<Node>, versions: &Arc<Versions>, paths: Vec<String>) {
     if paths.is_empty() || node.spool.is_none() || node.applying() {
         return;
     }
+    // Not awaited: the quiet-period timer must not wait for a file to be flushed.
     let (node, versions) = (node.clone(), versions.clone());
-    let _ = tokio::task::spawn_blocking(move || touch_now(&node, &versions, &paths)).await;
+    tokio::task::spawn_blocking(move || touch_now(&node, &versions, &paths));
 }
 
 /// [`touch`], on a thread that may block.
