@@ -195,8 +195,10 @@ async fn applies_beyond_max_concurrent_applies_are_answered_503_and_retryable() 
         match peer.apply(body.clone()).await {
             Err(e) if e.to_string().contains("503") => break e,
             other => {
+                // Generous: under a loaded machine the holder's request has once taken
+                // more than 5 s to reach the handler (seen in 1 of about 14 full runs).
                 assert!(
-                    started.elapsed() < Duration::from_secs(5),
+                    started.elapsed() < Duration::from_secs(15),
                     "never refused: {other:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
