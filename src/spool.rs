@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
 use crate::config::Config;
-use crate::protocol::{Content, Entry};
 use crate::watcher::{Known, Outbox};
 
 /// The spool's file in the state directory.
@@ -337,7 +336,7 @@ fn parse(text: &[u8], config: &Config) -> Result<Spooled, String> {
             crate::paths::check_normalized(path).map_err(|e| format!("{path:?}: {e}"))?;
             let sent = known.sent.as_ref().and_then(|s| s.entry.as_ref());
             for entry in known.holds.iter().chain(sent) {
-                check_entry(entry).map_err(|e| format!("{path}: {e}"))?;
+                crate::apply::check_entry(path, entry)?;
             }
             if known
                 .held
@@ -369,21 +368,6 @@ fn parse(text: &[u8], config: &Config) -> Result<Spooled, String> {
         spooled.insert(peer.peer, paths);
     }
     Ok(spooled)
-}
-
-fn check_entry(entry: &Entry) -> Result<(), String> {
-    if entry.mode > 0o7777 {
-        return Err(format!("mode {:o} is not a permission mode", entry.mode));
-    }
-    if let Content::Symlink { target } = &entry.content {
-        if target.is_empty()
-            || target.len() > crate::protocol::MAX_PATH_BYTES
-            || target.contains('\0')
-        {
-            return Err("invalid symlink target".into());
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -77,7 +77,8 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
     Ok(())
 }
 
-fn check_entry(path: &str, entry: &Entry) -> Result<(), String> {
+/// Checks that a state read from outside (a batch, the spool) is one a path can hold.
+pub(crate) fn check_entry(path: &str, entry: &Entry) -> Result<(), String> {
     if entry.mode > 0o7777 {
         return Err(format!(
             "{path}: mode {:o} is not a permission mode",
