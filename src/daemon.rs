@@ -123,12 +123,16 @@ impl Daemon {
         // the previous daemon's waiting changes over to them at once.
         let mut records = Vec::new();
         let mut replayed = 0;
-        for link in engine.peers() {
-            let remote = &link.peer.remote;
-            let record = Arc::new(PeerRecord::new(
-                link.clone(),
-                addresses_of(&remote.host, remote.port).await,
-            ));
+        // Resolved together: a slow name must not hold up the start once per peer.
+        let addresses = futures_util::future::join_all(
+            engine
+                .peers()
+                .iter()
+                .map(|link| addresses_of(&link.peer.remote.host, link.peer.remote.port)),
+        )
+        .await;
+        for (link, addresses) in engine.peers().iter().zip(addresses) {
+            let record = Arc::new(PeerRecord::new(link.clone(), addresses));
             spool.register(record.label(), record.outbox.clone());
             if let Some(known) = spooled.get(record.label()) {
                 // Delivered with the local tree's current content: the delivery plans
@@ -236,7 +240,7 @@ impl Daemon {
 async fn addresses_of(host: &str, port: u16) -> Vec<std::net::IpAddr> {
     let lookup = tokio::net::lookup_host((host, port));
     match tokio::time::timeout(Duration::from_secs(2), lookup).await {
-        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+        Ok(Ok(found)) => found.map(|a| a.ip().to_canonical()).collect(),
         _ => Vec::new(),
     }
 }

@@ -244,6 +244,8 @@ impl Node {
     /// A request came from `ip`: the peers there are up, so what waits for them is
     /// delivered now rather than at the end of a backoff.
     pub fn heard_from(&self, ip: std::net::IpAddr) {
+        // A dual-stack listener sees IPv4 peers as IPv4-mapped IPv6 addresses.
+        let ip = ip.to_canonical();
         for record in self.peers.get().into_iter().flatten() {
             if record.addresses.contains(&ip) {
                 record.outbox.contact();
