@@ -40,8 +40,13 @@ use raw::{
 /// Where the daemon and the CLI look for the configuration when `-config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gosyncd/config.hcl";
 
-/// How long the watcher waits for a burst of edits to end before pushing it.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
+/// The watcher's settle window: how long a burst of edits must have been quiet, every
+/// file it wrote closed, before it is pushed.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// How long a file may stay open for writing before the watcher stops waiting for its
+/// close and pushes it as it is, when `open_write_timeout` is not given.
+pub const DEFAULT_OPEN_WRITE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where a daemon keeps its spool of undelivered changes when `state_directory` is not
 /// given.
@@ -98,8 +103,12 @@ pub struct Config {
     /// The local prefix under which the configured directories live (`/` by default).
     pub root: PathBuf,
     pub directories: Vec<Directory>,
-    /// The watcher's quiet period before it pushes a burst of edits.
+    /// The watcher's settle window: a burst is pushed once every file it wrote is closed
+    /// and this long has passed without an event.
     pub debounce: Duration,
+    /// How long the watcher waits for a file open for writing to be closed before it
+    /// pushes it anyway, with a warning.
+    pub open_write_timeout: Duration,
     /// Client addresses allowed to read and write this node's trees (`allow_from`);
     /// `None`: the addresses the `remotes` hosts resolve to.
     pub allow_from: Option<Vec<AllowEntry>>,
@@ -403,9 +412,16 @@ impl Config {
         let debounce = duration(
             "debounce",
             DEFAULT_DEBOUNCE,
-            (Duration::from_millis(10), Duration::from_secs(60)),
-            "10ms and 60s",
-            "150ms",
+            (Duration::from_millis(1), Duration::from_secs(60)),
+            "1ms and 60s",
+            "20ms",
+        )?;
+        let open_write_timeout = duration(
+            "open_write_timeout",
+            DEFAULT_OPEN_WRITE_TIMEOUT,
+            (Duration::from_secs(1), Duration::from_secs(86_400)),
+            "1s and 24h",
+            "10m",
         )?;
 
         let state_directory =
@@ -453,6 +469,7 @@ impl Config {
             root,
             directories,
             debounce,
+            open_write_timeout,
             allow_from,
             limits: raw.limits.unwrap_or_default(),
             max_delete_share: raw.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE),

@@ -18,7 +18,7 @@ use crate::server::{self, Node, PeerRecord};
 use crate::sync::Engine;
 use crate::tls::TlsMaterial;
 use crate::versions::Versions;
-use crate::watcher::{self, Queue, WATCH_QUEUE_SIGNALS};
+use crate::watcher::{self, Queue, WATCH_QUEUE_EVENTS};
 
 /// How long a stopping daemon lets pushes under way finish.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -104,7 +104,7 @@ impl Daemon {
             )
             .await?,
         );
-        let (queue, received) = Queue::new(WATCH_QUEUE_SIGNALS);
+        let (queue, received) = Queue::new(WATCH_QUEUE_EVENTS);
         let watch = if watch {
             Some(watcher::watch(&config, queue)?)
         } else {

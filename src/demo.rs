@@ -30,6 +30,7 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
         watch: true,
         debounce: None,
         reconcile_interval: None,
+        settings: String::new(),
     };
     let mut group = LocalGroup::build(&spec).await?;
     let trees: Vec<PathBuf> = group.nodes.iter().map(|n| n.path(DIRECTORY)).collect();

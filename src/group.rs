@@ -41,6 +41,9 @@ pub struct GroupSpec {
     pub debounce: Option<std::time::Duration>,
     /// The `reconcile_interval` key; `None` leaves the default.
     pub reconcile_interval: Option<std::time::Duration>,
+    /// Further top-level settings, written into every node's file as they are (for
+    /// example `open_write_timeout = "2s"`).
+    pub settings: String,
 }
 
 impl Default for GroupSpec {
@@ -53,6 +56,7 @@ impl Default for GroupSpec {
             watch: false,
             debounce: None,
             reconcile_interval: None,
+            settings: String::new(),
         }
     }
 }
@@ -187,6 +191,7 @@ impl LocalGroup {
                     &root,
                     &spec.directories,
                     (spec.debounce, spec.reconcile_interval),
+                    &spec.settings,
                 ),
             )?;
             let config = Arc::new(Config::from_file(&config_path)?);
@@ -287,6 +292,7 @@ fn config_text(
     root: &Path,
     directories: &[(String, Vec<String>)],
     (debounce, reconcile_interval): (Option<std::time::Duration>, Option<std::time::Duration>),
+    settings: &str,
 ) -> String {
     let mut text = format!(
         "bind_address = \"{addr}\"\n\n# every node of the group; this node's own entry is skipped\nremotes = [\n  {}\n]\n\n\
@@ -305,6 +311,10 @@ fn config_text(
             "reconcile_interval = \"{}s\"\n",
             interval.as_secs()
         ));
+    }
+    if !settings.is_empty() {
+        text.push_str(settings.trim_end());
+        text.push('\n');
     }
     for (path, exclude) in directories {
         let exclude: Vec<String> = exclude.iter().map(|e| format!("\"{e}\"")).collect();

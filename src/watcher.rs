@@ -1,33 +1,36 @@
 //! Automatic propagation: filesystem events -> bursts -> the engine.
 //!
-//! The notify callback only converts events and `try_send`s them on a bounded channel; it
-//! never blocks. When the channel is full it asks for a rescan instead. The propagation
-//! loop coalesces events per path until the configured quiet period (`debounce`) passes,
-//! scans the paths touched, compares them with this node's [`Versions`], and hands the
-//! difference to each peer's [`Outbox`], which a task per peer delivers through the one
-//! engine, retrying with backoff while that peer is unreachable.
+//! The notify callback only converts events and appends them to a queue; it never
+//! blocks. The propagation loop gathers a burst until it is complete: every file it
+//! touched closed or renamed into place, and the settle window (`debounce`) passed with
+//! no new event (see [`Burst`]). It then scans the paths touched, compares them with
+//! this node's [`Versions`], and hands the difference to each peer's [`Outbox`], which
+//! a task per peer delivers through the one engine, retrying with backoff while that
+//! peer is unreachable.
 //!
 //! This file holds that loop: [`propagate`] gathers a burst and hands its changes to the
-//! outboxes. The rest is in child modules: `queue` (the notify callback's side, [`Signal`]
-//! and the lost flag), `directories` (starting the watch, directory identity and
-//! re-watching) and `outbox` (the per-peer [`Outbox`] and [`deliver`], with retry and
-//! backoff).
+//! outboxes. The rest is in child modules: `queue` (the notify callback's side and
+//! [`Change`]), `burst` (when a burst is complete), `directories` (starting the watch,
+//! directory identity and re-watching) and `outbox` (the per-peer [`Outbox`] and
+//! [`deliver`], with retry and backoff).
 
+mod burst;
 mod directories;
 mod outbox;
 mod queue;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::{debug, error, warn};
 
+use self::burst::{Burst, Overdue};
 use self::directories::{directory_identity, rewatch, DirectoryIdentity};
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
 pub use self::outbox::{deliver, Held, Known, Outbox, Sent};
-pub use self::queue::{Queue, QueueReceiver, Signal, WATCH_QUEUE_SIGNALS};
+pub use self::queue::{Change, ChangeKind, Queue, QueueReceiver, Taken, WATCH_QUEUE_EVENTS};
 use crate::actions;
-use crate::config::Config;
 use crate::manifest;
 use crate::paths::is_within;
 use crate::server::Node;
@@ -38,19 +41,20 @@ use crate::versions::Versions;
 /// cheap with the hash cache, and it keeps the scope test linear.
 const MAX_SCOPED_PATHS: usize = 512;
 
-/// Turns bursts of signals into pushes, until the channel closes.
+/// Turns bursts of events into pushes, as long as the daemon watches.
 ///
-/// It owns the watch (`None` when the daemon does not watch): every
-/// [`DIRECTORY_CHECK_INTERVAL`] it checks that each configured directory is still the
-/// one watched, so that a directory missing at start-up is watched once it appears and
-/// one deleted and re-created is watched again, and rescanned either way.
+/// It owns the watch (`None` when the daemon does not watch, and then it returns at
+/// once): every [`DIRECTORY_CHECK_INTERVAL`] it checks that each configured directory
+/// is still the one watched, so that a directory missing at start-up is watched once it
+/// appears and one deleted and re-created is watched again, and rescanned either way.
 pub async fn propagate(
     engine: Arc<Engine>,
     node: Arc<Node>,
     versions: Arc<Versions>,
-    mut queue: QueueReceiver,
-    mut watch: Option<Watch>,
+    queue: QueueReceiver,
+    watch: Option<Watch>,
 ) {
+    let Some(mut watch) = watch else { return };
     let config = engine.config().clone();
     let mut watched: Vec<Option<DirectoryIdentity>> = config
         .directories
@@ -60,56 +64,63 @@ pub async fn propagate(
     let mut check = tokio::time::interval(DIRECTORY_CHECK_INTERVAL);
     // Directories whose last changes failed their validation.
     let mut held_back: BTreeSet<String> = BTreeSet::new();
+    let mut overdue = Overdue::new();
     loop {
         let first = tokio::select! {
-            signal = queue.rx.recv() => match signal {
-                Some(signal) => signal,
-                None => return,
-            },
-            _ = check.tick() => {
-                if queue.take_lost() {
-                    Signal::Rescan
-                } else {
-                let Some(watch) = watch.as_mut() else { continue };
-                let appeared = rewatch(&config, watch, &mut watched);
-                if appeared.is_empty() {
-                    continue;
-                }
-                Signal::Changed(appeared)
-                }
-            }
+            _ = queue.ready() => queue.take(),
+            _ = check.tick() => appeared(rewatch(&config, &mut watch, &mut watched)),
         };
-        let mut burst = Burst::default();
-        touch(&node, &versions, burst.add(&config, first));
-        // Coalesce per path until the group has been quiet for the debounce window.
+        let mut burst = Burst::new(Instant::now());
+        touch(
+            &node,
+            &versions,
+            burst.add(&config, first, Instant::now(), &mut overdue),
+        );
+        if burst.paths.is_empty() && !burst.rescan {
+            continue;
+        }
+        // Gather until every file is complete and the settle window has passed.
         loop {
-            match tokio::time::timeout(config.debounce, queue.rx.recv()).await {
-                Ok(Some(signal)) => touch(&node, &versions, burst.add(&config, signal)),
-                Ok(None) => return,
-                Err(_) => break,
+            let now = Instant::now();
+            if burst.complete(now, config.debounce) {
+                break;
+            }
+            let wait = burst.wait(now, config.debounce, config.open_write_timeout);
+            if tokio::time::timeout(wait, queue.ready()).await.is_ok() {
+                let added = burst.add(&config, queue.take(), Instant::now(), &mut overdue);
+                touch(&node, &versions, added);
+                continue;
+            }
+            if burst.open() > 0 {
+                burst.recheck(|path| std::fs::symlink_metadata(path).ok());
+                let late = burst.overdue(Instant::now(), config.open_write_timeout, &mut overdue);
+                for local in late {
+                    let path = config.logical_path(&local).unwrap_or_default();
+                    warn!(
+                        path = %path,
+                        "open for writing for longer than open_write_timeout ({:?}): pushed as \
+                         it is now, and written again without waiting for it to be closed; a \
+                         file written this long is a log rather than a configuration: exclude it",
+                        config.open_write_timeout
+                    );
+                }
             }
         }
-        // Signals dropped on a full queue: their paths are unknown, so compare everything.
-        burst.rescan |= queue.take_lost();
         // A configured directory itself was touched (removed, replaced): check now rather
         // than at the next tick, which could miss a quick delete-and-recreate.
-        if let Some(watch) = watch.as_mut() {
-            if config
-                .directories
-                .iter()
-                .any(|d| burst.paths.contains(&d.path))
-            {
-                let appeared = rewatch(&config, watch, &mut watched);
-                burst.add(&config, Signal::Changed(appeared));
-            }
+        if config
+            .directories
+            .iter()
+            .any(|d| burst.paths.contains(&d.path))
+        {
+            let again = appeared(rewatch(&config, &mut watch, &mut watched));
+            burst.add(&config, again, Instant::now(), &mut overdue);
         }
         if burst.rescan {
             warn!("watcher: events were lost (kernel queue overflow or watch error): rescanning every configured directory");
         }
         let scope: Vec<String> = if burst.rescan || burst.paths.len() > MAX_SCOPED_PATHS {
             Vec::new()
-        } else if burst.paths.is_empty() {
-            continue;
         } else {
             // A directory held back by a failed validation is compared whole again, so
             // that the fix brings every change that waited.
@@ -121,47 +132,35 @@ pub async fn propagate(
             }
             paths.into_iter().collect()
         };
-        // A path gone that was never known: a name that came and went unseen.
-        let fleeting = scope.iter().any(|p| {
-            versions.get(p).is_none() && std::fs::symlink_metadata(config.local_path(p)).is_err()
-        });
-        let (mut refused, changed) = push_burst(&engine, &node, &versions, scope.clone()).await;
-        if !scope.is_empty() && (changed || fleeting) {
-            // The debouncer can lose events (a file renamed then deleted at once, a
-            // file moved in and deleted within its window: nothing is reported). Once
-            // a burst of local edits is handed to the deliveries, every path known is
-            // looked for (one lstat each, nothing read, no batch held up), and those
-            // gone are pushed as deletions. Not after a burst that was only the writes
-            // of received batches. Only deletions: a file found changed may be half
-            // written, and its own events bring it.
-            let (config, known) = (config.clone(), versions.clone());
-            let gone = tokio::task::spawn_blocking(move || {
-                known
-                    .paths()
-                    .into_iter()
-                    .filter(|p| std::fs::symlink_metadata(config.local_path(p)).is_err())
-                    .collect::<Vec<String>>()
-            })
-            .await
-            .expect("sweep task");
-            if !gone.is_empty() {
-                debug!(paths = gone.len(), "deletions the events missed");
-                refused.extend(push_burst(&engine, &node, &versions, gone).await.0);
-            }
-        }
+        let refused = push_burst(&engine, &node, &versions, scope.clone()).await;
         held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
         held_back.extend(refused);
     }
 }
+
+/// Configured directories that (re)appeared, as changes to rescan them.
+fn appeared(directories: Vec<std::path::PathBuf>) -> Taken {
+    Taken {
+        changes: directories
+            .into_iter()
+            .map(|path| Change {
+                path,
+                kind: ChangeKind::CreatedDirectory,
+            })
+            .collect(),
+        rescan: false,
+    }
+}
+
 /// Scans a burst's paths, takes the difference from this node's versions, and hands
 /// it to every peer's outbox. Returns the directories held back by their own failed
-/// validation, and whether anything changed.
+/// validation.
 async fn push_burst(
     engine: &Engine,
     node: &Node,
     versions: &Versions,
     scope: Vec<String>,
-) -> (Vec<String>, bool) {
+) -> Vec<String> {
     let config = engine.config().clone();
     let cache = node.cache.clone();
     let scan_scope = scope.clone();
@@ -206,7 +205,7 @@ async fn push_burst(
         if let Some(spool) = node.spool.clone() {
             let _ = tokio::task::spawn_blocking(move || spool.save(false)).await;
         }
-        return (refused, false);
+        return refused;
     }
     let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     for record in records {
@@ -223,7 +222,7 @@ async fn push_burst(
     for record in records {
         record.outbox.wake();
     }
-    (refused, true)
+    refused
 }
 
 /// Spools the paths a burst touches as soon as they are seen, each with the version
@@ -289,58 +288,4 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
         record.outbox.touch(&touched);
     }
     spool.save(false);
-}
-
-/// The logical paths a burst touched, or a request to rescan.
-#[derive(Default)]
-struct Burst {
-    paths: BTreeSet<String>,
-    rescan: bool,
-}
-
-impl Burst {
-    /// Adds a signal; returns the paths it adds.
-    fn add(&mut self, config: &Config, signal: Signal) -> Vec<String> {
-        let mut added = Vec::new();
-        match signal {
-            Signal::Rescan => self.rescan = true,
-            Signal::Changed(paths) => {
-                for local in paths {
-                    if let Some(logical) = config.logical_path(&local) {
-                        if self.paths.insert(logical.clone()) {
-                            added.push(logical);
-                        }
-                    }
-                }
-            }
-        }
-        added
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
-    use super::*;
-
-    #[test]
-    fn local_paths_outside_the_configured_directories_are_ignored() {
-        let tmp = tempfile::tempdir().unwrap();
-        let config = crate::testing::config_at(tmp.path(), "");
-        let mut burst = Burst::default();
-        burst.add(
-            &config,
-            Signal::Changed(vec![
-                tmp.path().join("etc/app/x.cfg"),
-                tmp.path().join("etc/other/y"),
-                PathBuf::from("/elsewhere/z"),
-            ]),
-        );
-        assert_eq!(
-            burst.paths.into_iter().collect::<Vec<_>>(),
-            ["/etc/app/x.cfg"]
-        );
-        assert!(!burst.rescan);
-    }
 }

@@ -6,10 +6,29 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::paths::{self, is_within};
 
-/// Editors' temporary and backup files, excluded everywhere unless
-/// `editor_excludes = false`: vim's swap files and its write test `4913`, backups `*~`,
-/// emacs lock and auto-save files.
-pub const EDITOR_EXCLUDES: &[&str] = &[".*.swp", ".*.swx", "*~", "4913", ".#*", "#*#"];
+/// Editors' and package managers' temporary and backup files, excluded everywhere
+/// unless `editor_excludes = false`: vim's swap files and its write test `4913`, backups
+/// `*~`, emacs lock and auto-save files; dpkg's and ucf's conffile copies (a
+/// `.dpkg-new` waits beside the live file while dpkg asks about a conffile) and rpm's.
+pub const EDITOR_EXCLUDES: &[&str] = &[
+    ".*.swp",
+    ".*.swx",
+    "*~",
+    "4913",
+    ".#*",
+    "#*#",
+    "*.dpkg-new",
+    "*.dpkg-tmp",
+    "*.dpkg-old",
+    "*.dpkg-dist",
+    "*.dpkg-bak",
+    "*.ucf-new",
+    "*.ucf-old",
+    "*.ucf-dist",
+    "*.rpmnew",
+    "*.rpmsave",
+    "*.rpmorig",
+];
 
 /// The exclude rules of one directory.
 #[derive(Debug, Clone)]

@@ -27,6 +27,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "metrics_address",
     "state_directory",
     "reconcile_interval",
+    "open_write_timeout",
 ];
 
 /// The blocks of the file's top level.

@@ -174,10 +174,22 @@ fn debounce_and_editor_excludes_have_defaults_and_can_be_set() {
         "4913",
         ".#haproxy.cfg",
         "#haproxy.cfg#",
+        "haproxy.cfg.dpkg-new",
+        "haproxy.cfg.dpkg-tmp",
+        "haproxy.cfg.dpkg-old",
+        "haproxy.cfg.dpkg-dist",
+        "haproxy.cfg.dpkg-bak",
+        "haproxy.cfg.ucf-new",
+        "haproxy.cfg.ucf-old",
+        "haproxy.cfg.ucf-dist",
+        "haproxy.cfg.rpmnew",
+        "haproxy.cfg.rpmsave",
+        "haproxy.cfg.rpmorig",
     ] {
         assert!(ex.is_excluded(&format!("/etc/haproxy/{name}")), "{name}");
     }
     assert!(!ex.is_excluded("/etc/haproxy/haproxy.cfg"));
+    assert!(!ex.is_excluded("/etc/haproxy/haproxy.cfg.dpkg-new.d/x"));
     let text = format!("debounce = \"1s\"\neditor_excludes = false\n{SEED}");
     let c = parse(&text).unwrap();
     assert_eq!(c.debounce, Duration::from_secs(1));

@@ -8,24 +8,27 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use notify::RecursiveMode;
-use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use notify::{RecursiveMode, Watcher};
 use tracing::{info, warn};
 
 use super::queue::Queue;
 use crate::config::Config;
 
-/// The notify debouncer's own window: it pairs renames and drops duplicate events.
-const NOTIFY_WINDOW: Duration = Duration::from_millis(50);
-
 /// A running filesystem watch; dropping it stops watching.
-pub type Watch = Debouncer<notify::RecommendedWatcher, RecommendedCache>;
+///
+/// notify's own watcher, without a debouncer: every event arrives as the kernel
+/// reports it, closes and renames included, which is what tells a finished file from
+/// one still being written.
+pub type Watch = notify::RecommendedWatcher;
 
-/// Watches every configured directory that exists, recursively.
+/// Watches every configured directory that exists, recursively, never following a
+/// symbolic link out of it.
 pub fn watch(config: &Config, queue: Queue) -> anyhow::Result<Watch> {
-    let mut debouncer = new_debouncer(NOTIFY_WINDOW, None, move |result: DebounceEventResult| {
-        queue.forward(result)
-    })
+    let settings = notify::Config::default().with_follow_symlinks(false);
+    let mut watcher = notify::RecommendedWatcher::new(
+        move |result: notify::Result<notify::Event>| queue.forward(result),
+        settings,
+    )
     .map_err(|e| anyhow::anyhow!("cannot start the filesystem watcher: {}", describe(&e)))?;
     for dir in &config.directories {
         let local = config.local_path(&dir.path);
@@ -33,11 +36,11 @@ pub fn watch(config: &Config, queue: Queue) -> anyhow::Result<Watch> {
             warn!(directory = %dir.path, "configured directory is missing: not watched");
             continue;
         }
-        debouncer
+        watcher
             .watch(&local, RecursiveMode::Recursive)
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {}", dir.path, describe(&e)))?;
     }
-    Ok(debouncer)
+    Ok(watcher)
 }
 
 /// Words for watch errors; running out of inotify watches names the sysctl to raise.

@@ -1,116 +1,168 @@
-//! The queue from the notify callback to the propagation loop: converting notify's
-//! debounced results into [`Signal`]s, and the `lost` flag that turns a full queue into a
-//! rescan.
+//! The queue from the notify callback to the propagation loop: converting notify's raw
+//! events into [`Change`]s, and the flag that turns lost events into a rescan.
 //!
 //! It must never block the callback and never lose a request to rescan; it does not
-//! watch anything itself nor read the tree.
+//! watch anything itself nor read the tree. The callback appends to a buffer under a
+//! mutex held for a push, and wakes the loop, which takes the whole buffer at once: a
+//! `git checkout` of thousands of files is a few wake-ups, not one per event.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::EventKind;
-use notify_debouncer_full::DebounceEventResult;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::warn;
 
 use super::directories::describe;
 
-/// Signals the channel from the watcher to the propagation loop can hold.
-pub const WATCH_QUEUE_SIGNALS: usize = 4096;
+/// Events the queue holds before it gives up on them and asks for a rescan instead.
+pub const WATCH_QUEUE_EVENTS: usize = 65_536;
 
-/// What the watcher tells the propagation loop.
-#[derive(Debug)]
-pub enum Signal {
-    /// These local paths changed.
-    Changed(Vec<PathBuf>),
-    /// Events were lost: compare everything.
-    Rescan,
+/// One filesystem event, as the burst logic needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The local path the event is about.
+    pub path: PathBuf,
+    pub kind: ChangeKind,
+}
+
+/// What happened at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Data was written to a file open for writing (`IN_MODIFY`): it is being written.
+    Written,
+    /// A name was created (`IN_CREATE`): a file opened to be written, a link, a node.
+    Created,
+    /// A directory was created or moved in whole.
+    CreatedDirectory,
+    /// A file open for writing was closed (`IN_CLOSE_WRITE`): its content is complete.
+    Closed,
+    /// Renamed away (`IN_MOVED_FROM`); the number pairs it with its [`ChangeKind::MovedTo`].
+    MovedFrom(usize),
+    /// Renamed into place (`IN_MOVED_TO`): complete, as an editor's save is.
+    MovedTo(usize),
+    /// Deleted.
+    Removed,
+    /// Mode, owner, times or extended attributes changed.
+    Attributes,
+    /// Anything else the backend reports.
+    Other,
+}
+
+impl Change {
+    /// The changes one notify event stands for; none for what changes nothing.
+    pub fn of(event: notify::Event) -> Vec<Change> {
+        let kind = match event.kind {
+            // Opening or reading a file changes nothing, and the daemon reads files
+            // itself (scanning, sending): only writes count.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => ChangeKind::Closed,
+            EventKind::Access(_) => return Vec::new(),
+            EventKind::Create(CreateKind::Folder) => ChangeKind::CreatedDirectory,
+            EventKind::Create(_) => ChangeKind::Created,
+            EventKind::Modify(ModifyKind::Data(_)) => ChangeKind::Written,
+            EventKind::Modify(ModifyKind::Metadata(_)) => ChangeKind::Attributes,
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                ChangeKind::MovedFrom(event.tracker().unwrap_or(0))
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                ChangeKind::MovedTo(event.tracker().unwrap_or(0))
+            }
+            // The pair of a rename, already reported as its two halves.
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return Vec::new(),
+            EventKind::Remove(RemoveKind::Folder | RemoveKind::File | RemoveKind::Any) => {
+                ChangeKind::Removed
+            }
+            _ => ChangeKind::Other,
+        };
+        event
+            .paths
+            .into_iter()
+            .map(|path| Change { path, kind })
+            .collect()
+    }
+}
+
+/// What the loop takes from the queue at once.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub changes: Vec<Change>,
+    /// Events were lost (the kernel's queue or this one overflowed, the backend
+    /// failed): compare everything.
+    pub rescan: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Taken>,
+    ready: Notify,
 }
 
 /// The watcher's side of the queue to the propagation loop.
 ///
-/// The callback never blocks: it `try_send`s. When the queue is full, events are lost,
-/// so it raises `lost` instead, which the loop turns into a rescan the next time it
-/// looks (after every signal it receives and at every directory check), so a full queue
-/// can never drop the request to rescan.
+/// The callback never blocks on the loop: it appends and wakes it. Beyond
+/// [`WATCH_QUEUE_EVENTS`] waiting events it drops them and raises the rescan flag,
+/// which the loop sees with the next events it takes, so a full queue can never drop the
+/// request to rescan.
 #[derive(Clone)]
 pub struct Queue {
-    tx: mpsc::Sender<Signal>,
-    lost: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    capacity: usize,
 }
 
 impl Queue {
-    /// A queue of `capacity` signals, and the receiving end for [`propagate`](super::propagate).
+    /// A queue of `capacity` events, and the receiving end for [`propagate`](super::propagate).
     pub fn new(capacity: usize) -> (Queue, QueueReceiver) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let lost = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
         (
             Queue {
-                tx,
-                lost: lost.clone(),
+                shared: shared.clone(),
+                capacity,
             },
-            QueueReceiver { rx, lost },
+            QueueReceiver { shared },
         )
     }
 
-    /// Hands one debounced batch of notify's results on, without blocking.
-    pub(super) fn forward(&self, result: DebounceEventResult) {
-        let signal = match result {
-            Ok(events) => {
-                let mut paths = Vec::new();
-                let mut rescan = false;
-                for event in events {
-                    // The kernel's queue overflowed, or the backend asks for a rescan.
-                    rescan |= event.need_rescan();
-                    // Opening or reading a file changes nothing, and the daemon reads
-                    // files itself (scanning, sending): only writes count.
-                    if is_read_only(&event.event.kind) {
-                        continue;
-                    }
-                    paths.extend(event.event.paths);
-                }
-                if rescan {
-                    Signal::Rescan
-                } else if paths.is_empty() {
-                    return;
-                } else {
-                    Signal::Changed(paths)
-                }
-            }
-            Err(errors) => {
-                for e in errors {
-                    warn!("watcher: {}", describe(&e));
-                }
-                Signal::Rescan
+    /// Hands one of notify's results on, without waiting for the loop.
+    pub(super) fn forward(&self, result: notify::Result<notify::Event>) {
+        let (changes, rescan) = match result {
+            // The kernel's queue overflowed, or the backend asks for a rescan.
+            Ok(event) if event.need_rescan() => (Vec::new(), true),
+            Ok(event) => (Change::of(event), false),
+            Err(e) => {
+                warn!("watcher: {}", describe(&e));
+                (Vec::new(), true)
             }
         };
-        if self.tx.try_send(signal).is_err() {
-            self.lost.store(true, Ordering::SeqCst);
+        if changes.is_empty() && !rescan {
+            return;
         }
+        {
+            let mut pending = self.shared.pending.lock().expect("watch queue lock");
+            if rescan || pending.changes.len() + changes.len() > self.capacity {
+                pending.rescan = true;
+            } else {
+                pending.changes.extend(changes);
+            }
+        }
+        self.shared.ready.notify_one();
     }
 }
 
 /// The propagation loop's side of the queue.
 pub struct QueueReceiver {
-    pub(super) rx: mpsc::Receiver<Signal>,
-    lost: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl QueueReceiver {
-    /// Whether signals were dropped since the last call (the queue was full).
-    pub(super) fn take_lost(&self) -> bool {
-        self.lost.swap(false, Ordering::SeqCst)
+    /// Waits until there is something to take (at once if there is already).
+    pub(super) async fn ready(&self) {
+        self.shared.ready.notified().await
     }
-}
 
-/// Whether an event only says that a file was opened, read or closed unmodified.
-fn is_read_only(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
-        EventKind::Access(_) => true,
-        _ => false,
+    /// Takes everything waiting.
+    pub(super) fn take(&self) -> Taken {
+        std::mem::take(&mut *self.shared.pending.lock().expect("watch queue lock"))
     }
 }
 
@@ -118,71 +170,86 @@ fn is_read_only(kind: &EventKind) -> bool {
 mod tests {
     use super::*;
 
-    fn event(kind: EventKind, path: &str) -> notify_debouncer_full::DebouncedEvent {
-        notify_debouncer_full::DebouncedEvent::new(
-            notify::Event::new(kind).add_path(PathBuf::from(path)),
-            std::time::Instant::now(),
+    fn event(kind: EventKind, path: &str) -> notify::Result<notify::Event> {
+        Ok(notify::Event::new(kind).add_path(PathBuf::from(path)))
+    }
+
+    fn modified(path: &str) -> notify::Result<notify::Event> {
+        event(
+            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+            path,
         )
     }
 
-    fn modified(path: &str) -> notify_debouncer_full::DebouncedEvent {
-        event(EventKind::Modify(notify::event::ModifyKind::Any), path)
-    }
-
-    fn received(queue: &mut QueueReceiver) -> Vec<Signal> {
-        std::iter::from_fn(|| queue.rx.try_recv().ok()).collect()
-    }
-
-    #[test]
-    fn a_full_queue_turns_into_a_rescan_instead_of_blocking_or_losing_it() {
-        let (queue, mut receiver) = Queue::new(1);
-        queue.forward(Ok(vec![modified("/r/etc/app/a")]));
-        // The queue is full: this batch (even a rescan request) cannot be queued.
-        queue.forward(Ok(vec![modified("/r/etc/app/b")]));
-        queue.forward(Err(vec![notify::Error::generic("boom")]));
-        let signals = received(&mut receiver);
-        assert!(
-            matches!(&signals[..], [Signal::Changed(p)] if p == &[PathBuf::from("/r/etc/app/a")]),
-            "{signals:?}"
+    #[tokio::test]
+    async fn a_full_queue_turns_into_a_rescan_instead_of_blocking_or_losing_it() {
+        let (queue, receiver) = Queue::new(1);
+        queue.forward(modified("/r/etc/app/a"));
+        // The queue is full: this event cannot be queued, and neither its path.
+        queue.forward(modified("/r/etc/app/b"));
+        receiver.ready().await;
+        let taken = receiver.take();
+        assert_eq!(
+            taken.changes,
+            [Change {
+                path: PathBuf::from("/r/etc/app/a"),
+                kind: ChangeKind::Written
+            }]
         );
-        assert!(receiver.take_lost(), "the dropped batches ask for a rescan");
-        assert!(!receiver.take_lost(), "once");
+        assert!(taken.rescan, "the dropped event asks for a rescan");
+        let again = receiver.take();
+        assert!(again.changes.is_empty() && !again.rescan, "once");
+        queue.forward(modified("/r/etc/app/c"));
+        assert_eq!(receiver.take().changes.len(), 1, "room again once taken");
     }
 
     #[test]
     fn an_overflow_notice_or_a_watch_error_asks_for_a_rescan() {
-        let (queue, mut receiver) = Queue::new(8);
-        let mut overflow = event(EventKind::Other, "/r/etc/app");
-        overflow.event = overflow.event.set_flag(notify::event::Flag::Rescan);
-        queue.forward(Ok(vec![modified("/r/etc/app/a"), overflow]));
-        queue.forward(Err(vec![notify::Error::generic("backend failed")]));
-        let signals = received(&mut receiver);
-        assert!(
-            matches!(&signals[..], [Signal::Rescan, Signal::Rescan]),
-            "{signals:?}"
-        );
-        assert!(!receiver.take_lost());
+        let (queue, receiver) = Queue::new(8);
+        let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        queue.forward(Ok(overflow));
+        assert!(receiver.take().rescan);
+        queue.forward(Err(notify::Error::generic("backend failed")));
+        assert!(receiver.take().rescan);
     }
 
     #[test]
-    fn reads_alone_send_nothing() {
-        let (queue, mut receiver) = Queue::new(8);
-        queue.forward(Ok(vec![
-            event(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/r/a"),
-            event(
-                EventKind::Access(AccessKind::Close(AccessMode::Read)),
-                "/r/a",
-            ),
-        ]));
-        assert!(received(&mut receiver).is_empty());
-        queue.forward(Ok(vec![event(
+    fn reads_alone_send_nothing_and_a_close_after_writing_completes_a_file() {
+        let (queue, receiver) = Queue::new(8);
+        queue.forward(event(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            "/r/a",
+        ));
+        queue.forward(event(
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            "/r/a",
+        ));
+        let taken = receiver.take();
+        assert!(taken.changes.is_empty() && !taken.rescan);
+        queue.forward(event(
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             "/r/a",
-        )]));
-        assert_eq!(
-            received(&mut receiver).len(),
-            1,
-            "closing after a write counts"
-        );
+        ));
+        assert_eq!(receiver.take().changes[0].kind, ChangeKind::Closed);
+    }
+
+    #[test]
+    fn a_rename_is_its_two_halves_paired_by_their_cookie() {
+        let from = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::From)))
+            .add_path("/r/a.tmp".into())
+            .set_tracker(7);
+        let to = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
+            .add_path("/r/a".into())
+            .set_tracker(7);
+        let both = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/r/a.tmp".into())
+            .add_path("/r/a".into())
+            .set_tracker(7);
+        let kinds: Vec<_> = [from, to, both]
+            .into_iter()
+            .flat_map(Change::of)
+            .map(|c| c.kind)
+            .collect();
+        assert_eq!(kinds, [ChangeKind::MovedFrom(7), ChangeKind::MovedTo(7)]);
     }
 }

@@ -1,0 +1,427 @@
+//! One burst of local edits: the paths it touched, and which of its files are still
+//! being written.
+//!
+//! A burst is complete when every file it touched is closed or renamed into place and
+//! the settle window (`debounce`) has passed with no new event. The kernel says when a
+//! write is finished (`IN_CLOSE_WRITE`, `IN_MOVED_TO`); a quiet time alone cannot tell
+//! "the writer paused" from "the writer finished". A file still open for writing after
+//! `open_write_timeout` stops holding its burst back: it is pushed as it is, with a
+//! warning, and later writes to it wait for the settle window only, until it is closed.
+//!
+//! Pure apart from the `lstat`s of [`Burst::recheck`]: it neither scans nor pushes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::queue::{ChangeKind, Taken};
+use crate::config::Config;
+
+/// A file of the burst that is open for writing.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    /// When it was first seen written (or created).
+    since: Instant,
+    /// Whether data was written to it; a file only created may be a hard link, which
+    /// is never closed.
+    written: bool,
+}
+
+/// The paths one burst touched, and its files not yet complete.
+#[derive(Debug)]
+pub struct Burst {
+    /// The logical paths touched, all synchronised (never excluded nor temporary).
+    pub paths: BTreeSet<String>,
+    /// Events were lost: compare everything.
+    pub rescan: bool,
+    /// Files open for writing, by local path.
+    open: BTreeMap<PathBuf, Open>,
+    /// Files renamed away while open for writing, until the rename's other half.
+    renamed: HashMap<usize, Vec<(PathBuf, Open)>>,
+    /// When the last event arrived.
+    last_event: Instant,
+}
+
+/// Files that were pushed while still open, past `open_write_timeout`: their writes no
+/// longer hold a burst back until they are closed. Kept from burst to burst.
+pub type Overdue = BTreeSet<PathBuf>;
+
+impl Burst {
+    pub fn new(now: Instant) -> Burst {
+        Burst {
+            paths: BTreeSet::new(),
+            rescan: false,
+            open: BTreeMap::new(),
+            renamed: HashMap::new(),
+            last_event: now,
+        }
+    }
+
+    /// Adds what was taken from the queue; returns the logical paths new to the burst.
+    pub fn add(
+        &mut self,
+        config: &Config,
+        taken: Taken,
+        now: Instant,
+        overdue: &mut Overdue,
+    ) -> Vec<String> {
+        let mut added = Vec::new();
+        if taken.rescan {
+            self.rescan = true;
+            // Which files are open is unknown now: the rescan takes what is there.
+            self.open.clear();
+            self.renamed.clear();
+        }
+        for change in taken.changes {
+            // Only what this node synchronises: excluded and temporary names never
+            // travel, and a swap file an editor keeps open must not hold a save back.
+            let Some(logical) = config
+                .logical_path(&change.path)
+                .filter(|p| crate::apply::confine(config, p).is_ok())
+            else {
+                continue;
+            };
+            self.last_event = now;
+            let path = change.path;
+            match change.kind {
+                ChangeKind::Written => {
+                    if !overdue.contains(&path) {
+                        let open = self.open.entry(path).or_insert(Open {
+                            since: now,
+                            written: true,
+                        });
+                        open.written = true;
+                    }
+                }
+                ChangeKind::Created => {
+                    self.open.entry(path).or_insert(Open {
+                        since: now,
+                        written: false,
+                    });
+                }
+                ChangeKind::Closed => {
+                    overdue.remove(&path);
+                    self.open.remove(&path);
+                }
+                ChangeKind::MovedFrom(cookie) => {
+                    let moving = self.take_below(&path);
+                    if !moving.is_empty() {
+                        self.renamed.entry(cookie).or_default().extend(moving);
+                    }
+                }
+                ChangeKind::MovedTo(cookie) => {
+                    // A file renamed into place is complete; one still open keeps its
+                    // writer, under its new name.
+                    if let Some(moved) = self.renamed.remove(&cookie) {
+                        for (relative, open) in moved {
+                            self.open.insert(path.join(relative), open);
+                        }
+                    }
+                }
+                ChangeKind::Removed => {
+                    self.take_below(&path);
+                }
+                ChangeKind::CreatedDirectory | ChangeKind::Attributes | ChangeKind::Other => {}
+            }
+            if self.paths.insert(logical.clone()) {
+                added.push(logical);
+            }
+        }
+        added
+    }
+
+    /// Takes the open files at or below `path` (a file or a directory renamed or
+    /// deleted), with their paths relative to it.
+    fn take_below(&mut self, path: &Path) -> Vec<(PathBuf, Open)> {
+        let below: Vec<PathBuf> = self
+            .open
+            .range(path.to_path_buf()..)
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(path))
+            .cloned()
+            .collect();
+        below
+            .into_iter()
+            .filter_map(|p| {
+                let open = self.open.remove(&p)?;
+                let relative = p.strip_prefix(path).ok()?.to_path_buf();
+                Some((relative, open))
+            })
+            .collect()
+    }
+
+    /// Whether every file is complete and the settle window has passed since the last
+    /// event.
+    pub fn complete(&self, now: Instant, settle: Duration) -> bool {
+        self.open.is_empty() && now >= self.last_event + settle
+    }
+
+    /// How long to wait for the next event before looking again.
+    pub fn wait(&self, now: Instant, settle: Duration, bound: Duration) -> Duration {
+        let quiet = (self.last_event + settle).saturating_duration_since(now);
+        if self.open.is_empty() {
+            return quiet;
+        }
+        let first_due = self
+            .open
+            .values()
+            .map(|o| (o.since + bound).saturating_duration_since(now))
+            .min()
+            .unwrap_or_default();
+        // Looked at again now and then: a close the kernel could not report (a file
+        // deleted or renamed out of sight by another way) must not hold the burst.
+        quiet
+            .max(settle)
+            .min(first_due)
+            .max(Duration::from_millis(1))
+    }
+
+    /// Drops the open files that cannot be written any more: gone, no longer a regular
+    /// file, or only created and then a hard link (`link()` is never closed).
+    pub fn recheck(&mut self, stat: impl Fn(&Path) -> Option<std::fs::Metadata>) {
+        use std::os::unix::fs::MetadataExt;
+        self.open.retain(|path, open| match stat(path) {
+            None => false,
+            Some(meta) if !meta.file_type().is_file() => false,
+            Some(meta) => open.written || meta.nlink() < 2,
+        });
+    }
+
+    /// The files open for writing for `bound` or longer: they stop holding the burst
+    /// back, and become overdue.
+    pub fn overdue(
+        &mut self,
+        now: Instant,
+        bound: Duration,
+        overdue: &mut Overdue,
+    ) -> Vec<PathBuf> {
+        let late: Vec<PathBuf> = self
+            .open
+            .iter()
+            .filter(|(_, o)| now >= o.since + bound)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in &late {
+            self.open.remove(path);
+            overdue.insert(path.clone());
+        }
+        late
+    }
+
+    /// The files still open for writing.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watcher::queue::Change;
+
+    const SETTLE: Duration = Duration::from_millis(20);
+    const BOUND: Duration = Duration::from_secs(600);
+
+    fn taken(root: &Path, changes: &[(&str, ChangeKind)]) -> Taken {
+        Taken {
+            changes: changes
+                .iter()
+                .map(|(p, kind)| Change {
+                    path: root.join(p.trim_start_matches('/')),
+                    kind: *kind,
+                })
+                .collect(),
+            rescan: false,
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Config) {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::testing::config_at(tmp.path(), "");
+        (tmp, config)
+    }
+
+    #[test]
+    fn a_file_written_and_not_closed_holds_the_burst_however_long_the_pause() {
+        let (tmp, config) = setup();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let mut burst = Burst::new(t0);
+        let added = burst.add(
+            &config,
+            taken(
+                tmp.path(),
+                &[
+                    ("/etc/app/big.map", ChangeKind::Created),
+                    ("/etc/app/big.map", ChangeKind::Written),
+                ],
+            ),
+            t0,
+            &mut overdue,
+        );
+        assert_eq!(added, ["/etc/app/big.map"]);
+        let later = t0 + Duration::from_secs(5);
+        assert!(!burst.complete(later, SETTLE), "the writer only paused");
+        burst.add(
+            &config,
+            taken(tmp.path(), &[("/etc/app/big.map", ChangeKind::Closed)]),
+            later,
+            &mut overdue,
+        );
+        assert!(
+            !burst.complete(later, SETTLE),
+            "the settle window runs from the close"
+        );
+        assert!(burst.complete(later + SETTLE, SETTLE));
+    }
+
+    #[test]
+    fn an_editor_save_is_complete_at_the_rename_and_excluded_files_are_left_out() {
+        let (tmp, config) = setup();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let mut burst = Burst::new(t0);
+        burst.add(
+            &config,
+            taken(
+                tmp.path(),
+                &[
+                    // A swap file vim keeps open for the whole session.
+                    ("/etc/app/.x.cfg.swp", ChangeKind::Written),
+                    ("/etc/app/x.cfg.tmp", ChangeKind::Created),
+                    ("/etc/app/x.cfg.tmp", ChangeKind::Written),
+                    ("/etc/app/x.cfg.tmp", ChangeKind::Closed),
+                    ("/etc/app/x.cfg.tmp", ChangeKind::MovedFrom(3)),
+                    ("/etc/app/x.cfg", ChangeKind::MovedTo(3)),
+                    ("/etc/other/y", ChangeKind::Written),
+                ],
+            ),
+            t0,
+            &mut overdue,
+        );
+        assert_eq!(
+            burst.paths.iter().collect::<Vec<_>>(),
+            ["/etc/app/x.cfg", "/etc/app/x.cfg.tmp"]
+        );
+        assert!(burst.complete(t0 + SETTLE, SETTLE));
+    }
+
+    #[test]
+    fn a_file_renamed_while_open_is_still_open_under_its_new_name() {
+        let (tmp, config) = setup();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let mut burst = Burst::new(t0);
+        let changes = [
+            ("/etc/app/d/a", ChangeKind::Written),
+            ("/etc/app/d", ChangeKind::MovedFrom(9)),
+            ("/etc/app/e", ChangeKind::MovedTo(9)),
+        ];
+        burst.add(&config, taken(tmp.path(), &changes), t0, &mut overdue);
+        assert_eq!(burst.open(), 1);
+        burst.add(
+            &config,
+            taken(tmp.path(), &[("/etc/app/e/a", ChangeKind::Closed)]),
+            t0,
+            &mut overdue,
+        );
+        assert!(burst.complete(t0 + SETTLE, SETTLE));
+        // Deleted while open: nothing to wait for.
+        burst.add(
+            &config,
+            taken(
+                tmp.path(),
+                &[
+                    ("/etc/app/f/g", ChangeKind::Written),
+                    ("/etc/app/f", ChangeKind::Removed),
+                ],
+            ),
+            t0,
+            &mut overdue,
+        );
+        assert_eq!(burst.open(), 0);
+    }
+
+    #[test]
+    fn recheck_lets_go_of_files_gone_not_regular_or_hard_linked() {
+        let (tmp, config) = setup();
+        let dir = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("source"), "x").unwrap();
+        std::fs::hard_link(dir.join("source"), dir.join("link")).unwrap();
+        std::os::unix::fs::symlink("source", dir.join("sym")).unwrap();
+        std::fs::write(dir.join("writing"), "half").unwrap();
+        std::fs::write(dir.join("created"), "").unwrap();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let mut burst = Burst::new(t0);
+        let changes = [
+            ("/etc/app/link", ChangeKind::Created),
+            ("/etc/app/sym", ChangeKind::Created),
+            ("/etc/app/gone", ChangeKind::Written),
+            ("/etc/app/writing", ChangeKind::Written),
+            ("/etc/app/created", ChangeKind::Created),
+        ];
+        burst.add(&config, taken(tmp.path(), &changes), t0, &mut overdue);
+        assert_eq!(burst.open(), 5);
+        burst.recheck(|p| std::fs::symlink_metadata(p).ok());
+        assert_eq!(
+            burst.open.keys().collect::<Vec<_>>(),
+            [&dir.join("created"), &dir.join("writing")],
+            "an empty file just created may be written next, and so may one being written"
+        );
+    }
+
+    #[test]
+    fn a_file_open_past_the_bound_stops_holding_bursts_until_it_is_closed() {
+        let (tmp, config) = setup();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let mut burst = Burst::new(t0);
+        let log = [("/etc/app/app.log", ChangeKind::Written)];
+        burst.add(&config, taken(tmp.path(), &log), t0, &mut overdue);
+        assert_eq!(burst.wait(t0, SETTLE, BOUND), SETTLE);
+        assert!(burst
+            .overdue(t0 + BOUND / 2, BOUND, &mut overdue)
+            .is_empty());
+        let late = burst.overdue(t0 + BOUND, BOUND, &mut overdue);
+        assert_eq!(late, [tmp.path().join("etc/app/app.log")]);
+        assert!(burst.complete(t0 + BOUND, SETTLE));
+        // Written again: the settle window alone, while it stays open.
+        let mut next = Burst::new(t0 + BOUND);
+        next.add(&config, taken(tmp.path(), &log), t0 + BOUND, &mut overdue);
+        assert!(next.complete(t0 + BOUND + SETTLE, SETTLE));
+        // Closed, then written again: complete files only, as for any file.
+        let closed = [
+            ("/etc/app/app.log", ChangeKind::Closed),
+            ("/etc/app/app.log", ChangeKind::Written),
+        ];
+        next.add(
+            &config,
+            taken(tmp.path(), &closed),
+            t0 + BOUND,
+            &mut overdue,
+        );
+        assert!(!next.complete(t0 + BOUND + SETTLE, SETTLE));
+    }
+
+    #[test]
+    fn a_rescan_forgets_which_files_are_open() {
+        let (tmp, config) = setup();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let mut burst = Burst::new(t0);
+        let writing = [("/etc/app/a", ChangeKind::Written)];
+        burst.add(&config, taken(tmp.path(), &writing), t0, &mut overdue);
+        burst.add(
+            &config,
+            Taken {
+                changes: Vec::new(),
+                rescan: true,
+            },
+            t0,
+            &mut overdue,
+        );
+        assert!(burst.rescan && burst.complete(t0 + SETTLE, SETTLE));
+    }
+}
