@@ -65,17 +65,14 @@ pub async fn propagate(
     // Directories whose last changes failed their validation.
     let mut held_back: BTreeSet<String> = BTreeSet::new();
     let mut overdue = Overdue::new();
+    let mut toucher = Toucher::new(node.clone(), versions.clone());
     loop {
         let first = tokio::select! {
             _ = queue.ready() => queue.take(),
             _ = check.tick() => appeared(rewatch(&config, &mut watch, &mut watched)),
         };
         let mut burst = Burst::new(Instant::now());
-        touch(
-            &node,
-            &versions,
-            burst.add(&config, first, Instant::now(), &mut overdue),
-        );
+        toucher.add(burst.add(&config, first, Instant::now(), &mut overdue));
         if burst.paths.is_empty() && !burst.rescan {
             continue;
         }
@@ -88,7 +85,7 @@ pub async fn propagate(
             let wait = burst.wait(now, config.debounce, config.open_write_timeout);
             if tokio::time::timeout(wait, queue.ready()).await.is_ok() {
                 let added = burst.add(&config, queue.take(), Instant::now(), &mut overdue);
-                touch(&node, &versions, added);
+                toucher.add(added);
                 continue;
             }
             if burst.open() > 0 {
@@ -116,6 +113,7 @@ pub async fn propagate(
             let again = appeared(rewatch(&config, &mut watch, &mut watched));
             burst.add(&config, again, Instant::now(), &mut overdue);
         }
+        toucher.done().await;
         if burst.rescan {
             warn!("watcher: events were lost (kernel queue overflow or watch error): rescanning every configured directory");
         }
@@ -229,13 +227,62 @@ async fn push_burst(
 /// the peers are expected to hold (see [`Outbox::touch`]): a daemon killed before the
 /// burst ends delivers them when it starts again. A directory gone from disk takes
 /// everything known below it (its deletion may be reported for the directory alone).
-fn touch(node: &Arc<Node>, versions: &Arc<Versions>, paths: Vec<String>) {
-    if paths.is_empty() || node.spool.is_none() || node.applying() {
-        return;
+///
+/// One task at a time does it, taking every path added meanwhile at once: a checkout of
+/// a thousand files is a few spool writes, not one per event, and the settle window's
+/// timer never waits for a file to be written.
+struct Toucher {
+    node: Arc<Node>,
+    versions: Arc<Versions>,
+    pending: Arc<std::sync::Mutex<Vec<String>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Toucher {
+    fn new(node: Arc<Node>, versions: Arc<Versions>) -> Toucher {
+        Toucher {
+            node,
+            versions,
+            pending: Arc::default(),
+            task: None,
+        }
     }
-    // Not awaited: the quiet-period timer must not wait for a file to be flushed.
-    let (node, versions) = (node.clone(), versions.clone());
-    tokio::task::spawn_blocking(move || touch_now(&node, &versions, &paths));
+
+    /// Spools `paths`, soon.
+    fn add(&mut self, paths: Vec<String>) {
+        if paths.is_empty() || self.node.spool.is_none() || self.node.applying() {
+            return;
+        }
+        self.pending.lock().expect("touch lock").extend(paths);
+        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let (node, versions, pending) = (
+            self.node.clone(),
+            self.versions.clone(),
+            self.pending.clone(),
+        );
+        self.task = Some(tokio::task::spawn_blocking(move || loop {
+            let paths = std::mem::take(&mut *pending.lock().expect("touch lock"));
+            if paths.is_empty() {
+                return;
+            }
+            touch_now(&node, &versions, &paths);
+        }));
+    }
+
+    /// Waits until every path added is spooled.
+    async fn done(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        // Added as the task was ending.
+        let paths = std::mem::take(&mut *self.pending.lock().expect("touch lock"));
+        if !paths.is_empty() {
+            let (node, versions) = (self.node.clone(), self.versions.clone());
+            let _ = tokio::task::spawn_blocking(move || touch_now(&node, &versions, &paths)).await;
+        }
+    }
 }
 
 /// [`touch`], on a thread that may block.

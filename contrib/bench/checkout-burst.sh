@@ -16,7 +16,7 @@
 #   * one self-signed certificate made with the openssl command line, named by all three
 #     tls_* keys (the original gosyncd's setup);
 #   * three gosyncd daemons on 127.0.0.2, .3 and .4 (release build) at default settings
-#     (debounce 150ms), each with its own root and `directory "/etc/bench" {}`; every
+#     (settle window 20ms), each with its own root and `directory "/etc/bench" {}`; every
 #     config lists all three nodes;
 #   * later, two `rsync --daemon` on 127.0.0.3 and .4 (use chroot = no, modules writable,
 #     pointing at nodes 2 and 3's trees) and lsyncd on node 1's tree with two

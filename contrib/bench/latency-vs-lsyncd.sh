@@ -17,7 +17,8 @@
 #     `sync { default.rsync }`, one per rsync daemon.
 #
 # What it measures:
-#   1. save-to-replicated latency, gosyncd at default settings (debounce 150ms): SAVES
+#   1. save-to-replicated latency, gosyncd at default settings (a burst is pushed once
+#      every file it wrote is closed and the 20 ms settle window has passed): SAVES
 #      saves of the file on node 1; each writes new, unique content to a temporary file in
 #      the same directory and renames it over the file, as editors save (SAVE_MODE=
 #      overwrite rewrites the file in place instead). The clock starts just before the
@@ -29,7 +30,9 @@
 #      waits GAP_MS +- 100 ms (uniformly drawn, so that the saves do not fall into step
 #      with anything periodic in the daemons) before the next save, so each save is its
 #      own burst. Reported: p50, p95 (nearest rank), max, min, and the first peer's p50.
-#   2. the same with lsyncd default.rsync at delay = 1 (SAVES_LSYNCD1 saves) and at its
+#   2. the same with lsyncd default.rsync at delay = 0 (SAVES_LSYNCD0 saves: lsyncd
+#      starts rsync as soon as it sees the event, with no waiting at all), at delay = 1
+#      (SAVES_LSYNCD1 saves) and at its
 #      default delay (15 s; only SAVES_LSYNCD15 saves, about 16 s each, to keep the run
 #      bounded), and the ratios of the p50s (lsyncd / gosyncd);
 #   3. gosyncd at debounce = "1s" (SAVES_SLOW saves), to compare with lsyncd delay = 1;
@@ -48,7 +51,7 @@
 # Run it from anywhere in the repository (it builds the release binary first):
 #     contrib/bench/latency-vs-lsyncd.sh
 # Settings (environment, defaults): SAVES=100 (gosyncd default)  SAVES_SLOW=30 (gosyncd
-# debounce 1s)  SAVES_LSYNCD1=$SAVES (lsyncd delay 1)  SAVES_LSYNCD15=6 (lsyncd default
+# debounce 1s)  SAVES_LSYNCD0=$SAVES (lsyncd delay 0)  SAVES_LSYNCD1=$SAVES (lsyncd delay 1)  SAVES_LSYNCD15=6 (lsyncd default
 # delay)  GAP_MS=400  SAVE_MODE=rename|overwrite  TREE_FILES=10000  TREE_DIRS=300
 # LSYNCD=0 (skip lsyncd)  KEEP=1 (keep the temporary directory)  TMPDIR.
 # About 8 minutes with the defaults on 2 CPUs, plus the build. Needs bash, python3
@@ -61,6 +64,7 @@ export LC_ALL=C
 
 SAVES=${SAVES:-100}
 SAVES_SLOW=${SAVES_SLOW:-30}
+SAVES_LSYNCD0=${SAVES_LSYNCD0:-$SAVES}
 SAVES_LSYNCD1=${SAVES_LSYNCD1:-$SAVES}
 SAVES_LSYNCD15=${SAVES_LSYNCD15:-6}
 GAP_MS=${GAP_MS:-400}
@@ -77,7 +81,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 lat=(python3 "$here/latency_helper.py")
 
 case "$SAVE_MODE" in rename | overwrite) ;; *) die "SAVE_MODE must be rename or overwrite" ;; esac
-for v in SAVES SAVES_SLOW SAVES_LSYNCD1 SAVES_LSYNCD15 GAP_MS TREE_FILES TREE_DIRS; do
+for v in SAVES SAVES_SLOW SAVES_LSYNCD0 SAVES_LSYNCD1 SAVES_LSYNCD15 GAP_MS TREE_FILES TREE_DIRS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
 
@@ -258,6 +262,7 @@ if [ "$LSYNCD" = 1 ]; then
     for k in 2 3; do
         start_rsyncd "$k" "${ips[k - 1]}" "$rport" "$work/node$k/etc/bench"
     done
+    lsyncd_scenario lsyncd-0 0 "$SAVES_LSYNCD0" 15
     lsyncd_scenario lsyncd-1 1 "$SAVES_LSYNCD1" 15
     lsyncd_scenario lsyncd-default "" "$SAVES_LSYNCD15" 45
 fi

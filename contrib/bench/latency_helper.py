@@ -299,8 +299,9 @@ def pct(values, p):
 
 
 SCENARIOS = [
-    ("gosyncd-default", "gosyncd, debounce 150ms (default)"),
+    ("gosyncd-default", "gosyncd, default settings"),
     ("gosyncd-1s", "gosyncd, debounce 1s"),
+    ("lsyncd-0", "lsyncd default.rsync, delay 0"),
     ("lsyncd-1", "lsyncd default.rsync, delay 1"),
     ("lsyncd-default", "lsyncd default.rsync, delay 15 (default)"),
 ]
@@ -339,6 +340,7 @@ def table(results):
             print(f"  {label:<58} {p50[a] / p50[b]:>7.1f}x")
 
     print("ratios of p50:")
+    ratio("gosyncd-default", "lsyncd-0", "gosyncd default / lsyncd delay 0 (no waiting at all)")
     ratio("lsyncd-default", "gosyncd-default", "lsyncd delay 15 (default) / gosyncd default")
     ratio("lsyncd-1", "gosyncd-default", "lsyncd delay 1 / gosyncd default")
     ratio("lsyncd-1", "gosyncd-1s", "lsyncd delay 1 / gosyncd debounce 1s (equal wait)")
@@ -361,8 +363,9 @@ def table(results):
     print()
     print("CPU use with no saves, over 5 s once start-up was over (% of one CPU):")
     for key, label in [
-        ("cpu-gosyncd-default", "gosyncd nodes 1 / 2 / 3, debounce 150ms"),
+        ("cpu-gosyncd-default", "gosyncd nodes 1 / 2 / 3, default settings"),
         ("cpu-gosyncd-1s", "gosyncd nodes 1 / 2 / 3, debounce 1s"),
+        ("cpu-lsyncd-0", "lsyncd, delay 0"),
         ("cpu-lsyncd-1", "lsyncd, delay 1"),
         ("cpu-lsyncd-default", "lsyncd, delay 15"),
     ]:
