@@ -344,7 +344,7 @@ def span(values):
 
 
 SCENARIOS = [
-    ("gosyncd", "gosyncd, debounce 150ms (default)", "apply requests"),
+    ("gosyncd", "gosyncd, default settings", "apply requests"),
     ("lsyncd", "lsyncd default.rsync, delay 1", "rsync runs"),
 ]
 
