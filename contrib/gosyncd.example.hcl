@@ -42,6 +42,14 @@ tls_private_key = "/etc/gosyncd/gosyncd.key"
 # drift (default "5m"; also once at start-up and when a peer comes back).
 # reconcile_interval = "5m"
 
+# Optional: the watcher pushes a burst of edits once every file it wrote is closed (or
+# renamed into place) and this long has passed with no new event (default "20ms").
+# debounce = "20ms"
+
+# Optional: how long a file may stay open for writing before the watcher stops waiting
+# for it to be closed and pushes it as it is, with a warning (default "10m").
+# open_write_timeout = "10m"
+
 # Optional: keep the previous version of every file a sync replaces or deletes.
 # backup {
 #   directory = "/var/lib/gosyncd/backups"

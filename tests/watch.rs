@@ -498,6 +498,60 @@ async fn edits_paced_within_the_debounce_are_one_apply_request_per_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtimes_travel_with_content_but_a_change_of_mtime_alone_is_not_pushed() {
+    let group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 56,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let path = "/etc/app/times.cfg";
+    // Made outside the tree with an old mtime, then moved in: one event, one version.
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(978_307_200); // 2001-01-01
+    let outside = group.path().join("times.cfg");
+    std::fs::write(&outside, "content\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&outside)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    std::fs::rename(&outside, n0.path(path)).unwrap();
+    let mtime = |node: &GroupNode| {
+        std::fs::metadata(node.path(path))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    eventually(&group, WAIT, "the file on the peer", || {
+        holds(n1, path, "content\n")
+    })
+    .await;
+    assert_eq!(mtime(n1), Some(old), "the mtime travels with the content");
+
+    // `touch`: only the time changes. Not a difference: nothing is pushed.
+    std::fs::File::options()
+        .write(true)
+        .open(n0.path(path))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    assert_ne!(mtime(n0), Some(old));
+    holds_for_quiet_period(&group, "a touch is not pushed", || {
+        counters(n1).apply_requests == 1 && mtime(n1) == Some(old)
+    })
+    .await;
+    let report = dry_run(&group, 0).await;
+    assert_clean(&report);
+    assert!(
+        lines(&report, n1).is_empty(),
+        "sync -dry finds nothing to do either: {:?}",
+        lines(&report, n1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_write_is_not_pushed_back() {
     let group = watching(160).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
