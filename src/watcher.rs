@@ -164,10 +164,13 @@ async fn push_burst(
     let scan_scope = scope.clone();
     // Not while a received batch is being written: see `Node::hold_applies`.
     let quiet = node.hold_applies().await;
-    let mut scan =
-        tokio::task::spawn_blocking(move || manifest::scan(&config, &scan_scope, &cache))
-            .await
-            .expect("scan task");
+    let scanning =
+        tokio::task::spawn_blocking(move || manifest::scan(&config, &scan_scope, &cache));
+    let Ok(mut scan) = scanning.await else {
+        // The daemon is stopping (the scan's thread was cancelled): nothing is pushed,
+        // and what the burst touched is in the spool for the next start.
+        return Vec::new();
+    };
     // A directory whose changes fail its own validation is not pushed: its paths are
     // left out (their versions stay what the peers hold), until an edit fixes it.
     let config = engine.config();
