@@ -42,6 +42,11 @@ impl Versions {
         self.map.lock().expect("versions lock").get(path).cloned()
     }
 
+    /// Whether anything is known at `path`.
+    pub fn knows(&self, path: &str) -> bool {
+        self.map.lock().expect("versions lock").contains_key(path)
+    }
+
     /// Every path known, and what is known there, below directory `dir`.
     pub fn below(&self, dir: &str) -> Vec<(String, Option<Entry>)> {
         let prefix = format!("{dir}/");

@@ -79,10 +79,12 @@ pub async fn propagate(
         // Gather until every file is complete and the settle window has passed.
         loop {
             let now = Instant::now();
-            if burst.complete(now, config.debounce) {
+            let known = |path: &str| versions.knows(path);
+            if burst.complete(now, config.debounce, known) {
                 break;
             }
-            let wait = burst.wait(now, config.debounce, config.open_write_timeout);
+            let timing = (config.debounce, config.open_write_timeout);
+            let wait = burst.wait(now, timing, known);
             if tokio::time::timeout(wait, queue.ready()).await.is_ok() {
                 let added = burst.add(&config, queue.take(), Instant::now(), &mut overdue);
                 toucher.add(added);

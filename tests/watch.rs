@@ -96,7 +96,9 @@ async fn eventually(
 /// Long enough for a write to be seen, debounced and pushed had it been going to be:
 /// what "nothing happened" is observed over.
 fn quiet_period(group: &LocalGroup) -> Duration {
-    group.nodes[0].config.debounce * 3 + Duration::from_millis(200)
+    // The longest a burst waits after its last event is the settle window plus what a
+    // big burst or a vanished path adds to it (at most 200 ms).
+    (group.nodes[0].config.debounce + Duration::from_millis(200)) * 2 + Duration::from_millis(200)
 }
 
 /// Checks `condition` all through the quiet period, failing as soon as it stops holding.

@@ -8,6 +8,17 @@
 //! `open_write_timeout` stops holding its burst back: it is pushed as it is, with a
 //! warning, and later writes to it wait for the settle window only, until it is closed.
 //!
+//! Two kinds of burst wait longer after their last event:
+//! - A burst of many files: a bulk writer (a `git checkout`, `tar -x`, `rsync`) stalls
+//!   between two files now and then (reading a pack, being scheduled out) with nothing
+//!   open, and must still be one push. Each path the burst touched adds
+//!   [`SETTLE_PER_PATH`] to the window, up to [`SETTLE_EXTRA_MAX`]; an editor's save
+//!   touches one or two synchronised names and waits `debounce` alone.
+//! - A burst in which a known path vanished (deleted or renamed away) and has not come
+//!   back: emacs renames the old file to its backup name before it writes the new one,
+//!   git deletes a file before writing it again. It waits at least [`VANISHED_GRACE`], so
+//!   that the peers never lose, even for an instant, a file that is back a moment later.
+//!
 //! Pure apart from the `lstat`s of [`Burst::recheck`]: it neither scans nor pushes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -16,6 +27,15 @@ use std::time::{Duration, Instant};
 
 use super::queue::{ChangeKind, Taken};
 use crate::config::Config;
+
+/// What each path a burst touched adds to its settle window.
+pub const SETTLE_PER_PATH: Duration = Duration::from_millis(1);
+
+/// The most a burst's size adds to its settle window.
+pub const SETTLE_EXTRA_MAX: Duration = Duration::from_millis(200);
+
+/// The least a burst waits after its last event while a path it knew is missing.
+pub const VANISHED_GRACE: Duration = Duration::from_millis(150);
 
 /// A file of the burst that is open for writing.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +58,8 @@ pub struct Burst {
     open: BTreeMap<PathBuf, Open>,
     /// Files renamed away while open for writing, until the rename's other half.
     renamed: HashMap<usize, Vec<(PathBuf, Open)>>,
+    /// Logical paths deleted or renamed away, and not back (yet).
+    vanished: BTreeSet<String>,
     /// When the last event arrived.
     last_event: Instant,
 }
@@ -53,6 +75,7 @@ impl Burst {
             rescan: false,
             open: BTreeMap::new(),
             renamed: HashMap::new(),
+            vanished: BTreeSet::new(),
             last_event: now,
         }
     }
@@ -83,6 +106,18 @@ impl Burst {
             };
             self.last_event = now;
             let path = change.path;
+            match change.kind {
+                ChangeKind::MovedFrom(_) | ChangeKind::Removed => {
+                    self.vanished.insert(logical.clone());
+                }
+                ChangeKind::Created
+                | ChangeKind::CreatedDirectory
+                | ChangeKind::MovedTo(_)
+                | ChangeKind::Written => {
+                    self.vanished.remove(&logical);
+                }
+                ChangeKind::Closed | ChangeKind::Attributes | ChangeKind::Other => {}
+            }
             match change.kind {
                 ChangeKind::Written => {
                     if !overdue.contains(&path) {
@@ -150,14 +185,32 @@ impl Burst {
             .collect()
     }
 
+    /// The settle window of this burst: `debounce`, plus a little per path touched, and
+    /// at least [`VANISHED_GRACE`] more while a path `known` before the burst is missing.
+    pub fn settle(&self, debounce: Duration, known: impl Fn(&str) -> bool) -> Duration {
+        let paths = u32::try_from(self.paths.len()).unwrap_or(u32::MAX);
+        let settle = debounce + SETTLE_PER_PATH.saturating_mul(paths).min(SETTLE_EXTRA_MAX);
+        if self.vanished.iter().any(|p| known(p)) {
+            settle.max(debounce + VANISHED_GRACE)
+        } else {
+            settle
+        }
+    }
+
     /// Whether every file is complete and the settle window has passed since the last
     /// event.
-    pub fn complete(&self, now: Instant, settle: Duration) -> bool {
-        self.open.is_empty() && now >= self.last_event + settle
+    pub fn complete(&self, now: Instant, debounce: Duration, known: impl Fn(&str) -> bool) -> bool {
+        self.open.is_empty() && now >= self.last_event + self.settle(debounce, known)
     }
 
     /// How long to wait for the next event before looking again.
-    pub fn wait(&self, now: Instant, settle: Duration, bound: Duration) -> Duration {
+    pub fn wait(
+        &self,
+        now: Instant,
+        (debounce, bound): (Duration, Duration),
+        known: impl Fn(&str) -> bool,
+    ) -> Duration {
+        let settle = self.settle(debounce, known);
         let quiet = (self.last_event + settle).saturating_duration_since(now);
         if self.open.is_empty() {
             return quiet;
@@ -222,6 +275,11 @@ mod tests {
     const SETTLE: Duration = Duration::from_millis(20);
     const BOUND: Duration = Duration::from_secs(600);
 
+    /// Nothing was known before the burst.
+    fn none(_: &str) -> bool {
+        false
+    }
+
     fn taken(root: &Path, changes: &[(&str, ChangeKind)]) -> Taken {
         Taken {
             changes: changes
@@ -261,7 +319,10 @@ mod tests {
         );
         assert_eq!(added, ["/etc/app/big.map"]);
         let later = t0 + Duration::from_secs(5);
-        assert!(!burst.complete(later, SETTLE), "the writer only paused");
+        assert!(
+            !burst.complete(later, SETTLE, none),
+            "the writer only paused"
+        );
         burst.add(
             &config,
             taken(tmp.path(), &[("/etc/app/big.map", ChangeKind::Closed)]),
@@ -269,10 +330,10 @@ mod tests {
             &mut overdue,
         );
         assert!(
-            !burst.complete(later, SETTLE),
+            !burst.complete(later, SETTLE, none),
             "the settle window runs from the close"
         );
-        assert!(burst.complete(later + SETTLE, SETTLE));
+        assert!(burst.complete(later + burst.settle(SETTLE, none), SETTLE, none));
     }
 
     #[test]
@@ -303,7 +364,7 @@ mod tests {
             burst.paths.iter().collect::<Vec<_>>(),
             ["/etc/app/x.cfg", "/etc/app/x.cfg.tmp"]
         );
-        assert!(burst.complete(t0 + SETTLE, SETTLE));
+        assert!(burst.complete(t0 + burst.settle(SETTLE, none), SETTLE, none));
     }
 
     #[test]
@@ -325,7 +386,7 @@ mod tests {
             t0,
             &mut overdue,
         );
-        assert!(burst.complete(t0 + SETTLE, SETTLE));
+        assert!(burst.complete(t0 + burst.settle(SETTLE, none), SETTLE, none));
         // Deleted while open: nothing to wait for.
         burst.add(
             &config,
@@ -380,17 +441,20 @@ mod tests {
         let mut burst = Burst::new(t0);
         let log = [("/etc/app/app.log", ChangeKind::Written)];
         burst.add(&config, taken(tmp.path(), &log), t0, &mut overdue);
-        assert_eq!(burst.wait(t0, SETTLE, BOUND), SETTLE);
+        assert_eq!(
+            burst.wait(t0, (SETTLE, BOUND), none),
+            burst.settle(SETTLE, none)
+        );
         assert!(burst
             .overdue(t0 + BOUND / 2, BOUND, &mut overdue)
             .is_empty());
         let late = burst.overdue(t0 + BOUND, BOUND, &mut overdue);
         assert_eq!(late, [tmp.path().join("etc/app/app.log")]);
-        assert!(burst.complete(t0 + BOUND, SETTLE));
+        assert!(burst.complete(t0 + BOUND, SETTLE, none));
         // Written again: the settle window alone, while it stays open.
         let mut next = Burst::new(t0 + BOUND);
         next.add(&config, taken(tmp.path(), &log), t0 + BOUND, &mut overdue);
-        assert!(next.complete(t0 + BOUND + SETTLE, SETTLE));
+        assert!(next.complete(t0 + BOUND + next.settle(SETTLE, none), SETTLE, none));
         // Closed, then written again: complete files only, as for any file.
         let closed = [
             ("/etc/app/app.log", ChangeKind::Closed),
@@ -402,7 +466,78 @@ mod tests {
             t0 + BOUND,
             &mut overdue,
         );
-        assert!(!next.complete(t0 + BOUND + SETTLE, SETTLE));
+        assert!(!next.complete(t0 + BOUND + next.settle(SETTLE, none), SETTLE, none));
+    }
+
+    #[test]
+    fn a_burst_of_many_files_waits_a_little_longer_after_its_last_event() {
+        let (tmp, config) = setup();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let mut burst = Burst::new(t0);
+        let save = [("/etc/app/x.cfg", ChangeKind::MovedTo(1))];
+        burst.add(&config, taken(tmp.path(), &save), t0, &mut overdue);
+        assert_eq!(burst.settle(SETTLE, none), SETTLE + SETTLE_PER_PATH);
+        let names: Vec<String> = (0..100).map(|i| format!("/etc/app/d/f{i}")).collect();
+        let closed: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), ChangeKind::Closed))
+            .collect();
+        burst.add(&config, taken(tmp.path(), &closed), t0, &mut overdue);
+        assert_eq!(burst.settle(SETTLE, none), SETTLE + SETTLE_PER_PATH * 101);
+        assert!(
+            !burst.complete(t0 + SETTLE * 2, SETTLE, none),
+            "a stall between two files"
+        );
+        assert!(burst.complete(t0 + burst.settle(SETTLE, none), SETTLE, none));
+        let more: Vec<String> = (0..1000).map(|i| format!("/etc/app/e/f{i}")).collect();
+        let closed: Vec<_> = more
+            .iter()
+            .map(|n| (n.as_str(), ChangeKind::Closed))
+            .collect();
+        burst.add(&config, taken(tmp.path(), &closed), t0, &mut overdue);
+        assert_eq!(
+            burst.settle(SETTLE, none),
+            SETTLE + SETTLE_EXTRA_MAX,
+            "bounded"
+        );
+    }
+
+    #[test]
+    fn a_known_file_renamed_away_waits_for_its_replacement() {
+        let (tmp, config) = setup();
+        let t0 = Instant::now();
+        let mut overdue = Overdue::new();
+        let known = |p: &str| p == "/etc/app/x.cfg";
+        // emacs: the old file becomes the backup (excluded), then the new one is written.
+        let mut burst = Burst::new(t0);
+        let backup = [
+            ("/etc/app/x.cfg", ChangeKind::MovedFrom(4)),
+            ("/etc/app/x.cfg~", ChangeKind::MovedTo(4)),
+        ];
+        burst.add(&config, taken(tmp.path(), &backup), t0, &mut overdue);
+        assert!(burst.settle(SETTLE, known) >= SETTLE + VANISHED_GRACE);
+        assert!(!burst.complete(t0 + SETTLE * 2, SETTLE, known));
+        let written = [
+            ("/etc/app/x.cfg", ChangeKind::Created),
+            ("/etc/app/x.cfg", ChangeKind::Written),
+            ("/etc/app/x.cfg", ChangeKind::Closed),
+        ];
+        burst.add(&config, taken(tmp.path(), &written), t0, &mut overdue);
+        assert_eq!(burst.settle(SETTLE, known), burst.settle(SETTLE, none));
+        assert!(burst.complete(t0 + burst.settle(SETTLE, known), SETTLE, known));
+        // A temporary file renamed over the target vanishes too, but was never known.
+        let mut save = Burst::new(t0);
+        let renamed = [
+            ("/etc/app/x.cfg.tmp", ChangeKind::Closed),
+            ("/etc/app/x.cfg.tmp", ChangeKind::MovedFrom(5)),
+            ("/etc/app/x.cfg", ChangeKind::MovedTo(5)),
+        ];
+        save.add(&config, taken(tmp.path(), &renamed), t0, &mut overdue);
+        assert!(
+            save.settle(SETTLE, known) < SETTLE * 2,
+            "an editor's save waits the window alone"
+        );
     }
 
     #[test]
@@ -422,6 +557,6 @@ mod tests {
             t0,
             &mut overdue,
         );
-        assert!(burst.rescan && burst.complete(t0 + SETTLE, SETTLE));
+        assert!(burst.rescan && burst.complete(t0 + burst.settle(SETTLE, none), SETTLE, none));
     }
 }
