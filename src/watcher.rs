@@ -10,7 +10,8 @@
 //!
 //! This file holds that loop: [`propagate`] gathers a burst and hands its changes to the
 //! outboxes. The rest is in child modules: `queue` (the notify callback's side and
-//! [`Change`]), `burst` (when a burst is complete), `directories` (starting the watch,
+//! [`Change`]), `burst` (when a burst is complete), `writers` (which files processes
+//! hold open for writing), `directories` (starting the watch,
 //! directory identity and re-watching) and `outbox` (the per-peer [`Outbox`] and
 //! [`deliver`], with retry and backoff).
 
@@ -18,6 +19,7 @@ mod burst;
 mod directories;
 mod outbox;
 mod queue;
+mod writers;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -91,7 +93,11 @@ pub async fn propagate(
                 continue;
             }
             if burst.open() > 0 {
-                burst.recheck(|path| std::fs::symlink_metadata(path).ok());
+                burst.recheck(
+                    Instant::now(),
+                    |path| std::fs::symlink_metadata(path).ok(),
+                    writers::open_for_writing,
+                );
                 let late = burst.overdue(Instant::now(), config.open_write_timeout, &mut overdue);
                 for local in late {
                     let path = config.logical_path(&local).unwrap_or_default();

@@ -532,16 +532,26 @@ async fn mtimes_travel_with_content_but_a_change_of_mtime_alone_is_not_pushed() 
     .await;
     assert_eq!(mtime(n1), Some(old), "the mtime travels with the content");
 
-    // `touch`: only the time changes. Not a difference: nothing is pushed.
-    std::fs::File::options()
-        .write(true)
-        .open(n0.path(path))
-        .unwrap()
-        .set_modified(std::time::SystemTime::now())
+    // `touch -c -m`: only the time changes (set through the path: an IN_MODIFY with no
+    // open file behind it, and no close). Not a difference: nothing is pushed, and it
+    // holds back no other edit.
+    let touched = std::process::Command::new("touch")
+        .args(["-c", "-m", "-d", "2002-02-02 02:02:02"])
+        .arg(n0.path(path))
+        .status()
         .unwrap();
+    assert!(touched.success());
+    write(n0, "/etc/app/other.cfg", "saved just after the touch\n");
     assert_ne!(mtime(n0), Some(old));
+    eventually(
+        &group,
+        Duration::from_secs(5),
+        "the other edit, not held back",
+        || holds(n1, "/etc/app/other.cfg", "saved just after the touch\n"),
+    )
+    .await;
     holds_for_quiet_period(&group, "a touch is not pushed", || {
-        counters(n1).apply_requests == 1 && mtime(n1) == Some(old)
+        counters(n1).apply_requests == 2 && mtime(n1) == Some(old)
     })
     .await;
     let report = dry_run(&group, 0).await;
@@ -606,7 +616,23 @@ async fn concurrent_edits_are_refused_not_lost_until_an_explicit_sync() {
         counters(n0).pushes >= pushes_before.0 + 2 && counters(n1).pushes >= pushes_before.1 + 2
     })
     .await;
-    let settled = group.nodes.iter().map(counters).collect::<Vec<_>>();
+    // A sender counts a conflict once it has read the answer, just after the push: the
+    // counters are settled once they stop moving.
+    let mut settled = group.nodes.iter().map(counters).collect::<Vec<_>>();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = group.nodes.iter().map(counters).collect::<Vec<_>>();
+        if now == settled {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the counters never settle\n{}",
+            describe(&group)
+        );
+        settled = now;
+    }
     holds_for_quiet_period(&group, "the counters stay settled", || {
         group.nodes.iter().map(counters).collect::<Vec<_>>() == settled
     })

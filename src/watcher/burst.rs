@@ -21,11 +21,12 @@
 //!
 //! Pure apart from the `lstat`s of [`Burst::recheck`]: it neither scans nor pushes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::queue::{ChangeKind, Taken};
+use super::writers::FileId;
 use crate::config::Config;
 
 /// What each path a burst touched adds to its settle window.
@@ -33,6 +34,9 @@ pub const SETTLE_PER_PATH: Duration = Duration::from_millis(1);
 
 /// The most a burst's size adds to its settle window.
 pub const SETTLE_EXTRA_MAX: Duration = Duration::from_millis(200);
+
+/// How often, at most, [`Burst::recheck`] asks which files processes hold open.
+pub const WRITERS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The least a burst waits after its last event while a path it knew is missing.
 pub const VANISHED_GRACE: Duration = Duration::from_millis(150);
@@ -42,8 +46,7 @@ pub const VANISHED_GRACE: Duration = Duration::from_millis(150);
 struct Open {
     /// When it was first seen written (or created).
     since: Instant,
-    /// Whether data was written to it; a file only created may be a hard link, which
-    /// is never closed.
+    /// Whether data was written to it (or it was only created).
     written: bool,
 }
 
@@ -62,6 +65,8 @@ pub struct Burst {
     vanished: BTreeSet<String>,
     /// When the last event arrived.
     last_event: Instant,
+    /// When the processes' open files were last looked at.
+    writers_asked: Option<Instant>,
 }
 
 /// Files that were pushed while still open, past `open_write_timeout`: their writes no
@@ -77,6 +82,7 @@ impl Burst {
             renamed: HashMap::new(),
             vanished: BTreeSet::new(),
             last_event: now,
+            writers_asked: None,
         }
     }
 
@@ -229,15 +235,39 @@ impl Burst {
             .max(Duration::from_millis(1))
     }
 
-    /// Drops the open files that cannot be written any more: gone, no longer a regular
-    /// file, or only created and then a hard link (`link()` is never closed).
-    pub fn recheck(&mut self, stat: impl Fn(&Path) -> Option<std::fs::Metadata>) {
+    /// Drops the files that nobody is writing any more: gone, not a regular file, or
+    /// held open for writing by no process (`writers`, asked at most once per
+    /// [`WRITERS_INTERVAL`]; `None` when it cannot tell). That covers what the events
+    /// cannot: a write with no open file behind it (an mtime set through the path,
+    /// `truncate(2)`) and a hard link made, neither of which is ever closed.
+    pub fn recheck(
+        &mut self,
+        now: Instant,
+        stat: impl Fn(&Path) -> Option<std::fs::Metadata>,
+        writers: impl FnOnce(&HashSet<FileId>) -> Option<HashSet<FileId>>,
+    ) {
         use std::os::unix::fs::MetadataExt;
-        self.open.retain(|path, open| match stat(path) {
-            None => false,
-            Some(meta) if !meta.file_type().is_file() => false,
-            Some(meta) => open.written || meta.nlink() < 2,
+        let mut ids = HashMap::new();
+        self.open.retain(|path, _| match stat(path) {
+            Some(meta) if meta.file_type().is_file() => {
+                ids.insert(path.clone(), (meta.dev(), meta.ino()));
+                true
+            }
+            _ => false,
         });
+        if self.open.is_empty()
+            || self
+                .writers_asked
+                .is_some_and(|at| now < at + WRITERS_INTERVAL)
+        {
+            return;
+        }
+        self.writers_asked = Some(now);
+        let wanted: HashSet<FileId> = ids.values().copied().collect();
+        if let Some(writing) = writers(&wanted) {
+            self.open
+                .retain(|path, _| ids.get(path).is_some_and(|id| writing.contains(id)));
+        }
     }
 
     /// The files open for writing for `bound` or longer: they stop holding the burst
@@ -404,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn recheck_lets_go_of_files_gone_not_regular_or_hard_linked() {
+    fn recheck_lets_go_of_files_gone_not_regular_or_written_by_nobody() {
         let (tmp, config) = setup();
         let dir = tmp.path().join("etc/app");
         std::fs::create_dir_all(&dir).unwrap();
@@ -412,7 +442,7 @@ mod tests {
         std::fs::hard_link(dir.join("source"), dir.join("link")).unwrap();
         std::os::unix::fs::symlink("source", dir.join("sym")).unwrap();
         std::fs::write(dir.join("writing"), "half").unwrap();
-        std::fs::write(dir.join("created"), "").unwrap();
+        std::fs::write(dir.join("touched"), "").unwrap();
         let t0 = Instant::now();
         let mut overdue = Overdue::new();
         let mut burst = Burst::new(t0);
@@ -421,16 +451,32 @@ mod tests {
             ("/etc/app/sym", ChangeKind::Created),
             ("/etc/app/gone", ChangeKind::Written),
             ("/etc/app/writing", ChangeKind::Written),
-            ("/etc/app/created", ChangeKind::Created),
+            ("/etc/app/touched", ChangeKind::Written),
         ];
         burst.add(&config, taken(tmp.path(), &changes), t0, &mut overdue);
         assert_eq!(burst.open(), 5);
-        burst.recheck(|p| std::fs::symlink_metadata(p).ok());
+        let stat = |p: &Path| std::fs::symlink_metadata(p).ok();
+        let id = |name: &str| super::super::writers::file_id(&dir.join(name)).unwrap();
+        // Only "writing" has a writer (the link shares the source's inode, which has none).
+        let writing = id("writing");
+        let mut asked = Vec::new();
+        burst.recheck(t0, stat, |wanted| {
+            asked.push(wanted.len());
+            Some(HashSet::from([writing]))
+        });
+        assert_eq!(asked, [3], "asked once, about the regular files left");
         assert_eq!(
             burst.open.keys().collect::<Vec<_>>(),
-            [&dir.join("created"), &dir.join("writing")],
-            "an empty file just created may be written next, and so may one being written"
+            [&dir.join("writing")]
         );
+        // Not asked again within the interval; asked after it; can't tell: kept.
+        burst.recheck(t0 + WRITERS_INTERVAL / 2, stat, |_| {
+            panic!("asked too soon")
+        });
+        burst.recheck(t0 + WRITERS_INTERVAL, stat, |_| None);
+        assert_eq!(burst.open(), 1, "kept when nobody can tell");
+        burst.recheck(t0 + WRITERS_INTERVAL * 2, stat, |_| Some(HashSet::new()));
+        assert_eq!(burst.open(), 0, "closed meanwhile");
     }
 
     #[test]
