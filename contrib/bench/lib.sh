@@ -1,4 +1,5 @@
-# lib.sh: the parts shared by sync-vs-rsync.sh, latency-vs-lsyncd.sh and checkout-burst.sh.
+# lib.sh: the parts shared by sync-vs-rsync.sh, latency-vs-lsyncd.sh, checkout-burst.sh and
+# save-events.sh.
 # shellcheck shell=bash
 # Sourced, not run; the script that sources it sets `here` (this directory) and KEEP first.
 
