@@ -337,7 +337,7 @@ def table(results):
 
     def ratio(a, b, label):
         if a in p50 and b in p50 and p50[b] > 0:
-            print(f"  {label:<58} {p50[a] / p50[b]:>7.1f}x")
+            print(f"  {label:<58} {p50[a] / p50[b]:>7.2f}x")
 
     print("ratios of p50:")
     ratio("gosyncd-default", "lsyncd-0", "gosyncd default / lsyncd delay 0 (no waiting at all)")
