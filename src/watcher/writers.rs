@@ -96,7 +96,11 @@ mod tests {
             .iter()
             .map(|p| file_id(p).unwrap())
             .collect();
-        let found = open_for_writing(&ids).expect("this process's own descriptors are readable");
+        let Some(found) = open_for_writing(&ids) else {
+            // Other processes' descriptors are hidden from this user (or container).
+            eprintln!("skipped: /proc does not show every process's open files here");
+            return;
+        };
         assert_eq!(found, HashSet::from([file_id(&written).unwrap()]));
         drop(_writer);
         assert!(open_for_writing(&ids).unwrap().is_empty());
