@@ -22,7 +22,7 @@ mod fs;
 mod session;
 
 pub use batch::{apply_batch, Applied};
-pub(crate) use confine::check_entry;
+pub(crate) use confine::{check_entry, check_mode};
 pub use confine::{confine, validate_batch};
 pub use fs::remove_stale_temp_files;
 pub(crate) use fs::{open_dir, open_parent, open_regular, state_of, temp_name};

@@ -123,6 +123,10 @@ pub struct Config {
     pub state_directory: PathBuf,
     /// How often the daemon compares its trees with each peer's, to find drift.
     pub reconcile_interval: Duration,
+    /// Whether a peer may give a received file the setuid or setgid bit.
+    pub allow_setid: bool,
+    /// Whether a peer may make a configured directory itself group- or world-writable.
+    pub allow_writable_directories: bool,
 }
 
 impl Config {
@@ -195,18 +199,23 @@ impl Config {
                             })?;
                             raw.max_delete_share = Some(share);
                         }
-                        "editor_excludes" => match value {
-                            Expression::Bool(b) => raw.editor_excludes = Some(b),
-                            other => {
-                                return Err(err(
-                                    Some(&key),
-                                    format!(
-                                        "{key}: expected true or false, found {}",
-                                        type_name(&other)
-                                    ),
-                                ))
+                        "editor_excludes" | "allow_setid" | "allow_writable_directories" => {
+                            match value {
+                                Expression::Bool(b) if key == "editor_excludes" => {
+                                    raw.editor_excludes = Some(b)
+                                }
+                                Expression::Bool(b) => raw.flags.push((key.clone(), b)),
+                                other => {
+                                    return Err(err(
+                                        Some(&key),
+                                        format!(
+                                            "{key}: expected true or false, found {}",
+                                            type_name(&other)
+                                        ),
+                                    ))
+                                }
                             }
-                        },
+                        }
                         "remotes" => {
                             raw.remotes =
                                 Some(string_list(&key, &value).map_err(|m| err(Some(&key), m))?)
@@ -456,6 +465,13 @@ impl Config {
             "1s and 24h",
             "5m",
         )?;
+        let flag = |key: &str| {
+            raw.flags
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .is_some_and(|(_, on)| *on)
+        };
 
         Ok(Config {
             file: file.to_path_buf(),
@@ -473,6 +489,8 @@ impl Config {
             allow_from,
             limits: raw.limits.unwrap_or_default(),
             max_delete_share: raw.max_delete_share.unwrap_or(DEFAULT_MAX_DELETE_SHARE),
+            allow_setid: flag("allow_setid"),
+            allow_writable_directories: flag("allow_writable_directories"),
             metrics_address,
         })
     }

@@ -324,3 +324,118 @@ async fn sync_reports_a_conflict_and_leaves_the_peers_file_intact() {
     assert_eq!(read(n1, "/etc/app/conf"), b"edited on the peer");
     assert_eq!(read(n1, "/etc/app/big.bin"), big);
 }
+
+// ---------------------------------------------------------------------------------------
+// What a peer may not set.
+
+/// A batch of `(path, entry, content)`, created where nothing is.
+fn batch_of(items: &[(&str, gosyncd::protocol::Entry, &[u8])]) -> Vec<u8> {
+    let header = BatchHeader {
+        ops: items
+            .iter()
+            .map(|(path, entry, _)| Op {
+                path: (*path).into(),
+                action: Action::Put {
+                    entry: entry.clone(),
+                },
+                expect: None,
+            })
+            .collect(),
+    };
+    let contents: Vec<&[u8]> = items
+        .iter()
+        .filter(|(_, e, _)| matches!(e.content, Content::File { .. }))
+        .map(|(_, _, c)| *c)
+        .collect();
+    encode_batch(&header, &contents)
+}
+
+fn dir_entry(mode: u32) -> gosyncd::protocol::Entry {
+    gosyncd::protocol::Entry {
+        content: Content::Dir,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+    }
+}
+
+fn mode_at(node: &gosyncd::group::GroupNode, logical: &str) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(node.path(logical))
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_cannot_create_set_id_files_nor_open_up_a_configured_directory() {
+    let group = group(33).await;
+    let n1 = &group.nodes[1];
+    let directory_mode = mode_at(n1, "/etc/app");
+    let script: &[u8] = b"#!/bin/sh\nid\n";
+    let body = batch_of(&[
+        ("/etc/app/suid", file_entry(script, 0o4755), script),
+        ("/etc/app/sgid", file_entry(script, 0o2755), script),
+        ("/etc/app/both", file_entry(script, 0o6755), script),
+        ("/etc/app", dir_entry(0o777), b""),
+        ("/etc/app/plain", file_entry(script, 0o755), script),
+        ("/etc/app/shared", dir_entry(0o1777), b""),
+    ]);
+    let response = peer_as(&group.nodes[0], n1.addr)
+        .apply(body)
+        .await
+        .expect("the batch is well-formed: refused operation by operation");
+    let outcome = |path: &str| {
+        response
+            .results
+            .iter()
+            .find(|r| r.path == path)
+            .map(|r| r.outcome.clone())
+            .unwrap_or_else(|| panic!("no answer for {path}: {:?}", response.results))
+    };
+    for (path, bit) in [
+        ("/etc/app/suid", "setuid bit"),
+        ("/etc/app/sgid", "setgid bit"),
+        ("/etc/app/both", "setuid and setgid bits"),
+    ] {
+        assert!(
+            matches!(&outcome(path), Outcome::Refused(why) if why.contains(bit) && why.contains("allow_setid") && why.contains(path)),
+            "{path}: {:?}",
+            outcome(path)
+        );
+        assert!(!n1.path(path).exists(), "{path} was created");
+    }
+    assert!(
+        matches!(&outcome("/etc/app"), Outcome::Refused(why) if why.contains("allow_writable_directories")),
+        "{:?}",
+        outcome("/etc/app")
+    );
+    assert_eq!(
+        mode_at(n1, "/etc/app"),
+        directory_mode,
+        "the directory's mode changed"
+    );
+    // The rest of the batch is applied: a plain program, a sticky shared directory below.
+    assert_eq!(outcome("/etc/app/plain"), Outcome::Applied);
+    assert_eq!(mode_at(n1, "/etc/app/plain"), Some(0o755));
+    assert_eq!(outcome("/etc/app/shared"), Outcome::Applied);
+    assert_eq!(mode_at(n1, "/etc/app/shared"), Some(0o1777));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_id_files_are_accepted_where_the_receiver_allows_them() {
+    let group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 58,
+        settings: "allow_setid = true\n".into(),
+        ..GroupSpec::default()
+    })
+    .await;
+    let n1 = &group.nodes[1];
+    assert!(n1.config.allow_setid && !n1.config.allow_writable_directories);
+    let script: &[u8] = b"#!/bin/sh\nid\n";
+    let body = batch_of(&[("/etc/app/suid", file_entry(script, 0o4755), script)]);
+    let response = peer_as(&group.nodes[0], n1.addr).apply(body).await.unwrap();
+    assert_eq!(response.results[0].outcome, Outcome::Applied);
+    assert_eq!(mode_at(n1, "/etc/app/suid"), Some(0o4755));
+}

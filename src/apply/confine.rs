@@ -9,7 +9,7 @@ use std::io;
 use crate::config::{Config, Directory};
 use crate::manifest::is_temp_name;
 use crate::paths::{self, components_below};
-use crate::protocol::{Action, BatchHeader, Content, Entry, MAX_LINK_TARGET_BYTES};
+use crate::protocol::{Action, BatchHeader, Content, Entry, Op, MAX_LINK_TARGET_BYTES};
 
 /// Checks that a path from a peer is one this node may write: well-formed, inside a
 /// configured directory, not excluded, not one of gosyncd's temporary names.
@@ -91,6 +91,43 @@ pub(crate) fn check_entry(path: &str, entry: &Entry) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What a peer may not set, whatever its own tree holds, answered per operation as
+/// refused (so that the sender reports it and holds the path, rather than retry): the
+/// setuid and setgid bits on a file, unless `allow_setid` (a configuration directory
+/// never needs set-id programs), and a configured directory itself made group- or
+/// world-writable, unless `allow_writable_directories`.
+pub(crate) fn check_mode(config: &Config, dir: &Directory, op: &Op) -> Result<(), String> {
+    let Action::Put { entry } = &op.action else {
+        return Ok(());
+    };
+    let mode = entry.mode;
+    match &entry.content {
+        Content::File { .. } if mode & 0o6000 != 0 && !config.allow_setid => {
+            let bits = match mode & 0o6000 {
+                0o4000 => "setuid bit",
+                0o2000 => "setgid bit",
+                _ => "setuid and setgid bits",
+            };
+            Err(format!(
+                "{}: mode {mode:04o} has the {bits}, which this node does not accept from a \
+                 peer (allow_setid = true in its configuration would)",
+                op.path
+            ))
+        }
+        Content::Dir
+            if op.path == dir.path && mode & 0o022 != 0 && !config.allow_writable_directories =>
+        {
+            Err(format!(
+                "{}: mode {mode:04o} would make the configured directory itself writable by its \
+                 group or by everyone, which this node does not accept from a peer \
+                 (allow_writable_directories = true in its configuration would)",
+                op.path
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a path one of whose parents below the configured directory is a symlink,

@@ -81,6 +81,9 @@ impl Session {
         let Some(dir) = config.directory_of(&op.path) else {
             return Outcome::Failed("outside the configured directories".into());
         };
+        if let Err(why) = super::check_mode(config, dir, op) {
+            return Outcome::Refused(why);
+        }
         let (parent, name) = match open_parent(config, dir, &op.path) {
             Ok(found) => found,
             // A deletion whose directory is already gone (deleted earlier in the batch,

@@ -28,6 +28,8 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "state_directory",
     "reconcile_interval",
     "open_write_timeout",
+    "allow_setid",
+    "allow_writable_directories",
 ];
 
 /// The blocks of the file's top level.
@@ -41,6 +43,8 @@ pub(super) struct Raw {
     pub(super) limits: Option<Limits>,
     pub(super) max_delete_share: Option<f64>,
     pub(super) editor_excludes: Option<bool>,
+    /// `allow_setid`, `allow_writable_directories`.
+    pub(super) flags: Vec<(String, bool)>,
     pub(super) directories: Vec<RawDirectory>,
     pub(super) backup: Option<BackupBlock>,
 }

@@ -324,3 +324,17 @@ fn tls_paths_are_relative_to_the_config_file() {
         PathBuf::from("/etc/haproxy/x")
     );
 }
+
+#[test]
+fn what_a_peer_may_set_is_refused_by_default_and_can_be_allowed() {
+    let c = parse(SEED).unwrap();
+    assert!(!c.allow_setid && !c.allow_writable_directories);
+    let text = format!("allow_setid = true\nallow_writable_directories = true\n{SEED}");
+    let c = parse(&text).unwrap();
+    assert!(c.allow_setid && c.allow_writable_directories);
+    let wrong = error(&format!("allow_setid = \"yes\"\n{SEED}"));
+    assert!(
+        wrong.contains("config.hcl:1: allow_setid") && wrong.contains("expected true or false"),
+        "{wrong}"
+    );
+}
