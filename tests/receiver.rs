@@ -439,3 +439,14 @@ async fn set_id_files_are_accepted_where_the_receiver_allows_them() {
     assert_eq!(response.results[0].outcome, Outcome::Applied);
     assert_eq!(mode_at(n1, "/etc/app/suid"), Some(0o4755));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_an_owner_of_minus_one() {
+    let group = group(123).await;
+    for (uid, gid) in [(u32::MAX, 0), (0, u32::MAX)] {
+        let mut entry = file_entry(b"x", 0o644);
+        (entry.uid, entry.gid) = (uid, gid);
+        let body = batch_of(&[("/etc/app/owned", entry, b"x")]);
+        assert_refused(&group, body, "4294967295").await;
+    }
+}

@@ -85,6 +85,14 @@ pub(crate) fn check_entry(path: &str, entry: &Entry) -> Result<(), String> {
             entry.mode
         ));
     }
+    // (uid_t)-1 tells chown "leave it": the file would keep this node's owner, differ
+    // from what the sender recorded, and be pushed back as a local change.
+    if entry.uid == u32::MAX || entry.gid == u32::MAX {
+        return Err(format!(
+            "{path}: owner {}:{} is not a user and group (4294967295 means \"unchanged\" to chown)",
+            entry.uid, entry.gid
+        ));
+    }
     if let Content::Symlink { target } = &entry.content {
         if target.is_empty() || target.contains('\0') || target.len() > MAX_LINK_TARGET_BYTES {
             return Err(format!("{path}: invalid symlink target"));
