@@ -155,8 +155,28 @@ impl Peer {
         self.call(request, protocol::MANIFEST_TIMEOUT).await
     }
 
-    /// The text of some of the peer's files, for a diff.
+    /// The text of some of the peer's files, for a diff: asked again for what an answer
+    /// deferred (one answer holds at most [`protocol::MAX_CONTENT_ANSWER_BYTES`]).
     pub async fn contents(&self, paths: &[String]) -> Result<ContentResponse, PeerError> {
+        let mut files = Vec::new();
+        let mut asked: Vec<String> = paths.to_vec();
+        while !asked.is_empty() {
+            let answer = self.contents_once(&asked).await?;
+            let (deferred, answered): (Vec<_>, Vec<_>) =
+                answer.files.into_iter().partition(|f| f.deferred);
+            // A peer that answers nothing but deferrals would be asked forever.
+            if answered.is_empty() {
+                files.extend(deferred);
+                break;
+            }
+            files.extend(answered);
+            asked = deferred.into_iter().map(|f| f.path).collect();
+        }
+        Ok(ContentResponse { files })
+    }
+
+    /// One `/v1/content` request.
+    async fn contents_once(&self, paths: &[String]) -> Result<ContentResponse, PeerError> {
         let request = self
             .transport
             .http

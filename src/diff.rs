@@ -17,6 +17,7 @@ pub fn read_text(config: &Config, path: &str, limit: u64) -> FileText {
         path: path.to_string(),
         text: None,
         note: Some(n.to_string()),
+        deferred: false,
     };
     let Ok(dir) = crate::apply::confine(config, path) else {
         return note("outside the configured directories");
@@ -43,6 +44,7 @@ pub fn read_text(config: &Config, path: &str, limit: u64) -> FileText {
             path: path.to_string(),
             text: Some(text),
             note: None,
+            deferred: false,
         },
         _ => note("binary"),
     }
@@ -100,6 +102,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
                 path: path.clone(),
                 text: Some(String::new()),
                 note: None,
+                deferred: false,
             })
         };
         let new = if after {
@@ -109,6 +112,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
                 path: path.clone(),
                 text: Some(String::new()),
                 note: None,
+                deferred: false,
             }
         };
         let text = match (

@@ -38,6 +38,9 @@ pub const MANIFEST_ROUTE: &str = "/v1/manifest";
 pub const CONTENT_ROUTE: &str = "/v1/content";
 /// Largest file whose text `/v1/content` returns (larger ones are only named).
 pub const MAX_DIFF_FILE_BYTES: u64 = 1024 * 1024;
+/// Most text one `/v1/content` answer holds; the files past it are answered as
+/// deferred, to be asked for again.
+pub const MAX_CONTENT_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
 /// Applies one batch of operations with their contents.
 pub const APPLY_ROUTE: &str = "/v1/apply";
 /// Media type of an apply request body.

@@ -450,3 +450,120 @@ async fn apply_refuses_an_owner_of_minus_one() {
         assert_refused(&group, body, "4294967295").await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// What one content request can cost.
+
+/// `count` files of 1 MiB of text on `node`, and `/etc/app/one.txt`; their paths.
+fn big_texts(node: &gosyncd::group::GroupNode, count: usize) -> Vec<String> {
+    let mib = |i: usize| format!("{i:07}\n").repeat(1024 * 1024 / 8);
+    write(node, "/etc/app/one.txt", mib(0));
+    (0..count)
+        .map(|i| {
+            let path = format!("/etc/app/big/{i}.txt");
+            write(node, &path, mib(i + 1));
+            path
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_answer_holds_each_path_once_and_stops_at_its_cap() {
+    let group = group(202).await;
+    let bigs = big_texts(&group.nodes[1], 20);
+    let node = Arc::new(Node::new(
+        group.nodes[1].config.clone(),
+        Arc::new(HashCache::default()),
+        None,
+    ));
+    let mut paths = vec!["/etc/app/one.txt".to_string(); 300];
+    paths.extend(bigs.iter().cloned());
+    let body = serde_json::to_vec(&gosyncd::protocol::ContentRequest { paths }).unwrap();
+    let response = router(node)
+        .oneshot(
+            Request::post(gosyncd::protocol::CONTENT_ROUTE)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let answer: gosyncd::protocol::ContentResponse = serde_json::from_slice(&bytes).unwrap();
+    let answered: Vec<&str> = answer.files.iter().map(|f| f.path.as_str()).collect();
+    let mut expected = vec!["/etc/app/one.txt"];
+    expected.extend(bigs.iter().map(String::as_str));
+    assert_eq!(answered, expected, "each path once, in the order asked");
+    let text: u64 = answer
+        .files
+        .iter()
+        .filter_map(|f| f.text.as_ref())
+        .map(|t| t.len() as u64)
+        .sum();
+    assert!(
+        text <= gosyncd::protocol::MAX_CONTENT_ANSWER_BYTES,
+        "{text} bytes of text in one answer"
+    );
+    let deferred = answer.files.iter().filter(|f| f.deferred).count();
+    assert!(deferred > 0, "21 MiB asked, more than one answer holds");
+    for file in &answer.files {
+        assert_eq!(
+            file.text.is_some(),
+            !file.deferred,
+            "{}: a file is either read whole or deferred",
+            file.path
+        );
+    }
+    assert!(
+        bytes.len() as u64 <= gosyncd::protocol::MAX_CONTENT_ANSWER_BYTES + 64 * 1024,
+        "the answer is {} bytes",
+        bytes.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_files_asked_at_once_arrive_whole_and_the_node_stays_small() {
+    const PEAK_BOUND_KIB: u64 = 64 * 1024;
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 124,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.restart(0).await.unwrap();
+    let bigs = big_texts(&group.nodes[1], 40);
+    group.release(1);
+    let mut daemon =
+        DaemonProcess::spawn(&group.nodes[1].config_path, group.path().join("node2.log"));
+    let peer = peer_as(&group.nodes[0], group.nodes[1].addr);
+    daemon.wait_ready(&peer).await;
+    let mut paths = vec!["/etc/app/one.txt".to_string(); 300];
+    paths.extend(bigs.iter().cloned());
+    let answer = peer.contents(&paths).await.unwrap();
+    assert_eq!(answer.files.len(), 41, "each path once");
+    for file in &answer.files {
+        assert!(!file.deferred, "{} still deferred", file.path);
+        assert_eq!(
+            file.text.as_ref().map(String::len),
+            Some(1024 * 1024),
+            "{}: {:?}",
+            file.path,
+            file.note
+        );
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    eprintln!("daemon peak RSS after answering 41 MiB of text: {peak_kib} KiB");
+    assert!(
+        peak_kib < PEAK_BOUND_KIB,
+        "the node's peak RSS was {peak_kib} KiB answering 41 MiB of text"
+    );
+}

@@ -12,7 +12,14 @@ use gosyncd::sync::ChangeStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_makes_every_peer_identical_to_the_sender() {
-    let group = start(3, 10).await;
+    // Every mode travels, set-id bits included where the receivers allow them.
+    let group = start_with(GroupSpec {
+        nodes: 3,
+        first_octet: 10,
+        settings: "allow_setid = true\n".into(),
+        ..GroupSpec::default()
+    })
+    .await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
     let outside = group.path().join("outside");
     std::fs::create_dir(&outside).unwrap();

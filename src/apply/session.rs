@@ -527,14 +527,14 @@ mod tests {
         op.expect =
             crate::manifest::read_entry(&app.join("x"), false, &Default::default()).unwrap();
         if let Action::Put { entry } = &mut op.action {
-            entry.mode = 0o4777;
+            entry.mode = 0o1777;
         }
         assert_eq!(op.needs_content(), None, "a metadata-only update");
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         let outside_mode = mode(&outside);
         assert_eq!(apply_op(&c, false, &op, None), Outcome::Applied);
-        assert_eq!(mode(&app.join("x")), 0o4777);
+        assert_eq!(mode(&app.join("x")), 0o1777);
         assert_eq!(mode(&outside), outside_mode, "the other name is untouched");
         assert_eq!(std::fs::read(app.join("x")).unwrap(), b"same");
     }

@@ -161,9 +161,13 @@ pub struct FileText {
     pub text: Option<String>,
     /// Why there is no text: `missing`, `binary`, `too large`, `not a regular file`, ...
     pub note: Option<String>,
+    /// Not read: the answer was full ([`MAX_CONTENT_ANSWER_BYTES`](super::MAX_CONTENT_ANSWER_BYTES)).
+    /// Ask for it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
 }
 
-/// The answer of `/v1/content`, in the order asked.
+/// The answer of `/v1/content`, in the order asked, each path once.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContentResponse {
     pub files: Vec<FileText>,

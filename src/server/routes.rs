@@ -181,22 +181,70 @@ async fn content(
     State(node): State<Arc<Node>>,
     addr: Option<Extension<ClientAddr>>,
     body: Bytes,
-) -> Result<Json<protocol::ContentResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: protocol::ContentRequest = serde_json::from_slice(&body)
         .map_err(|e| refuse(&addr, format!("malformed content request: {e}")))?;
-    for path in &request.paths {
+    // Each path once: a path asked for many times is read and sent once.
+    let mut seen = std::collections::HashSet::new();
+    let paths: Vec<String> = request
+        .paths
+        .into_iter()
+        .filter(|p| seen.insert(p.clone()))
+        .collect();
+    for path in &paths {
         apply::confine(&node.config, path).map_err(|e| refuse(&addr, e))?;
     }
-    let files = tokio::task::spawn_blocking(move || {
-        request
-            .paths
-            .iter()
-            .map(|path| crate::diff::read_text(&node.config, path, protocol::MAX_DIFF_FILE_BYTES))
-            .collect()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("read failed: {e}")))?;
-    Ok(Json(protocol::ContentResponse { files }))
+    // Streamed as it is read, one file at a time, and capped: once the answer would pass
+    // MAX_CONTENT_ANSWER_BYTES, the files left are answered as deferred, unread.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let config = node.config.clone();
+    tokio::task::spawn_blocking(move || {
+        let send = |chunk: Vec<u8>| tx.blocking_send(Ok(Bytes::from(chunk))).is_ok();
+        if !send(b"{\"files\":[".to_vec()) {
+            return;
+        }
+        // What the answer holds so far, as sent (JSON escapes included).
+        let mut total = 0u64;
+        let mut full = false;
+        for (i, path) in paths.iter().enumerate() {
+            let deferred = || protocol::FileText {
+                path: path.clone(),
+                text: None,
+                note: Some("deferred: this answer is full, ask again".into()),
+                deferred: true,
+            };
+            let file = if full {
+                deferred()
+            } else {
+                crate::diff::read_text(&config, path, protocol::MAX_DIFF_FILE_BYTES)
+            };
+            let Ok(mut json) = serde_json::to_vec(&file) else {
+                return;
+            };
+            // The first file always goes: every answer makes progress.
+            if i > 0 && !full && total + json.len() as u64 > protocol::MAX_CONTENT_ANSWER_BYTES {
+                full = true;
+                let Ok(short) = serde_json::to_vec(&deferred()) else {
+                    return;
+                };
+                json = short;
+            }
+            total += json.len() as u64;
+            let mut chunk = if i > 0 { b",".to_vec() } else { Vec::new() };
+            chunk.extend(json);
+            if !send(chunk) {
+                return;
+            }
+        }
+        send(b"]}".to_vec());
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::Internal(format!("content answer: {e}")))
 }
 
 /// Builds this node's manifest response.
