@@ -45,8 +45,36 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
         .filter(|op| op.action == Action::Delete)
         .map(|op| op.path.as_str())
         .collect();
+    // A path below a symlink the same batch creates would be written through it: the
+    // executor would refuse that one operation, but a batch with one bad path is
+    // refused whole.
+    let linked: std::collections::HashSet<&str> = header
+        .ops
+        .iter()
+        .filter(|op| {
+            matches!(&op.action, Action::Put { entry } if matches!(entry.content, Content::Symlink { .. }))
+        })
+        .map(|op| op.path.as_str())
+        .collect();
     for op in &header.ops {
         let dir = confine(config, &op.path)?;
+        // (Deletions below it are the old tree it replaces, deleted before it is made.)
+        if !linked.is_empty() && op.action != Action::Delete {
+            let mut end = op.path.len();
+            while let Some(slash) = op.path[..end].rfind('/') {
+                if slash == 0 {
+                    break;
+                }
+                if linked.contains(&op.path[..slash]) {
+                    return Err(format!(
+                        "{}: below {}, which the same batch makes a symlink",
+                        op.path,
+                        &op.path[..slash]
+                    ));
+                }
+                end = slash;
+            }
+        }
         if let Action::Put { entry } = &op.action {
             check_entry(&op.path, entry)?;
             if let Content::File { size, .. } = &entry.content {
