@@ -106,14 +106,30 @@ fn prune(backup: &Backup, logical: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `name` is a version's name, as [`version_now`] makes them:
+/// `20261124T031500.123456789Z`.
+fn is_version_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 26
+        && b[8] == b'T'
+        && b[15] == b'.'
+        && b[25] == b'Z'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 8 | 15 | 25) || c.is_ascii_digit())
+}
+
 /// The complete versions in `dir`, oldest first.
 fn version_names(dir: &Path) -> io::Result<Vec<String>> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(Result::ok)
+            // A synced path named like a version has a directory of its own here (its
+            // versions): only regular files named as versions are versions.
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .filter_map(|e| e.file_name().into_string().ok())
             .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
-            .filter(|n| !n.starts_with('.'))
+            .filter(|n| is_version_name(n))
             .collect(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
@@ -155,6 +171,26 @@ pub fn content(backup: &Backup, version: &Version) -> io::Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::testing::file_entry;
+
+    #[test]
+    fn a_synced_name_shaped_like_a_version_is_not_taken_for_one() {
+        assert!(is_version_name(&version_now()));
+        for name in [
+            "20261124T031500.123456789",
+            "x0261124T031500.123456789Z",
+            ".2026",
+        ] {
+            assert!(!is_version_name(name), "{name}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("etc/app/dir");
+        // The versions of /etc/app/dir/20000101T000000.000000000Z.json live in a
+        // directory of that name, beside /etc/app/dir's own versions.
+        fs::create_dir_all(dir.join("20000101T000000.000000000Z.json")).unwrap();
+        fs::write(dir.join("20261124T031500.123456789Z.json"), "{}").unwrap();
+        fs::write(dir.join("notes.json"), "{}").unwrap();
+        assert_eq!(version_names(&dir).unwrap(), ["20261124T031500.123456789Z"]);
+    }
 
     #[test]
     fn versions_are_kept_with_their_content_listed_and_pruned() {
