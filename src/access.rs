@@ -94,6 +94,12 @@ impl Allowlist {
         false
     }
 
+    /// Whether `ip` is one of the group's, as far as the last resolution knows, without
+    /// resolving anything (for the accept loop, which must not wait).
+    pub fn knows(&self, ip: IpAddr) -> bool {
+        self.known(ip.to_canonical())
+    }
+
     fn known(&self, ip: IpAddr) -> bool {
         self.nets.iter().any(|net| net.contains(&ip))
             || self

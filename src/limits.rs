@@ -33,8 +33,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections still in their TLS handshake at once; more are closed at once.
     pub max_handshakes: usize,
-    /// Connections from one address still in their TLS handshake at once.
+    /// Connections from one address still in their TLS handshake at once; for addresses
+    /// outside the group, from one network (/24 for IPv4, /64 for IPv6).
     pub max_handshakes_per_address: usize,
+    /// Connections from addresses outside the group (not in `remotes` or `allow_from`)
+    /// still in their TLS handshake at once: a pool of their own, so that strangers can
+    /// never take the group's places.
+    pub max_stranger_handshakes: usize,
     /// Apply requests received at once (their batches are written one at a time); more
     /// are answered 503 and retried by their sender.
     pub max_concurrent_applies: usize,
@@ -55,6 +60,7 @@ impl Default for Limits {
             max_connections: 256,
             max_handshakes: 64,
             max_handshakes_per_address: 8,
+            max_stranger_handshakes: 16,
             max_concurrent_applies: 4,
         }
     }
@@ -72,6 +78,7 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "max_handshakes",
     "max_handshakes_per_address",
+    "max_stranger_handshakes",
     "max_concurrent_applies",
 ];
 
@@ -105,6 +112,9 @@ impl Limits {
                 "max_handshakes" => limits.max_handshakes = count(value).map_err(fail)?,
                 "max_handshakes_per_address" => {
                     limits.max_handshakes_per_address = count(value).map_err(fail)?
+                }
+                "max_stranger_handshakes" => {
+                    limits.max_stranger_handshakes = count(value).map_err(fail)?
                 }
                 "max_concurrent_applies" => {
                     limits.max_concurrent_applies = count(value).map_err(fail)?

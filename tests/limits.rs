@@ -125,6 +125,118 @@ async fn connections_that_never_handshake_cannot_keep_the_group_out() {
     );
 }
 
+/// Keeps up to `per_address` idle connections from `from` to `to`, opening a new one
+/// whenever the server closes one, until `until`; returns how many it opened.
+async fn hold_idle(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    per_address: usize,
+    until: Instant,
+) -> usize {
+    let mut opened = 0;
+    let mut held: Vec<TcpStream> = Vec::new();
+    while Instant::now() < until {
+        while held.len() < per_address {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(from, 0)).unwrap();
+            match socket.connect(to).await {
+                Ok(stream) => {
+                    opened += 1;
+                    held.push(stream);
+                }
+                Err(_) => break,
+            }
+        }
+        // Half of them start a handshake and never finish it: a TLS record header.
+        for stream in held.iter_mut().step_by(2) {
+            let _ = stream.try_write(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Those the server closed are replaced.
+        held.retain(|stream| {
+            let mut probe = [0u8; 64];
+            match stream.try_read(&mut probe) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            }
+        });
+    }
+    opened
+}
+
+/// Writes version `i` of a file on node 0 and syncs it; how long the sync took.
+async fn timed_sync(group: &LocalGroup, i: u32) -> (Duration, gosyncd::sync::Report) {
+    write(
+        &group.nodes[0],
+        "/etc/app/flood.conf",
+        format!("version {i}\n"),
+    );
+    let started = Instant::now();
+    let report = sync(group, 0).await;
+    (started.elapsed(), report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_from_many_addresses_never_keeps_a_listed_peer_out() {
+    const STRANGERS: u8 = 48;
+    let mut group = start(2, 107).await;
+    with_limits(&mut group, 1, "handshake_timeout = \"1s\"").await;
+    let target = group.nodes[1].addr;
+    // The quiet figure: the slowest of three syncs of one file.
+    let mut quiet = Duration::ZERO;
+    for i in 0..3 {
+        let (took, report) = timed_sync(&group, i).await;
+        assert_clean(&report);
+        quiet = quiet.max(took);
+    }
+
+    // Strangers from 48 networks (127.0.K.9), each holding 8 connections (the
+    // per-address allowance), idle or in a handshake they never finish, renewed as the
+    // 1 s handshake timeout closes them, for 4 s.
+    let until = Instant::now() + Duration::from_secs(4);
+    let flood: Vec<_> = (0..STRANGERS)
+        .map(|k| {
+            let from = std::net::IpAddr::from([127, 0, 150 + k, 9]);
+            tokio::spawn(hold_idle(from, target, 8, until))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut attempts = Vec::new();
+    let mut i = 3;
+    while Instant::now() + Duration::from_millis(300) < until {
+        let (took, report) = timed_sync(&group, i).await;
+        assert_clean(&report);
+        assert_eq!(
+            read(&group.nodes[1], "/etc/app/flood.conf"),
+            format!("version {i}\n").as_bytes()
+        );
+        attempts.push(took);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut opened = 0;
+    for task in flood {
+        opened += task.await.unwrap();
+    }
+    eprintln!(
+        "flood: {opened} connections from {STRANGERS} addresses; {} syncs, all succeeded, \
+         taking {attempts:?} (quiet: {quiet:?})",
+        attempts.len()
+    );
+    assert!(opened >= 384, "the flood opened only {opened} connections");
+    assert!(
+        attempts.len() >= 3,
+        "only {} syncs ran during the flood",
+        attempts.len()
+    );
+    let slowest = attempts.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest <= quiet * 2 + Duration::from_millis(50),
+        "a sync took {slowest:?} under the flood, against {quiet:?} quiet"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_stall_are_dropped_after_their_timeouts() {
     let mut group = start(2, 240).await;

@@ -39,11 +39,15 @@ pub async fn bind(addr: &BindAddress) -> io::Result<TcpListener> {
 
 /// Serves the API with mutual TLS on `listener` until `shutdown` completes.
 ///
-/// A connection first takes a place among the handshakes (`max_handshakes`, of which one
-/// address may hold `max_handshakes_per_address`); there is no waiting for one: a
-/// connection that finds none is closed at once, so clients that never finish their
-/// handshake cannot keep the group's nodes out. Once authenticated it takes one of
-/// `max_connections`, and waits for it.
+/// Admission is decided by address before the handshake. A connection from one of the
+/// group's addresses (`remotes` or `allow_from`) takes a place among the group's
+/// handshakes (`max_handshakes`, of which one address may hold
+/// `max_handshakes_per_address`); any other takes one among the strangers'
+/// (`max_stranger_handshakes`, of which one network, /24 or /64, may hold
+/// `max_handshakes_per_address`). There is no waiting for one: a connection that finds
+/// none is closed at once, so clients that never finish their handshake cannot keep the
+/// group's nodes out, from however many addresses they come. Once authenticated it
+/// takes one of `max_connections`, and waits for it.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -52,9 +56,12 @@ pub async fn serve(
 ) {
     let limits = node.config.limits.clone();
     let acceptor = TlsAcceptor::from(tls);
-    let app = router(node);
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
-    let per_address = Arc::new(PerAddress::new(limits.max_handshakes_per_address));
+    let app = router(node.clone());
+    let group = Pool::new(limits.max_handshakes, limits.max_handshakes_per_address);
+    let strangers = Pool::new(
+        limits.max_stranger_handshakes,
+        limits.max_handshakes_per_address,
+    );
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let turned_away = Arc::new(TurnedAway::default());
     // Connections are tracked so that stopping the server also ends kept-alive ones.
@@ -75,13 +82,26 @@ pub async fn serve(
         };
         // An IPv4 client of a dual-stack socket is named as IPv4.
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-        let Ok(handshaking) = handshakes.clone().try_acquire_owned() else {
-            turned_away.note(client, "max_handshakes");
-            continue;
+        let place = if node.allow.knows(client.ip()) {
+            group.admit(
+                client.ip(),
+                ("max_handshakes", "max_handshakes_per_address"),
+            )
+        } else {
+            strangers.admit(
+                network_of(client.ip()),
+                (
+                    "max_stranger_handshakes",
+                    "max_handshakes_per_address (per network)",
+                ),
+            )
         };
-        let Some(from_address) = PerAddress::admit(&per_address, client.ip()) else {
-            turned_away.note(client, "max_handshakes_per_address");
-            continue;
+        let (handshaking, from_address) = match place {
+            Ok(place) => place,
+            Err(limit) => {
+                turned_away.note(client, limit);
+                continue;
+            }
         };
         let acceptor = acceptor.clone();
         let app = app.clone().layer(Extension(ClientAddr(client)));
@@ -128,6 +148,48 @@ pub async fn serve(
         });
     }
     connections.shutdown().await;
+}
+
+/// A pool of handshake places, and its share per address (or network).
+struct Pool {
+    places: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
+}
+
+impl Pool {
+    fn new(places: usize, per_address: usize) -> Pool {
+        Pool {
+            places: Arc::new(Semaphore::new(places)),
+            per_address: Arc::new(PerAddress::new(per_address)),
+        }
+    }
+
+    /// A place for a connection from `key`, or the limit that refuses it.
+    fn admit(
+        &self,
+        key: IpAddr,
+        (all, one): (&'static str, &'static str),
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, AddressPermit), &'static str> {
+        let place = self.places.clone().try_acquire_owned().map_err(|_| all)?;
+        let from = PerAddress::admit(&self.per_address, key).ok_or(one)?;
+        Ok((place, from))
+    }
+}
+
+/// The network a stranger's address is counted in: its /24 (IPv4) or /64 (IPv6), where
+/// one party easily holds many addresses.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::from(segments)
+        }
+    }
 }
 
 /// Handshakes under way per client address.
@@ -199,5 +261,34 @@ impl TurnedAway {
             );
             *state = (Some(std::time::Instant::now()), 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strangers_are_counted_per_network() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(network_of(ip("192.0.2.77")), ip("192.0.2.0"));
+        assert_eq!(network_of(ip("::ffff:192.0.2.77")), ip("192.0.2.0"));
+        assert_eq!(network_of(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        let pool = Pool::new(3, 2);
+        let names = ("all", "one");
+        let a = pool.admit(network_of(ip("192.0.2.1")), names).unwrap();
+        let _b = pool.admit(network_of(ip("192.0.2.2")), names).unwrap();
+        assert_eq!(
+            pool.admit(network_of(ip("192.0.2.3")), names).err(),
+            Some("one"),
+            "a third address of the same /24"
+        );
+        let _c = pool.admit(network_of(ip("198.51.100.1")), names).unwrap();
+        assert_eq!(pool.admit(ip("203.0.113.1"), names).err(), Some("all"));
+        drop(a);
+        assert!(
+            pool.admit(ip("203.0.113.1"), names).is_ok(),
+            "a place freed"
+        );
     }
 }
