@@ -412,6 +412,23 @@ async fn a_peer_cannot_create_set_id_files_nor_open_up_a_configured_directory() 
     assert_eq!(mode_at(n1, "/etc/app/plain"), Some(0o755));
     assert_eq!(outcome("/etc/app/shared"), Outcome::Applied);
     assert_eq!(mode_at(n1, "/etc/app/shared"), Some(0o1777));
+
+    // A sync of a set-id file: the sender's report names the refusal and its reason.
+    let n0 = &group.nodes[0];
+    write(n0, "/etc/app/tool", "#!/bin/sh\n");
+    chmod(n0, "/etc/app/tool", 0o4755);
+    let report = sync(&group, 0).await;
+    let line = peer_report(&report, n1)
+        .changes
+        .iter()
+        .find(|c| c.path == "/etc/app/tool")
+        .map(ToString::to_string)
+        .expect("the set-id file is in the report");
+    assert!(
+        line.contains("setuid bit") && line.contains("allow_setid"),
+        "the sender's report line: {line}"
+    );
+    assert!(!n1.path("/etc/app/tool").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
