@@ -576,3 +576,52 @@ async fn many_large_files_asked_at_once_arrive_whole_and_the_node_stays_small() 
         "the node's peak RSS was {peak_kib} KiB answering 41 MiB of text"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_deeper_than_the_local_path_limit_is_applied_and_sent_again_without_error() {
+    // 1,360 levels: a logical path of 4,090 bytes, under the 4,096 allowed, whose local
+    // path (the root's prefix added) is longer than the system's PATH_MAX.
+    const DEPTH: usize = 1360;
+    let group = group(105).await;
+    let n1 = &group.nodes[1];
+    let mut dirs = Vec::new();
+    let mut path = "/etc/app".to_string();
+    for _ in 0..DEPTH {
+        path.push_str("/dd");
+        dirs.push(path.clone());
+    }
+    let file = format!("{path}/f");
+    assert!(file.len() < 4096 && n1.path(&file).as_os_str().len() > 4096);
+    let mut items: Vec<(&str, gosyncd::protocol::Entry, &[u8])> = dirs
+        .iter()
+        .map(|d| (d.as_str(), dir_entry(0o755), b"".as_slice()))
+        .collect();
+    items.push((file.as_str(), file_entry(b"deep\n", 0o644), b"deep\n"));
+    let body = batch_of(&items);
+    let peer = peer_as(&group.nodes[0], n1.addr);
+    let mut took = Vec::new();
+    for send in ["first", "again"] {
+        let started = std::time::Instant::now();
+        let answer = peer
+            .apply(body.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{send} send refused: {e}"));
+        took.push(started.elapsed());
+        assert_eq!(answer.results.len(), DEPTH + 1);
+        if send == "first" {
+            assert!(
+                answer.results.iter().all(|r| r.outcome == Outcome::Applied),
+                "{:?}",
+                answer
+                    .results
+                    .iter()
+                    .find(|r| r.outcome != Outcome::Applied)
+            );
+        }
+    }
+    eprintln!(
+        "a {DEPTH}-level tree: applied in {:?}, sent again in {:?}",
+        took[0], took[1]
+    );
+    assert!(took[1] < std::time::Duration::from_secs(30), "{took:?}");
+}

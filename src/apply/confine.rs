@@ -4,8 +4,6 @@
 //! metadata and never writes. It is not the last line of defence either: the tree can
 //! change before execution, where every path is reached again without following a link.
 
-use std::io;
-
 use crate::config::{Config, Directory};
 use crate::manifest::is_temp_name;
 use crate::paths::{self, components_below};
@@ -100,7 +98,15 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
         if let Some(expect) = &op.expect {
             check_entry(&op.path, expect)?;
         }
-        check_no_symlink_on_the_way(config, dir, &op.path, &deleted)?;
+    }
+    // Then every path's parents, walked once for the whole batch.
+    let mut paths: Vec<&str> = header.ops.iter().map(|op| op.path.as_str()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let mut walk = Walk::default();
+    for path in paths {
+        let dir = confine(config, path)?;
+        walk.check(config, dir, path, &deleted)?;
     }
     Ok(())
 }
@@ -166,32 +172,75 @@ pub(crate) fn check_mode(config: &Config, dir: &Directory, op: &Op) -> Result<()
     }
 }
 
-/// Refuses a path one of whose parents below the configured directory is a symlink,
-/// unless the same batch deletes that symlink first (a link replaced by a directory).
-fn check_no_symlink_on_the_way(
-    config: &Config,
-    dir: &Directory,
-    path: &str,
-    deleted: &std::collections::HashSet<&str>,
-) -> Result<(), String> {
-    let mut logical = dir.path.clone();
-    let mut components: Vec<&str> = components_below(path, &dir.path).collect();
-    components.pop();
-    for component in components {
-        logical.push('/');
-        logical.push_str(component);
-        match std::fs::symlink_metadata(config.local_path(&logical)) {
-            Ok(meta) if meta.file_type().is_symlink() && !deleted.contains(logical.as_str()) => {
-                return Err(format!(
-                    "{path}: refused, {logical} is a symlink on this node (links are never followed)"
-                ));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("{path}: cannot inspect {logical}: {e}")),
+/// The parents of a batch's paths, walked once for the whole batch with directory
+/// descriptors, one component at a time and never following a link: the paths are
+/// taken in sorted order and the descriptors of the last path's parents are kept, so
+/// that the cost is linear in the batch, whatever the depth of the tree or the length of
+/// the local prefix (a path is never looked up whole, so it can never be too long).
+#[derive(Default)]
+struct Walk {
+    /// The open directories from a configured directory down: logical path, descriptor.
+    open: Vec<(String, rustix::fd::OwnedFd)>,
+}
+
+impl Walk {
+    /// Refuses `path` when one of its parents below `dir` is a symlink on this node,
+    /// unless the same batch deletes that symlink first (a link replaced by a directory).
+    fn check(
+        &mut self,
+        config: &Config,
+        dir: &Directory,
+        path: &str,
+        deleted: &std::collections::HashSet<&str>,
+    ) -> Result<(), String> {
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+        let parent = paths::parent(path);
+        if !paths::is_within(parent, &dir.path) {
+            return Ok(()); // the configured directory itself: its parent is trusted
         }
+        // Keep the open directories that are parents of this path.
+        while self
+            .open
+            .last()
+            .is_some_and(|(logical, _)| !paths::is_within(parent, logical))
+        {
+            self.open.pop();
+        }
+        if self.open.is_empty() {
+            match super::open_dir(config.local_path(&dir.path)) {
+                Ok(fd) => self.open.push((dir.path.clone(), fd)),
+                // Missing: the batch makes it, or fails on it; nothing to follow.
+                Err(_) => return Ok(()),
+            }
+        }
+        let (top, _) = self.open.last().expect("an open directory");
+        let below: Vec<String> = components_below(parent, top).map(str::to_string).collect();
+        for (i, component) in below.iter().enumerate() {
+            let (logical, fd) = self.open.last().expect("an open directory");
+            let logical = format!("{logical}/{component}");
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(fd, component.as_str(), flags, Mode::empty()) {
+                Ok(next) => self.open.push((logical, next)),
+                // The rest is made by the batch.
+                Err(rustix::io::Errno::NOENT) => return Ok(()),
+                Err(e) => {
+                    let kind =
+                        rustix::fs::statat(fd, component.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                            .map(|st| FileType::from_raw_mode(st.st_mode));
+                    return match kind {
+                        Ok(FileType::Symlink) if deleted.contains(logical.as_str()) => Ok(()),
+                        Ok(FileType::Symlink) => Err(format!(
+                            "{path}: refused, {logical} is a symlink on this node (links are never followed)"
+                        )),
+                        // Not a directory, and the last parent: the executor decides.
+                        Ok(_) if i + 1 == below.len() => Ok(()),
+                        _ => Err(format!("{path}: cannot inspect {logical}: {e}")),
+                    };
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
