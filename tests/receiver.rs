@@ -625,3 +625,49 @@ async fn a_tree_deeper_than_the_local_path_limit_is_applied_and_sent_again_witho
     );
     assert!(took[1] < std::time::Duration::from_secs(30), "{took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synced_name_shaped_like_a_backup_version_does_not_break_backups() {
+    let mut group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 74,
+        ..GroupSpec::default()
+    })
+    .await;
+    let store = group.path().join("backups");
+    let variant = config_variant(&group, 1, "node2-backups.hcl", |text| {
+        format!(
+            "backup {{\n  directory = \"{}\"\n  keep = 1\n}}\n{text}",
+            store.display()
+        )
+    });
+    group.nodes[1].config = Arc::new(gosyncd::config::Config::from_file(&variant).unwrap());
+    group.nodes[1].config_path = variant;
+    group.restart(1).await.unwrap();
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    // /etc/app/x is a directory holding a file named like a version, replaced once: its
+    // versions live in a directory of that name, beside where x's own will be.
+    let odd = "/etc/app/x/20000101T000000.000000000Z.json";
+    write(n0, odd, "v1\n");
+    assert_clean(&sync(&group, 0).await);
+    write(n0, odd, "v2\n");
+    assert_clean(&sync(&group, 0).await);
+    assert!(store
+        .join("etc/app/x/20000101T000000.000000000Z.json")
+        .is_dir());
+    // Then x becomes a file, updated more times than `keep`: each update prunes x's
+    // versions, beside that directory.
+    remove(n0, "/etc/app/x");
+    write(n0, "/etc/app/x", "file 1\n");
+    assert_clean(&sync(&group, 0).await);
+    for round in 2..=4 {
+        write(n0, "/etc/app/x", format!("file {round}\n"));
+        let report = sync(&group, 0).await;
+        assert_clean(&report);
+        assert_eq!(
+            read(n1, "/etc/app/x"),
+            format!("file {round}\n").as_bytes(),
+            "round {round}: {report:?}"
+        );
+    }
+}
