@@ -62,16 +62,6 @@ impl Versions {
             .collect()
     }
 
-    /// Every path known.
-    pub fn paths(&self) -> Vec<String> {
-        self.map
-            .lock()
-            .expect("versions lock")
-            .keys()
-            .cloned()
-            .collect()
-    }
-
     /// Compares a scan of `scope` (empty: everything) with the versions known there,
     /// records the scan as the new versions, and returns the operations that carry the
     /// difference to peers, each expecting the version this node had before.

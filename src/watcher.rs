@@ -296,7 +296,8 @@ impl Toucher {
     }
 }
 
-/// [`touch`], on a thread that may block.
+/// What [`Toucher`] does, on a thread that may block. `paths` are a burst's, all
+/// synchronised (see [`Burst::add`]).
 fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
     let (Some(spool), Some(records)) = (&node.spool, node.peers.get()) else {
         return;
@@ -307,12 +308,8 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
     if paths.is_empty() || records.is_empty() || node.applying() {
         return;
     }
-    // Only what this node synchronises: excluded and temporary names never travel.
     let mut touched: Vec<_> = Vec::new();
     for path in paths {
-        if crate::apply::confine(&node.config, path).is_err() {
-            continue;
-        }
         let known = versions.get(path);
         let local = node.config.local_path(path);
         match std::fs::symlink_metadata(&local) {
@@ -328,6 +325,8 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
                     .into_iter()
                     .filter_map(Result::ok)
                     .filter_map(|e| node.config.logical_path(e.path()))
+                    // Only what this node synchronises: excluded and temporary names
+                    // never travel.
                     .filter(|p| crate::apply::confine(&node.config, p).is_ok())
                     .map(|p| {
                         let known = versions.get(&p);

@@ -54,23 +54,21 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
         })
         .map(|op| op.path.as_str())
         .collect();
+    let mut confined = Vec::with_capacity(header.ops.len());
     for op in &header.ops {
         let dir = confine(config, &op.path)?;
+        confined.push((op.path.as_str(), dir));
         // (Deletions below it are the old tree it replaces, deleted before it is made.)
         if !linked.is_empty() && op.action != Action::Delete {
-            let mut end = op.path.len();
-            while let Some(slash) = op.path[..end].rfind('/') {
-                if slash == 0 {
-                    break;
-                }
-                if linked.contains(&op.path[..slash]) {
+            let mut above = paths::parent(&op.path);
+            while above != "/" {
+                if linked.contains(above) {
                     return Err(format!(
-                        "{}: below {}, which the same batch makes a symlink",
-                        op.path,
-                        &op.path[..slash]
+                        "{}: below {above}, which the same batch makes a symlink",
+                        op.path
                     ));
                 }
-                end = slash;
+                above = paths::parent(above);
             }
         }
         if let Action::Put { entry } = &op.action {
@@ -100,12 +98,10 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
         }
     }
     // Then every path's parents, walked once for the whole batch.
-    let mut paths: Vec<&str> = header.ops.iter().map(|op| op.path.as_str()).collect();
-    paths.sort_unstable();
-    paths.dedup();
+    confined.sort_unstable_by_key(|(path, _)| *path);
+    confined.dedup_by_key(|(path, _)| *path);
     let mut walk = Walk::default();
-    for path in paths {
-        let dir = confine(config, path)?;
+    for (path, dir) in confined {
         walk.check(config, dir, path, &deleted)?;
     }
     Ok(())

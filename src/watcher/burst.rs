@@ -41,15 +41,6 @@ pub const WRITERS_INTERVAL: Duration = Duration::from_secs(1);
 /// The least a burst waits after its last event while a path it knew is missing.
 pub const VANISHED_GRACE: Duration = Duration::from_millis(150);
 
-/// A file of the burst that is open for writing.
-#[derive(Debug, Clone, Copy)]
-struct Open {
-    /// When it was first seen written (or created).
-    since: Instant,
-    /// Whether data was written to it (or it was only created).
-    written: bool,
-}
-
 /// The paths one burst touched, and its files not yet complete.
 #[derive(Debug)]
 pub struct Burst {
@@ -57,10 +48,11 @@ pub struct Burst {
     pub paths: BTreeSet<String>,
     /// Events were lost: compare everything.
     pub rescan: bool,
-    /// Files open for writing, by local path.
-    open: BTreeMap<PathBuf, Open>,
+    /// Files open for writing, by local path, with when they were first seen written
+    /// (or created).
+    open: BTreeMap<PathBuf, Instant>,
     /// Files renamed away while open for writing, until the rename's other half.
-    renamed: HashMap<usize, Vec<(PathBuf, Open)>>,
+    renamed: HashMap<usize, Vec<(PathBuf, Instant)>>,
     /// Logical paths deleted or renamed away, and not back (yet).
     vanished: BTreeSet<String>,
     /// When the last event arrived.
@@ -125,20 +117,9 @@ impl Burst {
                 ChangeKind::Closed | ChangeKind::Attributes | ChangeKind::Other => {}
             }
             match change.kind {
-                ChangeKind::Written => {
-                    if !overdue.contains(&path) {
-                        let open = self.open.entry(path).or_insert(Open {
-                            since: now,
-                            written: true,
-                        });
-                        open.written = true;
-                    }
-                }
-                ChangeKind::Created => {
-                    self.open.entry(path).or_insert(Open {
-                        since: now,
-                        written: false,
-                    });
+                ChangeKind::Written if overdue.contains(&path) => {}
+                ChangeKind::Written | ChangeKind::Created => {
+                    self.open.entry(path).or_insert(now);
                 }
                 ChangeKind::Closed => {
                     overdue.remove(&path);
@@ -154,8 +135,8 @@ impl Burst {
                     // A file renamed into place is complete; one still open keeps its
                     // writer, under its new name.
                     if let Some(moved) = self.renamed.remove(&cookie) {
-                        for (relative, open) in moved {
-                            self.open.insert(path.join(relative), open);
+                        for (relative, since) in moved {
+                            self.open.insert(path.join(relative), since);
                         }
                     }
                 }
@@ -173,7 +154,7 @@ impl Burst {
 
     /// Takes the open files at or below `path` (a file or a directory renamed or
     /// deleted), with their paths relative to it.
-    fn take_below(&mut self, path: &Path) -> Vec<(PathBuf, Open)> {
+    fn take_below(&mut self, path: &Path) -> Vec<(PathBuf, Instant)> {
         let below: Vec<PathBuf> = self
             .open
             .range(path.to_path_buf()..)
@@ -184,9 +165,9 @@ impl Burst {
         below
             .into_iter()
             .filter_map(|p| {
-                let open = self.open.remove(&p)?;
+                let since = self.open.remove(&p)?;
                 let relative = p.strip_prefix(path).ok()?.to_path_buf();
-                Some((relative, open))
+                Some((relative, since))
             })
             .collect()
     }
@@ -224,7 +205,7 @@ impl Burst {
         let first_due = self
             .open
             .values()
-            .map(|o| (o.since + bound).saturating_duration_since(now))
+            .map(|since| (*since + bound).saturating_duration_since(now))
             .min()
             .unwrap_or_default();
         // Looked at again now and then: a close the kernel could not report (a file
@@ -281,7 +262,7 @@ impl Burst {
         let late: Vec<PathBuf> = self
             .open
             .iter()
-            .filter(|(_, o)| now >= o.since + bound)
+            .filter(|(_, since)| now >= **since + bound)
             .map(|(p, _)| p.clone())
             .collect();
         for path in &late {
