@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
-use gosyncd::protocol::{encode_batch, Action, BatchHeader, HeldKind, Op, Outcome, StatusCounters};
+use gosyncd::protocol::{encode_batch, Action, BatchHeader, HeldKind, Op, Outcome};
 
 /// How long the group has to converge by itself once the cause of a failure is gone.
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -53,26 +53,6 @@ async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
     group.restart(i).await.unwrap();
 }
 
-/// The counters of a running node.
-fn counters(node: &GroupNode) -> StatusCounters {
-    node.stats()
-        .unwrap_or_else(|| panic!("node {} is not running", node.addr))
-}
-
-/// Every node's counters, for failure messages.
-fn describe(group: &LocalGroup) -> String {
-    group
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| match n.stats() {
-            Some(c) => format!("node {} ({}): {c:?}", i + 1, n.addr),
-            None => format!("node {} ({}): not running in this process", i + 1, n.addr),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Waits until `condition` holds, failing the test after `within` with `state()`.
 async fn eventually(
     within: Duration,
@@ -89,11 +69,6 @@ async fn eventually(
         );
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// Whether the file at `logical` holds exactly `bytes`.
-fn holds(node: &GroupNode, logical: &str, bytes: impl AsRef<[u8]>) -> bool {
-    std::fs::read(node.path(logical)).is_ok_and(|b| b == bytes.as_ref())
 }
 
 /// What a node's file holds, for failure messages.

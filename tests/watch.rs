@@ -31,8 +31,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const PROMPT: Duration = Duration::from_secs(3);
 /// Longest a restarted peer may take to catch up on what it missed, with no command.
 const RECOVERY: Duration = Duration::from_secs(15);
-/// How often a condition is polled.
-const POLL: Duration = Duration::from_millis(15);
 
 /// A group of three daemons that watch `/etc/app` and push their edits.
 async fn watching(first_octet: u8) -> LocalGroup {
@@ -45,12 +43,6 @@ async fn watching(first_octet: u8) -> LocalGroup {
     .await
 }
 
-/// The counters of a running node.
-fn counters(node: &GroupNode) -> StatusCounters {
-    node.stats()
-        .unwrap_or_else(|| panic!("node {} is not running", node.addr))
-}
-
 /// The sum of one counter over the running nodes.
 fn total(group: &LocalGroup, counter: impl Fn(&StatusCounters) -> u64) -> u64 {
     group
@@ -59,73 +51,6 @@ fn total(group: &LocalGroup, counter: impl Fn(&StatusCounters) -> u64) -> u64 {
         .filter_map(GroupNode::stats)
         .map(|c| counter(&c))
         .sum()
-}
-
-/// Every node's counters, for failure messages.
-fn describe(group: &LocalGroup) -> String {
-    group
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| match n.stats() {
-            Some(c) => format!("node {i} ({}): {c:?}", n.addr),
-            None => format!("node {i} ({}): stopped", n.addr),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Waits until `condition` holds, failing the test after `within`.
-async fn eventually(
-    group: &LocalGroup,
-    within: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < within,
-            "{what}: still not the case after {within:?}\n{}",
-            describe(group)
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Long enough for a write to be seen, debounced and pushed had it been going to be:
-/// what "nothing happened" is observed over.
-fn quiet_period(group: &LocalGroup) -> Duration {
-    // The longest a burst waits after its last event is the settle window plus what a
-    // big burst or a vanished path adds to it (at most 200 ms).
-    (group.nodes[0].config.debounce + Duration::from_millis(200)) * 2 + Duration::from_millis(200)
-}
-
-/// Checks `condition` all through the quiet period, failing as soon as it stops holding.
-async fn holds_for_quiet_period(
-    group: &LocalGroup,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-) {
-    let period = quiet_period(group);
-    let started = Instant::now();
-    loop {
-        assert!(
-            condition(),
-            "{what}: no longer the case {:?} into the quiet period\n{}",
-            started.elapsed(),
-            describe(group)
-        );
-        if started.elapsed() >= period {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Whether the file at `logical` holds exactly `bytes`.
-fn holds(node: &GroupNode, logical: &str, bytes: impl AsRef<[u8]>) -> bool {
-    std::fs::read(node.path(logical)).is_ok_and(|b| b == bytes.as_ref())
 }
 
 fn is_dir(node: &GroupNode, logical: &str) -> bool {

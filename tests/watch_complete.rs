@@ -24,12 +24,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
-use gosyncd::protocol::StatusCounters;
 
 /// Longest a change may take to reach a peer once it is complete.
 const WAIT: Duration = Duration::from_secs(15);
-/// How often a condition is polled.
-const POLL: Duration = Duration::from_millis(15);
 /// How often the sampler reads the peers' copies.
 const SAMPLE_EVERY: Duration = Duration::from_millis(3);
 /// The slow writers' pause between two writes: ten settle windows at the default
@@ -61,72 +58,8 @@ async fn started_with(spec: GroupSpec, prepare: impl Fn(&GroupNode)) -> LocalGro
     group
 }
 
-/// The counters of a running node.
-fn counters(node: &GroupNode) -> StatusCounters {
-    node.stats()
-        .unwrap_or_else(|| panic!("node {} is not running", node.addr))
-}
-
 fn apply_requests(nodes: &[GroupNode]) -> Vec<u64> {
     nodes.iter().map(|n| counters(n).apply_requests).collect()
-}
-
-/// Every running node's counters, for failure messages.
-fn describe(group: &LocalGroup) -> String {
-    group
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| match n.stats() {
-            Some(c) => format!("node {i} ({}): {c:?}", n.addr),
-            None => format!("node {i} ({}): not running in this process", n.addr),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Waits until `condition` holds, failing the test after `within`.
-async fn eventually(
-    group: &LocalGroup,
-    within: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < within,
-            "{what}: still not the case after {within:?}\n{}",
-            describe(group)
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Checks `condition` for long enough that a write would have been seen, settled and
-/// pushed had it been going to be, failing as soon as it stops holding.
-async fn holds_for_quiet_period(
-    group: &LocalGroup,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-) {
-    // The longest a burst waits after its last event is the settle window plus what a
-    // big burst or a vanished path adds to it (at most 200 ms).
-    let period = (group.nodes[0].config.debounce + Duration::from_millis(200)) * 2
-        + Duration::from_millis(300);
-    let started = Instant::now();
-    loop {
-        assert!(
-            condition(),
-            "{what}: no longer the case {:?} into the quiet period\n{}",
-            started.elapsed(),
-            describe(group)
-        );
-        if started.elapsed() >= period {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// Checks, through the quiet period, that each of `peers` received exactly one apply
@@ -139,11 +72,6 @@ async fn one_more_apply_request_each(group: &LocalGroup, peers: &[GroupNode], be
             .all(|(now, before)| *now == before + 1)
     })
     .await;
-}
-
-/// Whether the file at `logical` holds exactly `bytes`.
-fn holds(node: &GroupNode, logical: &str, bytes: impl AsRef<[u8]>) -> bool {
-    std::fs::read(node.path(logical)).is_ok_and(|b| b == bytes.as_ref())
 }
 
 /// `len` bytes that differ from those of another `seed` almost everywhere, so that a

@@ -21,7 +21,7 @@ use gosyncd::client::{self, Peer};
 use gosyncd::config::{Config, Remote};
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
 use gosyncd::manifest::{self, HashCache, Manifest};
-use gosyncd::protocol::{ChangeKind, Content, Digest256, Entry};
+use gosyncd::protocol::{ChangeKind, Content, Digest256, Entry, StatusCounters};
 use gosyncd::sync::{ChangeStatus, Engine, Options, PeerReport, Report};
 use gosyncd::tls::TlsMaterial;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -816,4 +816,84 @@ pub fn temp_files_below(root: &Path) -> Vec<PathBuf> {
         .filter(|e| e.file_name().to_str().is_some_and(manifest::is_temp_name))
         .map(|e| e.into_path())
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Watching a running group: its counters, polling for a condition, and checking that
+// nothing happens for as long as a write would take to be pushed.
+
+/// How often a condition on a running group is polled.
+pub const GROUP_POLL: Duration = Duration::from_millis(15);
+
+/// The counters of a running node.
+pub fn counters(node: &GroupNode) -> StatusCounters {
+    node.stats()
+        .unwrap_or_else(|| panic!("node {} is not running", node.addr))
+}
+
+/// Every node's counters, for failure messages.
+pub fn describe(group: &LocalGroup) -> String {
+    group
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| match n.stats() {
+            Some(c) => format!("node {i} ({}): {c:?}", n.addr),
+            None => format!("node {i} ({}): not running in this process", n.addr),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until `condition` holds, failing the test after `within`.
+pub async fn eventually(
+    group: &LocalGroup,
+    within: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < within,
+            "{what}: still not the case after {within:?}\n{}",
+            describe(group)
+        );
+        tokio::time::sleep(GROUP_POLL).await;
+    }
+}
+
+/// Long enough for a write to be seen, settled and pushed had it been going to be: what
+/// "nothing happened" is observed over. The longest a burst waits after its last event
+/// is the settle window plus what a big burst or a vanished path adds to it (at most
+/// 200 ms).
+pub fn quiet_period(group: &LocalGroup) -> Duration {
+    (group.nodes[0].config.debounce + Duration::from_millis(200)) * 2 + Duration::from_millis(300)
+}
+
+/// Checks `condition` all through the quiet period, failing as soon as it stops holding.
+pub async fn holds_for_quiet_period(
+    group: &LocalGroup,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) {
+    let period = quiet_period(group);
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            condition(),
+            "{what}: no longer the case {:?} into the quiet period\n{}",
+            started.elapsed(),
+            describe(group)
+        );
+        if started.elapsed() >= period {
+            return;
+        }
+        tokio::time::sleep(GROUP_POLL).await;
+    }
+}
+
+/// Whether the file at `logical` holds exactly `bytes`.
+pub fn holds(node: &GroupNode, logical: &str, bytes: impl AsRef<[u8]>) -> bool {
+    std::fs::read(node.path(logical)).is_ok_and(|b| b == bytes.as_ref())
 }
