@@ -241,7 +241,8 @@ tool_git() {
     g add -A
     g commit -q -m "branch A"
     g checkout -q -b B
-    "${seh[@]}" mutate "$t" 300 20 20 5 "$SEED"
+    # Branch B's edits, as checkout-burst.sh makes them.
+    python3 "$here/checkout_helper.py" mutate "$t" 300 20 20 5 "$SEED"
     g add -A
     g commit -q -m "branch B"
     g checkout -q A

@@ -11,8 +11,6 @@ ctypes).
     save_events_helper.py files DIR FILES DIRS DEPTH SEED
                         FILES small config-like text files in DIRS directories nested
                         DEPTH deep under DIR
-    save_events_helper.py mutate DIR CHANGED CREATED DELETED NEW_DIR SEED
-                        branch B's edits for the git checkouts
     save_events_helper.py text FILE SEED [LINES]
                         (re)write FILE with config-like text drawn from SEED
     save_events_helper.py nano FILE     type a character, ^O, Enter, ^X in nano (a pty)
@@ -324,34 +322,6 @@ def files(root, count, ndirs, depth, seed):
             f.write(text(rng, rng.randrange(5, 80)))
 
 
-def mutate(root, changed, created, deleted, new_dir, seed):
-    """Branch B: CHANGED files rewritten in part, DELETED removed, CREATED added
-    (NEW_DIR of them in a new directory, new.d)."""
-    rng = random.Random(f"mutate-{seed}")
-    all_files = sorted(os.path.relpath(os.path.join(d, f), root)
-                       for d, _, ns in os.walk(root) for f in ns)
-    if changed + deleted > len(all_files):
-        sys.exit(f"CHANGED + DELETED exceeds the {len(all_files)} files")
-    picked = rng.sample(all_files, changed + deleted)
-    for rel in picked[:changed]:
-        path = os.path.join(root, rel)
-        with open(path) as f:
-            lines = f.read().splitlines(keepends=True)
-        for k in range(0, len(lines), 3):
-            lines[k] = f"option {rng.randrange(1 << 30):x} # branch B\n"
-        with open(path, "w") as f:
-            f.write("".join(lines))
-    for rel in picked[changed:]:
-        os.remove(os.path.join(root, rel))
-    dirs = sorted({os.path.dirname(rel) for rel in all_files})
-    if new_dir:
-        os.mkdir(os.path.join(root, "new.d"))
-    for n in range(created):
-        d = "new.d" if n < new_dir else rng.choice(dirs)
-        with open(os.path.join(root, d, f"b{n:03d}.conf"), "w") as f:
-            f.write(text(rng, rng.randrange(5, 40)))
-
-
 # ---------------------------------------------------------------------------- drivers
 
 
@@ -649,9 +619,6 @@ def main(argv):
     elif cmd == "files":
         root, count, ndirs, depth, seed = args
         files(root, int(count), int(ndirs), int(depth), seed)
-    elif cmd == "mutate":
-        root, changed, created, deleted, new_dir, seed = args
-        mutate(root, int(changed), int(created), int(deleted), int(new_dir), seed)
     elif cmd == "text":
         write_text(args[0], args[1], int(args[2]) if len(args) > 2 else 40)
     elif cmd == "nano":
