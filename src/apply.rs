@@ -25,7 +25,7 @@ pub use batch::{apply_batch, Applied};
 pub(crate) use confine::{check_entry, check_mode};
 pub use confine::{confine, validate_batch};
 pub use fs::remove_stale_temp_files;
-pub(crate) use fs::{open_dir, open_parent, open_regular, state_of, temp_name};
+pub(crate) use fs::{open_dir, open_parent, open_regular, state_of, temp_name, Blocked, Parents};
 
 /// Whether this process can apply owners.
 pub fn applies_owners() -> bool {

@@ -21,6 +21,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::apply::Parents;
 use crate::config::Config;
 
 /// What a path held before a batch changed it, kept so that the change can be undone.
@@ -44,12 +45,13 @@ pub(crate) enum Previous {
 }
 
 impl Undo {
-    /// Restores the previous state.
-    pub fn put_back(&mut self, config: &Config) -> io::Result<()> {
+    /// Restores the previous state, reaching the path through `parents`, shared by the
+    /// changes put back together.
+    pub(crate) fn put_back(&mut self, config: &Config, parents: &mut Parents) -> io::Result<()> {
         let dir = config
             .directory_of(&self.path)
             .ok_or_else(|| io::Error::other("outside the configured directories"))?;
-        let (parent, name) = crate::apply::open_parent(config, dir, &self.path).map_err(|e| {
+        let (parent, name) = parents.parent(config, dir, &self.path).map_err(|e| {
             if e.missing {
                 io::Error::new(io::ErrorKind::NotFound, e.to_string())
             } else {

@@ -578,52 +578,68 @@ async fn many_large_files_asked_at_once_arrive_whole_and_the_node_stays_small() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tree_deeper_than_the_local_path_limit_is_applied_and_sent_again_without_error() {
-    // 1,360 levels: a logical path of 4,090 bytes, under the 4,096 allowed, whose local
-    // path (the root's prefix added) is longer than the system's PATH_MAX.
-    const DEPTH: usize = 1360;
+async fn a_tree_2000_levels_deep_is_applied_and_sent_again_in_linear_time() {
+    // 2,000 levels: a logical path of 4,089 bytes, under the 4,096 allowed, whose local
+    // path (the root's prefix added) is longer than the system's PATH_MAX. Half as deep
+    // first: the time must grow with the batch's size (every path repeats its parents',
+    // so twice as deep is about four times the bytes), not with its square.
     let group = group(105).await;
     let n1 = &group.nodes[1];
-    let mut dirs = Vec::new();
-    let mut path = "/etc/app".to_string();
-    for _ in 0..DEPTH {
-        path.push_str("/dd");
-        dirs.push(path.clone());
-    }
-    let file = format!("{path}/f");
-    assert!(file.len() < 4096 && n1.path(&file).as_os_str().len() > 4096);
-    let mut items: Vec<(&str, gosyncd::protocol::Entry, &[u8])> = dirs
-        .iter()
-        .map(|d| (d.as_str(), dir_entry(0o755), b"".as_slice()))
-        .collect();
-    items.push((file.as_str(), file_entry(b"deep\n", 0o644), b"deep\n"));
-    let body = batch_of(&items);
     let peer = peer_as(&group.nodes[0], n1.addr);
-    let mut took = Vec::new();
-    for send in ["first", "again"] {
-        let started = std::time::Instant::now();
-        let answer = peer
-            .apply(body.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{send} send refused: {e}"));
-        took.push(started.elapsed());
-        assert_eq!(answer.results.len(), DEPTH + 1);
-        if send == "first" {
+    let mut figures = Vec::new();
+    for (name, depth) in [("h", 1000), ("f", 2000)] {
+        // A top name of 80 bytes takes the logical path close to the limit.
+        let top = format!("/etc/app/{}", name.repeat(80));
+        let mut dirs = vec![top.clone()];
+        let mut path = top;
+        for _ in 1..depth {
+            path.push_str("/d");
+            dirs.push(path.clone());
+        }
+        let file = format!("{path}/f");
+        if depth == 2000 {
+            assert!(file.len() < 4096 && n1.path(&file).as_os_str().len() > 4096);
+        }
+        let mut items: Vec<(&str, gosyncd::protocol::Entry, &[u8])> = dirs
+            .iter()
+            .map(|d| (d.as_str(), dir_entry(0o755), b"".as_slice()))
+            .collect();
+        items.push((file.as_str(), file_entry(b"deep\n", 0o644), b"deep\n"));
+        let body = batch_of(&items);
+        let bytes = body.len();
+        let mut took = Vec::new();
+        for send in ["first", "again", "a third time"] {
+            let started = std::time::Instant::now();
+            let answer = peer
+                .apply(body.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{depth} levels, {send}: refused: {e}"));
+            took.push(started.elapsed());
+            assert_eq!(answer.results.len(), depth + 1);
             assert!(
                 answer.results.iter().all(|r| r.outcome == Outcome::Applied),
-                "{:?}",
+                "{depth} levels, {send}: {:?}",
                 answer
                     .results
                     .iter()
                     .find(|r| r.outcome != Outcome::Applied)
             );
         }
+        eprintln!(
+            "a {depth}-level tree, a batch of {bytes} bytes: applied in {took:?} (first, again, \
+             a third time)"
+        );
+        figures.push((bytes as f64, took.into_iter().max().unwrap()));
     }
-    eprintln!(
-        "a {DEPTH}-level tree: applied in {:?}, sent again in {:?}",
-        took[0], took[1]
+    // Quadratic in the size would be 16 times as long; allow twice linear for noise.
+    let ((half_bytes, half), (full_bytes, full)) = (figures[0], figures[1]);
+    let size_ratio = full_bytes / half_bytes;
+    let time_ratio = full.as_secs_f64() / half.as_secs_f64().max(0.05);
+    assert!(
+        time_ratio < 2.0 * size_ratio,
+        "1,000 levels: {half:?}, 2,000 levels: {full:?}, for {size_ratio:.1} times the bytes"
     );
-    assert!(took[1] < std::time::Duration::from_secs(30), "{took:?}");
+    assert!(full < std::time::Duration::from_secs(20), "{full:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,11 +80,12 @@ impl Applied {
     /// Returns the paths that could not be put back (with why), which should be none.
     pub fn reject(&mut self, config: &Config, dir: &str, reason: &str) -> Vec<(String, String)> {
         let mut failures = Vec::new();
+        let mut parents = super::Parents::default();
         for undo in self.undo.iter_mut().rev() {
             if undo.dir != dir || self.results[undo.index].outcome != Outcome::Applied {
                 continue;
             }
-            if let Err(e) = undo.put_back(config) {
+            if let Err(e) = undo.put_back(config, &mut parents) {
                 failures.push((undo.path.clone(), e.to_string()));
             }
             self.results[undo.index].outcome = Outcome::Rejected(reason.to_string());

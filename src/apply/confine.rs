@@ -12,16 +12,39 @@ use crate::protocol::{Action, BatchHeader, Content, Entry, Op, MAX_LINK_TARGET_B
 /// Checks that a path from a peer is one this node may write: well-formed, inside a
 /// configured directory, not excluded, not one of gosyncd's temporary names.
 pub fn confine<'c>(config: &'c Config, path: &str) -> Result<&'c Directory, String> {
+    confine_below(config, path, false)
+}
+
+/// [`confine`], told whether the parent of `path` passed it already: then only the last
+/// component is left to check, and a batch is checked in time linear in its size,
+/// whatever the depth of its paths.
+fn confine_below<'c>(
+    config: &'c Config,
+    path: &str,
+    parent_confined: bool,
+) -> Result<&'c Directory, String> {
     paths::check_normalized(path)?;
     let dir = config
         .directory_of(path)
         .ok_or_else(|| format!("{path}: outside the configured directories of this node"))?;
-    if dir.excludes.excludes_any_component(&dir.path, path) {
+    // (A configured directory's parent is the administrator's, in no configured directory.)
+    let parent_confined = parent_confined && path != dir.path;
+    let excluded = if parent_confined {
+        dir.excludes.is_excluded(path)
+    } else {
+        dir.excludes.excludes_any_component(&dir.path, path)
+    };
+    if excluded {
         return Err(format!("{path}: excluded on this node"));
     }
     // Any component, not only the last: scans skip such names with everything below
     // them, so a directory named like one would hide its tree from every manifest.
-    if components_below(path, &dir.path).any(is_temp_name) {
+    let temp = if parent_confined {
+        is_temp_name(paths::file_name(path))
+    } else {
+        components_below(path, &dir.path).any(is_temp_name)
+    };
+    if temp {
         return Err(format!("{path}: a gosyncd temporary file name"));
     }
     Ok(dir)
@@ -55,13 +78,19 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
         .map(|op| op.path.as_str())
         .collect();
     let mut confined = Vec::with_capacity(header.ops.len());
+    // Paths of the batch that passed `confine`, and those with no link of the batch above
+    // them: a path whose parent is known is checked for its own name only.
+    let mut passed = std::collections::HashSet::with_capacity(header.ops.len());
+    let mut unlinked = std::collections::HashSet::new();
     for op in &header.ops {
-        let dir = confine(config, &op.path)?;
+        let parent = paths::parent(&op.path);
+        let dir = confine_below(config, &op.path, passed.contains(parent))?;
+        passed.insert(op.path.as_str());
         confined.push((op.path.as_str(), dir));
         // (Deletions below it are the old tree it replaces, deleted before it is made.)
         if !linked.is_empty() && op.action != Action::Delete {
-            let mut above = paths::parent(&op.path);
-            while above != "/" {
+            let mut above = parent;
+            while above != "/" && !unlinked.contains(above) {
                 if linked.contains(above) {
                     return Err(format!(
                         "{}: below {above}, which the same batch makes a symlink",
@@ -69,6 +98,9 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
                     ));
                 }
                 above = paths::parent(above);
+            }
+            if !linked.contains(op.path.as_str()) {
+                unlinked.insert(op.path.as_str());
             }
         }
         if let Action::Put { entry } = &op.action {
@@ -97,12 +129,12 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
             check_entry(&op.path, expect)?;
         }
     }
-    // Then every path's parents, walked once for the whole batch.
+    // Then every path's parents, walked once for the whole batch, in sorted order.
     confined.sort_unstable_by_key(|(path, _)| *path);
     confined.dedup_by_key(|(path, _)| *path);
-    let mut walk = Walk::default();
+    let mut parents = super::Parents::default();
     for (path, dir) in confined {
-        walk.check(config, dir, path, &deleted)?;
+        check_parents(config, &mut parents, dir, path, &deleted)?;
     }
     Ok(())
 }
@@ -168,74 +200,37 @@ pub(crate) fn check_mode(config: &Config, dir: &Directory, op: &Op) -> Result<()
     }
 }
 
-/// The parents of a batch's paths, walked once for the whole batch with directory
-/// descriptors, one component at a time and never following a link: the paths are
-/// taken in sorted order and the descriptors of the last path's parents are kept, so
-/// that the cost is linear in the batch, whatever the depth of the tree or the length of
-/// the local prefix (a path is never looked up whole, so it can never be too long).
-#[derive(Default)]
-struct Walk {
-    /// The open directories from a configured directory down: logical path, descriptor.
-    open: Vec<(String, rustix::fd::OwnedFd)>,
-}
-
-impl Walk {
-    /// Refuses `path` when one of its parents below `dir` is a symlink on this node,
-    /// unless the same batch deletes that symlink first (a link replaced by a directory).
-    fn check(
-        &mut self,
-        config: &Config,
-        dir: &Directory,
-        path: &str,
-        deleted: &std::collections::HashSet<&str>,
-    ) -> Result<(), String> {
-        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-        let parent = paths::parent(path);
-        if !paths::is_within(parent, &dir.path) {
-            return Ok(()); // the configured directory itself: its parent is trusted
-        }
-        // Keep the open directories that are parents of this path.
-        while self
-            .open
-            .last()
-            .is_some_and(|(logical, _)| !paths::is_within(parent, logical))
-        {
-            self.open.pop();
-        }
-        if self.open.is_empty() {
-            match super::open_dir(config.local_path(&dir.path)) {
-                Ok(fd) => self.open.push((dir.path.clone(), fd)),
-                // Missing: the batch makes it, or fails on it; nothing to follow.
-                Err(_) => return Ok(()),
-            }
-        }
-        let (top, _) = self.open.last().expect("an open directory");
-        let below: Vec<String> = components_below(parent, top).map(str::to_string).collect();
-        for (i, component) in below.iter().enumerate() {
-            let (logical, fd) = self.open.last().expect("an open directory");
-            let logical = format!("{logical}/{component}");
-            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            match rustix::fs::openat(fd, component.as_str(), flags, Mode::empty()) {
-                Ok(next) => self.open.push((logical, next)),
-                // The rest is made by the batch.
-                Err(rustix::io::Errno::NOENT) => return Ok(()),
-                Err(e) => {
-                    let kind =
-                        rustix::fs::statat(fd, component.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                            .map(|st| FileType::from_raw_mode(st.st_mode));
-                    return match kind {
-                        Ok(FileType::Symlink) if deleted.contains(logical.as_str()) => Ok(()),
-                        Ok(FileType::Symlink) => Err(format!(
-                            "{path}: refused, {logical} is a symlink on this node (links are never followed)"
-                        )),
-                        // Not a directory, and the last parent: the executor decides.
-                        Ok(_) if i + 1 == below.len() => Ok(()),
-                        _ => Err(format!("{path}: cannot inspect {logical}: {e}")),
-                    };
-                }
-            }
-        }
-        Ok(())
+/// Refuses `path` when one of its parents below `dir` is a symlink on this node, unless
+/// the same batch deletes that symlink first (a link replaced by a directory). The
+/// parents are reached through `parents`, shared by the whole batch.
+fn check_parents(
+    config: &Config,
+    parents: &mut super::Parents,
+    dir: &Directory,
+    path: &str,
+    deleted: &std::collections::HashSet<&str>,
+) -> Result<(), String> {
+    use rustix::fs::FileType;
+    use rustix::io::Errno;
+    let parent = paths::parent(path);
+    if !paths::is_within(parent, &dir.path) {
+        return Ok(()); // the configured directory itself: its parent is trusted
+    }
+    match parents.dir(config, dir, parent) {
+        Ok(_) => Ok(()),
+        // Missing: the batch makes it, or fails on it; nothing to follow.
+        Err(super::Blocked::Top(_)) => Ok(()),
+        Err(super::Blocked::At { at, error, kind }) => match kind {
+            // The rest is made by the batch.
+            _ if error == Errno::NOENT => Ok(()),
+            Some(FileType::Symlink) if deleted.contains(at.as_str()) => Ok(()),
+            Some(FileType::Symlink) => Err(format!(
+                "{path}: refused, {at} is a symlink on this node (links are never followed)"
+            )),
+            // Not a directory, and the last parent: the executor decides.
+            Some(_) if at == parent => Ok(()),
+            _ => Err(format!("{path}: cannot inspect {at}: {error}")),
+        },
     }
 }
 

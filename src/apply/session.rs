@@ -13,9 +13,7 @@ use std::sync::Arc;
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
-use super::fs::{
-    changed_underneath, current_state, open_dir, open_parent, Fingerprint, Step, Target,
-};
+use super::fs::{changed_underneath, current_state, open_dir, Fingerprint, Parents, Step, Target};
 use crate::actions::Side;
 use crate::config::{Config, Directory};
 use crate::paths;
@@ -41,8 +39,8 @@ pub(super) struct Session {
     pending: Vec<Pending>,
     /// Configured directories (local paths) holding pending files: one `syncfs` each.
     filesystems: BTreeSet<PathBuf>,
-    /// Directories (local paths) whose entries changed: one fsync each.
-    dirty: BTreeSet<PathBuf>,
+    /// Directories (logical paths) whose entries changed: one fsync each.
+    dirty: BTreeSet<String>,
     /// Where the batch comes from, for backups.
     origin: String,
     /// Previous states kept for a rollback.
@@ -53,6 +51,8 @@ pub(super) struct Session {
     pub(super) journals: BTreeMap<String, Journal>,
     /// The opened tops of validated directories, by configured directory.
     tops: BTreeMap<String, Arc<OwnedFd>>,
+    /// The directories opened for the last operation, reused by the next.
+    parents: Parents,
 }
 
 impl Session {
@@ -67,6 +67,7 @@ impl Session {
             changed: BTreeSet::new(),
             journals: BTreeMap::new(),
             tops: BTreeMap::new(),
+            parents: Parents::default(),
         }
     }
 
@@ -84,7 +85,7 @@ impl Session {
         if let Err(why) = super::check_mode(config, dir, op) {
             return Outcome::Refused(why);
         }
-        let (parent, name) = match open_parent(config, dir, &op.path) {
+        let (parent, name) = match self.parents.parent(config, dir, &op.path) {
             Ok(found) => found,
             // A deletion whose directory is already gone (deleted earlier in the batch,
             // or by another sync) is done: the path is absent, as wanted.
@@ -143,7 +144,7 @@ impl Session {
         op: &Op,
         content: Option<&[u8]>,
         dir: &Directory,
-        parent: OwnedFd,
+        parent: Arc<OwnedFd>,
         name: String,
         kept: Option<Kept>,
     ) -> Outcome {
@@ -252,7 +253,7 @@ impl Session {
             },
             Action::Put { entry } => target.put(entry, content, owners, self.fsync_each),
         };
-        let parent_dir = config.local_path(paths::parent(&op.path));
+        let parent_dir = paths::parent(&op.path).to_string();
         match step {
             Ok(Step::Done(outcome)) => {
                 if outcome == Outcome::Applied {
@@ -321,7 +322,7 @@ impl Session {
         }
         for pending in std::mem::take(&mut self.pending) {
             let dir = config.directory_of(&pending.path).expect("validated path");
-            let outcome = match open_parent(config, dir, &pending.path) {
+            let outcome = match self.parents.parent(config, dir, &pending.path) {
                 Err(reason) => Outcome::Failed(reason.to_string()),
                 Ok((parent, name)) => {
                     let target = Target {
@@ -339,18 +340,27 @@ impl Session {
                 }
             };
             if outcome == Outcome::Applied {
-                self.dirty
-                    .insert(config.local_path(paths::parent(&pending.path)));
+                self.dirty.insert(paths::parent(&pending.path).to_string());
             }
             results[pending.index].outcome = outcome;
         }
-        for local in &self.dirty {
-            let synced = open_dir(local).and_then(rustix::fs::fsync);
-            match synced {
+        for logical in std::mem::take(&mut self.dirty) {
+            let opened = match config.directory_of(&logical) {
+                Some(dir) => {
+                    self.parents
+                        .dir(config, dir, &logical)
+                        .map_err(|blocked| match blocked {
+                            super::Blocked::Top(error) | super::Blocked::At { error, .. } => error,
+                        })
+                }
+                // The parent of a configured directory: the administrator's, trusted.
+                None => open_dir(config.local_path(&logical)).map(Arc::new),
+            };
+            match opened.and_then(|fd| rustix::fs::fsync(&*fd)) {
                 // Changed, then deleted later in the same batch: nothing left to flush.
                 Ok(()) | Err(Errno::NOENT) => {}
                 Err(e) => {
-                    tracing::warn!(directory = %local.display(), error = %e, "cannot fsync a directory")
+                    tracing::warn!(directory = %logical, error = %e, "cannot fsync a directory")
                 }
             }
         }
@@ -445,6 +455,54 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn a_directory_the_batch_replaced_is_reached_anew_by_its_later_operations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(app.join("sub")).unwrap();
+        let dir_entry = Entry {
+            content: Content::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+        };
+        let op = |path: &str, action: Action, expect: Option<Entry>| Op {
+            path: path.into(),
+            action,
+            expect,
+        };
+        let sub =
+            crate::manifest::read_entry(&app.join("sub"), false, &Default::default()).unwrap();
+        let make_dir = Action::Put {
+            entry: dir_entry.clone(),
+        };
+        let ops = [
+            // Opens /etc/app/sub for the next operation...
+            op("/etc/app/sub/absent", Action::Delete, None),
+            // ...which deletes it, and makes a new directory there.
+            op("/etc/app/sub", Action::Delete, sub),
+            op("/etc/app/sub", make_dir.clone(), None),
+            op("/etc/app/sub/new", make_dir, None),
+        ];
+        let mut session = Session::new(true, "a test");
+        let mut results: Vec<OpResult> = ops
+            .iter()
+            .enumerate()
+            .map(|(index, op)| OpResult {
+                path: op.path.clone(),
+                outcome: session.apply(&c, false, index, op, None),
+                found: None,
+            })
+            .collect();
+        session.finish(&c, &mut results);
+        for r in &results {
+            assert_eq!(r.outcome, Outcome::Applied, "{}", r.path);
+        }
+        assert!(app.join("sub/new").is_dir());
     }
 
     #[test]

@@ -163,6 +163,7 @@ fn replay(config: &Config, dir: &Directory, file: File, done: &mut Recovered) {
         // A torn last line is a change that was not made.
         .filter_map(|line| serde_json::from_str(&line).ok())
         .collect();
+    let mut parents = crate::apply::Parents::default();
     for record in records.into_iter().rev() {
         // The journal lives in the configured directory, which only its owner can
         // write; its paths are still held to the same rules as a peer's.
@@ -171,7 +172,9 @@ fn replay(config: &Config, dir: &Directory, file: File, done: &mut Recovered) {
         let previous = match record.previous {
             Saved::Absent => Ok(Previous::Absent),
             Saved::Dir { mode } => Ok(Previous::Dir(mode)),
-            Saved::Linked { tmp, beside } => kept_at(config, dir, &record.path, tmp, beside),
+            Saved::Linked { tmp, beside } => {
+                kept_at(config, dir, &record.path, tmp, beside, &mut parents)
+            }
         };
         let previous = match (confined, previous) {
             (true, Ok(previous)) => previous,
@@ -191,7 +194,7 @@ fn replay(config: &Config, dir: &Directory, file: File, done: &mut Recovered) {
             path: record.path,
             previous,
         };
-        match undo.put_back(config) {
+        match undo.put_back(config, &mut parents) {
             Ok(()) => done.paths.push(undo.path),
             // The kept version is gone: this change was already put back.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -209,19 +212,21 @@ fn kept_at(
     path: &str,
     tmp: String,
     beside: bool,
+    parents: &mut crate::apply::Parents,
 ) -> io::Result<Previous> {
     if !crate::manifest::is_temp_name(&tmp) || tmp.contains('/') {
         return Err(io::Error::other(format!("{tmp:?} is not a kept version")));
     }
     let holder = if beside {
-        crate::apply::open_parent(config, dir, path)
+        parents
+            .parent(config, dir, path)
             .map_err(|e| io::Error::other(e.to_string()))?
             .0
     } else {
-        crate::apply::open_dir(config.local_path(&dir.path))?
+        Arc::new(crate::apply::open_dir(config.local_path(&dir.path))?)
     };
     Ok(Previous::Linked(Kept {
-        holder: Arc::new(holder),
+        holder,
         tmp,
         beside,
     }))
