@@ -26,6 +26,10 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// A daemon running in this process.
 pub struct Daemon {
     pub node: Arc<Node>,
+    /// The metrics endpoint's socket (a duplicate of the one served), handed to the
+    /// daemon a reload starts when the address stays: it is never closed, so a reload
+    /// never fails to bind it and a scrape is never refused.
+    metrics: Option<(std::net::SocketAddr, std::net::TcpListener)>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -41,8 +45,8 @@ impl Daemon {
         Daemon::start_with(config, listener, watch, None).await
     }
 
-    /// [`Daemon::start`], or a reload's new daemon when `previous` is the node of the
-    /// daemon it replaces. A first start puts back batches that were never validated and
+    /// [`Daemon::start`], or a reload's new daemon when `previous` is the daemon it
+    /// replaces. A first start puts back batches that were never validated and
     /// removes temporary files left by an interrupted sync; a reload must not (the
     /// previous daemon may be writing some), and it applies received batches one at a
     /// time with the previous daemon while both run.
@@ -50,7 +54,7 @@ impl Daemon {
         config: Arc<Config>,
         listener: TcpListener,
         watch: bool,
-        previous: Option<&Node>,
+        previous: Option<&Daemon>,
     ) -> anyhow::Result<Daemon> {
         let clean = previous.is_none();
         let tls = TlsMaterial::load(&config)?;
@@ -91,7 +95,7 @@ impl Daemon {
         let mut node = Node::new(config.clone(), cache.clone(), Some(versions.clone()));
         node.spool = Some(spool.clone());
         if let Some(previous) = previous {
-            node = node.applying_after(previous);
+            node = node.applying_after(&previous.node);
         }
         let node = Arc::new(node);
         node.allow.refresh().await;
@@ -111,9 +115,21 @@ impl Daemon {
             None
         };
 
-        let metrics_listener = match config.metrics_address {
-            Some(address) => Some(crate::metrics::bind(address).await?),
-            None => None,
+        let (metrics_listener, metrics) = match config.metrics_address {
+            Some(address) => {
+                let kept = previous
+                    .and_then(|p| p.metrics.as_ref())
+                    .filter(|(at, _)| *at == address)
+                    .map(|(_, socket)| socket.try_clone())
+                    .transpose()?;
+                let socket = match kept {
+                    Some(socket) => socket,
+                    None => crate::metrics::bind(address).await?.into_std()?,
+                };
+                let serving = TcpListener::from_std(socket.try_clone()?)?;
+                (Some(serving), Some((address, socket)))
+            }
+            None => (None, None),
         };
         let (stop, stopped) = oneshot::channel();
         let (stopping, stop_requested) = watch_channel(false);
@@ -201,7 +217,12 @@ impl Daemon {
                 }
             }
         });
-        Ok(Daemon { node, stop, task })
+        Ok(Daemon {
+            node,
+            metrics,
+            stop,
+            task,
+        })
     }
 
     /// Takes over the changes a stopped daemon still held for its peers (a reload), for

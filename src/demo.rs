@@ -22,6 +22,7 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
     let spec = GroupSpec {
         nodes: 3,
         first_octet: 2,
+        subnet: 0,
         directories: vec![(
             DIRECTORY.into(),
             vec!["*.swp".into(), format!("{DIRECTORY}/local")],

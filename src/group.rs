@@ -30,8 +30,11 @@ pub enum TlsStyle {
 #[derive(Clone, Debug)]
 pub struct GroupSpec {
     pub nodes: usize,
-    /// Last octet of the first node's address (127.0.0.N).
+    /// Last octet of the first node's address (127.0.S.N).
     pub first_octet: u8,
+    /// Third octet of the nodes' addresses (127.0.S.N): 0 by default; another keeps a
+    /// test's group apart from the groups of older tests.
+    pub subnet: u8,
     /// Configured directories with their exclude entries.
     pub directories: Vec<(String, Vec<String>)>,
     pub tls: TlsStyle,
@@ -51,6 +54,7 @@ impl Default for GroupSpec {
         GroupSpec {
             nodes: 3,
             first_octet: 2,
+            subnet: 0,
             directories: vec![("/etc/app".into(), Vec::new())],
             tls: TlsStyle::Authority,
             watch: false,
@@ -126,14 +130,21 @@ impl LocalGroup {
             .prefix("gosyncd-group-")
             .tempdir()?;
         let ips: Vec<IpAddr> = (0..spec.nodes)
-            .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, spec.first_octet + i as u8)))
+            .map(|i| {
+                IpAddr::V4(Ipv4Addr::new(
+                    127,
+                    0,
+                    spec.subnet,
+                    spec.first_octet + i as u8,
+                ))
+            })
             .collect();
         let mut listeners = Vec::new();
         for ip in &ips {
             let listener = TcpListener::bind(SocketAddr::new(*ip, 0))
                 .await
                 .with_context(|| {
-                    format!("cannot listen on {ip} (loopback addresses 127.0.0.x are needed)")
+                    format!("cannot listen on {ip} (loopback addresses 127.0.x.y are needed)")
                 })?;
             listeners.push(listener);
         }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::task::JoinSet;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use self::peer::PeerLink;
 use self::peer::{kept_directories, peer_rules, sync_peer, LocalState, PeerTerms};
@@ -207,13 +207,13 @@ impl Engine {
             reports.sort_by_key(|(i, _)| *i);
             report.peers = reports.into_iter().map(|(_, r)| r).collect();
             let changes: usize = report.peers.iter().map(|p| p.changes.len()).sum();
-            info!(
-                peers = report.peers.len(),
-                changes,
-                failed = report.failed(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "sync finished"
-            );
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let peers = report.peers.len();
+            if report.failed() {
+                warn!(peers, changes, elapsed_ms, "sync finished with failures");
+            } else {
+                info!(peers, changes, elapsed_ms, "sync finished");
+            }
             report
         }
         .instrument(span)

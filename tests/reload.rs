@@ -20,6 +20,20 @@ async fn arrives(group: &LocalGroup, logical: &str, bytes: &[u8]) {
     }
 }
 
+/// The metrics endpoint's answer.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("metrics at {address}: {e}"));
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 fn hangup(daemon: &DaemonProcess) {
     let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
@@ -117,16 +131,45 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_brok
     for (note, wanted) in notes.iter().zip(expected) {
         assert!(note.contains(wanted), "{notes:?}");
     }
-    let mut scrape = tokio::net::TcpStream::connect(metrics)
+    // The unit's status line says what became of each reload.
+    assert!(
+        notes[1].contains("STATUS=reload refused, the running configuration stays")
+            && notes[1].contains(&config_path.display().to_string()),
+        "{notes:?}"
+    );
+    assert!(notes[3].contains("STATUS=reloaded at"), "{notes:?}");
+    assert!(scrape(metrics)
         .await
-        .expect("metrics after the reload");
-    scrape
-        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .contains("gosyncd_apply_requests_total"));
+
+    // Reloaded again with the same metrics_address: the endpoint is handed over, not
+    // bound a second time (which failed with "Address already in use").
+    hangup(&daemon);
+    logged(&daemon, "configuration and certificates reloaded", 2).await;
+    assert!(said(&notify).contains("RELOADING=1"));
+    assert!(said(&notify).contains("STATUS=reloaded at"));
+    assert!(scrape(metrics)
         .await
-        .unwrap();
-    let mut answer = String::new();
-    scrape.read_to_string(&mut answer).await.unwrap();
-    assert!(answer.contains("gosyncd_apply_requests_total"), "{answer}");
+        .contains("gosyncd_apply_requests_total"));
+    // And with another one: served there, no longer at the old one.
+    let moved: std::net::SocketAddr = "127.0.0.218:19107".parse().unwrap();
+    std::fs::write(
+        &config_path,
+        format!("metrics_address = \"{moved}\"\n{original}"),
+    )
+    .unwrap();
+    hangup(&daemon);
+    logged(&daemon, "configuration and certificates reloaded", 3).await;
+    assert!(said(&notify).contains("RELOADING=1"));
+    assert!(said(&notify).contains("STATUS=reloaded at"));
+    assert!(scrape(moved).await.contains("gosyncd_apply_requests_total"));
+    assert!(tokio::net::TcpStream::connect(metrics).await.is_err());
+    assert_eq!(
+        daemon.log().matches("reload refused").count(),
+        1,
+        "only the broken file was refused:\n{}",
+        daemon.log()
+    );
     probe.identity().await.expect("serving after the reload");
     write(
         &group.nodes[0],
@@ -213,7 +256,7 @@ async fn a_reloaded_daemon_applies_batches_one_at_a_time_with_the_one_it_replace
         config.clone(),
         listener().await,
         false,
-        Some(&previous.node),
+        Some(&previous),
     )
     .await
     .unwrap();

@@ -17,7 +17,11 @@ use crate::daemon::Daemon;
 use crate::server;
 
 pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    // What the configuration alone decides is checked first: an error there ends the
+    // daemon with status 2, which the unit does not restart (a restart cannot fix it).
     let config = Arc::new(Config::from_file(path)?);
+    crate::tls::TlsMaterial::load(&config)?;
+    check_writable(&config).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     // A write over the file-size resource limit must fail that one file (EFBIG, reported
     // to the sender) rather than kill the daemon, as SIGXFSZ does by default. A handler
     // of our own replaces the default action; the signals are only drained.
@@ -29,18 +33,37 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
 
     // The listening socket outlives each daemon: a reload starts the next one on it
-    // before the previous one stops, so no connection is refused.
-    let socket = server::bind(&config.bind_address)
-        .await
-        .map_err(|e| anyhow::anyhow!("bind_address {}: cannot listen: {e}", config.bind_address))?
-        .into_std()?;
+    // before the previous one stops, so no connection is refused. It may fail for a
+    // while (an address not up yet, a previous daemon still stopping): status 1, which
+    // the unit restarts.
+    let socket = match server::bind(&config.bind_address).await {
+        Ok(socket) => socket.into_std()?,
+        Err(e) => {
+            error!("bind_address {}: cannot listen: {e}", config.bind_address);
+            notify(&[sd_notify::NotifyState::Status(&format!(
+                "cannot listen on {}: {e}",
+                config.bind_address
+            ))]);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let address = socket.local_addr()?;
     let listener = || -> anyhow::Result<tokio::net::TcpListener> {
         Ok(tokio::net::TcpListener::from_std(socket.try_clone()?)?)
     };
-    let mut daemon = Daemon::start(config.clone(), listener()?, true).await?;
+    let mut daemon = match Daemon::start(config.clone(), listener()?, true).await {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            error!("{e:#}");
+            notify(&[sd_notify::NotifyState::Status(&format!("{e:#}"))]);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     log_started(&daemon, address);
-    notify(&[sd_notify::NotifyState::Ready]);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&serving_status(&daemon, address, "started")),
+    ]);
 
     loop {
         tokio::select! {
@@ -48,23 +71,31 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
             _ = hangup.recv() => {}
         }
         notify(&[sd_notify::NotifyState::Reloading]);
-        match reload(path, &daemon.node.config, address).await {
-            Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
+        let reloaded = match reload(path, &daemon.node.config, address).await {
+            Err(e) => Err(e),
             Ok(next_config) => {
-                match Daemon::start_with(next_config, listener()?, true, Some(&daemon.node)).await {
-                    Err(e) => error!("reload refused, the running configuration stays: {e:#}"),
-                    Ok(next) => {
-                        let previous = std::mem::replace(&mut daemon, next);
-                        let node = previous.node.clone();
-                        previous.stop().await;
-                        daemon.take_waiting_from(&node);
-                        log_started(&daemon, address);
-                        info!(file = %path.display(), "configuration and certificates reloaded");
-                    }
-                }
+                Daemon::start_with(next_config, listener()?, true, Some(&daemon)).await
             }
-        }
-        notify(&[sd_notify::NotifyState::Ready]);
+        };
+        let status = match reloaded {
+            Err(e) => {
+                error!("reload refused, the running configuration stays: {e:#}");
+                format!("reload refused, the running configuration stays: {e:#}")
+            }
+            Ok(next) => {
+                let previous = std::mem::replace(&mut daemon, next);
+                let node = previous.node.clone();
+                previous.stop().await;
+                daemon.take_waiting_from(&node);
+                log_started(&daemon, address);
+                info!(file = %path.display(), "configuration and certificates reloaded");
+                serving_status(&daemon, address, "reloaded")
+            }
+        };
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     daemon.stop().await;
@@ -72,8 +103,9 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads and checks the configuration file again for a reload: the file, and that it
-/// listens where the running daemon does (its certificates are loaded by the new daemon).
+/// Reads and checks the configuration file again for a reload: the file, that it
+/// listens where the running daemon does, and that it can write where it must (its
+/// certificates are loaded by the new daemon).
 async fn reload(
     path: &std::path::Path,
     running: &Config,
@@ -88,7 +120,80 @@ async fn reload(
             next.bind_address
         );
     }
+    check_writable(&next).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(Arc::new(next))
+}
+
+/// The unit's status line (`systemctl status`) while the daemon serves.
+fn serving_status(daemon: &Daemon, address: std::net::SocketAddr, how: &str) -> String {
+    let when = chrono::Local::now().format("%Y-%m-%d %H:%M:%S %z");
+    format!(
+        "{how} at {when}: listening on {address}, watching {} directories",
+        daemon.node.config.directories.len()
+    )
+}
+
+/// Checks that this process can write every place the configuration names: each
+/// configured directory, each backup directory and the state directory (or, for one
+/// not made yet, the directory it will be made in). Under systemd, a place the unit's
+/// sandbox keeps read-only is named with the line to add.
+pub(crate) fn check_writable(config: &Config) -> Result<(), String> {
+    let mut places: Vec<(String, std::path::PathBuf)> = config
+        .directories
+        .iter()
+        .map(|dir| {
+            let local = config.local_path(&dir.path);
+            let what = if local.as_os_str() == dir.path.as_str() {
+                format!("configured directory {}", dir.path)
+            } else {
+                format!("configured directory {} (at {})", dir.path, local.display())
+            };
+            (what, local)
+        })
+        .collect();
+    for backup in config.directories.iter().filter_map(|d| d.backup.as_ref()) {
+        let what = format!("backup directory {}", backup.directory.display());
+        places.push((what, backup.directory.clone()));
+    }
+    let what = format!("state_directory {}", config.state_directory.display());
+    places.push((what, config.state_directory.clone()));
+    let mut seen = std::collections::HashSet::new();
+    places.retain(|(_, path)| seen.insert(path.clone()));
+    let systemd = std::env::var_os("INVOCATION_ID").is_some();
+    for (what, path) in places {
+        // The nearest existing directory: the one a missing place is made in.
+        let existing = path.ancestors().find(|p| p.exists()).unwrap_or(&path);
+        let checked =
+            rustix::fs::access(existing, rustix::fs::Access::WRITE_OK).map_err(|e| (e, existing));
+        let Err((error, at)) = checked else { continue };
+        let here = if at == path {
+            String::new()
+        } else {
+            format!(
+                " (it does not exist yet, and {} cannot be written)",
+                at.display()
+            )
+        };
+        let fix = match error {
+            rustix::io::Errno::ROFS if systemd => format!(
+                "the service's sandbox keeps it read-only: run `systemctl edit gosyncd`, add \
+                 the two lines `[Service]` and `ReadWritePaths={}`, then `systemctl restart \
+                 gosyncd`",
+                at.display()
+            ),
+            rustix::io::Errno::ROFS => "it is on a read-only file system: mount it \
+                 read-write or configure another place"
+                .to_string(),
+            _ => format!(
+                "run the daemon as a user that can write there (it runs as uid {})",
+                rustix::process::geteuid().as_raw()
+            ),
+        };
+        return Err(format!(
+            "{what} is not writable by this daemon{here}: {error}; {fix}"
+        ));
+    }
+    Ok(())
 }
 
 fn log_started(daemon: &Daemon, address: std::net::SocketAddr) {

@@ -1,0 +1,196 @@
+//! Running as a service: what the daemon tells systemd and the journal. Its log lines
+//! carry their priority for the journal, its exit status says whether a restart can
+//! help, and a configured directory it cannot write stops it with the fix named.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use gosyncd::group::{GroupSpec, LocalGroup};
+
+/// A group of two nodes on 127.0.1.N whose daemons are not started.
+async fn built(first_octet: u8) -> LocalGroup {
+    LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet,
+        subnet: 1,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs the binary with `args` and `env`, its stderr into `log`; its exit code and log.
+fn run_logged(args: &[&std::ffi::OsStr], env: &[(&str, String)], log: &Path) -> (i32, String) {
+    let file = std::fs::File::create(log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gosyncd"));
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("INVOCATION_ID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let status = command.status().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(log).unwrap(),
+    )
+}
+
+/// `JOURNAL_STREAM` as systemd sets it for a stream that is the file at `path`.
+fn journal_stream(path: &Path) -> String {
+    let meta = std::fs::metadata(path).unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Whether a line holds a time stamp such as `2026-12-02T06:40:53.123Z`.
+fn has_time_stamp(line: &str) -> bool {
+    line.as_bytes().windows(11).any(|w| {
+        w[..4].iter().all(u8::is_ascii_digit) && w[4] == b'-' && w[7] == b'-' && w[10] == b'T'
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_their_priority_for_the_journal_and_no_time_stamp() {
+    let mut group = built(10).await;
+    // Node 1 is down (nothing listens): the sync fails, which is a warning.
+    group.release(1);
+    let config = group.nodes[0].config_path.clone();
+    let args = config_args(&config, &["sync"]);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let log = group.path().join("journal.log");
+    std::fs::write(&log, "").unwrap();
+    let stream = journal_stream(&log);
+    let (code, journal) = run_logged(&args, &[("JOURNAL_STREAM", stream)], &log);
+    assert_eq!(code, 2, "{journal}");
+    let lines: Vec<&str> = journal.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            priority.is_some_and(|p| p.len() == 1 && p.as_bytes()[0].is_ascii_digit()),
+            "no priority prefix: {line}"
+        );
+        assert!(!has_time_stamp(line), "a time stamp of our own: {line}");
+        assert!(
+            !line.contains(" WARN ") && !line.contains(" INFO "),
+            "the level twice: {line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>") && l.contains("sync finished with failures")),
+        "{journal}"
+    );
+
+    // The same run with stderr elsewhere (a command that inherited the variable, or no
+    // journal at all): the usual lines, with their time and level.
+    let other = group.path().join("other.log");
+    for env in [
+        vec![],
+        vec![("JOURNAL_STREAM", journal_stream(&log))], // another file's stream
+    ] {
+        let (code, text) = run_logged(&args, &env, &other);
+        assert_eq!(code, 2, "{text}");
+        let warning = text
+            .lines()
+            .find(|l| l.contains("sync finished with failures"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            warning.contains("WARN") && has_time_stamp(warning) && !warning.starts_with('<'),
+            "{warning}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_configuration_exits_2_and_a_daemon_that_cannot_listen_exits_1() {
+    // The group holds node 0's address: the real daemon cannot listen there.
+    let group = built(20).await;
+    let config = group.nodes[0].config_path.clone();
+    let args = config_args(&config, &[]);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let log = group.path().join("daemon.log");
+    let (code, text) = run_logged(&args, &[], &log);
+    assert_eq!(code, 1, "a restart may help: {text}");
+    assert!(text.contains("cannot listen"), "{text}");
+
+    let broken = group.path().join("broken.hcl");
+    std::fs::write(&broken, "bind_address = \n").unwrap();
+    let args = config_args(&broken, &[]);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let (code, text) = run_logged(&args, &[], &log);
+    assert_eq!(code, 2, "a restart cannot help: {text}");
+    assert!(text.contains(&broken.display().to_string()), "{text}");
+}
+
+/// Whether this process may make mount namespaces (root, `unshare`): says the test is
+/// skipped if not.
+fn can_unshare_mounts() -> bool {
+    let ok = rustix::process::geteuid().is_root()
+        && Command::new("unshare")
+            .args(["--mount", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: needs root and unshare --mount");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_directory_kept_read_only_stops_the_daemon_with_the_line_to_add() {
+    if !can_unshare_mounts() {
+        return;
+    }
+    let mut group = built(30).await;
+    group.release(0);
+    let n0 = &group.nodes[0];
+    let app = n0.path("/etc/app");
+    std::fs::create_dir_all(&app).unwrap();
+    let log = group.path().join("read-only.log");
+    let file = std::fs::File::create(&log).unwrap();
+    // As systemd's ReadOnlyPaths= or ProtectSystem=strict do: a read-only bind mount in
+    // the daemon's own mount namespace.
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" -config "$3""#)
+        .arg("sh")
+        .arg(&app)
+        .arg(env!("CARGO_BIN_EXE_gosyncd"))
+        .arg(&n0.config_path)
+        .env("INVOCATION_ID", "0123456789abcdef")
+        .env("NO_COLOR", "1")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{text}");
+    for wanted in [
+        "configured directory /etc/app".to_string(),
+        "Read-only file system".to_string(),
+        "systemctl edit gosyncd".to_string(),
+        format!("ReadWritePaths={}", app.display()),
+    ] {
+        assert!(text.contains(&wanted), "{wanted:?} not in:\n{text}");
+    }
+    // Outside that namespace the directory is writable, and nothing was written in it.
+    assert_eq!(std::fs::read_dir(&app).unwrap().count(), 0);
+}
