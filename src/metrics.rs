@@ -1,13 +1,15 @@
 //! Prometheus metrics: a plain-HTTP `GET /metrics` on `metrics_address` (off by
-//! default), in the text exposition format, rendered with prometheus-client from the
-//! daemon's counters and its watcher's view of each peer at the time of the scrape.
+//! default), in the OpenMetrics format to a client that asks for it and in the classic
+//! text format otherwise, rendered with prometheus-client from the daemon's counters
+//! and its watcher's view of each peer at the time of the scrape.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -87,6 +89,8 @@ pub fn render(node: &Node) -> String {
     let last_success = Family::<PeerLabel, Gauge>::default();
     let held = Family::<HeldLabel, Gauge>::default();
     let drift = Family::<PeerLabel, Gauge>::default();
+    let up = Family::<PeerLabel, Gauge>::default();
+    let oldest = Family::<PeerLabel, Gauge>::default();
     for peer in node.peer_status() {
         let label = PeerLabel {
             peer: peer.peer.clone(),
@@ -107,6 +111,12 @@ pub fn render(node: &Node) -> String {
         conflicts.get_or_create(&label).inc_by(peer.conflicts);
         sent.get_or_create(&label).inc_by(peer.bytes_sent);
         pending.get_or_create(&label).set(peer.pending as i64);
+        oldest
+            .get_or_create(&label)
+            .set(peer.oldest_pending_seconds.unwrap_or(0) as i64);
+        if let Some(answered) = peer.up {
+            up.get_or_create(&label).set(i64::from(answered));
+        }
         if let Some(at) = peer.last_success_unix {
             last_success.get_or_create(&label).set(at as i64);
         }
@@ -127,6 +137,16 @@ pub fn render(node: &Node) -> String {
         "pending_changes",
         "Changed paths waiting to be pushed to a peer",
         pending,
+    );
+    registry.register(
+        "oldest_pending_seconds",
+        "How long the oldest change waiting to be pushed to a peer has waited (0: none waits)",
+        oldest,
+    );
+    registry.register(
+        "peer_up",
+        "1 if the last exchange with a peer (a push, or the comparison every reconcile_interval) succeeded, else 0",
+        up,
     );
     registry.register(
         "held_paths",
@@ -173,12 +193,55 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    (
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        render(&node),
-    )
+/// The OpenMetrics format to a client that asks for it (Prometheus does), the classic
+/// text format (version 0.0.4) to every other, `promtool check metrics` included.
+async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    let text = render(&node);
+    if openmetrics {
+        (
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+    } else {
+        (
+            [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            classic(&text),
+        )
+    }
+}
+
+/// The classic text format of an OpenMetrics text: a counter's help and type are named
+/// as its samples are (`_total`), and the `# EOF` and `# UNIT` lines go.
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match described {
+            Some(renamed) => out.push_str(&renamed),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -66,6 +66,9 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
     for ask in asks {
         let (label, answer) = ask.await.expect("digest task");
         let record = record_of(&label);
+        if let Some(record) = record {
+            record.set_up(answer.is_ok());
+        }
         match answer {
             Err(e) => {
                 if let (Some(record), false) = (record, e.is_refusal()) {

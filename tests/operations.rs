@@ -24,9 +24,15 @@ async fn with_line_on_top(group: &mut LocalGroup, i: usize, line: &str) {
 
 /// `GET /metrics` over plain HTTP: the body.
 async fn scrape(address: SocketAddr) -> String {
+    scrape_accepting(address, None).await.1
+}
+
+/// `GET /metrics` with an `Accept` header, if any: the content type and the body.
+async fn scrape_accepting(address: SocketAddr, accept: Option<&str>) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let accept = accept.map_or_else(String::new, |a| format!("accept: {a}\r\n"));
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nhost: x\r\n\r\n")
+        .write_all(format!("GET /metrics HTTP/1.0\r\nhost: x\r\n{accept}\r\n").as_bytes())
         .await
         .unwrap();
     let mut answer = String::new();
@@ -35,7 +41,34 @@ async fn scrape(address: SocketAddr) -> String {
         answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
         "{answer}"
     );
-    answer.split_once("\r\n\r\n").unwrap().1.to_string()
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
+/// Checks the classic text format as `promtool check metrics` does for what it reports
+/// first: every sample belongs to a family with a help text and a type of its name.
+fn assert_classic_format(text: &str) {
+    let described = |kind: &str, name: &str| {
+        text.lines()
+            .any(|l| l.starts_with(&format!("# {kind} {name} ")))
+    };
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert!(described("HELP", name), "no help text for {name}:\n{text}");
+        assert!(described("TYPE", name), "no type for {name}:\n{text}");
+    }
+    assert!(!text.contains("# EOF"), "{text}");
 }
 
 /// The value of the sample named exactly `name` (with its labels), if present.
@@ -70,7 +103,7 @@ async fn the_metrics_endpoint_serves_the_text_format_and_its_counters_move() {
         "{before}"
     );
     assert!(
-        before.contains("# TYPE gosyncd_applied_operations counter"),
+        before.contains("# TYPE gosyncd_applied_operations_total counter"),
         "{before}"
     );
     assert!(before.contains("gosyncd_build_info{version=\""), "{before}");
@@ -425,4 +458,135 @@ async fn a_dry_run_with_diff_shows_each_changed_text_file_per_peer_and_changes_n
     let answer = member.contents(&["/etc/app/link".into()]).await.unwrap();
     assert_eq!(answer.files[0].text, None);
     assert_eq!(answer.files[0].note.as_deref(), Some("not a regular file"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_speak_the_classic_format_unless_openmetrics_is_asked_for() {
+    let mut group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 50,
+        subnet: 1,
+        ..GroupSpec::default()
+    })
+    .await;
+    let metrics: SocketAddr = "127.0.1.50:19109".parse().unwrap();
+    with_line_on_top(&mut group, 0, &format!("metrics_address = \"{metrics}\"")).await;
+
+    let (kind, classic) = scrape_accepting(metrics, None).await;
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    assert_classic_format(&classic);
+    assert!(
+        classic.contains("# HELP gosyncd_apply_requests_total ")
+            && classic.contains("# TYPE gosyncd_apply_requests_total counter"),
+        "{classic}"
+    );
+    // promtool itself, where it is installed.
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Err(_) => eprintln!("promtool is not installed: its check is skipped"),
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(classic.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    // Prometheus asks for OpenMetrics, and gets it.
+    let (kind, open) = scrape_accepting(
+        metrics,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    )
+    .await;
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    assert!(
+        open.contains("# TYPE gosyncd_apply_requests counter"),
+        "{open}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_down_shows_in_the_metrics_with_the_age_of_what_waits_for_it() {
+    let mut group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 60,
+        subnet: 1,
+        watch: true,
+        reconcile_interval: Some(Duration::from_secs(1)),
+        ..GroupSpec::default()
+    })
+    .await;
+    let metrics: SocketAddr = "127.0.1.60:19110".parse().unwrap();
+    with_line_on_top(&mut group, 0, &format!("metrics_address = \"{metrics}\"")).await;
+    let peer = group.nodes[1].addr.to_string();
+    let up = format!("gosyncd_peer_up{{peer=\"{peer}\"}}");
+    let oldest = format!("gosyncd_oldest_pending_seconds{{peer=\"{peer}\"}}");
+    let until = |wanted: &'static str, check: Box<dyn Fn(&str) -> bool + Send>| async move {
+        let started = Instant::now();
+        loop {
+            let text = scrape(metrics).await;
+            if check(&text) {
+                return text;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never {wanted}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    // Up once compared, with nothing waiting.
+    let (u, o) = (up.clone(), oldest.clone());
+    let text = until("up", Box::new(move |t| sample(t, &u) == Some(1.0))).await;
+    assert_eq!(sample(&text, &o), Some(0.0), "{text}");
+
+    // Down: found by the next comparison, with no edit to push.
+    group.stop(1).await;
+    let u = up.clone();
+    until("down", Box::new(move |t| sample(t, &u) == Some(0.0))).await;
+    // An edit waits for it, and its age grows.
+    write(&group.nodes[0], "/etc/app/waiting.cfg", "for node 1\n");
+    let o = oldest.clone();
+    let text = until(
+        "waiting a second",
+        Box::new(move |t| sample(t, &o).is_some_and(|s| s >= 1.0)),
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            &format!("gosyncd_pending_changes{{peer=\"{peer}\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+
+    // Back: delivered, up, nothing waits.
+    group.restart(1).await.unwrap();
+    let (u, o) = (up.clone(), oldest.clone());
+    until(
+        "delivered",
+        Box::new(move |t| sample(t, &u) == Some(1.0) && sample(t, &o) == Some(0.0)),
+    )
+    .await;
+    assert_eq!(
+        read(&group.nodes[1], "/etc/app/waiting.cfg"),
+        b"for node 1\n"
+    );
 }

@@ -78,6 +78,13 @@ pub struct PeerStatus {
     /// Changed paths waiting to be pushed to it (it is unreachable, or a push is under
     /// way).
     pub pending: u64,
+    /// How long the oldest of them has waited, in seconds (`None`: none waits).
+    #[serde(default)]
+    pub oldest_pending_seconds: Option<u64>,
+    /// Whether the last exchange with it (a push, or the periodic comparison every
+    /// `reconcile_interval`) succeeded (`None`: none yet).
+    #[serde(default)]
+    pub up: Option<bool>,
     pub pushes: u64,
     /// Pushes that failed (unreachable, refused).
     pub failures: u64,

@@ -117,11 +117,18 @@ impl PeerRecord {
         changed
     }
 
+    /// Records whether the last exchange with the peer (a push or a comparison)
+    /// succeeded.
+    pub fn set_up(&self, up: bool) {
+        self.state.lock().expect("peer record lock").up = Some(up);
+    }
+
     /// Records the end of a push of `bytes`: `Ok(conflicts)` or the error.
     pub fn pushed(&self, result: Result<u64, String>, bytes: u64) {
         let mut state = self.state.lock().expect("peer record lock");
         state.pushes += 1;
         state.bytes_sent += bytes;
+        state.up = Some(result.is_ok());
         match result {
             Ok(conflicts) => {
                 state.conflicts += conflicts;
@@ -141,6 +148,7 @@ impl PeerRecord {
     pub fn status(&self) -> PeerStatus {
         let mut status = self.state.lock().expect("peer record lock").clone();
         status.pending = self.outbox.len() as u64;
+        status.oldest_pending_seconds = self.outbox.oldest_waiting().map(|age| age.as_secs());
         status.held = self
             .outbox
             .held()

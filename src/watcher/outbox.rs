@@ -121,6 +121,38 @@ struct Paths {
     /// `known` (where a newer edit may wait meanwhile) and spooled with it, so that a
     /// push under way is never missing from the spool nor taken twice.
     in_flight: BTreeMap<String, InFlight>,
+    /// Since when changes have been waiting without a moment with none: the age of the
+    /// oldest change waiting. Set when a change is added to none, cleared when none is
+    /// left after a delivery (or a path dropped).
+    waiting_since: Option<std::time::SystemTime>,
+}
+
+impl Paths {
+    /// How many paths wait for delivery or are being pushed.
+    fn waiting(&self) -> usize {
+        let waiting = self
+            .known
+            .iter()
+            .filter(|(path, known)| {
+                known.held.is_none() && !known.provisional && !self.in_flight.contains_key(*path)
+            })
+            .count();
+        waiting + self.in_flight.len()
+    }
+
+    /// Starts the clock of the oldest change waiting, unless it runs.
+    fn started_waiting(&mut self, at: std::time::SystemTime) {
+        if self.waiting_since.is_none_or(|since| at < since) {
+            self.waiting_since = Some(at);
+        }
+    }
+
+    /// Stops the clock when nothing waits any more.
+    fn maybe_done_waiting(&mut self) {
+        if self.waiting_since.is_some() && self.waiting() == 0 {
+            self.waiting_since = None;
+        }
+    }
 }
 
 /// A push under way: what the peer was expected to hold, and, once planned, what was
@@ -159,6 +191,9 @@ impl Outbox {
                     known.held = None;
                 }
             }
+        }
+        if !ops.is_empty() {
+            paths.started_waiting(std::time::SystemTime::now());
         }
         for op in ops {
             paths
@@ -200,11 +235,9 @@ impl Outbox {
 
     /// Drops what a burst touched and did not change (see [`Outbox::touch`]).
     pub fn drop_provisional(&self) {
-        self.paths
-            .lock()
-            .expect("outbox lock")
-            .known
-            .retain(|_, known| !known.provisional);
+        let mut paths = self.paths.lock().expect("outbox lock");
+        paths.known.retain(|_, known| !known.provisional);
+        paths.maybe_done_waiting();
     }
 
     /// Wakes the delivery: changes were merged.
@@ -396,6 +429,7 @@ impl Outbox {
             }
             self.learn(path, expected, held);
         }
+        self.paths.lock().expect("outbox lock").maybe_done_waiting();
         settled
     }
 
@@ -410,32 +444,39 @@ impl Outbox {
         {
             paths.known.remove(path);
         }
+        paths.maybe_done_waiting();
     }
 
     /// Forgets the held paths `which` selects: a comparison found that the peer holds
     /// this node's version there (an operator's `sync`, an edit on the peer).
     pub fn forget_held(&self, which: impl Fn(&str) -> bool) {
-        self.paths
-            .lock()
-            .expect("outbox lock")
+        let mut paths = self.paths.lock().expect("outbox lock");
+        paths
             .known
             .retain(|path, known| known.held.is_none() || !which(path));
+        paths.maybe_done_waiting();
     }
 
     /// Hands every difference over to `other` (a daemon reloading its config passes
     /// them to its successor), keeping the older expectation where both have a path,
     /// and wakes it.
     pub fn hand_over(&self, other: &Outbox) {
-        let taken = {
+        let (taken, since) = {
             let mut paths = self.paths.lock().expect("outbox lock");
             let all = snapshot_of(&paths);
+            let since = paths.waiting_since;
             *paths = Paths::default();
-            all
+            (all, since)
         };
         if taken.is_empty() {
             return;
         }
         other.restore(taken);
+        if let Some(since) = since {
+            let mut theirs = other.paths.lock().expect("outbox lock");
+            theirs.started_waiting(since);
+            theirs.maybe_done_waiting();
+        }
         other.wake();
     }
 
@@ -462,6 +503,8 @@ impl Outbox {
                 }
             }
         }
+        paths.started_waiting(std::time::SystemTime::now());
+        paths.maybe_done_waiting();
     }
 
     /// Every difference, those in flight included (with what the peer was expected to
@@ -483,15 +526,14 @@ impl Outbox {
 
     /// How many paths wait for delivery or are being pushed.
     pub fn len(&self) -> usize {
+        self.paths.lock().expect("outbox lock").waiting()
+    }
+
+    /// How long the oldest change still waiting has waited (`None`: none waits).
+    pub fn oldest_waiting(&self) -> Option<std::time::Duration> {
         let paths = self.paths.lock().expect("outbox lock");
-        let waiting = paths
-            .known
-            .iter()
-            .filter(|(path, known)| {
-                known.held.is_none() && !known.provisional && !paths.in_flight.contains_key(*path)
-            })
-            .count();
-        waiting + paths.in_flight.len()
+        let since = paths.waiting_since?;
+        (paths.waiting() > 0).then(|| since.elapsed().unwrap_or_default())
     }
 
     pub fn is_empty(&self) -> bool {
