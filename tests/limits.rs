@@ -353,7 +353,17 @@ async fn pushes_fit_the_receivers_request_file_and_entry_limits() {
     let big = vec![7u8; 1536 * 1024];
     write(n0, "/etc/app/big.bin", &big);
 
+    // The dry run says of the large file exactly what the real run does.
+    let dry = dry_run(&group, 0).await;
+    let said_of_big = |report: &gosyncd::sync::Report| -> Vec<String> {
+        lines(report, n1)
+            .into_iter()
+            .filter(|l| l.contains("/etc/app/big.bin"))
+            .collect()
+    };
     let report = sync(&group, 0).await;
+    assert_eq!(said_of_big(&dry), said_of_big(&report));
+    assert_eq!(dry.failed(), report.failed());
     let peer = peer_report(&report, n1);
     assert!(peer.error.is_none(), "{:?}", peer.error);
     for i in 0..30 {

@@ -187,6 +187,7 @@ pub(super) async fn sync_peer(
             return report;
         }
     }
+    let ops = super::push::without_oversized(ops, &label, &remote.limits, &mut report);
     if options.dry_run && options.diff && !ops.is_empty() {
         report.diffs = crate::diff::diffs(config, peer, &ops).await;
     }

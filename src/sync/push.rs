@@ -29,18 +29,15 @@ const HEADER_BYTES_PER_OP: usize = 1024;
 /// Room counted for a batch's framing.
 const BATCH_FRAMING_BYTES: usize = 1024;
 
-/// Sends the operations with their contents and records the outcome of each.
-pub(super) async fn push(
-    config: &Config,
-    peer: &Peer,
+/// Leaves out the files the peer would refuse as too large, reporting each as refused
+/// (a dry run reports them as the real run does).
+pub(super) fn without_oversized(
     ops: Vec<Op>,
-    local: &LocalState,
+    label: &str,
     limits: &PeerLimits,
     report: &mut PeerReport,
-) {
-    let label = peer.remote.label.clone();
-    // Files the peer would refuse as too large are reported, not sent.
-    let (mut ops, oversized): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| {
+) -> Vec<Op> {
+    let (ops, oversized): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| {
         !matches!(&op.action, Action::Put { entry: Entry { content: Content::File { size, .. }, .. } } if *size > limits.max_file_size)
     });
     for op in oversized {
@@ -53,7 +50,7 @@ pub(super) async fn push(
         } = &op.action
         {
             report.changes.push(Change {
-                peer: label.clone(),
+                peer: label.to_string(),
                 path: op.path.clone(),
                 status: ChangeStatus::Refused(format!(
                     "{size} bytes, over the peer's max_file_size ({} bytes)",
@@ -62,6 +59,20 @@ pub(super) async fn push(
             });
         }
     }
+    ops
+}
+
+/// Sends the operations with their contents and records the outcome of each.
+pub(super) async fn push(
+    config: &Config,
+    peer: &Peer,
+    ops: Vec<Op>,
+    local: &LocalState,
+    limits: &PeerLimits,
+    report: &mut PeerReport,
+) {
+    let label = peer.remote.label.clone();
+    let mut ops = ops;
     let mut contents: Contents = Vec::with_capacity(ops.len());
     // Not sent this time; worth trying again (the read may succeed later).
     let mut unreadable: Vec<(usize, String)> = Vec::new();
