@@ -108,6 +108,9 @@ impl Daemon {
             )
             .await?,
         );
+        if let Some(reason) = engine.no_peer_left() {
+            warn!("{reason}");
+        }
         let (queue, received) = Queue::new(WATCH_QUEUE_EVENTS);
         let watch = if watch {
             Some(watcher::watch(&config, queue)?)

@@ -49,19 +49,44 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine; remotes that resolve to this node's own listening address are
-    /// dropped here (logged at debug).
+    /// Builds the engine of a daemon, which holds this node's listening address:
+    /// remotes that resolve to it are this node, dropped here (logged at debug).
     pub async fn new(
         config: Arc<Config>,
         tls: &TlsMaterial,
         cache: Arc<HashCache>,
         self_id: Option<String>,
     ) -> anyhow::Result<Engine> {
+        Engine::build(config, tls, cache, self_id, true).await
+    }
+
+    /// [`Engine::new`]; `holds_bind` says whether this process listens on this node's
+    /// address (a daemon) or not (a command, which cannot tell this node from another
+    /// one sharing the machine by address alone when it listens on every address).
+    async fn build(
+        config: Arc<Config>,
+        tls: &TlsMaterial,
+        cache: Arc<HashCache>,
+        self_id: Option<String>,
+        holds_bind: bool,
+    ) -> anyhow::Result<Engine> {
         let http = client::http_client(tls.client_config()?, config.bind_address.source_ip())?
             .with_max_response(config.limits.max_manifest_size);
-        let mut peers = Vec::new();
+        let mut itself = Vec::new();
         for remote in &config.remotes {
-            if resolves_to_self(remote, &config.bind_address).await {
+            itself.push(resolves_to_self(remote, &config.bind_address).await);
+        }
+        // A command on a node listening on every address cannot tell by address which of
+        // several remotes that resolve to this host with its port is this node: others
+        // may share the machine (their daemons on addresses of their own). Their identity
+        // decides then (a remote that announces this node's identity is skipped). A
+        // daemon can tell: holding every address, it is each of them.
+        let ambiguous = !holds_bind
+            && config.bind_address.ip.is_none_or(|ip| ip.is_unspecified())
+            && itself.iter().filter(|&&is| is).count() > 1;
+        let mut peers = Vec::new();
+        for (remote, is_self) in config.remotes.iter().zip(itself) {
+            if is_self && !ambiguous {
                 debug!(peer = %remote.label, "skipping remote: it is this node");
                 continue;
             }
@@ -76,6 +101,23 @@ impl Engine {
             cache,
             self_id,
         })
+    }
+
+    /// Why this node has no peer to sync with, when every remote is this node itself.
+    pub fn no_peer_left(&self) -> Option<String> {
+        if !self.peers.is_empty() {
+            return None;
+        }
+        let config = &self.config;
+        let remotes: Vec<&str> = config.remotes.iter().map(|r| r.label.as_str()).collect();
+        Some(format!(
+            "{}: no peer to sync with: every entry of remotes ({}) is this node, which \
+             listens on bind_address {}. List the other nodes in remotes; when several \
+             nodes share a machine, give each a bind_address with its own IP address",
+            config.file.display(),
+            remotes.join(", "),
+            config.bind_address
+        ))
     }
 
     /// Asks the daemon listening on this node's bind address for its identity, so that a
@@ -337,11 +379,16 @@ impl Engine {
     }
 }
 
-/// Loads TLS material and builds an engine for a CLI run (not inside a daemon).
+/// Loads TLS material and builds an engine for a CLI run (not inside a daemon); a group
+/// with no peer left is an error, with the reason.
 pub async fn engine_for_cli(config: Arc<Config>) -> anyhow::Result<Engine> {
     let tls = TlsMaterial::load(&config)?;
     let self_id = Engine::discover_self_id(&config, &tls).await;
-    Engine::new(config, &tls, Arc::new(HashCache::default()), self_id)
+    let engine = Engine::build(config, &tls, Arc::new(HashCache::default()), self_id, false)
         .await
-        .context("cannot set up the peers")
+        .context("cannot set up the peers")?;
+    if let Some(reason) = engine.no_peer_left() {
+        anyhow::bail!("{reason}");
+    }
+    Ok(engine)
 }

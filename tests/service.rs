@@ -194,3 +194,62 @@ async fn a_configured_directory_kept_read_only_stops_the_daemon_with_the_line_to
     // Outside that namespace the directory is writable, and nothing was written in it.
     assert_eq!(std::fs::read_dir(&app).unwrap().count(), 0);
 }
+
+/// Node 0's config with `bind_address` and `remotes` replaced.
+fn placed(group: &LocalGroup, name: &str, bind: &str, remotes: &[String]) -> std::path::PathBuf {
+    config_variant(group, 0, name, |text| {
+        let text = with_remotes(&text, remotes);
+        let start = text.find("bind_address = ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        format!(
+            "{}bind_address = \"{bind}\"{}",
+            &text[..start],
+            &text[end..]
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_with_no_peer_left_is_an_error_and_shared_machines_do_not_fool_self_detection() {
+    let group = built(70).await;
+    // A port nothing listens on, on two addresses of this machine.
+    let port = std::net::TcpListener::bind("127.0.1.70:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (a, b) = (format!("127.0.1.70:{port}"), format!("127.0.1.71:{port}"));
+
+    // Listening on every address (the README's `:8080`), with two nodes of this machine
+    // in remotes: at most one of them is this node, so neither is taken for it by its
+    // address alone. Both are tried (nothing listens: unreachable).
+    let shared = placed(
+        &group,
+        "shared.hcl",
+        &format!(":{port}"),
+        &[a.clone(), b.clone()],
+    );
+    let run = gosyncd(config_args(&shared, &["sync", "-dry"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    for remote in [&a, &b] {
+        assert!(
+            run.stderr.contains(&format!(
+                "unreachable: Connection refused (os error 111) peer={remote}"
+            )),
+            "{remote} not tried: {run:#?}"
+        );
+    }
+
+    // Only this node in remotes: no peer left, which sync and status say, exiting 2.
+    let alone = placed(&group, "alone.hcl", &a, std::slice::from_ref(&a));
+    for command in [&["sync", "-dry"][..], &["status"][..]] {
+        let run = gosyncd(config_args(&alone, command)).await;
+        assert_eq!(run.code, Some(2), "{command:?}: {run:#?}");
+        assert!(
+            run.stderr.contains("no peer to sync with")
+                && run.stderr.contains(&alone.display().to_string())
+                && run.stderr.contains("bind_address"),
+            "{command:?}: {run:#?}"
+        );
+    }
+}
