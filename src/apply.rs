@@ -190,7 +190,7 @@ mod properties {
             let before = untouchable(root);
 
             let (ops, contents): (Vec<Op>, Vec<Option<Vec<u8>>>) = ops.into_iter().unzip();
-            let header = BatchHeader { ops };
+            let header = BatchHeader::new(ops);
             let contents: Vec<&[u8]> = contents.iter().flatten().map(Vec::as_slice).collect();
             let body = encode_batch(&header, &contents);
             let Ok(batch) = decode_batch(&body) else {

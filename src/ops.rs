@@ -260,7 +260,7 @@ pub fn backups_restore(
         },
         expect: current,
     };
-    let header = BatchHeader { ops: vec![op] };
+    let header = BatchHeader::new(vec![op]);
     apply::validate_batch(config, &header).map_err(|e| anyhow!(e))?;
     let body = protocol::encode_batch(
         &header,

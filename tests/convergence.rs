@@ -569,9 +569,7 @@ async fn deleting_a_directory_that_still_holds_a_file_names_the_file_not_an_excl
         expect: Some(theirs[path].clone()),
     };
     let body = encode_batch(
-        &BatchHeader {
-            ops: vec![delete("/etc/app/dir"), delete("/etc/app/held")],
-        },
+        &BatchHeader::new(vec![delete("/etc/app/dir"), delete("/etc/app/held")]),
         &[],
     );
     let answer = peer_as(n0, n1.addr)

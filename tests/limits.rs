@@ -75,8 +75,8 @@ fn apply_head(to: SocketAddr, length: usize) -> String {
 
 /// A batch creating each `(path, bytes)`.
 fn creating(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let header = BatchHeader {
-        ops: files
+    let header = BatchHeader::new(
+        files
             .iter()
             .map(|(path, bytes)| Op {
                 path: path.to_string(),
@@ -86,7 +86,7 @@ fn creating(files: &[(&str, &[u8])]) -> Vec<u8> {
                 expect: None,
             })
             .collect(),
-    };
+    );
     let contents: Vec<&[u8]> = files.iter().map(|(_, b)| *b).collect();
     encode_batch(&header, &contents)
 }

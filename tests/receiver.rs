@@ -50,9 +50,7 @@ fn put(path: &str, bytes: &[u8]) -> Op {
 
 /// A batch putting each `(path, bytes)`, in order.
 fn batch(puts: &[(&str, &[u8])]) -> Vec<u8> {
-    let header = BatchHeader {
-        ops: puts.iter().map(|(p, b)| put(p, b)).collect(),
-    };
+    let header = BatchHeader::new(puts.iter().map(|(p, b)| put(p, b)).collect());
     let contents: Vec<&[u8]> = puts.iter().map(|(_, b)| *b).collect();
     encode_batch(&header, &contents)
 }
@@ -145,12 +143,10 @@ async fn apply_refuses_garbage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_a_batch_whose_content_hash_does_not_match() {
     let group = group(88).await;
-    let header = BatchHeader {
-        ops: vec![
-            put("/etc/app/ok.conf", b"fine"),
-            put("/etc/app/a.conf", b"announced content"),
-        ],
-    };
+    let header = BatchHeader::new(vec![
+        put("/etc/app/ok.conf", b"fine"),
+        put("/etc/app/a.conf", b"announced content"),
+    ]);
     let body = encode_batch(&header, &[b"fine", b"announced CONTENT"]);
     assert_refused(&group, body, "does not match").await;
 }
@@ -208,9 +204,10 @@ async fn batch_cannot_write_through_a_link_it_creates() {
         },
         expect: None,
     };
-    let header = BatchHeader {
-        ops: vec![link, put("/etc/app/sub/evil", b"through the new link")],
-    };
+    let header = BatchHeader::new(vec![
+        link,
+        put("/etc/app/sub/evil", b"through the new link"),
+    ]);
     let body = encode_batch(&header, &[b"through the new link"]);
     // Refused whole, as any batch with one bad path: not even the link is made.
     assert_refused(&group, body, "which the same batch makes a symlink").await;
@@ -263,7 +260,7 @@ async fn apply_refuses_an_operation_planned_against_a_state_that_changed() {
 
     // Someone edits the file on the receiver between planning and pushing.
     write(n1, "/etc/app/conf", "edited on the peer");
-    let body = encode_batch(&BatchHeader { ops }, &[b"from the sender"]);
+    let body = encode_batch(&BatchHeader::new(ops), &[b"from the sender"]);
     let response = peer.apply(body).await.unwrap();
     assert!(
         matches!(&response.results[0].outcome, Outcome::Conflict(reason) if reason.contains("changed on the peer")),
@@ -322,8 +319,8 @@ async fn sync_reports_a_conflict_and_leaves_the_peers_file_intact() {
 
 /// A batch of `(path, entry, content)`, created where nothing is.
 fn batch_of(items: &[(&str, gosyncd::protocol::Entry, &[u8])]) -> Vec<u8> {
-    let header = BatchHeader {
-        ops: items
+    let header = BatchHeader::new(
+        items
             .iter()
             .map(|(path, entry, _)| Op {
                 path: (*path).into(),
@@ -333,7 +330,7 @@ fn batch_of(items: &[(&str, gosyncd::protocol::Entry, &[u8])]) -> Vec<u8> {
                 expect: None,
             })
             .collect(),
-    };
+    );
     let contents: Vec<&[u8]> = items
         .iter()
         .filter(|(_, e, _)| matches!(e.content, Content::File { .. }))

@@ -253,3 +253,63 @@ async fn a_group_with_no_peer_left_is_an_error_and_shared_machines_do_not_fool_s
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_not_running_as_root_imposes_no_owner() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    if !rustix::process::geteuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("skipped: needs root and setpriv to run a sender as another user");
+        return;
+    }
+    let mut group = LocalGroup::start(&GroupSpec {
+        nodes: 2,
+        first_octet: 80,
+        subnet: 1,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.stop(0).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/a.cfg", "from node 0\n");
+    write(n0, "/etc/app/new.cfg", "new\n");
+    write(n1, "/etc/app/a.cfg", "old\n");
+    for path in ["/etc/app", "/etc/app/a.cfg"] {
+        chown(n1.path(path), Some(4321), Some(4321)).unwrap();
+    }
+    // The sender runs as nobody: it can read its config, keys and tree, no more.
+    for entry in walkdir::WalkDir::new(group.path()) {
+        let entry = entry.unwrap();
+        let mode = if entry.file_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let log = group.path().join("nobody.log");
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_gosyncd"))
+        .args(config_args(&n0.config_path, &["sync"]))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{printed}");
+    assert_eq!(read(n1, "/etc/app/a.cfg"), b"from node 0\n");
+    let owner = |path: &str| {
+        let meta = std::fs::metadata(n1.path(path)).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    // Replaced, the file keeps its owner; so does the configured directory; a new file
+    // is the receiver's own, not the sender's user's.
+    assert_eq!(owner("/etc/app/a.cfg"), (4321, 4321), "{printed}");
+    assert_eq!(owner("/etc/app"), (4321, 4321), "{printed}");
+    assert_eq!(owner("/etc/app/new.cfg"), (0, 0), "{printed}");
+}

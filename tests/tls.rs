@@ -14,15 +14,13 @@ use rustls::pki_types::CertificateDer;
 /// A batch that would add `/etc/app/evil` if anyone let it through.
 fn evil_batch() -> Vec<u8> {
     let bytes: &[u8] = b"planted";
-    let header = BatchHeader {
-        ops: vec![Op {
-            path: "/etc/app/evil".into(),
-            action: Action::Put {
-                entry: file_entry(bytes, 0o644),
-            },
-            expect: None,
-        }],
-    };
+    let header = BatchHeader::new(vec![Op {
+        path: "/etc/app/evil".into(),
+        action: Action::Put {
+            entry: file_entry(bytes, 0o644),
+        },
+        expect: None,
+    }]);
     encode_batch(&header, &[bytes])
 }
 

@@ -13,15 +13,13 @@ use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
 
 /// A batch creating `path` with `bytes`.
 fn creating(path: &str, bytes: &[u8]) -> Vec<u8> {
-    let header = BatchHeader {
-        ops: vec![Op {
-            path: path.into(),
-            action: Action::Put {
-                entry: file_entry(bytes, 0o644),
-            },
-            expect: None,
-        }],
-    };
+    let header = BatchHeader::new(vec![Op {
+        path: path.into(),
+        action: Action::Put {
+            entry: file_entry(bytes, 0o644),
+        },
+        expect: None,
+    }]);
     encode_batch(&header, &[bytes])
 }
 

@@ -24,6 +24,7 @@ const FSYNC_EACH_MAX_FILES: usize = 16;
 pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>, origin: &str) -> Applied {
     let files = batch.contents.iter().filter(|c| c.is_some()).count();
     let mut session = Session::new(files <= FSYNC_EACH_MAX_FILES, origin);
+    session.foreign_owners = batch.header.foreign_owners;
     let mut results: Vec<OpResult> = batch
         .header
         .ops
@@ -148,14 +149,12 @@ mod tests {
         };
         // The directory goes; deletions below it (an echo, or another sync's) then find
         // no parent: the path is absent, as wanted, whatever was expected there.
-        let header = BatchHeader {
-            ops: vec![
-                delete("/etc/app/gone/x", Some(file.clone())),
-                delete("/etc/app/gone", Some(dir)),
-                delete("/etc/app/gone/y", Some(file)),
-                delete("/etc/app/never/z", None),
-            ],
-        };
+        let header = BatchHeader::new(vec![
+            delete("/etc/app/gone/x", Some(file.clone())),
+            delete("/etc/app/gone", Some(dir)),
+            delete("/etc/app/gone/y", Some(file)),
+            delete("/etc/app/never/z", None),
+        ]);
         let body = crate::protocol::encode_batch(&header, &[]);
         let batch = crate::protocol::decode_batch(&body).unwrap();
         let results = apply_batch(&c, false, &batch, "a test").commit();
@@ -180,7 +179,7 @@ mod tests {
             .collect();
         assert!(ops.len() > FSYNC_EACH_MAX_FILES);
         let slices: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
-        let body = crate::protocol::encode_batch(&BatchHeader { ops }, &slices);
+        let body = crate::protocol::encode_batch(&BatchHeader::new(ops), &slices);
         let batch = crate::protocol::decode_batch(&body).unwrap();
         validate_batch(&c, &batch.header).unwrap();
         let results = apply_batch(&c, false, &batch, "a test").commit();
@@ -226,9 +225,7 @@ mod rollback_tests {
             expect: Some(crate::testing::file_entry(b"old")),
             ..put("/etc/app/old.cfg", b"replaced")
         };
-        let header = BatchHeader {
-            ops: vec![put("/etc/app/new.cfg", b"new"), old],
-        };
+        let header = BatchHeader::new(vec![put("/etc/app/new.cfg", b"new"), old]);
         let body = encode_batch(&header, &[b"new", b"replaced"]);
         let batch = decode_batch(&body).unwrap();
         let mut applied = apply_batch(&config, false, &batch, "a test");

@@ -242,7 +242,7 @@ mod tests {
     use crate::testing::put;
 
     fn refusal(config: &Config, ops: Vec<Op>) -> String {
-        validate_batch(config, &BatchHeader { ops }).unwrap_err()
+        validate_batch(config, &BatchHeader::new(ops)).unwrap_err()
     }
 
     #[test]

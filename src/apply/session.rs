@@ -53,6 +53,9 @@ pub(super) struct Session {
     tops: BTreeMap<String, Arc<OwnedFd>>,
     /// The directories opened for the last operation, reused by the next.
     parents: Parents,
+    /// The sender's owners are not the files' (it does not run as root): none is
+    /// applied, and a replaced file keeps its owner here.
+    pub(super) foreign_owners: bool,
 }
 
 impl Session {
@@ -68,6 +71,7 @@ impl Session {
             journals: BTreeMap::new(),
             tops: BTreeMap::new(),
             parents: Parents::default(),
+            foreign_owners: false,
         }
     }
 
@@ -164,6 +168,17 @@ impl Session {
             }
         }
         let current = checked.as_ref().map(|(entry, _)| entry);
+        // Owners the sender could not know: compared nowhere, and a replaced file keeps
+        // the one it has (a new one is this process's).
+        let (owners, kept_owner) = match (self.foreign_owners, &op.action, current) {
+            (false, _, _) => (owners, None),
+            (true, Action::Put { entry }, Some(have)) if owners => {
+                let mut kept = entry.clone();
+                (kept.uid, kept.gid) = (have.uid, have.gid);
+                (false, Some(kept))
+            }
+            (true, _, _) => (false, None),
+        };
 
         // Already in the wanted state (another sync got there first): nothing to do.
         let wanted = match &op.action {
@@ -251,7 +266,10 @@ impl Session {
                 }
                 other => other.map(Step::Done),
             },
-            Action::Put { entry } => target.put(entry, content, owners, self.fsync_each),
+            Action::Put { entry } => match &kept_owner {
+                Some(kept) => target.put(kept, content, true, self.fsync_each),
+                None => target.put(entry, content, owners, self.fsync_each),
+            },
         };
         let parent_dir = paths::parent(&op.path).to_string();
         match step {
@@ -435,13 +453,7 @@ mod tests {
         std::fs::create_dir_all(&app).unwrap();
         std::fs::create_dir(tmp.path().join("outside")).unwrap();
         let op = put("/etc/app/sub/evil", b"2");
-        validate_batch(
-            &c,
-            &BatchHeader {
-                ops: vec![op.clone()],
-            },
-        )
-        .unwrap();
+        validate_batch(&c, &BatchHeader::new(vec![op.clone()])).unwrap();
         // The link is planted between validation and execution.
         std::os::unix::fs::symlink(tmp.path().join("outside"), app.join("sub")).unwrap();
         let outcome = apply_op(&c, false, &op, Some(b"2"));

@@ -14,6 +14,21 @@ use super::{
 #[serde(deny_unknown_fields)]
 pub struct BatchHeader {
     pub ops: Vec<Op>,
+    /// The sender does not run as root: the owners in its entries are its own user,
+    /// not the files' owners. The receiver applies none of them: a file it replaces
+    /// keeps the owner it has there, and one it makes is its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign_owners: bool,
+}
+
+impl BatchHeader {
+    /// A header for `ops`, from a sender whose owners are the files' own.
+    pub fn new(ops: Vec<Op>) -> BatchHeader {
+        BatchHeader {
+            ops,
+            foreign_owners: false,
+        }
+    }
 }
 
 /// Encodes a batch: magic, header length (u32 big-endian), JSON header, then the
@@ -114,9 +129,7 @@ mod tests {
     fn batch_round_trips_binary_content() {
         let a: &[u8] = b"\x00\xffbinary\n";
         let b: &[u8] = b"";
-        let header = BatchHeader {
-            ops: vec![put("/etc/a", a), put("/etc/b", b)],
-        };
+        let header = BatchHeader::new(vec![put("/etc/a", a), put("/etc/b", b)]);
         let body = encode_batch(&header, &[a, b]);
         let batch = decode_batch(&body).unwrap();
         assert_eq!(batch.contents, vec![Some(a), Some(b)]);
@@ -125,9 +138,7 @@ mod tests {
 
     #[test]
     fn batch_with_wrong_hash_is_refused() {
-        let header = BatchHeader {
-            ops: vec![put("/etc/a", b"announced")],
-        };
+        let header = BatchHeader::new(vec![put("/etc/a", b"announced")]);
         let body = encode_batch(&header, &[b"different"]);
         let err = decode_batch(&body).unwrap_err();
         assert!(
@@ -138,9 +149,7 @@ mod tests {
 
     #[test]
     fn batch_with_trailing_or_missing_bytes_is_refused() {
-        let header = BatchHeader {
-            ops: vec![put("/etc/a", b"abc")],
-        };
+        let header = BatchHeader::new(vec![put("/etc/a", b"abc")]);
         let mut body = encode_batch(&header, &[b"abc"]);
         body.push(0);
         assert!(decode_batch(&body).unwrap_err().contains("trailing"));
@@ -207,7 +216,7 @@ mod properties {
                 .map(|(i, bytes)| crate::testing::put(&format!("/etc/app/f{i}"), bytes))
                 .collect();
             let contents: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
-            let mut body = encode_batch(&BatchHeader { ops }, &contents);
+            let mut body = encode_batch(&BatchHeader::new(ops), &contents);
             for (at, mask) in flips {
                 let i = at.index(body.len());
                 body[i] ^= mask;

@@ -278,26 +278,24 @@ mod tests {
             mode: 0o755,
             ..file_entry(b"")
         };
-        let header = BatchHeader {
-            ops: vec![
-                put("/etc/app/new.cfg", b"new"),
-                Op {
-                    path: "/etc/app/conf.d".into(),
-                    action: Action::Put { entry: dir },
-                    expect: None,
-                },
-                put("/etc/app/conf.d/a.cfg", b"a"),
-                Op {
-                    expect: Some(file_entry(b"old")),
-                    ..put("/etc/app/old.cfg", b"replaced")
-                },
-                Op {
-                    path: "/etc/app/gone.cfg".into(),
-                    action: Action::Delete,
-                    expect: Some(file_entry(b"gone")),
-                },
-            ],
-        };
+        let header = BatchHeader::new(vec![
+            put("/etc/app/new.cfg", b"new"),
+            Op {
+                path: "/etc/app/conf.d".into(),
+                action: Action::Put { entry: dir },
+                expect: None,
+            },
+            put("/etc/app/conf.d/a.cfg", b"a"),
+            Op {
+                expect: Some(file_entry(b"old")),
+                ..put("/etc/app/old.cfg", b"replaced")
+            },
+            Op {
+                path: "/etc/app/gone.cfg".into(),
+                action: Action::Delete,
+                expect: Some(file_entry(b"gone")),
+            },
+        ]);
         let body = encode_batch(&header, &[b"new", b"a", b"replaced"]);
         let batch = decode_batch(&body).unwrap();
         let applied = apply_batch(config, false, &batch, "a test");

@@ -161,7 +161,10 @@ pub(super) async fn sync_peer(
             status: ChangeStatus::Refused(dir.1),
         });
     }
-    let mut ops = plan(&ours, &theirs, remote.owners);
+    // Owners count where the peer applies them and this node can read them as they are:
+    // a sender not running as root holds its own copies, owned by itself.
+    let owners = remote.owners && crate::apply::applies_owners();
+    let mut ops = plan(&ours, &theirs, owners);
     // A directory on the peer holding paths this node excludes stays: deleting it could
     // only fail, and those paths are not this node's to delete.
     let keeps = kept_directories(config, &remote, &ops);

@@ -134,7 +134,10 @@ pub(super) async fn push(
     }
 
     for (ops, contents) in split_batches(batch_ops, batch_contents, limits) {
-        let header = BatchHeader { ops };
+        let header = BatchHeader {
+            ops,
+            foreign_owners: !crate::apply::applies_owners(),
+        };
         let mut body = vec![Bytes::from(protocol::encode_batch_header(&header))];
         body.extend(contents.into_iter().flatten());
         let bytes: usize = body.iter().map(Bytes::len).sum();
