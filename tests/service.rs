@@ -313,3 +313,79 @@ async fn a_sender_not_running_as_root_imposes_no_owner() {
     assert_eq!(owner("/etc/app"), (4321, 4321), "{printed}");
     assert_eq!(owner("/etc/app/new.cfg"), (0, 0), "{printed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_not_running_as_root_watches_around_a_directory_it_cannot_read() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    if !rustix::process::geteuid().is_root()
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        eprintln!("skipped: needs root and setpriv to run a daemon as another user");
+        return;
+    }
+    let mut group = LocalGroup::start(&GroupSpec {
+        nodes: 2,
+        first_octet: 90,
+        subnet: 1,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.stop(0).await;
+    group.release(0);
+    let n0 = &group.nodes[0];
+    write(n0, "/etc/app/open/a.cfg", "readable\n");
+    write(&group.nodes[1], "/etc/app/open/a.cfg", "readable\n");
+    // Everything belongs to nobody, who runs node 0's daemon...
+    for entry in walkdir::WalkDir::new(group.path()) {
+        let entry = entry.unwrap();
+        let mode = if entry.file_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        chown(entry.path(), Some(65534), Some(65534)).unwrap();
+    }
+    // ...but one directory, root's alone.
+    let secret = n0.path("/etc/app/secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("key"), "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let mut daemon = DaemonProcess::spawn_with(
+        "setpriv",
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+        &n0.config_path,
+        group.path().join("nobody-daemon.log"),
+    );
+    let probe = peer_as(&group.nodes[1], n0.addr);
+    daemon.wait_ready(&probe).await;
+    let log = daemon.log();
+    assert!(
+        log.contains("/etc/app/secret") && log.contains("Permission denied"),
+        "the unreadable directory is named:\n{log}"
+    );
+    // The rest is watched: an edit beside it and one below another directory reach node 1.
+    let n1 = &group.nodes[1];
+    write(&group.nodes[0], "/etc/app/top.cfg", "saved\n");
+    write(&group.nodes[0], "/etc/app/open/a.cfg", "saved too\n");
+    let started = std::time::Instant::now();
+    let holds =
+        |path: &str, bytes: &[u8]| std::fs::read(n1.path(path)).ok().as_deref() == Some(bytes);
+    while !(holds("/etc/app/top.cfg", b"saved\n") && holds("/etc/app/open/a.cfg", b"saved too\n")) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "not pushed:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "{}",
+        daemon.log()
+    );
+    assert!(!n1.path("/etc/app/secret/key").exists());
+}

@@ -36,11 +36,50 @@ pub fn watch(config: &Config, queue: Queue) -> anyhow::Result<Watch> {
             warn!(directory = %dir.path, "configured directory is missing: not watched");
             continue;
         }
-        watcher
-            .watch(&local, RecursiveMode::Recursive)
+        watch_tree(&mut watcher, &local)
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {}", dir.path, describe(&e)))?;
     }
     Ok(watcher)
+}
+
+/// Watches `top` recursively. Where a directory below it cannot be watched (a daemon
+/// not running as root, a subdirectory it may not read), the rest of the tree is still
+/// watched, as `sync` still scans it: `top` alone and each of its subdirectories as a
+/// tree of its own, down to the ones that cannot be, which are skipped with a warning.
+/// Only running out of watches is an error.
+pub(super) fn watch_tree(watcher: &mut Watch, top: &std::path::Path) -> notify::Result<()> {
+    let denied = match watcher.watch(top, RecursiveMode::Recursive) {
+        Ok(()) => return Ok(()),
+        Err(e) if is_out_of_watches(&e) => return Err(e),
+        Err(e) => e,
+    };
+    let _ = watcher.unwatch(top);
+    if let Err(e) = watcher.watch(top, RecursiveMode::NonRecursive) {
+        if is_out_of_watches(&e) {
+            return Err(e);
+        }
+        warn!(directory = %top.display(), "cannot watch: {}: its changes are found by the next sync or comparison", describe(&e));
+        return Ok(());
+    }
+    let children = match std::fs::read_dir(top) {
+        Ok(children) => children,
+        Err(e) => {
+            warn!(directory = %top.display(), error = %e, "cannot list (watching it alone): {}", describe(&denied));
+            return Ok(());
+        }
+    };
+    for child in children.flatten() {
+        // Never through a link: the file type of the entry itself.
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            watch_tree(watcher, &child.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn is_out_of_watches(err: &notify::Error) -> bool {
+    matches!(&err.kind, notify::ErrorKind::MaxFilesWatch)
+        || matches!(&err.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(28))
 }
 
 /// Words for watch errors; running out of inotify watches names the sysctl to raise.
@@ -96,7 +135,7 @@ pub(super) fn rewatch(
             continue;
         }
         let _ = watch.unwatch(&local);
-        match watch.watch(&local, RecursiveMode::Recursive) {
+        match watch_tree(watch, &local) {
             Ok(()) => {
                 info!(directory = %dir.path, "configured directory (re)appeared: watching it");
                 appeared.push(local);
