@@ -8,6 +8,7 @@
 mod args;
 mod commands;
 mod daemon;
+mod records;
 
 use std::process::ExitCode;
 

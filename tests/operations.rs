@@ -208,10 +208,21 @@ async fn status_reports_a_stopped_peer_and_a_drifted_one_and_its_exit_code_says_
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
+    let summary = peers.last().unwrap();
+    assert_eq!(summary["type"], "status_summary", "{peers:?}");
+    assert_eq!(
+        (&summary["peers"], &summary["converged"], &summary["code"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(false),
+            &serde_json::json!(1)
+        ),
+        "{peers:?}"
+    );
     let of = |addr: &str| {
         peers
             .iter()
-            .find(|p| p["peer"] == addr)
+            .find(|p| p["type"] == "peer" && p["peer"] == addr)
             .unwrap_or_else(|| panic!("{addr} not in {peers:?}"))
             .clone()
     };
@@ -278,7 +289,18 @@ async fn sync_and_dry_run_print_one_json_object_per_line() {
             ],
             "{run:#?}"
         );
-        let summary = &lines.last().unwrap()["summary"];
+        for line in &lines {
+            let kind = line["type"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no type: {line}"));
+            assert!(["change", "summary"].contains(&kind), "{line}");
+            assert!(
+                line["time"].as_str().is_some_and(|t| t.ends_with("+00:00")),
+                "{line}"
+            );
+        }
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["type"], "summary");
         assert_eq!(summary["changes"], 2);
         assert_eq!(summary["failed"], false);
     }
@@ -347,6 +369,13 @@ async fn a_restored_backup_is_put_back_and_pushed_like_any_edit() {
     .await;
     let version: serde_json::Value =
         serde_json::from_str(json.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(version["type"], "backup", "{version}");
+    assert!(
+        version["mode"]
+            .as_str()
+            .is_some_and(|m| m.len() == 4 && m.starts_with('0')),
+        "an octal string: {version}"
+    );
     let name = version["version"].as_str().unwrap().to_string();
 
     // Restored on node 1, it reaches node 0 through node 1's watcher.

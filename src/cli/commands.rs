@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tracing::error;
 
+use super::records;
 use super::{BackupsCommand, Format};
 use crate::config::Config;
 use crate::sync::{self, Options, Report};
@@ -73,21 +74,9 @@ pub(super) async fn sync_command(
     };
     if format == Format::Json {
         let report = engine
-            .run(&options, |peer| print_peer_json(peer, dry_run))
+            .run(&options, |peer| records::print_peer(peer, dry_run))
             .await;
-        for e in &report.local_errors {
-            json_line(&serde_json::json!({ "time": now_rfc3339(), "error": e }));
-        }
-        let changes: usize = report.peers.iter().map(|p| p.changes.len()).sum();
-        json_line(&serde_json::json!({
-            "time": now_rfc3339(),
-            "summary": {
-                "dry_run": dry_run,
-                "peers": report.peers.len(),
-                "changes": changes,
-                "failed": report.failed(),
-            }
-        }));
+        records::print_sync_end(&report, dry_run);
         return Ok(exit_code_of(&report, dry_run && exit_code));
     }
     if dry_run {
@@ -97,75 +86,18 @@ pub(super) async fn sync_command(
     Ok(exit_code_of(&report, dry_run && exit_code))
 }
 
-fn now_rfc3339() -> String {
-    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
-}
-
-fn json_line(value: &serde_json::Value) {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let _ = writeln!(out, "{value}");
-    let _ = out.flush();
-}
-
-/// A peer's results as JSON lines: one per change, per command the peer ran, and for
-/// an error.
-fn print_peer_json(report: &sync::PeerReport, dry_run: bool) {
-    for change in &report.changes {
-        json_line(&serde_json::json!({
-            "time": now_rfc3339(),
-            "peer": change.peer,
-            "path": change.path,
-            "change": change.status.name(),
-            "reason": change.status.reason(),
-            "dry_run": dry_run,
-        }));
-    }
-    for action in &report.actions {
-        let a = &action.report;
-        json_line(&serde_json::json!({
-            "time": now_rfc3339(),
-            "peer": action.peer,
-            "directory": a.directory,
-            "on_change": a.command,
-            "ok": a.success,
-            "code": a.code,
-            "first_line": a.first_line,
-        }));
-    }
-    for (path, diff) in &report.diffs {
-        json_line(&serde_json::json!({
-            "time": now_rfc3339(),
-            "peer": report.peer,
-            "path": path,
-            "diff": diff,
-        }));
-    }
-    if let Some(e) = &report.error {
-        json_line(&serde_json::json!({
-            "time": now_rfc3339(),
-            "peer": report.peer,
-            "error": e,
-            "refused": report.refused,
-        }));
-    }
-}
-
 pub(super) async fn status_command(
     path: &std::path::Path,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::from_file(path)?);
     let peers = crate::ops::status(config).await?;
+    let code = crate::ops::status_code(&peers);
     match format {
-        Format::Json => {
-            for peer in &peers {
-                json_line(&serde_json::to_value(peer)?);
-            }
-        }
+        Format::Json => records::print_status(&peers, code),
         Format::Text => print!("{}", crate::ops::status_table(&peers)),
     }
-    Ok(ExitCode::from(crate::ops::status_code(&peers)))
+    Ok(ExitCode::from(code))
 }
 
 pub(super) fn backups_command(
@@ -178,7 +110,7 @@ pub(super) fn backups_command(
             let versions = crate::ops::backups_list(&config, path.as_deref())?;
             for v in &versions {
                 match format {
-                    Format::Json => json_line(&serde_json::to_value(v)?),
+                    Format::Json => records::print_backup(v),
                     Format::Text => println!(
                         "{}  {}  {}  {}",
                         v.version,
