@@ -1,7 +1,8 @@
 //! Running one command: `sh -c` with the changed paths and the directory in its
-//! environment, both output streams drained so that it never blocks on a full pipe,
-//! killed after its timeout, and how it ended summed up in a [`CommandResult`]. It
-//! knows nothing of directories or of when commands run: its callers decide that.
+//! environment, in a process group of its own, both output streams drained so that it
+//! never blocks on a full pipe, its whole group killed after its timeout (or when its
+//! caller gives up on it), and how it ended summed up in a [`CommandResult`]. It knows
+//! nothing of directories or of when commands run: its callers decide that.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -38,9 +39,36 @@ async fn drain(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
     kept
 }
 
+/// Kills a command's process group when dropped, unless disarmed: so that neither a
+/// timeout nor a caller that stops waiting leaves the command's children running.
+struct GroupGuard {
+    /// The group's id: the pid of the `sh` that leads it.
+    group: Option<rustix::process::Pid>,
+}
+
+impl GroupGuard {
+    /// Sends SIGKILL to every process of the group (once).
+    fn kill(&mut self) {
+        if let Some(group) = self.group.take() {
+            // ESRCH: the group is already empty.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Runs `command` with `sh -c`, with `changed` (the changed paths as they are on this
 /// host, one per line) in `GOSYNCD_CHANGED` and the configured directory (likewise) in
-/// `GOSYNCD_DIRECTORY`, killing it after `timeout`.
+/// `GOSYNCD_DIRECTORY`, killing it and everything it started after `timeout`.
+///
+/// The command leads a process group of its own, and the timeout kills the whole group:
+/// a `sh -c 'a & b'` leaves no orphan behind. A process it leaves running after it ended,
+/// with its output streams closed (a daemon it started), is left alone.
 pub async fn run(
     command: &str,
     directory: &str,
@@ -55,6 +83,7 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match started {
@@ -68,6 +97,13 @@ pub async fn run(
             }
         }
     };
+    // The group's id is the pid of `sh`, not reaped yet; once it is, the id stays the
+    // group's as long as any process of the group is left.
+    let mut group = GroupGuard {
+        group: child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(pid as i32)),
+    };
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let finished = tokio::time::timeout(timeout, async {
@@ -77,6 +113,7 @@ pub async fn run(
     .await;
     match finished {
         Err(_) => {
+            group.kill();
             let _ = child.kill().await;
             CommandResult {
                 command: command.to_string(),
@@ -86,6 +123,9 @@ pub async fn run(
             }
         }
         Ok((status, out, err)) => {
+            // Done: its streams are closed, so what is left of the group was detached
+            // on purpose.
+            group.group = None;
             let first = |bytes: &[u8]| {
                 String::from_utf8_lossy(bytes)
                     .lines()
@@ -154,5 +194,80 @@ mod tests {
             "{slow:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Whether process `pid` is gone (or a zombie: dead, waiting for its parent).
+    fn gone(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // "PID (COMM) STATE ...": the state follows the last ')'.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_what_the_command_started_too() {
+        // Regression: only `sh` was killed, and an orphaned `sleep` ran on.
+        let tmp = tempfile::tempdir().unwrap();
+        let pids = tmp.path().join("pids");
+        let command = format!(
+            "sleep 60 & echo $! >> {p}; sh -c 'echo $$ >> {p}; exec sleep 60'",
+            p = pids.display()
+        );
+        let slow = run(&command, "/d", &[], Duration::from_millis(500)).await;
+        assert!(!slow.success, "{slow:?}");
+        let pids: Vec<i32> = std::fs::read_to_string(&pids)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(pids.len(), 2, "both sleeps started: {pids:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !pids.iter().all(|&pid| gone(pid)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after the timeout: {:?}",
+                pids.iter().filter(|&&pid| !gone(pid)).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_given_up_on_leaves_nothing_running() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pids = tmp.path().join("pids");
+        let command = format!("sleep 60 & echo $! >> {p}; sleep 60", p = pids.display());
+        let run = run(&command, "/d", &[], Duration::from_secs(60));
+        let started = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    _ = &mut run => panic!("the command ended by itself"),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                        if std::fs::read_to_string(&pids).is_ok_and(|t| t.ends_with('\n')) {
+                            return; // dropped here, mid-run
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(started.is_ok(), "the command never started its sleep");
+        let pid: i32 = std::fs::read_to_string(&pids)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !gone(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep {pid} still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
