@@ -451,3 +451,70 @@ async fn a_batch_whose_validation_never_ended_is_put_back_when_the_daemon_starts
     assert_clean(&report);
     assert_same_tree(n0, n1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_do_not_inherit_the_variables_systemd_gives_the_daemon() {
+    // Regression: `validate` and `on_change` commands inherited NOTIFY_SOCKET, with which
+    // they could tell systemd that the daemon was ready or stopping. Node 1 is the real
+    // binary, started as systemd starts a `Type=notify` service; node 0 pushes to it.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 150,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    group.release(1);
+    let seen_by = |command: &str| group.path().join(format!("env-of-{command}"));
+    let (validate_env, on_change_env) = (seen_by("validate"), seen_by("on_change"));
+    let config = config_variant(&group, 1, "node2-env.hcl", |text| {
+        text.replace(
+            "  exclude = []",
+            &format!(
+                "  exclude = []\n  validate = \"env > {}\"\n  on_change = \"env > {}\"",
+                validate_env.display(),
+                on_change_env.display()
+            ),
+        )
+    });
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let direct = config_variant(&group, 0, "node1-direct.hcl", |text| {
+        with_remotes(&text, &[n1.addr.to_string()])
+    });
+    let socket_path = group.path().join("notify.sock");
+    let _notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let systemd = [
+        format!("NOTIFY_SOCKET={}", socket_path.display()),
+        "LISTEN_FDS=1".to_string(),
+        "LISTEN_PID=1".to_string(),
+        "LISTEN_FDNAMES=gosyncd".to_string(),
+        "WATCHDOG_USEC=60000000".to_string(),
+        "WATCHDOG_PID=1".to_string(),
+    ];
+    let mut daemon =
+        DaemonProcess::spawn_with("env", &systemd, &config, group.path().join("n2.log"));
+    daemon.wait_ready(&peer(&tls_of(n1), n1.addr)).await;
+
+    write(n0, "/etc/app/app.cfg", "listen 80\n");
+    let report = run(&engine_for(&direct, None).await, &[], false).await;
+    assert_clean(&report);
+    assert_eq!(read(n1, "/etc/app/app.cfg"), b"listen 80\n");
+    for seen in [&validate_env, &on_change_env] {
+        let env = std::fs::read_to_string(seen)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", seen.display(), daemon.log()));
+        assert!(
+            env.lines().any(|l| l.starts_with("GOSYNCD_DIRECTORY=")) && env.contains("PATH="),
+            "the command's own variables and the daemon's others are there:\n{env}"
+        );
+        let leaked: Vec<&str> = env
+            .lines()
+            .filter(|l| {
+                ["NOTIFY_", "LISTEN_", "WATCHDOG_"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        assert!(leaked.is_empty(), "{}: {leaked:?}", seen.display());
+    }
+}

@@ -39,6 +39,20 @@ async fn drain(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
     kept
 }
 
+/// Whether an environment variable was given by systemd to the daemon itself, and must
+/// not reach its commands: `NOTIFY_SOCKET` (and any `NOTIFY_*`), with which a command
+/// could tell systemd that the daemon is ready or stopping; the socket-activation
+/// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`; the watchdog's `WATCHDOG_USEC`,
+/// `WATCHDOG_PID`.
+fn for_the_daemon_only(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    name.starts_with(b"NOTIFY_")
+        || matches!(
+            name,
+            b"LISTEN_FDS" | b"LISTEN_PID" | b"LISTEN_FDNAMES" | b"WATCHDOG_USEC" | b"WATCHDOG_PID"
+        )
+}
+
 /// Kills a command's process group when dropped, unless disarmed: so that neither a
 /// timeout nor a caller that stops waiting leaves the command's children running.
 struct GroupGuard {
@@ -64,7 +78,9 @@ impl Drop for GroupGuard {
 
 /// Runs `command` with `sh -c`, with `changed` (the changed paths as they are on this
 /// host, one per line) in `GOSYNCD_CHANGED` and the configured directory (likewise) in
-/// `GOSYNCD_DIRECTORY`, killing it and everything it started after `timeout`.
+/// `GOSYNCD_DIRECTORY`, killing it and everything it started after `timeout`. It
+/// inherits the daemon's environment, except the variables systemd meant for the daemon
+/// alone (see [`for_the_daemon_only`]).
 ///
 /// The command leads a process group of its own, and the timeout kills the whole group:
 /// a `sh -c 'a & b'` leaves no orphan behind. A process it leaves running after it ended,
@@ -75,7 +91,13 @@ pub async fn run(
     changed: &[String],
     timeout: Duration,
 ) -> CommandResult {
-    let started = tokio::process::Command::new("/bin/sh")
+    let mut sh = tokio::process::Command::new("/bin/sh");
+    for (name, _) in std::env::vars_os() {
+        if for_the_daemon_only(&name) {
+            sh.env_remove(name);
+        }
+    }
+    let started = sh
         .arg("-c")
         .arg(command)
         .env("GOSYNCD_CHANGED", changed.join("\n"))
@@ -194,6 +216,31 @@ mod tests {
             "{slow:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn systemd_variables_for_the_daemon_are_not_passed_on() {
+        for name in [
+            "NOTIFY_SOCKET",
+            "NOTIFY_FOO",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+        ] {
+            assert!(for_the_daemon_only(name.as_ref()), "{name}");
+        }
+        for name in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "INVOCATION_ID",
+            "NOTIFY",
+            "LISTEN_FDS_X",
+        ] {
+            assert!(!for_the_daemon_only(name.as_ref()), "{name}");
+        }
     }
 
     /// Whether process `pid` is gone (or a zombie: dead, waiting for its parent).
