@@ -149,7 +149,8 @@ async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() 
     }
     assert!(!logs[0].exists(), "the sender ran nothing");
 
-    // A failing command is reported to the sender with its exit code and first line.
+    // A failing command is reported to the sender with its exit status, in words, and
+    // the line that explains.
     std::fs::write(&marker, "").unwrap();
     write(n0, "/etc/app/a.cfg", "a, again");
     let report = sync(&group, 0).await;
@@ -163,7 +164,7 @@ async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() 
             .collect();
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(
-            failed[0].contains("failed (exit 3): reload failed: bad config"),
+            failed[0].contains("failed (exited with status 3): reload failed: bad config"),
             "{failed:?}"
         );
         // The change itself stays: on_change runs after it was accepted.
@@ -245,6 +246,70 @@ async fn backups_keep_the_versions_a_sync_replaced_or_deleted_and_prune_the_olde
     .permissions()
     .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_line_that_explains_and_how_the_command_ended_in_words() {
+    // Regression: `haproxy -c` was reported by its banner, its first line of stderr, and
+    // `haproxy -q -c` as "exited with Some(1)"; a signal as "killed".
+    let mut group = start(2, 152).await;
+    same_everywhere(&group, &[("/etc/app/app.cfg", "listen 80\n")]);
+    let quiet = group.path().join("quiet");
+    let quiet = quiet.display();
+    with_directory_lines(
+        &mut group,
+        1,
+        &format!(
+            r#"  validate = "if [ -e {quiet} ]; then exit 1; fi; grep -q BROKEN \"$GOSYNCD_DIRECTORY/app.cfg\" || exit 0; echo '[NOTICE]   (4711) : haproxy version is 2.6.12-1' >&2; echo '[ALERT]    (4711) : config : parsing [haproxy.cfg:2] : unknown keyword BROKEN' >&2; echo '[ALERT]    (4711) : config : Fatal errors found in configuration.' >&2; exit 1"
+  on_change = "kill -9 $$""#
+        ),
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let reasons = |report: &gosyncd::sync::Report| -> Vec<String> {
+        peer_report(report, n1)
+            .changes
+            .iter()
+            .map(|c| match &c.status {
+                ChangeStatus::Rejected(reason) => reason.clone(),
+                other => panic!("{}: {other:?}", c.path),
+            })
+            .collect()
+    };
+
+    write(n0, "/etc/app/app.cfg", "listen 80\nBROKEN\n");
+    let report = sync(&group, 0).await;
+    assert_eq!(
+        reasons(&report),
+        ["validation failed: [ALERT]    (4711) : config : parsing [haproxy.cfg:2] : unknown keyword BROKEN"]
+    );
+
+    std::fs::write(group.path().join("quiet"), "").unwrap();
+    write(n0, "/etc/app/app.cfg", "listen 80\nquiet\n");
+    let report = sync(&group, 0).await;
+    let command = format!("if [ -e {quiet} ]; then exit 1; fi;");
+    let reason = &reasons(&report)[0];
+    assert!(
+        reason.starts_with(&format!("validation failed: `{command}"))
+            && reason.ends_with("` exited with status 1"),
+        "{reason}"
+    );
+
+    std::fs::remove_file(group.path().join("quiet")).unwrap();
+    write(n0, "/etc/app/app.cfg", "listen 8080\n");
+    let report = sync(&group, 0).await;
+    let told: Vec<String> = peer_report(&report, n1)
+        .actions
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        told,
+        [format!(
+            "[!] {} /etc/app on_change \"kill -9 $$\" failed (killed by signal 9 (SIGKILL))",
+            n1.addr
+        )]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,16 +9,47 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::ending::{explaining_line, Ending};
+
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandResult {
     pub command: String,
-    /// The exit code; `None` when it was killed (timeout or signal) or could not start.
-    pub code: Option<i32>,
-    pub success: bool,
-    /// The first line of its standard error (or, when that is empty, of its output), or
-    /// why it did not finish.
+    pub ending: Ending,
+    /// The line of its output that explains how it ended (see [`explaining_line`]), or,
+    /// when it was killed by its timeout or did not run, how it ended.
     pub first_line: String,
+}
+
+impl CommandResult {
+    fn new(command: &str, ending: Ending, first_line: String) -> CommandResult {
+        CommandResult {
+            command: command.to_string(),
+            ending,
+            first_line,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.ending.success()
+    }
+
+    /// Its exit status; `None` when it was killed (timeout or signal) or did not run.
+    pub fn code(&self) -> Option<i32> {
+        self.ending.code()
+    }
+
+    /// Why it failed, in one line: the line of its output that explains, or, when there
+    /// is none or it never finished, the command and how it ended (`` `haproxy -q -c -f
+    /// /etc/haproxy/haproxy.cfg` exited with status 1 ``).
+    pub fn why(&self) -> String {
+        match &self.ending {
+            Ending::Exited(_) | Ending::Signalled(_) if !self.first_line.is_empty() => {
+                self.first_line.clone()
+            }
+            ending => format!("`{}` {ending}", self.command),
+        }
+    }
 }
 
 /// Bytes of a command's output kept, per stream.
@@ -111,12 +142,8 @@ pub async fn run(
     let mut child = match started {
         Ok(child) => child,
         Err(e) => {
-            return CommandResult {
-                command: command.to_string(),
-                code: None,
-                success: false,
-                first_line: format!("cannot start /bin/sh: {e}"),
-            }
+            let ending = Ending::NotRun(format!("could not start /bin/sh: {e}"));
+            return CommandResult::new(command, ending.clone(), ending.to_string());
         }
     };
     // The group's id is the pid of `sh`, not reaped yet; once it is, the id stays the
@@ -137,44 +164,21 @@ pub async fn run(
         Err(_) => {
             group.kill();
             let _ = child.kill().await;
-            CommandResult {
-                command: command.to_string(),
-                code: None,
-                success: false,
-                first_line: format!("killed after {}s (action_timeout)", timeout.as_secs()),
-            }
+            let ending = Ending::TimedOut(timeout);
+            CommandResult::new(command, ending.clone(), ending.to_string())
         }
         Ok((status, out, err)) => {
             // Done: its streams are closed, so what is left of the group was detached
             // on purpose.
             group.group = None;
-            let first = |bytes: &[u8]| {
-                String::from_utf8_lossy(bytes)
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty())
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-            };
-            let first_line = match first(&err) {
-                line if line.is_empty() => first(&out),
-                line => line,
-            };
             match status {
-                Ok(status) => CommandResult {
-                    command: command.to_string(),
-                    code: status.code(),
-                    success: status.success(),
-                    first_line,
-                },
-                Err(e) => CommandResult {
-                    command: command.to_string(),
-                    code: None,
-                    success: false,
-                    first_line: format!("cannot wait for it: {e}"),
-                },
+                Ok(status) => {
+                    CommandResult::new(command, Ending::of(status), explaining_line(&err, &out))
+                }
+                Err(e) => {
+                    let ending = Ending::NotRun(format!("could not wait for it: {e}"));
+                    CommandResult::new(command, ending.clone(), ending.to_string())
+                }
             }
         }
     }
@@ -185,7 +189,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_command_gets_the_changed_paths_and_reports_its_first_error_line() {
+    async fn a_command_gets_the_changed_paths_and_reports_the_line_that_explains() {
         let changed = vec!["/etc/app/a".to_string(), "/etc/app/b c".to_string()];
         let ok = run(
             "test \"$GOSYNCD_CHANGED\" = \"$(printf '/etc/app/a\\n/etc/app/b c')\" && test \"$GOSYNCD_DIRECTORY\" = /etc/app && echo fine",
@@ -194,25 +198,36 @@ mod tests {
             Duration::from_secs(5),
         )
         .await;
-        assert!(ok.success, "{ok:?}");
+        assert!(ok.success(), "{ok:?}");
         assert_eq!(ok.first_line, "fine");
         let bad = run(
-            "echo some output; echo '  line 3: unknown keyword' >&2; echo more >&2; exit 3",
+            "echo some output; echo '[NOTICE] checker 2.6.12' >&2; echo '  [ALERT] line 3: unknown keyword' >&2; echo 'Fatal errors found' >&2; exit 3",
             "/etc/app",
             &changed,
             Duration::from_secs(5),
         )
         .await;
-        assert_eq!((bad.success, bad.code), (false, Some(3)));
-        assert_eq!(bad.first_line, "line 3: unknown keyword");
+        assert_eq!((bad.success(), bad.code()), (false, Some(3)));
+        assert_eq!(bad.first_line, "[ALERT] line 3: unknown keyword");
+        assert_eq!(bad.why(), "[ALERT] line 3: unknown keyword");
+    }
+
+    #[tokio::test]
+    async fn a_silent_failure_or_a_signal_is_told_in_words() {
+        let quiet = run("exit 1", "/d", &[], Duration::from_secs(5)).await;
+        assert_eq!(quiet.why(), "`exit 1` exited with status 1");
+        let killed = run("kill -9 $$", "/d", &[], Duration::from_secs(5)).await;
+        assert_eq!(killed.ending, Ending::Signalled(9));
+        assert_eq!(killed.why(), "`kill -9 $$` killed by signal 9 (SIGKILL)");
     }
 
     #[tokio::test]
     async fn a_command_over_its_timeout_is_killed_and_fails() {
         let started = std::time::Instant::now();
         let slow = run("sleep 30", "/d", &[], Duration::from_millis(300)).await;
-        assert!(
-            !slow.success && slow.first_line.contains("action_timeout"),
+        assert_eq!(
+            slow.why(),
+            "`sleep 30` killed after 300ms (action_timeout)",
             "{slow:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -264,7 +279,7 @@ mod tests {
             p = pids.display()
         );
         let slow = run(&command, "/d", &[], Duration::from_millis(500)).await;
-        assert!(!slow.success, "{slow:?}");
+        assert!(!slow.success(), "{slow:?}");
         let pids: Vec<i32> = std::fs::read_to_string(&pids)
             .unwrap()
             .lines()

@@ -130,6 +130,7 @@ fn print_peer_json(report: &sync::PeerReport, dry_run: bool) {
             "on_change": a.command,
             "ok": a.success,
             "code": a.code,
+            "ended": a.ended,
             "first_line": a.first_line,
         }));
     }
