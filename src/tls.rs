@@ -96,6 +96,37 @@ impl TlsMaterial {
         }
     }
 
+    /// Judges this node's certificate as a peer will, at `now`: signed by the CA in
+    /// tls_ca_certificate (or held there itself, pinned), within its validity period,
+    /// and usable by a client.
+    pub fn verify_own(&self, now: UnixTime) -> Result<(), Error> {
+        let roots = self.roots().map_err(|e| Error::General(format!("{e:#}")))?;
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?;
+        let verifier = PinnedClientVerifier {
+            inner,
+            pinned: self.ca.clone(),
+        };
+        let (end_entity, intermediates) = self
+            .chain
+            .split_first()
+            .ok_or(Error::NoCertificatesPresented)?;
+        verifier
+            .verify_client_cert(end_entity, intermediates, now)
+            .map(|_| ())
+    }
+
+    /// Whether this node's certificate is valid for `host` (an IP address or a DNS name),
+    /// as a peer dialling it by that name checks.
+    pub fn names(&self, host: &str) -> bool {
+        let (Some(cert), Ok(name)) = (self.chain.first(), ServerName::try_from(host)) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(cert)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+
     /// What is wrong with our own certificate's validity period at `now`, if anything.
     pub fn validity_problem(&self, now: UnixTime) -> Option<String> {
         match check_validity(self.chain.first()?, now) {
@@ -216,7 +247,7 @@ fn validity(cert: &CertificateDer<'_>) -> Option<(UnixTime, UnixTime)> {
 }
 
 /// A time as an operator reads it: `2026-01-31T00:00:00Z`.
-fn date(time: UnixTime) -> String {
+pub fn date(time: UnixTime) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(time.as_secs()),
     )
@@ -397,6 +428,19 @@ pub fn explain(err: &(dyn StdError + 'static), end: End) -> Option<String> {
     None
 }
 
+/// Whether `err` is webpki's refusal of a CA certificate (a self-signed one, say) as a
+/// node's own: the sign of certificates made separately on each node.
+pub fn is_ca_used_as_end_entity(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            )
+    )
+}
+
 /// What to do when the two ends do not trust each other's certificates.
 const SAME_TRUST: &str = "every node's tls_ca_certificate must hold what signed every node's \
      certificate: make the certificates once for the whole group and copy them to every node, \
@@ -410,12 +454,7 @@ fn describe(err: &Error, end: End) -> String {
         End::Server => "the client",
     };
     let what = match err {
-        Error::InvalidCertificate(CertificateError::Other(other))
-            if matches!(
-                other.0.downcast_ref::<webpki::Error>(),
-                Some(webpki::Error::CaUsedAsEndEntity)
-            ) =>
-        {
+        err if is_ca_used_as_end_entity(err) => {
             format!(
                 "{them}'s certificate is a self-signed (CA) certificate that our \
                  tls_ca_certificate does not hold, as when the certificates are made \
