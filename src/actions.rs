@@ -8,16 +8,19 @@
 //!
 //! Split along those parts: `settings` holds the values a directory's configuration
 //! gives (`Backup`, `BackupBlock`, `Actions`, `RunOn`, `Side`); `command` runs one
-//! command under a timeout (`run`, `CommandResult`); `runner` coalesces the `on_change`
+//! command under a timeout (`run`, `CommandResult`); `ending` says how it ended, in
+//! words (`Ending`, `explaining_line`); `runner` coalesces the `on_change`
 //! runs of a directory (`Runner`, `COALESCE`). This file runs each directory's
 //! `validate` command, and re-exports every item of its children, so `actions::` paths
 //! stay as they were.
 
 mod command;
+mod ending;
 mod runner;
 mod settings;
 
 pub use command::{run, CommandResult};
+pub use ending::{explaining_line, Ending};
 pub use runner::Runner;
 pub use settings::{Actions, Backup, BackupBlock, RunOn, Side, DEFAULT_ACTION_TIMEOUT};
 
@@ -33,8 +36,8 @@ pub fn local_paths(
 
 /// Runs the `validate` command of each directory in `changed` that validates changes
 /// from `side`, with the directory and the changed paths as they are on this host.
-/// Returns the directories whose command failed, each with why: the command's first
-/// line of output, or its exit status.
+/// Returns the directories whose command failed, each with why: the line of the
+/// command's output that explains, or the command and how it ended.
 pub async fn validate(
     config: &crate::config::Config,
     changed: &std::collections::BTreeMap<String, Vec<String>>,
@@ -50,13 +53,8 @@ pub async fn validate(
         };
         let (local_dir, local_changed) = local_paths(config, &dir.path, paths);
         let result = run(command, &local_dir, &local_changed, dir.actions.timeout).await;
-        if !result.success {
-            let why = if result.first_line.is_empty() {
-                format!("`{command}` exited with {:?}", result.code)
-            } else {
-                result.first_line
-            };
-            refused.push((dir.path.clone(), why));
+        if !result.success() {
+            refused.push((dir.path.clone(), result.why()));
         }
     }
     refused

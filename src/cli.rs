@@ -48,7 +48,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Some(Command::Status(args)) => status_command(&cli.config, args.format).await,
         Some(Command::Backups(command)) => backups_command(&cli.config, command),
-        Some(Command::CheckConfig) => check_config(&cli.config),
+        Some(Command::CheckConfig) => check_config(&cli.config).await,
         Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
         Some(Command::Cert(args)) => crate::certgen::command(args),
         Some(Command::Completions(args)) => crate::docs::completions(args),

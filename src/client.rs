@@ -224,7 +224,7 @@ impl Peer {
         };
         let mut response = match answer {
             Ok(response) => response,
-            Err(e) if !e.is_timeout() && tls::explain(&e).is_none() => {
+            Err(e) if !e.is_timeout() && tls::explain(&e, tls::End::Client).is_none() => {
                 // A TLS 1.3 server refuses a client certificate after the handshake, and
                 // the HTTP stack then reports only a cancelled request: ask TLS directly.
                 return Err(match self.diagnose_tls().await {
@@ -315,7 +315,7 @@ impl Peer {
             .ok()?
         {
             Ok(stream) => stream,
-            Err(e) => return tls::explain(&e),
+            Err(e) => return tls::explain(&e, tls::End::Client),
         };
         let probe = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -323,11 +323,11 @@ impl Peer {
             self.remote.host
         );
         if let Err(e) = stream.write_all(probe.as_bytes()).await {
-            return tls::explain(&e);
+            return tls::explain(&e, tls::End::Client);
         }
         let mut first = [0u8; 1];
         match tokio::time::timeout(protocol::IDENTITY_TIMEOUT, stream.read(&mut first)).await {
-            Ok(Err(e)) => tls::explain(&e),
+            Ok(Err(e)) => tls::explain(&e, tls::End::Client),
             _ => None,
         }
     }
@@ -346,7 +346,7 @@ struct Limit {
 
 fn explain(err: &reqwest::Error, limit: &Limit) -> PeerError {
     let timeout = limit.timeout;
-    if let Some(tls) = tls::explain(err) {
+    if let Some(tls) = tls::explain(err, tls::End::Client) {
         return PeerError::Unreachable(tls);
     }
     if err.is_timeout() && err.is_connect() {

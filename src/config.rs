@@ -33,7 +33,7 @@ pub use addresses::{
 };
 pub use excludes::{Excludes, EDITOR_EXCLUDES};
 use raw::{
-    directory_block, hcl_error, line_of, string_list, string_value, type_name, unknown_key_message,
+    directory_block, hcl_error, string_list, string_value, type_name, unknown_key_message, Lines,
     Raw, RawDirectory, KNOWN_KEYS,
 };
 
@@ -164,21 +164,26 @@ impl Config {
     /// Parses and validates configuration text. `file` names the source in messages and
     /// anchors relative TLS file paths (they are relative to the file's directory).
     pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let err = |key: Option<&str>, message: String| ConfigError {
+        let body: Body = hcl::parse(text).map_err(|e| hcl_error(file, &e.to_string()))?;
+        let lines = Lines::of(text);
+        // An error on a line, and one on a top-level key (the line it is set on).
+        let at = |line: Option<usize>, message: String| ConfigError {
             file: file.to_path_buf(),
-            line: key.and_then(|k| line_of(text, k)),
+            line,
             message,
         };
-        let body: Body = hcl::parse(text).map_err(|e| hcl_error(file, &e.to_string()))?;
+        let err =
+            |key: Option<&str>, message: String| at(key.and_then(|k| lines.of_key(k)), message);
 
         let mut raw = Raw::default();
-        for structure in body.into_iter() {
+        for (index, structure) in body.into_iter().enumerate() {
+            let here = lines.at(index);
             match structure {
                 Structure::Attribute(attr) => {
                     let key = attr.key.as_str().to_string();
                     // A key set twice is refused by the HCL parser itself.
                     if !KNOWN_KEYS.contains(&key.as_str()) {
-                        return Err(err(Some(&key), unknown_key_message(&key)));
+                        return Err(at(here, unknown_key_message(&key)));
                     }
                     let value = attr.expr;
                     match key.as_str() {
@@ -234,26 +239,32 @@ impl Config {
                     let name = block.identifier.as_str().to_string();
                     if name == "limits" {
                         if raw.limits.is_some() {
-                            return Err(err(Some("limits"), "limits: set more than once".into()));
+                            return Err(at(here, "limits: set more than once".into()));
                         }
-                        raw.limits =
-                            Some(Limits::from_block(block).map_err(|(key, m)| err(Some(&key), m))?);
+                        raw.limits = Some(
+                            Limits::from_block(block)
+                                .map_err(|(key, m)| at(lines.within(index, &key), m))?,
+                        );
                         continue;
                     }
                     if name == "backup" {
                         if raw.backup.is_some() {
-                            return Err(err(Some("backup"), "backup: set more than once".into()));
+                            return Err(at(here, "backup: set more than once".into()));
                         }
-                        raw.backup = Some(
-                            BackupBlock::from_block(block).map_err(|m| err(Some("backup"), m))?,
-                        );
+                        raw.backup = Some(BackupBlock::from_block(block).map_err(|m| at(here, m))?);
                         continue;
                     }
                     if name != "directory" {
-                        return Err(err(Some(&name), unknown_key_message(&name)));
+                        return Err(at(here, unknown_key_message(&name)));
                     }
-                    raw.directories
-                        .push(directory_block(block).map_err(|m| err(Some("directory"), m))?);
+                    let mut directory = directory_block(block).map_err(|m| at(here, m))?;
+                    directory.line = here;
+                    directory.exclude_line = lines.within(index, "exclude");
+                    directory.backup_line = lines
+                        .inside(index, "backup")
+                        .or_else(|| lines.of_key("backup"))
+                        .or(here);
+                    raw.directories.push(directory);
                 }
             }
         }
@@ -352,6 +363,9 @@ impl Config {
         for raw_dir in raw.directories {
             let RawDirectory {
                 path,
+                line,
+                exclude_line,
+                backup_line,
                 exclude: excludes,
                 backup,
                 validate,
@@ -359,13 +373,13 @@ impl Config {
                 run_on,
             } = raw_dir;
             let backup = BackupBlock::resolve(raw.backup.as_ref(), backup.as_ref())
-                .map_err(|m| err(Some("backup"), format!("directory {path:?}: {m}")))?;
+                .map_err(|m| at(backup_line, format!("directory {path:?}: {m}")))?;
             if let Some(b) = &backup {
                 let local = |logical: &str| root.join(logical.trim_start_matches('/'));
                 let inside = raw_paths.iter().any(|p| b.directory.starts_with(local(p)));
                 if inside {
-                    return Err(err(
-                        Some("backup"),
+                    return Err(at(
+                        backup_line,
                         format!(
                             "directory {path:?}: backups must not be kept inside a synchronised directory ({})",
                             b.directory.display()
@@ -380,19 +394,19 @@ impl Config {
                 timeout: action_timeout,
             };
             paths::check_normalized(&path)
-                .map_err(|m| err(Some("directory"), format!("directory {path:?}: {m}")))?;
+                .map_err(|m| at(line, format!("directory {path:?}: {m}")))?;
             if let Some(other) = directories
                 .iter()
                 .find(|d| is_within(&path, &d.path) || is_within(&d.path, &path))
             {
-                return Err(err(
-                    Some("directory"),
+                return Err(at(
+                    line,
                     format!("directory {path:?} overlaps directory {:?}", other.path),
                 ));
             }
             let editor = raw.editor_excludes.unwrap_or(true);
             let excludes = Excludes::with_editor_defaults(&path, &excludes, editor)
-                .map_err(|m| err(Some("exclude"), format!("directory {path:?}: {m}")))?;
+                .map_err(|m| at(exclude_line, format!("directory {path:?}: {m}")))?;
             directories.push(Directory {
                 path,
                 excludes,
@@ -498,7 +512,7 @@ impl Config {
     fn error_at(&self, text: &str, key: &str, message: String) -> ConfigError {
         ConfigError {
             file: self.file.clone(),
-            line: line_of(text, key),
+            line: Lines::of(text).of_key(key),
             message,
         }
     }

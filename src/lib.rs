@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ops;
 pub mod paths;
 pub mod plan;
+pub mod preflight;
 pub mod protocol;
 pub mod reconcile;
 pub(crate) mod rollback;

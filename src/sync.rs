@@ -29,7 +29,7 @@ pub use self::peer::PeerLink;
 use self::peer::{kept_directories, peer_rules, sync_peer, LocalState, PeerTerms};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};
-use self::self_detect::resolves_to_self;
+pub(crate) use self::self_detect::resolves_to_self;
 use crate::actions;
 use crate::client::{self, Peer};
 use crate::config::{Config, Remote};

@@ -57,6 +57,7 @@ impl TlsMaterial {
             )
         })?;
         let material = TlsMaterial { ca, chain, key };
+        material.check_key_fits(config)?;
         if let Some(problem) = material.validity_problem(UnixTime::now()) {
             // Not fatal: a machine booted before its clock is set would otherwise stay
             // down; peers refuse the certificate meanwhile, and say why.
@@ -66,6 +67,64 @@ impl TlsMaterial {
             );
         }
         Ok(material)
+    }
+
+    /// Checks that the private key is usable and is the key of the certificate, naming
+    /// both files: rustls says only `KeyMismatch`, and only once a TLS configuration is
+    /// built from them.
+    fn check_key_fits(&self, config: &Config) -> anyhow::Result<()> {
+        let (cert, key) = (
+            config.tls_certificate.display(),
+            config.tls_private_key.display(),
+        );
+        match rustls::sign::CertifiedKey::from_der(
+            self.chain.clone(),
+            self.key.clone_key(),
+            &provider(),
+        ) {
+            Ok(_) => Ok(()),
+            Err(Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(anyhow!(
+                "tls_private_key {key} is not the key of tls_certificate {cert}: name the key \
+                 file made together with that certificate (`gosyncd cert` writes them side by \
+                 side: node.key with node.pem, gosyncd.key with gosyncd.crt), or make a new \
+                 pair"
+            )),
+            Err(e) => Err(anyhow!(
+                "tls_private_key {key}: cannot be used with tls_certificate {cert}: {e} \
+                 (gosyncd takes ECDSA P-256/P-384, Ed25519 and RSA keys in PEM)"
+            )),
+        }
+    }
+
+    /// Judges this node's certificate as a peer will, at `now`: signed by the CA in
+    /// tls_ca_certificate (or held there itself, pinned), within its validity period,
+    /// and usable by a client.
+    pub fn verify_own(&self, now: UnixTime) -> Result<(), Error> {
+        let roots = self.roots().map_err(|e| Error::General(format!("{e:#}")))?;
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?;
+        let verifier = PinnedClientVerifier {
+            inner,
+            pinned: self.ca.clone(),
+        };
+        let (end_entity, intermediates) = self
+            .chain
+            .split_first()
+            .ok_or(Error::NoCertificatesPresented)?;
+        verifier
+            .verify_client_cert(end_entity, intermediates, now)
+            .map(|_| ())
+    }
+
+    /// Whether this node's certificate is valid for `host` (an IP address or a DNS name),
+    /// as a peer dialling it by that name checks.
+    pub fn names(&self, host: &str) -> bool {
+        let (Some(cert), Ok(name)) = (self.chain.first(), ServerName::try_from(host)) else {
+            return false;
+        };
+        webpki::EndEntityCert::try_from(cert)
+            .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
     }
 
     /// What is wrong with our own certificate's validity period at `now`, if anything.
@@ -188,7 +247,7 @@ fn validity(cert: &CertificateDer<'_>) -> Option<(UnixTime, UnixTime)> {
 }
 
 /// A time as an operator reads it: `2026-01-31T00:00:00Z`.
-fn date(time: UnixTime) -> String {
+pub fn date(time: UnixTime) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(time.as_secs()),
     )
@@ -338,13 +397,24 @@ pub fn describe_certificate(cert: &CertificateDer<'_>) -> String {
     }
 }
 
-/// Finds a TLS error in an error chain and says in plain words what it means for an
-/// operator. `None` when the chain holds no TLS error.
-pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {
+/// Which end of a connection this node is, which decides how an error is told: who
+/// "the other end" is, and which setting is likely wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// This node dialled a peer (`sync`, `status`, the watcher's pushes).
+    Client,
+    /// A client dialled this node's listener.
+    Server,
+}
+
+/// Finds a TLS error in an error chain and says in plain words, once, what it means for
+/// an operator and what to do, as seen from `end`. `None` when the chain holds no TLS
+/// error.
+pub fn explain(err: &(dyn StdError + 'static), end: End) -> Option<String> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = current {
         if let Some(tls) = e.downcast_ref::<Error>() {
-            return Some(describe(tls));
+            return Some(describe(tls, end));
         }
         // `io::Error::source()` skips the error it wraps: step into it explicitly.
         current = match e
@@ -358,47 +428,110 @@ pub fn explain(err: &(dyn StdError + 'static)) -> Option<String> {
     None
 }
 
-fn describe(err: &Error) -> String {
+/// Whether `err` is webpki's refusal of a CA certificate (a self-signed one, say) as a
+/// node's own: the sign of certificates made separately on each node.
+pub fn is_ca_used_as_end_entity(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            )
+    )
+}
+
+/// What to do when the two ends do not trust each other's certificates.
+const SAME_TRUST: &str = "every node's tls_ca_certificate must hold what signed every node's \
+     certificate: make the certificates once for the whole group and copy them to every node, \
+     either one `gosyncd cert self-signed HOST...` named by all three tls_* keys, or one \
+     `gosyncd cert ca` whose ca.pem they all name, signing each node's `gosyncd cert node`";
+
+fn describe(err: &Error, end: End) -> String {
     use rustls::AlertDescription as Alert;
+    let them = match end {
+        End::Client => "the peer",
+        End::Server => "the client",
+    };
     let what = match err {
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the peer's certificate is not signed by our tls_ca_certificate".to_string()
+        err if is_ca_used_as_end_entity(err) => {
+            format!(
+                "{them}'s certificate is a self-signed (CA) certificate that our \
+                 tls_ca_certificate does not hold, as when the certificates are made \
+                 separately on each node: {SAME_TRUST}"
+            )
         }
-        Error::InvalidCertificate(CertificateError::NotValidForName)
-        | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
-            "the peer's certificate is not valid for the host name or address in remotes (check its subjectAltName)".to_string()
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+            "{them}'s certificate is not signed by the CA in our tls_ca_certificate: \
+             {SAME_TRUST}"
+        ),
+        Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        }) => format!(
+            "the peer's certificate is not valid for {}, the host name or address in remotes \
+             (it names {}): add it to the certificate's subjectAltName, or name the peer in \
+             remotes as its certificate does",
+            expected.to_str(),
+            presented.join(", ")
+        ),
+        Error::InvalidCertificate(CertificateError::NotValidForName) => {
+            "the peer's certificate is not valid for the host name or address in remotes: add \
+             it to the certificate's subjectAltName, or name the peer in remotes as its \
+             certificate does"
+                .to_string()
         }
         Error::InvalidCertificate(CertificateError::ExpiredContext { time, not_after }) => {
             format!(
-                "the peer's certificate expired on {} (it is now {})",
+                "{them}'s certificate expired on {} (it is now {}): renew it",
                 date(*not_after),
                 date(*time)
             )
         }
         Error::InvalidCertificate(CertificateError::Expired) => {
-            "the peer's certificate has expired".to_string()
+            format!("{them}'s certificate has expired: renew it")
         }
         Error::InvalidCertificate(CertificateError::NotValidYetContext { time, not_before }) => {
             format!(
-                "the peer's certificate is not valid before {} (it is now {}: check both clocks)",
+                "{them}'s certificate is not valid before {} (it is now {}: check both clocks)",
                 date(*not_before),
                 date(*time)
             )
         }
         Error::InvalidCertificate(CertificateError::NotValidYet) => {
-            "the peer's certificate is not valid yet".to_string()
+            format!("{them}'s certificate is not valid yet (check both clocks)")
         }
-        Error::AlertReceived(Alert::UnknownCA | Alert::BadCertificate | Alert::CertificateRequired | Alert::CertificateUnknown) => {
-            "the peer refused our certificate (is tls_certificate signed by the peer's CA?)".to_string()
+        Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => match end {
+            End::Client => "the peer's port does not speak TLS (plain HTTP?): the port in \
+                 remotes must be the peer's bind_address port, where gosyncd serves HTTPS, \
+                 not its metrics_address or another service"
+                .to_string(),
+            End::Server => "the client does not speak TLS (plain HTTP?): this port serves \
+                 only HTTPS with a certificate of the group; Prometheus scrapes metrics_address"
+                .to_string(),
+        },
+        Error::AlertReceived(
+            Alert::UnknownCA
+            | Alert::BadCertificate
+            | Alert::CertificateRequired
+            | Alert::CertificateUnknown,
+        ) => {
+            let ours = match end {
+                End::Client => "tls_certificate",
+                End::Server => "our tls_certificate",
+            };
+            format!(
+                "{them} refused our certificate: it does not trust what signed {ours}, as when \
+                 the certificates are made separately on each node: {SAME_TRUST}"
+            )
         }
-        Error::AlertReceived(Alert::CertificateExpired) => {
-            "the peer refused our certificate as expired or not yet valid (check tls_certificate's \
+        Error::AlertReceived(Alert::CertificateExpired) => format!(
+            "{them} refused our certificate as expired or not yet valid (check tls_certificate's \
              dates, and the clocks of both machines)"
-                .to_string()
-        }
+        ),
         other => other.to_string(),
     };
-    format!("TLS: {what} ({err})")
+    format!("TLS: {what}")
 }
 
 #[cfg(test)]
@@ -419,12 +552,18 @@ mod tests {
     fn a_pinned_certificate_outside_its_period_is_refused_with_its_dates() {
         let now = UnixTime::now();
         assert!(check_validity(&pinned((2020, 2200)), now).is_ok());
-        let expired = describe(&check_validity(&pinned((2020, 2021)), now).unwrap_err());
+        let expired = describe(
+            &check_validity(&pinned((2020, 2021)), now).unwrap_err(),
+            End::Client,
+        );
         assert!(
             expired.contains("expired on 2021-01-01T00:00:00Z"),
             "{expired}"
         );
-        let early = describe(&check_validity(&pinned((2100, 2101)), now).unwrap_err());
+        let early = describe(
+            &check_validity(&pinned((2100, 2101)), now).unwrap_err(),
+            End::Client,
+        );
         assert!(
             early.contains("not valid before 2100-01-01T00:00:00Z"),
             "{early}"

@@ -149,7 +149,8 @@ async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() 
     }
     assert!(!logs[0].exists(), "the sender ran nothing");
 
-    // A failing command is reported to the sender with its exit code and first line.
+    // A failing command is reported to the sender with its exit status, in words, and
+    // the line that explains.
     std::fs::write(&marker, "").unwrap();
     write(n0, "/etc/app/a.cfg", "a, again");
     let report = sync(&group, 0).await;
@@ -163,7 +164,7 @@ async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() 
             .collect();
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(
-            failed[0].contains("failed (exit 3): reload failed: bad config"),
+            failed[0].contains("failed (exited with status 3): reload failed: bad config"),
             "{failed:?}"
         );
         // The change itself stays: on_change runs after it was accepted.
@@ -245,6 +246,70 @@ async fn backups_keep_the_versions_a_sync_replaced_or_deleted_and_prune_the_olde
     .permissions()
     .mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_line_that_explains_and_how_the_command_ended_in_words() {
+    // Regression: `haproxy -c` was reported by its banner, its first line of stderr, and
+    // `haproxy -q -c` as "exited with Some(1)"; a signal as "killed".
+    let mut group = start(2, 152).await;
+    same_everywhere(&group, &[("/etc/app/app.cfg", "listen 80\n")]);
+    let quiet = group.path().join("quiet");
+    let quiet = quiet.display();
+    with_directory_lines(
+        &mut group,
+        1,
+        &format!(
+            r#"  validate = "if [ -e {quiet} ]; then exit 1; fi; grep -q BROKEN \"$GOSYNCD_DIRECTORY/app.cfg\" || exit 0; echo '[NOTICE]   (4711) : haproxy version is 2.6.12-1' >&2; echo '[ALERT]    (4711) : config : parsing [haproxy.cfg:2] : unknown keyword BROKEN' >&2; echo '[ALERT]    (4711) : config : Fatal errors found in configuration.' >&2; exit 1"
+  on_change = "kill -9 $$""#
+        ),
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let reasons = |report: &gosyncd::sync::Report| -> Vec<String> {
+        peer_report(report, n1)
+            .changes
+            .iter()
+            .map(|c| match &c.status {
+                ChangeStatus::Rejected(reason) => reason.clone(),
+                other => panic!("{}: {other:?}", c.path),
+            })
+            .collect()
+    };
+
+    write(n0, "/etc/app/app.cfg", "listen 80\nBROKEN\n");
+    let report = sync(&group, 0).await;
+    assert_eq!(
+        reasons(&report),
+        ["validation failed: [ALERT]    (4711) : config : parsing [haproxy.cfg:2] : unknown keyword BROKEN"]
+    );
+
+    std::fs::write(group.path().join("quiet"), "").unwrap();
+    write(n0, "/etc/app/app.cfg", "listen 80\nquiet\n");
+    let report = sync(&group, 0).await;
+    let command = format!("if [ -e {quiet} ]; then exit 1; fi;");
+    let reason = &reasons(&report)[0];
+    assert!(
+        reason.starts_with(&format!("validation failed: `{command}"))
+            && reason.ends_with("` exited with status 1"),
+        "{reason}"
+    );
+
+    std::fs::remove_file(group.path().join("quiet")).unwrap();
+    write(n0, "/etc/app/app.cfg", "listen 8080\n");
+    let report = sync(&group, 0).await;
+    let told: Vec<String> = peer_report(&report, n1)
+        .actions
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        told,
+        [format!(
+            "[!] {} /etc/app on_change \"kill -9 $$\" failed (killed by signal 9 (SIGKILL))",
+            n1.addr
+        )]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,4 +515,71 @@ async fn a_batch_whose_validation_never_ended_is_put_back_when_the_daemon_starts
     let report = run(&engine_for(&direct, None).await, &[], false).await;
     assert_clean(&report);
     assert_same_tree(n0, n1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_do_not_inherit_the_variables_systemd_gives_the_daemon() {
+    // Regression: `validate` and `on_change` commands inherited NOTIFY_SOCKET, with which
+    // they could tell systemd that the daemon was ready or stopping. Node 1 is the real
+    // binary, started as systemd starts a `Type=notify` service; node 0 pushes to it.
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 150,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    group.release(1);
+    let seen_by = |command: &str| group.path().join(format!("env-of-{command}"));
+    let (validate_env, on_change_env) = (seen_by("validate"), seen_by("on_change"));
+    let config = config_variant(&group, 1, "node2-env.hcl", |text| {
+        text.replace(
+            "  exclude = []",
+            &format!(
+                "  exclude = []\n  validate = \"env > {}\"\n  on_change = \"env > {}\"",
+                validate_env.display(),
+                on_change_env.display()
+            ),
+        )
+    });
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let direct = config_variant(&group, 0, "node1-direct.hcl", |text| {
+        with_remotes(&text, &[n1.addr.to_string()])
+    });
+    let socket_path = group.path().join("notify.sock");
+    let _notify = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let systemd = [
+        format!("NOTIFY_SOCKET={}", socket_path.display()),
+        "LISTEN_FDS=1".to_string(),
+        "LISTEN_PID=1".to_string(),
+        "LISTEN_FDNAMES=gosyncd".to_string(),
+        "WATCHDOG_USEC=60000000".to_string(),
+        "WATCHDOG_PID=1".to_string(),
+    ];
+    let mut daemon =
+        DaemonProcess::spawn_with("env", &systemd, &config, group.path().join("n2.log"));
+    daemon.wait_ready(&peer(&tls_of(n1), n1.addr)).await;
+
+    write(n0, "/etc/app/app.cfg", "listen 80\n");
+    let report = run(&engine_for(&direct, None).await, &[], false).await;
+    assert_clean(&report);
+    assert_eq!(read(n1, "/etc/app/app.cfg"), b"listen 80\n");
+    for seen in [&validate_env, &on_change_env] {
+        let env = std::fs::read_to_string(seen)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", seen.display(), daemon.log()));
+        assert!(
+            env.lines().any(|l| l.starts_with("GOSYNCD_DIRECTORY=")) && env.contains("PATH="),
+            "the command's own variables and the daemon's others are there:\n{env}"
+        );
+        let leaked: Vec<&str> = env
+            .lines()
+            .filter(|l| {
+                ["NOTIFY_", "LISTEN_", "WATCHDOG_"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .collect();
+        assert!(leaked.is_empty(), "{}: {leaked:?}", seen.display());
+    }
 }

@@ -191,6 +191,136 @@ async fn check_config_accepts_a_valid_config_and_names_file_and_key_of_a_broken_
     );
 }
 
+/// Runs `check-config` on `config`: its exit code and everything it printed.
+async fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
+    let run = gosyncd(config_args(config, &["check-config"])).await;
+    (run.code, format!("{}{}", run.stdout, run.stderr))
+}
+
+/// A variant of node `i`'s config whose tls_certificate and tls_private_key are `pem`.
+fn with_certificate(
+    group: &gosyncd::group::LocalGroup,
+    i: usize,
+    name: &str,
+    pem: gosyncd::certs::Pem,
+) -> std::path::PathBuf {
+    std::fs::write(group.path().join(format!("{name}.pem")), pem.cert).unwrap();
+    std::fs::write(group.path().join(format!("{name}.key")), pem.key).unwrap();
+    config_variant(group, i, &format!("{name}.hcl"), |text| {
+        let text = with_line(
+            &text,
+            "tls_certificate",
+            &format!("tls_certificate = \"{name}.pem\""),
+        );
+        with_line(
+            &text,
+            "tls_private_key",
+            &format!("tls_private_key = \"{name}.key\""),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_refuses_setups_that_cannot_work_and_warns_of_those_that_may_not() {
+    // Regression: each of these was "valid", exit 0.
+    let group = gosyncd::group::LocalGroup::build(&gosyncd::group::GroupSpec {
+        nodes: 2,
+        first_octet: 160,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let node = &group.nodes[0];
+    let me = node.addr.ip().to_string();
+    let ca = group.ca.as_ref().expect("the group has a CA");
+    let (code, out) = check_config(&node.config_path).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("valid (1 directories, 2 remotes)"), "{out}");
+
+    // Each case: the config, and what its message must say.
+    let another_ca = gosyncd::certs::Authority::new("another CA").unwrap();
+    let separately = gosyncd::certs::self_signed(std::slice::from_ref(&me)).unwrap();
+    let cases = [
+        (
+            with_certificate(
+                &group,
+                0,
+                "other-ca",
+                another_ca.issue(std::slice::from_ref(&me)).unwrap(),
+            ),
+            "other-ca.pem is not signed by the CA in tls_ca_certificate".to_string(),
+        ),
+        (
+            with_certificate(&group, 0, "separately", separately),
+            "separately.pem is a self-signed (CA) certificate that tls_ca_certificate".to_string(),
+        ),
+        (
+            with_certificate(
+                &group,
+                0,
+                "elsewhere",
+                ca.issue(&["127.0.0.99".to_string()]).unwrap(),
+            ),
+            format!("elsewhere.pem is not valid for {me} (bind_address, this node)"),
+        ),
+        (
+            with_certificate(
+                &group,
+                0,
+                "expired",
+                ca.issue_with(std::slice::from_ref(&me), |params| {
+                    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+                })
+                .unwrap(),
+            ),
+            "expired.pem expired on 2021-01-01T00:00:00Z".to_string(),
+        ),
+        (
+            config_variant(&group, 0, "swapped.hcl", |text| {
+                with_line(&text, "tls_private_key", "tls_private_key = \"node2.key\"")
+            }),
+            "node2.key is not the key of tls_certificate".to_string(),
+        ),
+        (
+            config_variant(&group, 0, "missing.hcl", |text| {
+                text.replace("directory \"/etc/app\"", "directory \"/etc/missing\"")
+            }),
+            format!(
+                "directory \"/etc/missing\": {} does not exist: create it",
+                node.path("/etc/missing").display()
+            ),
+        ),
+    ];
+    for (config, wanted) in &cases {
+        let (code, out) = check_config(config).await;
+        assert_eq!(code, Some(2), "{}: {out}", config.display());
+        assert!(out.contains(wanted), "{wanted:?} not in:\n{out}");
+        assert!(
+            out.contains(&config.display().to_string()),
+            "the config file is not named:\n{out}"
+        );
+    }
+
+    // A remote whose name does not resolve now may later: a warning, exit 0.
+    let unresolved = config_variant(&group, 0, "unresolved.hcl", |text| {
+        let remotes: Vec<String> = group
+            .nodes
+            .iter()
+            .map(|n| n.addr.to_string())
+            .chain(["no-such-node.invalid:8080".to_string()])
+            .collect();
+        with_remotes(&text, &remotes)
+    });
+    let (code, out) = check_config(&unresolved).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("warning: remotes entry \"no-such-node.invalid:8080\" does not resolve now")
+            && out.contains("valid (1 directories, 3 remotes, 1 warning)"),
+        "{out}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The mass-delete guard.
 

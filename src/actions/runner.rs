@@ -74,10 +74,10 @@ impl Runner {
             let mut results = Vec::new();
             for command in &actions.on_change {
                 let result = run(command, directory, &paths, actions.timeout).await;
-                if result.success {
+                if result.success() {
                     tracing::info!(%directory, %command, changed = paths.len(), "on_change ran");
                 } else {
-                    tracing::warn!(%directory, %command, code = ?result.code, "on_change failed: {}", result.first_line);
+                    tracing::warn!(%directory, %command, ended = %result.ending, "on_change failed: {}", result.why());
                 }
                 results.push(result);
             }
@@ -109,7 +109,7 @@ mod tests {
             runner.on_change("/d", &actions, vec!["/d/a".into()]),
             runner.on_change("/d", &actions, vec!["/d/b".into()]),
         );
-        assert!(a[0].success && b[0].success, "{a:?} {b:?}");
+        assert!(a[0].success() && b[0].success(), "{a:?} {b:?}");
         let runs = std::fs::read_to_string(&log).unwrap();
         assert_eq!(
             runs.lines().collect::<Vec<_>>(),

@@ -19,16 +19,45 @@ use crate::tls::TlsMaterial;
 
 fn load(config: &std::path::Path) -> anyhow::Result<(Arc<Config>, TlsMaterial)> {
     let config = Config::from_file(config)?;
-    let tls = TlsMaterial::load(&config)?;
+    // Named like a configuration error: the file first.
+    let tls = TlsMaterial::load(&config)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", config.file.display()))?;
     Ok((Arc::new(config), tls))
 }
 
-pub(super) fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// Checks the file, then whether the setup it describes can work on this host (see
+/// [`crate::preflight`]): every issue on stderr, naming the file; exit 2 when any is an
+/// error, 0 when there are only warnings.
+pub(super) async fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let (config, tls) = load(path)?;
     tls.server_config()?;
     tls.client_config()?;
+    let issues = crate::preflight::check(&config, &tls).await;
+    for issue in &issues {
+        eprintln!("{}: {issue}", path.display());
+    }
+    let count = |severity| issues.iter().filter(|i| i.severity == severity).count();
+    let (errors, warnings) = (
+        count(crate::preflight::Severity::Error),
+        count(crate::preflight::Severity::Warning),
+    );
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    if errors > 0 {
+        println!(
+            "{}: not valid: {}, {}",
+            path.display(),
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let noted = if warnings > 0 {
+        format!(", {}", plural(warnings, "warning"))
+    } else {
+        String::new()
+    };
     println!(
-        "{}: valid ({} directories, {} remotes)",
+        "{}: valid ({} directories, {} remotes{noted})",
         path.display(),
         config.directories.len(),
         config.remotes.len()

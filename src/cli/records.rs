@@ -39,6 +39,8 @@ pub enum Record<'a> {
         ok: bool,
         /// Its exit code (`null`: killed by a signal or never run).
         code: Option<i32>,
+        /// How it ended, in words: `exited with status 1`, `killed by signal 9 (SIGKILL)`.
+        ended: &'a str,
         /// The line of its output that explains the result.
         first_line: &'a str,
     },
@@ -194,6 +196,7 @@ pub fn print_peer(report: &sync::PeerReport, dry_run: bool) {
             command: &a.command,
             ok: a.success,
             code: a.code,
+            ended: &a.ended,
             first_line: &a.first_line,
         });
     }

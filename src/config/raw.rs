@@ -1,8 +1,8 @@
 //! Reading the HCL text as written, for [`Config::from_str`](super::Config::from_str):
 //! the top-level keys it may hold, the record of what was found ([`Raw`]), `directory`
-//! blocks, literal values, and the line a key is on. It checks only what one value or
-//! block shows alone (its type, its keys, an empty command); checks across the file and
-//! the defaults belong to the parent.
+//! blocks, literal values, and the line each key and block is on ([`Lines`]). It checks
+//! only what one value or block shows alone (its type, its keys, an empty command);
+//! checks across the file and the defaults belong to the parent.
 
 use std::path::Path;
 
@@ -123,6 +123,11 @@ pub(super) fn type_name(value: &Expression) -> &'static str {
 /// A `directory` block as written.
 pub(super) struct RawDirectory {
     pub(super) path: String,
+    /// Where the block starts, and where its `exclude` and `backup` are (for `exclude`,
+    /// the block's line when absent; for `backup`, the top-level `backup` block's).
+    pub(super) line: Option<usize>,
+    pub(super) exclude_line: Option<usize>,
+    pub(super) backup_line: Option<usize>,
     pub(super) exclude: Vec<String>,
     pub(super) backup: Option<BackupBlock>,
     pub(super) validate: Option<String>,
@@ -140,6 +145,9 @@ pub(super) fn directory_block(block: Block) -> Result<RawDirectory, String> {
     let path = label.as_str().to_string();
     let mut out = RawDirectory {
         path: path.clone(),
+        line: None,
+        exclude_line: None,
+        backup_line: None,
         exclude: Vec::new(),
         backup: None,
         validate: None,
@@ -194,13 +202,82 @@ pub(super) fn directory_block(block: Block) -> Result<RawDirectory, String> {
     Ok(out)
 }
 
-/// The 1-based line where `key` is first set, for messages (HCL values carry no spans).
-pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start();
-            line.strip_prefix(key)
-                .is_some_and(|rest| rest.starts_with([' ', '\t', '=', '"', '{']) || rest.is_empty())
-        })
-        .map(|i| i + 1)
+/// Where each structure of the file is, for messages: the 1-based line of each
+/// top-level attribute or block, in file order (the order in which `hcl::parse` gives
+/// them), with the lines of the attributes and blocks of a block's body. `hcl` values
+/// carry no spans; `hcl-edit`, which `hcl` parses with, does.
+#[derive(Default)]
+pub(super) struct Lines {
+    top: Vec<Place>,
+}
+
+struct Place {
+    /// The attribute's key or the block's identifier.
+    name: String,
+    line: Option<usize>,
+    /// A block's attributes and blocks, by key or identifier.
+    inner: Vec<(String, Option<usize>)>,
+}
+
+impl Lines {
+    /// The places of `text`'s structures; none when it does not parse (its parse error
+    /// carries its own line).
+    pub(super) fn of(text: &str) -> Lines {
+        use hcl_edit::structure::Structure as S;
+        use hcl_edit::Span;
+        let Ok(body) = hcl_edit::parser::parse_body(text) else {
+            return Lines::default();
+        };
+        let line = |structure: &S| {
+            structure.span().map(|span| {
+                let start = span.start.min(text.len());
+                text.as_bytes()[..start]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
+            })
+        };
+        let name = |structure: &S| match structure {
+            S::Attribute(attr) => attr.key.as_str().to_string(),
+            S::Block(block) => block.ident.as_str().to_string(),
+        };
+        let top = body
+            .iter()
+            .map(|structure| Place {
+                name: name(structure),
+                line: line(structure),
+                inner: match structure {
+                    S::Block(block) => block.body.iter().map(|s| (name(s), line(s))).collect(),
+                    S::Attribute(_) => Vec::new(),
+                },
+            })
+            .collect();
+        Lines { top }
+    }
+
+    /// The line of the file's `index`th top-level structure.
+    pub(super) fn at(&self, index: usize) -> Option<usize> {
+        self.top.get(index).and_then(|p| p.line)
+    }
+
+    /// The line of `key` inside the `index`th top-level block, if it is there.
+    pub(super) fn inside(&self, index: usize, key: &str) -> Option<usize> {
+        let place = self.top.get(index)?;
+        place
+            .inner
+            .iter()
+            .find(|(name, _)| name == key)
+            .and_then(|(_, line)| *line)
+    }
+
+    /// The line of `key` inside the `index`th top-level block, else of the block.
+    pub(super) fn within(&self, index: usize, key: &str) -> Option<usize> {
+        self.inside(index, key).or_else(|| self.at(index))
+    }
+
+    /// The line of the top-level attribute or block `key` (its first, for a block).
+    pub(super) fn of_key(&self, key: &str) -> Option<usize> {
+        self.top.iter().find(|p| p.name == key).and_then(|p| p.line)
+    }
 }

@@ -76,7 +76,7 @@ fn invalid_configs_are_refused_with_file_key_and_line() {
         ),
         (
             &SEED.replace("\"/foo/bar\"", "\"/etc/haproxy/conf.d\""),
-            "directory \"/etc/haproxy/conf.d\" overlaps directory \"/etc/haproxy\"",
+            "config.hcl:20: directory \"/etc/haproxy/conf.d\" overlaps directory \"/etc/haproxy\"",
         ),
         (
             &SEED.replace("\"/etc/haproxy/errors\"", "\"/etc/nginx/errors\""),
@@ -111,6 +111,49 @@ fn invalid_configs_are_refused_with_file_key_and_line() {
             "expected {expected:?} in {message:?}"
         );
     }
+}
+
+#[test]
+fn an_error_names_its_own_line_when_a_block_with_the_same_key_comes_first() {
+    // Regression: the overlap on line 12 was blamed on the backup block's `directory`
+    // key, on line 7: lines were found by searching the text for the key.
+    let text = r#"bind_address = ":8080"
+remotes = ["10.0.0.2:8080"]
+tls_ca_certificate = "/etc/gosyncd/ca.pem"
+tls_certificate = "/etc/gosyncd/node.pem"
+tls_private_key = "/etc/gosyncd/node.key"
+backup {
+  directory = "/var/lib/gosyncd/backups"
+}
+directory "/etc/haproxy" {
+}
+
+directory "/etc/haproxy/conf.d" {
+}
+"#;
+    assert_eq!(
+        error(text),
+        "/etc/gosyncd/config.hcl:12: directory \"/etc/haproxy/conf.d\" overlaps directory \"/etc/haproxy\""
+    );
+    // A key inside a block is named on its own line, not on the block's first.
+    let excluded = text.replace(
+        "directory \"/etc/haproxy/conf.d\" {\n}",
+        "directory \"/etc/nginx\" {\n  # outside\n  exclude = [\"/etc/other\"]\n}",
+    );
+    assert!(
+        error(&excluded).starts_with("/etc/gosyncd/config.hcl:14: directory \"/etc/nginx\""),
+        "{}",
+        error(&excluded)
+    );
+    let limits = text.replace(
+        "backup {",
+        "limits {\n  max_handshakes = 64\n  max_connections = \"many\"\n}\nbackup {",
+    );
+    assert!(
+        error(&limits).starts_with("/etc/gosyncd/config.hcl:8: limits: max_connections"),
+        "{}",
+        error(&limits)
+    );
 }
 
 #[test]

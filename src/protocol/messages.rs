@@ -244,7 +244,12 @@ pub struct ActionReport {
     pub success: bool,
     /// Its exit code; `None` when it was killed or could not start.
     pub code: Option<i32>,
-    /// The first line of its error output (or output).
+    /// How it ended, in words: `exited with status 1`, `killed by signal 9 (SIGKILL)`,
+    /// `killed after 1m (action_timeout)`. Empty from a peer of an earlier version.
+    #[serde(default)]
+    pub ended: String,
+    /// The line of its output that explains how it ended (the first that looks like an
+    /// error, else the last); the name is older than that rule.
     pub first_line: String,
 }
 

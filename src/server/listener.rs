@@ -114,7 +114,7 @@ pub async fn serve(
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    let reason = tls::explain(&e).unwrap_or_else(|| e.to_string());
+                    let reason = tls::explain(&e, tls::End::Server).unwrap_or_else(|| e.to_string());
                     warn!(%client, %reason, "TLS handshake refused");
                     return;
                 }

@@ -461,9 +461,10 @@ async fn run_on_change(
         for result in results {
             reports.push(ActionReport {
                 directory: dir.clone(),
+                success: result.success(),
+                code: result.code(),
+                ended: result.ending.to_string(),
                 command: result.command,
-                success: result.success,
-                code: result.code,
                 first_line: result.first_line,
             });
         }

@@ -112,7 +112,8 @@ impl fmt::Display for Change {
 }
 
 /// A command a peer ran for a push: `[*] 10.0.0.2:8080 /etc/haproxy on_change
-/// "systemctl reload haproxy" ok`, or `[!] ... failed (exit 1): <first line>`.
+/// "systemctl reload haproxy" ok`, or `[!] ... failed (exited with status 1): <the line
+/// of its output that explains>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionLine {
     pub peer: String,
@@ -129,14 +130,22 @@ impl fmt::Display for ActionLine {
                 self.peer, r.directory, r.command
             )
         } else {
-            let code = r
-                .code
-                .map_or_else(|| "killed".to_string(), |c| format!("exit {c}"));
+            let ended = match (&r.ended, r.code) {
+                (ended, _) if !ended.is_empty() => ended.clone(),
+                // A peer of an earlier version says only this much.
+                (_, Some(code)) => format!("exited with status {code}"),
+                (_, None) => "killed".to_string(),
+            };
             write!(
                 f,
-                "[!] {} {} on_change {:?} failed ({code}): {}",
-                self.peer, r.directory, r.command, r.first_line
-            )
+                "[!] {} {} on_change {:?} failed ({ended})",
+                self.peer, r.directory, r.command
+            )?;
+            if r.first_line.is_empty() || r.first_line == r.ended {
+                Ok(())
+            } else {
+                write!(f, ": {}", r.first_line)
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::config::{BindAddress, Remote};
 use crate::protocol;
 
 /// Whether a remote resolves to the address this node listens on.
-pub(super) async fn resolves_to_self(remote: &Remote, bind: &BindAddress) -> bool {
+pub(crate) async fn resolves_to_self(remote: &Remote, bind: &BindAddress) -> bool {
     let lookup = tokio::net::lookup_host((remote.host.as_str(), remote.port));
     let Ok(Ok(addrs)) = tokio::time::timeout(protocol::CONNECT_TIMEOUT, lookup).await else {
         return false;
