@@ -327,6 +327,7 @@ impl Engine {
             })
             .cloned()
             .collect();
+        let ops = push::without_oversized(ops, &report.peer.clone(), &terms.limits, &mut report);
         push(&self.config, peer, ops, &local, &terms.limits, &mut report)
             .instrument(span.clone())
             .await;

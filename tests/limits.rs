@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gosyncd::config::Config;
-use gosyncd::group::{GroupNode, LocalGroup};
+use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
 use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -443,4 +443,45 @@ async fn a_manifest_larger_than_max_manifest_size_is_refused_by_the_sender() {
         200,
         "nothing was deleted on the peer"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_holds_back_a_file_over_the_peers_size_limit_and_delivers_the_rest() {
+    let mut group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 100,
+        subnet: 1,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await;
+    with_limits(&mut group, 1, "max_file_size = \"1MiB\"").await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/big.bin", vec![7u8; 1536 * 1024]);
+    write(n0, "/etc/app/small.cfg", "small\n");
+    eventually(
+        &group,
+        Duration::from_secs(10),
+        "the small file arrives",
+        || {
+            std::fs::read(n1.path("/etc/app/small.cfg")).ok().as_deref()
+                == Some(b"small\n".as_slice())
+        },
+    )
+    .await;
+    // The large one is held as refused, named with the limit, and never sent.
+    let status = peer_as(n1, n0.addr).status().await.unwrap();
+    let toward_1 = status
+        .peers
+        .iter()
+        .find(|p| p.peer == n1.addr.to_string())
+        .unwrap();
+    assert!(
+        toward_1
+            .held
+            .iter()
+            .any(|h| h.path == "/etc/app/big.bin" && h.reason.contains("max_file_size")),
+        "{toward_1:?}"
+    );
+    assert!(!exists(n1, "/etc/app/big.bin"));
 }
