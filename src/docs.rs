@@ -1,13 +1,14 @@
 //! Operator documentation generated from the clap definitions in [`crate::cli`]: shell
 //! completion scripts (`gosyncd completions SHELL`) and man pages (`gosyncd man`).
 //!
-//! Nothing here describes an option or a command by hand: every page and script comes
-//! from `Cli::command()`, so they cannot drift from `--help`. The only text of this
-//! module's own is the part of the main page that clap has no field for (the files, the
-//! original tool's single-dash flags), and the SYNOPSIS lines are drawn here from the
-//! clap definitions, because clap_mangen's leave out option values (`--config <FILE>`)
-//! and repetition (`[PATH]...`). Generation is pure (bytes in memory); the two command
-//! functions at the end do the I/O.
+//! Nothing here describes an option or a command by hand: every command page and script
+//! comes from `Cli::command()`, so they cannot drift from `--help`, and the configuration
+//! file's page, gosyncd.hcl(5), is the README's description of the file (`config_page`).
+//! The only text of this module's own is the part of the main page that clap has no
+//! field for (the files, the original tool's single-dash flags), and the SYNOPSIS lines
+//! are drawn here from the clap definitions, because clap_mangen's leave out option
+//! values (`--config <FILE>`) and repetition (`[PATH]...`). Generation is pure (bytes in
+//! memory); the two command functions at the end do the I/O.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,10 +22,13 @@ use clap_mangen::Man;
 use crate::cli::Cli;
 use crate::config::DEFAULT_CONFIG_PATH;
 
+mod config_page;
+
 /// The name the scripts complete and the pages document.
 const BIN_NAME: &str = "gosyncd";
 
-/// The man section of every page: user commands.
+/// The man section of the command pages: user commands. The configuration file's page
+/// is in section 5 ([`config_page`]).
 const MAN_SECTION: &str = "1";
 
 /// The manual every page belongs to.
@@ -39,8 +43,9 @@ pub struct CompletionsArgs {
 
 #[derive(Args, Debug)]
 pub struct ManArgs {
-    /// Write gosyncd.1 and one page per command (gosyncd-sync.1, gosyncd-cert-ca.1, ...)
-    /// into DIR, created if missing, instead of printing gosyncd.1
+    /// Write gosyncd.1, one page per command (gosyncd-sync.1, gosyncd-cert-ca.1, ...) and
+    /// the configuration file's gosyncd.hcl.5 into DIR, created if missing, instead of
+    /// printing gosyncd.1
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
@@ -121,7 +126,8 @@ fn render(write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Vec<u8> {
 }
 
 /// Every page as (file name, roff): gosyncd.1 first, then one per command and nested
-/// command (`gosyncd-cert-ca.1`), each with its synopsis and options, global ones included.
+/// command (`gosyncd-cert-ca.1`), each with its synopsis and options, global ones
+/// included, then the configuration file's, gosyncd.hcl.5.
 pub fn man_pages() -> Vec<(String, Vec<u8>)> {
     fn subcommand_pages(cmd: &clap::Command, out: &mut Vec<(String, Vec<u8>)>) {
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
@@ -131,6 +137,10 @@ pub fn man_pages() -> Vec<(String, Vec<u8>)> {
     }
     let mut pages = vec![(format!("{BIN_NAME}.{MAN_SECTION}"), main_page())];
     subcommand_pages(&documented_command(), &mut pages);
+    pages.push((
+        config_page::FILE_NAME.to_string(),
+        config_page::page(&source(), MANUAL),
+    ));
     pages
 }
 
@@ -254,9 +264,9 @@ fn extra_sections(cmd: &clap::Command) -> Roff {
     roff.control("TP", []);
     roff.text([roman(DEFAULT_CONFIG_PATH)]);
     roff.text([roman(
-        "The configuration file read when -config is not given (HCL). An annotated example \
-         ships as contrib/gosyncd.example.hcl, and in the Debian package as \
-         /usr/share/doc/gosyncd/examples/config.hcl.",
+        "The configuration file read when -config is not given (HCL), described in \
+         gosyncd.hcl(5). An annotated example ships as contrib/gosyncd.example.hcl, and in \
+         the Debian package as /usr/share/doc/gosyncd/examples/config.hcl.",
     )]);
 
     roff.control("SH", ["NOTES"]);
@@ -334,6 +344,7 @@ mod tests {
             "gosyncd-cert-self-signed.1",
             "gosyncd-backups-restore.1",
             "gosyncd-man.1",
+            "gosyncd.hcl.5",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected}: {names:?}");
         }
@@ -419,6 +430,18 @@ mod tests {
         let mut checked = 0;
         each(&documented_command(), &man_pages(), &mut checked);
         assert!(checked > 10, "{checked}");
+    }
+
+    #[test]
+    fn the_configuration_page_is_in_section_5_and_the_main_page_points_at_it() {
+        let pages = man_pages();
+        let (_, config) = pages.iter().find(|(n, _)| n == "gosyncd.hcl.5").unwrap();
+        assert!(
+            text(config).contains(".TH GOSYNCD.HCL 5 "),
+            "{}",
+            text(config)
+        );
+        assert!(text(&main_page()).contains("gosyncd.hcl(5)"));
     }
 
     #[test]
