@@ -100,6 +100,7 @@ pub(super) async fn sync_command(
         dry_run,
         force,
         diff,
+        progress: sync::Progress::default(),
     };
     if format == Format::Json {
         let report = engine
