@@ -2,12 +2,14 @@
 //! re-exports what the binary and the rest of the crate use; it does no work of its own
 //! beyond choosing who does. The rest is in child modules: `args` (the clap definitions
 //! and the Go-style `-flag` normalisation), `daemon` (the daemon command with its signal
-//! handling, reload and readiness notification) and `commands` (the one-shot commands
-//! and how their results are printed).
+//! handling, reload and readiness notification), `commands` (the one-shot commands
+//! and how their results are printed) and `progress` (what a sync shows on a terminal
+//! while it runs).
 
 mod args;
 mod commands;
 mod daemon;
+mod progress;
 mod records;
 
 use std::process::ExitCode;

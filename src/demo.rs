@@ -1,7 +1,9 @@
 //! `gosyncd demo`: a three-node group on 127.0.0.2-4 in a temporary directory: daemons
 //! that start on drifted trees and push nothing, a dry run and a sync from node 1, a file
-//! replicated by the watchers alone, then the group stays up for the user to play with.
+//! replicated by the watchers alone, then the group stays up for the user to play with,
+//! each automatic push shown as the daemons count it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -11,11 +13,14 @@ use anyhow::Context;
 use crate::cli::{print_peer, shutdown_signal};
 use crate::group::{GroupSpec, LocalGroup, TlsStyle};
 use crate::manifest::{self, HashCache};
+use crate::protocol::PeerStatus;
 use crate::sync::Options;
 
 const DIRECTORY: &str = "/etc/demo-app";
 /// How long the demo waits for the watcher to replicate a saved file.
 const PROPAGATION_DEADLINE: Duration = Duration::from_secs(5);
+/// How often the waiting demo reads the daemons' push counters.
+const PUSH_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Runs the demo; `wait` keeps the group up until Ctrl-C.
 pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
@@ -36,7 +41,12 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
     let mut group = LocalGroup::build(&spec).await?;
     let trees: Vec<PathBuf> = group.nodes.iter().map(|n| n.path(DIRECTORY)).collect();
     let configs: Vec<PathBuf> = group.nodes.iter().map(|n| n.config_path.clone()).collect();
-    let cmd = |i: usize, rest: &str| format!("gosyncd -config {} {rest}", configs[i].display());
+    // The commands to try must name this very binary: after `cargo run`, `gosyncd` is on
+    // no PATH.
+    let binary = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "gosyncd".into());
+    let cmd = |i: usize, rest: &str| format!("{binary} -config {} {rest}", configs[i].display());
 
     section("A three-node group on this machine");
     for (i, n) in group.nodes.iter().enumerate() {
@@ -139,13 +149,100 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
             "  or one subtree: {}",
             cmd(0, &format!("sync {DIRECTORY}/conf.d"))
         );
-        shutdown_signal().await;
+        println!("  automatic pushes, as the daemons count them:");
+        show_pushes_until_stopped(&group).await;
+    }
+    // The daemons stop before their files go: deleted under running daemons, their
+    // state directories would fail their last writes, with errors on the way out.
+    for i in 0..group.nodes.len() {
+        group.stop(i).await;
     }
     Ok(if failed {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Prints a line for each automatic push the daemons make, naming the node it came
+/// from and the one it went to, until Ctrl-C.
+async fn show_pushes_until_stopped(group: &LocalGroup) {
+    let names: BTreeMap<String, String> = group
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.addr.to_string(), format!("node{}", i + 1)))
+        .collect();
+    let mut seen = push_counters(group);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut poll = tokio::time::interval(PUSH_POLL_INTERVAL);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = poll.tick() => {}
+        }
+        let now = push_counters(group);
+        for line in new_pushes(&seen, &now, &names) {
+            println!("  {} {line}", chrono::Local::now().format("%H:%M:%S"));
+        }
+        seen = now;
+    }
+}
+
+/// What each node's daemon knows of each of its peers, keyed by node (`node1`, ...) and
+/// the peer as written in `remotes`.
+fn push_counters(group: &LocalGroup) -> BTreeMap<(String, String), PeerStatus> {
+    let mut counters = BTreeMap::new();
+    for (i, node) in group.nodes.iter().enumerate() {
+        for peer in node.peer_status().unwrap_or_default() {
+            counters.insert((format!("node{}", i + 1), peer.peer.clone()), peer);
+        }
+    }
+    counters
+}
+
+/// One line per node and peer whose push counters moved between `before` and `now`:
+/// pushes delivered (with their bytes and any conflicts) and pushes that failed (with
+/// the last error). `names` turns a peer's address into its node's name.
+fn new_pushes(
+    before: &BTreeMap<(String, String), PeerStatus>,
+    now: &BTreeMap<(String, String), PeerStatus>,
+    names: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for ((from, peer), status) in now {
+        let old = before
+            .get(&(from.clone(), peer.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let to = names.get(peer).unwrap_or(peer);
+        let failures = status.failures.saturating_sub(old.failures);
+        let delivered = status
+            .pushes
+            .saturating_sub(old.pushes)
+            .saturating_sub(failures);
+        if delivered > 0 {
+            let conflicts = status.conflicts.saturating_sub(old.conflicts);
+            lines.push(format!(
+                "{from} -> {to}: {delivered} push{} delivered, {} bytes{}",
+                if delivered == 1 { "" } else { "es" },
+                status.bytes_sent.saturating_sub(old.bytes_sent),
+                if conflicts > 0 {
+                    format!(", {conflicts} refused as conflicts")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if failures > 0 {
+            lines.push(format!(
+                "{from} -> {to}: push failed: {}",
+                status.last_error.as_deref().unwrap_or("no reason given")
+            ));
+        }
+    }
+    lines
 }
 
 fn section(title: &str) {
@@ -174,4 +271,45 @@ fn tree_of(group: &LocalGroup, i: usize) -> Vec<(String, crate::protocol::Conten
         .into_iter()
         .map(|(path, entry)| (path, entry.content, entry.mode))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(pushes: u64, failures: u64, bytes_sent: u64) -> PeerStatus {
+        PeerStatus {
+            peer: "127.0.0.3:40000".into(),
+            pushes,
+            failures,
+            bytes_sent,
+            ..PeerStatus::default()
+        }
+    }
+
+    fn counters(of: &[(&str, PeerStatus)]) -> BTreeMap<(String, String), PeerStatus> {
+        of.iter()
+            .map(|(from, s)| ((from.to_string(), s.peer.clone()), s.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn each_new_push_is_a_line_naming_the_node_it_came_from() {
+        let names = BTreeMap::from([("127.0.0.3:40000".to_string(), "node2".to_string())]);
+        let before = counters(&[("node1", status(1, 0, 500)), ("node3", status(2, 0, 90))]);
+        let mut failed = status(3, 1, 90);
+        failed.last_error = Some("connection refused".into());
+        let now = counters(&[("node1", status(2, 0, 800)), ("node3", failed)]);
+        assert_eq!(
+            new_pushes(&before, &now, &names),
+            vec![
+                "node1 -> node2: 1 push delivered, 300 bytes".to_string(),
+                "node3 -> node2: push failed: connection refused".to_string(),
+            ]
+        );
+        assert!(
+            new_pushes(&now, &now, &names).is_empty(),
+            "counters that did not move print nothing"
+        );
+    }
 }

@@ -165,7 +165,7 @@ impl LocalGroup {
                     let pem = ca.issue(std::slice::from_ref(name))?;
                     let (cert, key) = (format!("node{}.pem", i + 1), format!("node{}.key", i + 1));
                     std::fs::write(dir.path().join(&cert), pem.cert)?;
-                    std::fs::write(dir.path().join(&key), pem.key)?;
+                    write_key(&dir.path().join(&key), &pem.key)?;
                     tls_files.push(("ca.pem".to_string(), cert, key));
                 }
                 authority = Some(ca);
@@ -173,7 +173,7 @@ impl LocalGroup {
             TlsStyle::SelfSigned => {
                 let pem = certs::self_signed(&names)?;
                 std::fs::write(dir.path().join("gosyncd.crt"), pem.cert)?;
-                std::fs::write(dir.path().join("gosyncd.key"), pem.key)?;
+                write_key(&dir.path().join("gosyncd.key"), &pem.key)?;
                 for _ in &names {
                     tls_files.push((
                         "gosyncd.crt".into(),
@@ -276,6 +276,20 @@ impl LocalGroup {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Writes a private key readable by its owner alone, as `gosyncd cert` does: created
+/// with that mode, never world-readable for a moment.
+fn write_key(path: &Path, pem: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::certgen::KEY_MODE)
+        .open(path)
+        .and_then(|mut file| file.write_all(pem.as_bytes()))
+        .with_context(|| format!("cannot write the private key {}", path.display()))
 }
 
 /// Binds a stopped node's address again. Its own outgoing connections (made from the

@@ -12,14 +12,15 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cli::normalize_args(std::env::args_os()));
-    // The demo prints its own story on stdout; its daemons' logs would drown it.
-    let default_level = match (&cli.command, cli.debug) {
-        (_, true) => "debug",
-        (Some(cli::Command::Demo(_)), false) => "warn",
-        _ => "info",
+    // The demo prints its own story on stdout; its daemons' logs, even the warnings it
+    // sets out to cause (the drift at start-up), would break into it: errors only.
+    let default_filter = match (&cli.command, cli.debug) {
+        (_, true) => "gosyncd=debug,warn",
+        (Some(cli::Command::Demo(_)), false) => "error",
+        _ => "gosyncd=info,warn",
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("gosyncd={default_level},warn")));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     if stderr_is_journal() {
         // journald stamps each line itself, and reads its priority from the prefix.
         tracing_subscriber::fmt()

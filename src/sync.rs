@@ -9,10 +9,12 @@
 //!
 //! This file holds the [`Engine`]: building it, a run over every peer, and the watcher's
 //! pushes. The rest is in child modules: `report` (a run's options and what it reports),
-//! `peer` (one peer's part of a run), `push` (sending operations in batches) and
-//! `self_detect` (a remote that resolves to this node).
+//! `progress` (what a run tells as it goes), `peer` (one peer's part of a run), `push`
+//! (sending operations in batches) and `self_detect` (a remote that resolves to this
+//! node).
 
 mod peer;
+mod progress;
 mod push;
 mod report;
 mod self_detect;
@@ -27,6 +29,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use self::peer::PeerLink;
 use self::peer::{kept_directories, peer_rules, sync_peer, LocalState, PeerTerms};
+pub use self::progress::{PeerTally, Progress, ProgressEvent};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};
 pub(crate) use self::self_detect::resolves_to_self;
@@ -328,9 +331,18 @@ impl Engine {
             .cloned()
             .collect();
         let ops = push::without_oversized(ops, &report.peer.clone(), &terms.limits, &mut report);
-        push(&self.config, peer, ops, &local, &terms.limits, &mut report)
-            .instrument(span.clone())
-            .await;
+        let progress = Progress::default();
+        push(
+            &self.config,
+            peer,
+            ops,
+            &local,
+            &terms.limits,
+            &progress,
+            &mut report,
+        )
+        .instrument(span.clone())
+        .await;
         if report.error.is_some() {
             // The peer may have restarted with other directories or limits: ask again
             // before the next push.

@@ -1,6 +1,7 @@
 //! `gosyncd cert`: certificates made by the real binary run a real group, with the config
 //! lines it prints; a certificate for another address is refused by TLS; nothing is
-//! overwritten without --force; bad arguments are refused with their names.
+//! overwritten without --force; bad arguments are refused with their names; the local
+//! group's private keys are written 0600 as well.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use common::*;
 use gosyncd::config::Config;
-use gosyncd::group::{GroupSpec, LocalGroup};
+use gosyncd::group::{GroupSpec, LocalGroup, TlsStyle};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -389,5 +390,29 @@ async fn an_unusable_ca_directory_is_refused_naming_the_argument_and_the_file() 
             assert!(run.stderr.contains(&text), "{text:?} not in {run:#?}");
         }
         assert!(!out.exists(), "{ca:?}: something was written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_groups_private_keys_are_for_their_owner_only() {
+    // The group `gosyncd demo` and the tests run on writes its keys as `gosyncd cert`
+    // does.
+    for (tls, first_octet, keys) in [
+        (TlsStyle::Authority, 2, vec!["node1.key", "node2.key"]),
+        (TlsStyle::SelfSigned, 5, vec!["gosyncd.key"]),
+    ] {
+        let group = LocalGroup::build(&GroupSpec {
+            nodes: 2,
+            subnet: 2,
+            first_octet,
+            tls,
+            ..GroupSpec::default()
+        })
+        .await
+        .unwrap();
+        for key in keys {
+            let mode = format!("{:o}", mode(&group.path().join(key)));
+            assert_eq!(mode, "600", "{key} ({tls:?})");
+        }
     }
 }

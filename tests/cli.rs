@@ -392,3 +392,43 @@ async fn deleting_more_than_max_delete_share_needs_force_or_a_higher_share() {
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_same_tree(n0, n1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_sync_output_is_the_lines_alone_without_progress_or_summary() {
+    // Progress and the summary line are for a terminal: a script reading stdout gets
+    // exactly the timestamped lines, as before they existed.
+    let group = start_with(gosyncd::group::GroupSpec {
+        nodes: 2,
+        subnet: 2,
+        first_octet: 20,
+        ..gosyncd::group::GroupSpec::default()
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/a.conf", "a");
+    let line = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .map(|l| match l.split_once(": ") {
+                // `2026/11/23 12:14:27 +0000: [+] ...`: the date has the form of a date.
+                Some((date, rest)) if date.len() == 25 && date.as_bytes()[4] == b'/' => {
+                    format!("DATE: {rest}")
+                }
+                _ => l.to_string(),
+            })
+            .collect()
+    };
+    let added = format!("DATE: [+] {} /etc/app/a.conf added", n1.addr);
+    let dry = gosyncd(config_args(&n0.config_path, &["sync", "-dry"])).await;
+    assert_eq!(dry.code, Some(0), "{dry:#?}");
+    assert_eq!(
+        line(&dry.stdout),
+        ["synchronization dry run".to_string(), added.clone()]
+    );
+    let run = gosyncd(config_args(&n0.config_path, &["sync"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(line(&run.stdout), [added]);
+    for out in [&dry.stderr, &run.stderr] {
+        assert!(!out.contains('\r') && !out.contains('\x1b'), "{out:?}");
+    }
+}

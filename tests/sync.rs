@@ -1,5 +1,5 @@
 //! End-to-end synchronisation between real nodes on 127.0.0.x: what a sync changes,
-//! what a dry run shows, scopes, excludes and missing directories.
+//! what a dry run shows, scopes, excludes, missing directories and the progress a run tells.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupSpec, TlsStyle};
-use gosyncd::sync::ChangeStatus;
+use gosyncd::sync::{ChangeStatus, Options, PeerTally, Progress, ProgressEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_makes_every_peer_identical_to_the_sender() {
@@ -539,4 +539,78 @@ async fn peer_missing_a_configured_directory_gets_it_created() {
         ])
     );
     assert_same_tree(n0, n1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_tells_each_peers_plan_and_every_batch_sent_and_a_dry_run_tells_nothing() {
+    // Batches of two operations at most, so that a push of five files takes three.
+    let group = start_with(GroupSpec {
+        nodes: 3,
+        subnet: 2,
+        first_octet: 2,
+        settings: "limits {\n  max_batch_entries = 2\n}\n".into(),
+        ..GroupSpec::default()
+    })
+    .await;
+    let n0 = &group.nodes[0];
+    for (i, text) in ["a", "bb", "ccc", "dddd", "eeeee"].iter().enumerate() {
+        write(n0, &format!("/etc/app/f{i}.conf"), text);
+    }
+    let events = Arc::new(std::sync::Mutex::new(Vec::<ProgressEvent>::new()));
+    let into = events.clone();
+    let dry = Options {
+        dry_run: true,
+        progress: Progress::to(move |e| into.lock().unwrap().push(e.clone())),
+        ..Options::default()
+    };
+    let engine = engine(&group, 0).await;
+    let report = engine.run(&dry, |_| {}).await;
+    assert!(report.has_changes());
+    assert_eq!(
+        *events.lock().unwrap(),
+        Vec::new(),
+        "a dry run sends nothing"
+    );
+
+    let real = Options {
+        dry_run: false,
+        ..dry
+    };
+    let report = engine.run(&real, |_| {}).await;
+    assert_clean(&report);
+    let events = events.lock().unwrap().clone();
+    for node in &group.nodes[1..] {
+        let peer = peer_report(&report, node);
+        let told: Vec<&ProgressEvent> = events.iter().filter(|e| e.peer() == peer.peer).collect();
+        assert_eq!(peer.changes.len(), 5, "{peer:#?}");
+        assert_eq!(
+            told.first(),
+            Some(&&ProgressEvent::Planned {
+                peer: peer.peer.clone(),
+                operations: 5,
+                bytes: 15,
+            }),
+            "the plan comes first: {told:#?}"
+        );
+        let batches: Vec<usize> = told
+            .iter()
+            .filter_map(|e| match e {
+                ProgressEvent::Sent { operations, .. } => Some(*operations),
+                ProgressEvent::Planned { .. } => None,
+            })
+            .collect();
+        assert_eq!(batches, vec![2, 2, 1], "one event per batch: {told:#?}");
+        let mut tally = PeerTally::default();
+        told.iter().for_each(|e| tally.count(e));
+        assert_eq!(
+            tally,
+            PeerTally {
+                planned_operations: 5,
+                planned_bytes: 15,
+                sent_operations: 5,
+                sent_bytes: 15,
+            }
+        );
+        assert_same_tree(n0, node);
+    }
 }

@@ -1,16 +1,18 @@
 //! The one-shot commands: `sync` and `state`, `status`, `backups` and `check-config`,
 //! each of which loads the configuration, does its work and returns an exit code; and
-//! how their results are printed, as lines in the original tool's form or as JSON lines.
+//! how their results are printed, as lines in the original tool's form or as JSON lines
+//! (on a terminal, with the progress `progress` draws on stderr and a summary line).
 //!
 //! It only calls into the engine and the operations in [`crate::ops`] and prints what
 //! they return; it neither parses arguments nor decides anything about a peer itself.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use tracing::error;
 
+use super::progress::SyncProgress;
 use super::records;
 use super::{BackupsCommand, Format};
 use crate::config::Config;
@@ -100,6 +102,7 @@ pub(super) async fn sync_command(
         dry_run,
         force,
         diff,
+        progress: sync::Progress::default(),
     };
     if format == Format::Json {
         let report = engine
@@ -110,6 +113,18 @@ pub(super) async fn sync_command(
     }
     if dry_run {
         println!("synchronization dry run");
+    }
+    // On a terminal: progress on stderr while it runs, a summary line at the end. Piped
+    // or redirected, the lines alone, as they always were.
+    if std::io::stdout().is_terminal() {
+        let progress = SyncProgress::start(engine.peers().len());
+        let options = Options {
+            progress: progress.sink(),
+            ..options
+        };
+        let report = engine.run(&options, |peer| progress.print_peer(peer)).await;
+        progress.finish(&report, dry_run);
+        return Ok(exit_code_of(&report, dry_run && exit_code));
     }
     let report = engine.run(&options, print_peer).await;
     Ok(exit_code_of(&report, dry_run && exit_code))

@@ -202,7 +202,16 @@ pub(super) async fn sync_peer(
         }));
         return report;
     }
-    push(config, peer, ops, local, &remote.limits, &mut report).await;
+    push(
+        config,
+        peer,
+        ops,
+        local,
+        &remote.limits,
+        &options.progress,
+        &mut report,
+    )
+    .await;
     report
 }
 

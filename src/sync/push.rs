@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::peer::{LocalState, Unsendable};
-use super::{ActionLine, Change, ChangeStatus, PeerReport};
+use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEvent};
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
 use crate::protocol::{self, Action, ApplyResponse, BatchHeader, Content, Entry, Op, PeerLimits};
@@ -62,13 +62,15 @@ pub(super) fn without_oversized(
     ops
 }
 
-/// Sends the operations with their contents and records the outcome of each.
+/// Sends the operations with their contents and records the outcome of each, telling
+/// `progress` what is planned and each batch the peer answered.
 pub(super) async fn push(
     config: &Config,
     peer: &Peer,
     ops: Vec<Op>,
     local: &LocalState,
     limits: &PeerLimits,
+    progress: &Progress,
     report: &mut PeerReport,
 ) {
     let label = peer.remote.label.clone();
@@ -132,8 +134,18 @@ pub(super) async fn push(
         batch_ops.push(op);
         batch_contents.push(content);
     }
+    progress.tell(ProgressEvent::Planned {
+        peer: label.clone(),
+        operations: batch_ops.len(),
+        bytes: content_bytes(&batch_contents),
+    });
 
     for (ops, contents) in split_batches(batch_ops, batch_contents, limits) {
+        let sent = ProgressEvent::Sent {
+            peer: label.clone(),
+            operations: ops.len(),
+            bytes: content_bytes(&contents),
+        };
         let header = BatchHeader {
             ops,
             foreign_owners: !crate::apply::applies_owners(),
@@ -155,6 +167,7 @@ pub(super) async fn push(
             Ok(response) => {
                 debug!(operations = header.ops.len(), bytes, "batch sent");
                 report.bytes_sent += bytes as u64;
+                progress.tell(sent);
                 report
                     .actions
                     .extend(response.actions.into_iter().map(|action| ActionLine {
@@ -179,6 +192,11 @@ pub(super) async fn push(
             }
         }
     }
+}
+
+/// Bytes of file content among `contents`.
+fn content_bytes(contents: &Contents) -> u64 {
+    contents.iter().flatten().map(|c| c.len() as u64).sum()
 }
 
 /// Longest a push keeps sending a batch again to a peer that is busy (503, too many

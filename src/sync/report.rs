@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use super::Progress;
 use crate::protocol::{ActionReport, ChangeKind, Entry, Outcome};
 
 /// What one run does.
@@ -19,6 +20,8 @@ pub struct Options {
     pub force: bool,
     /// With `dry_run`: compute a unified diff of each changed text file.
     pub diff: bool,
+    /// Where the pushes tell their progress (nowhere by default).
+    pub progress: Progress,
 }
 
 /// What happened (or would happen) to one path on one peer. Every variant but `Done`
