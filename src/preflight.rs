@@ -142,19 +142,23 @@ async fn own_names(config: &Config, tls: &TlsMaterial) -> Vec<Issue> {
         .collect()
 }
 
-/// Each configured directory must be a directory on this host (links are not followed).
+/// Each configured directory must be a directory on this host. The configured path
+/// itself may be a link to one (the administrator's, as the daemon takes it); links
+/// below it are never followed.
 fn directories(config: &Config) -> Vec<Issue> {
     let mut issues = Vec::new();
     for dir in &config.directories {
         let local = config.local_path(&dir.path);
         let shown = local.display();
-        let problem = match std::fs::symlink_metadata(&local) {
+        let problem = match std::fs::metadata(&local) {
             Ok(meta) if meta.is_dir() => continue,
-            Ok(meta) if meta.file_type().is_symlink() => format!(
-                "{shown} is a symbolic link, which gosyncd does not follow: name the \
-                 directory it points to"
-            ),
             Ok(_) => format!("{shown} is not a directory"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&local).is_ok() =>
+            {
+                format!("{shown} is a symbolic link to nothing: point it at the directory, or name the directory itself")
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 format!("{shown} does not exist: create it (mkdir -p {shown}), or remove the block")
             }
@@ -185,4 +189,36 @@ async fn remotes(config: &Config) -> Vec<Issue> {
         )));
     }
     issues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configured_directory_may_be_a_link_to_one_but_not_to_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::testing::config_at(tmp.path(), "");
+        let etc = tmp.path().join("etc");
+        std::fs::create_dir_all(tmp.path().join("real")).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        // Missing.
+        let found = directories(&config);
+        assert!(
+            found.len() == 1 && found[0].message.contains("does not exist"),
+            "{found:?}"
+        );
+        // A link to a directory: what the daemon serves, watches and writes through.
+        std::os::unix::fs::symlink(tmp.path().join("real"), etc.join("app")).unwrap();
+        assert_eq!(directories(&config), []);
+        // A link to nothing.
+        std::fs::remove_dir(tmp.path().join("real")).unwrap();
+        let found = directories(&config);
+        assert!(
+            found.len() == 1
+                && found[0].severity == Severity::Error
+                && found[0].message.contains("symbolic link to nothing"),
+            "{found:?}"
+        );
+    }
 }
