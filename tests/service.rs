@@ -193,6 +193,30 @@ async fn a_configured_directory_kept_read_only_stops_the_daemon_with_the_line_to
     }
     // Outside that namespace the directory is writable, and nothing was written in it.
     assert_eq!(std::fs::read_dir(&app).unwrap().count(), 0);
+
+    // A configured directory that does not exist (its parent read-only, as /etc is under
+    // the unit's sandbox) does not stop the daemon: it is watched once it appears.
+    std::fs::remove_dir(&app).unwrap();
+    let parent = app.parent().unwrap();
+    let log = group.path().join("missing.log");
+    let status = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec timeout 3 "$2" -config "$3""#)
+        .arg("sh")
+        .arg(parent)
+        .arg(env!("CARGO_BIN_EXE_gosyncd"))
+        .arg(&n0.config_path)
+        .env("INVOCATION_ID", "0123456789abcdef")
+        .env("NO_COLOR", "1")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(124), "it ran until stopped:\n{text}");
+    assert!(text.contains("configured directory is missing"), "{text}");
 }
 
 /// Node 0's config with `bind_address` and `remotes` replaced.

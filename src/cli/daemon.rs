@@ -134,13 +134,15 @@ fn serving_status(daemon: &Daemon, address: std::net::SocketAddr, how: &str) -> 
 }
 
 /// Checks that this process can write every place the configuration names: each
-/// configured directory, each backup directory and the state directory (or, for one
-/// not made yet, the directory it will be made in). Under systemd, a place the unit's
+/// configured directory that exists (a missing one is only warned about, and watched
+/// once it appears), each backup directory and the state directory (or, for one not
+/// made yet, the directory it will be made in). Under systemd, a place the unit's
 /// sandbox keeps read-only is named with the line to add.
 pub(crate) fn check_writable(config: &Config) -> Result<(), String> {
     let mut places: Vec<(String, std::path::PathBuf)> = config
         .directories
         .iter()
+        .filter(|dir| config.local_path(&dir.path).exists())
         .map(|dir| {
             let local = config.local_path(&dir.path);
             let what = if local.as_os_str() == dir.path.as_str() {
