@@ -123,7 +123,8 @@ struct Paths {
     in_flight: BTreeMap<String, InFlight>,
     /// Since when changes have been waiting without a moment with none: the age of the
     /// oldest change waiting. Set when a change is added to none, cleared when none is
-    /// left after a delivery (or a path dropped).
+    /// left after a delivery. (Dropping a held or provisional path never ends a wait:
+    /// neither counts as waiting.)
     waiting_since: Option<std::time::SystemTime>,
 }
 
@@ -235,9 +236,11 @@ impl Outbox {
 
     /// Drops what a burst touched and did not change (see [`Outbox::touch`]).
     pub fn drop_provisional(&self) {
-        let mut paths = self.paths.lock().expect("outbox lock");
-        paths.known.retain(|_, known| !known.provisional);
-        paths.maybe_done_waiting();
+        self.paths
+            .lock()
+            .expect("outbox lock")
+            .known
+            .retain(|_, known| !known.provisional);
     }
 
     /// Wakes the delivery: changes were merged.
@@ -444,17 +447,16 @@ impl Outbox {
         {
             paths.known.remove(path);
         }
-        paths.maybe_done_waiting();
     }
 
     /// Forgets the held paths `which` selects: a comparison found that the peer holds
     /// this node's version there (an operator's `sync`, an edit on the peer).
     pub fn forget_held(&self, which: impl Fn(&str) -> bool) {
-        let mut paths = self.paths.lock().expect("outbox lock");
-        paths
+        self.paths
+            .lock()
+            .expect("outbox lock")
             .known
             .retain(|path, known| known.held.is_none() || !which(path));
-        paths.maybe_done_waiting();
     }
 
     /// Hands every difference over to `other` (a daemon reloading its config passes
