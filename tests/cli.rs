@@ -197,29 +197,6 @@ async fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
     (run.code, format!("{}{}", run.stdout, run.stderr))
 }
 
-/// A variant of node `i`'s config whose tls_certificate and tls_private_key are `pem`.
-fn with_certificate(
-    group: &gosyncd::group::LocalGroup,
-    i: usize,
-    name: &str,
-    pem: gosyncd::certs::Pem,
-) -> std::path::PathBuf {
-    std::fs::write(group.path().join(format!("{name}.pem")), pem.cert).unwrap();
-    std::fs::write(group.path().join(format!("{name}.key")), pem.key).unwrap();
-    config_variant(group, i, &format!("{name}.hcl"), |text| {
-        let text = with_line(
-            &text,
-            "tls_certificate",
-            &format!("tls_certificate = \"{name}.pem\""),
-        );
-        with_line(
-            &text,
-            "tls_private_key",
-            &format!("tls_private_key = \"{name}.key\""),
-        )
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_refuses_setups_that_cannot_work_and_warns_of_those_that_may_not() {
     // Regression: each of these was "valid", exit 0.

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupSpec, LocalGroup};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Restarts node `i` with `line` added at the top of its config.
 async fn with_line_on_top(group: &mut LocalGroup, i: usize, line: &str) {
@@ -20,37 +19,6 @@ async fn with_line_on_top(group: &mut LocalGroup, i: usize, line: &str) {
     group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap());
     group.nodes[i].config_path = variant;
     group.restart(i).await.unwrap();
-}
-
-/// `GET /metrics` over plain HTTP: the body.
-async fn scrape(address: SocketAddr) -> String {
-    scrape_accepting(address, None).await.1
-}
-
-/// `GET /metrics` with an `Accept` header, if any: the content type and the body.
-async fn scrape_accepting(address: SocketAddr, accept: Option<&str>) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let accept = accept.map_or_else(String::new, |a| format!("accept: {a}\r\n"));
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nhost: x\r\n{accept}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    assert!(
-        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
-        "{answer}"
-    );
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (content_type, body.to_string())
 }
 
 /// Checks the classic text format as `promtool check metrics` does for what it reports

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -18,20 +17,6 @@ async fn arrives(group: &LocalGroup, logical: &str, bytes: &[u8]) {
         assert!(started.elapsed() < WAIT, "{logical} never reached node 1");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The metrics endpoint's answer.
-async fn scrape(address: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address)
-        .await
-        .unwrap_or_else(|e| panic!("metrics at {address}: {e}"));
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
-    answer
 }
 
 fn hangup(daemon: &DaemonProcess) {

@@ -278,13 +278,38 @@ async fn a_group_with_no_peer_left_is_an_error_and_shared_machines_do_not_fool_s
     }
 }
 
+/// Whether this test can run gosyncd as nobody (root, and setpriv to drop to it); says
+/// the test is skipped if not.
+fn can_run_as_nobody(what: &str) -> bool {
+    let can = rustix::process::geteuid().is_root()
+        && Command::new("setpriv").arg("--version").output().is_ok();
+    if !can {
+        eprintln!("skipped: needs root and setpriv to run a {what} as another user");
+    }
+    can
+}
+
+/// Makes everything below `top` readable by nobody (directories 0755, files 0644) and,
+/// with `own`, nobody's.
+fn open_to_nobody(top: &Path, own: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(top) {
+        let entry = entry.unwrap();
+        let mode = if entry.file_type().is_dir() {
+            0o755
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        if own {
+            std::os::unix::fs::chown(entry.path(), Some(65534), Some(65534)).unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_not_running_as_root_imposes_no_owner() {
-    use std::os::unix::fs::{chown, PermissionsExt};
-    if !rustix::process::geteuid().is_root()
-        || Command::new("setpriv").arg("--version").output().is_err()
-    {
-        eprintln!("skipped: needs root and setpriv to run a sender as another user");
+    if !can_run_as_nobody("sender") {
         return;
     }
     let mut group = LocalGroup::start(&GroupSpec {
@@ -301,18 +326,10 @@ async fn a_sender_not_running_as_root_imposes_no_owner() {
     write(n0, "/etc/app/new.cfg", "new\n");
     write(n1, "/etc/app/a.cfg", "old\n");
     for path in ["/etc/app", "/etc/app/a.cfg"] {
-        chown(n1.path(path), Some(4321), Some(4321)).unwrap();
+        std::os::unix::fs::chown(n1.path(path), Some(4321), Some(4321)).unwrap();
     }
     // The sender runs as nobody: it can read its config, keys and tree, no more.
-    for entry in walkdir::WalkDir::new(group.path()) {
-        let entry = entry.unwrap();
-        let mode = if entry.file_type().is_dir() {
-            0o755
-        } else {
-            0o644
-        };
-        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-    }
+    open_to_nobody(group.path(), false);
     let log = group.path().join("nobody.log");
     let status = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -340,11 +357,7 @@ async fn a_sender_not_running_as_root_imposes_no_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_not_running_as_root_watches_around_a_directory_it_cannot_read() {
-    use std::os::unix::fs::{chown, PermissionsExt};
-    if !rustix::process::geteuid().is_root()
-        || Command::new("setpriv").arg("--version").output().is_err()
-    {
-        eprintln!("skipped: needs root and setpriv to run a daemon as another user");
+    if !can_run_as_nobody("daemon") {
         return;
     }
     let mut group = LocalGroup::start(&GroupSpec {
@@ -362,21 +375,12 @@ async fn a_daemon_not_running_as_root_watches_around_a_directory_it_cannot_read(
     write(n0, "/etc/app/open/a.cfg", "readable\n");
     write(&group.nodes[1], "/etc/app/open/a.cfg", "readable\n");
     // Everything belongs to nobody, who runs node 0's daemon...
-    for entry in walkdir::WalkDir::new(group.path()) {
-        let entry = entry.unwrap();
-        let mode = if entry.file_type().is_dir() {
-            0o755
-        } else {
-            0o644
-        };
-        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).unwrap();
-        chown(entry.path(), Some(65534), Some(65534)).unwrap();
-    }
+    open_to_nobody(group.path(), true);
     // ...but one directory, root's alone.
     let secret = n0.path("/etc/app/secret");
     std::fs::create_dir(&secret).unwrap();
     std::fs::write(secret.join("key"), "root only\n").unwrap();
-    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
 
     let mut daemon = DaemonProcess::spawn_with(
         "setpriv",

@@ -264,20 +264,7 @@ fn config_with_period(
     let pem = ca
         .issue_with(&[group.nodes[i].addr.ip().to_string()], period)
         .unwrap();
-    std::fs::write(group.path().join(format!("{name}.pem")), pem.cert).unwrap();
-    std::fs::write(group.path().join(format!("{name}.key")), pem.key).unwrap();
-    config_variant(group, i, &format!("{name}.hcl"), |text| {
-        let text = with_line(
-            &text,
-            "tls_certificate",
-            &format!("tls_certificate = \"{name}.pem\""),
-        );
-        with_line(
-            &text,
-            "tls_private_key",
-            &format!("tls_private_key = \"{name}.key\""),
-        )
-    })
+    with_certificate(group, i, name, pem)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -369,6 +369,63 @@ pub fn config_variant(
     path
 }
 
+/// A variant of node `i`'s config whose tls_certificate and tls_private_key are `pem`.
+pub fn with_certificate(
+    group: &LocalGroup,
+    i: usize,
+    name: &str,
+    pem: gosyncd::certs::Pem,
+) -> std::path::PathBuf {
+    std::fs::write(group.path().join(format!("{name}.pem")), pem.cert).unwrap();
+    std::fs::write(group.path().join(format!("{name}.key")), pem.key).unwrap();
+    config_variant(group, i, &format!("{name}.hcl"), |text| {
+        let text = with_line(
+            &text,
+            "tls_certificate",
+            &format!("tls_certificate = \"{name}.pem\""),
+        );
+        with_line(
+            &text,
+            "tls_private_key",
+            &format!("tls_private_key = \"{name}.key\""),
+        )
+    })
+}
+
+/// `GET /metrics` over plain HTTP: the body.
+pub async fn scrape(address: SocketAddr) -> String {
+    scrape_accepting(address, None).await.1
+}
+
+/// `GET /metrics` with an `Accept` header, if any: the content type and the body.
+pub async fn scrape_accepting(address: SocketAddr, accept: Option<&str>) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("metrics at {address}: {e}"));
+    let accept = accept.map_or_else(String::new, |a| format!("accept: {a}\r\n"));
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nhost: x\r\n{accept}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
 /// Replaces the whole `remotes = [...]` list.
 pub fn with_remotes(text: &str, remotes: &[String]) -> String {
     let start = text.find("remotes = [").expect("remotes in config");
