@@ -20,12 +20,14 @@ mod batch;
 mod confine;
 mod fs;
 mod session;
+mod staging;
 
-pub use batch::{apply_batch, Applied};
+pub use batch::{apply_batch, apply_body, Applied};
 pub(crate) use confine::{check_entry, check_mode};
 pub use confine::{confine, validate_batch};
 pub use fs::remove_stale_temp_files;
 pub(crate) use fs::{open_dir, open_parent, open_regular, state_of, temp_name, Blocked, Parents};
+pub use staging::{receive, Staged};
 
 /// Whether this process can apply owners.
 pub fn applies_owners() -> bool {
@@ -202,7 +204,9 @@ mod properties {
                     prop_assert!(crate::paths::is_within(&op.path, "/etc/app"), "{}", op.path);
                     prop_assert!(!crate::paths::is_within(&op.path, "/etc/app/private"), "{}", op.path);
                 }
-                apply_batch(&config, false, &batch, "a test").commit();
+                let (_, applied) = apply_body(&config, false, body.as_slice(), "a test")
+                    .map_err(TestCaseError::fail)?;
+                applied.commit();
             }
             prop_assert_eq!(untouchable(root), before);
         }

@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -190,14 +189,16 @@ impl Peer {
 
     /// Sends one batch body (see [`protocol::encode_batch`]).
     pub async fn apply(&self, body: Vec<u8>) -> Result<ApplyResponse, PeerError> {
-        self.apply_chunks(vec![Bytes::from(body)]).await
+        let length = body.len() as u64;
+        self.apply_stream(reqwest::Body::from(body), length).await
     }
 
-    /// Sends one batch body given as consecutive chunks, streamed without copying them
-    /// together (file contents are shared between the peers of a sync).
-    pub async fn apply_chunks(&self, chunks: Vec<Bytes>) -> Result<ApplyResponse, PeerError> {
-        let length: usize = chunks.iter().map(Bytes::len).sum();
-        let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    /// Sends one batch body of `length` bytes, streamed as it is produced.
+    pub async fn apply_stream(
+        &self,
+        body: reqwest::Body,
+        length: u64,
+    ) -> Result<ApplyResponse, PeerError> {
         let request = self
             .transport
             .http
@@ -205,7 +206,7 @@ impl Peer {
             .timeout(protocol::APPLY_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, protocol::BATCH_CONTENT_TYPE)
             .header(reqwest::header::CONTENT_LENGTH, length)
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(body);
         self.call(request, protocol::APPLY_TIMEOUT).await
     }
 

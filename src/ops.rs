@@ -260,15 +260,14 @@ pub fn backups_restore(
         },
         expect: current,
     };
-    let header = BatchHeader::new(vec![op]);
-    apply::validate_batch(config, &header).map_err(|e| anyhow!(e))?;
-    let body = protocol::encode_batch(
-        &header,
-        &content.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-    );
-    let batch = protocol::decode_batch(&body).map_err(|e| anyhow!(e))?;
+    // The same path as a received batch: checked, its content received next to the
+    // target, then carried out.
+    let header = protocol::encode_batch_header(&BatchHeader::new(vec![op]));
+    let body = std::io::Read::chain(header.as_slice(), content.as_deref().unwrap_or_default());
     let origin = format!("a restore of backup {}", chosen.version);
-    let results = apply::apply_batch(config, apply::applies_owners(), &batch, &origin).commit();
+    let (_, applied) = apply::apply_body(config, apply::applies_owners(), body, &origin)
+        .map_err(|e| anyhow!(e))?;
+    let results = applied.commit();
     match &results[0].outcome {
         Outcome::Applied => Ok(chosen),
         Outcome::Conflict(why)

@@ -17,7 +17,9 @@ mod messages;
 mod operation;
 mod state;
 
-pub use batch::{decode_batch, encode_batch, encode_batch_header, Batch, BatchHeader};
+pub use batch::{
+    decode_batch, encode_batch, encode_batch_header, Batch, BatchHeader, BatchReader, ContentError,
+};
 pub use messages::{
     ActionReport, ApplyResponse, ContentRequest, ContentResponse, DirectoryDigest, DirectoryInfo,
     ErrorBody, FileText, HeldKind, HeldPath, Identity, ManifestRequest, ManifestResponse,
@@ -51,9 +53,6 @@ pub const BATCH_MAGIC: &[u8; 4] = b"GSB1";
 /// The default `max_request_size`: the largest apply request body a receiver accepts,
 /// and what a peer that announces no limits is assumed to accept.
 pub const MAX_APPLY_BODY_BYTES: usize = 512 * 1024 * 1024;
-/// Request body bytes a receiver buffers at once, across all concurrent pushes; must
-/// be at least [`MAX_APPLY_BODY_BYTES`].
-pub const MAX_BUFFERED_BODY_BYTES: usize = 1024 * 1024 * 1024;
 /// Largest JSON header inside a batch body.
 pub const MAX_BATCH_HEADER_BYTES: usize = 64 * 1024 * 1024;
 /// Largest manifest request body (a list of scope paths).

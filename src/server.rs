@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+mod body;
 mod listener;
 mod node;
 mod routes;

@@ -36,7 +36,7 @@ pub(crate) use self::self_detect::resolves_to_self;
 use crate::actions;
 use crate::client::{self, Peer};
 use crate::config::{Config, Remote};
-use crate::manifest::{self, HashCache, Scan};
+use crate::manifest::{self, HashCache};
 use crate::paths::{self, is_within};
 use crate::protocol::{Action, Op};
 use crate::tls::TlsMaterial;
@@ -321,7 +321,6 @@ impl Engine {
         if ops.is_empty() {
             return report;
         }
-        let local = LocalState::new(Scan::default());
         let dir_deletes: Vec<Op> = ops
             .iter()
             .filter(|op| {
@@ -336,7 +335,6 @@ impl Engine {
             &self.config,
             peer,
             ops,
-            &local,
             &terms.limits,
             &progress,
             &mut report,

@@ -7,33 +7,37 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::session::Session;
+use super::staging::{receive, Staged};
 use crate::config::Config;
-use crate::protocol::{Batch, OpResult, Outcome};
+use crate::protocol::{BatchHeader, BatchReader, OpResult, Outcome};
 use crate::rollback::{Journal, Undo};
 
 /// Batches with at most this many file contents fsync each file; larger ones flush
 /// their filesystems once with `syncfs`, which is far cheaper than one fsync per file.
 const FSYNC_EACH_MAX_FILES: usize = 16;
 
-/// Carries out a validated batch, in order, and reports each operation's outcome.
-/// `owners` says whether owners are applied (this process runs as root); `origin` says
-/// where the batch comes from, for the backups it takes.
+/// Carries out a validated batch whose contents are `staged`, in order, and reports each
+/// operation's outcome. `owners` says whether owners are applied (this process runs as
+/// root); `origin` says where the batch comes from, for the backups it takes.
 ///
 /// In directories with a `validate` command run on received changes, every changed path
 /// keeps its previous state until [`Applied::commit`]: [`Applied::reject`] puts it back.
-pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>, origin: &str) -> Applied {
-    let files = batch.contents.iter().filter(|c| c.is_some()).count();
-    let mut session = Session::new(files <= FSYNC_EACH_MAX_FILES, origin);
-    session.foreign_owners = batch.header.foreign_owners;
-    let mut results: Vec<OpResult> = batch
-        .header
+pub fn apply_batch(
+    config: &Config,
+    owners: bool,
+    header: &BatchHeader,
+    mut staged: Staged,
+    origin: &str,
+) -> Applied {
+    let mut session = Session::new(staged.files() <= FSYNC_EACH_MAX_FILES, origin);
+    session.foreign_owners = header.foreign_owners;
+    let mut results: Vec<OpResult> = header
         .ops
         .iter()
-        .zip(&batch.contents)
         .enumerate()
-        .map(|(index, (op, content))| OpResult {
+        .map(|(index, op)| OpResult {
             path: op.path.clone(),
-            outcome: session.apply(config, owners, index, op, *content),
+            outcome: session.apply(config, owners, index, op, staged.take(index)),
             found: None,
         })
         .collect();
@@ -52,6 +56,22 @@ pub fn apply_batch(config: &Config, owners: bool, batch: &Batch<'_>, origin: &st
         changed,
         journals,
     }
+}
+
+/// Reads a whole batch body (held in memory, or streamed from anywhere), checks it,
+/// receives its contents and carries it out: [`validate_batch`](super::validate_batch),
+/// [`receive`] and [`apply_batch`] in a row. Returns the operations with their outcomes.
+pub fn apply_body(
+    config: &Config,
+    owners: bool,
+    body: impl std::io::Read,
+    origin: &str,
+) -> Result<(BatchHeader, Applied), String> {
+    let reader = BatchReader::start(body)?;
+    super::validate_batch(config, &reader.header)?;
+    let (header, staged) = receive(config, reader)?;
+    let applied = apply_batch(config, owners, &header, staged, origin);
+    Ok((header, applied))
 }
 
 /// A batch carried out, whose changes in validated directories can still be undone.
@@ -119,7 +139,7 @@ impl Drop for Applied {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::{test_config, validate_batch};
+    use crate::apply::test_config;
     use crate::protocol::{Action, BatchHeader, Content, Entry, Op};
     use crate::testing::put;
     use std::path::Path;
@@ -156,8 +176,8 @@ mod tests {
             delete("/etc/app/never/z", None),
         ]);
         let body = crate::protocol::encode_batch(&header, &[]);
-        let batch = crate::protocol::decode_batch(&body).unwrap();
-        let results = apply_batch(&c, false, &batch, "a test").commit();
+        let (_, applied) = apply_body(&c, false, body.as_slice(), "a test").unwrap();
+        let results = applied.commit();
         for result in &results {
             assert_eq!(result.outcome, Outcome::Applied, "{}", result.path);
         }
@@ -180,9 +200,8 @@ mod tests {
         assert!(ops.len() > FSYNC_EACH_MAX_FILES);
         let slices: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
         let body = crate::protocol::encode_batch(&BatchHeader::new(ops), &slices);
-        let batch = crate::protocol::decode_batch(&body).unwrap();
-        validate_batch(&c, &batch.header).unwrap();
-        let results = apply_batch(&c, false, &batch, "a test").commit();
+        let (_, applied) = apply_body(&c, false, body.as_slice(), "a test").unwrap();
+        let results = applied.commit();
         for (i, result) in results.iter().enumerate() {
             if i == 7 {
                 assert!(matches!(result.outcome, Outcome::Conflict(_)), "{result:?}");
@@ -209,7 +228,7 @@ mod tests {
 #[cfg(test)]
 mod rollback_tests {
     use super::*;
-    use crate::protocol::{decode_batch, encode_batch, BatchHeader, Op};
+    use crate::protocol::{encode_batch, BatchHeader, Op};
     use crate::testing::{config_text, parse, put};
 
     #[test]
@@ -227,8 +246,7 @@ mod rollback_tests {
         };
         let header = BatchHeader::new(vec![put("/etc/app/new.cfg", b"new"), old]);
         let body = encode_batch(&header, &[b"new", b"replaced"]);
-        let batch = decode_batch(&body).unwrap();
-        let mut applied = apply_batch(&config, false, &batch, "a test");
+        let (_, mut applied) = apply_body(&config, false, body.as_slice(), "a test").unwrap();
         assert!(app.join("new.cfg").exists());
         assert_eq!(applied.results[1].outcome, Outcome::Applied);
         assert_eq!(std::fs::read(app.join("old.cfg")).unwrap(), b"replaced");

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use super::staging::Received;
 use crate::config::{Config, Directory};
 use crate::manifest::{is_temp_name, TEMP_PREFIX, TEMP_SUFFIX};
 use crate::paths::{self, components_below};
@@ -405,16 +406,23 @@ impl Target<'_> {
         }
     }
 
+    /// Puts `entry` at the name. A file's new content is `content`, received ahead
+    /// (or why it could not be); without one, the file keeps its bytes and takes the
+    /// entry's metadata.
     pub(super) fn put(
         &self,
         entry: &Entry,
-        content: Option<&[u8]>,
+        content: Option<Result<Received, String>>,
         owners: bool,
         fsync: bool,
     ) -> io::Result<Step> {
         match &entry.content {
             Content::File { sha256, .. } => match content {
-                Some(bytes) => self.write_file(bytes, entry, owners, fsync),
+                Some(Ok(received)) => {
+                    let (tmp, file) = received.move_to(self.parent)?;
+                    self.finish_file(tmp, file, entry, owners, fsync)
+                }
+                Some(Err(reason)) => Err(io::Error::other(reason)),
                 None => {
                     // Same content, other metadata. The file is rewritten from the very
                     // inode that was checked rather than chmod-ed in place: whatever sits
@@ -423,12 +431,17 @@ impl Target<'_> {
                     if Some(Fingerprint::of(&rustix::fs::fstat(&fd)?)) != self.checked {
                         return Ok(Step::Done(changed_underneath()));
                     }
-                    let mut bytes = Vec::new();
-                    File::from(fd).read_to_end(&mut bytes)?;
-                    if Digest256::of(&bytes) != *sha256 {
-                        return Ok(Step::Done(changed_underneath()));
+                    let (tmp, mut file) = self.create_temp()?;
+                    match copy_hashed(File::from(fd), &mut file) {
+                        Ok(copied) if copied == *sha256 => {
+                            self.finish_file(tmp, file, entry, owners, fsync)
+                        }
+                        copied => {
+                            let _ =
+                                rustix::fs::unlinkat(self.parent, tmp.as_str(), AtFlags::empty());
+                            copied.map(|_| Step::Done(changed_underneath()))
+                        }
                     }
-                    self.write_file(&bytes, entry, owners, fsync)
                 }
             },
             Content::Dir => {
@@ -474,15 +487,8 @@ impl Target<'_> {
         }
     }
 
-    /// Writes the content under a temporary name, with its metadata (and fsynced when
-    /// `fsync` is set; otherwise the batch flushes it); the caller renames it.
-    fn write_file(
-        &self,
-        bytes: &[u8],
-        entry: &Entry,
-        owners: bool,
-        fsync: bool,
-    ) -> io::Result<Step> {
+    /// A new, empty temporary file next to the name.
+    fn create_temp(&self) -> io::Result<(String, File)> {
         let tmp = temp_name();
         let fd = rustix::fs::openat(
             self.parent,
@@ -490,9 +496,21 @@ impl Target<'_> {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )?;
+        Ok((tmp, File::from(fd)))
+    }
+
+    /// Gives the temporary file `tmp`, next to the name and holding the new content, its
+    /// metadata (and fsyncs it when `fsync` is set; otherwise the batch flushes it); the
+    /// caller renames it. It is removed if any of that fails.
+    fn finish_file(
+        &self,
+        tmp: String,
+        file: File,
+        entry: &Entry,
+        owners: bool,
+        fsync: bool,
+    ) -> io::Result<Step> {
         let written = (|| {
-            let mut file = File::from(fd);
-            file.write_all(bytes)?;
             set_meta(&file, entry, owners)?;
             set_mtime(&file, entry)?;
             if fsync {
@@ -566,6 +584,23 @@ impl Target<'_> {
     }
 }
 
+/// Copies `from` into `to`, and says the SHA-256 of what was copied.
+fn copy_hashed(mut from: impl Read, to: &mut impl Write) -> io::Result<Digest256> {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => return Ok(Digest256(hasher.finalize().into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..n]);
+        to.write_all(&buffer[..n])?;
+    }
+}
+
 /// Owner first: changing the owner clears set-id bits, which the mode then restores.
 fn set_meta(fd: impl AsFd, entry: &Entry, owners: bool) -> io::Result<()> {
     if owners {
@@ -625,6 +660,7 @@ pub fn remove_stale_temp_files(config: &Config) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::staging::received;
     use crate::apply::test_config;
     use crate::protocol::Action;
     use crate::testing::put;
@@ -648,7 +684,15 @@ mod tests {
             Action::Put { entry } => entry,
             Action::Delete => unreachable!(),
         };
-        let Step::Rename(tmp) = target.put(&entry, Some(b"pushed"), false, true).unwrap() else {
+        let Step::Rename(tmp) = target
+            .put(
+                &entry,
+                Some(Ok(received(&c, "/etc/app/x", b"pushed"))),
+                false,
+                true,
+            )
+            .unwrap()
+        else {
             panic!("a file put leaves a temporary file to rename")
         };
         // Edited on the peer after the check, before the rename.

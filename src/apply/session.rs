@@ -14,6 +14,7 @@ use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
 use super::fs::{changed_underneath, current_state, open_dir, Fingerprint, Parents, Step, Target};
+use super::staging::Received;
 use crate::actions::Side;
 use crate::config::{Config, Directory};
 use crate::paths;
@@ -81,7 +82,7 @@ impl Session {
         owners: bool,
         index: usize,
         op: &Op,
-        content: Option<&[u8]>,
+        content: Option<Result<Received, String>>,
     ) -> Outcome {
         let Some(dir) = config.directory_of(&op.path) else {
             return Outcome::Failed("outside the configured directories".into());
@@ -146,7 +147,7 @@ impl Session {
         owners: bool,
         index: usize,
         op: &Op,
-        content: Option<&[u8]>,
+        content: Option<Result<Received, String>>,
         dir: &Directory,
         parent: Arc<OwnedFd>,
         name: String,
@@ -434,8 +435,12 @@ mod tests {
 
     /// Applies one operation as a batch of its own.
     fn apply_op(config: &Config, owners: bool, op: &Op, content: Option<&[u8]>) -> Outcome {
+        let header = BatchHeader::new(vec![op.clone()]);
+        let body = crate::protocol::encode_batch(&header, content.as_slice());
+        let reader = crate::protocol::BatchReader::start(body.as_slice()).unwrap();
+        let (_, mut staged) = crate::apply::staging::receive(config, reader).unwrap();
         let mut session = Session::new(true, "a test");
-        let outcome = session.apply(config, owners, 0, op, content);
+        let outcome = session.apply(config, owners, 0, op, staged.take(0));
         let mut results = vec![OpResult {
             path: op.path.clone(),
             outcome,

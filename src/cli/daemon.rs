@@ -29,6 +29,7 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
             .map_err(|e| anyhow::anyhow!("cannot handle SIGXFSZ: {e}"))?;
     tokio::spawn(async move { while file_size_exceeded.recv().await.is_some() {} });
+    raise_descriptor_limit();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
 
@@ -131,6 +132,23 @@ fn serving_status(daemon: &Daemon, address: std::net::SocketAddr, how: &str) -> 
         "{how} at {when}: listening on {address}, watching {} directories",
         daemon.node.config.directories.len()
     )
+}
+
+/// Raises the soft limit on open descriptors to the hard one, as a server that holds
+/// many may: a received batch keeps its contents in open anonymous files until it is
+/// carried out, as many as half the soft limit allows.
+fn raise_descriptor_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "cannot raise the limit on open descriptors");
+        }
+    }
 }
 
 /// Checks that this process can write every place the configuration names: each

@@ -1,9 +1,13 @@
 //! The binary body of an apply request: magic, header length, the JSON [`BatchHeader`],
 //! then the raw contents of the files it puts, so that bytes travel without base64.
-//! Decoding checks the framing, the limits and every content's hash; it does not check
-//! paths, which is the receiver's job.
+//! Reading checks the framing, the limits and every content's hash as the bytes go by
+//! ([`BatchReader`], which a receiver streams through); it does not check paths, which
+//! is the receiver's job.
+
+use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{
     Action, Content, Digest256, Op, BATCH_MAGIC, MAX_BATCH_HEADER_BYTES, MAX_OPS_PER_BATCH,
@@ -52,7 +56,163 @@ pub fn encode_batch_header(header: &BatchHeader) -> Vec<u8> {
     out
 }
 
-/// A decoded batch: the header and, for each operation, its content range in the body.
+/// Why a batch's content could not be received.
+#[derive(Debug)]
+pub enum ContentError {
+    /// The body is wrong (truncated, a hash that does not match, a broken or stalled
+    /// stream): the sender's fault, and the whole batch is refused.
+    Body(String),
+    /// This node could not keep the bytes (a full disk, ...): the operation fails,
+    /// the rest of the batch goes on; the body was read past the content anyway.
+    Sink(io::Error),
+}
+
+/// Reads a batch body as it arrives: its header first, then each content in turn into
+/// wherever the caller keeps it, checking its size and hash as it goes. Nothing is
+/// held but the header and one buffer.
+pub struct BatchReader<R> {
+    body: R,
+    pub header: BatchHeader,
+}
+
+/// Bytes read from the body at once.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+impl<R: Read> BatchReader<R> {
+    /// Reads and checks the magic, the header length and the header.
+    pub fn start(mut body: R) -> Result<BatchReader<R>, String> {
+        let mut prefix = [0u8; 8];
+        read_full(&mut body, &mut prefix).map_err(|e| match e {
+            Short::Ended => "not a gosyncd batch (bad magic)".to_string(),
+            Short::Broken(e) => format!("batch not received: {e}"),
+        })?;
+        if &prefix[..4] != BATCH_MAGIC {
+            return Err("not a gosyncd batch (bad magic)".into());
+        }
+        let len = u32::from_be_bytes(prefix[4..8].try_into().expect("4 bytes")) as usize;
+        if len > MAX_BATCH_HEADER_BYTES {
+            return Err(format!(
+                "batch header of {len} bytes exceeds the limit of {MAX_BATCH_HEADER_BYTES}"
+            ));
+        }
+        let mut json = Vec::new();
+        (&mut body)
+            .take(len as u64)
+            .read_to_end(&mut json)
+            .map_err(|e| format!("batch not received: {e}"))?;
+        if json.len() < len {
+            return Err("batch body shorter than its header length".into());
+        }
+        let header: BatchHeader =
+            serde_json::from_slice(&json).map_err(|e| format!("malformed batch header: {e}"))?;
+        if header.ops.len() > MAX_OPS_PER_BATCH {
+            return Err(format!(
+                "batch of {} operations exceeds the limit of {MAX_OPS_PER_BATCH}",
+                header.ops.len()
+            ));
+        }
+        Ok(BatchReader { body, header })
+    }
+
+    /// Copies the content of operation `index` (the next one that carries content) into
+    /// `sink`, checking its size and its hash. After a failed write the rest of the
+    /// content is still read and checked, so that the next one can follow.
+    pub fn content_into(
+        &mut self,
+        index: usize,
+        sink: &mut impl Write,
+    ) -> Result<(), ContentError> {
+        let op = &self.header.ops[index];
+        let Some(size) = op.needs_content() else {
+            return Ok(());
+        };
+        let Action::Put { entry } = &op.action else {
+            unreachable!("only puts carry content")
+        };
+        let Content::File { sha256, .. } = &entry.content else {
+            unreachable!("only files carry content")
+        };
+        let mut hasher = Sha256::new();
+        let mut left = size;
+        let mut buffer = vec![0u8; READ_BUFFER_BYTES.min(size as usize).max(1)];
+        let mut failed: Option<io::Error> = None;
+        while left > 0 {
+            let want = buffer
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match self.body.read(&mut buffer[..want]) {
+                Ok(0) => {
+                    return Err(ContentError::Body(format!(
+                        "{}: content truncated",
+                        op.path
+                    )))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ContentError::Body(format!(
+                        "{}: content not received: {e}",
+                        op.path
+                    )))
+                }
+            };
+            hasher.update(&buffer[..n]);
+            if failed.is_none() {
+                if let Err(e) = sink.write_all(&buffer[..n]) {
+                    failed = Some(e);
+                }
+            }
+            left -= n as u64;
+        }
+        let actual = Digest256(hasher.finalize().into());
+        if actual != *sha256 {
+            return Err(ContentError::Body(format!(
+                "{}: content sha256 {actual} does not match the announced {sha256}",
+                op.path
+            )));
+        }
+        match failed {
+            Some(e) => Err(ContentError::Sink(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that nothing follows the last content.
+    pub fn finish(mut self) -> Result<(), String> {
+        let mut extra = [0u8; 1024];
+        let mut trailing = 0usize;
+        loop {
+            match self.body.read(&mut extra) {
+                Ok(0) => break,
+                Ok(n) => trailing += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("batch not received: {e}")),
+            }
+            if trailing > extra.len() {
+                break;
+            }
+        }
+        if trailing > 0 {
+            return Err(format!("{trailing} trailing bytes after the last content"));
+        }
+        Ok(())
+    }
+}
+
+/// How reading an exact number of bytes fell short.
+enum Short {
+    Ended,
+    Broken(io::Error),
+}
+
+fn read_full(body: &mut impl Read, into: &mut [u8]) -> Result<(), Short> {
+    body.read_exact(into).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => Short::Ended,
+        _ => Short::Broken(e),
+    })
+}
+
+/// A decoded batch held in memory: the header and, for each operation, its content.
 #[derive(Debug)]
 pub struct Batch<'a> {
     pub header: BatchHeader,
@@ -60,63 +220,27 @@ pub struct Batch<'a> {
     pub contents: Vec<Option<&'a [u8]>>,
 }
 
-/// Decodes and checks the framing of a batch body. Paths are checked by the receiver.
+/// Decodes and checks a whole batch body held in memory, with the same reader a
+/// receiver streams through. Paths are checked by the receiver.
 pub fn decode_batch(body: &[u8]) -> Result<Batch<'_>, String> {
-    if body.len() < 8 || &body[..4] != BATCH_MAGIC {
-        return Err("not a gosyncd batch (bad magic)".into());
+    let mut reader = BatchReader::start(body)?;
+    let mut contents = Vec::with_capacity(reader.header.ops.len());
+    for index in 0..reader.header.ops.len() {
+        let Some(size) = reader.header.ops[index].needs_content() else {
+            contents.push(None);
+            continue;
+        };
+        let at = body.len() - reader.body.len();
+        reader
+            .content_into(index, &mut io::sink())
+            .map_err(|e| match e {
+                ContentError::Body(why) => why,
+                ContentError::Sink(e) => e.to_string(),
+            })?;
+        contents.push(Some(&body[at..at + size as usize]));
     }
-    let len = u32::from_be_bytes(body[4..8].try_into().expect("4 bytes")) as usize;
-    if len > MAX_BATCH_HEADER_BYTES {
-        return Err(format!(
-            "batch header of {len} bytes exceeds the limit of {MAX_BATCH_HEADER_BYTES}"
-        ));
-    }
-    let rest = &body[8..];
-    if rest.len() < len {
-        return Err("batch body shorter than its header length".into());
-    }
-    let header: BatchHeader =
-        serde_json::from_slice(&rest[..len]).map_err(|e| format!("malformed batch header: {e}"))?;
-    if header.ops.len() > MAX_OPS_PER_BATCH {
-        return Err(format!(
-            "batch of {} operations exceeds the limit of {MAX_OPS_PER_BATCH}",
-            header.ops.len()
-        ));
-    }
-    let mut data = &rest[len..];
-    let mut contents = Vec::with_capacity(header.ops.len());
-    for op in &header.ops {
-        match op.needs_content() {
-            None => contents.push(None),
-            Some(size) => {
-                let size = usize::try_from(size).map_err(|_| "file size too large")?;
-                if data.len() < size {
-                    return Err(format!("{}: content truncated", op.path));
-                }
-                let (content, tail) = data.split_at(size);
-                let Action::Put { entry } = &op.action else {
-                    unreachable!("only puts carry content")
-                };
-                if let Content::File { sha256, .. } = &entry.content {
-                    let actual = Digest256::of(content);
-                    if actual != *sha256 {
-                        return Err(format!(
-                            "{}: content sha256 {actual} does not match the announced {sha256}",
-                            op.path
-                        ));
-                    }
-                }
-                contents.push(Some(content));
-                data = tail;
-            }
-        }
-    }
-    if !data.is_empty() {
-        return Err(format!(
-            "{} trailing bytes after the last content",
-            data.len()
-        ));
-    }
+    let header = std::mem::take(&mut reader.header);
+    reader.finish()?;
     Ok(Batch { header, contents })
 }
 

@@ -238,8 +238,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::apply::apply_batch;
-    use crate::protocol::{decode_batch, encode_batch, Action, BatchHeader, Content, Entry, Op};
+    use crate::apply::apply_body;
+    use crate::protocol::{encode_batch, Action, BatchHeader, Content, Entry, Op};
     use crate::testing::{config_text, file_entry, parse, put};
 
     fn validated(root: &Path) -> Config {
@@ -297,8 +297,7 @@ mod tests {
             },
         ]);
         let body = encode_batch(&header, &[b"new", b"a", b"replaced"]);
-        let batch = decode_batch(&body).unwrap();
-        let applied = apply_batch(config, false, &batch, "a test");
+        let (_, applied) = apply_body(config, false, body.as_slice(), "a test").unwrap();
         for result in &applied.results {
             assert_eq!(
                 result.outcome,

@@ -15,13 +15,10 @@ use crate::actions;
 use crate::apply;
 use crate::config::Config;
 use crate::manifest::HashCache;
-use crate::protocol::{self, HeldPath, Identity, PeerStatus, StatusCounters};
+use crate::protocol::{HeldPath, Identity, PeerStatus, StatusCounters};
 use crate::sync::PeerLink;
 use crate::versions::Versions;
 use crate::watcher::Outbox;
-
-/// The unit in which the body budget is counted.
-pub(super) const BUDGET_UNIT_BYTES: usize = 1024;
 
 /// What a serving node knows and shares between requests.
 pub struct Node {
@@ -32,8 +29,6 @@ pub struct Node {
     pub cache: Arc<HashCache>,
     /// Batches are applied one at a time, so that two pushes never interleave.
     pub(super) apply_lock: Arc<Mutex<()>>,
-    /// Request bytes being buffered at once, in [`BUDGET_UNIT_BYTES`] units.
-    pub(super) body_budget: Arc<Semaphore>,
     /// Apply requests being received or applied (`max_concurrent_applies`).
     pub(super) applies: Arc<Semaphore>,
     /// A daemon's memory of each path's version; what a push applies is recorded there
@@ -235,10 +230,6 @@ impl Node {
             owners: apply::applies_owners(),
             cache,
             apply_lock: Arc::new(Mutex::new(())),
-            body_budget: Arc::new(Semaphore::new(
-                protocol::MAX_BUFFERED_BODY_BYTES.max(limits.max_request_size as usize)
-                    / BUDGET_UNIT_BYTES,
-            )),
             applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
             versions,
             stats: Stats::default(),

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use tracing::{debug, info, warn};
 
-use super::node::BUDGET_UNIT_BYTES;
+use super::body::{self, BodyError};
 use super::{ClientAddr, ClientSubject, Node};
 use crate::actions;
 use crate::apply;
@@ -290,8 +290,6 @@ async fn apply(
             limits.max_concurrent_applies
         )));
     };
-    // Bodies are read into memory, so the bytes being read at once are budgeted: each
-    // request reserves its announced length (the limit when it announces none) first.
     let announced = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -299,33 +297,44 @@ async fn apply(
     if announced.is_some_and(|n| n > limit) {
         return Err(too_large(&addr, limit));
     }
-    let reserve = announced.unwrap_or(limit);
-    let budget = node
-        .body_budget
-        .clone()
-        .acquire_many_owned(reserve.div_ceil(BUDGET_UNIT_BYTES).max(1) as u32)
-        .await
-        .expect("budget semaphore never closed");
-    let body = tokio::time::timeout(
+    // The body is streamed: its contents go to temporary files as they arrive, hashed on
+    // the way; nothing of it is held in memory but a few frames.
+    let (frames, reader) = body::channel();
+    let config = node.config.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        let reader = protocol::BatchReader::start(reader)?;
+        apply::validate_batch(&config, &reader.header)?;
+        apply::receive(&config, reader)
+    });
+    let pumped = tokio::time::timeout(
         protocol::APPLY_TIMEOUT,
-        read_body(body, reserve, limits.idle_timeout),
+        body::pump(body, limit, limits.idle_timeout, frames),
     )
-    .await
-    .map_err(|_| refuse(&addr, "request body not received in time".into()))?
-    .map_err(|e| match e {
-        BodyError::TooLarge => too_large(&addr, limit),
-        BodyError::Stalled => refuse(
-            &addr,
-            format!(
-                "request body stalled: nothing received for {:?} (idle_timeout)",
-                limits.idle_timeout
-            ),
-        ),
-        BodyError::Broken(e) => refuse(&addr, format!("request body not received: {e}")),
-    })?;
+    .await;
+    let received = received
+        .await
+        .map_err(|e| ApiError::Internal(format!("receiving the batch failed: {e}")))?;
+    let bytes = match pumped {
+        Err(_) => return Err(refuse(&addr, "request body not received in time".into())),
+        Ok(Err(BodyError::TooLarge)) => return Err(too_large(&addr, limit)),
+        Ok(Err(BodyError::Stalled)) => {
+            return Err(refuse(
+                &addr,
+                format!(
+                    "request body stalled: nothing received for {:?} (idle_timeout)",
+                    limits.idle_timeout
+                ),
+            ))
+        }
+        Ok(Err(BodyError::Broken(e))) => {
+            return Err(refuse(&addr, format!("request body not received: {e}")))
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    let (header, staged) = received.map_err(|reason| refuse(&addr, reason))?;
     node.stats
         .bytes_received
-        .fetch_add(body.len() as u64, Ordering::Relaxed);
+        .fetch_add(bytes as u64, Ordering::Relaxed);
     // One batch at a time. The batch is applied, validated and committed by a task of its
     // own, which holds the lock: a client that disconnects cannot release it, nor stop
     // a batch half-way between being written and being validated.
@@ -335,8 +344,8 @@ async fn apply(
     let worker = node.clone();
     let origin = format!("a sync from {client}");
     let task = tokio::spawn(async move {
-        let held = (one_at_a_time, budget, receiving);
-        let results = apply_and_validate(&worker, body, origin).await;
+        let held = (one_at_a_time, receiving);
+        let results = apply_and_validate(&worker, header, staged, origin).await;
         drop(held);
         let (results, changed) = results?;
         let actions = run_on_change(&worker, changed).await;
@@ -376,24 +385,23 @@ async fn apply(
     Ok(Json(ApplyResponse { results, actions }))
 }
 
-/// Decodes, checks and applies a batch, runs the `validate` command of every directory
-/// it changed, puts back what a failed validation refuses, records the versions of what
-/// stays, and returns the results with the paths changed per directory.
+/// Applies a checked batch whose contents are received, runs the `validate` command of
+/// every directory it changed, puts back what a failed validation refuses, records the
+/// versions of what stays, and returns the results with the paths changed per directory.
 async fn apply_and_validate(
     node: &Arc<Node>,
-    body: Bytes,
+    header: protocol::BatchHeader,
+    staged: apply::Staged,
     origin: String,
 ) -> Result<(Vec<protocol::OpResult>, BTreeMap<String, Vec<String>>), String> {
     let config = node.config.clone();
     let owners = node.owners;
     let (ops, mut applied) = tokio::task::spawn_blocking(move || {
-        let batch = protocol::decode_batch(&body)?;
-        apply::validate_batch(&config, &batch.header)?;
-        let applied = apply::apply_batch(&config, owners, &batch, &origin);
-        Ok::<_, String>((batch.header.ops, applied))
+        let applied = apply::apply_batch(&config, owners, &header, staged, &origin);
+        (header.ops, applied)
     })
     .await
-    .map_err(|e| format!("apply failed: {e}"))??;
+    .map_err(|e| format!("apply failed: {e}"))?;
 
     let touched = applied.touched(&node.config);
     for (dir_path, why) in actions::validate(&node.config, &touched, actions::Side::Received).await
@@ -477,41 +485,6 @@ fn too_large(addr: &Option<Extension<ClientAddr>>, limit: usize) -> ApiError {
     ApiError::TooLarge(format!(
         "request body exceeds this node's max_request_size of {limit} bytes"
     ))
-}
-
-/// Why a request body could not be read.
-enum BodyError {
-    TooLarge,
-    Stalled,
-    Broken(String),
-}
-
-/// Reads a whole body of at most `limit` bytes, giving up when it makes no progress for
-/// `idle` (a client that trickles or stops cannot hold the request).
-async fn read_body(
-    mut body: Body,
-    limit: usize,
-    idle: std::time::Duration,
-) -> Result<Bytes, BodyError> {
-    use http_body_util::BodyExt;
-    let mut buffer = bytes::BytesMut::new();
-    loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(BodyError::Stalled),
-            Ok(None) => return Ok(buffer.freeze()),
-            Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        if let Ok(data) = frame.into_data() {
-            if buffer.len() + data.len() > limit {
-                return Err(BodyError::TooLarge);
-            }
-            if buffer.is_empty() {
-                buffer.reserve(limit.min(64 * 1024 * 1024).max(data.len()));
-            }
-            buffer.extend_from_slice(&data);
-        }
-    }
 }
 
 fn refuse(addr: &Option<Extension<ClientAddr>>, reason: String) -> ApiError {

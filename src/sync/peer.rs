@@ -1,27 +1,24 @@
 //! One peer's part of a run: the terms it takes (its directories, excludes and limits),
 //! the views of both trees restricted to what both sides synchronise, the plan and the
-//! mass-delete guard, then a report (dry run) or a push. Also the local state every peer
-//! of a run shares, so that each file to send is read once.
+//! mass-delete guard, then a report (dry run) or a push. Also the local scan every peer
+//! of a run shares.
 //!
 //! It handles a single peer and never touches another peer's report; sending is left to
 //! `push`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use bytes::Bytes;
 use tracing::debug;
 
 use super::push::push;
 use super::{Change, ChangeStatus, Options, PeerReport};
-use crate::apply;
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
 use crate::manifest::{Manifest, Scan};
 use crate::paths::is_within;
 use crate::plan::plan;
-use crate::protocol::{Action, Digest256, DirectoryInfo, ManifestResponse, Op, PeerLimits};
+use crate::protocol::{Action, DirectoryInfo, ManifestResponse, Op, PeerLimits};
 
 /// One peer as the engine reaches it: its client, and the terms it last announced
 /// (remembered so that an automatic push costs one round trip). Shared by the engine and
@@ -72,50 +69,14 @@ impl PeerTerms {
     }
 }
 
-/// The local scan plus the file contents read so far, shared by all peers of a run so
-/// that each file is read once however many peers need it.
+/// The local scan, shared by all peers of a run.
 pub(super) struct LocalState {
     scan: Scan,
-    contents: Mutex<HashMap<String, Bytes>>,
 }
 
 impl LocalState {
     pub(super) fn new(scan: Scan) -> LocalState {
-        LocalState {
-            scan,
-            contents: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The content of a scanned file, read without following any link below its
-    /// configured directory, and only if it still has the scanned digest.
-    pub(super) fn content(
-        &self,
-        config: &Config,
-        path: &str,
-        scanned: &Digest256,
-    ) -> Result<Bytes, Unsendable> {
-        if let Some(bytes) = self.contents.lock().expect("contents lock").get(path) {
-            return Ok(bytes.clone());
-        }
-        let dir = config
-            .directory_of(path)
-            .ok_or_else(|| Unsendable::Unreadable("outside the configured directories".into()))?;
-        let (parent, name) = apply::open_parent(config, dir, path)
-            .map_err(|e| Unsendable::Unreadable(e.to_string()))?;
-        let mut bytes = Vec::new();
-        apply::open_regular(&parent, &name)
-            .and_then(|fd| std::fs::File::from(fd).read_to_end(&mut bytes))
-            .map_err(|e| Unsendable::Unreadable(format!("cannot read the local file: {e}")))?;
-        if Digest256::of(&bytes) != *scanned {
-            return Err(Unsendable::Changed);
-        }
-        let bytes = Bytes::from(bytes);
-        self.contents
-            .lock()
-            .expect("contents lock")
-            .insert(path.to_string(), bytes.clone());
-        Ok(bytes)
+        LocalState { scan }
     }
 }
 
@@ -127,7 +88,7 @@ pub(super) enum Unsendable {
 }
 
 pub(super) async fn sync_peer(
-    config: &Config,
+    config: &Arc<Config>,
     peer: &Peer,
     manifest: Result<ManifestResponse, client::PeerError>,
     local: &LocalState,
@@ -206,7 +167,6 @@ pub(super) async fn sync_peer(
         config,
         peer,
         ops,
-        local,
         &remote.limits,
         &options.progress,
         &mut report,

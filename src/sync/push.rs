@@ -1,23 +1,24 @@
-//! Sending planned operations to one peer: reading their contents, leaving out what the
-//! peer would refuse as too large and what changed since the scan, splitting the rest into
-//! batches that fit the peer's limits, and turning its answers into changes and action
-//! lines.
+//! Sending planned operations to one peer: leaving out what the peer would refuse as too
+//! large, splitting the rest into batches that fit the peer's limits, streaming each
+//! batch with its contents read from disk as they go (and sending it again without a
+//! file that changed since the scan), and turning the peer's answers into changes and
+//! action lines.
 //!
 //! It does not plan or choose what to send: the caller hands it the operations.
 
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::debug;
 
-use super::peer::{LocalState, Unsendable};
+use super::peer::Unsendable;
 use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEvent};
+use crate::apply::Parents;
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
 use crate::protocol::{self, Action, ApplyResponse, BatchHeader, Content, Entry, Op, PeerLimits};
-
-/// File contents of a batch, one slot per operation (`None`: no content travels).
-type Contents = Vec<Option<Bytes>>;
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
 /// under the receiver's header limit.
@@ -64,141 +65,248 @@ pub(super) fn without_oversized(
 
 /// Sends the operations with their contents and records the outcome of each, telling
 /// `progress` what is planned and each batch the peer answered.
+///
+/// Contents are read from disk as they are sent, never held. A file whose content no
+/// longer is the planned one (another size; or another mtime, and then another hash),
+/// that is written while it is sent, or that cannot be read, ends that request; the
+/// batch is sent again without it, and it is reported. The receiver checks every hash,
+/// so a change that keeps the size and the mtime makes it refuse the batch whole rather
+/// than take the wrong bytes.
 pub(super) async fn push(
-    config: &Config,
+    config: &Arc<Config>,
     peer: &Peer,
     ops: Vec<Op>,
-    local: &LocalState,
     limits: &PeerLimits,
     progress: &Progress,
     report: &mut PeerReport,
 ) {
     let label = peer.remote.label.clone();
-    let mut ops = ops;
-    let mut contents: Contents = Vec::with_capacity(ops.len());
-    // Not sent this time; worth trying again (the read may succeed later).
-    let mut unreadable: Vec<(usize, String)> = Vec::new();
-    let mut sizes: Vec<(usize, u64)> = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        let scanned = match &op.action {
-            Action::Put {
-                entry:
-                    Entry {
-                        content: Content::File { sha256, .. },
-                        ..
-                    },
-            } if op.needs_content().is_some() => sha256,
-            _ => {
-                contents.push(None);
-                continue;
-            }
-        };
-        match local.content(config, &op.path, scanned) {
-            Ok(bytes) => {
-                // The bytes hash to the planned digest; the size that frames them on
-                // the wire is theirs by construction.
-                sizes.push((i, bytes.len() as u64));
-                contents.push(Some(bytes));
-            }
-            Err(Unsendable::Changed) => {
-                report.changed_locally.push(op.path.clone());
-                let reason = "changed on this node during the sync; run the sync again";
-                unreadable.push((i, reason.to_string()));
-                contents.push(None);
-            }
-            Err(Unsendable::Unreadable(reason)) => {
-                unreadable.push((i, reason));
-                contents.push(None);
-            }
-        }
-    }
-    for (i, size) in sizes {
-        if let Action::Put { entry } = &mut ops[i].action {
-            if let Content::File { size: framed, .. } = &mut entry.content {
-                *framed = size;
-            }
-        }
-    }
-    // Drop operations whose content could not be read (and report them).
-    let mut batch_ops = Vec::new();
-    let mut batch_contents = Vec::new();
-    for (i, (op, content)) in ops.into_iter().zip(contents).enumerate() {
-        if let Some((_, reason)) = unreadable.iter().find(|(j, _)| *j == i) {
-            report.changes.push(Change {
-                peer: label.clone(),
-                path: op.path,
-                status: ChangeStatus::Failed(reason.clone()),
-            });
-            continue;
-        }
-        batch_ops.push(op);
-        batch_contents.push(content);
-    }
     progress.tell(ProgressEvent::Planned {
         peer: label.clone(),
-        operations: batch_ops.len(),
-        bytes: content_bytes(&batch_contents),
+        operations: ops.len(),
+        bytes: content_bytes(&ops),
     });
-
-    for (ops, contents) in split_batches(batch_ops, batch_contents, limits) {
-        let sent = ProgressEvent::Sent {
-            peer: label.clone(),
-            operations: ops.len(),
-            bytes: content_bytes(&contents),
-        };
-        let header = BatchHeader {
-            ops,
-            foreign_owners: !crate::apply::applies_owners(),
-        };
-        let mut body = vec![Bytes::from(protocol::encode_batch_header(&header))];
-        body.extend(contents.into_iter().flatten());
-        let bytes: usize = body.iter().map(Bytes::len).sum();
-        match send(peer, body).await {
-            Ok(response) if response.results.len() != header.ops.len() => {
-                // Every operation is answered, or none is trusted: a path left out would
-                // otherwise count as delivered.
-                report.error = Some(format!(
-                    "the peer answered {} results for {} operations",
-                    response.results.len(),
-                    header.ops.len()
-                ));
-                return;
+    for mut ops in split_batches(config, ops, limits) {
+        let response = loop {
+            if ops.is_empty() {
+                break None;
             }
-            Ok(response) => {
-                debug!(operations = header.ops.len(), bytes, "batch sent");
-                report.bytes_sent += bytes as u64;
-                progress.tell(sent);
-                report
-                    .actions
-                    .extend(response.actions.into_iter().map(|action| ActionLine {
-                        peer: label.clone(),
-                        report: action,
-                    }));
-                for (op, result) in header.ops.iter().zip(response.results) {
-                    if let Some(found) = result.found {
-                        report.peer_holds.push((op.path.clone(), found.entry));
-                    }
+            let header = BatchHeader {
+                ops,
+                foreign_owners: !crate::apply::applies_owners(),
+            };
+            let batch = Arc::new(Outgoing::new(header));
+            let sent = send(peer, config, &batch).await;
+            let fault = batch.fault.lock().expect("fault lock").take();
+            match (sent, fault) {
+                // A file of this batch could not be sent as planned: the peer was told the
+                // request failed, so it applied nothing. Again without it.
+                (Err(_), Some(fault)) => {
+                    let mut rest = batch.header.ops.clone();
+                    let op = rest.remove(fault.index);
+                    let reason = match fault.why {
+                        Unsendable::Changed => {
+                            report.changed_locally.push(op.path.clone());
+                            "changed on this node during the sync; run the sync again".to_string()
+                        }
+                        Unsendable::Unreadable(reason) => reason,
+                    };
                     report.changes.push(Change {
                         peer: label.clone(),
-                        path: op.path.clone(),
-                        status: ChangeStatus::of(result.outcome, op.change()),
+                        path: op.path,
+                        status: ChangeStatus::Failed(reason),
                     });
+                    ops = rest;
                 }
+                (Err(e), None) => {
+                    report.refused = e.is_refusal();
+                    report.error = Some(e.to_string());
+                    return;
+                }
+                (Ok(response), _) => break Some((batch, response)),
             }
-            Err(e) => {
-                report.refused = e.is_refusal();
-                report.error = Some(e.to_string());
-                return;
+        };
+        let Some((batch, response)) = response else {
+            continue;
+        };
+        let header = &batch.header;
+        if response.results.len() != header.ops.len() {
+            // Every operation is answered, or none is trusted: a path left out would
+            // otherwise count as delivered.
+            report.error = Some(format!(
+                "the peer answered {} results for {} operations",
+                response.results.len(),
+                header.ops.len()
+            ));
+            return;
+        }
+        let bytes = content_bytes(&header.ops);
+        debug!(operations = header.ops.len(), bytes, "batch sent");
+        report.bytes_sent += batch.body_length();
+        progress.tell(ProgressEvent::Sent {
+            peer: label.clone(),
+            operations: header.ops.len(),
+            bytes,
+        });
+        report
+            .actions
+            .extend(response.actions.into_iter().map(|action| ActionLine {
+                peer: label.clone(),
+                report: action,
+            }));
+        for (op, result) in header.ops.iter().zip(response.results) {
+            if let Some(found) = result.found {
+                report.peer_holds.push((op.path.clone(), found.entry));
             }
+            report.changes.push(Change {
+                peer: label.clone(),
+                path: op.path.clone(),
+                status: ChangeStatus::of(result.outcome, op.change()),
+            });
         }
     }
 }
 
-/// Bytes of file content among `contents`.
-fn content_bytes(contents: &Contents) -> u64 {
-    contents.iter().flatten().map(|c| c.len() as u64).sum()
+/// Bytes of file content the operations carry.
+fn content_bytes(ops: &[Op]) -> u64 {
+    ops.iter().filter_map(Op::needs_content).sum()
 }
 
+/// A batch being sent: its header, and what went wrong on this side while its contents
+/// were read, if anything.
+struct Outgoing {
+    header: BatchHeader,
+    /// The encoded header, as it opens the body.
+    head: Bytes,
+    fault: Mutex<Option<Fault>>,
+}
+
+/// A file that could not be sent as planned: the index of its operation, and why.
+struct Fault {
+    index: usize,
+    why: Unsendable,
+}
+
+impl Outgoing {
+    fn new(header: BatchHeader) -> Outgoing {
+        Outgoing {
+            head: Bytes::from(protocol::encode_batch_header(&header)),
+            header,
+            fault: Mutex::new(None),
+        }
+    }
+
+    /// The length of the body: the header's framing and every content.
+    fn body_length(&self) -> u64 {
+        self.head.len() as u64 + content_bytes(&self.header.ops)
+    }
+}
+
+/// Frames of a body waiting to be sent, per request.
+const FRAMES_IN_FLIGHT: usize = 4;
+/// Bytes read from a file at once while sending it.
+const SEND_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The body of a batch as a stream: the header, then each content read from disk as
+/// the request goes, by a blocking task of its own. A file that no longer matches its
+/// operation is recorded as the batch's fault and ends the stream with an error.
+fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) {
+    let head = batch.head.clone();
+    let length = batch.body_length();
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(FRAMES_IN_FLIGHT);
+    let (config, batch) = (config.clone(), batch.clone());
+    tokio::task::spawn_blocking(move || {
+        if tx.blocking_send(Ok(head)).is_err() {
+            return;
+        }
+        let mut parents = Parents::default();
+        for (index, op) in batch.header.ops.iter().enumerate() {
+            if op.needs_content().is_none() {
+                continue;
+            }
+            if let Err(why) = send_file(&config, &mut parents, op, &tx) {
+                let Some(why) = why else { return };
+                *batch.fault.lock().expect("fault lock") = Some(Fault { index, why });
+                let _ = tx.blocking_send(Err(io::Error::other("a file changed while it was sent")));
+                return;
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    (reqwest::Body::wrap_stream(stream), length)
+}
+
+/// Sends one file's content, as planned by `op`, in frames. `Err(None)`: the request
+/// is gone (nothing more to send); `Err(Some(why))`: the file cannot be sent as planned.
+fn send_file(
+    config: &Config,
+    parents: &mut Parents,
+    op: &Op,
+    tx: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+) -> Result<(), Option<Unsendable>> {
+    let Action::Put { entry } = &op.action else {
+        return Ok(());
+    };
+    let Content::File { size, sha256 } = &entry.content else {
+        return Ok(());
+    };
+    let size = *size;
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Some(Unsendable::Unreadable(format!(
+            "cannot read the local file: {e}"
+        )))
+    };
+    let dir = config.directory_of(&op.path).ok_or_else(|| {
+        Some(Unsendable::Unreadable(
+            "outside the configured directories".into(),
+        ))
+    })?;
+    let (parent, name) = parents
+        .parent(config, dir, &op.path)
+        .map_err(|e| Some(Unsendable::Unreadable(e.to_string())))?;
+    let fd = crate::apply::open_regular(&parent, &name).map_err(|e| unreadable(&e))?;
+    let before = rustix::fs::fstat(&fd).map_err(|e| unreadable(&e))?;
+    if before.st_size as u64 != size {
+        return Err(Some(Unsendable::Changed));
+    }
+    let mtime =
+        |st: &rustix::fs::Stat| crate::manifest::nanos(st.st_mtime, st.st_mtime_nsec as i64);
+    if mtime(&before) != entry.mtime_ns {
+        // Touched since it was planned, or planned from a record of its version: its
+        // content decides.
+        let mut file = std::fs::File::from(fd.try_clone().map_err(|e| unreadable(&e))?);
+        let hashed = crate::manifest::hash_reader(&mut file).map_err(|e| unreadable(&e))?;
+        if hashed != *sha256 {
+            return Err(Some(Unsendable::Changed));
+        }
+        rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0)).map_err(|e| unreadable(&e))?;
+    }
+    let mut file = std::fs::File::from(fd);
+    let mut left = size;
+    while left > 0 {
+        let mut chunk = vec![0u8; SEND_CHUNK_BYTES.min(left as usize)];
+        let n = match file.read(&mut chunk) {
+            Ok(0) => return Err(Some(Unsendable::Changed)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(unreadable(&e)),
+        };
+        chunk.truncate(n);
+        left -= n as u64;
+        if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+            return Err(None);
+        }
+    }
+    // Written meanwhile: what was sent may be a mix of two versions.
+    let after = rustix::fs::fstat(&file).map_err(|e| unreadable(&e))?;
+    let stamp = |st: &rustix::fs::Stat| (st.st_size, mtime(st), st.st_ctime, st.st_ctime_nsec);
+    if stamp(&after) != stamp(&before) {
+        return Err(Some(Unsendable::Changed));
+    }
+    Ok(())
+}
 /// Longest a push keeps sending a batch again to a peer that is busy (503, too many
 /// applies under way) or reset the connection, before it reports the failure.
 const BUSY_RETRY_BOUND: Duration = Duration::from_secs(30);
@@ -209,13 +317,23 @@ const BUSY_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Sends one batch, again and again while the peer is busy or resets the connection,
 /// within [`BUSY_RETRY_BOUND`]. Sending a batch twice is safe: the receiver treats an
-/// operation whose path already holds the wanted state as done.
-async fn send(peer: &Peer, body: Vec<Bytes>) -> Result<ApplyResponse, PeerError> {
+/// operation whose path already holds the wanted state as done. A try whose body failed
+/// on this side is not repeated: the caller drops the file at fault first.
+async fn send(
+    peer: &Peer,
+    config: &Arc<Config>,
+    batch: &Arc<Outgoing>,
+) -> Result<ApplyResponse, PeerError> {
     let deadline = Instant::now() + BUSY_RETRY_BOUND;
     let mut wait = BUSY_RETRY_FIRST;
     loop {
-        match peer.apply_chunks(body.clone()).await {
-            Err(e) if e.is_momentary() && Instant::now() + wait < deadline => {
+        let (body, length) = body_of(config, batch);
+        match peer.apply_stream(body, length).await {
+            Err(e)
+                if e.is_momentary()
+                    && batch.fault.lock().expect("fault lock").is_none()
+                    && Instant::now() + wait < deadline =>
+            {
                 debug!(error = %e, wait_ms = wait.as_millis() as u64, "peer busy: sending again");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(BUSY_RETRY_MAX);
@@ -227,27 +345,28 @@ async fn send(peer: &Peer, body: Vec<Bytes>) -> Result<ApplyResponse, PeerError>
 
 /// Splits operations into batches that fit the receiver's limits: the body size (the
 /// contents plus a generous allowance for each operation's line in the header) and the
-/// number of operations. Almost every sync is one batch.
-fn split_batches(
-    ops: Vec<Op>,
-    contents: Contents,
-    limits: &PeerLimits,
-) -> Vec<(Vec<Op>, Contents)> {
+/// number of operations. Almost every sync is one batch. A configured directory the peer
+/// lacks is made by a batch of its own first, so that the contents that follow have a
+/// place to be received in.
+fn split_batches(config: &Config, ops: Vec<Op>, limits: &PeerLimits) -> Vec<Vec<Op>> {
     let budget = limits.max_request_size as usize;
     let most = limits.max_batch_entries.min(OPS_PER_BATCH);
-    let mut batches = vec![(Vec::new(), Vec::new())];
+    let (tops, ops): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| {
+        matches!(&op.action, Action::Put { entry } if entry.content.is_dir())
+            && config.directories.iter().any(|d| d.path == op.path)
+    });
+    let mut batches = vec![tops, Vec::new()];
     let mut used = BATCH_FRAMING_BYTES;
-    for (op, content) in ops.into_iter().zip(contents) {
-        let size = content.as_ref().map_or(0, |c| c.len()) + op.path.len() + HEADER_BYTES_PER_OP;
+    for op in ops {
+        let size = op.needs_content().unwrap_or(0) as usize + op.path.len() + HEADER_BYTES_PER_OP;
         let current = batches.last_mut().expect("one batch");
-        if (used + size > budget || current.0.len() >= most) && !current.0.is_empty() {
-            batches.push((Vec::new(), Vec::new()));
+        if (used + size > budget || current.len() >= most) && !current.is_empty() {
+            batches.push(Vec::new());
             used = BATCH_FRAMING_BYTES;
         }
         used += size;
-        let current = batches.last_mut().expect("one batch");
-        current.0.push(op);
-        current.1.push(content);
+        batches.last_mut().expect("one batch").push(op);
     }
+    batches.retain(|batch| !batch.is_empty());
     batches
 }

@@ -1,0 +1,440 @@
+//! Receiving a batch's contents as they arrive: each file's bytes go straight from the
+//! request body into a file on the filesystem of its configured directory, hashed on the
+//! way, so that a receiver never holds a batch in memory. Only once the whole body has
+//! arrived and every hash matched is the batch carried out; the session then moves each
+//! received file next to its target. A body that fails half-way (a bad hash, a truncated
+//! or stalled stream) leaves nothing behind.
+//!
+//! Most contents of a batch (see [`anonymous_budget`]) are received into anonymous files
+//! (`O_TMPFILE`: no name, so nothing in the directory changes until one is linked next to
+//! its target, and nothing survives a crash); the rest, or all of them where the
+//! filesystem has no anonymous files, into temporary files at the top of the configured
+//! directory, removed when the batch does not take them.
+//!
+//! It decides nothing about the operations: a content this node cannot keep (a full
+//! disk, a missing directory) becomes that operation's failure, told to the session.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::fs::{open_dir, temp_name};
+use crate::config::Config;
+use crate::protocol::{BatchHeader, BatchReader, ContentError};
+
+/// Contents of a batch received into anonymous files at least, each holding a descriptor
+/// until the batch is carried out; more where the descriptor limit allows it (see
+/// [`anonymous_budget`]). The rest are named.
+const ANONYMOUS_MIN: usize = 64;
+
+/// How many contents of one batch may be held in anonymous files: half the descriptors
+/// this process may open, shared by the batches received at once.
+fn anonymous_budget(config: &Config) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let share = soft / 2 / config.limits.max_concurrent_applies.max(1) as u64;
+    usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .max(ANONYMOUS_MIN)
+}
+
+/// A file's content received on the filesystem of its configured directory. Dropped
+/// without being taken, it is gone.
+pub(crate) struct Received {
+    top: Arc<OwnedFd>,
+    held: Held,
+}
+
+/// Where a received content is.
+enum Held {
+    /// An anonymous file, open.
+    Anonymous(OwnedFd),
+    /// A temporary file at the top of the configured directory (empty once moved), with
+    /// its inode, so that the one moved into place is known to be it.
+    Named { tmp: String, inode: (u64, u64) },
+}
+
+/// The contents of one batch, by operation: `None` where no content travels, the
+/// reason where one could not be kept here.
+#[derive(Default)]
+pub struct Staged {
+    files: Vec<Option<Result<Received, String>>>,
+}
+
+impl Staged {
+    /// Takes the content of operation `index`, to be moved into place.
+    pub(super) fn take(&mut self, index: usize) -> Option<Result<Received, String>> {
+        self.files.get_mut(index).and_then(Option::take)
+    }
+
+    /// How many operations carry content.
+    pub(super) fn files(&self) -> usize {
+        self.files.iter().filter(|f| f.is_some()).count()
+    }
+}
+
+/// Reads the contents of a batch whose header is validated, each into a temporary file
+/// at the top of its configured directory, then checks that the body ends there, and
+/// hands back the header with the contents. A body that fails is refused whole:
+/// whatever was received is removed.
+pub fn receive<R: Read>(
+    config: &Config,
+    mut reader: BatchReader<R>,
+) -> Result<(BatchHeader, Staged), String> {
+    let mut tops: BTreeMap<String, Result<Arc<OwnedFd>, String>> = BTreeMap::new();
+    let mut staged = Staged::default();
+    let budget = anonymous_budget(config);
+    let mut anonymous = 0;
+    for index in 0..reader.header.ops.len() {
+        let op = &reader.header.ops[index];
+        if op.needs_content().is_none() {
+            staged.files.push(None);
+            continue;
+        }
+        let dir = config
+            .directory_of(&op.path)
+            .ok_or_else(|| format!("{}: outside the configured directories", op.path))?;
+        let top = tops
+            .entry(dir.path.clone())
+            .or_insert_with(|| {
+                open_dir(config.local_path(&dir.path))
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot open the configured directory {}: {e}", dir.path))
+            })
+            .clone();
+        let file = match top {
+            Ok(top) => {
+                let file = receive_one(&mut reader, index, top, anonymous < budget)?;
+                if let Ok(Received {
+                    held: Held::Anonymous(_),
+                    ..
+                }) = &file
+                {
+                    anonymous += 1;
+                }
+                file
+            }
+            Err(reason) => {
+                into_nothing(&mut reader, index)?;
+                Err(reason)
+            }
+        };
+        staged.files.push(Some(file));
+    }
+    let header = std::mem::take(&mut reader.header);
+    reader.finish()?;
+    Ok((header, staged))
+}
+
+/// Receives one content into a new file on the filesystem of `top`, anonymous when
+/// `anonymous` allows it and the filesystem has them: the file, or why it could not be
+/// kept (the body was read past it all the same). `Err` outside: the body fails.
+fn receive_one<R: Read>(
+    reader: &mut BatchReader<R>,
+    index: usize,
+    top: Arc<OwnedFd>,
+    anonymous: bool,
+) -> Result<Result<Received, String>, String> {
+    let created = match anonymous.then(|| create_anonymous(&top)).transpose() {
+        Ok(Some(fd)) => Ok((
+            Held::Anonymous(fd.try_clone().map_err(|e| e.to_string())?),
+            fd,
+        )),
+        Ok(None) | Err(_) => create_named(&top),
+    };
+    let (held, fd) = match created {
+        Ok(created) => created,
+        Err(e) => {
+            into_nothing(reader, index)?;
+            return Ok(Err(format!("cannot receive the content: {e}")));
+        }
+    };
+    let received = Received { top, held };
+    let mut file = File::from(fd);
+    match reader.content_into(index, &mut file) {
+        Ok(()) => Ok(Ok(received)),
+        Err(ContentError::Body(why)) => Err(why),
+        Err(ContentError::Sink(e)) => Ok(Err(format!("cannot receive the content: {e}"))),
+    }
+}
+
+/// An anonymous file on the filesystem of `top`.
+fn create_anonymous(top: &OwnedFd) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        top,
+        ".",
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?)
+}
+
+/// A new temporary file at `top`, with the descriptor to write it through.
+fn create_named(top: &OwnedFd) -> io::Result<(Held, OwnedFd)> {
+    let tmp = temp_name();
+    let fd = rustix::fs::openat(
+        top,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    match rustix::fs::fstat(&fd) {
+        Ok(st) => Ok((
+            Held::Named {
+                tmp,
+                inode: (st.st_dev, st.st_ino),
+            },
+            fd,
+        )),
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(top, tmp.as_str(), AtFlags::empty());
+            Err(e.into())
+        }
+    }
+}
+
+/// Reads one content through, checking it, for an operation that cannot be carried out.
+fn into_nothing<R: Read>(reader: &mut BatchReader<R>, index: usize) -> Result<(), String> {
+    match reader.content_into(index, &mut io::sink()) {
+        Ok(()) | Err(ContentError::Sink(_)) => Ok(()),
+        Err(ContentError::Body(why)) => Err(why),
+    }
+}
+
+impl Received {
+    /// Puts the received file in `parent` under a new temporary name, and opens it to be
+    /// given its metadata. Across filesystems (a mount below the configured directory),
+    /// its bytes are copied instead.
+    pub(super) fn move_to(mut self, parent: &OwnedFd) -> io::Result<(String, File)> {
+        let tmp = temp_name();
+        match &mut self.held {
+            Held::Anonymous(fd) => match link_anonymous(fd, parent, &tmp) {
+                Ok(()) => {
+                    let fd = fd.try_clone()?;
+                    Ok((tmp, File::from(fd)))
+                }
+                Err(Errno::XDEV) => {
+                    let source = fd.try_clone()?;
+                    rustix::fs::seek(&source, rustix::fs::SeekFrom::Start(0))?;
+                    copy_into(File::from(source), parent, tmp)
+                }
+                Err(e) => Err(e.into()),
+            },
+            Held::Named { tmp: name, inode } => {
+                let inode = *inode;
+                match rustix::fs::renameat(&self.top, name.as_str(), parent, tmp.as_str()) {
+                    Ok(()) => {
+                        name.clear();
+                        let opened = rustix::fs::openat(
+                            parent,
+                            tmp.as_str(),
+                            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .and_then(|fd| Ok((rustix::fs::fstat(&fd)?, fd)));
+                        match opened {
+                            Ok((st, fd)) if (st.st_dev, st.st_ino) == inode => {
+                                Ok((tmp, File::from(fd)))
+                            }
+                            other => {
+                                let _ =
+                                    rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
+                                Err(match other {
+                                    Err(e) => e.into(),
+                                    Ok(_) => replaced(),
+                                })
+                            }
+                        }
+                    }
+                    Err(Errno::XDEV) => {
+                        let source = rustix::fs::openat(
+                            &self.top,
+                            name.as_str(),
+                            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )?;
+                        let st = rustix::fs::fstat(&source)?;
+                        if (st.st_dev, st.st_ino) != inode {
+                            return Err(replaced());
+                        }
+                        copy_into(File::from(source), parent, tmp)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+}
+
+fn replaced() -> io::Error {
+    io::Error::other("the received content was replaced before it was put in place")
+}
+
+/// Gives the anonymous file `fd` the name `tmp` in `parent`: through its `/proc` link,
+/// or, where `/proc` is not mounted, by descriptor (which takes `CAP_DAC_READ_SEARCH`).
+fn link_anonymous(fd: &OwnedFd, parent: &OwnedFd, tmp: &str) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let proc_link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    match rustix::fs::linkat(
+        rustix::fs::CWD,
+        proc_link.as_str(),
+        parent,
+        tmp,
+        AtFlags::SYMLINK_FOLLOW,
+    ) {
+        Err(Errno::NOENT) => rustix::fs::linkat(fd, "", parent, tmp, AtFlags::EMPTY_PATH),
+        linked => linked,
+    }
+}
+
+/// Copies `source` into a new temporary file `tmp` in `parent`.
+fn copy_into(mut source: File, parent: &OwnedFd, tmp: String) -> io::Result<(String, File)> {
+    let fd = rustix::fs::openat(
+        parent,
+        tmp.as_str(),
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut file = File::from(fd);
+    match io::copy(&mut source, &mut file) {
+        Ok(_) => Ok((tmp, file)),
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
+            Err(e)
+        }
+    }
+}
+
+impl Drop for Received {
+    fn drop(&mut self) {
+        if let Held::Named { tmp, .. } = &self.held {
+            if !tmp.is_empty() {
+                let _ = rustix::fs::unlinkat(self.top.as_fd(), tmp.as_str(), AtFlags::empty());
+            }
+        }
+    }
+}
+
+/// The content `bytes` for a put of `path`, received as a batch of its own would be.
+#[cfg(test)]
+pub(super) fn received(config: &Config, path: &str, bytes: &[u8]) -> Received {
+    let header = crate::protocol::BatchHeader::new(vec![crate::testing::put(path, bytes)]);
+    let body = crate::protocol::encode_batch(&header, &[bytes]);
+    let reader = BatchReader::start(body.as_slice()).expect("a well-formed batch");
+    let (_, mut staged) = receive(config, reader).expect("received");
+    staged.take(0).expect("a content").expect("kept")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::test_config;
+    use crate::protocol::encode_batch;
+    use crate::testing::put;
+
+    /// Names in `dir` other than the ones the test made.
+    fn temp_names(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| crate::manifest::is_temp_name(n))
+            .collect()
+    }
+
+    /// A batch of `n` puts in `/etc/app`, the last content replaced by `last`.
+    fn batch_of(n: usize, last: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let contents: Vec<Vec<u8>> = (0..n).map(|i| format!("file {i}\n").into_bytes()).collect();
+        let ops = (0..n)
+            .map(|i| put(&format!("/etc/app/f{i}"), &contents[i]))
+            .collect();
+        let mut sent: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
+        sent[n - 1] = last;
+        let body = encode_batch(&crate::protocol::BatchHeader::new(ops), &sent);
+        (body, contents)
+    }
+
+    #[test]
+    fn contents_past_the_anonymous_budget_are_named_and_all_go_when_the_body_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = test_config(tmp.path());
+        // A budget of the minimum: 64 anonymous contents, the rest named.
+        c.limits.max_concurrent_applies = usize::MAX;
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let n = ANONYMOUS_MIN + 36;
+
+        let (body, _) = batch_of(n, b"file 99 but not as announced");
+        let reader = BatchReader::start(body.as_slice()).unwrap();
+        let err = receive(&c, reader)
+            .err()
+            .expect("a bad hash refuses the batch");
+        assert!(
+            err.contains("/etc/app/f99") && err.contains("does not match"),
+            "{err}"
+        );
+        assert_eq!(
+            temp_names(&app),
+            Vec::<String>::new(),
+            "nothing is left behind"
+        );
+
+        let (body, contents) = batch_of(n, format!("file {}\n", n - 1).as_bytes());
+        let reader = BatchReader::start(body.as_slice()).unwrap();
+        let (_, mut staged) = receive(&c, reader).unwrap();
+        let named = (0..n)
+            .filter(|&i| {
+                matches!(
+                    staged.files[i],
+                    Some(Ok(Received {
+                        held: Held::Named { .. },
+                        ..
+                    }))
+                )
+            })
+            .count();
+        assert_eq!(named, 36, "past the budget, contents are named");
+        assert_eq!(temp_names(&app).len(), 36);
+        // Each one, taken and moved next to its target, holds its bytes.
+        for (i, content) in contents.iter().enumerate().step_by(9) {
+            let received = staged.take(i).unwrap().unwrap();
+            let parent = open_dir(&app).unwrap();
+            let (tmp, _) = received.move_to(&parent).unwrap();
+            assert_eq!(
+                &std::fs::read(app.join(&tmp)).unwrap(),
+                content,
+                "content {i}"
+            );
+            std::fs::remove_file(app.join(&tmp)).unwrap();
+        }
+        drop(staged);
+        assert_eq!(
+            temp_names(&app),
+            Vec::<String>::new(),
+            "the rest are removed"
+        );
+    }
+
+    #[test]
+    fn a_truncated_body_refuses_the_batch_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let (body, _) = batch_of(5, b"file 4\n");
+        let cut = &body[..body.len() - 3];
+        let reader = BatchReader::start(cut).unwrap();
+        let err = receive(&c, reader)
+            .err()
+            .expect("a truncated body is refused");
+        assert!(
+            err.contains("/etc/app/f4") && err.contains("truncated"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(&app).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,152 @@
+//! Contents are streamed at both ends: a daemon pushing a large file reads it as it sends
+//! it, the daemon receiving it writes it as it arrives, and neither grows by the file's
+//! size. A file that changes between the scan and the send is left out of the push, and
+//! the rest of the batch still goes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gosyncd::group::{GroupSpec, LocalGroup};
+use gosyncd::protocol::{Action, Op};
+
+/// A resident-memory figure of a process, in KiB (`VmRSS`, `VmHWM`).
+fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Bytes that do not compress or repeat: a simple xorshift stream.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_goes_through_both_daemons_without_either_holding_it() {
+    const FILE_MIB: usize = 96;
+    // What either daemon may grow by, from its resident size once ready to its peak,
+    // while it hashes, sends or receives a file of FILE_MIB. Holding the file would
+    // take it past FILE_MIB.
+    const GROWTH_BOUND_KIB: u64 = 32 * 1024;
+    let mut group = LocalGroup::build(&GroupSpec {
+        nodes: 2,
+        first_octet: 10,
+        subnet: 3,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    group.release(1);
+    let mut daemons = Vec::new();
+    for (i, node) in group.nodes.iter().enumerate() {
+        let log = group.path().join(format!("node{i}.log"));
+        daemons.push(DaemonProcess::spawn(&node.config_path, log));
+    }
+    for (daemon, node) in daemons.iter_mut().zip(&group.nodes) {
+        daemon.wait_ready(&peer_as(node, node.addr)).await;
+    }
+    // Start-up is over (the first scan is done) when both are quiet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready: Vec<u64> = daemons
+        .iter()
+        .map(|d| memory_kib(d.child.id(), "VmRSS:"))
+        .collect();
+
+    let big = noise(FILE_MIB * 1024 * 1024, 7);
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/big.bin", &big);
+    let started = std::time::Instant::now();
+    loop {
+        let arrived = std::fs::metadata(n1.path("/etc/app/big.bin"))
+            .is_ok_and(|m| m.len() == big.len() as u64);
+        if arrived {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the file did not arrive within 60 s\nsender:\n{}\nreceiver:\n{}",
+            daemons[0].log(),
+            daemons[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        read(n1, "/etc/app/big.bin") == big,
+        "the file arrived whole"
+    );
+
+    for (i, daemon) in daemons.iter().enumerate() {
+        let peak = memory_kib(daemon.child.id(), "VmHWM:");
+        let growth = peak.saturating_sub(ready[i]);
+        eprintln!(
+            "node {i}: resident {} KiB once ready, peak {peak} KiB after a {FILE_MIB} MiB file",
+            ready[i]
+        );
+        assert!(
+            growth < GROWTH_BOUND_KIB,
+            "node {i} grew by {growth} KiB (from {} to {peak} KiB) for a {FILE_MIB} MiB file",
+            ready[i]
+        );
+    }
+    assert!(
+        temp_files_below(group.path()).is_empty(),
+        "temporary files left: {:?}",
+        temp_files_below(group.path())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_since_it_was_planned_is_left_out_and_the_rest_goes() {
+    let group = start_with(GroupSpec {
+        nodes: 2,
+        first_octet: 20,
+        subnet: 3,
+        ..GroupSpec::default()
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/steady.conf", "steady\n");
+    write(n0, "/etc/app/moving.conf", "first\n");
+    let planned =
+        gosyncd::manifest::scan(&n0.config, &[], &gosyncd::manifest::HashCache::default()).entries;
+    // Written again after it was scanned: same size, another time.
+    std::thread::sleep(Duration::from_millis(20));
+    write(n0, "/etc/app/moving.conf", "other\n");
+
+    let engine = engine(&group, 0).await;
+    let ops: Vec<Op> = ["/etc/app/steady.conf", "/etc/app/moving.conf"]
+        .iter()
+        .map(|path| Op {
+            path: path.to_string(),
+            action: Action::Put {
+                entry: planned[*path].clone(),
+            },
+            expect: None,
+        })
+        .collect();
+    let report = engine.push_to(&engine.peers()[0], ops).await;
+    assert_eq!(report.error, None, "{report:?}");
+    assert_eq!(report.changed_locally, vec!["/etc/app/moving.conf"]);
+    assert_eq!(read(n1, "/etc/app/steady.conf"), b"steady\n");
+    assert!(
+        !exists(n1, "/etc/app/moving.conf"),
+        "a version that no longer exists here was sent"
+    );
+    assert!(temp_files_below(group.path()).is_empty());
+}
