@@ -1,5 +1,5 @@
-# lib.sh: the parts shared by sync-vs-rsync.sh, latency-vs-lsyncd.sh, checkout-burst.sh and
-# save-events.sh.
+# lib.sh: the parts shared by sync-vs-rsync.sh, audit-vs-csync2.sh, latency-vs-lsyncd.sh,
+# checkout-burst.sh and save-events.sh.
 # shellcheck shell=bash
 # Sourced, not run; the script that sources it sets `here` (this directory) and KEEP first.
 
