@@ -268,7 +268,7 @@ printf '%s\n' "$("$bin" --version) vs ${csync2_version:-csync2}:" \
     paste -sd' ' >"$res/title"
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-log "(a) initial sync to 3 empty peers, once per tool (untimed in the table's rows)"
+log "(a) initial sync to 3 empty peers, once per tool (a reference, not a scenario)"
 gosyncd_run initial 1 "$work/node1.hcl" sync
 verify "gosyncd initial sync" "${gosyncd_dirs[@]}"
 # -v for this run only: it shows that every connection is TLS.
