@@ -24,11 +24,12 @@
 #   (c) no-change sync                 gosyncd sync           | csync2 -x
 #   (d) one file changed, sync all     gosyncd sync           | csync2 -x
 #   (e) one file changed, that path    gosyncd sync PATH      | csync2 -c FILE, then csync2 -u
-# The parts of (b) and (e) for csync2 are shown for reference. It also reports the peak RSS of each client run
-# (/usr/bin/time) and the resident memory of the idle daemons of both tools (VmRSS). Every
-# real sync is verified: each peer's tree must match the source (paths, types, modes,
-# owners, sizes, SHA-256 of contents), and csync2 must have nothing left dirty; the script
-# fails loudly otherwise.
+# The parts of (b) and (e) for csync2 are shown for reference. It also reports the peak
+# RSS of each client run (/usr/bin/time) and the resident memory of the idle daemons of
+# both tools (VmRSS). Every real sync is verified: each peer's tree must match the
+# source (paths, types, modes, owners, sizes, SHA-256 of contents), and csync2 must have
+# nothing left dirty; the script fails loudly otherwise. Last, untimed, it rewrites a
+# file on one csync2 peer alone and says whether node 1's csync2 audit sees it.
 #
 # Run it from anywhere in the repository (it builds the release binary first, unless
 # GOSYNCD_BIN names one):
