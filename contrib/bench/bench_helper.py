@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helpers for sync-vs-rsync.sh: tree generation, edits, verification, free ports and
+"""Helpers for sync-vs-rsync.sh and audit-vs-csync2.sh: tree generation, edits, verification, free ports and
 the summary table. Standard library only.
 
     bench_helper.py gen DIR FILES TOTAL_BYTES SEED     create the tree, print the edit target
@@ -8,6 +8,7 @@ the summary table. Standard library only.
     bench_helper.py freeport START IP [IP ...]         first port free on every IP
     bench_helper.py listening IP PORT                  exit 0 when a socket listens there
     bench_helper.py table RESULTS_DIR                  print the summary table
+    bench_helper.py table-csync2 RESULTS_DIR           the same for audit-vs-csync2.sh
 """
 
 import hashlib
@@ -241,6 +242,70 @@ def table(results):
         print(f"  {key:<22} " + " ".join(f"{t:.3f}" for t in times(results, key)))
 
 
+def table_csync2(results):
+    print(read_value(results, "title"))
+    print()
+    head = (f"{'scenario':<36} {'gosyncd med':>11} {'min':>7}   {'csync2 med':>10} {'min':>7}"
+            f"   {'ratio':>6}")
+    print(head)
+    print("-" * len(head))
+    rows = [
+        ("(b) no-change audit", "nochange"),
+        ("(c) no-change sync", "nochangesync"),
+        ("(d) one file changed, sync all", "onefile"),
+        ("(e) one file changed, sync its path", "onepath"),
+    ]
+    for label, key in rows:
+        g, c = times(results, f"gosyncd-{key}"), times(results, f"csync2-{key}")
+        ratio = f"{statistics.median(g) / statistics.median(c):.2f}x" if g and c else "-"
+        print(f"{label:<36} {fmt(g, 'med'):>11} {fmt(g, 'min'):>7}   {fmt(c, 'med'):>10}"
+              f" {fmt(c, 'min'):>7}   {ratio:>6}")
+    print()
+    print("times in seconds, wall clock; ratio = gosyncd median / csync2 median"
+          " (above 1: gosyncd slower)")
+    print("  (b) gosyncd sync -dry --exit-code    | csync2 -cr / (check), then csync2 -T (test)")
+    print("  (c) gosyncd sync                     | csync2 -x")
+    print("  (d) gosyncd sync                     | csync2 -x")
+    print("  (e) gosyncd sync /etc/bench/FILE     | csync2 -c FILE (checkfile), then csync2 -u"
+          " (update)")
+    print()
+    print("reference, median / min in seconds:")
+    refs = [
+        ("initial sync to 3 empty peers, gosyncd sync (one run)", "gosyncd-initial"),
+        ("initial sync to 3 empty peers, csync2 -x (one run)", "csync2-initial"),
+        ("csync2 -cr / alone (the local check, part of (b))", "csync2-check"),
+        ("csync2 -T alone (databases compared, part of (b))", "csync2-test"),
+        ("csync2 -c FILE alone (part of (e))", "csync2-checkfile"),
+        ("csync2 -u alone (part of (e))", "csync2-update"),
+    ]
+    for label, key in refs:
+        v = times(results, key)
+        print(f"  {label:<58} {fmt(v, 'med'):>7} / {fmt(v, 'min')}")
+    print()
+    print("memory (maximum resident set size of each client run, over the runs; daemons:")
+    print("VmRSS once idle after the runs, the largest of the three):")
+    for label, key in [
+        ("gosyncd sync client, (b) audit", "rss-gosyncd-nochange"),
+        ("csync2 client, (b) -cr / and -T", "rss-csync2-check rss-csync2-test"),
+        ("gosyncd sync client, (d) one file", "rss-gosyncd-onefile"),
+        ("csync2 client, (d) -x", "rss-csync2-onefile"),
+        ("gosyncd sync client, initial sync", "rss-gosyncd-initial"),
+        ("csync2 client, initial -x", "rss-csync2-initial"),
+        ("gosyncd peer daemon, idle", "rss-gosyncd-idle"),
+        ("gosyncd peer daemon, peak (VmHWM)", "rss-gosyncd-hwm"),
+        ("csync2 daemon (-ii), idle", "rss-csync2-idle"),
+    ]:
+        kbs = [int(x) for k in key.split()
+               for x in read_value(results, k + ".kb", "").split() if x.isdigit()]
+        value = f"{max(kbs) / 1024:.1f} MiB" if kbs else "-"
+        print(f"  {label:<58} {value:>11}")
+    print()
+    print("every run, in seconds:")
+    keys = sorted(n[:-6] for n in os.listdir(results) if n.endswith(".times"))
+    for key in keys:
+        print(f"  {key:<22} " + " ".join(f"{t:.3f}" for t in times(results, key)))
+
+
 def run(argv, doc, commands):
     """The command line (also latency_helper.py's): argv[1] names one of `commands`, a
     function of the remaining arguments; anything else exits with the usage, `doc`."""
@@ -257,6 +322,7 @@ def main(argv):
         "freeport": lambda a: freeport(int(a[0]), a[1:]),
         "listening": lambda a: listening(a[0], a[1]),
         "table": lambda a: table(a[0]),
+        "table-csync2": lambda a: table_csync2(a[0]),
     })
 
 

@@ -89,7 +89,7 @@ if [ "$LSYNCD" = 1 ]; then
     need rsync rsync
     need lsyncd lsyncd
 fi
-command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
+need_cargo
 
 # git as the benchmark runs it: no user or system configuration, a fixed identity.
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null

@@ -93,7 +93,7 @@ if [ "$LSYNCD" = 1 ]; then
     need rsync rsync
     need lsyncd lsyncd
 fi
-command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
+need_cargo
 
 # ------------------------------------------------------------------ workspace, cleanup
 

@@ -1,5 +1,5 @@
-# lib.sh: the parts shared by sync-vs-rsync.sh, latency-vs-lsyncd.sh, checkout-burst.sh and
-# save-events.sh.
+# lib.sh: the parts shared by sync-vs-rsync.sh, audit-vs-csync2.sh, latency-vs-lsyncd.sh,
+# checkout-burst.sh and save-events.sh.
 # shellcheck shell=bash
 # Sourced, not run; the script that sources it sets `here` (this directory) and KEEP first.
 
@@ -64,8 +64,23 @@ cleanup() {
 
 # --------------------------------------------------------------------------- build
 
-# build: the release binary, as $bin.
+# need_cargo: fail early when build would need cargo and there is none.
+need_cargo() {
+    [ -n "${GOSYNCD_BIN:-}" ] || command -v cargo >/dev/null 2>&1 ||
+        die "cargo is needed to build gosyncd (or set GOSYNCD_BIN to a built binary)"
+}
+
+# build: the release binary, as $bin. With GOSYNCD_BIN set (the path of a binary built
+# beforehand, e.g. on a busy machine or to compare two builds), that binary, unbuilt.
 build() {
+    if [ -n "${GOSYNCD_BIN:-}" ]; then
+        bin=$(readlink -f "$GOSYNCD_BIN")
+        if [ ! -f "$bin" ] || [ ! -x "$bin" ]; then
+            die "GOSYNCD_BIN=$GOSYNCD_BIN is not an executable file"
+        fi
+        log "using $bin ($("$bin" --version)), not building"
+        return 0
+    fi
     log "building the release binary"
     (cd "$repo" && cargo build --release --quiet)
     bin="${CARGO_TARGET_DIR:-$repo/target}/release/gosyncd"

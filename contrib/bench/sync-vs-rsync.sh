@@ -48,7 +48,7 @@ need python3 python3
 need openssl openssl
 need rsync rsync
 need /usr/bin/time time
-command -v cargo >/dev/null 2>&1 || die "cargo is needed to build gosyncd"
+need_cargo
 
 # ------------------------------------------------------------------ workspace, cleanup
 

@@ -1,0 +1,373 @@
+#!/usr/bin/env bash
+# audit-vs-csync2.sh: how long gosyncd takes to audit and to sync a directory held by
+# three peers when little or nothing changed, compared with csync2 doing the same work,
+# on one machine over loopback.
+#
+# What it builds (all in a temporary directory, removed on exit):
+#   * a deterministic tree of 10,000 files, about 100 MB, in 320 directories (the
+#     generator of sync-vs-rsync.sh): node 1's /etc/bench, the source for both tools;
+#   * one self-signed certificate made with the openssl command line, named by all three
+#     tls_* keys of every gosyncd node and used by every csync2 instance as its
+#     csync2_ssl_cert.pem / csync2_ssl_key.pem (TLS on for both tools);
+#   * gosyncd: node 1 (the sender, 127.0.0.2, no daemon) and three peer daemons on
+#     127.0.0.3, .4 and .5;
+#   * csync2: four instances, one per address, each with its own system directory
+#     (CSYNC2_SYSTEM_DIR: csync2.cfg and the certificate; nothing is written to /etc),
+#     its own database directory (-D) and its own name (-N ADDRESS, hosts named by
+#     address); one group with one pre-shared key (csync2 -k), whose `prefix` maps the
+#     directory to node 1's tree and to each peer's own copy; a csync2 daemon
+#     (`csync2 -ii`) on each peer address, all on one port (-p).
+#
+# Both tools first bring the empty peers in line (one timed run each, shown for
+# reference). Then, RUNS times each (median and min of wall-clock seconds):
+#   (b) no-change audit                gosyncd sync -dry      | csync2 -cr /, then csync2 -T
+#   (c) no-change sync                 gosyncd sync           | csync2 -x
+#   (d) one file changed, sync all     gosyncd sync           | csync2 -x
+#   (e) one file changed, that path    gosyncd sync PATH      | csync2 -c FILE, then csync2 -u
+# The parts of (b) and (e) for csync2 are shown for reference. It also reports the peak
+# RSS of each client run (/usr/bin/time) and the resident memory of the idle daemons of
+# both tools (VmRSS). Every real sync is verified: each peer's tree must match the
+# source (paths, types, modes, owners, sizes, SHA-256 of contents), and csync2 must have
+# nothing left dirty; the script fails loudly otherwise. Last, untimed, it rewrites a
+# file on one csync2 peer alone and says whether node 1's csync2 audit sees it.
+#
+# Run it from anywhere in the repository (it builds the release binary first, unless
+# GOSYNCD_BIN names one):
+#     contrib/bench/audit-vs-csync2.sh
+# Settings (environment): RUNS=5  FILES=10000  TOTAL_MB=100 (FILES=100000 TOTAL_MB=100:
+# 100,000 files of about 1 kB)  KEEP=1 (keep the temporary directory)  TMPDIR (where
+# that directory goes)  GOSYNCD_BIN. Needs about 1 GB there with the defaults. Needs
+# bash, python3, openssl, csync2 and /usr/bin/time; when run as root on a Debian-like
+# system, missing csync2/time are installed with apt-get. Only loopback addresses are
+# used. Takes a few minutes.
+
+set -euo pipefail
+export LC_ALL=C
+# csync2 is installed in /usr/sbin.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
+
+RUNS=${RUNS:-5}
+FILES=${FILES:-10000}
+TOTAL_MB=${TOTAL_MB:-100}
+KEEP=${KEEP:-0}
+SEED=20240611
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=contrib/bench/lib.sh
+. "$here/lib.sh"
+
+need python3 python3
+need openssl openssl
+need csync2 csync2
+need /usr/bin/time time
+need_cargo
+
+# ------------------------------------------------------------------ workspace, cleanup
+
+daemon_pids=()
+csync2_pids=()
+
+# end_jobs: every process this script started is one of its background jobs (a csync2
+# daemon's per-connection children end with their connection): end them by id.
+end_jobs() {
+    local pid
+    for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
+    for pid in $(jobs -p); do wait "$pid" 2>/dev/null || true; done
+}
+workspace gosyncd-csync2 'peer*.log' 'csync2-peer*.log'
+
+# --------------------------------------------------------------------------- build
+
+build
+
+# ---------------------------------------------------------------------------- tree
+
+src="$work/node1/etc/bench"
+log "creating $FILES files (${TOTAL_MB} MB) in $src"
+mkdir -p "$src"
+target=$("${helper[@]}" gen "$src" "$FILES" $((TOTAL_MB * 1000 * 1000)) "$SEED")
+if [ -z "$target" ] || [ ! -f "$src/$target" ]; then die "the generator named no file to edit"; fi
+ndirs=$(find "$src" -type d | wc -l)
+nfiles=$(find "$src" -type f | wc -l)
+bytes=$(find "$src" -type f -printf '%s\n' | awk '{ n += $1 } END { print n }')
+
+peers=(127.0.0.3 127.0.0.4 127.0.0.5)
+cs="$work/csync2"
+for i in 1 2 3; do
+    mkdir -p "$work/peer$i/etc/bench" "$cs/peer$i/etc/bench"
+done
+
+# ------------------------------------------------------------------ certificate, ports
+
+certificate 127.0.0.2 "${peers[@]}"
+
+gport=$("${helper[@]}" freeport 18443 127.0.0.2 "${peers[@]}")
+# csync2 connects to every peer on the port it uses itself: one port for all.
+cport=$("${helper[@]}" freeport 30865 127.0.0.2 "${peers[@]}")
+[ "$gport" != "$cport" ] || die "gosyncd and csync2 would share port $gport"
+
+# ---------------------------------------------------------------------------- configs
+
+remotes=("127.0.0.2:$gport" "127.0.0.3:$gport" "127.0.0.4:$gport" "127.0.0.5:$gport")
+write_config "$work/node1.hcl" "127.0.0.2:$gport" "$work/node1" "" "${remotes[@]}"
+for i in 1 2 3; do
+    write_config "$work/peer$i.hcl" "${peers[i - 1]}:$gport" "$work/peer$i" "" "${remotes[@]}"
+done
+
+# csync2: instance NAME (node1, peer1..3) has its system directory $cs/sys-NAME (config,
+# certificate and key, database directory db/) and is called by its address.
+csync2_names=(node1 peer1 peer2 peer3)
+csync2_addrs=(127.0.0.2 "${peers[@]}")
+csync2 -k "$cs/csync2.key_bench" >"$logs/csync2-key.txt" 2>&1 ||
+    die "csync2 -k failed: $(cat "$logs/csync2-key.txt")"
+for name in "${csync2_names[@]}"; do
+    sys="$cs/sys-$name"
+    mkdir -p "$sys/db"
+    cp "$tls/gosyncd.crt" "$sys/csync2_ssl_cert.pem"
+    cp "$tls/gosyncd.key" "$sys/csync2_ssl_key.pem"
+    {
+        printf '# audit-vs-csync2.sh: node 1 and three peers on loopback, named by address.\n'
+        printf 'group bench\n{\n'
+        printf '\thost %s;\n' "${csync2_addrs[*]}"
+        printf '\tkey %s;\n' "$cs/csync2.key_bench"
+        printf '\tinclude %%bench%%;\n}\n\n'
+        # Every instance holds the directory at its own path.
+        printf 'prefix bench\n{\n'
+        printf '\ton 127.0.0.2: %s;\n' "$src"
+        for i in 1 2 3; do
+            printf '\ton %s: %s;\n' "${peers[i - 1]}" "$cs/peer$i/etc/bench"
+        done
+        printf '}\n'
+    } >"$sys/csync2.cfg"
+done
+
+# csync2_cmd NAME ARG...: csync2 as instance NAME (its system directory, database and
+# name; every instance uses port $cport).
+csync2_cmd() {
+    local name=$1 k
+    shift
+    for k in 0 1 2 3; do [ "${csync2_names[k]}" = "$name" ] && break; done
+    CSYNC2_SYSTEM_DIR="$cs/sys-$name" csync2 -N "${csync2_addrs[k]}" -D "$cs/sys-$name/db" \
+        -p "$cport" "$@"
+}
+
+# ------------------------------------------------------------------------ daemons
+
+log "starting 3 gosyncd peers on port $gport and 3 csync2 daemons on port $cport"
+for i in 1 2 3; do
+    "$bin" -config "$work/peer$i.hcl" >"$logs/peer$i.log" 2>&1 &
+    daemon_pids+=($!)
+    # Not through csync2_cmd: $! must be csync2's own process id.
+    CSYNC2_SYSTEM_DIR="$cs/sys-peer$i" csync2 -N "${peers[i - 1]}" -D "$cs/sys-peer$i/db" \
+        -p "$cport" -ii >"$logs/csync2-peer$i.log" 2>&1 &
+    csync2_pids+=($!)
+    wait_listening "${peers[i - 1]}" "$gport" "${daemon_pids[i - 1]}" "$logs/peer$i.log"
+    wait_listening "${peers[i - 1]}" "$cport" "${csync2_pids[i - 1]}" "$logs/csync2-peer$i.log"
+done
+
+# ------------------------------------------------------------------------ helpers
+
+# record KEY T0 T1: append the elapsed seconds to KEY's results.
+record() {
+    awk -v a="$2" -v b="$3" 'BEGIN { printf "%.4f\n", b - a }' >>"$res/$1.times"
+}
+
+# max_rss FILE: the last line /usr/bin/time -f %M wrote (kilobytes).
+max_rss() { tail -n 1 "$1"; }
+
+gosyncd_dirs=("$work/peer1/etc/bench" "$work/peer2/etc/bench" "$work/peer3/etc/bench")
+csync2_dirs=("$cs/peer1/etc/bench" "$cs/peer2/etc/bench" "$cs/peer3/etc/bench")
+
+# verify WHAT DIR...: every DIR must equal the source tree. Notes (files with another
+# mtime than the source) are shown the first time only.
+noted=0
+verify() {
+    local what=$1
+    shift
+    "${helper[@]}" verify "$src" "$@" 2>"$logs/verify.err" || {
+        cat "$logs/verify.err" >&2
+        die "$what: a peer differs from the source"
+    }
+    if [ -s "$logs/verify.err" ] && [ "$noted" = 0 ]; then
+        sed 's/^/[bench]   /' "$logs/verify.err" | sort -u | head -n 3 >&2
+        noted=1
+    fi
+}
+
+# verify_csync2 WHAT: the csync2 peers equal the source and node 1 has nothing dirty
+# (`csync2 -M` exits 2 when its dirty list is empty).
+verify_csync2() {
+    local status=0
+    csync2_cmd node1 -M >"$logs/csync2-dirty.txt" 2>&1 || status=$?
+    if [ "$status" != 2 ]; then
+        head -n 5 "$logs/csync2-dirty.txt" >&2
+        die "$1: csync2 -M (status $status) lists files still dirty on node 1"
+    fi
+    verify "$1" "${csync2_dirs[@]}"
+}
+
+# fail_run TOOL WHAT STATUS OUT: show what a failed run printed, then die.
+fail_run() {
+    printf '[bench] stderr of %s %s:\n' "$1" "$2" >&2
+    tail -n 20 "$4.err" >&2
+    printf '[bench] stdout (last lines):\n' >&2
+    tail -n 5 "$4.out" >&2
+    die "$1 $2 exited with status $3"
+}
+
+# gosyncd_run KEY RUN CONFIG ARG...: one timed `gosyncd -config CONFIG ARG...`.
+gosyncd_run() {
+    local key=$1 run=$2 config=$3
+    shift 3
+    local out="$logs/gosyncd-$key-$run" status=0 t0 t1
+    sync # flush earlier writes so that they are not charged to this run
+    t0=$EPOCHREALTIME
+    /usr/bin/time -f %M -o "$out.rss" "$bin" -config "$config" "$@" >"$out.out" 2>"$out.err" ||
+        status=$?
+    t1=$EPOCHREALTIME
+    [ "$status" -eq 0 ] || fail_run gosyncd "$* (scenario $key, run $run)" "$status" "$out"
+    record "gosyncd-$key" "$t0" "$t1"
+    max_rss "$out.rss" >>"$res/rss-gosyncd-$key.kb"
+}
+
+# csync2_run KEY RUN OK_STATUS ARG...: one timed `csync2 ARG...` as node 1; exit status
+# OK_STATUS is success (0, or 2 for -T: "in sync").
+csync2_run() {
+    local key=$1 run=$2 ok=$3
+    shift 3
+    local out="$logs/csync2-$key-$run" status=0 t0 t1
+    sync
+    t0=$EPOCHREALTIME
+    CSYNC2_SYSTEM_DIR="$cs/sys-node1" /usr/bin/time -f %M -o "$out.rss" \
+        csync2 -N 127.0.0.2 -D "$cs/sys-node1/db" -p "$cport" "$@" >"$out.out" 2>"$out.err" ||
+        status=$?
+    t1=$EPOCHREALTIME
+    [ "$status" -eq "$ok" ] || fail_run csync2 "$* (scenario $key, run $run)" "$status" "$out"
+    record "csync2-$key" "$t0" "$t1"
+    max_rss "$out.rss" >>"$res/rss-csync2-$key.kb"
+}
+
+# sum_last KEY PART...: KEY's result is the sum of the PARTs' last results.
+sum_last() {
+    local key=$1 part
+    shift
+    for part in "$@"; do tail -n 1 "$res/$part.times"; done |
+        awk '{ t += $1 } END { printf "%.4f\n", t }' >>"$res/$key.times"
+}
+
+# changes FILE: the number of change lines ([+], [-], [M], ...) in a gosyncd report.
+changes() { grep -c '^ *\[[^]]*\] ' "$1" || true; }
+
+last() { tail -n 1 "$res/$1.times"; }
+
+# ---------------------------------------------------------------------- scenarios
+
+csync2_version=$(CSYNC2_SYSTEM_DIR="$work" csync2 2>&1 | awk 'NF { print $1, $2; exit }' || true)
+printf '%s\n' "$("$bin" --version) vs ${csync2_version:-csync2}:" \
+    "$nfiles files in $ndirs directories, $(awk -v b="$bytes" 'BEGIN{printf "%.1f", b/1e6}') MB;" \
+    "1 sender (127.0.0.2) -> 3 peers (127.0.0.3-5), TLS on; $RUNS runs each; $(nproc) CPUs" |
+    paste -sd' ' >"$res/title"
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+log "(a) initial sync to 3 empty peers, once per tool (a reference, not a scenario)"
+gosyncd_run initial 1 "$work/node1.hcl" sync
+verify "gosyncd initial sync" "${gosyncd_dirs[@]}"
+# -v for this run only: it shows that every connection is TLS.
+csync2_run initial 1 0 -x -v
+verify_csync2 "csync2 initial sync"
+tls_lines=$(grep -c 'Connecting to host .* (SSL)' "$logs/csync2-initial-1.err" || true)
+if grep -q 'Connecting to host .* (PLAIN)' "$logs/csync2-initial-1.err"; then
+    die "csync2 connected without TLS: $(grep -m1 PLAIN "$logs/csync2-initial-1.err")"
+fi
+[ "$tls_lines" -ge 3 ] || die "csync2 made $tls_lines TLS connections for 3 peers"
+log "  gosyncd $(last gosyncd-initial)s, csync2 $(last csync2-initial)s" \
+    "($tls_lines csync2 connections, all TLS)"
+
+log "(b) no-change audit, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    # --exit-code: exit 1 if the dry run finds anything to change (a failure here).
+    gosyncd_run nochange "$run" "$work/node1.hcl" sync -dry --exit-code
+    # -cr: the local tree against node 1's database; -T: that database against each
+    # peer's (exit 2: in sync).
+    csync2_run check "$run" 0 -cr /
+    csync2_run test "$run" 2 -T
+    sum_last csync2-nochange csync2-check csync2-test
+    [ ! -s "$logs/csync2-test-$run.out" ] ||
+        die "csync2 -T listed differences: $(head -n 3 "$logs/csync2-test-$run.out")"
+    log "  run $run: gosyncd $(last gosyncd-nochange)s, csync2 $(last csync2-nochange)s" \
+        "(-cr $(last csync2-check)s, -T $(last csync2-test)s)"
+done
+
+log "(c) no-change sync, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    gosyncd_run nochangesync "$run" "$work/node1.hcl" sync
+    n=$(changes "$logs/gosyncd-nochangesync-$run.out")
+    [ "$n" = 0 ] || die "gosyncd reported $n changes with nothing changed"
+    verify "gosyncd no-change sync (run $run)" "${gosyncd_dirs[@]}"
+    csync2_run nochangesync "$run" 0 -x
+    verify_csync2 "csync2 no-change sync (run $run)"
+    log "  run $run: gosyncd $(last gosyncd-nochangesync)s, csync2 $(last csync2-nochangesync)s"
+done
+
+log "(d) one file changed ($target), sync all, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    "${helper[@]}" edit "$src/$target" $((2 * run))
+    gosyncd_run onefile "$run" "$work/node1.hcl" sync
+    n=$(grep -c '\[M\]' "$logs/gosyncd-onefile-$run.out" || true)
+    [ "$n" = 3 ] || die "gosyncd reported $n updates for one file on 3 peers"
+    verify "gosyncd one-file sync (run $run)" "${gosyncd_dirs[@]}"
+    csync2_run onefile "$run" 0 -x
+    verify_csync2 "csync2 one-file sync (run $run)"
+    log "  run $run: gosyncd $(last gosyncd-onefile)s, csync2 $(last csync2-onefile)s"
+done
+
+log "(e) one file changed, sync that path only, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    "${helper[@]}" edit "$src/$target" $((2 * run + 1))
+    gosyncd_run onepath "$run" "$work/node1.hcl" sync "/etc/bench/$target"
+    n=$(grep -c '\[M\]' "$logs/gosyncd-onepath-$run.out" || true)
+    [ "$n" = 3 ] || die "gosyncd reported $n updates for one file on 3 peers"
+    verify "gosyncd one-path sync (run $run)" "${gosyncd_dirs[@]}"
+    # `csync2 -x FILE` (and `-u FILE`) would push nothing here: with a prefix, the dirty
+    # list holds %bench%/..., which csync2 2.x compares with the real path given.
+    csync2_run checkfile "$run" 0 -c "$src/$target"
+    csync2_run update "$run" 0 -u
+    sum_last csync2-onepath csync2-checkfile csync2-update
+    verify_csync2 "csync2 one-path sync (run $run)"
+    log "  run $run: gosyncd $(last gosyncd-onepath)s, csync2 $(last csync2-onepath)s"
+done
+
+# What (b) does not time: csync2's audit compares databases. A file changed on a peer
+# behind csync2's back (nobody ran csync2 there) is invisible to node 1's -cr and -T.
+# Untimed, and last: the peer keeps its change.
+"${helper[@]}" edit "$cs/peer1/etc/bench/$target" 1000
+status=0
+csync2_cmd node1 -cr / >"$logs/csync2-drift-check.txt" 2>&1 ||
+    die "csync2 -cr failed: $(tail -n 5 "$logs/csync2-drift-check.txt")"
+csync2_cmd node1 -T >"$logs/csync2-drift-test.txt" 2>&1 || status=$?
+case $status in
+2) drift="not seen (csync2 -T: in sync; exit 2)" ;;
+0) drift="seen: $(head -n 1 "$logs/csync2-drift-test.txt")" ;;
+*) die "csync2 -T failed with status $status: $(tail -n 5 "$logs/csync2-drift-test.txt")" ;;
+esac
+log "a file changed on csync2's peer 127.0.0.3 only: $drift"
+
+# Idle memory: the daemons after the runs, once nothing has happened for 2 s.
+sleep 2
+for i in 1 2 3; do
+    awk '/^VmRSS:/ { print $2 }' "/proc/${daemon_pids[i - 1]}/status" >>"$res/rss-gosyncd-idle.kb"
+    awk '/^VmHWM:/ { print $2 }' "/proc/${daemon_pids[i - 1]}/status" >>"$res/rss-gosyncd-hwm.kb"
+    awk '/^VmRSS:/ { print $2 }' "/proc/${csync2_pids[i - 1]}/status" >>"$res/rss-csync2-idle.kb"
+done
+warnings=""
+for i in 1 2 3; do warnings+="$(grep -c 'WARN' "$logs/peer$i.log" || true) "; done
+cerrors=""
+for i in 1 2 3; do cerrors+="$(grep -ci 'error' "$logs/csync2-peer$i.log" || true) "; done
+
+echo
+"${helper[@]}" table-csync2 "$res"
+echo
+echo "gosyncd peer daemon warnings logged (per daemon): $warnings"
+echo "csync2 daemon lines with 'error' (per daemon): $cerrors"
+echo "a file changed on csync2's peer 127.0.0.3 behind its back, then node 1's -cr / and -T: $drift"
+echo "load average (1/5/15 min) before the runs: $load_start; after: $(cut -d' ' -f1-3 /proc/loadavg)"
