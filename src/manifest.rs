@@ -182,16 +182,32 @@ pub fn nanos(secs: i64, nsecs: i64) -> i64 {
 
 /// Hashes a reader's whole content.
 pub fn hash_reader(mut reader: impl Read) -> io::Result<Digest256> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(Digest256(hasher.finalize().into()));
-        }
-        hasher.update(&buf[..n]);
+    thread_local! {
+        /// One read buffer per thread, reused: a new one for each of many small files
+        /// cost more in zeroing it than in hashing them.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    BUFFER.with_borrow_mut(|buf| {
+        if buf.is_empty() {
+            buf.resize(HASH_BUFFER_BYTES, 0);
+        }
+        let mut hasher = Sha256::new();
+        loop {
+            let n = match reader.read(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(Digest256(hasher.finalize().into()));
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
 }
+
+/// Bytes read at once while hashing a file.
+const HASH_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Opens a regular file for reading without following a symlink in its last component
 /// and without blocking if a FIFO took its place.
