@@ -216,7 +216,7 @@ def table(results):
     refs = [
         ("rsync --fsync, initial (gosyncd makes its writes durable)", "rsyncfsync-initial"),
         ("rsync -c, no-change dry run (hashes all)", "rsyncsum-nochange"),
-        ("gosyncd sync -dry with no peers (local scan)", "gosyncd-scanonly"),
+        ("gosyncd sync -dry against one peer", "gosyncd-onepeer"),
     ]
     for label, key in refs:
         v = times(results, key)

@@ -16,8 +16,8 @@
 #   (c) one file changed, then sync        gosyncd sync       | rsync -a --delete
 # gosyncd handles its peers concurrently, so the three rsyncs run concurrently too; their
 # sequential time is shown for reference, as are rsync --fsync (gosyncd makes what it
-# writes durable), rsync -c (gosyncd hashes every file) and a gosyncd dry run without peers
-# (the sender's local scan alone). It also reports the peak RSS of the gosyncd sync
+# writes durable), rsync -c (gosyncd hashes every file) and a gosyncd dry run against one
+# peer (the sender's local scan and one manifest). It also reports the peak RSS of the gosyncd sync
 # client (/usr/bin/time) and of the peer daemons (VmHWM). Every gosyncd and rsync run is
 # verified: each peer's tree must match the source (paths, types, modes, owners, sizes,
 # SHA-256 of contents); the script fails loudly otherwise.
@@ -98,8 +98,10 @@ write_config "$work/node1.hcl" "127.0.0.2:$gport" "$work/node1" "" "${remotes[@]
 for i in 1 2 3; do
     write_config "$work/peer$i.hcl" "${peers[i - 1]}:$gport" "$work/peer$i" "" "${remotes[@]}"
 done
-# The same sender without peers: a dry run with it is the local scan alone.
-write_config "$work/node1-nopeers.hcl" "127.0.0.2:$gport" "$work/node1" ""
+# The same sender with one peer: a dry run with it is the local scan plus one peer's
+# manifest, the floor under the three-peer audit.
+write_config "$work/node1-onepeer.hcl" "127.0.0.2:$gport" "$work/node1" "" \
+    "127.0.0.2:$gport" "127.0.0.3:$gport"
 
 for i in 1 2 3; do
     write_rsyncd_conf "$i" "peer$i" "$work/rsync/peer$i"
@@ -247,10 +249,10 @@ for ((run = 1; run <= RUNS; run++)); do
     if [ -s "$logs/rsync-nochange-$run-1.out" ]; then
         log "  note: rsync -n -i listed changes: $(head -n 3 "$logs/rsync-nochange-$run-1.out")"
     fi
-    gosyncd_run scanonly "$run" "$work/node1-nopeers.hcl" sync -dry
+    gosyncd_run onepeer "$run" "$work/node1-onepeer.hcl" sync -dry
     log "  run $run: gosyncd $(tail -n 1 "$res/gosyncd-nochange.times")s," \
         "rsync $(tail -n 1 "$res/rsync-nochange.times")s," \
-        "local scan alone $(tail -n 1 "$res/gosyncd-scanonly.times")s"
+        "against one peer $(tail -n 1 "$res/gosyncd-onepeer.times")s"
 done
 
 log "(c) one file changed ($target), $RUNS runs"
