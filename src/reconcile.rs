@@ -15,12 +15,11 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, Excludes};
-use crate::manifest::{self, Scan};
+use crate::manifest;
 use crate::paths::is_within;
-use crate::protocol::ManifestResponse;
+
 use crate::server::{Node, PeerRecord};
-use crate::sync::{ChangeStatus, Engine, Options, PeerReport};
+use crate::sync::{directories_differing, ChangeStatus, Engine, Options, PeerReport};
 use crate::watcher::Outbox;
 
 /// Paths named in a drift warning before it says "and N more".
@@ -152,41 +151,6 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
         let before = waiting_before.get(&peer.peer).cloned().unwrap_or_default();
         report_drift(record, sort(peer, &record.outbox, &options.scope, &before));
     }
-}
-
-/// The configured directories (present here) whose digest differs on the peer, or that
-/// cannot be judged by digest (the peer lacks it, a subtree unreadable on either side,
-/// excludes that do not parse).
-fn directories_differing(config: &Config, scan: &Scan, theirs: &ManifestResponse) -> Vec<String> {
-    let unreadable = |dir: &str| {
-        scan.unreadable
-            .iter()
-            .any(|(p, _)| is_within(p, dir) || is_within(dir, p))
-            || theirs
-                .unreadable
-                .iter()
-                .any(|p| is_within(p, dir) || is_within(dir, p))
-    };
-    config
-        .directories
-        .iter()
-        .filter(|dir| scan.entries.contains_key(&dir.path))
-        .filter(|dir| {
-            let info = theirs.directories.iter().find(|d| d.path == dir.path);
-            let digest = theirs.digests.iter().find(|d| d.path == dir.path);
-            let (Some(info), Some(digest)) = (info, digest) else {
-                return true;
-            };
-            let Ok(excludes) = Excludes::new(&dir.path, &info.exclude) else {
-                return true;
-            };
-            unreadable(&dir.path)
-                || manifest::digest(&scan.entries, &dir.path, theirs.owners, |path| {
-                    !excludes.excludes_any_component(&dir.path, path)
-                }) != digest.sha256
-        })
-        .map(|dir| dir.path.clone())
-        .collect()
 }
 
 /// Records a peer's drift, and logs it when it changed.

@@ -27,6 +27,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+pub(crate) use self::peer::directories_differing;
 pub use self::peer::PeerLink;
 use self::peer::{kept_directories, peer_rules, sync_peer, LocalState, PeerTerms};
 pub use self::progress::{PeerTally, Progress, ProgressEvent};
@@ -183,13 +184,22 @@ impl Engine {
 
             let started = std::time::Instant::now();
             let scope = options.scope.clone();
+            // A run over the whole tree asks each peer for its directories' digests
+            // first, and for the entries of those that differ only; a scoped run asks
+            // for the entries in scope at once.
+            let whole = scope.is_empty();
             let manifests: Vec<_> = self
                 .peers
                 .iter()
                 .map(|link| {
                     let peer = link.peer.clone();
                     let scope = scope.clone();
-                    tokio::spawn(async move { peer.manifest(&scope).await })
+                    tokio::spawn(async move {
+                        match whole {
+                            true => peer.digests().await,
+                            false => peer.manifest(&scope).await,
+                        }
+                    })
                 })
                 .collect();
             let (config, cache) = (self.config.clone(), self.cache.clone());
@@ -231,9 +241,26 @@ impl Engine {
                 let span = info_span!("peer", peer = %link.label());
                 tasks.spawn(
                     async move {
-                        let manifest = manifest.await.expect("manifest task");
+                        let mut manifest = manifest.await.expect("manifest task");
+                        let mut options = options;
                         if let Ok(m) = &manifest {
                             link.set_terms(Some(PeerTerms::of(m)));
+                        }
+                        if let (true, Ok(digests)) = (whole, &manifest) {
+                            if self_id.as_deref() != Some(digests.identity.node_id.as_str()) {
+                                let differing =
+                                    directories_differing(&config, local.scan(), digests);
+                                if differing.is_empty() {
+                                    let report = PeerReport {
+                                        peer: link.label().to_string(),
+                                        ..PeerReport::default()
+                                    };
+                                    return (index, report);
+                                }
+                                debug!(directories = ?differing, "digests differ: listing them");
+                                manifest = link.peer.manifest(&differing).await;
+                                options.scope = differing;
+                            }
                         }
                         let report =
                             sync_peer(&config, &link.peer, manifest, &local, self_id, &options)

@@ -614,3 +614,50 @@ async fn a_sync_tells_each_peers_plan_and_every_batch_sent_and_a_dry_run_tells_n
         assert_same_tree(n0, node);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_over_the_whole_tree_lists_only_the_directories_whose_digests_differ() {
+    // Two directories; after a first sync, one file changes in one of them and the other
+    // is left alone: the run compares digests, lists the changed directory only, and
+    // must not take the other one's entries (not listed by the peer) for additions.
+    let group = start_with(GroupSpec {
+        nodes: 2,
+        subnet: 2,
+        first_octet: 20,
+        directories: vec![("/etc/app".into(), vec![]), ("/etc/web".into(), vec![])],
+        ..GroupSpec::default()
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/a.conf", "a\n");
+    write(n0, "/etc/web/w.conf", "w\n");
+    write(n0, "/etc/web/x.conf", "x\n");
+    assert_clean(&sync(&group, 0).await);
+    assert_eq!(lines(&dry_run(&group, 0).await, n1), Vec::<String>::new());
+
+    write(n0, "/etc/web/w.conf", "changed\n");
+    let report = dry_run(&group, 0).await;
+    assert_eq!(
+        lines(&report, n1),
+        [format!("[M] {} /etc/web/w.conf updated", n1.addr)]
+    );
+    // And with both directories differing, both are listed.
+    remove(n1, "/etc/app/a.conf");
+    let report = dry_run(&group, 0).await;
+    assert_eq!(
+        sorted(
+            &lines(&report, n1)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        ),
+        sorted(&[
+            &format!("[+] {} /etc/app/a.conf added", n1.addr),
+            &format!("[M] {} /etc/web/w.conf updated", n1.addr),
+        ]),
+    );
+    let report = sync(&group, 0).await;
+    assert_clean(&report);
+    assert_same_tree(n0, n1);
+    assert_eq!(lines(&dry_run(&group, 0).await, n1), Vec::<String>::new());
+}

@@ -16,7 +16,7 @@ use super::{Change, ChangeStatus, Options, PeerReport};
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
 use crate::manifest::{Manifest, Scan};
-use crate::paths::is_within;
+use crate::paths::{in_scope, is_within};
 use crate::plan::plan;
 use crate::protocol::{Action, DirectoryInfo, ManifestResponse, Op, PeerLimits};
 
@@ -78,6 +78,10 @@ impl LocalState {
     pub(super) fn new(scan: Scan) -> LocalState {
         LocalState { scan }
     }
+
+    pub(super) fn scan(&self) -> &Scan {
+        &self.scan
+    }
 }
 
 /// Why a planned file could not be sent.
@@ -114,7 +118,7 @@ pub(super) async fn sync_peer(
         return report;
     }
 
-    let (ours, theirs, refused_dirs) = views(config, local, &remote);
+    let (ours, theirs, refused_dirs) = views(config, local, &remote, &options.scope);
     for dir in refused_dirs {
         report.changes.push(Change {
             peer: label.clone(),
@@ -257,10 +261,11 @@ fn views(
     config: &Config,
     local: &LocalState,
     remote: &ManifestResponse,
+    scope: &[String],
 ) -> (Manifest, Manifest, Vec<(String, String)>) {
     let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
         // Missing here or out of scope: not part of this run.
-        local.scan.entries.contains_key(&dir.path)
+        local.scan.entries.contains_key(&dir.path) && in_scope(&dir.path, scope)
     });
     let unknown: Vec<&str> = local
         .scan
@@ -277,6 +282,7 @@ fn views(
         .iter()
         .filter(|(path, _)| {
             known(path)
+                && in_scope(path, scope)
                 && shared.iter().any(|(dir, theirs)| {
                     is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
                 })
@@ -325,4 +331,43 @@ pub(super) fn peer_rules<'c>(
         }
     }
     (shared, refused)
+}
+
+/// The configured directories (present here) whose digest differs on the peer, or that
+/// cannot be judged by digest (the peer lacks it, a subtree unreadable on either side,
+/// excludes that do not parse).
+pub(crate) fn directories_differing(
+    config: &Config,
+    scan: &Scan,
+    theirs: &ManifestResponse,
+) -> Vec<String> {
+    let unreadable = |dir: &str| {
+        scan.unreadable
+            .iter()
+            .any(|(p, _)| is_within(p, dir) || is_within(dir, p))
+            || theirs
+                .unreadable
+                .iter()
+                .any(|p| is_within(p, dir) || is_within(dir, p))
+    };
+    config
+        .directories
+        .iter()
+        .filter(|dir| scan.entries.contains_key(&dir.path))
+        .filter(|dir| {
+            let info = theirs.directories.iter().find(|d| d.path == dir.path);
+            let digest = theirs.digests.iter().find(|d| d.path == dir.path);
+            let (Some(info), Some(digest)) = (info, digest) else {
+                return true;
+            };
+            let Ok(excludes) = Excludes::new(&dir.path, &info.exclude) else {
+                return true;
+            };
+            unreadable(&dir.path)
+                || crate::manifest::digest(&scan.entries, &dir.path, theirs.owners, |path| {
+                    !excludes.excludes_any_component(&dir.path, path)
+                }) != digest.sha256
+        })
+        .map(|dir| dir.path.clone())
+        .collect()
 }
