@@ -8,14 +8,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use tracing::warn;
-use walkdir::WalkDir;
 
+use crate::apply::{Blocked, Parents};
 use crate::config::{Config, Directory};
 use crate::paths::in_scope;
 use crate::protocol::{Content, Digest256, Entry};
@@ -102,13 +103,13 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(meta: &Metadata) -> Stamp {
+    fn of_stat(st: &rustix::fs::Stat) -> Stamp {
         Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: mtime_ns(meta),
-            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: nanos(st.st_mtime, st.st_mtime_nsec as i64),
+            ctime_ns: nanos(st.st_ctime, st.st_ctime_nsec as i64),
         }
     }
 }
@@ -116,33 +117,32 @@ impl Stamp {
 /// File hashes remembered between scans by a long-running process.
 #[derive(Default)]
 pub struct HashCache {
-    map: Mutex<HashMap<PathBuf, (Stamp, Digest256)>>,
+    /// By logical path.
+    map: Mutex<HashMap<Box<str>, (Stamp, Digest256)>>,
 }
 
 impl HashCache {
-    fn get(&self, path: &Path, stamp: Stamp) -> Option<Digest256> {
+    fn get(&self, logical: &str, stamp: Stamp) -> Option<Digest256> {
         let map = self.map.lock().expect("hash cache lock");
-        map.get(path).filter(|(s, _)| *s == stamp).map(|(_, d)| *d)
+        map.get(logical)
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, d)| *d)
     }
 
-    fn put(&self, path: PathBuf, stamp: Stamp, digest: Digest256) {
+    fn put(&self, logical: &str, stamp: Stamp, digest: Digest256) {
         self.map
             .lock()
             .expect("hash cache lock")
-            .insert(path, (stamp, digest));
+            .insert(logical.into(), (stamp, digest));
     }
 
     /// Forgets the files a full scan did not find (deleted, renamed, excluded since), so
     /// that the cache holds at most one entry per file of the trees.
-    fn keep_only(&self, config: &Config, scan: &Scan) {
+    fn keep_only(&self, scan: &Scan) {
         self.map
             .lock()
             .expect("hash cache lock")
-            .retain(|local, _| {
-                config
-                    .logical_path(local)
-                    .is_some_and(|logical| scan.entries.contains_key(&logical))
-            });
+            .retain(|logical, _| scan.entries.contains_key(&**logical));
     }
 
     /// How many files it remembers.
@@ -161,12 +161,11 @@ impl HashCache {
 const CACHE_SETTLE_NS: i64 = 2_000_000_000;
 
 /// Whether a file last changed long enough ago for its stamp to identify its content.
-fn settled(meta: &Metadata) -> bool {
+fn settled(stamp: Stamp) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
-    let changed = nanos(meta.ctime(), meta.ctime_nsec()).max(mtime_ns(meta));
-    now.saturating_sub(changed) > CACHE_SETTLE_NS
+    now.saturating_sub(stamp.ctime_ns.max(stamp.mtime_ns)) > CACHE_SETTLE_NS
 }
 
 /// Modification time of a file in nanoseconds since the epoch.
@@ -235,7 +234,7 @@ pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
         }
     }
     if scope.is_empty() {
-        cache.keep_only(config, &out);
+        cache.keep_only(&out);
     }
     out
 }
@@ -265,123 +264,179 @@ fn scan_directory(
         }
     }
 
-    let logical_of = |local: &Path| -> Option<String> {
-        let rel = local.strip_prefix(&local_root).ok()?;
-        let rel = rel.to_str()?;
-        Some(if rel.is_empty() {
-            dir.path.clone()
-        } else {
-            format!("{}/{rel}", dir.path)
-        })
-    };
-
     // The configured directory itself may be a symlink placed by the administrator;
-    // below it, nothing is followed.
-    let walker = WalkDir::new(&local_root)
-        .follow_links(false)
-        .follow_root_links(true)
-        .into_iter()
-        .filter_entry(|e| {
-            if e.depth() == 0 {
-                return true;
-            }
-            let Some(name) = e.file_name().to_str() else {
-                warn!(path = %e.path().display(), "skipping a name that is not UTF-8");
-                return false;
-            };
-            if is_temp_name(name) {
-                return false;
-            }
-            match logical_of(e.path()) {
-                Some(logical) => !dir.excludes.is_excluded(&logical) && in_scope(&logical, scope),
-                None => false,
-            }
-        });
-
-    for item in walker {
-        let entry = match item {
-            Ok(entry) => entry,
-            Err(e) => {
-                let at = e
-                    .path()
-                    .and_then(&logical_of)
-                    .unwrap_or_else(|| dir.path.clone());
-                warn!(path = %at, error = %e, "cannot read");
-                out.unreadable.push((at, e.to_string()));
+    // below it, nothing is followed: each directory is opened from its parent's
+    // descriptor, and each name is read relative to its directory's.
+    let mut parents = Parents::default();
+    let mut pending = vec![dir.path.clone()];
+    while let Some(logical) = pending.pop() {
+        let fd = match parents.dir(config, dir, &logical) {
+            Ok(fd) => fd,
+            Err(blocked) => {
+                let error = match blocked {
+                    Blocked::Top(error) | Blocked::At { error, .. } => error,
+                };
+                warn!(path = %logical, %error, "cannot read");
+                out.unreadable.push((logical, error.to_string()));
                 continue;
             }
         };
-        let Some(logical) = logical_of(entry.path()) else {
-            continue;
+        if logical == dir.path {
+            match rustix::fs::fstat(&*fd) {
+                Ok(st) => {
+                    out.entries
+                        .insert(logical.clone(), entry_of(&st, Content::Dir));
+                }
+                Err(error) => {
+                    out.unreadable.push((logical, error.to_string()));
+                    continue;
+                }
+            }
+        }
+        let names = match list(&fd) {
+            Ok(names) => names,
+            Err(error) => {
+                warn!(path = %logical, %error, "cannot read");
+                out.unreadable.push((logical, error.to_string()));
+                continue;
+            }
         };
-        match read_entry(entry.path(), entry.depth() == 0, cache) {
-            Ok(Some(state)) => {
-                out.entries.insert(logical, state);
+        for name in names {
+            let Ok(name) = name.into_string() else {
+                warn!(directory = %logical, "skipping a name that is not UTF-8");
+                continue;
+            };
+            if is_temp_name(&name) {
+                continue;
             }
-            Ok(None) => {
-                warn!(path = %logical, "skipping a file that is not a regular file, directory or symlink")
+            let child = format!("{logical}/{name}");
+            if dir.excludes.is_excluded(&child) || !in_scope(&child, scope) {
+                continue;
             }
-            Err(e) => {
-                warn!(path = %logical, error = %e, "cannot read");
-                out.unreadable.push((logical, e.to_string()));
+            match read_below(&fd, &name, &child, cache) {
+                Ok(Some(state)) => {
+                    if state.content.is_dir() {
+                        pending.push(child.clone());
+                    }
+                    out.entries.insert(child, state);
+                }
+                Ok(None) => {
+                    warn!(path = %child, "skipping a file that is not a regular file, directory or symlink")
+                }
+                Err(e) => {
+                    warn!(path = %child, error = %e, "cannot read");
+                    out.unreadable.push((child, e.to_string()));
+                }
             }
         }
     }
 }
 
-/// Reads the state of one local path without following a final symlink (unless
-/// `follow` is set, for a configured directory itself). `Ok(None)` for a device,
-/// socket or fifo.
-pub fn read_entry(path: &Path, follow: bool, cache: &HashCache) -> io::Result<Option<Entry>> {
-    let mut meta = if follow {
-        std::fs::metadata(path)?
-    } else {
-        std::fs::symlink_metadata(path)?
-    };
-    let file_type = meta.file_type();
-    let content = if file_type.is_dir() {
-        Content::Dir
-    } else if file_type.is_symlink() {
-        let target = std::fs::read_link(path)?;
-        let target = target.into_os_string().into_string().map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "symlink target is not UTF-8")
-        })?;
-        Content::Symlink { target }
-    } else if file_type.is_file() {
-        let sha256 = match cache.get(path, Stamp::of(&meta)) {
-            Some(digest) => digest,
-            None => {
-                // Size, metadata and hash all come from the one opened file, and only
-                // if it did not change while it was read: a file being written is
-                // reported as such, never as one version's size with another's hash.
-                let mut file = open_nofollow(path)?;
-                let before = file.metadata()?;
-                let digest = hash_reader(&mut file)?;
-                let after = file.metadata()?;
-                if Stamp::of(&before) != Stamp::of(&after) {
-                    return Err(io::Error::other("changed while it was read"));
-                }
-                if settled(&after) {
-                    cache.put(path.to_path_buf(), Stamp::of(&after), digest);
-                }
-                meta = after;
-                digest
-            }
-        };
-        Content::File {
-            size: meta.size(),
-            sha256,
+/// The names in an opened directory, but `.` and `..`.
+fn list(fd: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(fd)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
         }
-    } else {
-        return Ok(None);
+    }
+    Ok(names)
+}
+
+/// Reads the state of name `name` in directory `fd`, never following a link; `logical`
+/// is its logical path, the key of its cached hash. `Ok(None)` for a device, socket or
+/// fifo.
+fn read_below(
+    fd: &OwnedFd,
+    name: &str,
+    logical: &str,
+    cache: &HashCache,
+) -> io::Result<Option<Entry>> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let content = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Content::Dir,
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(fd, name, Vec::new())?;
+            let target = target.into_string().map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "symlink target is not UTF-8")
+            })?;
+            Content::Symlink { target }
+        }
+        FileType::RegularFile => {
+            if let Some(sha256) = cache.get(logical, Stamp::of_stat(&st)) {
+                let size = st.st_size as u64;
+                return Ok(Some(entry_of(&st, Content::File { size, sha256 })));
+            }
+            // Size, metadata and hash all come from the one opened file, and only if it
+            // did not change while it was read: a file being written is reported as
+            // such, never as one version's size with another's hash.
+            let opened = rustix::fs::openat(
+                fd,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let before = rustix::fs::fstat(&opened)?;
+            if FileType::from_raw_mode(before.st_mode) != FileType::RegularFile {
+                return Err(io::Error::other(format!(
+                    "{logical} is no longer a regular file"
+                )));
+            }
+            let mut file = File::from(opened);
+            let sha256 = hash_reader(&mut file)?;
+            let after = rustix::fs::fstat(&file)?;
+            if Stamp::of_stat(&before) != Stamp::of_stat(&after) {
+                return Err(io::Error::other("changed while it was read"));
+            }
+            if settled(Stamp::of_stat(&after)) {
+                cache.put(logical, Stamp::of_stat(&after), sha256);
+            }
+            let size = after.st_size as u64;
+            return Ok(Some(entry_of(&after, Content::File { size, sha256 })));
+        }
+        _ => return Ok(None),
     };
-    Ok(Some(Entry {
+    Ok(Some(entry_of(&st, content)))
+}
+
+/// The entry of a path whose state is `st`, holding `content`.
+fn entry_of(st: &rustix::fs::Stat, content: Content) -> Entry {
+    Entry {
         content,
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
-        mtime_ns: mtime_ns(&meta),
-    }))
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: nanos(st.st_mtime, st.st_mtime_nsec as i64),
+    }
+}
+
+/// Reads the state of one local path without following a final symlink. `Ok(None)` for
+/// a device, socket or fifo.
+pub fn read_entry(path: &Path) -> io::Result<Option<Entry>> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other(format!(
+            "{} has no parent",
+            path.display()
+        )));
+    };
+    let name = name
+        .to_str()
+        .ok_or_else(|| io::Error::other(format!("{} is not UTF-8", path.display())))?;
+    let parent = rustix::fs::open(
+        parent,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    read_below(
+        &parent,
+        name,
+        &path.to_string_lossy(),
+        &HashCache::default(),
+    )
 }
 
 #[cfg(test)]

@@ -637,6 +637,17 @@ async fn a_tree_2000_levels_deep_is_applied_and_sent_again_in_linear_time() {
         "1,000 levels: {half:?}, 2,000 levels: {full:?}, for {size_ratio:.1} times the bytes"
     );
     assert!(full < std::time::Duration::from_secs(20), "{full:?}");
+    // The receiving node's own scan reaches the deepest file (its local path is longer
+    // than PATH_MAX), so the tree travels on from there.
+    let scan = manifest::scan(&n1.config, &[], &HashCache::default());
+    assert_eq!(scan.unreadable, Vec::<(String, String)>::new());
+    let deepest = scan
+        .entries
+        .keys()
+        .filter(|p| p.starts_with(&format!("/etc/app/{}", "f".repeat(80))))
+        .max_by_key(|p| p.len())
+        .expect("the 2,000-level tree is scanned");
+    assert!(deepest.ends_with("/d/f") && n1.path(deepest).as_os_str().len() > 4096);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

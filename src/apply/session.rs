@@ -492,8 +492,7 @@ mod tests {
             action,
             expect,
         };
-        let sub =
-            crate::manifest::read_entry(&app.join("sub"), false, &Default::default()).unwrap();
+        let sub = crate::manifest::read_entry(&app.join("sub")).unwrap();
         let make_dir = Action::Put {
             entry: dir_entry.clone(),
         };
@@ -530,7 +529,7 @@ mod tests {
         std::fs::create_dir_all(&app).unwrap();
         std::fs::write(app.join("x"), b"old").unwrap();
         let mut op = put("/etc/app/x", b"new content");
-        let old = crate::manifest::read_entry(&app.join("x"), false, &Default::default())
+        let old = crate::manifest::read_entry(&app.join("x"))
             .unwrap()
             .unwrap();
         op.expect = Some(old);
@@ -599,8 +598,7 @@ mod tests {
         std::fs::write(&outside, b"same").unwrap();
         std::fs::hard_link(&outside, app.join("x")).unwrap();
         let mut op = put("/etc/app/x", b"same");
-        op.expect =
-            crate::manifest::read_entry(&app.join("x"), false, &Default::default()).unwrap();
+        op.expect = crate::manifest::read_entry(&app.join("x")).unwrap();
         if let Action::Put { entry } = &mut op.action {
             entry.mode = 0o1777;
         }
