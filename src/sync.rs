@@ -37,9 +37,9 @@ pub(crate) use self::self_detect::resolves_to_self;
 use crate::actions;
 use crate::client::{self, Peer};
 use crate::config::{Config, Remote};
-use crate::manifest::{self, HashCache};
+use crate::manifest::{self, HashCache, Scan};
 use crate::paths::{self, is_within};
-use crate::protocol::{Action, Op};
+use crate::protocol::{Action, ManifestResponse, Op};
 use crate::tls::TlsMaterial;
 
 /// The engine: this node's config, its peers and its hash cache.
@@ -50,6 +50,9 @@ pub struct Engine {
     /// The identity of the daemon of this node, when known: a remote announcing it is
     /// this node under another name.
     self_id: Option<String>,
+    /// For a command: the daemon of this node, whose manifest (from its hash cache)
+    /// saves hashing the tree again.
+    own: Option<Peer>,
 }
 
 impl Engine {
@@ -104,6 +107,7 @@ impl Engine {
             peers,
             cache,
             self_id,
+            own: None,
         })
     }
 
@@ -138,8 +142,9 @@ impl Engine {
     }
 
     /// A client for the daemon listening on this node's bind address (the address it
-    /// names, or loopback), verifying its chain but not its name: the answers are only
-    /// ever used to recognise this node and to read its own counters.
+    /// names, or loopback), verifying its chain but not its name (it answers on this
+    /// node's own address): to recognise this node, to read its own counters, and to
+    /// take this node's manifest from it.
     pub fn own_daemon(config: &Config, tls: &TlsMaterial) -> Option<Peer> {
         let ip = config
             .bind_address
@@ -150,7 +155,14 @@ impl Engine {
             host: ip.to_string(),
             port: config.bind_address.port,
         };
-        let http = client::http_client(tls.identity_probe_config().ok()?, None).ok()?;
+        // From the node's own address where it names one: an address of the group,
+        // allowed to ask for the manifest.
+        let http = client::http_client(
+            tls.identity_probe_config().ok()?,
+            config.bind_address.source_ip(),
+        )
+        .ok()?
+        .with_max_response(config.limits.max_manifest_size);
         Some(Peer::new(remote, http))
     }
 
@@ -202,10 +214,7 @@ impl Engine {
                     })
                 })
                 .collect();
-            let (config, cache) = (self.config.clone(), self.cache.clone());
-            let scan = tokio::task::spawn_blocking(move || manifest::scan(&config, &scope, &cache))
-                .await
-                .expect("scan task");
+            let scan = self.local_scan(&scope).await;
             for dir in &scan.missing {
                 report.local_errors.push(format!(
                     "directory {dir} is missing on this node: nothing is synchronised for it"
@@ -294,6 +303,55 @@ impl Engine {
 }
 
 impl Engine {
+    /// This node's tree within `scope`: from this node's daemon when a command runs
+    /// beside one that serves the same directories (its hashes are cached), else
+    /// scanned here.
+    async fn local_scan(&self, scope: &[String]) -> Scan {
+        if let (Some(own), Some(id)) = (&self.own, &self.self_id) {
+            match own.manifest(scope).await {
+                Ok(theirs) if theirs.identity.node_id == *id && self.same_terms(&theirs) => {
+                    debug!("this node's tree as its daemon knows it");
+                    return Scan {
+                        missing: theirs
+                            .directories
+                            .iter()
+                            .filter(|d| !d.present)
+                            .map(|d| d.path.clone())
+                            .collect(),
+                        entries: theirs
+                            .entries
+                            .into_iter()
+                            .map(|w| (w.path, w.entry))
+                            .collect(),
+                        unreadable: Vec::new(),
+                    };
+                }
+                Ok(_) => debug!("this node's daemon serves other terms: scanning here"),
+                Err(e) => debug!(error = %e, "this node's daemon did not answer: scanning here"),
+            }
+        }
+        let (config, cache, scope) = (self.config.clone(), self.cache.clone(), scope.to_vec());
+        tokio::task::spawn_blocking(move || manifest::scan(&config, &scope, &cache))
+            .await
+            .expect("scan task")
+    }
+
+    /// Whether a manifest of this node's daemon is what a scan here would give: the same
+    /// directories with the same excludes, read with the same rights (owners applied,
+    /// so root, on both sides), and nothing it could not read (whose reasons it does
+    /// not tell).
+    fn same_terms(&self, theirs: &ManifestResponse) -> bool {
+        theirs.owners == crate::apply::applies_owners()
+            && theirs.unreadable.is_empty()
+            && theirs.directories.len() == self.config.directories.len()
+            && self.config.directories.iter().all(|dir| {
+                theirs
+                    .directories
+                    .iter()
+                    .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries)
+            })
+    }
+
     /// Pushes operations planned elsewhere (the watcher's, which expect the versions this
     /// peer is known to hold) to one peer, in one request. A file whose content no longer
     /// matches its operation is not sent, and is listed in
@@ -422,9 +480,13 @@ impl Engine {
 pub async fn engine_for_cli(config: Arc<Config>) -> anyhow::Result<Engine> {
     let tls = TlsMaterial::load(&config)?;
     let self_id = Engine::discover_self_id(&config, &tls).await;
-    let engine = Engine::build(config, &tls, Arc::new(HashCache::default()), self_id, false)
+    let own = self_id
+        .as_ref()
+        .and_then(|_| Engine::own_daemon(&config, &tls));
+    let mut engine = Engine::build(config, &tls, Arc::new(HashCache::default()), self_id, false)
         .await
         .context("cannot set up the peers")?;
+    engine.own = own;
     if let Some(reason) = engine.no_peer_left() {
         anyhow::bail!("{reason}");
     }

@@ -409,3 +409,73 @@ async fn piped_sync_output_is_the_lines_alone_without_progress_or_summary() {
         assert!(!out.contains('\r') && !out.contains('\x1b'), "{out:?}");
     }
 }
+
+/// Runs `gosyncd ARGS` with debug logging; its exit code, stdout and stderr.
+async fn gosyncd_debug(args: Vec<std::ffi::OsString>) -> (Option<i32>, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_gosyncd"))
+            .args(&args)
+            .env("RUST_LOG", "gosyncd=debug")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("gosyncd runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_takes_this_nodes_tree_from_its_daemon_when_it_serves_the_same_directories() {
+    let group = start_with(gosyncd::group::GroupSpec {
+        nodes: 2,
+        subnet: 2,
+        first_octet: 30,
+        ..gosyncd::group::GroupSpec::default()
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/a.conf", "a\n");
+    write(n0, "/etc/app/notes.txt", "n\n");
+    let changes = |stdout: &str| -> Vec<String> {
+        let mut lines: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(_, rest)| rest.to_string()))
+            .collect();
+        lines.sort();
+        lines
+    };
+    let added = |path: &str| format!("[+] {} {path} added", n1.addr);
+
+    // Node 0's daemon serves the directory the command syncs: its manifest is used.
+    let (code, stdout, stderr) =
+        gosyncd_debug(config_args(&n0.config_path, &["sync", "-dry"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("this node's tree as its daemon knows it"),
+        "{stderr}"
+    );
+    assert_eq!(
+        changes(&stdout),
+        [added("/etc/app/a.conf"), added("/etc/app/notes.txt")]
+    );
+
+    // A command whose config excludes more than the daemon's: it scans on its own, and
+    // what it excludes is not synced.
+    let variant = config_variant(&group, 0, "node1-excluding.hcl", |text| {
+        text.replace("exclude = []", "exclude = [\"*.txt\"]")
+    });
+    let (code, stdout, stderr) = gosyncd_debug(config_args(&variant, &["sync"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("serves other terms: scanning here"),
+        "{stderr}"
+    );
+    assert_eq!(changes(&stdout), [added("/etc/app/a.conf")]);
+    assert!(!exists(n1, "/etc/app/notes.txt"));
+}
