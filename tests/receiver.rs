@@ -561,12 +561,7 @@ async fn many_large_files_asked_at_once_arrive_whole_and_the_node_stays_small() 
             file.note
         );
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
+    let peak_kib = memory_kib(daemon.child.id(), "VmHWM:");
     eprintln!("daemon peak RSS after answering 41 MiB of text: {peak_kib} KiB");
     assert!(
         peak_kib < PEAK_BOUND_KIB,

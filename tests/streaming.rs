@@ -11,16 +11,6 @@ use common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
 use gosyncd::protocol::{Action, Op};
 
-/// A resident-memory figure of a process, in KiB (`VmRSS`, `VmHWM`).
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 /// Bytes that do not compress or repeat: a simple xorshift stream.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;

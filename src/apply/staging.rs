@@ -275,19 +275,22 @@ fn replaced() -> io::Error {
     io::Error::other("the received content was replaced before it was put in place")
 }
 
-/// Gives the anonymous file `fd` the name `tmp` in `parent`: through its `/proc` link,
-/// or, where `/proc` is not mounted, by descriptor (which takes `CAP_DAC_READ_SEARCH`).
+/// Gives the anonymous file `fd` the name `tmp` in `parent`: by descriptor (which takes
+/// `CAP_DAC_READ_SEARCH`, as a daemon running as root has), or else through its `/proc`
+/// link.
 fn link_anonymous(fd: &OwnedFd, parent: &OwnedFd, tmp: &str) -> rustix::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let proc_link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    match rustix::fs::linkat(
-        rustix::fs::CWD,
-        proc_link.as_str(),
-        parent,
-        tmp,
-        AtFlags::SYMLINK_FOLLOW,
-    ) {
-        Err(Errno::NOENT) => rustix::fs::linkat(fd, "", parent, tmp, AtFlags::EMPTY_PATH),
+    match rustix::fs::linkat(fd, "", parent, tmp, AtFlags::EMPTY_PATH) {
+        Err(Errno::PERM | Errno::NOENT | Errno::INVAL) => {
+            let proc_link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                proc_link.as_str(),
+                parent,
+                tmp,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+        }
         linked => linked,
     }
 }

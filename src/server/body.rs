@@ -74,6 +74,7 @@ pub(super) async fn pump(
     idle: Duration,
     to: mpsc::Sender<io::Result<Bytes>>,
 ) -> Result<usize, BodyError> {
+    use futures_util::FutureExt;
     use http_body_util::BodyExt;
     let mut read = 0usize;
     loop {
@@ -93,16 +94,49 @@ pub(super) async fn pump(
                 return Err(e);
             }
         };
+        // Frames already arrived go together: fewer hand-overs to the reader.
+        let mut data = data;
+        let mut ended = false;
+        let mut broken = None;
+        if data.len() < GATHER_BYTES {
+            let mut gathered = bytes::BytesMut::from(&data[..]);
+            while gathered.len() < GATHER_BYTES {
+                match body.frame().now_or_never() {
+                    Some(Some(Ok(frame))) => {
+                        if let Ok(more) = frame.into_data() {
+                            gathered.extend_from_slice(&more);
+                        }
+                    }
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Some(Some(Err(e))) => {
+                        broken = Some(BodyError::Broken(e.to_string()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            data = gathered.freeze();
+        }
         read += data.len();
         if read > limit {
             let _ = to.send(Err(BodyError::TooLarge.to_io())).await;
             return Err(BodyError::TooLarge);
         }
-        if to.send(Ok(data)).await.is_err() {
+        if to.send(Ok(data)).await.is_err() || ended {
             return Ok(read);
+        }
+        if let Some(e) = broken {
+            let _ = to.send(Err(e.to_io())).await;
+            return Err(e);
         }
     }
 }
+
+/// Bytes of frames already arrived that go to the reader together.
+const GATHER_BYTES: usize = 256 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -204,8 +204,8 @@ impl Outgoing {
 
 /// Frames of a body waiting to be sent, per request.
 const FRAMES_IN_FLIGHT: usize = 4;
-/// Bytes read from a file at once while sending it.
-const SEND_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes of contents gathered into one frame of a body.
+const FRAME_BYTES: usize = 256 * 1024;
 
 /// The body of a batch as a stream: the header, then each content read from disk as
 /// the request goes, by a blocking task of its own. A file that no longer matches its
@@ -219,18 +219,23 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
         if tx.blocking_send(Ok(head)).is_err() {
             return;
         }
+        let mut frames = Frames {
+            tx: &tx,
+            frame: Vec::new(),
+        };
         let mut parents = Parents::default();
         for (index, op) in batch.header.ops.iter().enumerate() {
             if op.needs_content().is_none() {
                 continue;
             }
-            if let Err(why) = send_file(&config, &mut parents, op, &tx) {
+            if let Err(why) = send_file(&config, &mut parents, op, &mut frames) {
                 let Some(why) = why else { return };
                 *batch.fault.lock().expect("fault lock") = Some(Fault { index, why });
                 let _ = tx.blocking_send(Err(io::Error::other("a file changed while it was sent")));
                 return;
             }
         }
+        let _ = frames.flush();
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|frame| (frame, rx))
@@ -238,13 +243,33 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
     (reqwest::Body::wrap_stream(stream), length)
 }
 
-/// Sends one file's content, as planned by `op`, in frames. `Err(None)`: the request
+/// The frames of a body on their way: contents gathered into frames of
+/// [`FRAME_BYTES`], so that many small files cost few hand-overs to the request.
+struct Frames<'a> {
+    tx: &'a tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    frame: Vec<u8>,
+}
+
+impl Frames<'_> {
+    /// Sends what is gathered; `Err` when the request is gone.
+    fn flush(&mut self) -> Result<(), ()> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let frame = std::mem::replace(&mut self.frame, Vec::with_capacity(FRAME_BYTES));
+        self.tx
+            .blocking_send(Ok(Bytes::from(frame)))
+            .map_err(|_| ())
+    }
+}
+
+/// Adds one file's content, as planned by `op`, to the frames. `Err(None)`: the request
 /// is gone (nothing more to send); `Err(Some(why))`: the file cannot be sent as planned.
 fn send_file(
     config: &Config,
     parents: &mut Parents,
     op: &Op,
-    tx: &tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    frames: &mut Frames<'_>,
 ) -> Result<(), Option<Unsendable>> {
     let Action::Put { entry } = &op.action else {
         return Ok(());
@@ -286,17 +311,21 @@ fn send_file(
     let mut file = std::fs::File::from(fd);
     let mut left = size;
     while left > 0 {
-        let mut chunk = vec![0u8; SEND_CHUNK_BYTES.min(left as usize)];
-        let n = match file.read(&mut chunk) {
+        let frame = &mut frames.frame;
+        let start = frame.len();
+        let want = (FRAME_BYTES - start).min(usize::try_from(left).unwrap_or(usize::MAX));
+        frame.resize(start + want, 0);
+        let read = file.read(&mut frame[start..]);
+        frame.truncate(start + *read.as_ref().unwrap_or(&0));
+        let n = match read {
             Ok(0) => return Err(Some(Unsendable::Changed)),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(unreadable(&e)),
         };
-        chunk.truncate(n);
         left -= n as u64;
-        if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-            return Err(None);
+        if frames.frame.len() >= FRAME_BYTES {
+            frames.flush().map_err(|()| None)?;
         }
     }
     // Written meanwhile: what was sent may be a mix of two versions.

@@ -96,6 +96,9 @@ impl Burst {
         for change in taken.changes {
             // Only what this node synchronises: excluded and temporary names never
             // travel, and a swap file an editor keeps open must not hold a save back.
+            if unnamed_file(&change.path) {
+                continue;
+            }
             let Some(logical) = config
                 .logical_path(&change.path)
                 .filter(|p| crate::apply::confine(config, p).is_ok())
@@ -278,9 +281,33 @@ impl Burst {
     }
 }
 
+/// Whether an event names a file that has no name: the kernel reports the writes to an
+/// anonymous file (`O_TMPFILE`, which a receiver writes what it receives into) under
+/// `#` and its inode number, a name nothing can be found at.
+pub(super) fn unnamed_file(local: &std::path::Path) -> bool {
+    let pseudo = local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix('#'))
+        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()));
+    pseudo && std::fs::symlink_metadata(local).is_err()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_to_a_file_without_a_name_are_not_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pseudo = dir.path().join("#10043449");
+        assert!(unnamed_file(&pseudo), "nothing is there: an anonymous file");
+        std::fs::write(&pseudo, "a real file named so").unwrap();
+        assert!(!unnamed_file(&pseudo), "a real file is a change");
+        assert!(!unnamed_file(&dir.path().join("#notes#")));
+        assert!(!unnamed_file(&dir.path().join("#")));
+        assert!(!unnamed_file(&dir.path().join("12345")));
+    }
     use crate::watcher::queue::Change;
 
     const SETTLE: Duration = Duration::from_millis(20);

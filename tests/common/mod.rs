@@ -954,3 +954,13 @@ pub async fn holds_for_quiet_period(
 pub fn holds(node: &GroupNode, logical: &str, bytes: impl AsRef<[u8]>) -> bool {
     std::fs::read(node.path(logical)).is_ok_and(|b| b == bytes.as_ref())
 }
+
+/// A resident-memory figure of a process, in KiB (`VmRSS`, `VmHWM`).
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
