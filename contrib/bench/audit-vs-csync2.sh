@@ -323,7 +323,11 @@ done
 
 log "(e) one file changed, sync that path only, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
-    "${helper[@]}" edit "$src/$target" $((2 * run + 1))
+    # Versions after (d)'s: an edit sets the mtime VERSION + 1 s ahead, so every edit's
+    # mtime is at least 1 s later than the last one's. csync2 compares whole seconds
+    # (and the size, unchanged): (e)'s first edit with version 3 could fall in the
+    # second of (d)'s last one, and csync2 -c would see no change.
+    "${helper[@]}" edit "$src/$target" $((2 * (RUNS + run) + 1))
     gosyncd_run onepath "$run" "$work/node1.hcl" sync "/etc/bench/$target"
     n=$(grep -c '\[M\]' "$logs/gosyncd-onepath-$run.out" || true)
     [ "$n" = 3 ] || die "gosyncd reported $n updates for one file on 3 peers"
