@@ -9,8 +9,8 @@
 #   * one self-signed certificate made with the openssl command line, named by all three
 #     tls_* keys of every gosyncd node and used by every csync2 instance as its
 #     csync2_ssl_cert.pem / csync2_ssl_key.pem (TLS on for both tools);
-#   * gosyncd: node 1 (the sender, 127.0.0.2, no daemon) and three peer daemons on
-#     127.0.0.3, .4 and .5;
+#   * gosyncd: node 1 (the sender, 127.0.0.2) and three peer daemons on 127.0.0.3, .4
+#     and .5; node 1 runs its daemon for (b2) and (c2) only (below);
 #   * csync2: four instances, one per address, each with its own system directory
 #     (CSYNC2_SYSTEM_DIR: csync2.cfg and the certificate; nothing is written to /etc),
 #     its own database directory (-D) and its own name (-N ADDRESS, hosts named by
@@ -22,14 +22,23 @@
 # reference). Then, RUNS times each (median and min of wall-clock seconds):
 #   (b) no-change audit                gosyncd sync -dry      | csync2 -cr /, then csync2 -T
 #   (c) no-change sync                 gosyncd sync           | csync2 -x
+#   (b2) (b), node 1's daemon running  gosyncd sync -dry      | (csync2's (b), not run again)
+#   (c2) (c), node 1's daemon running  gosyncd sync           | (csync2's (c), not run again)
 #   (d) one file changed, sync all     gosyncd sync           | csync2 -x
 #   (e) one file changed, that path    gosyncd sync PATH      | csync2 -c FILE, then csync2 -u
-# The parts of (b) and (e) for csync2 are shown for reference. It also reports the peak
-# RSS of each client run (/usr/bin/time) and the resident memory of the idle daemons of
-# both tools (VmRSS). Every real sync is verified: each peer's tree must match the
-# source (paths, types, modes, owners, sizes, SHA-256 of contents), and csync2 must have
-# nothing left dirty; the script fails loudly otherwise. Last, untimed, it rewrites a
-# file on one csync2 peer alone and says whether node 1's csync2 audit sees it.
+# In (b) and (c), node 1 runs no gosyncd daemon: `gosyncd sync` hashes node 1's tree
+# itself. For (b2) and (c2), node 1's daemon (the same config) runs: started after (c),
+# with the group in sync (its first comparison must find no drift with any peer), it
+# gives `gosyncd sync` node 1's tree from its hash cache (checked with an untimed debug
+# run before and after); it is stopped before (d): its watcher would push the edits of
+# (d) and (e) before the timed sync. The parts of (b) and (e) for csync2 are shown for
+# reference. It also reports the peak RSS of each client run (/usr/bin/time) and the
+# resident memory of the idle daemons of both tools (VmRSS: node 1's gosyncd daemon
+# after (c2), the peers' after the runs). Every real sync is
+# verified: each peer's tree must match the source (paths, types, modes, owners, sizes,
+# SHA-256 of contents), and csync2 must have nothing left dirty; the script fails
+# loudly otherwise. Last, untimed, it rewrites a file on one csync2 peer alone and says
+# whether node 1's csync2 audit sees it.
 #
 # Run it from anywhere in the repository (it builds the release binary first, unless
 # GOSYNCD_BIN names one):
@@ -74,7 +83,7 @@ end_jobs() {
     for pid in $(jobs -p); do kill "$pid" 2>/dev/null || true; done
     for pid in $(jobs -p); do wait "$pid" 2>/dev/null || true; done
 }
-workspace gosyncd-csync2 'peer*.log' 'csync2-peer*.log'
+workspace gosyncd-csync2 'peer*.log' 'node1.log' 'csync2-peer*.log'
 
 # --------------------------------------------------------------------------- build
 
@@ -309,6 +318,73 @@ for ((run = 1; run <= RUNS; run++)); do
     log "  run $run: gosyncd $(last gosyncd-nochangesync)s, csync2 $(last csync2-nochangesync)s"
 done
 
+# (b2) and (c2): (b) and (c) again with node 1's daemon running (the same config); each
+# run of `gosyncd sync` then takes node 1's tree from the daemon's hash cache instead of
+# hashing it. csync2 has nothing that differs here: its figures are those of (b) and (c).
+
+# wait_converged: node 1's daemon listens before its first scan; wait (at most 600 s:
+# it hashes the whole tree first) until its first comparison found no drift with each
+# of the 3 peers. A warning, or the daemon's exit, is a failure.
+wait_converged() {
+    local n k
+    for ((k = 0; k < 6000; k++)); do
+        kill -0 "$node1_pid" 2>/dev/null ||
+            die "node 1's daemon exited: $(tail -n 5 "$logs/node1.log")"
+        ! grep -q WARN "$logs/node1.log" ||
+            die "node 1's daemon warned at start-up: $(grep -m 3 WARN "$logs/node1.log")"
+        n=$(grep -c 'no drift with this peer' "$logs/node1.log" || true)
+        [ "$n" -lt 3 ] || return 0
+        sleep 0.1
+    done
+    die "node 1's daemon found no drift with $n of 3 peers in 600 s"
+}
+
+# own_manifest WHEN: an untimed dry run at debug level must say that it took node 1's
+# tree from node 1's daemon (else it hashed the tree itself, and (b2) and (c2) would
+# measure (b) and (c) again).
+own_manifest() {
+    local out="$logs/gosyncd-own-manifest-$1" status=0
+    "$bin" -config "$work/node1.hcl" -d sync -dry --exit-code >"$out.out" 2>"$out.err" ||
+        status=$?
+    [ "$status" -eq 0 ] || fail_run gosyncd "-d sync -dry --exit-code ($1)" "$status" "$out"
+    grep -q "this node's tree as its daemon knows it" "$out.err" || {
+        grep -E "scanning here|no local daemon" "$out.err" | tail -n 3 >&2
+        die "gosyncd sync did not take node 1's tree from node 1's daemon ($1)"
+    }
+}
+
+log "starting node 1's gosyncd daemon on 127.0.0.2:$gport for (b2) and (c2)"
+"$bin" -config "$work/node1.hcl" >"$logs/node1.log" 2>&1 &
+node1_pid=$!
+wait_listening 127.0.0.2 "$gport" "$node1_pid" "$logs/node1.log"
+wait_converged
+own_manifest before
+log "  converged; sync takes node 1's tree from its daemon"
+
+log "(b2) no-change audit, node 1's daemon running, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    gosyncd_run nochange-daemon "$run" "$work/node1.hcl" sync -dry --exit-code
+    log "  run $run: gosyncd $(last gosyncd-nochange-daemon)s"
+done
+
+log "(c2) no-change sync, node 1's daemon running, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    gosyncd_run nochangesync-daemon "$run" "$work/node1.hcl" sync
+    n=$(changes "$logs/gosyncd-nochangesync-daemon-$run.out")
+    [ "$n" = 0 ] || die "gosyncd reported $n changes with nothing changed"
+    verify "gosyncd no-change sync, node 1's daemon running (run $run)" "${gosyncd_dirs[@]}"
+    log "  run $run: gosyncd $(last gosyncd-nochangesync-daemon)s"
+done
+own_manifest after
+
+# Node 1's daemon idle, once nothing has happened for 2 s; then stopped (before (d)).
+sleep 2
+awk '/^VmRSS:/ { print $2 }' "/proc/$node1_pid/status" >"$res/rss-gosyncd-node1-idle.kb"
+awk '/^VmHWM:/ { print $2 }' "/proc/$node1_pid/status" >"$res/rss-gosyncd-node1-hwm.kb"
+stop "$node1_pid"
+node1_warnings=$(grep -c 'WARN' "$logs/node1.log" || true)
+log "  node 1's daemon stopped"
+
 log "(d) one file changed ($target), sync all, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
     "${helper[@]}" edit "$src/$target" $((2 * run))
@@ -323,7 +399,11 @@ done
 
 log "(e) one file changed, sync that path only, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
-    "${helper[@]}" edit "$src/$target" $((2 * run + 1))
+    # Versions after (d)'s: an edit sets the mtime VERSION + 1 s ahead, so every edit's
+    # mtime is at least 1 s later than the last one's. csync2 compares whole seconds
+    # (and the size, unchanged): (e)'s first edit with version 3 could fall in the
+    # second of (d)'s last one, and csync2 -c would see no change.
+    "${helper[@]}" edit "$src/$target" $((2 * (RUNS + run) + 1))
     gosyncd_run onepath "$run" "$work/node1.hcl" sync "/etc/bench/$target"
     n=$(grep -c '\[M\]' "$logs/gosyncd-onepath-$run.out" || true)
     [ "$n" = 3 ] || die "gosyncd reported $n updates for one file on 3 peers"
@@ -368,6 +448,7 @@ echo
 "${helper[@]}" table-csync2 "$res"
 echo
 echo "gosyncd peer daemon warnings logged (per daemon): $warnings"
+echo "gosyncd node 1 daemon warnings logged (it ran for (b2) and (c2)): $node1_warnings"
 echo "csync2 daemon lines with 'error' (per daemon): $cerrors"
 echo "a file changed on csync2's peer 127.0.0.3 behind its back, then node 1's -cr / and -T: $drift"
 echo "load average (1/5/15 min) before the runs: $load_start; after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -245,26 +245,32 @@ def table(results):
 def table_csync2(results):
     print(read_value(results, "title"))
     print()
-    head = (f"{'scenario':<36} {'gosyncd med':>11} {'min':>7}   {'csync2 med':>10} {'min':>7}"
+    head = (f"{'scenario':<45} {'gosyncd med':>11} {'min':>7}   {'csync2 med':>10} {'min':>7}"
             f"   {'ratio':>6}")
     print(head)
     print("-" * len(head))
+    # (label, gosyncd's key, csync2's key): (b2) and (c2) against csync2's (b) and (c).
     rows = [
-        ("(b) no-change audit", "nochange"),
-        ("(c) no-change sync", "nochangesync"),
-        ("(d) one file changed, sync all", "onefile"),
-        ("(e) one file changed, sync its path", "onepath"),
+        ("(b) no-change audit", "nochange", "nochange"),
+        ("(b2) no-change audit, node 1's daemon running", "nochange-daemon", "nochange"),
+        ("(c) no-change sync", "nochangesync", "nochangesync"),
+        ("(c2) no-change sync, node 1's daemon running", "nochangesync-daemon", "nochangesync"),
+        ("(d) one file changed, sync all", "onefile", "onefile"),
+        ("(e) one file changed, sync its path", "onepath", "onepath"),
     ]
-    for label, key in rows:
-        g, c = times(results, f"gosyncd-{key}"), times(results, f"csync2-{key}")
+    for label, gkey, ckey in rows:
+        g, c = times(results, f"gosyncd-{gkey}"), times(results, f"csync2-{ckey}")
         ratio = f"{statistics.median(g) / statistics.median(c):.2f}x" if g and c else "-"
-        print(f"{label:<36} {fmt(g, 'med'):>11} {fmt(g, 'min'):>7}   {fmt(c, 'med'):>10}"
+        print(f"{label:<45} {fmt(g, 'med'):>11} {fmt(g, 'min'):>7}   {fmt(c, 'med'):>10}"
               f" {fmt(c, 'min'):>7}   {ratio:>6}")
     print()
     print("times in seconds, wall clock; ratio = gosyncd median / csync2 median"
           " (above 1: gosyncd slower)")
     print("  (b) gosyncd sync -dry --exit-code    | csync2 -cr / (check), then csync2 -T (test)")
     print("  (c) gosyncd sync                     | csync2 -x")
+    print("  (b2), (c2): gosyncd as in (b) and (c), with node 1's gosyncd daemon running (sync")
+    print("      takes node 1's tree from it; in (b) and (c) none runs there); csync2: its runs")
+    print("      of (b) and (c), not repeated")
     print("  (d) gosyncd sync                     | csync2 -x")
     print("  (e) gosyncd sync /etc/bench/FILE     | csync2 -c FILE (checkfile), then csync2 -u"
           " (update)")
@@ -283,14 +289,19 @@ def table_csync2(results):
         print(f"  {label:<58} {fmt(v, 'med'):>7} / {fmt(v, 'min')}")
     print()
     print("memory (maximum resident set size of each client run, over the runs; daemons:")
-    print("VmRSS once idle after the runs, the largest of the three):")
+    print("VmRSS once idle, node 1's after (c2), the peers' after the runs, the largest of")
+    print("the three):")
     for label, key in [
         ("gosyncd sync client, (b) audit", "rss-gosyncd-nochange"),
+        ("gosyncd sync client, (b2) audit, node 1's daemon running",
+         "rss-gosyncd-nochange-daemon"),
         ("csync2 client, (b) -cr / and -T", "rss-csync2-check rss-csync2-test"),
         ("gosyncd sync client, (d) one file", "rss-gosyncd-onefile"),
         ("csync2 client, (d) -x", "rss-csync2-onefile"),
         ("gosyncd sync client, initial sync", "rss-gosyncd-initial"),
         ("csync2 client, initial -x", "rss-csync2-initial"),
+        ("gosyncd node 1 daemon, idle after (c2)", "rss-gosyncd-node1-idle"),
+        ("gosyncd node 1 daemon, peak (VmHWM) after (c2)", "rss-gosyncd-node1-hwm"),
         ("gosyncd peer daemon, idle", "rss-gosyncd-idle"),
         ("gosyncd peer daemon, peak (VmHWM)", "rss-gosyncd-hwm"),
         ("csync2 daemon (-ii), idle", "rss-csync2-idle"),
@@ -303,7 +314,7 @@ def table_csync2(results):
     print("every run, in seconds:")
     keys = sorted(n[:-6] for n in os.listdir(results) if n.endswith(".times"))
     for key in keys:
-        print(f"  {key:<22} " + " ".join(f"{t:.3f}" for t in times(results, key)))
+        print(f"  {key:<27} " + " ".join(f"{t:.3f}" for t in times(results, key)))
 
 
 def run(argv, doc, commands):
