@@ -312,7 +312,17 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
     for path in paths {
         let known = versions.get(path);
         let local = node.config.local_path(path);
-        match std::fs::symlink_metadata(&local) {
+        let meta = std::fs::symlink_metadata(&local);
+        // A file holding the very version known (size, mode and mtime: a received file
+        // has its sender's) is not an edit: the events a received batch made, taken
+        // after the batch ended. Spooled, it would be delivered at the next start
+        // whatever the file held by then.
+        if let (Ok(meta), Some(known)) = (&meta, &known) {
+            if is_known_file(meta, known) {
+                continue;
+            }
+        }
+        match meta {
             // A directory gone: everything known below it goes with it.
             Err(_) if known.as_ref().is_some_and(|e| e.content.is_dir()) => {
                 touched.extend(versions.below(path));
@@ -345,4 +355,13 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
         record.outbox.touch(&touched);
     }
     spool.save(false);
+}
+
+/// Whether a regular file's metadata is that of `known`: same size, mode and mtime.
+fn is_known_file(meta: &std::fs::Metadata, known: &crate::protocol::Entry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    matches!(known.content, crate::protocol::Content::File { size, .. } if size == meta.len())
+        && meta.is_file()
+        && known.mode == meta.mode() & 0o7777
+        && known.mtime_ns == crate::manifest::mtime_ns(meta)
 }
