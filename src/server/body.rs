@@ -66,8 +66,8 @@ pub(super) fn channel() -> (mpsc::Sender<io::Result<Bytes>>, BodyReader) {
 /// Reads `body` into `to` as it arrives, at most `limit` bytes, giving up when it makes no
 /// progress for `idle` (a client that trickles or stops cannot hold the request). The
 /// reader sees the end of the body only when all of it arrived; otherwise it sees the
-/// error. Returns the bytes read. Stops early, without error, when the reader is gone
-/// (it refused the batch already).
+/// error. Returns the bytes read. When the reader is gone (it refused the batch
+/// already), the rest of the body is read and dropped, within the same limits.
 pub(super) async fn pump(
     mut body: Body,
     limit: usize,
@@ -77,6 +77,7 @@ pub(super) async fn pump(
     use futures_util::FutureExt;
     use http_body_util::BodyExt;
     let mut read = 0usize;
+    let mut discarding = false;
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => Err(BodyError::Stalled),
@@ -125,7 +126,13 @@ pub(super) async fn pump(
             let _ = to.send(Err(BodyError::TooLarge.to_io())).await;
             return Err(BodyError::TooLarge);
         }
-        if to.send(Ok(data)).await.is_err() || ended {
+        // A reader gone has refused the batch already: the rest of the body is read
+        // and dropped, so that the client, still sending, gets the refusal rather than
+        // a broken connection.
+        if !discarding && to.send(Ok(data)).await.is_err() {
+            discarding = true;
+        }
+        if ended {
             return Ok(read);
         }
         if let Some(e) = broken {
