@@ -180,7 +180,12 @@ pub fn nanos(secs: i64, nsecs: i64) -> i64 {
 }
 
 /// Hashes a reader's whole content.
-pub fn hash_reader(mut reader: impl Read) -> io::Result<Digest256> {
+pub fn hash_reader(reader: impl Read) -> io::Result<Digest256> {
+    hash_copy(reader, &mut io::sink())
+}
+
+/// Copies a reader's whole content into `sink`, and says the SHA-256 of what was copied.
+pub fn hash_copy(mut reader: impl Read, sink: &mut impl io::Write) -> io::Result<Digest256> {
     thread_local! {
         /// One read buffer per thread, reused: a new one for each of many small files
         /// cost more in zeroing it than in hashing them.
@@ -201,6 +206,7 @@ pub fn hash_reader(mut reader: impl Read) -> io::Result<Digest256> {
                 return Ok(Digest256(hasher.finalize().into()));
             }
             hasher.update(&buf[..n]);
+            sink.write_all(&buf[..n])?;
         }
     })
 }

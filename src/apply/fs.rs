@@ -6,7 +6,7 @@
 //! expectations, backups or rollbacks.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use super::staging::Received;
 use crate::config::{Config, Directory};
 use crate::manifest::{is_temp_name, TEMP_PREFIX, TEMP_SUFFIX};
 use crate::paths::{self, components_below};
-use crate::protocol::{Content, Digest256, Entry, Outcome};
+use crate::protocol::{Content, Entry, Outcome};
 
 /// What a put did: finished, or left a temporary file to rename at the end of the batch.
 pub(super) enum Step {
@@ -432,7 +432,7 @@ impl Target<'_> {
                         return Ok(Step::Done(changed_underneath()));
                     }
                     let (tmp, mut file) = self.create_temp()?;
-                    match copy_hashed(File::from(fd), &mut file) {
+                    match crate::manifest::hash_copy(File::from(fd), &mut file) {
                         Ok(copied) if copied == *sha256 => {
                             self.finish_file(tmp, file, entry, owners, fsync)
                         }
@@ -584,24 +584,6 @@ impl Target<'_> {
     }
 }
 
-/// Copies `from` into `to`, and says the SHA-256 of what was copied.
-fn copy_hashed(mut from: impl Read, to: &mut impl Write) -> io::Result<Digest256> {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buffer) {
-            Ok(0) => return Ok(Digest256(hasher.finalize().into())),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buffer[..n]);
-        to.write_all(&buffer[..n])?;
-    }
-}
-
-/// Owner first: changing the owner clears set-id bits, which the mode then restores.
 fn set_meta(fd: impl AsFd, entry: &Entry, owners: bool) -> io::Result<()> {
     if owners {
         rustix::fs::fchown(
