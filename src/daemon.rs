@@ -111,9 +111,12 @@ impl Daemon {
         if let Some(reason) = engine.no_peer_left() {
             warn!("{reason}");
         }
-        let (queue, received) = Queue::new(WATCH_QUEUE_EVENTS);
+        let (queue, received) = Queue::new(WATCH_QUEUE_EVENTS, node.generation.clone());
         let watch = if watch {
-            Some(watcher::watch(&config, queue)?)
+            let watch = watcher::watch(&config, queue)?;
+            // From now on every change is counted: answers from the tree may be kept.
+            node.generation.watched();
+            Some(watch)
         } else {
             None
         };

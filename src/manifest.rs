@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
@@ -111,6 +112,40 @@ impl Stamp {
             mtime_ns: nanos(st.st_mtime, st.st_mtime_nsec as i64),
             ctime_ns: nanos(st.st_ctime, st.st_ctime_nsec as i64),
         }
+    }
+}
+
+/// How many changes a watcher has seen in the tree: an answer computed from a scan is
+/// still the tree's while this has not moved since the scan began. Only a daemon whose
+/// watch runs keeps it ([`Generation::watched`]); otherwise there is no current value
+/// and every answer is computed afresh.
+///
+/// The watcher counts every event that may change something (writes, creations,
+/// removals, renames, attributes, lost events), and each applied batch counts once
+/// more when it is done, before its answer is sent.
+#[derive(Default)]
+pub struct Generation {
+    count: AtomicU64,
+    watched: AtomicBool,
+}
+
+impl Generation {
+    /// A change may have happened.
+    pub fn bump(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The watch runs from now on: changes are counted.
+    pub fn watched(&self) {
+        self.bump();
+        self.watched.store(true, Ordering::SeqCst);
+    }
+
+    /// The count now; `None` when no watcher counts changes.
+    pub fn current(&self) -> Option<u64> {
+        self.watched
+            .load(Ordering::SeqCst)
+            .then(|| self.count.load(Ordering::SeqCst))
     }
 }
 

@@ -128,11 +128,12 @@ impl Engine {
         ))
     }
 
-    /// Asks the daemon listening on this node's bind address for its identity, so that a
-    /// CLI run recognises this node behind any alias in `remotes`. `None` when no daemon
-    /// answers (detection by address still applies).
-    pub async fn discover_self_id(config: &Config, tls: &TlsMaterial) -> Option<String> {
-        match Engine::own_daemon(config, tls)?.identity().await {
+    /// Asks the daemon listening on this node's bind address (through `own`, a client
+    /// from [`Engine::own_daemon`]) for its identity, so that a CLI run recognises this
+    /// node behind any alias in `remotes`. `None` when no daemon answers (detection by
+    /// address still applies).
+    async fn discover_self_id(own: &Peer) -> Option<String> {
+        match own.identity().await {
             Ok(identity) => Some(identity.node_id),
             Err(e) => {
                 debug!(error = %e, "no local daemon identity");
@@ -214,22 +215,39 @@ impl Engine {
                     })
                 })
                 .collect();
-            let scan = self.local_scan(&scope).await;
-            for dir in &scan.missing {
+            // This node's side: the digests its daemon keeps, when it runs and serves
+            // these very terms, which settle every peer whose digests agree; a full
+            // scan (or its daemon's manifest) for the others, made once when the first
+            // of them needs it.
+            let own_digests = match whole {
+                true => self.own_digests().await,
+                false => None,
+            };
+            let (missing, scanned) = match &own_digests {
+                Some(ours) => (missing_directories(ours), None),
+                None => {
+                    let scan = self.local_scan(&scope).await;
+                    (scan.missing.clone(), Some(scan))
+                }
+            };
+            for dir in &missing {
                 report.local_errors.push(format!(
                     "directory {dir} is missing on this node: nothing is synchronised for it"
                 ));
             }
             // A tree that fails its own validation is not pushed: its directory is left
             // alone on the peers, as an unreadable one is.
-            let mut scan = scan;
             let to_validate: BTreeMap<String, Vec<String>> = self
                 .config
                 .directories
                 .iter()
-                .filter(|d| scan.entries.contains_key(&d.path))
+                .filter(|d| match &scanned {
+                    Some(scan) => scan.entries.contains_key(&d.path),
+                    None => !missing.contains(&d.path),
+                })
                 .map(|d| (d.path.clone(), Vec::new()))
                 .collect();
+            let mut refused = Vec::new();
             for (dir, why) in
                 actions::validate(&self.config, &to_validate, actions::Side::Local).await
             {
@@ -237,9 +255,21 @@ impl Engine {
                 report
                     .local_errors
                     .push(format!("refusing to push {dir}: {reason}"));
-                scan.unreadable.push((dir, reason));
+                refused.push((dir, reason));
             }
-            let local = Arc::new(LocalState::new(scan));
+            // A refused directory must be left out of every peer's comparison: the
+            // digests cannot say so, the scan can.
+            let own_digests = own_digests.filter(|_| refused.is_empty());
+            let local = Arc::new(LazyLocal {
+                digests: own_digests,
+                state: tokio::sync::OnceCell::new(),
+                source: self.local_source(),
+                scope: scope.clone(),
+                refused,
+            });
+            if let Some(scan) = scanned {
+                let _ = local.state.set(local.finish(scan));
+            }
 
             let mut tasks = JoinSet::new();
             for (index, (link, manifest)) in self.peers.iter().cloned().zip(manifests).enumerate() {
@@ -255,22 +285,31 @@ impl Engine {
                         if let Ok(m) = &manifest {
                             link.set_terms(Some(PeerTerms::of(m)));
                         }
+                        let empty = || PeerReport {
+                            peer: link.label().to_string(),
+                            ..PeerReport::default()
+                        };
                         if let (true, Ok(digests)) = (whole, &manifest) {
                             if self_id.as_deref() != Some(digests.identity.node_id.as_str()) {
+                                if local
+                                    .digests
+                                    .as_ref()
+                                    .is_some_and(|ours| digests_agree(&config, ours, digests))
+                                {
+                                    return (index, empty());
+                                }
+                                let local = local.get().await;
                                 let differing =
                                     directories_differing(&config, local.scan(), digests);
                                 if differing.is_empty() {
-                                    let report = PeerReport {
-                                        peer: link.label().to_string(),
-                                        ..PeerReport::default()
-                                    };
-                                    return (index, report);
+                                    return (index, empty());
                                 }
                                 debug!(directories = ?differing, "digests differ: listing them");
                                 manifest = link.peer.manifest(&differing).await;
                                 options.scope = differing;
                             }
                         }
+                        let local = local.get().await;
                         let report =
                             sync_peer(&config, &link.peer, manifest, &local, self_id, &options)
                                 .await;
@@ -303,53 +342,38 @@ impl Engine {
 }
 
 impl Engine {
-    /// This node's tree within `scope`: from this node's daemon when a command runs
-    /// beside one that serves the same directories (its hashes are cached), else
-    /// scanned here.
+    /// This node's tree within `scope`: see [`LocalSource::scan`].
     async fn local_scan(&self, scope: &[String]) -> Scan {
-        if let (Some(own), Some(id)) = (&self.own, &self.self_id) {
-            match own.manifest(scope).await {
-                Ok(theirs) if theirs.identity.node_id == *id && self.same_terms(&theirs) => {
-                    debug!("this node's tree as its daemon knows it");
-                    return Scan {
-                        missing: theirs
-                            .directories
-                            .iter()
-                            .filter(|d| !d.present)
-                            .map(|d| d.path.clone())
-                            .collect(),
-                        entries: theirs
-                            .entries
-                            .into_iter()
-                            .map(|w| (w.path, w.entry))
-                            .collect(),
-                        unreadable: Vec::new(),
-                    };
-                }
-                Ok(_) => debug!("this node's daemon serves other terms: scanning here"),
-                Err(e) => debug!(error = %e, "this node's daemon did not answer: scanning here"),
-            }
-        }
-        let (config, cache, scope) = (self.config.clone(), self.cache.clone(), scope.to_vec());
-        tokio::task::spawn_blocking(move || manifest::scan(&config, &scope, &cache))
-            .await
-            .expect("scan task")
+        self.local_source().scan(scope).await
     }
 
-    /// Whether a manifest of this node's daemon is what a scan here would give: the same
-    /// directories with the same excludes, read with the same rights (owners applied,
-    /// so root, on both sides), and nothing it could not read (whose reasons it does
-    /// not tell).
-    fn same_terms(&self, theirs: &ManifestResponse) -> bool {
-        theirs.owners == crate::apply::applies_owners()
-            && theirs.unreadable.is_empty()
-            && theirs.directories.len() == self.config.directories.len()
-            && self.config.directories.iter().all(|dir| {
-                theirs
-                    .directories
-                    .iter()
-                    .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries)
-            })
+    fn local_source(&self) -> LocalSource {
+        LocalSource {
+            config: self.config.clone(),
+            cache: self.cache.clone(),
+            own: self.own.clone(),
+            self_id: self.self_id.clone(),
+        }
+    }
+
+    /// The digests of this node's directories as its daemon keeps them, when a command
+    /// runs beside a daemon that serves these very terms; `None` otherwise.
+    async fn own_digests(&self) -> Option<ManifestResponse> {
+        let (own, id) = (self.own.as_ref()?, self.self_id.as_ref()?);
+        match own.digests().await {
+            Ok(ours) if ours.identity.node_id == *id && same_terms(&self.config, &ours) => {
+                debug!("this node's digests as its daemon keeps them");
+                Some(ours)
+            }
+            Ok(_) => {
+                debug!("this node's daemon serves other terms: scanning here");
+                None
+            }
+            Err(e) => {
+                debug!(error = %e, "this node's daemon did not answer: scanning here");
+                None
+            }
+        }
     }
 
     /// Pushes operations planned elsewhere (the watcher's, which expect the versions this
@@ -475,14 +499,142 @@ impl Engine {
     }
 }
 
+/// Where this node's tree is read from: its daemon, or a scan here.
+#[derive(Clone)]
+struct LocalSource {
+    config: Arc<Config>,
+    cache: Arc<HashCache>,
+    own: Option<Peer>,
+    self_id: Option<String>,
+}
+
+impl LocalSource {
+    /// This node's tree within `scope`: from this node's daemon when a command runs
+    /// beside one that serves the same directories (its hashes are cached), else
+    /// scanned here.
+    async fn scan(&self, scope: &[String]) -> Scan {
+        if let (Some(own), Some(id)) = (&self.own, &self.self_id) {
+            match own.manifest(scope).await {
+                Ok(theirs)
+                    if theirs.identity.node_id == *id && same_terms(&self.config, &theirs) =>
+                {
+                    debug!("this node's tree as its daemon knows it");
+                    return Scan {
+                        missing: missing_directories(&theirs),
+                        entries: theirs
+                            .entries
+                            .into_iter()
+                            .map(|w| (w.path, w.entry))
+                            .collect(),
+                        unreadable: Vec::new(),
+                    };
+                }
+                Ok(_) => debug!("this node's daemon serves other terms: scanning here"),
+                Err(e) => debug!(error = %e, "this node's daemon did not answer: scanning here"),
+            }
+        }
+        let (config, cache, scope) = (self.config.clone(), self.cache.clone(), scope.to_vec());
+        tokio::task::spawn_blocking(move || manifest::scan(&config, &scope, &cache))
+            .await
+            .expect("scan task")
+    }
+}
+
+/// This node's side of one run: the digests its daemon keeps (when usable), and the
+/// full local state, made once, when the first peer whose digests differ needs it.
+struct LazyLocal {
+    digests: Option<ManifestResponse>,
+    state: tokio::sync::OnceCell<Arc<LocalState>>,
+    source: LocalSource,
+    scope: Vec<String>,
+    /// Directories whose own validation failed: left alone, as unreadable ones are.
+    refused: Vec<(String, String)>,
+}
+
+impl LazyLocal {
+    fn finish(&self, mut scan: Scan) -> Arc<LocalState> {
+        scan.unreadable.extend(self.refused.iter().cloned());
+        Arc::new(LocalState::new(scan))
+    }
+
+    async fn get(&self) -> Arc<LocalState> {
+        self.state
+            .get_or_init(|| async { self.finish(self.source.scan(&self.scope).await) })
+            .await
+            .clone()
+    }
+}
+
+/// Whether a manifest of this node's daemon is what a scan here would give: the same
+/// directories with the same excludes, read with the same rights (owners applied,
+/// so root, on both sides), and nothing it could not read (whose reasons it does
+/// not tell).
+fn same_terms(config: &Config, theirs: &ManifestResponse) -> bool {
+    theirs.owners == crate::apply::applies_owners()
+        && theirs.unreadable.is_empty()
+        && theirs.directories.len() == config.directories.len()
+        && config.directories.iter().all(|dir| {
+            theirs
+                .directories
+                .iter()
+                .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries)
+        })
+}
+
+/// The configured directories a manifest says are missing.
+fn missing_directories(manifest: &ManifestResponse) -> Vec<String> {
+    manifest
+        .directories
+        .iter()
+        .filter(|d| !d.present)
+        .map(|d| d.path.clone())
+        .collect()
+}
+
+/// Whether a peer's digests show that it holds exactly this node's tree, from the
+/// digests of this node's daemon (`ours`, which serves this node's terms): every
+/// directory present here has the same digest there, the peer reads it with the same
+/// excludes and the same rights, and could read all of it. `false` when that cannot be
+/// told this way: the full comparison ([`directories_differing`]) decides then.
+fn digests_agree(config: &Config, ours: &ManifestResponse, theirs: &ManifestResponse) -> bool {
+    let digest_of = |m: &ManifestResponse, dir: &str| {
+        m.digests.iter().find(|d| d.path == dir).map(|d| d.sha256)
+    };
+    ours.owners == theirs.owners
+        && config
+            .directories
+            .iter()
+            .filter(|dir| {
+                ours.directories
+                    .iter()
+                    .any(|d| d.path == dir.path && d.present)
+            })
+            .all(|dir| {
+                let same_excludes = theirs
+                    .directories
+                    .iter()
+                    .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries);
+                let readable = !theirs
+                    .unreadable
+                    .iter()
+                    .any(|p| is_within(p, &dir.path) || is_within(&dir.path, p));
+                let ours = digest_of(ours, &dir.path);
+                same_excludes && readable && ours.is_some() && ours == digest_of(theirs, &dir.path)
+            })
+}
+
 /// Loads TLS material and builds an engine for a CLI run (not inside a daemon); a group
 /// with no peer left is an error, with the reason.
 pub async fn engine_for_cli(config: Arc<Config>) -> anyhow::Result<Engine> {
     let tls = TlsMaterial::load(&config)?;
-    let self_id = Engine::discover_self_id(&config, &tls).await;
-    let own = self_id
-        .as_ref()
-        .and_then(|_| Engine::own_daemon(&config, &tls));
+    // One client (one connection) to this node's daemon, for its identity and then its
+    // digests or manifest.
+    let own = Engine::own_daemon(&config, &tls);
+    let self_id = match &own {
+        Some(own) => Engine::discover_self_id(own).await,
+        None => None,
+    };
+    let own = own.filter(|_| self_id.is_some());
     let mut engine = Engine::build(config, &tls, Arc::new(HashCache::default()), self_id, false)
         .await
         .context("cannot set up the peers")?;

@@ -71,7 +71,15 @@ pub async fn propagate(
     loop {
         let first = tokio::select! {
             _ = queue.ready() => queue.take(),
-            _ = check.tick() => appeared(rewatch(&config, &mut watch, &mut watched)),
+            _ = check.tick() => {
+                let found = appeared(rewatch(&config, &mut watch, &mut watched));
+                if !found.changes.is_empty() {
+                    // A configured directory appeared or was replaced, seen by the check
+                    // rather than by an event: the tree changed all the same.
+                    node.generation.bump();
+                }
+                found
+            }
         };
         let mut burst = Burst::new(Instant::now());
         toucher.add(burst.add(&config, first, Instant::now(), &mut overdue));
@@ -119,6 +127,9 @@ pub async fn propagate(
             .any(|d| burst.paths.contains(&d.path))
         {
             let again = appeared(rewatch(&config, &mut watch, &mut watched));
+            if !again.changes.is_empty() {
+                node.generation.bump();
+            }
             burst.add(&config, again, Instant::now(), &mut overdue);
         }
         toucher.done().await;

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_is_down_fails_alone_and_the_others_are_synchronised() {
@@ -478,4 +479,71 @@ async fn a_sync_takes_this_nodes_tree_from_its_daemon_when_it_serves_the_same_di
     );
     assert_eq!(changes(&stdout), [added("/etc/app/a.conf")]);
     assert!(!exists(n1, "/etc/app/notes.txt"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_change_audit_beside_watching_daemons_takes_their_kept_digests_and_still_sees_a_change(
+) {
+    let group = start_with(gosyncd::group::GroupSpec {
+        nodes: 2,
+        subnet: 2,
+        first_octet: 40,
+        watch: true,
+        ..gosyncd::group::GroupSpec::default()
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/a.conf", "a\n");
+    eventually(&group, Duration::from_secs(10), "a.conf replicated", || {
+        holds(n1, "/etc/app/a.conf", "a\n")
+    })
+    .await;
+
+    // Converged: the audit is settled by digests alone, this node's from its daemon,
+    // without listing either tree.
+    let (code, stdout, stderr) =
+        gosyncd_debug(config_args(&n0.config_path, &["sync", "-dry"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("this node's digests as its daemon keeps them"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("this node's tree as its daemon knows it"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("[+]") && !stdout.contains("[M]"),
+        "{stdout}"
+    );
+
+    // A peer's kept answer stays while nothing changes, and a change its watcher sees
+    // ends it at once (it would otherwise be kept for half a minute).
+    let asking = peer_as(n0, n1.addr);
+    let before = asking.digests().await.unwrap().digests;
+    assert_eq!(asking.digests().await.unwrap().digests, before);
+    write(n1, "/etc/app/b.conf", "b\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if asking.digests().await.unwrap().digests != before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the peer still answers the digests it had before b.conf was written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the audit still agrees once the edit has reached node 0.
+    eventually(&group, Duration::from_secs(10), "b.conf replicated", || {
+        holds(n0, "/etc/app/b.conf", "b\n")
+    })
+    .await;
+    let (code, stdout, stderr) =
+        gosyncd_debug(config_args(&n0.config_path, &["sync", "-dry"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stdout.contains("[+]") && !stdout.contains("[M]"),
+        "{stdout}"
+    );
 }

@@ -14,7 +14,7 @@ use crate::access::Allowlist;
 use crate::actions;
 use crate::apply;
 use crate::config::Config;
-use crate::manifest::HashCache;
+use crate::manifest::{Generation, HashCache};
 use crate::protocol::{HeldPath, Identity, PeerStatus, StatusCounters};
 use crate::sync::PeerLink;
 use crate::versions::Versions;
@@ -45,6 +45,18 @@ pub struct Node {
     pub spool: Option<Arc<crate::spool::Spool>>,
     /// Asks the anti-entropy pass to compare with the peers now (one came back).
     pub reconcile_now: tokio::sync::Notify,
+    /// Counts the changes seen in the tree (a daemon's watcher and applied batches).
+    pub generation: Arc<Generation>,
+    /// The last answer to a request for the whole tree's digests, while it is current.
+    pub(super) digests: std::sync::Mutex<Option<KeptDigests>>,
+}
+
+/// An answer to a request for digests, kept for the next request while nothing changed.
+pub(super) struct KeptDigests {
+    /// The tree's generation when the scan it comes from began.
+    pub(super) generation: u64,
+    pub(super) at: std::time::Instant,
+    pub(super) answer: crate::protocol::ManifestResponse,
 }
 
 /// Everything a daemon knows of one peer, in one place: how to reach it (the client and
@@ -237,6 +249,8 @@ impl Node {
             peers: std::sync::OnceLock::new(),
             spool: None,
             reconcile_now: tokio::sync::Notify::new(),
+            generation: Arc::default(),
+            digests: std::sync::Mutex::new(None),
         }
     }
 

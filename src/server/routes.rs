@@ -21,6 +21,7 @@ use axum::{Extension, Json, Router};
 use tracing::{debug, info, warn};
 
 use super::body::{self, BodyError};
+use super::node::KeptDigests;
 use super::{ClientAddr, ClientSubject, Node};
 use crate::actions;
 use crate::apply;
@@ -154,23 +155,14 @@ async fn manifest(
         paths::check_normalized(path).map_err(|e| refuse(&addr, format!("scope: {e}")))?;
     }
     let response = tokio::task::spawn_blocking(move || {
-        let mut response = manifest_response(&node, &request.scope);
-        if request.digests_only {
-            let entries: manifest::Manifest = std::mem::take(&mut response.entries)
-                .into_iter()
-                .map(|w| (w.path, w.entry))
-                .collect();
-            response.digests = response
-                .directories
-                .iter()
-                .filter(|d| d.present)
-                .map(|d| protocol::DirectoryDigest {
-                    path: d.path.clone(),
-                    sha256: manifest::digest(&entries, &d.path, node.owners, |_| true),
-                })
-                .collect();
+        if request.digests_only && request.scope.is_empty() {
+            return whole_tree_digests(&node);
         }
-        response
+        let response = manifest_response(&node, &request.scope);
+        match request.digests_only {
+            true => with_digests(&node, response),
+            false => response,
+        }
     })
     .await
     .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
@@ -246,6 +238,55 @@ async fn content(
         .body(Body::from_stream(stream))
         .map_err(|e| ApiError::Internal(format!("content answer: {e}")))
 }
+
+/// The digest of each configured directory, as [`manifest`] answers them: kept from
+/// the last answer while the tree's generation has not moved since its scan began (and
+/// for at most [`DIGESTS_KEPT_FOR`]), computed from a scan otherwise. A no-change audit
+/// of a watched tree then costs no walk at all.
+fn whole_tree_digests(node: &Node) -> ManifestResponse {
+    let before = node.generation.current();
+    if let Some(now) = before {
+        let kept = node.digests.lock().expect("digests lock");
+        if let Some(kept) = kept.as_ref() {
+            if kept.generation == now && kept.at.elapsed() < DIGESTS_KEPT_FOR {
+                return kept.answer.clone();
+            }
+        }
+    }
+    let response = with_digests(node, manifest_response(node, &[]));
+    if let Some(generation) = before {
+        *node.digests.lock().expect("digests lock") = Some(KeptDigests {
+            generation,
+            at: std::time::Instant::now(),
+            answer: response.clone(),
+        });
+    }
+    response
+}
+
+/// A manifest answer turned into a digests answer: one digest per configured directory
+/// present, and no entries.
+fn with_digests(node: &Node, mut response: ManifestResponse) -> ManifestResponse {
+    let entries: manifest::Manifest = std::mem::take(&mut response.entries)
+        .into_iter()
+        .map(|w| (w.path, w.entry))
+        .collect();
+    response.digests = response
+        .directories
+        .iter()
+        .filter(|d| d.present)
+        .map(|d| protocol::DirectoryDigest {
+            path: d.path.clone(),
+            sha256: manifest::digest(&entries, &d.path, node.owners, |_| true),
+        })
+        .collect();
+    response
+}
+
+/// How long an answer to a digests request is kept while the watcher sees no change: a
+/// change it cannot see (a subdirectory beyond the kernel's watch limit, say) is found
+/// by the next audit after that.
+const DIGESTS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Builds this node's manifest response.
 pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
@@ -346,6 +387,9 @@ async fn apply(
     let task = tokio::spawn(async move {
         let held = (one_at_a_time, receiving);
         let results = apply_and_validate(&worker, header, staged, origin).await;
+        // Whatever it left, the tree may have changed: answers computed before are not
+        // current any more, even before the watcher sees the writes.
+        worker.generation.bump();
         drop(held);
         let (results, changed) = results?;
         let actions = run_on_change(&worker, changed).await;

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::directories::describe;
+use crate::manifest::Generation;
 
 /// Events the queue holds before it gives up on them and asks for a rescan instead.
 pub const WATCH_QUEUE_EVENTS: usize = 65_536;
@@ -108,16 +109,21 @@ struct Shared {
 pub struct Queue {
     shared: Arc<Shared>,
     capacity: usize,
+    /// Counts every event that may change the tree, as it arrives: answers computed from
+    /// the tree before it are no longer current.
+    generation: Arc<Generation>,
 }
 
 impl Queue {
-    /// A queue of `capacity` events, and the receiving end for [`propagate`](super::propagate).
-    pub fn new(capacity: usize) -> (Queue, QueueReceiver) {
+    /// A queue of `capacity` events, and the receiving end for [`propagate`](super::propagate);
+    /// `generation` counts the events that may change the tree.
+    pub fn new(capacity: usize, generation: Arc<Generation>) -> (Queue, QueueReceiver) {
         let shared = Arc::new(Shared::default());
         (
             Queue {
                 shared: shared.clone(),
                 capacity,
+                generation,
             },
             QueueReceiver { shared },
         )
@@ -137,6 +143,7 @@ impl Queue {
         if changes.is_empty() && !rescan {
             return;
         }
+        self.generation.bump();
         {
             let mut pending = self.shared.pending.lock().expect("watch queue lock");
             if rescan || pending.changes.len() + changes.len() > self.capacity {
@@ -183,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_turns_into_a_rescan_instead_of_blocking_or_losing_it() {
-        let (queue, receiver) = Queue::new(1);
+        let (queue, receiver) = Queue::new(1, Arc::default());
         queue.forward(modified("/r/etc/app/a"));
         // The queue is full: this event cannot be queued, and neither its path.
         queue.forward(modified("/r/etc/app/b"));
@@ -205,7 +212,7 @@ mod tests {
 
     #[test]
     fn an_overflow_notice_or_a_watch_error_asks_for_a_rescan() {
-        let (queue, receiver) = Queue::new(8);
+        let (queue, receiver) = Queue::new(8, Arc::default());
         let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         queue.forward(Ok(overflow));
         assert!(receiver.take().rescan);
@@ -215,7 +222,10 @@ mod tests {
 
     #[test]
     fn reads_alone_send_nothing_and_a_close_after_writing_completes_a_file() {
-        let (queue, receiver) = Queue::new(8);
+        let generation = Arc::new(Generation::default());
+        generation.watched();
+        let (queue, receiver) = Queue::new(8, generation.clone());
+        let start = generation.current();
         queue.forward(event(
             EventKind::Access(AccessKind::Open(AccessMode::Any)),
             "/r/a",
@@ -226,11 +236,17 @@ mod tests {
         ));
         let taken = receiver.take();
         assert!(taken.changes.is_empty() && !taken.rescan);
+        // The daemon reads files itself: reading must not make its answers stale.
+        assert_eq!(generation.current(), start);
         queue.forward(event(
             EventKind::Access(AccessKind::Close(AccessMode::Write)),
             "/r/a",
         ));
         assert_eq!(receiver.take().changes[0].kind, ChangeKind::Closed);
+        assert!(
+            generation.current() > start,
+            "a write is counted as it arrives"
+        );
     }
 
     #[test]
