@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
@@ -150,34 +150,68 @@ impl Generation {
 }
 
 /// File hashes remembered between scans by a long-running process.
+///
+/// Kept by file (device and inode), not by name: a file's state ([`Stamp`]) identifies
+/// its content whatever it is called, so the cache holds no path at all, and a file
+/// renamed or linked elsewhere keeps its hash.
 #[derive(Default)]
 pub struct HashCache {
-    /// By logical path.
-    map: Mutex<HashMap<Box<str>, (Stamp, Digest256)>>,
+    map: Mutex<HashMap<(u64, u64), Cached>>,
+    /// Counts the full scans begun: what each entry was last seen by.
+    scans: AtomicU32,
+}
+
+/// What is remembered of one file.
+struct Cached {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    digest: Digest256,
+    /// The count of full scans begun when it was last looked up or stored.
+    seen: u32,
 }
 
 impl HashCache {
-    fn get(&self, logical: &str, stamp: Stamp) -> Option<Digest256> {
-        let map = self.map.lock().expect("hash cache lock");
-        map.get(logical)
-            .filter(|(s, _)| *s == stamp)
-            .map(|(_, d)| *d)
+    fn get(&self, stamp: Stamp) -> Option<Digest256> {
+        let seen = self.scans.load(Ordering::SeqCst);
+        let mut map = self.map.lock().expect("hash cache lock");
+        let cached = map.get_mut(&(stamp.dev, stamp.ino))?;
+        if (cached.size, cached.mtime_ns, cached.ctime_ns)
+            != (stamp.size, stamp.mtime_ns, stamp.ctime_ns)
+        {
+            return None;
+        }
+        cached.seen = seen;
+        Some(cached.digest)
     }
 
-    fn put(&self, logical: &str, stamp: Stamp, digest: Digest256) {
+    fn put(&self, stamp: Stamp, digest: Digest256) {
+        let cached = Cached {
+            size: stamp.size,
+            mtime_ns: stamp.mtime_ns,
+            ctime_ns: stamp.ctime_ns,
+            digest,
+            seen: self.scans.load(Ordering::SeqCst),
+        };
         self.map
             .lock()
             .expect("hash cache lock")
-            .insert(logical.into(), (stamp, digest));
+            .insert((stamp.dev, stamp.ino), cached);
     }
 
-    /// Forgets the files a full scan did not find (deleted, renamed, excluded since), so
-    /// that the cache holds at most one entry per file of the trees.
-    fn keep_only(&self, scan: &Scan) {
+    /// A full scan begins: returns its number, for [`HashCache::keep_seen_since`].
+    fn full_scan(&self) -> u32 {
+        self.scans.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
+    }
+
+    /// Forgets the files no scan has looked up since full scan `scan` began (deleted,
+    /// replaced, excluded since), so that the cache holds at most one entry per file of
+    /// the trees.
+    fn keep_seen_since(&self, scan: u32) {
         self.map
             .lock()
             .expect("hash cache lock")
-            .retain(|logical, _| scan.entries.contains_key(&**logical));
+            .retain(|_, cached| cached.seen.wrapping_sub(scan) < u32::MAX / 2);
     }
 
     /// How many files it remembers.
@@ -269,13 +303,14 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 /// Scans every configured directory in `scope` (empty: all of them).
 pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
     let mut out = Scan::default();
+    let full = scope.is_empty().then(|| cache.full_scan());
     for dir in &config.directories {
         if in_scope(&dir.path, scope) {
             scan_directory(config, dir, scope, cache, &mut out);
         }
     }
-    if scope.is_empty() {
-        cache.keep_only(&out);
+    if let Some(scan) = full {
+        cache.keep_seen_since(scan);
     }
     out
 }
@@ -388,8 +423,7 @@ fn list(fd: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
 }
 
 /// Reads the state of name `name` in directory `fd`, never following a link; `logical`
-/// is its logical path, the key of its cached hash. `Ok(None)` for a device, socket or
-/// fifo.
+/// is its logical path, for messages. `Ok(None)` for a device, socket or fifo.
 fn read_below(
     fd: &OwnedFd,
     name: &str,
@@ -408,7 +442,7 @@ fn read_below(
             Content::Symlink { target }
         }
         FileType::RegularFile => {
-            if let Some(sha256) = cache.get(logical, Stamp::of_stat(&st)) {
+            if let Some(sha256) = cache.get(Stamp::of_stat(&st)) {
                 let size = st.st_size as u64;
                 return Ok(Some(entry_of(&st, Content::File { size, sha256 })));
             }
@@ -434,7 +468,7 @@ fn read_below(
                 return Err(io::Error::other("changed while it was read"));
             }
             if settled(Stamp::of_stat(&after)) {
-                cache.put(logical, Stamp::of_stat(&after), sha256);
+                cache.put(Stamp::of_stat(&after), sha256);
             }
             let size = after.st_size as u64;
             return Ok(Some(entry_of(&after, Content::File { size, sha256 })));

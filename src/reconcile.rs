@@ -19,7 +19,9 @@ use crate::manifest;
 use crate::paths::is_within;
 
 use crate::server::{Node, PeerRecord};
-use crate::sync::{directories_differing, ChangeStatus, Engine, Options, PeerReport};
+use crate::sync::{
+    digests_agree, directories_differing, ChangeStatus, Engine, Options, PeerReport,
+};
 use crate::watcher::Outbox;
 
 /// Paths named in a drift warning before it says "and N more".
@@ -43,7 +45,7 @@ pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>) {
 /// One comparison with every peer: digests first, and a full comparison (the engine's
 /// dry run) only of the directories whose digests differ, with the peers they differ
 /// on.
-async fn pass(engine: &Engine, node: &Node, first: bool) {
+async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     let config = engine.config().clone();
     let asks: Vec<_> = engine
         .peers()
@@ -53,10 +55,14 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
             tokio::spawn(async move { (peer.remote.label.clone(), peer.digests().await) })
         })
         .collect();
-    let (scan_config, cache) = (config.clone(), node.cache.clone());
-    let scan = tokio::task::spawn_blocking(move || manifest::scan(&scan_config, &[], &cache))
+    // This node's digests as its peers get them (kept while its tree does not change):
+    // they settle every peer that agrees. The tree is scanned only for a peer they
+    // cannot settle, once.
+    let serving = node.clone();
+    let ours = tokio::task::spawn_blocking(move || serving.whole_tree_digests())
         .await
-        .expect("scan task");
+        .expect("digests task");
+    let mut scan: Option<manifest::Scan> = None;
     let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     let record_of = |label: &str| records.iter().find(|r| r.label() == label);
     let mut differing: BTreeSet<String> = BTreeSet::new();
@@ -80,13 +86,41 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
             // A remote that is this node under another name.
             Ok(theirs) if theirs.identity.node_id == node.identity.node_id => {}
             Ok(theirs) => {
-                let dirs = directories_differing(&config, &scan, &theirs);
+                let (dirs, present, none_missing) =
+                    if ours.unreadable.is_empty() && digests_agree(&config, &ours, &theirs) {
+                        let present: Vec<&str> = ours
+                            .directories
+                            .iter()
+                            .filter(|d| d.present)
+                            .map(|d| d.path.as_str())
+                            .collect();
+                        (Vec::new(), present, present_all(&ours))
+                    } else {
+                        let scan = match &mut scan {
+                            Some(scan) => scan,
+                            None => {
+                                let (config, cache) = (config.clone(), node.cache.clone());
+                                let scanned = tokio::task::spawn_blocking(move || {
+                                    manifest::scan(&config, &[], &cache)
+                                })
+                                .await
+                                .expect("scan task");
+                                scan.insert(scanned)
+                            }
+                        };
+                        let dirs = directories_differing(&config, scan, &theirs);
+                        let present: Vec<&str> = config
+                            .directories
+                            .iter()
+                            .map(|d| d.path.as_str())
+                            .filter(|d| scan.entries.contains_key(*d))
+                            .collect();
+                        (dirs, present, scan.missing.is_empty())
+                    };
                 // Nothing is held against the peer where it holds this node's tree.
-                let equal: Vec<&str> = config
-                    .directories
-                    .iter()
-                    .map(|d| d.path.as_str())
-                    .filter(|d| scan.entries.contains_key(*d) && !dirs.iter().any(|x| x == d))
+                let equal: Vec<&str> = present
+                    .into_iter()
+                    .filter(|d| !dirs.iter().any(|x| x == d))
                     .collect();
                 if let Some(record) = record {
                     record
@@ -96,7 +130,7 @@ async fn pass(engine: &Engine, node: &Node, first: bool) {
                 if dirs.is_empty() {
                     // A directory missing here cannot be judged: no verdict rather than a
                     // false "no drift".
-                    if let (Some(record), true) = (record, scan.missing.is_empty()) {
+                    if let (Some(record), true) = (record, none_missing) {
                         report_drift(record, BTreeSet::new());
                     }
                 } else {
@@ -211,4 +245,9 @@ fn sort(
         outbox.contact();
     }
     drift
+}
+
+/// Whether every configured directory is present here, by this node's digests answer.
+fn present_all(ours: &crate::protocol::ManifestResponse) -> bool {
+    ours.directories.iter().all(|d| d.present)
 }

@@ -18,7 +18,7 @@ mod routes;
 
 pub use listener::{bind, serve};
 pub use node::{Node, PeerRecord, Stats};
-pub use routes::{manifest_response, router, ApiError};
+pub use routes::{router, ApiError};
 
 /// The client's address, attached to each request by the listener.
 #[derive(Clone, Copy, Debug)]

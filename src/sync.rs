@@ -27,8 +27,8 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-pub(crate) use self::peer::directories_differing;
 pub use self::peer::PeerLink;
+pub(crate) use self::peer::{digests_agree, directories_differing};
 use self::peer::{kept_directories, peer_rules, sync_peer, LocalState, PeerTerms};
 pub use self::progress::{PeerTally, Progress, ProgressEvent};
 use self::push::push;
@@ -589,38 +589,6 @@ fn missing_directories(manifest: &ManifestResponse) -> Vec<String> {
         .filter(|d| !d.present)
         .map(|d| d.path.clone())
         .collect()
-}
-
-/// Whether a peer's digests show that it holds exactly this node's tree, from the
-/// digests of this node's daemon (`ours`, which serves this node's terms): every
-/// directory present here has the same digest there, the peer reads it with the same
-/// excludes and the same rights, and could read all of it. `false` when that cannot be
-/// told this way: the full comparison ([`directories_differing`]) decides then.
-fn digests_agree(config: &Config, ours: &ManifestResponse, theirs: &ManifestResponse) -> bool {
-    let digest_of = |m: &ManifestResponse, dir: &str| {
-        m.digests.iter().find(|d| d.path == dir).map(|d| d.sha256)
-    };
-    ours.owners == theirs.owners
-        && config
-            .directories
-            .iter()
-            .filter(|dir| {
-                ours.directories
-                    .iter()
-                    .any(|d| d.path == dir.path && d.present)
-            })
-            .all(|dir| {
-                let same_excludes = theirs
-                    .directories
-                    .iter()
-                    .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries);
-                let readable = !theirs
-                    .unreadable
-                    .iter()
-                    .any(|p| is_within(p, &dir.path) || is_within(&dir.path, p));
-                let ours = digest_of(ours, &dir.path);
-                same_excludes && readable && ours.is_some() && ours == digest_of(theirs, &dir.path)
-            })
 }
 
 /// Loads TLS material and builds an engine for a CLI run (not inside a daemon); a group

@@ -14,8 +14,11 @@ use crate::access::Allowlist;
 use crate::actions;
 use crate::apply;
 use crate::config::Config;
-use crate::manifest::{Generation, HashCache};
-use crate::protocol::{HeldPath, Identity, PeerStatus, StatusCounters};
+use crate::manifest::{self, Generation, HashCache};
+use crate::protocol::{
+    DirectoryDigest, DirectoryInfo, HeldPath, Identity, ManifestResponse, PeerStatus,
+    StatusCounters, WireEntry,
+};
 use crate::sync::PeerLink;
 use crate::versions::Versions;
 use crate::watcher::Outbox;
@@ -51,12 +54,17 @@ pub struct Node {
     pub(super) digests: std::sync::Mutex<Option<KeptDigests>>,
 }
 
+/// How long an answer to a digests request is kept while the watcher sees no change: a
+/// change it cannot see (a subdirectory beyond the kernel's watch limit, say) is found
+/// by the next audit after that.
+const DIGESTS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An answer to a request for digests, kept for the next request while nothing changed.
 pub(super) struct KeptDigests {
     /// The tree's generation when the scan it comes from began.
     pub(super) generation: u64,
     pub(super) at: std::time::Instant,
-    pub(super) answer: crate::protocol::ManifestResponse,
+    pub(super) answer: ManifestResponse,
 }
 
 /// Everything a daemon knows of one peer, in one place: how to reach it (the client and
@@ -275,6 +283,80 @@ impl Node {
     pub fn received(&self, path: &str) {
         for record in self.peers.get().into_iter().flatten() {
             record.outbox.received(path);
+        }
+    }
+
+    /// The digest of each configured directory, as the manifest route answers a request
+    /// for the whole tree's digests: kept from the last answer while the tree's
+    /// generation has not moved since its scan began (and for at most
+    /// [`DIGESTS_KEPT_FOR`]), computed from a scan otherwise. A no-change audit of a
+    /// watched tree then costs no walk at all.
+    pub fn whole_tree_digests(&self) -> ManifestResponse {
+        let before = self.generation.current();
+        if let Some(now) = before {
+            let kept = self.digests.lock().expect("digests lock");
+            if let Some(kept) = kept.as_ref() {
+                if kept.generation == now && kept.at.elapsed() < DIGESTS_KEPT_FOR {
+                    return kept.answer.clone();
+                }
+            }
+        }
+        let response = self.answer(manifest::scan(&self.config, &[], &self.cache), true);
+        if let Some(generation) = before {
+            *self.digests.lock().expect("digests lock") = Some(KeptDigests {
+                generation,
+                at: std::time::Instant::now(),
+                answer: response.clone(),
+            });
+        }
+        response
+    }
+
+    /// This node's manifest within `scope`, scanned now.
+    pub fn manifest(&self, scope: &[String]) -> ManifestResponse {
+        self.answer(manifest::scan(&self.config, scope, &self.cache), false)
+    }
+
+    /// This node's answer from a scan: its entries, or (`digests_only`) one digest per
+    /// configured directory present and no entries.
+    pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> ManifestResponse {
+        let directories: Vec<DirectoryInfo> = self
+            .config
+            .directories
+            .iter()
+            .map(|d| DirectoryInfo {
+                path: d.path.clone(),
+                exclude: d.excludes.entries.clone(),
+                present: !scan.missing.contains(&d.path),
+            })
+            .collect();
+        let digests = match digests_only {
+            true => directories
+                .iter()
+                .filter(|d| d.present)
+                .map(|d| DirectoryDigest {
+                    path: d.path.clone(),
+                    sha256: manifest::digest(&scan.entries, &d.path, self.owners, |_| true),
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        let entries = match digests_only {
+            true => Vec::new(),
+            false => scan
+                .entries
+                .into_iter()
+                .map(|(path, entry)| WireEntry { path, entry })
+                .collect(),
+        };
+        ManifestResponse {
+            identity: self.identity.clone(),
+            owners: self.owners,
+            directories,
+            entries,
+            unreadable: scan.unreadable.into_iter().map(|(p, _)| p).collect(),
+            limits: (&self.config.limits).into(),
+            digests,
         }
     }
 

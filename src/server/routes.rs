@@ -21,16 +21,14 @@ use axum::{Extension, Json, Router};
 use tracing::{debug, info, warn};
 
 use super::body::{self, BodyError};
-use super::node::KeptDigests;
 use super::{ClientAddr, ClientSubject, Node};
 use crate::actions;
 use crate::apply;
 use crate::manifest;
 use crate::paths;
 use crate::protocol::{
-    self, Action, ActionReport, ApplyResponse, DirectoryInfo, ErrorBody, Found, Identity,
-    ManifestRequest, ManifestResponse, Outcome, StatusResponse, WireEntry,
-    MAX_MANIFEST_REQUEST_BYTES,
+    self, Action, ActionReport, ApplyResponse, ErrorBody, Found, Identity, ManifestRequest,
+    ManifestResponse, Outcome, StatusResponse, MAX_MANIFEST_REQUEST_BYTES,
 };
 
 /// Errors a handler answers with; each maps to one status.
@@ -156,13 +154,10 @@ async fn manifest(
     }
     let response = tokio::task::spawn_blocking(move || {
         if request.digests_only && request.scope.is_empty() {
-            return whole_tree_digests(&node);
+            return node.whole_tree_digests();
         }
-        let response = manifest_response(&node, &request.scope);
-        match request.digests_only {
-            true => with_digests(&node, response),
-            false => response,
-        }
+        let scan = manifest::scan(&node.config, &request.scope, &node.cache);
+        node.answer(scan, request.digests_only)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
@@ -237,83 +232,6 @@ async fn content(
         .header(axum::http::header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .map_err(|e| ApiError::Internal(format!("content answer: {e}")))
-}
-
-/// The digest of each configured directory, as [`manifest`] answers them: kept from
-/// the last answer while the tree's generation has not moved since its scan began (and
-/// for at most [`DIGESTS_KEPT_FOR`]), computed from a scan otherwise. A no-change audit
-/// of a watched tree then costs no walk at all.
-fn whole_tree_digests(node: &Node) -> ManifestResponse {
-    let before = node.generation.current();
-    if let Some(now) = before {
-        let kept = node.digests.lock().expect("digests lock");
-        if let Some(kept) = kept.as_ref() {
-            if kept.generation == now && kept.at.elapsed() < DIGESTS_KEPT_FOR {
-                return kept.answer.clone();
-            }
-        }
-    }
-    let response = with_digests(node, manifest_response(node, &[]));
-    if let Some(generation) = before {
-        *node.digests.lock().expect("digests lock") = Some(KeptDigests {
-            generation,
-            at: std::time::Instant::now(),
-            answer: response.clone(),
-        });
-    }
-    response
-}
-
-/// A manifest answer turned into a digests answer: one digest per configured directory
-/// present, and no entries.
-fn with_digests(node: &Node, mut response: ManifestResponse) -> ManifestResponse {
-    let entries: manifest::Manifest = std::mem::take(&mut response.entries)
-        .into_iter()
-        .map(|w| (w.path, w.entry))
-        .collect();
-    response.digests = response
-        .directories
-        .iter()
-        .filter(|d| d.present)
-        .map(|d| protocol::DirectoryDigest {
-            path: d.path.clone(),
-            sha256: manifest::digest(&entries, &d.path, node.owners, |_| true),
-        })
-        .collect();
-    response
-}
-
-/// How long an answer to a digests request is kept while the watcher sees no change: a
-/// change it cannot see (a subdirectory beyond the kernel's watch limit, say) is found
-/// by the next audit after that.
-const DIGESTS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Builds this node's manifest response.
-pub fn manifest_response(node: &Node, scope: &[String]) -> ManifestResponse {
-    let scan = manifest::scan(&node.config, scope, &node.cache);
-    let directories = node
-        .config
-        .directories
-        .iter()
-        .map(|d| DirectoryInfo {
-            path: d.path.clone(),
-            exclude: d.excludes.entries.clone(),
-            present: !scan.missing.contains(&d.path),
-        })
-        .collect();
-    ManifestResponse {
-        identity: node.identity.clone(),
-        owners: node.owners,
-        directories,
-        entries: scan
-            .entries
-            .into_iter()
-            .map(|(path, entry)| WireEntry { path, entry })
-            .collect(),
-        unreadable: scan.unreadable.into_iter().map(|(p, _)| p).collect(),
-        limits: (&node.config.limits).into(),
-        digests: Vec::new(),
-    }
 }
 
 async fn apply(

@@ -371,3 +371,39 @@ pub(crate) fn directories_differing(
         .map(|dir| dir.path.clone())
         .collect()
 }
+
+/// Whether a peer's digests show that it holds exactly this node's tree, from the
+/// digests of this node's daemon (`ours`, which serves this node's terms): every
+/// directory present here has the same digest there, the peer reads it with the same
+/// excludes and the same rights, and could read all of it. `false` when that cannot be
+/// told this way: the full comparison ([`directories_differing`]) decides then.
+pub(crate) fn digests_agree(
+    config: &Config,
+    ours: &ManifestResponse,
+    theirs: &ManifestResponse,
+) -> bool {
+    let digest_of = |m: &ManifestResponse, dir: &str| {
+        m.digests.iter().find(|d| d.path == dir).map(|d| d.sha256)
+    };
+    ours.owners == theirs.owners
+        && config
+            .directories
+            .iter()
+            .filter(|dir| {
+                ours.directories
+                    .iter()
+                    .any(|d| d.path == dir.path && d.present)
+            })
+            .all(|dir| {
+                let same_excludes = theirs
+                    .directories
+                    .iter()
+                    .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries);
+                let readable = !theirs
+                    .unreadable
+                    .iter()
+                    .any(|p| is_within(p, &dir.path) || is_within(&dir.path, p));
+                let ours = digest_of(ours, &dir.path);
+                same_excludes && readable && ours.is_some() && ours == digest_of(theirs, &dir.path)
+            })
+}
