@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tracing::warn;
@@ -54,33 +54,148 @@ pub fn digest(
         // (`dir-x`) are not within it.
         .take_while(|(path, _)| path.starts_with(dir));
     for (path, entry) in below.filter(|(path, _)| crate::paths::is_within(path, dir)) {
-        if !keep(path) {
-            continue;
+        if keep(path) {
+            digest_entry(&mut hash, path, entry, owners);
         }
-        hash.update(path.as_bytes());
-        hash.update([0]);
-        match &entry.content {
-            Content::File { sha256, .. } => {
-                hash.update(b"f");
-                hash.update(sha256.0);
-            }
-            Content::Dir => hash.update(b"d"),
-            Content::Symlink { target } => {
-                hash.update(b"l");
-                hash.update(target.as_bytes());
-            }
-        }
-        hash.update([0]);
-        if !matches!(entry.content, Content::Symlink { .. }) {
-            hash.update(entry.mode.to_be_bytes());
-        }
-        if owners {
-            hash.update(entry.uid.to_be_bytes());
-            hash.update(entry.gid.to_be_bytes());
-        }
-        hash.update(b"\n");
     }
     Digest256(hash.finalize().into())
+}
+
+/// Adds one entry to a directory's digest (see [`digest`]).
+fn digest_entry(hash: &mut Sha256, path: &str, entry: &Entry, owners: bool) {
+    hash.update(path.as_bytes());
+    hash.update([0]);
+    match &entry.content {
+        Content::File { sha256, .. } => {
+            hash.update(b"f");
+            hash.update(sha256.0);
+        }
+        Content::Dir => hash.update(b"d"),
+        Content::Symlink { target } => {
+            hash.update(b"l");
+            hash.update(target.as_bytes());
+        }
+    }
+    hash.update([0]);
+    if !matches!(entry.content, Content::Symlink { .. }) {
+        hash.update(entry.mode.to_be_bytes());
+    }
+    if owners {
+        hash.update(entry.uid.to_be_bytes());
+        hash.update(entry.gid.to_be_bytes());
+    }
+    hash.update(b"\n");
+}
+
+/// What [`scan_digests`] found: the digest of each configured directory present, and
+/// what a [`Scan`] of the whole tree would say is missing or unreadable.
+#[derive(Debug, Default)]
+pub struct DigestScan {
+    pub digests: Vec<(String, Digest256)>,
+    pub missing: Vec<String>,
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// The digest of every configured directory present, equal to [`digest`] of a full
+/// [`scan`] (with `keep` keeping everything), computed while walking: entries are hashed
+/// in the manifest's order as they are read, and none is kept, so a digest costs memory
+/// for the directories being walked only, never for the tree.
+///
+/// The manifest's order is that of whole logical paths: within a directory, a child
+/// directory's entries (`name/...`) come where `name/` sorts among its siblings' names
+/// (after `name.conf`, before `name0`), not right after the directory's own entry.
+pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestScan {
+    let mut out = DigestScan::default();
+    let scan = cache.full_scan();
+    for dir in &config.directories {
+        let mut hash = Sha256::new();
+        if digest_directory(config, dir, cache, owners, &mut hash, &mut out) {
+            out.digests
+                .push((dir.path.clone(), Digest256(hash.finalize().into())));
+        }
+    }
+    cache.keep_seen_since(scan);
+    out
+}
+
+/// One item of a directory being walked for its digest, in the manifest's order.
+enum Walked {
+    Entry(String, Entry),
+    /// The entries below a child directory.
+    Below(String),
+}
+
+/// Hashes configured directory `dir` into `hash`; `false` when it is missing or its
+/// top cannot be read (recorded in `out`).
+fn digest_directory(
+    config: &Config,
+    dir: &Directory,
+    cache: &HashCache,
+    owners: bool,
+    hash: &mut Sha256,
+    out: &mut DigestScan,
+) -> bool {
+    let mut parents = Parents::default();
+    let fd = match top_of(config, dir, &mut parents) {
+        Ok(fd) => fd,
+        Err(Top::Missing) => {
+            out.missing.push(dir.path.clone());
+            return false;
+        }
+        Err(Top::Unreadable(reason)) => {
+            out.unreadable.push((dir.path.clone(), reason));
+            return false;
+        }
+    };
+    match rustix::fs::fstat(&*fd) {
+        Ok(st) => digest_entry(hash, &dir.path, &entry_of(&st, Content::Dir), owners),
+        Err(error) => {
+            out.unreadable.push((dir.path.clone(), error.to_string()));
+            return false;
+        }
+    }
+    let mut walking: Vec<std::vec::IntoIter<Walked>> = Vec::new();
+    let mut next = Some((dir.path.clone(), fd));
+    loop {
+        if let Some((logical, fd)) = next.take() {
+            if let Some(children) = children(&fd, &logical, dir, &[], cache, &mut out.unreadable) {
+                let mut items = Vec::with_capacity(children.len());
+                for (name, child, entry) in children {
+                    if entry.content.is_dir() {
+                        items.push((format!("{name}/"), Walked::Below(child.clone())));
+                    }
+                    items.push((name, Walked::Entry(child, entry)));
+                }
+                items.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
+                walking.push(
+                    items
+                        .into_iter()
+                        .map(|(_, item)| item)
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                );
+            }
+        }
+        let Some(items) = walking.last_mut() else {
+            return true;
+        };
+        match items.next() {
+            None => {
+                walking.pop();
+            }
+            Some(Walked::Entry(path, entry)) => digest_entry(hash, &path, &entry, owners),
+            Some(Walked::Below(logical)) => match parents.dir(config, dir, &logical) {
+                Ok(fd) => next = Some((logical, fd)),
+                Err(blocked) => {
+                    let error = match blocked {
+                        Blocked::Top(error) | Blocked::At { error, .. } => error,
+                    };
+                    warn!(path = %logical, %error, "cannot read");
+                    out.unreadable.push((logical, error.to_string()));
+                }
+            },
+        }
+    }
 }
 
 /// The result of scanning.
@@ -322,90 +437,129 @@ fn scan_directory(
     cache: &HashCache,
     out: &mut Scan,
 ) {
-    let local_root = config.local_path(&dir.path);
-    match std::fs::metadata(&local_root) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => {
-            out.unreadable
-                .push((dir.path.clone(), "not a directory".into()));
-            return;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            out.missing.push(dir.path.clone());
-            return;
-        }
-        Err(e) => {
-            out.unreadable.push((dir.path.clone(), e.to_string()));
-            return;
-        }
-    }
-
     // The configured directory itself may be a symlink placed by the administrator;
     // below it, nothing is followed: each directory is opened from its parent's
     // descriptor, and each name is read relative to its directory's.
     let mut parents = Parents::default();
-    let mut pending = vec![dir.path.clone()];
-    while let Some(logical) = pending.pop() {
-        let fd = match parents.dir(config, dir, &logical) {
-            Ok(fd) => fd,
+    let top = match top_of(config, dir, &mut parents) {
+        Ok(fd) => fd,
+        Err(Top::Missing) => {
+            out.missing.push(dir.path.clone());
+            return;
+        }
+        Err(Top::Unreadable(reason)) => {
+            out.unreadable.push((dir.path.clone(), reason));
+            return;
+        }
+    };
+    match rustix::fs::fstat(&*top) {
+        Ok(st) => {
+            out.entries
+                .insert(dir.path.clone(), entry_of(&st, Content::Dir));
+        }
+        Err(error) => {
+            out.unreadable.push((dir.path.clone(), error.to_string()));
+            return;
+        }
+    }
+    let mut next = Some((dir.path.clone(), top));
+    let mut pending = Vec::new();
+    loop {
+        if let Some((logical, fd)) = next.take() {
+            let listed = children(&fd, &logical, dir, scope, cache, &mut out.unreadable);
+            for (_, child, state) in listed.into_iter().flatten() {
+                if state.content.is_dir() {
+                    pending.push(child.clone());
+                }
+                out.entries.insert(child, state);
+            }
+        }
+        let Some(logical) = pending.pop() else {
+            return;
+        };
+        match parents.dir(config, dir, &logical) {
+            Ok(fd) => next = Some((logical, fd)),
             Err(blocked) => {
                 let error = match blocked {
                     Blocked::Top(error) | Blocked::At { error, .. } => error,
                 };
                 warn!(path = %logical, %error, "cannot read");
                 out.unreadable.push((logical, error.to_string()));
-                continue;
-            }
-        };
-        if logical == dir.path {
-            match rustix::fs::fstat(&*fd) {
-                Ok(st) => {
-                    out.entries
-                        .insert(logical.clone(), entry_of(&st, Content::Dir));
-                }
-                Err(error) => {
-                    out.unreadable.push((logical, error.to_string()));
-                    continue;
-                }
-            }
-        }
-        let names = match list(&fd) {
-            Ok(names) => names,
-            Err(error) => {
-                warn!(path = %logical, %error, "cannot read");
-                out.unreadable.push((logical, error.to_string()));
-                continue;
-            }
-        };
-        for name in names {
-            let Ok(name) = name.into_string() else {
-                warn!(directory = %logical, "skipping a name that is not UTF-8");
-                continue;
-            };
-            if is_temp_name(&name) {
-                continue;
-            }
-            let child = format!("{logical}/{name}");
-            if dir.excludes.is_excluded(&child) || !in_scope(&child, scope) {
-                continue;
-            }
-            match read_below(&fd, &name, &child, cache) {
-                Ok(Some(state)) => {
-                    if state.content.is_dir() {
-                        pending.push(child.clone());
-                    }
-                    out.entries.insert(child, state);
-                }
-                Ok(None) => {
-                    warn!(path = %child, "skipping a file that is not a regular file, directory or symlink")
-                }
-                Err(e) => {
-                    warn!(path = %child, error = %e, "cannot read");
-                    out.unreadable.push((child, e.to_string()));
-                }
             }
         }
     }
+}
+
+/// Why a configured directory could not be opened.
+enum Top {
+    Missing,
+    Unreadable(String),
+}
+
+/// Opens configured directory `dir` (which may itself be a symlink the administrator
+/// placed) through `parents`.
+fn top_of(config: &Config, dir: &Directory, parents: &mut Parents) -> Result<Arc<OwnedFd>, Top> {
+    match std::fs::metadata(config.local_path(&dir.path)) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(Top::Unreadable("not a directory".into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Top::Missing),
+        Err(e) => return Err(Top::Unreadable(e.to_string())),
+    }
+    parents.dir(config, dir, &dir.path).map_err(|blocked| {
+        let error = match blocked {
+            Blocked::Top(error) | Blocked::At { error, .. } => error,
+        };
+        warn!(path = %dir.path, %error, "cannot read");
+        Top::Unreadable(error.to_string())
+    })
+}
+
+/// The entries a scan of `dir` within `scope` takes from directory `fd` (logical path
+/// `logical`), as (name, logical path, entry): not gosyncd's temporary files, nor
+/// excluded names, nor names that are not UTF-8 or not a regular file, directory or
+/// symlink (logged). What cannot be read is recorded in `unreadable`; `None` when the
+/// directory itself cannot be listed.
+fn children(
+    fd: &OwnedFd,
+    logical: &str,
+    dir: &Directory,
+    scope: &[String],
+    cache: &HashCache,
+    unreadable: &mut Vec<(String, String)>,
+) -> Option<Vec<(String, String, Entry)>> {
+    let names = match list(fd) {
+        Ok(names) => names,
+        Err(error) => {
+            warn!(path = %logical, %error, "cannot read");
+            unreadable.push((logical.to_string(), error.to_string()));
+            return None;
+        }
+    };
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let Ok(name) = name.into_string() else {
+            warn!(directory = %logical, "skipping a name that is not UTF-8");
+            continue;
+        };
+        if is_temp_name(&name) {
+            continue;
+        }
+        let child = format!("{logical}/{name}");
+        if dir.excludes.is_excluded(&child) || !in_scope(&child, scope) {
+            continue;
+        }
+        match read_below(fd, &name, &child, cache) {
+            Ok(Some(state)) => out.push((name, child, state)),
+            Ok(None) => {
+                warn!(path = %child, "skipping a file that is not a regular file, directory or symlink")
+            }
+            Err(e) => {
+                warn!(path = %child, error = %e, "cannot read");
+                unreadable.push((child, e.to_string()));
+            }
+        }
+    }
+    Some(out)
 }
 
 /// The names in an opened directory, but `.` and `..`.
@@ -519,6 +673,49 @@ mod tests {
     use super::*;
     use crate::testing::{config_at, config_text};
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn digests_hashed_while_walking_are_those_of_the_scanned_manifest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        // Names whose order as whole paths differs from a walk's: `a/` sorts after
+        // `a.c` and `a-b` and before `a0`; an empty directory; a link; an excluded
+        // file; one of gosyncd's temporary files.
+        for dir in ["a/x", "a/x.d", "a.d", "empty", "b/c/d"] {
+            std::fs::create_dir_all(app.join(dir)).unwrap();
+        }
+        for file in [
+            "a/x/1", "a/x.d/2", "a/y", "a.c", "a-b", "a0", "a.d/z", "b/c/d/e", "top", "skip.swp",
+        ] {
+            std::fs::write(app.join(file), file).unwrap();
+        }
+        std::fs::write(app.join(format!("{TEMP_PREFIX}x{TEMP_SUFFIX}")), "t").unwrap();
+        symlink("a/y", app.join("a.link")).unwrap();
+        std::fs::set_permissions(app.join("a0"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut text = config_text(tmp.path(), "\"*.swp\"");
+        text.push_str("directory \"/etc/gone\" {\n}\n");
+        let config = crate::testing::parse(&text);
+        for owners in [false, true] {
+            let cache = HashCache::default();
+            let scanned = scan(&config, &[], &cache);
+            let walked = scan_digests(&config, &cache, owners);
+            assert_eq!(
+                walked.digests,
+                [(
+                    "/etc/app".to_string(),
+                    digest(&scanned.entries, "/etc/app", owners, |_| true)
+                )]
+            );
+            assert_eq!(walked.missing, ["/etc/gone"]);
+            assert_eq!(walked.missing, scanned.missing);
+            assert!(walked.unreadable.is_empty(), "{:?}", walked.unreadable);
+        }
+        // And a change anywhere changes it.
+        let cache = HashCache::default();
+        let before = scan_digests(&config, &cache, true).digests;
+        std::fs::write(app.join("a/x.d/2"), "changed").unwrap();
+        assert_ne!(scan_digests(&config, &cache, true).digests, before);
+    }
 
     #[test]
     fn a_digest_covers_what_a_sync_compares_and_only_the_directory() {

@@ -301,7 +301,21 @@ impl Node {
                 }
             }
         }
-        let response = self.answer(manifest::scan(&self.config, &[], &self.cache), true);
+        // Hashed while walking: the tree's manifest is never built for this.
+        let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
+        let response = ManifestResponse {
+            identity: self.identity.clone(),
+            owners: self.owners,
+            directories: self.directories(&walked.missing),
+            entries: Vec::new(),
+            unreadable: walked.unreadable.into_iter().map(|(p, _)| p).collect(),
+            limits: (&self.config.limits).into(),
+            digests: walked
+                .digests
+                .into_iter()
+                .map(|(path, sha256)| DirectoryDigest { path, sha256 })
+                .collect(),
+        };
         if let Some(generation) = before {
             *self.digests.lock().expect("digests lock") = Some(KeptDigests {
                 generation,
@@ -317,19 +331,23 @@ impl Node {
         self.answer(manifest::scan(&self.config, scope, &self.cache), false)
     }
 
-    /// This node's answer from a scan: its entries, or (`digests_only`) one digest per
-    /// configured directory present and no entries.
-    pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> ManifestResponse {
-        let directories: Vec<DirectoryInfo> = self
-            .config
+    /// This node's configured directories as a manifest describes them.
+    fn directories(&self, missing: &[String]) -> Vec<DirectoryInfo> {
+        self.config
             .directories
             .iter()
             .map(|d| DirectoryInfo {
                 path: d.path.clone(),
                 exclude: d.excludes.entries.clone(),
-                present: !scan.missing.contains(&d.path),
+                present: !missing.contains(&d.path),
             })
-            .collect();
+            .collect()
+    }
+
+    /// This node's answer from a scan: its entries, or (`digests_only`) one digest per
+    /// configured directory present and no entries.
+    pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> ManifestResponse {
+        let directories = self.directories(&scan.missing);
         let digests = match digests_only {
             true => directories
                 .iter()
