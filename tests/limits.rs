@@ -230,9 +230,11 @@ async fn a_flood_of_idle_connections_from_many_addresses_never_keeps_a_listed_pe
         "only {} syncs ran during the flood",
         attempts.len()
     );
+    // A peer kept out would wait for a handshake slot, a second (handshake_timeout) at
+    // least; the slack is for two cores busy serving the flood.
     let slowest = attempts.iter().max().copied().unwrap_or_default();
     assert!(
-        slowest <= quiet * 2 + Duration::from_millis(50),
+        slowest <= quiet * 2 + Duration::from_millis(250),
         "a sync took {slowest:?} under the flood, against {quiet:?} quiet"
     );
 }

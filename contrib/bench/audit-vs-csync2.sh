@@ -29,8 +29,9 @@
 # In (b) and (c), node 1 runs no gosyncd daemon: `gosyncd sync` hashes node 1's tree
 # itself. For (b2) and (c2), node 1's daemon (the same config) runs: started after (c),
 # with the group in sync (its first comparison must find no drift with any peer), it
-# gives `gosyncd sync` node 1's tree from its hash cache (checked with an untimed debug
-# run before and after); it is stopped before (d): its watcher would push the edits of
+# gives `gosyncd sync` node 1's digests (kept while its tree does not change) and, where
+# they differ, its tree from its hash cache (checked with an untimed debug run before
+# and after); it is stopped before (d): its watcher would push the edits of
 # (d) and (e) before the timed sync. The parts of (b) and (e) for csync2 are shown for
 # reference. It also reports the peak RSS of each client run (/usr/bin/time) and the
 # resident memory of the idle daemons of both tools (VmRSS: node 1's gosyncd daemon
@@ -340,14 +341,15 @@ wait_converged() {
 }
 
 # own_manifest WHEN: an untimed dry run at debug level must say that it took node 1's
-# tree from node 1's daemon (else it hashed the tree itself, and (b2) and (c2) would
-# measure (b) and (c) again).
+# digests (or, where they differ, its tree) from node 1's daemon (else it hashed the
+# tree itself, and (b2) and (c2) would measure (b) and (c) again).
 own_manifest() {
     local out="$logs/gosyncd-own-manifest-$1" status=0
     "$bin" -config "$work/node1.hcl" -d sync -dry --exit-code >"$out.out" 2>"$out.err" ||
         status=$?
     [ "$status" -eq 0 ] || fail_run gosyncd "-d sync -dry --exit-code ($1)" "$status" "$out"
-    grep -q "this node's tree as its daemon knows it" "$out.err" || {
+    grep -qE "this node's (digests as its daemon keeps them|tree as its daemon knows it)" \
+        "$out.err" || {
         grep -E "scanning here|no local daemon" "$out.err" | tail -n 3 >&2
         die "gosyncd sync did not take node 1's tree from node 1's daemon ($1)"
     }
