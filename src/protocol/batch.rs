@@ -48,11 +48,15 @@ pub fn encode_batch(header: &BatchHeader, contents: &[&[u8]]) -> Vec<u8> {
 /// The start of a batch body: magic, header length and JSON header. The contents follow
 /// (a sender may stream them from shared buffers instead of copying them in).
 pub fn encode_batch_header(header: &BatchHeader) -> Vec<u8> {
-    let json = serde_json::to_vec(header).expect("batch header serialises");
-    let mut out = Vec::with_capacity(8 + json.len());
+    // Written in place after room for its length, which is filled in last: a header of
+    // many operations is megabytes, and is not copied.
+    let mut out = Vec::new();
     out.extend_from_slice(BATCH_MAGIC);
-    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-    out.extend_from_slice(&json);
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut out, header).expect("batch header serialises");
+    let length = (out.len() - 8) as u32;
+    out[4..8].copy_from_slice(&length.to_be_bytes());
+    out.shrink_to_fit();
     out
 }
 
