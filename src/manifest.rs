@@ -184,16 +184,9 @@ fn digest_directory(
                 walking.pop();
             }
             Some(Walked::Entry(path, entry)) => digest_entry(hash, &path, &entry, owners),
-            Some(Walked::Below(logical)) => match parents.dir(config, dir, &logical) {
-                Ok(fd) => next = Some((logical, fd)),
-                Err(blocked) => {
-                    let error = match blocked {
-                        Blocked::Top(error) | Blocked::At { error, .. } => error,
-                    };
-                    warn!(path = %logical, %error, "cannot read");
-                    out.unreadable.push((logical, error.to_string()));
-                }
-            },
+            Some(Walked::Below(logical)) => {
+                next = open_walked(config, dir, &mut parents, logical, &mut out.unreadable)
+            }
         }
     }
 }
@@ -477,15 +470,28 @@ fn scan_directory(
         let Some(logical) = pending.pop() else {
             return;
         };
-        match parents.dir(config, dir, &logical) {
-            Ok(fd) => next = Some((logical, fd)),
-            Err(blocked) => {
-                let error = match blocked {
-                    Blocked::Top(error) | Blocked::At { error, .. } => error,
-                };
-                warn!(path = %logical, %error, "cannot read");
-                out.unreadable.push((logical, error.to_string()));
-            }
+        next = open_walked(config, dir, &mut parents, logical, &mut out.unreadable);
+    }
+}
+
+/// Opens directory `logical` of `dir` through `parents`, for a walk to list it; `None`
+/// when it cannot be (logged, and recorded in `unreadable`).
+fn open_walked(
+    config: &Config,
+    dir: &Directory,
+    parents: &mut Parents,
+    logical: String,
+    unreadable: &mut Vec<(String, String)>,
+) -> Option<(String, Arc<OwnedFd>)> {
+    match parents.dir(config, dir, &logical) {
+        Ok(fd) => Some((logical, fd)),
+        Err(blocked) => {
+            let error = match blocked {
+                Blocked::Top(error) | Blocked::At { error, .. } => error,
+            };
+            warn!(path = %logical, %error, "cannot read");
+            unreadable.push((logical, error.to_string()));
+            None
         }
     }
 }
