@@ -407,3 +407,77 @@ pub(crate) fn digests_agree(
                 same_excludes && readable && ours.is_some() && ours == digest_of(theirs, &dir.path)
             })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Digest256, DirectoryDigest, Identity};
+
+    /// A digests answer for `/etc/app` (present, with `exclude`), holding `digest`.
+    fn answer(exclude: &[String], digest: Option<&[u8]>, owners: bool) -> ManifestResponse {
+        ManifestResponse {
+            identity: Identity {
+                node_id: "node".into(),
+                version: "test".into(),
+            },
+            owners,
+            directories: vec![DirectoryInfo {
+                path: "/etc/app".into(),
+                exclude: exclude.to_vec(),
+                present: true,
+            }],
+            entries: Vec::new(),
+            unreadable: Vec::new(),
+            limits: PeerLimits::default(),
+            digests: digest
+                .map(|bytes| DirectoryDigest {
+                    path: "/etc/app".into(),
+                    sha256: Digest256::of(bytes),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn digests_settle_a_peer_only_when_they_can_tell_it_holds_this_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::testing::config_at(tmp.path(), "");
+        let ours_excludes = config.directories[0].excludes.entries.clone();
+        let ours = answer(&ours_excludes, Some(b"tree"), true);
+        assert!(digests_agree(
+            &config,
+            &ours,
+            &answer(&ours_excludes, Some(b"tree"), true)
+        ));
+
+        // Another tree there.
+        let other = answer(&ours_excludes, Some(b"other"), true);
+        assert!(!digests_agree(&config, &ours, &other));
+        // The same digest, computed with other excludes or other rights: it cannot tell.
+        let mut excluding = ours_excludes.clone();
+        excluding.push("*.txt".into());
+        assert!(!digests_agree(
+            &config,
+            &ours,
+            &answer(&excluding, Some(b"tree"), true)
+        ));
+        assert!(!digests_agree(
+            &config,
+            &ours,
+            &answer(&ours_excludes, Some(b"tree"), false)
+        ));
+        // Part of it unreadable there, or the directory missing there.
+        let mut unreadable = answer(&ours_excludes, Some(b"tree"), true);
+        unreadable.unreadable.push("/etc/app/secret".into());
+        assert!(!digests_agree(&config, &ours, &unreadable));
+        let mut missing = answer(&ours_excludes, None, true);
+        missing.directories[0].present = false;
+        assert!(!digests_agree(&config, &ours, &missing));
+
+        // A directory missing here is not compared (the run reports it as missing).
+        let mut gone_here = answer(&ours_excludes, None, true);
+        gone_here.directories[0].present = false;
+        assert!(digests_agree(&config, &gone_here, &other));
+    }
+}
