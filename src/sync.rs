@@ -309,9 +309,16 @@ impl Engine {
                                 options.scope = differing;
                             }
                         }
-                        let local = local.get().await;
+                        let state = match &manifest {
+                            Ok(m) if self_id.as_deref() != Some(m.identity.node_id.as_str()) => {
+                                local.get().await
+                            }
+                            // A peer that failed, or this node itself: reported without
+                            // reading this node's tree.
+                            _ => Arc::new(LocalState::new(Scan::default())),
+                        };
                         let report =
-                            sync_peer(&config, &link.peer, manifest, &local, self_id, &options)
+                            sync_peer(&config, &link.peer, manifest, &state, self_id, &options)
                                 .await;
                         (index, report)
                     }
