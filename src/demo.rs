@@ -266,7 +266,7 @@ fn show_tree(root: &Path) {
 
 /// A node's synchronised tree, without mtimes and the excluded `local/`.
 fn tree_of(group: &LocalGroup, i: usize) -> Vec<(String, crate::protocol::Content, u32)> {
-    let scan = manifest::scan(&group.nodes[i].config, &[], &HashCache::default());
+    let scan = manifest::scan(&group.nodes[i].config, &[], &HashCache::forgetful());
     scan.entries
         .into_iter()
         .map(|(path, entry)| (path, entry.content, entry.mode))

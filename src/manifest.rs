@@ -267,6 +267,8 @@ pub struct HashCache {
     map: Mutex<HashMap<(u64, u64), Cached>>,
     /// Counts the full scans begun: what each entry was last seen by.
     scans: AtomicU32,
+    /// Remembers nothing ([`HashCache::forgetful`]).
+    forgetful: bool,
 }
 
 /// What is remembered of one file.
@@ -280,6 +282,15 @@ struct Cached {
 }
 
 impl HashCache {
+    /// A cache that remembers nothing, for a process that scans once (a command): a
+    /// hash stored would never be asked for again, and would cost memory for each file.
+    pub fn forgetful() -> HashCache {
+        HashCache {
+            forgetful: true,
+            ..HashCache::default()
+        }
+    }
+
     fn get(&self, stamp: Stamp) -> Option<Digest256> {
         let seen = self.scans.load(Ordering::SeqCst);
         let mut map = self.map.lock().expect("hash cache lock");
@@ -294,6 +305,9 @@ impl HashCache {
     }
 
     fn put(&self, stamp: Stamp, digest: Digest256) {
+        if self.forgetful {
+            return;
+        }
         let cached = Cached {
             size: stamp.size,
             mtime_ns: stamp.mtime_ns,
@@ -835,6 +849,10 @@ mod tests {
         let cache = HashCache::default();
         scan(&config, &[], &cache);
         assert_eq!(cache.len(), 3);
+        // A command's cache keeps nothing.
+        let forgetful = HashCache::forgetful();
+        scan(&config, &[], &forgetful);
+        assert!(forgetful.is_empty());
         std::fs::remove_file(app.join("a")).unwrap();
         std::fs::rename(app.join("b"), app.join("b2")).unwrap();
         // A scoped scan sees too little to judge.

@@ -250,7 +250,7 @@ pub fn backups_restore(
         Content::File { .. } => Some(backup::content(&backup, &chosen)?),
         _ => None,
     };
-    let current = manifest::scan(config, &[path.to_string()], &HashCache::default())
+    let current = manifest::scan(config, &[path.to_string()], &HashCache::forgetful())
         .entries
         .remove(path);
     let op = Op {

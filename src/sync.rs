@@ -610,9 +610,15 @@ pub async fn engine_for_cli(config: Arc<Config>) -> anyhow::Result<Engine> {
         None => None,
     };
     let own = own.filter(|_| self_id.is_some());
-    let mut engine = Engine::build(config, &tls, Arc::new(HashCache::default()), self_id, false)
-        .await
-        .context("cannot set up the peers")?;
+    let mut engine = Engine::build(
+        config,
+        &tls,
+        Arc::new(HashCache::forgetful()),
+        self_id,
+        false,
+    )
+    .await
+    .context("cannot set up the peers")?;
     engine.own = own;
     if let Some(reason) = engine.no_peer_left() {
         anyhow::bail!("{reason}");
