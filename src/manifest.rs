@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::apply::{Blocked, Parents};
+use crate::apply::Parents;
 use crate::config::{Config, Directory};
 use crate::paths::in_scope;
 use crate::protocol::{Content, Digest256, Entry};
@@ -136,24 +136,16 @@ fn digest_directory(
     out: &mut DigestScan,
 ) -> bool {
     let mut parents = Parents::default();
-    let fd = match top_of(config, dir, &mut parents) {
-        Ok(fd) => fd,
-        Err(Top::Missing) => {
-            out.missing.push(dir.path.clone());
-            return false;
-        }
-        Err(Top::Unreadable(reason)) => {
-            out.unreadable.push((dir.path.clone(), reason));
-            return false;
-        }
+    let Some((fd, top)) = open_top(
+        config,
+        dir,
+        &mut parents,
+        &mut out.missing,
+        &mut out.unreadable,
+    ) else {
+        return false;
     };
-    match rustix::fs::fstat(&*fd) {
-        Ok(st) => digest_entry(hash, &dir.path, &entry_of(&st, Content::Dir), owners),
-        Err(error) => {
-            out.unreadable.push((dir.path.clone(), error.to_string()));
-            return false;
-        }
-    }
+    digest_entry(hash, &dir.path, &top, owners);
     let mut walking: Vec<std::vec::IntoIter<Walked>> = Vec::new();
     let mut next = Some((dir.path.clone(), fd));
     loop {
@@ -448,27 +440,16 @@ fn scan_directory(
     // below it, nothing is followed: each directory is opened from its parent's
     // descriptor, and each name is read relative to its directory's.
     let mut parents = Parents::default();
-    let top = match top_of(config, dir, &mut parents) {
-        Ok(fd) => fd,
-        Err(Top::Missing) => {
-            out.missing.push(dir.path.clone());
-            return;
-        }
-        Err(Top::Unreadable(reason)) => {
-            out.unreadable.push((dir.path.clone(), reason));
-            return;
-        }
+    let Some((top, entry)) = open_top(
+        config,
+        dir,
+        &mut parents,
+        &mut out.missing,
+        &mut out.unreadable,
+    ) else {
+        return;
     };
-    match rustix::fs::fstat(&*top) {
-        Ok(st) => {
-            out.entries
-                .insert(dir.path.clone(), entry_of(&st, Content::Dir));
-        }
-        Err(error) => {
-            out.unreadable.push((dir.path.clone(), error.to_string()));
-            return;
-        }
-    }
+    out.entries.insert(dir.path.clone(), entry);
     let mut next = Some((dir.path.clone(), top));
     let mut pending = Vec::new();
     loop {
@@ -500,9 +481,7 @@ fn open_walked(
     match parents.dir(config, dir, &logical) {
         Ok(fd) => Some((logical, fd)),
         Err(blocked) => {
-            let error = match blocked {
-                Blocked::Top(error) | Blocked::At { error, .. } => error,
-            };
+            let error = blocked.error();
             warn!(path = %logical, %error, "cannot read");
             unreadable.push((logical, error.to_string()));
             None
@@ -510,28 +489,48 @@ fn open_walked(
     }
 }
 
-/// Why a configured directory could not be opened.
-enum Top {
-    Missing,
-    Unreadable(String),
-}
-
 /// Opens configured directory `dir` (which may itself be a symlink the administrator
-/// placed) through `parents`.
-fn top_of(config: &Config, dir: &Directory, parents: &mut Parents) -> Result<Arc<OwnedFd>, Top> {
+/// placed) through `parents`, with its own entry; `None` when it is missing (recorded
+/// in `missing`) or cannot be read (recorded in `unreadable`).
+fn open_top(
+    config: &Config,
+    dir: &Directory,
+    parents: &mut Parents,
+    missing: &mut Vec<String>,
+    unreadable: &mut Vec<(String, String)>,
+) -> Option<(Arc<OwnedFd>, Entry)> {
+    let unreadable_top = |reason: String| (dir.path.clone(), reason);
     match std::fs::metadata(config.local_path(&dir.path)) {
         Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(Top::Unreadable("not a directory".into())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Top::Missing),
-        Err(e) => return Err(Top::Unreadable(e.to_string())),
+        Ok(_) => {
+            unreadable.push(unreadable_top("not a directory".into()));
+            return None;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            missing.push(dir.path.clone());
+            return None;
+        }
+        Err(e) => {
+            unreadable.push(unreadable_top(e.to_string()));
+            return None;
+        }
     }
-    parents.dir(config, dir, &dir.path).map_err(|blocked| {
-        let error = match blocked {
-            Blocked::Top(error) | Blocked::At { error, .. } => error,
-        };
-        warn!(path = %dir.path, %error, "cannot read");
-        Top::Unreadable(error.to_string())
-    })
+    let fd = match parents.dir(config, dir, &dir.path) {
+        Ok(fd) => fd,
+        Err(blocked) => {
+            let error = blocked.error();
+            warn!(path = %dir.path, %error, "cannot read");
+            unreadable.push(unreadable_top(error.to_string()));
+            return None;
+        }
+    };
+    match rustix::fs::fstat(&*fd) {
+        Ok(st) => Some((fd, entry_of(&st, Content::Dir))),
+        Err(error) => {
+            unreadable.push(unreadable_top(error.to_string()));
+            None
+        }
+    }
 }
 
 /// The entries a scan of `dir` within `scope` takes from directory `fd` (logical path

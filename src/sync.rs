@@ -226,7 +226,7 @@ impl Engine {
             let (missing, scanned) = match &own_digests {
                 Some(ours) => (missing_directories(ours), None),
                 None => {
-                    let scan = self.local_scan(&scope).await;
+                    let scan = self.local_source().scan(&scope).await;
                     (scan.missing.clone(), Some(scan))
                 }
             };
@@ -349,11 +349,6 @@ impl Engine {
 }
 
 impl Engine {
-    /// This node's tree within `scope`: see [`LocalSource::scan`].
-    async fn local_scan(&self, scope: &[String]) -> Scan {
-        self.local_source().scan(scope).await
-    }
-
     fn local_source(&self) -> LocalSource {
         LocalSource {
             config: self.config.clone(),
@@ -367,20 +362,9 @@ impl Engine {
     /// runs beside a daemon that serves these very terms; `None` otherwise.
     async fn own_digests(&self) -> Option<ManifestResponse> {
         let (own, id) = (self.own.as_ref()?, self.self_id.as_ref()?);
-        match own.digests().await {
-            Ok(ours) if ours.identity.node_id == *id && same_terms(&self.config, &ours) => {
-                debug!("this node's digests as its daemon keeps them");
-                Some(ours)
-            }
-            Ok(_) => {
-                debug!("this node's daemon serves other terms: scanning here");
-                None
-            }
-            Err(e) => {
-                debug!(error = %e, "this node's daemon did not answer: scanning here");
-                None
-            }
-        }
+        let ours = serving_this_node(&self.config, id, own.digests().await)?;
+        debug!("this node's digests as its daemon keeps them");
+        Some(ours)
     }
 
     /// Pushes operations planned elsewhere (the watcher's, which expect the versions this
@@ -521,23 +505,17 @@ impl LocalSource {
     /// scanned here.
     async fn scan(&self, scope: &[String]) -> Scan {
         if let (Some(own), Some(id)) = (&self.own, &self.self_id) {
-            match own.manifest(scope).await {
-                Ok(theirs)
-                    if theirs.identity.node_id == *id && same_terms(&self.config, &theirs) =>
-                {
-                    debug!("this node's tree as its daemon knows it");
-                    return Scan {
-                        missing: missing_directories(&theirs),
-                        entries: theirs
-                            .entries
-                            .into_iter()
-                            .map(|w| (w.path, w.entry))
-                            .collect(),
-                        unreadable: Vec::new(),
-                    };
-                }
-                Ok(_) => debug!("this node's daemon serves other terms: scanning here"),
-                Err(e) => debug!(error = %e, "this node's daemon did not answer: scanning here"),
+            if let Some(theirs) = serving_this_node(&self.config, id, own.manifest(scope).await) {
+                debug!("this node's tree as its daemon knows it");
+                return Scan {
+                    missing: missing_directories(&theirs),
+                    entries: theirs
+                        .entries
+                        .into_iter()
+                        .map(|w| (w.path, w.entry))
+                        .collect(),
+                    unreadable: Vec::new(),
+                };
             }
         }
         let (config, cache, scope) = (self.config.clone(), self.cache.clone(), scope.to_vec());
@@ -572,6 +550,27 @@ impl LazyLocal {
     }
 }
 
+/// An answer of this node's daemon (identity `id`), when it is usable here: that daemon
+/// is still this node's, and serves these very terms ([`same_terms`]). `None`, logged,
+/// when the command must read the tree itself.
+fn serving_this_node(
+    config: &Config,
+    id: &str,
+    answer: Result<ManifestResponse, client::PeerError>,
+) -> Option<ManifestResponse> {
+    match answer {
+        Ok(ours) if ours.identity.node_id == id && same_terms(config, &ours) => Some(ours),
+        Ok(_) => {
+            debug!("this node's daemon serves other terms: scanning here");
+            None
+        }
+        Err(e) => {
+            debug!(error = %e, "this node's daemon did not answer: scanning here");
+            None
+        }
+    }
+}
+
 /// Whether a manifest of this node's daemon is what a scan here would give: the same
 /// directories with the same excludes, read with the same rights (owners applied,
 /// so root, on both sides), and nothing it could not read (whose reasons it does
@@ -589,7 +588,7 @@ fn same_terms(config: &Config, theirs: &ManifestResponse) -> bool {
 }
 
 /// The configured directories a manifest says are missing.
-fn missing_directories(manifest: &ManifestResponse) -> Vec<String> {
+pub(crate) fn missing_directories(manifest: &ManifestResponse) -> Vec<String> {
     manifest
         .directories
         .iter()

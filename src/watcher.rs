@@ -33,7 +33,7 @@ pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
 pub use self::outbox::{deliver, Held, Known, Outbox, Sent};
 pub use self::queue::{Change, ChangeKind, Queue, QueueReceiver, Taken, WATCH_QUEUE_EVENTS};
 use crate::actions;
-use crate::manifest;
+use crate::manifest::{self, Generation};
 use crate::paths::is_within;
 use crate::server::Node;
 use crate::sync::Engine;
@@ -72,13 +72,7 @@ pub async fn propagate(
         let first = tokio::select! {
             _ = queue.ready() => queue.take(),
             _ = check.tick() => {
-                let found = appeared(rewatch(&config, &mut watch, &mut watched));
-                if !found.changes.is_empty() {
-                    // A configured directory appeared or was replaced, seen by the check
-                    // rather than by an event: the tree changed all the same.
-                    node.generation.bump();
-                }
-                found
+                appeared(rewatch(&config, &mut watch, &mut watched), &node.generation)
             }
         };
         let mut burst = Burst::new(Instant::now());
@@ -126,10 +120,7 @@ pub async fn propagate(
             .iter()
             .any(|d| burst.paths.contains(&d.path))
         {
-            let again = appeared(rewatch(&config, &mut watch, &mut watched));
-            if !again.changes.is_empty() {
-                node.generation.bump();
-            }
+            let again = appeared(rewatch(&config, &mut watch, &mut watched), &node.generation);
             burst.add(&config, again, Instant::now(), &mut overdue);
         }
         toucher.done().await;
@@ -155,8 +146,13 @@ pub async fn propagate(
     }
 }
 
-/// Configured directories that (re)appeared, as changes to rescan them.
-fn appeared(directories: Vec<std::path::PathBuf>) -> Taken {
+/// Configured directories that (re)appeared, as changes to rescan them. They were seen
+/// by the check rather than by an event, but the tree changed all the same: counted in
+/// `generation`.
+fn appeared(directories: Vec<std::path::PathBuf>, generation: &Generation) -> Taken {
+    if !directories.is_empty() {
+        generation.bump();
+    }
     Taken {
         changes: directories
             .into_iter()

@@ -89,6 +89,15 @@ pub(crate) enum Blocked {
     },
 }
 
+impl Blocked {
+    /// The error that stopped the opening, wherever it was.
+    pub(crate) fn error(&self) -> Errno {
+        match self {
+            Blocked::Top(error) | Blocked::At { error, .. } => *error,
+        }
+    }
+}
+
 /// Directories opened from a configured directory down, one component at a time and
 /// never following a link, kept for the next path. A batch's paths, taken in order, cost
 /// one `openat` per directory they add to the last path's, whatever the depth of the

@@ -365,13 +365,10 @@ impl Session {
         }
         for logical in std::mem::take(&mut self.dirty) {
             let opened = match config.directory_of(&logical) {
-                Some(dir) => {
-                    self.parents
-                        .dir(config, dir, &logical)
-                        .map_err(|blocked| match blocked {
-                            super::Blocked::Top(error) | super::Blocked::At { error, .. } => error,
-                        })
-                }
+                Some(dir) => self
+                    .parents
+                    .dir(config, dir, &logical)
+                    .map_err(|blocked| blocked.error()),
                 // The parent of a configured directory: the administrator's, trusted.
                 None => open_dir(config.local_path(&logical)).map(Arc::new),
             };

@@ -303,19 +303,12 @@ impl Node {
         }
         // Hashed while walking: the tree's manifest is never built for this.
         let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
-        let response = ManifestResponse {
-            identity: self.identity.clone(),
-            owners: self.owners,
-            directories: self.directories(&walked.missing),
-            entries: Vec::new(),
-            unreadable: walked.unreadable.into_iter().map(|(p, _)| p).collect(),
-            limits: (&self.config.limits).into(),
-            digests: walked
-                .digests
-                .into_iter()
-                .map(|(path, sha256)| DirectoryDigest { path, sha256 })
-                .collect(),
-        };
+        let digests = walked
+            .digests
+            .into_iter()
+            .map(|(path, sha256)| DirectoryDigest { path, sha256 })
+            .collect();
+        let response = self.response(&walked.missing, walked.unreadable, Vec::new(), digests);
         if let Some(generation) = before {
             *self.digests.lock().expect("digests lock") = Some(KeptDigests {
                 generation,
@@ -326,53 +319,59 @@ impl Node {
         response
     }
 
-    /// This node's manifest within `scope`, scanned now.
-    pub fn manifest(&self, scope: &[String]) -> ManifestResponse {
-        self.answer(manifest::scan(&self.config, scope, &self.cache), false)
-    }
-
-    /// This node's configured directories as a manifest describes them.
-    fn directories(&self, missing: &[String]) -> Vec<DirectoryInfo> {
-        self.config
-            .directories
-            .iter()
-            .map(|d| DirectoryInfo {
-                path: d.path.clone(),
-                exclude: d.excludes.entries.clone(),
-                present: !missing.contains(&d.path),
-            })
-            .collect()
-    }
-
     /// This node's answer from a scan: its entries, or (`digests_only`) one digest per
     /// configured directory present and no entries.
     pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> ManifestResponse {
-        let directories = self.directories(&scan.missing);
-        let digests = match digests_only {
-            true => directories
-                .iter()
-                .filter(|d| d.present)
-                .map(|d| DirectoryDigest {
-                    path: d.path.clone(),
-                    sha256: manifest::digest(&scan.entries, &d.path, self.owners, |_| true),
-                })
-                .collect(),
-            false => Vec::new(),
+        let (entries, digests) = match digests_only {
+            true => {
+                let digests = self
+                    .config
+                    .directories
+                    .iter()
+                    .filter(|d| !scan.missing.contains(&d.path))
+                    .map(|d| DirectoryDigest {
+                        path: d.path.clone(),
+                        sha256: manifest::digest(&scan.entries, &d.path, self.owners, |_| true),
+                    })
+                    .collect();
+                (Vec::new(), digests)
+            }
+            false => {
+                let entries = scan
+                    .entries
+                    .into_iter()
+                    .map(|(path, entry)| WireEntry { path, entry })
+                    .collect();
+                (entries, Vec::new())
+            }
         };
-        let entries = match digests_only {
-            true => Vec::new(),
-            false => scan
-                .entries
-                .into_iter()
-                .map(|(path, entry)| WireEntry { path, entry })
-                .collect(),
-        };
+        self.response(&scan.missing, scan.unreadable, entries, digests)
+    }
+
+    /// A manifest answer of this node: its identity, rights, configured directories
+    /// (`missing` ones marked absent) and limits, with what was read.
+    fn response(
+        &self,
+        missing: &[String],
+        unreadable: Vec<(String, String)>,
+        entries: Vec<WireEntry>,
+        digests: Vec<DirectoryDigest>,
+    ) -> ManifestResponse {
         ManifestResponse {
             identity: self.identity.clone(),
             owners: self.owners,
-            directories,
+            directories: self
+                .config
+                .directories
+                .iter()
+                .map(|d| DirectoryInfo {
+                    path: d.path.clone(),
+                    exclude: d.excludes.entries.clone(),
+                    present: !missing.contains(&d.path),
+                })
+                .collect(),
             entries,
-            unreadable: scan.unreadable.into_iter().map(|(p, _)| p).collect(),
+            unreadable: unreadable.into_iter().map(|(p, _)| p).collect(),
             limits: (&self.config.limits).into(),
             digests,
         }
