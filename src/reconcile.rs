@@ -20,7 +20,8 @@ use crate::paths::is_within;
 
 use crate::server::{Node, PeerRecord};
 use crate::sync::{
-    digests_agree, directories_differing, ChangeStatus, Engine, Options, PeerReport,
+    digests_agree, directories_differing, missing_directories, ChangeStatus, Engine, Options,
+    PeerReport,
 };
 use crate::watcher::Outbox;
 
@@ -86,37 +87,36 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
             // A remote that is this node under another name.
             Ok(theirs) if theirs.identity.node_id == node.identity.node_id => {}
             Ok(theirs) => {
-                let (dirs, present, none_missing) =
-                    if ours.unreadable.is_empty() && digests_agree(&config, &ours, &theirs) {
-                        let present: Vec<&str> = ours
-                            .directories
-                            .iter()
-                            .filter(|d| d.present)
-                            .map(|d| d.path.as_str())
-                            .collect();
-                        (Vec::new(), present, present_all(&ours))
-                    } else {
-                        let scan = match &mut scan {
-                            Some(scan) => scan,
-                            None => {
-                                let (config, cache) = (config.clone(), node.cache.clone());
-                                let scanned = tokio::task::spawn_blocking(move || {
-                                    manifest::scan(&config, &[], &cache)
-                                })
-                                .await
-                                .expect("scan task");
-                                scan.insert(scanned)
-                            }
-                        };
-                        let dirs = directories_differing(&config, scan, &theirs);
-                        let present: Vec<&str> = config
-                            .directories
-                            .iter()
-                            .map(|d| d.path.as_str())
-                            .filter(|d| scan.entries.contains_key(*d))
-                            .collect();
-                        (dirs, present, scan.missing.is_empty())
+                let (dirs, present, none_missing) = if digests_agree(&config, &ours, &theirs) {
+                    let present: Vec<&str> = ours
+                        .directories
+                        .iter()
+                        .filter(|d| d.present)
+                        .map(|d| d.path.as_str())
+                        .collect();
+                    (Vec::new(), present, missing_directories(&ours).is_empty())
+                } else {
+                    let scan = match &mut scan {
+                        Some(scan) => scan,
+                        None => {
+                            let (config, cache) = (config.clone(), node.cache.clone());
+                            let scanned = tokio::task::spawn_blocking(move || {
+                                manifest::scan(&config, &[], &cache)
+                            })
+                            .await
+                            .expect("scan task");
+                            scan.insert(scanned)
+                        }
                     };
+                    let dirs = directories_differing(&config, scan, &theirs);
+                    let present: Vec<&str> = config
+                        .directories
+                        .iter()
+                        .map(|d| d.path.as_str())
+                        .filter(|d| scan.entries.contains_key(*d))
+                        .collect();
+                    (dirs, present, scan.missing.is_empty())
+                };
                 // Nothing is held against the peer where it holds this node's tree.
                 let equal: Vec<&str> = present
                     .into_iter()
@@ -245,9 +245,4 @@ fn sort(
         outbox.contact();
     }
     drift
-}
-
-/// Whether every configured directory is present here, by this node's digests answer.
-fn present_all(ours: &crate::protocol::ManifestResponse) -> bool {
-    ours.directories.iter().all(|d| d.present)
 }

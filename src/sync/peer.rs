@@ -375,8 +375,9 @@ pub(crate) fn directories_differing(
 /// Whether a peer's digests show that it holds exactly this node's tree, from the
 /// digests of this node's daemon (`ours`, which serves this node's terms): every
 /// directory present here has the same digest there, the peer reads it with the same
-/// excludes and the same rights, and could read all of it. `false` when that cannot be
-/// told this way: the full comparison ([`directories_differing`]) decides then.
+/// excludes and the same rights, and both sides could read all of it. `false` when that
+/// cannot be told this way: the full comparison ([`directories_differing`]) decides
+/// then.
 pub(crate) fn digests_agree(
     config: &Config,
     ours: &ManifestResponse,
@@ -399,10 +400,12 @@ pub(crate) fn digests_agree(
                     .directories
                     .iter()
                     .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries);
-                let readable = !theirs
-                    .unreadable
-                    .iter()
-                    .any(|p| is_within(p, &dir.path) || is_within(&dir.path, p));
+                let readable = |m: &ManifestResponse| {
+                    !m.unreadable
+                        .iter()
+                        .any(|p| is_within(p, &dir.path) || is_within(&dir.path, p))
+                };
+                let readable = readable(ours) && readable(theirs);
                 let ours = digest_of(ours, &dir.path);
                 same_excludes && readable && ours.is_some() && ours == digest_of(theirs, &dir.path)
             })
@@ -471,6 +474,10 @@ mod tests {
         let mut unreadable = answer(&ours_excludes, Some(b"tree"), true);
         unreadable.unreadable.push("/etc/app/secret".into());
         assert!(!digests_agree(&config, &ours, &unreadable));
+        assert!(
+            !digests_agree(&config, &unreadable, &ours),
+            "unreadable here"
+        );
         let mut missing = answer(&ours_excludes, None, true);
         missing.directories[0].present = false;
         assert!(!digests_agree(&config, &ours, &missing));
