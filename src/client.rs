@@ -193,12 +193,13 @@ impl Peer {
         self.apply_stream(reqwest::Body::from(body), length).await
     }
 
-    /// Sends one batch body of `length` bytes, streamed as it is produced.
-    pub async fn apply_stream(
+    /// Sends one batch body of `length` bytes, streamed as it is produced. The answer is
+    /// read as `T`: [`ApplyResponse`] whole, or the sender's compact [`protocol::ApplyAnswer`].
+    pub async fn apply_stream<T: DeserializeOwned>(
         &self,
         body: reqwest::Body,
         length: u64,
-    ) -> Result<ApplyResponse, PeerError> {
+    ) -> Result<T, PeerError> {
         let request = self
             .transport
             .http

@@ -6,52 +6,70 @@
 //! Each operation carries the remote state it was planned against, so the receiver can
 //! refuse it when that state changed in between.
 
-use crate::manifest::Manifest;
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+
 use crate::protocol::{Action, Entry, Op};
 
 /// Plans the operations that turn `remote` into `local`.
 ///
 /// `owners` says whether the receiver applies owners; when it does not, differing owners
-/// alone cause no operation.
-pub fn plan(local: &Manifest, remote: &Manifest, owners: bool) -> Vec<Op> {
+/// alone cause no operation. Either side may be a [`Manifest`](crate::manifest::Manifest)
+/// or a view that borrows one (paths and entries by reference).
+pub fn plan<LK, LE, RK, RE>(
+    local: &BTreeMap<LK, LE>,
+    remote: &BTreeMap<RK, RE>,
+    owners: bool,
+) -> Vec<Op>
+where
+    LK: Borrow<str> + Ord,
+    LE: Borrow<Entry>,
+    RK: Borrow<str> + Ord,
+    RE: Borrow<Entry>,
+{
     let replaced_by_other_kind = |path: &str, theirs: &Entry| match local.get(path) {
         None => true,
         // A directory cannot be renamed over a file (or the reverse): delete it first.
-        Some(ours) => ours.content.is_dir() != theirs.content.is_dir(),
+        Some(ours) => ours.borrow().content.is_dir() != theirs.content.is_dir(),
     };
 
     let mut ops: Vec<Op> = remote
         .iter()
         .rev()
+        .map(|(path, theirs)| (path.borrow(), theirs.borrow()))
         .filter(|(path, theirs)| replaced_by_other_kind(path, theirs))
         .map(|(path, theirs)| Op {
-            path: path.clone(),
+            path: path.to_string(),
             action: Action::Delete,
             expect: Some(theirs.clone()),
         })
         .collect();
 
     for (path, ours) in local {
-        let expect = match remote.get(path) {
+        let (path, ours) = (path.borrow(), ours.borrow());
+        let expect = match remote.get(path).map(Borrow::borrow) {
             Some(theirs) if replaced_by_other_kind(path, theirs) => None,
             Some(theirs) if ours.same_state(theirs, owners) => continue,
             Some(theirs) => Some(theirs.clone()),
             None => None,
         };
         ops.push(Op {
-            path: path.clone(),
+            path: path.to_string(),
             action: Action::Put {
                 entry: ours.clone(),
             },
             expect,
         });
     }
+    // Held until the operations are sent, to every peer of a run at once.
+    ops.shrink_to_fit();
     ops
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Manifest;
     use crate::protocol::{ChangeKind, Content};
     use crate::testing::file_entry;
     use proptest::prelude::*;

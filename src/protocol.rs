@@ -18,12 +18,13 @@ mod operation;
 mod state;
 
 pub use batch::{
-    decode_batch, encode_batch, encode_batch_header, Batch, BatchHeader, BatchReader, ContentError,
+    batch_header_length, decode_batch, encode_batch, encode_batch_header, write_batch_header,
+    Batch, BatchHeader, BatchReader, ContentError,
 };
 pub use messages::{
-    ActionReport, ApplyResponse, ContentRequest, ContentResponse, DirectoryDigest, DirectoryInfo,
-    ErrorBody, FileText, HeldKind, HeldPath, Identity, ManifestRequest, ManifestResponse,
-    PeerLimits, PeerStatus, StatusCounters, StatusResponse,
+    ActionReport, ApplyAnswer, ApplyResponse, ContentRequest, ContentResponse, DirectoryDigest,
+    DirectoryInfo, ErrorBody, FileText, HeldKind, HeldPath, Identity, ManifestRequest,
+    ManifestResponse, OpAnswer, PeerLimits, PeerStatus, StatusCounters, StatusResponse,
 };
 pub use operation::{Action, ChangeKind, Found, Op, OpResult, Outcome};
 pub use state::{Content, Digest256, Entry, WireEntry};

@@ -48,16 +48,42 @@ pub fn encode_batch(header: &BatchHeader, contents: &[&[u8]]) -> Vec<u8> {
 /// The start of a batch body: magic, header length and JSON header. The contents follow
 /// (a sender may stream them from shared buffers instead of copying them in).
 pub fn encode_batch_header(header: &BatchHeader) -> Vec<u8> {
-    // Written in place after room for its length, which is filled in last: a header of
-    // many operations is megabytes, and is not copied.
     let mut out = Vec::new();
-    out.extend_from_slice(BATCH_MAGIC);
-    out.extend_from_slice(&[0; 4]);
-    serde_json::to_writer(&mut out, header).expect("batch header serialises");
-    let length = (out.len() - 8) as u32;
-    out[4..8].copy_from_slice(&length.to_be_bytes());
-    out.shrink_to_fit();
+    write_batch_header(header, &mut out).expect("a Vec takes every write");
     out
+}
+
+/// The length of the start of a batch body, as [`write_batch_header`] writes it.
+pub fn batch_header_length(header: &BatchHeader) -> u64 {
+    let mut counted = Counted(0);
+    serde_json::to_writer(&mut counted, header).expect("batch header serialises");
+    8 + counted.0
+}
+
+/// Writes the start of a batch body (magic, header length, JSON header) to `out` as it
+/// is serialised: a header of many operations is megabytes, and a sender streaming it
+/// never holds it whole. Serialises the header twice, first to learn its length.
+pub fn write_batch_header(header: &BatchHeader, mut out: impl Write) -> io::Result<()> {
+    let json_length = batch_header_length(header) - 8;
+    let json_length = u32::try_from(json_length)
+        .map_err(|_| io::Error::other(format!("batch header of {json_length} bytes")))?;
+    out.write_all(BATCH_MAGIC)?;
+    out.write_all(&json_length.to_be_bytes())?;
+    serde_json::to_writer(&mut out, header).map_err(io::Error::other)
+}
+
+/// A writer that only counts the bytes written to it.
+struct Counted(u64);
+
+impl Write for Counted {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0 += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Why a batch's content could not be received.
@@ -99,16 +125,18 @@ impl<R: Read> BatchReader<R> {
                 "batch header of {len} bytes exceeds the limit of {MAX_BATCH_HEADER_BYTES}"
             ));
         }
-        let mut json = Vec::new();
-        (&mut body)
-            .take(len as u64)
-            .read_to_end(&mut json)
-            .map_err(|e| format!("batch not received: {e}"))?;
-        if json.len() < len {
-            return Err("batch body shorter than its header length".into());
-        }
-        let header: BatchHeader =
-            serde_json::from_slice(&json).map_err(|e| format!("malformed batch header: {e}"))?;
+        // Parsed as it is read: a header of many operations is megabytes of JSON, which
+        // a receiver need not hold beside the operations it becomes.
+        let mut json =
+            io::BufReader::with_capacity(READ_BUFFER_BYTES, (&mut body).take(len as u64));
+        let header = serde_json::from_reader::<_, BatchHeader>(&mut json);
+        let short = json.get_ref().limit() > 0;
+        let header = match header {
+            Err(e) if e.is_io() => return Err(format!("batch not received: {e}")),
+            _ if short => return Err("batch body shorter than its header length".into()),
+            Err(e) => return Err(format!("malformed batch header: {e}")),
+            Ok(header) => header,
+        };
         if header.ops.len() > MAX_OPS_PER_BATCH {
             return Err(format!(
                 "batch of {} operations exceeds the limit of {MAX_OPS_PER_BATCH}",
@@ -284,6 +312,28 @@ mod tests {
         let body = encode_batch(&header, &[b"ab"]);
         assert!(decode_batch(&body).unwrap_err().contains("truncated"));
         assert!(decode_batch(b"garbage!").unwrap_err().contains("magic"));
+    }
+
+    #[test]
+    fn a_header_shorter_or_longer_than_its_length_is_refused() {
+        let header = BatchHeader::new(vec![put("/etc/a", b"")]);
+        let whole = encode_batch(&header, &[]);
+        // The body ends inside the header, after the JSON or within it.
+        for cut in [whole.len() - 1, whole.len() - 10] {
+            let err = decode_batch(&whole[..cut]).unwrap_err();
+            assert!(err.contains("shorter than its header length"), "{err}");
+        }
+        // A length past the JSON takes the bytes after it as part of the header.
+        let mut longer = whole.clone();
+        let length = u32::from_be_bytes(longer[4..8].try_into().unwrap()) + 2;
+        longer[4..8].copy_from_slice(&length.to_be_bytes());
+        longer.extend_from_slice(b"{}");
+        let err = decode_batch(&longer).unwrap_err();
+        assert!(err.contains("malformed batch header"), "{err}");
+        // Trailing blanks within the length are JSON's business, and harmless.
+        longer.truncate(whole.len());
+        longer.extend_from_slice(b"  ");
+        assert_eq!(decode_batch(&longer).unwrap().header.ops, header.ops);
     }
 }
 

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{OpResult, WireEntry};
+use super::{Found, OpResult, Outcome, WireEntry};
 
 /// Asks a receiver for its manifest.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -235,6 +235,26 @@ pub struct ApplyResponse {
     pub actions: Vec<ActionReport>,
 }
 
+/// The receiver's answer to a batch as a sender reads it: one outcome per operation, in
+/// the batch's order, without the path each result repeats (the sender has it in its
+/// own operation). A sender of a large batch keeps a fraction of the whole answer.
+#[derive(Debug, Deserialize)]
+pub struct ApplyAnswer {
+    pub results: Vec<OpAnswer>,
+    #[serde(default)]
+    pub actions: Vec<ActionReport>,
+}
+
+/// One operation's [`OpResult`], without its path.
+#[derive(Debug, Deserialize)]
+pub struct OpAnswer {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Boxed: most operations are applied, and hold none.
+    #[serde(default)]
+    pub found: Option<Box<Found>>,
+}
+
 /// How one of a receiver's commands ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionReport {
@@ -257,4 +277,48 @@ pub struct ActionReport {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::file_entry;
+
+    #[test]
+    fn a_sender_reads_each_outcome_of_a_full_answer_in_order() {
+        let response = ApplyResponse {
+            results: vec![
+                OpResult {
+                    path: "/etc/a".into(),
+                    outcome: Outcome::Applied,
+                    found: None,
+                },
+                OpResult {
+                    path: "/etc/b".into(),
+                    outcome: Outcome::Conflict("changed meanwhile".into()),
+                    found: Some(Found {
+                        entry: Some(file_entry(b"theirs")),
+                    }),
+                },
+                OpResult {
+                    path: "/etc/c".into(),
+                    outcome: Outcome::Failed("no space".into()),
+                    found: Some(Found { entry: None }),
+                },
+            ],
+            actions: Vec::new(),
+        };
+        let json = serde_json::to_vec(&response).unwrap();
+        let answer: ApplyAnswer = serde_json::from_slice(&json).unwrap();
+        let outcomes: Vec<_> = answer.results.iter().map(|r| r.outcome.clone()).collect();
+        let sent: Vec<_> = response.results.iter().map(|r| r.outcome.clone()).collect();
+        assert_eq!(outcomes, sent);
+        let found: Vec<_> = answer
+            .results
+            .into_iter()
+            .map(|r| r.found.map(|f| *f))
+            .collect();
+        let held: Vec<_> = response.results.into_iter().map(|r| r.found).collect();
+        assert_eq!(found, held);
+    }
 }

@@ -15,10 +15,10 @@ use super::push::push;
 use super::{Change, ChangeStatus, Options, PeerReport};
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
-use crate::manifest::{Manifest, Scan};
+use crate::manifest::Scan;
 use crate::paths::{in_scope, is_within};
 use crate::plan::plan;
-use crate::protocol::{Action, DirectoryInfo, ManifestResponse, Op, PeerLimits};
+use crate::protocol::{Action, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
 
 /// One peer as the engine reaches it: its client, and the terms it last announced
 /// (remembered so that an automatic push costs one round trip). Shared by the engine and
@@ -214,13 +214,13 @@ pub const MASS_DELETE_MIN: usize = 10;
 /// emptied directory on this node. A path deleted and put again (a type change) does not
 /// count. Only directories the run covers whole are judged. Returns the refusal, naming
 /// the directory and the counts.
-fn mass_delete(config: &Config, scope: &[String], theirs: &Manifest, ops: &[Op]) -> Option<String> {
+fn mass_delete(config: &Config, scope: &[String], theirs: &View, ops: &[Op]) -> Option<String> {
     // A sync scoped below a directory sees only part of it: no share can be judged.
     let whole = |dir: &str| scope.is_empty() || scope.iter().any(|s| is_within(dir, s));
     for dir in config.directories.iter().filter(|d| whole(&d.path)) {
         let held = theirs
             .keys()
-            .filter(|p| *p != &dir.path && is_within(p, &dir.path))
+            .filter(|p| **p != dir.path && is_within(p, &dir.path))
             .count();
         let in_dir: Vec<&Op> = ops
             .iter()
@@ -255,14 +255,18 @@ fn mass_delete(config: &Config, scope: &[String], theirs: &Manifest, ops: &[Op])
     None
 }
 
+/// A manifest restricted to part of its paths, borrowing them from it: each peer of a run
+/// has its views of the one local scan.
+type View<'a> = BTreeMap<&'a str, &'a Entry>;
+
 /// The local and remote manifests restricted to what this peer and this node both
 /// synchronise, plus the configured directories the peer cannot take (with the reason).
-fn views(
+fn views<'a>(
     config: &Config,
-    local: &LocalState,
-    remote: &ManifestResponse,
+    local: &'a LocalState,
+    remote: &'a ManifestResponse,
     scope: &[String],
-) -> (Manifest, Manifest, Vec<(String, String)>) {
+) -> (View<'a>, View<'a>, Vec<(String, String)>) {
     let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
         // Missing here or out of scope: not part of this run.
         local.scan.entries.contains_key(&dir.path) && in_scope(&dir.path, scope)
@@ -276,7 +280,7 @@ fn views(
         .collect();
     let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
 
-    let ours: Manifest = local
+    let ours: View = local
         .scan
         .entries
         .iter()
@@ -287,9 +291,9 @@ fn views(
                     is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
                 })
         })
-        .map(|(p, e)| (p.clone(), e.clone()))
+        .map(|(p, e)| (p.as_str(), e))
         .collect();
-    let theirs: Manifest = remote
+    let theirs: View = remote
         .entries
         .iter()
         .filter(|w| {
@@ -299,8 +303,8 @@ fn views(
                         && !dir.excludes.excludes_any_component(&dir.path, &w.path)
                 })
         })
-        .map(|w| (w.path.clone(), w.entry.clone()))
-        .collect::<BTreeMap<_, _>>();
+        .map(|w| (w.path.as_str(), &w.entry))
+        .collect();
     (ours, theirs, refused)
 }
 

@@ -18,7 +18,7 @@ use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEven
 use crate::apply::Parents;
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
-use crate::protocol::{self, Action, ApplyResponse, BatchHeader, Content, Entry, Op, PeerLimits};
+use crate::protocol::{self, Action, ApplyAnswer, BatchHeader, Content, Entry, Op, PeerLimits};
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
 /// under the receiver's header limit.
@@ -33,14 +33,15 @@ const BATCH_FRAMING_BYTES: usize = 1024;
 /// Leaves out the files the peer would refuse as too large, reporting each as refused
 /// (a dry run reports them as the real run does).
 pub(super) fn without_oversized(
-    ops: Vec<Op>,
+    mut ops: Vec<Op>,
     label: &str,
     limits: &PeerLimits,
     report: &mut PeerReport,
 ) -> Vec<Op> {
-    let (ops, oversized): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| {
-        !matches!(&op.action, Action::Put { entry: Entry { content: Content::File { size, .. }, .. } } if *size > limits.max_file_size)
-    });
+    let oversized = take_out(
+        &mut ops,
+        |op| matches!(&op.action, Action::Put { entry: Entry { content: Content::File { size, .. }, .. } } if *size > limits.max_file_size),
+    );
     for op in oversized {
         if let Action::Put {
             entry:
@@ -61,6 +62,17 @@ pub(super) fn without_oversized(
         }
     }
     ops
+}
+
+/// Takes the operations `which` selects out of `ops`, in order. The rest stay in place,
+/// in the one allocation the plan made: a large push holds its operations once. Those
+/// taken out are few (oversized files, configured directories), and are copied.
+fn take_out(ops: &mut Vec<Op>, which: impl Fn(&Op) -> bool) -> Vec<Op> {
+    let taken: Vec<Op> = ops.iter().filter(|op| which(op)).cloned().collect();
+    if !taken.is_empty() {
+        ops.retain(|op| !which(op));
+    }
+    taken
 }
 
 /// Sends the operations with their contents and records the outcome of each, telling
@@ -176,8 +188,9 @@ fn content_bytes(ops: &[Op]) -> u64 {
 /// were read, if anything.
 struct Outgoing {
     header: BatchHeader,
-    /// The encoded header, as it opens the body.
-    head: Bytes,
+    /// The length of the encoded header, as it opens the body. The header itself is
+    /// serialised into the body's frames as they go: it is megabytes for a large batch.
+    head_length: u64,
     fault: Mutex<Option<Fault>>,
 }
 
@@ -190,7 +203,7 @@ struct Fault {
 impl Outgoing {
     fn new(header: BatchHeader) -> Outgoing {
         Outgoing {
-            head: Bytes::from(protocol::encode_batch_header(&header)),
+            head_length: protocol::batch_header_length(&header),
             header,
             fault: Mutex::new(None),
         }
@@ -198,31 +211,32 @@ impl Outgoing {
 
     /// The length of the body: the header's framing and every content.
     fn body_length(&self) -> u64 {
-        self.head.len() as u64 + content_bytes(&self.header.ops)
+        self.head_length + content_bytes(&self.header.ops)
     }
 }
 
 /// Frames of a body waiting to be sent, per request.
 const FRAMES_IN_FLIGHT: usize = 4;
-/// Bytes of contents gathered into one frame of a body.
-const FRAME_BYTES: usize = 256 * 1024;
+/// Bytes of contents gathered into one frame of a body: a few TLS records. Every peer
+/// of a run has its frames in flight, so they are the sender's memory per peer.
+const FRAME_BYTES: usize = 64 * 1024;
 
 /// The body of a batch as a stream: the header, then each content read from disk as
 /// the request goes, by a blocking task of its own. A file that no longer matches its
 /// operation is recorded as the batch's fault and ends the stream with an error.
 fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) {
-    let head = batch.head.clone();
     let length = batch.body_length();
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(FRAMES_IN_FLIGHT);
     let (config, batch) = (config.clone(), batch.clone());
     tokio::task::spawn_blocking(move || {
-        if tx.blocking_send(Ok(head)).is_err() {
-            return;
-        }
         let mut frames = Frames {
             tx: &tx,
-            frame: Vec::new(),
+            frame: Vec::with_capacity(FRAME_BYTES),
         };
+        if protocol::write_batch_header(&batch.header, &mut frames).is_err() {
+            // The request is gone: serialising a header cannot fail otherwise.
+            return;
+        }
         let mut parents = Parents::default();
         for (index, op) in batch.header.ops.iter().enumerate() {
             if op.needs_content().is_none() {
@@ -235,7 +249,7 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
                 return;
             }
         }
-        let _ = frames.flush();
+        let _ = frames.send();
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|frame| (frame, rx))
@@ -250,9 +264,27 @@ struct Frames<'a> {
     frame: Vec<u8>,
 }
 
+/// The header is written through the frames as it is serialised.
+impl io::Write for Frames<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let room = FRAME_BYTES.saturating_sub(self.frame.len()).max(1);
+        let taken = bytes.len().min(room);
+        self.frame.extend_from_slice(&bytes[..taken]);
+        if self.frame.len() >= FRAME_BYTES {
+            self.flush()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+            .map_err(|()| io::Error::new(io::ErrorKind::BrokenPipe, "the request is gone"))
+    }
+}
+
 impl Frames<'_> {
     /// Sends what is gathered; `Err` when the request is gone.
-    fn flush(&mut self) -> Result<(), ()> {
+    fn send(&mut self) -> Result<(), ()> {
         if self.frame.is_empty() {
             return Ok(());
         }
@@ -325,7 +357,7 @@ fn send_file(
         };
         left -= n as u64;
         if frames.frame.len() >= FRAME_BYTES {
-            frames.flush().map_err(|()| None)?;
+            frames.send().map_err(|()| None)?;
         }
     }
     // Written meanwhile: what was sent may be a mix of two versions.
@@ -352,7 +384,7 @@ async fn send(
     peer: &Peer,
     config: &Arc<Config>,
     batch: &Arc<Outgoing>,
-) -> Result<ApplyResponse, PeerError> {
+) -> Result<ApplyAnswer, PeerError> {
     let deadline = Instant::now() + BUSY_RETRY_BOUND;
     let mut wait = BUSY_RETRY_FIRST;
     loop {
@@ -377,25 +409,103 @@ async fn send(
 /// number of operations. Almost every sync is one batch. A configured directory the peer
 /// lacks is made by a batch of its own first, so that the contents that follow have a
 /// place to be received in.
-fn split_batches(config: &Config, ops: Vec<Op>, limits: &PeerLimits) -> Vec<Vec<Op>> {
+fn split_batches(config: &Config, mut ops: Vec<Op>, limits: &PeerLimits) -> Vec<Vec<Op>> {
     let budget = limits.max_request_size as usize;
     let most = limits.max_batch_entries.min(OPS_PER_BATCH);
-    let (tops, ops): (Vec<Op>, Vec<Op>) = ops.into_iter().partition(|op| {
+    let tops = take_out(&mut ops, |op| {
         matches!(&op.action, Action::Put { entry } if entry.content.is_dir())
             && config.directories.iter().any(|d| d.path == op.path)
     });
-    let mut batches = vec![tops, Vec::new()];
-    let mut used = BATCH_FRAMING_BYTES;
-    for op in ops {
+    // Where each batch after the first starts. The operations are split in place: a
+    // large push holds them once.
+    let mut starts = Vec::new();
+    let (mut start, mut used) = (0, BATCH_FRAMING_BYTES);
+    for (index, op) in ops.iter().enumerate() {
         let size = op.needs_content().unwrap_or(0) as usize + op.path.len() + HEADER_BYTES_PER_OP;
-        let current = batches.last_mut().expect("one batch");
-        if (used + size > budget || current.len() >= most) && !current.is_empty() {
-            batches.push(Vec::new());
-            used = BATCH_FRAMING_BYTES;
+        if (used + size > budget || index - start >= most) && index > start {
+            starts.push(index);
+            (start, used) = (index, BATCH_FRAMING_BYTES);
         }
         used += size;
-        batches.last_mut().expect("one batch").push(op);
     }
+    let mut batches = vec![tops];
+    let mut tails: Vec<Vec<Op>> = starts.iter().rev().map(|&at| ops.split_off(at)).collect();
+    batches.push(ops);
+    batches.extend(tails.drain(..).rev());
     batches.retain(|batch| !batch.is_empty());
     batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{config_at, put};
+
+    #[test]
+    fn batches_keep_the_order_and_the_limits_with_the_configured_directory_first() {
+        let config = config_at(std::path::Path::new("/srv/node"), "");
+        let mut top = put("/etc/app", b"");
+        top.action = Action::Put {
+            entry: Entry {
+                content: Content::Dir,
+                ..crate::testing::file_entry(b"")
+            },
+        };
+        let files: Vec<Op> = (0..10)
+            .map(|i| put(&format!("/etc/app/{i}"), &[b'x'; 600]))
+            .collect();
+        let mut ops = files.clone();
+        ops.insert(3, top.clone());
+        let limits = PeerLimits {
+            // Room for three of these operations per request.
+            max_request_size: (BATCH_FRAMING_BYTES + 3 * (600 + 10 + HEADER_BYTES_PER_OP)) as u64,
+            max_file_size: 1 << 20,
+            max_batch_entries: 100,
+        };
+        let batches = split_batches(&config, ops.clone(), &limits);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 3, 3, 3, 1]);
+        assert_eq!(batches[0], [top]);
+        assert_eq!(batches[1..].concat(), files);
+
+        let limits = PeerLimits {
+            max_batch_entries: 4,
+            max_request_size: 1 << 30,
+            ..limits
+        };
+        let batches = split_batches(&config, files.clone(), &limits);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+        assert_eq!(batches.concat(), files);
+    }
+
+    #[test]
+    fn a_header_streamed_through_frames_is_the_encoded_header() {
+        // Long enough to span several frames.
+        let ops = (0..5_000)
+            .map(|i| put(&format!("/etc/app/{i:05}.conf"), i.to_string().as_bytes()))
+            .collect();
+        let header = BatchHeader::new(ops);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        let mut frames = Frames {
+            tx: &tx,
+            frame: Vec::new(),
+        };
+        protocol::write_batch_header(&header, &mut frames).unwrap();
+        frames.send().unwrap();
+        drop(tx);
+        let mut body = Vec::new();
+        let mut count = 0;
+        while let Some(frame) = rx.blocking_recv() {
+            let frame = frame.unwrap();
+            assert!(frame.len() <= FRAME_BYTES);
+            body.extend_from_slice(&frame);
+            count += 1;
+        }
+        assert!(count > 2, "{count} frames");
+        assert_eq!(body, protocol::encode_batch_header(&header));
+        assert_eq!(body.len() as u64, protocol::batch_header_length(&header));
+        let read = protocol::BatchReader::start(&body[..]).unwrap();
+        assert_eq!(read.header.ops, header.ops);
+    }
 }
