@@ -9,12 +9,13 @@
 //! - no echo: a file written because a peer pushed it is recorded here first, so the
 //!   watcher finds nothing new when it sees the write, and pushes nothing.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use crate::manifest::{Manifest, Scan};
 use crate::paths::{in_scope, is_within};
 use crate::plan::plan;
-use crate::protocol::{Entry, Op};
+use crate::protocol::{Action, Entry, Op};
 
 /// The versions this node last knew, by logical path.
 pub struct Versions {
@@ -92,49 +93,60 @@ impl Versions {
             |path: &str| in_scope(path, scope) && !unknown.iter().any(|u| is_within(path, u));
 
         let mut map = self.map.lock().expect("versions lock");
-        let mut before: Manifest = map
-            .iter()
-            .filter(|(path, _)| covered(path))
-            .map(|(p, e)| (p.clone(), e.clone()))
-            .collect();
-        let now: Manifest = scan
-            .entries
-            .iter()
-            .filter(|(path, _)| covered(path))
-            .map(|(p, e)| (p.clone(), e.clone()))
-            .collect();
-        // A directory found gone takes everything below it: a scope naming one file of a
-        // tree being deleted (`rm -rf` still under way when the burst ended) covers the
-        // directory as an ancestor, and its deletion must carry the rest of its contents,
-        // or the peers would be asked to delete a directory that still holds them.
-        let gone: Vec<String> = before
-            .iter()
-            .filter(|(path, entry)| entry.content.is_dir() && !now.contains_key(*path))
-            .map(|(path, _)| path.clone())
-            .collect();
-        for dir in gone {
-            if unknown.iter().any(|u| is_within(&dir, u)) {
-                continue;
-            }
-            let prefix = format!("{dir}/");
-            let below: Vec<(String, Entry)> = map
-                .range::<str, _>((
-                    std::ops::Bound::Included(prefix.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(path, _)| path.starts_with(&prefix))
-                .map(|(p, e)| (p.clone(), e.clone()))
+        // Both sides borrow their paths and entries: at 100,000 paths, copies of both
+        // were the largest thing a daemon ever held.
+        let ops = {
+            let mut before: BTreeMap<&str, &Entry> = map
+                .iter()
+                .filter(|(path, _)| covered(path))
+                .map(|(p, e)| (p.as_str(), e))
                 .collect();
-            before.extend(below);
-        }
-        let ops = plan(&now, &before, owners);
+            let now: BTreeMap<&str, &Entry> = scan
+                .entries
+                .iter()
+                .filter(|(path, _)| covered(path))
+                .map(|(p, e)| (p.as_str(), e))
+                .collect();
+            // A directory found gone takes everything below it: a scope naming one file
+            // of a tree being deleted (`rm -rf` still under way when the burst ended)
+            // covers the directory as an ancestor, and its deletion must carry the rest of
+            // its contents, or the peers would be asked to delete a directory that still
+            // holds them.
+            let gone: Vec<&str> = before
+                .iter()
+                .filter(|(path, entry)| entry.content.is_dir() && !now.contains_key(*path))
+                .map(|(path, _)| *path)
+                .filter(|dir| !unknown.iter().any(|u| is_within(dir, u)))
+                .collect();
+            for dir in gone {
+                let prefix = format!("{dir}/");
+                let below = map
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(path, _)| path.starts_with(&prefix))
+                    .map(|(p, e)| (p.as_str(), e));
+                before.extend(below);
+            }
+            plan(&now, &before, owners)
+        };
         if !record {
             return ops;
         }
-        for path in before.keys() {
-            map.remove(path);
+        // What was known there and is gone has a deletion among the operations; what is
+        // there now is recorded whole (its mtime too, which makes no operation).
+        for op in ops.iter().filter(|op| op.action == Action::Delete) {
+            map.remove(&op.path);
         }
-        map.extend(now);
+        for (path, entry) in scan.entries.iter().filter(|(path, _)| covered(path)) {
+            match map.get_mut(path) {
+                Some(known) => *known = entry.clone(),
+                None => {
+                    map.insert(path.clone(), entry.clone());
+                }
+            }
+        }
         ops
     }
 }
@@ -168,6 +180,16 @@ mod tests {
             }
         );
         assert_eq!(versions.get("/d/a"), Some(file_entry(b"v2")));
+    }
+
+    #[test]
+    fn a_touched_file_is_recorded_with_its_new_time_and_pushes_nothing() {
+        let versions = Versions::new(scan_of(&[("/d/a", b"v1"), ("/d/b", b"v1")]).entries);
+        let mut scan = scan_of(&[("/d/a", b"v1"), ("/d/b", b"v1")]);
+        scan.entries.get_mut("/d/a").unwrap().mtime_ns = 42;
+        assert!(versions.take_changes(&scan, &[], true).is_empty());
+        assert_eq!(versions.get("/d/a").unwrap().mtime_ns, 42);
+        assert_eq!(versions.get("/d/b"), Some(file_entry(b"v1")));
     }
 
     #[test]
