@@ -2,27 +2,26 @@
 //! versions a sync replaces, check the new tree with a `validate` command before it
 //! counts as accepted, and run `on_change` commands (a reload) once it is.
 //!
-//! This module holds the settings and runs the commands; [`crate::apply`] takes the
-//! backups and rolls a rejected batch back, [`crate::server`] and [`crate::watcher`] call
-//! the commands for received and local changes.
+//! This module runs the commands; the values a directory's configuration gives for them
+//! (`Backup`, `Actions`, `RunOn`, `Side`) are [`crate::config`]'s. [`crate::apply`] takes
+//! the backups and rolls a rejected batch back, [`crate::server`] and [`crate::watcher`]
+//! call the commands for received and local changes.
 //!
-//! Split along those parts: `settings` holds the values a directory's configuration
-//! gives (`Backup`, `BackupBlock`, `Actions`, `RunOn`, `Side`); `command` runs one
-//! command under a timeout (`run`, `CommandResult`); `ending` says how it ended, in
-//! words (`Ending`, `explaining_line`); `runner` coalesces the `on_change`
-//! runs of a directory (`Runner`, `COALESCE`). This file runs each directory's
-//! `validate` command, and re-exports every item of its children, so `actions::` paths
-//! stay as they were.
+//! Split along those parts: `command` runs one command under a timeout (`run`,
+//! `CommandResult`); `ending` says how it ended, in words (`Ending`, `explaining_line`);
+//! `runner` coalesces the `on_change` runs of a directory (`Runner`, `COALESCE`). This
+//! file runs each directory's `validate` command, and re-exports every item of its
+//! children, so `actions::` paths stay as they were.
 
 mod command;
 mod ending;
 mod runner;
-mod settings;
 
 pub use command::{run, CommandResult};
 pub use ending::{explaining_line, Ending};
 pub use runner::Runner;
-pub use settings::{Actions, Backup, BackupBlock, RunOn, Side, DEFAULT_ACTION_TIMEOUT};
+
+use crate::config::Side;
 
 /// A directory and its changed logical paths as they are on this host, for commands.
 pub fn local_paths(

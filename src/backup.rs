@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use rustix::fd::OwnedFd;
 use serde::{Deserialize, Serialize};
 
-use crate::actions::Backup;
+use crate::config::Backup;
 use crate::protocol::{Content, Entry};
 
 /// What a kept version's `.json` file holds.

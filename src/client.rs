@@ -66,6 +66,14 @@ impl Transport {
     }
 }
 
+/// Silence on a connection before TCP asks the peer whether it is still there.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Time between two such probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Probes unanswered before the connection counts as lost: with the two above, a silent
+/// link is given up after 25 s.
+const KEEPALIVE_PROBES: u32 = 3;
+
 /// Builds the transport shared by every peer. With `local`, connections are made from
 /// that address (the one `bind_address` names), so that peers see the address they
 /// expect.
@@ -75,9 +83,9 @@ pub fn http_client(tls: rustls::ClientConfig, local: Option<IpAddr>) -> anyhow::
         // A peer whose link is cut mid-request would otherwise hold a request for as
         // long as TCP retransmits (many minutes): unacknowledged data, or silence on an
         // idle connection, fails it within LINK_LOSS_TIMEOUT instead.
-        .tcp_keepalive(Duration::from_secs(10))
-        .tcp_keepalive_interval(Duration::from_secs(5))
-        .tcp_keepalive_retries(3u32)
+        .tcp_keepalive(KEEPALIVE_IDLE)
+        .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
+        .tcp_keepalive_retries(KEEPALIVE_PROBES)
         .tcp_user_timeout(protocol::LINK_LOSS_TIMEOUT)
         .use_preconfigured_tls(tls.clone())
         .connect_timeout(protocol::CONNECT_TIMEOUT)
@@ -89,7 +97,7 @@ pub fn http_client(tls: rustls::ClientConfig, local: Option<IpAddr>) -> anyhow::
         http,
         tls: Arc::new(tls),
         local,
-        max_response: crate::limits::Limits::default().max_manifest_size,
+        max_response: crate::config::Limits::default().max_manifest_size,
     })
 }
 

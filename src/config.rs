@@ -18,20 +18,23 @@ use std::time::Duration;
 
 use hcl::{Body, Expression, Structure};
 
-use crate::actions::{Actions, Backup, BackupBlock, RunOn, DEFAULT_ACTION_TIMEOUT};
-use crate::limits::Limits;
 use crate::paths::{self, is_within};
 
+mod actions;
 mod addresses;
+mod duration;
 mod excludes;
+pub mod limits;
 mod raw;
 #[cfg(test)]
 mod tests;
 
+pub use actions::{Actions, Backup, BackupBlock, RunOn, Side, DEFAULT_ACTION_TIMEOUT};
 pub use addresses::{
     parse_allow_entry, parse_bind_address, parse_remote, AllowEntry, BindAddress, Remote,
 };
 pub use excludes::{Excludes, EDITOR_EXCLUDES};
+pub use limits::Limits;
 use raw::{
     directory_block, hcl_error, string_list, string_value, type_name, unknown_key_message, Lines,
     Raw, RawDirectory, KNOWN_KEYS,
@@ -279,22 +282,19 @@ impl Config {
         let duration = |key: &str,
                         default: Duration,
                         (least, most): (Duration, Duration),
-                        range: &str,
-                        example: &str| {
+                        range: &'static str,
+                        example: &'static str| {
+            let bounds = duration::Bounds {
+                least,
+                most,
+                range,
+                example,
+            };
             match get(key) {
-            None => Ok(default),
-            Some(text) => humantime::parse_duration(&text)
-                .ok()
-                .filter(|d| *d >= least && *d <= most)
-                .ok_or_else(|| {
-                    err(
-                        Some(key),
-                        format!(
-                            "{key}: {text:?} is not a duration between {range} (such as \"{example}\")"
-                        ),
-                    )
-                }),
-        }
+                None => Ok(default),
+                Some(text) => duration::bounded(&text, &bounds)
+                    .map_err(|why| err(Some(key), format!("{key}: {why}"))),
+            }
         };
         let required = |key: &str| {
             get(key).ok_or_else(|| err(None, format!("{key}: required key is missing")))

@@ -16,7 +16,6 @@ pub mod demo;
 pub mod diff;
 pub mod docs;
 pub mod group;
-pub mod limits;
 pub mod manifest;
 pub mod metrics;
 pub mod ops;

@@ -187,7 +187,7 @@ pub fn status_table(peers: &[PeerState]) -> String {
 }
 
 /// The directory's backup settings for `path`, or why there are none.
-fn backup_of(config: &Config, path: &str) -> anyhow::Result<(String, crate::actions::Backup)> {
+fn backup_of(config: &Config, path: &str) -> anyhow::Result<(String, crate::config::Backup)> {
     let dir = config
         .directory_of(path)
         .ok_or_else(|| anyhow!("{path}: not inside a configured directory"))?;

@@ -249,7 +249,7 @@ impl Engine {
                 .collect();
             let mut refused = Vec::new();
             for (dir, why) in
-                actions::validate(&self.config, &to_validate, actions::Side::Local).await
+                actions::validate(&self.config, &to_validate, crate::config::Side::Local).await
             {
                 let reason = format!("validation failed on this node: {why}");
                 report

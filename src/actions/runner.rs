@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use super::{run, Actions, CommandResult};
+use super::{run, CommandResult};
+use crate::config::Actions;
 
 /// How long a directory's `on_change` commands wait for more changes before they run,
 /// so that changes arriving together (from several peers, or a burst) cause one reload.

@@ -15,7 +15,7 @@ use rustix::io::Errno;
 
 use super::fs::{changed_underneath, current_state, open_dir, Fingerprint, Parents, Step, Target};
 use super::staging::Received;
-use crate::actions::Side;
+use crate::config::Side;
 use crate::config::{Config, Directory};
 use crate::paths;
 use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};

@@ -25,9 +25,10 @@ pub(super) async fn daemon(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     // A write over the file-size resource limit must fail that one file (EFBIG, reported
     // to the sender) rather than kill the daemon, as SIGXFSZ does by default. A handler
     // of our own replaces the default action; the signals are only drained.
-    let mut file_size_exceeded =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
-            .map_err(|e| anyhow::anyhow!("cannot handle SIGXFSZ: {e}"))?;
+    let mut file_size_exceeded = tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot handle SIGXFSZ: {e}"))?;
     tokio::spawn(async move { while file_size_exceeded.recv().await.is_some() {} });
     raise_descriptor_limit();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use hcl::{Block, Expression, Structure};
 
+use crate::protocol::PeerLimits;
+
 /// The limits in force; see [`Limits::default`] for the values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -181,10 +183,33 @@ fn duration(value: &Expression) -> Result<Duration, String> {
     let Expression::String(text) = value else {
         return Err("expected a duration such as \"10s\"".into());
     };
-    humantime::parse_duration(text)
-        .ok()
-        .filter(|d| *d >= Duration::from_millis(100) && *d <= Duration::from_secs(86_400))
-        .ok_or_else(|| format!("{text:?} is not a duration between 100ms and 24h"))
+    super::duration::bounded(
+        text,
+        &super::duration::Bounds {
+            least: Duration::from_millis(100),
+            most: Duration::from_secs(86_400),
+            range: "100ms and 24h",
+            example: "10s",
+        },
+    )
+}
+
+/// What a node announces of its limits to its peers.
+impl From<&Limits> for PeerLimits {
+    fn from(limits: &Limits) -> Self {
+        PeerLimits {
+            max_request_size: limits.max_request_size,
+            max_file_size: limits.max_file_size,
+            max_batch_entries: limits.max_batch_entries,
+        }
+    }
+}
+
+impl Default for PeerLimits {
+    /// What a peer that announces nothing is assumed to accept: the defaults.
+    fn default() -> Self {
+        PeerLimits::from(&Limits::default())
+    }
 }
 
 #[cfg(test)]

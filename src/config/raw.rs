@@ -9,8 +9,7 @@ use std::path::Path;
 use hcl::{Block, Expression, Structure};
 
 use super::ConfigError;
-use crate::actions::{BackupBlock, RunOn};
-use crate::limits::Limits;
+use super::{BackupBlock, Limits, RunOn};
 
 pub(super) const KNOWN_KEYS: &[&str] = &[
     "bind_address",

@@ -202,7 +202,7 @@ fn example_config_in_contrib_parses() {
     assert_eq!(haproxy.backup.as_ref().unwrap().keep, 5);
     assert!(haproxy.actions.validate.is_some());
     assert_eq!(haproxy.actions.on_change.len(), 1);
-    assert_eq!(c.limits, crate::limits::Limits::default());
+    assert_eq!(c.limits, crate::config::Limits::default());
 }
 
 #[test]
@@ -337,7 +337,7 @@ fn bad_actions_and_backups_are_refused_naming_the_key() {
     let c = parse(&with("validate = \"true\"\nrun_on = \"local\"", "")).unwrap();
     let actions = &c.directories[1].actions;
     assert_eq!(actions.validate.as_deref(), Some("true"));
-    assert_eq!(actions.run_on, crate::actions::RunOn::Local);
+    assert_eq!(actions.run_on, crate::config::RunOn::Local);
 }
 
 #[test]

@@ -339,8 +339,10 @@ mod tests {
         );
 
         let limits: BTreeSet<String> = first_cells("### Limits").into_iter().collect();
-        let accepted_limits: BTreeSet<String> =
-            crate::limits::KEYS.iter().map(|k| k.to_string()).collect();
+        let accepted_limits: BTreeSet<String> = crate::config::limits::KEYS
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
         assert_eq!(
             limits, accepted_limits,
             "the README's limits table (left) and the parser's limits keys (right) differ"

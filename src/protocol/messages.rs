@@ -209,23 +209,6 @@ pub struct PeerLimits {
     pub max_batch_entries: usize,
 }
 
-impl From<&crate::limits::Limits> for PeerLimits {
-    fn from(limits: &crate::limits::Limits) -> Self {
-        PeerLimits {
-            max_request_size: limits.max_request_size,
-            max_file_size: limits.max_file_size,
-            max_batch_entries: limits.max_batch_entries,
-        }
-    }
-}
-
-impl Default for PeerLimits {
-    /// What a peer that announces nothing is assumed to accept: the defaults.
-    fn default() -> Self {
-        PeerLimits::from(&crate::limits::Limits::default())
-    }
-}
-
 /// The receiver's answer to a batch, one result per operation in order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApplyResponse {

@@ -366,7 +366,8 @@ async fn apply_and_validate(
     .map_err(|e| format!("apply failed: {e}"))?;
 
     let touched = applied.touched(&node.config);
-    for (dir_path, why) in actions::validate(&node.config, &touched, actions::Side::Received).await
+    for (dir_path, why) in
+        actions::validate(&node.config, &touched, crate::config::Side::Received).await
     {
         let reason = format!("validation failed: {why}");
         let changed = touched.get(&dir_path).map_or(0, Vec::len);
@@ -425,7 +426,7 @@ async fn run_on_change(
             &node.config,
             &dir,
             &paths,
-            actions::Side::Received,
+            crate::config::Side::Received,
         )
         .await;
         for result in results {

@@ -79,7 +79,12 @@ pub(super) fn watch_tree(watcher: &mut Watch, top: &std::path::Path) -> notify::
 
 fn is_out_of_watches(err: &notify::Error) -> bool {
     matches!(&err.kind, notify::ErrorKind::MaxFilesWatch)
-        || matches!(&err.kind, notify::ErrorKind::Io(io) if io.raw_os_error() == Some(28))
+        || matches!(&err.kind, notify::ErrorKind::Io(io) if is_enospc(io))
+}
+
+/// inotify answers ENOSPC when the user's watches run out.
+fn is_enospc(io: &std::io::Error) -> bool {
+    io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
 }
 
 /// Words for watch errors; running out of inotify watches names the sysctl to raise.
@@ -90,7 +95,7 @@ pub(super) fn describe(err: &notify::Error) -> String {
              `sysctl fs.inotify.max_user_watches=524288`)"
                 .to_string()
         }
-        notify::ErrorKind::Io(io) if io.raw_os_error() == Some(28) => {
+        notify::ErrorKind::Io(io) if is_enospc(io) => {
             "out of inotify watches (ENOSPC): raise fs.inotify.max_user_watches (for example \
              `sysctl fs.inotify.max_user_watches=524288`)"
                 .to_string()
