@@ -18,6 +18,7 @@ pub mod docs;
 pub mod group;
 pub mod manifest;
 pub mod metrics;
+pub mod node;
 pub mod ops;
 pub mod paths;
 pub mod plan;

@@ -18,12 +18,11 @@ use tracing::{debug, info, warn};
 use crate::manifest;
 use crate::paths::is_within;
 
-use crate::server::{Node, PeerRecord};
+use crate::node::{Node, Outbox, PeerRecord};
 use crate::sync::{
     digests_agree, directories_differing, missing_directories, ChangeStatus, Engine, Options,
     PeerReport,
 };
-use crate::watcher::Outbox;
 
 /// Paths named in a drift warning before it says "and N more".
 const DRIFT_PATHS_SHOWN: usize = 10;

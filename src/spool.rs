@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
 use crate::config::Config;
-use crate::watcher::{Known, Outbox};
+use crate::node::{Known, Outbox};
 
 /// The spool's file in the state directory.
 pub const SPOOL_FILE: &str = "outbox.json";
@@ -373,8 +373,8 @@ fn parse(text: &[u8], config: &Config) -> Result<Spooled, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::Held;
     use crate::testing::{config_at, file_entry};
-    use crate::watcher::Held;
 
     fn spooled_text(path: &str) -> String {
         let entry = serde_json::to_string(&file_entry(b"v1")).unwrap();
@@ -415,7 +415,7 @@ mod tests {
                 Known {
                     holds: None,
                     held: Some(Held::Rejected("validation failed".into())),
-                    sent: Some(crate::watcher::Sent {
+                    sent: Some(crate::node::Sent {
                         entry: Some(file_entry(b"v2")),
                     }),
                     provisional: false,

@@ -12,12 +12,12 @@
 //! outboxes. The rest is in child modules: `queue` (the notify callback's side and
 //! [`Change`]), `burst` (when a burst is complete), `writers` (which files processes
 //! hold open for writing), `directories` (starting the watch,
-//! directory identity and re-watching) and `outbox` (the per-peer [`Outbox`] and
-//! [`deliver`], with retry and backoff).
+//! directory identity and re-watching) and `deliver` ([`deliver`]: a task per peer that
+//! empties its [`Outbox`](crate::node::Outbox), with retry and backoff).
 
 mod burst;
+mod deliver;
 mod directories;
-mod outbox;
 mod queue;
 mod writers;
 
@@ -28,14 +28,14 @@ use std::time::Instant;
 use tracing::{debug, error, warn};
 
 use self::burst::{Burst, Overdue};
+pub use self::deliver::deliver;
 use self::directories::{directory_identity, rewatch, DirectoryIdentity};
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
-pub use self::outbox::{deliver, Held, Known, Outbox, Sent};
 pub use self::queue::{Change, ChangeKind, Queue, QueueReceiver, Taken, WATCH_QUEUE_EVENTS};
 use crate::actions;
 use crate::manifest::{self, Generation};
+use crate::node::Node;
 use crate::paths::is_within;
-use crate::server::Node;
 use crate::sync::Engine;
 use crate::versions::Versions;
 

@@ -397,7 +397,7 @@ async fn pushes_fit_the_receivers_request_file_and_entry_limits() {
     );
     // (Over max_request_size the answer is a 413, sent before the body is read: asked
     // through the router, since a client still sending the body may not see it.)
-    let app = gosyncd::server::router(Arc::new(gosyncd::server::Node::new(
+    let app = gosyncd::server::router(Arc::new(gosyncd::node::Node::new(
         n1.config.clone(),
         Arc::new(gosyncd::manifest::HashCache::default()),
         None,

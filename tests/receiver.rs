@@ -12,12 +12,13 @@ use axum::http::{Request, StatusCode};
 use common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
 use gosyncd::manifest::{self, HashCache, Manifest};
+use gosyncd::node::Node;
 use gosyncd::plan::plan;
 use gosyncd::protocol::{
     encode_batch, Action, BatchHeader, Content, Op, Outcome, APPLY_ROUTE, BATCH_CONTENT_TYPE,
     MAX_APPLY_BODY_BYTES,
 };
-use gosyncd::server::{router, Node};
+use gosyncd::server::router;
 use tower::ServiceExt;
 
 /// A group of two whose directory `/etc/app` excludes `/etc/app/private` and `*.swp`,

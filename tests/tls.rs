@@ -210,7 +210,7 @@ async fn server_certificate_from_another_ca_is_rejected_with_a_tls_message() {
         .unwrap()
         .server_config()
         .unwrap();
-    let node = Arc::new(gosyncd::server::Node::new(
+    let node = Arc::new(gosyncd::node::Node::new(
         Arc::new(config),
         Arc::new(gosyncd::manifest::HashCache::default()),
         None,

@@ -20,8 +20,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use super::{router, ClientAddr, ClientSubject, Node};
+use super::{router, ClientAddr, ClientSubject};
 use crate::config::BindAddress;
+use crate::node::Node;
 use crate::tls;
 
 /// Binds the configured address. `":port"` listens on every address, IPv6 dual-stack

@@ -21,10 +21,11 @@ use axum::{Extension, Json, Router};
 use tracing::{debug, info, warn};
 
 use super::body::{self, BodyError};
-use super::{ClientAddr, ClientSubject, Node};
+use super::{ClientAddr, ClientSubject};
 use crate::actions;
 use crate::apply;
 use crate::manifest;
+use crate::node::Node;
 use crate::paths;
 use crate::protocol::{
     self, Action, ActionReport, ApplyResponse, ErrorBody, Found, Identity, ManifestRequest,

@@ -1,9 +1,12 @@
-//! What a serving node holds between requests: its configuration and identity, the
-//! locks and budgets that bound what requests may claim, the counters of its status
-//! route and what its watcher knows of each peer.
+//! What a node's daemon shares between its parts (the API's routes, the watcher, the
+//! periodic comparison, the metrics): its configuration and identity, the locks and
+//! budgets that bound what requests may claim, the counters of its status route, and a
+//! record per peer with its [`Outbox`] (child module `outbox`: what the peer is known to
+//! hold where it differs).
 //!
-//! It holds state and answers questions about it; it must not decode requests or touch
-//! a socket (that is the routes' and the listener's work).
+//! It holds state and answers questions about it; it must not decode requests, touch a
+//! socket (the server's work) or watch the tree (the watcher's). Those layers import it,
+//! never the reverse.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +24,10 @@ use crate::protocol::{
 };
 use crate::sync::PeerLink;
 use crate::versions::Versions;
-use crate::watcher::Outbox;
+
+mod outbox;
+
+pub use outbox::{Held, Known, Outbox, Sent};
 
 /// What a serving node knows and shares between requests.
 pub struct Node {
@@ -31,9 +37,9 @@ pub struct Node {
     pub owners: bool,
     pub cache: Arc<HashCache>,
     /// Batches are applied one at a time, so that two pushes never interleave.
-    pub(super) apply_lock: Arc<Mutex<()>>,
+    pub(crate) apply_lock: Arc<Mutex<()>>,
     /// Apply requests being received or applied (`max_concurrent_applies`).
-    pub(super) applies: Arc<Semaphore>,
+    pub(crate) applies: Arc<Semaphore>,
     /// A daemon's memory of each path's version; what a push applies is recorded there
     /// before the watcher can see the write.
     pub versions: Option<Arc<Versions>>,
@@ -51,7 +57,7 @@ pub struct Node {
     /// Counts the changes seen in the tree (a daemon's watcher and applied batches).
     pub generation: Arc<Generation>,
     /// The last answer to a request for the whole tree's digests, while it is current.
-    pub(super) digests: std::sync::Mutex<Option<KeptDigests>>,
+    pub(crate) digests: std::sync::Mutex<Option<KeptDigests>>,
 }
 
 /// How long an answer to a digests request is kept while the watcher sees no change: a
@@ -60,11 +66,11 @@ pub struct Node {
 const DIGESTS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An answer to a request for digests, kept for the next request while nothing changed.
-pub(super) struct KeptDigests {
+pub(crate) struct KeptDigests {
     /// The tree's generation when the scan it comes from began.
-    pub(super) generation: u64,
-    pub(super) at: std::time::Instant,
-    pub(super) answer: ManifestResponse,
+    pub(crate) generation: u64,
+    pub(crate) at: std::time::Instant,
+    pub(crate) answer: ManifestResponse,
 }
 
 /// Everything a daemon knows of one peer, in one place: how to reach it (the client and

@@ -1,5 +1,6 @@
 //! The per-peer outbox: what one peer is known to hold where it differs from this node,
-//! and the task that delivers what waits, retrying with exponential backoff.
+//! and what waits to be delivered to it. The watcher's delivery task
+//! (`watcher::deliver`) empties it, retrying with exponential backoff.
 //!
 //! What a peer holds is learnt from its answers, never assumed: a change it did not apply
 //! (rejected by its `validate`, refused, conflicting, failed) leaves the state the peer
@@ -12,27 +13,15 @@
 //! engine's push answers with typed outcomes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
-use tracing::{debug, error, info, warn};
+use tokio::sync::Notify;
 
 use crate::manifest::Manifest;
 use crate::paths::is_within;
-use crate::plan::plan;
 use crate::protocol::{Entry, HeldKind, Op};
-use crate::server::{Node, PeerRecord};
-use crate::spool::Spool;
-use crate::sync::{ChangeStatus, Engine, PeerReport};
-use crate::versions::Versions;
-
-/// First wait before retrying an unreachable peer.
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// Longest wait between retries.
-const RETRY_MAX: Duration = Duration::from_secs(60);
+use crate::sync::{ChangeStatus, PeerReport};
 
 /// What one peer is known to hold at a path where it differs from this node, and
 /// whether that difference waits to be delivered or is held.
@@ -107,10 +96,10 @@ impl Held {
 pub struct Outbox {
     paths: Mutex<Paths>,
     /// New changes to deliver.
-    wake: Notify,
+    pub(crate) wake: Notify,
     /// The peer was heard from (it may be back): retry now rather than at the end of
     /// the backoff.
-    contact: Notify,
+    pub(crate) contact: Notify,
 }
 
 /// The differences of one peer, and those being pushed to it.
@@ -165,13 +154,13 @@ struct InFlight {
 
 /// How a delivery ended, for the delivering loop.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Settled {
+pub(crate) struct Settled {
     /// Paths now known to hold this node's version.
-    pub(super) delivered: usize,
+    pub(crate) delivered: usize,
     /// Paths put back to be retried (a passing failure).
-    pub(super) retry: usize,
+    pub(crate) retry: usize,
     /// Paths held until their next edit.
-    pub(super) held: usize,
+    pub(crate) held: usize,
 }
 
 impl Outbox {
@@ -256,7 +245,7 @@ impl Outbox {
 
     /// Takes the differences waiting for delivery (the held ones stay), and keeps them
     /// as in flight until [`Outbox::settle`].
-    fn take(&self) -> BTreeMap<String, Known> {
+    pub(crate) fn take(&self) -> BTreeMap<String, Known> {
         let mut paths = self.paths.lock().expect("outbox lock");
         let waiting: Vec<String> = paths
             .known
@@ -282,7 +271,7 @@ impl Outbox {
     }
 
     /// Notes what is being sent for paths in flight (`None` in `ours`: a deletion).
-    fn sending(&self, ours: &Manifest) {
+    pub(crate) fn sending(&self, ours: &Manifest) {
         let mut paths = self.paths.lock().expect("outbox lock");
         for (path, flight) in paths.in_flight.iter_mut() {
             flight.sent = Some(Sent {
@@ -292,7 +281,7 @@ impl Outbox {
     }
 
     /// Puts taken differences back as they were (their push was not even tried).
-    fn put_back(&self, taken: BTreeMap<String, Known>) {
+    pub(crate) fn put_back(&self, taken: BTreeMap<String, Known>) {
         let mut paths = self.paths.lock().expect("outbox lock");
         for (path, known) in taken {
             paths.in_flight.remove(&path);
@@ -311,17 +300,23 @@ impl Outbox {
     /// Puts back what a delivery learnt of `path`: the peer holds `holds`. A newer edit
     /// merged while the push was under way stays waiting, now against that state;
     /// otherwise the path waits (`held` is `None`) or is held.
-    fn learn(&self, path: String, holds: Option<Entry>, held: Option<Held>) {
+    pub(crate) fn learn(&self, path: String, holds: Option<Entry>, held: Option<Held>) {
         self.put(path, holds, held, false);
     }
 
     /// [`Outbox::learn`] after a push whose answer never came: the peer may hold the
     /// version sent, and is asked before the next push.
-    fn unanswered(&self, path: String, holds: Option<Entry>) {
+    pub(crate) fn unanswered(&self, path: String, holds: Option<Entry>) {
         self.put(path, holds, None, true);
     }
 
-    fn put(&self, path: String, holds: Option<Entry>, held: Option<Held>, maybe_sent: bool) {
+    pub(crate) fn put(
+        &self,
+        path: String,
+        holds: Option<Entry>,
+        held: Option<Held>,
+        maybe_sent: bool,
+    ) {
         let mut paths = self.paths.lock().expect("outbox lock");
         let flight = paths.in_flight.remove(&path);
         let sent = if maybe_sent {
@@ -346,7 +341,7 @@ impl Outbox {
     }
 
     /// The push of `path` landed: the peer holds this node's version.
-    fn delivered(&self, path: &str) {
+    pub(crate) fn delivered(&self, path: &str) {
         self.paths
             .lock()
             .expect("outbox lock")
@@ -356,7 +351,7 @@ impl Outbox {
 
     /// Records how the push of `sent` (path -> what the peer was expected to hold)
     /// ended, from the peer's answers.
-    pub(super) fn settle(
+    pub(crate) fn settle(
         &self,
         sent: BTreeMap<String, Option<Entry>>,
         report: &PeerReport,
@@ -568,218 +563,6 @@ fn bounded(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
-}
-
-/// Delivers one peer's outbox: the latest content of every waiting path, in one
-/// request, retried with exponential backoff while the peer is unreachable or a path
-/// failed for a passing reason.
-///
-/// Returns when `stopping` turns true while it is idle or waiting to retry; a push under
-/// way is finished first.
-pub async fn deliver(
-    engine: Arc<Engine>,
-    node: Arc<Node>,
-    versions: Arc<Versions>,
-    record: Arc<PeerRecord>,
-    spool: Option<Arc<Spool>>,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let peer = record.label().to_string();
-    let outbox = &record.outbox;
-    let mut backoff: Option<Duration> = None;
-    let mut unreachable = false;
-    loop {
-        let wait = async {
-            match backoff {
-                None => tokio::select! {
-                    _ = outbox.wake.notified() => {}
-                    _ = outbox.contact.notified() => {}
-                },
-                // A new edit goes at once too: one path that keeps failing must not hold
-                // back every later edit for this peer.
-                Some(wait) => tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = outbox.contact.notified() => {}
-                    _ = outbox.wake.notified() => {}
-                },
-            }
-        };
-        tokio::select! {
-            _ = wait => {}
-            _ = stopping.wait_for(|stop| *stop) => {
-                if !outbox.is_empty() {
-                    let kept = if spool.is_some() { "kept in the spool, delivered after the next start" } else { "lost" };
-                    warn!(%peer, pending = outbox.len(), "stopping with changes not delivered to this peer: {kept}");
-                }
-                return;
-            }
-        }
-        let taken = outbox.take();
-        if taken.is_empty() {
-            backoff = None;
-            continue;
-        }
-        // Pushes a previous daemon left under way: ask the peer which version it holds.
-        let pending = match resolve_sent(&record, &taken).await {
-            Ok(pending) => pending,
-            Err(e) => {
-                if !unreachable {
-                    warn!(%peer, pending = taken.len(), "peer unreachable, changes kept and retried: {e}");
-                }
-                unreachable = true;
-                record.set_unreachable(!e.is_refusal());
-                outbox.put_back(taken);
-                backoff = Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)));
-                continue;
-            }
-        };
-        // Send the versions this node recorded, never a newer scan: every state a peer
-        // receives is one the versions map knew, so the expectations of later bursts
-        // (planned against that map) hold on the peer. A file written again since
-        // its version was recorded is put back below and sent by the write's burst.
-        let ours: Manifest = pending
-            .keys()
-            .filter_map(|p| versions.get(p).map(|e| (p.clone(), e)))
-            .collect();
-        let theirs: Manifest = pending
-            .iter()
-            .filter_map(|(p, e)| e.clone().map(|e| (p.clone(), e)))
-            .collect();
-        let ops = plan(&ours, &theirs, node.owners);
-        if ops.is_empty() {
-            // The peer holds this node's version of every path: nothing to send.
-            outbox.settle(pending, &PeerReport::default());
-            backoff = None;
-            save(&spool).await;
-            continue;
-        }
-        let count = ops.len();
-        outbox.sending(&ours);
-        let report = engine.push_to(&record.link, ops).await;
-        node.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        let conflicts = report
-            .changes
-            .iter()
-            .filter(|c| matches!(&c.status, ChangeStatus::Conflict(_)))
-            .count() as u64;
-        record.pushed(
-            report.error.clone().map_or(Ok(conflicts), Err),
-            report.bytes_sent,
-        );
-        if report.error.is_none() {
-            log_changes(&node, &report);
-        }
-        let waiting = pending.len();
-        let done: Vec<String> = report
-            .changes
-            .iter()
-            .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
-            .map(|c| c.path.clone())
-            .collect();
-        record.delivered(&done);
-        let settled = outbox.settle(pending, &report);
-        save(&spool).await;
-        record.set_unreachable(report.error.is_some() && !report.refused);
-        match (&report.error, report.refused) {
-            (Some(e), true) => {
-                error!(%peer, changes = count, "peer refused the push, held until these paths are edited again: {e}");
-            }
-            (Some(e), false) => {
-                if !unreachable {
-                    let kept = if spool.is_some() {
-                        "kept in the spool"
-                    } else {
-                        "kept in memory"
-                    };
-                    warn!(%peer, pending = waiting, "peer unreachable, changes {kept} and retried: {e}");
-                }
-                unreachable = true;
-            }
-            (None, _) => {
-                if std::mem::take(&mut unreachable) {
-                    info!(%peer, changes = count, "peer reachable again, pending changes delivered");
-                }
-            }
-        }
-        backoff = if settled.retry > 0 {
-            Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)))
-        } else {
-            None
-        };
-        debug!(%peer, ?settled, "delivery settled");
-    }
-}
-
-/// What the peer holds at each taken path, for planning: what it was expected to hold,
-/// except where a push was under way when a previous daemon stopped (`sent`): the peer
-/// is asked, and where it holds the version sent, that is what it holds. Where it holds
-/// neither, the expectation stays, and the push is refused as a conflict (reported)
-/// rather than overwrite it.
-async fn resolve_sent(
-    record: &PeerRecord,
-    taken: &BTreeMap<String, Known>,
-) -> Result<BTreeMap<String, Option<Entry>>, crate::client::PeerError> {
-    let mut pending: BTreeMap<String, Option<Entry>> = taken
-        .iter()
-        .map(|(path, known)| (path.clone(), known.holds.clone()))
-        .collect();
-    let uncertain: Vec<(&String, &Sent)> = taken
-        .iter()
-        .filter_map(|(path, known)| known.sent.as_ref().map(|sent| (path, sent)))
-        .collect();
-    if uncertain.is_empty() {
-        return Ok(pending);
-    }
-    let scope: Vec<String> = uncertain.iter().map(|(path, _)| (*path).clone()).collect();
-    let listing = record.link.peer.manifest(&scope).await?;
-    for (path, sent) in uncertain {
-        let now = listing
-            .entries
-            .iter()
-            .find(|w| &w.path == path)
-            .map(|w| &w.entry);
-        let delivered = match (now, &sent.entry) {
-            (None, None) => true,
-            (Some(now), Some(sent)) => now.same_state(sent, listing.owners),
-            _ => false,
-        };
-        if delivered {
-            pending.insert(path.clone(), sent.entry.clone());
-        }
-    }
-    Ok(pending)
-}
-
-/// Writes the spool after a delivery, on a thread that may block; its directory is not
-/// flushed (a change delivered twice after a power loss is harmless: the peer finds it
-/// already holds it).
-async fn save(spool: &Option<Arc<Spool>>) {
-    if let Some(spool) = spool.clone() {
-        let _ = tokio::task::spawn_blocking(move || spool.save(false)).await;
-    }
-}
-
-fn log_changes(node: &Node, report: &PeerReport) {
-    for change in &report.changes {
-        if report.changed_locally.contains(&change.path) {
-            continue;
-        }
-        match &change.status {
-            ChangeStatus::Conflict(_) => {
-                node.stats
-                    .conflicts_reported
-                    .fetch_add(1, Ordering::Relaxed);
-                error!(
-                    "{change}; nothing was overwritten: run `gosyncd sync` on the node whose version should win"
-                );
-            }
-            ChangeStatus::Failed(_) => warn!("{change}; retried"),
-            ChangeStatus::Refused(_) | ChangeStatus::Rejected(_) => {
-                warn!("{change}; held until the path is edited here again")
-            }
-            ChangeStatus::Done(_) | ChangeStatus::Kept(_) => info!("{change}"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,237 @@
+//! Delivery of one peer's outbox: the task that pushes what waits for the peer through
+//! the engine, retrying with exponential backoff while the peer is unreachable or a path
+//! failed for a passing reason, and learns from each answer what the peer holds (the
+//! [`Outbox`] keeps it).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use crate::manifest::Manifest;
+use crate::node::{Known, Node, PeerRecord, Sent};
+use crate::plan::plan;
+use crate::protocol::Entry;
+use crate::spool::Spool;
+use crate::sync::{ChangeStatus, Engine, PeerReport};
+use crate::versions::Versions;
+
+/// First wait before retrying an unreachable peer.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Delivers one peer's outbox: the latest content of every waiting path, in one
+/// request, retried with exponential backoff while the peer is unreachable or a path
+/// failed for a passing reason.
+///
+/// Returns when `stopping` turns true while it is idle or waiting to retry; a push under
+/// way is finished first.
+pub async fn deliver(
+    engine: Arc<Engine>,
+    node: Arc<Node>,
+    versions: Arc<Versions>,
+    record: Arc<PeerRecord>,
+    spool: Option<Arc<Spool>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let peer = record.label().to_string();
+    let outbox = &record.outbox;
+    let mut backoff: Option<Duration> = None;
+    let mut unreachable = false;
+    loop {
+        let wait = async {
+            match backoff {
+                None => tokio::select! {
+                    _ = outbox.wake.notified() => {}
+                    _ = outbox.contact.notified() => {}
+                },
+                // A new edit goes at once too: one path that keeps failing must not hold
+                // back every later edit for this peer.
+                Some(wait) => tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = outbox.contact.notified() => {}
+                    _ = outbox.wake.notified() => {}
+                },
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = stopping.wait_for(|stop| *stop) => {
+                if !outbox.is_empty() {
+                    let kept = if spool.is_some() { "kept in the spool, delivered after the next start" } else { "lost" };
+                    warn!(%peer, pending = outbox.len(), "stopping with changes not delivered to this peer: {kept}");
+                }
+                return;
+            }
+        }
+        let taken = outbox.take();
+        if taken.is_empty() {
+            backoff = None;
+            continue;
+        }
+        // Pushes a previous daemon left under way: ask the peer which version it holds.
+        let pending = match resolve_sent(&record, &taken).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                if !unreachable {
+                    warn!(%peer, pending = taken.len(), "peer unreachable, changes kept and retried: {e}");
+                }
+                unreachable = true;
+                record.set_unreachable(!e.is_refusal());
+                outbox.put_back(taken);
+                backoff = Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)));
+                continue;
+            }
+        };
+        // Send the versions this node recorded, never a newer scan: every state a peer
+        // receives is one the versions map knew, so the expectations of later bursts
+        // (planned against that map) hold on the peer. A file written again since
+        // its version was recorded is put back below and sent by the write's burst.
+        let ours: Manifest = pending
+            .keys()
+            .filter_map(|p| versions.get(p).map(|e| (p.clone(), e)))
+            .collect();
+        let theirs: Manifest = pending
+            .iter()
+            .filter_map(|(p, e)| e.clone().map(|e| (p.clone(), e)))
+            .collect();
+        let ops = plan(&ours, &theirs, node.owners);
+        if ops.is_empty() {
+            // The peer holds this node's version of every path: nothing to send.
+            outbox.settle(pending, &PeerReport::default());
+            backoff = None;
+            save(&spool).await;
+            continue;
+        }
+        let count = ops.len();
+        outbox.sending(&ours);
+        let report = engine.push_to(&record.link, ops).await;
+        node.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        let conflicts = report
+            .changes
+            .iter()
+            .filter(|c| matches!(&c.status, ChangeStatus::Conflict(_)))
+            .count() as u64;
+        record.pushed(
+            report.error.clone().map_or(Ok(conflicts), Err),
+            report.bytes_sent,
+        );
+        if report.error.is_none() {
+            log_changes(&node, &report);
+        }
+        let waiting = pending.len();
+        let done: Vec<String> = report
+            .changes
+            .iter()
+            .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
+            .map(|c| c.path.clone())
+            .collect();
+        record.delivered(&done);
+        let settled = outbox.settle(pending, &report);
+        save(&spool).await;
+        record.set_unreachable(report.error.is_some() && !report.refused);
+        match (&report.error, report.refused) {
+            (Some(e), true) => {
+                error!(%peer, changes = count, "peer refused the push, held until these paths are edited again: {e}");
+            }
+            (Some(e), false) => {
+                if !unreachable {
+                    let kept = if spool.is_some() {
+                        "kept in the spool"
+                    } else {
+                        "kept in memory"
+                    };
+                    warn!(%peer, pending = waiting, "peer unreachable, changes {kept} and retried: {e}");
+                }
+                unreachable = true;
+            }
+            (None, _) => {
+                if std::mem::take(&mut unreachable) {
+                    info!(%peer, changes = count, "peer reachable again, pending changes delivered");
+                }
+            }
+        }
+        backoff = if settled.retry > 0 {
+            Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)))
+        } else {
+            None
+        };
+        debug!(%peer, ?settled, "delivery settled");
+    }
+}
+
+/// What the peer holds at each taken path, for planning: what it was expected to hold,
+/// except where a push was under way when a previous daemon stopped (`sent`): the peer
+/// is asked, and where it holds the version sent, that is what it holds. Where it holds
+/// neither, the expectation stays, and the push is refused as a conflict (reported)
+/// rather than overwrite it.
+async fn resolve_sent(
+    record: &PeerRecord,
+    taken: &BTreeMap<String, Known>,
+) -> Result<BTreeMap<String, Option<Entry>>, crate::client::PeerError> {
+    let mut pending: BTreeMap<String, Option<Entry>> = taken
+        .iter()
+        .map(|(path, known)| (path.clone(), known.holds.clone()))
+        .collect();
+    let uncertain: Vec<(&String, &Sent)> = taken
+        .iter()
+        .filter_map(|(path, known)| known.sent.as_ref().map(|sent| (path, sent)))
+        .collect();
+    if uncertain.is_empty() {
+        return Ok(pending);
+    }
+    let scope: Vec<String> = uncertain.iter().map(|(path, _)| (*path).clone()).collect();
+    let listing = record.link.peer.manifest(&scope).await?;
+    for (path, sent) in uncertain {
+        let now = listing
+            .entries
+            .iter()
+            .find(|w| &w.path == path)
+            .map(|w| &w.entry);
+        let delivered = match (now, &sent.entry) {
+            (None, None) => true,
+            (Some(now), Some(sent)) => now.same_state(sent, listing.owners),
+            _ => false,
+        };
+        if delivered {
+            pending.insert(path.clone(), sent.entry.clone());
+        }
+    }
+    Ok(pending)
+}
+
+/// Writes the spool after a delivery, on a thread that may block; its directory is not
+/// flushed (a change delivered twice after a power loss is harmless: the peer finds it
+/// already holds it).
+async fn save(spool: &Option<Arc<Spool>>) {
+    if let Some(spool) = spool.clone() {
+        let _ = tokio::task::spawn_blocking(move || spool.save(false)).await;
+    }
+}
+
+fn log_changes(node: &Node, report: &PeerReport) {
+    for change in &report.changes {
+        if report.changed_locally.contains(&change.path) {
+            continue;
+        }
+        match &change.status {
+            ChangeStatus::Conflict(_) => {
+                node.stats
+                    .conflicts_reported
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(
+                    "{change}; nothing was overwritten: run `gosyncd sync` on the node whose version should win"
+                );
+            }
+            ChangeStatus::Failed(_) => warn!("{change}; retried"),
+            ChangeStatus::Refused(_) | ChangeStatus::Rejected(_) => {
+                warn!("{change}; held until the path is edited here again")
+            }
+            ChangeStatus::Done(_) | ChangeStatus::Kept(_) => info!("{change}"),
+        }
+    }
+}
