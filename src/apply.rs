@@ -9,12 +9,14 @@
 //! fsynced, given its mode, owner and mtime, renamed over the target, and followed by an
 //! fsync of the directory: a crash leaves the old file or the new one, never a mix.
 //!
-//! Split by stage: `confine` checks a whole batch before anything is written; `batch`
-//! runs it and holds the results until they are committed or rejected; `session`
-//! carries out each operation, deferring renames and flushes to the end of the batch;
-//! `fs` holds the primitives that open, read and change one name without following a
-//! link. This file re-exports what the rest of the crate calls and holds the property
-//! test of the receiver as a whole.
+//! The path rules and the no-follow opening of directories are [`crate::tree`]'s, shared
+//! with the sender and the scans. Split by stage: `confine` checks a whole batch before
+//! anything is written; `staging` receives the batch's contents into temporary files;
+//! `batch` runs it and holds the results until they are committed or rejected;
+//! `session` carries out each operation, deferring renames and flushes to the end of
+//! the batch; `fs` holds the primitives that read and change one name only while it
+//! holds what was checked. This file re-exports what the rest of the crate calls and
+//! holds the property test of the receiver as a whole.
 
 mod batch;
 mod confine;
@@ -23,16 +25,11 @@ mod session;
 mod staging;
 
 pub use batch::{apply_batch, apply_body, Applied};
+pub use confine::validate_batch;
 pub(crate) use confine::{check_entry, check_mode};
-pub use confine::{confine, validate_batch};
 pub use fs::remove_stale_temp_files;
-pub(crate) use fs::{open_dir, open_parent, open_regular, state_of, temp_name, Blocked, Parents};
+pub(crate) use fs::state_of;
 pub use staging::{receive, Staged};
-
-/// Whether this process can apply owners.
-pub fn applies_owners() -> bool {
-    rustix::process::geteuid().is_root()
-}
 
 /// The configuration of this module's unit tests: `/etc/app` below `root`, with
 /// `/etc/app/private` and `*.swp` excluded.

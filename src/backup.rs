@@ -62,7 +62,7 @@ pub fn save(
         version = version_now();
     }
     if let Content::File { .. } = entry.content {
-        let source = crate::apply::open_regular(parent, name)?;
+        let source = crate::tree::open_regular(parent, name)?;
         let mut source = File::from(source);
         let partial = dir.join(format!(".{version}.partial"));
         let mut copy = OpenOptions::new()
@@ -201,7 +201,7 @@ mod tests {
             directory: tmp.path().join("backups"),
             keep: 2,
         };
-        let parent = crate::apply::open_dir(&live).unwrap();
+        let parent = crate::tree::open_dir(&live).unwrap();
         for content in ["one", "two", "three"] {
             fs::write(live.join("app.cfg"), content).unwrap();
             save(

@@ -62,7 +62,7 @@ impl Daemon {
         let server_tls = tls.server_config()?;
         // The state directory is this daemon's before anything is recovered or cleaned:
         // a second daemon on it must stop before it touches the first one's files.
-        let spool = crate::spool::Spool::open(&config.state_directory)?;
+        let spool = crate::node::Spool::open(&config.state_directory)?;
         let (cache, versions) = {
             let config = config.clone();
             tokio::task::spawn_blocking(move || {

@@ -19,15 +19,15 @@ pub fn read_text(config: &Config, path: &str, limit: u64) -> FileText {
         note: Some(n.to_string()),
         deferred: false,
     };
-    let Ok(dir) = crate::apply::confine(config, path) else {
+    let Ok(dir) = crate::tree::confine(config, path) else {
         return note("outside the configured directories");
     };
-    let (parent, name) = match crate::apply::open_parent(config, dir, path) {
+    let (parent, name) = match crate::tree::open_parent(config, dir, path) {
         Ok(found) => found,
         Err(e) if e.missing => return note("missing"),
         Err(e) => return note(&e.to_string()),
     };
-    let fd = match crate::apply::open_regular(&parent, &name) {
+    let fd = match crate::tree::open_regular(&parent, &name) {
         Ok(fd) => fd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return note("missing"),
         Err(_) => return note("not a regular file"),

@@ -27,9 +27,9 @@ pub mod protocol;
 pub mod reconcile;
 pub(crate) mod rollback;
 pub mod server;
-pub mod spool;
 pub mod sync;
 pub mod tls;
+pub mod tree;
 
 pub mod daemon;
 #[cfg(test)]

@@ -17,23 +17,13 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::apply::Parents;
 use crate::config::{Config, Directory};
 use crate::paths::in_scope;
 use crate::protocol::{Content, Digest256, Entry};
+use crate::tree::{is_temp_name, Parents};
 
 /// Logical path -> state, ordered so that parents come before their children.
 pub type Manifest = BTreeMap<String, Entry>;
-
-/// Prefix of the temporary files gosyncd writes next to their targets; never synced.
-pub const TEMP_PREFIX: &str = ".gosyncd-";
-/// Suffix of those temporary files.
-pub const TEMP_SUFFIX: &str = ".tmp";
-
-/// Whether a file name is one of gosyncd's own temporary files.
-pub fn is_temp_name(name: &str) -> bool {
-    name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
-}
 
 /// A digest of the part of `entries` inside configured directory `dir` that `keep`
 /// keeps: what two nodes compare to learn, without listing it, whether they hold the
@@ -708,7 +698,15 @@ mod tests {
         ] {
             std::fs::write(app.join(file), file).unwrap();
         }
-        std::fs::write(app.join(format!("{TEMP_PREFIX}x{TEMP_SUFFIX}")), "t").unwrap();
+        std::fs::write(
+            app.join(format!(
+                "{}x{}",
+                crate::tree::TEMP_PREFIX,
+                crate::tree::TEMP_SUFFIX
+            )),
+            "t",
+        )
+        .unwrap();
         symlink("a/y", app.join("a.link")).unwrap();
         std::fs::set_permissions(app.join("a0"), std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut text = config_text(tmp.path(), "\"*.swp\"");

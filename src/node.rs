@@ -15,7 +15,6 @@ use tokio::sync::{Mutex, Semaphore};
 
 use crate::access::Allowlist;
 use crate::actions;
-use crate::apply;
 use crate::config::Config;
 use crate::manifest::{self, Generation, HashCache};
 use crate::protocol::{
@@ -26,8 +25,10 @@ use crate::sync::PeerLink;
 use crate::versions::Versions;
 
 mod outbox;
+mod spool;
 
 pub use outbox::{Held, Known, Outbox, Sent};
+pub use spool::{Spool, Spooled};
 
 /// What a serving node knows and shares between requests.
 pub struct Node {
@@ -51,7 +52,7 @@ pub struct Node {
     /// One record per peer (a daemon's; empty for a bare server).
     pub peers: std::sync::OnceLock<Vec<Arc<PeerRecord>>>,
     /// Where the differences waiting for peers are kept across restarts (a daemon's).
-    pub spool: Option<Arc<crate::spool::Spool>>,
+    pub spool: Option<Arc<Spool>>,
     /// Asks the anti-entropy pass to compare with the peers now (one came back).
     pub reconcile_now: tokio::sync::Notify,
     /// Counts the changes seen in the tree (a daemon's watcher and applied batches).
@@ -253,7 +254,7 @@ impl Node {
                 node_id: uuid::Uuid::new_v4().to_string(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             },
-            owners: apply::applies_owners(),
+            owners: crate::tree::applies_owners(),
             cache,
             apply_lock: Arc::new(Mutex::new(())),
             applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),

@@ -265,7 +265,7 @@ pub fn backups_restore(
     let header = protocol::encode_batch_header(&BatchHeader::new(vec![op]));
     let body = std::io::Read::chain(header.as_slice(), content.as_deref().unwrap_or_default());
     let origin = format!("a restore of backup {}", chosen.version);
-    let (_, applied) = apply::apply_body(config, apply::applies_owners(), body, &origin)
+    let (_, applied) = apply::apply_body(config, crate::tree::applies_owners(), body, &origin)
         .map_err(|e| anyhow!(e))?;
     let results = applied.commit();
     match &results[0].outcome {

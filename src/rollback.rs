@@ -21,8 +21,8 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::apply::Parents;
 use crate::config::Config;
+use crate::tree::Parents;
 
 /// What a path held before a batch changed it, kept so that the change can be undone.
 pub(crate) struct Undo {
@@ -134,7 +134,7 @@ pub(crate) fn keep_previous(
     parent: &OwnedFd,
     name: &str,
 ) -> io::Result<Option<Kept>> {
-    let tmp = crate::apply::temp_name();
+    let tmp = crate::tree::temp_name();
     let (holder, beside) =
         match rustix::fs::linkat(parent, name, &**top, tmp.as_str(), AtFlags::empty()) {
             Ok(()) => (top.clone(), false),

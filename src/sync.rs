@@ -576,7 +576,7 @@ fn serving_this_node(
 /// so root, on both sides), and nothing it could not read (whose reasons it does
 /// not tell).
 fn same_terms(config: &Config, theirs: &ManifestResponse) -> bool {
-    theirs.owners == crate::apply::applies_owners()
+    theirs.owners == crate::tree::applies_owners()
         && theirs.unreadable.is_empty()
         && theirs.directories.len() == config.directories.len()
         && config.directories.iter().all(|dir| {

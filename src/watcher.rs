@@ -344,7 +344,7 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
                     .filter_map(|e| node.config.logical_path(e.path()))
                     // Only what this node synchronises: excluded and temporary names
                     // never travel.
-                    .filter(|p| crate::apply::confine(&node.config, p).is_ok())
+                    .filter(|p| crate::tree::confine(&node.config, p).is_ok())
                     .map(|p| {
                         let known = versions.get(&p);
                         (p, known)

@@ -986,7 +986,7 @@ fn temp_files(root: &std::path::Path) -> Vec<PathBuf> {
         .filter(|e| {
             e.file_name()
                 .to_str()
-                .is_some_and(gosyncd::manifest::is_temp_name)
+                .is_some_and(gosyncd::tree::is_temp_name)
         })
         .map(|e| e.into_path())
         .collect()

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use gosyncd::apply::confine;
+use gosyncd::tree::confine;
 use gosyncd::config::Config;
 use gosyncd::paths::{check_normalized, is_within};
 use libfuzzer_sys::fuzz_target;

@@ -101,7 +101,7 @@ impl Applied {
     /// Returns the paths that could not be put back (with why), which should be none.
     pub fn reject(&mut self, config: &Config, dir: &str, reason: &str) -> Vec<(String, String)> {
         let mut failures = Vec::new();
-        let mut parents = super::Parents::default();
+        let mut parents = crate::tree::Parents::default();
         for undo in self.undo.iter_mut().rev() {
             if undo.dir != dir || self.results[undo.index].outcome != Outcome::Applied {
                 continue;

@@ -1,54 +1,13 @@
-//! Confinement and batch validation, before anything is written: the path rules of the
-//! receiver applied to every operation, this node's limits, and the refusal of
+//! Batch validation, before anything is written: the path rules
+//! ([`crate::tree::confine`]) applied to every operation, this node's limits, and the refusal of
 //! impossible modes, invalid link targets and paths below a symlink. It only reads
 //! metadata and never writes. It is not the last line of defence either: the tree can
 //! change before execution, where every path is reached again without following a link.
 
 use crate::config::{Config, Directory};
-use crate::manifest::is_temp_name;
-use crate::paths::{self, components_below};
+use crate::paths;
 use crate::protocol::{Action, BatchHeader, Content, Entry, Op, MAX_LINK_TARGET_BYTES};
-
-/// Checks that a path from a peer is one this node may write: well-formed, inside a
-/// configured directory, not excluded, not one of gosyncd's temporary names.
-pub fn confine<'c>(config: &'c Config, path: &str) -> Result<&'c Directory, String> {
-    confine_below(config, path, false)
-}
-
-/// [`confine`], told whether the parent of `path` passed it already: then only the last
-/// component is left to check, and a batch is checked in time linear in its size,
-/// whatever the depth of its paths.
-fn confine_below<'c>(
-    config: &'c Config,
-    path: &str,
-    parent_confined: bool,
-) -> Result<&'c Directory, String> {
-    paths::check_normalized(path)?;
-    let dir = config
-        .directory_of(path)
-        .ok_or_else(|| format!("{path}: outside the configured directories of this node"))?;
-    // (A configured directory's parent is the administrator's, in no configured directory.)
-    let parent_confined = parent_confined && path != dir.path;
-    let excluded = if parent_confined {
-        dir.excludes.is_excluded(path)
-    } else {
-        dir.excludes.excludes_any_component(&dir.path, path)
-    };
-    if excluded {
-        return Err(format!("{path}: excluded on this node"));
-    }
-    // Any component, not only the last: scans skip such names with everything below
-    // them, so a directory named like one would hide its tree from every manifest.
-    let temp = if parent_confined {
-        is_temp_name(paths::file_name(path))
-    } else {
-        components_below(path, &dir.path).any(is_temp_name)
-    };
-    if temp {
-        return Err(format!("{path}: a gosyncd temporary file name"));
-    }
-    Ok(dir)
-}
+use crate::tree::{confine_below, Blocked, Parents};
 
 /// Checks a whole batch before anything is written. Returns the first reason to refuse.
 pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), String> {
@@ -132,7 +91,7 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
     // Then every path's parents, walked once for the whole batch, in sorted order.
     confined.sort_unstable_by_key(|(path, _)| *path);
     confined.dedup_by_key(|(path, _)| *path);
-    let mut parents = super::Parents::default();
+    let mut parents = Parents::default();
     for (path, dir) in confined {
         check_parents(config, &mut parents, dir, path, &deleted)?;
     }
@@ -205,7 +164,7 @@ pub(crate) fn check_mode(config: &Config, dir: &Directory, op: &Op) -> Result<()
 /// parents are reached through `parents`, shared by the whole batch.
 fn check_parents(
     config: &Config,
-    parents: &mut super::Parents,
+    parents: &mut Parents,
     dir: &Directory,
     path: &str,
     deleted: &std::collections::HashSet<&str>,
@@ -219,8 +178,8 @@ fn check_parents(
     match parents.dir(config, dir, parent) {
         Ok(_) => Ok(()),
         // Missing: the batch makes it, or fails on it; nothing to follow.
-        Err(super::Blocked::Top(_)) => Ok(()),
-        Err(super::Blocked::At { at, error, kind }) => match kind {
+        Err(Blocked::Top(_)) => Ok(()),
+        Err(Blocked::At { at, error, kind }) => match kind {
             // The rest is made by the batch.
             _ if error == Errno::NOENT => Ok(()),
             Some(FileType::Symlink) if deleted.contains(at.as_str()) => Ok(()),

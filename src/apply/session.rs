@@ -13,13 +13,14 @@ use std::sync::Arc;
 use rustix::fs::AtFlags;
 use rustix::io::Errno;
 
-use super::fs::{changed_underneath, current_state, open_dir, Fingerprint, Parents, Step, Target};
+use super::fs::{changed_underneath, current_state, Fingerprint, Step, Target};
 use super::staging::Received;
 use crate::config::Side;
 use crate::config::{Config, Directory};
 use crate::paths;
 use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};
 use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
+use crate::tree::{open_dir, Parents};
 
 /// A file written under a temporary name, renamed over its target at the end of the
 /// batch once its data is durable.
@@ -399,7 +400,7 @@ fn not_empty(dir: &Directory, path: &str, target: &Target<'_>) -> Outcome {
         .into_iter()
         .map(|name| format!("{path}/{name}"))
         .partition(|child| {
-            crate::manifest::is_temp_name(paths::file_name(child))
+            crate::tree::is_temp_name(paths::file_name(child))
                 || dir.excludes.excludes_any_component(&dir.path, child)
         });
     let shown = |list: &[String]| {

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use super::fs::{open_dir, temp_name};
 use crate::config::Config;
 use crate::protocol::{BatchHeader, BatchReader, ContentError};
+use crate::tree::{open_dir, temp_name};
 
 /// Contents of a batch received into anonymous files at least, each holding a descriptor
 /// until the batch is carried out; more where the descriptor limit allows it (see
@@ -345,7 +345,7 @@ mod tests {
         std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| crate::manifest::is_temp_name(n))
+            .filter(|n| crate::tree::is_temp_name(n))
             .collect()
     }
 

@@ -50,7 +50,7 @@ impl Journal {
         let name = format!(
             "{JOURNAL_PREFIX}{}{}",
             uuid::Uuid::new_v4().simple(),
-            crate::manifest::TEMP_SUFFIX
+            crate::tree::TEMP_SUFFIX
         );
         let fd = rustix::fs::openat(
             &*top,
@@ -132,7 +132,7 @@ pub fn recover(config: &Config) -> Vec<Recovered> {
         for entry in listing.filter_map(Result::ok) {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !(name.starts_with(JOURNAL_PREFIX) && crate::manifest::is_temp_name(name)) {
+            if !(name.starts_with(JOURNAL_PREFIX) && crate::tree::is_temp_name(name)) {
                 continue;
             }
             let mut done = Recovered {
@@ -163,12 +163,12 @@ fn replay(config: &Config, dir: &Directory, file: File, done: &mut Recovered) {
         // A torn last line is a change that was not made.
         .filter_map(|line| serde_json::from_str(&line).ok())
         .collect();
-    let mut parents = crate::apply::Parents::default();
+    let mut parents = crate::tree::Parents::default();
     for record in records.into_iter().rev() {
         // The journal lives in the configured directory, which only its owner can
         // write; its paths are still held to the same rules as a peer's.
         let confined =
-            crate::apply::confine(config, &record.path).is_ok_and(|found| found.path == dir.path);
+            crate::tree::confine(config, &record.path).is_ok_and(|found| found.path == dir.path);
         let previous = match record.previous {
             Saved::Absent => Ok(Previous::Absent),
             Saved::Dir { mode } => Ok(Previous::Dir(mode)),
@@ -212,9 +212,9 @@ fn kept_at(
     path: &str,
     tmp: String,
     beside: bool,
-    parents: &mut crate::apply::Parents,
+    parents: &mut crate::tree::Parents,
 ) -> io::Result<Previous> {
-    if !crate::manifest::is_temp_name(&tmp) || tmp.contains('/') {
+    if !crate::tree::is_temp_name(&tmp) || tmp.contains('/') {
         return Err(io::Error::other(format!("{tmp:?} is not a kept version")));
     }
     let holder = if beside {
@@ -223,7 +223,7 @@ fn kept_at(
             .map_err(|e| io::Error::other(e.to_string()))?
             .0
     } else {
-        Arc::new(crate::apply::open_dir(config.local_path(&dir.path))?)
+        Arc::new(crate::tree::open_dir(config.local_path(&dir.path))?)
     };
     Ok(Previous::Linked(Kept {
         holder,

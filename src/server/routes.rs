@@ -180,7 +180,7 @@ async fn content(
         .filter(|p| seen.insert(p.clone()))
         .collect();
     for path in &paths {
-        apply::confine(&node.config, path).map_err(|e| refuse(&addr, e))?;
+        crate::tree::confine(&node.config, path).map_err(|e| refuse(&addr, e))?;
     }
     // Streamed as it is read, one file at a time, and capped: once the answer would pass
     // MAX_CONTENT_ANSWER_BYTES, the files left are answered as deferred, unread.

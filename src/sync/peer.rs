@@ -84,13 +84,6 @@ impl LocalState {
     }
 }
 
-/// Why a planned file could not be sent.
-pub(super) enum Unsendable {
-    /// It was written again since the scan; a later scan will pick the new version up.
-    Changed,
-    Unreadable(String),
-}
-
 pub(super) async fn sync_peer(
     config: &Arc<Config>,
     peer: &Peer,
@@ -128,7 +121,7 @@ pub(super) async fn sync_peer(
     }
     // Owners count where the peer applies them and this node can read them as they are:
     // a sender not running as root holds its own copies, owned by itself.
-    let owners = remote.owners && crate::apply::applies_owners();
+    let owners = remote.owners && crate::tree::applies_owners();
     let mut ops = plan(&ours, &theirs, owners);
     // A directory on the peer holding paths this node excludes stays: deleting it could
     // only fail, and those paths are not this node's to delete.

@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::debug;
 
-use super::peer::Unsendable;
 use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEvent};
-use crate::apply::Parents;
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
 use crate::protocol::{self, Action, ApplyAnswer, BatchHeader, Content, Entry, Op, PeerLimits};
+use crate::tree::Parents;
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
 /// under the receiver's header limit.
@@ -105,7 +104,7 @@ pub(super) async fn push(
             }
             let header = BatchHeader {
                 ops,
-                foreign_owners: !crate::apply::applies_owners(),
+                foreign_owners: !crate::tree::applies_owners(),
             };
             let batch = Arc::new(Outgoing::new(header));
             let sent = send(peer, config, &batch).await;
@@ -182,6 +181,13 @@ pub(super) async fn push(
 /// Bytes of file content the operations carry.
 fn content_bytes(ops: &[Op]) -> u64 {
     ops.iter().filter_map(Op::needs_content).sum()
+}
+
+/// Why a planned file could not be sent.
+enum Unsendable {
+    /// It was written again since the scan; a later scan will pick the new version up.
+    Changed,
+    Unreadable(String),
 }
 
 /// A batch being sent: its header, and what went wrong on this side while its contents
@@ -323,7 +329,7 @@ fn send_file(
     let (parent, name) = parents
         .parent(config, dir, &op.path)
         .map_err(|e| Some(Unsendable::Unreadable(e.to_string())))?;
-    let fd = crate::apply::open_regular(&parent, &name).map_err(|e| unreadable(&e))?;
+    let fd = crate::tree::open_regular(&parent, &name).map_err(|e| unreadable(&e))?;
     let before = rustix::fs::fstat(&fd).map_err(|e| unreadable(&e))?;
     if before.st_size as u64 != size {
         return Err(Some(Unsendable::Changed));

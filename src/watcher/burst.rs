@@ -101,7 +101,7 @@ impl Burst {
             }
             let Some(logical) = config
                 .logical_path(&change.path)
-                .filter(|p| crate::apply::confine(config, p).is_ok())
+                .filter(|p| crate::tree::confine(config, p).is_ok())
             else {
                 continue;
             };

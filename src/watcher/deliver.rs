@@ -12,10 +12,9 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::manifest::Manifest;
-use crate::node::{Known, Node, PeerRecord, Sent};
+use crate::node::{Known, Node, PeerRecord, Sent, Spool};
 use crate::plan::plan;
 use crate::protocol::Entry;
-use crate::spool::Spool;
 use crate::sync::{ChangeStatus, Engine, PeerReport};
 use crate::versions::Versions;
 

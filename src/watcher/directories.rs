@@ -11,7 +11,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tracing::{info, warn};
 
-use super::queue::Queue;
+use super::queue::{describe, is_out_of_watches, Queue};
 use crate::config::Config;
 
 /// A running filesystem watch; dropping it stops watching.
@@ -75,33 +75,6 @@ pub(super) fn watch_tree(watcher: &mut Watch, top: &std::path::Path) -> notify::
         }
     }
     Ok(())
-}
-
-fn is_out_of_watches(err: &notify::Error) -> bool {
-    matches!(&err.kind, notify::ErrorKind::MaxFilesWatch)
-        || matches!(&err.kind, notify::ErrorKind::Io(io) if is_enospc(io))
-}
-
-/// inotify answers ENOSPC when the user's watches run out.
-fn is_enospc(io: &std::io::Error) -> bool {
-    io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
-}
-
-/// Words for watch errors; running out of inotify watches names the sysctl to raise.
-pub(super) fn describe(err: &notify::Error) -> String {
-    match &err.kind {
-        notify::ErrorKind::MaxFilesWatch => {
-            "out of inotify watches: raise fs.inotify.max_user_watches (for example \
-             `sysctl fs.inotify.max_user_watches=524288`)"
-                .to_string()
-        }
-        notify::ErrorKind::Io(io) if is_enospc(io) => {
-            "out of inotify watches (ENOSPC): raise fs.inotify.max_user_watches (for example \
-             `sysctl fs.inotify.max_user_watches=524288`)"
-                .to_string()
-        }
-        _ => err.to_string(),
-    }
 }
 
 /// How often the configured directories themselves are checked.

@@ -14,7 +14,6 @@ use notify::EventKind;
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::directories::describe;
 use crate::manifest::Generation;
 
 /// Events the queue holds before it gives up on them and asks for a rescan instead.
@@ -170,6 +169,34 @@ impl QueueReceiver {
     /// Takes everything waiting.
     pub(super) fn take(&self) -> Taken {
         std::mem::take(&mut *self.shared.pending.lock().expect("watch queue lock"))
+    }
+}
+
+/// Whether the user ran out of inotify watches.
+pub(super) fn is_out_of_watches(err: &notify::Error) -> bool {
+    matches!(&err.kind, notify::ErrorKind::MaxFilesWatch)
+        || matches!(&err.kind, notify::ErrorKind::Io(io) if is_enospc(io))
+}
+
+/// inotify answers ENOSPC when the user's watches run out.
+fn is_enospc(io: &std::io::Error) -> bool {
+    io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+}
+
+/// Words for watch errors; running out of inotify watches names the sysctl to raise.
+pub(super) fn describe(err: &notify::Error) -> String {
+    match &err.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            "out of inotify watches: raise fs.inotify.max_user_watches (for example \
+             `sysctl fs.inotify.max_user_watches=524288`)"
+                .to_string()
+        }
+        notify::ErrorKind::Io(io) if is_enospc(io) => {
+            "out of inotify watches (ENOSPC): raise fs.inotify.max_user_watches (for example \
+             `sysctl fs.inotify.max_user_watches=524288`)"
+                .to_string()
+        }
+        _ => err.to_string(),
     }
 }
 

@@ -870,7 +870,11 @@ pub fn temp_files_below(root: &Path) -> Vec<PathBuf> {
     walkdir::WalkDir::new(root)
         .into_iter()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(manifest::is_temp_name))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(gosyncd::tree::is_temp_name)
+        })
         .map(|e| e.into_path())
         .collect()
 }

@@ -29,8 +29,8 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
+use super::outbox::{Known, Outbox};
 use crate::config::Config;
-use crate::node::{Known, Outbox};
 
 /// The spool's file in the state directory.
 pub const SPOOL_FILE: &str = "outbox.json";
@@ -350,7 +350,7 @@ fn parse(text: &[u8], config: &Config) -> Result<Spooled, String> {
         }
         // Paths this node does not synchronise (any more: the configuration changed) are
         // dropped, named; nothing outside the configured directories is ever replayed.
-        paths.retain(|path, _| match crate::apply::confine(config, path) {
+        paths.retain(|path, _| match crate::tree::confine(config, path) {
             Ok(_) => true,
             Err(why) => {
                 warn!(peer = %peer.peer, "spooled change dropped: {why}");
