@@ -3,12 +3,17 @@
 //! beyond choosing who does. The rest is in child modules: `args` (the clap definitions
 //! and the Go-style `-flag` normalisation), `daemon` (the daemon command with its signal
 //! handling, reload and readiness notification), `commands` (the one-shot commands
-//! and how their results are printed) and `progress` (what a sync shows on a terminal
-//! while it runs).
+//! and how their results are printed), `ops` (the `status` and `backups` commands' work),
+//! `records` (their JSON records), `progress` (what a sync shows on a terminal while it
+//! runs), `demo` (a local group of three daemons to try) and `docs` (the man pages and
+//! completion scripts, from the clap definitions).
 
 mod args;
 mod commands;
 mod daemon;
+mod demo;
+mod docs;
+mod ops;
 mod progress;
 mod records;
 
@@ -51,10 +56,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Status(args)) => status_command(&cli.config, args.format).await,
         Some(Command::Backups(command)) => backups_command(&cli.config, command),
         Some(Command::CheckConfig) => check_config(&cli.config).await,
-        Some(Command::Demo(args)) => crate::demo::run(!args.no_wait).await,
+        Some(Command::Demo(args)) => demo::run(!args.no_wait).await,
         Some(Command::Cert(args)) => crate::certgen::command(args),
-        Some(Command::Completions(args)) => crate::docs::completions(args),
-        Some(Command::Man(args)) => crate::docs::man(args),
+        Some(Command::Completions(args)) => docs::completions(args),
+        Some(Command::Man(args)) => docs::man(args),
     };
     result.unwrap_or_else(|e| {
         error!("{e:#}");

@@ -74,9 +74,9 @@ pub enum Command {
     #[command(subcommand)]
     Backups(BackupsCommand),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell
-    Completions(crate::docs::CompletionsArgs),
+    Completions(CompletionsArgs),
     /// Print the man page gosyncd(1), or write every page into a directory with --out
-    Man(crate::docs::ManArgs),
+    Man(ManArgs),
 }
 
 /// How results are printed.
@@ -289,4 +289,20 @@ mod tests {
             assert!(help.contains(word), "help lacks {word}");
         }
     }
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to print the completion script for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write gosyncd.1, one page per command (gosyncd-sync.1, gosyncd-cert-ca.1, ...) and
+    /// the configuration file's gosyncd.hcl.5 into DIR, created if missing, instead of
+    /// printing gosyncd.1
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }

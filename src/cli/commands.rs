@@ -3,7 +3,7 @@
 //! how their results are printed, as lines in the original tool's form or as JSON lines
 //! (on a terminal, with the progress `progress` draws on stderr and a summary line).
 //!
-//! It only calls into the engine and the operations in [`crate::ops`] and prints what
+//! It only calls into the engine and the operations in [`super::ops`] and prints what
 //! they return; it neither parses arguments nor decides anything about a peer itself.
 
 use std::io::{IsTerminal, Write};
@@ -135,11 +135,11 @@ pub(super) async fn status_command(
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::from_file(path)?);
-    let peers = crate::ops::status(config).await?;
-    let code = crate::ops::status_code(&peers);
+    let peers = super::ops::status(config).await?;
+    let code = super::ops::status_code(&peers);
     match format {
         Format::Json => records::print_status(&peers, code),
-        Format::Text => print!("{}", crate::ops::status_table(&peers)),
+        Format::Text => print!("{}", super::ops::status_table(&peers)),
     }
     Ok(ExitCode::from(code))
 }
@@ -151,7 +151,7 @@ pub(super) fn backups_command(
     let config = Config::from_file(path)?;
     match command {
         BackupsCommand::List { path, format } => {
-            let versions = crate::ops::backups_list(&config, path.as_deref())?;
+            let versions = super::ops::backups_list(&config, path.as_deref())?;
             for v in &versions {
                 match format {
                     Format::Json => records::print_backup(v),
@@ -169,7 +169,7 @@ pub(super) fn backups_command(
             }
         }
         BackupsCommand::Restore { path, version } => {
-            let restored = crate::ops::backups_restore(&config, &path, version.as_deref())?;
+            let restored = super::ops::backups_restore(&config, &path, version.as_deref())?;
             println!(
                 "{}: restored {} ({})",
                 timestamp(),

@@ -10,8 +10,8 @@ use std::io::Write;
 
 use serde::Serialize;
 
+use super::ops::PeerState;
 use crate::backup::Version;
-use crate::ops::PeerState;
 use crate::protocol::{Content, Entry, HeldPath};
 use crate::sync::{self, Report};
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::cli::{print_peer, shutdown_signal};
+use super::commands::print_peer;
+use super::daemon::shutdown_signal;
 use crate::group::{GroupSpec, LocalGroup, TlsStyle};
 use crate::manifest::{self, HashCache};
 use crate::protocol::PeerStatus;

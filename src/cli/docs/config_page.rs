@@ -12,7 +12,7 @@ use clap_mangen::roff::{bold, roman, Inline, Roff};
 use crate::config::DEFAULT_CONFIG_PATH;
 
 /// The README, built into the binary so that `gosyncd man` needs no file beside it.
-const README: &str = include_str!("../../README.md");
+const README: &str = include_str!("../../../README.md");
 
 /// The README parts the page is made of: (heading, section of the page).
 const PARTS: &[(&str, &str)] = &[

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{ArgAction, Args, CommandFactory};
+use clap::{ArgAction, CommandFactory};
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 
-use crate::cli::Cli;
+use super::args::{Cli, CompletionsArgs, ManArgs};
 use crate::config::DEFAULT_CONFIG_PATH;
 
 mod config_page;
@@ -33,22 +33,6 @@ const MAN_SECTION: &str = "1";
 
 /// The manual every page belongs to.
 const MANUAL: &str = "gosyncd manual";
-
-#[derive(Args, Debug)]
-pub struct CompletionsArgs {
-    /// The shell to print the completion script for
-    #[arg(value_enum)]
-    pub shell: clap_complete::Shell,
-}
-
-#[derive(Args, Debug)]
-pub struct ManArgs {
-    /// Write gosyncd.1, one page per command (gosyncd-sync.1, gosyncd-cert-ca.1, ...) and
-    /// the configuration file's gosyncd.hcl.5 into DIR, created if missing, instead of
-    /// printing gosyncd.1
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-}
 
 /// The command tree as the pages show it: built (so every subcommand knows its full name,
 /// `gosyncd sync`, and its page name, `gosyncd-sync`), without clap's implicit `help`
