@@ -21,6 +21,7 @@
 mod batch;
 mod confine;
 mod fs;
+mod receiver;
 mod session;
 mod staging;
 
@@ -29,6 +30,7 @@ pub use confine::validate_batch;
 pub(crate) use confine::{check_entry, check_mode};
 pub use fs::remove_stale_temp_files;
 pub(crate) use fs::state_of;
+pub use receiver::{Received, Receiver};
 pub use staging::{receive, Staged};
 
 /// The configuration of this module's unit tests: `/etc/app` below `root`, with

@@ -18,7 +18,7 @@ use crate::actions;
 use crate::config::Config;
 use crate::manifest::{self, Generation, HashCache};
 use crate::protocol::{
-    DirectoryDigest, DirectoryInfo, HeldPath, Identity, ManifestResponse, PeerStatus,
+    DirectoryDigest, DirectoryInfo, Entry, HeldPath, Identity, ManifestResponse, PeerStatus,
     StatusCounters, WireEntry,
 };
 use crate::sync::PeerLink;
@@ -285,11 +285,24 @@ impl Node {
         }
     }
 
-    /// A peer's push changed `path` here: what was held against this node's previous
-    /// version of it no longer holds.
-    pub fn received(&self, path: &str) {
-        for record in self.peers.get().into_iter().flatten() {
-            record.outbox.received(path);
+    /// This node's receiving side, through which the API applies a peer's batch.
+    pub fn receiver(&self) -> crate::apply::Receiver {
+        crate::apply::Receiver {
+            config: self.config.clone(),
+            owners: self.owners,
+        }
+    }
+
+    /// A peer's push left `state` at `path` here (`None`: deleted). A daemon records it
+    /// as the path's version, so that its watcher finds nothing new in the write and
+    /// pushes nothing back, and what was held against its previous version no longer
+    /// holds.
+    pub fn record_received(&self, path: &str, state: Option<Entry>) {
+        if let Some(versions) = &self.versions {
+            versions.record(path, state);
+            for record in self.peers.get().into_iter().flatten() {
+                record.outbox.received(path);
+            }
         }
     }
 

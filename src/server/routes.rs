@@ -6,7 +6,6 @@
 //! of the client comes from the listener's request extensions, so that the router can be
 //! driven with `oneshot`.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -22,14 +21,13 @@ use tracing::{debug, info, warn};
 
 use super::body::{self, BodyError};
 use super::{ClientAddr, ClientSubject};
-use crate::actions;
 use crate::apply;
 use crate::manifest;
 use crate::node::Node;
 use crate::paths;
 use crate::protocol::{
-    self, Action, ActionReport, ApplyResponse, ErrorBody, Found, Identity, ManifestRequest,
-    ManifestResponse, Outcome, StatusResponse, MAX_MANIFEST_REQUEST_BYTES,
+    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse, Outcome,
+    StatusResponse, MAX_MANIFEST_REQUEST_BYTES,
 };
 
 /// Errors a handler answers with; each maps to one status.
@@ -305,13 +303,17 @@ async fn apply(
     let origin = format!("a sync from {client}");
     let task = tokio::spawn(async move {
         let held = (one_at_a_time, receiving);
-        let results = apply_and_validate(&worker, header, staged, origin).await;
+        let receiver = worker.receiver();
+        let record = |path: &str, state| worker.record_received(path, state);
+        let results = receiver
+            .apply_and_validate(header, staged, origin, record)
+            .await;
         // Whatever it left, the tree may have changed: answers computed before are not
         // current any more, even before the watcher sees the writes.
         worker.generation.bump();
         drop(held);
         let (results, changed) = results?;
-        let actions = run_on_change(&worker, changed).await;
+        let actions = receiver.run_on_change(&worker.runner, changed).await;
         Ok::<_, String>((results, actions))
     });
     let (results, actions) = task
@@ -346,102 +348,6 @@ async fn apply(
     }
     info!(%client, operations = results.len(), applied, "batch applied");
     Ok(Json(ApplyResponse { results, actions }))
-}
-
-/// Applies a checked batch whose contents are received, runs the `validate` command of
-/// every directory it changed, puts back what a failed validation refuses, records the
-/// versions of what stays, and returns the results with the paths changed per directory.
-async fn apply_and_validate(
-    node: &Arc<Node>,
-    header: protocol::BatchHeader,
-    staged: apply::Staged,
-    origin: String,
-) -> Result<(Vec<protocol::OpResult>, BTreeMap<String, Vec<String>>), String> {
-    let config = node.config.clone();
-    let owners = node.owners;
-    let (ops, mut applied) = tokio::task::spawn_blocking(move || {
-        let applied = apply::apply_batch(&config, owners, &header, staged, &origin);
-        (header.ops, applied)
-    })
-    .await
-    .map_err(|e| format!("apply failed: {e}"))?;
-
-    let touched = applied.touched(&node.config);
-    for (dir_path, why) in
-        actions::validate(&node.config, &touched, crate::config::Side::Received).await
-    {
-        let reason = format!("validation failed: {why}");
-        let changed = touched.get(&dir_path).map_or(0, Vec::len);
-        warn!(directory = %dir_path, changed, "{reason}: rolling the batch's changes back");
-        let config = node.config.clone();
-        let (back, failures) = tokio::task::spawn_blocking(move || {
-            let failures = applied.reject(&config, &dir_path, &reason);
-            (applied, failures)
-        })
-        .await
-        .map_err(|e| format!("rollback failed: {e}"))?;
-        applied = back;
-        for (path, e) in failures {
-            tracing::error!(%path, "cannot put the previous version back: {e}");
-        }
-    }
-
-    let changed = applied.touched(&node.config);
-    // What the sender did not get is answered with what this node holds there now, so
-    // that it knows instead of assuming.
-    let config = node.config.clone();
-    let results = tokio::task::spawn_blocking(move || {
-        let mut results = applied.commit();
-        for result in results.iter_mut().filter(|r| !r.outcome.is_applied()) {
-            result.found = apply::state_of(&config, &result.path).map(|entry| Found { entry });
-        }
-        results
-    })
-    .await
-    .map_err(|e| format!("commit failed: {e}"))?;
-    if let Some(versions) = &node.versions {
-        for (op, result) in ops.iter().zip(&results) {
-            if result.outcome == Outcome::Applied {
-                let state = match &op.action {
-                    Action::Put { entry } => Some(entry.clone()),
-                    Action::Delete => None,
-                };
-                versions.record(&op.path, state);
-                node.received(&op.path);
-            }
-        }
-    }
-    Ok((results, changed))
-}
-
-/// Runs the `on_change` commands of the directories a received batch changed, and says
-/// how each ended.
-async fn run_on_change(
-    node: &Arc<Node>,
-    changed: BTreeMap<String, Vec<String>>,
-) -> Vec<ActionReport> {
-    let mut reports = Vec::new();
-    for (dir, paths) in changed {
-        let results = actions::on_change(
-            &node.runner,
-            &node.config,
-            &dir,
-            &paths,
-            crate::config::Side::Received,
-        )
-        .await;
-        for result in results {
-            reports.push(ActionReport {
-                directory: dir.clone(),
-                success: result.success(),
-                code: result.code(),
-                ended: result.ending.to_string(),
-                command: result.command,
-                first_line: result.first_line,
-            });
-        }
-    }
-    reports
 }
 
 fn too_large(addr: &Option<Extension<ClientAddr>>, limit: usize) -> ApiError {
