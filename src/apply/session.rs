@@ -121,17 +121,16 @@ impl Session {
             None
         };
         let undo_before = self.undo.len();
-        let outcome = self.apply_at(
+        let at = At {
             config,
-            owners,
-            index,
-            op,
-            content,
             dir,
+            op,
+            index,
             parent,
             name,
-            kept.clone(),
-        );
+            kept: kept.clone(),
+        };
+        let outcome = self.apply_at(&at, owners, content);
         if let (Some(kept), true) = (&kept, self.undo.len() == undo_before) {
             // Not changed after all: the kept link is not needed.
             kept.forget();
@@ -140,39 +139,23 @@ impl Session {
     }
 
     /// [`Session::apply`] once the parent directory is open (and, in a validated
-    /// directory, the previous file linked as `kept`).
-    #[allow(clippy::too_many_arguments)]
+    /// directory, the previous file linked as `kept`): the current state is read and
+    /// checked against the operation's expectation, the previous version kept, and the
+    /// change made.
     fn apply_at(
         &mut self,
-        config: &Config,
+        at: &At<'_>,
         owners: bool,
-        index: usize,
-        op: &Op,
         content: Option<Result<Received, String>>,
-        dir: &Directory,
-        parent: Arc<OwnedFd>,
-        name: String,
-        kept: Option<Kept>,
     ) -> Outcome {
-        let checked = match current_state(&parent, &name) {
+        let checked = match at.current_state() {
             Ok(checked) => checked,
-            Err(e) => return Outcome::Failed(format!("cannot read the current state: {e}")),
+            Err(outcome) => return outcome,
         };
-        if let Some(kept) = &kept {
-            // The link must hold the inode whose state was just read.
-            let same =
-                rustix::fs::statat(&*kept.holder, kept.tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                    .ok()
-                    .zip(checked.as_ref())
-                    .is_some_and(|(st, (_, fp))| st.st_ino == fp.ino && st.st_dev == fp.dev);
-            if !same {
-                return changed_underneath();
-            }
-        }
         let current = checked.as_ref().map(|(entry, _)| entry);
         // Owners the sender could not know: compared nowhere, and a replaced file keeps
         // the one it has (a new one is this process's).
-        let (owners, kept_owner) = match (self.foreign_owners, &op.action, current) {
+        let (owners, kept_owner) = match (self.foreign_owners, &at.op.action, current) {
             (false, _, _) => (owners, None),
             (true, Action::Put { entry }, Some(have)) if owners => {
                 let mut kept = entry.clone();
@@ -181,90 +164,22 @@ impl Session {
             }
             (true, _, _) => (false, None),
         };
-
-        // Already in the wanted state (another sync got there first): nothing to do.
-        let wanted = match &op.action {
-            Action::Put { entry } => Some(entry),
-            Action::Delete => None,
-        };
-        let already = match (current, wanted) {
-            (None, None) => true,
-            (Some(have), Some(want)) => have.same_state(want, owners),
-            _ => false,
-        };
-        if already {
-            return Outcome::Applied;
+        if let Some(outcome) = settled_or_conflicting(at.op, current, owners) {
+            return outcome;
         }
-        // Owners count only where they are applied: the expectation of an automatic
-        // push is the sender's own version, owners included.
-        let as_expected = match (current, &op.expect) {
-            (None, None) => true,
-            (Some(have), Some(expect)) => have.same_state(expect, owners),
-            _ => false,
-        };
-        if !as_expected {
-            let describe =
-                |e: Option<&Entry>| e.map_or_else(|| "nothing".to_string(), Entry::describe);
-            return Outcome::Conflict(format!(
-                "changed on the peer since the sync was planned (expected {}, found {})",
-                describe(op.expect.as_ref()),
-                describe(current)
-            ));
-        }
-
-        // The previous version: into the backups, and kept for a rollback where the
-        // directory validates what it receives. Without either, nothing is changed.
-        if let (Some(backup), Some(have)) = (&dir.backup, current) {
-            if !have.content.is_dir() {
-                let verb = match op.action {
-                    Action::Delete => "deleted",
-                    Action::Put { .. } => "replaced",
-                };
-                let reason = format!("{verb} by {}", self.origin);
-                if let Err(e) = crate::backup::save(backup, &op.path, &parent, &name, have, &reason)
-                {
-                    return Outcome::Failed(format!(
-                        "cannot back up the previous version to {}: {e}",
-                        backup.directory.display()
-                    ));
-                }
-            }
-        }
-        if dir.actions.validator(Side::Received).is_some() {
-            let previous = match (current, &kept) {
-                (None, _) => Previous::Absent,
-                (Some(have), _) if have.content.is_dir() => Previous::Dir(have.mode),
-                (Some(_), Some(kept)) => Previous::Linked(kept.clone()),
-                (Some(_), None) => return changed_underneath(),
-            };
-            let undo = Undo {
-                index,
-                dir: dir.path.clone(),
-                path: op.path.clone(),
-                previous,
-            };
-            // A change made now, not renamed into place at the end of the batch (anything
-            // but a file, which `Target::put` always writes under a temporary name),
-            // waits until its journal line is on disk.
-            let immediate = !matches!(
-                &op.action,
-                Action::Put { entry } if matches!(entry.content, Content::File { .. })
-            );
-            if let Err(e) = self.record(config, dir, &undo, immediate) {
-                return Outcome::Failed(format!("cannot record the change for a rollback: {e}"));
-            }
-            self.undo.push(undo);
+        if let Err(outcome) = self.keep_previous_version(at, current) {
+            return outcome;
         }
 
         let target = Target {
-            parent: &parent,
-            name: &name,
+            parent: &at.parent,
+            name: &at.name,
             checked: checked.as_ref().map(|(_, fp)| *fp),
         };
-        let step = match &op.action {
+        let step = match &at.op.action {
             Action::Delete => match target.delete(current) {
                 Err(e) if e.raw_os_error() == Some(Errno::NOTEMPTY.raw_os_error()) => {
-                    Ok(Step::Done(not_empty(dir, &op.path, &target)))
+                    Ok(Step::Done(not_empty(at.dir, &at.op.path, &target)))
                 }
                 other => other.map(Step::Done),
             },
@@ -273,21 +188,20 @@ impl Session {
                 None => target.put(entry, content, owners, self.fsync_each),
             },
         };
-        let parent_dir = paths::parent(&op.path).to_string();
         match step {
             Ok(Step::Done(outcome)) => {
                 if outcome == Outcome::Applied {
-                    self.changed.insert(index);
-                    self.dirty.insert(parent_dir);
+                    self.changed.insert(at.index);
+                    self.dirty.insert(paths::parent(&at.op.path).to_string());
                 }
                 outcome
             }
             Ok(Step::Rename(tmp)) => {
-                self.changed.insert(index);
-                self.filesystems.insert(config.local_path(&dir.path));
+                self.changed.insert(at.index);
+                self.filesystems.insert(at.config.local_path(&at.dir.path));
                 self.pending.push(Pending {
-                    index,
-                    path: op.path.clone(),
+                    index: at.index,
+                    path: at.op.path.clone(),
                     tmp,
                     checked: target.checked,
                 });
@@ -295,6 +209,60 @@ impl Session {
             }
             Err(e) => Outcome::Failed(e.to_string()),
         }
+    }
+
+    /// The previous version at the operation's path: into the backups, and kept for a
+    /// rollback where the directory validates what it receives (its journal line written
+    /// first for a change made at once). Without either, nothing is done.
+    fn keep_previous_version(
+        &mut self,
+        at: &At<'_>,
+        current: Option<&Entry>,
+    ) -> Result<(), Outcome> {
+        let (dir, op) = (at.dir, at.op);
+        if let (Some(backup), Some(have)) = (&dir.backup, current) {
+            if !have.content.is_dir() {
+                let verb = match op.action {
+                    Action::Delete => "deleted",
+                    Action::Put { .. } => "replaced",
+                };
+                let reason = format!("{verb} by {}", self.origin);
+                crate::backup::save(backup, &op.path, &at.parent, &at.name, have, &reason)
+                    .map_err(|e| {
+                        Outcome::Failed(format!(
+                            "cannot back up the previous version to {}: {e}",
+                            backup.directory.display()
+                        ))
+                    })?;
+            }
+        }
+        if dir.actions.validator(Side::Received).is_none() {
+            return Ok(());
+        }
+        let previous = match (current, &at.kept) {
+            (None, _) => Previous::Absent,
+            (Some(have), _) if have.content.is_dir() => Previous::Dir(have.mode),
+            (Some(_), Some(kept)) => Previous::Linked(kept.clone()),
+            (Some(_), None) => return Err(changed_underneath()),
+        };
+        let undo = Undo {
+            index: at.index,
+            dir: dir.path.clone(),
+            path: op.path.clone(),
+            previous,
+        };
+        // A change made now, not renamed into place at the end of the batch (anything
+        // but a file, which `Target::put` always writes under a temporary name), waits
+        // until its journal line is on disk.
+        let immediate = !matches!(
+            &op.action,
+            Action::Put { entry } if matches!(entry.content, Content::File { .. })
+        );
+        self.record(at.config, dir, &undo, immediate).map_err(|e| {
+            Outcome::Failed(format!("cannot record the change for a rollback: {e}"))
+        })?;
+        self.undo.push(undo);
+        Ok(())
     }
 
     /// Writes `undo` to the journal of its directory (created with the first change), and
@@ -421,6 +389,71 @@ fn not_empty(dir: &Directory, path: &str, target: &Target<'_>) -> Outcome {
             shown(&others)
         ))
     }
+}
+
+/// One operation at its place: its configured directory, the open directory holding
+/// its path and the name there, and the previous file kept for a rollback, if any.
+struct At<'a> {
+    config: &'a Config,
+    dir: &'a Directory,
+    op: &'a Op,
+    index: usize,
+    parent: Arc<OwnedFd>,
+    name: String,
+    kept: Option<Kept>,
+}
+
+impl At<'_> {
+    /// What the name holds now, with the fingerprint of its inode; where a previous file
+    /// was kept, the link must hold that very inode.
+    fn current_state(&self) -> Result<Option<(Entry, Fingerprint)>, Outcome> {
+        let checked = current_state(&self.parent, &self.name)
+            .map_err(|e| Outcome::Failed(format!("cannot read the current state: {e}")))?;
+        if let Some(kept) = &self.kept {
+            let same =
+                rustix::fs::statat(&*kept.holder, kept.tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .ok()
+                    .zip(checked.as_ref())
+                    .is_some_and(|(st, (_, fp))| st.st_ino == fp.ino && st.st_dev == fp.dev);
+            if !same {
+                return Err(changed_underneath());
+            }
+        }
+        Ok(checked)
+    }
+}
+
+/// The outcome of an operation decided by what its path holds now, if it is: done
+/// already (another sync got there first), or a conflict (the path is not what the
+/// sender planned against). Owners count only where they are applied: the expectation
+/// of an automatic push is the sender's own version, owners included.
+fn settled_or_conflicting(op: &Op, current: Option<&Entry>, owners: bool) -> Option<Outcome> {
+    let wanted = match &op.action {
+        Action::Put { entry } => Some(entry),
+        Action::Delete => None,
+    };
+    let already = match (current, wanted) {
+        (None, None) => true,
+        (Some(have), Some(want)) => have.same_state(want, owners),
+        _ => false,
+    };
+    if already {
+        return Some(Outcome::Applied);
+    }
+    let as_expected = match (current, &op.expect) {
+        (None, None) => true,
+        (Some(have), Some(expect)) => have.same_state(expect, owners),
+        _ => false,
+    };
+    if as_expected {
+        return None;
+    }
+    let describe = |e: Option<&Entry>| e.map_or_else(|| "nothing".to_string(), Entry::describe);
+    Some(Outcome::Conflict(format!(
+        "changed on the peer since the sync was planned (expected {}, found {})",
+        describe(op.expect.as_ref()),
+        describe(current)
+    )))
 }
 
 #[cfg(test)]
