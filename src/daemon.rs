@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::apply;
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
-use crate::node::{Node, PeerRecord};
+use crate::node::{Node, PeerRecord, Spool, Spooled};
 use crate::server;
 use crate::sync::Engine;
 use crate::tls::TlsMaterial;
@@ -62,28 +62,8 @@ impl Daemon {
         let server_tls = tls.server_config()?;
         // The state directory is this daemon's before anything is recovered or cleaned:
         // a second daemon on it must stop before it touches the first one's files.
-        let spool = crate::node::Spool::open(&config.state_directory)?;
-        let (cache, versions) = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || {
-                let stale = if clean {
-                    report_recovered(crate::rollback::recover(&config));
-                    apply::remove_stale_temp_files(&config)
-                } else {
-                    0
-                };
-                if stale > 0 {
-                    info!(
-                        removed = stale,
-                        "removed temporary files left by an interrupted sync"
-                    );
-                }
-                let cache = Arc::new(HashCache::default());
-                let scan = manifest::scan(&config, &[], &cache);
-                (cache, Arc::new(Versions::new(scan.entries)))
-            })
-            .await?
-        };
+        let spool = Spool::open(&config.state_directory)?;
+        let (cache, versions) = recover_and_scan(&config, clean).await?;
         // The spool of undelivered changes (opened above): shared with the daemon this
         // one replaces (same process, same state directory), read from disk on a first
         // start.
@@ -122,108 +102,30 @@ impl Daemon {
             None
         };
 
-        let (metrics_listener, metrics) = match config.metrics_address {
-            Some(address) => {
-                let kept = previous
-                    .and_then(|p| p.metrics.as_ref())
-                    .filter(|(at, _)| *at == address)
-                    .map(|(_, socket)| socket.try_clone())
-                    .transpose()?;
-                let socket = match kept {
-                    Some(socket) => socket,
-                    None => crate::metrics::bind(address).await?.into_std()?,
-                };
-                let serving = TcpListener::from_std(socket.try_clone()?)?;
-                (Some(serving), Some((address, socket)))
-            }
-            None => (None, None),
-        };
+        let (metrics_listener, metrics) = metrics_socket(&config, previous).await?;
         let (stop, stopped) = oneshot::channel();
         let (stopping, stop_requested) = watch_channel(false);
         let serving = node.clone();
         // One record and one delivering task per peer: a peer that is down never holds
         // the others back. They exist before `start` returns, so that a reload can hand
         // the previous daemon's waiting changes over to them at once.
-        let mut records = Vec::new();
-        let mut replayed = 0;
-        // Resolved together: a slow name must not hold up the start once per peer.
-        let addresses = futures_util::future::join_all(
-            engine
-                .peers()
-                .iter()
-                .map(|link| addresses_of(&link.peer.remote.host, link.peer.remote.port)),
-        )
-        .await;
-        for (link, addresses) in engine.peers().iter().zip(addresses) {
-            let record = Arc::new(PeerRecord::new(link.clone(), addresses));
-            spool.register(record.label(), record.outbox.clone());
-            if let Some(known) = spooled.get(record.label()) {
-                // Delivered with the local tree's current content: the delivery plans
-                // from the versions scanned above against what the peer holds.
-                replayed += known.len();
-                record.outbox.restore(known.clone());
-                record.outbox.wake();
-            }
-            records.push(record);
-        }
-        if replayed > 0 {
-            info!(
-                paths = replayed,
-                file = %spool.file().display(),
-                "changes not delivered before the last stop are delivered now"
-            );
-        }
+        let records = peer_records(&engine, &spool, &spooled).await;
         let _ = node.peers.set(records.clone());
-        let task = tokio::spawn(async move {
-            let mut workers: Vec<_> = records
-                .into_iter()
-                .map(|record| {
-                    tokio::spawn(watcher::deliver(
-                        engine.clone(),
-                        serving.clone(),
-                        versions.clone(),
-                        record,
-                        Some(spool.clone()),
-                        stop_requested.clone(),
-                    ))
-                })
-                .collect();
-            let propagation = tokio::spawn(watcher::propagate(
-                engine.clone(),
-                serving.clone(),
-                versions,
-                received,
-                watch,
-            ));
-            let drift = tokio::spawn(crate::reconcile::reconcile(engine, serving.clone()));
-            let metrics = metrics_listener
-                .map(|listener| tokio::spawn(crate::metrics::serve(listener, serving.clone())));
-            server::serve(listener, server_tls, serving, async {
-                let _ = stopped.await;
-            })
-            .await;
-            // Stop watching, let pushes under way finish (within a deadline), then go.
-            propagation.abort();
-            drift.abort();
-            if let Some(metrics) = metrics {
-                metrics.abort();
-            }
-            let _ = stopping.send(true);
-            let finishing = async {
-                for worker in workers.iter_mut() {
-                    let _ = worker.await;
-                }
-            };
-            if tokio::time::timeout(SHUTDOWN_DEADLINE, finishing)
-                .await
-                .is_err()
-            {
-                warn!("pushes still under way after {SHUTDOWN_DEADLINE:?}: stopping anyway");
-                for worker in workers {
-                    worker.abort();
-                }
-            }
-        });
+        let task = tokio::spawn(run(Running {
+            engine,
+            node: serving,
+            versions,
+            records,
+            spool,
+            received,
+            watch,
+            listener,
+            server_tls,
+            metrics: metrics_listener,
+            stopped,
+            stopping,
+            stop_requested,
+        }));
         Ok(Daemon {
             node,
             metrics,
@@ -285,6 +187,186 @@ fn report_recovered(recovered: Vec<crate::rollback::Recovered>) {
         }
         for (path, error) in done.failures {
             error!(directory = %done.dir, %path, %error, "cannot put back a change of a batch that was not validated");
+        }
+    }
+}
+
+/// Puts back what an interrupted validation left and removes stale temporary files (a
+/// first start only: `clean`), then scans the trees: the hash cache and the versions
+/// this daemon starts from.
+async fn recover_and_scan(
+    config: &Arc<Config>,
+    clean: bool,
+) -> anyhow::Result<(Arc<HashCache>, Arc<Versions>)> {
+    let config = config.clone();
+    let scanned = tokio::task::spawn_blocking(move || {
+        let stale = if clean {
+            report_recovered(crate::rollback::recover(&config));
+            apply::remove_stale_temp_files(&config)
+        } else {
+            0
+        };
+        if stale > 0 {
+            info!(
+                removed = stale,
+                "removed temporary files left by an interrupted sync"
+            );
+        }
+        let cache = Arc::new(HashCache::default());
+        let scan = manifest::scan(&config, &[], &cache);
+        (cache, Arc::new(Versions::new(scan.entries)))
+    })
+    .await?;
+    Ok(scanned)
+}
+
+/// The metrics endpoint's socket, if one is configured: the previous daemon's when a
+/// reload keeps the address, else a new one. Returns the listener to serve and the
+/// socket to keep for the next reload.
+async fn metrics_socket(
+    config: &Config,
+    previous: Option<&Daemon>,
+) -> anyhow::Result<(
+    Option<TcpListener>,
+    Option<(std::net::SocketAddr, std::net::TcpListener)>,
+)> {
+    let Some(address) = config.metrics_address else {
+        return Ok((None, None));
+    };
+    let kept = previous
+        .and_then(|p| p.metrics.as_ref())
+        .filter(|(at, _)| *at == address)
+        .map(|(_, socket)| socket.try_clone())
+        .transpose()?;
+    let socket = match kept {
+        Some(socket) => socket,
+        None => crate::metrics::bind(address).await?.into_std()?,
+    };
+    let serving = TcpListener::from_std(socket.try_clone()?)?;
+    Ok((Some(serving), Some((address, socket))))
+}
+
+/// One record per peer, registered with the spool, with what the spool still held for
+/// it put back in its outbox (and its delivery woken).
+async fn peer_records(
+    engine: &Engine,
+    spool: &Arc<Spool>,
+    spooled: &Spooled,
+) -> Vec<Arc<PeerRecord>> {
+    // Resolved together: a slow name must not hold up the start once per peer.
+    let addresses = futures_util::future::join_all(
+        engine
+            .peers()
+            .iter()
+            .map(|link| addresses_of(&link.peer.remote.host, link.peer.remote.port)),
+    )
+    .await;
+    let mut records = Vec::new();
+    let mut replayed = 0;
+    for (link, addresses) in engine.peers().iter().zip(addresses) {
+        let record = Arc::new(PeerRecord::new(link.clone(), addresses));
+        spool.register(record.label(), record.outbox.clone());
+        if let Some(known) = spooled.get(record.label()) {
+            // Delivered with the local tree's current content: the delivery plans from
+            // the versions scanned at the start against what the peer holds.
+            replayed += known.len();
+            record.outbox.restore(known.clone());
+            record.outbox.wake();
+        }
+        records.push(record);
+    }
+    if replayed > 0 {
+        info!(
+            paths = replayed,
+            file = %spool.file().display(),
+            "changes not delivered before the last stop are delivered now"
+        );
+    }
+    records
+}
+
+/// What a started daemon runs with until it is stopped.
+struct Running {
+    engine: Arc<Engine>,
+    node: Arc<Node>,
+    versions: Arc<Versions>,
+    records: Vec<Arc<PeerRecord>>,
+    spool: Arc<Spool>,
+    received: watcher::QueueReceiver,
+    watch: Option<watcher::Watch>,
+    listener: TcpListener,
+    server_tls: std::sync::Arc<rustls::ServerConfig>,
+    metrics: Option<TcpListener>,
+    stopped: oneshot::Receiver<()>,
+    stopping: tokio::sync::watch::Sender<bool>,
+    stop_requested: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A daemon's life: a delivering task per peer, the propagation loop, the periodic
+/// comparison and the metrics beside the API server; once the server stops, the watch
+/// ends and pushes under way are let finish, within [`SHUTDOWN_DEADLINE`].
+async fn run(running: Running) {
+    let Running {
+        engine,
+        node: serving,
+        versions,
+        records,
+        spool,
+        received,
+        watch,
+        listener,
+        server_tls,
+        metrics: metrics_listener,
+        stopped,
+        stopping,
+        stop_requested,
+    } = running;
+    let mut workers: Vec<_> = records
+        .into_iter()
+        .map(|record| {
+            tokio::spawn(watcher::deliver(
+                engine.clone(),
+                serving.clone(),
+                versions.clone(),
+                record,
+                Some(spool.clone()),
+                stop_requested.clone(),
+            ))
+        })
+        .collect();
+    let propagation = tokio::spawn(watcher::propagate(
+        engine.clone(),
+        serving.clone(),
+        versions,
+        received,
+        watch,
+    ));
+    let drift = tokio::spawn(crate::reconcile::reconcile(engine, serving.clone()));
+    let metrics = metrics_listener
+        .map(|listener| tokio::spawn(crate::metrics::serve(listener, serving.clone())));
+    server::serve(listener, server_tls, serving, async {
+        let _ = stopped.await;
+    })
+    .await;
+    // Stop watching, let pushes under way finish (within a deadline), then go.
+    propagation.abort();
+    drift.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    let _ = stopping.send(true);
+    let finishing = async {
+        for worker in workers.iter_mut() {
+            let _ = worker.await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, finishing)
+        .await
+        .is_err()
+    {
+        warn!("pushes still under way after {SHUTDOWN_DEADLINE:?}: stopping anyway");
+        for worker in workers {
+            worker.abort();
         }
     }
 }
