@@ -181,16 +181,10 @@ impl Engine {
     pub async fn run(&self, options: &Options, mut on_peer: impl FnMut(&PeerReport)) -> Report {
         let span = info_span!("sync", dry_run = options.dry_run);
         async {
-            let mut report = Report::default();
-            for path in &options.scope {
-                if let Err(e) = paths::check_normalized(path) {
-                    report.local_errors.push(e);
-                } else if self.config.directory_of(path).is_none() {
-                    report
-                        .local_errors
-                        .push(format!("{path}: not inside a configured directory"));
-                }
-            }
+            let mut report = Report {
+                local_errors: self.scope_errors(&options.scope),
+                ..Report::default()
+            };
             if !report.local_errors.is_empty() {
                 return report;
             }
@@ -215,61 +209,9 @@ impl Engine {
                     })
                 })
                 .collect();
-            // This node's side: the digests its daemon keeps, when it runs and serves
-            // these very terms, which settle every peer whose digests agree; a full
-            // scan (or its daemon's manifest) for the others, made once when the first
-            // of them needs it.
-            let own_digests = match whole {
-                true => self.own_digests().await,
-                false => None,
-            };
-            let (missing, scanned) = match &own_digests {
-                Some(ours) => (missing_directories(ours), None),
-                None => {
-                    let scan = self.local_source().scan(&scope).await;
-                    (scan.missing.clone(), Some(scan))
-                }
-            };
-            for dir in &missing {
-                report.local_errors.push(format!(
-                    "directory {dir} is missing on this node: nothing is synchronised for it"
-                ));
-            }
-            // A tree that fails its own validation is not pushed: its directory is left
-            // alone on the peers, as an unreadable one is.
-            let to_validate: BTreeMap<String, Vec<String>> = self
-                .config
-                .directories
-                .iter()
-                .filter(|d| match &scanned {
-                    Some(scan) => scan.entries.contains_key(&d.path),
-                    None => !missing.contains(&d.path),
-                })
-                .map(|d| (d.path.clone(), Vec::new()))
-                .collect();
-            let mut refused = Vec::new();
-            for (dir, why) in
-                actions::validate(&self.config, &to_validate, crate::config::Side::Local).await
-            {
-                let reason = format!("validation failed on this node: {why}");
-                report
-                    .local_errors
-                    .push(format!("refusing to push {dir}: {reason}"));
-                refused.push((dir, reason));
-            }
-            // A refused directory must be left out of every peer's comparison: the
-            // digests cannot say so, the scan can.
-            let own_digests = own_digests.filter(|_| refused.is_empty());
-            let local = Arc::new(LazyLocal {
-                digests: own_digests,
-                state: tokio::sync::OnceCell::new(),
-                source: self.local_source(),
-                scope: scope.clone(),
-                refused,
-            });
-            if let Some(scan) = scanned {
-                let _ = local.state.set(local.finish(scan));
-            }
+            let local = self
+                .local_side(whole, &scope, &mut report.local_errors)
+                .await;
 
             let mut tasks = JoinSet::new();
             for (index, (link, manifest)) in self.peers.iter().cloned().zip(manifests).enumerate() {
@@ -280,45 +222,9 @@ impl Engine {
                 let span = info_span!("peer", peer = %link.label());
                 tasks.spawn(
                     async move {
-                        let mut manifest = manifest.await.expect("manifest task");
-                        let mut options = options;
-                        if let Ok(m) = &manifest {
-                            link.set_terms(Some(PeerTerms::of(m)));
-                        }
-                        let empty = || PeerReport {
-                            peer: link.label().to_string(),
-                            ..PeerReport::default()
-                        };
-                        if let (true, Ok(digests)) = (whole, &manifest) {
-                            if self_id.as_deref() != Some(digests.identity.node_id.as_str()) {
-                                if local
-                                    .digests
-                                    .as_ref()
-                                    .is_some_and(|ours| digests_agree(&config, ours, digests))
-                                {
-                                    return (index, empty());
-                                }
-                                let local = local.get().await;
-                                let differing =
-                                    directories_differing(&config, local.scan(), digests);
-                                if differing.is_empty() {
-                                    return (index, empty());
-                                }
-                                debug!(directories = ?differing, "digests differ: listing them");
-                                manifest = link.peer.manifest(&differing).await;
-                                options.scope = differing;
-                            }
-                        }
-                        let state = match &manifest {
-                            Ok(m) if self_id.as_deref() != Some(m.identity.node_id.as_str()) => {
-                                local.get().await
-                            }
-                            // A peer that failed, or this node itself: reported without
-                            // reading this node's tree.
-                            _ => Arc::new(LocalState::new(Scan::default())),
-                        };
+                        let manifest = manifest.await.expect("manifest task");
                         let report =
-                            sync_peer(&config, &link.peer, manifest, &state, self_id, &options)
+                            one_peer(&config, &link, manifest, &local, self_id, whole, options)
                                 .await;
                         (index, report)
                     }
@@ -349,6 +255,83 @@ impl Engine {
 }
 
 impl Engine {
+    /// What is wrong with the paths a run is scoped to: each must be normalised and
+    /// inside a configured directory.
+    fn scope_errors(&self, scope: &[String]) -> Vec<String> {
+        let mut errors = Vec::new();
+        for path in scope {
+            if let Err(e) = paths::check_normalized(path) {
+                errors.push(e);
+            } else if self.config.directory_of(path).is_none() {
+                errors.push(format!("{path}: not inside a configured directory"));
+            }
+        }
+        errors
+    }
+
+    /// This node's side of a run: the digests its daemon keeps, when it runs and serves
+    /// these very terms, which settle every peer whose digests agree; a full scan (or
+    /// its daemon's manifest) for the others, made once when the first of them needs
+    /// it. A directory missing here, or whose own `validate` fails, is reported in
+    /// `errors` and left alone on the peers.
+    async fn local_side(
+        &self,
+        whole: bool,
+        scope: &[String],
+        errors: &mut Vec<String>,
+    ) -> Arc<LazyLocal> {
+        let own_digests = match whole {
+            true => self.own_digests().await,
+            false => None,
+        };
+        let (missing, scanned) = match &own_digests {
+            Some(ours) => (missing_directories(ours), None),
+            None => {
+                let scan = self.local_source().scan(scope).await;
+                (scan.missing.clone(), Some(scan))
+            }
+        };
+        for dir in &missing {
+            errors.push(format!(
+                "directory {dir} is missing on this node: nothing is synchronised for it"
+            ));
+        }
+        // A tree that fails its own validation is not pushed: its directory is left
+        // alone on the peers, as an unreadable one is.
+        let to_validate: BTreeMap<String, Vec<String>> = self
+            .config
+            .directories
+            .iter()
+            .filter(|d| match &scanned {
+                Some(scan) => scan.entries.contains_key(&d.path),
+                None => !missing.contains(&d.path),
+            })
+            .map(|d| (d.path.clone(), Vec::new()))
+            .collect();
+        let mut refused = Vec::new();
+        for (dir, why) in
+            actions::validate(&self.config, &to_validate, crate::config::Side::Local).await
+        {
+            let reason = format!("validation failed on this node: {why}");
+            errors.push(format!("refusing to push {dir}: {reason}"));
+            refused.push((dir, reason));
+        }
+        // A refused directory must be left out of every peer's comparison: the digests
+        // cannot say so, the scan can.
+        let own_digests = own_digests.filter(|_| refused.is_empty());
+        let local = Arc::new(LazyLocal {
+            digests: own_digests,
+            state: tokio::sync::OnceCell::new(),
+            source: self.local_source(),
+            scope: scope.to_vec(),
+            refused,
+        });
+        if let Some(scan) = scanned {
+            let _ = local.state.set(local.finish(scan));
+        }
+        local
+    }
+
     fn local_source(&self) -> LocalSource {
         LocalSource {
             config: self.config.clone(),
@@ -523,6 +506,54 @@ impl LocalSource {
             .await
             .expect("scan task")
     }
+}
+
+/// One peer's part of a run, given its answer to the first request (digests for a run
+/// over the whole tree, entries in scope otherwise): a peer whose digests agree with
+/// this node's is done at once; otherwise only its differing directories are listed,
+/// and compared with this node's tree, read when first needed.
+async fn one_peer(
+    config: &Arc<Config>,
+    link: &PeerLink,
+    mut manifest: Result<ManifestResponse, crate::client::PeerError>,
+    local: &LazyLocal,
+    self_id: Option<String>,
+    whole: bool,
+    mut options: Options,
+) -> PeerReport {
+    if let Ok(m) = &manifest {
+        link.set_terms(Some(PeerTerms::of(m)));
+    }
+    let empty = || PeerReport {
+        peer: link.label().to_string(),
+        ..PeerReport::default()
+    };
+    if let (true, Ok(digests)) = (whole, &manifest) {
+        if self_id.as_deref() != Some(digests.identity.node_id.as_str()) {
+            if local
+                .digests
+                .as_ref()
+                .is_some_and(|ours| digests_agree(config, ours, digests))
+            {
+                return empty();
+            }
+            let local = local.get().await;
+            let differing = directories_differing(config, local.scan(), digests);
+            if differing.is_empty() {
+                return empty();
+            }
+            debug!(directories = ?differing, "digests differ: listing them");
+            manifest = link.peer.manifest(&differing).await;
+            options.scope = differing;
+        }
+    }
+    let state = match &manifest {
+        Ok(m) if self_id.as_deref() != Some(m.identity.node_id.as_str()) => local.get().await,
+        // A peer that failed, or this node itself: reported without reading this node's
+        // tree.
+        _ => Arc::new(LocalState::new(Scan::default())),
+    };
+    sync_peer(config, &link.peer, manifest, &state, self_id, &options).await
 }
 
 /// This node's side of one run: the digests its daemon keeps (when usable), and the

@@ -26,7 +26,7 @@ use crate::manifest;
 use crate::node::Node;
 use crate::paths;
 use crate::protocol::{
-    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse, Outcome,
+    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse, OpResult, Outcome,
     StatusResponse, MAX_MANIFEST_REQUEST_BYTES,
 };
 
@@ -321,8 +321,14 @@ async fn apply(
         .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
         .map_err(|reason| refuse(&addr, reason))?;
 
+    count_and_log(&node, &client, &results);
+    Ok(Json(ApplyResponse { results, actions }))
+}
+
+/// Counts and logs how each operation of a batch from `client` ended.
+fn count_and_log(node: &Node, client: &str, results: &[OpResult]) {
     let mut applied = 0;
-    for result in &results {
+    for result in results {
         match &result.outcome {
             Outcome::Applied => {
                 applied += 1;
@@ -347,7 +353,6 @@ async fn apply(
         }
     }
     info!(%client, operations = results.len(), applied, "batch applied");
-    Ok(Json(ApplyResponse { results, actions }))
 }
 
 fn too_large(addr: &Option<Extension<ClientAddr>>, limit: usize) -> ApiError {
