@@ -392,7 +392,7 @@ impl Node {
                 .collect(),
             entries,
             unreadable: unreadable.into_iter().map(|(p, _)| p).collect(),
-            limits: (&self.config.limits).into(),
+            limits: self.config.limits.announced(),
             digests,
         }
     }

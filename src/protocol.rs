@@ -54,6 +54,9 @@ pub const BATCH_MAGIC: &[u8; 4] = b"GSB1";
 /// The default `max_request_size`: the largest apply request body a receiver accepts,
 /// and what a peer that announces no limits is assumed to accept.
 pub const MAX_APPLY_BODY_BYTES: usize = 512 * 1024 * 1024;
+/// The default `max_file_size`: the largest file a receiver accepts, and what a peer
+/// that announces no limits is assumed to accept.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 256 * 1024 * 1024;
 /// Largest JSON header inside a batch body.
 pub const MAX_BATCH_HEADER_BYTES: usize = 64 * 1024 * 1024;
 /// Largest manifest request body (a list of scope paths).

@@ -53,7 +53,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_size: crate::protocol::MAX_APPLY_BODY_BYTES as u64,
-            max_file_size: 256 * MIB,
+            max_file_size: crate::protocol::DEFAULT_MAX_FILE_SIZE,
             max_batch_entries: crate::protocol::MAX_OPS_PER_BATCH,
             max_manifest_size: 256 * MIB,
             handshake_timeout: Duration::from_secs(10),
@@ -194,21 +194,14 @@ fn duration(value: &Expression) -> Result<Duration, String> {
     )
 }
 
-/// What a node announces of its limits to its peers.
-impl From<&Limits> for PeerLimits {
-    fn from(limits: &Limits) -> Self {
+impl Limits {
+    /// What a node announces of its limits to its peers.
+    pub fn announced(&self) -> PeerLimits {
         PeerLimits {
-            max_request_size: limits.max_request_size,
-            max_file_size: limits.max_file_size,
-            max_batch_entries: limits.max_batch_entries,
+            max_request_size: self.max_request_size,
+            max_file_size: self.max_file_size,
+            max_batch_entries: self.max_batch_entries,
         }
-    }
-}
-
-impl Default for PeerLimits {
-    /// What a peer that announces nothing is assumed to accept: the defaults.
-    fn default() -> Self {
-        PeerLimits::from(&Limits::default())
     }
 }
 

@@ -209,6 +209,18 @@ pub struct PeerLimits {
     pub max_batch_entries: usize,
 }
 
+impl Default for PeerLimits {
+    /// What a peer that announces nothing is assumed to accept: the defaults of the
+    /// `limits` block.
+    fn default() -> Self {
+        PeerLimits {
+            max_request_size: super::MAX_APPLY_BODY_BYTES as u64,
+            max_file_size: super::DEFAULT_MAX_FILE_SIZE,
+            max_batch_entries: super::MAX_OPS_PER_BATCH,
+        }
+    }
+}
+
 /// The receiver's answer to a batch, one result per operation in order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApplyResponse {
