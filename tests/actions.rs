@@ -349,18 +349,6 @@ async fn a_sender_whose_own_tree_fails_validation_pushes_nothing_of_it() {
     assert_same_tree(n0, n1);
 }
 
-/// Polls `condition` every 20 ms for up to `within`.
-async fn within(within: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let started = std::time::Instant::now();
-    while started.elapsed() < within {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    condition()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_edits_are_validated_before_the_watcher_pushes_them_and_run_on_change() {
     let mut group = start_with(gosyncd::group::GroupSpec {
@@ -385,27 +373,26 @@ async fn local_edits_are_validated_before_the_watcher_pushes_them_and_run_on_cha
     let wait = std::time::Duration::from_secs(10);
 
     write(n0, "/etc/app/app.cfg", "listen 80\n");
-    assert!(
-        within(wait, || exists(n1, "/etc/app/app.cfg")
-            && read(n1, "/etc/app/app.cfg") == b"listen 80\n")
-        .await
-    );
+    eventually("the first version on node 1", wait, || {
+        exists(n1, "/etc/app/app.cfg") && read(n1, "/etc/app/app.cfg") == b"listen 80\n"
+    })
+    .await;
     let app = n0.path("/etc/app/app.cfg").display().to_string();
-    assert!(
-        within(wait, || std::fs::read_to_string(&log)
-            .is_ok_and(|l| l.lines().any(|x| x == app)))
-        .await,
-        "on_change did not run for the local edit"
-    );
+    eventually("on_change run for the local edit", wait, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.lines().any(|x| x == app))
+    })
+    .await;
 
     // A broken save is not pushed: node 1 keeps the good version.
     write(n0, "/etc/app/app.cfg", "listen 80\nBROKEN\n");
     write(n0, "/etc/app/sentinel.cfg", "after the broken save\n");
     let quiet = n0.config.debounce * 4 + std::time::Duration::from_millis(500);
-    assert!(
-        !within(quiet, || read(n1, "/etc/app/app.cfg") != b"listen 80\n").await,
-        "a change that fails validation was pushed"
-    );
+    holds_for(
+        "a change that fails validation is not pushed",
+        quiet,
+        || read(n1, "/etc/app/app.cfg") == b"listen 80\n",
+    )
+    .await;
     assert!(
         !exists(n1, "/etc/app/sentinel.cfg"),
         "the directory's other changes wait too"
@@ -413,12 +400,10 @@ async fn local_edits_are_validated_before_the_watcher_pushes_them_and_run_on_cha
 
     // Fixed: the next save goes, with everything that waited.
     write(n0, "/etc/app/app.cfg", "listen 8080\n");
-    assert!(
-        within(wait, || read(n1, "/etc/app/app.cfg") == b"listen 8080\n"
-            && exists(n1, "/etc/app/sentinel.cfg"))
-        .await,
-        "the fixed tree did not arrive"
-    );
+    eventually("the fixed tree on node 1", wait, || {
+        read(n1, "/etc/app/app.cfg") == b"listen 8080\n" && exists(n1, "/etc/app/sentinel.cfg")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,15 +454,13 @@ async fn a_batch_whose_validation_never_ended_is_put_back_when_the_daemon_starts
     std::fs::write(&hold, "").unwrap();
     let engine = engine_for(&direct, None).await;
     let push = tokio::spawn(async move { run(&engine, &[], false).await });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while !started.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "validation never started:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually_showing(
+        "validation started",
+        std::time::Duration::from_secs(15),
+        || started.exists(),
+        || daemon.log(),
+    )
+    .await;
     // Written and waiting for its validation: then killed.
     assert_eq!(
         read(n1, "/etc/app/app.cfg"),

@@ -494,7 +494,7 @@ async fn a_no_change_audit_beside_watching_daemons_takes_their_kept_digests_and_
     .await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/a.conf", "a\n");
-    eventually(&group, Duration::from_secs(10), "a.conf replicated", || {
+    eventually_in(&group, Duration::from_secs(10), "a.conf replicated", || {
         holds(n1, "/etc/app/a.conf", "a\n")
     })
     .await;
@@ -517,19 +517,14 @@ async fn a_no_change_audit_beside_watching_daemons_takes_their_kept_digests_and_
     let before = asking.digests().await.unwrap().digests;
     assert_eq!(asking.digests().await.unwrap().digests, before);
     write(n1, "/etc/app/b.conf", "b\n");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if asking.digests().await.unwrap().digests != before {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the peer still answers the digests it had before b.conf was written"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(
+        "the peer answers new digests once b.conf is written",
+        Duration::from_secs(10),
+        || async { asking.digests().await.unwrap().digests != before },
+    )
+    .await;
     // And the audit still agrees once the edit has reached node 0.
-    eventually(&group, Duration::from_secs(10), "b.conf replicated", || {
+    eventually_in(&group, Duration::from_secs(10), "b.conf replicated", || {
         holds(n0, "/etc/app/b.conf", "b\n")
     })
     .await;

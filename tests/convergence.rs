@@ -27,8 +27,6 @@ const CONVERGE: Duration = Duration::from_secs(10);
 /// Longest a step that does not depend on the failure under test may take (a save
 /// reaching a live peer, say).
 const WAIT: Duration = Duration::from_secs(10);
-/// How often a condition is polled.
-const POLL: Duration = Duration::from_millis(20);
 
 /// A group of `nodes` daemons that watch `/etc/app` and push their edits.
 async fn watching(nodes: usize, first_octet: u8) -> LocalGroup {
@@ -51,24 +49,6 @@ async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
     group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap_or_else(|e| panic!("{e}")));
     group.nodes[i].config_path = variant;
     group.restart(i).await.unwrap();
-}
-
-/// Waits until `condition` holds, failing the test after `within` with `state()`.
-async fn eventually(
-    within: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-    state: impl Fn() -> String,
-) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < within,
-            "{what}: still not the case after {within:?}\n{}",
-            state()
-        );
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// What a node's file holds, for failure messages.
@@ -118,18 +98,18 @@ async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
     };
 
     write(n0, file, "listen 80\n");
-    eventually(
-        WAIT,
+    eventually_showing(
         "the first version on both peers",
+        WAIT,
         || peers.iter().all(|n| holds(n, file, "listen 80\n")),
         state,
     )
     .await;
 
     write(n0, file, "listen 80\nBAD\n");
-    eventually(
-        WAIT,
+    eventually_showing(
         "both peers reject the broken save",
+        WAIT,
         || peers.iter().all(|n| counters(n).rejected >= 1),
         state,
     )
@@ -156,9 +136,9 @@ async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
                 })
         })
     };
-    eventually(
-        WAIT,
+    eventually_showing(
         "node 1 shows the path held as rejected for both peers",
+        WAIT,
         || held_as_rejected(&group),
         state,
     )
@@ -167,16 +147,16 @@ async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
     // The fix, saved on node 1 alone: the peers never held the broken version, and
     // must take the fixed one all the same.
     write(n0, file, "listen 8080\n");
-    eventually(
-        CONVERGE,
+    eventually_showing(
         "the fix saved on node 1 on every peer, with no command",
+        CONVERGE,
         || peers.iter().all(|n| holds(n, file, "listen 8080\n")),
         state,
     )
     .await;
-    eventually(
-        WAIT,
+    eventually_showing(
         "nothing held any more once the fix landed",
+        WAIT,
         || {
             group.nodes[0]
                 .peer_status()
@@ -222,9 +202,9 @@ async fn drift_nobody_delivers_is_reported_with_its_paths_and_never_pushed() {
     let reported = |group: &LocalGroup, i: usize| {
         drift_of(group, i) == Some((Some(1), vec!["/etc/app/only-here.cfg".to_string()]))
     };
-    eventually(
-        WAIT,
+    eventually_showing(
         "both nodes report the one drifted path",
+        WAIT,
         || reported(&group, 0) && reported(&group, 1),
         || state(&group),
     )
@@ -251,9 +231,9 @@ async fn drift_nobody_delivers_is_reported_with_its_paths_and_never_pushed() {
     // deletion node 1 finds already done): the next comparison clears the report.
     remove(&group.nodes[1], "/etc/app/only-here.cfg");
     let cleared = |group: &LocalGroup, i: usize| drift_of(group, i) == Some((Some(0), vec![]));
-    eventually(
-        WAIT,
+    eventually_showing(
         "the drift report cleared on both nodes",
+        WAIT,
         || cleared(&group, 0) && cleared(&group, 1),
         || state(&group),
     )
@@ -305,17 +285,11 @@ async fn edits_waiting_for_a_stopped_peer_survive_a_restart_of_the_sender() {
         for i in 0..REWRITTEN {
             write(n0, &rewritten_path(i), format!("e{i}, original\n"));
         }
-        eventually(
-            WAIT,
-            "the original files on both peers",
-            || {
-                peers.iter().all(|n| {
-                    (0..REWRITTEN)
-                        .all(|i| holds(n, &rewritten_path(i), format!("e{i}, original\n")))
-                })
-            },
-            || describe(&group),
-        )
+        eventually_in(&group, WAIT, "the original files on both peers", || {
+            peers.iter().all(|n| {
+                (0..REWRITTEN).all(|i| holds(n, &rewritten_path(i), format!("e{i}, original\n")))
+            })
+        })
         .await;
     }
 
@@ -348,12 +322,9 @@ async fn edits_waiting_for_a_stopped_peer_survive_a_restart_of_the_sender() {
         // Node 2 holding them all means that node 1 saw every edit and handed it to the
         // outboxes of both peers: what waits for node 3 is all of it.
         let n1 = &group.nodes[1];
-        eventually(
-            WAIT,
-            "node 2 holds the 20 edits",
-            || edits.iter().all(|(path, text)| holds(n1, path, text)),
-            || describe(&group),
-        )
+        eventually_in(&group, WAIT, "node 2 holds the 20 edits", || {
+            edits.iter().all(|(path, text)| holds(n1, path, text))
+        })
         .await;
     }
 
@@ -361,9 +332,9 @@ async fn edits_waiting_for_a_stopped_peer_survive_a_restart_of_the_sender() {
     group.restart(0).await.unwrap();
     group.restart(2).await.unwrap();
     let n2 = &group.nodes[2];
-    eventually(
-        CONVERGE,
+    eventually_showing(
         "node 3, back, holds the 20 edits made while it was down, with no command",
+        CONVERGE,
         || edits.iter().all(|(path, text)| holds(n2, path, text)),
         || {
             let missing: Vec<&str> = edits
@@ -456,9 +427,9 @@ async fn a_receiver_that_could_not_write_catches_up_once_it_can() {
     )
     .unwrap_or_else(|e| panic!("cannot raise the receiver's RLIMIT_FSIZE: {e}"));
 
-    eventually(
-        CONVERGE,
+    eventually_showing(
         "the receiver holds the file once it can write it, with no new edit and no command",
+        CONVERGE,
         || holds(n1, "/etc/app/big.bin", &big),
         || {
             format!(
@@ -515,7 +486,8 @@ async fn a_large_recursive_delete_leaves_no_directory_behind_on_any_peer() {
         for i in 0..TREE_FILES {
             write(n0, &tree_path(i), text(i));
         }
-        eventually(
+        eventually_in(
+            &group,
             WAIT,
             &format!("round {round}: the {TREE_FILES} files on every peer"),
             || {
@@ -523,14 +495,13 @@ async fn a_large_recursive_delete_leaves_no_directory_behind_on_any_peer() {
                     .iter()
                     .all(|n| (0..TREE_FILES).all(|i| holds(n, &tree_path(i), text(i))))
             },
-            || describe(&group),
         )
         .await;
 
         std::fs::remove_dir_all(n0.path(TREE_TOP)).unwrap();
-        eventually(
-            CONVERGE,
+        eventually_showing(
             &format!("round {round}: nothing of {TREE_TOP} left on any peer after rm -rf"),
+            CONVERGE,
             || peers.iter().all(|n| !exists(n, TREE_TOP)),
             || {
                 let left: Vec<String> = peers.iter().map(|n| left_below(n, TREE_TOP)).collect();
@@ -673,15 +644,13 @@ async fn gosyncd_sync_waits_for_a_busy_receiver_instead_of_failing() {
     let first_engine = engine(&group, 0).await;
     let first =
         tokio::spawn(async move { run(&first_engine, &["/etc/app/first.cfg"], false).await });
-    let deadline = Instant::now() + WAIT;
-    while !started.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the first push's validation never started:\n{}",
-            tail(&receiver.log())
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    eventually_showing(
+        "the first push's validation started",
+        WAIT,
+        || started.exists(),
+        || tail(&receiver.log()),
+    )
+    .await;
 
     // Meanwhile, an operator runs `gosyncd sync` on node 1.
     write(n0, "/etc/app/second.cfg", "pushed by gosyncd sync\n");
@@ -689,15 +658,13 @@ async fn gosyncd_sync_waits_for_a_busy_receiver_instead_of_failing() {
     let sync = tokio::spawn(gosyncd(config_args(&n0.config_path, &["sync"])));
     // Once the receiver has turned it away as busy (or it gave up), the first push's
     // validation ends, and the receiver takes applies again.
-    let deadline = Instant::now() + WAIT;
-    while !receiver.log().contains(BUSY_LOG) && !sync.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "the sync neither met the busy receiver nor finished within {WAIT:?}:\n{}",
-            tail(&receiver.log())
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    eventually_showing(
+        "the sync met the busy receiver or finished",
+        WAIT,
+        || receiver.log().contains(BUSY_LOG) || sync.is_finished(),
+        || tail(&receiver.log()),
+    )
+    .await;
     std::fs::write(&release, "").unwrap();
     let outcome = sync.await.expect("the binary's runner");
     let elapsed = clock.elapsed();
@@ -799,18 +766,18 @@ async fn a_deleted_directory_holding_paths_the_sender_excludes_is_kept_not_retri
     // Node 2's own burst (its file is excluded on node 1; the directory goes to node 1
     // unless node 1's push made it first) is over once node 2 counts its push: then
     // nothing else is under way.
-    eventually(
-        WAIT,
+    eventually_showing(
         "sub/a.cfg on node 2, and node 2's own burst pushed",
+        WAIT,
         || holds(n1, "/etc/app/sub/a.cfg", "a\n") && counters(n1).pushes >= 1,
         state,
     )
     .await;
 
     std::fs::remove_dir_all(n0.path("/etc/app/sub")).unwrap();
-    eventually(
-        CONVERGE,
+    eventually_showing(
         "node 1 holds sub as kept for node 2, for the path it excludes",
+        CONVERGE,
         || {
             n0.peer_status().is_some_and(|peers| {
                 peers[0].held.iter().any(|h| {

@@ -32,9 +32,6 @@ use notify::event::{ModifyKind, RenameMode};
 use notify::{Event, EventKind, Watcher};
 use tokio::task::JoinHandle;
 
-/// How often a condition is polled.
-const POLL: Duration = Duration::from_millis(10);
-
 /// Sends `signal` to the process `pid`.
 fn send_signal(pid: u32, signal: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
@@ -254,18 +251,16 @@ async fn sigkill_of_a_receiver_mid_batch_leaves_each_file_old_or_new_and_the_nex
         });
         let report = run(&engine_for(&via, None).await, &[], false).await;
         let context = format!("round {round}, kill {point:?}");
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                started.elapsed() < KILL_WAIT,
-                "{context}: the kill point was never reached; the push: {report:#?}\n{}",
-                daemon.log()
-            );
-            tokio::time::sleep(POLL).await;
-        };
+        let status = eventually_showing(
+            &format!("{context}: the receiver killed"),
+            KILL_WAIT,
+            || daemon.child.try_wait().unwrap(),
+            || {
+                let log = std::fs::read_to_string(&daemon.log_path).unwrap_or_default();
+                format!("the kill point was never reached; the push: {report:#?}\n{log}")
+            },
+        )
+        .await;
         tripwire.disarm();
         drop(forwarder);
         assert_eq!(
@@ -486,9 +481,10 @@ async fn a_connection_cut_mid_transfer_writes_nothing_partial_and_the_watcher_re
     std::fs::rename(&staged, n0.path("/etc/app/big.bin")).unwrap();
 
     // Until it arrives whole, the file on node 1 is absent or complete, never partial.
-    let started = Instant::now();
-    loop {
-        match std::fs::read(n1.path("/etc/app/big.bin")) {
+    eventually_showing(
+        "node 1 holds the file",
+        RETRY_WAIT,
+        || match std::fs::read(n1.path("/etc/app/big.bin")) {
             Ok(bytes) => {
                 assert!(
                     bytes == big,
@@ -496,18 +492,22 @@ async fn a_connection_cut_mid_transfer_writes_nothing_partial_and_the_watcher_re
                     bytes.len(),
                     big.len()
                 );
-                break;
+                true
             }
-            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}"),
-        }
-        assert!(
-            started.elapsed() < RETRY_WAIT,
-            "node 1 did not get the file within {RETRY_WAIT:?} (cut: {}); node 0: {:?}",
-            cut.load(Ordering::SeqCst),
-            n0.stats()
-        );
-        tokio::time::sleep(POLL).await;
-    }
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+                false
+            }
+        },
+        || {
+            format!(
+                "cut: {}; node 0: {:?}",
+                cut.load(Ordering::SeqCst),
+                n0.stats()
+            )
+        },
+    )
+    .await;
     assert!(
         cut.load(Ordering::SeqCst),
         "the file arrived without its connection being cut: the test proved nothing"

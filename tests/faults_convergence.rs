@@ -1080,21 +1080,25 @@ async fn the_group_converges_by_itself_after_each_random_fault_while_one_node_is
                 editor.save_large(&mut rng, round);
                 let n = rng.range(0, 2);
                 editor.edits(&mut rng, round, n).await;
-                let deadline = Instant::now() + WAIT;
-                while std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .matches(&failed)
-                    .count()
-                    <= before
-                {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{context}: the editor never logged {failed:?}:\n{}\nnode 3:\n{}",
-                        tail(&cluster.editor.log(), 40),
-                        tail(&cluster.writer.log(), 40)
-                    );
-                    tokio::time::sleep(POLL).await;
-                }
+                eventually_showing(
+                    &format!("{context}: the editor logged {failed:?}"),
+                    WAIT,
+                    || {
+                        std::fs::read_to_string(&log)
+                            .unwrap_or_default()
+                            .matches(&failed)
+                            .count()
+                            > before
+                    },
+                    || {
+                        format!(
+                            "{}\nnode 3:\n{}",
+                            tail(&cluster.editor.log(), 40),
+                            tail(&cluster.writer.log(), 40)
+                        )
+                    },
+                )
+                .await;
                 set_fsize(&cluster.writer, None);
                 editor.note(format!("round {round}: node 3's RLIMIT_FSIZE raised"));
             }
@@ -1109,14 +1113,12 @@ async fn the_group_converges_by_itself_after_each_random_fault_while_one_node_is
                 // Random edits can cancel out (a file created and deleted at once): a new
                 // file is always pushed, and rejected.
                 editor.new_file(&mut rng, round);
-                let deadline = Instant::now() + WAIT;
-                while rejected() <= before {
-                    assert!(
-                        Instant::now() < deadline,
-                        "{context}: node 2 never rejected a batch while its validate failed"
-                    );
-                    tokio::time::sleep(POLL).await;
-                }
+                eventually(
+                    &format!("{context}: node 2 rejected a batch while its validate failed"),
+                    WAIT,
+                    || rejected() > before,
+                )
+                .await;
                 std::fs::remove_file(&cluster.marker).unwrap();
                 editor.note(format!("round {round}: node 2's validate passes again"));
                 // A rejected change is held until its directory is edited again, as an

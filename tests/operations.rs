@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use gosyncd::config::Config;
@@ -77,20 +77,18 @@ async fn the_metrics_endpoint_serves_the_text_format_and_its_counters_move() {
     assert!(before.contains("gosyncd_build_info{version=\""), "{before}");
 
     write(n0, "/etc/app/a.cfg", "metered\n");
-    let started = Instant::now();
-    while !(exists(n1, "/etc/app/a.cfg")
-        && sample(
-            &scrape(m0).await,
-            &format!("gosyncd_pushes_total{{peer=\"{peer}\"}}"),
-        ) == Some(1.0))
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{}",
-            scrape(m0).await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pushes = format!("gosyncd_pushes_total{{peer=\"{peer}\"}}");
+    eventually_async(
+        "a.cfg on node 1, and one push counted",
+        Duration::from_secs(10),
+        || async {
+            let text = scrape(m0).await;
+            (exists(n1, "/etc/app/a.cfg") && sample(&text, &pushes) == Some(1.0))
+                .then_some(())
+                .ok_or(text)
+        },
+    )
+    .await;
     let sender = scrape(m0).await;
     let receiver = scrape(m1).await;
     let at = |text: &str, name: &str| {
@@ -301,16 +299,16 @@ async fn a_restored_backup_is_put_back_and_pushed_like_any_edit() {
     let wait = |node: &gosyncd::group::GroupNode, bytes: &'static [u8]| {
         let path = node.path("/etc/app/app.cfg");
         async move {
-            let started = Instant::now();
-            while std::fs::read(&path).ok().as_deref() != Some(bytes) {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "{} never held {:?}",
+            eventually(
+                &format!(
+                    "{} holds {:?}",
                     path.display(),
                     String::from_utf8_lossy(bytes)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+                ),
+                Duration::from_secs(10),
+                || std::fs::read(&path).ok().as_deref() == Some(bytes),
+            )
+            .await;
         }
     };
     write(n0, "/etc/app/app.cfg", "good\n");
@@ -535,18 +533,15 @@ async fn a_peer_that_is_down_shows_in_the_metrics_with_the_age_of_what_waits_for
     let up = format!("gosyncd_peer_up{{peer=\"{peer}\"}}");
     let oldest = format!("gosyncd_oldest_pending_seconds{{peer=\"{peer}\"}}");
     let until = |wanted: &'static str, check: Box<dyn Fn(&str) -> bool + Send>| async move {
-        let started = Instant::now();
-        loop {
+        eventually_async(wanted, Duration::from_secs(10), || async {
             let text = scrape(metrics).await;
             if check(&text) {
-                return text;
+                Ok(text)
+            } else {
+                Err(text)
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "never {wanted}:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     };
     // Up once compared, with nothing waiting.
     let (u, o) = (up.clone(), oldest.clone());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
@@ -12,11 +12,10 @@ use gosyncd::group::{GroupSpec, LocalGroup};
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn arrives(group: &LocalGroup, logical: &str, bytes: &[u8]) {
-    let started = Instant::now();
-    while std::fs::read(group.nodes[1].path(logical)).ok().as_deref() != Some(bytes) {
-        assert!(started.elapsed() < WAIT, "{logical} never reached node 1");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{logical} on node 1"), WAIT, || {
+        holds(&group.nodes[1], logical, bytes)
+    })
+    .await;
 }
 
 fn hangup(daemon: &DaemonProcess) {
@@ -26,15 +25,13 @@ fn hangup(daemon: &DaemonProcess) {
 
 /// Waits until `text` has been logged `count` times.
 async fn logged(daemon: &DaemonProcess, text: &str, count: usize) {
-    let started = Instant::now();
-    while daemon.log().matches(text).count() < count {
-        assert!(
-            started.elapsed() < WAIT,
-            "{text:?} not logged {count} times:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{text:?} logged {count} times"), WAIT, || {
+        let log = daemon.log();
+        (log.matches(text).count() >= count)
+            .then_some(())
+            .ok_or(log)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,19 +202,19 @@ async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
     logged(&daemon, "configuration and certificates reloaded", 1).await;
     group.restart(1).await.unwrap();
     // The new daemon got the waiting change and retries it: node 1 catches up.
-    let started = Instant::now();
-    while std::fs::read(group.nodes[1].path("/etc/app/waiting.cfg"))
-        .ok()
-        .as_deref()
-        != Some(b"saved while node 1 was down\n".as_slice())
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the waiting change was lost in the reload:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_showing(
+        "the waiting change on node 1 after the reload",
+        Duration::from_secs(20),
+        || {
+            holds(
+                &group.nodes[1],
+                "/etc/app/waiting.cfg",
+                "saved while node 1 was down\n",
+            )
+        },
+        || daemon.log(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

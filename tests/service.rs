@@ -399,17 +399,16 @@ async fn a_daemon_not_running_as_root_watches_around_a_directory_it_cannot_read(
     let n1 = &group.nodes[1];
     write(&group.nodes[0], "/etc/app/top.cfg", "saved\n");
     write(&group.nodes[0], "/etc/app/open/a.cfg", "saved too\n");
-    let started = std::time::Instant::now();
-    let holds =
-        |path: &str, bytes: &[u8]| std::fs::read(n1.path(path)).ok().as_deref() == Some(bytes);
-    while !(holds("/etc/app/top.cfg", b"saved\n") && holds("/etc/app/open/a.cfg", b"saved too\n")) {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "not pushed:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually_showing(
+        "both edits pushed",
+        std::time::Duration::from_secs(10),
+        || {
+            holds(n1, "/etc/app/top.cfg", "saved\n")
+                && holds(n1, "/etc/app/open/a.cfg", "saved too\n")
+        },
+        || daemon.log(),
+    )
+    .await;
     assert!(
         daemon.child.try_wait().unwrap().is_none(),
         "{}",

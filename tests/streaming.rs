@@ -61,21 +61,22 @@ async fn a_large_file_goes_through_both_daemons_without_either_holding_it() {
     let big = noise(FILE_MIB * 1024 * 1024, 7);
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/big.bin", &big);
-    let started = std::time::Instant::now();
-    loop {
-        let arrived = std::fs::metadata(n1.path("/etc/app/big.bin"))
-            .is_ok_and(|m| m.len() == big.len() as u64);
-        if arrived {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the file did not arrive within 60 s\nsender:\n{}\nreceiver:\n{}",
-            daemons[0].log(),
-            daemons[1].log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_showing(
+        "the file arrived",
+        Duration::from_secs(60),
+        || {
+            std::fs::metadata(n1.path("/etc/app/big.bin"))
+                .is_ok_and(|m| m.len() == big.len() as u64)
+        },
+        || {
+            format!(
+                "sender:\n{}\nreceiver:\n{}",
+                daemons[0].log(),
+                daemons[1].log()
+            )
+        },
+    )
+    .await;
     assert!(
         read(n1, "/etc/app/big.bin") == big,
         "the file arrived whole"

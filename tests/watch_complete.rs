@@ -328,7 +328,7 @@ async fn a_file_written_slowly_reaches_the_peers_whole_in_one_request() {
     let versions: Versions = Arc::new(vec![("old", old.clone()), ("new", new.clone())]);
     let sampler = Sampler::file(peers, file, versions);
     let writer = slow_writer(File::create(n0.path(file)).unwrap(), new.clone(), CHUNKS);
-    eventually(
+    eventually_in(
         &group,
         WAIT + PAUSE * CHUNKS as u32,
         "the whole new version on the peer",
@@ -352,7 +352,7 @@ async fn a_file_written_slowly_reaches_the_peers_whole_in_one_request() {
         .open(n0.path(fresh))
         .unwrap();
     let writer = slow_writer(created, new.clone(), CHUNKS);
-    eventually(
+    eventually_in(
         &group,
         WAIT + PAUSE * CHUNKS as u32,
         "the whole new file on the peer",
@@ -402,7 +402,7 @@ async fn an_editor_save_through_a_temporary_name_is_one_request_and_the_temporar
             std::fs::rename(&local_temp, &local_file).expect("renamed over the file");
         })
     };
-    eventually(&group, WAIT, "the saved version on the peer", || {
+    eventually_in(&group, WAIT, "the saved version on the peer", || {
         writer.is_finished() && peers.iter().all(|n| holds(n, file, &new))
     })
     .await;
@@ -448,7 +448,7 @@ async fn a_file_truncated_and_rewritten_in_place_never_reaches_a_peer_empty_or_h
         .open(n0.path(file))
         .unwrap();
     let writer = slow_writer(truncated, new.clone(), 4);
-    eventually(&group, WAIT, "the rewritten file on the peer", || {
+    eventually_in(&group, WAIT, "the rewritten file on the peer", || {
         writer.is_finished() && peers.iter().all(|n| holds(n, file, &new))
     })
     .await;
@@ -481,7 +481,7 @@ async fn a_package_managers_new_conffile_stays_home_until_renamed_into_place() {
         describe(&group)
     );
     std::fs::rename(n0.path(staged), n0.path(file)).unwrap();
-    eventually(&group, WAIT, "the new conffile on the peer", || {
+    eventually_in(&group, WAIT, "the new conffile on the peer", || {
         peers.iter().all(|n| holds(n, file, &new))
     })
     .await;
@@ -634,7 +634,7 @@ async fn a_git_checkout_of_hundreds_of_files_is_one_request_per_peer() {
         changed > 300,
         "the checkout changed only {changed} paths on node 0"
     );
-    eventually(&group, WAIT, "branch b's tree on the peer", || {
+    eventually_in(&group, WAIT, "branch b's tree on the peer", || {
         peers
             .iter()
             .all(|n| contents_below(&n.path("/etc/app")).as_ref() == Some(&tree_after))
@@ -661,7 +661,7 @@ async fn a_recursive_delete_of_hundreds_of_files_is_one_request_per_peer() {
     let before = apply_requests(peers);
 
     std::fs::remove_dir_all(n0.path("/etc/app/gone")).unwrap();
-    eventually(&group, WAIT, "the directory gone from the peer", || {
+    eventually_in(&group, WAIT, "the directory gone from the peer", || {
         peers.iter().all(|n| !exists(n, "/etc/app/gone"))
     })
     .await;
@@ -701,7 +701,7 @@ async fn a_file_held_open_past_open_write_timeout_is_pushed_as_it_is_with_a_warn
     let opened = Instant::now();
     let mut log = File::create(n0.path(file)).unwrap();
     log.write_all(&partial).unwrap();
-    eventually(
+    eventually_in(
         &group,
         BOUND + WAIT,
         "the content written so far on the peer",
@@ -735,7 +735,7 @@ async fn a_file_held_open_past_open_write_timeout_is_pushed_as_it_is_with_a_warn
     // Closed at last: its whole content follows.
     log.write_all(b"done\n").unwrap();
     drop(log);
-    eventually(&group, WAIT, "the closed file on the peer", || {
+    eventually_in(&group, WAIT, "the closed file on the peer", || {
         peers
             .iter()
             .all(|n| holds(n, file, b"started\nworking\ndone\n"))
