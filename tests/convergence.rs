@@ -24,20 +24,6 @@ use gosyncd::protocol::{encode_batch, Action, BatchHeader, HeldKind, Op, Outcome
 
 /// How long the group has to converge by itself once the cause of a failure is gone.
 const CONVERGE: Duration = Duration::from_secs(10);
-/// Longest a step that does not depend on the failure under test may take (a save
-/// reaching a live peer, say).
-const WAIT: Duration = Duration::from_secs(10);
-
-/// A group of `nodes` daemons that watch `/etc/app` and push their edits.
-async fn watching(nodes: usize, first_octet: u8) -> LocalGroup {
-    start_with(GroupSpec {
-        nodes,
-        first_octet,
-        watch: true,
-        ..GroupSpec::default()
-    })
-    .await
-}
 
 /// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
 async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {

@@ -12,26 +12,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
+use gosyncd::group::GroupNode;
 
-/// Longest a change may take to reach a peer.
-const WAIT: Duration = Duration::from_secs(10);
-/// Longest a change may take to reach a live peer while another peer is down: a dead
-/// peer must not hold the others back.
-const PROMPT: Duration = Duration::from_secs(3);
 /// Longest a restarted peer may take to catch up on what it missed, with no command.
 const RECOVERY: Duration = Duration::from_secs(15);
-
-/// A group of three daemons that watch `/etc/app` and push their edits.
-async fn watching(first_octet: u8) -> LocalGroup {
-    start_with(GroupSpec {
-        nodes: 3,
-        first_octet,
-        watch: true,
-        ..GroupSpec::default()
-    })
-    .await
-}
 
 /// What a node's file holds, for failure messages.
 fn content(node: &GroupNode, logical: &str) -> String {
@@ -46,7 +30,7 @@ fn content(node: &GroupNode, logical: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_edits_are_refused_not_lost_until_an_explicit_sync() {
-    let group = watching(164).await;
+    let group = watching(3, 164).await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
     let file = "/etc/app/shared.conf";
     let (v0, v1) = ("edited on node 0\n", "edited on node 1, at the same time\n");
@@ -131,7 +115,7 @@ async fn concurrent_edits_are_refused_not_lost_until_an_explicit_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_peer_does_not_hold_back_the_others_and_catches_up_after_restart() {
-    let mut group = watching(168).await;
+    let mut group = watching(3, 168).await;
     {
         let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
         write(n0, "/etc/app/modified.conf", "before\n");
@@ -198,7 +182,7 @@ async fn a_stopped_peer_does_not_hold_back_the_others_and_catches_up_after_resta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_with_drifted_files_pushes_nothing() {
-    let mut group = watching(172).await;
+    let mut group = watching(3, 172).await;
     {
         let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
         write(n0, "/etc/app/kept.conf", "same everywhere\n");

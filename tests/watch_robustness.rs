@@ -21,23 +21,6 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, Watcher};
 use tokio::sync::mpsc;
 
-/// Longest a change may take to reach a peer.
-const WAIT: Duration = Duration::from_secs(10);
-/// Longest a change may take to reach a live peer while another peer is down: a dead
-/// peer must not hold the others back.
-const PROMPT: Duration = Duration::from_secs(3);
-
-/// A group of three daemons that watch `/etc/app` and push their edits.
-async fn watching(first_octet: u8) -> LocalGroup {
-    start_with(GroupSpec {
-        nodes: 3,
-        first_octet,
-        watch: true,
-        ..GroupSpec::default()
-    })
-    .await
-}
-
 /// Every filesystem event under some directories, seen by a watcher of the test's own:
 /// how a test observes the daemons reading and writing their trees.
 struct Events {
@@ -125,7 +108,7 @@ fn is_closed_after_writing(event: &Event) -> bool {
 /// whole tree once per debounce period, forever, with nothing changing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_is_not_woken_by_its_own_reads() {
-    let group = watching(184).await;
+    let group = watching(3, 184).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     write(n0, "/etc/app/one.conf", "one\n");
     eventually_in(&group, WAIT, "the file on both peers", || {
@@ -148,7 +131,7 @@ async fn a_daemon_is_not_woken_by_its_own_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_made_while_the_previous_one_is_pushed_still_reaches_the_peers() {
     const ROUNDS: usize = 5;
-    let group = watching(188).await;
+    let group = watching(3, 188).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let file = "/etc/app/busy.conf";
     let mut events = Events::watch(&[n0.path("/etc/app")]);
@@ -239,7 +222,7 @@ async fn a_thousand_files_changed_at_once_are_one_push_per_peer_carrying_only_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_directory_deleted_and_recreated_is_watched_again() {
-    let group = watching(196).await;
+    let group = watching(3, 196).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     write(n0, "/etc/app/old.conf", "before\n");
     eventually_in(&group, WAIT, "the first file on both peers", || {
@@ -313,20 +296,6 @@ async fn a_configured_directory_missing_at_start_up_is_watched_once_it_appears()
     .await;
 }
 
-/// Every temporary file of the daemons' writes under `root`.
-fn temp_files(root: &std::path::Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(root)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(gosyncd::tree::is_temp_name)
-        })
-        .map(|e| e.into_path())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_push_under_way_and_leaves_no_temp_file() {
     // Node 0 is the real binary. It reaches node 1 through a forwarder that sends it
@@ -384,6 +353,6 @@ async fn sigterm_finishes_the_push_under_way_and_leaves_no_temp_file() {
     );
     assert!(!log.contains("stopping anyway"), "{log}");
     for root in [group.path().join("node1"), group.path().join("node2")] {
-        assert_eq!(temp_files(&root), Vec::<PathBuf>::new(), "{log}");
+        assert_eq!(temp_files_below(&root), Vec::<PathBuf>::new(), "{log}");
     }
 }

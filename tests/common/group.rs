@@ -19,6 +19,18 @@ pub async fn start(nodes: usize, first_octet: u8) -> LocalGroup {
     .await
 }
 
+/// Starts `nodes` daemons on 127.0.0.first_octet and up that watch `/etc/app` and push
+/// their edits.
+pub async fn watching(nodes: usize, first_octet: u8) -> LocalGroup {
+    start_with(GroupSpec {
+        nodes,
+        first_octet,
+        watch: true,
+        ..GroupSpec::default()
+    })
+    .await
+}
+
 pub async fn start_with(spec: GroupSpec) -> LocalGroup {
     LocalGroup::start(&spec)
         .await

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 pub const BINARY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest an engine run or a single request may take in a test.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a change may take to reach a live peer.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// Longest a change may take to reach a live peer while another peer is down: a dead
+/// peer must not hold the others back.
+pub const PROMPT: Duration = Duration::from_secs(3);
 /// How often a polled condition is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(15);
 
