@@ -2,11 +2,12 @@
 //! re-exports what the binary and the rest of the crate use; it does no work of its own
 //! beyond choosing who does. The rest is in child modules: `args` (the clap definitions
 //! and the Go-style `-flag` normalisation), `daemon` (the daemon command with its signal
-//! handling, reload and readiness notification), `commands` (the one-shot commands
-//! and how their results are printed), `ops` (the `status` and `backups` commands' work),
-//! `records` (their JSON records), `progress` (what a sync shows on a terminal while it
-//! runs), `demo` (a local group of three daemons to try) and `docs` (the man pages and
-//! completion scripts, from the clap definitions).
+//! handling, reload and readiness notification), `commands` (the one-shot commands and
+//! how their results are printed), `ops` (the `status` and `backups` commands' work),
+//! `preflight` (what `check-config` checks on this host), `records` (their JSON
+//! records), `progress` (what a sync shows on a terminal while it runs), `demo` (a local
+//! group of three daemons to try) and `docs` (the man pages and completion scripts, from
+//! the clap definitions).
 
 mod args;
 mod commands;
@@ -14,6 +15,7 @@ mod daemon;
 mod demo;
 mod docs;
 mod ops;
+mod preflight;
 mod progress;
 mod records;
 

@@ -19,7 +19,6 @@ pub mod metrics;
 pub mod node;
 pub mod paths;
 pub mod plan;
-pub mod preflight;
 pub mod protocol;
 pub mod reconcile;
 pub(crate) mod rollback;

@@ -28,20 +28,20 @@ fn load(config: &std::path::Path) -> anyhow::Result<(Arc<Config>, TlsMaterial)> 
 }
 
 /// Checks the file, then whether the setup it describes can work on this host (see
-/// [`crate::preflight`]): every issue on stderr, naming the file; exit 2 when any is an
+/// [`super::preflight`]): every issue on stderr, naming the file; exit 2 when any is an
 /// error, 0 when there are only warnings.
 pub(super) async fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     let (config, tls) = load(path)?;
     tls.server_config()?;
     tls.client_config()?;
-    let issues = crate::preflight::check(&config, &tls).await;
+    let issues = super::preflight::check(&config, &tls).await;
     for issue in &issues {
         eprintln!("{}: {issue}", path.display());
     }
     let count = |severity| issues.iter().filter(|i| i.severity == severity).count();
     let (errors, warnings) = (
-        count(crate::preflight::Severity::Error),
-        count(crate::preflight::Severity::Warning),
+        count(super::preflight::Severity::Error),
+        count(super::preflight::Severity::Warning),
     );
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     if errors > 0 {
