@@ -4,7 +4,6 @@
 //! the sending side; [`server`] -> [`apply`] on the receiving side.
 
 pub mod access;
-pub mod actions;
 pub mod apply;
 pub mod backup;
 pub mod certgen;
@@ -14,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod diff;
 pub mod group;
+pub mod hooks;
 pub mod manifest;
 pub mod metrics;
 pub mod node;

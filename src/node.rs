@@ -14,8 +14,8 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::access::Allowlist;
-use crate::actions;
 use crate::config::Config;
+use crate::hooks;
 use crate::manifest::{self, Generation, HashCache};
 use crate::protocol::{
     DirectoryDigest, DirectoryInfo, Entry, HeldPath, Identity, ManifestResponse, PeerStatus,
@@ -48,7 +48,7 @@ pub struct Node {
     /// The client addresses allowed to read and write.
     pub allow: Allowlist,
     /// Runs the directories' `on_change` commands, coalesced.
-    pub runner: Arc<actions::Runner>,
+    pub runner: Arc<hooks::Runner>,
     /// One record per peer (a daemon's; empty for a bare server).
     pub peers: std::sync::OnceLock<Vec<Arc<PeerRecord>>>,
     /// Where the differences waiting for peers are kept across restarts (a daemon's).

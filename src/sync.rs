@@ -34,9 +34,9 @@ pub use self::progress::{PeerTally, Progress, ProgressEvent};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};
 pub(crate) use self::self_detect::resolves_to_self;
-use crate::actions;
 use crate::client::{self, Peer};
 use crate::config::{Config, Remote};
+use crate::hooks;
 use crate::manifest::{self, HashCache, Scan};
 use crate::paths::{self, is_within};
 use crate::protocol::{Action, ManifestResponse, Op};
@@ -310,7 +310,7 @@ impl Engine {
             .collect();
         let mut refused = Vec::new();
         for (dir, why) in
-            actions::validate(&self.config, &to_validate, crate::config::Side::Local).await
+            hooks::validate(&self.config, &to_validate, crate::config::Side::Local).await
         {
             let reason = format!("validation failed on this node: {why}");
             errors.push(format!("refusing to push {dir}: {reason}"));

@@ -32,7 +32,7 @@ pub use self::deliver::deliver;
 use self::directories::{directory_identity, rewatch, DirectoryIdentity};
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
 pub use self::queue::{Change, ChangeKind, Queue, QueueReceiver, Taken, WATCH_QUEUE_EVENTS};
-use crate::actions;
+use crate::hooks;
 use crate::manifest::{self, Generation};
 use crate::node::Node;
 use crate::paths::is_within;
@@ -190,9 +190,9 @@ async fn push_burst(
     // left out (their versions stay what the peers hold), until an edit fixes it.
     let config = engine.config();
     let mut refused = Vec::new();
-    if actions::validates(config, crate::config::Side::Local) {
+    if hooks::validates(config, crate::config::Side::Local) {
         let touched = config.by_directory(versions.peek_changes(&scan, &scope, node.owners));
-        for (dir, why) in actions::validate(config, &touched, crate::config::Side::Local).await {
+        for (dir, why) in hooks::validate(config, &touched, crate::config::Side::Local).await {
             let reason = format!("validation failed on this node: {why}");
             error!("not pushing the changes of {dir}: {reason}; fix it here and save again");
             scan.unreadable.push((dir.clone(), reason));
@@ -206,7 +206,7 @@ async fn push_burst(
         let runner = node.runner.clone();
         let config = node.config.clone();
         tokio::spawn(async move {
-            actions::on_change(&runner, &config, &dir, &paths, crate::config::Side::Local).await
+            hooks::on_change(&runner, &config, &dir, &paths, crate::config::Side::Local).await
         });
     }
     if ops.is_empty() {

@@ -26,7 +26,7 @@ LAYERS = [
     ["server", "watcher", "reconcile", "metrics"],
     ["node"],
     ["sync", "apply", "rollback", "versions"],
-    ["actions", "backup", "diff", "client"],
+    ["hooks", "backup", "diff", "client"],
     ["manifest", "plan", "tree"],
     ["config", "tls", "certs", "certgen", "access", "paths", "protocol"],
 ]

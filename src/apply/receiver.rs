@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::actions::{self, Runner};
 use crate::config::{Config, Side};
+use crate::hooks::{self, Runner};
 use crate::protocol::{Action, ActionReport, BatchHeader, Entry, Found, OpResult, Outcome};
 
 /// A node's receiving side: its configuration, and whether it applies owners.
@@ -46,7 +46,7 @@ impl Receiver {
         .map_err(|e| format!("apply failed: {e}"))?;
 
         let touched = applied.touched(&self.config);
-        for (dir_path, why) in actions::validate(&self.config, &touched, Side::Received).await {
+        for (dir_path, why) in hooks::validate(&self.config, &touched, Side::Received).await {
             let reason = format!("validation failed: {why}");
             let changed = touched.get(&dir_path).map_or(0, Vec::len);
             warn!(directory = %dir_path, changed, "{reason}: rolling the batch's changes back");
@@ -98,7 +98,7 @@ impl Receiver {
         let mut reports = Vec::new();
         for (dir, paths) in changed {
             let results =
-                actions::on_change(runner, &self.config, &dir, &paths, Side::Received).await;
+                hooks::on_change(runner, &self.config, &dir, &paths, Side::Received).await;
             for result in results {
                 reports.push(ActionReport {
                     directory: dir.clone(),

@@ -1,6 +1,7 @@
-//! What a directory's configuration asks to be done around a change: keep backups of the
-//! versions a sync replaces, check the new tree with a `validate` command before it
-//! counts as accepted, and run `on_change` commands (a reload) once it is.
+//! Hooks: the commands a directory's configuration runs around a change, a `validate`
+//! command that checks the new tree before it counts as accepted, and `on_change`
+//! commands (a reload) once it is. (Its settings, with the backups', are the
+//! configuration's `Actions`.)
 //!
 //! This module runs the commands; the values a directory's configuration gives for them
 //! (`Backup`, `Actions`, `RunOn`, `Side`) are [`crate::config`]'s. [`crate::apply`] takes
@@ -11,7 +12,7 @@
 //! `CommandResult`); `ending` says how it ended, in words (`Ending`, `explaining_line`);
 //! `runner` coalesces the `on_change` runs of a directory (`Runner`, `COALESCE`). This
 //! file runs each directory's `validate` command, and re-exports every item of its
-//! children, so `actions::` paths stay as they were.
+//! children, so `hooks::` paths name them all.
 
 mod command;
 mod ending;
