@@ -105,16 +105,23 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts `gosyncd -config CONFIG` with info logging into `log_path`.
     pub fn spawn(config: &Path, log_path: PathBuf) -> DaemonProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gosyncd"));
+        command.args(config_args(config, &[]));
+        DaemonProcess::start(command, log_path)
+    }
+
+    /// Starts `command` (the daemon, or a wrapper that execs it) with info logging
+    /// into `log_path`.
+    pub fn start(mut command: Command, log_path: PathBuf) -> DaemonProcess {
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gosyncd"))
-            .args(config_args(config, &[]))
+        let child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("gosyncd starts");
+            .unwrap_or_else(|e| panic!("{:?} does not start: {e}", command.get_program()));
         DaemonProcess { child, log_path }
     }
 

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use super::binary::{config_args, DaemonProcess};
@@ -48,20 +48,12 @@ impl DaemonProcess {
         config: &Path,
         log_path: PathBuf,
     ) -> DaemonProcess {
-        let program = program.as_ref().to_os_string();
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(&program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .arg(env!("CARGO_BIN_EXE_gosyncd"))
-            .args(config_args(config, &[]))
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{program:?} does not start: {e}"));
-        DaemonProcess { child, log_path }
+            .args(config_args(config, &[]));
+        DaemonProcess::start(command, log_path)
     }
 }
 
