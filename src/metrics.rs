@@ -43,6 +43,17 @@ struct VersionLabel {
 /// The metrics of `node` now, in the text format.
 pub fn render(node: &Node) -> String {
     let mut registry = Registry::with_prefix("gosyncd");
+    register_received(&mut registry, node);
+    register_peers(&mut registry, node);
+    register_build_info(&mut registry, node);
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// What this node received from its peers: requests, bytes and outcomes.
+fn register_received(registry: &mut Registry, node: &Node) {
     let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
         let metric = Counter::<u64>::default();
         metric.inc_by(value);
@@ -51,36 +62,40 @@ pub fn render(node: &Node) -> String {
     let stats = &node.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     counter(
-        &mut registry,
+        registry,
         "apply_requests",
         "Apply requests received from peers",
         get(&stats.apply_requests),
     );
     counter(
-        &mut registry,
+        registry,
         "received_bytes",
         "Bytes of apply requests received from peers",
         get(&stats.bytes_received),
     );
     counter(
-        &mut registry,
+        registry,
         "applied_operations",
         "Operations received and applied",
         get(&stats.applied),
     );
     counter(
-        &mut registry,
+        registry,
         "conflicts_refused",
         "Operations received and refused as conflicts",
         get(&stats.conflicts_refused),
     );
     counter(
-        &mut registry,
+        registry,
         "validation_rejections",
         "Operations received, applied, then put back because validation failed",
         get(&stats.rejected),
     );
+}
 
+/// Per peer: pushes, failures, conflicts, bytes sent, what waits or is held, drift,
+/// and whether it answers.
+fn register_peers(registry: &mut Registry, node: &Node) {
     let pushes = Family::<PeerLabel, Counter>::default();
     let failures = Family::<PeerLabel, Counter>::default();
     let conflicts = Family::<PeerLabel, Counter>::default();
@@ -163,17 +178,16 @@ pub fn render(node: &Node) -> String {
         "When a push to a peer last succeeded (Unix time)",
         last_success,
     );
+}
+
+/// The running version, as a gauge of 1 labelled with it.
+fn register_build_info(registry: &mut Registry, node: &Node) {
     let info = Family::<VersionLabel, Gauge>::default();
     info.get_or_create(&VersionLabel {
         version: node.identity.version.clone(),
     })
     .set(1);
     registry.register("build_info", "The running version", info);
-
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)
-        .expect("writing to a String cannot fail");
-    out
 }
 
 /// Binds `address` for the metrics endpoint; the error names the key.
