@@ -48,8 +48,9 @@ pub fn encode_batch(header: &BatchHeader, contents: &[&[u8]]) -> Vec<u8> {
 /// The start of a batch body: magic, header length and JSON header. The contents follow
 /// (a sender may stream them from shared buffers instead of copying them in).
 pub fn encode_batch_header(header: &BatchHeader) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_batch_header(header, &mut out).expect("a Vec takes every write");
+    let length = batch_header_length(header);
+    let mut out = Vec::with_capacity(length as usize);
+    write_batch_header(header, length, &mut out).expect("a Vec takes every write");
     out
 }
 
@@ -62,9 +63,14 @@ pub fn batch_header_length(header: &BatchHeader) -> u64 {
 
 /// Writes the start of a batch body (magic, header length, JSON header) to `out` as it
 /// is serialised: a header of many operations is megabytes, and a sender streaming it
-/// never holds it whole. Serialises the header twice, first to learn its length.
-pub fn write_batch_header(header: &BatchHeader, mut out: impl Write) -> io::Result<()> {
-    let json_length = batch_header_length(header) - 8;
+/// never holds it whole. `length` is the header's [`batch_header_length`], learnt once
+/// by a sender that sends the batch again (to another peer, or after a busy answer).
+pub fn write_batch_header(
+    header: &BatchHeader,
+    length: u64,
+    mut out: impl Write,
+) -> io::Result<()> {
+    let json_length = length - 8;
     let json_length = u32::try_from(json_length)
         .map_err(|_| io::Error::other(format!("batch header of {json_length} bytes")))?;
     out.write_all(BATCH_MAGIC)?;
