@@ -306,45 +306,34 @@ struct Running {
 /// comparison and the metrics beside the API server; once the server stops, the watch
 /// ends and pushes under way are let finish, within [`SHUTDOWN_DEADLINE`].
 async fn run(running: Running) {
-    let Running {
-        engine,
-        node: serving,
-        versions,
-        records,
-        spool,
-        received,
-        watch,
-        listener,
-        server_tls,
-        metrics: metrics_listener,
-        stopped,
-        stopping,
-        stop_requested,
-    } = running;
-    let mut workers: Vec<_> = records
+    let serving = running.node;
+    let mut workers: Vec<_> = running
+        .records
         .into_iter()
         .map(|record| {
             tokio::spawn(watcher::deliver(
-                engine.clone(),
+                running.engine.clone(),
                 serving.clone(),
-                versions.clone(),
+                running.versions.clone(),
                 record,
-                Some(spool.clone()),
-                stop_requested.clone(),
+                Some(running.spool.clone()),
+                running.stop_requested.clone(),
             ))
         })
         .collect();
     let propagation = tokio::spawn(watcher::propagate(
-        engine.clone(),
+        running.engine.clone(),
         serving.clone(),
-        versions,
-        received,
-        watch,
+        running.versions,
+        running.received,
+        running.watch,
     ));
-    let drift = tokio::spawn(crate::reconcile::reconcile(engine, serving.clone()));
-    let metrics = metrics_listener
+    let drift = tokio::spawn(crate::reconcile::reconcile(running.engine, serving.clone()));
+    let metrics = running
+        .metrics
         .map(|listener| tokio::spawn(crate::metrics::serve(listener, serving.clone())));
-    server::serve(listener, server_tls, serving, async {
+    let stopped = running.stopped;
+    server::serve(running.listener, running.server_tls, serving, async {
         let _ = stopped.await;
     })
     .await;
@@ -354,7 +343,7 @@ async fn run(running: Running) {
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    let _ = stopping.send(true);
+    let _ = running.stopping.send(true);
     let finishing = async {
         for worker in workers.iter_mut() {
             let _ = worker.await;
