@@ -3,13 +3,11 @@
 //! overwritten without --force; bad arguments are refused with their names; the local
 //! group's private keys are written 0600 as well.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupSpec, LocalGroup, TlsStyle};
 use rustls::pki_types::pem::PemObject;
@@ -29,14 +27,10 @@ async fn cert_ok(args: &[&str]) -> BinaryRun {
 
 /// The group's files, not started, without the certificates it made for itself: its
 /// nodes can only run on the ones `gosyncd cert` makes.
-async fn group_without_certificates(nodes: usize, first_octet: u8) -> LocalGroup {
-    let group = LocalGroup::build(&GroupSpec {
-        nodes,
-        first_octet,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("group on 127.0.0.{first_octet} not built: {e:#}"));
+async fn group_without_certificates(nodes: usize) -> LocalGroup {
+    let group = LocalGroup::build(&spec(nodes))
+        .await
+        .unwrap_or_else(|e| panic!("group of {nodes} not built: {e:#}"));
     for entry in std::fs::read_dir(group.path()).unwrap() {
         let path = entry.unwrap().path();
         if matches!(
@@ -113,7 +107,7 @@ async fn binary_sync_reaches_every_peer(group: &LocalGroup) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_and_node_certificates_from_the_binary_run_a_group() {
-    let mut group = group_without_certificates(3, 106).await;
+    let mut group = group_without_certificates(3).await;
     let pki = group.path().join("pki");
 
     let run = cert_ok(&["cert", "ca", "--out", s(&pki)]).await;
@@ -158,7 +152,7 @@ async fn a_ca_and_node_certificates_from_the_binary_run_a_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_signed_certificate_from_the_binary_runs_a_group() {
-    let mut group = group_without_certificates(2, 138).await;
+    let mut group = group_without_certificates(2).await;
     let pki = group.path().join("pki");
     let (ip0, ip1) = (
         group.nodes[0].addr.ip().to_string(),
@@ -190,12 +184,12 @@ async fn a_self_signed_certificate_from_the_binary_runs_a_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_certificate_for_another_address_is_refused_by_name_checking() {
-    let mut group = group_without_certificates(1, 109).await;
+    let mut group = group_without_certificates(1).await;
     let pki = group.path().join("pki");
     let out = pki.join("node");
     cert_ok(&["cert", "ca", "--out", s(&pki)]).await;
     // The operator typed the neighbour's address.
-    let wrong = ip(110).to_string();
+    let wrong = address().to_string();
     let run = cert_ok(&["cert", "node", "--ca", s(&pki), "--out", s(&out), &wrong]).await;
     use_printed_lines(&mut group, 0, &run);
     group.start_all().await.unwrap();
@@ -397,19 +391,13 @@ async fn an_unusable_ca_directory_is_refused_naming_the_argument_and_the_file() 
 async fn the_demo_groups_private_keys_are_for_their_owner_only() {
     // The group `gosyncd demo` and the tests run on writes its keys as `gosyncd cert`
     // does.
-    for (tls, first_octet, keys) in [
-        (TlsStyle::Authority, 2, vec!["node1.key", "node2.key"]),
-        (TlsStyle::SelfSigned, 5, vec!["gosyncd.key"]),
+    for (tls, keys) in [
+        (TlsStyle::Authority, vec!["node1.key", "node2.key"]),
+        (TlsStyle::SelfSigned, vec!["gosyncd.key"]),
     ] {
-        let group = LocalGroup::build(&GroupSpec {
-            nodes: 2,
-            subnet: 2,
-            first_octet,
-            tls,
-            ..GroupSpec::default()
-        })
-        .await
-        .unwrap();
+        let group = LocalGroup::build(&GroupSpec { tls, ..spec(2) })
+            .await
+            .unwrap();
         for key in keys {
             let mode = format!("{:o}", mode(&group.path().join(key)));
             assert_eq!(mode, "600", "{key} ({tls:?})");

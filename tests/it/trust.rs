@@ -2,11 +2,9 @@
 //! the client's address must be one of the group's too (`remotes`, or `allow_from` when
 //! it is set). Refusals are 403s that name the address and the key, and write nothing.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use gosyncd::client::{Peer, PeerError};
 use gosyncd::config::Config;
 use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
@@ -41,7 +39,7 @@ async fn apply(peer: &Peer, path: &str, bytes: &[u8]) -> Result<(), PeerError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_certificate_from_an_address_not_in_remotes_is_refused_and_writes_nothing() {
-    let group = start(2, 216).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     let before = snapshot(group.path());
 
@@ -69,10 +67,11 @@ async fn a_group_certificate_from_an_address_not_in_remotes_is_refused_and_write
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_from_widens_and_narrows_who_may_write() {
-    let mut group = start(3, 220).await;
+    let mut group = start(3).await;
     // Node 1 lets in 127.0.0.1 (a NAT gateway, say) and node 0, and no longer node 2.
+    let node0 = group.nodes[0].addr.ip();
     let variant = config_variant(&group, 1, "node2-allow.hcl", |text| {
-        text + &format!("\nallow_from = [\"127.0.0.1\", \"{}/32\"]\n", ip(220))
+        text + &format!("\nallow_from = [\"127.0.0.1\", \"{node0}/32\"]\n")
     });
     group.nodes[1].config = Arc::new(Config::from_file(&variant).unwrap());
     group.restart(1).await.unwrap();
@@ -91,7 +90,7 @@ async fn allow_from_widens_and_narrows_who_may_write() {
     let err = apply(&peer_as(n2, n1.addr), "/etc/app/from-node2.conf", b"2\n")
         .await
         .expect_err("a write from an address allow_from leaves out was accepted");
-    assert_forbidden(&err, &[&ip(222).to_string(), "allow_from"]);
+    assert_forbidden(&err, &[&n2.addr.ip().to_string(), "allow_from"]);
     assert!(!exists(n1, "/etc/app/from-node2.conf"));
 
     // A sync from node 2 reaches node 0 and reports node 1's refusal.

@@ -2,10 +2,8 @@
 //! the files in contrib/: the completion scripts and man pages it generates, and the
 //! systemd unit (a cheap guard against the unit rotting away from what the daemon does).
 
-mod common;
-
+use crate::common::*;
 use clap::CommandFactory;
-use common::*;
 use gosyncd::cli::Cli;
 
 /// The names of the visible top-level commands, from the clap definitions: a new command

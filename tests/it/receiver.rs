@@ -2,14 +2,12 @@
 //! member are refused whole, with a reason, and write nothing anywhere; links on the
 //! receiver are never followed; a file changed behind the sender's back is a conflict.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::common::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
 use gosyncd::manifest::{self, HashCache, Manifest};
 use gosyncd::node::Node;
@@ -23,15 +21,13 @@ use tower::ServiceExt;
 
 /// A group of two whose directory `/etc/app` excludes `/etc/app/private` and `*.swp`,
 /// with a directory `outside` next to the nodes' roots.
-async fn group(first_octet: u8) -> LocalGroup {
+async fn group() -> LocalGroup {
     let group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet,
         directories: vec![(
             "/etc/app".into(),
             vec!["/etc/app/private".into(), "*.swp".into()],
         )],
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     std::fs::create_dir(group.path().join("outside")).unwrap();
@@ -79,7 +75,7 @@ async fn assert_refused(group: &LocalGroup, body: Vec<u8>, reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_a_path_with_dotdot() {
-    let group = group(70).await;
+    let group = group().await;
     let body = batch(&[
         ("/etc/app/ok.conf", b"fine"),
         ("/etc/app/../../../outside/evil", b"escaped"),
@@ -89,7 +85,7 @@ async fn apply_refuses_a_path_with_dotdot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_a_path_outside_the_configured_directories() {
-    let group = group(73).await;
+    let group = group().await;
     let body = batch(&[
         ("/etc/app/ok.conf", b"fine"),
         ("/etc/other/evil", b"elsewhere"),
@@ -101,7 +97,7 @@ async fn apply_refuses_a_path_outside_the_configured_directories() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_an_excluded_path() {
-    let group = group(76).await;
+    let group = group().await;
     let body = batch(&[
         ("/etc/app/ok.conf", b"fine"),
         ("/etc/app/private/key", b"excluded"),
@@ -113,7 +109,7 @@ async fn apply_refuses_an_excluded_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_a_path_through_a_symlink_planted_on_the_receiver() {
-    let group = group(79).await;
+    let group = group().await;
     let outside = group.path().join("outside");
     symlink(&group.nodes[1], &outside, "/etc/app/sub");
     let body = batch(&[
@@ -130,7 +126,7 @@ async fn apply_refuses_a_path_through_a_symlink_planted_on_the_receiver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_garbage() {
-    let group = group(85).await;
+    let group = group().await;
     assert_refused(&group, b"this is not a batch at all".to_vec(), "bad magic").await;
     let mut truncated = batch(&[("/etc/app/a.conf", b"some content")]);
     truncated.truncate(truncated.len() - 3);
@@ -143,7 +139,7 @@ async fn apply_refuses_garbage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_a_batch_whose_content_hash_does_not_match() {
-    let group = group(88).await;
+    let group = group().await;
     let header = BatchHeader::new(vec![
         put("/etc/app/ok.conf", b"fine"),
         put("/etc/app/a.conf", b"announced content"),
@@ -154,7 +150,7 @@ async fn apply_refuses_a_batch_whose_content_hash_does_not_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_a_body_over_the_limit_with_413() {
-    let group = group(91).await;
+    let group = group().await;
     let node = Arc::new(Node::new(
         group.nodes[1].config.clone(),
         Arc::new(HashCache::default()),
@@ -187,7 +183,7 @@ async fn apply_refuses_a_body_over_the_limit_with_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_cannot_write_through_a_link_it_creates() {
-    let group = group(82).await;
+    let group = group().await;
     let outside = group.path().join("outside");
     let before_outside = snapshot(&outside);
     let link = Op {
@@ -217,7 +213,7 @@ async fn batch_cannot_write_through_a_link_it_creates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_replaces_and_deletes_links_on_the_peer_without_following_them() {
-    let group = group(100).await;
+    let group = group().await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     let outside = group.path().join("outside");
     symlink(n1, outside.join("victim"), "/etc/app/target");
@@ -249,7 +245,7 @@ fn manifest_from(response: &gosyncd::protocol::ManifestResponse) -> Manifest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_an_operation_planned_against_a_state_that_changed() {
-    let group = group(94).await;
+    let group = group().await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/conf", "from the sender");
     write(n1, "/etc/app/conf", "old");
@@ -272,7 +268,7 @@ async fn apply_refuses_an_operation_planned_against_a_state_that_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_reports_a_conflict_and_leaves_the_peers_file_intact() {
-    let group = group(97).await;
+    let group = group().await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     let big = vec![7u8; 2 * 1024 * 1024];
     write(n0, "/etc/app/big.bin", &big);
@@ -359,7 +355,7 @@ fn mode_at(node: &gosyncd::group::GroupNode, logical: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_cannot_create_set_id_files_nor_open_up_a_configured_directory() {
-    let group = group(33).await;
+    let group = group().await;
     let n1 = &group.nodes[1];
     let directory_mode = mode_at(n1, "/etc/app");
     let script: &[u8] = b"#!/bin/sh\nid\n";
@@ -432,10 +428,8 @@ async fn a_peer_cannot_create_set_id_files_nor_open_up_a_configured_directory() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_id_files_are_accepted_where_the_receiver_allows_them() {
     let group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 58,
         settings: "allow_setid = true\n".into(),
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     let n1 = &group.nodes[1];
@@ -449,7 +443,7 @@ async fn set_id_files_are_accepted_where_the_receiver_allows_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_an_owner_of_minus_one() {
-    let group = group(123).await;
+    let group = group().await;
     for (uid, gid) in [(u32::MAX, 0), (0, u32::MAX)] {
         let mut entry = file_entry(b"x", 0o644);
         (entry.uid, entry.gid) = (uid, gid);
@@ -476,7 +470,7 @@ fn big_texts(node: &gosyncd::group::GroupNode, count: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_content_answer_holds_each_path_once_and_stops_at_its_cap() {
-    let group = group(202).await;
+    let group = group().await;
     let bigs = big_texts(&group.nodes[1], 20);
     let node = Arc::new(Node::new(
         group.nodes[1].config.clone(),
@@ -534,13 +528,7 @@ async fn a_content_answer_holds_each_path_once_and_stops_at_its_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_large_files_asked_at_once_arrive_whole_and_the_node_stays_small() {
     const PEAK_BOUND_KIB: u64 = 64 * 1024;
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 124,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(2)).await.unwrap();
     group.restart(0).await.unwrap();
     let bigs = big_texts(&group.nodes[1], 40);
     group.release(1);
@@ -576,7 +564,7 @@ async fn a_tree_2000_levels_deep_is_applied_and_sent_again_in_linear_time() {
     // path (the root's prefix added) is longer than the system's PATH_MAX. Half as deep
     // first: the time must grow with the batch's size (every path repeats its parents',
     // so twice as deep is about four times the bytes), not with its square.
-    let group = group(105).await;
+    let group = group().await;
     let n1 = &group.nodes[1];
     let peer = peer_as(&group.nodes[0], n1.addr);
     let mut figures = Vec::new();
@@ -648,12 +636,7 @@ async fn a_tree_2000_levels_deep_is_applied_and_sent_again_in_linear_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_synced_name_shaped_like_a_backup_version_does_not_break_backups() {
-    let mut group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 74,
-        ..GroupSpec::default()
-    })
-    .await;
+    let mut group = start_with(spec(2)).await;
     let store = group.path().join("backups");
     let variant = config_variant(&group, 1, "node2-backups.hcl", |text| {
         format!(

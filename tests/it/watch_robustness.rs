@@ -8,13 +8,11 @@
 //! first waits for an event that must come before it, then watches for a quiet period
 //! derived from the debounce, failing as soon as the thing happens.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
 use gosyncd::protocol::StatusCounters;
 use notify::event::{AccessKind, AccessMode};
@@ -108,7 +106,7 @@ fn is_closed_after_writing(event: &Event) -> bool {
 /// whole tree once per debounce period, forever, with nothing changing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_is_not_woken_by_its_own_reads() {
-    let group = watching(3, 184).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     write(n0, "/etc/app/one.conf", "one\n");
     eventually_in(&group, WAIT, "the file on both peers", || {
@@ -131,7 +129,7 @@ async fn a_daemon_is_not_woken_by_its_own_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edit_made_while_the_previous_one_is_pushed_still_reaches_the_peers() {
     const ROUNDS: usize = 5;
-    let group = watching(3, 188).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let file = "/etc/app/busy.conf";
     let mut events = Events::watch(&[n0.path("/etc/app")]);
@@ -176,11 +174,9 @@ async fn a_thousand_files_changed_at_once_are_one_push_per_peer_carrying_only_th
     // debounce is raised to 1 s so that a loaded test machine pausing the writing loop
     // cannot split the burst; the benchmark measures the same at the default.
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 3,
-        first_octet: 192,
         watch: true,
         debounce: Some(Duration::from_secs(1)),
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await
     .unwrap();
@@ -222,7 +218,7 @@ async fn a_thousand_files_changed_at_once_are_one_push_per_peer_carrying_only_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_directory_deleted_and_recreated_is_watched_again() {
-    let group = watching(3, 196).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     write(n0, "/etc/app/old.conf", "before\n");
     eventually_in(&group, WAIT, "the first file on both peers", || {
@@ -268,10 +264,8 @@ async fn a_configured_directory_deleted_and_recreated_is_watched_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_directory_missing_at_start_up_is_watched_once_it_appears() {
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 3,
-        first_octet: 204,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await
     .unwrap();
@@ -303,11 +297,9 @@ async fn sigterm_finishes_the_push_under_way_and_leaves_no_temp_file() {
     // way. One self-signed certificate names all three addresses, so the forwarder can
     // listen on the third node's (never started) and still pass the name check.
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 3,
-        first_octet: 208,
         tls: gosyncd::group::TlsStyle::SelfSigned,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await
     .unwrap();
@@ -325,7 +317,13 @@ async fn sigterm_finishes_the_push_under_way_and_leaves_no_temp_file() {
             signalled.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
-    let forwarder = forwarder_with_hook(ip(210), group.nodes[1].addr, 256 * 1024, Some(hook)).await;
+    let forwarder = forwarder_with_hook(
+        group.nodes[2].addr.ip(),
+        group.nodes[1].addr,
+        256 * 1024,
+        Some(hook),
+    )
+    .await;
     let config = config_variant(&group, 0, "node1-forwarded.hcl", |text| {
         with_remotes(
             &text,

@@ -3,11 +3,9 @@
 //! size. A file that changes between the scan and the send is left out of the push, and
 //! the rest of the batch still goes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
 use gosyncd::protocol::{Action, Op};
 
@@ -33,11 +31,8 @@ async fn a_large_file_goes_through_both_daemons_without_either_holding_it() {
     // take it past FILE_MIB.
     const GROWTH_BOUND_KIB: u64 = 32 * 1024;
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 10,
-        subnet: 3,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await
     .unwrap();
@@ -104,13 +99,7 @@ async fn a_large_file_goes_through_both_daemons_without_either_holding_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_since_it_was_planned_is_left_out_and_the_rest_goes() {
-    let group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 20,
-        subnet: 3,
-        ..GroupSpec::default()
-    })
-    .await;
+    let group = start_with(spec(2)).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/steady.conf", "steady\n");
     write(n0, "/etc/app/moving.conf", "first\n");

@@ -1,11 +1,9 @@
 //! Mutual TLS between nodes: who is refused, with what message, and that a refused
 //! client writes nothing.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use gosyncd::certs::Authority;
 use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
 use rustls::pki_types::pem::PemObject;
@@ -106,7 +104,7 @@ async fn refused_every_time(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_without_a_certificate_is_refused() {
-    let group = start(2, 50).await;
+    let group = start(2).await;
     let target = &group.nodes[1];
     let before = snapshot(group.path());
     refused_every_time(|| anonymous_config(&group), target.addr).await;
@@ -122,7 +120,7 @@ async fn client_without_a_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_from_another_ca_is_refused() {
-    let group = start(3, 55).await;
+    let group = start(3).await;
     let variant = stranger_config(&group);
     let tls = stranger_tls(&variant);
     write(&group.nodes[0], "/etc/app/a.conf", "from a stranger");
@@ -138,7 +136,7 @@ async fn client_certificate_from_another_ca_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_client_certificate_is_always_explained_as_a_tls_problem() {
-    let group = start(2, 68).await;
+    let group = start(2).await;
     let target = group.nodes[1].addr;
     let tls = stranger_tls(&stranger_config(&group));
     let mut messages = refused_every_time(|| anonymous_config(&group), target).await;
@@ -158,10 +156,10 @@ async fn refused_client_certificate_is_always_explained_as_a_tls_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_certificate_not_valid_for_the_dialed_address_is_rejected() {
-    let group = start(2, 60).await;
+    let group = start(2).await;
     let target = &group.nodes[1];
-    // 127.0.0.62 leads to node 1, whose certificate names 127.0.0.61 only.
-    let alias = forwarder(ip(62), target.addr).await;
+    // Another address leads to node 1, whose certificate names node 1's only.
+    let alias = forwarder(address(), target.addr).await;
     let tls = tls_of(&group.nodes[0]);
 
     let before = snapshot(group.path());
@@ -185,12 +183,13 @@ async fn server_certificate_not_valid_for_the_dialed_address_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_certificate_from_another_ca_is_rejected_with_a_tls_message() {
-    let group = start(1, 65).await;
-    // A node of another group on 127.0.0.66: its own CA, its own certificate.
+    let group = start(1).await;
+    // A node of another group on an address of its own: its own CA, its own certificate.
+    let stranger_ip = address();
     let dir = group.path().join("stranger");
     std::fs::create_dir_all(dir.join("root/etc/app")).unwrap();
     let stranger = Authority::new("another CA").unwrap();
-    let pem = stranger.issue(&[ip(66).to_string()]).unwrap();
+    let pem = stranger.issue(&[stranger_ip.to_string()]).unwrap();
     std::fs::write(dir.join("ca.pem"), &stranger.cert_pem).unwrap();
     std::fs::write(dir.join("node.pem"), pem.cert).unwrap();
     std::fs::write(dir.join("node.key"), pem.key).unwrap();
@@ -200,7 +199,7 @@ async fn server_certificate_from_another_ca_is_rejected_with_a_tls_message() {
             "bind_address = \"{}:1\"\nremotes = []\ntls_ca_certificate = \"ca.pem\"\n\
              tls_certificate = \"node.pem\"\ntls_private_key = \"node.key\"\n\
              root = \"{}\"\ndirectory \"/etc/app\" {{\n}}\n",
-            ip(66),
+            stranger_ip,
             dir.join("root").display()
         ),
     )
@@ -215,7 +214,9 @@ async fn server_certificate_from_another_ca_is_rejected_with_a_tls_message() {
         Arc::new(gosyncd::manifest::HashCache::default()),
         None,
     ));
-    let listener = tokio::net::TcpListener::bind((ip(66), 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind((stranger_ip, 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(gosyncd::server::serve(listener, server_tls, node, async {
@@ -269,7 +270,7 @@ fn config_with_period(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_not_yet_valid_server_certificates_are_refused_with_their_dates() {
-    let mut group = start(3, 228).await;
+    let mut group = start(3).await;
     for (i, name, period) in [
         (1, "expired", expired as fn(&mut _)),
         (2, "future", not_yet_valid),
@@ -305,13 +306,7 @@ async fn expired_and_not_yet_valid_server_certificates_are_refused_with_their_da
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_not_yet_valid_client_certificates_are_refused_and_the_server_says_which() {
     // The server is the real binary, so that what it logs can be read.
-    let mut group = gosyncd::group::LocalGroup::build(&gosyncd::group::GroupSpec {
-        nodes: 2,
-        first_octet: 232,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut group = gosyncd::group::LocalGroup::build(&spec(2)).await.unwrap();
     group.release(1);
     let mut server =
         DaemonProcess::spawn(&group.nodes[1].config_path, group.path().join("node2.log"));
@@ -362,13 +357,7 @@ async fn a_refusal_the_http_client_missed_fails_the_call_within_seconds() {
     // went unnoticed and the call waited out its whole time limit (120 s for a
     // manifest). Here the first connection completes a handshake and then says nothing,
     // as if its refusal was missed; every later one refuses the certificate.
-    let mut group = gosyncd::group::LocalGroup::build(&gosyncd::group::GroupSpec {
-        nodes: 1,
-        first_octet: 239,
-        ..gosyncd::group::GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = gosyncd::group::LocalGroup::build(&spec(1)).await.unwrap();
     group.release(0);
     let node = &group.nodes[0];
     let chain: Vec<CertificateDer<'static>> =

@@ -2,11 +2,9 @@
 //! dropping its watcher or refusing requests; a broken configuration is refused and the
 //! running one stays.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -37,10 +35,8 @@ async fn logged(daemon: &DaemonProcess, text: &str, count: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_broken() {
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 218,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await
     .unwrap();
@@ -99,7 +95,7 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_brok
     arrives(&group, "/etc/app/after-refusal.cfg", b"still watched\n").await;
 
     // A good one with a new setting: taken, and the watcher still pushes.
-    let metrics: std::net::SocketAddr = "127.0.0.218:19106".parse().unwrap();
+    let metrics = std::net::SocketAddr::new(address(), 19106);
     std::fs::write(
         &config_path,
         format!("metrics_address = \"{metrics}\"\n{original}"),
@@ -134,7 +130,7 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_brok
         .await
         .contains("gosyncd_apply_requests_total"));
     // And with another one: served there, no longer at the old one.
-    let moved: std::net::SocketAddr = "127.0.0.218:19107".parse().unwrap();
+    let moved = std::net::SocketAddr::new(metrics.ip(), 19107);
     std::fs::write(
         &config_path,
         format!("metrics_address = \"{moved}\"\n{original}"),
@@ -178,10 +174,8 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_brok
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 63,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await
     .unwrap();
@@ -221,16 +215,11 @@ async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
 async fn a_reloaded_daemon_applies_batches_one_at_a_time_with_the_one_it_replaces() {
     // While a reload runs both daemons, a batch received by one and a batch received by
     // the other (or the new watcher's scan) are never written at the same time.
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 1,
-        first_octet: 238,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(1)).await.unwrap();
     group.release(0);
     let config = group.nodes[0].config.clone();
-    let listener = || async { tokio::net::TcpListener::bind((ip(238), 0)).await.unwrap() };
+    let ip = group.nodes[0].addr.ip();
+    let listener = || async { tokio::net::TcpListener::bind((ip, 0)).await.unwrap() };
     let previous = gosyncd::daemon::Daemon::start(config.clone(), listener().await, false)
         .await
         .unwrap();

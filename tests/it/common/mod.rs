@@ -8,6 +8,7 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+mod addresses;
 mod binary;
 mod config;
 mod engine;
@@ -22,6 +23,6 @@ mod wait;
 // For the same reason, each uses a different subset of these modules.
 #[allow(unused_imports)]
 pub use self::{
-    binary::*, config::*, engine::*, faults::*, files::*, forwarder::*, group::*, running::*,
-    snapshot::*, wait::*,
+    addresses::*, binary::*, config::*, engine::*, faults::*, files::*, forwarder::*, group::*,
+    running::*, snapshot::*, wait::*,
 };

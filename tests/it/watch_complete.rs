@@ -10,8 +10,6 @@
 //! between. Every wait polls for a condition with a deadline; the only sleeps are the
 //! pauses of the simulated writers, which are what is being tested.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -22,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
 
 /// Longest a change may take to reach a peer once it is complete.
@@ -33,15 +31,13 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(3);
 /// `debounce` (20 ms).
 const PAUSE: Duration = Duration::from_millis(200);
 
-/// Two daemons on 127.0.0.first_octet and the next address that watch `/etc/app` and
+/// Two daemons that watch `/etc/app` and
 /// push their edits, with `settings` added to their config files.
-fn pair(first_octet: u8, settings: &str) -> GroupSpec {
+fn pair(settings: &str) -> GroupSpec {
     GroupSpec {
-        nodes: 2,
-        first_octet,
         watch: true,
         settings: settings.to_string(),
-        ..GroupSpec::default()
+        ..spec(2)
     }
 }
 
@@ -319,7 +315,7 @@ async fn a_file_written_slowly_reaches_the_peers_whole_in_one_request() {
     let (file, fresh) = ("/etc/app/big.map", "/etc/app/fresh.map");
     let old = pattern(SIZE - 12_345, 1);
     let new = pattern(SIZE, 2);
-    let group = started_with(pair(81, ""), |node| write(node, file, &old)).await;
+    let group = started_with(pair(""), |node| write(node, file, &old)).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
 
     // An existing file, truncated and rewritten by a writer that pauses ten settle
@@ -378,7 +374,7 @@ async fn an_editor_save_through_a_temporary_name_is_one_request_and_the_temporar
     let new: Vec<u8> = (0..3)
         .flat_map(|i| format!("section {i}\n{}\n", "key = value\n".repeat(200)).into_bytes())
         .collect();
-    let group = started_with(pair(83, ""), |node| write(node, file, &old)).await;
+    let group = started_with(pair(""), |node| write(node, file, &old)).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let before = apply_requests(peers);
 
@@ -435,7 +431,7 @@ async fn a_file_truncated_and_rewritten_in_place_never_reaches_a_peer_empty_or_h
     let new: Vec<u8> = (0..4)
         .flat_map(|i| format!("part {i}: {}\n", "y".repeat(5000)).into_bytes())
         .collect();
-    let group = started_with(pair(85, ""), |node| write(node, file, &old)).await;
+    let group = started_with(pair(""), |node| write(node, file, &old)).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let before = apply_requests(peers);
 
@@ -464,7 +460,7 @@ async fn a_package_managers_new_conffile_stays_home_until_renamed_into_place() {
     let (file, staged) = ("/etc/app/x.cfg", "/etc/app/x.cfg.dpkg-new");
     let old = b"# the administrator's version\nport = 80\n".to_vec();
     let new = b"# the package's new version\nport = 8080\nworkers = 4\n".to_vec();
-    let group = started_with(pair(92, ""), |node| write(node, file, &old)).await;
+    let group = started_with(pair(""), |node| write(node, file, &old)).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let before = apply_requests(peers);
 
@@ -559,7 +555,7 @@ async fn a_git_checkout_of_hundreds_of_files_is_one_request_per_peer() {
         return;
     }
     const FILES: usize = 360;
-    let mut group = LocalGroup::build(&pair(87, "")).await.unwrap();
+    let mut group = LocalGroup::build(&pair("")).await.unwrap();
     // The repository and a scratch work tree, outside every synchronised directory.
     let repo = group.path().join("repo.git");
     let scratch = group.path().join("scratch");
@@ -650,7 +646,7 @@ async fn a_git_checkout_of_hundreds_of_files_is_one_request_per_peer() {
 async fn a_recursive_delete_of_hundreds_of_files_is_one_request_per_peer() {
     const FILES: usize = 240;
     let path = |i: usize| format!("/etc/app/gone/a{}/b{}/f{i}.conf", i % 4, i % 3);
-    let group = started_with(pair(89, ""), |node| {
+    let group = started_with(pair(""), |node| {
         write(node, "/etc/app/kept.conf", "kept\n");
         for i in 0..FILES {
             write(node, &path(i), format!("file {i}\n"));
@@ -681,7 +677,7 @@ async fn a_file_held_open_past_open_write_timeout_is_pushed_as_it_is_with_a_warn
     const WARNING: &str = "open for writing for longer than open_write_timeout";
     let file = "/etc/app/app.log";
     // Node 0 is the real binary, so that its log can be read; node 1 runs in this process.
-    let mut group = LocalGroup::build(&pair(94, "open_write_timeout = \"2s\"\n"))
+    let mut group = LocalGroup::build(&pair("open_write_timeout = \"2s\"\n"))
         .await
         .unwrap();
     assert_eq!(group.nodes[0].config.open_write_timeout, BOUND);

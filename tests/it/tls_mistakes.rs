@@ -4,12 +4,10 @@
 //! client's `sync` output and in the server's log line. No rustls variant name reaches
 //! either.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use common::*;
+use crate::common::*;
 use gosyncd::group::{GroupSpec, LocalGroup, TlsStyle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -70,15 +68,10 @@ fn made_on_its_own(
 }
 
 /// A group of two whose node 1 is the real binary, so that what it logs can be read.
-async fn with_a_real_server(first_octet: u8, tls: TlsStyle) -> (LocalGroup, DaemonProcess) {
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet,
-        tls,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+async fn with_a_real_server(tls: TlsStyle) -> (LocalGroup, DaemonProcess) {
+    let mut group = LocalGroup::build(&GroupSpec { tls, ..spec(2) })
+        .await
+        .unwrap();
     group.release(1);
     let mut server =
         DaemonProcess::spawn(&group.nodes[1].config_path, group.path().join("node2.log"));
@@ -91,7 +84,7 @@ async fn with_a_real_server(first_octet: u8, tls: TlsStyle) -> (LocalGroup, Daem
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_made_separately_on_each_node_are_told_in_words_at_both_ends() {
     // Regression: rustls's `CaUsedAsEndEntity`, twice, on both ends.
-    let (group, server) = with_a_real_server(154, TlsStyle::SelfSigned).await;
+    let (group, server) = with_a_real_server(TlsStyle::SelfSigned).await;
     let target = group.nodes[1].addr;
 
     // Node 1 made its own self-signed certificate and trusts only that one: it refuses
@@ -146,10 +139,12 @@ async fn certificates_made_separately_on_each_node_are_told_in_words_at_both_end
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_that_speaks_plain_http_is_told_in_words_at_both_ends() {
-    let (group, server) = with_a_real_server(156, TlsStyle::Authority).await;
+    let (group, server) = with_a_real_server(TlsStyle::Authority).await;
 
     // The client's end: a remote whose port is some plain HTTP service.
-    let http = tokio::net::TcpListener::bind((ip(156), 0)).await.unwrap();
+    let http = tokio::net::TcpListener::bind((group.nodes[0].addr.ip(), 0))
+        .await
+        .unwrap();
     let http_addr = http.local_addr().unwrap();
     let answering = tokio::spawn(async move {
         loop {
@@ -197,13 +192,7 @@ async fn a_port_that_speaks_plain_http_is_told_in_words_at_both_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_is_not_the_certificate_s_names_both_files_and_what_to_do() {
     // Regression: `keys may not be consistent: KeyMismatch`, naming neither file.
-    let group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 158,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let group = LocalGroup::build(&spec(2)).await.unwrap();
     let swapped = config_variant(&group, 0, "swapped.hcl", |text| {
         with_line(&text, "tls_private_key", "tls_private_key = \"node2.key\"")
     });

@@ -1,13 +1,11 @@
 //! Seeing a running group: the Prometheus endpoint, and what a daemon's status route
 //! says of each of its peers.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupSpec, LocalGroup};
 
@@ -49,15 +47,13 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_serves_the_text_format_and_its_counters_move() {
     let mut group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 246,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     let (m0, m1): (SocketAddr, SocketAddr) = (
-        "127.0.0.246:19105".parse().unwrap(),
-        "127.0.0.247:19105".parse().unwrap(),
+        SocketAddr::new(address(), 19105),
+        SocketAddr::new(address(), 19105),
     );
     with_line_on_top(&mut group, 0, &format!("metrics_address = \"{m0}\"")).await;
     with_line_on_top(&mut group, 1, &format!("metrics_address = \"{m1}\"")).await;
@@ -147,10 +143,8 @@ async fn the_metrics_endpoint_serves_the_text_format_and_its_counters_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_a_stopped_peer_and_a_drifted_one_and_its_exit_code_says_so() {
     let mut group = start_with(GroupSpec {
-        nodes: 3,
-        first_octet: 37,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await;
     let config = group.nodes[0].config_path.clone();
@@ -219,7 +213,7 @@ async fn status_reports_a_stopped_peer_and_a_drifted_one_and_its_exit_code_says_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_and_dry_run_print_one_json_object_per_line() {
-    let group = start(2, 42).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/a.cfg", "a\n");
     write(n1, "/etc/app/stale.cfg", "stale\n");
@@ -276,10 +270,8 @@ async fn sync_and_dry_run_print_one_json_object_per_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_backup_is_put_back_and_pushed_like_any_edit() {
     let mut group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 250,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     let store = group.path().join("backups");
@@ -386,7 +378,7 @@ async fn a_restored_backup_is_put_back_and_pushed_like_any_edit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_with_diff_shows_each_changed_text_file_per_peer_and_changes_nothing() {
-    let group = start(2, 48).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(
         n0,
@@ -438,7 +430,7 @@ async fn a_dry_run_with_diff_shows_each_changed_text_file_per_peer_and_changes_n
     // The route behind it answers the group only, inside the configured directories,
     // and never follows a link.
     symlink(n1, "/etc/passwd", "/etc/app/link");
-    let stranger = common::peer(&tls_of(n0), n1.addr);
+    let stranger = crate::common::peer(&tls_of(n0), n1.addr);
     let err = stranger
         .contents(&["/etc/app/app.cfg".into()])
         .await
@@ -457,14 +449,8 @@ async fn a_dry_run_with_diff_shows_each_changed_text_file_per_peer_and_changes_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_speak_the_classic_format_unless_openmetrics_is_asked_for() {
-    let mut group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 50,
-        subnet: 1,
-        ..GroupSpec::default()
-    })
-    .await;
-    let metrics: SocketAddr = "127.0.1.50:19109".parse().unwrap();
+    let mut group = start_with(spec(2)).await;
+    let metrics = SocketAddr::new(address(), 19109);
     with_line_on_top(&mut group, 0, &format!("metrics_address = \"{metrics}\"")).await;
 
     let (kind, classic) = scrape_accepting(metrics, None).await;
@@ -519,15 +505,12 @@ async fn metrics_speak_the_classic_format_unless_openmetrics_is_asked_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_is_down_shows_in_the_metrics_with_the_age_of_what_waits_for_it() {
     let mut group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 60,
-        subnet: 1,
         watch: true,
         reconcile_interval: Some(Duration::from_secs(1)),
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
-    let metrics: SocketAddr = "127.0.1.60:19110".parse().unwrap();
+    let metrics = SocketAddr::new(address(), 19110);
     with_line_on_top(&mut group, 0, &format!("metrics_address = \"{metrics}\"")).await;
     let peer = group.nodes[1].addr.to_string();
     let up = format!("gosyncd_peer_up{{peer=\"{peer}\"}}");

@@ -1,11 +1,9 @@
 //! End-to-end synchronisation between real nodes on 127.0.0.x: what a sync changes,
 //! what a dry run shows, scopes, excludes, missing directories and the progress a run tells.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupSpec, TlsStyle};
 use gosyncd::sync::{ChangeStatus, Options, PeerTally, Progress, ProgressEvent};
@@ -14,10 +12,8 @@ use gosyncd::sync::{ChangeStatus, Options, PeerTally, Progress, ProgressEvent};
 async fn sync_makes_every_peer_identical_to_the_sender() {
     // Every mode travels, set-id bits included where the receivers allow them.
     let group = start_with(GroupSpec {
-        nodes: 3,
-        first_octet: 10,
         settings: "allow_setid = true\n".into(),
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
@@ -209,7 +205,7 @@ async fn sync_makes_every_peer_identical_to_the_sender() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_on_any_peer() {
-    let group = start(3, 15).await;
+    let group = start(3).await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
     write(n0, "/etc/app/a.conf", "new a");
     write(n0, "/etc/app/sub/b.conf", "b");
@@ -257,10 +253,8 @@ async fn dry_run_changes_nothing_on_any_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_style_self_signed_certificate_syncs_the_whole_group() {
     let group = start_with(GroupSpec {
-        nodes: 3,
-        first_octet: 20,
         tls: TlsStyle::SelfSigned,
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await;
     let n0 = &group.nodes[0];
@@ -285,13 +279,11 @@ async fn seed_style_self_signed_certificate_syncs_the_whole_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_configured_directory_is_an_error_and_deletes_nothing() {
     let group = start_with(GroupSpec {
-        nodes: 3,
-        first_octet: 25,
         directories: vec![
             ("/etc/app".into(), Vec::new()),
             ("/etc/other".into(), Vec::new()),
         ],
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
@@ -334,7 +326,7 @@ async fn missing_configured_directory_is_an_error_and_deletes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scoped_sync_touches_only_that_subtree() {
-    let group = start(3, 30).await;
+    let group = start(3).await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
     write(n0, "/etc/app/sub/keep.conf", "keep");
     write(n0, "/etc/app/sub/update.conf", "v1");
@@ -400,7 +392,7 @@ async fn scoped_sync_touches_only_that_subtree() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scoped_sync_of_a_subtree_deleted_on_the_sender_deletes_it_on_peers() {
-    let group = start(2, 35).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/sub/a.conf", "a");
     write(n0, "/etc/app/sub/inner/b.conf", "b");
@@ -426,7 +418,7 @@ async fn scoped_sync_of_a_subtree_deleted_on_the_sender_deletes_it_on_peers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_excluded_on_the_sender_is_neither_pushed_nor_deleted() {
-    let group = start(2, 40).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     let variant = config_variant(&group, 0, "node1-excludes.hcl", |text| {
         with_line(
@@ -470,7 +462,7 @@ async fn path_excluded_on_the_sender_is_neither_pushed_nor_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_excluded_only_on_the_receiver_is_not_pushed_to_it_and_raises_no_error() {
-    let mut group = start(3, 45).await;
+    let mut group = start(3).await;
     let variant = config_variant(&group, 1, "node2-excludes.hcl", |text| {
         with_line(
             &text,
@@ -520,7 +512,7 @@ async fn path_excluded_only_on_the_receiver_is_not_pushed_to_it_and_raises_no_er
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_missing_a_configured_directory_gets_it_created() {
-    let group = start(2, 200).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/a.conf", "a");
     write(n0, "/etc/app/sub/b.conf", "b");
@@ -545,11 +537,8 @@ async fn peer_missing_a_configured_directory_gets_it_created() {
 async fn a_sync_tells_each_peers_plan_and_every_batch_sent_and_a_dry_run_tells_nothing() {
     // Batches of two operations at most, so that a push of five files takes three.
     let group = start_with(GroupSpec {
-        nodes: 3,
-        subnet: 2,
-        first_octet: 2,
         settings: "limits {\n  max_batch_entries = 2\n}\n".into(),
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await;
     let n0 = &group.nodes[0];
@@ -621,11 +610,8 @@ async fn a_run_over_the_whole_tree_lists_only_the_directories_whose_digests_diff
     // is left alone: the run compares digests, lists the changed directory only, and
     // must not take the other one's entries (not listed by the peer) for additions.
     let group = start_with(GroupSpec {
-        nodes: 2,
-        subnet: 2,
-        first_octet: 20,
         directories: vec![("/etc/app".into(), vec![]), ("/etc/web".into(), vec![])],
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);

@@ -8,13 +8,11 @@
 //! first waits for an event that must come before it, then watches for a quiet period
 //! derived from the debounce, failing as soon as the thing happens.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec};
 
@@ -44,7 +42,7 @@ fn rename(node: &GroupNode, from: &str, to: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_modified_and_deleted_files_reach_every_peer() {
-    let group = watching(3, 140).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let path = "/etc/app/sub/app.conf";
 
@@ -83,7 +81,7 @@ async fn created_modified_and_deleted_files_reach_every_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renamed_files_and_directories_are_renamed_on_every_peer() {
-    let group = watching(3, 144).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     write(n0, "/etc/app/old.conf", "renamed file\n");
     write(n0, "/etc/app/olddir/a.conf", "a\n");
@@ -143,7 +141,7 @@ async fn renamed_files_and_directories_are_renamed_on_every_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_directories_modes_and_symlinks_reach_every_peer() {
-    let group = watching(3, 148).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
 
     mkdir(n0, "/etc/app/empty");
@@ -204,7 +202,7 @@ async fn empty_directories_modes_and_symlinks_reach_every_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vim_save_is_one_apply_request_per_peer_and_no_editor_file_travels() {
-    let group = watching(3, 152).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let (file, backup, swap) = ("/etc/app/x.cfg", "/etc/app/x.cfg~", "/etc/app/.x.cfg.swp");
     write(n0, file, "version 1\n");
@@ -249,7 +247,7 @@ async fn a_vim_save_is_one_apply_request_per_peer_and_no_editor_file_travels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_fifty_writes_is_one_apply_request_per_peer() {
-    let group = watching(3, 156).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     let file = "/etc/app/burst.conf";
     let version = |i: usize| format!("write {i}: {}\n", "x".repeat(i));
@@ -276,7 +274,7 @@ async fn edits_paced_within_the_debounce_are_one_apply_request_per_peer() {
     // pauses, so that a slow machine cannot stretch a pause past it.
     const DEBOUNCE: Duration = Duration::from_millis(600);
     const PAUSE: Duration = Duration::from_millis(100);
-    let mut group = watching(3, 180).await;
+    let mut group = watching(3).await;
     let variant = config_variant(&group, 0, "node1-slow.hcl", |text| {
         format!("debounce = \"{}ms\"\n{text}", DEBOUNCE.as_millis())
     });
@@ -305,10 +303,8 @@ async fn edits_paced_within_the_debounce_are_one_apply_request_per_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtimes_travel_with_content_but_a_change_of_mtime_alone_is_not_pushed() {
     let group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 56,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
@@ -368,7 +364,7 @@ async fn mtimes_travel_with_content_but_a_change_of_mtime_alone_is_not_pushed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_received_write_is_not_pushed_back() {
-    let group = watching(3, 160).await;
+    let group = watching(3).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     write(n0, "/etc/app/echo.conf", "saved once\n");
     eventually_in(&group, WAIT, "the save on both peers", || {
@@ -401,11 +397,9 @@ async fn a_received_write_is_not_pushed_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excluded_paths_and_editor_files_never_leave_the_node() {
     let group = start_with(GroupSpec {
-        nodes: 3,
-        first_octet: 176,
         watch: true,
         directories: vec![("/etc/app".into(), vec!["/etc/app/private".into()])],
-        ..GroupSpec::default()
+        ..spec(3)
     })
     .await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);

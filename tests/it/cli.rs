@@ -1,14 +1,12 @@
 //! The binary against a live group: exit codes, a peer that is down, this node listed
 //! among its own remotes (by its address or behind an alias), and `check-config`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_that_is_down_fails_alone_and_the_others_are_synchronised() {
-    let mut group = start(3, 110).await;
+    let mut group = start(3).await;
     write(&group.nodes[0], "/etc/app/a.conf", "a");
     write(&group.nodes[0], "/etc/app/sub/b.conf", "b");
     group.stop(2).await;
@@ -46,7 +44,7 @@ async fn peer_that_is_down_fails_alone_and_the_others_are_synchronised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_exit_code_is_1_when_changes_are_pending_and_0_when_not() {
-    let mut group = start(3, 115).await;
+    let mut group = start(3).await;
     let config = group.nodes[0].config_path.clone();
     write(&group.nodes[0], "/etc/app/a.conf", "a");
 
@@ -76,7 +74,7 @@ async fn dry_run_exit_code_is_1_when_changes_are_pending_and_0_when_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_never_treats_this_node_as_a_peer() {
-    let group = start(3, 120).await;
+    let group = start(3).await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
     assert!(
         n0.config
@@ -112,7 +110,7 @@ async fn sync_never_treats_this_node_as_a_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn this_node_behind_an_alias_is_recognised_by_its_identity() {
-    let group = start(2, 125).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     // Another port on node 0's address leading to node 0: an alias the address check
     // cannot see through (as a NAT or a port forward would be).
@@ -150,14 +148,14 @@ async fn this_node_behind_an_alias_is_recognised_by_its_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_accepts_a_valid_config_and_names_file_and_key_of_a_broken_one() {
-    let group = start(1, 130).await;
+    let group = start(1).await;
     let config = &group.nodes[0].config_path;
     let ok = gosyncd(config_args(config, &["check-config"])).await;
     assert_eq!(ok.code, Some(0), "{ok:#?}");
     assert!(ok.stdout.contains("valid"), "{ok:#?}");
 
     let no_port = config_variant(&group, 0, "no-port.hcl", |text| {
-        with_remotes(&text, &["127.0.0.131".to_string()])
+        with_remotes(&text, &[address().to_string()])
     });
     let run = gosyncd(config_args(&no_port, &["check-config"])).await;
     assert_eq!(run.code, Some(2), "{run:#?}");
@@ -201,13 +199,7 @@ async fn check_config(config: &std::path::Path) -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_refuses_setups_that_cannot_work_and_warns_of_those_that_may_not() {
     // Regression: each of these was "valid", exit 0.
-    let group = gosyncd::group::LocalGroup::build(&gosyncd::group::GroupSpec {
-        nodes: 2,
-        first_octet: 160,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let group = gosyncd::group::LocalGroup::build(&spec(2)).await.unwrap();
     let node = &group.nodes[0];
     let me = node.addr.ip().to_string();
     let ca = group.ca.as_ref().expect("the group has a CA");
@@ -237,7 +229,7 @@ async fn check_config_refuses_setups_that_cannot_work_and_warns_of_those_that_ma
                 &group,
                 0,
                 "elsewhere",
-                ca.issue(&["127.0.0.99".to_string()]).unwrap(),
+                ca.issue(&[address().to_string()]).unwrap(),
             ),
             format!("elsewhere.pem is not valid for {me} (bind_address, this node)"),
         ),
@@ -313,7 +305,7 @@ fn same_files_everywhere(group: &gosyncd::group::LocalGroup, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_that_would_empty_a_directory_on_the_peers_is_refused_without_force() {
-    let group = start(3, 132).await;
+    let group = start(3).await;
     same_files_everywhere(&group, 20);
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
     let before = snapshot(&n1.path("/etc/app"));
@@ -345,7 +337,7 @@ async fn a_sync_that_would_empty_a_directory_on_the_peers_is_refused_without_for
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_more_than_max_delete_share_needs_force_or_a_higher_share() {
-    let group = start(2, 136).await;
+    let group = start(2).await;
     same_files_everywhere(&group, 30);
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     // 20 of the peer's 33 entries (30 files, 3 directories) go: more than half.
@@ -375,13 +367,7 @@ async fn deleting_more_than_max_delete_share_needs_force_or_a_higher_share() {
 async fn piped_sync_output_is_the_lines_alone_without_progress_or_summary() {
     // Progress and the summary line are for a terminal: a script reading stdout gets
     // exactly the timestamped lines, as before they existed.
-    let group = start_with(gosyncd::group::GroupSpec {
-        nodes: 2,
-        subnet: 2,
-        first_octet: 20,
-        ..gosyncd::group::GroupSpec::default()
-    })
-    .await;
+    let group = start_with(spec(2)).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/a.conf", "a");
     let line = |stdout: &str| -> Vec<String> {
@@ -433,13 +419,7 @@ async fn gosyncd_debug(args: Vec<std::ffi::OsString>) -> (Option<i32>, String, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_takes_this_nodes_tree_from_its_daemon_when_it_serves_the_same_directories() {
-    let group = start_with(gosyncd::group::GroupSpec {
-        nodes: 2,
-        subnet: 2,
-        first_octet: 30,
-        ..gosyncd::group::GroupSpec::default()
-    })
-    .await;
+    let group = start_with(spec(2)).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/a.conf", "a\n");
     write(n0, "/etc/app/notes.txt", "n\n");
@@ -485,11 +465,8 @@ async fn a_sync_takes_this_nodes_tree_from_its_daemon_when_it_serves_the_same_di
 async fn a_no_change_audit_beside_watching_daemons_takes_their_kept_digests_and_still_sees_a_change(
 ) {
     let group = start_with(gosyncd::group::GroupSpec {
-        nodes: 2,
-        subnet: 2,
-        first_octet: 40,
         watch: true,
-        ..gosyncd::group::GroupSpec::default()
+        ..spec(2)
     })
     .await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);

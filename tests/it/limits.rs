@@ -3,13 +3,11 @@
 //! requests larger than a receiver takes, and a manifest larger than a sender takes.
 //! Each limit is lowered in the node's config so that the tests run in seconds.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
 use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
@@ -93,7 +91,7 @@ fn creating(files: &[(&str, &[u8])]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_never_handshake_cannot_keep_the_group_out() {
-    let mut group = start(2, 236).await;
+    let mut group = start(2).await;
     with_limits(
         &mut group,
         1,
@@ -180,7 +178,7 @@ async fn timed_sync(group: &LocalGroup, i: u32) -> (Duration, gosyncd::sync::Rep
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_from_many_addresses_never_keeps_a_listed_peer_out() {
     const STRANGERS: u8 = 48;
-    let mut group = start(2, 107).await;
+    let mut group = start(2).await;
     with_limits(&mut group, 1, "handshake_timeout = \"1s\"").await;
     let target = group.nodes[1].addr;
     // The quiet figure: the slowest of three syncs of one file.
@@ -241,7 +239,7 @@ async fn a_flood_of_idle_connections_from_many_addresses_never_keeps_a_listed_pe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_stall_are_dropped_after_their_timeouts() {
-    let mut group = start(2, 240).await;
+    let mut group = start(2).await;
     with_limits(
         &mut group,
         1,
@@ -285,7 +283,7 @@ async fn requests_that_stall_are_dropped_after_their_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_beyond_max_concurrent_applies_are_answered_503_and_retryable() {
-    let mut group = start(2, 244).await;
+    let mut group = start(2).await;
     with_limits(
         &mut group,
         1,
@@ -334,7 +332,7 @@ async fn applies_beyond_max_concurrent_applies_are_answered_503_and_retryable() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_fit_the_receivers_request_file_and_entry_limits() {
-    let mut group = start(2, 248).await;
+    let mut group = start(2).await;
     with_limits(
         &mut group,
         1,
@@ -422,7 +420,7 @@ async fn pushes_fit_the_receivers_request_file_and_entry_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_larger_than_max_manifest_size_is_refused_by_the_sender() {
-    let mut group = start(2, 252).await;
+    let mut group = start(2).await;
     let variant = config_variant(&group, 0, "node1-small-manifest.hcl", |text| {
         format!("{text}\nlimits {{\n  max_manifest_size = \"4KiB\"\n}}\n")
     });
@@ -444,11 +442,8 @@ async fn a_manifest_larger_than_max_manifest_size_is_refused_by_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_holds_back_a_file_over_the_peers_size_limit_and_delivers_the_rest() {
     let mut group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 100,
-        subnet: 1,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     with_limits(&mut group, 1, "max_file_size = \"1MiB\"").await;

@@ -3,14 +3,12 @@
 //! `on_change` runs once per batch with the batch's paths, on every receiving node, and
 //! the sender hears how it ended; backups keep the versions a sync replaced.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
-use gosyncd::group::{GroupSpec, LocalGroup};
+use gosyncd::group::LocalGroup;
 use gosyncd::sync::ChangeStatus;
 
 /// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
@@ -36,7 +34,7 @@ fn same_everywhere(group: &LocalGroup, files: &[(&str, &str)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_fails_validation_is_put_back_on_that_node_and_reported_as_rejected() {
-    let mut group = start(3, 211).await;
+    let mut group = start(3).await;
     same_everywhere(
         &group,
         &[
@@ -95,7 +93,7 @@ async fn a_batch_that_fails_validation_is_put_back_on_that_node_and_reported_as_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() {
-    let mut group = start(3, 223).await;
+    let mut group = start(3).await;
     let logs: Vec<std::path::PathBuf> = (0..3)
         .map(|i| group.path().join(format!("node{}-runs.log", i + 1)))
         .collect();
@@ -181,7 +179,7 @@ async fn on_change_runs_once_per_batch_with_its_paths_on_every_receiving_node() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_keep_the_versions_a_sync_replaced_or_deleted_and_prune_the_oldest() {
-    let mut group = start(2, 214).await;
+    let mut group = start(2).await;
     let store = group.path().join("backups");
     with_directory_lines(
         &mut group,
@@ -252,7 +250,7 @@ async fn backups_keep_the_versions_a_sync_replaced_or_deleted_and_prune_the_olde
 async fn a_refusal_names_the_line_that_explains_and_how_the_command_ended_in_words() {
     // Regression: `haproxy -c` was reported by its banner, its first line of stderr, and
     // `haproxy -q -c` as "exited with Some(1)"; a signal as "killed".
-    let mut group = start(2, 152).await;
+    let mut group = start(2).await;
     same_everywhere(&group, &[("/etc/app/app.cfg", "listen 80\n")]);
     let quiet = group.path().join("quiet");
     let quiet = quiet.display();
@@ -314,7 +312,7 @@ async fn a_refusal_names_the_line_that_explains_and_how_the_command_ended_in_wor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_whose_own_tree_fails_validation_pushes_nothing_of_it() {
-    let mut group = start(2, 226).await;
+    let mut group = start(2).await;
     same_everywhere(&group, &[("/etc/app/app.cfg", "listen 80\n")]);
     with_directory_lines(
         &mut group,
@@ -352,10 +350,8 @@ async fn a_sender_whose_own_tree_fails_validation_pushes_nothing_of_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_edits_are_validated_before_the_watcher_pushes_them_and_run_on_change() {
     let mut group = start_with(gosyncd::group::GroupSpec {
-        nodes: 2,
-        first_octet: 242,
         watch: true,
-        ..Default::default()
+        ..spec(2)
     })
     .await;
     let log = group.path().join("local-runs.log");
@@ -410,13 +406,7 @@ async fn local_edits_are_validated_before_the_watcher_pushes_them_and_run_on_cha
 async fn a_batch_whose_validation_never_ended_is_put_back_when_the_daemon_starts_again() {
     // Node 1 is the real binary, killed with SIGKILL while its `validate` command runs:
     // the batch is written, not yet accepted. Node 0 (no daemon) pushes to it.
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 234,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(2)).await.unwrap();
     group.release(0);
     group.release(1);
     let hold = group.path().join("hold-validation");
@@ -505,13 +495,7 @@ async fn commands_do_not_inherit_the_variables_systemd_gives_the_daemon() {
     // Regression: `validate` and `on_change` commands inherited NOTIFY_SOCKET, with which
     // they could tell systemd that the daemon was ready or stopping. Node 1 is the real
     // binary, started as systemd starts a `Type=notify` service; node 0 pushes to it.
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 150,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(2)).await.unwrap();
     group.release(0);
     group.release(1);
     let seen_by = |command: &str| group.path().join(format!("env-of-{command}"));

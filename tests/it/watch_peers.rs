@@ -7,11 +7,9 @@
 //! first waits for an event that must come before it, then watches for a quiet period
 //! derived from the debounce, failing as soon as the thing happens.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gosyncd::group::GroupNode;
 
 /// Longest a restarted peer may take to catch up on what it missed, with no command.
@@ -30,7 +28,7 @@ fn content(node: &GroupNode, logical: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_edits_are_refused_not_lost_until_an_explicit_sync() {
-    let group = watching(3, 164).await;
+    let group = watching(3).await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
     let file = "/etc/app/shared.conf";
     let (v0, v1) = ("edited on node 0\n", "edited on node 1, at the same time\n");
@@ -115,7 +113,7 @@ async fn concurrent_edits_are_refused_not_lost_until_an_explicit_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_peer_does_not_hold_back_the_others_and_catches_up_after_restart() {
-    let mut group = watching(3, 168).await;
+    let mut group = watching(3).await;
     {
         let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
         write(n0, "/etc/app/modified.conf", "before\n");
@@ -182,7 +180,7 @@ async fn a_stopped_peer_does_not_hold_back_the_others_and_catches_up_after_resta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_with_drifted_files_pushes_nothing() {
-    let mut group = watching(3, 172).await;
+    let mut group = watching(3).await;
     {
         let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
         write(n0, "/etc/app/kept.conf", "same everywhere\n");

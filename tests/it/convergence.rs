@@ -11,13 +11,11 @@
 //! Every wait polls a condition with a deadline, or waits for an event (a marker file a
 //! command creates, a line in a daemon's log); nothing sleeps to synchronise.
 
-mod common;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
 use gosyncd::protocol::{encode_batch, Action, BatchHeader, HeldKind, Op, Outcome};
@@ -67,7 +65,7 @@ const REJECTS_BAD: &str = r#"  validate = "if grep -q BAD \"$GOSYNCD_DIRECTORY/a
 async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
     // Nodes 2 and 3 validate what they receive; node 1, where the edits are made, does
     // not, so its broken save is pushed and refused by the peers.
-    let mut group = watching(3, 52).await;
+    let mut group = watching(3).await;
     for i in [1, 2] {
         with_directory_lines(&mut group, i, REJECTS_BAD).await;
     }
@@ -159,11 +157,9 @@ async fn a_fix_saved_after_a_peer_rejected_the_change_reaches_every_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_nobody_delivers_is_reported_with_its_paths_and_never_pushed() {
     let mut group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 90,
         watch: true,
         reconcile_interval: Some(Duration::from_secs(1)),
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     // A file written on node 2 while its daemon is stopped: nobody edited it as far as
@@ -265,7 +261,7 @@ fn final_edits() -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_waiting_for_a_stopped_peer_survive_a_restart_of_the_sender() {
-    let mut group = watching(3, 127).await;
+    let mut group = watching(3).await;
     {
         let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
         for i in 0..REWRITTEN {
@@ -354,10 +350,8 @@ async fn a_receiver_that_could_not_write_catches_up_once_it_can() {
     // unlimited, so that the limit can be raised again without privileges): writing a
     // file larger than the limit fails with EFBIG. Node 1 is a watching daemon.
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 13,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await
     .unwrap();
@@ -465,7 +459,7 @@ fn left_below(node: &GroupNode, root: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_recursive_delete_leaves_no_directory_behind_on_any_peer() {
-    let group = watching(2, 28).await;
+    let group = watching(2).await;
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);
     for round in 1..=DELETE_ROUNDS {
         let text = |i: usize| format!("round {round}, file {i}\n");
@@ -505,10 +499,8 @@ async fn deleting_a_directory_that_still_holds_a_file_names_the_file_not_an_excl
     // which still holds a file that nothing excludes (its deletion is not in the batch),
     // and /etc/app/held, which holds only an excluded path.
     let group = start_with(GroupSpec {
-        nodes: 2,
-        first_octet: 23,
         directories: vec![("/etc/app".into(), vec!["/etc/app/held/private".into()])],
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
@@ -593,13 +585,7 @@ async fn gosyncd_sync_waits_for_a_busy_receiver_instead_of_failing() {
     // Node 2 is the real binary, taking one apply request at a time; its `validate`
     // command holds the validation of a batch that changes first.cfg until the test
     // releases it (or 30 s pass), which keeps that apply, and the only place, busy.
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 18,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(2)).await.unwrap();
     group.restart(0).await.unwrap();
     group.release(1);
     let started = group.path().join("validation-started");
@@ -693,13 +679,7 @@ async fn gosyncd_sync_waits_for_a_busy_receiver_instead_of_failing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_directory_refuses_to_start_and_names_the_holder() {
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 97,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(2)).await.unwrap();
     group.release(0);
     let node1 = group.nodes[0].config_path.clone();
     let mut first = DaemonProcess::spawn(&node1, group.path().join("node1.log"));
@@ -708,7 +688,8 @@ async fn a_second_daemon_on_the_same_state_directory_refuses_to_start_and_names_
         .await;
     // The same node's config on another port: it binds, then finds the state directory
     // taken.
-    let port = std::net::TcpListener::bind((ip(97), 0))
+    let ip = group.nodes[0].addr.ip();
+    let port = std::net::TcpListener::bind((ip, 0))
         .unwrap()
         .local_addr()
         .unwrap()
@@ -718,7 +699,7 @@ async fn a_second_daemon_on_the_same_state_directory_refuses_to_start_and_names_
         assert!(text.contains(&address), "{text}");
         text.replacen(
             &format!("bind_address = \"{address}\""),
-            &format!("bind_address = \"{}:{port}\"", ip(97)),
+            &format!("bind_address = \"{ip}:{port}\""),
             1,
         )
     });
@@ -736,7 +717,7 @@ async fn a_second_daemon_on_the_same_state_directory_refuses_to_start_and_names_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_directory_holding_paths_the_sender_excludes_is_kept_not_retried_forever() {
-    let mut group = watching(2, 99).await;
+    let mut group = watching(2).await;
     // Node 1 excludes *.local; node 2 does not, and has a file of its own in sub/.
     let variant = config_variant(&group, 0, "node1-local.hcl", |text| {
         assert!(text.contains("  exclude = []"), "{text}");

@@ -11,8 +11,6 @@
 //! Every wait polls a condition with a deadline; the kill points are events (bytes
 //! through a forwarder, files appearing in the receiver's tree), not delays.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -20,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
 use gosyncd::manifest::Manifest;
@@ -202,13 +200,7 @@ async fn sigkill_of_a_receiver_mid_batch_leaves_each_file_old_or_new_and_the_nex
     // it through a forwarder listening on node 1's own address, so the certificate name
     // check passes; the kill comes from the forwarder (while the body is received) or
     // from a watcher on node 1's tree (while it is written and committed).
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 2,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(2)).await.unwrap();
     group.release(0);
     group.release(1);
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
@@ -363,13 +355,7 @@ async fn a_receiver_whose_write_fails_keeps_the_old_file_applies_the_rest_and_sa
     if !has_prlimit() {
         return;
     }
-    let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 6,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::build(&spec(2)).await.unwrap();
     group.release(0);
     group.release(1);
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
@@ -454,10 +440,8 @@ async fn a_connection_cut_mid_transfer_writes_nothing_partial_and_the_watcher_re
     // certificate name check passes) that cuts the first connection carrying more
     // than 1 MiB from node 0.
     let mut group = LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet: 4,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await
     .unwrap();
@@ -598,9 +582,9 @@ fn error_of(report: &Report, peer: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_accepts_and_never_answers_fails_alone_within_the_connect_timeout() {
-    let group = start(3, 102).await;
+    let group = start(3).await;
     let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
-    let (silent, accepted, holder) = silent_peer(ip(105)).await;
+    let (silent, accepted, holder) = silent_peer(address()).await;
     write(n0, "/etc/app/a.conf", "for the peers that answer\n");
 
     let (report, elapsed, finished) = sync_with_a_silent_peer(&group, silent).await;
@@ -631,8 +615,8 @@ async fn a_peer_that_accepts_and_never_answers_fails_alone_within_the_connect_ti
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_answers_is_reported_with_the_timeout_that_struck() {
-    let group = start(1, 72).await;
-    let (silent, _, holder) = silent_peer(ip(72)).await;
+    let group = start(1).await;
+    let (silent, _, holder) = silent_peer(group.nodes[0].addr.ip()).await;
     let (report, elapsed, _) = sync_with_a_silent_peer(&group, silent).await;
     holder.abort();
     let error = error_of(&report, silent);
@@ -662,7 +646,7 @@ fn race_content(side: &str, j: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pushes_planned_against_the_same_state_apply_one_and_refuse_the_other_as_conflicts() {
-    let group = start(2, 8).await;
+    let group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     for j in 0..RACE_EXISTING {
         write(n1, &race_path(j), race_content("base", j));

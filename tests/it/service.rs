@@ -2,25 +2,16 @@
 //! carry their priority for the journal, its exit status says whether a restart can
 //! help, and a configured directory it cannot write stops it with the fix named.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use gosyncd::group::{GroupSpec, LocalGroup};
 
-/// A group of two nodes on 127.0.1.N whose daemons are not started.
-async fn built(first_octet: u8) -> LocalGroup {
-    LocalGroup::build(&GroupSpec {
-        nodes: 2,
-        first_octet,
-        subnet: 1,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap()
+/// A group of two nodes whose daemons are not started.
+async fn built() -> LocalGroup {
+    LocalGroup::build(&spec(2)).await.unwrap()
 }
 
 /// Runs the binary with `args` and `env`, its stderr into `log`; its exit code and log.
@@ -61,7 +52,7 @@ fn has_time_stamp(line: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_carry_their_priority_for_the_journal_and_no_time_stamp() {
-    let mut group = built(10).await;
+    let mut group = built().await;
     // Node 1 is down (nothing listens): the sync fails, which is a warning.
     group.release(1);
     let config = group.nodes[0].config_path.clone();
@@ -119,7 +110,7 @@ async fn log_lines_carry_their_priority_for_the_journal_and_no_time_stamp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_configuration_exits_2_and_a_daemon_that_cannot_listen_exits_1() {
     // The group holds node 0's address: the real daemon cannot listen there.
-    let group = built(20).await;
+    let group = built().await;
     let config = group.nodes[0].config_path.clone();
     let args = config_args(&config, &[]);
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
@@ -157,7 +148,7 @@ async fn a_configured_directory_kept_read_only_stops_the_daemon_with_the_line_to
     if !can_unshare_mounts() {
         return;
     }
-    let mut group = built(30).await;
+    let mut group = built().await;
     group.release(0);
     let n0 = &group.nodes[0];
     let app = n0.path("/etc/app");
@@ -235,14 +226,15 @@ fn placed(group: &LocalGroup, name: &str, bind: &str, remotes: &[String]) -> std
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_with_no_peer_left_is_an_error_and_shared_machines_do_not_fool_self_detection() {
-    let group = built(70).await;
+    let group = built().await;
     // A port nothing listens on, on two addresses of this machine.
-    let port = std::net::TcpListener::bind("127.0.1.70:0")
+    let ips = addresses(2);
+    let port = std::net::TcpListener::bind((ips[0], 0))
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let (a, b) = (format!("127.0.1.70:{port}"), format!("127.0.1.71:{port}"));
+    let (a, b) = (format!("{}:{port}", ips[0]), format!("{}:{port}", ips[1]));
 
     // Listening on every address (the README's `:8080`), with two nodes of this machine
     // in remotes: at most one of them is this node, so neither is taken for it by its
@@ -312,14 +304,7 @@ async fn a_sender_not_running_as_root_imposes_no_owner() {
     if !can_run_as_nobody("sender") {
         return;
     }
-    let mut group = LocalGroup::start(&GroupSpec {
-        nodes: 2,
-        first_octet: 80,
-        subnet: 1,
-        ..GroupSpec::default()
-    })
-    .await
-    .unwrap();
+    let mut group = LocalGroup::start(&spec(2)).await.unwrap();
     group.stop(0).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/a.cfg", "from node 0\n");
@@ -361,11 +346,8 @@ async fn a_daemon_not_running_as_root_watches_around_a_directory_it_cannot_read(
         return;
     }
     let mut group = LocalGroup::start(&GroupSpec {
-        nodes: 2,
-        first_octet: 90,
-        subnet: 1,
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     })
     .await
     .unwrap();

@@ -19,15 +19,12 @@
 //! `GOSYNCD_FAULTS_ONLY=kill-editor,stop-peer` draws only those kinds (to hunt one failure;
 //! the others are kill-receiver, cannot-write, validate-fails and recursive-delete).
 //!
-//! The four nodes are two groups of two joined under one CA, because no four consecutive
-//! addresses are free of other test files: 127.0.0.113 (the editor, the real binary so
-//! that it can be SIGKILLed), .114 (in-process, stopped and started), .118 (in-process,
-//! stopped and started, with the `validate` command) and .119 (the real binary: SIGKILL
-//! and RLIMIT_FSIZE). Every wait polls a condition with a deadline or waits for an event
+//! The four nodes are two groups of two joined under one CA (so that each pair keeps its
+//! own files): node 0 (the editor, the real binary so that it can be SIGKILLed), node 1
+//! (in-process, stopped and started), node 2 (in-process, stopped and started, with the
+//! `validate` command) and node 3 (the real binary: SIGKILL and RLIMIT_FSIZE). Every wait polls a condition with a deadline or waits for an event
 //! (a daemon's counter, a line in its log); the only pauses are part of a scenario (the
 //! time an edit has before a kill lands, the time a peer stays down).
-
-mod common;
 
 /// The least time between an edit and a SIGKILL of the editor's daemon: the time its
 /// file-system events take to reach it (notify's 50 ms window), with a margin.
@@ -41,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
 
@@ -242,9 +239,9 @@ struct Cluster {
     /// Node 3's daemon (the real binary) and its incarnations so far.
     writer: DaemonProcess,
     writer_logs: Vec<PathBuf>,
-    /// Nodes 0 and 1 (127.0.0.113-114), whose CA signs every node's certificate.
+    /// Nodes 0 and 1, whose CA signs every node's certificate.
     a: LocalGroup,
-    /// Nodes 2 and 3 (127.0.0.118-119).
+    /// Nodes 2 and 3.
     b: LocalGroup,
     /// While it exists, node 2's `validate` fails.
     marker: PathBuf,
@@ -316,14 +313,12 @@ fn use_config(node: &mut GroupNode, path: PathBuf) {
 /// Builds the four nodes, every one listing all four as `remotes`, and starts them:
 /// the receivers first, the editor last.
 async fn cluster() -> Cluster {
-    let spec = |first_octet| GroupSpec {
-        nodes: 2,
-        first_octet,
+    let pair = || GroupSpec {
         watch: true,
-        ..GroupSpec::default()
+        ..spec(2)
     };
-    let mut a = start_built(&spec(113)).await;
-    let mut b = start_built(&spec(118)).await;
+    let mut a = start_built(&pair()).await;
+    let mut b = start_built(&pair()).await;
     let remotes: Vec<String> = a
         .nodes
         .iter()
