@@ -18,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Backup;
 use crate::protocol::{Content, Entry};
 
-/// What a kept version's `.json` file holds.
+/// A kept version: what its `.json` file holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Version {
+pub struct Kept {
     /// The logical path.
     pub path: String,
     /// Its name: when it was taken, `20261124T031500.123456789Z`.
@@ -51,7 +51,7 @@ pub fn save(
     name: &str,
     entry: &Entry,
     reason: &str,
-) -> io::Result<Version> {
+) -> io::Result<Kept> {
     let dir = versions_dir(backup, logical);
     fs::DirBuilder::new()
         .recursive(true)
@@ -74,7 +74,7 @@ pub fn save(
         copy.sync_all()?;
         fs::rename(&partial, dir.join(&version))?;
     }
-    let kept = Version {
+    let kept = Kept {
         path: logical.to_string(),
         version: version.clone(),
         reason: reason.to_string(),
@@ -139,7 +139,7 @@ fn version_names(dir: &Path) -> io::Result<Vec<String>> {
 }
 
 /// Every kept version of the paths at or below `logical`, oldest first per path.
-pub fn list(backup: &Backup, logical: &str) -> io::Result<Vec<Version>> {
+pub fn list(backup: &Backup, logical: &str) -> io::Result<Vec<Kept>> {
     let root = versions_dir(backup, logical);
     let mut out = Vec::new();
     if !root.exists() {
@@ -152,7 +152,7 @@ pub fn list(backup: &Backup, logical: &str) -> io::Result<Vec<Version>> {
             continue;
         }
         let text = fs::read(entry.path())?;
-        match serde_json::from_slice::<Version>(&text) {
+        match serde_json::from_slice::<Kept>(&text) {
             Ok(version) => out.push(version),
             Err(e) => {
                 tracing::warn!(file = %entry.path().display(), "unreadable backup metadata: {e}")
@@ -163,7 +163,7 @@ pub fn list(backup: &Backup, logical: &str) -> io::Result<Vec<Version>> {
 }
 
 /// The content of a kept file version.
-pub fn content(backup: &Backup, version: &Version) -> io::Result<Vec<u8>> {
+pub fn content(backup: &Backup, version: &Kept) -> io::Result<Vec<u8>> {
     fs::read(versions_dir(backup, &version.path).join(&version.version))
 }
 

@@ -18,21 +18,21 @@ use std::time::Duration;
 
 use crate::paths::is_within;
 
-mod actions;
 mod addresses;
 mod duration;
 mod excludes;
+mod hooks;
 pub mod limits;
 mod raw;
 mod read;
 #[cfg(test)]
 mod tests;
 
-pub use actions::{Actions, Backup, BackupBlock, RunOn, Side, DEFAULT_ACTION_TIMEOUT};
 pub use addresses::{
     parse_allow_entry, parse_bind_address, parse_remote, AllowEntry, BindAddress, Remote,
 };
 pub use excludes::{Excludes, EDITOR_EXCLUDES};
+pub use hooks::{Backup, BackupBlock, Hooks, RunOn, Side, DEFAULT_ACTION_TIMEOUT};
 pub use limits::Limits;
 use raw::Lines;
 
@@ -86,7 +86,7 @@ pub struct Directory {
     /// Where previous versions replaced by a sync are kept, if anywhere.
     pub backup: Option<Backup>,
     /// `validate` and `on_change`.
-    pub actions: Actions,
+    pub hooks: Hooks,
 }
 
 /// The validated configuration.

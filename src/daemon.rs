@@ -12,13 +12,13 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::apply;
+use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
 use crate::node::{Node, PeerRecord, Spool, Spooled};
 use crate::server;
 use crate::sync::Engine;
 use crate::tls::TlsMaterial;
-use crate::versions::Versions;
 use crate::watcher::{self, Queue, WATCH_QUEUE_EVENTS};
 
 /// How long a stopping daemon lets pushes under way finish.
@@ -63,7 +63,7 @@ impl Daemon {
         // The state directory is this daemon's before anything is recovered or cleaned:
         // a second daemon on it must stop before it touches the first one's files.
         let spool = Spool::open(&config.state_directory)?;
-        let (cache, versions) = recover_and_scan(&config, clean).await?;
+        let (cache, baseline) = recover_and_scan(&config, clean).await?;
         // The spool of undelivered changes (opened above): shared with the daemon this
         // one replaces (same process, same state directory), read from disk on a first
         // start.
@@ -73,7 +73,7 @@ impl Daemon {
         } else {
             Default::default()
         };
-        let mut node = Node::new(config.clone(), cache.clone(), Some(versions.clone()));
+        let mut node = Node::new(config.clone(), cache.clone(), Some(baseline.clone()));
         node.spool = Some(spool.clone());
         if let Some(previous) = previous {
             node = node.applying_after(&previous.node);
@@ -114,7 +114,7 @@ impl Daemon {
         let task = tokio::spawn(run(Running {
             engine,
             node: serving,
-            versions,
+            baseline,
             records,
             spool,
             received,
@@ -197,7 +197,7 @@ fn report_recovered(recovered: Vec<crate::rollback::Recovered>) {
 async fn recover_and_scan(
     config: &Arc<Config>,
     clean: bool,
-) -> anyhow::Result<(Arc<HashCache>, Arc<Versions>)> {
+) -> anyhow::Result<(Arc<HashCache>, Arc<Baseline>)> {
     let config = config.clone();
     let scanned = tokio::task::spawn_blocking(move || {
         let stale = if clean {
@@ -214,7 +214,7 @@ async fn recover_and_scan(
         }
         let cache = Arc::new(HashCache::default());
         let scan = manifest::scan(&config, &[], &cache);
-        (cache, Arc::new(Versions::new(scan.entries)))
+        (cache, Arc::new(Baseline::new(scan.entries)))
     })
     .await?;
     Ok(scanned)
@@ -289,7 +289,7 @@ async fn peer_records(
 struct Running {
     engine: Arc<Engine>,
     node: Arc<Node>,
-    versions: Arc<Versions>,
+    baseline: Arc<Baseline>,
     records: Vec<Arc<PeerRecord>>,
     spool: Arc<Spool>,
     received: watcher::QueueReceiver,
@@ -314,7 +314,7 @@ async fn run(running: Running) {
             tokio::spawn(watcher::deliver(
                 running.engine.clone(),
                 serving.clone(),
-                running.versions.clone(),
+                running.baseline.clone(),
                 record,
                 Some(running.spool.clone()),
                 running.stop_requested.clone(),
@@ -324,7 +324,7 @@ async fn run(running: Running) {
     let propagation = tokio::spawn(watcher::propagate(
         running.engine.clone(),
         serving.clone(),
-        running.versions,
+        running.baseline,
         running.received,
         running.watch,
     ));

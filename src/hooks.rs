@@ -1,10 +1,10 @@
 //! Hooks: the commands a directory's configuration runs around a change, a `validate`
 //! command that checks the new tree before it counts as accepted, and `on_change`
 //! commands (a reload) once it is. (Its settings, with the backups', are the
-//! configuration's `Actions`.)
+//! configuration's `Hooks`.)
 //!
 //! This module runs the commands; the values a directory's configuration gives for them
-//! (`Backup`, `Actions`, `RunOn`, `Side`) are [`crate::config`]'s. [`crate::apply`] takes
+//! (`Backup`, `Hooks`, `RunOn`, `Side`) are [`crate::config`]'s. [`crate::apply`] takes
 //! the backups and rolls a rejected batch back, [`crate::server`] and [`crate::watcher`]
 //! call the commands for received and local changes.
 //!
@@ -48,11 +48,11 @@ pub async fn validate(
         let Some(dir) = config.directory_of(path) else {
             continue;
         };
-        let Some(command) = dir.actions.validator(side) else {
+        let Some(command) = dir.hooks.validator(side) else {
             continue;
         };
         let (local_dir, local_changed) = local_paths(config, &dir.path, paths);
-        let result = run(command, &local_dir, &local_changed, dir.actions.timeout).await;
+        let result = run(command, &local_dir, &local_changed, dir.hooks.timeout).await;
         if !result.success() {
             refused.push((dir.path.clone(), result.why()));
         }
@@ -72,12 +72,12 @@ pub async fn on_change(
     let Some(dir) = config.directory_of(dir) else {
         return Vec::new();
     };
-    if !dir.actions.run_on.covers(side) {
+    if !dir.hooks.run_on.covers(side) {
         return Vec::new();
     }
     let (local_dir, local_changed) = local_paths(config, &dir.path, paths);
     runner
-        .on_change(&local_dir, &dir.actions, local_changed)
+        .on_change(&local_dir, &dir.hooks, local_changed)
         .await
 }
 
@@ -86,5 +86,5 @@ pub fn validates(config: &crate::config::Config, side: Side) -> bool {
     config
         .directories
         .iter()
-        .any(|d| d.actions.validator(side).is_some())
+        .any(|d| d.hooks.validator(side).is_some())
 }

@@ -27,8 +27,8 @@ pub mod sync;
 pub mod tls;
 pub mod tree;
 
+pub mod baseline;
 pub mod daemon;
 #[cfg(test)]
 mod testing;
-pub mod versions;
 pub mod watcher;

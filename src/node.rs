@@ -14,6 +14,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::access::Allowlist;
+use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::hooks;
 use crate::manifest::{self, Generation, HashCache};
@@ -22,7 +23,6 @@ use crate::protocol::{
     StatusCounters, WireEntry,
 };
 use crate::sync::PeerLink;
-use crate::versions::Versions;
 
 mod outbox;
 mod spool;
@@ -43,7 +43,7 @@ pub struct Node {
     pub(crate) applies: Arc<Semaphore>,
     /// A daemon's memory of each path's version; what a push applies is recorded there
     /// before the watcher can see the write.
-    pub versions: Option<Arc<Versions>>,
+    pub baseline: Option<Arc<Baseline>>,
     pub stats: Stats,
     /// The client addresses allowed to read and write.
     pub allow: Allowlist,
@@ -244,7 +244,7 @@ impl Node {
     pub fn new(
         config: Arc<Config>,
         cache: Arc<HashCache>,
-        versions: Option<Arc<Versions>>,
+        baseline: Option<Arc<Baseline>>,
     ) -> Node {
         let limits = config.limits.clone();
         Node {
@@ -258,7 +258,7 @@ impl Node {
             cache,
             apply_lock: Arc::new(Mutex::new(())),
             applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
-            versions,
+            baseline,
             stats: Stats::default(),
             runner: Arc::default(),
             peers: std::sync::OnceLock::new(),
@@ -298,8 +298,8 @@ impl Node {
     /// pushes nothing back, and what was held against its previous version no longer
     /// holds.
     pub fn record_received(&self, path: &str, state: Option<Entry>) {
-        if let Some(versions) = &self.versions {
-            versions.record(path, state);
+        if let Some(baseline) = &self.baseline {
+            baseline.record(path, state);
             for record in self.peers.get().into_iter().flatten() {
                 record.outbox.received(path);
             }

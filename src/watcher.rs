@@ -4,7 +4,7 @@
 //! blocks. The propagation loop gathers a burst until it is complete: every file it
 //! touched closed or renamed into place, and the settle window (`debounce`) passed with
 //! no new event (see [`Burst`]). It then scans the paths touched, compares them with
-//! this node's [`Versions`], and hands the difference to each peer's [`Outbox`], which
+//! this node's [`Baseline`], and hands the difference to each peer's [`Outbox`], which
 //! a task per peer delivers through the one engine, retrying with backoff while that
 //! peer is unreachable.
 //!
@@ -32,12 +32,12 @@ pub use self::deliver::deliver;
 use self::directories::{directory_identity, rewatch, DirectoryIdentity};
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
 pub use self::queue::{Change, ChangeKind, Queue, QueueReceiver, Taken, WATCH_QUEUE_EVENTS};
+use crate::baseline::Baseline;
 use crate::hooks;
 use crate::manifest::{self, Generation};
 use crate::node::Node;
 use crate::paths::is_within;
 use crate::sync::Engine;
-use crate::versions::Versions;
 
 /// Beyond this many changed paths in one burst, everything is rescanned instead: as
 /// cheap with the hash cache, and it keeps the scope test linear.
@@ -52,7 +52,7 @@ const MAX_SCOPED_PATHS: usize = 512;
 pub async fn propagate(
     engine: Arc<Engine>,
     node: Arc<Node>,
-    versions: Arc<Versions>,
+    baseline: Arc<Baseline>,
     queue: QueueReceiver,
     watch: Option<Watch>,
 ) {
@@ -67,7 +67,7 @@ pub async fn propagate(
     // Directories whose last changes failed their validation.
     let mut held_back: BTreeSet<String> = BTreeSet::new();
     let mut overdue = Overdue::new();
-    let mut toucher = Toucher::new(node.clone(), versions.clone());
+    let mut toucher = Toucher::new(node.clone(), baseline.clone());
     loop {
         let first = tokio::select! {
             _ = queue.ready() => queue.take(),
@@ -83,7 +83,7 @@ pub async fn propagate(
         // Gather until every file is complete and the settle window has passed.
         loop {
             let now = Instant::now();
-            let known = |path: &str| versions.knows(path);
+            let known = |path: &str| baseline.knows(path);
             if burst.complete(now, config.debounce, known) {
                 break;
             }
@@ -140,7 +140,7 @@ pub async fn propagate(
             }
             paths.into_iter().collect()
         };
-        let refused = push_burst(&engine, &node, &versions, scope.clone()).await;
+        let refused = push_burst(&engine, &node, &baseline, scope.clone()).await;
         held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
         held_back.extend(refused);
     }
@@ -171,7 +171,7 @@ fn appeared(directories: Vec<std::path::PathBuf>, generation: &Generation) -> Ta
 async fn push_burst(
     engine: &Engine,
     node: &Node,
-    versions: &Versions,
+    baseline: &Baseline,
     scope: Vec<String>,
 ) -> Vec<String> {
     let config = engine.config().clone();
@@ -191,7 +191,7 @@ async fn push_burst(
     let config = engine.config();
     let mut refused = Vec::new();
     if hooks::validates(config, crate::config::Side::Local) {
-        let touched = config.by_directory(versions.peek_changes(&scan, &scope, node.owners));
+        let touched = config.by_directory(baseline.peek_changes(&scan, &scope, node.owners));
         for (dir, why) in hooks::validate(config, &touched, crate::config::Side::Local).await {
             let reason = format!("validation failed on this node: {why}");
             error!("not pushing the changes of {dir}: {reason}; fix it here and save again");
@@ -199,7 +199,7 @@ async fn push_burst(
             refused.push(dir);
         }
     }
-    let ops = versions.take_changes(&scan, &scope, node.owners);
+    let ops = baseline.take_changes(&scan, &scope, node.owners);
     drop(quiet);
     // The directories' own on_change commands, for local changes.
     for (dir, paths) in config.by_directory(ops.iter().map(|op| op.path.clone())) {
@@ -251,16 +251,16 @@ async fn push_burst(
 /// timer never waits for a file to be written.
 struct Toucher {
     node: Arc<Node>,
-    versions: Arc<Versions>,
+    baseline: Arc<Baseline>,
     pending: Arc<std::sync::Mutex<Vec<String>>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Toucher {
-    fn new(node: Arc<Node>, versions: Arc<Versions>) -> Toucher {
+    fn new(node: Arc<Node>, baseline: Arc<Baseline>) -> Toucher {
         Toucher {
             node,
-            versions,
+            baseline,
             pending: Arc::default(),
             task: None,
         }
@@ -275,9 +275,9 @@ impl Toucher {
         if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let (node, versions, pending) = (
+        let (node, baseline, pending) = (
             self.node.clone(),
-            self.versions.clone(),
+            self.baseline.clone(),
             self.pending.clone(),
         );
         self.task = Some(tokio::task::spawn_blocking(move || loop {
@@ -285,7 +285,7 @@ impl Toucher {
             if paths.is_empty() {
                 return;
             }
-            touch_now(&node, &versions, &paths);
+            touch_now(&node, &baseline, &paths);
         }));
     }
 
@@ -297,15 +297,15 @@ impl Toucher {
         // Added as the task was ending.
         let paths = std::mem::take(&mut *self.pending.lock().expect("touch lock"));
         if !paths.is_empty() {
-            let (node, versions) = (self.node.clone(), self.versions.clone());
-            let _ = tokio::task::spawn_blocking(move || touch_now(&node, &versions, &paths)).await;
+            let (node, baseline) = (self.node.clone(), self.baseline.clone());
+            let _ = tokio::task::spawn_blocking(move || touch_now(&node, &baseline, &paths)).await;
         }
     }
 }
 
 /// What [`Toucher`] does, on a thread that may block. `paths` are a burst's, all
 /// synchronised (see [`Burst::add`]).
-fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
+fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
     let (Some(spool), Some(records)) = (&node.spool, node.peers.get()) else {
         return;
     };
@@ -317,7 +317,7 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
     }
     let mut touched: Vec<_> = Vec::new();
     for path in paths {
-        let known = versions.get(path);
+        let known = baseline.get(path);
         let local = node.config.local_path(path);
         let meta = std::fs::symlink_metadata(&local);
         // A file holding the very version known (size, mode and mtime: a received file
@@ -332,7 +332,7 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
         match meta {
             // A directory gone: everything known below it goes with it.
             Err(_) if known.as_ref().is_some_and(|e| e.content.is_dir()) => {
-                touched.extend(versions.below(path));
+                touched.extend(baseline.below(path));
             }
             // A directory made or moved in: what it holds comes with it.
             Ok(meta) if meta.is_dir() => {
@@ -346,7 +346,7 @@ fn touch_now(node: &Node, versions: &Versions, paths: &[String]) {
                     // never travel.
                     .filter(|p| crate::tree::confine(&node.config, p).is_ok())
                     .map(|p| {
-                        let known = versions.get(&p);
+                        let known = baseline.get(&p);
                         (p, known)
                     });
                 touched.extend(below);

@@ -105,7 +105,7 @@ impl Session {
         // link lives at the top of the configured directory, where it cannot keep a
         // directory the batch deletes from being empty (on another filesystem: next to
         // the file).
-        let kept = if dir.actions.validator(Side::Received).is_some() {
+        let kept = if dir.hooks.validator(Side::Received).is_some() {
             match self
                 .top(config, dir)
                 .and_then(|top| keep_previous(&top, &parent, &name))
@@ -236,7 +236,7 @@ impl Session {
                     })?;
             }
         }
-        if dir.actions.validator(Side::Received).is_none() {
+        if dir.hooks.validator(Side::Received).is_none() {
             return Ok(());
         }
         let previous = match (current, &at.kept) {

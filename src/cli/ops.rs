@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use serde::Serialize;
 
 use crate::apply;
-use crate::backup::{self, Version};
+use crate::backup::{self, Kept};
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
 use crate::protocol::{self, Action, BatchHeader, Content, Op, Outcome};
@@ -201,7 +201,7 @@ fn backup_of(config: &Config, path: &str) -> anyhow::Result<(String, crate::conf
 }
 
 /// Every kept version at or below `path` (everything, when `None`).
-pub fn backups_list(config: &Config, path: Option<&str>) -> anyhow::Result<Vec<Version>> {
+pub fn backups_list(config: &Config, path: Option<&str>) -> anyhow::Result<Vec<Kept>> {
     let mut out = Vec::new();
     match path {
         Some(path) => {
@@ -223,14 +223,10 @@ pub fn backups_list(config: &Config, path: Option<&str>) -> anyhow::Result<Vec<V
 /// Puts a kept version of `path` back (the newest when `version` is `None`), through
 /// the same checks and atomic write as a received sync. The version replaced is backed
 /// up in turn. Returns the version restored.
-pub fn backups_restore(
-    config: &Config,
-    path: &str,
-    version: Option<&str>,
-) -> anyhow::Result<Version> {
+pub fn backups_restore(config: &Config, path: &str, version: Option<&str>) -> anyhow::Result<Kept> {
     crate::paths::check_normalized(path).map_err(|e| anyhow!(e))?;
     let (_, backup) = backup_of(config, path)?;
-    let versions: Vec<Version> = backup::list(&backup, path)?
+    let versions: Vec<Kept> = backup::list(&backup, path)?
         .into_iter()
         .filter(|v| v.path == path)
         .collect();

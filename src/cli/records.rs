@@ -11,7 +11,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::ops::PeerState;
-use crate::backup::Version;
+use crate::backup::Kept;
 use crate::protocol::{Content, Entry, HeldPath};
 use crate::sync::{self, Report};
 
@@ -262,7 +262,7 @@ pub fn print_status(peers: &[PeerState], code: u8) {
 }
 
 /// `backups list`: a record per kept version.
-pub fn print_backup(version: &Version) {
+pub fn print_backup(version: &Kept) {
     print(&Record::Backup {
         path: &version.path,
         version: &version.version,
@@ -281,7 +281,7 @@ mod tests {
         let mut entry = file_entry(b"x");
         entry.mode = 0o640;
         entry.mtime_ns = 1_700_000_000_123_456_789;
-        let version = Version {
+        let version = Kept {
             path: "/etc/app/x".into(),
             version: "20231114T221320.123456789Z".into(),
             reason: "replaced by a sync from 10.0.0.2:1234".into(),

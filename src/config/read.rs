@@ -15,9 +15,9 @@ use super::raw::{
     Raw, RawDirectory, KNOWN_KEYS,
 };
 use super::{
-    parse_allow_entry, parse_bind_address, parse_remote, Actions, AllowEntry, BackupBlock,
-    BindAddress, Config, ConfigError, Directory, Excludes, Limits, Remote, RunOn,
-    DEFAULT_ACTION_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPEN_WRITE_TIMEOUT,
+    parse_allow_entry, parse_bind_address, parse_remote, AllowEntry, BackupBlock, BindAddress,
+    Config, ConfigError, Directory, Excludes, Hooks, Limits, Remote, RunOn, DEFAULT_ACTION_TIMEOUT,
+    DEFAULT_DEBOUNCE, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPEN_WRITE_TIMEOUT,
     DEFAULT_RECONCILE_INTERVAL, DEFAULT_STATE_DIRECTORY,
 };
 use crate::paths::{self, is_within};
@@ -422,7 +422,7 @@ impl Keys<'_> {
                 ));
             }
         }
-        let actions = Actions {
+        let hooks = Hooks {
             validate: validate.clone(),
             on_change: on_change.clone(),
             run_on: run_on.unwrap_or(RunOn::Both),
@@ -445,7 +445,7 @@ impl Keys<'_> {
             path: path.clone(),
             excludes,
             backup,
-            actions,
+            hooks,
         })
     }
 

@@ -200,8 +200,8 @@ fn example_config_in_contrib_parses() {
     assert!(c.allow_from.is_some());
     let haproxy = &c.directories[0];
     assert_eq!(haproxy.backup.as_ref().unwrap().keep, 5);
-    assert!(haproxy.actions.validate.is_some());
-    assert_eq!(haproxy.actions.on_change.len(), 1);
+    assert!(haproxy.hooks.validate.is_some());
+    assert_eq!(haproxy.hooks.on_change.len(), 1);
     assert_eq!(c.limits, crate::config::Limits::default());
 }
 
@@ -335,9 +335,9 @@ fn bad_actions_and_backups_are_refused_naming_the_key() {
         assert!(message.contains("config.hcl:"), "{message}");
     }
     let c = parse(&with("validate = \"true\"\nrun_on = \"local\"", "")).unwrap();
-    let actions = &c.directories[1].actions;
-    assert_eq!(actions.validate.as_deref(), Some("true"));
-    assert_eq!(actions.run_on, crate::config::RunOn::Local);
+    let hooks = &c.directories[1].hooks;
+    assert_eq!(hooks.validate.as_deref(), Some("true"));
+    assert_eq!(hooks.run_on, crate::config::RunOn::Local);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{run, CommandResult};
-use crate::config::Actions;
+use crate::config::Hooks;
 
 /// How long a directory's `on_change` commands wait for more changes before they run,
 /// so that changes arriving together (from several peers, or a burst) cause one reload.
@@ -27,15 +27,15 @@ struct Pending {
 }
 
 impl Runner {
-    /// Asks for `actions.on_change` to run for `paths` of `directory`, and waits for the
+    /// Asks for `hooks.on_change` to run for `paths` of `directory`, and waits for the
     /// results. Nothing runs (and nothing is returned) when there are no commands.
     pub async fn on_change(
         self: &std::sync::Arc<Self>,
         directory: &str,
-        actions: &Actions,
+        hooks: &Hooks,
         paths: Vec<String>,
     ) -> Vec<CommandResult> {
-        if actions.on_change.is_empty() {
+        if hooks.on_change.is_empty() {
             return Vec::new();
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -49,14 +49,14 @@ impl Runner {
         if start {
             let runner = self.clone();
             let directory = directory.to_string();
-            let actions = actions.clone();
-            tokio::spawn(async move { runner.drive(&directory, &actions).await });
+            let hooks = hooks.clone();
+            tokio::spawn(async move { runner.drive(&directory, &hooks).await });
         }
         rx.await.unwrap_or_default()
     }
 
     /// Runs the directory's commands while changes keep coming.
-    async fn drive(&self, directory: &str, actions: &Actions) {
+    async fn drive(&self, directory: &str, hooks: &Hooks) {
         loop {
             tokio::time::sleep(COALESCE).await;
             let (paths, waiters) = {
@@ -73,8 +73,8 @@ impl Runner {
             };
             let paths: Vec<String> = paths.into_iter().collect();
             let mut results = Vec::new();
-            for command in &actions.on_change {
-                let result = run(command, directory, &paths, actions.timeout).await;
+            for command in &hooks.on_change {
+                let result = run(command, directory, &paths, hooks.timeout).await;
                 if result.success() {
                     tracing::info!(%directory, %command, changed = paths.len(), "on_change ran");
                 } else {
@@ -97,18 +97,18 @@ mod tests {
     async fn changes_submitted_together_cause_one_run_with_all_their_paths() {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("runs");
-        let actions = Actions {
+        let hooks = Hooks {
             on_change: vec![format!(
                 "echo \"$GOSYNCD_CHANGED\" | tr '\\n' ' ' >> {}; echo >> {}",
                 log.display(),
                 log.display()
             )],
-            ..Actions::default()
+            ..Hooks::default()
         };
         let runner = std::sync::Arc::new(Runner::default());
         let (a, b) = tokio::join!(
-            runner.on_change("/d", &actions, vec!["/d/a".into()]),
-            runner.on_change("/d", &actions, vec!["/d/b".into()]),
+            runner.on_change("/d", &hooks, vec!["/d/a".into()]),
+            runner.on_change("/d", &hooks, vec!["/d/b".into()]),
         );
         assert!(a[0].success() && b[0].success(), "{a:?} {b:?}");
         let runs = std::fs::read_to_string(&log).unwrap();
@@ -118,7 +118,7 @@ mod tests {
             "one run for both"
         );
         // A later change runs again.
-        runner.on_change("/d", &actions, vec!["/d/c".into()]).await;
+        runner.on_change("/d", &hooks, vec!["/d/c".into()]).await;
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
     }
 }

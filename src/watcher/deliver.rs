@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::baseline::Baseline;
 use crate::manifest::Manifest;
 use crate::node::{Known, Node, PeerRecord, Sent, Spool};
 use crate::plan::plan;
 use crate::protocol::Entry;
 use crate::sync::{ChangeStatus, Engine, PeerReport};
-use crate::versions::Versions;
 
 /// First wait before retrying an unreachable peer.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -32,7 +32,7 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 pub async fn deliver(
     engine: Arc<Engine>,
     node: Arc<Node>,
-    versions: Arc<Versions>,
+    baseline: Arc<Baseline>,
     record: Arc<PeerRecord>,
     spool: Option<Arc<Spool>>,
     mut stopping: watch::Receiver<bool>,
@@ -92,7 +92,7 @@ pub async fn deliver(
         // its version was recorded is put back below and sent by the write's burst.
         let ours: Manifest = pending
             .keys()
-            .filter_map(|p| versions.get(p).map(|e| (p.clone(), e)))
+            .filter_map(|p| baseline.get(p).map(|e| (p.clone(), e)))
             .collect();
         let theirs: Manifest = pending
             .iter()

@@ -1,6 +1,7 @@
-//! What a running daemon last knew of each path: built by a scan at start-up, updated
-//! by the local changes it pushes and by the changes it receives. Nothing is stored on
-//! disk; this is the daemon's memory.
+//! The baseline: what a running daemon last knew of each path, the version a local edit
+//! is measured against. Built by a scan at start-up, updated by the local changes it
+//! pushes and by the changes it receives. Nothing is stored on disk; this is the
+//! daemon's memory.
 //!
 //! Two guarantees of automatic propagation rest on it:
 //! - conflict safety: a local change is pushed as "apply this only if you still have
@@ -17,21 +18,22 @@ use crate::paths::{in_scope, is_within};
 use crate::plan::plan;
 use crate::protocol::{Action, Entry, Op};
 
-/// The versions this node last knew, by logical path.
-pub struct Versions {
+/// What this node last knew of each logical path: the version (entry) it last scanned,
+/// pushed or received there.
+pub struct Baseline {
     map: Mutex<Manifest>,
 }
 
-impl Versions {
-    pub fn new(initial: Manifest) -> Versions {
-        Versions {
+impl Baseline {
+    pub fn new(initial: Manifest) -> Baseline {
+        Baseline {
             map: Mutex::new(initial),
         }
     }
 
     /// Records what a peer's push left at `path` (`None`: deleted).
     pub fn record(&self, path: &str, state: Option<Entry>) {
-        let mut map = self.map.lock().expect("versions lock");
+        let mut map = self.map.lock().expect("baseline lock");
         match state {
             Some(entry) => map.insert(path.to_string(), entry),
             None => map.remove(path),
@@ -40,12 +42,12 @@ impl Versions {
 
     /// The state last known at `path`.
     pub fn get(&self, path: &str) -> Option<Entry> {
-        self.map.lock().expect("versions lock").get(path).cloned()
+        self.map.lock().expect("baseline lock").get(path).cloned()
     }
 
     /// Whether anything is known at `path`.
     pub fn knows(&self, path: &str) -> bool {
-        self.map.lock().expect("versions lock").contains_key(path)
+        self.map.lock().expect("baseline lock").contains_key(path)
     }
 
     /// Every path known, and what is known there, below directory `dir`.
@@ -53,7 +55,7 @@ impl Versions {
         let prefix = format!("{dir}/");
         self.map
             .lock()
-            .expect("versions lock")
+            .expect("baseline lock")
             .range::<str, _>((
                 std::ops::Bound::Included(prefix.as_str()),
                 std::ops::Bound::Unbounded,
@@ -73,7 +75,7 @@ impl Versions {
         self.changes(scan, scope, owners, true)
     }
 
-    /// The paths [`Versions::take_changes`] would return operations for, recording
+    /// The paths [`Baseline::take_changes`] would return operations for, recording
     /// nothing.
     pub fn peek_changes(&self, scan: &Scan, scope: &[String], owners: bool) -> Vec<String> {
         self.changes(scan, scope, owners, false)
@@ -92,7 +94,7 @@ impl Versions {
         let covered =
             |path: &str| in_scope(path, scope) && !unknown.iter().any(|u| is_within(path, u));
 
-        let mut map = self.map.lock().expect("versions lock");
+        let mut map = self.map.lock().expect("baseline lock");
         // Both sides borrow their paths and entries: at 100,000 paths, copies of both
         // were the largest thing a daemon ever held.
         let ops = {
@@ -169,8 +171,8 @@ mod tests {
 
     #[test]
     fn a_local_edit_is_pushed_expecting_the_previous_version() {
-        let versions = Versions::new(scan_of(&[("/d/a", b"v1")]).entries);
-        let ops = versions.take_changes(&scan_of(&[("/d/a", b"v2")]), &[], true);
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"v1")]).entries);
+        let ops = baseline.take_changes(&scan_of(&[("/d/a", b"v2")]), &[], true);
         assert_eq!(ops.len(), 1);
         assert_eq!(ops[0].expect, Some(file_entry(b"v1")));
         assert_eq!(
@@ -179,38 +181,38 @@ mod tests {
                 entry: file_entry(b"v2")
             }
         );
-        assert_eq!(versions.get("/d/a"), Some(file_entry(b"v2")));
+        assert_eq!(baseline.get("/d/a"), Some(file_entry(b"v2")));
     }
 
     #[test]
     fn a_touched_file_is_recorded_with_its_new_time_and_pushes_nothing() {
-        let versions = Versions::new(scan_of(&[("/d/a", b"v1"), ("/d/b", b"v1")]).entries);
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"v1"), ("/d/b", b"v1")]).entries);
         let mut scan = scan_of(&[("/d/a", b"v1"), ("/d/b", b"v1")]);
         scan.entries.get_mut("/d/a").unwrap().mtime_ns = 42;
-        assert!(versions.take_changes(&scan, &[], true).is_empty());
-        assert_eq!(versions.get("/d/a").unwrap().mtime_ns, 42);
-        assert_eq!(versions.get("/d/b"), Some(file_entry(b"v1")));
+        assert!(baseline.take_changes(&scan, &[], true).is_empty());
+        assert_eq!(baseline.get("/d/a").unwrap().mtime_ns, 42);
+        assert_eq!(baseline.get("/d/b"), Some(file_entry(b"v1")));
     }
 
     #[test]
     fn a_received_write_is_not_pushed_back() {
-        let versions = Versions::new(scan_of(&[("/d/a", b"v1")]).entries);
-        versions.record("/d/a", Some(file_entry(b"from a peer")));
-        let ops = versions.take_changes(&scan_of(&[("/d/a", b"from a peer")]), &[], true);
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"v1")]).entries);
+        baseline.record("/d/a", Some(file_entry(b"from a peer")));
+        let ops = baseline.take_changes(&scan_of(&[("/d/a", b"from a peer")]), &[], true);
         assert!(ops.is_empty(), "{ops:?}");
     }
 
     #[test]
     fn scope_limits_what_counts_as_deleted() {
-        let versions = Versions::new(scan_of(&[("/d/a", b"1"), ("/d/b", b"2")]).entries);
-        let ops = versions.take_changes(&scan_of(&[]), &["/d/a".to_string()], true);
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"1"), ("/d/b", b"2")]).entries);
+        let ops = baseline.take_changes(&scan_of(&[]), &["/d/a".to_string()], true);
         assert_eq!(ops.len(), 1);
         assert_eq!(
             (ops[0].path.as_str(), ops[0].change()),
             ("/d/a", ChangeKind::Deleted)
         );
         assert_eq!(
-            versions.get("/d/b"),
+            baseline.get("/d/b"),
             Some(file_entry(b"2")),
             "outside the scope, kept"
         );
@@ -222,19 +224,19 @@ mod tests {
             content: crate::protocol::Content::Dir,
             ..file_entry(b"")
         };
-        let mut known = scan_of(&[
+        let mut baseline = scan_of(&[
             ("/d/top/f1", b"1"),
             ("/d/top/f2", b"2"),
             ("/d/top-x", b"x"),
             ("/d/topper", b"x"),
         ])
         .entries;
-        known.insert("/d/top".into(), dir.clone());
-        known.insert("/d/top/sub".into(), dir);
-        known.insert("/d/top/sub/f3".into(), file_entry(b"3"));
-        let versions = Versions::new(known);
+        baseline.insert("/d/top".into(), dir.clone());
+        baseline.insert("/d/top/sub".into(), dir);
+        baseline.insert("/d/top/sub/f3".into(), file_entry(b"3"));
+        let baseline = Baseline::new(baseline);
         // The burst named one file; the whole tree is gone by the time of the scan.
-        let ops = versions.take_changes(
+        let ops = baseline.take_changes(
             &scan_of(&[("/d/top-x", b"x"), ("/d/topper", b"x")]),
             &["/d/top/f1".to_string()],
             true,
@@ -254,18 +256,18 @@ mod tests {
             "{ops:?}"
         );
         assert!(ops.iter().all(|op| op.action == Action::Delete));
-        assert_eq!(versions.get("/d/top/f2"), None);
-        assert_eq!(versions.get("/d/topper"), Some(file_entry(b"x")));
+        assert_eq!(baseline.get("/d/top/f2"), None);
+        assert_eq!(baseline.get("/d/topper"), Some(file_entry(b"x")));
     }
 
     #[test]
     fn a_missing_or_unreadable_tree_is_never_pushed_as_deleted() {
-        let versions = Versions::new(scan_of(&[("/d/a", b"1"), ("/e/b", b"2")]).entries);
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"1"), ("/e/b", b"2")]).entries);
         let mut scan = scan_of(&[]);
         scan.missing.push("/d".into());
         scan.unreadable
             .push(("/e".into(), "permission denied".into()));
-        assert!(versions.take_changes(&scan, &[], true).is_empty());
-        assert_eq!(versions.get("/d/a"), Some(file_entry(b"1")));
+        assert!(baseline.take_changes(&scan, &[], true).is_empty());
+        assert_eq!(baseline.get("/d/a"), Some(file_entry(b"1")));
     }
 }

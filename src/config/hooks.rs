@@ -122,7 +122,7 @@ impl RunOn {
 
 /// A directory's commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actions {
+pub struct Hooks {
     /// Checks the directory after a change; non-zero rejects (and rolls back) the change.
     pub validate: Option<String>,
     /// Run once per accepted change that touched the directory.
@@ -135,9 +135,9 @@ pub struct Actions {
 /// The default `action_timeout`.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-impl Default for Actions {
+impl Default for Hooks {
     fn default() -> Self {
-        Actions {
+        Hooks {
             validate: None,
             on_change: Vec::new(),
             run_on: RunOn::Both,
@@ -146,7 +146,7 @@ impl Default for Actions {
     }
 }
 
-impl Actions {
+impl Hooks {
     /// The `validate` command, when there is one and it runs for changes from `side`.
     pub fn validator(&self, side: Side) -> Option<&str> {
         self.validate
