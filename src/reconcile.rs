@@ -15,13 +15,15 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use crate::config::Config;
 use crate::manifest;
 use crate::paths::is_within;
+use crate::protocol::ManifestResponse;
 
 use crate::node::{Node, Outbox, PeerRecord};
 use crate::sync::{
     digests_agree, directories_differing, missing_directories, ChangeStatus, Engine, Options,
-    PeerReport,
+    PeerReport, Report,
 };
 
 /// Paths named in a drift warning before it says "and N more".
@@ -86,38 +88,10 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
             // A remote that is this node under another name.
             Ok(theirs) if theirs.identity.node_id == node.identity.node_id => {}
             Ok(theirs) => {
-                let (dirs, present, none_missing) = if digests_agree(&config, &ours, &theirs) {
-                    let present: Vec<&str> = ours
-                        .directories
-                        .iter()
-                        .filter(|d| d.present)
-                        .map(|d| d.path.as_str())
-                        .collect();
-                    (Vec::new(), present, missing_directories(&ours).is_empty())
-                } else {
-                    let scan = match &mut scan {
-                        Some(scan) => scan,
-                        None => {
-                            let (config, cache) = (config.clone(), node.cache.clone());
-                            let scanned = tokio::task::spawn_blocking(move || {
-                                manifest::scan(&config, &[], &cache)
-                            })
-                            .await
-                            .expect("scan task");
-                            scan.insert(scanned)
-                        }
-                    };
-                    let dirs = directories_differing(&config, scan, &theirs);
-                    let present: Vec<&str> = config
-                        .directories
-                        .iter()
-                        .map(|d| d.path.as_str())
-                        .filter(|d| scan.entries.contains_key(*d))
-                        .collect();
-                    (dirs, present, scan.missing.is_empty())
-                };
+                let (dirs, present, none_missing) =
+                    compare_with(&config, node, &ours, &theirs, &mut scan).await;
                 // Nothing is held against the peer where it holds this node's tree.
-                let equal: Vec<&str> = present
+                let equal: Vec<String> = present
                     .into_iter()
                     .filter(|d| !dirs.iter().any(|x| x == d))
                     .collect();
@@ -160,11 +134,74 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
         })
         .collect();
     let report = engine.run(&options, |_| {}).await;
+    settle(
+        &report,
+        records,
+        &compare,
+        &waiting_before,
+        &options.scope,
+        first,
+    );
+}
+
+/// The configured directories where a peer's digests `theirs` differ from this node's
+/// tree, those present here, and whether none is missing here. This node's digests
+/// `ours` settle a peer that agrees; otherwise the tree is scanned (once a pass: kept in
+/// `scan`) and compared directory by directory.
+async fn compare_with(
+    config: &Arc<Config>,
+    node: &Node,
+    ours: &ManifestResponse,
+    theirs: &ManifestResponse,
+    scan: &mut Option<manifest::Scan>,
+) -> (Vec<String>, Vec<String>, bool) {
+    if digests_agree(config, ours, theirs) {
+        let present = ours
+            .directories
+            .iter()
+            .filter(|d| d.present)
+            .map(|d| d.path.clone())
+            .collect();
+        return (Vec::new(), present, missing_directories(ours).is_empty());
+    }
+    let scan = match scan {
+        Some(scan) => scan,
+        None => {
+            let (config, cache) = (config.clone(), node.cache.clone());
+            let scanned = tokio::task::spawn_blocking(move || manifest::scan(&config, &[], &cache))
+                .await
+                .expect("scan task");
+            scan.insert(scanned)
+        }
+    };
+    let dirs = directories_differing(config, scan, theirs);
+    let present = config
+        .directories
+        .iter()
+        .map(|d| d.path.clone())
+        .filter(|d| scan.entries.contains_key(d))
+        .collect();
+    (dirs, present, scan.missing.is_empty())
+}
+
+/// Takes the dry run's verdict for each peer `compared` by path: what waits in its
+/// outbox is delivered, and the rest is its drift (`waiting_before`: what waited for
+/// each peer before the comparison began, which is not drift if it was delivered
+/// meanwhile).
+fn settle(
+    report: &Report,
+    records: &[Arc<PeerRecord>],
+    compared: &BTreeSet<String>,
+    waiting_before: &BTreeMap<String, BTreeSet<String>>,
+    scope: &[String],
+    first: bool,
+) {
+    let record_of = |label: &str| records.iter().find(|r| r.label() == label);
     for peer in &report.peers {
         let Some(record) = record_of(&peer.peer) else {
             continue;
         };
-        if !compare.contains(&peer.peer) || peer.skipped.is_some() {
+        if !compared.contains(&peer.peer) || peer.skipped.is_some() {
             continue;
         }
         let guarded = peer.refused && !peer.changes.is_empty();
@@ -182,7 +219,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
             (None, _) => {}
         }
         let before = waiting_before.get(&peer.peer).cloned().unwrap_or_default();
-        report_drift(record, sort(peer, &record.outbox, &options.scope, &before));
+        report_drift(record, sort(peer, &record.outbox, scope, &before));
     }
 }
 
