@@ -25,7 +25,7 @@ LAYERS = [
     ["daemon", "group"],
     ["server", "watcher", "reconcile", "metrics"],
     ["node"],
-    ["sync", "apply", "rollback", "versions"],
+    ["sync", "apply", "rollback", "baseline"],
     ["hooks", "backup", "diff", "client"],
     ["manifest", "plan", "tree"],
     ["config", "tls", "certs", "certgen", "access", "paths", "protocol"],
