@@ -63,20 +63,7 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
         group.path().display()
     );
 
-    // Node 1 holds the edited tree; node 2 has an old copy and a file that should go.
-    let write = |i: usize, rel: &str, text: &str| -> anyhow::Result<()> {
-        let path = trees[i].join(rel);
-        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
-    };
-    write(0, "app.conf", "listen 8080\nworkers 4\n")?;
-    write(0, "conf.d/site.conf", "server_name example.org\n")?;
-    std::fs::create_dir_all(trees[0].join("cache"))?;
-    std::os::unix::fs::symlink("conf.d/site.conf", trees[0].join("current"))?;
-    write(0, "local/hostname", "node1\n")?;
-    write(1, "app.conf", "listen 8080\nworkers 2\n")?;
-    write(1, "stale.conf", "removed upstream\n")?;
-    write(1, "local/hostname", "node2\n")?;
+    seed(&trees)?;
     section("Node 1 holds the edited tree");
     show_tree(&trees[0]);
     // The daemons start on trees that differ: they warn about the drift and push
@@ -100,42 +87,11 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
     let real = engine.run(&Options::default(), print_peer).await;
 
     section("Result");
-    let reference = tree_of(&group, 0);
-    let mut all_match = true;
-    for i in 1..group.nodes.len() {
-        let same = tree_of(&group, i) == reference;
-        all_match &= same;
-        println!(
-            "  node{} {} node1 (local/ is excluded, so each node keeps its own)",
-            i + 1,
-            if same { "now matches" } else { "DIFFERS FROM" }
-        );
-    }
+    let all_match = all_match_node1(&group);
     let failed = dry.failed() || real.failed() || !all_match;
 
     section("Automatic propagation: a file saved on node 1, no command typed");
-    let saved = Instant::now();
-    let text = "written on node 1, pushed by its watcher\n";
-    write(0, "conf.d/auto.conf", text)?;
-    let arrived = |i: usize| {
-        std::fs::read_to_string(trees[i].join("conf.d/auto.conf")).is_ok_and(|t| t == text)
-    };
-    let mut replicated = false;
-    while saved.elapsed() < PROPAGATION_DEADLINE {
-        if (1..group.nodes.len()).all(arrived) {
-            replicated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    if replicated {
-        println!(
-            "  conf.d/auto.conf reached node2 and node3 {} ms after it was saved",
-            saved.elapsed().as_millis()
-        );
-    } else {
-        println!("  conf.d/auto.conf did NOT reach every node within {PROPAGATION_DEADLINE:?}");
-    }
+    let replicated = saved_and_replicated(&trees).await?;
     let failed = failed || !replicated;
 
     if wait {
@@ -163,6 +119,65 @@ pub async fn run(wait: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Writes `text` at `rel` in `tree`, making its directories.
+fn write_file(tree: &Path, rel: &str, text: &str) -> anyhow::Result<()> {
+    let path = tree.join(rel);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The trees the demo starts from: node 1 holds the edited tree; node 2 has an old copy
+/// and a file that should go; node 3 is empty.
+fn seed(trees: &[PathBuf]) -> anyhow::Result<()> {
+    write_file(&trees[0], "app.conf", "listen 8080\nworkers 4\n")?;
+    write_file(&trees[0], "conf.d/site.conf", "server_name example.org\n")?;
+    std::fs::create_dir_all(trees[0].join("cache"))?;
+    std::os::unix::fs::symlink("conf.d/site.conf", trees[0].join("current"))?;
+    write_file(&trees[0], "local/hostname", "node1\n")?;
+    write_file(&trees[1], "app.conf", "listen 8080\nworkers 2\n")?;
+    write_file(&trees[1], "stale.conf", "removed upstream\n")?;
+    write_file(&trees[1], "local/hostname", "node2\n")
+}
+
+/// Prints, for each other node, whether its tree now matches node 1's; whether all do.
+fn all_match_node1(group: &LocalGroup) -> bool {
+    let reference = tree_of(group, 0);
+    let mut all_match = true;
+    for i in 1..group.nodes.len() {
+        let same = tree_of(group, i) == reference;
+        all_match &= same;
+        println!(
+            "  node{} {} node1 (local/ is excluded, so each node keeps its own)",
+            i + 1,
+            if same { "now matches" } else { "DIFFERS FROM" }
+        );
+    }
+    all_match
+}
+
+/// Saves a file on node 1 and waits for the watcher to bring it to every other node;
+/// prints how long it took, and whether it arrived within [`PROPAGATION_DEADLINE`].
+async fn saved_and_replicated(trees: &[PathBuf]) -> anyhow::Result<bool> {
+    let saved = Instant::now();
+    let text = "written on node 1, pushed by its watcher\n";
+    write_file(&trees[0], "conf.d/auto.conf", text)?;
+    let arrived = |tree: &PathBuf| {
+        std::fs::read_to_string(tree.join("conf.d/auto.conf")).is_ok_and(|t| t == text)
+    };
+    while saved.elapsed() < PROPAGATION_DEADLINE {
+        if trees[1..].iter().all(arrived) {
+            println!(
+                "  conf.d/auto.conf reached node2 and node3 {} ms after it was saved",
+                saved.elapsed().as_millis()
+            );
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("  conf.d/auto.conf did NOT reach every node within {PROPAGATION_DEADLINE:?}");
+    Ok(false)
 }
 
 /// Prints a line for each automatic push the daemons make, naming the node it came
