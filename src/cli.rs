@@ -42,6 +42,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 force: args.force,
                 diff: args.diff,
                 format: args.format,
+                peers: args.peers,
+                canary: args.canary.map(|n| n as usize),
             };
             sync_command(&cli.config, args.paths, mode).await
         }
@@ -52,6 +54,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 force: false,
                 diff: false,
                 format: args.format,
+                peers: Vec::new(),
+                canary: None,
             };
             sync_command(&cli.config, args.paths, mode).await
         }

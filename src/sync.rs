@@ -18,6 +18,7 @@ mod progress;
 mod push;
 mod report;
 mod self_detect;
+mod staged;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +35,7 @@ pub use self::progress::{PeerTally, Progress, ProgressEvent};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};
 pub(crate) use self::self_detect::resolves_to_self;
+pub use self::staged::{Halt, Staged};
 use crate::client::{self, Peer};
 use crate::config::{Config, Remote};
 use crate::hooks;
@@ -195,8 +197,14 @@ impl Engine {
             // first, and for the entries of those that differ only; a scoped run asks
             // for the entries in scope at once.
             let whole = scope.is_empty();
-            let manifests: Vec<_> = self
+            let links: Vec<&Arc<PeerLink>> = self
                 .peers
+                .iter()
+                .filter(|l| {
+                    options.peers.is_empty() || options.peers.iter().any(|p| p == l.label())
+                })
+                .collect();
+            let manifests: Vec<_> = links
                 .iter()
                 .map(|link| {
                     let peer = link.peer.clone();
@@ -214,7 +222,7 @@ impl Engine {
                 .await;
 
             let mut tasks = JoinSet::new();
-            for (index, (link, manifest)) in self.peers.iter().cloned().zip(manifests).enumerate() {
+            for (index, (link, manifest)) in links.into_iter().cloned().zip(manifests).enumerate() {
                 let local = local.clone();
                 let config = self.config.clone();
                 let self_id = self.self_id.clone();

@@ -143,6 +143,18 @@ pub struct SyncArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// Only this peer: a remote as written in `remotes`, or its address alone
+    /// (repeatable; the other peers are left alone)
+    #[arg(long = "peer", value_name = "ADDR")]
+    pub peers: Vec<String>,
+
+    /// Staged rollout: push to the first N peers (in the order of `remotes`) and wait for
+    /// their validate and on_change results; go on with the rest only if all succeeded,
+    /// otherwise stop, say what failed where, and exit 2
+    #[arg(long, value_name = "N", conflicts_with = "dry_run",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub canary: Option<u32>,
+
     /// Limit the sync to these files or subtrees (absolute paths inside configured directories)
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,

@@ -68,13 +68,17 @@ pub(super) async fn check_config(path: &std::path::Path) -> anyhow::Result<ExitC
 }
 
 /// How a sync runs and prints.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct SyncMode {
     pub(super) dry_run: bool,
     pub(super) exit_code: bool,
     pub(super) force: bool,
     pub(super) diff: bool,
     pub(super) format: Format,
+    /// `--peer`: only these peers (empty: every one).
+    pub(super) peers: Vec<String>,
+    /// `--canary N`: these many peers first, the rest only if they all succeeded.
+    pub(super) canary: Option<usize>,
 }
 
 pub(super) async fn sync_command(
@@ -88,9 +92,16 @@ pub(super) async fn sync_command(
         force,
         diff,
         format,
+        peers,
+        canary,
     } = mode;
     let config = Arc::new(Config::from_file(path)?);
     let engine = sync::engine_for_cli(config).await?;
+    let peers = engine.select(&peers).map_err(anyhow::Error::msg)?;
+    let peer_count = match peers.is_empty() {
+        true => engine.peers().len(),
+        false => peers.len(),
+    };
     let options = Options {
         scope: paths
             .into_iter()
@@ -103,13 +114,15 @@ pub(super) async fn sync_command(
         force,
         diff,
         progress: sync::Progress::default(),
+        peers,
     };
     if format == Format::Json {
-        let report = engine
-            .run(&options, |peer| records::print_peer(peer, dry_run))
-            .await;
-        records::print_sync_end(&report, dry_run);
-        return Ok(exit_code_of(&report, dry_run && exit_code));
+        let staged = run_sync(&engine, &options, canary, |peer| {
+            records::print_peer(peer, dry_run)
+        })
+        .await;
+        records::print_sync_end(&staged.report, staged.halted.as_ref(), dry_run);
+        return Ok(exit_code_of(&staged.report, dry_run && exit_code));
     }
     if dry_run {
         println!("synchronization dry run");
@@ -117,17 +130,54 @@ pub(super) async fn sync_command(
     // On a terminal: progress on stderr while it runs, a summary line at the end. Piped
     // or redirected, the lines alone, as they always were.
     if std::io::stdout().is_terminal() {
-        let progress = SyncProgress::start(engine.peers().len());
+        let progress = SyncProgress::start(peer_count);
         let options = Options {
             progress: progress.sink(),
             ..options
         };
-        let report = engine.run(&options, |peer| progress.print_peer(peer)).await;
-        progress.finish(&report, dry_run);
-        return Ok(exit_code_of(&report, dry_run && exit_code));
+        let staged = run_sync(&engine, &options, canary, |peer| progress.print_peer(peer)).await;
+        progress.finish(&staged.report, dry_run);
+        explain_halt(staged.halted.as_ref());
+        return Ok(exit_code_of(&staged.report, dry_run && exit_code));
     }
-    let report = engine.run(&options, print_peer).await;
-    Ok(exit_code_of(&report, dry_run && exit_code))
+    let staged = run_sync(&engine, &options, canary, print_peer).await;
+    explain_halt(staged.halted.as_ref());
+    Ok(exit_code_of(&staged.report, dry_run && exit_code))
+}
+
+/// One run of the engine, or a staged one with `canary` peers first.
+async fn run_sync(
+    engine: &sync::Engine,
+    options: &Options,
+    canary: Option<usize>,
+    on_peer: impl FnMut(&sync::PeerReport),
+) -> sync::Staged {
+    match canary {
+        Some(canaries) => engine.run_staged(options, canaries, on_peer).await,
+        None => sync::Staged {
+            report: engine.run(options, on_peer).await,
+            halted: None,
+        },
+    }
+}
+
+/// Tells, on stderr, why a staged rollout stopped and which peers it left alone.
+fn explain_halt(halted: Option<&sync::Halt>) {
+    let Some(halt) = halted else {
+        return;
+    };
+    let failed = match halt.failed.is_empty() {
+        true => "this node's own errors (above)".to_string(),
+        false => halt.failed.join(", "),
+    };
+    let untouched = match halt.untouched.is_empty() {
+        true => "no other peer".to_string(),
+        false => halt.untouched.join(", "),
+    };
+    eprintln!(
+        "rollout stopped after the canaries: failed on {failed}; not pushed to {untouched}. \
+         Fix what failed there (the lines above say what) and run the sync again"
+    );
 }
 
 pub(super) async fn status_command(

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::ops::PeerState;
 use crate::backup::Kept;
 use crate::protocol::{Content, Entry, HeldPath};
-use crate::sync::{self, Report};
+use crate::sync::{self, Halt, Report};
 
 /// One line of JSON output.
 #[derive(Debug, Serialize)]
@@ -61,6 +61,13 @@ pub enum Record<'a> {
     },
     /// `sync`: this node's own tree could not be read somewhere.
     LocalError { time: String, error: &'a str },
+    /// `sync --canary`: the rollout stopped after the canaries; `untouched` were not
+    /// pushed to.
+    Halted {
+        time: String,
+        failed: &'a [String],
+        untouched: &'a [String],
+    },
     /// `sync`: the last line.
     Summary {
         time: String,
@@ -219,11 +226,18 @@ pub fn print_peer(report: &sync::PeerReport, dry_run: bool) {
 }
 
 /// The end of a `sync`: this node's own errors, then the summary.
-pub fn print_sync_end(report: &Report, dry_run: bool) {
+pub fn print_sync_end(report: &Report, halted: Option<&Halt>, dry_run: bool) {
     for e in &report.local_errors {
         print(&Record::LocalError {
             time: now(),
             error: e,
+        });
+    }
+    if let Some(halt) = halted {
+        print(&Record::Halted {
+            time: now(),
+            failed: &halt.failed,
+            untouched: &halt.untouched,
         });
     }
     print(&Record::Summary {

@@ -22,6 +22,9 @@ pub struct Options {
     pub diff: bool,
     /// Where the pushes tell their progress (nowhere by default).
     pub progress: Progress,
+    /// The peers to run for, by their label (the remote as written in `remotes`); empty:
+    /// every peer. [`super::Engine::select`] turns what an operator typed into these.
+    pub peers: Vec<String>,
 }
 
 /// What happened (or would happen) to one path on one peer. Every variant but `Done`

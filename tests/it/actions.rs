@@ -4,24 +4,10 @@
 //! the sender hears how it ended; backups keep the versions a sync replaced.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::common::*;
-use gosyncd::config::Config;
 use gosyncd::group::LocalGroup;
 use gosyncd::sync::ChangeStatus;
-
-/// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
-async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
-    let name = format!("node{}-actions.hcl", i + 1);
-    let variant = config_variant(group, i, &name, |text| {
-        assert!(text.contains("  exclude = []"), "{text}");
-        text.replace("  exclude = []", &format!("  exclude = []\n{lines}"))
-    });
-    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap_or_else(|e| panic!("{e}")));
-    group.nodes[i].config_path = variant;
-    group.restart(i).await.unwrap();
-}
 
 /// The same files on every node.
 fn same_everywhere(group: &LocalGroup, files: &[(&str, &str)]) {

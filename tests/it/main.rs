@@ -16,6 +16,7 @@ mod operations;
 mod packaging;
 mod receiver;
 mod reload;
+mod rollout;
 mod service;
 mod streaming;
 mod sync;

@@ -3,9 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use gosyncd::client::{self, Peer};
-use gosyncd::config::Remote;
+use gosyncd::config::{Config, Remote};
 use gosyncd::group::{GroupNode, LocalGroup};
 use gosyncd::protocol::{Content, Digest256, Entry};
 use gosyncd::tls::TlsMaterial;
@@ -157,4 +158,16 @@ pub fn file_entry(bytes: &[u8], mode: u32) -> Entry {
         gid: 0,
         mtime_ns: 0,
     }
+}
+
+/// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
+pub async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
+    let name = format!("node{}-actions.hcl", i + 1);
+    let variant = config_variant(group, i, &name, |text| {
+        assert!(text.contains("  exclude = []"), "{text}");
+        text.replace("  exclude = []", &format!("  exclude = []\n{lines}"))
+    });
+    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap_or_else(|e| panic!("{e}")));
+    group.nodes[i].config_path = variant;
+    group.restart(i).await.unwrap();
 }
