@@ -76,8 +76,11 @@ pub async fn on_change(
         return Vec::new();
     }
     let (local_dir, local_changed) = local_paths(config, &dir.path, paths);
+    let splay = dir
+        .hooks
+        .splay_for(side, uuid::Uuid::new_v4().as_u64_pair().0);
     runner
-        .on_change(&local_dir, &dir.hooks, local_changed)
+        .on_change(&local_dir, &dir.hooks, local_changed, splay)
         .await
 }
 

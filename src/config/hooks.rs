@@ -130,6 +130,10 @@ pub struct Hooks {
     pub run_on: RunOn,
     /// Longest a command may run before it is killed (and counts as failed).
     pub timeout: Duration,
+    /// `on_change_splay`: a receiving node waits a random time up to this long before
+    /// its `on_change` commands run, so that a push does not reload every node at the
+    /// same instant. Zero: no wait.
+    pub splay: Duration,
 }
 
 /// The default `action_timeout`.
@@ -142,11 +146,21 @@ impl Default for Hooks {
             on_change: Vec::new(),
             run_on: RunOn::Both,
             timeout: DEFAULT_ACTION_TIMEOUT,
+            splay: Duration::ZERO,
         }
     }
 }
 
 impl Hooks {
+    /// How long to wait before the `on_change` commands run for changes from `side`: a
+    /// random time up to `splay` for received changes, none for local ones.
+    pub fn splay_for(&self, side: Side, random: u64) -> Duration {
+        if side != Side::Received || self.splay.is_zero() {
+            return Duration::ZERO;
+        }
+        self.splay.mul_f64(random as f64 / u64::MAX as f64)
+    }
+
     /// The `validate` command, when there is one and it runs for changes from `side`.
     pub fn validator(&self, side: Side) -> Option<&str> {
         self.validate
@@ -207,5 +221,28 @@ mod tests {
         assert!(BackupBlock::resolve(None, Some(&own))
             .unwrap_err()
             .contains("no directory"));
+    }
+
+    #[test]
+    fn only_received_changes_wait_and_never_beyond_the_splay() {
+        let hooks = Hooks {
+            splay: Duration::from_secs(4),
+            ..Hooks::default()
+        };
+        assert_eq!(hooks.splay_for(Side::Received, 0), Duration::ZERO);
+        assert_eq!(
+            hooks.splay_for(Side::Received, u64::MAX),
+            Duration::from_secs(4)
+        );
+        let half = hooks.splay_for(Side::Received, u64::MAX / 2);
+        assert!(
+            half > Duration::from_millis(1990) && half < Duration::from_millis(2010),
+            "{half:?}"
+        );
+        assert_eq!(hooks.splay_for(Side::Local, u64::MAX), Duration::ZERO);
+        assert_eq!(
+            Hooks::default().splay_for(Side::Received, u64::MAX),
+            Duration::ZERO
+        );
     }
 }

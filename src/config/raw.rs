@@ -23,6 +23,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "allow_from",
     "max_delete_share",
     "action_timeout",
+    "on_change_splay",
     "metrics_address",
     "state_directory",
     "reconcile_interval",

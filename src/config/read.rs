@@ -40,6 +40,17 @@ const ACTION_TIMEOUT: DurationKey = DurationKey {
     },
 };
 
+const ON_CHANGE_SPLAY: DurationKey = DurationKey {
+    key: "on_change_splay",
+    default: Duration::ZERO,
+    bounds: Bounds {
+        least: Duration::ZERO,
+        most: Duration::from_secs(3600),
+        range: "0s and 1h",
+        example: "5s",
+    },
+};
+
 const DEBOUNCE: DurationKey = DurationKey {
     key: "debounce",
     default: DEFAULT_DEBOUNCE,
@@ -90,8 +101,13 @@ pub(super) fn config(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let remotes = keys.remotes()?;
     let root = keys.root()?;
     let metrics_address = keys.metrics_address()?;
-    let action_timeout = keys.duration(&ACTION_TIMEOUT)?;
-    let directories = keys.directories(&root, action_timeout)?;
+    // What every directory's commands share: their time limit and the splay.
+    let timing = Hooks {
+        timeout: keys.duration(&ACTION_TIMEOUT)?,
+        splay: keys.duration(&ON_CHANGE_SPLAY)?,
+        ..Hooks::default()
+    };
+    let directories = keys.directories(&root, &timing)?;
     let allow_from = keys.allow_from()?;
     let debounce = keys.duration(&DEBOUNCE)?;
     let open_write_timeout = keys.duration(&OPEN_WRITE_TIMEOUT)?;
@@ -361,14 +377,10 @@ impl Keys<'_> {
     }
 
     /// The `directory` blocks: at least one, none inside another.
-    fn directories(
-        &self,
-        root: &Path,
-        action_timeout: Duration,
-    ) -> Result<Vec<Directory>, ConfigError> {
+    fn directories(&self, root: &Path, timing: &Hooks) -> Result<Vec<Directory>, ConfigError> {
         let mut directories: Vec<Directory> = Vec::new();
         for raw_dir in &self.raw.directories {
-            let directory = self.directory(raw_dir, root, action_timeout, &directories)?;
+            let directory = self.directory(raw_dir, root, timing, &directories)?;
             directories.push(directory);
         }
         if directories.is_empty() {
@@ -386,7 +398,7 @@ impl Keys<'_> {
         &self,
         raw_dir: &RawDirectory,
         root: &Path,
-        action_timeout: Duration,
+        timing: &Hooks,
         earlier: &[Directory],
     ) -> Result<Directory, ConfigError> {
         let RawDirectory {
@@ -426,7 +438,7 @@ impl Keys<'_> {
             validate: validate.clone(),
             on_change: on_change.clone(),
             run_on: run_on.unwrap_or(RunOn::Both),
-            timeout: action_timeout,
+            ..timing.clone()
         };
         paths::check_normalized(path).map_err(|m| at(line, m))?;
         if let Some(other) = earlier

@@ -381,3 +381,17 @@ fn what_a_peer_may_set_is_refused_by_default_and_can_be_allowed() {
         "{wrong}"
     );
 }
+
+#[test]
+fn on_change_splay_is_off_by_default_read_for_every_directory_and_bounded() {
+    let c = parse(SEED).unwrap();
+    assert!(c.directories.iter().all(|d| d.hooks.splay.is_zero()));
+    let c = parse(&format!("on_change_splay = \"5s\"\n{SEED}")).unwrap();
+    assert!(c
+        .directories
+        .iter()
+        .all(|d| d.hooks.splay == Duration::from_secs(5)));
+    let long = error(&format!("on_change_splay = \"2h\"\n{SEED}"));
+    assert!(long.contains("config.hcl:1: on_change_splay"), "{long}");
+    assert!(long.contains("0s and 1h"), "{long}");
+}

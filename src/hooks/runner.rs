@@ -28,12 +28,14 @@ struct Pending {
 
 impl Runner {
     /// Asks for `hooks.on_change` to run for `paths` of `directory`, and waits for the
-    /// results. Nothing runs (and nothing is returned) when there are no commands.
+    /// results. Nothing runs (and nothing is returned) when there are no commands. A
+    /// run that this call starts waits `splay` first (what arrives meanwhile joins it).
     pub async fn on_change(
         self: &std::sync::Arc<Self>,
         directory: &str,
         hooks: &Hooks,
         paths: Vec<String>,
+        splay: Duration,
     ) -> Vec<CommandResult> {
         if hooks.on_change.is_empty() {
             return Vec::new();
@@ -50,7 +52,13 @@ impl Runner {
             let runner = self.clone();
             let directory = directory.to_string();
             let hooks = hooks.clone();
-            tokio::spawn(async move { runner.drive(&directory, &hooks).await });
+            tokio::spawn(async move {
+                if !splay.is_zero() {
+                    tracing::debug!(%directory, ?splay, "on_change waits (on_change_splay)");
+                    tokio::time::sleep(splay).await;
+                }
+                runner.drive(&directory, &hooks).await
+            });
         }
         rx.await.unwrap_or_default()
     }
@@ -107,8 +115,8 @@ mod tests {
         };
         let runner = std::sync::Arc::new(Runner::default());
         let (a, b) = tokio::join!(
-            runner.on_change("/d", &hooks, vec!["/d/a".into()]),
-            runner.on_change("/d", &hooks, vec!["/d/b".into()]),
+            runner.on_change("/d", &hooks, vec!["/d/a".into()], Duration::ZERO),
+            runner.on_change("/d", &hooks, vec!["/d/b".into()], Duration::ZERO),
         );
         assert!(a[0].success() && b[0].success(), "{a:?} {b:?}");
         let runs = std::fs::read_to_string(&log).unwrap();
@@ -118,7 +126,47 @@ mod tests {
             "one run for both"
         );
         // A later change runs again.
-        runner.on_change("/d", &hooks, vec!["/d/c".into()]).await;
+        runner
+            .on_change("/d", &hooks, vec!["/d/c".into()], Duration::ZERO)
+            .await;
         assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_run_started_with_a_splay_waits_it_and_takes_what_arrives_meanwhile() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("runs");
+        let hooks = Hooks {
+            on_change: vec![format!(
+                "echo \"$GOSYNCD_CHANGED\" | tr '\\n' ' ' >> {0}; echo >> {0}",
+                log.display()
+            )],
+            ..Hooks::default()
+        };
+        let runner = std::sync::Arc::new(Runner::default());
+        let splay = Duration::from_millis(600);
+        let started = std::time::Instant::now();
+        let late = async {
+            // Well after the coalescing window, but within the splay.
+            tokio::time::sleep(COALESCE * 2).await;
+            runner
+                .on_change("/d", &hooks, vec!["/d/late".into()], Duration::ZERO)
+                .await
+        };
+        let (first, late) = tokio::join!(
+            runner.on_change("/d", &hooks, vec!["/d/first".into()], splay),
+            late
+        );
+        assert!(
+            first[0].success() && late[0].success(),
+            "{first:?} {late:?}"
+        );
+        assert!(
+            started.elapsed() >= splay + COALESCE,
+            "{:?}",
+            started.elapsed()
+        );
+        let runs = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(runs.lines().collect::<Vec<_>>(), ["/d/first /d/late "]);
     }
 }

@@ -3,7 +3,7 @@
 //! their `validate` and `on_change` succeeded; otherwise it stops, says what failed
 //! where, exits 2, and leaves the other peers as they were.
 
-use gosyncd::group::LocalGroup;
+use gosyncd::group::{GroupSpec, LocalGroup};
 
 use crate::common::*;
 
@@ -184,4 +184,61 @@ async fn sync_peer_naming_no_remote_is_refused_before_anything_is_pushed() {
     let run = sync(&group, &["-dry", "--canary", "1"]).await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert!(run.stderr.contains("--canary"), "{run:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splayed_on_change_runs_are_spread_over_the_window() {
+    const SPLAY_MS: u128 = 1500;
+    const PUSHES: usize = 4;
+    let mut group = start_with(GroupSpec {
+        settings: format!("on_change_splay = \"{SPLAY_MS}ms\"\n"),
+        ..spec(4)
+    })
+    .await;
+    let log = group.path().join("reloads.log");
+    for i in 1..4 {
+        write(&group.nodes[i], "/etc/app/app.cfg", "listen 80\n");
+        let line = format!(r#"  on_change = "date +%s%N >> {}""#, log.display());
+        with_directory_lines(&mut group, i, &line).await;
+    }
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    };
+    // Per push, how long after it began each node reloaded (ms).
+    let mut pushes: Vec<Vec<u128>> = Vec::new();
+    for round in 0..PUSHES {
+        std::fs::write(&log, "").unwrap();
+        write(
+            &group.nodes[0],
+            "/etc/app/app.cfg",
+            format!("listen {round}\n"),
+        );
+        let pushed = now_ns();
+        let run = sync(&group, &[]).await;
+        assert_eq!(run.code, Some(0), "{run:#?}");
+        let mut after: Vec<u128> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| (l.trim().parse::<u128>().unwrap() - pushed) / 1_000_000)
+            .collect();
+        after.sort();
+        assert_eq!(after.len(), 3, "one reload per receiving node: {after:?}");
+        // Within the window, give or take the 250 ms coalescing and the push itself.
+        assert!(
+            after.iter().all(|&ms| ms <= SPLAY_MS + 1500),
+            "a reload came after the window: {after:?} ms"
+        );
+        pushes.push(after);
+    }
+    // Not all at the same instant. Without a splay the three reloads of a push land
+    // within about 100 ms of each other; with it, the chance that no push spreads its
+    // reloads over more than 300 ms (a fifth of the window) is about one in 10,000.
+    let spread = |after: &Vec<u128>| after[2] - after[0];
+    assert!(
+        pushes.iter().any(|after| spread(after) > 300),
+        "every push reloaded its nodes together: {pushes:?} ms after each push"
+    );
 }
