@@ -14,6 +14,7 @@ mod commands;
 mod daemon;
 mod demo;
 mod docs;
+mod group;
 mod ops;
 mod preflight;
 mod progress;
@@ -59,7 +60,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             sync_command(&cli.config, args.paths, mode).await
         }
-        Some(Command::Status(args)) => status_command(&cli.config, args.format).await,
+        Some(Command::Status(args)) => status_command(&cli.config, args.format, args.group).await,
         Some(Command::Backups(command)) => backups_command(&cli.config, command),
         Some(Command::CheckConfig) => check_config(&cli.config).await,
         Some(Command::Demo(args)) => demo::run(!args.no_wait).await,

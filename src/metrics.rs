@@ -106,7 +106,10 @@ fn register_peers(registry: &mut Registry, node: &Node) {
     let drift = Family::<PeerLabel, Gauge>::default();
     let up = Family::<PeerLabel, Gauge>::default();
     let oldest = Family::<PeerLabel, Gauge>::default();
-    for peer in node.peer_status() {
+    let statuses = node.peer_status();
+    let group_converged = Gauge::<i64>::default();
+    group_converged.set(i64::from(statuses.iter().all(|p| p.converged())));
+    for peer in statuses {
         let label = PeerLabel {
             peer: peer.peer.clone(),
         };
@@ -177,6 +180,11 @@ fn register_peers(registry: &mut Registry, node: &Node) {
         "last_success_timestamp_seconds",
         "When a push to a peer last succeeded (Unix time)",
         last_success,
+    );
+    registry.register(
+        "group_converged",
+        "1 if, as this node sees them, every peer is up, nothing waits for it or is held back from it, and the last comparison found no drift; else 0",
+        group_converged,
     );
 }
 

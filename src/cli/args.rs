@@ -94,6 +94,12 @@ pub struct StatusArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    /// Ask every node's daemon for its view of every other and print the matrix; exit 0
+    /// only when the whole group is converged (1: not converged, 2: a node could not be
+    /// asked)
+    #[arg(long)]
+    pub group: bool,
 }
 
 #[derive(Subcommand, Debug)]

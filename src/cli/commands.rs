@@ -183,8 +183,18 @@ fn explain_halt(halted: Option<&sync::Halt>) {
 pub(super) async fn status_command(
     path: &std::path::Path,
     format: Format,
+    group: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::from_file(path)?);
+    if group {
+        let views = super::group::views(config).await?;
+        let code = super::group::code(&views);
+        match format {
+            Format::Json => records::print_group(&views, code),
+            Format::Text => print!("{}", super::group::table(&views)),
+        }
+        return Ok(ExitCode::from(code));
+    }
     let peers = super::ops::status(config).await?;
     let code = super::ops::status_code(&peers);
     match format {

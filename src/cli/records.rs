@@ -93,6 +93,29 @@ pub enum Record<'a> {
         last_push: Option<String>,
         error: Option<&'a str>,
     },
+    /// `status --group`: how one node sees one peer (`peer` absent: the node could not
+    /// be asked, and `error` says why).
+    GroupView {
+        time: String,
+        node: &'a str,
+        peer: Option<&'a str>,
+        converged: bool,
+        /// What keeps it from converging, in words (`ok` when nothing does).
+        state: Option<String>,
+        up: Option<bool>,
+        pending: Option<u64>,
+        drift: Option<u64>,
+        held: Option<usize>,
+        error: Option<&'a str>,
+    },
+    /// `status --group`: the last line.
+    GroupSummary {
+        time: String,
+        nodes: usize,
+        answered: usize,
+        converged: bool,
+        code: u8,
+    },
     /// `status`: the last line.
     StatusSummary {
         time: String,
@@ -246,6 +269,52 @@ pub fn print_sync_end(report: &Report, halted: Option<&Halt>, dry_run: bool) {
         peers: report.peers.len(),
         changes: report.peers.iter().map(|p| p.changes.len()).sum(),
         failed: report.failed(),
+    });
+}
+
+/// `status --group`: a record per node and peer it sees (or per node that could not be
+/// asked), then the summary.
+pub fn print_group(views: &[super::group::NodeView], code: u8) {
+    for view in views {
+        let peers = match &view.peers {
+            Ok(peers) => peers,
+            Err(e) => {
+                print(&Record::GroupView {
+                    time: now(),
+                    node: &view.node,
+                    peer: None,
+                    converged: false,
+                    state: None,
+                    up: None,
+                    pending: None,
+                    drift: None,
+                    held: None,
+                    error: Some(e),
+                });
+                continue;
+            }
+        };
+        for p in peers {
+            print(&Record::GroupView {
+                time: now(),
+                node: &view.node,
+                peer: Some(&p.peer),
+                converged: p.converged(),
+                state: Some(p.summary()),
+                up: p.up,
+                pending: Some(p.pending),
+                drift: p.drift_paths,
+                held: Some(p.held.len()),
+                error: None,
+            });
+        }
+    }
+    print(&Record::GroupSummary {
+        time: now(),
+        nodes: views.len(),
+        answered: views.iter().filter(|v| v.peers.is_ok()).count(),
+        converged: code == 0,
+        code,
     });
 }
 

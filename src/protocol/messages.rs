@@ -110,6 +110,41 @@ pub struct PeerStatus {
     pub drift: Vec<String>,
 }
 
+impl PeerStatus {
+    /// Whether the daemon sees this peer converged with it: not down, nothing waiting
+    /// for it or held back from it, and no drift found by the last comparison (which
+    /// must have run).
+    pub fn converged(&self) -> bool {
+        self.up != Some(false)
+            && self.pending == 0
+            && self.held.is_empty()
+            && self.drift_paths == Some(0)
+    }
+
+    /// What keeps it from being converged, in a few words (`ok` when nothing does).
+    pub fn summary(&self) -> String {
+        if self.up == Some(false) {
+            return "down".into();
+        }
+        let mut parts = Vec::new();
+        match self.drift_paths {
+            None => parts.push("not compared yet".to_string()),
+            Some(0) => {}
+            Some(n) => parts.push(format!("drift {n}")),
+        }
+        if self.pending > 0 {
+            parts.push(format!("pending {}", self.pending));
+        }
+        if !self.held.is_empty() {
+            parts.push(format!("held {}", self.held.len()));
+        }
+        match parts.is_empty() {
+            true => "ok".into(),
+            false => parts.join(", "),
+        }
+    }
+}
+
 /// A path whose change a peer did not take, held until the next edit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldPath {
@@ -315,5 +350,54 @@ mod tests {
             .collect();
         let held: Vec<_> = response.results.into_iter().map(|r| r.found).collect();
         assert_eq!(found, held);
+    }
+
+    #[test]
+    fn a_peer_is_converged_only_when_compared_without_drift_and_nothing_waits() {
+        let ok = PeerStatus {
+            peer: "10.0.0.2:8080".into(),
+            up: Some(true),
+            drift_paths: Some(0),
+            ..PeerStatus::default()
+        };
+        assert!(ok.converged());
+        assert_eq!(ok.summary(), "ok");
+        let cases = [
+            (
+                PeerStatus {
+                    up: Some(false),
+                    ..ok.clone()
+                },
+                "down",
+            ),
+            (
+                PeerStatus {
+                    drift_paths: None,
+                    ..ok.clone()
+                },
+                "not compared yet",
+            ),
+            (
+                PeerStatus {
+                    drift_paths: Some(2),
+                    pending: 3,
+                    ..ok.clone()
+                },
+                "drift 2, pending 3",
+            ),
+            (
+                PeerStatus {
+                    held: vec![HeldPath::default()],
+                    ..ok.clone()
+                },
+                "held 1",
+            ),
+        ];
+        for (status, said) in cases {
+            assert!(!status.converged(), "{status:?}");
+            assert_eq!(status.summary(), said);
+        }
+        // Not reached yet (no exchange) but compared and clean: converged.
+        assert!(PeerStatus { up: None, ..ok }.converged());
     }
 }

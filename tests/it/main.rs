@@ -11,6 +11,7 @@ mod cli;
 mod convergence;
 mod faults;
 mod faults_convergence;
+mod group_status;
 mod limits;
 mod operations;
 mod packaging;

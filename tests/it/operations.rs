@@ -7,17 +7,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use gosyncd::config::Config;
-use gosyncd::group::{GroupSpec, LocalGroup};
-
-/// Restarts node `i` with `line` added at the top of its config.
-async fn with_line_on_top(group: &mut LocalGroup, i: usize, line: &str) {
-    let variant = config_variant(group, i, &format!("node{}-ops.hcl", i + 1), |text| {
-        format!("{line}\n{text}")
-    });
-    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap());
-    group.nodes[i].config_path = variant;
-    group.restart(i).await.unwrap();
-}
+use gosyncd::group::GroupSpec;
 
 /// Checks the classic text format as `promtool check metrics` does for what it reports
 /// first: every sample belongs to a family with a help text and a type of its name.

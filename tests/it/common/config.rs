@@ -171,3 +171,13 @@ pub async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str)
     group.nodes[i].config_path = variant;
     group.restart(i).await.unwrap();
 }
+
+/// Restarts node `i` with `line` added at the top of its config.
+pub async fn with_line_on_top(group: &mut LocalGroup, i: usize, line: &str) {
+    let variant = config_variant(group, i, &format!("node{}-ops.hcl", i + 1), |text| {
+        format!("{line}\n{text}")
+    });
+    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap());
+    group.nodes[i].config_path = variant;
+    group.restart(i).await.unwrap();
+}
