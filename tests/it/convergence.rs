@@ -23,18 +23,6 @@ use gosyncd::protocol::{encode_batch, Action, BatchHeader, HeldKind, Op, Outcome
 /// How long the group has to converge by itself once the cause of a failure is gone.
 const CONVERGE: Duration = Duration::from_secs(10);
 
-/// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
-async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
-    let name = format!("node{}-convergence.hcl", i + 1);
-    let variant = config_variant(group, i, &name, |text| {
-        assert!(text.contains("  exclude = []"), "{text}");
-        text.replace("  exclude = []", &format!("  exclude = []\n{lines}"))
-    });
-    group.nodes[i].config = Arc::new(Config::from_file(&variant).unwrap_or_else(|e| panic!("{e}")));
-    group.nodes[i].config_path = variant;
-    group.restart(i).await.unwrap();
-}
-
 /// What a node's file holds, for failure messages.
 fn content(node: &GroupNode, logical: &str) -> String {
     match std::fs::read(node.path(logical)) {

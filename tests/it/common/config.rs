@@ -162,7 +162,7 @@ pub fn file_entry(bytes: &[u8], mode: u32) -> Entry {
 
 /// Restarts node `i` with `lines` added to its `directory "/etc/app"` block.
 pub async fn with_directory_lines(group: &mut LocalGroup, i: usize, lines: &str) {
-    let name = format!("node{}-actions.hcl", i + 1);
+    let name = format!("node{}-directory.hcl", i + 1);
     let variant = config_variant(group, i, &name, |text| {
         assert!(text.contains("  exclude = []"), "{text}");
         text.replace("  exclude = []", &format!("  exclude = []\n{lines}"))
