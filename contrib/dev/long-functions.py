@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The longest functions in src/, outside `mod tests`: lines from `fn` to its closing
-brace. `contrib/dev/long-functions.py [N]` prints the N longest (default 10).
+brace. `contrib/dev/long-functions.py [N]`, run from the top of a checkout, prints the
+N longest (default 10) of that checkout's src/.
 
 A reading aid for the code's seams, not a lint: it counts braces in the text, so a brace
 inside a string or a comment can throw one count off."""
@@ -34,9 +35,9 @@ def lengths(path):
 
 def main():
     most = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    root = pathlib.Path(__file__).resolve().parents[2] / "src"
+    root = pathlib.Path("src")
     found = [
-        (n, str(path.relative_to(root.parent)), name)
+        (n, str(path), name)
         for path in sorted(root.rglob("*.rs"))
         for n, name in lengths(path)
     ]
