@@ -42,30 +42,8 @@ pub async fn deliver(
     let mut backoff: Option<Duration> = None;
     let mut unreachable = false;
     loop {
-        let wait = async {
-            match backoff {
-                None => tokio::select! {
-                    _ = outbox.wake.notified() => {}
-                    _ = outbox.contact.notified() => {}
-                },
-                // A new edit goes at once too: one path that keeps failing must not hold
-                // back every later edit for this peer.
-                Some(wait) => tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = outbox.contact.notified() => {}
-                    _ = outbox.wake.notified() => {}
-                },
-            }
-        };
-        tokio::select! {
-            _ = wait => {}
-            _ = stopping.wait_for(|stop| *stop) => {
-                if !outbox.is_empty() {
-                    let kept = if spool.is_some() { "kept in the spool, delivered after the next start" } else { "lost" };
-                    warn!(%peer, pending = outbox.len(), "stopping with changes not delivered to this peer: {kept}");
-                }
-                return;
-            }
+        if !next_turn(&record, backoff, &mut stopping, spool.is_some()).await {
+            return;
         }
         let taken = outbox.take();
         if taken.is_empty() {
@@ -109,57 +87,113 @@ pub async fn deliver(
         let count = ops.len();
         outbox.sending(&ours);
         let report = engine.push_to(&record.link, ops).await;
-        node.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        let conflicts = report
-            .changes
-            .iter()
-            .filter(|c| matches!(&c.status, ChangeStatus::Conflict(_)))
-            .count() as u64;
-        record.pushed(
-            report.error.clone().map_or(Ok(conflicts), Err),
-            report.bytes_sent,
-        );
-        if report.error.is_none() {
-            log_changes(&node, &report);
-        }
+        count_push(&node, &record, &report);
         let waiting = pending.len();
-        let done: Vec<String> = report
-            .changes
-            .iter()
-            .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
-            .map(|c| c.path.clone())
-            .collect();
-        record.delivered(&done);
         let settled = outbox.settle(pending, &report);
         save(&spool).await;
         record.set_unreachable(report.error.is_some() && !report.refused);
-        match (&report.error, report.refused) {
-            (Some(e), true) => {
-                error!(%peer, changes = count, "peer refused the push, held until these paths are edited again: {e}");
-            }
-            (Some(e), false) => {
-                if !unreachable {
-                    let kept = if spool.is_some() {
-                        "kept in the spool"
-                    } else {
-                        "kept in memory"
-                    };
-                    warn!(%peer, pending = waiting, "peer unreachable, changes {kept} and retried: {e}");
-                }
-                unreachable = true;
-            }
-            (None, _) => {
-                if std::mem::take(&mut unreachable) {
-                    info!(%peer, changes = count, "peer reachable again, pending changes delivered");
-                }
-            }
-        }
+        let counts = (count, waiting);
+        tell(&peer, &report, counts, spool.is_some(), &mut unreachable);
         backoff = if settled.retry > 0 {
             Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)))
         } else {
             None
         };
         debug!(%peer, ?settled, "delivery settled");
+    }
+}
+
+/// Waits for something to deliver to the record's peer: an edit or contact (at once), or
+/// the end of the `backoff` after a failure. False when the daemon stops instead (what
+/// waits is then said, `spooled` or lost).
+async fn next_turn(
+    record: &PeerRecord,
+    backoff: Option<Duration>,
+    stopping: &mut watch::Receiver<bool>,
+    spooled: bool,
+) -> bool {
+    let outbox = &record.outbox;
+    let wait = async {
+        match backoff {
+            None => tokio::select! {
+                _ = outbox.wake.notified() => {}
+                _ = outbox.contact.notified() => {}
+            },
+            // A new edit goes at once too: one path that keeps failing must not hold
+            // back every later edit for this peer.
+            Some(wait) => tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = outbox.contact.notified() => {}
+                _ = outbox.wake.notified() => {}
+            },
+        }
+    };
+    tokio::select! {
+        _ = wait => true,
+        _ = stopping.wait_for(|stop| *stop) => {
+            if !outbox.is_empty() {
+                let kept = if spooled { "kept in the spool, delivered after the next start" } else { "lost" };
+                warn!(peer = %record.label(), pending = outbox.len(), "stopping with changes not delivered to this peer: {kept}");
+            }
+            false
+        }
+    }
+}
+
+/// Counts a push in the node's and the peer's figures, logs what it changed, and
+/// records the paths it delivered.
+fn count_push(node: &Node, record: &PeerRecord, report: &PeerReport) {
+    node.stats.pushes.fetch_add(1, Ordering::Relaxed);
+    let conflicts = report
+        .changes
+        .iter()
+        .filter(|c| matches!(&c.status, ChangeStatus::Conflict(_)))
+        .count() as u64;
+    record.pushed(
+        report.error.clone().map_or(Ok(conflicts), Err),
+        report.bytes_sent,
+    );
+    if report.error.is_none() {
+        log_changes(node, report);
+    }
+    let done: Vec<String> = report
+        .changes
+        .iter()
+        .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
+        .map(|c| c.path.clone())
+        .collect();
+    record.delivered(&done);
+}
+
+/// Logs how a push of `count` changes (of `waiting`) ended: refused, the peer
+/// unreachable (once, until it answers again: `unreachable`), or back after that.
+fn tell(
+    peer: &str,
+    report: &PeerReport,
+    (count, waiting): (usize, usize),
+    spooled: bool,
+    unreachable: &mut bool,
+) {
+    match (&report.error, report.refused) {
+        (Some(e), true) => {
+            error!(%peer, changes = count, "peer refused the push, held until these paths are edited again: {e}");
+        }
+        (Some(e), false) => {
+            if !*unreachable {
+                let kept = if spooled {
+                    "kept in the spool"
+                } else {
+                    "kept in memory"
+                };
+                warn!(%peer, pending = waiting, "peer unreachable, changes {kept} and retried: {e}");
+            }
+            *unreachable = true;
+        }
+        (None, _) => {
+            if std::mem::take(unreachable) {
+                info!(%peer, changes = count, "peer reachable again, pending changes delivered");
+            }
+        }
     }
 }
 
