@@ -2,6 +2,7 @@
 //! that feeds the watcher's changes to the engine. `gosyncd daemon`, the demo and the
 //! tests all start daemons through [`Daemon::start`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::apply;
 use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
-use crate::node::{Node, PeerRecord, Spool, Spooled};
+use crate::node::{Known, Node, PeerRecord, Sent, Spool, Spooled};
 use crate::server;
 use crate::sync::Engine;
 use crate::tls::TlsMaterial;
@@ -109,7 +110,7 @@ impl Daemon {
         // One record and one delivering task per peer: a peer that is down never holds
         // the others back. They exist before `start` returns, so that a reload can hand
         // the previous daemon's waiting changes over to them at once.
-        let records = peer_records(&engine, &spool, &spooled).await;
+        let records = peer_records(&engine, &spool, &spooled, &baseline).await;
         let _ = node.peers.set(records.clone());
         let task = tokio::spawn(run(Running {
             engine,
@@ -246,12 +247,36 @@ async fn metrics_socket(
     Ok((Some(serving), Some((address, socket))))
 }
 
+/// What the spool held for a peer, each waiting path marked as possibly delivered with
+/// this node's version (`baseline`): the previous daemon may have pushed it and been
+/// stopped before it could write the spool again. The first delivery then asks the peer
+/// which version it holds, instead of expecting the older one and calling this node's
+/// own version a conflict. Held paths stay as they are.
+fn maybe_delivered(
+    spooled: &BTreeMap<String, Known>,
+    baseline: &Baseline,
+) -> BTreeMap<String, Known> {
+    spooled
+        .iter()
+        .map(|(path, known)| {
+            let mut known = known.clone();
+            if known.sent.is_none() && known.held.is_none() {
+                known.sent = Some(Sent {
+                    entry: baseline.get(path),
+                });
+            }
+            (path.clone(), known)
+        })
+        .collect()
+}
+
 /// One record per peer, registered with the spool, with what the spool still held for
 /// it put back in its outbox (and its delivery woken).
 async fn peer_records(
     engine: &Engine,
     spool: &Arc<Spool>,
     spooled: &Spooled,
+    baseline: &Baseline,
 ) -> Vec<Arc<PeerRecord>> {
     // Resolved together: a slow name must not hold up the start once per peer.
     let addresses = futures_util::future::join_all(
@@ -270,7 +295,7 @@ async fn peer_records(
             // Delivered with the local tree's current content: the delivery plans from
             // the versions scanned at the start against what the peer holds.
             replayed += known.len();
-            record.outbox.restore(known.clone());
+            record.outbox.restore(maybe_delivered(known, baseline));
             record.outbox.wake();
         }
         records.push(record);
@@ -357,5 +382,60 @@ async fn run(running: Running) {
         for worker in workers {
             worker.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Held;
+    use crate::testing::file_entry;
+
+    #[test]
+    fn spooled_paths_are_asked_about_before_they_are_pushed_again_held_ones_stay() {
+        let baseline = Baseline::new(
+            [
+                ("/d/new".to_string(), file_entry(b"ours")),
+                ("/d/held".to_string(), file_entry(b"ours too")),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let waiting = Known {
+            holds: None,
+            held: None,
+            sent: None,
+            provisional: false,
+        };
+        let held = Known {
+            held: Some(Held::Conflict("edited there".into())),
+            ..waiting.clone()
+        };
+        let under_way = Known {
+            sent: Some(Sent {
+                entry: Some(file_entry(b"an older one")),
+            }),
+            ..waiting.clone()
+        };
+        let spooled: BTreeMap<String, Known> = [
+            ("/d/new".to_string(), waiting.clone()),
+            ("/d/held".to_string(), held.clone()),
+            ("/d/gone".to_string(), waiting.clone()),
+            ("/d/sent".to_string(), under_way.clone()),
+        ]
+        .into_iter()
+        .collect();
+        let replayed = maybe_delivered(&spooled, &baseline);
+        assert_eq!(
+            replayed["/d/new"].sent,
+            Some(Sent {
+                entry: Some(file_entry(b"ours"))
+            })
+        );
+        // Deleted here since: what may have been delivered is the deletion.
+        assert_eq!(replayed["/d/gone"].sent, Some(Sent { entry: None }));
+        assert_eq!(replayed["/d/held"], held);
+        assert_eq!(replayed["/d/sent"], under_way);
+        assert_eq!(replayed["/d/new"].holds, None, "what the peer held is kept");
     }
 }
