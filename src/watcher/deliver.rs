@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 use crate::baseline::Baseline;
 use crate::manifest::Manifest;
 use crate::node::{Known, Node, PeerRecord, Sent, Spool};
+use crate::paths::is_within;
 use crate::plan::plan;
 use crate::protocol::Entry;
 use crate::sync::{ChangeStatus, Engine, PeerReport};
@@ -219,7 +220,20 @@ async fn resolve_sent(
     }
     let scope: Vec<String> = uncertain.iter().map(|(path, _)| (*path).clone()).collect();
     let listing = record.link.peer.manifest(&scope).await?;
+    // A path the peer could not read, or whose directory it lacks, is not in its
+    // listing and yet may hold anything: what it holds stays unknown, and the push goes
+    // with the older expectation (the peer checks it).
+    let unknown = |path: &str| {
+        listing.unreadable.iter().any(|u| is_within(path, u))
+            || listing
+                .directories
+                .iter()
+                .any(|d| !d.present && is_within(path, &d.path))
+    };
     for (path, sent) in uncertain {
+        if unknown(path) {
+            continue;
+        }
         let now = listing
             .entries
             .iter()
