@@ -206,10 +206,14 @@ impl Outbox {
     /// known: each with the version the peer is expected to hold (this node's last),
     /// unless it waits already. Spooled, they survive a crash before the burst's end;
     /// a path found unchanged is dropped by the next delivery.
+    ///
+    /// A path being pushed is noted too, with the version this node recorded (the one
+    /// the push carries): once the push lands, nothing else would remember that the
+    /// path was written again, and a crash before the burst's end would lose the edit.
     pub fn touch(&self, touched: &[(String, Option<Entry>)]) {
         let mut paths = self.paths.lock().expect("outbox lock");
         for (path, holds) in touched {
-            if !paths.known.contains_key(path) && !paths.in_flight.contains_key(path) {
+            if !paths.known.contains_key(path) {
                 paths.known.insert(
                     path.clone(),
                     Known {
@@ -325,6 +329,19 @@ impl Outbox {
             None
         };
         match paths.known.entry(path) {
+            // Touched by a burst that has not ended: what the push learnt stands (a
+            // retry, a hold) whether or not the burst finds a change; a change releases
+            // it as any new edit does.
+            std::collections::btree_map::Entry::Occupied(mut touched)
+                if touched.get().provisional =>
+            {
+                *touched.get_mut() = Known {
+                    holds,
+                    held,
+                    sent,
+                    provisional: false,
+                };
+            }
             std::collections::btree_map::Entry::Occupied(mut newer) => {
                 newer.get_mut().holds = holds;
                 newer.get_mut().sent = sent;
@@ -710,6 +727,54 @@ mod tests {
         outbox.drop_provisional();
         assert!(!outbox.snapshot().contains_key("/d/c"));
         assert_eq!(take(&outbox).into_keys().collect::<Vec<_>>(), ["/d/b"]);
+    }
+
+    #[test]
+    fn a_path_touched_while_it_is_pushed_stays_spooled_once_the_push_lands() {
+        // A directory made, pushed, and renamed away while the push is under way: once
+        // the push lands, the spool must still say that the path was written again.
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        let sent: BTreeMap<_, _> = take(&outbox);
+        outbox.touch(&[("/d/a".to_string(), Some(file_entry(b"v2")))]);
+        assert_eq!(
+            outbox.snapshot()["/d/a"].holds,
+            Some(file_entry(b"v1")),
+            "while in flight, the spool holds the flight's expectation"
+        );
+        assert!(
+            take(&outbox).is_empty(),
+            "neither taken twice nor before its burst ends"
+        );
+        let settled = outbox.settle(sent, &PeerReport::default());
+        assert_eq!(settled.delivered, 1);
+        let spooled = outbox.snapshot();
+        assert_eq!(
+            spooled["/d/a"].holds,
+            Some(file_entry(b"v2")),
+            "the version landed"
+        );
+        // The burst ends with the change: it goes against v2.
+        outbox.merge(&[update("/d/a", b"v2", b"v3")], no_dir);
+        assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v2")));
+    }
+
+    #[test]
+    fn a_push_refused_while_its_path_is_touched_stays_held_if_the_burst_finds_no_change() {
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        let sent = take(&outbox);
+        outbox.touch(&[("/d/a".to_string(), Some(file_entry(b"v2")))]);
+        let report = answered(
+            "/d/a",
+            ChangeStatus::Rejected("validate failed".into()),
+            None,
+        );
+        let settled = outbox.settle(sent, &report);
+        assert_eq!(settled.held, 1);
+        outbox.drop_provisional();
+        assert_eq!(outbox.held().len(), 1, "the rejection is not forgotten");
+        assert_eq!(outbox.snapshot()["/d/a"].holds, Some(file_entry(b"v1")));
     }
 
     #[test]
