@@ -93,7 +93,14 @@ impl Daemon {
         if let Some(reason) = engine.no_peer_left() {
             warn!("{reason}");
         }
-        let (queue, received) = Queue::new(WATCH_QUEUE_EVENTS, node.generation.clone());
+        // Every event's path is spooled as it arrives, before its burst ends.
+        let toucher = watcher::Toucher::start(node.clone(), baseline.clone())
+            .map_err(|e| anyhow::anyhow!("cannot start the watcher's spooling thread: {e}"))?;
+        let (queue, received) = Queue::new(
+            WATCH_QUEUE_EVENTS,
+            node.generation.clone(),
+            Some(toucher.handle()),
+        );
         let watch = if watch {
             let watch = watcher::watch(&config, queue)?;
             // From now on every change is counted: answers from the tree may be kept.
@@ -120,6 +127,7 @@ impl Daemon {
             spool,
             received,
             watch,
+            toucher,
             listener,
             server_tls,
             metrics: metrics_listener,
@@ -319,6 +327,7 @@ struct Running {
     spool: Arc<Spool>,
     received: watcher::QueueReceiver,
     watch: Option<watcher::Watch>,
+    toucher: watcher::Toucher,
     listener: TcpListener,
     server_tls: std::sync::Arc<rustls::ServerConfig>,
     metrics: Option<TcpListener>,
@@ -352,6 +361,7 @@ async fn run(running: Running) {
         running.baseline,
         running.received,
         running.watch,
+        running.toucher,
     ));
     let drift = tokio::spawn(crate::reconcile::reconcile(running.engine, serving.clone()));
     let metrics = running

@@ -19,6 +19,7 @@ mod burst;
 mod deliver;
 mod directories;
 mod queue;
+mod toucher;
 mod writers;
 
 use std::collections::BTreeSet;
@@ -32,6 +33,7 @@ pub use self::deliver::deliver;
 use self::directories::{directory_identity, rewatch, DirectoryIdentity};
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
 pub use self::queue::{Change, ChangeKind, Queue, QueueReceiver, Taken, WATCH_QUEUE_EVENTS};
+pub use self::toucher::{TouchHandle, Toucher};
 use crate::baseline::Baseline;
 use crate::hooks;
 use crate::manifest::{self, Generation};
@@ -55,6 +57,7 @@ pub async fn propagate(
     baseline: Arc<Baseline>,
     queue: QueueReceiver,
     watch: Option<Watch>,
+    toucher: Toucher,
 ) {
     let Some(mut watch) = watch else { return };
     let config = engine.config().clone();
@@ -67,7 +70,6 @@ pub async fn propagate(
     // Directories whose last changes failed their validation.
     let mut held_back: BTreeSet<String> = BTreeSet::new();
     let mut overdue = Overdue::new();
-    let mut toucher = Toucher::new(node.clone(), baseline.clone());
     loop {
         let first = tokio::select! {
             _ = queue.ready() => queue.take(),
@@ -76,7 +78,7 @@ pub async fn propagate(
             }
         };
         let mut burst = Burst::new(Instant::now());
-        toucher.add(burst.add(&config, first, Instant::now(), &mut overdue));
+        burst.add(&config, first, Instant::now(), &mut overdue);
         if burst.paths.is_empty() && !burst.rescan {
             continue;
         }
@@ -90,8 +92,7 @@ pub async fn propagate(
             let timing = (config.debounce, config.open_write_timeout);
             let wait = burst.wait(now, timing, known);
             if tokio::time::timeout(wait, queue.ready()).await.is_ok() {
-                let added = burst.add(&config, queue.take(), Instant::now(), &mut overdue);
-                toucher.add(added);
+                burst.add(&config, queue.take(), Instant::now(), &mut overdue);
                 continue;
             }
             if burst.open() > 0 {
@@ -216,7 +217,7 @@ async fn push_burst(
         );
         // What the burst touched and did not change is not delivered.
         for record in node.peers.get().into_iter().flatten() {
-            record.outbox.drop_provisional();
+            record.outbox.drop_provisional(&scope);
         }
         if let Some(spool) = node.spool.clone() {
             let _ = tokio::task::spawn_blocking(move || spool.save(false)).await;
@@ -228,7 +229,7 @@ async fn push_burst(
         record.outbox.merge(&ops, |path| {
             config.directory_of(path).map(|dir| dir.path.clone())
         });
-        record.outbox.drop_provisional();
+        record.outbox.drop_provisional(&scope);
     }
     // On disk before it counts as queued: a restart from here on delivers it.
     if let Some(spool) = &node.spool {
@@ -239,136 +240,4 @@ async fn push_burst(
         record.outbox.wake();
     }
     refused
-}
-
-/// Spools the paths a burst touches as soon as they are seen, each with the version
-/// the peers are expected to hold (see [`Outbox::touch`]): a daemon killed before the
-/// burst ends delivers them when it starts again. A directory gone from disk takes
-/// everything known below it (its deletion may be reported for the directory alone).
-///
-/// One task at a time does it, taking every path added meanwhile at once: a checkout of
-/// a thousand files is a few spool writes, not one per event, and the settle window's
-/// timer never waits for a file to be written.
-struct Toucher {
-    node: Arc<Node>,
-    baseline: Arc<Baseline>,
-    pending: Arc<std::sync::Mutex<Vec<String>>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Toucher {
-    fn new(node: Arc<Node>, baseline: Arc<Baseline>) -> Toucher {
-        Toucher {
-            node,
-            baseline,
-            pending: Arc::default(),
-            task: None,
-        }
-    }
-
-    /// Spools `paths`, soon.
-    fn add(&mut self, paths: Vec<String>) {
-        if paths.is_empty() || self.node.spool.is_none() || self.node.applying() {
-            return;
-        }
-        self.pending.lock().expect("touch lock").extend(paths);
-        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        let (node, baseline, pending) = (
-            self.node.clone(),
-            self.baseline.clone(),
-            self.pending.clone(),
-        );
-        self.task = Some(tokio::task::spawn_blocking(move || loop {
-            let paths = std::mem::take(&mut *pending.lock().expect("touch lock"));
-            if paths.is_empty() {
-                return;
-            }
-            touch_now(&node, &baseline, &paths);
-        }));
-    }
-
-    /// Waits until every path added is spooled.
-    async fn done(&mut self) {
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        // Added as the task was ending.
-        let paths = std::mem::take(&mut *self.pending.lock().expect("touch lock"));
-        if !paths.is_empty() {
-            let (node, baseline) = (self.node.clone(), self.baseline.clone());
-            let _ = tokio::task::spawn_blocking(move || touch_now(&node, &baseline, &paths)).await;
-        }
-    }
-}
-
-/// What [`Toucher`] does, on a thread that may block. `paths` are a burst's, all
-/// synchronised (see [`Burst::add`]).
-fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
-    let (Some(spool), Some(records)) = (&node.spool, node.peers.get()) else {
-        return;
-    };
-    // Writes of a received batch are not this node's edits: touched now, they would be
-    // spooled against versions not recorded yet, and pushed back. (Once the batch is
-    // done its versions are recorded, and a touch finds nothing to deliver.)
-    if paths.is_empty() || records.is_empty() || node.applying() {
-        return;
-    }
-    let mut touched: Vec<_> = Vec::new();
-    for path in paths {
-        let known = baseline.get(path);
-        let local = node.config.local_path(path);
-        let meta = std::fs::symlink_metadata(&local);
-        // A file holding the very version known (size, mode and mtime: a received file
-        // has its sender's) is not an edit: the events a received batch made, taken
-        // after the batch ended. Spooled, it would be delivered at the next start
-        // whatever the file held by then.
-        if let (Ok(meta), Some(known)) = (&meta, &known) {
-            if is_known_file(meta, known) {
-                continue;
-            }
-        }
-        match meta {
-            // A directory gone: everything known below it goes with it.
-            Err(_) if known.as_ref().is_some_and(|e| e.content.is_dir()) => {
-                touched.extend(baseline.below(path));
-            }
-            // A directory made or moved in: what it holds comes with it.
-            Ok(meta) if meta.is_dir() => {
-                let below = walkdir::WalkDir::new(&local)
-                    .min_depth(1)
-                    .follow_links(false)
-                    .into_iter()
-                    .filter_map(Result::ok)
-                    .filter_map(|e| node.config.logical_path(e.path()))
-                    // Only what this node synchronises: excluded and temporary names
-                    // never travel.
-                    .filter(|p| crate::tree::confine(&node.config, p).is_ok())
-                    .map(|p| {
-                        let known = baseline.get(&p);
-                        (p, known)
-                    });
-                touched.extend(below);
-            }
-            _ => {}
-        }
-        touched.push((path.clone(), known));
-    }
-    if touched.is_empty() {
-        return;
-    }
-    for record in records {
-        record.outbox.touch(&touched);
-    }
-    spool.save(false);
-}
-
-/// Whether a regular file's metadata is that of `known`: same size, mode and mtime.
-fn is_known_file(meta: &std::fs::Metadata, known: &crate::protocol::Entry) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    matches!(known.content, crate::protocol::Content::File { size, .. } if size == meta.len())
-        && meta.is_file()
-        && known.mode == meta.mode() & 0o7777
-        && known.mtime_ns == crate::manifest::mtime_ns(meta)
 }

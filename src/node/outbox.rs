@@ -210,10 +210,14 @@ impl Outbox {
     /// A path being pushed is noted too, with the version this node recorded (the one
     /// the push carries): once the push lands, nothing else would remember that the
     /// path was written again, and a crash before the burst's end would lose the edit.
-    pub fn touch(&self, touched: &[(String, Option<Entry>)]) {
+    ///
+    /// Returns whether a path was noted (the spool must be written again).
+    pub fn touch(&self, touched: &[(String, Option<Entry>)]) -> bool {
         let mut paths = self.paths.lock().expect("outbox lock");
+        let mut noted = false;
         for (path, holds) in touched {
             if !paths.known.contains_key(path) {
+                noted = true;
                 paths.known.insert(
                     path.clone(),
                     Known {
@@ -225,15 +229,21 @@ impl Outbox {
                 );
             }
         }
+        noted
     }
 
-    /// Drops what a burst touched and did not change (see [`Outbox::touch`]).
-    pub fn drop_provisional(&self) {
+    /// Drops what a burst touched and did not change (see [`Outbox::touch`]): the
+    /// paths within `scope`, the burst's (empty: the whole tree). What the next burst
+    /// touched meanwhile stays noted.
+    pub fn drop_provisional(&self, scope: &[String]) {
         self.paths
             .lock()
             .expect("outbox lock")
             .known
-            .retain(|_, known| !known.provisional);
+            .retain(|path, known| {
+                !known.provisional
+                    || !(scope.is_empty() || scope.iter().any(|s| is_within(path, s)))
+            });
     }
 
     /// Wakes the delivery: changes were merged.
@@ -724,8 +734,15 @@ mod tests {
         // changed is dropped.
         outbox.touch(&[("/d/c".to_string(), None)]);
         outbox.merge(&[update("/d/b", b"b1", b"b2")], no_dir);
-        outbox.drop_provisional();
+        outbox.touch(&[("/e/next".to_string(), None)]);
+        outbox.drop_provisional(&["/d".to_string()]);
         assert!(!outbox.snapshot().contains_key("/d/c"));
+        assert!(
+            outbox.snapshot()["/e/next"].provisional,
+            "touched by the next burst: kept"
+        );
+        outbox.drop_provisional(&[]);
+        assert!(!outbox.snapshot().contains_key("/e/next"));
         assert_eq!(take(&outbox).into_keys().collect::<Vec<_>>(), ["/d/b"]);
     }
 
@@ -772,7 +789,7 @@ mod tests {
         );
         let settled = outbox.settle(sent, &report);
         assert_eq!(settled.held, 1);
-        outbox.drop_provisional();
+        outbox.drop_provisional(&[]);
         assert_eq!(outbox.held().len(), 1, "the rejection is not forgotten");
         assert_eq!(outbox.snapshot()["/d/a"].holds, Some(file_entry(b"v1")));
     }

@@ -14,6 +14,7 @@ use notify::EventKind;
 use tokio::sync::Notify;
 use tracing::warn;
 
+use super::toucher::TouchHandle;
 use crate::manifest::Generation;
 
 /// Events the queue holds before it gives up on them and asks for a rescan instead.
@@ -111,18 +112,26 @@ pub struct Queue {
     /// Counts every event that may change the tree, as it arrives: answers computed from
     /// the tree before it are no longer current.
     generation: Arc<Generation>,
+    /// Where each event's path goes at once, to be spooled before its burst ends.
+    touch: Option<TouchHandle>,
 }
 
 impl Queue {
     /// A queue of `capacity` events, and the receiving end for [`propagate`](super::propagate);
-    /// `generation` counts the events that may change the tree.
-    pub fn new(capacity: usize, generation: Arc<Generation>) -> (Queue, QueueReceiver) {
+    /// `generation` counts the events that may change the tree; `touch`, if any, is
+    /// handed every event's path as it arrives.
+    pub fn new(
+        capacity: usize,
+        generation: Arc<Generation>,
+        touch: Option<TouchHandle>,
+    ) -> (Queue, QueueReceiver) {
         let shared = Arc::new(Shared::default());
         (
             Queue {
                 shared: shared.clone(),
                 capacity,
                 generation,
+                touch,
             },
             QueueReceiver { shared },
         )
@@ -143,6 +152,9 @@ impl Queue {
             return;
         }
         self.generation.bump();
+        if let Some(touch) = &self.touch {
+            touch.add(changes.iter().map(|c| c.path.clone()));
+        }
         {
             let mut pending = self.shared.pending.lock().expect("watch queue lock");
             if rescan || pending.changes.len() + changes.len() > self.capacity {
@@ -217,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_turns_into_a_rescan_instead_of_blocking_or_losing_it() {
-        let (queue, receiver) = Queue::new(1, Arc::default());
+        let (queue, receiver) = Queue::new(1, Arc::default(), None);
         queue.forward(modified("/r/etc/app/a"));
         // The queue is full: this event cannot be queued, and neither its path.
         queue.forward(modified("/r/etc/app/b"));
@@ -239,7 +251,7 @@ mod tests {
 
     #[test]
     fn an_overflow_notice_or_a_watch_error_asks_for_a_rescan() {
-        let (queue, receiver) = Queue::new(8, Arc::default());
+        let (queue, receiver) = Queue::new(8, Arc::default(), None);
         let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         queue.forward(Ok(overflow));
         assert!(receiver.take().rescan);
@@ -251,7 +263,7 @@ mod tests {
     fn reads_alone_send_nothing_and_a_close_after_writing_completes_a_file() {
         let generation = Arc::new(Generation::default());
         generation.watched();
-        let (queue, receiver) = Queue::new(8, generation.clone());
+        let (queue, receiver) = Queue::new(8, generation.clone(), None);
         let start = generation.current();
         queue.forward(event(
             EventKind::Access(AccessKind::Open(AccessMode::Any)),

@@ -1,0 +1,204 @@
+//! Spooling what is being written before its burst ends: a daemon killed in the
+//! middle of a burst delivers the paths it touched when it starts again.
+//!
+//! The notify callback hands every event's path to [`Toucher`] as it arrives, and a
+//! thread of its own notes each in every peer's outbox (see [`Outbox::touch`]) and
+//! writes the spool, without waiting for the propagation loop, which may be busy with
+//! the previous burst (scanning, validating) while the next one is being written. It
+//! takes every path added meanwhile at once: a checkout of a thousand files is a few
+//! spool writes, not one per event, and a path already noted is not written again.
+//!
+//! [`Outbox::touch`]: crate::node::Outbox::touch
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::baseline::Baseline;
+use crate::node::Node;
+
+/// The paths handed over and not yet noted, and how far the thread got.
+#[derive(Default)]
+struct State {
+    pending: Vec<PathBuf>,
+    /// Handed over so far, in batches of events.
+    added: u64,
+    /// Of those, noted (or found to need nothing).
+    noted: u64,
+    /// The owner is gone: the thread ends.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Something was added, or the thread noted a batch, or the owner left.
+    changed: Condvar,
+}
+
+/// The thread that notes touched paths; dropped, it ends.
+pub struct Toucher {
+    shared: Arc<Shared>,
+}
+
+/// The side the notify callback holds: never blocks beyond a short lock.
+#[derive(Clone)]
+pub struct TouchHandle {
+    shared: Arc<Shared>,
+}
+
+impl TouchHandle {
+    /// Notes the local paths `paths`, soon.
+    pub(super) fn add(&self, paths: impl IntoIterator<Item = PathBuf>) {
+        let mut state = self.shared.state.lock().expect("touch lock");
+        let before = state.pending.len();
+        state.pending.extend(paths);
+        if state.pending.len() > before {
+            state.added += 1;
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+impl Toucher {
+    /// Starts the thread, which notes paths for `node`'s peers with the versions
+    /// `baseline` records.
+    pub fn start(node: Arc<Node>, baseline: Arc<Baseline>) -> std::io::Result<Toucher> {
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        std::thread::Builder::new()
+            .name("gosyncd-touch".into())
+            .spawn(move || run(&theirs, &node, &baseline))?;
+        Ok(Toucher { shared })
+    }
+
+    /// What the notify callback hands paths to.
+    pub fn handle(&self) -> TouchHandle {
+        TouchHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Waits until every path handed over so far is noted.
+    pub(super) async fn done(&self) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let state = shared.state.lock().expect("touch lock");
+            let target = state.added;
+            let _done = shared
+                .changed
+                .wait_while(state, |s| s.noted < target && !s.closed)
+                .expect("touch lock");
+        })
+        .await;
+    }
+}
+
+impl Drop for Toucher {
+    fn drop(&mut self) {
+        self.shared.state.lock().expect("touch lock").closed = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The thread: waits for paths, notes them all at once, says so.
+fn run(shared: &Shared, node: &Node, baseline: &Baseline) {
+    loop {
+        let (paths, upto) = {
+            let state = shared.state.lock().expect("touch lock");
+            let mut state = shared
+                .changed
+                .wait_while(state, |s| s.pending.is_empty() && !s.closed)
+                .expect("touch lock");
+            if state.closed {
+                return;
+            }
+            (std::mem::take(&mut state.pending), state.added)
+        };
+        let logical: BTreeSet<String> = paths
+            .iter()
+            // Only what this node synchronises: excluded and temporary names never
+            // travel, nor an anonymous file's writes.
+            .filter(|local| !super::burst::unnamed_file(local))
+            .filter_map(|local| node.config.logical_path(local))
+            .filter(|p| crate::tree::confine(&node.config, p).is_ok())
+            .collect();
+        let logical: Vec<String> = logical.into_iter().collect();
+        touch_now(node, baseline, &logical);
+        shared.state.lock().expect("touch lock").noted = upto;
+        shared.changed.notify_all();
+    }
+}
+
+fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
+    let (Some(spool), Some(records)) = (&node.spool, node.peers.get()) else {
+        return;
+    };
+    // Writes of a received batch are not this node's edits: touched now, they would be
+    // spooled against versions not recorded yet, and pushed back. (Once the batch is
+    // done its versions are recorded, and a touch finds nothing to deliver.)
+    if paths.is_empty() || records.is_empty() || node.applying() {
+        return;
+    }
+    let mut touched: Vec<_> = Vec::new();
+    for path in paths {
+        let known = baseline.get(path);
+        let local = node.config.local_path(path);
+        let meta = std::fs::symlink_metadata(&local);
+        // A file holding the very version known (size, mode and mtime: a received file
+        // has its sender's) is not an edit: the events a received batch made, taken
+        // after the batch ended. Spooled, it would be delivered at the next start
+        // whatever the file held by then.
+        if let (Ok(meta), Some(known)) = (&meta, &known) {
+            if is_known_file(meta, known) {
+                continue;
+            }
+        }
+        match meta {
+            // A directory gone: everything known below it goes with it.
+            Err(_) if known.as_ref().is_some_and(|e| e.content.is_dir()) => {
+                touched.extend(baseline.below(path));
+            }
+            // A directory made or moved in: what it holds comes with it.
+            Ok(meta) if meta.is_dir() => {
+                let below = walkdir::WalkDir::new(&local)
+                    .min_depth(1)
+                    .follow_links(false)
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .filter_map(|e| node.config.logical_path(e.path()))
+                    // Only what this node synchronises: excluded and temporary names
+                    // never travel.
+                    .filter(|p| crate::tree::confine(&node.config, p).is_ok())
+                    .map(|p| {
+                        let known = baseline.get(&p);
+                        (p, known)
+                    });
+                touched.extend(below);
+            }
+            _ => {}
+        }
+        touched.push((path.clone(), known));
+    }
+    if touched.is_empty() {
+        return;
+    }
+    // Written only when something new was noted: the writes of one file are many
+    // events, and the first one noted it.
+    let mut noted = false;
+    for record in records {
+        noted |= record.outbox.touch(&touched);
+    }
+    if noted {
+        spool.save(false);
+    }
+}
+
+/// Whether a regular file's metadata is that of `known`: same size, mode and mtime.
+fn is_known_file(meta: &std::fs::Metadata, known: &crate::protocol::Entry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    matches!(known.content, crate::protocol::Content::File { size, .. } if size == meta.len())
+        && meta.is_file()
+        && known.mode == meta.mode() & 0o7777
+        && known.mtime_ns == crate::manifest::mtime_ns(meta)
+}
