@@ -123,6 +123,18 @@ impl Peer {
         self.call(request, protocol::IDENTITY_TIMEOUT).await
     }
 
+    /// Asks the peer's daemon to compare with its peers now.
+    pub async fn compare(&self) -> Result<(), PeerError> {
+        let request = self
+            .transport
+            .http
+            .post(format!("{}{}", self.remote.url(), protocol::COMPARE_ROUTE))
+            .timeout(protocol::IDENTITY_TIMEOUT);
+        self.call::<serde_json::Value>(request, protocol::IDENTITY_TIMEOUT)
+            .await
+            .map(drop)
+    }
+
     /// The peer's identity.
     pub async fn identity(&self) -> Result<Identity, PeerError> {
         let request = self

@@ -39,6 +39,9 @@ pub struct Node {
     pub cache: Arc<HashCache>,
     /// Batches are applied one at a time, so that two pushes never interleave.
     pub(crate) apply_lock: Arc<Mutex<()>>,
+    /// Received batches being written now (the watcher's scan holds `apply_lock` too,
+    /// and is not one).
+    writing: Arc<std::sync::atomic::AtomicUsize>,
     /// Apply requests being received or applied (`max_concurrent_applies`).
     pub(crate) applies: Arc<Semaphore>,
     /// A daemon's memory of each path's version; what a push applies is recorded there
@@ -230,13 +233,28 @@ impl Node {
 
     /// Whether a received batch is being written now.
     pub fn applying(&self) -> bool {
-        self.apply_lock.try_lock().is_err()
+        self.writing.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Says that a received batch is being written until the guard is dropped (see
+    /// [`Node::applying`]); taken under `apply_lock`.
+    pub(crate) fn writing_batch(&self) -> impl Drop + Send + 'static {
+        struct Writing(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Writing {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.writing
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Writing(self.writing.clone())
     }
 
     /// This node, applying received batches one at a time with `previous` (and scanning
     /// for local edits only while neither applies one): a reload runs both for a moment.
     pub fn applying_after(mut self, previous: &Node) -> Node {
         self.apply_lock = previous.apply_lock.clone();
+        self.writing = previous.writing.clone();
         self
     }
 
@@ -257,6 +275,7 @@ impl Node {
             owners: crate::tree::applies_owners(),
             cache,
             apply_lock: Arc::new(Mutex::new(())),
+            writing: Arc::default(),
             applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
             baseline,
             stats: Stats::default(),

@@ -35,6 +35,9 @@ pub const API_VERSION: &str = "v1";
 pub const IDENTITY_ROUTE: &str = "/v1/identity";
 /// Returns a daemon's counters.
 pub const STATUS_ROUTE: &str = "/v1/status";
+/// Asks a daemon to compare its tree with every peer's now, rather than at its next
+/// `reconcile_interval` (`gosyncd resolve`, once the chosen version is everywhere).
+pub const COMPARE_ROUTE: &str = "/v1/compare";
 /// Returns the receiver's manifest (optionally limited to a scope).
 pub const MANIFEST_ROUTE: &str = "/v1/manifest";
 /// The route answering the text of some files, for `sync -dry --diff`.

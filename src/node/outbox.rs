@@ -190,6 +190,11 @@ impl Outbox {
                 .known
                 .entry(op.path.clone())
                 .and_modify(|known| {
+                    // A touch may have read this node's version after the burst
+                    // recorded it: what the peer holds is what the change expects.
+                    if known.provisional {
+                        known.holds = op.expect.clone();
+                    }
                     known.held = None;
                     known.provisional = false;
                 })
@@ -774,6 +779,15 @@ mod tests {
         // The burst ends with the change: it goes against v2.
         outbox.merge(&[update("/d/a", b"v2", b"v3")], no_dir);
         assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v2")));
+    }
+
+    #[test]
+    fn a_touch_that_read_the_new_version_still_delivers_the_change() {
+        // The touch's thread read the baseline after the burst recorded v2.
+        let outbox = Outbox::default();
+        outbox.touch(&[("/d/a".to_string(), Some(file_entry(b"v2")))]);
+        outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v1")));
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub fn router(node: Arc<Node>) -> Router {
             post(manifest).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
         )
         .route(protocol::APPLY_ROUTE, post(apply))
+        .route(protocol::COMPARE_ROUTE, post(compare))
         .route(
             protocol::CONTENT_ROUTE,
             post(content).layer(DefaultBodyLimit::max(MAX_MANIFEST_REQUEST_BYTES)),
@@ -132,6 +133,16 @@ async fn status(State(node): State<Arc<Node>>) -> Json<StatusResponse> {
         counters: node.stats.snapshot(),
         peers: node.peer_status(),
     })
+}
+
+/// Wakes the periodic comparison, which then runs at once (a comparison already running
+/// runs again once it ends). Answers before it runs.
+async fn compare(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+    node.reconcile_now.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "comparing": true })),
+    )
 }
 
 fn client_of(addr: &Option<Extension<ClientAddr>>) -> String {
@@ -297,12 +308,13 @@ async fn apply(
     // own, which holds the lock: a client that disconnects cannot release it, nor stop
     // a batch half-way between being written and being validated.
     let one_at_a_time = node.apply_lock.clone().lock_owned().await;
+    let writing = node.writing_batch();
     let client = client_of(&addr);
     node.stats.apply_requests.fetch_add(1, Ordering::Relaxed);
     let worker = node.clone();
     let origin = format!("a sync from {client}");
     let task = tokio::spawn(async move {
-        let held = (one_at_a_time, receiving);
+        let held = (one_at_a_time, receiving, writing);
         let receiver = worker.receiver();
         let record = |path: &str, state| worker.record_received(path, state);
         let results = receiver
