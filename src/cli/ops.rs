@@ -11,7 +11,7 @@ use crate::apply;
 use crate::backup::{self, Kept};
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
-use crate::protocol::{self, Action, BatchHeader, Content, Op, Outcome};
+use crate::protocol::{self, Action, BatchHeader, Content, Entry, Op, Outcome};
 use crate::sync::{self, ChangeStatus, Options};
 use crate::tls::TlsMaterial;
 
@@ -260,30 +260,52 @@ pub fn backups_restore(config: &Config, path: &str, version: Option<&str>) -> an
         Content::File { .. } => Some(backup::content(&backup, &chosen)?),
         _ => None,
     };
+    let origin = format!("a restore of backup {}", chosen.version);
+    put_local(
+        config,
+        path,
+        Some(chosen.entry.clone()),
+        content.as_deref(),
+        &origin,
+    )
+    .map_err(|why| anyhow!("{path}: not restored: {why}"))?;
+    Ok(chosen)
+}
+
+/// Puts `target` at `path` on this node (`None`: deletes it), `content` being a file's
+/// bytes, through the same checks, backup and atomic write as a received batch, against
+/// what the path holds now. `origin` names the cause in the logs and backups. The error
+/// is why it was not done.
+pub fn put_local(
+    config: &Config,
+    path: &str,
+    target: Option<Entry>,
+    content: Option<&[u8]>,
+    origin: &str,
+) -> Result<(), String> {
     let current = manifest::scan(config, &[path.to_string()], &HashCache::forgetful())
         .entries
         .remove(path);
     let op = Op {
         path: path.to_string(),
-        action: Action::Put {
-            entry: chosen.entry.clone(),
+        action: match target {
+            Some(entry) => Action::Put { entry },
+            None => Action::Delete,
         },
         expect: current,
     };
     // The same path as a received batch: checked, its content received next to the
     // target, then carried out.
     let header = protocol::encode_batch_header(&BatchHeader::new(vec![op]));
-    let body = std::io::Read::chain(header.as_slice(), content.as_deref().unwrap_or_default());
-    let origin = format!("a restore of backup {}", chosen.version);
-    let (_, applied) = apply::apply_body(config, crate::tree::applies_owners(), body, &origin)
-        .map_err(|e| anyhow!(e))?;
+    let body = std::io::Read::chain(header.as_slice(), content.unwrap_or_default());
+    let (_, applied) = apply::apply_body(config, crate::tree::applies_owners(), body, origin)?;
     let results = applied.commit();
     match &results[0].outcome {
-        Outcome::Applied => Ok(chosen),
+        Outcome::Applied => Ok(()),
         Outcome::Conflict(why)
         | Outcome::Failed(why)
         | Outcome::Refused(why)
         | Outcome::Kept(why)
-        | Outcome::Rejected(why) => Err(anyhow!("{path}: not restored: {why}")),
+        | Outcome::Rejected(why) => Err(why.clone()),
     }
 }
