@@ -11,6 +11,7 @@
 
 mod args;
 mod commands;
+mod conflicts;
 mod daemon;
 mod demo;
 mod docs;
@@ -25,9 +26,13 @@ use std::process::ExitCode;
 use tracing::error;
 
 pub use self::args::{
-    normalize_args, BackupsCommand, Cli, Command, DemoArgs, Format, StateArgs, StatusArgs, SyncArgs,
+    normalize_args, BackupsCommand, Cli, Command, ConflictsArgs, DemoArgs, Format, ResolveArgs,
+    StateArgs, StatusArgs, SyncArgs,
 };
-use self::commands::{backups_command, check_config, status_command, sync_command, SyncMode};
+use self::commands::{
+    backups_command, check_config, conflicts_command, resolve_command, status_command,
+    sync_command, SyncMode,
+};
 pub use self::commands::{print_peer, timestamp};
 use self::daemon::daemon;
 pub use self::daemon::shutdown_signal;
@@ -61,6 +66,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             sync_command(&cli.config, args.paths, mode).await
         }
         Some(Command::Status(args)) => status_command(&cli.config, args.format, args.group).await,
+        Some(Command::Conflicts(args)) => conflicts_command(&cli.config, args).await,
+        Some(Command::Resolve(args)) => resolve_command(&cli.config, args).await,
         Some(Command::Backups(command)) => backups_command(&cli.config, command),
         Some(Command::CheckConfig) => check_config(&cli.config).await,
         Some(Command::Demo(args)) => demo::run(!args.no_wait).await,

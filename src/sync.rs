@@ -169,6 +169,11 @@ impl Engine {
         Some(Peer::new(remote, http))
     }
 
+    /// A client for this node's own daemon, when one answered as this node.
+    pub fn own_daemon_client(&self) -> Option<Peer> {
+        self.own.clone()
+    }
+
     pub fn config(&self) -> &Arc<Config> {
         &self.config
     }

@@ -70,6 +70,13 @@ pub enum Command {
     /// Ask every peer how it stands: reachable, latency, version, drift, pending changes,
     /// conflicts, last push (exit 0 all well, 1 drift, 2 a peer unreachable)
     Status(StatusArgs),
+    /// List the conflicts held anywhere in the group, with every node's state of each
+    /// path (exit 0 none, 1 some, 2 a node could not be asked)
+    Conflicts(ConflictsArgs),
+    /// Make one node's version of PATH every node's and clear the conflict everywhere:
+    /// fetched from NODE (or this node's with `--take local`), pushed to every peer
+    /// against the state it holds, each replaced version kept where backups are on
+    Resolve(ResolveArgs),
     /// List or restore the versions kept by the backup setting
     #[command(subcommand)]
     Backups(BackupsCommand),
@@ -178,6 +185,39 @@ pub struct StateArgs {
 
     /// Limit the report to these files or subtrees
     #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConflictsArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Show a unified diff of each path from NODE_A's version to NODE_B's (a node as
+    /// `remotes` writes it, its address alone, or `local`); without nodes, from the
+    /// first node's version to each other version
+    #[arg(long, num_args = 0..=2, value_names = ["NODE_A", "NODE_B"])]
+    pub diff: Option<Vec<String>>,
+
+    /// Only the conflicts at these files or below these directories
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    /// Whose version wins: `local` (this node's) or a node as `remotes` writes it, or its
+    /// address alone
+    #[arg(long, value_name = "local|NODE")]
+    pub take: String,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// The paths in conflict (absolute, inside configured directories)
+    #[arg(value_name = "PATH", required = true)]
     pub paths: Vec<String>,
 }
 

@@ -204,6 +204,111 @@ pub(super) async fn status_command(
     Ok(ExitCode::from(code))
 }
 
+/// `conflicts`: every conflict held in the group, with every node's state of it, and
+/// the diffs asked for.
+pub(super) async fn conflicts_command(
+    path: &std::path::Path,
+    args: super::ConflictsArgs,
+) -> anyhow::Result<ExitCode> {
+    use super::conflicts;
+    let config = Arc::new(Config::from_file(path)?);
+    let engine = sync::engine_for_cli(config).await?;
+    let scope = trimmed(args.paths);
+    let survey = conflicts::survey(&engine, &scope).await?;
+    if args.diff.as_ref().is_some_and(|nodes| nodes.len() == 1) {
+        anyhow::bail!("--diff takes two nodes (NODE_A NODE_B), or none");
+    }
+    let mut diffs = Vec::new();
+    if let Some(wanted) = &args.diff {
+        for conflict in &survey.conflicts {
+            let names: Vec<String> = conflict.nodes.iter().map(|n| n.node.clone()).collect();
+            let this_node = names.first().cloned().unwrap_or_default();
+            let pairs: Vec<(String, String)> = match wanted.as_slice() {
+                [a, b] => {
+                    let a = conflicts::node_named(&names, a).map_err(anyhow::Error::msg)?;
+                    let b = conflicts::node_named(&names, b).map_err(anyhow::Error::msg)?;
+                    vec![(a.to_string(), b.to_string())]
+                }
+                _ => conflicts::distinct_pairs(conflict),
+            };
+            for (a, b) in pairs {
+                let text = conflicts::diff(&engine, &this_node, &conflict.path, &a, &b).await;
+                diffs.push((conflict.path.clone(), a, b, text));
+            }
+        }
+    }
+    let code = survey.code();
+    match args.format {
+        Format::Json => records::print_conflicts(&survey, &diffs, code),
+        Format::Text => {
+            print!("{}", conflicts::table(&survey));
+            for (_, _, _, text) in &diffs {
+                print!("{text}");
+            }
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// `resolve PATH... --take NODE`: exit 0 once the version is everywhere and no daemon
+/// holds the conflict any more, 1 when one still does, 2 when the push failed.
+pub(super) async fn resolve_command(
+    path: &std::path::Path,
+    args: super::ResolveArgs,
+) -> anyhow::Result<ExitCode> {
+    use super::conflicts;
+    let config = Arc::new(Config::from_file(path)?);
+    let engine = sync::engine_for_cli(config).await?;
+    let paths = trimmed(args.paths);
+    let json = args.format == Format::Json;
+    let (report, resolved) = conflicts::resolve(&engine, &paths, &args.take, |peer| match json {
+        true => records::print_peer(peer, false),
+        false => print_peer(peer),
+    })
+    .await?;
+    for e in &report.local_errors {
+        error!("{e}");
+    }
+    let held = resolved.iter().any(|r| !r.still_held.is_empty());
+    let code = if report.failed() {
+        2
+    } else if held {
+        1
+    } else {
+        0
+    };
+    for r in &resolved {
+        match json {
+            true => records::print_resolved(r, code),
+            false if r.still_held.is_empty() => println!(
+                "{}: {}: took {}'s version; conflict cleared on every node",
+                timestamp(),
+                r.path,
+                r.taken_from
+            ),
+            false => println!(
+                "{}: {}: took {}'s version; still held by {} (it clears at that daemon's                  next comparison, reconcile_interval)",
+                timestamp(),
+                r.path,
+                r.taken_from,
+                r.still_held.join(", ")
+            ),
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Paths as typed, without a trailing slash (`/` stays).
+fn trimmed(paths: Vec<String>) -> Vec<String> {
+    paths
+        .into_iter()
+        .map(|p| match p.trim_end_matches('/') {
+            "" => "/".to_string(),
+            trimmed => trimmed.to_string(),
+        })
+        .collect()
+}
+
 pub(super) fn backups_command(
     path: &std::path::Path,
     command: BackupsCommand,

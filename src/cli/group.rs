@@ -23,9 +23,15 @@ pub struct NodeView {
 /// Asks this node's daemon and every peer's for its view of its peers; this node first,
 /// then the peers in the order of `remotes`.
 pub async fn views(config: Arc<Config>) -> anyhow::Result<Vec<NodeView>> {
-    let tls = TlsMaterial::load(&config)?;
-    let engine = sync::engine_for_cli(config.clone()).await?;
-    let own = sync::Engine::own_daemon(&config, &tls);
+    let engine = sync::engine_for_cli(config).await?;
+    views_of(&engine).await
+}
+
+/// [`views`], with the peers of `engine`.
+pub async fn views_of(engine: &sync::Engine) -> anyhow::Result<Vec<NodeView>> {
+    let config = engine.config();
+    let tls = TlsMaterial::load(config)?;
+    let own = sync::Engine::own_daemon(config, &tls);
     let own_label = own.as_ref().map(|p| p.remote.label.clone());
     let own = tokio::spawn(async move {
         match own {

@@ -286,6 +286,13 @@ pub fn put_local(
     let current = manifest::scan(config, &[path.to_string()], &HashCache::forgetful())
         .entries
         .remove(path);
+    // Holding it already: nothing to write (nor content to send through).
+    let owners = crate::tree::applies_owners();
+    match (&current, &target) {
+        (None, None) => return Ok(()),
+        (Some(have), Some(want)) if have.same_state(want, owners) => return Ok(()),
+        _ => {}
+    }
     let op = Op {
         path: path.to_string(),
         action: match target {

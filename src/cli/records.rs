@@ -126,6 +126,45 @@ pub enum Record<'a> {
         /// The exit code: 0 converged, 1 drift, 2 a peer unreachable.
         code: u8,
     },
+    /// `conflicts`: one path held as a conflict somewhere.
+    Conflict {
+        time: String,
+        path: &'a str,
+        /// Each daemon that could not deliver its version, to which peer, and why.
+        refused: Vec<ConflictRefusal<'a>>,
+        /// Every node's state of the path, this node first.
+        nodes: Vec<ConflictNode<'a>>,
+        /// The node holding the most recent version (by mtime).
+        newest: Option<&'a str>,
+    },
+    /// `conflicts --diff`: a path's diff from one node's version to another's.
+    ConflictDiff {
+        time: String,
+        path: &'a str,
+        from: &'a str,
+        to: &'a str,
+        diff: &'a str,
+    },
+    /// `conflicts`: the last line.
+    ConflictsSummary {
+        time: String,
+        conflicts: usize,
+        nodes: usize,
+        /// Nodes whose daemon could not be asked, with why.
+        unasked: Vec<ConflictRefusal<'a>>,
+        code: u8,
+    },
+    /// `resolve`: what became of one path.
+    Resolved {
+        time: String,
+        path: &'a str,
+        taken_from: &'a str,
+        /// Cleared on every node.
+        cleared: bool,
+        /// The daemons still holding it, `node -> peer`.
+        still_held: &'a [String],
+        code: u8,
+    },
     /// `backups list`: one kept version.
     Backup {
         path: &'a str,
@@ -135,6 +174,29 @@ pub enum Record<'a> {
         #[serde(flatten)]
         state: State<'a>,
     },
+}
+
+/// `conflicts`: who could not deliver to whom, and why (`peer` absent for a node that
+/// could not be asked).
+#[derive(Debug, Serialize)]
+pub struct ConflictRefusal<'a> {
+    node: &'a str,
+    peer: Option<&'a str>,
+    reason: &'a str,
+}
+
+/// `conflicts`: one node's state of a path.
+#[derive(Debug, Serialize)]
+pub struct ConflictNode<'a> {
+    node: &'a str,
+    /// The path exists there (with `state`); `false` with no `error`: it does not.
+    present: bool,
+    #[serde(flatten)]
+    state: Option<State<'a>>,
+    /// Its daemon holds the path against a peer: this version is its own edit.
+    edited_here: bool,
+    /// Why the node could not be asked.
+    error: Option<&'a str>,
 }
 
 /// A path's state, as the text output shows it.
@@ -314,6 +376,82 @@ pub fn print_group(views: &[super::group::NodeView], code: u8) {
         nodes: views.len(),
         answered: views.iter().filter(|v| v.peers.is_ok()).count(),
         converged: code == 0,
+        code,
+    });
+}
+
+/// `conflicts`: a record per path, the diffs asked for, then the summary.
+pub fn print_conflicts(
+    survey: &super::conflicts::Survey,
+    diffs: &[(String, String, String, String)],
+    code: u8,
+) {
+    for c in &survey.conflicts {
+        print(&Record::Conflict {
+            time: now(),
+            path: &c.path,
+            refused: c
+                .refusals
+                .iter()
+                .map(|r| ConflictRefusal {
+                    node: &r.node,
+                    peer: Some(&r.peer),
+                    reason: &r.reason,
+                })
+                .collect(),
+            nodes: c
+                .nodes
+                .iter()
+                .map(|n| ConflictNode {
+                    node: &n.node,
+                    present: matches!(n.state, Ok(Some(_))),
+                    state: n
+                        .state
+                        .as_ref()
+                        .ok()
+                        .and_then(|e| e.as_ref())
+                        .map(State::of),
+                    edited_here: n.edited_here,
+                    error: n.state.as_ref().err().map(String::as_str),
+                })
+                .collect(),
+            newest: c.newest().map(|(node, _)| node),
+        });
+    }
+    for (path, from, to, diff) in diffs {
+        print(&Record::ConflictDiff {
+            time: now(),
+            path,
+            from,
+            to,
+            diff,
+        });
+    }
+    print(&Record::ConflictsSummary {
+        time: now(),
+        conflicts: survey.conflicts.len(),
+        nodes: survey.nodes,
+        unasked: survey
+            .unasked
+            .iter()
+            .map(|(node, why)| ConflictRefusal {
+                node,
+                peer: None,
+                reason: why,
+            })
+            .collect(),
+        code,
+    });
+}
+
+/// `resolve`: one record per path.
+pub fn print_resolved(resolved: &super::conflicts::Resolved, code: u8) {
+    print(&Record::Resolved {
+        time: now(),
+        path: &resolved.path,
+        taken_from: &resolved.taken_from,
+        cleared: resolved.still_held.is_empty(),
+        still_held: &resolved.still_held,
         code,
     });
 }

@@ -8,6 +8,7 @@ mod common;
 mod actions;
 mod cert;
 mod cli;
+mod conflicts;
 mod convergence;
 mod faults;
 mod faults_convergence;
