@@ -20,6 +20,7 @@ mod ops;
 mod preflight;
 mod progress;
 mod records;
+mod revert;
 
 use std::process::ExitCode;
 
@@ -27,11 +28,11 @@ use tracing::error;
 
 pub use self::args::{
     normalize_args, BackupsCommand, Cli, Command, ConflictsArgs, DemoArgs, Format, ResolveArgs,
-    StateArgs, StatusArgs, SyncArgs,
+    RevertArgs, StateArgs, StatusArgs, SyncArgs,
 };
 use self::commands::{
-    backups_command, check_config, conflicts_command, resolve_command, status_command,
-    sync_command, SyncMode,
+    backups_command, check_config, conflicts_command, resolve_command, revert_command,
+    status_command, sync_command, SyncMode,
 };
 pub use self::commands::{print_peer, timestamp};
 use self::daemon::daemon;
@@ -68,6 +69,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Some(Command::Status(args)) => status_command(&cli.config, args.format, args.group).await,
         Some(Command::Conflicts(args)) => conflicts_command(&cli.config, args).await,
         Some(Command::Resolve(args)) => resolve_command(&cli.config, args).await,
+        Some(Command::Revert(args)) => revert_command(&cli.config, args).await,
         Some(Command::Backups(command)) => backups_command(&cli.config, command),
         Some(Command::CheckConfig) => check_config(&cli.config).await,
         Some(Command::Demo(args)) => demo::run(!args.no_wait).await,

@@ -77,6 +77,10 @@ pub enum Command {
     /// fetched from NODE (or this node's with `--take local`), pushed to every peer
     /// against the state it holds, each replaced version kept where backups are on
     Resolve(ResolveArgs),
+    /// Take the group's version back wherever this node's differs (a local edit on a
+    /// receive-only node, drift): the version most peers hold, fetched from one of them;
+    /// nothing is pushed
+    Revert(RevertArgs),
     /// List or restore the versions kept by the backup setting
     #[command(subcommand)]
     Backups(BackupsCommand),
@@ -218,6 +222,21 @@ pub struct ResolveArgs {
 
     /// The paths in conflict (absolute, inside configured directories)
     #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RevertArgs {
+    /// Print what would be taken back; change nothing
+    #[arg(long = "dry-run", visible_alias = "dry")]
+    pub dry_run: bool,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Only these files or subtrees (absolute paths inside configured directories)
+    #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
 }
 

@@ -298,6 +298,39 @@ pub(super) async fn resolve_command(
     Ok(ExitCode::from(code))
 }
 
+/// `revert [PATH...]`: a line (or record) per path taken back; exit 0, or 2 when it
+/// could not be done.
+pub(super) async fn revert_command(
+    path: &std::path::Path,
+    args: super::RevertArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::from_file(path)?);
+    let engine = sync::engine_for_cli(config).await?;
+    let scope = trimmed(args.paths);
+    let outcome = super::revert::revert(&engine, &scope, args.dry_run).await?;
+    for (peer, why) in &outcome.unasked {
+        eprintln!("{peer}: not asked, it has no say in the group's version: {why}");
+    }
+    for r in &outcome.reverted {
+        match args.format {
+            Format::Json => records::print_reverted(r, args.dry_run),
+            Format::Text => {
+                let (sign, what) = match (&r.was, &r.now) {
+                    (None, Some(_)) => ("[+]", format!("restored from {}", r.from)),
+                    (Some(_), None) => ("[-]", "deleted (no peer of the group has it)".into()),
+                    _ => ("[M]", format!("taken back from {}", r.from)),
+                };
+                let would = if args.dry_run { "would be " } else { "" };
+                println!("{}: {sign} {} {would}{what}", timestamp(), r.path);
+            }
+        }
+    }
+    if outcome.reverted.is_empty() && args.format == Format::Text {
+        println!("this node holds the group's version everywhere: nothing to take back");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Paths as typed, without a trailing slash (`/` stays).
 fn trimmed(paths: Vec<String>) -> Vec<String> {
     paths

@@ -499,10 +499,25 @@ pub async fn resolve(
     Ok((report, resolved))
 }
 
-/// Makes what `node` holds at each of `paths` this node's: a file's bytes fetched from
-/// it (text of at most [`protocol::MAX_DIFF_FILE_BYTES`]: what `/v1/content` serves),
-/// checked against the digest it announced, then put here as a received batch is.
+/// Makes what `node` holds at each of `paths` this node's (see [`fetch_from`]).
 async fn take_from(engine: &Engine, node: &str, paths: &[String]) -> anyhow::Result<()> {
+    let puts = fetch_from(engine, node, paths).await?;
+    put_all(engine, puts, format!("a resolve taking {node}'s version")).await
+}
+
+/// A version fetched from a node: its path, its entry (`None`: the node has nothing
+/// there) and a file's bytes.
+pub type Fetched = (String, Option<Entry>, Option<Vec<u8>>);
+
+/// What `node` holds at each of `paths`: a file's bytes fetched from it (text of at most
+/// [`protocol::MAX_DIFF_FILE_BYTES`]: what `/v1/content` serves), checked against the
+/// digest it announced. Every version is fetched and checked before anything is
+/// written.
+pub async fn fetch_from(
+    engine: &Engine,
+    node: &str,
+    paths: &[String],
+) -> anyhow::Result<Vec<Fetched>> {
     let link = engine
         .peers()
         .iter()
@@ -532,8 +547,7 @@ async fn take_from(engine: &Engine, node: &str, paths: &[String]) -> anyhow::Res
             .map_err(|e| anyhow!("cannot read {node}'s version: {e}"))?
             .files
     };
-    // Every version is fetched and checked before anything is written here.
-    let mut puts = Vec::new();
+    let mut fetched = Vec::new();
     for path in paths {
         let entry = theirs.get(path).cloned();
         let content = match &entry {
@@ -541,44 +555,43 @@ async fn take_from(engine: &Engine, node: &str, paths: &[String]) -> anyhow::Res
                 content: Content::File { sha256, .. },
                 ..
             }) => {
-                let text = texts
-                    .iter()
-                    .find(|f| &f.path == path)
-                    .and_then(|f| f.text.clone())
-                    .ok_or_else(|| {
-                        let note = texts
-                            .iter()
-                            .find(|f| &f.path == path)
-                            .and_then(|f| f.note.clone())
-                            .unwrap_or_else(|| "not answered".into());
-                        anyhow!(
-                            "{path}: {node}'s version cannot be fetched ({note}: only text files \
-                             of at most {} bytes can); run `gosyncd resolve {path} --take local` \
-                             on {node} instead",
-                            protocol::MAX_DIFF_FILE_BYTES
-                        )
-                    })?;
+                let answer = texts.iter().find(|f| &f.path == path);
+                let text = answer.and_then(|f| f.text.clone()).ok_or_else(|| {
+                    let note = answer
+                        .and_then(|f| f.note.clone())
+                        .unwrap_or_else(|| "not answered".into());
+                    anyhow!(
+                        "{path}: {node}'s version cannot be fetched ({note}: only text files \
+                         of at most {} bytes can); run `gosyncd sync {path}` on {node} instead",
+                        protocol::MAX_DIFF_FILE_BYTES
+                    )
+                })?;
                 if Digest256::of(text.as_bytes()) != *sha256 {
                     return Err(anyhow!(
-                        "{path}: changed on {node} while it was being fetched; run the resolve again"
+                        "{path}: changed on {node} while it was being fetched; run again"
                     ));
                 }
                 Some(text.into_bytes())
             }
             _ => None,
         };
-        puts.push((path.clone(), entry, content));
+        fetched.push((path.clone(), entry, content));
     }
+    Ok(fetched)
+}
+
+/// Puts each fetched version here, in order, through the receiving path (see
+/// [`super::ops::put_local`]); `origin` names the cause in the logs and backups.
+pub async fn put_all(engine: &Engine, puts: Vec<Fetched>, origin: String) -> anyhow::Result<()> {
     let config: Arc<Config> = engine.config().clone();
-    let origin = format!("a resolve taking {node}'s version");
-    let node = node.to_string();
+    let what = origin.clone();
     tokio::task::spawn_blocking(move || {
         for (path, entry, content) in puts {
             super::ops::put_local(&config, &path, entry, content.as_deref(), &origin)
-                .map_err(|why| anyhow!("{path}: {node}'s version not taken here: {why}"))?;
+                .map_err(|why| anyhow!("{path}: not written here ({origin}): {why}"))?;
         }
         Ok::<_, anyhow::Error>(())
     })
     .await
-    .map_err(|e| anyhow!("resolve: {e}"))?
+    .map_err(|e| anyhow!("{what}: {e}"))?
 }

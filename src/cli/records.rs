@@ -165,6 +165,18 @@ pub enum Record<'a> {
         still_held: &'a [String],
         code: u8,
     },
+    /// `revert`: one path taken back (or to be, with `dry_run`).
+    Reverted {
+        time: String,
+        path: &'a str,
+        /// The peer it is taken from.
+        from: &'a str,
+        /// What this node held (`null`: nothing).
+        was: Option<State<'a>>,
+        /// The group's version (`null`: nothing: the path is deleted here).
+        now: Option<State<'a>>,
+        dry_run: bool,
+    },
     /// `backups list`: one kept version.
     Backup {
         path: &'a str,
@@ -453,6 +465,18 @@ pub fn print_resolved(resolved: &super::conflicts::Resolved, code: u8) {
         cleared: resolved.still_held.is_empty(),
         still_held: &resolved.still_held,
         code,
+    });
+}
+
+/// `revert`: one record per path.
+pub fn print_reverted(r: &super::revert::Reverted, dry_run: bool) {
+    print(&Record::Reverted {
+        time: now(),
+        path: &r.path,
+        from: &r.from,
+        was: r.was.as_ref().map(State::of),
+        now: r.now.as_ref().map(State::of),
+        dry_run,
     });
 }
 

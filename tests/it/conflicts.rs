@@ -176,3 +176,77 @@ async fn resolve_refuses_an_unknown_node_and_a_path_outside_the_directories_writ
         assert!(!exists(node, "/etc/other/x.conf"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_takes_the_group_version_back_where_this_node_drifted() {
+    // Not watching: the edits made here stay here until the revert.
+    let group = start(3).await;
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    for node in &group.nodes {
+        write(node, "/etc/app/kept.conf", "the group's\n");
+        write(node, "/etc/app/gone-here.conf", "the group's too\n");
+        mkdir(node, "/etc/app/sub");
+        write(node, "/etc/app/sub/deep.conf", "deep\n");
+    }
+    // Node 0 drifts: an edit, a delete, a file of its own, a subtree removed.
+    write(n0, "/etc/app/kept.conf", "edited by hand\n");
+    remove(n0, "/etc/app/gone-here.conf");
+    write(n0, "/etc/app/stray.conf", "only here\n");
+    remove(n0, "/etc/app/sub/deep.conf");
+    remove(n0, "/etc/app/sub");
+    let config = n0.config_path.clone();
+    let dry = gosyncd(config_args(&config, &["revert", "--dry-run"])).await;
+    assert_eq!(dry.code, Some(0), "{dry:#?}");
+    for line in [
+        "[M] /etc/app/kept.conf would be taken back from",
+        "[+] /etc/app/gone-here.conf would be restored from",
+        "[-] /etc/app/stray.conf would be deleted",
+        "[+] /etc/app/sub would be restored from",
+        "[+] /etc/app/sub/deep.conf would be restored from",
+    ] {
+        assert!(
+            dry.stdout.contains(line),
+            "{line:?} missing: {}",
+            dry.stdout
+        );
+    }
+    assert!(
+        holds(n0, "/etc/app/kept.conf", "edited by hand\n"),
+        "a dry run wrote"
+    );
+    assert!(exists(n0, "/etc/app/stray.conf"), "a dry run deleted");
+
+    let run = gosyncd(config_args(&config, &["revert"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(holds(n0, "/etc/app/kept.conf", "the group's\n"));
+    assert!(holds(n0, "/etc/app/gone-here.conf", "the group's too\n"));
+    assert!(holds(n0, "/etc/app/sub/deep.conf", "deep\n"));
+    assert!(!exists(n0, "/etc/app/stray.conf"));
+    // Nothing pushed: the peers are as they were.
+    for node in [n1, n2] {
+        assert!(holds(node, "/etc/app/kept.conf", "the group's\n"));
+        assert!(!exists(node, "/etc/app/stray.conf"));
+    }
+    let again = gosyncd(config_args(&config, &["revert"])).await;
+    assert!(
+        again.stdout.contains("nothing to take back"),
+        "{}",
+        again.stdout
+    );
+
+    // Two peers that disagree: a tie, won by the first of them in `remotes` (node 1);
+    // scoped to one path, the rest is left alone.
+    write(n1, "/etc/app/kept.conf", "node 1 alone\n");
+    write(n0, "/etc/app/kept.conf", "node 0 again\n");
+    write(n0, "/etc/app/gone-here.conf", "left alone\n");
+    let run = gosyncd(config_args(&config, &["revert", "/etc/app/kept.conf"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(
+        holds(n0, "/etc/app/kept.conf", "node 1 alone\n"),
+        "{run:#?}"
+    );
+    assert!(holds(n0, "/etc/app/gone-here.conf", "left alone\n"));
+    let run = gosyncd(config_args(&config, &["revert", "/etc/elsewhere"])).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.stderr.contains("/etc/elsewhere"), "{}", run.stderr);
+}
