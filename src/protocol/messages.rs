@@ -70,6 +70,42 @@ pub struct StatusResponse {
     pub peers: Vec<PeerStatus>,
 }
 
+/// What a node does with changes: the `role` key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Pushes its own edits and applies its peers' (the default).
+    #[default]
+    SendReceive,
+    /// Applies its peers' pushes and pushes nothing: its own edits are reported as
+    /// drift.
+    ReceiveOnly,
+}
+
+impl Role {
+    /// Every role, in the order they are listed in messages.
+    pub const ALL: [Role; 2] = [Role::SendReceive, Role::ReceiveOnly];
+
+    /// Its name, as in the configuration and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::SendReceive => "send-receive",
+            Role::ReceiveOnly => "receive-only",
+        }
+    }
+
+    /// Whether this node pushes its own changes to its peers.
+    pub fn sends(self) -> bool {
+        self == Role::SendReceive
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A daemon's automatic pushes to one peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
