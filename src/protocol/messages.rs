@@ -68,6 +68,16 @@ pub struct StatusResponse {
     /// What this daemon's watcher knows of each of its peers.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    /// The node's `role` (a daemon from before roles sends and receives).
+    #[serde(default)]
+    pub role: Role,
+    /// How many paths were edited on this node and not pushed because it is
+    /// receive-only, and still differ from the group as far as it knows.
+    #[serde(default)]
+    pub local_edits_not_pushed: u64,
+    /// The first of them.
+    #[serde(default)]
+    pub local_edits: Vec<String>,
 }
 
 /// What a node does with changes: the `role` key.
