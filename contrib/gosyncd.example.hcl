@@ -29,6 +29,12 @@ tls_private_key = "/etc/gosyncd/gosyncd.key"
 # without --force (default 0.5); emptying a directory always needs --force.
 # max_delete_share = 0.5
 
+# Optional: what this node does with changes. "send-receive" (the default) pushes its
+# edits to every peer and applies theirs; "receive-only" applies what its peers push and
+# pushes nothing: an edit made here is reported as drift (a warning, `gosyncd status`,
+# the gosyncd_local_edits_not_pushed metric), and `gosyncd sync` is refused.
+# role = "send-receive"
+
 # Optional: the local prefix under which the directories below live on this host
 # (default "/"). Paths on the wire stay logical ("/etc/haproxy/haproxy.cfg").
 # root = "/"

@@ -36,6 +36,9 @@ pub use hooks::{Backup, BackupBlock, Hooks, RunOn, Side, DEFAULT_ACTION_TIMEOUT}
 pub use limits::Limits;
 use raw::Lines;
 
+/// The `role` key's values: defined with the status route's types, which announce it.
+pub use crate::protocol::Role;
+
 /// Where the daemon and the CLI look for the configuration when `-config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gosyncd/config.hcl";
 
@@ -126,6 +129,9 @@ pub struct Config {
     pub allow_setid: bool,
     /// Whether a peer may make a configured directory itself group- or world-writable.
     pub allow_writable_directories: bool,
+    /// Whether this node pushes its own edits (`send-receive`, the default) or only
+    /// applies what its peers push (`receive-only`).
+    pub role: Role,
 }
 
 impl Config {

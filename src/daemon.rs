@@ -1,6 +1,10 @@
 //! A running daemon: the API server, the filesystem watcher, and the propagation loop
 //! that feeds the watcher's changes to the engine. `gosyncd daemon`, the demo and the
 //! tests all start daemons through [`Daemon::start`].
+//!
+//! A receive-only node (`role`) serves, watches and compares like any other, but runs no
+//! delivery: it replays no spool (an earlier run's is moved aside) and hands over no
+//! waiting change at a reload; what it edits itself is drift.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,13 +72,21 @@ impl Daemon {
         // The spool of undelivered changes (opened above): shared with the daemon this
         // one replaces (same process, same state directory), read from disk on a first
         // start.
-        let spooled = if clean {
+        let mut spooled = if clean {
             spool.clear();
             spool.load(&config)
         } else {
             Default::default()
         };
+        // A reload's predecessor still uses the file: what it held is taken at the
+        // hand-over (see `take_waiting_from`).
+        let not_replayed = if clean && !config.role.sends() {
+            set_spool_aside(&config, &spool, std::mem::take(&mut spooled))
+        } else {
+            Vec::new()
+        };
         let mut node = Node::new(config.clone(), cache.clone(), Some(baseline.clone()));
+        node.local_edits.note(not_replayed);
         node.spool = Some(spool.clone());
         if let Some(previous) = previous {
             node = node.applying_after(&previous.node);
@@ -144,27 +156,53 @@ impl Daemon {
     }
 
     /// Takes over the changes a stopped daemon still held for its peers (a reload), for
-    /// the peers both know by their `remotes` entry.
+    /// the peers both know by their `remotes` entry. A receive-only node takes none: it
+    /// delivers nothing, and they are its local edits not pushed (with those the stopped
+    /// daemon kept, if it was receive-only too).
     pub fn take_waiting_from(&self, previous: &Node) {
         let (Some(mine), Some(theirs)) = (self.node.peers.get(), previous.peers.get()) else {
             return;
         };
-        for record in theirs {
-            match mine.iter().find(|r| r.label() == record.label()) {
-                Some(successor) => record.outbox.hand_over(&successor.outbox),
-                None if !record.outbox.is_empty() => warn!(
-                    peer = %record.label(),
-                    pending = record.outbox.len(),
-                    "peer no longer in remotes: its pending changes are dropped"
-                ),
-                None => {}
+        if self.node.config.role.sends() {
+            for record in theirs {
+                match mine.iter().find(|r| r.label() == record.label()) {
+                    Some(successor) => record.outbox.hand_over(&successor.outbox),
+                    None if !record.outbox.is_empty() => warn!(
+                        peer = %record.label(),
+                        pending = record.outbox.len(),
+                        "peer no longer in remotes: its pending changes are dropped"
+                    ),
+                    None => {}
+                }
             }
+        } else {
+            self.keep_as_local_edits(previous, theirs);
         }
         if let Some(spool) = &self.node.spool {
             for record in theirs {
                 spool.forget(&record.outbox);
             }
             spool.save(true);
+        }
+    }
+
+    /// A receive-only node's part of a reload: what the stopped daemon still had to
+    /// deliver, and the local edits it kept if it was receive-only too, are this node's
+    /// local edits not pushed.
+    fn keep_as_local_edits(&self, previous: &Node, theirs: &[Arc<PeerRecord>]) {
+        let edits = &self.node.local_edits;
+        edits.note(previous.local_edits.first(usize::MAX));
+        for record in theirs.iter().filter(|r| !r.outbox.is_empty()) {
+            let paths: Vec<String> = record.outbox.snapshot().into_keys().collect();
+            warn!(
+                peer = %record.label(),
+                pending = paths.len(),
+                config = %self.node.config.file.display(),
+                "this node is receive-only now: the changes waiting for this peer are not \
+                 pushed, and show as drift if they still differ; run `gosyncd revert PATH` to \
+                 take the group's version back, or make the change on a sending node"
+            );
+            edits.note(paths);
         }
     }
 
@@ -255,6 +293,36 @@ async fn metrics_socket(
     Ok((Some(serving), Some((address, socket))))
 }
 
+/// A receive-only node replays no spool: what an earlier send-receive run left
+/// undelivered are this node's own edits, which it does not push now. The file is moved
+/// aside (kept for the operator, never replayed) and that is said; returns its paths,
+/// local edits not pushed until the first comparison finds which still differ.
+fn set_spool_aside(config: &Config, spool: &Spool, spooled: Spooled) -> Vec<String> {
+    let paths: std::collections::BTreeSet<String> = spooled
+        .into_values()
+        .flat_map(BTreeMap::into_keys)
+        .collect();
+    match spool.set_aside() {
+        Ok(None) => {}
+        Ok(Some(aside)) => warn!(
+            file = %aside.display(),
+            paths = paths.len(),
+            config = %config.file.display(),
+            "this node is receive-only: the spool of changes an earlier send-receive run left \
+             undelivered is not replayed, and was moved aside to {}; those that still differ \
+             from the peers show as drift: run `gosyncd revert PATH` to take the group's \
+             version back, or make the change on a sending node",
+            aside.display()
+        ),
+        Err(e) => error!(
+            file = %spool.file().display(),
+            "this node is receive-only: the spool an earlier send-receive run left is not \
+             replayed, but cannot be moved aside: {e}; remove it by hand"
+        ),
+    }
+    paths.into_iter().collect()
+}
+
 /// What the spool held for a peer, each waiting path marked as possibly delivered with
 /// this node's version (`baseline`): the previous daemon may have pushed it and been
 /// stopped before it could write the spool again. The first delivery then asks the peer
@@ -341,9 +409,12 @@ struct Running {
 /// ends and pushes under way are let finish, within [`SHUTDOWN_DEADLINE`].
 async fn run(running: Running) {
     let serving = running.node;
+    // A receive-only node delivers nothing: no delivering task at all.
+    let sends = serving.config.role.sends();
     let mut workers: Vec<_> = running
         .records
         .into_iter()
+        .filter(|_| sends)
         .map(|record| {
             tokio::spawn(watcher::deliver(
                 running.engine.clone(),

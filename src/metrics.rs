@@ -45,6 +45,7 @@ pub fn render(node: &Node) -> String {
     let mut registry = Registry::with_prefix("gosyncd");
     register_received(&mut registry, node);
     register_peers(&mut registry, node);
+    register_local_edits(&mut registry, node);
     register_build_info(&mut registry, node);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
@@ -185,6 +186,18 @@ fn register_peers(registry: &mut Registry, node: &Node) {
         "group_converged",
         "1 if, as this node sees them, every peer is up, nothing waits for it or is held back from it, and the last comparison found no drift; else 0",
         group_converged,
+    );
+}
+
+/// The edits made on this node that it did not push because it is receive-only, and
+/// that may still differ from the group (always 0 on a sending node, which pushes them).
+fn register_local_edits(registry: &mut Registry, node: &Node) {
+    let gauge = Gauge::<i64>::default();
+    gauge.set(node.local_edits.len() as i64);
+    registry.register(
+        "local_edits_not_pushed",
+        "Paths edited on this node and not pushed because its role is receive-only, that still differ from the group as far as it knows (0 on a sending node)",
+        gauge,
     );
 }
 

@@ -2,7 +2,8 @@
 //! periodic comparison, the metrics): its configuration and identity, the locks and
 //! budgets that bound what requests may claim, the counters of its status route, and a
 //! record per peer with its [`Outbox`] (child module `outbox`: what the peer is known to
-//! hold where it differs).
+//! hold where it differs), and, on a receive-only node, the local edits it did not push
+//! (child module `local_edits`).
 //!
 //! It holds state and answers questions about it; it must not decode requests, touch a
 //! socket (the server's work) or watch the tree (the watcher's). Those layers import it,
@@ -20,13 +21,15 @@ use crate::hooks;
 use crate::manifest::{self, Generation, HashCache};
 use crate::protocol::{
     DirectoryDigest, DirectoryInfo, Entry, HeldPath, Identity, ManifestResponse, PeerStatus,
-    StatusCounters, WireEntry,
+    StatusCounters, StatusResponse, WireEntry,
 };
 use crate::sync::PeerLink;
 
+mod local_edits;
 mod outbox;
 mod spool;
 
+pub use local_edits::LocalEdits;
 pub use outbox::{Held, Known, Outbox, Sent};
 pub use spool::{Spool, Spooled};
 
@@ -62,6 +65,9 @@ pub struct Node {
     pub generation: Arc<Generation>,
     /// The last answer to a request for the whole tree's digests, while it is current.
     pub(crate) digests: std::sync::Mutex<Option<KeptDigests>>,
+    /// The edits made here and not pushed (a receive-only node's; empty on a sending
+    /// node, which pushes them).
+    pub local_edits: LocalEdits,
 }
 
 /// How long an answer to a digests request is kept while the watcher sees no change: a
@@ -140,6 +146,25 @@ impl PeerRecord {
         state.drift_paths = Some(drift.len() as u64);
         state.drift = listed;
         changed
+    }
+
+    /// Adds paths to the drift shown for the peer until the next comparison says
+    /// what differs: local edits a receive-only node does not push. (Past the paths
+    /// listed, one already counted may be counted again until then.)
+    pub fn add_drift(&self, paths: &[String]) {
+        let mut state = self.state.lock().expect("peer record lock");
+        let mut count = state.drift_paths.unwrap_or(0);
+        for path in paths {
+            if state.drift.contains(path) {
+                continue;
+            }
+            count += 1;
+            if state.drift.len() < DRIFT_PATHS_LISTED {
+                let at = state.drift.partition_point(|p| p < path);
+                state.drift.insert(at, path.clone());
+            }
+        }
+        state.drift_paths = Some(count);
     }
 
     /// Records whether the last exchange with the peer (a push or a comparison)
@@ -285,6 +310,7 @@ impl Node {
             reconcile_now: tokio::sync::Notify::new(),
             generation: Arc::default(),
             digests: std::sync::Mutex::new(None),
+            local_edits: LocalEdits::default(),
         }
     }
 
@@ -322,6 +348,7 @@ impl Node {
             for record in self.peers.get().into_iter().flatten() {
                 record.outbox.received(path);
             }
+            self.local_edits.received(path);
         }
     }
 
@@ -413,6 +440,19 @@ impl Node {
             unreadable: unreadable.into_iter().map(|(p, _)| p).collect(),
             limits: self.config.limits.announced(),
             digests,
+        }
+    }
+
+    /// The status route's answer: identity, counters, role, the local edits not pushed
+    /// and each peer's status.
+    pub fn status(&self) -> StatusResponse {
+        StatusResponse {
+            identity: self.identity.clone(),
+            counters: self.stats.snapshot(),
+            peers: self.peer_status(),
+            role: self.config.role,
+            local_edits_not_pushed: self.local_edits.len() as u64,
+            local_edits: self.local_edits.first(DRIFT_PATHS_LISTED),
         }
     }
 

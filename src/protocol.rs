@@ -24,7 +24,7 @@ pub use batch::{
 pub use messages::{
     ActionReport, ApplyAnswer, ApplyResponse, ContentRequest, ContentResponse, DirectoryDigest,
     DirectoryInfo, ErrorBody, FileText, HeldKind, HeldPath, Identity, ManifestRequest,
-    ManifestResponse, OpAnswer, PeerLimits, PeerStatus, StatusCounters, StatusResponse,
+    ManifestResponse, OpAnswer, PeerLimits, PeerStatus, Role, StatusCounters, StatusResponse,
 };
 pub use operation::{Action, ChangeKind, Found, Op, OpResult, Outcome};
 pub use state::{Content, Digest256, Entry, WireEntry};

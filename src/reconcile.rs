@@ -5,6 +5,10 @@
 //! change of the drift set; the `drift_paths` gauge; `status`), never pushed. Nothing is
 //! pushed that nobody edited: start-up never overwrites the group with a stale tree.
 //!
+//! On a receive-only node every difference is drift (its outboxes stay empty), its own
+//! edits included: the warning says how to take the group's version back, and each pass
+//! forgets the local edits not pushed that no longer differ from any peer it judged.
+//!
 //! Each pass asks every peer for a digest of each configured directory (a few bytes
 //! while the trees agree) and compares the directories whose digests differ through
 //! the engine's dry run (the same planner as `sync -dry`); it neither plans nor sends
@@ -15,7 +19,7 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::manifest;
 use crate::paths::is_within;
 use crate::protocol::ManifestResponse;
@@ -49,6 +53,10 @@ pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>) {
 /// on.
 async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     let config = engine.config().clone();
+    // Local edits noted from here on are newer than what this pass sees.
+    let mark = node.local_edits.mark();
+    // The drift of each peer judged by this pass.
+    let mut verdicts: Vec<BTreeSet<String>> = Vec::new();
     let asks: Vec<_> = engine
         .peers()
         .iter()
@@ -104,7 +112,8 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
                     // A directory missing here cannot be judged: no verdict rather than a
                     // false "no drift".
                     if let (Some(record), true) = (record, none_missing) {
-                        report_drift(record, BTreeSet::new());
+                        report_drift(record, BTreeSet::new(), config.role);
+                        verdicts.push(BTreeSet::new());
                     }
                 } else {
                     debug!(peer = %label, directories = ?dirs, "digests differ: comparing");
@@ -114,9 +123,25 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
             }
         }
     }
-    if differing.is_empty() {
-        return;
+    if !differing.is_empty() {
+        verdicts.extend(compare_paths(engine, records, &compare, differing, first).await);
     }
+    if !verdicts.is_empty() {
+        let still_differs = |path: &str| verdicts.iter().any(|drift| drift.contains(path));
+        node.local_edits.settle(mark, still_differs);
+    }
+}
+
+/// Compares the directories `differing` path by path with the peers `compare` (the
+/// engine's dry run), and records each one's drift; returns the drift of each peer it
+/// could judge.
+async fn compare_paths(
+    engine: &Engine,
+    records: &[Arc<PeerRecord>],
+    compare: &BTreeSet<String>,
+    differing: BTreeSet<String>,
+    first: bool,
+) -> Vec<BTreeSet<String>> {
     let options = Options {
         dry_run: true,
         scope: differing.into_iter().collect(),
@@ -137,11 +162,12 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     settle(
         &report,
         records,
-        &compare,
+        compare,
         &waiting_before,
         &options.scope,
+        engine.config().role,
         first,
-    );
+    )
 }
 
 /// The configured directories where a peer's digests `theirs` differ from this node's
@@ -187,15 +213,17 @@ async fn compare_with(
 /// Takes the dry run's verdict for each peer `compared` by path: what waits in its
 /// outbox is delivered, and the rest is its drift (`waiting_before`: what waited for
 /// each peer before the comparison began, which is not drift if it was delivered
-/// meanwhile).
+/// meanwhile). Returns the drift of each peer judged.
 fn settle(
     report: &Report,
     records: &[Arc<PeerRecord>],
     compared: &BTreeSet<String>,
     waiting_before: &BTreeMap<String, BTreeSet<String>>,
     scope: &[String],
+    role: Role,
     first: bool,
-) {
+) -> Vec<BTreeSet<String>> {
+    let mut verdicts = Vec::new();
     let record_of = |label: &str| records.iter().find(|r| r.label() == label);
     for peer in &report.peers {
         let Some(record) = record_of(&peer.peer) else {
@@ -219,12 +247,16 @@ fn settle(
             (None, _) => {}
         }
         let before = waiting_before.get(&peer.peer).cloned().unwrap_or_default();
-        report_drift(record, sort(peer, &record.outbox, scope, &before));
+        let drift = sort(peer, &record.outbox, scope, &before);
+        report_drift(record, drift.clone(), role);
+        verdicts.push(drift);
     }
+    verdicts
 }
 
-/// Records a peer's drift, and logs it when it changed.
-fn report_drift(record: &PeerRecord, drift: BTreeSet<String>) {
+/// Records a peer's drift, and logs it when it changed, with what to do: on a
+/// receive-only node, which never pushes, the group's version is taken back here.
+fn report_drift(record: &PeerRecord, drift: BTreeSet<String>, role: Role) {
     let peer = record.label();
     record.set_unreachable(false);
     if !record.set_drift(&drift) {
@@ -237,13 +269,27 @@ fn report_drift(record: &PeerRecord, drift: BTreeSet<String>) {
     let list: Vec<&str> = drift.iter().map(String::as_str).collect();
     let shown = list[..list.len().min(DRIFT_PATHS_SHOWN)].join(", ");
     let more = list.len().saturating_sub(DRIFT_PATHS_SHOWN);
-    warn!(
-        %peer,
-        paths = list.len(),
-        "drift: {shown}{} differ from this node; nothing was pushed. \
-         Run `gosyncd sync` on the node whose files are authoritative",
-        if more > 0 { format!(" and {more} more") } else { String::new() }
-    );
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    if role.sends() {
+        warn!(
+            %peer,
+            paths = list.len(),
+            "drift: {shown}{more} differ from this node; nothing was pushed. \
+             Run `gosyncd sync` on the node whose files are authoritative",
+        );
+    } else {
+        warn!(
+            %peer,
+            paths = list.len(),
+            "drift: {shown}{more} differ from this node; nothing was pushed: this node is \
+             receive-only. Run `gosyncd revert PATH` here to take the group's version back, \
+             or `gosyncd sync` on the node whose files are authoritative",
+        );
+    }
 }
 
 /// Sorts one peer's differences in the directories `compared`: paths waiting in its

@@ -6,7 +6,8 @@
 //! no new event (see [`Burst`]). It then scans the paths touched, compares them with
 //! this node's [`Baseline`], and hands the difference to each peer's [`Outbox`], which
 //! a task per peer delivers through the one engine, retrying with backoff while that
-//! peer is unreachable.
+//! peer is unreachable. A receive-only node (`role`) hands them to no outbox and spools
+//! nothing: its own edits are drift, reported as such ([`not_pushed`]).
 //!
 //! This file holds that loop: [`propagate`] gathers a burst and hands its changes to the
 //! outboxes. The rest is in child modules: `queue` (the notify callback's side and
@@ -44,6 +45,10 @@ use crate::sync::Engine;
 /// Beyond this many changed paths in one burst, everything is rescanned instead: as
 /// cheap with the hash cache, and it keeps the scope test linear.
 const MAX_SCOPED_PATHS: usize = 512;
+
+/// Paths named in a receive-only node's warning about its local edits before it says
+/// "and N more".
+const LOCAL_EDITS_SHOWN: usize = 10;
 
 /// Turns bursts of events into pushes, as long as the daemon watches.
 ///
@@ -188,10 +193,12 @@ async fn push_burst(
         return Vec::new();
     };
     // A directory whose changes fail its own validation is not pushed: its paths are
-    // left out (their versions stay what the peers hold), until an edit fixes it.
+    // left out (their versions stay what the peers hold), until an edit fixes it. A
+    // receive-only node pushes nothing: there is nothing to hold back.
     let config = engine.config();
+    let sends = config.role.sends();
     let mut refused = Vec::new();
-    if hooks::validates(config, crate::config::Side::Local) {
+    if sends && hooks::validates(config, crate::config::Side::Local) {
         let touched = config.by_directory(baseline.peek_changes(&scan, &scope, node.owners));
         for (dir, why) in hooks::validate(config, &touched, crate::config::Side::Local).await {
             let reason = format!("validation failed on this node: {why}");
@@ -209,6 +216,10 @@ async fn push_burst(
         tokio::spawn(async move {
             hooks::on_change(&runner, &config, &dir, &paths, crate::config::Side::Local).await
         });
+    }
+    if !sends {
+        not_pushed(node, &ops);
+        return refused;
     }
     if ops.is_empty() {
         debug!(
@@ -240,4 +251,33 @@ async fn push_burst(
         record.outbox.wake();
     }
     refused
+}
+
+/// What a receive-only node does with its own edits instead of pushing them: nothing is
+/// delivered or spooled; they are drift. Logged (a warning naming the paths and what to
+/// do), noted as local edits not pushed, shown as drift with every peer at once, and
+/// the comparison with the peers is asked for now, which says exactly what differs.
+fn not_pushed(node: &Node, ops: &[crate::protocol::Op]) {
+    if ops.is_empty() {
+        debug!("no local edit (a write received from a peer, or undone)");
+        return;
+    }
+    let paths: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
+    let shown = paths[..paths.len().min(LOCAL_EDITS_SHOWN)].join(", ");
+    let more = match paths.len().saturating_sub(LOCAL_EDITS_SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    warn!(
+        paths = paths.len(),
+        config = %node.config.file.display(),
+        "not pushed: {shown}{more}; this node is receive-only: local edits are not pushed; \
+         run `gosyncd revert PATH` to take the group's version back, or make the change on a \
+         sending node"
+    );
+    node.local_edits.note(paths.iter().cloned());
+    for record in node.peers.get().into_iter().flatten() {
+        record.add_drift(&paths);
+    }
+    node.reconcile_now.notify_one();
 }

@@ -58,8 +58,12 @@ pub(super) async fn check_config(path: &std::path::Path) -> anyhow::Result<ExitC
     } else {
         String::new()
     };
+    let role = match config.role.sends() {
+        true => String::new(),
+        false => format!(", {}", config.role),
+    };
     println!(
-        "{}: valid ({} directories, {} remotes{noted})",
+        "{}: valid ({} directories, {} remotes{role}{noted})",
         path.display(),
         config.directories.len(),
         config.remotes.len()
@@ -96,6 +100,9 @@ pub(super) async fn sync_command(
         canary,
     } = mode;
     let config = Arc::new(Config::from_file(path)?);
+    if !dry_run && !config.role.sends() {
+        return Err(push_refused(&config));
+    }
     let engine = sync::engine_for_cli(config).await?;
     let peers = engine.select(&peers).map_err(anyhow::Error::msg)?;
     let peer_count = match peers.is_empty() {
@@ -143,6 +150,19 @@ pub(super) async fn sync_command(
     let staged = run_sync(&engine, &options, canary, print_peer).await;
     explain_halt(staged.halted.as_ref());
     Ok(exit_code_of(&staged.report, dry_run && exit_code))
+}
+
+/// Why a push (`sync`, with `--peer` or `--canary` too) is refused on a receive-only
+/// node, and what to do instead.
+fn push_refused(config: &Config) -> anyhow::Error {
+    let file = config.file.display();
+    anyhow::anyhow!(
+        "{file}: role = \"{}\": this node applies what its peers push and pushes nothing, \
+         so `gosyncd sync` is refused and nothing was sent. Run it on a sending node, or set \
+         role = \"send-receive\" in {file} (and reload the daemon) to make this node push; \
+         `gosyncd sync -dry` shows what differs",
+        config.role
+    )
 }
 
 /// One run of the engine, or a staged one with `canary` peers first.
@@ -195,11 +215,16 @@ pub(super) async fn status_command(
         }
         return Ok(ExitCode::from(code));
     }
-    let peers = super::ops::status(config).await?;
+    let (node, peers) = super::ops::status(config).await?;
     let code = super::ops::status_code(&peers);
     match format {
-        Format::Json => records::print_status(&peers, code),
-        Format::Text => print!("{}", super::ops::status_table(&peers)),
+        Format::Json => records::print_status(&node, &peers, code),
+        Format::Text => {
+            if let Some(line) = node.line() {
+                println!("{line}");
+            }
+            print!("{}", super::ops::status_table(&peers));
+        }
     }
     Ok(ExitCode::from(code))
 }
@@ -308,6 +333,10 @@ pub(super) async fn revert_command(
     let engine = sync::engine_for_cli(config).await?;
     let scope = trimmed(args.paths);
     let outcome = super::revert::revert(&engine, &scope, args.dry_run).await?;
+    // This node's daemon compares at once: what it counted as drift is gone.
+    if let (false, Some(own)) = (outcome.reverted.is_empty(), engine.own_daemon_client()) {
+        let _ = own.compare().await;
+    }
     for (peer, why) in &outcome.unasked {
         eprintln!("{peer}: not asked, it has no say in the group's version: {why}");
     }

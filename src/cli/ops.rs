@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::apply;
 use crate::backup::{self, Kept};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::manifest::{self, HashCache};
 use crate::protocol::{self, Action, BatchHeader, Content, Entry, Op, Outcome};
 use crate::sync::{self, ChangeStatus, Options};
@@ -37,8 +37,52 @@ pub struct PeerState {
     pub error: Option<String>,
 }
 
+/// What `gosyncd status` says of this node itself.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The configuration file it was read from.
+    pub file: std::path::PathBuf,
+    /// The file's `role`.
+    pub role: Role,
+    /// How many edits made here its daemon did not push because it is receive-only
+    /// (`None`: no daemon answered here).
+    pub local_edits_not_pushed: Option<u64>,
+    /// The first of them.
+    pub local_edits: Vec<String>,
+}
+
+impl NodeState {
+    /// The line `status` prints about this node: on a receive-only node only.
+    pub fn line(&self) -> Option<String> {
+        if self.role.sends() {
+            return None;
+        }
+        let edits = match self.local_edits_not_pushed {
+            None => "local edits not pushed: unknown (no daemon answered here)".to_string(),
+            Some(0) => "local edits not pushed: none".to_string(),
+            Some(n) => {
+                let shown = self.local_edits.join(", ");
+                let more = (n as usize).saturating_sub(self.local_edits.len());
+                let more = match more {
+                    0 => String::new(),
+                    more => format!(" and {more} more"),
+                };
+                format!("local edits not pushed: {n} ({shown}{more})")
+            }
+        };
+        Some(format!(
+            "role: {} ({}): this node applies what its peers push and pushes nothing; {edits}",
+            self.role,
+            self.file.display()
+        ))
+    }
+}
+
+/// Local edits listed in `status`'s line before it says "and N more".
+const LOCAL_EDITS_LISTED: usize = 10;
+
 /// Asks every peer, and this node's daemon, how things stand.
-pub async fn status(config: Arc<Config>) -> anyhow::Result<Vec<PeerState>> {
+pub async fn status(config: Arc<Config>) -> anyhow::Result<(NodeState, Vec<PeerState>)> {
     let tls = TlsMaterial::load(&config)?;
     let engine = sync::engine_for_cli(config.clone()).await?;
     // This node's own daemon, when one answers on the bind address.
@@ -96,7 +140,19 @@ pub async fn status(config: Arc<Config>) -> anyhow::Result<Vec<PeerState>> {
             peer: label,
         });
     }
-    Ok(out)
+    let node = NodeState {
+        file: config.file.clone(),
+        role: config.role,
+        local_edits_not_pushed: local.as_ref().map(|s| s.local_edits_not_pushed),
+        local_edits: local.as_ref().map_or_else(Vec::new, |s| {
+            s.local_edits
+                .iter()
+                .take(LOCAL_EDITS_LISTED)
+                .cloned()
+                .collect()
+        }),
+    };
+    Ok((node, out))
 }
 
 /// The exit code of `status`: 2 when a peer is unreachable, 1 when one has drifted.
@@ -314,5 +370,39 @@ pub fn put_local(
         | Outcome::Refused(why)
         | Outcome::Kept(why)
         | Outcome::Rejected(why) => Err(why.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(role: Role, local_edits_not_pushed: Option<u64>, local_edits: &[&str]) -> NodeState {
+        NodeState {
+            file: "/etc/gosyncd/config.hcl".into(),
+            role,
+            local_edits_not_pushed,
+            local_edits: local_edits.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn status_names_the_role_of_a_receive_only_node_only_with_its_local_edits() {
+        assert_eq!(node(Role::SendReceive, Some(0), &[]).line(), None);
+        let line = |n: NodeState| n.line().expect("a line for a receive-only node");
+        let head = "role: receive-only (/etc/gosyncd/config.hcl): this node applies what its \
+                    peers push and pushes nothing; ";
+        assert_eq!(
+            line(node(Role::ReceiveOnly, None, &[])),
+            format!("{head}local edits not pushed: unknown (no daemon answered here)")
+        );
+        assert_eq!(
+            line(node(Role::ReceiveOnly, Some(0), &[])),
+            format!("{head}local edits not pushed: none")
+        );
+        assert_eq!(
+            line(node(Role::ReceiveOnly, Some(12), &["/etc/a", "/etc/b"])),
+            format!("{head}local edits not pushed: 12 (/etc/a, /etc/b and 10 more)")
+        );
     }
 }

@@ -10,9 +10,9 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use super::ops::PeerState;
+use super::ops::{NodeState, PeerState};
 use crate::backup::Kept;
-use crate::protocol::{Content, Entry, HeldPath};
+use crate::protocol::{Content, Entry, HeldPath, Role};
 use crate::sync::{self, Halt, Report};
 
 /// One line of JSON output.
@@ -125,6 +125,13 @@ pub enum Record<'a> {
         converged: bool,
         /// The exit code: 0 converged, 1 drift, 2 a peer unreachable.
         code: u8,
+        /// This node's `role`: `send-receive` or `receive-only`.
+        role: Role,
+        /// Edits made here and not pushed because the node is receive-only (`null`: no
+        /// daemon answered here).
+        local_edits_not_pushed: Option<u64>,
+        /// The first of them.
+        local_edits: &'a [String],
     },
     /// `conflicts`: one path held as a conflict somewhere.
     Conflict {
@@ -481,7 +488,7 @@ pub fn print_reverted(r: &super::revert::Reverted, dry_run: bool) {
 }
 
 /// `status`: a record per peer, then the summary.
-pub fn print_status(peers: &[PeerState], code: u8) {
+pub fn print_status(node: &NodeState, peers: &[PeerState], code: u8) {
     for p in peers {
         print(&Record::Peer {
             time: now(),
@@ -503,6 +510,9 @@ pub fn print_status(peers: &[PeerState], code: u8) {
         reachable: peers.iter().filter(|p| p.reachable).count(),
         converged: code == 0,
         code,
+        role: node.role,
+        local_edits_not_pushed: node.local_edits_not_pushed,
+        local_edits: &node.local_edits,
     });
 }
 

@@ -30,6 +30,7 @@ pub(super) const KNOWN_KEYS: &[&str] = &[
     "open_write_timeout",
     "allow_setid",
     "allow_writable_directories",
+    "role",
 ];
 
 /// The blocks of the file's top level.

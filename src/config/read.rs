@@ -16,8 +16,8 @@ use super::raw::{
 };
 use super::{
     parse_allow_entry, parse_bind_address, parse_remote, AllowEntry, BackupBlock, BindAddress,
-    Config, ConfigError, Directory, Excludes, Hooks, Limits, Remote, RunOn, DEFAULT_ACTION_TIMEOUT,
-    DEFAULT_DEBOUNCE, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPEN_WRITE_TIMEOUT,
+    Config, ConfigError, Directory, Excludes, Hooks, Limits, Remote, Role, RunOn,
+    DEFAULT_ACTION_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPEN_WRITE_TIMEOUT,
     DEFAULT_RECONCILE_INTERVAL, DEFAULT_STATE_DIRECTORY,
 };
 use crate::paths::{self, is_within};
@@ -113,6 +113,7 @@ pub(super) fn config(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let open_write_timeout = keys.duration(&OPEN_WRITE_TIMEOUT)?;
     let state_directory = keys.state_directory(&root, &directories)?;
     let reconcile_interval = keys.duration(&RECONCILE_INTERVAL)?;
+    let role = keys.role()?;
     Ok(Config {
         file: file.to_path_buf(),
         state_directory,
@@ -132,6 +133,7 @@ pub(super) fn config(text: &str, file: &Path) -> Result<Config, ConfigError> {
         allow_setid: keys.flag("allow_setid"),
         allow_writable_directories: keys.flag("allow_writable_directories"),
         metrics_address,
+        role,
     })
 }
 
@@ -346,6 +348,28 @@ impl Keys<'_> {
             ));
         }
         Ok(root)
+    }
+
+    /// `role`: one of [`Role::ALL`], `send-receive` when absent.
+    fn role(&self) -> Result<Role, ConfigError> {
+        let Some(text) = self.get("role") else {
+            return Ok(Role::default());
+        };
+        Role::ALL
+            .into_iter()
+            .find(|role| role.name() == text)
+            .ok_or_else(|| {
+                let allowed: Vec<String> =
+                    Role::ALL.iter().map(|r| format!("{:?}", r.name())).collect();
+                self.source.err(
+                    Some("role"),
+                    format!(
+                        "role: {text:?} is not one of {} (\"send-receive\", the default, pushes \
+                         this node's edits; \"receive-only\" applies its peers' and pushes nothing)",
+                        allowed.join(", ")
+                    ),
+                )
+            })
     }
 
     fn metrics_address(&self) -> Result<Option<SocketAddr>, ConfigError> {

@@ -186,6 +186,7 @@ fn example_config_in_contrib_parses() {
                     || rest.starts_with("validate")
                     || rest.starts_with("on_change")
                     || rest.starts_with("root")
+                    || rest.starts_with("role")
                     || rest.starts_with("limits")
                     || rest.starts_with("  ")
                     || rest == "}" =>
@@ -203,6 +204,11 @@ fn example_config_in_contrib_parses() {
     assert!(haproxy.hooks.validate.is_some());
     assert_eq!(haproxy.hooks.on_change.len(), 1);
     assert_eq!(c.limits, crate::config::Limits::default());
+    assert_eq!(
+        c.role,
+        Role::SendReceive,
+        "the example shows the default role"
+    );
 }
 
 #[test]
@@ -394,4 +400,55 @@ fn on_change_splay_is_off_by_default_read_for_every_directory_and_bounded() {
     let long = error(&format!("on_change_splay = \"2h\"\n{SEED}"));
     assert!(long.contains("config.hcl:1: on_change_splay"), "{long}");
     assert!(long.contains("0s and 1h"), "{long}");
+}
+
+#[test]
+fn role_is_send_receive_by_default_and_can_be_receive_only() {
+    let c = parse(SEED).unwrap();
+    assert_eq!(c.role, Role::SendReceive);
+    assert!(c.role.sends());
+    let c = parse(&format!("role = \"receive-only\"\n{SEED}")).unwrap();
+    assert_eq!(c.role, Role::ReceiveOnly);
+    assert!(!c.role.sends());
+    let c = parse(&format!("role = \"send-receive\"\n{SEED}")).unwrap();
+    assert_eq!(c.role, Role::SendReceive);
+}
+
+#[test]
+fn a_role_other_than_the_two_is_refused_naming_the_key_its_line_and_the_allowed_values() {
+    // Near misses too: the names are exact.
+    for bad in [
+        "bogus",
+        "receive_only",
+        "Receive-Only",
+        "receive",
+        "send",
+        "",
+    ] {
+        let message = error(&format!("\n\nrole = \"{bad}\"\n{SEED}"));
+        assert!(
+            message.starts_with("/etc/gosyncd/config.hcl:3: role: ")
+                && message.contains(&format!("{bad:?} is not one of"))
+                && message.contains("\"send-receive\", \"receive-only\""),
+            "{bad:?}: {message}"
+        );
+    }
+    for (bad, found) in [
+        ("true", "a boolean"),
+        ("1", "a number"),
+        ("[\"receive-only\"]", "a list"),
+    ] {
+        let message = error(&format!("role = {bad}\n{SEED}"));
+        assert!(
+            message.contains(&format!(
+                "config.hcl:1: role: expected a string, found {found}"
+            )),
+            "{bad}: {message}"
+        );
+    }
+    // Set twice: refused by the parser, on the second line.
+    let twice = error(&format!(
+        "role = \"receive-only\"\nrole = \"send-receive\"\n{SEED}"
+    ));
+    assert!(twice.contains("config.hcl:2:"), "{twice}");
 }

@@ -36,6 +36,9 @@ use crate::config::Config;
 pub const SPOOL_FILE: &str = "outbox.json";
 /// Where a refused spool file is moved.
 pub const REFUSED_SPOOL_FILE: &str = "outbox.json.refused";
+/// Where a receive-only node moves a spool file left by an earlier send-receive run,
+/// which it does not replay.
+pub const SET_ASIDE_SPOOL_FILE: &str = "outbox.json.receive-only";
 /// The lock file in the state directory; it holds the pid of the daemon holding it.
 pub const LOCK_FILE: &str = "lock";
 /// The largest spool file read at start-up: far above what a tree of a million paths
@@ -179,6 +182,17 @@ impl Spool {
                 );
                 Spooled::new()
             }
+        }
+    }
+
+    /// Moves the spool file, if there is one, to [`SET_ASIDE_SPOOL_FILE`] (over an
+    /// older one there): a receive-only node replays none. Returns where it went.
+    pub fn set_aside(&self) -> std::io::Result<Option<PathBuf>> {
+        let aside = self.dir.join(SET_ASIDE_SPOOL_FILE);
+        match std::fs::rename(self.file(), &aside) {
+            Ok(()) => Ok(Some(aside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

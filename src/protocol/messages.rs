@@ -68,6 +68,52 @@ pub struct StatusResponse {
     /// What this daemon's watcher knows of each of its peers.
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
+    /// The node's `role` (a daemon from before roles sends and receives).
+    #[serde(default)]
+    pub role: Role,
+    /// How many paths were edited on this node and not pushed because it is
+    /// receive-only, and still differ from the group as far as it knows.
+    #[serde(default)]
+    pub local_edits_not_pushed: u64,
+    /// The first of them.
+    #[serde(default)]
+    pub local_edits: Vec<String>,
+}
+
+/// What a node does with changes: the `role` key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Pushes its own edits and applies its peers' (the default).
+    #[default]
+    SendReceive,
+    /// Applies its peers' pushes and pushes nothing: its own edits are reported as
+    /// drift.
+    ReceiveOnly,
+}
+
+impl Role {
+    /// Every role, in the order they are listed in messages.
+    pub const ALL: [Role; 2] = [Role::SendReceive, Role::ReceiveOnly];
+
+    /// Its name, as in the configuration and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::SendReceive => "send-receive",
+            Role::ReceiveOnly => "receive-only",
+        }
+    }
+
+    /// Whether this node pushes its own changes to its peers.
+    pub fn sends(self) -> bool {
+        self == Role::SendReceive
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A daemon's automatic pushes to one peer.

@@ -128,11 +128,7 @@ async fn identity(State(node): State<Arc<Node>>) -> Json<Identity> {
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Json<StatusResponse> {
-    Json(StatusResponse {
-        identity: node.identity.clone(),
-        counters: node.stats.snapshot(),
-        peers: node.peer_status(),
-    })
+    Json(node.status())
 }
 
 /// Wakes the periodic comparison, which then runs at once (a comparison already running

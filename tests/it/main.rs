@@ -16,6 +16,7 @@ mod group_status;
 mod limits;
 mod operations;
 mod packaging;
+mod receive_only;
 mod receiver;
 mod reload;
 mod rollout;

@@ -212,6 +212,63 @@ async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_makes_a_node_receive_only_pushes_none_of_the_changes_that_waited() {
+    let mut group = LocalGroup::build(&GroupSpec {
+        watch: true,
+        ..spec(2)
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    let config_path = group.nodes[0].config_path.clone();
+    let daemon = DaemonProcess::spawn(&config_path, group.path().join("node1.log"));
+    logged(&daemon, "listening and watching", 1).await;
+    let file = "/etc/app/waiting.cfg";
+    write(&group.nodes[0], file, "saved while node 1 was down\n");
+    logged(&daemon, "peer unreachable, changes kept in the spool", 1).await;
+
+    // The node is made receive-only while the change waits for node 1.
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(&config_path, format!("role = \"receive-only\"\n{text}")).unwrap();
+    hangup(&daemon);
+    logged(&daemon, "configuration and certificates reloaded", 1).await;
+    logged(
+        &daemon,
+        "this node is receive-only now: the changes waiting for this peer are not pushed",
+        1,
+    )
+    .await;
+    let spool = group.nodes[0].config.state_directory.join("outbox.json");
+    assert!(!spool.exists(), "the spool still holds the waiting change");
+
+    group.restart(1).await.unwrap();
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let probe = peer_as(n1, n0.addr);
+    eventually_async(
+        "the waiting change reported as a local edit not pushed, and as drift",
+        WAIT,
+        || async {
+            let status = probe.status().await.map_err(|e| e.to_string())?;
+            let reported = status.role == gosyncd::protocol::Role::ReceiveOnly
+                && status.local_edits == [file]
+                && status
+                    .peers
+                    .iter()
+                    .all(|p| p.drift == [file] && p.pending == 0);
+            match reported {
+                true => Ok(()),
+                false => Err(format!("{status:#?}\n{}", daemon.log())),
+            }
+        },
+    )
+    .await;
+    holds_for_quiet_period(&group, "the waiting change is not pushed", || {
+        !exists(n1, file) && counters(n1).apply_requests == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_daemon_applies_batches_one_at_a_time_with_the_one_it_replaces() {
     // While a reload runs both daemons, a batch received by one and a batch received by
     // the other (or the new watcher's scan) are never written at the same time.
