@@ -174,6 +174,7 @@ fn example_config_in_contrib_parses() {
         .lines()
         .map(|l| l.replacen("  # validate", "  validate", 1))
         .map(|l| l.replacen("  # on_change", "  on_change", 1))
+        .map(|l| l.replacen("  # on_conflict", "  on_conflict", 1))
         .collect::<Vec<_>>()
         .join("\n");
     let uncommented: String = uncommented
@@ -202,6 +203,8 @@ fn example_config_in_contrib_parses() {
     assert_eq!(haproxy.backup.as_ref().unwrap().keep, 5);
     assert!(haproxy.hooks.validate.is_some());
     assert_eq!(haproxy.hooks.on_change.len(), 1);
+    assert_eq!(haproxy.on_conflict, OnConflict::Newest);
+    assert_eq!(c.directories[1].on_conflict, OnConflict::Refuse);
     assert_eq!(c.limits, crate::config::Limits::default());
 }
 
