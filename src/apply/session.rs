@@ -1,9 +1,9 @@
 //! The executor: carries out each operation of a validated batch (checking the state it
 //! expects, settling a conflict by its directory's `on_conflict`, taking backups,
 //! keeping what a rollback needs) and defers the renames and flushes to the end of the
-//! batch. It relies on validation for nothing the tree can
-//! change meanwhile: every path is reached again through the `fs` primitives. What the
-//! outcomes mean for the caller (commit or rejection) is not its business but `batch`'s.
+//! batch. It relies on validation for nothing the tree can change meanwhile: every path
+//! is reached again through the `fs` primitives. What the outcomes mean for the caller
+//! (commit or rejection) is not its business but `batch`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;

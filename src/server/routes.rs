@@ -346,7 +346,7 @@ fn count_and_log_resolved(node: &Node, client: &str, resolved: &[apply::Resoluti
             incoming_mtime = %time(r.incoming_mtime_ns),
             replaced_mtime = %time(r.replaced_mtime_ns),
             %backup,
-            "conflict settled for the newer version (on_conflict = \"newest\"): this node's own edit was replaced and kept in the backups"
+            "conflict settled for the newer version (on_conflict = \"newest\"): this node's own, older edit was replaced; `backup` says where it was kept"
         );
     }
 }
