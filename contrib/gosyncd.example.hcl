@@ -67,6 +67,11 @@ directory "/etc/haproxy" {
   # put back and reported to the sender), and reload once it is accepted.
   # validate = "haproxy -c -f /etc/haproxy/haproxy.cfg"
   # on_change = ["systemctl reload haproxy"]
+  # Optional: when an edit made here and one pushed from a peer conflict, keep the one
+  # modified later on every node, the other in the backups (needs the backup block
+  # above; the nodes' clocks must be roughly in sync). The default, "refuse", refuses
+  # and reports the conflict.
+  # on_conflict = "newest"
   exclude = [
     # an absolute path: that path and everything below it
     "/etc/haproxy/errors",

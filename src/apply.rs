@@ -31,6 +31,7 @@ pub(crate) use confine::{check_entry, check_mode};
 pub use fs::remove_stale_temp_files;
 pub(crate) use fs::state_of;
 pub use receiver::{Received, Receiver};
+pub use session::Resolution;
 pub use staging::{receive, Staged};
 
 /// The configuration of this module's unit tests: `/etc/app` below `root`, with

@@ -94,6 +94,16 @@ pub fn save(
     Ok(kept)
 }
 
+/// Where a kept version is: its content, or for a version without content (a symlink)
+/// its metadata file.
+pub fn location(backup: &Backup, kept: &Kept) -> PathBuf {
+    let dir = versions_dir(backup, &kept.path);
+    match kept.entry.content {
+        Content::File { .. } => dir.join(&kept.version),
+        _ => dir.join(format!("{}.json", kept.version)),
+    }
+}
+
 /// Removes the oldest versions of `logical` beyond `backup.keep`.
 fn prune(backup: &Backup, logical: &str) -> io::Result<()> {
     let dir = versions_dir(backup, logical);
@@ -224,6 +234,11 @@ mod tests {
         assert_eq!(kept[1].reason, "replaced (three)");
         assert_eq!(kept[1].path, "/etc/app/app.cfg");
         assert!(kept[0].version < kept[1].version);
+        assert_eq!(
+            fs::read(location(&backup, &kept[1])).unwrap(),
+            b"three",
+            "a file's location is its content"
+        );
         assert_eq!(list(&backup, "/etc/other").unwrap(), []);
     }
 }

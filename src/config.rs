@@ -8,8 +8,9 @@
 //! validation that gives values their meaning. The children do one step each and never
 //! build a `Config`: `raw` reads the HCL text as written (literal values, `directory`
 //! blocks, line numbers), `addresses` parses the bind address, the remotes and the
-//! `allow_from` entries, and `excludes` builds and matches exclude rules. Their public
-//! items are re-exported from here, so callers name them as `config::Item`.
+//! `allow_from` entries, `excludes` builds and matches exclude rules, and `conflict`
+//! reads a directory's `on_conflict`. Their public items are re-exported from here, so
+//! callers name them as `config::Item`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use crate::paths::is_within;
 
 mod addresses;
+mod conflict;
 mod duration;
 mod excludes;
 mod hooks;
@@ -31,6 +33,7 @@ mod tests;
 pub use addresses::{
     parse_allow_entry, parse_bind_address, parse_remote, AllowEntry, BindAddress, Remote,
 };
+pub use conflict::OnConflict;
 pub use excludes::{Excludes, EDITOR_EXCLUDES};
 pub use hooks::{Backup, BackupBlock, Hooks, RunOn, Side, DEFAULT_ACTION_TIMEOUT};
 pub use limits::Limits;
@@ -90,6 +93,9 @@ pub struct Directory {
     pub backup: Option<Backup>,
     /// `validate` and `on_change`.
     pub hooks: Hooks,
+    /// What a received change that conflicts with this node's own edit comes to
+    /// (`on_conflict`). `Newest` only with a `backup`: the losing version is kept there.
+    pub on_conflict: OnConflict,
 }
 
 /// The validated configuration.

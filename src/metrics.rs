@@ -88,6 +88,12 @@ fn register_received(registry: &mut Registry, node: &Node) {
     );
     counter(
         registry,
+        "conflicts_resolved_newest",
+        "Operations received that conflicted with this node's own edit and were applied, being newer (on_conflict newest)",
+        get(&stats.conflicts_resolved_newest),
+    );
+    counter(
+        registry,
         "validation_rejections",
         "Operations received, applied, then put back because validation failed",
         get(&stats.rejected),

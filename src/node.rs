@@ -222,6 +222,9 @@ pub struct Stats {
     pub applied: AtomicU64,
     /// Operations received and refused as conflicts.
     pub conflicts_refused: AtomicU64,
+    /// Operations received that conflicted with this node's own edit and were applied
+    /// anyway, being newer (`on_conflict = "newest"`).
+    pub conflicts_resolved_newest: AtomicU64,
     /// Automatic pushes this node sent (one per peer per burst of edits).
     pub pushes: AtomicU64,
     /// Operations of those pushes that peers refused as conflicts.
@@ -240,6 +243,7 @@ impl Stats {
             apply_requests: get(&self.apply_requests),
             applied: get(&self.applied),
             conflicts_refused: get(&self.conflicts_refused),
+            conflicts_resolved_newest: get(&self.conflicts_resolved_newest),
             pushes: get(&self.pushes),
             conflicts_reported: get(&self.conflicts_reported),
             rejected: get(&self.rejected),

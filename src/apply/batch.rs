@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::session::Session;
+use super::session::{Resolution, Session};
 use super::staging::{receive, Staged};
 use crate::config::Config;
 use crate::protocol::{BatchHeader, BatchReader, OpResult, Outcome};
@@ -43,6 +43,7 @@ pub fn apply_batch(
         .collect();
     let undo = std::mem::take(&mut session.undo);
     let changed = std::mem::take(&mut session.changed);
+    let resolved = std::mem::take(&mut session.resolved);
     let mut journals = std::mem::take(&mut session.journals);
     for journal in journals.values_mut() {
         if let Err(e) = journal.sync() {
@@ -54,6 +55,7 @@ pub fn apply_batch(
         results,
         undo,
         changed,
+        resolved,
         journals,
     }
 }
@@ -80,6 +82,8 @@ pub struct Applied {
     undo: Vec<Undo>,
     /// Operations that changed something (not those that found the state wanted).
     changed: BTreeSet<usize>,
+    /// Conflicts settled for the incoming version (`on_conflict = "newest"`).
+    resolved: Vec<Resolution>,
     /// The rollback journal of each validated directory the batch changed.
     journals: BTreeMap<String, Journal>,
 }
@@ -94,6 +98,16 @@ impl Applied {
                 .filter(|(index, r)| r.outcome == Outcome::Applied && self.changed.contains(index))
                 .map(|(_, r)| r.path.clone()),
         )
+    }
+
+    /// The conflicts this batch settled for the incoming version whose operations stand
+    /// applied: not put back by a failed validation, nor failed at their rename.
+    pub fn resolved(&self) -> Vec<Resolution> {
+        self.resolved
+            .iter()
+            .filter(|r| self.results[r.index].outcome == Outcome::Applied)
+            .cloned()
+            .collect()
     }
 
     /// Puts back the previous state of every path this batch changed in directory

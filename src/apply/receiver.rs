@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use super::Resolution;
 use crate::config::{Config, Side};
 use crate::hooks::{self, Runner};
 use crate::protocol::{Action, ActionReport, BatchHeader, Entry, Found, OpResult, Outcome};
@@ -20,15 +21,22 @@ pub struct Receiver {
     pub owners: bool,
 }
 
-/// The results of a batch in order, with the paths it changed per configured directory.
-pub type Received = (Vec<OpResult>, BTreeMap<String, Vec<String>>);
+/// What a received batch came to.
+pub struct Received {
+    /// Each operation's result, in order.
+    pub results: Vec<OpResult>,
+    /// The paths it changed, per configured directory.
+    pub changed: BTreeMap<String, Vec<String>>,
+    /// The conflicts it settled for the incoming version (`on_conflict = "newest"`).
+    pub resolved: Vec<Resolution>,
+}
 
 impl Receiver {
     /// Applies a checked batch whose contents are received, runs the `validate` command
     /// of every directory it changed, puts back what a failed validation refuses, and
-    /// returns the results with the paths changed per directory. `record` is told the
-    /// state each applied operation left (`None`: deleted), in order, once the batch is
-    /// committed.
+    /// returns the results with the paths changed per directory and the conflicts
+    /// settled for the incoming version. `record` is told the state each applied
+    /// operation left (`None`: deleted), in order, once the batch is committed.
     pub async fn apply_and_validate(
         &self,
         header: BatchHeader,
@@ -67,12 +75,13 @@ impl Receiver {
         // What the sender did not get is answered with what this node holds there now,
         // so that it knows instead of assuming.
         let config = self.config.clone();
-        let results = tokio::task::spawn_blocking(move || {
+        let (results, resolved) = tokio::task::spawn_blocking(move || {
+            let resolved = applied.resolved();
             let mut results = applied.commit();
             for result in results.iter_mut().filter(|r| !r.outcome.is_applied()) {
                 result.found = super::state_of(&config, &result.path).map(|entry| Found { entry });
             }
-            results
+            (results, resolved)
         })
         .await
         .map_err(|e| format!("commit failed: {e}"))?;
@@ -85,7 +94,11 @@ impl Receiver {
                 record(&op.path, state);
             }
         }
-        Ok((results, changed))
+        Ok(Received {
+            results,
+            changed,
+            resolved,
+        })
     }
 
     /// Runs the `on_change` commands of the directories a received batch changed, and

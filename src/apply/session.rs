@@ -1,8 +1,9 @@
 //! The executor: carries out each operation of a validated batch (checking the state it
-//! expects, taking backups, keeping what a rollback needs) and defers the renames and
-//! flushes to the end of the batch. It relies on validation for nothing the tree can
-//! change meanwhile: every path is reached again through the `fs` primitives. What the
-//! outcomes mean for the caller (commit or rejection) is not its business but `batch`'s.
+//! expects, settling a conflict by its directory's `on_conflict`, taking backups,
+//! keeping what a rollback needs) and defers the renames and flushes to the end of the
+//! batch. It relies on validation for nothing the tree can change meanwhile: every path
+//! is reached again through the `fs` primitives. What the outcomes mean for the caller
+//! (commit or rejection) is not its business but `batch`'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -15,8 +16,7 @@ use rustix::io::Errno;
 
 use super::fs::{changed_underneath, current_state, Fingerprint, Step, Target};
 use super::staging::Received;
-use crate::config::Side;
-use crate::config::{Config, Directory};
+use crate::config::{Config, Directory, OnConflict, Side};
 use crate::paths;
 use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};
 use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
@@ -49,6 +49,8 @@ pub(super) struct Session {
     pub(super) undo: Vec<Undo>,
     /// Operations that changed something.
     pub(super) changed: BTreeSet<usize>,
+    /// Conflicts settled for the incoming version (`on_conflict = "newest"`).
+    pub(super) resolved: Vec<Resolution>,
     /// Rollback journals, by configured directory.
     pub(super) journals: BTreeMap<String, Journal>,
     /// The opened tops of validated directories, by configured directory.
@@ -70,6 +72,7 @@ impl Session {
             origin: origin.to_string(),
             undo: Vec::new(),
             changed: BTreeSet::new(),
+            resolved: Vec::new(),
             journals: BTreeMap::new(),
             tops: BTreeMap::new(),
             parents: Parents::default(),
@@ -164,12 +167,21 @@ impl Session {
             }
             (true, _, _) => (false, None),
         };
-        if let Some(outcome) = settled_or_conflicting(at.op, current, owners) {
-            return outcome;
-        }
-        if let Err(outcome) = self.keep_previous_version(at, current) {
-            return outcome;
-        }
+        // A conflict the directory settles for a newer incoming version is applied as if
+        // the expectation had held; only where the version it replaces can be kept.
+        let resolving = match settled_or_conflicting(at.op, current, owners) {
+            None => false,
+            Some(Outcome::Conflict(_))
+                if at.dir.backup.is_some() && newer_wins(at.dir.on_conflict, at.op, current) =>
+            {
+                true
+            }
+            Some(outcome) => return outcome,
+        };
+        let backed_up = match self.keep_previous_version(at, current, resolving) {
+            Ok(backed_up) => backed_up,
+            Err(outcome) => return outcome,
+        };
 
         let target = Target {
             parent: &at.parent,
@@ -188,7 +200,7 @@ impl Session {
                 None => target.put(entry, content, owners, self.fsync_each),
             },
         };
-        match step {
+        let outcome = match step {
             Ok(Step::Done(outcome)) => {
                 if outcome == Outcome::Applied {
                     self.changed.insert(at.index);
@@ -208,36 +220,57 @@ impl Session {
                 Outcome::Applied
             }
             Err(e) => Outcome::Failed(e.to_string()),
+        };
+        if let (true, Action::Put { entry }, Some(have)) = (resolving, &at.op.action, current) {
+            if outcome == Outcome::Applied {
+                self.resolved.push(Resolution {
+                    index: at.index,
+                    path: at.op.path.clone(),
+                    incoming_mtime_ns: entry.mtime_ns,
+                    replaced_mtime_ns: have.mtime_ns,
+                    backup: backed_up,
+                });
+            }
         }
+        outcome
     }
 
     /// The previous version at the operation's path: into the backups, and kept for a
     /// rollback where the directory validates what it receives (its journal line written
-    /// first for a change made at once). Without either, nothing is done.
+    /// first for a change made at once). Without either, nothing is done. `resolving`:
+    /// the operation wins a conflict against it (`on_conflict = "newest"`), which its
+    /// backup says. Returns where the backup was written, if one was.
     fn keep_previous_version(
         &mut self,
         at: &At<'_>,
         current: Option<&Entry>,
-    ) -> Result<(), Outcome> {
+        resolving: bool,
+    ) -> Result<Option<PathBuf>, Outcome> {
         let (dir, op) = (at.dir, at.op);
+        let mut backed_up = None;
         if let (Some(backup), Some(have)) = (&dir.backup, current) {
             if !have.content.is_dir() {
                 let verb = match op.action {
                     Action::Delete => "deleted",
                     Action::Put { .. } => "replaced",
                 };
-                let reason = format!("{verb} by {}", self.origin);
-                crate::backup::save(backup, &op.path, &at.parent, &at.name, have, &reason)
-                    .map_err(|e| {
-                        Outcome::Failed(format!(
-                            "cannot back up the previous version to {}: {e}",
-                            backup.directory.display()
-                        ))
-                    })?;
+                let mut reason = format!("{verb} by {}", self.origin);
+                if resolving {
+                    reason.push_str(", newer, in a conflict (on_conflict = \"newest\")");
+                }
+                let kept =
+                    crate::backup::save(backup, &op.path, &at.parent, &at.name, have, &reason)
+                        .map_err(|e| {
+                            Outcome::Failed(format!(
+                                "cannot back up the previous version to {}: {e}",
+                                backup.directory.display()
+                            ))
+                        })?;
+                backed_up = Some(crate::backup::location(backup, &kept));
             }
         }
         if dir.hooks.validator(Side::Received).is_none() {
-            return Ok(());
+            return Ok(backed_up);
         }
         let previous = match (current, &at.kept) {
             (None, _) => Previous::Absent,
@@ -262,7 +295,7 @@ impl Session {
             Outcome::Failed(format!("cannot record the change for a rollback: {e}"))
         })?;
         self.undo.push(undo);
-        Ok(())
+        Ok(backed_up)
     }
 
     /// Writes `undo` to the journal of its directory (created with the first change), and
@@ -421,6 +454,41 @@ impl At<'_> {
         }
         Ok(checked)
     }
+}
+
+/// A conflict settled for the incoming version under `on_conflict = "newest"`: the
+/// operation was applied over this node's own edit, which was kept in the backups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// The operation's place in its batch.
+    pub index: usize,
+    pub path: String,
+    /// The modification time of the version that won (the sender's), in nanoseconds
+    /// since the Unix epoch.
+    pub incoming_mtime_ns: i64,
+    /// The modification time of the version it replaced (this node's).
+    pub replaced_mtime_ns: i64,
+    /// Where the replaced version was kept (`None`: a directory, which has no content
+    /// to keep).
+    pub backup: Option<PathBuf>,
+}
+
+/// Whether an operation refused as a conflict is applied anyway under the directory's
+/// `policy`: under `newest`, a put whose version was modified strictly later than the
+/// one the path holds. A deletion has no time to compare, nor has a path that holds
+/// nothing (deleted here), and an equal time decides nothing: those stay conflicts.
+/// The times are the editors' clocks, trusted as they are.
+fn newer_wins(policy: OnConflict, op: &Op, current: Option<&Entry>) -> bool {
+    let (OnConflict::Newest, Action::Put { entry }, Some(have)) = (policy, &op.action, current)
+    else {
+        return false;
+    };
+    // A file whose content the batch does not carry (the sender took this node to hold
+    // it already: a change of mode alone) cannot be written over other content.
+    let writable = !matches!(entry.content, Content::File { .. })
+        || op.needs_content().is_some()
+        || have.content == entry.content;
+    writable && entry.mtime_ns > have.mtime_ns
 }
 
 /// The outcome of an operation decided by what its path holds now, if it is: done
@@ -641,5 +709,185 @@ mod tests {
         assert_eq!(mode(&app.join("x")), 0o1777);
         assert_eq!(mode(&outside), outside_mode, "the other name is untouched");
         assert_eq!(std::fs::read(app.join("x")).unwrap(), b"same");
+    }
+
+    /// An entry of a file holding `bytes`, modified at `mtime_ns`.
+    fn at_time(bytes: &[u8], mtime_ns: i64) -> Entry {
+        Entry {
+            mtime_ns,
+            ..crate::testing::file_entry(bytes)
+        }
+    }
+
+    /// A put of `bytes` modified at `mtime_ns`, planned against `expect`.
+    fn put_at(bytes: &[u8], mtime_ns: i64, expect: &[u8]) -> Op {
+        Op {
+            path: "/etc/app/x".into(),
+            action: Action::Put {
+                entry: at_time(bytes, mtime_ns),
+            },
+            expect: Some(at_time(expect, 0)),
+        }
+    }
+
+    #[test]
+    fn under_newest_only_a_put_strictly_newer_than_what_is_held_wins_a_conflict() {
+        let held = at_time(b"edited here", 2_000);
+        let newest = OnConflict::Newest;
+        assert!(newer_wins(
+            newest,
+            &put_at(b"pushed", 2_001, b"base"),
+            Some(&held)
+        ));
+        assert!(
+            !newer_wins(newest, &put_at(b"pushed", 1_999, b"base"), Some(&held)),
+            "older"
+        );
+        assert!(
+            !newer_wins(newest, &put_at(b"pushed", 2_000, b"base"), Some(&held)),
+            "equal"
+        );
+        let delete = Op {
+            path: "/etc/app/x".into(),
+            action: Action::Delete,
+            expect: Some(at_time(b"base", 0)),
+        };
+        assert!(!newer_wins(newest, &delete, Some(&held)), "a deletion");
+        assert!(
+            !newer_wins(newest, &put_at(b"pushed", 2_001, b"base"), None),
+            "deleted here: no time to compare"
+        );
+        assert!(
+            !newer_wins(
+                OnConflict::Refuse,
+                &put_at(b"pushed", 2_001, b"base"),
+                Some(&held)
+            ),
+            "the default refuses"
+        );
+        // A change of mode alone carries no content: it cannot replace other content.
+        let mut chmod = put_at(b"base", 2_001, b"base");
+        if let Action::Put { entry } = &mut chmod.action {
+            entry.mode = 0o600;
+        }
+        assert_eq!(chmod.needs_content(), None);
+        assert!(!newer_wins(newest, &chmod, Some(&held)));
+        // A directory or a link newer than the file held wins too.
+        let link = Op {
+            path: "/etc/app/x".into(),
+            action: Action::Put {
+                entry: Entry {
+                    content: Content::Symlink { target: "y".into() },
+                    ..at_time(b"", 2_001)
+                },
+            },
+            expect: None,
+        };
+        assert!(newer_wins(newest, &link, Some(&held)));
+    }
+
+    /// `/etc/app` with `on_conflict = "newest"` and backups under `root/backups`, and a
+    /// `validate` command when given.
+    fn newest_config(root: &Path, validate: Option<&str>) -> Config {
+        let validate = validate.map_or_else(String::new, |v| format!("  validate = {v:?}\n"));
+        let text = crate::testing::config_text(root, "").replace(
+            "  exclude = []\n",
+            &format!("  exclude = []\n  on_conflict = \"newest\"\n{validate}"),
+        );
+        crate::testing::parse(&format!(
+            "backup {{\n  directory = \"{}\"\n}}\n{text}",
+            root.join("backups").display()
+        ))
+    }
+
+    /// Writes `bytes` at `path`, modified at `mtime_ns`.
+    fn write_at(path: &Path, bytes: &[u8], mtime_ns: i64) {
+        std::fs::write(path, bytes).unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(mtime_ns as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    /// Applies `op` carrying `content` as a batch: its results and the conflicts it
+    /// settled for the incoming version.
+    fn apply_batch_of(config: &Config, op: &Op, content: &[u8]) -> (Outcome, Vec<Resolution>) {
+        let body = crate::protocol::encode_batch(&BatchHeader::new(vec![op.clone()]), &[content]);
+        let (_, applied) =
+            crate::apply::apply_body(config, false, body.as_slice(), "a test").unwrap();
+        let resolved = applied.resolved();
+        (applied.commit().remove(0).outcome, resolved)
+    }
+
+    #[test]
+    fn a_newer_conflicting_put_replaces_the_edit_here_and_keeps_it_in_the_backups() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = newest_config(tmp.path(), None);
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let here = 1_700_000_000_000_000_000;
+        write_at(&app.join("x"), b"edited here", here);
+
+        // Older, then equal: refused as today, nothing kept.
+        for mtime in [here - 1_000_000_000, here] {
+            let (outcome, resolved) =
+                apply_batch_of(&c, &put_at(b"pushed", mtime, b"base"), b"pushed");
+            assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
+            assert_eq!(resolved, []);
+            assert_eq!(std::fs::read(app.join("x")).unwrap(), b"edited here");
+        }
+        let backups = c.directories[0].backup.clone().unwrap();
+        assert_eq!(crate::backup::list(&backups, "/etc/app").unwrap(), []);
+
+        let newer = here + 1_000_000_000;
+        let (outcome, resolved) = apply_batch_of(&c, &put_at(b"pushed", newer, b"base"), b"pushed");
+        assert_eq!(outcome, Outcome::Applied);
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"pushed");
+        let kept = crate::backup::list(&backups, "/etc/app/x").unwrap();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(
+            kept[0].reason.contains("in a conflict"),
+            "{}",
+            kept[0].reason
+        );
+        let location = crate::backup::location(&backups, &kept[0]);
+        assert_eq!(std::fs::read(&location).unwrap(), b"edited here");
+        assert_eq!(
+            resolved,
+            [Resolution {
+                index: 0,
+                path: "/etc/app/x".into(),
+                incoming_mtime_ns: newer,
+                replaced_mtime_ns: here,
+                backup: Some(location),
+            }]
+        );
+        let names: Vec<_> = std::fs::read_dir(&app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x"], "no conflict copy beside the file");
+    }
+
+    #[test]
+    fn a_settled_conflict_put_back_by_validation_is_not_counted_as_settled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = newest_config(tmp.path(), Some("false"));
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let here = 1_700_000_000_000_000_000;
+        write_at(&app.join("x"), b"edited here", here);
+        let op = put_at(b"pushed", here + 1, b"base");
+        let body = crate::protocol::encode_batch(&BatchHeader::new(vec![op]), &[b"pushed"]);
+        let (_, mut applied) =
+            crate::apply::apply_body(&c, false, body.as_slice(), "a test").unwrap();
+        assert_eq!(applied.resolved().len(), 1);
+        assert_eq!(applied.reject(&c, "/etc/app", "validation failed"), []);
+        assert_eq!(applied.resolved(), []);
+        drop(applied);
+        assert_eq!(std::fs::read(app.join("x")).unwrap(), b"edited here");
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use hcl::{Block, Expression, Structure};
 
 use super::ConfigError;
-use super::{BackupBlock, Limits, RunOn};
+use super::{BackupBlock, Limits, OnConflict, RunOn};
 
 pub(super) const KNOWN_KEYS: &[&str] = &[
     "bind_address",
@@ -129,11 +129,14 @@ pub(super) struct RawDirectory {
     pub(super) line: Option<usize>,
     pub(super) exclude_line: Option<usize>,
     pub(super) backup_line: Option<usize>,
+    /// Where `on_conflict` is (the block's line when absent).
+    pub(super) on_conflict_line: Option<usize>,
     pub(super) exclude: Vec<String>,
     pub(super) backup: Option<BackupBlock>,
     pub(super) validate: Option<String>,
     pub(super) on_change: Vec<String>,
     pub(super) run_on: Option<RunOn>,
+    pub(super) on_conflict: Option<OnConflict>,
 }
 
 pub(super) fn directory_block(block: Block) -> Result<RawDirectory, String> {
@@ -149,11 +152,13 @@ pub(super) fn directory_block(block: Block) -> Result<RawDirectory, String> {
         line: None,
         exclude_line: None,
         backup_line: None,
+        on_conflict_line: None,
         exclude: Vec::new(),
         backup: None,
         validate: None,
         on_change: Vec::new(),
         run_on: None,
+        on_conflict: None,
     };
     let within = |m: String| format!("directory {path:?}: {m}");
     for structure in block.body.into_iter() {
@@ -182,9 +187,13 @@ pub(super) fn directory_block(block: Block) -> Result<RawDirectory, String> {
                         let text = string_value(key, &attr.expr).map_err(within)?;
                         out.run_on = Some(RunOn::parse(&text).map_err(within)?);
                     }
+                    "on_conflict" => {
+                        let text = string_value(key, &attr.expr).map_err(within)?;
+                        out.on_conflict = Some(OnConflict::parse(&text).map_err(within)?);
+                    }
                     other => {
                         return Err(within(format!(
-                            "unknown key {other:?} (known keys: exclude, validate, on_change, run_on, and a backup block)"
+                            "unknown key {other:?} (known keys: exclude, validate, on_change, run_on, on_conflict, and a backup block)"
                         )))
                     }
                 }

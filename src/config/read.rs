@@ -16,7 +16,7 @@ use super::raw::{
 };
 use super::{
     parse_allow_entry, parse_bind_address, parse_remote, AllowEntry, BackupBlock, BindAddress,
-    Config, ConfigError, Directory, Excludes, Hooks, Limits, Remote, Role, RunOn,
+    Config, ConfigError, Directory, Excludes, Hooks, Limits, OnConflict, Remote, Role, RunOn,
     DEFAULT_ACTION_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPEN_WRITE_TIMEOUT,
     DEFAULT_RECONCILE_INTERVAL, DEFAULT_STATE_DIRECTORY,
 };
@@ -246,6 +246,7 @@ impl Source<'_> {
                     .inside(index, "backup")
                     .or_else(|| self.lines.of_key("backup"))
                     .or(here);
+                directory.on_conflict_line = self.lines.within(index, "on_conflict");
                 raw.directories.push(directory);
             }
             name => return Err(self.at(here, unknown_key_message(name))),
@@ -416,8 +417,9 @@ impl Keys<'_> {
     }
 
     /// One `directory` block: its backup (its own block over the global one, never
-    /// inside a synchronised directory), its commands, its path (overlapping none of the
-    /// `earlier` ones) and its excludes.
+    /// inside a synchronised directory), its conflict policy (`newest` only with a
+    /// backup), its commands, its path (overlapping none of the `earlier` ones) and its
+    /// excludes.
     fn directory(
         &self,
         raw_dir: &RawDirectory,
@@ -430,11 +432,13 @@ impl Keys<'_> {
             line,
             exclude_line,
             backup_line,
+            on_conflict_line,
             exclude: excludes,
             backup,
             validate,
             on_change,
             run_on,
+            on_conflict,
         } = raw_dir;
         let at = |line: &Option<usize>, m: String| {
             self.source.at(*line, format!("directory {path:?}: {m}"))
@@ -457,6 +461,17 @@ impl Keys<'_> {
                     ),
                 ));
             }
+        }
+        let on_conflict = on_conflict.unwrap_or_default();
+        if on_conflict == OnConflict::Newest && backup.is_none() {
+            return Err(at(
+                on_conflict_line,
+                "on_conflict = \"newest\" needs a backup: the losing version of a conflict is \
+                 kept in the backups, never beside the file in the directory; configure \
+                 backup { directory = \"/var/lib/gosyncd/backups\" } at the top level or in \
+                 this directory block (with keep above 0)"
+                    .into(),
+            ));
         }
         let hooks = Hooks {
             validate: validate.clone(),
@@ -482,6 +497,7 @@ impl Keys<'_> {
             excludes,
             backup,
             hooks,
+            on_conflict,
         })
     }
 

@@ -174,6 +174,7 @@ fn example_config_in_contrib_parses() {
         .lines()
         .map(|l| l.replacen("  # validate", "  validate", 1))
         .map(|l| l.replacen("  # on_change", "  on_change", 1))
+        .map(|l| l.replacen("  # on_conflict", "  on_conflict", 1))
         .collect::<Vec<_>>()
         .join("\n");
     let uncommented: String = uncommented
@@ -203,6 +204,8 @@ fn example_config_in_contrib_parses() {
     assert_eq!(haproxy.backup.as_ref().unwrap().keep, 5);
     assert!(haproxy.hooks.validate.is_some());
     assert_eq!(haproxy.hooks.on_change.len(), 1);
+    assert_eq!(haproxy.on_conflict, OnConflict::Newest);
+    assert_eq!(c.directories[1].on_conflict, OnConflict::Refuse);
     assert_eq!(c.limits, crate::config::Limits::default());
     assert_eq!(
         c.role,
@@ -451,4 +454,78 @@ fn a_role_other_than_the_two_is_refused_naming_the_key_its_line_and_the_allowed_
         "role = \"receive-only\"\nrole = \"send-receive\"\n{SEED}"
     ));
     assert!(twice.contains("config.hcl:2:"), "{twice}");
+}
+
+#[test]
+fn on_conflict_refuses_by_default_and_newest_needs_a_backup() {
+    let with = |inner: &str, outer: &str| {
+        SEED.replace(
+            "directory \"/foo/bar\" {\n}",
+            &format!("{outer}\ndirectory \"/foo/bar\" {{\n{inner}\n}}"),
+        )
+    };
+    let c = parse(SEED).unwrap();
+    assert!(c
+        .directories
+        .iter()
+        .all(|d| d.on_conflict == OnConflict::Refuse));
+
+    // With the global backup, or the directory's own.
+    let global = "backup {\n directory = \"/var/lib/gosyncd/backups\"\n}";
+    let c = parse(&with("on_conflict = \"newest\"", global)).unwrap();
+    assert_eq!(c.directories[1].on_conflict, OnConflict::Newest);
+    assert_eq!(
+        c.directories[0].on_conflict,
+        OnConflict::Refuse,
+        "per directory"
+    );
+    let own = "on_conflict = \"newest\"\nbackup {\n directory = \"/var/b\"\n}";
+    let c = parse(&with(own, "")).unwrap();
+    assert_eq!(c.directories[1].on_conflict, OnConflict::Newest);
+    let c = parse(&with("on_conflict = \"refuse\"", "")).unwrap();
+    assert_eq!(c.directories[1].on_conflict, OnConflict::Refuse);
+
+    // Without a backup in force: no backup at all, or the directory's turned off.
+    let off = "on_conflict = \"newest\"\nbackup {\n keep = 0\n}";
+    for text in [with("on_conflict = \"newest\"", ""), with(off, global)] {
+        let message = error(&text);
+        assert!(
+            message.contains("config.hcl:")
+                && message
+                    .contains("directory \"/foo/bar\": on_conflict = \"newest\" needs a backup")
+                && message.contains("losing version")
+                && message.contains("configure backup {"),
+            "{message}"
+        );
+    }
+    // Pointed at the key's line.
+    let text = with("\n\non_conflict = \"newest\"", "");
+    let message = error(&text);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("on_conflict"))
+        .unwrap()
+        + 1;
+    assert!(
+        message.starts_with(&format!("/etc/gosyncd/config.hcl:{line}: ")),
+        "{message}"
+    );
+
+    // Any other value names the key, the directory and the values allowed.
+    for bad in ["\"latest\"", "\"NEWEST\"", "true"] {
+        let message = error(&with(&format!("on_conflict = {bad}"), global));
+        assert!(
+            message.contains("config.hcl:")
+                && message.contains("directory \"/foo/bar\": on_conflict:"),
+            "{bad}: {message}"
+        );
+        if bad != "true" {
+            assert!(
+                message.contains("\"refuse\"") && message.contains("\"newest\""),
+                "{bad}: {message}"
+            );
+        } else {
+            assert!(message.contains("expected a string"), "{message}");
+        }
+    }
 }

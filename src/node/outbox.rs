@@ -476,6 +476,31 @@ impl Outbox {
         }
     }
 
+    /// Forgets what is held where a push's answer says the peer holds what this node
+    /// holds now (`ours`; owners compared where `owners`): the difference it was held for
+    /// is gone. A conflict the peer refused while its own, newer version won here
+    /// (`on_conflict = "newest"`) is answered after that version was received, and
+    /// [`Outbox::received`] came too early to forget it.
+    pub(crate) fn agreed(
+        &self,
+        peer_holds: &[(String, Option<Entry>)],
+        ours: impl Fn(&str) -> Option<Entry>,
+        owners: bool,
+    ) {
+        let same: std::collections::HashSet<&str> = peer_holds
+            .iter()
+            .filter(|(path, theirs)| match (ours(path), theirs) {
+                (None, None) => true,
+                (Some(ours), Some(theirs)) => ours.same_state(theirs, owners),
+                _ => false,
+            })
+            .map(|(path, _)| path.as_str())
+            .collect();
+        if !same.is_empty() {
+            self.forget_held(|path| same.contains(path));
+        }
+    }
+
     /// Forgets the held paths `which` selects: a comparison found that the peer holds
     /// this node's version there (an operator's `sync`, an edit on the peer).
     pub fn forget_held(&self, which: impl Fn(&str) -> bool) {
@@ -944,5 +969,29 @@ mod tests {
         outbox.received("/d/b");
         assert!(outbox.held().is_empty());
         assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
+    fn a_conflict_answered_after_the_peers_version_was_received_is_not_held() {
+        // This node pushed "mine" planned against "base"; before the answer came it
+        // received the peer's newer "theirs", which won here (on_conflict = "newest").
+        let outbox = Outbox::default();
+        outbox.merge(&[update("/d/a", b"base", b"mine")], no_dir);
+        let sent = take(&outbox);
+        outbox.received("/d/a");
+        let report = answered(
+            "/d/a",
+            ChangeStatus::Conflict("changed on the peer".into()),
+            Some(file_entry(b"theirs")),
+        );
+        outbox.settle(sent, &report);
+        assert_eq!(outbox.held().len(), 1, "the refusal is held first");
+        // Another version here: still a conflict.
+        outbox.agreed(&report.peer_holds, |_| Some(file_entry(b"mine")), false);
+        assert_eq!(outbox.held().len(), 1);
+        // This node holds the peer's version now: nothing differs.
+        outbox.agreed(&report.peer_holds, |_| Some(file_entry(b"theirs")), false);
+        assert!(outbox.held().is_empty());
+        assert!(outbox.is_empty());
     }
 }

@@ -52,6 +52,11 @@ pub struct StatusCounters {
     pub apply_requests: u64,
     pub applied: u64,
     pub conflicts_refused: u64,
+    /// Operations received that conflicted with this node's own edit and were applied
+    /// anyway, being newer (`on_conflict = "newest"`); the replaced version is in the
+    /// backups.
+    #[serde(default)]
+    pub conflicts_resolved_newest: u64,
     pub pushes: u64,
     pub conflicts_reported: u64,
     /// Operations received, applied, then rolled back because validation failed.

@@ -74,7 +74,9 @@ impl Content {
 /// The state of one path: content plus metadata.
 ///
 /// `mtime` travels so that receivers can keep it, but it never takes part in a
-/// comparison: no decision depends on clocks.
+/// comparison of states: whether two nodes hold the same, and what a sync plans, never
+/// depend on clocks. Its one use is a receiver settling a conflict by the newer version,
+/// where its directory says `on_conflict = "newest"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     #[serde(flatten)]

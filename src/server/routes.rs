@@ -320,17 +320,43 @@ async fn apply(
         // current any more, even before the watcher sees the writes.
         worker.generation.bump();
         drop(held);
-        let (results, changed) = results?;
-        let actions = receiver.run_on_change(&worker.runner, changed).await;
-        Ok::<_, String>((results, actions))
+        let received = results?;
+        let actions = receiver
+            .run_on_change(&worker.runner, received.changed)
+            .await;
+        Ok::<_, String>((received.results, received.resolved, actions))
     });
-    let (results, actions) = task
+    let (results, resolved, actions) = task
         .await
         .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
         .map_err(|reason| refuse(&addr, reason))?;
 
     count_and_log(&node, &client, &results);
+    count_and_log_resolved(&node, &client, &resolved);
     Ok(Json(ApplyResponse { results, actions }))
+}
+
+/// Counts and logs the conflicts a batch from `client` settled for its versions, newer
+/// than this node's (`on_conflict = "newest"`).
+fn count_and_log_resolved(node: &Node, client: &str, resolved: &[apply::Resolution]) {
+    let time = |ns: i64| chrono::DateTime::from_timestamp_nanos(ns);
+    for r in resolved {
+        node.stats
+            .conflicts_resolved_newest
+            .fetch_add(1, Ordering::Relaxed);
+        let backup = r.backup.as_ref().map_or_else(
+            || "none (a directory has no content to keep)".to_string(),
+            |kept| kept.display().to_string(),
+        );
+        warn!(
+            %client,
+            path = %r.path,
+            incoming_mtime = %time(r.incoming_mtime_ns),
+            replaced_mtime = %time(r.replaced_mtime_ns),
+            %backup,
+            "conflict settled for the newer version (on_conflict = \"newest\"): this node's own, older edit was replaced; `backup` says where it was kept"
+        );
+    }
 }
 
 /// Counts and logs how each operation of a batch from `client` ended.

@@ -91,6 +91,7 @@ pub async fn deliver(
         count_push(&node, &record, &report);
         let waiting = pending.len();
         let settled = outbox.settle(pending, &report);
+        outbox.agreed(&report.peer_holds, |path| baseline.get(path), node.owners);
         save(&spool).await;
         record.set_unreachable(report.error.is_some() && !report.refused);
         let counts = (count, waiting);

@@ -14,6 +14,7 @@ mod faults;
 mod faults_convergence;
 mod group_status;
 mod limits;
+mod on_conflict;
 mod operations;
 mod packaging;
 mod receive_only;
