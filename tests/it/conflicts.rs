@@ -40,7 +40,7 @@ async fn make_conflict(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_conflict_is_listed_and_resolved_from_the_third_node_with_either_side() {
-    let group = watching(3).await;
+    let mut group = watching(3).await;
     let labels: Vec<String> = group.nodes.iter().map(|n| n.addr.to_string()).collect();
     let third = group.nodes[2].config_path.clone();
     for (round, take) in [(0usize, 0usize), (1, 1)] {
@@ -106,6 +106,16 @@ async fn a_three_node_conflict_is_listed_and_resolved_from_the_third_node_with_e
             "the diff from node 0's version to node 1's: {}",
             run.stdout
         );
+
+        // The conflict survives a restart of the daemons that hold it.
+        if round == 0 {
+            for i in 0..2 {
+                group.restart(i).await.unwrap();
+            }
+            let run = gosyncd(config_args(&third, &["conflicts", &file])).await;
+            assert_eq!(run.code, Some(1), "forgotten by a restart: {run:#?}");
+            assert!(run.stdout.contains("edited here"), "{}", run.stdout);
+        }
 
         // Resolved from the third node, taking one editor's version by its address.
         let host = group.nodes[take].addr.ip().to_string();

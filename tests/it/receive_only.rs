@@ -192,6 +192,29 @@ async fn a_receive_only_node_applies_pushes_and_reports_its_own_edits_as_drift_w
         sender.stdout.starts_with("PEER"),
         "a sending node's status starts with a role line: {sender:#?}"
     );
+
+    // `gosyncd revert` takes the group's version back: the edited file restored, the file
+    // made there deleted, nothing pushed, and the node no longer counts local edits.
+    let run = gosyncd(config_args(&config, &["revert"])).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(holds(n2, shared, "the group's version\n"), "{run:#?}");
+    assert!(!exists(n2, only_here), "{run:#?}");
+    assert!(untouched(), "the revert pushed\n{}", describe(&group));
+    eventually_async("the local edits to clear", WAIT, || async {
+        let status = status_of_n2().await?;
+        match status.local_edits_not_pushed == 0
+            && status.peers.iter().all(|p| p.drift_paths == Some(0))
+        {
+            true => Ok(()),
+            false => Err(format!("{status:#?}")),
+        }
+    })
+    .await;
+    assert!(
+        untouched(),
+        "a reverted file was pushed\n{}",
+        describe(&group)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
