@@ -203,11 +203,7 @@ async fn text_on(
     let file = if node == this_node {
         crate::diff::read_text(engine.config(), path, protocol::MAX_DIFF_FILE_BYTES)
     } else {
-        let link = engine
-            .peers()
-            .iter()
-            .find(|l| l.label() == node)
-            .ok_or_else(|| format!("{node} is not a peer of this node"))?;
+        let link = peer_named(engine, node)?;
         let answer = link
             .peer
             .contents(&[path.to_string()])
@@ -227,6 +223,16 @@ async fn text_on(
             note.unwrap_or_else(|| "no text".into())
         )),
     }
+}
+
+/// The peer of `engine` whose label is `node`.
+fn peer_named<'e>(engine: &'e Engine, node: &str) -> Result<&'e sync::PeerLink, String> {
+    engine
+        .peers()
+        .iter()
+        .find(|l| l.label() == node)
+        .map(|l| &**l)
+        .ok_or_else(|| format!("{node} is not a peer of this node"))
 }
 
 /// The unified diff of `path` from node `a`'s version to node `b`'s.
@@ -518,11 +524,7 @@ pub async fn fetch_from(
     node: &str,
     paths: &[String],
 ) -> anyhow::Result<Vec<Fetched>> {
-    let link = engine
-        .peers()
-        .iter()
-        .find(|l| l.label() == node)
-        .ok_or_else(|| anyhow!("{node} is not a peer of this node"))?;
+    let link = peer_named(engine, node).map_err(anyhow::Error::msg)?;
     let manifest = link
         .peer
         .manifest(paths)

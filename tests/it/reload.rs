@@ -173,16 +173,7 @@ async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_brok
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(2)
-    })
-    .await
-    .unwrap();
-    group.release(0);
-    let config_path = group.nodes[0].config_path.clone();
-    let daemon = DaemonProcess::spawn(&config_path, group.path().join("node1.log"));
-    logged(&daemon, "listening and watching", 1).await;
+    let (mut group, _, daemon) = watching_pair_with_node_1_as_a_binary().await;
 
     // Node 1 is down: the save waits in node 0's memory.
     write(
@@ -213,16 +204,7 @@ async fn changes_waiting_for_a_stopped_peer_survive_a_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_makes_a_node_receive_only_pushes_none_of_the_changes_that_waited() {
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(2)
-    })
-    .await
-    .unwrap();
-    group.release(0);
-    let config_path = group.nodes[0].config_path.clone();
-    let daemon = DaemonProcess::spawn(&config_path, group.path().join("node1.log"));
-    logged(&daemon, "listening and watching", 1).await;
+    let (mut group, config_path, daemon) = watching_pair_with_node_1_as_a_binary().await;
     let file = "/etc/app/waiting.cfg";
     write(&group.nodes[0], file, "saved while node 1 was down\n");
     logged(&daemon, "peer unreachable, changes kept in the spool", 1).await;
@@ -310,4 +292,21 @@ async fn a_reloaded_daemon_applies_batches_one_at_a_time_with_the_one_it_replace
     for daemon in [previous, next, unrelated] {
         daemon.stop().await;
     }
+}
+
+/// Two watching nodes, the first run as the real binary (so that it can be sent
+/// SIGHUP), listening and watching: the group, its configuration file and the daemon.
+async fn watching_pair_with_node_1_as_a_binary() -> (LocalGroup, std::path::PathBuf, DaemonProcess)
+{
+    let mut group = LocalGroup::build(&GroupSpec {
+        watch: true,
+        ..spec(2)
+    })
+    .await
+    .unwrap();
+    group.release(0);
+    let config_path = group.nodes[0].config_path.clone();
+    let daemon = DaemonProcess::spawn(&config_path, group.path().join("node1.log"));
+    logged(&daemon, "listening and watching", 1).await;
+    (group, config_path, daemon)
 }
