@@ -272,7 +272,9 @@ fn log_changes(node: &Node, report: &PeerReport) {
                     .conflicts_reported
                     .fetch_add(1, Ordering::Relaxed);
                 error!(
-                    "{change}; nothing was overwritten: run `gosyncd sync` on the node whose version should win"
+                    "{change}; nothing was overwritten: `gosyncd conflicts {}` shows every node's \
+                     version, and `gosyncd resolve {} --take NODE` (from any node) keeps one",
+                    change.path, change.path
                 );
             }
             ChangeStatus::Failed(_) => warn!("{change}; retried"),
