@@ -341,6 +341,36 @@ async fn by_default_the_same_conflict_stays_refused_on_both_sides() {
             "node {from} does not hold its edit back from node {to}\n{state}"
         );
     }
+
+    // An operator resolves it from node 2, taking node 1's version: every node holds
+    // it, the two that held node 0's keep that one in their backups, nothing else
+    // appears in the tree, and no daemon holds the conflict any more.
+    let resolver = group.nodes[2].config_path.clone();
+    let take = group.nodes[1].addr.to_string();
+    let run = gosyncd(config_args(&resolver, &["resolve", FILE, "--take", &take])).await;
+    let after = self::state(&group, FILE);
+    assert_eq!(run.code, Some(0), "{run:#?}\n{after}");
+    for (i, node) in group.nodes.iter().enumerate() {
+        assert!(holds(node, FILE, NEWER), "node {i}\n{after}");
+        assert_eq!(
+            names_in(node),
+            [FILE.rsplit('/').next().unwrap()],
+            "node {i}"
+        );
+    }
+    for i in [0, 2] {
+        let versions = kept(&group.nodes[i], FILE);
+        assert!(
+            versions.iter().any(|(content, _)| content == OLDER),
+            "node {i} does not keep the version the resolve replaced: {versions:?}"
+        );
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        assert!(
+            !holds_conflict(&group, from, to),
+            "node {from} still holds the conflict with node {to}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
