@@ -27,7 +27,7 @@ pub use messages::{
     ManifestResponse, OpAnswer, PeerLimits, PeerStatus, Role, StatusCounters, StatusResponse,
 };
 pub use operation::{Action, ChangeKind, Found, Op, OpResult, Outcome};
-pub use state::{Content, Digest256, Entry, WireEntry};
+pub use state::{same_or_absent, Content, Digest256, Entry, WireEntry};
 
 /// Version of the HTTP API; every route lives under `/v1/`.
 pub const API_VERSION: &str = "v1";

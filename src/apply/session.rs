@@ -500,19 +500,11 @@ fn settled_or_conflicting(op: &Op, current: Option<&Entry>, owners: bool) -> Opt
         Action::Put { entry } => Some(entry),
         Action::Delete => None,
     };
-    let already = match (current, wanted) {
-        (None, None) => true,
-        (Some(have), Some(want)) => have.same_state(want, owners),
-        _ => false,
-    };
+    let already = crate::protocol::same_or_absent(current, wanted, owners);
     if already {
         return Some(Outcome::Applied);
     }
-    let as_expected = match (current, &op.expect) {
-        (None, None) => true,
-        (Some(have), Some(expect)) => have.same_state(expect, owners),
-        _ => false,
-    };
+    let as_expected = crate::protocol::same_or_absent(current, op.expect.as_ref(), owners);
     if as_expected {
         return None;
     }

@@ -413,11 +413,7 @@ pub fn table(survey: &Survey) -> String {
 
 /// Whether two nodes hold the same version (content and mode; owners and mtime aside).
 fn same_version(a: &Option<Entry>, b: &Option<Entry>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => a.same_state(b, false),
-        _ => false,
-    }
+    protocol::same_or_absent(a.as_ref(), b.as_ref(), false)
 }
 
 pub fn rfc3339(ns: i64) -> String {

@@ -344,10 +344,8 @@ pub fn put_local(
         .remove(path);
     // Holding it already: nothing to write (nor content to send through).
     let owners = crate::tree::applies_owners();
-    match (&current, &target) {
-        (None, None) => return Ok(()),
-        (Some(have), Some(want)) if have.same_state(want, owners) => return Ok(()),
-        _ => {}
+    if protocol::same_or_absent(current.as_ref(), target.as_ref(), owners) {
+        return Ok(());
     }
     let op = Op {
         path: path.to_string(),
@@ -361,7 +359,7 @@ pub fn put_local(
     // target, then carried out.
     let header = protocol::encode_batch_header(&BatchHeader::new(vec![op]));
     let body = std::io::Read::chain(header.as_slice(), content.unwrap_or_default());
-    let (_, applied) = apply::apply_body(config, crate::tree::applies_owners(), body, origin)?;
+    let (_, applied) = apply::apply_body(config, owners, body, origin)?;
     let results = applied.commit();
     match &results[0].outcome {
         Outcome::Applied => Ok(()),

@@ -95,10 +95,8 @@ pub async fn revert(engine: &Engine, scope: &[String], dry_run: bool) -> anyhow:
         paths.extend(entries.keys());
     }
     let owners = crate::tree::applies_owners();
-    let same = |a: &Option<Entry>, b: &Option<Entry>| match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => a.same_state(b, owners),
-        _ => false,
+    let same = |a: &Option<Entry>, b: &Option<Entry>| {
+        crate::protocol::same_or_absent(a.as_ref(), b.as_ref(), owners)
     };
     let mut plan: Vec<Reverted> = Vec::new();
     for path in paths {

@@ -435,13 +435,9 @@ impl Outbox {
             // The peer says what it holds there. Where that is not what it was expected
             // to hold, it is the peer's own edit: held as a conflict (the next push is
             // refused against it, never overwrites it), not retried nor taken as known.
-            let edited_there = found
-                .get(path.as_str())
-                .is_some_and(|now| match (now, &expected) {
-                    (None, None) => false,
-                    (Some(now), Some(expected)) => !now.same_state(expected, false),
-                    _ => true,
-                });
+            let edited_there = found.get(path.as_str()).is_some_and(|now| {
+                !crate::protocol::same_or_absent(now.as_ref(), expected.as_ref(), false)
+            });
             let held = match status {
                 ChangeStatus::Done(_) => unreachable!("filtered above"),
                 ChangeStatus::Conflict(r) => Some(Held::Conflict(bounded(r))),
@@ -489,10 +485,8 @@ impl Outbox {
     ) {
         let same: std::collections::HashSet<&str> = peer_holds
             .iter()
-            .filter(|(path, theirs)| match (ours(path), theirs) {
-                (None, None) => true,
-                (Some(ours), Some(theirs)) => ours.same_state(theirs, owners),
-                _ => false,
+            .filter(|(path, theirs)| {
+                crate::protocol::same_or_absent(ours(path).as_ref(), theirs.as_ref(), owners)
             })
             .map(|(path, _)| path.as_str())
             .collect();

@@ -90,6 +90,16 @@ pub struct Entry {
     pub mtime_ns: i64,
 }
 
+/// Whether two paths hold the same state: both nothing, or entries that describe the
+/// same state (see [`Entry::same_state`]).
+pub fn same_or_absent(a: Option<&Entry>, b: Option<&Entry>, owners: bool) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.same_state(b, owners),
+        _ => false,
+    }
+}
+
 impl Entry {
     /// Whether two entries describe the same state; owners only count when `owners` is set.
     pub fn same_state(&self, other: &Entry, owners: bool) -> bool {

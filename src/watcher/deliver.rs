@@ -240,11 +240,7 @@ async fn resolve_sent(
             .iter()
             .find(|w| &w.path == path)
             .map(|w| &w.entry);
-        let delivered = match (now, &sent.entry) {
-            (None, None) => true,
-            (Some(now), Some(sent)) => now.same_state(sent, listing.owners),
-            _ => false,
-        };
+        let delivered = crate::protocol::same_or_absent(now, sent.entry.as_ref(), listing.owners);
         if delivered {
             pending.insert(path.clone(), sent.entry.clone());
         }
