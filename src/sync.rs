@@ -501,15 +501,12 @@ impl LocalSource {
     /// scanned here.
     async fn scan(&self, scope: &[String]) -> Scan {
         if let (Some(own), Some(id)) = (&self.own, &self.self_id) {
-            if let Some(theirs) = serving_this_node(&self.config, id, own.manifest(scope).await) {
+            if let Some(mut theirs) = serving_this_node(&self.config, id, own.manifest(scope).await)
+            {
                 debug!("this node's tree as its daemon knows it");
                 return Scan {
                     missing: missing_directories(&theirs),
-                    entries: theirs
-                        .entries
-                        .into_iter()
-                        .map(|w| (w.path, w.entry))
-                        .collect(),
+                    entries: theirs.take_entries(),
                     unreadable: Vec::new(),
                 };
             }

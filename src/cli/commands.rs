@@ -110,13 +110,7 @@ pub(super) async fn sync_command(
         false => peers.len(),
     };
     let options = Options {
-        scope: paths
-            .into_iter()
-            .map(|p| match p.trim_end_matches('/') {
-                "" => "/".to_string(),
-                trimmed => trimmed.to_string(),
-            })
-            .collect(),
+        scope: trimmed(paths),
         dry_run,
         force,
         diff,
@@ -236,13 +230,12 @@ pub(super) async fn conflicts_command(
     args: super::ConflictsArgs,
 ) -> anyhow::Result<ExitCode> {
     use super::conflicts;
-    let config = Arc::new(Config::from_file(path)?);
-    let engine = sync::engine_for_cli(config).await?;
-    let scope = trimmed(args.paths);
-    let survey = conflicts::survey(&engine, &scope).await?;
     if args.diff.as_ref().is_some_and(|nodes| nodes.len() == 1) {
         anyhow::bail!("--diff takes two nodes (NODE_A NODE_B), or none");
     }
+    let engine = engine_from(path).await?;
+    let scope = trimmed(args.paths);
+    let survey = conflicts::survey(&engine, &scope).await?;
     let mut diffs = Vec::new();
     if let Some(wanted) = &args.diff {
         for conflict in &survey.conflicts {
@@ -282,8 +275,7 @@ pub(super) async fn resolve_command(
     args: super::ResolveArgs,
 ) -> anyhow::Result<ExitCode> {
     use super::conflicts;
-    let config = Arc::new(Config::from_file(path)?);
-    let engine = sync::engine_for_cli(config).await?;
+    let engine = engine_from(path).await?;
     let paths = trimmed(args.paths);
     let json = args.format == Format::Json;
     let (report, resolved) = conflicts::resolve(&engine, &paths, &args.take, |peer| match json {
@@ -329,8 +321,7 @@ pub(super) async fn revert_command(
     path: &std::path::Path,
     args: super::RevertArgs,
 ) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(Config::from_file(path)?);
-    let engine = sync::engine_for_cli(config).await?;
+    let engine = engine_from(path).await?;
     let scope = trimmed(args.paths);
     let outcome = super::revert::revert(&engine, &scope, args.dry_run).await?;
     // This node's daemon compares at once: what it counted as drift is gone.
@@ -358,6 +349,11 @@ pub(super) async fn revert_command(
         println!("this node holds the group's version everywhere: nothing to take back");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine for a command run with the configuration file at `path`.
+async fn engine_from(path: &std::path::Path) -> anyhow::Result<sync::Engine> {
+    sync::engine_for_cli(Arc::new(Config::from_file(path)?)).await
 }
 
 /// Paths as typed, without a trailing slash (`/` stays).

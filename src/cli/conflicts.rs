@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 
 use super::group::{self, NodeView};
+use crate::client::PeerError;
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
-use crate::protocol::{self, Content, Digest256, Entry, HeldKind};
+use crate::protocol::{self, Content, Digest256, Entry, HeldKind, ManifestResponse};
 use crate::sync::{self, Engine, Options, Report};
 
 /// One daemon's refusal: `node` could not deliver its version to `peer`.
@@ -163,33 +164,30 @@ async fn states_of(
     .await
     .map_err(|e| format!("cannot scan this node's tree: {e}"));
     let mut out = vec![(this_node, local)];
-    let asks: Vec<_> = engine
-        .peers()
-        .iter()
-        .map(|link| {
-            let peer = link.peer.clone();
-            let scope = paths.to_vec();
-            tokio::spawn(async move {
-                let answer = peer.manifest(&scope).await.map_err(|e| e.to_string());
-                (
-                    peer.remote.label.clone(),
-                    answer.map(|m| {
-                        m.entries
-                            .into_iter()
-                            .map(|w| (w.path, w.entry))
-                            .collect::<BTreeMap<_, _>>()
-                    }),
-                )
-            })
-        })
-        .collect();
-    for ask in asks {
-        match ask.await {
-            Ok(answer) => out.push(answer),
-            Err(e) => out.push(("?".into(), Err(e.to_string()))),
-        }
+    for (label, answer) in ask_every_peer(engine, paths).await {
+        out.push((
+            label,
+            answer
+                .map(|mut m| m.take_entries())
+                .map_err(|e| e.to_string()),
+        ));
     }
     out
+}
+
+/// Every peer's manifest of `scope`, asked at once; in the order of `remotes`, each with
+/// its label.
+pub async fn ask_every_peer(
+    engine: &Engine,
+    scope: &[String],
+) -> Vec<(String, Result<ManifestResponse, PeerError>)> {
+    futures_util::future::join_all(
+        engine
+            .peers()
+            .iter()
+            .map(|link| async move { (link.label().to_string(), link.peer.manifest(scope).await) }),
+    )
+    .await
 }
 
 /// The text of `path` on `node` (`this_node` is read here), for a diff; `Err` says why
@@ -442,10 +440,7 @@ pub async fn resolve(
     take: &str,
     on_peer: impl FnMut(&sync::PeerReport),
 ) -> anyhow::Result<(Report, Vec<Resolved>)> {
-    for path in paths {
-        crate::paths::check_normalized(path).map_err(|e| anyhow!("{path}: {e}"))?;
-        crate::tree::confine(engine.config(), path).map_err(|e| anyhow!("{path}: {e}"))?;
-    }
+    check_paths(engine.config(), paths)?;
     let views = group::views_of(engine).await?;
     let names: Vec<String> = views.iter().map(|v| v.node.clone()).collect();
     let source = node_named(&names, take)
@@ -501,6 +496,16 @@ pub async fn resolve(
     Ok((report, resolved))
 }
 
+/// Refuses, before anything is asked or written, a path that is not normalised or not
+/// one this node synchronises (outside the directories, excluded).
+pub fn check_paths(config: &Config, paths: &[String]) -> anyhow::Result<()> {
+    for path in paths {
+        crate::paths::check_normalized(path).map_err(|e| anyhow!("{path}: {e}"))?;
+        crate::tree::confine(config, path).map_err(|e| anyhow!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Makes what `node` holds at each of `paths` this node's (see [`fetch_from`]).
 async fn take_from(engine: &Engine, node: &str, paths: &[String]) -> anyhow::Result<()> {
     let puts = fetch_from(engine, node, paths).await?;
@@ -521,16 +526,12 @@ pub async fn fetch_from(
     paths: &[String],
 ) -> anyhow::Result<Vec<Fetched>> {
     let link = peer_named(engine, node).map_err(anyhow::Error::msg)?;
-    let manifest = link
+    let theirs = link
         .peer
         .manifest(paths)
         .await
-        .map_err(|e| anyhow!("cannot ask {node} for its version: {e}"))?;
-    let theirs: BTreeMap<String, Entry> = manifest
-        .entries
-        .into_iter()
-        .map(|w| (w.path, w.entry))
-        .collect();
+        .map_err(|e| anyhow!("cannot ask {node} for its version: {e}"))?
+        .take_entries();
     let files: Vec<String> = paths
         .iter()
         .filter(|p| matches!(theirs.get(*p), Some(e) if matches!(e.content, Content::File { .. })))

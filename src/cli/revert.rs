@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use anyhow::anyhow;
 
-use super::conflicts::{fetch_from, put_all, Fetched};
+use super::conflicts::{ask_every_peer, check_paths, fetch_from, put_all, Fetched};
 use crate::manifest::{self, HashCache};
 use crate::protocol::Entry;
 use crate::sync::Engine;
@@ -38,10 +38,7 @@ pub struct Outcome {
 /// `dry_run` only says what would change.
 pub async fn revert(engine: &Engine, scope: &[String], dry_run: bool) -> anyhow::Result<Outcome> {
     let config = engine.config().clone();
-    for path in scope {
-        crate::paths::check_normalized(path).map_err(|e| anyhow!("{path}: {e}"))?;
-        crate::tree::confine(&config, path).map_err(|e| anyhow!("{path}: {e}"))?;
-    }
+    check_paths(&config, scope)?;
     let scan_scope = scope.to_vec();
     let scan_config = config.clone();
     let local = tokio::task::spawn_blocking(move || {
@@ -55,27 +52,15 @@ pub async fn revert(engine: &Engine, scope: &[String], dry_run: bool) -> anyhow:
         ));
     }
     // Every peer's entries, in the order of `remotes`; `None` for a directory it lacks.
-    let asks: Vec<_> = engine
-        .peers()
-        .iter()
-        .map(|link| {
-            let peer = link.peer.clone();
-            let scope = scope.to_vec();
-            tokio::spawn(async move { (peer.remote.label.clone(), peer.manifest(&scope).await) })
-        })
-        .collect();
     let mut peers = Vec::new();
     let mut outcome = Outcome::default();
-    for ask in asks {
-        let (label, answer) = ask.await.map_err(|e| anyhow!("revert: {e}"))?;
+    for (label, answer) in ask_every_peer(engine, scope).await {
         match answer {
             Err(e) => outcome.unasked.push((label, e.to_string())),
-            Ok(m) => {
+            Ok(mut m) => {
                 let lacking: Vec<String> = crate::sync::missing_directories(&m);
-                let unreadable = m.unreadable.clone();
-                let entries: BTreeMap<String, Entry> =
-                    m.entries.into_iter().map(|w| (w.path, w.entry)).collect();
-                peers.push((label, entries, lacking, unreadable));
+                let entries = m.take_entries();
+                peers.push((label, entries, lacking, m.unreadable));
             }
         }
     }

@@ -287,6 +287,16 @@ pub struct ManifestResponse {
     pub digests: Vec<DirectoryDigest>,
 }
 
+impl ManifestResponse {
+    /// Takes its entries out, by path.
+    pub fn take_entries(&mut self) -> std::collections::BTreeMap<String, super::Entry> {
+        std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(|w| (w.path, w.entry))
+            .collect()
+    }
+}
+
 /// The limits a receiver announces in its manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerLimits {
