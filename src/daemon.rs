@@ -105,13 +105,20 @@ impl Daemon {
         if let Some(reason) = engine.no_peer_left() {
             warn!("{reason}");
         }
-        // Every event's path is spooled as it arrives, before its burst ends.
-        let toucher = watcher::Toucher::start(node.clone(), baseline.clone())
-            .map_err(|e| anyhow::anyhow!("cannot start the watcher's spooling thread: {e}"))?;
+        // Every event's path is spooled as it arrives, before its burst ends; not on a
+        // node that does not watch, nor on a receive-only one, which delivers nothing.
+        let toucher = match watch && config.role.sends() {
+            true => Some(
+                watcher::Toucher::start(node.clone(), baseline.clone()).map_err(|e| {
+                    anyhow::anyhow!("cannot start the watcher's spooling thread: {e}")
+                })?,
+            ),
+            false => None,
+        };
         let (queue, received) = Queue::new(
             WATCH_QUEUE_EVENTS,
             node.generation.clone(),
-            Some(toucher.handle()),
+            toucher.as_ref().map(watcher::Toucher::handle),
         );
         let watch = if watch {
             let watch = watcher::watch(&config, queue)?;
@@ -395,7 +402,7 @@ struct Running {
     spool: Arc<Spool>,
     received: watcher::QueueReceiver,
     watch: Option<watcher::Watch>,
-    toucher: watcher::Toucher,
+    toucher: Option<watcher::Toucher>,
     listener: TcpListener,
     server_tls: std::sync::Arc<rustls::ServerConfig>,
     metrics: Option<TcpListener>,

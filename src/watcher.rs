@@ -56,13 +56,15 @@ const LOCAL_EDITS_SHOWN: usize = 10;
 /// once): every [`DIRECTORY_CHECK_INTERVAL`] it checks that each configured directory
 /// is still the one watched, so that a directory missing at start-up is watched once it
 /// appears and one deleted and re-created is watched again, and rescanned either way.
+/// `toucher` (none on a receive-only node) is waited for before a burst is scanned, so
+/// that every path it touched is spooled first.
 pub async fn propagate(
     engine: Arc<Engine>,
     node: Arc<Node>,
     baseline: Arc<Baseline>,
     queue: QueueReceiver,
     watch: Option<Watch>,
-    toucher: Toucher,
+    toucher: Option<Toucher>,
 ) {
     let Some(mut watch) = watch else { return };
     let config = engine.config().clone();
@@ -129,7 +131,9 @@ pub async fn propagate(
             let again = appeared(rewatch(&config, &mut watch, &mut watched), &node.generation);
             burst.add(&config, again, Instant::now(), &mut overdue);
         }
-        toucher.done().await;
+        if let Some(toucher) = &toucher {
+            toucher.done().await;
+        }
         if burst.rescan {
             warn!("watcher: events were lost (kernel queue overflow or watch error): rescanning every configured directory");
         }

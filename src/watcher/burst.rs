@@ -78,15 +78,8 @@ impl Burst {
         }
     }
 
-    /// Adds what was taken from the queue; returns the logical paths new to the burst.
-    pub fn add(
-        &mut self,
-        config: &Config,
-        taken: Taken,
-        now: Instant,
-        overdue: &mut Overdue,
-    ) -> Vec<String> {
-        let mut added = Vec::new();
+    /// Adds what was taken from the queue.
+    pub fn add(&mut self, config: &Config, taken: Taken, now: Instant, overdue: &mut Overdue) {
         if taken.rescan {
             self.rescan = true;
             // Which files are open is unknown now: the rescan takes what is there.
@@ -148,11 +141,8 @@ impl Burst {
                 }
                 ChangeKind::CreatedDirectory | ChangeKind::Attributes | ChangeKind::Other => {}
             }
-            if self.paths.insert(logical.clone()) {
-                added.push(logical);
-            }
+            self.paths.insert(logical);
         }
-        added
     }
 
     /// Takes the open files at or below `path` (a file or a directory renamed or
@@ -343,7 +333,7 @@ mod tests {
         let t0 = Instant::now();
         let mut overdue = Overdue::new();
         let mut burst = Burst::new(t0);
-        let added = burst.add(
+        burst.add(
             &config,
             taken(
                 tmp.path(),
@@ -355,7 +345,7 @@ mod tests {
             t0,
             &mut overdue,
         );
-        assert_eq!(added, ["/etc/app/big.map"]);
+        assert_eq!(burst.paths.iter().collect::<Vec<_>>(), ["/etc/app/big.map"]);
         let later = t0 + Duration::from_secs(5);
         assert!(
             !burst.complete(later, SETTLE, none),

@@ -137,8 +137,7 @@ fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
     // Writes of a received batch are not this node's edits: touched now, they would be
     // spooled against versions not recorded yet, and pushed back. (Once the batch is
     // done its versions are recorded, and a touch finds nothing to deliver.)
-    // Nor on a receive-only node: nothing it edits is delivered.
-    if paths.is_empty() || records.is_empty() || node.applying() || !node.config.role.sends() {
+    if paths.is_empty() || records.is_empty() || node.applying() {
         return;
     }
     let mut touched: Vec<_> = Vec::new();
