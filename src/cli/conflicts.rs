@@ -50,6 +50,20 @@ pub struct PathConflict {
 }
 
 impl PathConflict {
+    /// Each distinct version held (see [`same_version`]) with the first node holding
+    /// it, in the order of the nodes.
+    pub fn versions(&self) -> Vec<(&Option<Entry>, &str)> {
+        let mut firsts: Vec<(&Option<Entry>, &str)> = Vec::new();
+        for node in &self.nodes {
+            if let Ok(entry) = &node.state {
+                if !firsts.iter().any(|(e, _)| same_version(e, entry)) {
+                    firsts.push((entry, &node.node));
+                }
+            }
+        }
+        firsts
+    }
+
     /// The node holding the most recent version (by mtime), and when it was written.
     pub fn newest(&self) -> Option<(&str, i64)> {
         self.nodes
@@ -253,14 +267,7 @@ pub async fn diff(engine: &Engine, this_node: &str, path: &str, a: &str, b: &str
 /// The pairs `conflicts --diff` shows without nodes named: from the first node's version
 /// to each other version (the first node holding it).
 pub fn distinct_pairs(conflict: &PathConflict) -> Vec<(String, String)> {
-    let mut firsts: Vec<(&Option<Entry>, &str)> = Vec::new();
-    for node in &conflict.nodes {
-        if let Ok(entry) = &node.state {
-            if !firsts.iter().any(|(e, _)| same_version(e, entry)) {
-                firsts.push((entry, &node.node));
-            }
-        }
-    }
+    let firsts = conflict.versions();
     let Some(((_, first), rest)) = firsts.split_first() else {
         return Vec::new();
     };
@@ -278,16 +285,12 @@ pub fn node_named<'a>(nodes: &'a [String], name: &str) -> Result<&'a str, String
             .map(String::as_str)
             .ok_or_else(|| "no node".into());
     }
-    let host = |label: &str| {
-        label
-            .parse::<std::net::SocketAddr>()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|_| label.rsplit_once(':').map_or(label, |(h, _)| h).to_string())
-    };
+    // By its address alone: the host of the label, as `sync --peer` takes it.
+    let host = |label: &str| crate::config::parse_remote(label).map(|r| r.host);
     nodes
         .iter()
         .find(|n| n.as_str() == name)
-        .or_else(|| nodes.iter().find(|n| host(n) == name))
+        .or_else(|| nodes.iter().find(|n| host(n).is_ok_and(|h| h == name)))
         .map(String::as_str)
         .ok_or_else(|| {
             format!(
@@ -329,7 +332,7 @@ pub fn table(survey: &Survey) -> String {
                 .to_vec(),
         ];
         // The first node holding each version: the others say "same as".
-        let mut first_of: Vec<(Option<Entry>, &str)> = Vec::new();
+        let firsts = conflict.versions();
         for node in &conflict.nodes {
             let row = match &node.state {
                 Err(e) => vec![
@@ -342,13 +345,10 @@ pub fn table(survey: &Survey) -> String {
                     format!("not asked: {e}"),
                 ],
                 Ok(entry) => {
-                    let same = first_of
+                    let same = firsts
                         .iter()
-                        .find(|(e, _)| same_version(e, entry))
+                        .find(|(e, n)| same_version(e, entry) && *n != node.node)
                         .map(|(_, n)| *n);
-                    if same.is_none() {
-                        first_of.push((entry.clone(), &node.node));
-                    }
                     let mut note = Vec::new();
                     if conflict.nodes.first().is_some_and(|n| n.node == node.node) {
                         note.push("this node".to_string());
