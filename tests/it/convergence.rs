@@ -337,12 +337,7 @@ async fn a_receiver_that_could_not_write_catches_up_once_it_can() {
     // Node 2 is the real binary under a soft RLIMIT_FSIZE (the hard limit stays
     // unlimited, so that the limit can be raised again without privileges): writing a
     // file larger than the limit fails with EFBIG. Node 1 is a watching daemon.
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(2)
-    })
-    .await
-    .unwrap();
+    let mut group = built_watching(2).await;
     group.release(1);
     let mut receiver = {
         let n1 = &group.nodes[1];

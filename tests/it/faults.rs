@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use gosyncd::config::Config;
-use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
+use gosyncd::group::{GroupNode, LocalGroup};
 use gosyncd::manifest::Manifest;
 use gosyncd::plan::plan;
 use gosyncd::protocol::{encode_batch, BatchHeader, Outcome, CONNECT_TIMEOUT};
@@ -439,12 +439,7 @@ async fn a_connection_cut_mid_transfer_writes_nothing_partial_and_the_watcher_re
     // Node 0 reaches node 1 only through a forwarder (on node 1's own address, so the
     // certificate name check passes) that cuts the first connection carrying more
     // than 1 MiB from node 0.
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(2)
-    })
-    .await
-    .unwrap();
+    let mut group = built_watching(2).await;
     group.restart(1).await.unwrap();
     let target = group.nodes[1].addr;
     let (forwarder, cut) = forwarder_cutting(target.ip(), target, CUT_AFTER_BYTES).await;

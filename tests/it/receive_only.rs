@@ -42,12 +42,7 @@ fn state_directory(group: &LocalGroup, i: usize) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receive_only_node_applies_pushes_and_reports_its_own_edits_as_drift_without_pushing_them(
 ) {
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(3)
-    })
-    .await
-    .unwrap();
+    let mut group = built_watching(3).await;
     // Nodes 1 and 2 send and receive, in this process; node 3 is the real binary,
     // receive-only, with its metrics.
     group.restart(0).await.unwrap();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use gosyncd::group::{GroupSpec, LocalGroup};
+use gosyncd::group::LocalGroup;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -34,12 +34,7 @@ async fn logged(daemon: &DaemonProcess, text: &str, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_is_broken() {
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(2)
-    })
-    .await
-    .unwrap();
+    let mut group = built_watching(2).await;
     group.restart(1).await.unwrap();
     group.release(0);
     let config_path = group.nodes[0].config_path.clone();
@@ -298,12 +293,7 @@ async fn a_reloaded_daemon_applies_batches_one_at_a_time_with_the_one_it_replace
 /// SIGHUP), listening and watching: the group, its configuration file and the daemon.
 async fn watching_pair_with_node_1_as_a_binary() -> (LocalGroup, std::path::PathBuf, DaemonProcess)
 {
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(2)
-    })
-    .await
-    .unwrap();
+    let mut group = built_watching(2).await;
     group.release(0);
     let config_path = group.nodes[0].config_path.clone();
     let daemon = DaemonProcess::spawn(&config_path, group.path().join("node1.log"));

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use crate::common::*;
-use gosyncd::group::{GroupSpec, LocalGroup};
 use gosyncd::protocol::{Action, Op};
 
 /// Bytes that do not compress or repeat: a simple xorshift stream.
@@ -30,12 +29,7 @@ async fn a_large_file_goes_through_both_daemons_without_either_holding_it() {
     // while it hashes, sends or receives a file of FILE_MIB. Holding the file would
     // take it past FILE_MIB.
     const GROWTH_BOUND_KIB: u64 = 32 * 1024;
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(2)
-    })
-    .await
-    .unwrap();
+    let mut group = built_watching(2).await;
     group.release(0);
     group.release(1);
     let mut daemons = Vec::new();

@@ -263,12 +263,7 @@ async fn a_configured_directory_deleted_and_recreated_is_watched_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_directory_missing_at_start_up_is_watched_once_it_appears() {
-    let mut group = LocalGroup::build(&GroupSpec {
-        watch: true,
-        ..spec(3)
-    })
-    .await
-    .unwrap();
+    let mut group = built_watching(3).await;
     std::fs::remove_dir(group.nodes[0].path("/etc/app")).unwrap();
     group.start_all().await.unwrap();
     let (n0, peers) = (&group.nodes[0], &group.nodes[1..]);

@@ -19,6 +19,18 @@ pub async fn watching(nodes: usize) -> LocalGroup {
     .await
 }
 
+/// [`watching`], built and not started: the test starts each node in its own way (in
+/// this process, or as the real binary).
+pub async fn built_watching(nodes: usize) -> LocalGroup {
+    let spec = GroupSpec {
+        watch: true,
+        ..spec(nodes)
+    };
+    LocalGroup::build(&spec)
+        .await
+        .unwrap_or_else(|e| panic!("group {spec:?} is not built: {e:#}"))
+}
+
 pub async fn start_with(spec: GroupSpec) -> LocalGroup {
     LocalGroup::start(&spec)
         .await
