@@ -13,21 +13,110 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::manifest::{Manifest, Scan};
+use crate::config::Config;
+use crate::manifest::{Hashes, Manifest, Scan, Stamp};
 use crate::paths::{in_scope, is_within};
 use crate::plan::plan;
-use crate::protocol::{Action, Entry, Op};
+use crate::protocol::{Action, Content, Digest256, Entry, Op};
 
 /// What this node last knew of each logical path: the version (entry) it last scanned,
 /// pushed or received there.
+///
+/// It also keeps the hashes of the daemon's scans ([`Hashes`]): the file found at a path
+/// holding the version known there is remembered by its stamp, so that the next scan
+/// takes that version's hash instead of reading the file again. A daemon keeps one row
+/// per path and no other per-file record.
 pub struct Baseline {
-    map: Mutex<Manifest>,
+    map: Mutex<BTreeMap<Box<str>, Row>>,
+}
+
+/// What is known of one path.
+struct Row {
+    entry: Entry,
+    /// The file last found holding `entry`, if a scan saw it settled.
+    found: Found,
+}
+
+/// A file, by inode and ctime (its size and mtime are the entry's); inode 0 (which no
+/// file has) stands for none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Found {
+    ino: u64,
+    ctime_ns: i64,
+}
+
+impl Found {
+    const NONE: Found = Found {
+        ino: 0,
+        ctime_ns: 0,
+    };
+
+    fn of(stamp: &Stamp) -> Found {
+        Found {
+            ino: stamp.ino,
+            ctime_ns: stamp.ctime_ns,
+        }
+    }
+}
+
+impl Row {
+    fn new(entry: Entry) -> Row {
+        Row {
+            entry,
+            found: Found::NONE,
+        }
+    }
+
+    /// The hash of the version known, if it is a file's of size and mtime `stamp`'s.
+    fn file_digest(&self, stamp: &Stamp) -> Option<&Digest256> {
+        match &self.entry.content {
+            Content::File { size, sha256 }
+                if *size == stamp.size && self.entry.mtime_ns == stamp.mtime_ns =>
+            {
+                Some(sha256)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Baseline {
     pub fn new(initial: Manifest) -> Baseline {
         Baseline {
-            map: Mutex::new(initial),
+            map: Mutex::new(
+                initial
+                    .into_iter()
+                    .map(|(path, entry)| (path.into_boxed_str(), Row::new(entry)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The versions a full scan of `config` found (`scan`, begun at `began_ns`), each
+    /// file's hash kept for the next scans where the file has not changed since.
+    pub fn of_scan(config: &Config, scan: Manifest, began_ns: i64) -> Baseline {
+        let baseline = Baseline::new(scan);
+        baseline.keep_hashes(config, began_ns);
+        baseline
+    }
+
+    /// Keeps the hash of each file known whose stamp shows no change since `began_ns`
+    /// (less the settling time), when the version known was read: its hash is that
+    /// version's. A file changed since (or being changed) is read again by the next scan.
+    fn keep_hashes(&self, config: &Config, began_ns: i64) {
+        let mut map = self.map.lock().expect("baseline lock");
+        for (path, row) in map.iter_mut() {
+            if !matches!(row.entry.content, Content::File { .. }) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(config.local_path(path)) else {
+                continue;
+            };
+            let stamp = Stamp::of_metadata(&meta);
+            if meta.is_file() && stamp.settled_before(began_ns) && row.file_digest(&stamp).is_some()
+            {
+                row.found = Found::of(&stamp);
+            }
         }
     }
 
@@ -35,14 +124,18 @@ impl Baseline {
     pub fn record(&self, path: &str, state: Option<Entry>) {
         let mut map = self.map.lock().expect("baseline lock");
         match state {
-            Some(entry) => map.insert(path.to_string(), entry),
+            Some(entry) => map.insert(path.into(), Row::new(entry)),
             None => map.remove(path),
         };
     }
 
     /// The state last known at `path`.
     pub fn get(&self, path: &str) -> Option<Entry> {
-        self.map.lock().expect("baseline lock").get(path).cloned()
+        self.map
+            .lock()
+            .expect("baseline lock")
+            .get(path)
+            .map(|row| row.entry.clone())
     }
 
     /// Whether anything is known at `path`.
@@ -61,7 +154,7 @@ impl Baseline {
                 std::ops::Bound::Unbounded,
             ))
             .take_while(|(path, _)| path.starts_with(&prefix))
-            .map(|(path, entry)| (path.clone(), Some(entry.clone())))
+            .map(|(path, row)| (path.to_string(), Some(row.entry.clone())))
             .collect()
     }
 
@@ -101,7 +194,7 @@ impl Baseline {
             let mut before: BTreeMap<&str, &Entry> = map
                 .iter()
                 .filter(|(path, _)| covered(path))
-                .map(|(p, e)| (p.as_str(), e))
+                .map(|(p, row)| (&**p, &row.entry))
                 .collect();
             let now: BTreeMap<&str, &Entry> = scan
                 .entries
@@ -128,7 +221,7 @@ impl Baseline {
                         std::ops::Bound::Unbounded,
                     ))
                     .take_while(|(path, _)| path.starts_with(&prefix))
-                    .map(|(p, e)| (p.as_str(), e));
+                    .map(|(p, row)| (&**p, &row.entry));
                 before.extend(below);
             }
             plan(&now, &before, owners)
@@ -139,17 +232,40 @@ impl Baseline {
         // What was known there and is gone has a deletion among the operations; what is
         // there now is recorded whole (its mtime too, which makes no operation).
         for op in ops.iter().filter(|op| op.action == Action::Delete) {
-            map.remove(&op.path);
+            map.remove(op.path.as_str());
         }
         for (path, entry) in scan.entries.iter().filter(|(path, _)| covered(path)) {
-            match map.get_mut(path) {
-                Some(known) => *known = entry.clone(),
+            match map.get_mut(path.as_str()) {
+                // The same version, where the same file was found: its hash stays kept.
+                Some(known) if known.entry == *entry => {}
+                Some(known) => *known = Row::new(entry.clone()),
                 None => {
-                    map.insert(path.clone(), entry.clone());
+                    map.insert(path.as_str().into(), Row::new(entry.clone()));
                 }
             }
         }
         ops
+    }
+}
+
+impl Hashes for Baseline {
+    fn hash_of(&self, logical: &str, stamp: &Stamp) -> Option<Digest256> {
+        let map = self.map.lock().expect("baseline lock");
+        let row = map.get(logical)?;
+        if row.found == Found::NONE || row.found != Found::of(stamp) {
+            return None;
+        }
+        row.file_digest(stamp).copied()
+    }
+
+    fn hashed(&self, logical: &str, stamp: &Stamp, digest: Digest256) {
+        let mut map = self.map.lock().expect("baseline lock");
+        // Kept only where the file holds the version known: a hash is never a version.
+        if let Some(row) = map.get_mut(logical) {
+            if row.file_digest(stamp) == Some(&digest) {
+                row.found = Found::of(stamp);
+            }
+        }
     }
 }
 
@@ -182,6 +298,49 @@ mod tests {
             }
         );
         assert_eq!(baseline.get("/d/a"), Some(file_entry(b"v2")));
+    }
+
+    #[test]
+    fn a_hash_is_kept_only_with_the_version_known_and_while_it_stays() {
+        let stamp = Stamp {
+            dev: 1,
+            ino: 7,
+            size: 2,
+            mtime_ns: 0,
+            ctime_ns: 5,
+        };
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"v1")]).entries);
+        // The file holds something else than the version known: nothing is kept.
+        baseline.hashed("/d/a", &stamp, Digest256::of(b"v2"));
+        assert_eq!(baseline.hash_of("/d/a", &stamp), None);
+        baseline.hashed("/d/b", &stamp, Digest256::of(b"v1"));
+        assert_eq!(baseline.hash_of("/d/b", &stamp), None);
+        baseline.hashed("/d/a", &stamp, Digest256::of(b"v1"));
+        assert_eq!(baseline.hash_of("/d/a", &stamp), Some(Digest256::of(b"v1")));
+        for other in [
+            Stamp { ino: 8, ..stamp },
+            Stamp {
+                ctime_ns: 6,
+                ..stamp
+            },
+            Stamp {
+                mtime_ns: 1,
+                ..stamp
+            },
+            Stamp { size: 3, ..stamp },
+        ] {
+            assert_eq!(baseline.hash_of("/d/a", &other), None, "{other:?}");
+        }
+        // The same version scanned again keeps it; any other version forgets it.
+        assert!(baseline
+            .take_changes(&scan_of(&[("/d/a", b"v1")]), &[], true)
+            .is_empty());
+        assert_eq!(baseline.hash_of("/d/a", &stamp), Some(Digest256::of(b"v1")));
+        baseline.record("/d/a", Some(file_entry(b"v1")));
+        assert_eq!(baseline.hash_of("/d/a", &stamp), None);
+        baseline.hashed("/d/a", &stamp, Digest256::of(b"v1"));
+        baseline.take_changes(&scan_of(&[("/d/a", b"v3")]), &[], true);
+        assert_eq!(baseline.hash_of("/d/a", &stamp), None);
     }
 
     #[test]

@@ -266,9 +266,12 @@ async fn recover_and_scan(
                 "removed temporary files left by an interrupted sync"
             );
         }
-        let cache = Arc::new(HashCache::default());
-        let scan = manifest::scan(&config, &[], &cache);
-        (cache, Arc::new(Baseline::new(scan.entries)))
+        let began = manifest::now_ns();
+        let scan = manifest::scan(&config, &[], &HashCache::forgetful());
+        let baseline = Arc::new(Baseline::of_scan(&config, scan.entries, began));
+        crate::memory::give_back();
+        // The daemon's scans keep their hashes with the versions it knows.
+        (Arc::new(HashCache::kept_by(baseline.clone())), baseline)
     })
     .await?;
     Ok(scanned)

@@ -266,7 +266,7 @@ impl LocalGroup {
         Engine::new(
             node.config.clone(),
             &tls,
-            Arc::new(HashCache::default()),
+            Arc::new(HashCache::forgetful()),
             node.node_id(),
         )
         .await

@@ -15,6 +15,7 @@ pub mod diff;
 pub mod group;
 pub mod hooks;
 pub mod manifest;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod paths;

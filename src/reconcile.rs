@@ -130,6 +130,9 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
         let still_differs = |path: &str| verdicts.iter().any(|drift| drift.contains(path));
         node.local_edits.settle(mark, still_differs);
     }
+    // The peers' answers and any scan of the tree are freed now.
+    drop(scan);
+    crate::memory::give_back();
 }
 
 /// Compares the directories `differing` path by path with the peers `compare` (the

@@ -30,6 +30,10 @@ use crate::protocol::{
     StatusResponse, MAX_MANIFEST_REQUEST_BYTES,
 };
 
+/// A batch of this many operations or more gives back the memory it needed once it
+/// is applied (see [`crate::memory`]).
+const LARGE_BATCH: usize = 1000;
+
 /// Errors a handler answers with; each maps to one status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -309,6 +313,7 @@ async fn apply(
     node.stats.apply_requests.fetch_add(1, Ordering::Relaxed);
     let worker = node.clone();
     let origin = format!("a sync from {client}");
+    let large = header.ops.len() >= LARGE_BATCH;
     let task = tokio::spawn(async move {
         let held = (one_at_a_time, receiving, writing);
         let receiver = worker.receiver();
@@ -320,6 +325,9 @@ async fn apply(
         // current any more, even before the watcher sees the writes.
         worker.generation.bump();
         drop(held);
+        if large {
+            crate::memory::give_back();
+        }
         let received = results?;
         let actions = receiver
             .run_on_change(&worker.runner, received.changed)
