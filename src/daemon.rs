@@ -269,7 +269,7 @@ async fn recover_and_scan(
         let began = manifest::now_ns();
         let scan = manifest::scan(&config, &[], &HashCache::forgetful());
         let baseline = Arc::new(Baseline::of_scan(&config, scan.entries, began));
-        crate::memory::give_back();
+        crate::memory::give_back_soon();
         // The daemon's scans keep their hashes with the versions it knows.
         (Arc::new(HashCache::kept_by(baseline.clone())), baseline)
     })

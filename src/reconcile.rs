@@ -132,7 +132,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     }
     // The peers' answers and any scan of the tree are freed now.
     drop(scan);
-    crate::memory::give_back();
+    crate::memory::give_back_soon();
 }
 
 /// Compares the directories `differing` path by path with the peers `compare` (the

@@ -213,6 +213,9 @@ async fn push_burst(
     }
     let ops = baseline.take_changes(&scan, &scope, node.owners);
     drop(quiet);
+    if scope.len().max(ops.len()) >= crate::memory::LARGE_WORK {
+        crate::memory::give_back_soon();
+    }
     // The directories' own on_change commands, for local changes.
     for (dir, paths) in config.by_directory(ops.iter().map(|op| op.path.clone())) {
         let runner = node.runner.clone();

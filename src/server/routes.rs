@@ -30,10 +30,6 @@ use crate::protocol::{
     StatusResponse, MAX_MANIFEST_REQUEST_BYTES,
 };
 
-/// A batch of this many operations or more gives back the memory it needed once it
-/// is applied (see [`crate::memory`]).
-const LARGE_BATCH: usize = 1000;
-
 /// Errors a handler answers with; each maps to one status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -313,7 +309,7 @@ async fn apply(
     node.stats.apply_requests.fetch_add(1, Ordering::Relaxed);
     let worker = node.clone();
     let origin = format!("a sync from {client}");
-    let large = header.ops.len() >= LARGE_BATCH;
+    let large = header.ops.len() >= crate::memory::LARGE_WORK;
     let task = tokio::spawn(async move {
         let held = (one_at_a_time, receiving, writing);
         let receiver = worker.receiver();
@@ -326,7 +322,7 @@ async fn apply(
         worker.generation.bump();
         drop(held);
         if large {
-            crate::memory::give_back();
+            crate::memory::give_back_soon();
         }
         let received = results?;
         let actions = receiver

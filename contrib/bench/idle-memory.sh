@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# idle-memory.sh: the resident memory of idle daemons watching a tree, gosyncd beside
+# lsyncd, in the same run, for each tree size in SIZES.
+#
+# For each size N:
+#   * a tree of N files (bench_helper.py's generator: 320 directories, heavy-tailed sizes,
+#     N KiB in all on average) copied under three roots;
+#   * three gosyncd daemons on 127.0.0.2-4, each watching its own copy, all three in
+#     each one's remotes (the trees are equal, so start-up finds no drift); once each has
+#     compared with both peers, WAIT seconds idle, then VmRSS, RssAnon (the heap, stacks),
+#     RssFile (code and libraries paged in) and VmHWM of each, from /proc;
+#   * one lsyncd watching the same tree with `default.rsync` to an rsync daemon holding a
+#     copy (its start-up rsync finds nothing to send), then WAIT seconds idle, the same
+#     figures of lsyncd (rsync's daemon is listed beside it).
+#
+#   contrib/bench/idle-memory.sh                      # 10,000 and 100,000 files
+#   SIZES=10000 WAIT=10 contrib/bench/idle-memory.sh  # quicker
+#   GOSYNCD_BIN=target/release/gosyncd contrib/bench/idle-memory.sh
+#
+# It needs bash, python3, openssl, rsync, lsyncd (installed with apt-get when missing and
+# run as root) and cargo (unless GOSYNCD_BIN is set). Trees of 100,000 files take about a
+# minute to write and copy; everything lives in one temporary directory, removed at the
+# end (KEEP=1 keeps it).
+set -euo pipefail
+export LC_ALL=C
+
+SIZES=${SIZES:-10000 100000}
+WAIT=${WAIT:-20}
+SEED=${SEED:-7}
+KEEP=${KEEP:-0}
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=contrib/bench/lib.sh
+. "$here/lib.sh"
+
+need python3 python3
+need openssl openssl
+need rsync rsync
+need lsyncd lsyncd
+need_cargo
+workspace gosyncd-idle 'node*.log' 'lsyncd*.log' 'rsyncd*.out'
+build
+
+ips=(127.0.0.2 127.0.0.3 127.0.0.4)
+certificate "${ips[@]}"
+gport=$("${helper[@]}" freeport 19443 "${ips[@]}")
+rport=$("${helper[@]}" freeport 19873 127.0.0.5)
+remotes=("127.0.0.2:$gport" "127.0.0.3:$gport" "127.0.0.4:$gport")
+
+# memory KEY PID: one line of the results: KEY VmRSS RssAnon RssFile VmHWM (KiB).
+memory() {
+    awk -v key="$1" '
+        /^VmRSS:/ { rss = $2 } /^RssAnon:/ { anon = $2 } /^RssFile:/ { file = $2 }
+        /^VmHWM:/ { hwm = $2 }
+        END { print key, rss, anon, file, hwm }' "/proc/$2/status"
+}
+
+# compared LOG: whether the daemon has compared with both of its peers.
+compared() { [ "$(grep -c 'drift with this peer\|differ from this peer' "$1" 2>/dev/null || true)" -ge 2 ]; }
+
+for n in $SIZES; do
+    log "$n files: writing the tree"
+    src="$work/src-$n"
+    "${helper[@]}" gen "$src" "$n" $((n * 1024)) "$SEED" >/dev/null
+    for i in 1 2 3; do
+        mkdir -p "$work/n$n-$i/etc"
+        cp -a "$src" "$work/n$n-$i/etc/bench"
+        write_config "$work/n$n-$i.hcl" "${ips[i - 1]}:$gport" "$work/n$n-$i" "" "${remotes[@]}"
+    done
+
+    log "$n files: three gosyncd daemons"
+    pids=()
+    for i in 1 2 3; do
+        "$bin" -config "$work/n$n-$i.hcl" >"$logs/node$n-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in 1 2 3; do
+        wait_listening "${ips[i - 1]}" "$gport" "${pids[i - 1]}" "$logs/node$n-$i.log"
+    done
+    for ((k = 0; k < 1200; k++)); do
+        all=1
+        for i in 1 2 3; do compared "$logs/node$n-$i.log" || all=0; done
+        [ "$all" = 1 ] && break
+        sleep 0.1
+    done
+    [ "$all" = 1 ] || die "the daemons did not compare with their peers in 120 s"
+    sleep "$WAIT"
+    for i in 1 2 3; do memory "gosyncd-$n-node$i" "${pids[i - 1]}" >>"$res/memory"; done
+    if grep -E ' (WARN|ERROR) ' "$logs"/node"$n"-*.log >"$res/problems-$n"; then
+        die "the daemons logged warnings: $(head -n 5 "$res/problems-$n")"
+    fi
+    for pid in "${pids[@]}"; do stop "$pid"; done
+
+    log "$n files: lsyncd"
+    mkdir -p "$work/rsync-$n"
+    cp -a "$src/." "$work/rsync-$n/"
+    start_rsyncd "$n" 127.0.0.5 "$rport" "$work/rsync-$n"
+    rsyncd_pid=$!
+    start_lsyncd "lsyncd-$n" "" "$src" "rsync://127.0.0.5:$rport/node$n/"
+    sleep "$WAIT"
+    memory "lsyncd-$n" "$lsyncd_pid" >>"$res/memory"
+    memory "rsync-daemon-$n" "$rsyncd_pid" >>"$res/memory"
+    stop "$lsyncd_pid"
+    stop "$rsyncd_pid"
+    rm -rf "$src" "$work/rsync-$n" "$work"/n"$n"-*/etc
+done
+
+printf '\nIdle resident memory, MiB (%s s idle after start-up; gosyncd: %s)\n\n' "$WAIT" "$("$bin" --version)"
+printf '| daemon | files | VmRSS | RssAnon | RssFile | VmHWM |\n| --- | --- | --- | --- | --- | --- |\n'
+awk '{
+    split($1, k, "-")
+    printf "| %s | %s | %.1f | %.1f | %.1f | %.1f |\n", \
+        (k[1] == "rsync" ? "rsync --daemon" : k[1]) (k[3] != "" && k[1] == "gosyncd" ? " " k[3] : ""), \
+        (k[1] == "rsync" ? k[3] : k[2]), $2 / 1024, $3 / 1024, $4 / 1024, $5 / 1024
+}' "$res/memory"
