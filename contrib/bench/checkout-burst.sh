@@ -208,14 +208,7 @@ printf '%s\n' "$("$bin" --version)${lsyncd_version:+ vs $lsyncd_version}:" \
     "$(nproc) CPUs" | paste -sd' ' >"$res/title"
 
 log "gosyncd: starting 3 daemons on ${ips[*]} port $gport"
-pids=()
-for i in 1 2 3; do
-    "$bin" -config "$work/node$i.hcl" >"$logs/gosyncd-node$i.log" 2>&1 &
-    pids+=($!)
-done
-for i in 1 2 3; do
-    wait_listening "${ips[i - 1]}" "$gport" "${pids[i - 1]}" "$logs/gosyncd-node$i.log"
-done
+start_daemons "$work/node@i@.hcl" "$logs/gosyncd-node@i@.log"
 waited=$("${lat[@]}" idle 3 20 "${pids[@]}")
 log "  idle after start-up (${waited}s)"
 counters start

@@ -68,14 +68,7 @@ for n in $SIZES; do
     done
 
     log "$n files: three gosyncd daemons"
-    pids=()
-    for i in 1 2 3; do
-        "$bin" -config "$work/n$n-$i.hcl" >"$logs/node$n-$i.log" 2>&1 &
-        pids+=($!)
-    done
-    for i in 1 2 3; do
-        wait_listening "${ips[i - 1]}" "$gport" "${pids[i - 1]}" "$logs/node$n-$i.log"
-    done
+    start_daemons "$work/n$n-@i@.hcl" "$logs/node$n-@i@.log"
     for ((k = 0; k < 1200; k++)); do
         all=1
         for i in 1 2 3; do compared "$logs/node$n-$i.log" || all=0; done

@@ -191,13 +191,7 @@ daemon_problems() {
 gosyncd_scenario() {
     local key=$1 suffix=$2 n=$3 i waited pids=()
     log "$key: starting 3 gosyncd daemons on ${ips[*]} port $gport"
-    for i in 1 2 3; do
-        "$bin" -config "$work/node$i$suffix.hcl" >"$logs/$key-node$i.log" 2>&1 &
-        pids+=($!)
-    done
-    for i in 1 2 3; do
-        wait_listening "${ips[i - 1]}" "$gport" "${pids[i - 1]}" "$logs/$key-node$i.log"
-    done
+    start_daemons "$work/node@i@$suffix.hcl" "$logs/$key-node@i@.log"
     waited=$("${lat[@]}" idle 3 20 "${pids[@]}")
     log "  idle after start-up (${waited}s)"
     if [ "$key" = gosyncd-default ]; then

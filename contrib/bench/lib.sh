@@ -162,6 +162,21 @@ wait_listening() {
     die "nothing listens on $ip:$port after 30 s"
 }
 
+# start_daemons CONFIG LOG: the three gosyncd daemons (background jobs, their pids in
+# $pids), node i's config and log named by CONFIG and LOG with @i@ replaced by i;
+# returns once each listens on ${ips[i - 1]}:$gport.
+start_daemons() {
+    local i
+    pids=()
+    for i in 1 2 3; do
+        "$bin" -config "${1//@i@/$i}" >"${2//@i@/$i}" 2>&1 &
+        pids+=($!)
+    done
+    for i in 1 2 3; do
+        wait_listening "${ips[i - 1]}" "$gport" "${pids[i - 1]}" "${2//@i@/$i}"
+    done
+}
+
 # children_of PID: the process ids whose parent is PID (lsyncd's rsync runs).
 children_of() { ps -o pid= --ppid "$1" 2>/dev/null || true; }
 
