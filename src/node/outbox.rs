@@ -415,6 +415,8 @@ impl Outbox {
                     .or_insert(&change.status);
             }
         }
+        let maybe_applied: std::collections::HashSet<&str> =
+            report.maybe_applied.iter().map(String::as_str).collect();
         let found: std::collections::HashMap<&str, &Option<Entry>> = report
             .peer_holds
             .iter()
@@ -452,6 +454,11 @@ impl Outbox {
             match held {
                 None => settled.retry += 1,
                 Some(_) => settled.held += 1,
+            }
+            // An earlier try may have applied it: the peer is asked before the next push.
+            if held.is_none() && maybe_applied.contains(path.as_str()) {
+                self.unanswered(path, expected);
+                continue;
             }
             self.learn(path, expected, held);
         }
@@ -683,6 +690,52 @@ mod tests {
         let settled = outbox.settle(in_flight, &unreachable);
         assert_eq!(settled.retry, 1);
         assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v1")));
+    }
+
+    #[test]
+    fn a_change_failing_after_a_try_that_may_have_applied_it_asks_the_peer_first() {
+        let outbox = Outbox::default();
+        outbox.merge(&[put("/d/a", b"v1")], no_dir);
+        let sent = outbox.take();
+        outbox.sending(
+            &[("/d/a".to_string(), file_entry(b"v1"))]
+                .into_iter()
+                .collect(),
+        );
+        // The first try's connection was reset after the request went out; the second
+        // could not read the file (deleted here meanwhile).
+        let mut report = answered("/d/a", ChangeStatus::Failed("cannot read".into()), None);
+        report.peer_holds.clear();
+        report.maybe_applied.push("/d/a".into());
+        let settled = outbox.settle(
+            sent.into_iter().map(|(p, k)| (p, k.holds)).collect(),
+            &report,
+        );
+        assert_eq!(settled.retry, 1);
+        let waiting = outbox.snapshot();
+        assert_eq!(waiting["/d/a"].holds, None);
+        assert_eq!(
+            waiting["/d/a"].sent,
+            Some(Sent {
+                entry: Some(file_entry(b"v1"))
+            }),
+            "the peer may hold the version sent: it is asked before the next push"
+        );
+        // Without that doubt, what failed is simply retried against the older state.
+        let outbox = Outbox::default();
+        outbox.merge(&[put("/d/a", b"v1")], no_dir);
+        let sent = outbox.take();
+        outbox.sending(
+            &[("/d/a".to_string(), file_entry(b"v1"))]
+                .into_iter()
+                .collect(),
+        );
+        report.maybe_applied.clear();
+        outbox.settle(
+            sent.into_iter().map(|(p, k)| (p, k.holds)).collect(),
+            &report,
+        );
+        assert_eq!(outbox.snapshot()["/d/a"].sent, None);
     }
 
     #[test]

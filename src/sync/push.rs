@@ -98,6 +98,8 @@ pub(super) async fn push(
         bytes: content_bytes(&ops),
     });
     for mut ops in split_batches(config, ops, limits) {
+        // Whether a try of this batch may have been applied without its answer arriving.
+        let mut maybe_applied = false;
         let response = loop {
             if ops.is_empty() {
                 break None;
@@ -107,7 +109,7 @@ pub(super) async fn push(
                 foreign_owners: !crate::tree::applies_owners(),
             };
             let batch = Arc::new(Outgoing::new(header));
-            let sent = send(peer, config, &batch).await;
+            let sent = send(peer, config, &batch, &mut maybe_applied).await;
             let fault = batch.fault.lock().expect("fault lock").take();
             match (sent, fault) {
                 // A file of this batch could not be sent as planned: the peer was told the
@@ -122,6 +124,9 @@ pub(super) async fn push(
                         }
                         Unsendable::Unreadable(reason) => reason,
                     };
+                    if maybe_applied {
+                        report.maybe_applied.push(op.path.clone());
+                    }
                     report.changes.push(Change {
                         peer: label.clone(),
                         path: op.path,
@@ -386,10 +391,14 @@ const BUSY_RETRY_MAX: Duration = Duration::from_secs(2);
 /// within [`BUSY_RETRY_BOUND`]. Sending a batch twice is safe: the receiver treats an
 /// operation whose path already holds the wanted state as done. A try whose body failed
 /// on this side is not repeated: the caller drops the file at fault first.
+///
+/// `maybe_applied` is set once a try ends that way: a connection reset after the request
+/// went out may have left the batch applied, whatever the later tries say.
 async fn send(
     peer: &Peer,
     config: &Arc<Config>,
     batch: &Arc<Outgoing>,
+    maybe_applied: &mut bool,
 ) -> Result<ApplyAnswer, PeerError> {
     let deadline = Instant::now() + BUSY_RETRY_BOUND;
     let mut wait = BUSY_RETRY_FIRST;
@@ -402,6 +411,7 @@ async fn send(
                     && Instant::now() + wait < deadline =>
             {
                 debug!(error = %e, wait_ms = wait.as_millis() as u64, "peer busy: sending again");
+                *maybe_applied = true;
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(BUSY_RETRY_MAX);
             }

@@ -169,6 +169,10 @@ pub struct PeerReport {
     /// Files not sent because they were written again since the scan (they are also
     /// reported as skipped changes).
     pub changed_locally: Vec<String>,
+    /// Paths whose change failed on a later try of a batch that an earlier try may have
+    /// applied (its connection was reset before the answer): the peer holds either what
+    /// it was expected to hold or the version sent, and must be asked which.
+    pub maybe_applied: Vec<String>,
     /// Why the remote was left alone: it turned out to be this node.
     pub skipped: Option<String>,
     /// The `on_change` commands the peer ran for this push.

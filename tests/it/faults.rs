@@ -500,6 +500,65 @@ async fn a_connection_cut_mid_transfer_writes_nothing_partial_and_the_watcher_re
     assert_eq!(n1.stats().unwrap().apply_requests, 1, "{:?}", n1.stats());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_applied_whose_answer_is_lost_then_a_deletion_here_leaves_the_peer_without_it() {
+    // Node 0 reaches node 1 through a forwarder that drops node 1's answer to the push of
+    // a large file once node 1 holds it: applied there, unknown here. The file is then
+    // deleted on node 0 before the retry.
+    let mut group = built_watching(2).await;
+    group.restart(1).await.unwrap();
+    let target = group.nodes[1].addr;
+    let on_1 = group.nodes[1].path("/etc/app/big.bin");
+    let big = pattern("a large file whose answer is lost\n", 2 * CUT_AFTER_BYTES);
+    let expected = big.clone();
+    let applied = Arc::new(move || std::fs::read(&on_1).is_ok_and(|bytes| bytes == expected));
+    let (forwarder, lost) =
+        forwarder_losing_answer(target.ip(), target, CUT_AFTER_BYTES, applied).await;
+    let variant = config_variant(&group, 0, "node1-lost.hcl", |text| {
+        with_remotes(
+            &text,
+            &[group.nodes[0].addr.to_string(), forwarder.addr.to_string()],
+        )
+    });
+    group.nodes[0].config = Arc::new(Config::from_file(&variant).unwrap());
+    group.restart(0).await.unwrap();
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+
+    let staged = group.path().join("staged.bin");
+    std::fs::write(&staged, &big).unwrap();
+    std::fs::rename(&staged, n0.path("/etc/app/big.bin")).unwrap();
+    eventually_showing(
+        "node 1 applied the push and its answer was lost",
+        RETRY_WAIT,
+        || lost.load(Ordering::SeqCst),
+        || format!("node 0: {:?}; node 1: {:?}", n0.stats(), n1.stats()),
+    )
+    .await;
+    assert!(n1.path("/etc/app/big.bin").exists());
+    std::fs::remove_file(n0.path("/etc/app/big.bin")).unwrap();
+
+    eventually_showing(
+        "node 1 no longer holds the file deleted on node 0",
+        RETRY_WAIT,
+        || !n1.path("/etc/app/big.bin").exists(),
+        || format!("node 0: {:?}; node 1: {:?}", n0.peer_status(), n1.stats()),
+    )
+    .await;
+    // And nothing stays held or waiting: the group converged.
+    eventually_showing(
+        "node 0 has nothing waiting or held for node 1",
+        RETRY_WAIT,
+        || {
+            n0.peer_status()
+                .unwrap()
+                .iter()
+                .all(|p| p.pending == 0 && p.held.is_empty())
+        },
+        || format!("node 0's peers: {:?}", n0.peer_status()),
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // A peer that accepts and never answers.
 

@@ -135,3 +135,89 @@ pub(super) async fn forward_with(bind: IpAddr, target: SocketAddr, on_chunk: OnC
     });
     Forwarder { addr, task }
 }
+
+/// Forwards every connection made to `bind:<ephemeral>` to `target`, except one answer:
+/// once a connection has carried more than `threshold` bytes from the client and
+/// `applied` says the server has done the work, the next bytes the server sends (its
+/// answer) are dropped and the connection is reset both ways. The request reached the
+/// server whole; the client never learns what became of it. The flag says whether an
+/// answer was lost.
+pub async fn forwarder_losing_answer(
+    bind: IpAddr,
+    target: SocketAddr,
+    threshold: usize,
+    applied: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> (Forwarder, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let listener = TcpListener::bind(SocketAddr::new(bind, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lost = Arc::new(AtomicBool::new(false));
+    let flag = lost.clone();
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((mut client, client_addr)) = listener.accept().await {
+            let (lost, applied) = (lost.clone(), applied.clone());
+            connections.spawn(async move {
+                let connect = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::new(client_addr.ip(), 0))?;
+                    socket.connect(target).await
+                };
+                let Ok(mut server) = connect.await else {
+                    return;
+                };
+                let sent = AtomicUsize::new(0);
+                let reset = {
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            sent.fetch_add(n, Ordering::SeqCst);
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_write.shutdown().await;
+                        // The client is done; the answer still comes down.
+                        std::future::pending::<()>().await;
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match server_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if sent.load(Ordering::SeqCst) > threshold
+                                && applied()
+                                && !lost.swap(true, Ordering::SeqCst)
+                            {
+                                return true;
+                            }
+                            if client_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = client_write.shutdown().await;
+                        false
+                    };
+                    tokio::select! {
+                        () = up => false,
+                        reset = down => reset,
+                    }
+                };
+                if reset {
+                    let _ = client.set_zero_linger();
+                    let _ = server.set_zero_linger();
+                }
+            });
+        }
+    });
+    (Forwarder { addr, task }, flag)
+}
