@@ -694,25 +694,23 @@ mod tests {
 
     #[test]
     fn a_change_failing_after_a_try_that_may_have_applied_it_asks_the_peer_first() {
-        let outbox = Outbox::default();
-        outbox.merge(&[put("/d/a", b"v1")], no_dir);
-        let sent = outbox.take();
-        outbox.sending(
-            &[("/d/a".to_string(), file_entry(b"v1"))]
-                .into_iter()
-                .collect(),
-        );
+        // A push of v1 whose one change failed, as `report` says.
+        let pushed = |report: &PeerReport| {
+            let outbox = Outbox::default();
+            outbox.merge(&[put("/d/a", b"v1")], no_dir);
+            let sent = outbox.take();
+            let ours = [("/d/a".to_string(), file_entry(b"v1"))];
+            outbox.sending(&ours.into_iter().collect());
+            let sent = sent.into_iter().map(|(p, k)| (p, k.holds)).collect();
+            assert_eq!(outbox.settle(sent, report).retry, 1);
+            outbox.snapshot()
+        };
         // The first try's connection was reset after the request went out; the second
         // could not read the file (deleted here meanwhile).
         let mut report = answered("/d/a", ChangeStatus::Failed("cannot read".into()), None);
         report.peer_holds.clear();
         report.maybe_applied.push("/d/a".into());
-        let settled = outbox.settle(
-            sent.into_iter().map(|(p, k)| (p, k.holds)).collect(),
-            &report,
-        );
-        assert_eq!(settled.retry, 1);
-        let waiting = outbox.snapshot();
+        let waiting = pushed(&report);
         assert_eq!(waiting["/d/a"].holds, None);
         assert_eq!(
             waiting["/d/a"].sent,
@@ -722,20 +720,8 @@ mod tests {
             "the peer may hold the version sent: it is asked before the next push"
         );
         // Without that doubt, what failed is simply retried against the older state.
-        let outbox = Outbox::default();
-        outbox.merge(&[put("/d/a", b"v1")], no_dir);
-        let sent = outbox.take();
-        outbox.sending(
-            &[("/d/a".to_string(), file_entry(b"v1"))]
-                .into_iter()
-                .collect(),
-        );
         report.maybe_applied.clear();
-        outbox.settle(
-            sent.into_iter().map(|(p, k)| (p, k.holds)).collect(),
-            &report,
-        );
-        assert_eq!(outbox.snapshot()["/d/a"].sent, None);
+        assert_eq!(pushed(&report)["/d/a"].sent, None);
     }
 
     #[test]

@@ -434,6 +434,19 @@ const CUT_AFTER_BYTES: usize = 1024 * 1024;
 /// comes after 1 s.
 const RETRY_WAIT: Duration = Duration::from_secs(15);
 
+/// Restarts node 0 of a two-node group with node 1 reached at `address` (a forwarder)
+/// instead, its config written as `name`.
+async fn reach_node_1_through(group: &mut LocalGroup, address: SocketAddr, name: &str) {
+    let variant = config_variant(group, 0, name, |text| {
+        with_remotes(
+            &text,
+            &[group.nodes[0].addr.to_string(), address.to_string()],
+        )
+    });
+    group.nodes[0].config = Arc::new(Config::from_file(&variant).unwrap());
+    group.restart(0).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_mid_transfer_writes_nothing_partial_and_the_watcher_retries() {
     // Node 0 reaches node 1 only through a forwarder (on node 1's own address, so the
@@ -443,14 +456,7 @@ async fn a_connection_cut_mid_transfer_writes_nothing_partial_and_the_watcher_re
     group.restart(1).await.unwrap();
     let target = group.nodes[1].addr;
     let (forwarder, cut) = forwarder_cutting(target.ip(), target, CUT_AFTER_BYTES).await;
-    let variant = config_variant(&group, 0, "node1-cut.hcl", |text| {
-        with_remotes(
-            &text,
-            &[group.nodes[0].addr.to_string(), forwarder.addr.to_string()],
-        )
-    });
-    group.nodes[0].config = Arc::new(Config::from_file(&variant).unwrap());
-    group.restart(0).await.unwrap();
+    reach_node_1_through(&mut group, forwarder.addr, "node1-cut.hcl").await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
 
     // 4 MiB, appearing at once (renamed in) so the watcher never sees half of it.
@@ -514,14 +520,7 @@ async fn a_push_applied_whose_answer_is_lost_then_a_deletion_here_leaves_the_pee
     let applied = Arc::new(move || std::fs::read(&on_1).is_ok_and(|bytes| bytes == expected));
     let (forwarder, lost) =
         forwarder_losing_answer(target.ip(), target, CUT_AFTER_BYTES, applied).await;
-    let variant = config_variant(&group, 0, "node1-lost.hcl", |text| {
-        with_remotes(
-            &text,
-            &[group.nodes[0].addr.to_string(), forwarder.addr.to_string()],
-        )
-    });
-    group.nodes[0].config = Arc::new(Config::from_file(&variant).unwrap());
-    group.restart(0).await.unwrap();
+    reach_node_1_through(&mut group, forwarder.addr, "node1-lost.hcl").await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
 
     let staged = group.path().join("staged.bin");

@@ -52,6 +52,14 @@ pub async fn forwarder_with_hook(
     .await
 }
 
+/// A connection to `target` from address `from` (the client's own, as a NAT-less network
+/// would carry it).
+async fn connect_from(from: IpAddr, target: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(target).await
+}
+
 /// What a forwarder does with the next bytes from a client.
 pub(super) enum Step {
     Pass,
@@ -74,12 +82,7 @@ pub(super) async fn forward_with(bind: IpAddr, target: SocketAddr, on_chunk: OnC
         while let Ok((mut client, client_addr)) = listener.accept().await {
             let on_chunk = on_chunk.clone();
             connections.spawn(async move {
-                let connect = async {
-                    let socket = tokio::net::TcpSocket::new_v4()?;
-                    socket.bind(SocketAddr::new(client_addr.ip(), 0))?;
-                    socket.connect(target).await
-                };
-                let Ok(mut server) = connect.await else {
+                let Ok(mut server) = connect_from(client_addr.ip(), target).await else {
                     return;
                 };
                 let cut_here = {
@@ -159,12 +162,7 @@ pub async fn forwarder_losing_answer(
         while let Ok((mut client, client_addr)) = listener.accept().await {
             let (lost, applied) = (lost.clone(), applied.clone());
             connections.spawn(async move {
-                let connect = async {
-                    let socket = tokio::net::TcpSocket::new_v4()?;
-                    socket.bind(SocketAddr::new(client_addr.ip(), 0))?;
-                    socket.connect(target).await
-                };
-                let Ok(mut server) = connect.await else {
+                let Ok(mut server) = connect_from(client_addr.ip(), target).await else {
                     return;
                 };
                 let sent = AtomicUsize::new(0);
