@@ -109,12 +109,13 @@ impl Baseline {
             if !matches!(row.entry.content, Content::File { .. }) {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(config.local_path(path)) else {
+            let Ok(st) = rustix::fs::lstat(config.local_path(path)) else {
                 continue;
             };
-            let stamp = Stamp::of_metadata(&meta);
-            if meta.is_file() && stamp.settled_before(began_ns) && row.file_digest(&stamp).is_some()
-            {
+            let stamp = Stamp::of_stat(&st);
+            let is_file = rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::RegularFile;
+            if is_file && stamp.settled_before(began_ns) && row.file_digest(&stamp).is_some() {
                 row.found = Found::of(&stamp);
             }
         }

@@ -194,24 +194,13 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    fn of_stat(st: &rustix::fs::Stat) -> Stamp {
+    pub fn of_stat(st: &rustix::fs::Stat) -> Stamp {
         Stamp {
             dev: st.st_dev,
             ino: st.st_ino,
             size: st.st_size as u64,
             mtime_ns: nanos(st.st_mtime, st.st_mtime_nsec as i64),
             ctime_ns: nanos(st.st_ctime, st.st_ctime_nsec as i64),
-        }
-    }
-
-    /// The stamp of a file's metadata.
-    pub fn of_metadata(meta: &Metadata) -> Stamp {
-        Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            mtime_ns: mtime_ns(meta),
-            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
         }
     }
 
@@ -836,7 +825,7 @@ mod tests {
         ));
         let config = config_at(tmp.path(), "");
         let (baseline, cache) = kept(&config);
-        let stamp = |name: &str| Stamp::of_metadata(&std::fs::metadata(app.join(name)).unwrap());
+        let stamp = |name: &str| Stamp::of_stat(&rustix::fs::stat(app.join(name)).unwrap());
         assert_eq!(
             baseline.hash_of("/etc/app/a", &stamp("a")),
             Some(Digest256::of(b"one"))
@@ -906,7 +895,7 @@ mod tests {
         std::fs::write(app.join("a"), b"one").unwrap();
         let config = config_at(tmp.path(), "");
         let (baseline, cache) = kept(&config);
-        let stamp = Stamp::of_metadata(&std::fs::metadata(app.join("a")).unwrap());
+        let stamp = Stamp::of_stat(&rustix::fs::stat(app.join("a")).unwrap());
         assert_eq!(baseline.hash_of("/etc/app/a", &stamp), None);
         scan(&config, &[], &cache);
         assert_eq!(baseline.hash_of("/etc/app/a", &stamp), None);

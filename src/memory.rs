@@ -10,8 +10,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// A batch, a burst or a comparison of this many paths or more gives back the memory it
-/// needed once it is done ([`give_back_soon`]); smaller ones need too little to matter.
+/// A batch received or a watcher's burst of this many paths or more gives back the
+/// memory it needed once it is done ([`give_back_soon`]); smaller ones need too little
+/// to matter. (Start-up and each comparison pass with the peers, minutes apart, always
+/// do.)
 pub const LARGE_WORK: usize = 1000;
 
 /// How long after the last piece of work noted by [`give_back_soon`] the memory is given
