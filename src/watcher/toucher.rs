@@ -11,11 +11,13 @@
 //! [`Outbox::touch`]: crate::node::Outbox::touch
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::baseline::Baseline;
+use crate::config::Config;
 use crate::node::Node;
+use crate::protocol::Entry;
 
 /// The paths handed over and not yet noted, and how far the thread got.
 #[derive(Default)]
@@ -161,20 +163,7 @@ fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
             }
             // A directory made or moved in: what it holds comes with it.
             Ok(meta) if meta.is_dir() => {
-                let below = walkdir::WalkDir::new(&local)
-                    .min_depth(1)
-                    .follow_links(false)
-                    .into_iter()
-                    .filter_map(Result::ok)
-                    .filter_map(|e| node.config.logical_path(e.path()))
-                    // Only what this node synchronises: excluded and temporary names
-                    // never travel.
-                    .filter(|p| crate::tree::confine(&node.config, p).is_ok())
-                    .map(|p| {
-                        let known = baseline.get(&p);
-                        (p, known)
-                    });
-                touched.extend(below);
+                touched.extend(changed_below(&node.config, baseline, &local))
             }
             _ => {}
         }
@@ -194,6 +183,34 @@ fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
     }
 }
 
+/// What a directory made or moved in holds, each path with the version known there,
+/// but for the files holding that very version: those of a received batch, whose
+/// directory's event is taken after the batch ended (a large batch's would otherwise
+/// all be noted, and spooled, once more). Only what this node synchronises: excluded
+/// and temporary names never travel.
+fn changed_below(
+    config: &Config,
+    baseline: &Baseline,
+    local: &Path,
+) -> Vec<(String, Option<Entry>)> {
+    walkdir::WalkDir::new(local)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let path = config.logical_path(e.path())?;
+            crate::tree::confine(config, &path).ok()?;
+            let known = baseline.get(&path);
+            let held = e.metadata().ok().zip(known.as_ref());
+            match held.is_some_and(|(meta, known)| is_known_file(&meta, known)) {
+                true => None,
+                false => Some((path, known)),
+            }
+        })
+        .collect()
+}
+
 /// Whether a regular file's metadata is that of `known`: same size, mode and mtime.
 fn is_known_file(meta: &std::fs::Metadata, known: &crate::protocol::Entry) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -201,4 +218,38 @@ fn is_known_file(meta: &std::fs::Metadata, known: &crate::protocol::Entry) -> bo
         && meta.is_file()
         && known.mode == meta.mode() & 0o7777
         && known.mtime_ns == crate::manifest::mtime_ns(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{scan, HashCache};
+    use crate::testing::config_at;
+
+    #[test]
+    fn a_directory_noted_brings_what_it_holds_but_the_files_holding_the_version_known() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config_at(tmp.path(), r#""*.swp""#);
+        let dir = tmp.path().join("etc/app/d");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for name in ["received", "edited", "sub/received"] {
+            std::fs::write(dir.join(name), b"v1").unwrap();
+        }
+        let known = scan(&config, &[], &HashCache::forgetful());
+        let baseline = Baseline::new(known.entries);
+        std::fs::write(dir.join("edited"), b"v2, longer").unwrap();
+        std::fs::write(dir.join("new"), b"v1").unwrap();
+        std::fs::write(dir.join("edited.swp"), b"x").unwrap();
+
+        let mut noted = changed_below(&config, &baseline, &dir);
+        noted.sort_by(|a, b| a.0.cmp(&b.0));
+        let paths: Vec<&str> = noted.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["/etc/app/d/edited", "/etc/app/d/new", "/etc/app/d/sub"]
+        );
+        // Each with the version known, which a delivery expects the peer to hold.
+        assert!(noted[0].1.is_some());
+        assert_eq!(noted[1].1, None);
+    }
 }
