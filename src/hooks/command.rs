@@ -107,11 +107,22 @@ impl Drop for GroupGuard {
     }
 }
 
+/// Longest list of changed paths given in `GOSYNCD_CHANGED`. Linux refuses to start a
+/// program with one environment string over 128 KiB (`E2BIG`): the paths of a batch of
+/// a few thousand files would keep its commands from running at all, and a `validate`
+/// that cannot run rejects the batch.
+const CHANGED_IN_ENVIRONMENT_MAX: usize = 64 * 1024;
+
 /// Runs `command` with `sh -c`, with `changed` (the changed paths as they are on this
 /// host, one per line) in `GOSYNCD_CHANGED` and the configured directory (likewise) in
 /// `GOSYNCD_DIRECTORY`, killing it and everything it started after `timeout`. It
 /// inherits the daemon's environment, except the variables systemd meant for the daemon
 /// alone (see [`for_the_daemon_only`]).
+///
+/// The list is also in a temporary file, one path per line, named by
+/// `GOSYNCD_CHANGED_FILE` and removed when the command ends: whole, whatever its
+/// length. Past [`CHANGED_IN_ENVIRONMENT_MAX`], `GOSYNCD_CHANGED` is empty, as when
+/// `sync` validates the whole tree.
 ///
 /// The command leads a process group of its own, and the timeout kills the whole group:
 /// a `sh -c 'a & b'` leaves no orphan behind. A process it leaves running after it ended,
@@ -128,10 +139,22 @@ pub async fn run(
             sh.env_remove(name);
         }
     }
+    let listed = changed.join("\n");
+    // Kept until the command ends, then removed. Without it (no temporary directory
+    // to write in) the command still runs, told of the paths that fit.
+    let list = changed_file(&listed);
+    let (file, in_environment) = match (&list, listed.len() > CHANGED_IN_ENVIRONMENT_MAX) {
+        (Ok(file), too_long) => (file.path().as_os_str(), if too_long { "" } else { &listed }),
+        (Err(e), too_long) => {
+            tracing::warn!(error = %e, "cannot write the list of changed paths for a command: GOSYNCD_CHANGED_FILE is empty");
+            (std::ffi::OsStr::new(""), if too_long { "" } else { &listed })
+        }
+    };
     let started = sh
         .arg("-c")
         .arg(command)
-        .env("GOSYNCD_CHANGED", changed.join("\n"))
+        .env("GOSYNCD_CHANGED", in_environment)
+        .env("GOSYNCD_CHANGED_FILE", file)
         .env("GOSYNCD_DIRECTORY", directory)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -184,9 +207,45 @@ pub async fn run(
     }
 }
 
+/// A temporary file holding `listed`, ending with a newline unless it is empty.
+fn changed_file(listed: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut file = tempfile::Builder::new()
+        .prefix("gosyncd-changed-")
+        .tempfile()?;
+    if !listed.is_empty() {
+        file.write_all(listed.as_bytes())?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_list_of_changed_paths_too_long_for_the_environment_is_given_in_a_file() {
+        let changed: Vec<String> = (0..5_000)
+            .map(|i| format!("/etc/app/conf.d/a-rather-long-name-for-a-file-{i:05}.cfg"))
+            .collect();
+        assert!(changed.join("\n").len() > 128 * 1024);
+        let counted = run(
+            "f=\"$GOSYNCD_CHANGED_FILE\"; test -z \"$GOSYNCD_CHANGED\" && echo \"$(wc -l < \"$f\") $(tail -n 1 \"$f\") $f\"",
+            "/etc/app",
+            &changed,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(counted.success(), "{counted:?}");
+        let said: Vec<&str> = counted.first_line.split(' ').collect();
+        assert_eq!(said[..2], ["5000", changed[4_999].as_str()], "{counted:?}");
+        assert!(
+            !std::path::Path::new(said[2]).exists(),
+            "the list's file is removed once the command ended"
+        );
+    }
 
     #[tokio::test]
     async fn a_command_gets_the_changed_paths_and_reports_the_line_that_explains() {
@@ -200,6 +259,14 @@ mod tests {
         .await;
         assert!(ok.success(), "{ok:?}");
         assert_eq!(ok.first_line, "fine");
+        let listed = run(
+            "cat \"$GOSYNCD_CHANGED_FILE\"",
+            "/etc/app",
+            &changed,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(listed.first_line, "/etc/app/b c", "{listed:?}");
         let bad = run(
             "echo some output; echo '[NOTICE] checker 2.6.12' >&2; echo '  [ALERT] line 3: unknown keyword' >&2; echo 'Fatal errors found' >&2; exit 3",
             "/etc/app",
