@@ -145,9 +145,12 @@ async fn compare_paths(
     differing: BTreeSet<String>,
     first: bool,
 ) -> Vec<BTreeSet<String>> {
+    // Only the peers whose digests differ: the others would list the same directories
+    // for nothing.
     let options = Options {
         dry_run: true,
         scope: differing.into_iter().collect(),
+        peers: compare.iter().cloned().collect(),
         ..Options::default()
     };
     // What waits for each peer now: delivered while the comparison runs, it would look

@@ -147,7 +147,10 @@ pub async fn run(
         (Ok(file), too_long) => (file.path().as_os_str(), if too_long { "" } else { &listed }),
         (Err(e), too_long) => {
             tracing::warn!(error = %e, "cannot write the list of changed paths for a command: GOSYNCD_CHANGED_FILE is empty");
-            (std::ffi::OsStr::new(""), if too_long { "" } else { &listed })
+            (
+                std::ffi::OsStr::new(""),
+                if too_long { "" } else { &listed },
+            )
         }
     };
     let started = sh

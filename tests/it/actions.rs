@@ -536,3 +536,43 @@ async fn commands_do_not_inherit_the_variables_systemd_gives_the_daemon() {
         assert!(leaked.is_empty(), "{}: {leaked:?}", seen.display());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_of_a_batch_of_thousands_of_paths_run_and_are_given_every_path() {
+    // 4,040 paths as they are on node 1 are about 200 KiB, more than GOSYNCD_CHANGED may
+    // hold: Linux refuses to start a program with an environment string over 128 KiB,
+    // and the receiver's commands did not run at all (its `validate` rejected the batch).
+    let mut group = start(2).await;
+    let runs = group.path().join("on-change-runs");
+    with_directory_lines(
+        &mut group,
+        1,
+        &format!(
+            "  validate = \"test -s \\\"$GOSYNCD_CHANGED_FILE\\\"\"\n  on_change = \"echo \\\"[$GOSYNCD_CHANGED]\\\" $(wc -l < \\\"$GOSYNCD_CHANGED_FILE\\\") >> {}\"",
+            runs.display()
+        ),
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    for i in 0..4_000 {
+        write(
+            n0,
+            &format!("/etc/app/d{:02}/f{i:04}.cfg", i / 100),
+            format!("{i}\n"),
+        );
+    }
+
+    let run = gosyncd(config_args(&n0.config_path, &["sync"])).await;
+    let tail: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| !l.ends_with(" added"))
+        .collect();
+    assert_eq!(run.code, Some(0), "{}\n{tail:#?}", run.stderr);
+    assert_same_tree(n0, n1);
+    let lines = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        lines, "[] 4040\n",
+        "node 1's on_change runs once, given every path in its file"
+    );
+}
