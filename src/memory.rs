@@ -1,4 +1,4 @@
-//! Giving freed memory back to the system.
+//! Giving freed memory back to the system, and keeping the allocator to one arena.
 //!
 //! glibc's allocator returns freed memory to the system only from the top of its heap,
 //! and it raises that bar after each large block freed. A daemon's start-up scan, a
@@ -75,3 +75,29 @@ pub fn give_back() {
 /// Other allocators (musl's) return freed memory themselves.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn give_back() {}
+
+/// Keeps glibc's allocator to one arena, unless `MALLOC_ARENA_MAX` says otherwise.
+/// Call it first thing, before any thread is started.
+///
+/// glibc gives each thread that allocates while another holds an arena one of its own,
+/// up to eight per core, and each keeps what it freed. The runtime's threads and the
+/// blocking ones that receive and write batches take turns, so a daemon that had
+/// received 10,000 files held 31 MiB for a heap of 3; with one arena, 16. gosyncd's
+/// threads seldom allocate at the same moment: the lock they share costs nothing
+/// measurable (the initial sync of 10,000 and 100,000 files took as long).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn one_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    // SAFETY: mallopt takes two integers and changes only the allocator's own settings;
+    // it is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Other allocators have no such arenas.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn one_arena() {}
