@@ -143,15 +143,16 @@ pub async fn run(
     // Kept until the command ends, then removed. Without it (no temporary directory
     // to write in) the command still runs, told of the paths that fit.
     let list = changed_file(&listed);
-    let (file, in_environment) = match (&list, listed.len() > CHANGED_IN_ENVIRONMENT_MAX) {
-        (Ok(file), too_long) => (file.path().as_os_str(), if too_long { "" } else { &listed }),
-        (Err(e), too_long) => {
+    let file = match &list {
+        Ok(file) => file.path().as_os_str(),
+        Err(e) => {
             tracing::warn!(error = %e, "cannot write the list of changed paths for a command: GOSYNCD_CHANGED_FILE is empty");
-            (
-                std::ffi::OsStr::new(""),
-                if too_long { "" } else { &listed },
-            )
+            std::ffi::OsStr::new("")
         }
+    };
+    let in_environment = match listed.len() > CHANGED_IN_ENVIRONMENT_MAX {
+        true => "",
+        false => listed.as_str(),
     };
     let started = sh
         .arg("-c")

@@ -151,10 +151,8 @@ fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
         // has its sender's) is not an edit: the events a received batch made, taken
         // after the batch ended. Spooled, it would be delivered at the next start
         // whatever the file held by then.
-        if let (Ok(meta), Some(known)) = (&meta, &known) {
-            if is_known_file(meta, known) {
-                continue;
-            }
+        if holds_known(meta.as_ref().ok(), known.as_ref()) {
+            continue;
         }
         match meta {
             // A directory gone: everything known below it goes with it.
@@ -202,18 +200,19 @@ fn changed_below(
             let path = config.logical_path(e.path())?;
             crate::tree::confine(config, &path).ok()?;
             let known = baseline.get(&path);
-            let held = e.metadata().ok().zip(known.as_ref());
-            match held.is_some_and(|(meta, known)| is_known_file(&meta, known)) {
-                true => None,
-                false => Some((path, known)),
-            }
+            let holds = holds_known(e.metadata().ok().as_ref(), known.as_ref());
+            (!holds).then_some((path, known))
         })
         .collect()
 }
 
-/// Whether a regular file's metadata is that of `known`: same size, mode and mtime.
-fn is_known_file(meta: &std::fs::Metadata, known: &crate::protocol::Entry) -> bool {
+/// Whether a path found with `meta` (none: gone or unreadable) is a regular file holding
+/// the version `known` there: same size, mode and mtime.
+fn holds_known(meta: Option<&std::fs::Metadata>, known: Option<&Entry>) -> bool {
     use std::os::unix::fs::MetadataExt;
+    let (Some(meta), Some(known)) = (meta, known) else {
+        return false;
+    };
     matches!(known.content, crate::protocol::Content::File { size, .. } if size == meta.len())
         && meta.is_file()
         && known.mode == meta.mode() & 0o7777
