@@ -186,8 +186,9 @@ fn check_parents(
             Some(FileType::Symlink) => Err(format!(
                 "{path}: refused, {at} is a symlink on this node (links are never followed)"
             )),
-            // Not a directory, and the last parent: the executor decides.
-            Some(_) if at == parent => Ok(()),
+            // Not a directory, and the last parent: the executor decides. Further up, a
+            // file the batch deletes first (a file replaced by a directory tree).
+            Some(_) if at == parent || deleted.contains(at.as_str()) => Ok(()),
             _ => Err(format!("{path}: cannot inspect {at}: {error}")),
         },
     }
@@ -253,6 +254,40 @@ mod tests {
             };
         }
         assert!(refusal(&c, vec![link]).contains("invalid symlink target"));
+    }
+
+    #[test]
+    fn a_file_the_batch_replaces_by_a_directory_tree_does_not_refuse_the_paths_below_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("c"), "a file").unwrap();
+        let deep = |first: Vec<Op>| {
+            let mut ops = first;
+            ops.push(Op {
+                path: "/etc/app/c".into(),
+                expect: None,
+                action: Action::Put {
+                    entry: Entry {
+                        content: Content::Dir,
+                        mode: 0o755,
+                        ..crate::testing::file_entry(b"")
+                    },
+                },
+            });
+            ops.push(put("/etc/app/c/d/e.conf", b"1"));
+            validate_batch(&c, &BatchHeader::new(ops))
+        };
+        let delete = Op {
+            path: "/etc/app/c".into(),
+            expect: Some(crate::testing::file_entry(b"a file")),
+            action: Action::Delete,
+        };
+        assert!(deep(vec![delete]).is_ok());
+        // Not deleted by the batch: still refused.
+        let err = deep(Vec::new()).unwrap_err();
+        assert!(err.contains("cannot inspect /etc/app/c"), "{err}");
     }
 
     #[test]

@@ -647,3 +647,17 @@ async fn a_run_over_the_whole_tree_lists_only_the_directories_whose_digests_diff
     assert_same_tree(n0, n1);
     assert_eq!(lines(&dry_run(&group, 0).await, n1), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_on_the_peer_where_the_sender_has_a_directory_tree_is_replaced_by_it() {
+    // Regression: the receiver refused the whole batch ("cannot inspect /etc/app/c: Not a
+    // directory") for the paths two levels below a file the same batch deletes, so the
+    // group stayed divergent for good.
+    let group = start(2).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    write(n0, "/etc/app/c/conf.d/0.conf", "a\n");
+    write(n0, "/etc/app/c/1.conf", "b\n");
+    write(n1, "/etc/app/c", "a file\n");
+    assert_clean(&sync(&group, 0).await);
+    assert_same_tree(n0, n1);
+}
