@@ -14,6 +14,7 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::config::Remote;
+use crate::paths::Region;
 use crate::protocol::{
     self, ApplyResponse, ContentRequest, ContentResponse, ErrorBody, Identity, ManifestRequest,
     ManifestResponse, StatusResponse,
@@ -147,9 +148,15 @@ impl Peer {
 
     /// The peer's manifest, limited to `scope` (empty: everything).
     pub async fn manifest(&self, scope: &[String]) -> Result<ManifestResponse, PeerError> {
+        self.listing(Region::scope(scope)).await
+    }
+
+    /// The peer's manifest, limited to `region`.
+    pub async fn listing(&self, region: Region<'_>) -> Result<ManifestResponse, PeerError> {
         self.ask_manifest(ManifestRequest {
-            scope: scope.to_vec(),
-            digests_only: false,
+            scope: region.scope.to_vec(),
+            shallow: region.shallow.to_vec(),
+            ..ManifestRequest::default()
         })
         .await
     }
@@ -158,8 +165,19 @@ impl Peer {
     /// its entries): a comparison that costs a few bytes while the trees agree.
     pub async fn digests(&self) -> Result<ManifestResponse, PeerError> {
         self.ask_manifest(ManifestRequest {
-            scope: Vec::new(),
             digests_only: true,
+            ..ManifestRequest::default()
+        })
+        .await
+    }
+
+    /// The digest of each level of the peer's configured directories `dirs` (see
+    /// [`manifest::level_digests`](crate::manifest::level_digests)), to find where they
+    /// differ without listing them.
+    pub async fn levels(&self, dirs: &[String]) -> Result<ManifestResponse, PeerError> {
+        self.ask_manifest(ManifestRequest {
+            levels: dirs.to_vec(),
+            ..ManifestRequest::default()
         })
         .await
     }

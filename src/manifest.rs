@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::config::{Config, Directory};
-use crate::paths::in_scope;
+use crate::paths::{parent, Region};
 use crate::protocol::{Content, Digest256, Entry};
 use crate::tree::{is_temp_name, Parents};
 
@@ -36,19 +36,115 @@ pub fn digest(
     owners: bool,
     keep: impl Fn(&str) -> bool,
 ) -> Digest256 {
-    use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    let below = entries
-        .range::<str, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
-        // Every path starting with `dir`'s text is together in the order; some of them
-        // (`dir-x`) are not within it.
-        .take_while(|(path, _)| path.starts_with(dir));
-    for (path, entry) in below.filter(|(path, _)| crate::paths::is_within(path, dir)) {
+    for (path, entry) in within(entries, dir) {
         if keep(path) {
             digest_entry(&mut hash, path, entry, owners);
         }
     }
     Digest256(hash.finalize().into())
+}
+
+/// The entries of `entries` that are `dir` or below it, in order.
+fn within<'a>(
+    entries: &'a Manifest,
+    dir: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+    entries
+        .range::<str, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
+        // Every path starting with `dir`'s text is together in the order; some of them
+        // (`dir-x`) are not within it.
+        .take_while(move |(path, _)| path.starts_with(dir))
+        .filter(move |(path, _)| crate::paths::is_within(path, dir))
+}
+
+/// The digest of each level of configured directory `dir` in `entries` (the part `keep`
+/// keeps), by directory: a level is a directory's own entry and its children's, in the
+/// order of their names. Two nodes whose [`digest`]s of a directory differ compare its
+/// levels to find where, and list only the levels that differ: a change to a path
+/// changes the level of its parent directory and no other (a directory's own entry is
+/// in its parent's level and in its own, so that the configured directory's is in
+/// one). Equal to what [`walk_levels`] hashes while walking.
+pub fn level_digests(
+    entries: &Manifest,
+    dir: &str,
+    owners: bool,
+    keep: impl Fn(&str) -> bool,
+) -> BTreeMap<String, Digest256> {
+    let mut levels: std::collections::HashMap<&str, Sha256> = std::collections::HashMap::new();
+    for (path, entry) in within(entries, dir).filter(|(path, _)| keep(path)) {
+        if path != dir {
+            // A child whose parent is not kept is not kept either.
+            let Some(level) = levels.get_mut(parent(path)) else {
+                continue;
+            };
+            digest_entry(level, path, entry, owners);
+        }
+        if entry.content.is_dir() {
+            let mut level = Sha256::new();
+            digest_entry(&mut level, path, entry, owners);
+            levels.insert(path, level);
+        }
+    }
+    levels
+        .into_iter()
+        .map(|(path, level)| (path.to_string(), Digest256(level.finalize().into())))
+        .collect()
+}
+
+/// The digest of each level (see [`level_digests`]) of the configured directories
+/// `dirs`, hashed while walking them: no manifest is built, and memory holds the
+/// directories still to walk only.
+pub fn walk_levels(
+    config: &Config,
+    dirs: &[String],
+    cache: &HashCache,
+    owners: bool,
+) -> DigestScan {
+    let mut out = DigestScan::default();
+    for dir in config.directories.iter().filter(|d| dirs.contains(&d.path)) {
+        let mut parents = Parents::default();
+        let Some((fd, top)) = open_top(
+            config,
+            dir,
+            &mut parents,
+            &mut out.missing,
+            &mut out.unreadable,
+        ) else {
+            continue;
+        };
+        let mut next = Some((dir.path.clone(), fd, top));
+        let mut pending: Vec<(String, Entry)> = Vec::new();
+        loop {
+            if let Some((logical, fd, own)) = next.take() {
+                let everything = Region::default();
+                if let Some(mut listed) =
+                    children(&fd, &logical, dir, everything, cache, &mut out.unreadable)
+                {
+                    listed.sort_unstable_by(|(a, ..), (b, ..)| a.as_bytes().cmp(b.as_bytes()));
+                    let mut level = Sha256::new();
+                    digest_entry(&mut level, &logical, &own, owners);
+                    for (_, child, entry) in &listed {
+                        digest_entry(&mut level, child, entry, owners);
+                    }
+                    out.digests
+                        .push((logical, Digest256(level.finalize().into())));
+                    pending.extend(
+                        listed
+                            .into_iter()
+                            .filter(|(_, _, entry)| entry.content.is_dir())
+                            .map(|(_, child, entry)| (child, entry)),
+                    );
+                }
+            }
+            let Some((logical, own)) = pending.pop() else {
+                break;
+            };
+            next = open_walked(config, dir, &mut parents, logical, &mut out.unreadable)
+                .map(|(logical, fd)| (logical, fd, own));
+        }
+    }
+    out
 }
 
 /// Adds one entry to a directory's digest (see [`digest`]).
@@ -138,7 +234,10 @@ fn digest_directory(
     let mut next = Some((dir.path.clone(), fd));
     loop {
         if let Some((logical, fd)) = next.take() {
-            if let Some(children) = children(&fd, &logical, dir, &[], cache, &mut out.unreadable) {
+            let everything = Region::default();
+            if let Some(children) =
+                children(&fd, &logical, dir, everything, cache, &mut out.unreadable)
+            {
                 let mut items = Vec::with_capacity(children.len());
                 for (name, child, entry) in children {
                     if entry.content.is_dir() {
@@ -363,11 +462,16 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 
 /// Scans every configured directory in `scope` (empty: all of them).
 pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
+    scan_region(config, Region::scope(scope), cache)
+}
+
+/// Scans what `region` lists of every configured directory.
+pub fn scan_region(config: &Config, region: Region, cache: &HashCache) -> Scan {
     let mut out = Scan::default();
     let mut found = Vec::new();
     for dir in &config.directories {
-        if in_scope(&dir.path, scope) {
-            scan_directory(config, dir, scope, cache, &mut found, &mut out);
+        if region.holds(&dir.path) {
+            scan_directory(config, dir, region, cache, &mut found, &mut out);
         }
     }
     // Built at once from the sorted list, the map's nodes are full and allocated
@@ -380,7 +484,7 @@ pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
 fn scan_directory(
     config: &Config,
     dir: &Directory,
-    scope: &[String],
+    region: Region,
     cache: &HashCache,
     found: &mut Vec<(String, Entry)>,
     out: &mut Scan,
@@ -403,9 +507,9 @@ fn scan_directory(
     let mut pending = Vec::new();
     loop {
         if let Some((logical, fd)) = next.take() {
-            let listed = children(&fd, &logical, dir, scope, cache, &mut out.unreadable);
+            let listed = children(&fd, &logical, dir, region, cache, &mut out.unreadable);
             for (_, child, state) in listed.into_iter().flatten() {
-                if state.content.is_dir() {
+                if state.content.is_dir() && region.reaches_below(&child) {
                     pending.push(child.clone());
                 }
                 found.push((child, state));
@@ -482,7 +586,7 @@ fn open_top(
     }
 }
 
-/// The entries a scan of `dir` within `scope` takes from directory `fd` (logical path
+/// The entries a scan of `dir` within `region` takes from directory `fd` (logical path
 /// `logical`), as (name, logical path, entry): not gosyncd's temporary files, nor
 /// excluded names, nor names that are not UTF-8 or not a regular file, directory or
 /// symlink (logged). What cannot be read is recorded in `unreadable`; `None` when the
@@ -491,7 +595,7 @@ fn children(
     fd: &OwnedFd,
     logical: &str,
     dir: &Directory,
-    scope: &[String],
+    region: Region,
     cache: &HashCache,
     unreadable: &mut Vec<(String, String)>,
 ) -> Option<Vec<(String, String, Entry)>> {
@@ -513,7 +617,7 @@ fn children(
             continue;
         }
         let child = child_path(logical, &name);
-        if dir.excludes.is_excluded(&child) || !in_scope(&child, scope) {
+        if dir.excludes.is_excluded(&child) || !region.holds(&child) {
             continue;
         }
         match read_below(fd, &name, &child, cache) {
@@ -702,6 +806,71 @@ mod tests {
         let before = scan_digests(&config, &cache, true).digests;
         std::fs::write(app.join("a/x.d/2"), "changed").unwrap();
         assert_ne!(scan_digests(&config, &cache, true).digests, before);
+    }
+
+    #[test]
+    fn levels_hashed_while_walking_are_those_of_the_scanned_manifest_and_a_change_moves_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        for dir in ["a/x", "a/x.d", "a.d", "empty", "b/c/d", "skipped.swp"] {
+            std::fs::create_dir_all(app.join(dir)).unwrap();
+        }
+        for file in [
+            "a/x/1", "a/x.d/2", "a/y", "a.c", "a0", "a.d/z", "b/c/d/e", "top", "skip.swp",
+        ] {
+            std::fs::write(app.join(file), file).unwrap();
+        }
+        symlink("a/y", app.join("a.link")).unwrap();
+        let config = crate::testing::parse(&config_text(tmp.path(), "\"*.swp\""));
+        let dirs = ["/etc/app".to_string()];
+        let levels = |owners: bool| {
+            let walked = walk_levels(&config, &dirs, &HashCache::default(), owners);
+            assert!(walked.unreadable.is_empty(), "{:?}", walked.unreadable);
+            let walked: BTreeMap<String, Digest256> = walked.digests.into_iter().collect();
+            let scanned = scan(&config, &[], &HashCache::default());
+            assert_eq!(
+                walked,
+                level_digests(&scanned.entries, "/etc/app", owners, |_| true)
+            );
+            walked
+        };
+        let before = levels(true);
+        assert_eq!(
+            before.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "/etc/app",
+                "/etc/app/a",
+                "/etc/app/a.d",
+                "/etc/app/a/x",
+                "/etc/app/a/x.d",
+                "/etc/app/b",
+                "/etc/app/b/c",
+                "/etc/app/b/c/d",
+                "/etc/app/empty"
+            ]
+        );
+        assert_ne!(levels(false), before);
+        let moved = |after: &BTreeMap<String, Digest256>| -> Vec<String> {
+            let mut all: Vec<String> = before.keys().chain(after.keys()).cloned().collect();
+            all.sort();
+            all.dedup();
+            all.retain(|p| before.get(p) != after.get(p));
+            all
+        };
+        // A file's content: its directory's level only.
+        std::fs::write(app.join("b/c/d/e"), "changed").unwrap();
+        assert_eq!(moved(&levels(true)), ["/etc/app/b/c/d"]);
+        std::fs::write(app.join("b/c/d/e"), "b/c/d/e").unwrap();
+        assert!(moved(&levels(true)).is_empty());
+        // A directory's mode: its own level and its parent's.
+        std::fs::set_permissions(app.join("a/x"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(moved(&levels(true)), ["/etc/app/a", "/etc/app/a/x"]);
+        // A new directory: its parent's level, and its own, which only one side has.
+        std::fs::create_dir(app.join("b/new")).unwrap();
+        assert_eq!(
+            moved(&levels(true)),
+            ["/etc/app/a", "/etc/app/a/x", "/etc/app/b", "/etc/app/b/new"]
+        );
     }
 
     #[test]

@@ -389,6 +389,18 @@ impl Node {
         response
     }
 
+    /// The digest of each level of configured directories `dirs`, hashed while walking
+    /// (see [`manifest::level_digests`]).
+    pub fn levels(&self, dirs: &[String]) -> ManifestResponse {
+        let walked = manifest::walk_levels(&self.config, dirs, &self.cache, self.owners);
+        let digests = walked
+            .digests
+            .into_iter()
+            .map(|(path, sha256)| DirectoryDigest { path, sha256 })
+            .collect();
+        self.response(&walked.missing, walked.unreadable, Vec::new(), digests)
+    }
+
     /// This node's answer from a scan: its entries, or (`digests_only`) one digest per
     /// configured directory present and no entries.
     pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> ManifestResponse {

@@ -71,6 +71,54 @@ pub fn in_scope(path: &str, scope: &[String]) -> bool {
             .any(|s| is_within(path, s) || is_within(s, path))
 }
 
+/// A part of the tree to list: every path of `scope` with all below it, and every
+/// directory of `shallow` one level deep (its own entry and its children's), each with
+/// its ancestors. Both empty: the whole tree.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Region<'a> {
+    pub scope: &'a [String],
+    pub shallow: &'a [String],
+}
+
+impl<'a> Region<'a> {
+    /// The paths of `scope` with all below them (empty: everything), as [`in_scope`].
+    pub fn scope(scope: &'a [String]) -> Region<'a> {
+        Region {
+            scope,
+            shallow: &[],
+        }
+    }
+
+    /// Whether this is the whole tree.
+    pub fn is_everything(&self) -> bool {
+        self.scope.is_empty() && self.shallow.is_empty()
+    }
+
+    /// Whether `path` is listed.
+    pub fn holds(&self, path: &str) -> bool {
+        self.is_everything()
+            || self
+                .scope
+                .iter()
+                .any(|s| is_within(path, s) || is_within(s, path))
+            || self
+                .shallow
+                .iter()
+                .any(|d| is_within(d, path) || (path != "/" && parent(path) == d))
+    }
+
+    /// Whether anything strictly below directory `dir` may be listed: whether a walk
+    /// must open it.
+    pub fn reaches_below(&self, dir: &str) -> bool {
+        self.is_everything()
+            || self
+                .scope
+                .iter()
+                .any(|s| is_within(dir, s) || is_within(s, dir))
+            || self.shallow.iter().any(|d| is_within(d, dir))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +173,44 @@ mod tests {
         assert!(!in_scope("/etc/haproxy/haproxy.cfg", &scope));
         assert!(!in_scope("/etc/haproxy/conf.dx", &scope));
         assert!(in_scope("/anything", &[]));
+    }
+
+    #[test]
+    fn a_region_lists_shallow_directories_one_level_deep_with_their_ancestors() {
+        let scope = vec!["/etc/app/full".to_string()];
+        let shallow = vec!["/etc/app/conf.d".to_string()];
+        let region = Region {
+            scope: &scope,
+            shallow: &shallow,
+        };
+        for held in [
+            "/etc",
+            "/etc/app",
+            "/etc/app/conf.d",
+            "/etc/app/conf.d/a.cfg",
+            "/etc/app/conf.d/sub",
+            "/etc/app/full",
+            "/etc/app/full/x/y",
+        ] {
+            assert!(region.holds(held), "{held}");
+        }
+        for not in [
+            "/etc/app/conf.d/sub/b.cfg",
+            "/etc/app/conf.dx",
+            "/etc/app/top.cfg",
+            "/etc/app/fullx",
+        ] {
+            assert!(!region.holds(not), "{not}");
+        }
+        assert!(region.reaches_below("/etc/app"));
+        assert!(region.reaches_below("/etc/app/conf.d"));
+        assert!(region.reaches_below("/etc/app/full/x"));
+        assert!(!region.reaches_below("/etc/app/conf.d/sub"));
+        assert!(!region.reaches_below("/etc/app/other"));
+        let everything = Region::default();
+        assert!(everything.holds("/anything/below") && everything.reaches_below("/x"));
+        let scoped = Region::scope(&scope);
+        assert!(scoped.holds("/etc/app") && !scoped.holds("/etc/app/conf.d/a.cfg"));
     }
 
     #[test]

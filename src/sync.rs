@@ -30,7 +30,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use self::peer::PeerLink;
 pub(crate) use self::peer::{digests_agree, directories_differing};
-use self::peer::{kept_directories, peer_rules, sync_peer, LocalState, PeerTerms};
+use self::peer::{
+    kept_directories, levels_can_tell, levels_differing, peer_rules, sync_peer, LocalState,
+    PeerTerms,
+};
 pub use self::progress::{PeerTally, Progress, ProgressEvent};
 use self::push::push;
 pub use self::report::{ActionLine, Change, ChangeStatus, Options, PeerReport, Report};
@@ -40,7 +43,7 @@ use crate::client::{self, Peer};
 use crate::config::{Config, Remote};
 use crate::hooks;
 use crate::manifest::{self, HashCache, Scan};
-use crate::paths::{self, is_within};
+use crate::paths::{self, is_within, Region};
 use crate::protocol::{Action, ManifestResponse, Op};
 use crate::tls::TlsMaterial;
 
@@ -198,10 +201,13 @@ impl Engine {
 
             let started = std::time::Instant::now();
             let scope = options.scope.clone();
-            // A run over the whole tree asks each peer for its directories' digests
-            // first, and for the entries of those that differ only; a scoped run asks
-            // for the entries in scope at once.
-            let whole = scope.is_empty();
+            // A run over whole configured directories (all of them, or those named)
+            // asks each peer for its directories' digests first, then for the levels
+            // of those that differ, and lists only the levels that differ; a run
+            // scoped below a directory asks for the entries in scope at once.
+            let whole = scope
+                .iter()
+                .all(|s| self.config.directories.iter().any(|d| d.path == *s));
             let links: Vec<&Arc<PeerLink>> = self
                 .peers
                 .iter()
@@ -298,7 +304,11 @@ impl Engine {
             false => None,
         };
         let (missing, scanned) = match &own_digests {
-            Some(ours) => (missing_directories(ours), None),
+            Some(ours) => {
+                let mut missing = missing_directories(ours);
+                missing.retain(|dir| paths::in_scope(dir, scope));
+                (missing, None)
+            }
             None => {
                 let scan = self.local_source().scan(scope).await;
                 (scan.missing.clone(), Some(scan))
@@ -317,7 +327,7 @@ impl Engine {
             .iter()
             .filter(|d| match &scanned {
                 Some(scan) => scan.entries.contains_key(&d.path),
-                None => !missing.contains(&d.path),
+                None => !missing.contains(&d.path) && paths::in_scope(&d.path, scope),
             })
             .map(|d| (d.path.clone(), Vec::new()))
             .collect();
@@ -525,11 +535,11 @@ impl LocalSource {
 async fn one_peer(
     config: &Arc<Config>,
     link: &PeerLink,
-    mut manifest: Result<ManifestResponse, crate::client::PeerError>,
+    manifest: Result<ManifestResponse, crate::client::PeerError>,
     local: &LazyLocal,
     self_id: Option<String>,
     whole: bool,
-    mut options: Options,
+    options: Options,
 ) -> PeerReport {
     if let Ok(m) = &manifest {
         link.set_terms(Some(PeerTerms::of(m)));
@@ -548,13 +558,32 @@ async fn one_peer(
                 return empty();
             }
             let local = local.get().await;
-            let differing = directories_differing(config, local.scan(), digests);
+            let mut differing = directories_differing(config, local.scan(), digests);
+            differing.retain(|dir| paths::in_scope(dir, &options.scope));
             if differing.is_empty() {
                 return empty();
             }
-            debug!(directories = ?differing, "digests differ: listing them");
-            manifest = link.peer.manifest(&differing).await;
-            options.scope = differing;
+            let (whole, shallow) = match options.list_whole {
+                true => (differing, Vec::new()),
+                false => narrow(config, &link.peer, local.scan(), digests, differing).await,
+            };
+            if whole.is_empty() && shallow.is_empty() {
+                return empty();
+            }
+            debug!(
+                ?whole,
+                levels = shallow.len(),
+                "digests differ: listing where"
+            );
+            let listed = Region {
+                scope: &whole,
+                shallow: &shallow,
+            };
+            let manifest = link.peer.listing(listed).await;
+            return sync_peer(
+                config, &link.peer, manifest, &local, self_id, &options, listed,
+            )
+            .await;
         }
     }
     let state = match &manifest {
@@ -563,7 +592,47 @@ async fn one_peer(
         // tree.
         _ => Arc::new(LocalState::new(Scan::default())),
     };
-    sync_peer(config, &link.peer, manifest, &state, self_id, &options).await
+    let listed = Region::scope(&options.scope);
+    sync_peer(
+        config, &link.peer, manifest, &state, self_id, &options, listed,
+    )
+    .await
+}
+
+/// Where the peer's tree differs from this node's (`scan`) in the configured
+/// directories `differing`, whose digests differ: the directories to list whole, and
+/// the directories to list one level deep. A directory is listed whole when its levels
+/// cannot tell (part of it unreadable on either side, a peer that could not answer
+/// them); otherwise only the levels that differ are listed.
+async fn narrow(
+    config: &Config,
+    peer: &crate::client::Peer,
+    scan: &Scan,
+    digests: &ManifestResponse,
+    differing: Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    let (judged, mut whole): (Vec<String>, Vec<String>) = differing
+        .into_iter()
+        .partition(|dir| levels_can_tell(scan, digests, dir));
+    if judged.is_empty() {
+        return (whole, Vec::new());
+    }
+    let levels = match peer.levels(&judged).await {
+        Ok(levels) => levels,
+        Err(e) => {
+            debug!(error = %e, "no levels from the peer: listing the directories whole");
+            whole.extend(judged);
+            return (whole, Vec::new());
+        }
+    };
+    let mut shallow = Vec::new();
+    for dir in judged {
+        match levels_differing(config, scan, &levels, &dir) {
+            Some(differ) => shallow.extend(differ),
+            None => whole.push(dir),
+        }
+    }
+    (whole, shallow)
 }
 
 /// This node's side of one run: the digests its daemon keeps (when usable), and the

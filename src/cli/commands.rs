@@ -116,6 +116,7 @@ pub(super) async fn sync_command(
         diff,
         progress: sync::Progress::default(),
         peers,
+        ..Options::default()
     };
     if format == Format::Json {
         let staged = run_sync(&engine, &options, canary, |peer| {

@@ -17,6 +17,15 @@ pub struct ManifestRequest {
     /// Answer each configured directory's digest instead of its entries.
     #[serde(default)]
     pub digests_only: bool,
+    /// Answer the digest of each level of these configured directories (a directory's
+    /// own entry and its children's, see
+    /// [`manifest::level_digests`](crate::manifest::level_digests)) instead of entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<String>,
+    /// Directories listed one level deep (their own entries and their children's, with
+    /// their ancestors), besides `scope`; with `scope` empty, these only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shallow: Vec<String>,
 }
 
 /// A configured directory's digest (see [`manifest::digest`](crate::manifest::digest)).
@@ -281,7 +290,8 @@ pub struct ManifestResponse {
     /// What the receiver accepts in one apply request; senders fit their pushes to it.
     #[serde(default)]
     pub limits: PeerLimits,
-    /// When asked for digests only: one per configured directory present here (and
+    /// When asked for digests only: one per configured directory present here; when
+    /// asked for levels: one per directory of those configured directories (and
     /// `entries` is empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub digests: Vec<DirectoryDigest>,

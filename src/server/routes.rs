@@ -155,14 +155,37 @@ async fn manifest(
 ) -> Result<Json<ManifestResponse>, ApiError> {
     let request: ManifestRequest = serde_json::from_slice(&body)
         .map_err(|e| refuse(&addr, format!("malformed manifest request: {e}")))?;
-    for path in &request.scope {
-        paths::check_normalized(path).map_err(|e| refuse(&addr, format!("scope: {e}")))?;
+    for (field, paths) in [
+        ("scope", &request.scope),
+        ("shallow", &request.shallow),
+        ("levels", &request.levels),
+    ] {
+        for path in paths {
+            paths::check_normalized(path).map_err(|e| refuse(&addr, format!("{field}: {e}")))?;
+        }
+    }
+    if let Some(path) = request
+        .levels
+        .iter()
+        .find(|p| !node.config.directories.iter().any(|d| &d.path == *p))
+    {
+        return Err(refuse(
+            &addr,
+            format!("levels: {path} is not a configured directory on this node"),
+        ));
     }
     let response = tokio::task::spawn_blocking(move || {
-        if request.digests_only && request.scope.is_empty() {
+        if !request.levels.is_empty() {
+            return node.levels(&request.levels);
+        }
+        let region = paths::Region {
+            scope: &request.scope,
+            shallow: &request.shallow,
+        };
+        if request.digests_only && region.is_everything() {
             return node.whole_tree_digests();
         }
-        let scan = manifest::scan(&node.config, &request.scope, &node.cache);
+        let scan = manifest::scan_region(&node.config, region, &node.cache);
         node.answer(scan, request.digests_only)
     })
     .await

@@ -16,7 +16,7 @@ use super::{Change, ChangeStatus, Options, PeerReport};
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
 use crate::manifest::Scan;
-use crate::paths::{in_scope, is_within};
+use crate::paths::{in_scope, is_within, Region};
 use crate::plan::plan;
 use crate::protocol::{Action, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
 
@@ -91,6 +91,7 @@ pub(super) async fn sync_peer(
     local: &LocalState,
     self_id: Option<String>,
     options: &Options,
+    listed: Region<'_>,
 ) -> PeerReport {
     let label = peer.remote.label.clone();
     let mut report = PeerReport {
@@ -111,7 +112,12 @@ pub(super) async fn sync_peer(
         return report;
     }
 
-    let (ours, theirs, refused_dirs) = views(config, local, &remote, &options.scope);
+    let Views {
+        ours,
+        theirs,
+        refused: refused_dirs,
+        unlisted,
+    } = views(config, local, &remote, &options.scope, listed);
     for dir in refused_dirs {
         report.changes.push(Change {
             peer: label.clone(),
@@ -137,7 +143,7 @@ pub(super) async fn sync_peer(
         });
     }
     if !options.force {
-        if let Some(refusal) = mass_delete(config, &options.scope, &theirs, &ops) {
+        if let Some(refusal) = mass_delete(config, &options.scope, &theirs, &unlisted, &ops) {
             report.error = Some(refusal);
             report.refused = true;
             report.changes.extend(ops.iter().map(|op| Change {
@@ -205,16 +211,29 @@ pub const MASS_DELETE_MIN: usize = 10;
 /// peer (every entry deleted, nothing put), or delete more than `max_delete_share` of its
 /// entries (and at least [`MASS_DELETE_MIN`]), most likely comes from an unmounted or
 /// emptied directory on this node. A path deleted and put again (a type change) does not
-/// count. Only directories the run covers whole are judged. Returns the refusal, naming
-/// the directory and the counts.
-fn mass_delete(config: &Config, scope: &[String], theirs: &View, ops: &[Op]) -> Option<String> {
+/// count. Only directories the run covers whole are judged; what the peer holds there
+/// is what it listed (`theirs`) and, where it listed only the parts that differ, the
+/// entries of the parts left unlisted (`unlisted`, which hold this node's). Returns the
+/// refusal, naming the directory and the counts.
+fn mass_delete(
+    config: &Config,
+    scope: &[String],
+    theirs: &View,
+    unlisted: &[(&str, usize)],
+    ops: &[Op],
+) -> Option<String> {
     // A sync scoped below a directory sees only part of it: no share can be judged.
     let whole = |dir: &str| scope.is_empty() || scope.iter().any(|s| is_within(dir, s));
     for dir in config.directories.iter().filter(|d| whole(&d.path)) {
         let held = theirs
             .keys()
             .filter(|p| **p != dir.path && is_within(p, &dir.path))
-            .count();
+            .count()
+            + unlisted
+                .iter()
+                .filter(|(d, _)| *d == dir.path)
+                .map(|(_, n)| n)
+                .sum::<usize>();
         let in_dir: Vec<&Op> = ops
             .iter()
             .filter(|op| is_within(&op.path, &dir.path))
@@ -253,13 +272,26 @@ fn mass_delete(config: &Config, scope: &[String], theirs: &View, ops: &[Op]) -> 
 type View<'a> = BTreeMap<&'a str, &'a Entry>;
 
 /// The local and remote manifests restricted to what this peer and this node both
-/// synchronise, plus the configured directories the peer cannot take (with the reason).
+/// synchronise, within what the run lists.
+struct Views<'a> {
+    ours: View<'a>,
+    theirs: View<'a>,
+    /// The configured directories the peer cannot take, with the reason.
+    refused: Vec<(String, String)>,
+    /// Per configured directory, how many of this node's entries (below it, as the peer
+    /// would take them) lie outside what the peer listed.
+    unlisted: Vec<(&'a str, usize)>,
+}
+
+/// The [`Views`] of a run over `scope` for which the peer listed `listed` (its answer,
+/// `remote`).
 fn views<'a>(
-    config: &Config,
+    config: &'a Config,
     local: &'a LocalState,
     remote: &'a ManifestResponse,
     scope: &[String],
-) -> (View<'a>, View<'a>, Vec<(String, String)>) {
+    listed: Region<'_>,
+) -> Views<'a> {
     let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
         // Missing here or out of scope: not part of this run.
         local.scan.entries.contains_key(&dir.path) && in_scope(&dir.path, scope)
@@ -273,19 +305,26 @@ fn views<'a>(
         .collect();
     let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
 
-    let ours: View = local
-        .scan
-        .entries
-        .iter()
-        .filter(|(path, _)| {
-            known(path)
-                && in_scope(path, scope)
-                && shared.iter().any(|(dir, theirs)| {
-                    is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
-                })
-        })
-        .map(|(p, e)| (p.as_str(), e))
-        .collect();
+    let mut ours = View::new();
+    let mut unlisted: Vec<(&str, usize)> = Vec::new();
+    for (path, entry) in &local.scan.entries {
+        if !known(path) || !in_scope(path, scope) {
+            continue;
+        }
+        let Some((dir, _)) = shared.iter().find(|(dir, theirs)| {
+            is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
+        }) else {
+            continue;
+        };
+        if listed.holds(path) {
+            ours.insert(path.as_str(), entry);
+        } else if *path != dir.path {
+            match unlisted.iter_mut().find(|(d, _)| *d == dir.path) {
+                Some((_, n)) => *n += 1,
+                None => unlisted.push((&dir.path, 1)),
+            }
+        }
+    }
     let theirs: View = remote
         .entries
         .iter()
@@ -298,7 +337,12 @@ fn views<'a>(
         })
         .map(|w| (w.path.as_str(), &w.entry))
         .collect();
-    (ours, theirs, refused)
+    Views {
+        ours,
+        theirs,
+        refused,
+        unlisted,
+    }
 }
 
 /// A peer's rules for the configured directories `wanted` selects: for each directory
@@ -367,6 +411,72 @@ pub(crate) fn directories_differing(
         })
         .map(|dir| dir.path.clone())
         .collect()
+}
+
+/// Whether configured directory `dir`, whose digest differs on the peer (`theirs`, its
+/// digests), can be compared level by level: the peer has it, with excludes that parse,
+/// and neither side failed to read part of it.
+pub(crate) fn levels_can_tell(scan: &Scan, theirs: &ManifestResponse, dir: &str) -> bool {
+    let touches = |p: &str| is_within(p, dir) || is_within(dir, p);
+    let info = theirs.directories.iter().find(|d| d.path == dir);
+    info.is_some_and(|info| info.present && Excludes::new(dir, &info.exclude).is_ok())
+        && theirs.digests.iter().any(|d| d.path == dir)
+        && !scan.unreadable.iter().any(|(p, _)| touches(p))
+        && !theirs.unreadable.iter().any(|p| touches(p))
+}
+
+/// The directories of configured directory `dir` whose levels (see
+/// [`manifest::level_digests`](crate::manifest::level_digests)) differ between this
+/// node's tree (`scan`) and the peer's answer `levels`, in order: listed one level deep,
+/// they hold every path where the trees differ. `None` when the answer cannot tell (the
+/// directory missing or partly unreadable there, or its excludes invalid): the
+/// directory is then listed whole.
+pub(crate) fn levels_differing(
+    config: &Config,
+    scan: &Scan,
+    levels: &ManifestResponse,
+    dir: &str,
+) -> Option<Vec<String>> {
+    let ours_dir = config.directories.iter().find(|d| d.path == dir)?;
+    let info = levels
+        .directories
+        .iter()
+        .find(|d| d.path == dir && d.present)?;
+    let excludes = Excludes::new(dir, &info.exclude).ok()?;
+    if levels
+        .unreadable
+        .iter()
+        .any(|p| is_within(p, dir) || is_within(dir, p))
+    {
+        return None;
+    }
+    let ours = crate::manifest::level_digests(&scan.entries, dir, levels.owners, |path| {
+        !excludes.excludes_any_component(dir, path)
+    });
+    let theirs: BTreeMap<&str, crate::protocol::Digest256> = levels
+        .digests
+        .iter()
+        .filter(|d| {
+            is_within(&d.path, dir) && !ours_dir.excludes.excludes_any_component(dir, &d.path)
+        })
+        .map(|d| (d.path.as_str(), d.sha256))
+        .collect();
+    if !theirs.contains_key(dir) {
+        return None;
+    }
+    let mut differ: Vec<String> = ours
+        .iter()
+        .filter(|(path, digest)| theirs.get(path.as_str()) != Some(*digest))
+        .map(|(path, _)| path.clone())
+        .chain(
+            theirs
+                .keys()
+                .filter(|path| !ours.contains_key(**path))
+                .map(|path| path.to_string()),
+        )
+        .collect();
+    differ.sort_unstable();
+    Some(differ)
 }
 
 /// Whether a peer's digests show that it holds exactly this node's tree, from the

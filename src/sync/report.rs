@@ -25,6 +25,9 @@ pub struct Options {
     /// The peers to run for, by their label (the remote as written in `remotes`); empty:
     /// every peer. [`super::Engine::select`] turns what an operator typed into these.
     pub peers: Vec<String>,
+    /// List each directory whose digests differ whole, rather than only its levels that
+    /// differ. Slower; both answer the same, and the tests check that they do.
+    pub list_whole: bool,
 }
 
 /// What happened (or would happen) to one path on one peer. Every variant but `Done`

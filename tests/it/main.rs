@@ -13,6 +13,7 @@ mod convergence;
 mod faults;
 mod faults_convergence;
 mod group_status;
+mod levels;
 mod limits;
 mod on_conflict;
 mod operations;
