@@ -64,7 +64,7 @@ fn within<'a>(
 /// levels to find where, and list only the levels that differ: a change to a path
 /// changes the level of its parent directory and no other (a directory's own entry is
 /// in its parent's level and in its own, so that the configured directory's is in
-/// one). Equal to what [`walk_levels`] hashes while walking.
+/// one). Equal to what [`scan_digests`] hashes while walking.
 pub fn level_digests(
     entries: &Manifest,
     dir: &str,
@@ -92,59 +92,21 @@ pub fn level_digests(
         .collect()
 }
 
-/// The digest of each level (see [`level_digests`]) of the configured directories
-/// `dirs`, hashed while walking them: no manifest is built, and memory holds the
-/// directories still to walk only.
-pub fn walk_levels(
-    config: &Config,
-    dirs: &[String],
-    cache: &HashCache,
+/// The digest of the level of directory `logical` (own entry `own`), whose children
+/// (as [`children`] lists them) it sorts by name.
+fn level_digest(
+    logical: &str,
+    own: &Entry,
+    children: &mut [(String, String, Entry)],
     owners: bool,
-) -> DigestScan {
-    let mut out = DigestScan::default();
-    for dir in config.directories.iter().filter(|d| dirs.contains(&d.path)) {
-        let mut parents = Parents::default();
-        let Some((fd, top)) = open_top(
-            config,
-            dir,
-            &mut parents,
-            &mut out.missing,
-            &mut out.unreadable,
-        ) else {
-            continue;
-        };
-        let mut next = Some((dir.path.clone(), fd, top));
-        let mut pending: Vec<(String, Entry)> = Vec::new();
-        loop {
-            if let Some((logical, fd, own)) = next.take() {
-                let everything = Region::default();
-                if let Some(mut listed) =
-                    children(&fd, &logical, dir, everything, cache, &mut out.unreadable)
-                {
-                    listed.sort_unstable_by(|(a, ..), (b, ..)| a.as_bytes().cmp(b.as_bytes()));
-                    let mut level = Sha256::new();
-                    digest_entry(&mut level, &logical, &own, owners);
-                    for (_, child, entry) in &listed {
-                        digest_entry(&mut level, child, entry, owners);
-                    }
-                    out.digests
-                        .push((logical, Digest256(level.finalize().into())));
-                    pending.extend(
-                        listed
-                            .into_iter()
-                            .filter(|(_, _, entry)| entry.content.is_dir())
-                            .map(|(_, child, entry)| (child, entry)),
-                    );
-                }
-            }
-            let Some((logical, own)) = pending.pop() else {
-                break;
-            };
-            next = open_walked(config, dir, &mut parents, logical, &mut out.unreadable)
-                .map(|(logical, fd)| (logical, fd, own));
-        }
+) -> Digest256 {
+    children.sort_unstable_by(|(a, ..), (b, ..)| a.as_bytes().cmp(b.as_bytes()));
+    let mut level = Sha256::new();
+    digest_entry(&mut level, logical, own, owners);
+    for (_, child, entry) in children.iter() {
+        digest_entry(&mut level, child, entry, owners);
     }
-    out
+    Digest256(level.finalize().into())
 }
 
 /// Adds one entry to a directory's digest (see [`digest`]).
@@ -178,6 +140,9 @@ fn digest_entry(hash: &mut Sha256, path: &str, entry: &Entry, owners: bool) {
 #[derive(Debug, Default)]
 pub struct DigestScan {
     pub digests: Vec<(String, Digest256)>,
+    /// The digest of each level of those directories (see [`level_digests`]), hashed in
+    /// the same walk.
+    pub levels: Vec<(String, Digest256)>,
     pub missing: Vec<String>,
     pub unreadable: Vec<(String, String)>,
 }
@@ -205,8 +170,8 @@ pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestS
 /// One item of a directory being walked for its digest, in the manifest's order.
 enum Walked {
     Entry(String, Entry),
-    /// The entries below a child directory.
-    Below(String),
+    /// The entries below a child directory, with its own entry.
+    Below(String, Entry),
 }
 
 /// Hashes configured directory `dir` into `hash`; `false` when it is missing or its
@@ -231,17 +196,20 @@ fn digest_directory(
     };
     digest_entry(hash, &dir.path, &top, owners);
     let mut walking: Vec<std::vec::IntoIter<Walked>> = Vec::new();
-    let mut next = Some((dir.path.clone(), fd));
+    let mut next = Some((dir.path.clone(), fd, top));
     loop {
-        if let Some((logical, fd)) = next.take() {
+        if let Some((logical, fd, own)) = next.take() {
             let everything = Region::default();
-            if let Some(children) =
+            if let Some(mut children) =
                 children(&fd, &logical, dir, everything, cache, &mut out.unreadable)
             {
+                let level = level_digest(&logical, &own, &mut children, owners);
+                out.levels.push((logical, level));
                 let mut items = Vec::with_capacity(children.len());
                 for (name, child, entry) in children {
                     if entry.content.is_dir() {
-                        items.push((format!("{name}/"), Walked::Below(child.clone())));
+                        let below = Walked::Below(child.clone(), entry.clone());
+                        items.push((format!("{name}/"), below));
                     }
                     items.push((name, Walked::Entry(child, entry)));
                 }
@@ -263,8 +231,9 @@ fn digest_directory(
                 walking.pop();
             }
             Some(Walked::Entry(path, entry)) => digest_entry(hash, &path, &entry, owners),
-            Some(Walked::Below(logical)) => {
+            Some(Walked::Below(logical, own)) => {
                 next = open_walked(config, dir, &mut parents, logical, &mut out.unreadable)
+                    .map(|(logical, fd)| (logical, fd, own))
             }
         }
     }
@@ -822,11 +791,10 @@ mod tests {
         }
         symlink("a/y", app.join("a.link")).unwrap();
         let config = crate::testing::parse(&config_text(tmp.path(), "\"*.swp\""));
-        let dirs = ["/etc/app".to_string()];
         let levels = |owners: bool| {
-            let walked = walk_levels(&config, &dirs, &HashCache::default(), owners);
+            let walked = scan_digests(&config, &HashCache::default(), owners);
             assert!(walked.unreadable.is_empty(), "{:?}", walked.unreadable);
-            let walked: BTreeMap<String, Digest256> = walked.digests.into_iter().collect();
+            let walked: BTreeMap<String, Digest256> = walked.levels.into_iter().collect();
             let scanned = scan(&config, &[], &HashCache::default());
             assert_eq!(
                 walked,

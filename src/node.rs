@@ -75,12 +75,14 @@ pub struct Node {
 /// by the next audit after that.
 const DIGESTS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// An answer to a request for digests, kept for the next request while nothing changed.
+/// An answer to a request for digests, and the levels hashed in the same walk, kept for
+/// the next request while nothing changed.
 pub(crate) struct KeptDigests {
     /// The tree's generation when the scan it comes from began.
     pub(crate) generation: u64,
     pub(crate) at: std::time::Instant,
     pub(crate) answer: ManifestResponse,
+    pub(crate) levels: Vec<DirectoryDigest>,
 }
 
 /// Everything a daemon knows of one peer, in one place: how to reach it (the client and
@@ -362,43 +364,63 @@ impl Node {
     /// [`DIGESTS_KEPT_FOR`]), computed from a scan otherwise. A no-change audit of a
     /// watched tree then costs no walk at all.
     pub fn whole_tree_digests(&self) -> ManifestResponse {
+        self.digests_walked(|kept| kept.answer.clone())
+    }
+
+    /// The digest of each level of configured directories `dirs` (see
+    /// [`manifest::level_digests`]): hashed in the walk that answers the digests, and
+    /// kept with them, so that a peer that asks for the digests and then for the levels
+    /// costs one walk of the tree, or none while it does not change.
+    pub fn levels(&self, dirs: &[String]) -> ManifestResponse {
+        self.digests_walked(|kept| {
+            let within = |path: &str| dirs.iter().any(|dir| crate::paths::is_within(path, dir));
+            ManifestResponse {
+                digests: kept
+                    .levels
+                    .iter()
+                    .filter(|d| within(&d.path))
+                    .cloned()
+                    .collect(),
+                ..kept.answer.clone()
+            }
+        })
+    }
+
+    /// `answer` of the kept digests and levels, or of a walk made now (and kept, when
+    /// the watcher tells the tree's generation).
+    fn digests_walked<T>(&self, answer: impl Fn(&KeptDigests) -> T) -> T {
         let before = self.generation.current();
         if let Some(now) = before {
             let kept = self.digests.lock().expect("digests lock");
             if let Some(kept) = kept.as_ref() {
                 if kept.generation == now && kept.at.elapsed() < DIGESTS_KEPT_FOR {
-                    return kept.answer.clone();
+                    return answer(kept);
                 }
             }
         }
         // Hashed while walking: the tree's manifest is never built for this.
         let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
-        let digests = walked
-            .digests
-            .into_iter()
-            .map(|(path, sha256)| DirectoryDigest { path, sha256 })
-            .collect();
-        let response = self.response(&walked.missing, walked.unreadable, Vec::new(), digests);
-        if let Some(generation) = before {
-            *self.digests.lock().expect("digests lock") = Some(KeptDigests {
-                generation,
-                at: std::time::Instant::now(),
-                answer: response.clone(),
-            });
+        let as_digests = |list: Vec<(String, crate::protocol::Digest256)>| {
+            list.into_iter()
+                .map(|(path, sha256)| DirectoryDigest { path, sha256 })
+                .collect()
+        };
+        let fresh = KeptDigests {
+            generation: before.unwrap_or_default(),
+            at: std::time::Instant::now(),
+            answer: self.response(
+                &walked.missing,
+                walked.unreadable,
+                Vec::new(),
+                as_digests(walked.digests),
+            ),
+            levels: as_digests(walked.levels),
+        };
+        let answered = answer(&fresh);
+        if before.is_some() {
+            *self.digests.lock().expect("digests lock") = Some(fresh);
         }
-        response
-    }
-
-    /// The digest of each level of configured directories `dirs`, hashed while walking
-    /// (see [`manifest::level_digests`]).
-    pub fn levels(&self, dirs: &[String]) -> ManifestResponse {
-        let walked = manifest::walk_levels(&self.config, dirs, &self.cache, self.owners);
-        let digests = walked
-            .digests
-            .into_iter()
-            .map(|(path, sha256)| DirectoryDigest { path, sha256 })
-            .collect();
-        self.response(&walked.missing, walked.unreadable, Vec::new(), digests)
+        answered
     }
 
     /// This node's answer from a scan: its entries, or (`digests_only`) one digest per

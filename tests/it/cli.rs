@@ -490,9 +490,13 @@ async fn a_no_change_audit_beside_watching_daemons_takes_their_kept_digests_and_
 
     // A peer's kept answer stays while nothing changes, and a change its watcher sees
     // ends it at once (it would otherwise be kept for half a minute).
+    // So do the levels hashed in the same walk.
     let asking = peer_as(n0, n1.addr);
+    let app = ["/etc/app".to_string()];
     let before = asking.digests().await.unwrap().digests;
+    let levels_before = asking.levels(&app).await.unwrap().digests;
     assert_eq!(asking.digests().await.unwrap().digests, before);
+    assert_eq!(asking.levels(&app).await.unwrap().digests, levels_before);
     write(n1, "/etc/app/b.conf", "b\n");
     eventually_async(
         "the peer answers new digests once b.conf is written",
@@ -500,12 +504,45 @@ async fn a_no_change_audit_beside_watching_daemons_takes_their_kept_digests_and_
         || async { asking.digests().await.unwrap().digests != before },
     )
     .await;
+    assert_ne!(asking.levels(&app).await.unwrap().digests, levels_before);
     // And the audit still agrees once the edit has reached node 0.
     eventually_in(&group, Duration::from_secs(10), "b.conf replicated", || {
         holds(n0, "/etc/app/b.conf", "b\n")
     })
     .await;
     audit_finds_nothing(&n0.config_path).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_of_a_deep_tree_with_one_file_changed_lists_only_its_level() {
+    let group = start(2).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    for dir in ["a", "a/b", "a/b/c", "d"] {
+        for i in 0..3 {
+            write(
+                n0,
+                &format!("/etc/app/{dir}/{i}.conf"),
+                format!("{dir} {i}\n"),
+            );
+        }
+    }
+    assert_clean(&sync(&group, 0).await);
+    write(n0, "/etc/app/a/b/c/1.conf", "changed\n");
+    let (code, stdout, stderr) =
+        gosyncd_debug(config_args(&n0.config_path, &["sync", "-dry"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(": [").map(|(_, rest)| rest))
+        .collect();
+    assert_eq!(
+        lines,
+        [format!("M] {} /etc/app/a/b/c/1.conf updated", n1.addr)]
+    );
+    assert!(
+        stderr.contains("digests differ: listing where whole=[] levels=1"),
+        "{stderr}"
+    );
 }
 
 /// Runs `sync -dry` at debug level with `config`, checks that it succeeds and finds
