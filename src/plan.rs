@@ -27,43 +27,112 @@ where
     RK: Borrow<str> + Ord,
     RE: Borrow<Entry>,
 {
+    let mut count = 0;
+    plan_each(local, remote, owners, |_| count += 1);
+    // Held until the operations are sent, to every peer of a run at once: made at their
+    // exact number.
+    let mut ops = Vec::with_capacity(count);
+    plan_each(local, remote, owners, |op| ops.push(op.to_op()));
+    ops
+}
+
+/// Whether [`plan`] of `local` and `remote` would be `planned`, told without making it.
+pub fn plans_as<LK, LE, RK, RE>(
+    local: &BTreeMap<LK, LE>,
+    remote: &BTreeMap<RK, RE>,
+    owners: bool,
+    planned: &[Op],
+) -> bool
+where
+    LK: Borrow<str> + Ord,
+    LE: Borrow<Entry>,
+    RK: Borrow<str> + Ord,
+    RE: Borrow<Entry>,
+{
+    let (mut index, mut same) = (0, true);
+    plan_each(local, remote, owners, |op| {
+        same = same && planned.get(index).is_some_and(|o| op.is(o));
+        index += 1;
+    });
+    same && index == planned.len()
+}
+
+/// One operation of a plan, borrowing from the manifests it is made from.
+struct Planned<'a> {
+    path: &'a str,
+    /// The state to put; `None`: a deletion.
+    put: Option<&'a Entry>,
+    expect: Option<&'a Entry>,
+}
+
+impl Planned<'_> {
+    fn to_op(&self) -> Op {
+        Op {
+            path: self.path.to_string(),
+            action: match self.put {
+                Some(entry) => Action::Put {
+                    entry: entry.clone(),
+                },
+                None => Action::Delete,
+            },
+            expect: self.expect.cloned(),
+        }
+    }
+
+    /// Whether it is `op`.
+    fn is(&self, op: &Op) -> bool {
+        let action = match (&op.action, self.put) {
+            (Action::Put { entry }, Some(put)) => entry == put,
+            (Action::Delete, None) => true,
+            _ => false,
+        };
+        action && op.path == self.path && op.expect.as_ref() == self.expect
+    }
+}
+
+/// Calls `each` with every operation of the plan from `remote` to `local`, in order
+/// (see [`plan`]).
+fn plan_each<'a, LK, LE, RK, RE>(
+    local: &'a BTreeMap<LK, LE>,
+    remote: &'a BTreeMap<RK, RE>,
+    owners: bool,
+    mut each: impl FnMut(Planned<'a>),
+) where
+    LK: Borrow<str> + Ord,
+    LE: Borrow<Entry>,
+    RK: Borrow<str> + Ord,
+    RE: Borrow<Entry>,
+{
     let replaced_by_other_kind = |path: &str, theirs: &Entry| match local.get(path) {
         None => true,
         // A directory cannot be renamed over a file (or the reverse): delete it first.
         Some(ours) => ours.borrow().content.is_dir() != theirs.content.is_dir(),
     };
 
-    let mut ops: Vec<Op> = remote
-        .iter()
-        .rev()
-        .map(|(path, theirs)| (path.borrow(), theirs.borrow()))
-        .filter(|(path, theirs)| replaced_by_other_kind(path, theirs))
-        .map(|(path, theirs)| Op {
-            path: path.to_string(),
-            action: Action::Delete,
-            expect: Some(theirs.clone()),
-        })
-        .collect();
-
+    for (path, theirs) in remote.iter().rev() {
+        let (path, theirs) = (path.borrow(), theirs.borrow());
+        if replaced_by_other_kind(path, theirs) {
+            each(Planned {
+                path,
+                put: None,
+                expect: Some(theirs),
+            });
+        }
+    }
     for (path, ours) in local {
         let (path, ours) = (path.borrow(), ours.borrow());
         let expect = match remote.get(path).map(Borrow::borrow) {
             Some(theirs) if replaced_by_other_kind(path, theirs) => None,
             Some(theirs) if ours.same_state(theirs, owners) => continue,
-            Some(theirs) => Some(theirs.clone()),
+            Some(theirs) => Some(theirs),
             None => None,
         };
-        ops.push(Op {
-            path: path.to_string(),
-            action: Action::Put {
-                entry: ours.clone(),
-            },
+        each(Planned {
+            path,
+            put: Some(ours),
             expect,
         });
     }
-    // Held until the operations are sent, to every peer of a run at once.
-    ops.shrink_to_fit();
-    ops
 }
 
 #[cfg(test)]

@@ -435,7 +435,12 @@ impl Engine {
             })
             .cloned()
             .collect();
-        let ops = push::without_oversized(ops, &report.peer.clone(), &terms.limits, &mut report);
+        let ops = push::without_oversized(
+            Arc::new(ops),
+            &report.peer.clone(),
+            &terms.limits,
+            &mut report,
+        );
         let progress = Progress::default();
         push(
             &self.config,
@@ -628,12 +633,17 @@ async fn narrow(
     let mut shallow = Vec::new();
     for dir in judged {
         match levels_differing(config, scan, &levels, &dir) {
-            Some(differ) => shallow.extend(differ),
-            None => whole.push(dir),
+            Some(differ) if differ.len() <= LEVELS_LISTED_MAX => shallow.extend(differ),
+            _ => whole.push(dir),
         }
     }
     (whole, shallow)
 }
+
+/// Past this many differing levels in a configured directory (an initial sync, a tree
+/// rewritten), it is listed whole: each path of both trees is checked against every
+/// level listed, which would then cost more than the listing saves.
+const LEVELS_LISTED_MAX: usize = 64;
 
 /// This node's side of one run: the digests its daemon keeps (when usable), and the
 /// full local state, made once, when the first peer whose digests differ needs it.

@@ -55,7 +55,8 @@ pub fn encode_batch_header(header: &BatchHeader) -> Vec<u8> {
 }
 
 /// The length of the start of a batch body, as [`write_batch_header`] writes it.
-pub fn batch_header_length(header: &BatchHeader) -> u64 {
+/// `header` is a [`BatchHeader`], or what serialises as one.
+pub fn batch_header_length(header: &impl Serialize) -> u64 {
     let mut counted = Counted(0);
     serde_json::to_writer(&mut counted, header).expect("batch header serialises");
     8 + counted.0
@@ -66,7 +67,7 @@ pub fn batch_header_length(header: &BatchHeader) -> u64 {
 /// never holds it whole. `length` is the header's [`batch_header_length`], learnt once
 /// by a sender that sends the batch again (to another peer, or after a busy answer).
 pub fn write_batch_header(
-    header: &BatchHeader,
+    header: &impl Serialize,
     length: u64,
     mut out: impl Write,
 ) -> io::Result<()> {

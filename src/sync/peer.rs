@@ -7,7 +7,7 @@
 //! `push`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tracing::debug;
 
@@ -17,7 +17,7 @@ use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
 use crate::manifest::Scan;
 use crate::paths::{in_scope, is_within, Region};
-use crate::plan::plan;
+use crate::plan::{plan, plans_as};
 use crate::protocol::{Action, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
 
 /// One peer as the engine reaches it: its client, and the terms it last announced
@@ -69,18 +69,43 @@ impl PeerTerms {
     }
 }
 
-/// The local scan, shared by all peers of a run.
+/// The local scan, shared by all peers of a run, and the plans made for them.
 pub(super) struct LocalState {
     scan: Scan,
+    /// Each plan made so far: peers whose plans are the same (an initial sync to empty
+    /// peers) share one, not a copy each. Held weakly: a plan goes once every push of
+    /// it is done.
+    plans: std::sync::Mutex<Vec<Weak<Vec<Op>>>>,
 }
 
 impl LocalState {
     pub(super) fn new(scan: Scan) -> LocalState {
-        LocalState { scan }
+        LocalState {
+            scan,
+            plans: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     pub(super) fn scan(&self) -> &Scan {
         &self.scan
+    }
+
+    /// The plan from `ours` to `theirs` ([`plan`]), shared with any peer of this run
+    /// for which it is the same plan.
+    fn plan(&self, ours: &View, theirs: &View, owners: bool) -> Arc<Vec<Op>> {
+        // Held while planning: a peer planned alike waits, then shares.
+        let mut plans = self.plans.lock().expect("plans lock");
+        plans.retain(|plan| plan.strong_count() > 0);
+        if let Some(plan) = plans
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|plan| plans_as(ours, theirs, owners, plan))
+        {
+            return plan;
+        }
+        let made = Arc::new(plan(ours, theirs, owners));
+        plans.push(Arc::downgrade(&made));
+        made
     }
 }
 
@@ -128,11 +153,14 @@ pub(super) async fn sync_peer(
     // Owners count where the peer applies them and this node can read them as they are:
     // a sender not running as root holds its own copies, owned by itself.
     let owners = remote.owners && crate::tree::applies_owners();
-    let mut ops = plan(&ours, &theirs, owners);
+    let mut ops = local.plan(&ours, &theirs, owners);
     // A directory on the peer holding paths this node excludes stays: deleting it could
     // only fail, and those paths are not this node's to delete.
     let keeps = kept_directories(config, &remote, &ops);
-    ops.retain(|op| !keeps.iter().any(|(dir, _)| *dir == op.path));
+    if !keeps.is_empty() {
+        let kept = |op: &Op| keeps.iter().any(|(dir, _)| *dir == op.path);
+        ops = Arc::new(ops.iter().filter(|op| !kept(op)).cloned().collect());
+    }
     for (dir, excluded) in keeps {
         report.changes.push(Change {
             peer: label.clone(),
@@ -521,7 +549,8 @@ pub(crate) fn digests_agree(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Digest256, DirectoryDigest, Identity};
+    use crate::protocol::{Content, Digest256, DirectoryDigest, Identity};
+    use crate::testing::file_entry;
 
     /// A digests answer for `/etc/app` (present, with `exclude`), holding `digest`.
     fn answer(exclude: &[String], digest: Option<&[u8]>, owners: bool) -> ManifestResponse {
@@ -547,6 +576,51 @@ mod tests {
                 .into_iter()
                 .collect(),
         }
+    }
+
+    #[test]
+    fn peers_with_the_same_plan_share_it_while_it_is_held() {
+        let local = LocalState::new(Scan::default());
+        let dir = |mtime_ns: i64| Entry {
+            content: Content::Dir,
+            mode: 0o755,
+            mtime_ns,
+            ..crate::testing::file_entry(b"")
+        };
+        let (top, a, b) = (dir(0), file_entry(b"a"), file_entry(b"b"));
+        let ours: View = [("/etc/app", &top), ("/etc/app/x", &a), ("/etc/app/y", &b)]
+            .into_iter()
+            .collect();
+        // Two empty peers whose configured directories were made at other times: the
+        // same plan.
+        let (top1, top2) = (dir(1), dir(2));
+        let empty1: View = [("/etc/app", &top1)].into_iter().collect();
+        let empty2: View = [("/etc/app", &top2)].into_iter().collect();
+        let first = local.plan(&ours, &empty1, true);
+        assert_eq!(first.len(), 2);
+        assert!(Arc::ptr_eq(&first, &local.plan(&ours, &empty2, true)));
+        // A peer holding part of it, or planned against another version: its own.
+        let part: View = [("/etc/app", &top1), ("/etc/app/x", &a)]
+            .into_iter()
+            .collect();
+        let other = local.plan(&ours, &part, true);
+        assert_eq!(other.len(), 1);
+        let older = Entry {
+            mode: 0o600,
+            ..b.clone()
+        };
+        let holding: View = [("/etc/app", &top1), ("/etc/app/y", &older)]
+            .into_iter()
+            .collect();
+        let against = local.plan(&ours, &holding, true);
+        assert_eq!(against.len(), 2);
+        assert!(!Arc::ptr_eq(&first, &against));
+        assert_eq!(against[1].expect.as_ref(), Some(&older));
+        // Once no push holds it, it is gone.
+        let weak = Arc::downgrade(&first);
+        drop(first);
+        assert!(weak.upgrade().is_none());
+        assert!(Arc::ptr_eq(&other, &local.plan(&ours, &part, true)));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tracing::debug;
 use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEvent};
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
-use crate::protocol::{self, Action, ApplyAnswer, BatchHeader, Content, Entry, Op, PeerLimits};
+use crate::protocol::{self, Action, ApplyAnswer, Content, Entry, Op, PeerLimits};
 use crate::tree::Parents;
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
@@ -30,17 +30,19 @@ const HEADER_BYTES_PER_OP: usize = 1024;
 const BATCH_FRAMING_BYTES: usize = 1024;
 
 /// Leaves out the files the peer would refuse as too large, reporting each as refused
-/// (a dry run reports them as the real run does).
+/// (a dry run reports them as the real run does). The plan stays shared with other
+/// peers unless there is one.
 pub(super) fn without_oversized(
-    mut ops: Vec<Op>,
+    ops: Arc<Vec<Op>>,
     label: &str,
     limits: &PeerLimits,
     report: &mut PeerReport,
-) -> Vec<Op> {
-    let oversized = take_out(
-        &mut ops,
-        |op| matches!(&op.action, Action::Put { entry: Entry { content: Content::File { size, .. }, .. } } if *size > limits.max_file_size),
-    );
+) -> Arc<Vec<Op>> {
+    let too_large = |op: &Op| matches!(&op.action, Action::Put { entry: Entry { content: Content::File { size, .. }, .. } } if *size > limits.max_file_size);
+    if !ops.iter().any(too_large) {
+        return ops;
+    }
+    let (oversized, kept): (Vec<&Op>, Vec<&Op>) = ops.iter().partition(|op| too_large(op));
     for op in oversized {
         if let Action::Put {
             entry:
@@ -60,18 +62,7 @@ pub(super) fn without_oversized(
             });
         }
     }
-    ops
-}
-
-/// Takes the operations `which` selects out of `ops`, in order. The rest stay in place,
-/// in the one allocation the plan made: a large push holds its operations once. Those
-/// taken out are few (oversized files, configured directories), and are copied.
-fn take_out(ops: &mut Vec<Op>, which: impl Fn(&Op) -> bool) -> Vec<Op> {
-    let taken: Vec<Op> = ops.iter().filter(|op| which(op)).cloned().collect();
-    if !taken.is_empty() {
-        ops.retain(|op| !which(op));
-    }
-    taken
+    Arc::new(kept.into_iter().cloned().collect())
 }
 
 /// Sends the operations with their contents and records the outcome of each, telling
@@ -83,10 +74,13 @@ fn take_out(ops: &mut Vec<Op>, which: impl Fn(&Op) -> bool) -> Vec<Op> {
 /// batch is sent again without it, and it is reported. The receiver checks every hash,
 /// so a change that keeps the size and the mtime makes it refuse the batch whole rather
 /// than take the wrong bytes.
+///
+/// `ops` is the plan, which peers planned alike share: each batch is the indices of its
+/// operations in it.
 pub(super) async fn push(
     config: &Arc<Config>,
     peer: &Peer,
-    ops: Vec<Op>,
+    ops: Arc<Vec<Op>>,
     limits: &PeerLimits,
     progress: &Progress,
     report: &mut PeerReport,
@@ -95,28 +89,24 @@ pub(super) async fn push(
     progress.tell(ProgressEvent::Planned {
         peer: label.clone(),
         operations: ops.len(),
-        bytes: content_bytes(&ops),
+        bytes: content_bytes(ops.iter()),
     });
-    for mut ops in split_batches(config, ops, limits) {
+    for mut indices in split_batches(config, &ops, limits) {
         // Whether a try of this batch may have been applied without its answer arriving.
         let mut maybe_applied = false;
         let response = loop {
-            if ops.is_empty() {
+            if indices.is_empty() {
                 break None;
             }
-            let header = BatchHeader {
-                ops,
-                foreign_owners: !crate::tree::applies_owners(),
-            };
-            let batch = Arc::new(Outgoing::new(header));
+            let batch = Arc::new(Outgoing::new(ops.clone(), indices));
             let sent = send(peer, config, &batch, &mut maybe_applied).await;
             let fault = batch.fault.lock().expect("fault lock").take();
             match (sent, fault) {
                 // A file of this batch could not be sent as planned: the peer was told the
                 // request failed, so it applied nothing. Again without it.
                 (Err(_), Some(fault)) => {
-                    let mut rest = batch.header.ops.clone();
-                    let op = rest.remove(fault.index);
+                    let mut rest = batch.indices.clone();
+                    let op = ops[rest.remove(fault.index)].clone();
                     let reason = match fault.why {
                         Unsendable::Changed => {
                             report.changed_locally.push(op.path.clone());
@@ -132,7 +122,7 @@ pub(super) async fn push(
                         path: op.path,
                         status: ChangeStatus::Failed(reason),
                     });
-                    ops = rest;
+                    indices = rest;
                 }
                 (Err(e), None) => {
                     report.refused = e.is_refusal();
@@ -145,23 +135,22 @@ pub(super) async fn push(
         let Some((batch, response)) = response else {
             continue;
         };
-        let header = &batch.header;
-        if response.results.len() != header.ops.len() {
+        if response.results.len() != batch.indices.len() {
             // Every operation is answered, or none is trusted: a path left out would
             // otherwise count as delivered.
             report.error = Some(format!(
                 "the peer answered {} results for {} operations",
                 response.results.len(),
-                header.ops.len()
+                batch.indices.len()
             ));
             return;
         }
-        let bytes = content_bytes(&header.ops);
-        debug!(operations = header.ops.len(), bytes, "batch sent");
+        let bytes = content_bytes(batch.ops());
+        debug!(operations = batch.indices.len(), bytes, "batch sent");
         report.bytes_sent += batch.body_length();
         progress.tell(ProgressEvent::Sent {
             peer: label.clone(),
-            operations: header.ops.len(),
+            operations: batch.indices.len(),
             bytes,
         });
         report
@@ -170,7 +159,10 @@ pub(super) async fn push(
                 peer: label.clone(),
                 report: action,
             }));
-        for (op, result) in header.ops.iter().zip(response.results) {
+        // Reserved at its size: a large batch's changes are the largest thing a push
+        // keeps, and a growing vector would hold up to twice their room.
+        report.changes.reserve_exact(batch.indices.len());
+        for (op, result) in batch.ops().zip(response.results) {
             if let Some(found) = result.found {
                 report.peer_holds.push((op.path.clone(), found.entry));
             }
@@ -184,8 +176,8 @@ pub(super) async fn push(
 }
 
 /// Bytes of file content the operations carry.
-fn content_bytes(ops: &[Op]) -> u64 {
-    ops.iter().filter_map(Op::needs_content).sum()
+fn content_bytes<'a>(ops: impl Iterator<Item = &'a Op>) -> u64 {
+    ops.filter_map(Op::needs_content).sum()
 }
 
 /// Why a planned file could not be sent.
@@ -195,14 +187,36 @@ enum Unsendable {
     Unreadable(String),
 }
 
-/// A batch being sent: its header, and what went wrong on this side while its contents
-/// were read, if anything.
+/// A batch being sent: the operations at `indices` of the plan `plan`, and what went
+/// wrong on this side while its contents were read, if anything.
 struct Outgoing {
-    header: BatchHeader,
+    plan: Arc<Vec<Op>>,
+    indices: Vec<usize>,
     /// The length of the encoded header, as it opens the body. The header itself is
     /// serialised into the body's frames as they go: it is megabytes for a large batch.
     head_length: u64,
     fault: Mutex<Option<Fault>>,
+}
+
+/// The header of an [`Outgoing`] batch, serialised as a [`BatchHeader`] of its
+/// operations without copying them.
+#[derive(serde::Serialize)]
+struct SentHeader<'a> {
+    ops: Picked<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    foreign_owners: bool,
+}
+
+/// The operations at `indices` of `plan`, serialised as a sequence.
+struct Picked<'a> {
+    plan: &'a [Op],
+    indices: &'a [usize],
+}
+
+impl serde::Serialize for Picked<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.indices.iter().map(|&i| &self.plan[i]))
+    }
 }
 
 /// A file that could not be sent as planned: the index of its operation, and why.
@@ -212,17 +226,35 @@ struct Fault {
 }
 
 impl Outgoing {
-    fn new(header: BatchHeader) -> Outgoing {
-        Outgoing {
-            head_length: protocol::batch_header_length(&header),
-            header,
+    fn new(plan: Arc<Vec<Op>>, indices: Vec<usize>) -> Outgoing {
+        let mut batch = Outgoing {
+            plan,
+            indices,
+            head_length: 0,
             fault: Mutex::new(None),
+        };
+        batch.head_length = protocol::batch_header_length(&batch.header());
+        batch
+    }
+
+    /// Its operations, in order.
+    fn ops(&self) -> impl Iterator<Item = &Op> {
+        self.indices.iter().map(|&i| &self.plan[i])
+    }
+
+    fn header(&self) -> SentHeader<'_> {
+        SentHeader {
+            ops: Picked {
+                plan: &self.plan,
+                indices: &self.indices,
+            },
+            foreign_owners: !crate::tree::applies_owners(),
         }
     }
 
     /// The length of the body: the header's framing and every content.
     fn body_length(&self) -> u64 {
-        self.head_length + content_bytes(&self.header.ops)
+        self.head_length + content_bytes(self.ops())
     }
 }
 
@@ -244,12 +276,12 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
             tx: &tx,
             frame: Vec::with_capacity(FRAME_BYTES),
         };
-        if protocol::write_batch_header(&batch.header, batch.head_length, &mut frames).is_err() {
+        if protocol::write_batch_header(&batch.header(), batch.head_length, &mut frames).is_err() {
             // The request is gone: serialising a header cannot fail otherwise.
             return;
         }
         let mut parents = Parents::default();
-        for (index, op) in batch.header.ops.iter().enumerate() {
+        for (index, op) in batch.ops().enumerate() {
             if op.needs_content().is_none() {
                 continue;
             }
@@ -425,29 +457,25 @@ async fn send(
 /// number of operations. Almost every sync is one batch. A configured directory the peer
 /// lacks is made by a batch of its own first, so that the contents that follow have a
 /// place to be received in.
-fn split_batches(config: &Config, mut ops: Vec<Op>, limits: &PeerLimits) -> Vec<Vec<Op>> {
+fn split_batches(config: &Config, ops: &[Op], limits: &PeerLimits) -> Vec<Vec<usize>> {
     let budget = limits.max_request_size as usize;
     let most = limits.max_batch_entries.min(OPS_PER_BATCH);
-    let tops = take_out(&mut ops, |op| {
+    let top = |op: &Op| {
         matches!(&op.action, Action::Put { entry } if entry.content.is_dir())
             && config.directories.iter().any(|d| d.path == op.path)
-    });
-    // Where each batch after the first starts. The operations are split in place: a
-    // large push holds them once.
-    let mut starts = Vec::new();
-    let (mut start, mut used) = (0, BATCH_FRAMING_BYTES);
-    for (index, op) in ops.iter().enumerate() {
+    };
+    let mut batches = vec![(0..ops.len()).filter(|&i| top(&ops[i])).collect::<Vec<_>>()];
+    let (mut batch, mut used) = (Vec::new(), BATCH_FRAMING_BYTES);
+    for (index, op) in ops.iter().enumerate().filter(|(_, op)| !top(op)) {
         let size = op.needs_content().unwrap_or(0) as usize + op.path.len() + HEADER_BYTES_PER_OP;
-        if (used + size > budget || index - start >= most) && index > start {
-            starts.push(index);
-            (start, used) = (index, BATCH_FRAMING_BYTES);
+        if (used + size > budget || batch.len() >= most) && !batch.is_empty() {
+            batches.push(std::mem::take(&mut batch));
+            used = BATCH_FRAMING_BYTES;
         }
         used += size;
+        batch.push(index);
     }
-    let mut batches = vec![tops];
-    let mut tails: Vec<Vec<Op>> = starts.iter().rev().map(|&at| ops.split_off(at)).collect();
-    batches.push(ops);
-    batches.extend(tails.drain(..).rev());
+    batches.push(batch);
     batches.retain(|batch| !batch.is_empty());
     batches
 }
@@ -455,6 +483,7 @@ fn split_batches(config: &Config, mut ops: Vec<Op>, limits: &PeerLimits) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::BatchHeader;
     use crate::testing::{config_at, put};
 
     #[test]
@@ -478,7 +507,13 @@ mod tests {
             max_file_size: 1 << 20,
             max_batch_entries: 100,
         };
-        let batches = split_batches(&config, ops.clone(), &limits);
+        let picked = |batches: &[Vec<usize>], ops: &[Op]| -> Vec<Vec<Op>> {
+            batches
+                .iter()
+                .map(|b| b.iter().map(|&i| ops[i].clone()).collect())
+                .collect()
+        };
+        let batches = picked(&split_batches(&config, &ops, &limits), &ops);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 3, 3, 3, 1]);
         assert_eq!(batches[0], [top]);
@@ -489,7 +524,7 @@ mod tests {
             max_request_size: 1 << 30,
             ..limits
         };
-        let batches = split_batches(&config, files.clone(), &limits);
+        let batches = picked(&split_batches(&config, &files, &limits), &files);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [4, 4, 2]);
         assert_eq!(batches.concat(), files);
