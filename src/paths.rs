@@ -43,6 +43,11 @@ pub fn is_within(path: &str, dir: &str) -> bool {
     }
 }
 
+/// Whether one of `a` and `b` lies within the other (or they are the same path).
+pub fn overlaps(a: &str, b: &str) -> bool {
+    is_within(a, b) || is_within(b, a)
+}
+
 /// The components of `path` below `dir`; empty when `path == dir`.
 /// The caller has checked [`is_within`].
 pub fn components_below<'a>(path: &'a str, dir: &str) -> impl Iterator<Item = &'a str> {
@@ -65,10 +70,7 @@ pub fn parent(path: &str) -> &str {
 /// Whether `path` is inside one of `scope`, or is an ancestor of one of them (so that
 /// the directories leading to a scoped path are created too). An empty scope is everything.
 pub fn in_scope(path: &str, scope: &[String]) -> bool {
-    scope.is_empty()
-        || scope
-            .iter()
-            .any(|s| is_within(path, s) || is_within(s, path))
+    scope.is_empty() || scope.iter().any(|s| overlaps(path, s))
 }
 
 /// A part of the tree to list: every path of `scope` with all below it, and every
@@ -97,10 +99,7 @@ impl<'a> Region<'a> {
     /// Whether `path` is listed.
     pub fn holds(&self, path: &str) -> bool {
         self.is_everything()
-            || self
-                .scope
-                .iter()
-                .any(|s| is_within(path, s) || is_within(s, path))
+            || self.scope.iter().any(|s| overlaps(path, s))
             || self
                 .shallow
                 .iter()
@@ -111,10 +110,7 @@ impl<'a> Region<'a> {
     /// must open it.
     pub fn reaches_below(&self, dir: &str) -> bool {
         self.is_everything()
-            || self
-                .scope
-                .iter()
-                .any(|s| is_within(dir, s) || is_within(s, dir))
+            || self.scope.iter().any(|s| overlaps(dir, s))
             || self.shallow.iter().any(|d| is_within(d, dir))
     }
 }

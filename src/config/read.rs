@@ -20,7 +20,7 @@ use super::{
     DEFAULT_ACTION_TIMEOUT, DEFAULT_DEBOUNCE, DEFAULT_MAX_DELETE_SHARE, DEFAULT_OPEN_WRITE_TIMEOUT,
     DEFAULT_RECONCILE_INTERVAL, DEFAULT_STATE_DIRECTORY,
 };
-use crate::paths::{self, is_within};
+use crate::paths::{self, overlaps};
 
 /// A duration key: its name, its default and what it accepts.
 struct DurationKey {
@@ -480,10 +480,7 @@ impl Keys<'_> {
             ..timing.clone()
         };
         paths::check_normalized(path).map_err(|m| at(line, m))?;
-        if let Some(other) = earlier
-            .iter()
-            .find(|d| is_within(path, &d.path) || is_within(&d.path, path))
-        {
+        if let Some(other) = earlier.iter().find(|d| overlaps(path, &d.path)) {
             return Err(self.source.at(
                 *line,
                 format!("directory {path:?} overlaps directory {:?}", other.path),

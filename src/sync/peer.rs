@@ -16,7 +16,7 @@ use super::{Change, ChangeStatus, Options, PeerReport};
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
 use crate::manifest::Scan;
-use crate::paths::{in_scope, is_within, Region};
+use crate::paths::{in_scope, is_within, overlaps, Region};
 use crate::plan::{plan, plans_as};
 use crate::protocol::{Action, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
 
@@ -333,26 +333,35 @@ fn views<'a>(
         .collect();
     let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
 
-    let mut ours = View::new();
     let mut unlisted: Vec<(&str, usize)> = Vec::new();
-    for (path, entry) in &local.scan.entries {
-        if !known(path) || !in_scope(path, scope) {
-            continue;
-        }
-        let Some((dir, _)) = shared.iter().find(|(dir, theirs)| {
-            is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
-        }) else {
-            continue;
-        };
-        if listed.holds(path) {
-            ours.insert(path.as_str(), entry);
-        } else if *path != dir.path {
-            match unlisted.iter_mut().find(|(d, _)| *d == dir.path) {
-                Some((_, n)) => *n += 1,
-                None => unlisted.push((&dir.path, 1)),
+    // Collected from the sorted entries, so that the map is built at once, its nodes
+    // full, rather than grown by inserts.
+    let ours: View = local
+        .scan
+        .entries
+        .iter()
+        .filter(|(path, _)| {
+            if !known(path) || !in_scope(path, scope) {
+                return false;
             }
-        }
-    }
+            let Some((dir, _)) = shared.iter().find(|(dir, theirs)| {
+                is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
+            }) else {
+                return false;
+            };
+            if listed.holds(path) {
+                return true;
+            }
+            if **path != dir.path {
+                match unlisted.iter_mut().find(|(d, _)| *d == dir.path) {
+                    Some((_, n)) => *n += 1,
+                    None => unlisted.push((&dir.path, 1)),
+                }
+            }
+            false
+        })
+        .map(|(p, e)| (p.as_str(), e))
+        .collect();
     let theirs: View = remote
         .entries
         .iter()
@@ -410,47 +419,54 @@ pub(crate) fn directories_differing(
     scan: &Scan,
     theirs: &ManifestResponse,
 ) -> Vec<String> {
-    let unreadable = |dir: &str| {
-        scan.unreadable
-            .iter()
-            .any(|(p, _)| is_within(p, dir) || is_within(dir, p))
-            || theirs
-                .unreadable
-                .iter()
-                .any(|p| is_within(p, dir) || is_within(dir, p))
-    };
     config
         .directories
         .iter()
         .filter(|dir| scan.entries.contains_key(&dir.path))
-        .filter(|dir| {
-            let info = theirs.directories.iter().find(|d| d.path == dir.path);
-            let digest = theirs.digests.iter().find(|d| d.path == dir.path);
-            let (Some(info), Some(digest)) = (info, digest) else {
-                return true;
-            };
-            let Ok(excludes) = Excludes::new(&dir.path, &info.exclude) else {
-                return true;
-            };
-            unreadable(&dir.path)
-                || crate::manifest::digest(&scan.entries, &dir.path, theirs.owners, |path| {
-                    !excludes.excludes_any_component(&dir.path, path)
-                }) != digest.sha256
-        })
+        .filter(|dir| judge(scan, theirs, &dir.path) != Judged::Same)
         .map(|dir| dir.path.clone())
         .collect()
 }
 
 /// Whether configured directory `dir`, whose digest differs on the peer (`theirs`, its
-/// digests), can be compared level by level: the peer has it, with excludes that parse,
-/// and neither side failed to read part of it.
+/// digests), can be compared level by level: its digests differ, and nothing kept them
+/// from telling (see [`judge`]).
 pub(crate) fn levels_can_tell(scan: &Scan, theirs: &ManifestResponse, dir: &str) -> bool {
-    let touches = |p: &str| is_within(p, dir) || is_within(dir, p);
+    judge(scan, theirs, dir) == Judged::Differs
+}
+
+/// What the digests of configured directory `dir` tell, this node's tree being `scan`
+/// and the peer's digests `theirs`.
+#[derive(Debug, PartialEq, Eq)]
+enum Judged {
+    Same,
+    Differs,
+    /// The peer lacks it, its excludes do not parse, or a part of it is unreadable on
+    /// either side.
+    CannotTell,
+}
+
+fn judge(scan: &Scan, theirs: &ManifestResponse, dir: &str) -> Judged {
     let info = theirs.directories.iter().find(|d| d.path == dir);
-    info.is_some_and(|info| info.present && Excludes::new(dir, &info.exclude).is_ok())
-        && theirs.digests.iter().any(|d| d.path == dir)
-        && !scan.unreadable.iter().any(|(p, _)| touches(p))
-        && !theirs.unreadable.iter().any(|p| touches(p))
+    let digest = theirs.digests.iter().find(|d| d.path == dir);
+    let (Some(info), Some(digest)) = (info, digest) else {
+        return Judged::CannotTell;
+    };
+    let Ok(excludes) = Excludes::new(dir, &info.exclude) else {
+        return Judged::CannotTell;
+    };
+    let unreadable = scan.unreadable.iter().any(|(p, _)| overlaps(p, dir))
+        || theirs.unreadable.iter().any(|p| overlaps(p, dir));
+    if unreadable {
+        return Judged::CannotTell;
+    }
+    let ours = crate::manifest::digest(&scan.entries, dir, theirs.owners, |path| {
+        !excludes.excludes_any_component(dir, path)
+    });
+    match ours == digest.sha256 {
+        true => Judged::Same,
+        false => Judged::Differs,
+    }
 }
 
 /// The directories of configured directory `dir` whose levels (see
@@ -471,11 +487,7 @@ pub(crate) fn levels_differing(
         .iter()
         .find(|d| d.path == dir && d.present)?;
     let excludes = Excludes::new(dir, &info.exclude).ok()?;
-    if levels
-        .unreadable
-        .iter()
-        .any(|p| is_within(p, dir) || is_within(dir, p))
-    {
+    if levels.unreadable.iter().any(|p| overlaps(p, dir)) {
         return None;
     }
     let ours = crate::manifest::level_digests(&scan.entries, dir, levels.owners, |path| {
@@ -535,11 +547,8 @@ pub(crate) fn digests_agree(
                     .directories
                     .iter()
                     .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries);
-                let readable = |m: &ManifestResponse| {
-                    !m.unreadable
-                        .iter()
-                        .any(|p| is_within(p, &dir.path) || is_within(&dir.path, p))
-                };
+                let readable =
+                    |m: &ManifestResponse| !m.unreadable.iter().any(|p| overlaps(p, &dir.path));
                 let readable = readable(ours) && readable(theirs);
                 let ours = digest_of(ours, &dir.path);
                 same_excludes && readable && ours.is_some() && ours == digest_of(theirs, &dir.path)
