@@ -57,6 +57,9 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     let mark = node.local_edits.mark();
     // The drift of each peer judged by this pass.
     let mut verdicts: Vec<BTreeSet<String>> = Vec::new();
+    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    // Holds learnt from here on are newer than what this pass sees: never forgotten by it.
+    let marks: Vec<u64> = records.iter().map(|r| r.outbox.mark()).collect();
     let asks: Vec<_> = engine
         .peers()
         .iter()
@@ -73,14 +76,16 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
         .await
         .expect("digests task");
     let mut scan: Option<manifest::Scan> = None;
-    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
-    let record_of = |label: &str| records.iter().find(|r| r.label() == label);
+    let record_of = |label: &str| {
+        let i = records.iter().position(|r| r.label() == label)?;
+        Some((&records[i], marks[i]))
+    };
     let mut differing: BTreeSet<String> = BTreeSet::new();
     // The peers whose digests differ, to compare path by path.
     let mut compare: BTreeSet<String> = BTreeSet::new();
     for ask in asks {
         let (label, answer) = ask.await.expect("digest task");
-        let record = record_of(&label);
+        let (record, mark) = record_of(&label).unzip();
         if let Some(record) = record {
             record.set_up(answer.is_ok());
         }
@@ -103,10 +108,10 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
                     .into_iter()
                     .filter(|d| !dirs.iter().any(|x| x == d))
                     .collect();
-                if let Some(record) = record {
-                    record
-                        .outbox
-                        .forget_held(|path| equal.iter().any(|dir| is_within(path, dir)));
+                if let (Some(record), Some(mark)) = (record, mark) {
+                    record.outbox.forget_held_before(mark, |path| {
+                        equal.iter().any(|dir| is_within(path, dir))
+                    });
                 }
                 if dirs.is_empty() {
                     // A directory missing here cannot be judged: no verdict rather than a
@@ -155,13 +160,15 @@ async fn compare_paths(
     };
     // What waits for each peer now: delivered while the comparison runs, it would look
     // like drift when the comparison ends.
-    let waiting_before: BTreeMap<String, BTreeSet<String>> = records
+    // And the holds learnt so far: one learnt while it runs is newer than what it shows.
+    let before: BTreeMap<String, Before> = records
         .iter()
         .map(|r| {
-            (
-                r.label().to_string(),
-                r.outbox.snapshot().into_keys().collect(),
-            )
+            let before = Before {
+                waiting: r.outbox.snapshot().into_keys().collect(),
+                mark: r.outbox.mark(),
+            };
+            (r.label().to_string(), before)
         })
         .collect();
     let report = engine.run(&options, |_| {}).await;
@@ -169,11 +176,20 @@ async fn compare_paths(
         &report,
         records,
         compare,
-        &waiting_before,
+        &before,
         &options.scope,
         engine.config().role,
         first,
     )
+}
+
+/// A peer's outbox as a comparison began.
+#[derive(Default)]
+struct Before {
+    /// The paths waiting for it.
+    waiting: BTreeSet<String>,
+    /// Where the holds learnt ended ([`Outbox::mark`]).
+    mark: u64,
 }
 
 /// The configured directories where a peer's digests `theirs` differ from this node's
@@ -217,14 +233,14 @@ async fn compare_with(
 }
 
 /// Takes the dry run's verdict for each peer `compared` by path: what waits in its
-/// outbox is delivered, and the rest is its drift (`waiting_before`: what waited for
-/// each peer before the comparison began, which is not drift if it was delivered
-/// meanwhile). Returns the drift of each peer judged.
+/// outbox is delivered, and the rest is its drift (`before`: what waited for each peer
+/// before the comparison began, which is not drift if it was delivered meanwhile, and
+/// where its holds learnt ended). Returns the drift of each peer judged.
 fn settle(
     report: &Report,
     records: &[Arc<PeerRecord>],
     compared: &BTreeSet<String>,
-    waiting_before: &BTreeMap<String, BTreeSet<String>>,
+    before: &BTreeMap<String, Before>,
     scope: &[String],
     role: Role,
     first: bool,
@@ -252,8 +268,9 @@ fn settle(
             }
             (None, _) => {}
         }
-        let before = waiting_before.get(&peer.peer).cloned().unwrap_or_default();
-        let drift = sort(peer, &record.outbox, scope, &before);
+        let none = Before::default();
+        let before = before.get(&peer.peer).unwrap_or(&none);
+        let drift = sort(peer, &record.outbox, scope, before);
         report_drift(record, drift.clone(), role);
         verdicts.push(drift);
     }
@@ -300,15 +317,16 @@ fn report_drift(record: &PeerRecord, drift: BTreeSet<String>, role: Role) {
 
 /// Sorts one peer's differences in the directories `compared`: paths waiting in its
 /// outbox are delivered now (woken), held ones stay held (those no longer differing are
-/// forgotten: the peer holds this node's version now); returns the rest, the drift.
+/// forgotten: the peer holds this node's version now, unless the hold is newer than the
+/// comparison); returns the rest, the drift.
 fn sort(
     peer: &PeerReport,
     outbox: &Outbox,
     compared: &[String],
-    waiting_before: &BTreeSet<String>,
+    before: &Before,
 ) -> BTreeSet<String> {
     let differing: BTreeSet<&str> = peer.changes.iter().map(|c| c.path.as_str()).collect();
-    outbox.forget_held(|path| {
+    outbox.forget_held_before(before.mark, |path| {
         compared.iter().any(|dir| is_within(path, dir)) && !differing.contains(path)
     });
     let known = outbox.snapshot();
@@ -325,7 +343,7 @@ fn sort(
                 waiting |= k.held.is_none();
                 false
             }
-            None => !waiting_before.contains(&c.path),
+            None => !before.waiting.contains(&c.path),
         })
         .map(|c| c.path.clone())
         .collect();
@@ -333,4 +351,72 @@ fn sort(
         outbox.contact();
     }
     drift
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Held;
+    use crate::protocol::Op;
+    use crate::sync::{Change, PeerReport};
+    use crate::testing::{file_entry, put};
+
+    /// An outbox holding `path` as rejected by its peer, which kept v1.
+    fn rejected(outbox: &Outbox, path: &str) {
+        let op = Op {
+            expect: Some(file_entry(b"v1")),
+            ..put(path, b"v2")
+        };
+        outbox.merge(&[op], |_| None);
+        let sent: BTreeMap<String, Option<crate::protocol::Entry>> = outbox
+            .take()
+            .into_iter()
+            .map(|(path, known)| (path, known.holds))
+            .collect();
+        let report = PeerReport {
+            changes: vec![Change {
+                peer: "p".into(),
+                path: path.into(),
+                status: ChangeStatus::Rejected("validation failed".into()),
+            }],
+            peer_holds: vec![(path.into(), Some(file_entry(b"v1")))],
+            ..PeerReport::default()
+        };
+        outbox.settle(sent, &report);
+    }
+
+    #[test]
+    fn a_comparison_that_settles_after_a_rejection_leaves_the_path_held() {
+        let outbox = Outbox::default();
+        let before = Before {
+            waiting: BTreeSet::new(),
+            mark: outbox.mark(),
+        };
+        // The comparison's dry run saw the trees equal (before the broken save); the
+        // peer rejected the save while it ran.
+        rejected(&outbox, "/etc/app/app.cfg");
+        let equal = PeerReport {
+            peer: "p".into(),
+            ..PeerReport::default()
+        };
+        let drift = sort(&equal, &outbox, &["/etc/app".into()], &before);
+        assert!(drift.is_empty());
+        let held = outbox.held();
+        assert_eq!(held.len(), 1, "the rejection was forgotten: {held:?}");
+        assert!(matches!(held[0].1, Held::Rejected(_)));
+        // The next edit is planned against the version the peer kept.
+        assert_eq!(
+            outbox.snapshot()["/etc/app/app.cfg"].holds,
+            Some(file_entry(b"v1"))
+        );
+
+        // A comparison begun after the rejection that finds the trees equal forgets it:
+        // the peer holds this node's version now.
+        let after = Before {
+            waiting: BTreeSet::new(),
+            mark: outbox.mark(),
+        };
+        sort(&equal, &outbox, &["/etc/app".into()], &after);
+        assert!(outbox.held().is_empty());
+    }
 }

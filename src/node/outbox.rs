@@ -115,9 +115,21 @@ struct Paths {
     /// left after a delivery. (Dropping a held or provisional path never ends a wait:
     /// neither counts as waiting.)
     waiting_since: Option<std::time::SystemTime>,
+    /// Counts the holds learnt (see [`Outbox::mark`]).
+    holds_learnt: u64,
+    /// When each path held was learnt to be held, by `holds_learnt`: a comparison
+    /// forgets only the holds older than its view of the trees. (Paths no longer held
+    /// linger until the next forgetting.)
+    held_at: std::collections::HashMap<String, u64>,
 }
 
 impl Paths {
+    /// Notes that `path` was learnt to be held now.
+    fn stamp_held(&mut self, path: &str) {
+        self.holds_learnt += 1;
+        self.held_at.insert(path.to_string(), self.holds_learnt);
+    }
+
     /// How many paths wait for delivery or are being pushed.
     fn waiting(&self) -> usize {
         let waiting = self
@@ -343,6 +355,9 @@ impl Outbox {
         } else {
             None
         };
+        if held.is_some() {
+            paths.stamp_held(&path);
+        }
         match paths.known.entry(path) {
             // Touched by a burst that has not ended: what the push learnt stands (a
             // retry, a hold) whether or not the burst finds a change; a change releases
@@ -502,14 +517,30 @@ impl Outbox {
         }
     }
 
-    /// Forgets the held paths `which` selects: a comparison found that the peer holds
-    /// this node's version there (an operator's `sync`, an edit on the peer).
+    /// Forgets the held paths `which` selects: the peer was found to hold this node's
+    /// version there (an operator's `sync`, an edit on the peer).
     pub fn forget_held(&self, which: impl Fn(&str) -> bool) {
-        self.paths
-            .lock()
-            .expect("outbox lock")
-            .known
-            .retain(|path, known| known.held.is_none() || !which(path));
+        self.forget_held_before(u64::MAX, which);
+    }
+
+    /// Where the holds learnt so far end: a comparison takes it before it looks at the
+    /// trees, and forgets with [`Outbox::forget_held_before`] only what it could have
+    /// seen.
+    pub fn mark(&self) -> u64 {
+        self.paths.lock().expect("outbox lock").holds_learnt
+    }
+
+    /// [`Outbox::forget_held`] of the holds learnt up to `mark` only. A hold learnt
+    /// after it (a peer rejecting a change while the comparison ran) is newer than the
+    /// comparison's view, which showed the trees before the change: forgetting it would
+    /// plan the next edit against a version the peer never kept.
+    pub fn forget_held_before(&self, mark: u64, which: impl Fn(&str) -> bool) {
+        let mut paths = self.paths.lock().expect("outbox lock");
+        let Paths { known, held_at, .. } = &mut *paths;
+        known.retain(|path, known| {
+            known.held.is_none() || !which(path) || held_at.get(path).is_some_and(|&at| at > mark)
+        });
+        held_at.retain(|path, _| known.get(path).is_some_and(|k| k.held.is_some()));
     }
 
     /// Hands every difference over to `other` (a daemon reloading its config passes
@@ -542,6 +573,11 @@ impl Outbox {
         let mut paths = self.paths.lock().expect("outbox lock");
         for (path, mut older) in known {
             older.provisional = false;
+            if older.held.is_some() {
+                // Learnt before, elsewhere; stamped now, so that a comparison running
+                // meanwhile keeps it (the next one judges it).
+                paths.stamp_held(&path);
+            }
             match paths.known.entry(path) {
                 std::collections::btree_map::Entry::Occupied(mut newer) => {
                     let newer = newer.get_mut();
@@ -977,6 +1013,58 @@ mod tests {
         let held: Vec<String> = outbox.held().into_iter().map(|(p, _)| p).collect();
         assert_eq!(held, ["/e/b"]);
         assert_eq!(outbox.len(), 1, "what waits is not forgotten");
+    }
+
+    #[test]
+    fn a_comparison_forgets_only_the_holds_learnt_before_it_began() {
+        let outbox = Outbox::default();
+        let reject = |outbox: &Outbox, path: &str| {
+            outbox.merge(&[update(path, b"v1", b"v2")], no_dir);
+            let sent = take(outbox);
+            let report = answered(
+                path,
+                ChangeStatus::Rejected("no".into()),
+                Some(file_entry(b"v1")),
+            );
+            outbox.settle(sent, &report);
+        };
+        reject(&outbox, "/d/old");
+        let mark = outbox.mark();
+        // Rejected while the comparison ran: its view shows the trees before the change.
+        reject(&outbox, "/d/new");
+        outbox.forget_held_before(mark, |_| true);
+        let held: Vec<String> = outbox.held().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(held, ["/d/new"], "the hold learnt after the mark is kept");
+        assert_eq!(outbox.snapshot()["/d/new"].holds, Some(file_entry(b"v1")));
+        // The next comparison began after it: it may forget it.
+        let mark = outbox.mark();
+        outbox.forget_held_before(mark, |_| true);
+        assert!(outbox.held().is_empty());
+        // Held again after being forgotten: stamped anew.
+        reject(&outbox, "/d/old");
+        outbox.forget_held_before(mark, |_| true);
+        assert_eq!(outbox.held().len(), 1);
+    }
+
+    #[test]
+    fn a_hold_handed_over_is_newer_than_a_comparison_running_in_the_successor() {
+        let (old, new) = (Outbox::default(), Outbox::default());
+        old.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
+        let sent = take(&old);
+        old.settle(
+            sent,
+            &answered(
+                "/d/a",
+                ChangeStatus::Rejected("no".into()),
+                Some(file_entry(b"v1")),
+            ),
+        );
+        let mark = new.mark();
+        old.hand_over(&new);
+        new.forget_held_before(mark, |_| true);
+        assert_eq!(new.held().len(), 1);
+        new.forget_held(|_| true);
+        assert!(new.held().is_empty());
     }
 
     #[test]
