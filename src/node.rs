@@ -47,6 +47,9 @@ pub struct Node {
     writing: Arc<std::sync::atomic::AtomicUsize>,
     /// Apply requests being received or applied (`max_concurrent_applies`).
     pub(crate) applies: Arc<Semaphore>,
+    /// When the last apply request began or ended: a comparison waits while pushes
+    /// arrive (see [`Node::until_quiet`]).
+    last_received: std::sync::Mutex<Option<std::time::Instant>>,
     /// A daemon's memory of each path's version; what a push applies is recorded there
     /// before the watcher can see the write.
     pub baseline: Option<Arc<Baseline>>,
@@ -68,6 +71,17 @@ pub struct Node {
     /// The edits made here and not pushed (a receive-only node's; empty on a sending
     /// node, which pushes them).
     pub local_edits: LocalEdits,
+}
+
+/// An apply request under way (see [`Node::receiving`]).
+pub struct Receiving {
+    node: Arc<Node>,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.node.received_now();
+    }
 }
 
 /// How long an answer to a digests request is kept while the watcher sees no change: a
@@ -308,6 +322,7 @@ impl Node {
             apply_lock: Arc::new(Mutex::new(())),
             writing: Arc::default(),
             applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
+            last_received: std::sync::Mutex::new(None),
             baseline,
             stats: Stats::default(),
             runner: Arc::default(),
@@ -334,6 +349,30 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Notes an apply request arriving; the guard notes its end when dropped.
+    pub fn receiving(self: &Arc<Self>) -> Receiving {
+        self.received_now();
+        Receiving { node: self.clone() }
+    }
+
+    fn received_now(&self) {
+        *self.last_received.lock().expect("received lock") = Some(std::time::Instant::now());
+    }
+
+    /// How long until `quiet` has passed since the last apply request ended (`None`:
+    /// it has, and none is under way). A push of many batches (an initial sync) keeps
+    /// this node's tree in motion until its last batch: a comparison before then would
+    /// report what has not arrived yet as drift, and its scans would slow the push.
+    pub fn until_quiet(&self, quiet: std::time::Duration) -> Option<std::time::Duration> {
+        if self.applies.available_permits() < self.config.limits.max_concurrent_applies {
+            return Some(quiet);
+        }
+        let last = (*self.last_received.lock().expect("received lock"))?;
+        quiet
+            .checked_sub(last.elapsed())
+            .filter(|wait| !wait.is_zero())
     }
 
     /// This node's receiving side, through which the API applies a peer's batch.
@@ -472,6 +511,7 @@ impl Node {
                     path: d.path.clone(),
                     exclude: d.excludes.entries.clone(),
                     present: !missing.contains(&d.path),
+                    together: d.hooks.run_for_received(),
                 })
                 .collect(),
             entries,

@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
@@ -33,18 +34,39 @@ use crate::sync::{
 /// Paths named in a drift warning before it says "and N more".
 const DRIFT_PATHS_SHOWN: usize = 10;
 
+/// How long a comparison waits after the last batch this node received.
+const QUIET_AFTER_RECEIVING: Duration = Duration::from_secs(2);
+
 /// Compares with every peer now, then every `reconcile_interval` or when a peer comes
 /// back, until the task is aborted.
 pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>) {
     let interval = engine.config().reconcile_interval;
     let mut first = true;
     loop {
+        after_pushes(&node, interval).await;
         pass(&engine, &node, first).await;
         first = false;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = node.reconcile_now.notified() => {}
         }
+    }
+}
+
+/// Waits while peers push to this node (see [`Node::until_quiet`]), for at most
+/// `longest`: pushes that never pause still leave room for a comparison.
+async fn after_pushes(node: &Node, longest: Duration) {
+    let deadline = tokio::time::Instant::now() + longest;
+    while let Some(wait) = node.until_quiet(QUIET_AFTER_RECEIVING) {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return;
+        }
+        debug!(
+            wait_ms = wait.as_millis() as u64,
+            "receiving a push: comparing after it"
+        );
+        tokio::time::sleep(wait.min(deadline - now)).await;
     }
 }
 

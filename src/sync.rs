@@ -442,16 +442,9 @@ impl Engine {
             &mut report,
         );
         let progress = Progress::default();
-        push(
-            &self.config,
-            peer,
-            ops,
-            &terms.limits,
-            &progress,
-            &mut report,
-        )
-        .instrument(span.clone())
-        .await;
+        push(&self.config, peer, ops, &terms, &progress, &mut report)
+            .instrument(span.clone())
+            .await;
         if report.error.is_some() {
             // The peer may have restarted with other directories or limits: ask again
             // before the next push.

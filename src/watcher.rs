@@ -42,8 +42,8 @@ use crate::node::Node;
 use crate::paths::is_within;
 use crate::sync::Engine;
 
-/// Beyond this many changed paths in one burst, everything is rescanned instead: as
-/// cheap with the hash cache, and it keeps the scope test linear.
+/// Beyond this many changed paths in one burst, the directories holding them are
+/// scanned instead (see [`burst_scope`]): it keeps the scope test linear.
 const MAX_SCOPED_PATHS: usize = 512;
 
 /// Paths named in a receive-only node's warning about its local edits before it says
@@ -137,7 +137,7 @@ pub async fn propagate(
         if burst.rescan {
             warn!("watcher: events were lost (kernel queue overflow or watch error): rescanning every configured directory");
         }
-        let scope: Vec<String> = if burst.rescan || burst.paths.len() > MAX_SCOPED_PATHS {
+        let scope: Vec<String> = if burst.rescan {
             Vec::new()
         } else {
             // A directory held back by a failed validation is compared whole again, so
@@ -148,12 +148,62 @@ pub async fn propagate(
                     paths.insert(dir.clone());
                 }
             }
-            paths.into_iter().collect()
+            burst_scope(&config, paths)
         };
         let refused = push_burst(&engine, &node, &baseline, scope.clone()).await;
         held_back.retain(|dir| !(scope.is_empty() || scope.contains(dir)));
         held_back.extend(refused);
     }
+}
+
+/// What to scan for a burst that touched `paths`: the paths themselves, or, beyond
+/// [`MAX_SCOPED_PATHS`], the directories holding them (their parents, then theirs, up to
+/// the configured directories), so that a batch of thousands of files received from a
+/// peer is scanned where it landed rather than with the whole tree. Empty (everything)
+/// when the configured directories touched are still too many.
+fn burst_scope(config: &crate::config::Config, mut paths: BTreeSet<String>) -> Vec<String> {
+    while paths.len() > MAX_SCOPED_PATHS {
+        // A directory with paths of the burst below it covers them as it is: going up
+        // from it would scan its siblings for nothing (a batch received in one
+        // directory touches the directory too, for its mtime).
+        let holds_others = |path: &str| {
+            let below = format!("{path}/");
+            paths
+                .range(below.clone()..)
+                .next()
+                .is_some_and(|next| next.starts_with(&below))
+        };
+        let up: BTreeSet<String> = paths
+            .iter()
+            .map(|path| {
+                let parent = crate::paths::parent(path);
+                match config.directory_of(parent) {
+                    Some(_) if !holds_others(path) => parent.to_string(),
+                    _ => path.clone(),
+                }
+            })
+            .collect();
+        if up == paths {
+            return Vec::new();
+        }
+        paths = up;
+    }
+    // A path within another one of the scope adds nothing to it.
+    let within_another = |path: &str| {
+        let mut at = path;
+        while at != "/" {
+            at = crate::paths::parent(at);
+            if paths.contains(at) {
+                return true;
+            }
+        }
+        false
+    };
+    paths
+        .iter()
+        .filter(|path| !within_another(path))
+        .cloned()
+        .collect()
 }
 
 /// Configured directories that (re)appeared, as changes to rescan them. They were seen
@@ -231,6 +281,7 @@ async fn push_burst(
     if ops.is_empty() {
         debug!(
             paths = scope.len(),
+            first = scope.first().map(String::as_str).unwrap_or("(everything)"),
             "no change to push (a write received from a peer, or undone)"
         );
         // What the burst touched and did not change is not delivered.
@@ -287,4 +338,56 @@ fn not_pushed(node: &Node, ops: &[crate::protocol::Op]) {
         record.add_drift(&paths);
     }
     node.reconcile_now.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::config_at;
+
+    fn scope_of(paths: impl IntoIterator<Item = String>) -> Vec<String> {
+        let config = config_at(std::path::Path::new("/srv/node"), "");
+        burst_scope(&config, paths.into_iter().collect())
+    }
+
+    #[test]
+    fn a_large_burst_is_scanned_in_the_directories_holding_it_not_the_whole_tree() {
+        // Few paths: themselves.
+        let few = scope_of(["/etc/app/a".into(), "/etc/app/d/b".into()]);
+        assert_eq!(few, ["/etc/app/a", "/etc/app/d/b"]);
+        // A batch of 3,000 files in 3 directories: those directories.
+        let batch = (0..3_000).map(|i| format!("/etc/app/conf{}.d/f{i:05}", i % 3));
+        assert_eq!(
+            scope_of(batch),
+            ["/etc/app/conf0.d", "/etc/app/conf1.d", "/etc/app/conf2.d"]
+        );
+        // Spread over 1,000 directories in 2: up one more level.
+        let spread = (0..3_000).map(|i| format!("/etc/app/{}/{}/f{i}", i % 2, i % 1_000));
+        assert_eq!(scope_of(spread), ["/etc/app/0", "/etc/app/1"]);
+        // A directory and others within it: the directory alone covers them.
+        let nested = (0..600)
+            .map(|i| format!("/etc/app/d/f{i}"))
+            .chain(["/etc/app/d/sub/x".to_string(), "/etc/app/e/y".to_string()]);
+        assert_eq!(scope_of(nested), ["/etc/app/d", "/etc/app/e"]);
+        // Never above the configured directory.
+        let top = (0..600).map(|i| format!("/etc/app/f{i}"));
+        assert_eq!(scope_of(top), ["/etc/app"]);
+        // A batch received in new directories touches them too: they are scanned, not
+        // the configured directory holding them.
+        let new = (0..3_000)
+            .map(|i| format!("/etc/app/new/conf{}.d/f{i:05}", i % 3))
+            .chain(["/etc/app/new".into(), "/etc/app/new/conf0.d".into()]);
+        assert_eq!(scope_of(new), ["/etc/app/new"]);
+        let touched = (0..3_000)
+            .map(|i| format!("/etc/app/a/conf{}.d/f{i:05}", i % 3))
+            .chain(["/etc/app/a/conf0.d".into(), "/etc/app/a/conf1.d".into()]);
+        assert_eq!(
+            scope_of(touched),
+            [
+                "/etc/app/a/conf0.d",
+                "/etc/app/a/conf1.d",
+                "/etc/app/a/conf2.d"
+            ]
+        );
+    }
 }

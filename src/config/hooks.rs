@@ -161,6 +161,14 @@ impl Hooks {
         self.splay.mul_f64(random as f64 / u64::MAX as f64)
     }
 
+    /// Whether commands judge or follow each received batch as a whole here (a
+    /// `validate`, or `on_change` commands, run for received changes): the operations of
+    /// one push for the directory are sent in one request.
+    pub fn run_for_received(&self) -> bool {
+        self.validator(Side::Received).is_some()
+            || (!self.on_change.is_empty() && self.run_on.covers(Side::Received))
+    }
+
     /// The `validate` command, when there is one and it runs for changes from `side`.
     pub fn validator(&self, side: Side) -> Option<&str> {
         self.validate
@@ -191,6 +199,22 @@ impl RunOn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_judged_as_a_whole_when_a_command_runs_for_received_batches() {
+        let hooks = |validate: Option<&str>, on_change: &[&str], run_on| Hooks {
+            validate: validate.map(str::to_string),
+            on_change: on_change.iter().map(|c| c.to_string()).collect(),
+            run_on,
+            ..Hooks::default()
+        };
+        assert!(!Hooks::default().run_for_received());
+        assert!(hooks(Some("true"), &[], RunOn::Both).run_for_received());
+        assert!(hooks(Some("true"), &[], RunOn::Receive).run_for_received());
+        assert!(hooks(None, &["reload"], RunOn::Receive).run_for_received());
+        // Commands for local edits only: a received batch is not judged.
+        assert!(!hooks(Some("true"), &["reload"], RunOn::Local).run_for_received());
+    }
 
     #[test]
     fn a_directory_backup_overrides_the_global_one() {

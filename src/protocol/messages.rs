@@ -44,6 +44,11 @@ pub struct DirectoryInfo {
     pub exclude: Vec<String>,
     /// Whether the directory exists on the receiver.
     pub present: bool,
+    /// The receiver runs `validate` or `on_change` commands for each batch it receives
+    /// there: a push's operations for the directory come in one request (others may be
+    /// split, so that neither end holds a large push's operations at once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub together: bool,
 }
 
 /// The identity a node announces, used to detect this node behind an alias.

@@ -271,6 +271,7 @@ async fn apply(
 ) -> Result<Json<ApplyResponse>, ApiError> {
     let limits = &node.config.limits;
     let limit = limits.max_request_size as usize;
+    let _arriving = node.receiving();
     let Ok(receiving) = node.applies.clone().try_acquire_owned() else {
         warn!(client = %client_of(&addr), limit = limits.max_concurrent_applies, "apply refused: too many under way");
         return Err(ApiError::Busy(format!(

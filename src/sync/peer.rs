@@ -198,7 +198,7 @@ pub(super) async fn sync_peer(
         config,
         peer,
         ops,
-        &remote.limits,
+        &PeerTerms::of(&remote),
         &options.progress,
         &mut report,
     )
@@ -573,6 +573,7 @@ mod tests {
                 path: "/etc/app".into(),
                 exclude: exclude.to_vec(),
                 present: true,
+                together: false,
             }],
             entries: Vec::new(),
             unreadable: Vec::new(),

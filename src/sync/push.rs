@@ -13,15 +13,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::debug;
 
+use super::peer::PeerTerms;
 use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEvent};
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
+use crate::paths::is_within;
 use crate::protocol::{self, Action, ApplyAnswer, Content, Entry, Op, PeerLimits};
 use crate::tree::Parents;
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
 /// under the receiver's header limit.
 const OPS_PER_BATCH: usize = 100_000;
+/// Operations per batch where the receiver runs no command for the batch as a whole
+/// (see [`DirectoryInfo::together`](crate::protocol::DirectoryInfo)): both ends hold a
+/// batch's operations while it is under way, a few hundred bytes each, so a large push
+/// (an initial sync) goes in batches of this many, and its memory does not grow with the
+/// tree. Each batch costs one request and one flush on the receiver.
+const OPS_PER_SPLIT_BATCH: usize = 4096;
 /// Room counted for one operation's entry in a batch header, besides its path: the
 /// JSON of an entry with both states (two digests, modes, owners, times) is under 400
 /// bytes.
@@ -81,7 +89,7 @@ pub(super) async fn push(
     config: &Arc<Config>,
     peer: &Peer,
     ops: Arc<Vec<Op>>,
-    limits: &PeerLimits,
+    terms: &PeerTerms,
     progress: &Progress,
     report: &mut PeerReport,
 ) {
@@ -91,7 +99,10 @@ pub(super) async fn push(
         operations: ops.len(),
         bytes: content_bytes(ops.iter()),
     });
-    for mut indices in split_batches(config, &ops, limits) {
+    // Reserved at once for the whole push: its changes are the largest thing a push
+    // keeps, and a vector growing batch by batch would hold up to twice their room.
+    report.changes.reserve_exact(ops.len());
+    for mut indices in split_batches(config, &ops, terms) {
         // Whether a try of this batch may have been applied without its answer arriving.
         let mut maybe_applied = false;
         let response = loop {
@@ -159,9 +170,6 @@ pub(super) async fn push(
                 peer: label.clone(),
                 report: action,
             }));
-        // Reserved at its size: a large batch's changes are the largest thing a push
-        // keeps, and a growing vector would hold up to twice their room.
-        report.changes.reserve_exact(batch.indices.len());
         for (op, result) in batch.ops().zip(response.results) {
             if let Some(found) = result.found {
                 report.peer_holds.push((op.path.clone(), found.entry));
@@ -454,25 +462,40 @@ async fn send(
 
 /// Splits operations into batches that fit the receiver's limits: the body size (the
 /// contents plus a generous allowance for each operation's line in the header) and the
-/// number of operations. Almost every sync is one batch. A configured directory the peer
-/// lacks is made by a batch of its own first, so that the contents that follow have a
-/// place to be received in.
-fn split_batches(config: &Config, ops: &[Op], limits: &PeerLimits) -> Vec<Vec<usize>> {
-    let budget = limits.max_request_size as usize;
-    let most = limits.max_batch_entries.min(OPS_PER_BATCH);
+/// number of operations. A configured directory the peer lacks is made by a batch of its
+/// own first, so that the contents that follow have a place to be received in.
+///
+/// A batch that holds an operation of a directory the peer judges as a whole (`validate`,
+/// `on_change`: see `terms`) grows to those limits only, so that the peer sees all of
+/// the push's changes there at once (almost every sync is one batch). Any other batch
+/// ends at [`OPS_PER_SPLIT_BATCH`] operations.
+fn split_batches(config: &Config, ops: &[Op], terms: &PeerTerms) -> Vec<Vec<usize>> {
+    let budget = terms.limits.max_request_size as usize;
+    let most = terms.limits.max_batch_entries.min(OPS_PER_BATCH);
     let top = |op: &Op| {
         matches!(&op.action, Action::Put { entry } if entry.content.is_dir())
             && config.directories.iter().any(|d| d.path == op.path)
     };
+    let together = |op: &Op| {
+        terms
+            .directories
+            .iter()
+            .any(|d| d.together && is_within(&op.path, &d.path))
+    };
     let mut batches = vec![(0..ops.len()).filter(|&i| top(&ops[i])).collect::<Vec<_>>()];
-    let (mut batch, mut used) = (Vec::new(), BATCH_FRAMING_BYTES);
+    // Whether `batch` holds an operation of a directory judged as a whole.
+    let (mut batch, mut used, mut whole) = (Vec::new(), BATCH_FRAMING_BYTES, false);
     for (index, op) in ops.iter().enumerate().filter(|(_, op)| !top(op)) {
         let size = op.needs_content().unwrap_or(0) as usize + op.path.len() + HEADER_BYTES_PER_OP;
-        if (used + size > budget || batch.len() >= most) && !batch.is_empty() {
+        let full = used + size > budget
+            || batch.len() >= most
+            || (!whole && batch.len() >= OPS_PER_SPLIT_BATCH);
+        if full && !batch.is_empty() {
             batches.push(std::mem::take(&mut batch));
-            used = BATCH_FRAMING_BYTES;
+            (used, whole) = (BATCH_FRAMING_BYTES, false);
         }
         used += size;
+        whole |= together(op);
         batch.push(index);
     }
     batches.push(batch);
@@ -513,7 +536,11 @@ mod tests {
                 .map(|b| b.iter().map(|&i| ops[i].clone()).collect())
                 .collect()
         };
-        let batches = picked(&split_batches(&config, &ops, &limits), &ops);
+        let terms = |limits: PeerLimits| PeerTerms {
+            directories: Vec::new(),
+            limits,
+        };
+        let batches = picked(&split_batches(&config, &ops, &terms(limits)), &ops);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 3, 3, 3, 1]);
         assert_eq!(batches[0], [top]);
@@ -524,10 +551,70 @@ mod tests {
             max_request_size: 1 << 30,
             ..limits
         };
-        let batches = picked(&split_batches(&config, &files, &limits), &files);
+        let batches = picked(&split_batches(&config, &files, &terms(limits)), &files);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [4, 4, 2]);
         assert_eq!(batches.concat(), files);
+    }
+
+    #[test]
+    fn a_large_push_goes_in_bounded_batches_but_a_directory_judged_as_a_whole_in_one() {
+        let config = config_at(std::path::Path::new("/srv/node"), "");
+        let n = OPS_PER_SPLIT_BATCH;
+        let ops = |dir: &str, count: usize| -> Vec<Op> {
+            (0..count)
+                .map(|i| put(&format!("{dir}/{i:06}"), b"x"))
+                .collect()
+        };
+        let directory = |path: &str, together: bool| crate::protocol::DirectoryInfo {
+            path: path.into(),
+            exclude: Vec::new(),
+            present: true,
+            together,
+        };
+        let sizes = |ops: &[Op], directories: Vec<crate::protocol::DirectoryInfo>| {
+            let terms = PeerTerms {
+                directories,
+                limits: PeerLimits::default(),
+            };
+            let batches = split_batches(&config, ops, &terms);
+            assert_eq!(
+                batches.concat(),
+                (0..ops.len()).collect::<Vec<_>>(),
+                "every operation once, in order"
+            );
+            batches.iter().map(Vec::len).collect::<Vec<_>>()
+        };
+        // No commands on the peer: bounded batches.
+        let plain = ops("/etc/app", 2 * n + 10);
+        let free = vec![directory("/etc/app", false), directory("/etc/web", true)];
+        assert_eq!(sizes(&plain, free.clone()), [n, n, 10]);
+        // The peer validates /etc/web: its operations stay together, with those that
+        // follow them in the batch, up to the peer's own limits.
+        let mut mixed = ops("/etc/app", n + 5);
+        mixed.extend(ops("/etc/web", 2 * n));
+        mixed.extend(ops("/etc/zzz", 3));
+        let web = |ops: &[Op], batch: &[usize]| {
+            batch
+                .iter()
+                .filter(|&&i| ops[i].path.starts_with("/etc/web/"))
+                .count()
+        };
+        let terms = PeerTerms {
+            directories: free,
+            limits: PeerLimits::default(),
+        };
+        let batches = split_batches(&config, &mixed, &terms);
+        let lengths: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [n, 5 + 2 * n + 3]);
+        assert_eq!(
+            web(&mixed, &batches[1]),
+            2 * n,
+            "all of /etc/web in one batch"
+        );
+        // A peer that judges nothing gets the same push in bounded batches.
+        let none = vec![directory("/etc/web", false)];
+        assert_eq!(sizes(&mixed, none), [n, n, n, 5 + 3]);
     }
 
     #[test]

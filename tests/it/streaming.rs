@@ -124,3 +124,43 @@ async fn a_file_changed_since_it_was_planned_is_left_out_and_the_rest_goes() {
     );
     assert!(temp_files_below(group.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_push_goes_in_bounded_batches_except_where_the_peer_validates_the_whole() {
+    // More operations than one batch holds where the receiver runs no command (4,096).
+    const FILES: usize = 5_000;
+    let mut group = start(3).await;
+    // Node 2 validates what it receives, and notes how many files each run saw.
+    with_directory_lines(
+        &mut group,
+        1,
+        r#"  validate = "ls \"$GOSYNCD_DIRECTORY\" | wc -l >> \"$GOSYNCD_DIRECTORY/../../validated\"""#,
+    )
+    .await;
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    for i in 0..FILES {
+        write(n0, &format!("/etc/app/f{i:05}.conf"), format!("{i}\n"));
+    }
+    // What it validated before (at start-up) is not this push.
+    let _ = std::fs::remove_file(n1.path("/validated"));
+    let before = [counters(n1).apply_requests, counters(n2).apply_requests];
+    let report = sync(&group, 0).await;
+    assert_clean(&report);
+    assert_same_tree(n0, n1);
+    assert_same_tree(n0, n2);
+    let requests = [
+        counters(n1).apply_requests - before[0],
+        counters(n2).apply_requests - before[1],
+    ];
+    assert_eq!(
+        requests[0], 1,
+        "the validating peer got the push in one request"
+    );
+    assert_eq!(requests[1], 2, "the other peer got it in bounded batches");
+    let validated = std::fs::read_to_string(n1.path("/validated")).unwrap();
+    assert_eq!(
+        validated.split_whitespace().collect::<Vec<_>>(),
+        [FILES.to_string()],
+        "validate ran once, on every file of the push"
+    );
+}
