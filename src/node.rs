@@ -542,3 +542,30 @@ impl Node {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_comparison_waits_while_a_push_arrives_and_a_moment_after() {
+        let config = Arc::new(crate::testing::config_at(
+            std::path::Path::new("/srv/node"),
+            "",
+        ));
+        let node = Arc::new(Node::new(config, Arc::default(), None));
+        let quiet = Duration::from_secs(60);
+        assert_eq!(node.until_quiet(quiet), None, "nothing was ever received");
+        let arriving = node.receiving();
+        let _permit = node.applies.clone().try_acquire_owned().unwrap();
+        // However long ago it began, a request under way keeps the node in motion.
+        assert_eq!(node.until_quiet(Duration::ZERO), Some(Duration::ZERO));
+        drop(_permit);
+        drop(arriving);
+        let wait = node.until_quiet(quiet).expect("it just ended");
+        assert!(wait > Duration::from_secs(59) && wait <= quiet, "{wait:?}");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(node.until_quiet(Duration::from_millis(10)), None);
+    }
+}
