@@ -397,7 +397,6 @@ mod tests {
             .collect();
         let report = PeerReport {
             changes: vec![Change {
-                peer: "p".into(),
                 path: path.into(),
                 status: ChangeStatus::Rejected("validation failed".into()),
             }],

@@ -410,7 +410,6 @@ impl Engine {
         });
         for (path, reason) in refused {
             report.changes.push(Change {
-                peer: report.peer.clone(),
                 path,
                 status: ChangeStatus::Refused(reason),
             });
@@ -435,12 +434,7 @@ impl Engine {
             })
             .cloned()
             .collect();
-        let ops = push::without_oversized(
-            Arc::new(ops),
-            &report.peer.clone(),
-            &terms.limits,
-            &mut report,
-        );
+        let ops = push::without_oversized(Arc::new(ops), &terms.limits, &mut report);
         let progress = Progress::default();
         push(&self.config, peer, ops, &terms, &progress, &mut report)
             .instrument(span.clone())

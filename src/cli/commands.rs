@@ -410,7 +410,7 @@ pub fn print_peer(report: &sync::PeerReport) {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for change in &report.changes {
-        let _ = writeln!(out, "{}: {change}", timestamp());
+        let _ = writeln!(out, "{}: {}", timestamp(), change.line(&report.peer));
     }
     for action in &report.actions {
         let _ = writeln!(out, "{}: {action}", timestamp());

@@ -195,7 +195,6 @@ mod tests {
             peer: label.into(),
             changes: (0..done)
                 .map(|i| Change {
-                    peer: label.into(),
                     path: format!("/etc/app/{i}"),
                     status: ChangeStatus::Done(ChangeKind::Added),
                 })

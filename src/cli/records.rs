@@ -291,7 +291,7 @@ pub fn print_peer(report: &sync::PeerReport, dry_run: bool) {
     for change in &report.changes {
         print(&Record::Change {
             time: now(),
-            peer: &change.peer,
+            peer: &report.peer,
             path: &change.path,
             change: change.status.name(),
             reason: change.status.reason(),

@@ -702,7 +702,6 @@ mod tests {
     fn answered(path: &str, status: ChangeStatus, holds: Option<Entry>) -> PeerReport {
         PeerReport {
             changes: vec![crate::sync::Change {
-                peer: "p".into(),
                 path: path.into(),
                 status,
             }],
@@ -797,7 +796,6 @@ mod tests {
         let mut report = PeerReport::default();
         for path in ["/d/a", "/d/b", "/e/c"] {
             report.changes.push(crate::sync::Change {
-                peer: "p".into(),
                 path: path.into(),
                 status: ChangeStatus::Rejected("validation failed".into()),
             });
@@ -978,7 +976,6 @@ mod tests {
             Some(file_entry(b"v1")),
         );
         report.changes.push(crate::sync::Change {
-            peer: "p".into(),
             path: "/d/b".into(),
             status: ChangeStatus::Done(crate::protocol::ChangeKind::Added),
         });
@@ -1003,7 +1000,6 @@ mod tests {
             Some(file_entry(b"v1")),
         );
         report.changes.push(crate::sync::Change {
-            peer: "p".into(),
             path: "/e/b".into(),
             status: ChangeStatus::Rejected("no".into()),
         });

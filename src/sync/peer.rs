@@ -145,7 +145,6 @@ pub(super) async fn sync_peer(
     } = views(config, local, &remote, &options.scope, listed);
     for dir in refused_dirs {
         report.changes.push(Change {
-            peer: label.clone(),
             path: dir.0,
             status: ChangeStatus::Refused(dir.1),
         });
@@ -163,7 +162,6 @@ pub(super) async fn sync_peer(
     }
     for (dir, excluded) in keeps {
         report.changes.push(Change {
-            peer: label.clone(),
             path: dir,
             status: ChangeStatus::Kept(format!(
                 "directory kept: it holds paths excluded on this node: {excluded}"
@@ -175,20 +173,18 @@ pub(super) async fn sync_peer(
             report.error = Some(refusal);
             report.refused = true;
             report.changes.extend(ops.iter().map(|op| Change {
-                peer: label.clone(),
                 path: op.path.clone(),
                 status: ChangeStatus::Refused("not sent: mass-delete guard".into()),
             }));
             return report;
         }
     }
-    let ops = super::push::without_oversized(ops, &label, &remote.limits, &mut report);
+    let ops = super::push::without_oversized(ops, &remote.limits, &mut report);
     if options.dry_run && options.diff && !ops.is_empty() {
         report.diffs = crate::diff::diffs(config, peer, &ops).await;
     }
     if options.dry_run || ops.is_empty() {
         report.changes.extend(ops.iter().map(|op| Change {
-            peer: label.clone(),
             path: op.path.clone(),
             status: ChangeStatus::Done(op.change()),
         }));

@@ -42,7 +42,6 @@ const BATCH_FRAMING_BYTES: usize = 1024;
 /// peers unless there is one.
 pub(super) fn without_oversized(
     ops: Arc<Vec<Op>>,
-    label: &str,
     limits: &PeerLimits,
     report: &mut PeerReport,
 ) -> Arc<Vec<Op>> {
@@ -61,7 +60,6 @@ pub(super) fn without_oversized(
         } = &op.action
         {
             report.changes.push(Change {
-                peer: label.to_string(),
                 path: op.path.clone(),
                 status: ChangeStatus::Refused(format!(
                     "{size} bytes, over the peer's max_file_size ({} bytes)",
@@ -129,7 +127,6 @@ pub(super) async fn push(
                         report.maybe_applied.push(op.path.clone());
                     }
                     report.changes.push(Change {
-                        peer: label.clone(),
                         path: op.path,
                         status: ChangeStatus::Failed(reason),
                     });
@@ -175,7 +172,6 @@ pub(super) async fn push(
                 report.peer_holds.push((op.path.clone(), found.entry));
             }
             report.changes.push(Change {
-                peer: label.clone(),
                 path: op.path.clone(),
                 status: ChangeStatus::of(result.outcome, op.change()),
             });

@@ -93,19 +93,33 @@ impl ChangeStatus {
     }
 }
 
-/// One line of output.
+/// What happened to one path on the peer of the [`PeerReport`] holding it: one line of
+/// output ([`Change::line`]). The peer is the report's, not repeated per change: a large
+/// push keeps one of these per path and peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    pub peer: String,
     pub path: String,
     pub status: ChangeStatus,
 }
 
-impl fmt::Display for Change {
+impl Change {
+    /// The line telling this change on `peer`.
+    pub fn line<'a>(&'a self, peer: &'a str) -> Line<'a> {
+        Line { peer, change: self }
+    }
+}
+
+/// A change with its peer, displayed as the original tool's line.
+pub struct Line<'a> {
+    peer: &'a str,
+    change: &'a Change,
+}
+
+impl fmt::Display for Line<'_> {
     /// The original tool's line, without its timestamp: `[M] 10.0.0.2:8080 /etc/x updated`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (peer, path) = (&self.peer, &self.path);
-        match &self.status {
+        let (peer, path) = (self.peer, &self.change.path);
+        match &self.change.status {
             ChangeStatus::Done(ChangeKind::Added) => write!(f, "[+] {peer} {path} added"),
             ChangeStatus::Done(ChangeKind::Updated) => write!(f, "[M] {peer} {path} updated"),
             ChangeStatus::Done(ChangeKind::Deleted) => write!(f, "[-] {peer} {path} deleted"),
@@ -163,6 +177,7 @@ impl fmt::Display for ActionLine {
 #[derive(Debug, Clone, Default)]
 pub struct PeerReport {
     pub peer: String,
+    /// One per path the run changed or would change (or failed to) on this peer.
     pub changes: Vec<Change>,
     /// The peer could not be synchronised (unreachable, refused the request, ...).
     pub error: Option<String>,
@@ -190,6 +205,11 @@ pub struct PeerReport {
 }
 
 impl PeerReport {
+    /// The lines telling each change, in order.
+    pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
+        self.changes.iter().map(|change| change.line(&self.peer))
+    }
+
     pub fn failed(&self) -> bool {
         self.error.is_some()
             || self.changes.iter().any(|c| {

@@ -262,22 +262,23 @@ fn log_changes(node: &Node, report: &PeerReport) {
         if report.changed_locally.contains(&change.path) {
             continue;
         }
+        let line = change.line(&report.peer);
         match &change.status {
             ChangeStatus::Conflict(_) => {
                 node.stats
                     .conflicts_reported
                     .fetch_add(1, Ordering::Relaxed);
                 error!(
-                    "{change}; nothing was overwritten: `gosyncd conflicts {}` shows every node's \
+                    "{line}; nothing was overwritten: `gosyncd conflicts {}` shows every node's \
                      version, and `gosyncd resolve {} --take NODE` (from any node) keeps one",
                     change.path, change.path
                 );
             }
-            ChangeStatus::Failed(_) => warn!("{change}; retried"),
+            ChangeStatus::Failed(_) => warn!("{line}; retried"),
             ChangeStatus::Refused(_) | ChangeStatus::Rejected(_) => {
-                warn!("{change}; held until the path is edited here again")
+                warn!("{line}; held until the path is edited here again")
             }
-            ChangeStatus::Done(_) | ChangeStatus::Kept(_) => info!("{change}"),
+            ChangeStatus::Done(_) | ChangeStatus::Kept(_) => info!("{line}"),
         }
     }
 }

@@ -57,8 +57,10 @@ async fn a_batch_that_fails_validation_is_put_back_on_that_node_and_reported_as_
     for change in &rejected.changes {
         match &change.status {
             ChangeStatus::Rejected(reason) => assert_eq!(
-                reason, "validation failed: app.cfg: unknown directive BROKEN",
-                "{change}"
+                reason,
+                "validation failed: app.cfg: unknown directive BROKEN",
+                "{}",
+                change.line(&rejected.peer)
             ),
             other => panic!("{}: {other:?}", change.path),
         }

@@ -293,8 +293,7 @@ async fn sync_reports_a_conflict_and_leaves_the_peers_file_intact() {
     assert!(edited.load(Ordering::SeqCst), "the edit did not happen");
 
     assert!(report.failed(), "{report:#?}");
-    let changes = &report.peers[0].changes;
-    let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    let lines: Vec<String> = report.peers[0].lines().map(|l| l.to_string()).collect();
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert_eq!(
         lines[0],
@@ -412,11 +411,12 @@ async fn a_peer_cannot_create_set_id_files_nor_open_up_a_configured_directory() 
     write(n0, "/etc/app/tool", "#!/bin/sh\n");
     chmod(n0, "/etc/app/tool", 0o4755);
     let report = sync(&group, 0).await;
-    let line = peer_report(&report, n1)
+    let peer = peer_report(&report, n1);
+    let line = peer
         .changes
         .iter()
         .find(|c| c.path == "/etc/app/tool")
-        .map(ToString::to_string)
+        .map(|c| c.line(&peer.peer).to_string())
         .expect("the set-id file is in the report");
     assert!(
         line.contains("setuid bit") && line.contains("allow_setid"),

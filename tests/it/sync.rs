@@ -231,7 +231,7 @@ async fn dry_run_changes_nothing_on_any_peer() {
     let mut dry_lines: Vec<String> = dry
         .peers
         .iter()
-        .flat_map(|p| p.changes.iter().map(ToString::to_string))
+        .flat_map(|p| p.lines().map(|l| l.to_string()))
         .collect();
     dry_lines.sort();
     assert_eq!(binary.change_lines(), dry_lines);

@@ -69,9 +69,8 @@ pub fn peer_report<'r>(report: &'r Report, node: &GroupNode) -> &'r PeerReport {
 /// The output lines of one peer, in order.
 pub fn lines(report: &Report, node: &GroupNode) -> Vec<String> {
     peer_report(report, node)
-        .changes
-        .iter()
-        .map(ToString::to_string)
+        .lines()
+        .map(|line| line.to_string())
         .collect()
 }
 
