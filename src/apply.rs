@@ -138,7 +138,7 @@ mod properties {
                 };
                 (
                     Op {
-                        path,
+                        path: path.into(),
                         action,
                         expect: None,
                     },

@@ -174,7 +174,7 @@ impl Baseline {
     pub fn peek_changes(&self, scan: &Scan, scope: &[String], owners: bool) -> Vec<String> {
         self.changes(scan, scope, owners, false)
             .into_iter()
-            .map(|op| op.path)
+            .map(|op| op.path.into())
             .collect()
     }
 

@@ -77,7 +77,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
     let remote_paths: Vec<String> = wanted
         .iter()
         .filter(|(_, before, _)| *before)
-        .map(|(p, _, _)| p.clone())
+        .map(|(p, _, _)| p.to_string())
         .collect();
     let theirs = if remote_paths.is_empty() {
         Vec::new()
@@ -99,7 +99,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
             theirs.iter().find(|f| f.path == path).cloned()
         } else {
             Some(FileText {
-                path: path.clone(),
+                path: path.to_string(),
                 text: Some(String::new()),
                 note: None,
                 deferred: false,
@@ -109,7 +109,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
             read_text(config, &path, protocol::MAX_DIFF_FILE_BYTES)
         } else {
             FileText {
-                path: path.clone(),
+                path: path.to_string(),
                 text: Some(String::new()),
                 note: None,
                 deferred: false,
@@ -144,7 +144,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
                 format!("{path}: no diff shown ({why})\n")
             }
         };
-        out.push((path, text));
+        out.push((path.to_string(), text));
     }
     out
 }

@@ -68,7 +68,7 @@ struct Planned<'a> {
 impl Planned<'_> {
     fn to_op(&self) -> Op {
         Op {
-            path: self.path.to_string(),
+            path: self.path.into(),
             action: match self.put {
                 Some(entry) => Action::Put {
                     entry: entry.clone(),
@@ -291,7 +291,7 @@ mod tests {
         let mut state = remote.clone();
         for op in ops {
             assert_eq!(
-                state.get(&op.path),
+                state.get(op.path.as_str()),
                 op.expect.as_ref(),
                 "expectation of {}",
                 op.path
@@ -304,7 +304,7 @@ mod tests {
                         "{} deleted while it has children",
                         op.path
                     );
-                    state.remove(&op.path);
+                    state.remove(op.path.as_str());
                 }
                 Action::Put { entry } => {
                     let parent = crate::paths::parent(&op.path);
@@ -315,7 +315,7 @@ mod tests {
                             op.path
                         );
                     }
-                    state.insert(op.path.clone(), entry.clone());
+                    state.insert(op.path.to_string(), entry.clone());
                 }
             }
         }

@@ -360,14 +360,14 @@ fn sort(
         // directory the peer lacks); a directory kept for the peer's excludes is not
         // a difference.
         .filter(|c| !matches!(c.status, ChangeStatus::Kept(_)))
-        .filter(|c| match known.get(&c.path) {
+        .filter(|c| match known.get(c.path.as_str()) {
             Some(k) => {
                 waiting |= k.held.is_none();
                 false
             }
-            None => !before.waiting.contains(&c.path),
+            None => !before.waiting.contains(c.path.as_str()),
         })
-        .map(|c| c.path.clone())
+        .map(|c| c.path.to_string())
         .collect();
     if waiting {
         outbox.contact();

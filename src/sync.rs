@@ -390,7 +390,7 @@ impl Engine {
         let terms = match link.terms() {
             Some(terms) => terms,
             None => {
-                let scope: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
+                let scope: Vec<String> = ops.iter().map(|op| op.path.to_string()).collect();
                 match peer.manifest(&scope).instrument(span.clone()).await {
                     Ok(manifest) => {
                         let terms = PeerTerms::of(&manifest);
@@ -410,7 +410,7 @@ impl Engine {
         });
         for (path, reason) in refused {
             report.changes.push(Change {
-                path,
+                path: path.into(),
                 status: ChangeStatus::Refused(reason),
             });
         }
@@ -474,7 +474,7 @@ impl Engine {
         if failed.is_empty() {
             return;
         }
-        let scope: Vec<String> = failed.iter().map(|op| op.path.clone()).collect();
+        let scope: Vec<String> = failed.iter().map(|op| op.path.to_string()).collect();
         let Ok(listing) = peer.manifest(&scope).await else {
             return;
         };

@@ -267,7 +267,7 @@ async fn push_burst(
         crate::memory::give_back_soon();
     }
     // The directories' own on_change commands, for local changes.
-    for (dir, paths) in config.by_directory(ops.iter().map(|op| op.path.clone())) {
+    for (dir, paths) in config.by_directory(ops.iter().map(|op| op.path.to_string())) {
         let runner = node.runner.clone();
         let config = node.config.clone();
         tokio::spawn(async move {
@@ -320,7 +320,7 @@ fn not_pushed(node: &Node, ops: &[crate::protocol::Op]) {
         debug!("no local edit (a write received from a peer, or undone)");
         return;
     }
-    let paths: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
+    let paths: Vec<String> = ops.iter().map(|op| op.path.to_string()).collect();
     let shown = paths[..paths.len().min(LOCAL_EDITS_SHOWN)].join(", ");
     let more = match paths.len().saturating_sub(LOCAL_EDITS_SHOWN) {
         0 => String::new(),

@@ -36,7 +36,7 @@ pub fn apply_batch(
         .iter()
         .enumerate()
         .map(|(index, op)| OpResult {
-            path: op.path.clone(),
+            path: op.path.to_string(),
             outcome: session.apply(config, owners, index, op, staged.take(index)),
             found: None,
         })

@@ -213,7 +213,7 @@ impl Session {
                 self.filesystems.insert(at.config.local_path(&at.dir.path));
                 self.pending.push(Pending {
                     index: at.index,
-                    path: at.op.path.clone(),
+                    path: at.op.path.to_string(),
                     tmp,
                     checked: target.checked,
                 });
@@ -225,7 +225,7 @@ impl Session {
             if outcome == Outcome::Applied {
                 self.resolved.push(Resolution {
                     index: at.index,
-                    path: at.op.path.clone(),
+                    path: at.op.path.to_string(),
                     incoming_mtime_ns: entry.mtime_ns,
                     replaced_mtime_ns: have.mtime_ns,
                     backup: backed_up,
@@ -281,7 +281,7 @@ impl Session {
         let undo = Undo {
             index: at.index,
             dir: dir.path.clone(),
-            path: op.path.clone(),
+            path: op.path.to_string(),
             previous,
         };
         // A change made now, not renamed into place at the end of the batch (anything
@@ -533,7 +533,7 @@ mod tests {
         let mut session = Session::new(true, "a test");
         let outcome = session.apply(config, owners, 0, op, staged.take(0));
         let mut results = vec![OpResult {
-            path: op.path.clone(),
+            path: op.path.to_string(),
             outcome,
             found: None,
         }];
@@ -600,7 +600,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(index, op)| OpResult {
-                path: op.path.clone(),
+                path: op.path.to_string(),
                 outcome: session.apply(&c, false, index, op, None),
                 found: None,
             })

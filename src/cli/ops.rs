@@ -348,7 +348,7 @@ pub fn put_local(
         return Ok(());
     }
     let op = Op {
-        path: path.to_string(),
+        path: path.into(),
         action: match target {
             Some(entry) => Action::Put { entry },
             None => Action::Delete,

@@ -195,7 +195,7 @@ mod tests {
             peer: label.into(),
             changes: (0..done)
                 .map(|i| Change {
-                    path: format!("/etc/app/{i}"),
+                    path: format!("/etc/app/{i}").into(),
                     status: ChangeStatus::Done(ChangeKind::Added),
                 })
                 .collect(),

@@ -200,7 +200,7 @@ impl Outbox {
         for op in ops {
             paths
                 .known
-                .entry(op.path.clone())
+                .entry(op.path.to_string())
                 .and_modify(|known| {
                     // A touch may have read this node's version after the burst
                     // recorded it: what the peer holds is what the change expects.

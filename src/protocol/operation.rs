@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Content, Entry};
+use crate::paths::LogicalPath;
 
 /// What an operation does.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,7 +22,7 @@ pub enum Action {
 /// One operation, with the receiver's state it was planned against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Op {
-    pub path: String,
+    pub path: LogicalPath,
     #[serde(flatten)]
     pub action: Action,
     /// What the receiver held when the operation was planned (`None`: nothing).

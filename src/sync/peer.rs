@@ -145,7 +145,7 @@ pub(super) async fn sync_peer(
     } = views(config, local, &remote, &options.scope, listed);
     for dir in refused_dirs {
         report.changes.push(Change {
-            path: dir.0,
+            path: dir.0.into(),
             status: ChangeStatus::Refused(dir.1),
         });
     }
@@ -162,7 +162,7 @@ pub(super) async fn sync_peer(
     }
     for (dir, excluded) in keeps {
         report.changes.push(Change {
-            path: dir,
+            path: dir.into(),
             status: ChangeStatus::Kept(format!(
                 "directory kept: it holds paths excluded on this node: {excluded}"
             )),
@@ -223,7 +223,7 @@ pub(super) fn kept_directories(
                         && is_within(&w.path, &op.path)
                         && dir.excludes.excludes_any_component(&dir.path, &w.path)
                 })
-                .map(|w| (op.path.clone(), w.path.clone()))
+                .map(|w| (op.path.to_string(), w.path.clone()))
         })
         .collect()
 }

@@ -118,13 +118,13 @@ pub(super) async fn push(
                     let op = ops[rest.remove(fault.index)].clone();
                     let reason = match fault.why {
                         Unsendable::Changed => {
-                            report.changed_locally.push(op.path.clone());
+                            report.changed_locally.push(op.path.to_string());
                             "changed on this node during the sync; run the sync again".to_string()
                         }
                         Unsendable::Unreadable(reason) => reason,
                     };
                     if maybe_applied {
-                        report.maybe_applied.push(op.path.clone());
+                        report.maybe_applied.push(op.path.to_string());
                     }
                     report.changes.push(Change {
                         path: op.path,
@@ -169,7 +169,7 @@ pub(super) async fn push(
             }));
         for (op, result) in batch.ops().zip(response.results) {
             if let Some(found) = result.found {
-                report.peer_holds.push((op.path.clone(), found.entry));
+                report.peer_holds.push((op.path.to_string(), found.entry));
             }
             report.changes.push(Change {
                 path: op.path.clone(),

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use super::Progress;
+use crate::paths::LogicalPath;
 use crate::protocol::{ActionReport, ChangeKind, Entry, Outcome};
 
 /// What one run does.
@@ -98,7 +99,8 @@ impl ChangeStatus {
 /// push keeps one of these per path and peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
-    pub path: String,
+    /// Shared with the operation it reports, and with the other peers' records of it.
+    pub path: LogicalPath,
     pub status: ChangeStatus,
 }
 

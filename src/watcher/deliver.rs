@@ -162,7 +162,7 @@ fn count_push(node: &Node, record: &PeerRecord, report: &PeerReport) {
         .changes
         .iter()
         .filter(|c| matches!(c.status, ChangeStatus::Done(_)))
-        .map(|c| c.path.clone())
+        .map(|c| c.path.to_string())
         .collect();
     record.delivered(&done);
 }
@@ -259,7 +259,7 @@ async fn save(spool: &Option<Arc<Spool>>) {
 
 fn log_changes(node: &Node, report: &PeerReport) {
     for change in &report.changes {
-        if report.changed_locally.contains(&change.path) {
+        if report.changed_locally.iter().any(|p| *p == change.path) {
             continue;
         }
         let line = change.line(&report.peer);

@@ -722,8 +722,11 @@ async fn two_pushes_planned_against_the_same_state_apply_one_and_refuse_the_othe
         }
         let ops = plan(&ours, &theirs, remote.owners);
         assert_eq!(ops.len(), RACE_FILES, "{ops:#?}");
-        let bodies: Vec<&[u8]> = ops.iter().map(|op| &contents[&op.path][..]).collect();
-        let paths: Vec<String> = ops.iter().map(|op| op.path.clone()).collect();
+        let bodies: Vec<&[u8]> = ops
+            .iter()
+            .map(|op| &contents[op.path.as_str()][..])
+            .collect();
+        let paths: Vec<String> = ops.iter().map(|op| op.path.to_string()).collect();
         (encode_batch(&BatchHeader::new(ops), &bodies), paths)
     };
     let ((body_a, paths), (body_b, paths_b)) = (batch("A"), batch("B"));

@@ -77,7 +77,7 @@ fn creating(files: &[(&str, &[u8])]) -> Vec<u8> {
         files
             .iter()
             .map(|(path, bytes)| Op {
-                path: path.to_string(),
+                path: (*path).into(),
                 action: Action::Put {
                     entry: file_entry(bytes, 0o644),
                 },

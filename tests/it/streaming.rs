@@ -107,7 +107,7 @@ async fn a_file_changed_since_it_was_planned_is_left_out_and_the_rest_goes() {
     let ops: Vec<Op> = ["/etc/app/steady.conf", "/etc/app/moving.conf"]
         .iter()
         .map(|path| Op {
-            path: path.to_string(),
+            path: (*path).into(),
             action: Action::Put {
                 entry: planned[*path].clone(),
             },
