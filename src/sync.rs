@@ -22,6 +22,7 @@ mod staged;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -229,12 +230,12 @@ impl Engine {
                 })
                 .collect();
             let local = self
-                .local_side(whole, &scope, &mut report.local_errors)
+                .local_side(whole, &scope, links.len(), &mut report.local_errors)
                 .await;
 
             let mut tasks = JoinSet::new();
             for (index, (link, manifest)) in links.into_iter().cloned().zip(manifests).enumerate() {
-                let local = local.clone();
+                let planning = Planning(local.clone());
                 let config = self.config.clone();
                 let self_id = self.self_id.clone();
                 let options = options.clone();
@@ -243,7 +244,7 @@ impl Engine {
                     async move {
                         let manifest = manifest.await.expect("manifest task");
                         let report =
-                            one_peer(&config, &link, manifest, &local, self_id, whole, options)
+                            one_peer(&config, &link, manifest, planning, self_id, whole, options)
                                 .await;
                         (index, report)
                     }
@@ -297,6 +298,7 @@ impl Engine {
         &self,
         whole: bool,
         scope: &[String],
+        peers: usize,
         errors: &mut Vec<String>,
     ) -> Arc<LazyLocal> {
         let own_digests = match whole {
@@ -342,17 +344,18 @@ impl Engine {
         // A refused directory must be left out of every peer's comparison: the digests
         // cannot say so, the scan can.
         let own_digests = own_digests.filter(|_| refused.is_empty());
-        let local = Arc::new(LazyLocal {
+        let mut local = LazyLocal {
             digests: own_digests,
-            state: tokio::sync::OnceCell::new(),
+            state: tokio::sync::Mutex::new(None),
+            planning: AtomicUsize::new(peers),
             source: self.local_source(),
             scope: scope.to_vec(),
             refused,
-        });
+        };
         if let Some(scan) = scanned {
-            let _ = local.state.set(local.finish(scan));
+            *local.state.get_mut() = Some(local.finish(scan));
         }
-        local
+        Arc::new(local)
     }
 
     fn local_source(&self) -> LocalSource {
@@ -528,11 +531,12 @@ async fn one_peer(
     config: &Arc<Config>,
     link: &PeerLink,
     manifest: Result<ManifestResponse, crate::client::PeerError>,
-    local: &LazyLocal,
+    planning: Planning,
     self_id: Option<String>,
     whole: bool,
     options: Options,
 ) -> PeerReport {
+    let local = &planning.0;
     if let Ok(m) = &manifest {
         link.set_terms(Some(PeerTerms::of(m)));
     }
@@ -572,8 +576,12 @@ async fn one_peer(
                 shallow: &shallow,
             };
             let manifest = link.peer.listing(listed).await;
+            let local = ToPlan {
+                state: local,
+                _claim: planning,
+            };
             return sync_peer(
-                config, &link.peer, manifest, &local, self_id, &options, listed,
+                config, &link.peer, manifest, local, self_id, &options, listed,
             )
             .await;
         }
@@ -585,8 +593,12 @@ async fn one_peer(
         _ => Arc::new(LocalState::new(Scan::default())),
     };
     let listed = Region::scope(&options.scope);
+    let local = ToPlan {
+        state,
+        _claim: planning,
+    };
     sync_peer(
-        config, &link.peer, manifest, &state, self_id, &options, listed,
+        config, &link.peer, manifest, local, self_id, &options, listed,
     )
     .await
 }
@@ -636,7 +648,11 @@ const LEVELS_LISTED_MAX: usize = 64;
 /// full local state, made once, when the first peer whose digests differ needs it.
 struct LazyLocal {
     digests: Option<ManifestResponse>,
-    state: tokio::sync::OnceCell<Arc<LocalState>>,
+    /// Made once, when first needed; let go once every peer of the run has planned, so
+    /// that the pushes do not hold this node's whole tree besides their plans.
+    state: tokio::sync::Mutex<Option<Arc<LocalState>>>,
+    /// The peers of the run that have not planned yet (each holds a [`Planning`]).
+    planning: AtomicUsize,
     source: LocalSource,
     scope: Vec<String>,
     /// Directories whose own validation failed: left alone, as unreadable ones are.
@@ -650,10 +666,37 @@ impl LazyLocal {
     }
 
     async fn get(&self) -> Arc<LocalState> {
-        self.state
-            .get_or_init(|| async { self.finish(self.source.scan(&self.scope).await) })
-            .await
-            .clone()
+        // Held while scanning: a peer needing it meanwhile waits, then shares.
+        let mut state = self.state.lock().await;
+        if let Some(made) = &*state {
+            return made.clone();
+        }
+        let made = self.finish(self.source.scan(&self.scope).await);
+        *state = Some(made.clone());
+        made
+    }
+}
+
+/// One peer's claim on this node's side of a run, until it has planned (or has found
+/// it needs no plan). The last claim dropped lets the local state go: a peer still
+/// planning holds its own reference.
+struct Planning(Arc<LazyLocal>);
+
+/// What a peer plans from: this node's state, and the peer's claim that keeps it for
+/// the peers still planning. Dropped whole once the peer has planned.
+struct ToPlan {
+    state: Arc<LocalState>,
+    _claim: Planning,
+}
+
+impl Drop for Planning {
+    fn drop(&mut self) {
+        if self.0.planning.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // No peer is left to plan, so none waits on this lock.
+            if let Ok(mut state) = self.0.state.try_lock() {
+                state.take();
+            }
+        }
     }
 }
 
@@ -730,4 +773,41 @@ pub async fn engine_for_cli(config: Arc<Config>) -> anyhow::Result<Engine> {
         anyhow::bail!("{reason}");
     }
     Ok(engine)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn this_nodes_tree_is_let_go_once_every_peer_of_the_run_has_planned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Arc::new(crate::testing::config_at(tmp.path(), ""));
+        std::fs::create_dir_all(config.local_path("/etc/app")).unwrap();
+        std::fs::write(config.local_path("/etc/app/a.conf"), "a").unwrap();
+        let local = Arc::new(LazyLocal {
+            digests: None,
+            state: tokio::sync::Mutex::new(None),
+            planning: AtomicUsize::new(2),
+            source: LocalSource {
+                config,
+                cache: Arc::new(HashCache::forgetful()),
+                own: None,
+                self_id: None,
+            },
+            scope: Vec::new(),
+            refused: Vec::new(),
+        });
+        let (first, second) = (Planning(local.clone()), Planning(local.clone()));
+        let state = local.get().await;
+        assert!(state.scan().entries.contains_key("/etc/app/a.conf"));
+        assert!(Arc::ptr_eq(&state, &local.get().await), "scanned twice");
+        // The peers' own references go as they plan.
+        let weak = Arc::downgrade(&state);
+        drop(state);
+        drop(first);
+        assert!(weak.upgrade().is_some(), "let go while a peer still plans");
+        drop(second);
+        assert!(weak.upgrade().is_none(), "kept after every peer planned");
+    }
 }

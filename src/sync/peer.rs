@@ -113,7 +113,7 @@ pub(super) async fn sync_peer(
     config: &Arc<Config>,
     peer: &Peer,
     manifest: Result<ManifestResponse, client::PeerError>,
-    local: &LocalState,
+    local: super::ToPlan,
     self_id: Option<String>,
     options: &Options,
     listed: Region<'_>,
@@ -137,12 +137,45 @@ pub(super) async fn sync_peer(
         return report;
     }
 
+    let Some(ops) = plan_for(config, &local.state, &remote, options, listed, &mut report) else {
+        return report;
+    };
+    // Planned: neither tree's listing is needed any more. Once every peer of the run has
+    // planned, this node's goes, and the pushes hold only their plans.
+    let terms = PeerTerms::of(&remote);
+    drop((remote, local));
+    let ops = super::push::without_oversized(ops, &terms.limits, &mut report);
+    if options.dry_run && options.diff && !ops.is_empty() {
+        report.diffs = crate::diff::diffs(config, peer, &ops).await;
+    }
+    if options.dry_run || ops.is_empty() {
+        report.changes.extend(ops.iter().map(|op| Change {
+            path: op.path.clone(),
+            status: ChangeStatus::Done(op.change()),
+        }));
+        return report;
+    }
+    push(config, peer, ops, &terms, &options.progress, &mut report).await;
+    report
+}
+
+/// The plan that makes the peer's tree (`remote`, as far as `listed`) this node's
+/// (`local`), less the directories kept for the peer's excludes; each path left alone
+/// is reported. `None` when the mass-delete guard refuses it (reported too).
+fn plan_for(
+    config: &Config,
+    local: &LocalState,
+    remote: &ManifestResponse,
+    options: &Options,
+    listed: Region<'_>,
+    report: &mut PeerReport,
+) -> Option<Arc<Vec<Op>>> {
     let Views {
         ours,
         theirs,
         refused: refused_dirs,
         unlisted,
-    } = views(config, local, &remote, &options.scope, listed);
+    } = views(config, local, remote, &options.scope, listed);
     for dir in refused_dirs {
         report.changes.push(Change {
             path: dir.0.into(),
@@ -155,7 +188,7 @@ pub(super) async fn sync_peer(
     let mut ops = local.plan(&ours, &theirs, owners);
     // A directory on the peer holding paths this node excludes stays: deleting it could
     // only fail, and those paths are not this node's to delete.
-    let keeps = kept_directories(config, &remote, &ops);
+    let keeps = kept_directories(config, remote, &ops);
     if !keeps.is_empty() {
         let kept = |op: &Op| keeps.iter().any(|(dir, _)| *dir == op.path);
         ops = Arc::new(ops.iter().filter(|op| !kept(op)).cloned().collect());
@@ -176,30 +209,10 @@ pub(super) async fn sync_peer(
                 path: op.path.clone(),
                 status: ChangeStatus::Refused("not sent: mass-delete guard".into()),
             }));
-            return report;
+            return None;
         }
     }
-    let ops = super::push::without_oversized(ops, &remote.limits, &mut report);
-    if options.dry_run && options.diff && !ops.is_empty() {
-        report.diffs = crate::diff::diffs(config, peer, &ops).await;
-    }
-    if options.dry_run || ops.is_empty() {
-        report.changes.extend(ops.iter().map(|op| Change {
-            path: op.path.clone(),
-            status: ChangeStatus::Done(op.change()),
-        }));
-        return report;
-    }
-    push(
-        config,
-        peer,
-        ops,
-        &PeerTerms::of(&remote),
-        &options.progress,
-        &mut report,
-    )
-    .await;
-    report
+    Some(ops)
 }
 
 /// The directories `ops` delete on the peer that hold paths this node excludes, with the
@@ -258,25 +271,27 @@ fn mass_delete(
                 .filter(|(d, _)| *d == dir.path)
                 .map(|(_, n)| n)
                 .sum::<usize>();
-        let in_dir: Vec<&Op> = ops
-            .iter()
-            .filter(|op| is_within(&op.path, &dir.path))
-            .collect();
-        let put: std::collections::HashSet<&str> = in_dir
-            .iter()
-            .filter(|op| op.action != Action::Delete)
+        let in_dir = || ops.iter().filter(|op| is_within(&op.path, &dir.path));
+        // Only deletions are collected: an initial sync is all puts.
+        let mut deleted: std::collections::HashSet<&str> = in_dir()
+            .filter(|op| op.action == Action::Delete)
             .map(|op| op.path.as_str())
             .collect();
-        // A path deleted and put again changes type; it is not lost.
-        let deleted = in_dir
-            .iter()
-            .filter(|op| op.action == Action::Delete && !put.contains(op.path.as_str()))
-            .count();
-        if held == 0 || deleted == 0 {
+        if held == 0 || deleted.is_empty() {
+            continue;
+        }
+        let mut puts = false;
+        for op in in_dir().filter(|op| op.action != Action::Delete) {
+            // A path deleted and put again changes type; it is not lost.
+            deleted.remove(op.path.as_str());
+            puts = true;
+        }
+        let deleted = deleted.len();
+        if deleted == 0 {
             continue;
         }
         let share = deleted as f64 / held as f64;
-        let emptied = deleted == held && put.is_empty();
+        let emptied = deleted == held && !puts;
         if emptied || (deleted >= MASS_DELETE_MIN && share > config.max_delete_share) {
             return Some(format!(
                 "refusing to delete {deleted} of the {held} entries of {} on this peer \
@@ -582,6 +597,61 @@ mod tests {
                 .into_iter()
                 .collect(),
         }
+    }
+
+    #[test]
+    fn the_mass_delete_guard_counts_deletions_but_not_type_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::testing::config_at(tmp.path(), "");
+        let held: Vec<(String, Entry)> = (0..20)
+            .map(|i| (format!("/etc/app/f{i:02}"), file_entry(b"x")))
+            .collect();
+        let theirs: View = held.iter().map(|(p, e)| (p.as_str(), e)).collect();
+        let delete = |path: &str| Op {
+            path: path.into(),
+            action: Action::Delete,
+            expect: Some(file_entry(b"x")),
+        };
+        let put = |path: &str| Op {
+            path: path.into(),
+            action: Action::Put {
+                entry: Entry {
+                    content: Content::Dir,
+                    ..file_entry(b"")
+                },
+            },
+            expect: None,
+        };
+        let guard = |ops: &[Op]| mass_delete(&config, &[], &theirs, &[], ops);
+        // Every entry deleted, nothing put: the directory would be emptied.
+        let all: Vec<Op> = held.iter().map(|(p, _)| delete(p)).collect();
+        let refused = guard(&all).expect("emptied");
+        assert!(refused.contains("refusing to delete 20 of the 20 entries of /etc/app"));
+        // The same deletions, each path put again as a directory: nothing is lost.
+        let retyped: Vec<Op> = all
+            .iter()
+            .cloned()
+            .chain(held.iter().map(|(p, _)| put(p)))
+            .collect();
+        assert_eq!(guard(&retyped), None);
+        // Eleven of twenty deleted (more than half), nine of them put again: two count.
+        let some: Vec<Op> = all[..11]
+            .iter()
+            .cloned()
+            .chain(held[..9].iter().map(|(p, _)| put(p)))
+            .collect();
+        assert_eq!(guard(&some), None);
+        // Eleven deleted for good, with other paths put: over the share.
+        let over: Vec<Op> = all[..11]
+            .iter()
+            .cloned()
+            .chain([put("/etc/app/new")])
+            .collect();
+        let refused = guard(&over).expect("over the share");
+        assert!(
+            refused.contains("refusing to delete 11 of the 20 entries"),
+            "{refused}"
+        );
     }
 
     #[test]
