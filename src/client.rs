@@ -102,6 +102,49 @@ pub fn http_client(tls: rustls::ClientConfig, local: Option<IpAddr>) -> anyhow::
     })
 }
 
+/// The bytes `paths` take in a JSON request, at most (every character that may be
+/// escaped counted as its longest escape).
+fn json_length(paths: &[String]) -> usize {
+    paths
+        .iter()
+        .map(|p| {
+            let escaped: usize = p
+                .chars()
+                .map(|c| match c {
+                    '"' | '\\' => 2,
+                    c if (c as u32) < 0x20 => 6,
+                    c => c.len_utf8(),
+                })
+                .sum();
+            escaped + 3
+        })
+        .sum()
+}
+
+/// `paths` in consecutive parts of at most `budget` JSON bytes each (a path longer than
+/// that alone in its part).
+fn parts(paths: &[String], budget: usize) -> impl Iterator<Item = &[String]> {
+    let mut rest = paths;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut used = 0;
+        let mut end = 0;
+        while end < rest.len() {
+            let length = json_length(&rest[end..=end]);
+            if end > 0 && used + length > budget {
+                break;
+            }
+            used += length;
+            end += 1;
+        }
+        let (part, after) = rest.split_at(end);
+        rest = after;
+        Some(part)
+    })
+}
+
 /// A peer: the remote as configured and the shared transport.
 #[derive(Clone)]
 pub struct Peer {
@@ -151,14 +194,39 @@ impl Peer {
         self.listing(Region::scope(scope)).await
     }
 
-    /// The peer's manifest, limited to `region`.
+    /// The peer's manifest, limited to `region`. A region naming more paths than one
+    /// request may carry ([`protocol::MAX_MANIFEST_REQUEST_BYTES`]: a watcher's burst of
+    /// 100,000 deletions) is asked for in parts, and their answers merged.
     pub async fn listing(&self, region: Region<'_>) -> Result<ManifestResponse, PeerError> {
-        self.ask_manifest(ManifestRequest {
-            scope: region.scope.to_vec(),
-            shallow: region.shallow.to_vec(),
+        let budget = protocol::MAX_MANIFEST_REQUEST_BYTES / 2;
+        if json_length(region.scope) + json_length(region.shallow) <= budget {
+            return self
+                .ask_manifest(ManifestRequest {
+                    scope: region.scope.to_vec(),
+                    shallow: region.shallow.to_vec(),
+                    ..ManifestRequest::default()
+                })
+                .await;
+        }
+        let scoped = parts(region.scope, budget).map(|part| ManifestRequest {
+            scope: part.to_vec(),
             ..ManifestRequest::default()
-        })
-        .await
+        });
+        let shallow = parts(region.shallow, budget).map(|part| ManifestRequest {
+            shallow: part.to_vec(),
+            ..ManifestRequest::default()
+        });
+        let mut merged: Option<ManifestResponse> = None;
+        for asked in scoped.chain(shallow) {
+            let answer = self.ask_manifest(asked).await?;
+            merged = Some(match merged {
+                None => answer,
+                Some(so_far) => so_far.merged(answer),
+            });
+        }
+        let mut merged = merged.expect("a region over the budget has a part");
+        merged.dedup();
+        Ok(merged)
     }
 
     /// The digest of each of the peer's configured directories (its manifest without
@@ -468,6 +536,27 @@ fn chain(err: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_list_of_paths_is_asked_for_in_parts_within_the_budget() {
+        assert_eq!(json_length(&["/a".to_string()]), "\"/a\",".len());
+        assert_eq!(json_length(&["/a\"\n".to_string()]), 13);
+        let paths: Vec<String> = (0..1000).map(|i| format!("/etc/app/f{i:04}")).collect();
+        let each = json_length(&paths[..1]);
+        let split: Vec<&[String]> = parts(&paths, 100 * each).collect();
+        assert_eq!(split.len(), 10);
+        assert!(split.iter().all(|part| json_length(part) <= 100 * each));
+        assert_eq!(split.concat(), paths, "every path once, in order");
+        // A path longer than the budget goes alone; nothing is left out or stuck.
+        let long = vec![
+            "/a".to_string(),
+            format!("/{}", "x".repeat(50)),
+            "/b".into(),
+        ];
+        let split: Vec<&[String]> = parts(&long, 10).collect();
+        assert_eq!(split, [&long[..1], &long[1..2], &long[2..]]);
+        assert_eq!(parts(&[], 10).count(), 0);
+    }
 
     #[derive(Debug)]
     struct Wrapped(std::io::Error);

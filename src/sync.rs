@@ -389,11 +389,22 @@ impl Engine {
             ..PeerReport::default()
         };
         // The peer's own directories and excludes: remembered from its last manifest,
-        // or asked for now (scoped to these paths, so cheap).
+        // or asked for now, scoped to one path of each configured directory the
+        // operations touch (cheap, however many they are).
         let terms = match link.terms() {
             Some(terms) => terms,
             None => {
-                let scope: Vec<String> = ops.iter().map(|op| op.path.to_string()).collect();
+                let mut scope: Vec<String> = Vec::new();
+                let mut touched: Vec<&str> = Vec::new();
+                for op in &ops {
+                    match self.config.directory_of(&op.path) {
+                        Some(dir) if !touched.contains(&dir.path.as_str()) => {
+                            touched.push(&dir.path);
+                            scope.push(op.path.to_string());
+                        }
+                        _ => {}
+                    }
+                }
                 match peer.manifest(&scope).instrument(span.clone()).await {
                     Ok(manifest) => {
                         let terms = PeerTerms::of(&manifest);

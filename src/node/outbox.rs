@@ -277,15 +277,61 @@ impl Outbox {
     /// Takes the differences waiting for delivery (the held ones stay), and keeps them
     /// as in flight until [`Outbox::settle`].
     pub(crate) fn take(&self) -> BTreeMap<String, Known> {
+        self.take_some(usize::MAX, |_| true, |_| false)
+    }
+
+    /// Takes at most `limit` of the differences waiting, in path order, and every one
+    /// where `whole` (a directory the peer judges as a whole: its paths go together,
+    /// whatever their number); keeps them as in flight until [`Outbox::settle`]. A
+    /// large delivery (a tree deleted) then goes in parts, and what it holds is bounded
+    /// by a part.
+    ///
+    /// A path `deleted` (this node has nothing there) with waiting paths below it that
+    /// this part leaves out stays for a later part: the peer deletes a directory only
+    /// once it is empty. Parts go in path order, so a directory put comes before what it
+    /// holds.
+    pub(crate) fn take_some(
+        &self,
+        limit: usize,
+        whole: impl Fn(&str) -> bool,
+        deleted: impl Fn(&str) -> bool,
+    ) -> BTreeMap<String, Known> {
         let mut paths = self.paths.lock().expect("outbox lock");
-        let waiting: Vec<String> = paths
-            .known
-            .iter()
-            .filter(|(path, known)| {
-                known.held.is_none() && !known.provisional && !paths.in_flight.contains_key(*path)
-            })
-            .map(|(path, _)| path.clone())
-            .collect();
+        let waiting: Vec<String> = {
+            let all: Vec<&str> = paths
+                .known
+                .iter()
+                .filter(|(path, known)| {
+                    known.held.is_none()
+                        && !known.provisional
+                        && !paths.in_flight.contains_key(*path)
+                })
+                .map(|(path, _)| path.as_str())
+                .collect();
+            let (mut counted, mut chosen) = (0, Vec::new());
+            // Paths past the limit, in order: those this part leaves out.
+            let mut left: Vec<&str> = Vec::new();
+            for path in all {
+                if whole(path) {
+                    chosen.push(path);
+                } else if counted < limit {
+                    counted += 1;
+                    chosen.push(path);
+                } else {
+                    left.push(path);
+                }
+            }
+            let below_left = |dir: &str| {
+                let prefix = format!("{dir}/");
+                let first = left.partition_point(|p| *p < prefix.as_str());
+                left.get(first).is_some_and(|p| p.starts_with(&prefix))
+            };
+            chosen
+                .into_iter()
+                .filter(|path| left.is_empty() || !below_left(path) || !deleted(path))
+                .map(str::to_string)
+                .collect()
+        };
         let mut taken = BTreeMap::new();
         for path in waiting {
             let known = paths.known.remove(&path).expect("listed");
@@ -630,6 +676,13 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether nothing is known of the peer where it differs: nothing waits, is being
+    /// pushed, or is held (what a spool would keep of it).
+    pub fn holds_nothing(&self) -> bool {
+        let paths = self.paths.lock().expect("outbox lock");
+        paths.known.is_empty() && paths.in_flight.is_empty()
+    }
 }
 
 fn snapshot_of(paths: &Paths) -> BTreeMap<String, Known> {
@@ -683,6 +736,68 @@ mod tests {
             expect: Some(file_entry(from)),
             ..put(path, to)
         }
+    }
+
+    #[test]
+    fn a_large_delivery_goes_in_parts_a_directory_deleted_after_what_it_held() {
+        let outbox = Outbox::default();
+        let gone = |path: &str| Op {
+            path: path.into(),
+            action: crate::protocol::Action::Delete,
+            expect: Some(file_entry(b"x")),
+        };
+        // A tree deleted here (/d/old and the 5 files in it), a tree put (/d/new and 5
+        // files), and 3 files in a directory the peer judges whole (/w).
+        let mut ops = vec![gone("/d/old"), put("/d/new", b"")];
+        for i in 0..5 {
+            ops.push(gone(&format!("/d/old/f{i}")));
+            ops.push(put(&format!("/d/new/f{i}"), b"n"));
+            if i < 3 {
+                ops.push(put(&format!("/w/f{i}"), b"w"));
+            }
+        }
+        outbox.merge(&ops, no_dir);
+        let deleted = |path: &str| path.starts_with("/d/old");
+        let whole = |path: &str| is_within(path, "/w");
+        let take_some = |limit| -> Vec<String> {
+            let taken: Vec<String> = outbox
+                .take_some(limit, whole, deleted)
+                .into_keys()
+                .collect();
+            let done = PeerReport {
+                changes: taken
+                    .iter()
+                    .map(|path| crate::sync::Change {
+                        path: path.as_str().into(),
+                        status: ChangeStatus::Done(crate::protocol::ChangeKind::Added),
+                    })
+                    .collect(),
+                ..PeerReport::default()
+            };
+            let pending = taken.iter().map(|p| (p.clone(), None)).collect();
+            outbox.settle(pending, &done);
+            taken
+        };
+        // The directory put goes first with what follows it; the paths of /w all go.
+        assert_eq!(
+            take_some(4),
+            [
+                "/d/new",
+                "/d/new/f0",
+                "/d/new/f1",
+                "/d/new/f2",
+                "/w/f0",
+                "/w/f1",
+                "/w/f2"
+            ]
+        );
+        // /d/old still holds paths left for later: it waits.
+        assert_eq!(take_some(4), ["/d/new/f3", "/d/new/f4", "/d/old/f0"]);
+        assert_eq!(take_some(4), ["/d/old/f1", "/d/old/f2", "/d/old/f3"]);
+        // What it held fits in this part: it goes with it.
+        assert_eq!(take_some(4), ["/d/old", "/d/old/f4"]);
+        assert!(take_some(4).is_empty());
+        assert_eq!(outbox.len(), 0);
     }
 
     #[test]

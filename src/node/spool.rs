@@ -203,27 +203,19 @@ impl Spool {
     /// memory.
     pub fn save(&self, durable: bool) {
         let _one = self.writing.lock().expect("spool writing lock");
-        let mut peers: Vec<SpooledPeer> = Vec::new();
+        // The outboxes of each peer holding something, in the order registered: a
+        // reload's predecessor and successor may both hold some for one peer.
+        let mut peers: Vec<(String, Vec<Arc<Outbox>>)> = Vec::new();
         for (label, outbox) in self.outboxes.lock().expect("spool lock").iter() {
-            let paths = outbox.snapshot();
-            if paths.is_empty() {
+            if outbox.holds_nothing() {
                 continue;
             }
-            match peers.iter_mut().find(|p| &p.peer == label) {
-                // A reload's predecessor and successor both hold some: the first
-                // registered (older) expectation wins, as in a hand-over.
-                Some(peer) => {
-                    for (path, known) in paths {
-                        peer.paths.entry(path).or_insert(known);
-                    }
-                }
-                None => peers.push(SpooledPeer {
-                    peer: label.clone(),
-                    paths,
-                }),
+            match peers.iter_mut().find(|(peer, _)| peer == label) {
+                Some((_, outboxes)) => outboxes.push(outbox.clone()),
+                None => peers.push((label.clone(), vec![outbox.clone()])),
             }
         }
-        match write(&self.dir, peers, durable) {
+        match write(&self.dir, &peers, durable) {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     warn!(file = %self.file().display(), "spool of undelivered changes written again");
@@ -289,9 +281,12 @@ fn lock(dir: &Path) -> anyhow::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
-/// Writes the spool file (a temporary file renamed over it), or removes it when there is
-/// nothing to keep.
-fn write(dir: &Path, peers: Vec<SpooledPeer>, durable: bool) -> std::io::Result<()> {
+/// Writes the spool file (a temporary file renamed over it) from the outboxes of each
+/// peer, or removes it when there is nothing to keep. One peer's differences are copied
+/// at a time, and written as they are encoded: after a large `rm -rf`, the spool holds
+/// every path for each peer away, and a copy of all of it at once (with its text) was the
+/// largest thing a daemon ever held.
+fn write(dir: &Path, peers: &[(String, Vec<Arc<Outbox>>)], durable: bool) -> std::io::Result<()> {
     let file = dir.join(SPOOL_FILE);
     if peers.is_empty() {
         return match std::fs::remove_file(&file) {
@@ -299,21 +294,37 @@ fn write(dir: &Path, peers: Vec<SpooledPeer>, durable: bool) -> std::io::Result<
             _ => Ok(()),
         };
     }
-    let text = serde_json::to_vec(&SpoolFile {
-        format: FORMAT.into(),
-        version: VERSION,
-        peers,
-    })
-    .map_err(std::io::Error::other)?;
     let tmp = dir.join(format!("{SPOOL_FILE}.tmp"));
-    let mut out = std::fs::OpenOptions::new()
+    let out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .custom_flags(NOFOLLOW)
         .open(&tmp)?;
-    out.write_all(&text)?;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    // The form of `SpoolFile`, its peers written one by one.
+    let head = serde_json::to_string(FORMAT).map_err(std::io::Error::other)?;
+    write!(out, "{{\"format\":{head},\"version\":{VERSION},\"peers\":[")?;
+    for (i, (label, outboxes)) in peers.iter().enumerate() {
+        let mut paths = BTreeMap::new();
+        for outbox in outboxes {
+            // The first registered (older) expectation wins, as in a hand-over.
+            for (path, known) in outbox.snapshot() {
+                paths.entry(path).or_insert(known);
+            }
+        }
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        let peer = SpooledPeer {
+            peer: label.clone(),
+            paths,
+        };
+        serde_json::to_writer(&mut out, &peer).map_err(std::io::Error::other)?;
+    }
+    out.write_all(b"]}")?;
+    let out = out.into_inner().map_err(|e| e.into_error())?;
     // Always on disk before the rename: renamed unflushed, the file could be found
     // empty after a power loss, and refused whole.
     out.sync_data()?;
@@ -444,6 +455,61 @@ mod tests {
         spool.forget(&outbox);
         spool.save(false);
         assert!(!spool.file().exists());
+    }
+
+    #[test]
+    fn a_spool_keeps_each_peer_and_the_older_expectation_across_a_reload() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = config_with_remote(tmp.path());
+        config.remotes.push(crate::config::Remote {
+            label: "127.0.0.4:8080".into(),
+            host: "127.0.0.4".into(),
+            port: 8080,
+        });
+        let spool = Spool::open(&tmp.path().join("state")).unwrap();
+        let known = |holds: &[u8]| Known {
+            holds: Some(file_entry(holds)),
+            held: None,
+            sent: None,
+            provisional: false,
+        };
+        let outbox = |paths: &[(&str, &[u8])]| {
+            let outbox = Arc::new(Outbox::default());
+            outbox.restore(
+                paths
+                    .iter()
+                    .map(|(p, h)| (p.to_string(), known(h)))
+                    .collect(),
+            );
+            outbox
+        };
+        // A reload's predecessor and successor hold some for one peer; another peer
+        // holds its own; a peer holding nothing is left out.
+        spool.register(
+            "127.0.0.3:8080",
+            outbox(&[("/etc/app/a", b"old"), ("/etc/app/b", b"b")]),
+        );
+        spool.register("127.0.0.4:8080", outbox(&[("/etc/app/c", b"c")]));
+        spool.register(
+            "127.0.0.3:8080",
+            outbox(&[("/etc/app/a", b"new"), ("/etc/app/d", b"d")]),
+        );
+        spool.register("127.0.0.3:8080", Arc::new(Outbox::default()));
+        spool.save(false);
+        let loaded = spool.load(&config);
+        assert_eq!(loaded.len(), 2);
+        let first = &loaded["127.0.0.3:8080"];
+        let holds: Vec<(&str, &Option<crate::protocol::Entry>)> =
+            first.iter().map(|(p, k)| (p.as_str(), &k.holds)).collect();
+        assert_eq!(
+            holds,
+            [
+                ("/etc/app/a", &Some(file_entry(b"old"))),
+                ("/etc/app/b", &Some(file_entry(b"b"))),
+                ("/etc/app/d", &Some(file_entry(b"d"))),
+            ]
+        );
+        assert_eq!(loaded["127.0.0.4:8080"]["/etc/app/c"], known(b"c"));
     }
 
     #[test]

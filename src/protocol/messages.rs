@@ -303,6 +303,30 @@ pub struct ManifestResponse {
 }
 
 impl ManifestResponse {
+    /// This answer with `other`'s, to the same request made in parts: the entries and
+    /// unreadable subtrees of both, and a directory present only where both say so (a
+    /// part that did not look into a directory says it is present).
+    pub fn merged(mut self, other: ManifestResponse) -> ManifestResponse {
+        self.entries.extend(other.entries);
+        self.unreadable.extend(other.unreadable);
+        self.digests.extend(other.digests);
+        for dir in &mut self.directories {
+            if let Some(theirs) = other.directories.iter().find(|d| d.path == dir.path) {
+                dir.present &= theirs.present;
+            }
+        }
+        self
+    }
+
+    /// Each entry and unreadable subtree once, in path order (parts of one request
+    /// overlap: each lists the ancestors of its paths).
+    pub fn dedup(&mut self) {
+        self.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        self.entries.dedup_by(|a, b| a.path == b.path);
+        self.unreadable.sort();
+        self.unreadable.dedup();
+    }
+
     /// Takes its entries out, by path.
     pub fn take_entries(&mut self) -> std::collections::BTreeMap<String, super::Entry> {
         std::mem::take(&mut self.entries)
@@ -389,6 +413,54 @@ pub struct ErrorBody {
 mod tests {
     use super::*;
     use crate::testing::file_entry;
+
+    #[test]
+    fn the_answers_to_the_parts_of_a_listing_merge_into_one() {
+        let answer = |paths: &[&str], unreadable: &[&str], present: bool| ManifestResponse {
+            identity: Identity {
+                node_id: "n".into(),
+                version: "v".into(),
+            },
+            owners: true,
+            directories: vec![
+                DirectoryInfo {
+                    path: "/etc/app".into(),
+                    exclude: Vec::new(),
+                    present: true,
+                    together: false,
+                },
+                DirectoryInfo {
+                    path: "/etc/web".into(),
+                    exclude: Vec::new(),
+                    present,
+                    together: false,
+                },
+            ],
+            entries: paths
+                .iter()
+                .map(|p| WireEntry {
+                    path: p.to_string(),
+                    entry: file_entry(p.as_bytes()),
+                })
+                .collect(),
+            unreadable: unreadable.iter().map(|p| p.to_string()).collect(),
+            limits: PeerLimits::default(),
+            digests: Vec::new(),
+        };
+        let first = answer(&["/etc/app", "/etc/app/b"], &["/etc/app/x"], true);
+        let second = answer(&["/etc/app", "/etc/app/a"], &["/etc/app/x"], false);
+        let mut merged = first.merged(second);
+        merged.dedup();
+        let paths: Vec<&str> = merged.entries.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["/etc/app", "/etc/app/a", "/etc/app/b"]);
+        assert_eq!(merged.unreadable, ["/etc/app/x"]);
+        let present: Vec<bool> = merged.directories.iter().map(|d| d.present).collect();
+        assert_eq!(
+            present,
+            [true, false],
+            "missing where any part found it missing"
+        );
+    }
 
     #[test]
     fn a_sender_reads_each_outcome_of_a_full_answer_in_order() {

@@ -41,6 +41,20 @@ impl PeerLink {
         &self.peer.remote.label
     }
 
+    /// The directories the peer judges as a whole (it runs `validate` or `on_change` for
+    /// what it receives there: see [`DirectoryInfo::together`]), as it last announced
+    /// them; `None` while its terms are unknown.
+    pub fn judged_whole(&self) -> Option<Vec<String>> {
+        self.terms().map(|terms| {
+            terms
+                .directories
+                .into_iter()
+                .filter(|d| d.together)
+                .map(|d| d.path)
+                .collect()
+        })
+    }
+
     pub(super) fn terms(&self) -> Option<PeerTerms> {
         self.terms.lock().expect("peer terms lock").clone()
     }

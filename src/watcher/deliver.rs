@@ -23,6 +23,12 @@ use crate::sync::{ChangeStatus, Engine, PeerReport};
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between retries.
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Paths delivered at most in one push, outside the directories the peer judges as a
+/// whole (see [`Outbox::take_some`](crate::node::Outbox)): the push of a large change (a
+/// tree deleted) goes in parts, each in one request, and the copies a push makes of its
+/// paths (what the peer holds, this node's versions, the plan, the answers) are bounded
+/// by a part. The same size as a large sync's batches.
+const PATHS_PER_DELIVERY: usize = 4096;
 
 /// Delivers one peer's outbox: the latest content of every waiting path, in one
 /// request, retried with exponential backoff while the peer is unreachable or a path
@@ -46,7 +52,16 @@ pub async fn deliver(
         if !next_turn(&record, backoff, &mut stopping, spool.is_some()).await {
             return;
         }
-        let taken = outbox.take();
+        // Until the peer's terms are known, every path goes together, as it may judge
+        // its directories whole.
+        let taken = match record.link.judged_whole() {
+            Some(whole) => outbox.take_some(
+                PATHS_PER_DELIVERY,
+                |path| whole.iter().any(|dir| is_within(path, dir)),
+                |path| !baseline.knows(path),
+            ),
+            None => outbox.take(),
+        };
         if taken.is_empty() {
             backoff = None;
             continue;
@@ -89,18 +104,29 @@ pub async fn deliver(
         outbox.sending(&ours);
         let report = engine.push_to(&record.link, ops).await;
         count_push(&node, &record, &report);
-        let waiting = pending.len();
+        let waiting = pending.len() + outbox.len();
         let settled = outbox.settle(pending, &report);
         outbox.agreed(&report.peer_holds, |path| baseline.get(path), node.owners);
         save(&spool).await;
         record.set_unreachable(report.error.is_some() && !report.refused);
         let counts = (count, waiting);
         tell(&peer, &report, counts, spool.is_some(), &mut unreachable);
+        let reached = report.error.is_none();
+        drop((report, ours, theirs));
+        if count >= crate::memory::LARGE_WORK {
+            // A large push (a tree deleted or checked out) needed copies of every path
+            // it carried: give them back once it is told.
+            crate::memory::give_back_soon();
+        }
         backoff = if settled.retry > 0 {
             Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)))
         } else {
             None
         };
+        // The peer took this part: the next goes at once.
+        if reached && outbox.len() > settled.retry {
+            outbox.wake.notify_one();
+        }
         debug!(%peer, ?settled, "delivery settled");
     }
 }
@@ -231,15 +257,16 @@ async fn resolve_sent(
                 .iter()
                 .any(|d| !d.present && is_within(path, &d.path))
     };
+    let holds: std::collections::HashMap<&str, &Entry> = listing
+        .entries
+        .iter()
+        .map(|w| (w.path.as_str(), &w.entry))
+        .collect();
     for (path, sent) in uncertain {
         if unknown(path) {
             continue;
         }
-        let now = listing
-            .entries
-            .iter()
-            .find(|w| &w.path == path)
-            .map(|w| &w.entry);
+        let now = holds.get(path.as_str()).copied();
         let delivered = crate::protocol::same_or_absent(now, sent.entry.as_ref(), listing.owners);
         if delivered {
             pending.insert(path.clone(), sent.entry.clone());

@@ -285,3 +285,33 @@ async fn a_peer_lists_a_directory_one_level_deep_and_refuses_levels_of_what_it_d
         .unwrap_err();
     assert!(err.to_string().contains("shallow"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_of_more_paths_than_one_request_may_carry_is_asked_for_in_parts() {
+    let group = start(2).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let held = ["/etc/app/a.cfg", "/etc/app/conf.d/b.cfg", "/etc/app/z.cfg"];
+    for path in held {
+        write(n1, path, "held\n");
+    }
+    // A watcher's burst after a large `rm -rf`: more paths than the 1 MiB a manifest
+    // request may carry, most of them gone.
+    let mut scope: Vec<String> = (0..40_000)
+        .map(|i| format!("/etc/app/gone/{i:05}/file.cfg"))
+        .collect();
+    scope.insert(20_000, held[1].to_string());
+    scope.insert(0, held[0].to_string());
+    scope.push(held[2].to_string());
+    let bytes: usize = scope.iter().map(|p| p.len() + 3).sum();
+    assert!(
+        bytes > gosyncd::protocol::MAX_MANIFEST_REQUEST_BYTES,
+        "{bytes}"
+    );
+    let listed = peer_as(n0, n1.addr).manifest(&scope).await.unwrap();
+    let paths: Vec<&str> = listed.entries.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/etc/app", held[0], "/etc/app/conf.d", held[1], held[2]]
+    );
+    assert!(listed.directories.iter().all(|d| d.present));
+}
