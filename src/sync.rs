@@ -376,6 +376,47 @@ impl Engine {
         Some(ours)
     }
 
+    /// Makes sure the peer's terms are known (see [`PeerLink::judged_whole`]): asks for
+    /// them if not, as [`Engine::push_to`] would for a push of `paths`.
+    pub async fn learn_terms<'a>(
+        &self,
+        link: &PeerLink,
+        paths: impl Iterator<Item = &'a str>,
+    ) -> Result<(), client::PeerError> {
+        self.terms(link, paths).await.map(drop)
+    }
+
+    /// The peer's terms: as it last announced them, or asked for now, scoped to one of
+    /// `paths` in each configured directory they touch (cheap, however many they are).
+    async fn terms<'a>(
+        &self,
+        link: &PeerLink,
+        paths: impl Iterator<Item = &'a str>,
+    ) -> Result<PeerTerms, client::PeerError> {
+        if let Some(terms) = link.terms() {
+            return Ok(terms);
+        }
+        let mut scope: Vec<String> = Vec::new();
+        let mut touched: Vec<&str> = Vec::new();
+        for path in paths {
+            match self.config.directory_of(path) {
+                Some(dir) if !touched.contains(&dir.path.as_str()) => {
+                    touched.push(&dir.path);
+                    scope.push(path.to_string());
+                }
+                _ => {}
+            }
+        }
+        // An empty scope would list the whole tree: its digests say as much of the terms.
+        let manifest = match scope.is_empty() {
+            true => link.peer.digests().await?,
+            false => link.peer.manifest(&scope).await?,
+        };
+        let terms = PeerTerms::of(&manifest);
+        link.set_terms(Some(terms.clone()));
+        Ok(terms)
+    }
+
     /// Pushes operations planned elsewhere (the watcher's, which expect the versions this
     /// peer is known to hold) to one peer, in one request. A file whose content no longer
     /// matches its operation is not sent, and is listed in
@@ -389,34 +430,17 @@ impl Engine {
             ..PeerReport::default()
         };
         // The peer's own directories and excludes: remembered from its last manifest,
-        // or asked for now, scoped to one path of each configured directory the
-        // operations touch (cheap, however many they are).
-        let terms = match link.terms() {
-            Some(terms) => terms,
-            None => {
-                let mut scope: Vec<String> = Vec::new();
-                let mut touched: Vec<&str> = Vec::new();
-                for op in &ops {
-                    match self.config.directory_of(&op.path) {
-                        Some(dir) if !touched.contains(&dir.path.as_str()) => {
-                            touched.push(&dir.path);
-                            scope.push(op.path.to_string());
-                        }
-                        _ => {}
-                    }
-                }
-                match peer.manifest(&scope).instrument(span.clone()).await {
-                    Ok(manifest) => {
-                        let terms = PeerTerms::of(&manifest);
-                        link.set_terms(Some(terms.clone()));
-                        terms
-                    }
-                    Err(e) => {
-                        report.refused = e.is_refusal();
-                        report.error = Some(e.to_string());
-                        return report;
-                    }
-                }
+        // or asked for now.
+        let terms = match self
+            .terms(link, ops.iter().map(|op| op.path.as_str()))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(terms) => terms,
+            Err(e) => {
+                report.refused = e.is_refusal();
+                report.error = Some(e.to_string());
+                return report;
             }
         };
         let (shared, refused) = peer_rules(&self.config, &terms.directories, |dir| {

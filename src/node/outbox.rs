@@ -661,6 +661,26 @@ impl Outbox {
             .collect()
     }
 
+    /// The first path waiting for delivery in each group `group` puts paths in (their
+    /// configured directories): enough to ask the peer its terms for all of them.
+    pub fn first_waiting<K: PartialEq>(&self, group: impl Fn(&str) -> Option<K>) -> Vec<String> {
+        let paths = self.paths.lock().expect("outbox lock");
+        let mut seen: Vec<K> = Vec::new();
+        let mut first = Vec::new();
+        for (path, known) in &paths.known {
+            if known.held.is_some() || known.provisional {
+                continue;
+            }
+            if let Some(key) = group(path) {
+                if !seen.contains(&key) {
+                    seen.push(key);
+                    first.push(path.clone());
+                }
+            }
+        }
+        first
+    }
+
     /// How many paths wait for delivery or are being pushed.
     pub fn len(&self) -> usize {
         self.paths.lock().expect("outbox lock").waiting()
@@ -798,6 +818,28 @@ mod tests {
         assert_eq!(take_some(4), ["/d/old", "/d/old/f4"]);
         assert!(take_some(4).is_empty());
         assert_eq!(outbox.len(), 0);
+    }
+
+    #[test]
+    fn the_first_path_waiting_in_each_directory_is_enough_to_ask_a_peer_its_terms() {
+        let outbox = Outbox::default();
+        let top = |path: &str| path.split('/').nth(1).map(str::to_string);
+        assert!(outbox.first_waiting(top).is_empty());
+        // A held path is not waiting.
+        outbox.restore(BTreeMap::from([(
+            "/c/1".to_string(),
+            Known {
+                holds: None,
+                held: Some(Held::Refused("too large".into())),
+                sent: None,
+                provisional: false,
+            },
+        )]));
+        outbox.merge(
+            &[put("/a/2", b"x"), put("/a/1", b"x"), put("/b/9", b"x")],
+            no_dir,
+        );
+        assert_eq!(outbox.first_waiting(top), ["/a/1", "/b/9"]);
     }
 
     #[test]

@@ -52,8 +52,30 @@ pub async fn deliver(
         if !next_turn(&record, backoff, &mut stopping, spool.is_some()).await {
             return;
         }
-        // Until the peer's terms are known, every path goes together, as it may judge
-        // its directories whole.
+        // What the peer judges whole is known before anything is taken: until it is,
+        // every path would have to go together.
+        if record.link.judged_whole().is_none() {
+            let config = engine.config();
+            let first = outbox.first_waiting(|path| config.directory_of(path).map(|d| &d.path));
+            let learnt = match first.is_empty() {
+                true => Ok(()),
+                false => {
+                    engine
+                        .learn_terms(&record.link, first.iter().map(String::as_str))
+                        .await
+                }
+            };
+            if let Err(e) = learnt {
+                if !unreachable {
+                    let kept = kept_where(spool.is_some());
+                    warn!(%peer, pending = outbox.len(), "peer unreachable, changes {kept} and retried: {e}");
+                }
+                unreachable = true;
+                record.set_unreachable(!e.is_refusal());
+                backoff = Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)));
+                continue;
+            }
+        }
         let taken = match record.link.judged_whole() {
             Some(whole) => outbox.take_some(
                 PATHS_PER_DELIVERY,
@@ -71,7 +93,8 @@ pub async fn deliver(
             Ok(pending) => pending,
             Err(e) => {
                 if !unreachable {
-                    warn!(%peer, pending = taken.len(), "peer unreachable, changes kept and retried: {e}");
+                    let kept = kept_where(spool.is_some());
+                    warn!(%peer, pending = outbox.len(), "peer unreachable, changes {kept} and retried: {e}");
                 }
                 unreachable = true;
                 record.set_unreachable(!e.is_refusal());
@@ -208,11 +231,7 @@ fn tell(
         }
         (Some(e), false) => {
             if !*unreachable {
-                let kept = if spooled {
-                    "kept in the spool"
-                } else {
-                    "kept in memory"
-                };
+                let kept = kept_where(spooled);
                 warn!(%peer, pending = waiting, "peer unreachable, changes {kept} and retried: {e}");
             }
             *unreachable = true;
@@ -222,6 +241,14 @@ fn tell(
                 info!(%peer, changes = count, "peer reachable again, pending changes delivered");
             }
         }
+    }
+}
+
+/// Where the changes for an unreachable peer are kept meanwhile.
+fn kept_where(spooled: bool) -> &'static str {
+    match spooled {
+        true => "kept in the spool",
+        false => "kept in memory",
     }
 }
 

@@ -164,3 +164,63 @@ async fn a_large_push_goes_in_bounded_batches_except_where_the_peer_validates_th
         "validate ran once, on every file of the push"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_tree_saved_then_deleted_is_delivered_by_the_watcher_in_parts() {
+    // More paths than one delivery takes where the peer runs no command (4,096).
+    const FILES: usize = 5_000;
+    let group = watching(2).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let requests = || counters(n1).apply_requests;
+    let before = requests();
+    for i in 0..FILES {
+        write(
+            n0,
+            &format!("/etc/app/tree/d{}/f{i:05}.conf", i % 10),
+            format!("{i}\n"),
+        );
+    }
+    // The directories go before what they hold, part after part.
+    // Counted while the peer writes: its temporary files come and go.
+    fn files(dir: &std::path::Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|entry| match entry.file_type() {
+                Ok(t) if t.is_dir() => files(&entry.path()),
+                Ok(t) => usize::from(
+                    t.is_file() && entry.file_name().to_string_lossy().ends_with(".conf"),
+                ),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    eventually_in(&group, 4 * WAIT, "the tree on the peer", || {
+        files(&n1.path("/etc/app/tree")) == FILES
+    })
+    .await;
+    assert_same_tree(n0, n1);
+    let puts = requests() - before;
+    assert!(puts >= 2, "{puts} requests for {FILES} files");
+
+    let (before, pushes_before) = (requests(), counters(n0).pushes);
+    std::fs::remove_dir_all(n0.path("/etc/app/tree")).unwrap();
+    // Each directory goes once what it holds is gone, in the same part or an earlier one.
+    eventually_in(&group, 4 * WAIT, "the tree gone from the peer", || {
+        !n1.path("/etc/app/tree").exists()
+    })
+    .await;
+    assert_same_tree(n0, n1);
+    let deletions = requests() - before;
+    assert!(deletions >= 2, "{deletions} requests for {FILES} deletions");
+    // Each part is a push of its own (a push of everything would be one, in batches),
+    // counted once its answer is read.
+    eventually_in(&group, WAIT, "a push per part", || {
+        counters(n0).pushes - pushes_before >= 2
+    })
+    .await;
+    assert_eq!(counters(n0).conflicts_reported, 0);
+    assert_eq!(counters(n1).conflicts_refused, 0);
+}
