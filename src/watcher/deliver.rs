@@ -30,9 +30,10 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// by a part. The same size as a large sync's batches.
 const PATHS_PER_DELIVERY: usize = 4096;
 
-/// Delivers one peer's outbox: the latest content of every waiting path, in one
-/// request, retried with exponential backoff while the peer is unreachable or a path
-/// failed for a passing reason.
+/// Delivers one peer's outbox: the latest content of every waiting path, a part of at
+/// most [`PATHS_PER_DELIVERY`] paths per push (the paths of a directory the peer judges
+/// whole in one), the next part at once, retried with exponential backoff while the peer
+/// is unreachable or a path failed for a passing reason.
 ///
 /// Returns when `stopping` turns true while it is idle or waiting to retry; a push under
 /// way is finished first.
@@ -67,8 +68,15 @@ pub async fn deliver(
             };
             if let Err(e) = learnt {
                 if !unreachable {
-                    let kept = kept_where(spool.is_some());
-                    warn!(%peer, pending = outbox.len(), "peer unreachable, changes {kept} and retried: {e}");
+                    let (kept, pending) = (kept_where(spool.is_some()), outbox.len());
+                    match e.is_refusal() {
+                        true => {
+                            error!(%peer, pending, "peer refused to say which directories it takes, changes {kept} and retried: {e}")
+                        }
+                        false => {
+                            warn!(%peer, pending, "peer unreachable, changes {kept} and retried: {e}")
+                        }
+                    }
                 }
                 unreachable = true;
                 record.set_unreachable(!e.is_refusal());
@@ -127,7 +135,8 @@ pub async fn deliver(
         outbox.sending(&ours);
         let report = engine.push_to(&record.link, ops).await;
         count_push(&node, &record, &report);
-        let waiting = pending.len() + outbox.len();
+        // Every path waiting, this part (in flight) included.
+        let waiting = outbox.len();
         let settled = outbox.settle(pending, &report);
         outbox.agreed(&report.peer_holds, |path| baseline.get(path), node.owners);
         save(&spool).await;
