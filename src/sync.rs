@@ -22,7 +22,6 @@ mod staged;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -230,12 +229,14 @@ impl Engine {
                 })
                 .collect();
             let local = self
-                .local_side(whole, &scope, links.len(), &mut report.local_errors)
+                .local_side(whole, &scope, &mut report.local_errors)
                 .await;
 
             let mut tasks = JoinSet::new();
             for (index, (link, manifest)) in links.into_iter().cloned().zip(manifests).enumerate() {
-                let planning = Planning(local.clone());
+                // Each peer's own hold on this node's side, let go once it has planned:
+                // the run keeps none, so the local tree goes once every peer has planned.
+                let local = local.clone();
                 let config = self.config.clone();
                 let self_id = self.self_id.clone();
                 let options = options.clone();
@@ -244,13 +245,14 @@ impl Engine {
                     async move {
                         let manifest = manifest.await.expect("manifest task");
                         let report =
-                            one_peer(&config, &link, manifest, planning, self_id, whole, options)
+                            one_peer(&config, &link, manifest, local, self_id, whole, options)
                                 .await;
                         (index, report)
                     }
                     .instrument(span),
                 );
             }
+            drop(local);
             let mut reports: Vec<(usize, PeerReport)> = Vec::new();
             while let Some(done) = tasks.join_next().await {
                 let (index, report) = done.expect("peer task");
@@ -298,7 +300,6 @@ impl Engine {
         &self,
         whole: bool,
         scope: &[String],
-        peers: usize,
         errors: &mut Vec<String>,
     ) -> Arc<LazyLocal> {
         let own_digests = match whole {
@@ -344,18 +345,17 @@ impl Engine {
         // A refused directory must be left out of every peer's comparison: the digests
         // cannot say so, the scan can.
         let own_digests = own_digests.filter(|_| refused.is_empty());
-        let mut local = LazyLocal {
+        let local = Arc::new(LazyLocal {
             digests: own_digests,
-            state: tokio::sync::Mutex::new(None),
-            planning: AtomicUsize::new(peers),
+            state: tokio::sync::OnceCell::new(),
             source: self.local_source(),
             scope: scope.to_vec(),
             refused,
-        };
+        });
         if let Some(scan) = scanned {
-            *local.state.get_mut() = Some(local.finish(scan));
+            let _ = local.state.set(local.finish(scan));
         }
-        Arc::new(local)
+        local
     }
 
     fn local_source(&self) -> LocalSource {
@@ -376,14 +376,17 @@ impl Engine {
         Some(ours)
     }
 
-    /// Makes sure the peer's terms are known (see [`PeerLink::judged_whole`]): asks for
-    /// them if not, as [`Engine::push_to`] would for a push of `paths`.
-    pub async fn learn_terms<'a>(
+    /// The directories the peer judges as a whole ([`PeerLink::judged_whole`]), its
+    /// terms asked for first if they are unknown, as [`Engine::push_to`] would for a push
+    /// of `paths`.
+    pub async fn judged_whole<'a>(
         &self,
         link: &PeerLink,
         paths: impl Iterator<Item = &'a str>,
-    ) -> Result<(), client::PeerError> {
-        self.terms(link, paths).await.map(drop)
+    ) -> Result<Vec<String>, client::PeerError> {
+        self.terms(link, paths)
+            .await
+            .map(|terms| terms.judged_whole())
     }
 
     /// The peer's terms: as it last announced them, or asked for now, scoped to one of
@@ -566,12 +569,12 @@ async fn one_peer(
     config: &Arc<Config>,
     link: &PeerLink,
     manifest: Result<ManifestResponse, crate::client::PeerError>,
-    planning: Planning,
+    claim: Arc<LazyLocal>,
     self_id: Option<String>,
     whole: bool,
     options: Options,
 ) -> PeerReport {
-    let local = &planning.0;
+    let local = &claim;
     if let Ok(m) = &manifest {
         link.set_terms(Some(PeerTerms::of(m)));
     }
@@ -613,7 +616,7 @@ async fn one_peer(
             let manifest = link.peer.listing(listed).await;
             let local = ToPlan {
                 state: local,
-                _claim: planning,
+                _claim: claim,
             };
             return sync_peer(
                 config, &link.peer, manifest, local, self_id, &options, listed,
@@ -630,7 +633,7 @@ async fn one_peer(
     let listed = Region::scope(&options.scope);
     let local = ToPlan {
         state,
-        _claim: planning,
+        _claim: claim,
     };
     sync_peer(
         config, &link.peer, manifest, local, self_id, &options, listed,
@@ -683,11 +686,10 @@ const LEVELS_LISTED_MAX: usize = 64;
 /// full local state, made once, when the first peer whose digests differ needs it.
 struct LazyLocal {
     digests: Option<ManifestResponse>,
-    /// Made once, when first needed; let go once every peer of the run has planned, so
-    /// that the pushes do not hold this node's whole tree besides their plans.
-    state: tokio::sync::Mutex<Option<Arc<LocalState>>>,
-    /// The peers of the run that have not planned yet (each holds a [`Planning`]).
-    planning: AtomicUsize,
+    /// Made once, when first needed. It goes with this side, which the peers of a run
+    /// hold until they have planned (see [`ToPlan`]), so that the pushes do not hold this
+    /// node's whole tree besides their plans.
+    state: tokio::sync::OnceCell<Arc<LocalState>>,
     source: LocalSource,
     scope: Vec<String>,
     /// Directories whose own validation failed: left alone, as unreadable ones are.
@@ -701,38 +703,19 @@ impl LazyLocal {
     }
 
     async fn get(&self) -> Arc<LocalState> {
-        // Held while scanning: a peer needing it meanwhile waits, then shares.
-        let mut state = self.state.lock().await;
-        if let Some(made) = &*state {
-            return made.clone();
-        }
-        let made = self.finish(self.source.scan(&self.scope).await);
-        *state = Some(made.clone());
-        made
+        self.state
+            .get_or_init(|| async { self.finish(self.source.scan(&self.scope).await) })
+            .await
+            .clone()
     }
 }
 
-/// One peer's claim on this node's side of a run, until it has planned (or has found
-/// it needs no plan). The last claim dropped lets the local state go: a peer still
-/// planning holds its own reference.
-struct Planning(Arc<LazyLocal>);
-
-/// What a peer plans from: this node's state, and the peer's claim that keeps it for
-/// the peers still planning. Dropped whole once the peer has planned.
+/// What a peer plans from: this node's state, and the peer's claim on this node's side
+/// of the run, which keeps it for the peers still planning. Dropped whole once the peer
+/// has planned: the last claim dropped lets the local state go.
 struct ToPlan {
     state: Arc<LocalState>,
-    _claim: Planning,
-}
-
-impl Drop for Planning {
-    fn drop(&mut self) {
-        if self.0.planning.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // No peer is left to plan, so none waits on this lock.
-            if let Ok(mut state) = self.0.state.try_lock() {
-                state.take();
-            }
-        }
-    }
+    _claim: Arc<LazyLocal>,
 }
 
 /// An answer of this node's daemon (identity `id`), when it is usable here: that daemon
@@ -822,8 +805,7 @@ mod tests {
         std::fs::write(config.local_path("/etc/app/a.conf"), "a").unwrap();
         let local = Arc::new(LazyLocal {
             digests: None,
-            state: tokio::sync::Mutex::new(None),
-            planning: AtomicUsize::new(2),
+            state: tokio::sync::OnceCell::new(),
             source: LocalSource {
                 config,
                 cache: Arc::new(HashCache::forgetful()),
@@ -833,10 +815,11 @@ mod tests {
             scope: Vec::new(),
             refused: Vec::new(),
         });
-        let (first, second) = (Planning(local.clone()), Planning(local.clone()));
-        let state = local.get().await;
+        // Two peers' claims; the run keeps none.
+        let (first, second) = (local.clone(), local);
+        let state = first.get().await;
         assert!(state.scan().entries.contains_key("/etc/app/a.conf"));
-        assert!(Arc::ptr_eq(&state, &local.get().await), "scanned twice");
+        assert!(Arc::ptr_eq(&state, &second.get().await), "scanned twice");
         // The peers' own references go as they plan.
         let weak = Arc::downgrade(&state);
         drop(state);

@@ -130,14 +130,18 @@ impl Paths {
         self.held_at.insert(path.to_string(), self.holds_learnt);
     }
 
+    /// Whether the difference `known` at `path` waits for delivery: neither held, nor
+    /// touched by a burst not ended yet, nor being pushed.
+    fn is_waiting(&self, path: &str, known: &Known) -> bool {
+        known.held.is_none() && !known.provisional && !self.in_flight.contains_key(path)
+    }
+
     /// How many paths wait for delivery or are being pushed.
     fn waiting(&self) -> usize {
         let waiting = self
             .known
             .iter()
-            .filter(|(path, known)| {
-                known.held.is_none() && !known.provisional && !self.in_flight.contains_key(*path)
-            })
+            .filter(|(path, known)| self.is_waiting(path, known))
             .count();
         waiting + self.in_flight.len()
     }
@@ -274,8 +278,9 @@ impl Outbox {
         self.contact.notify_one();
     }
 
-    /// Takes the differences waiting for delivery (the held ones stay), and keeps them
+    /// Takes every difference waiting for delivery (the held ones stay), and keeps them
     /// as in flight until [`Outbox::settle`].
+    #[cfg(test)]
     pub(crate) fn take(&self) -> BTreeMap<String, Known> {
         self.take_some(usize::MAX, |_| true, |_| false)
     }
@@ -301,11 +306,7 @@ impl Outbox {
             let all: Vec<&str> = paths
                 .known
                 .iter()
-                .filter(|(path, known)| {
-                    known.held.is_none()
-                        && !known.provisional
-                        && !paths.in_flight.contains_key(*path)
-                })
+                .filter(|(path, known)| paths.is_waiting(path, known))
                 .map(|(path, _)| path.as_str())
                 .collect();
             let (mut counted, mut chosen) = (0, Vec::new());
@@ -668,7 +669,7 @@ impl Outbox {
         let mut seen: Vec<K> = Vec::new();
         let mut first = Vec::new();
         for (path, known) in &paths.known {
-            if known.held.is_some() || known.provisional {
+            if !paths.is_waiting(path, known) {
                 continue;
             }
             if let Some(key) = group(path) {

@@ -45,14 +45,7 @@ impl PeerLink {
     /// what it receives there: see [`DirectoryInfo::together`]), as it last announced
     /// them; `None` while its terms are unknown.
     pub fn judged_whole(&self) -> Option<Vec<String>> {
-        self.terms().map(|terms| {
-            terms
-                .directories
-                .into_iter()
-                .filter(|d| d.together)
-                .map(|d| d.path)
-                .collect()
-        })
+        self.terms().map(|terms| terms.judged_whole())
     }
 
     pub(super) fn terms(&self) -> Option<PeerTerms> {
@@ -75,6 +68,16 @@ pub(super) struct PeerTerms {
 }
 
 impl PeerTerms {
+    /// The directories where the peer runs `validate` or `on_change` for what it
+    /// receives: it judges their changes as a whole.
+    pub(super) fn judged_whole(&self) -> Vec<String> {
+        self.directories
+            .iter()
+            .filter(|d| d.together)
+            .map(|d| d.path.clone())
+            .collect()
+    }
+
     pub(super) fn of(manifest: &ManifestResponse) -> PeerTerms {
         PeerTerms {
             directories: manifest.directories.clone(),

@@ -55,18 +55,23 @@ pub async fn deliver(
         }
         // What the peer judges whole is known before anything is taken: until it is,
         // every path would have to go together.
-        if record.link.judged_whole().is_none() {
-            let config = engine.config();
-            let first = outbox.first_waiting(|path| config.directory_of(path).map(|d| &d.path));
-            let learnt = match first.is_empty() {
-                true => Ok(()),
-                false => {
-                    engine
-                        .learn_terms(&record.link, first.iter().map(String::as_str))
-                        .await
+        let whole = match record.link.judged_whole() {
+            Some(whole) => Ok(whole),
+            None => {
+                let config = engine.config();
+                let first = outbox.first_waiting(|path| config.directory_of(path).map(|d| &d.path));
+                if first.is_empty() {
+                    backoff = None;
+                    continue;
                 }
-            };
-            if let Err(e) = learnt {
+                engine
+                    .judged_whole(&record.link, first.iter().map(String::as_str))
+                    .await
+            }
+        };
+        let whole = match whole {
+            Ok(whole) => whole,
+            Err(e) => {
                 if !unreachable {
                     let (kept, pending) = (kept_where(spool.is_some()), outbox.len());
                     match e.is_refusal() {
@@ -83,15 +88,12 @@ pub async fn deliver(
                 backoff = Some(backoff.map_or(RETRY_FIRST, |b| (b * 2).min(RETRY_MAX)));
                 continue;
             }
-        }
-        let taken = match record.link.judged_whole() {
-            Some(whole) => outbox.take_some(
-                PATHS_PER_DELIVERY,
-                |path| whole.iter().any(|dir| is_within(path, dir)),
-                |path| !baseline.knows(path),
-            ),
-            None => outbox.take(),
         };
+        let taken = outbox.take_some(
+            PATHS_PER_DELIVERY,
+            |path| whole.iter().any(|dir| is_within(path, dir)),
+            |path| !baseline.knows(path),
+        );
         if taken.is_empty() {
             backoff = None;
             continue;
