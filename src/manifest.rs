@@ -22,6 +22,9 @@ use crate::paths::{parent, Region};
 use crate::protocol::{Content, Digest256, Entry};
 use crate::tree::{is_temp_name, Parents};
 
+mod readers;
+use readers::Readers;
+
 /// Logical path -> state, ordered so that parents come before their children.
 pub type Manifest = BTreeMap<String, Entry>;
 
@@ -157,9 +160,19 @@ pub struct DigestScan {
 /// (after `name.conf`, before `name0`), not right after the directory's own entry.
 pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestScan {
     let mut out = DigestScan::default();
+    let mut readers = Readers::new(cache);
     for dir in &config.directories {
         let mut hash = Sha256::new();
-        if digest_directory(config, dir, cache, owners, &mut hash, &mut out) {
+        let hashed = digest_directory(
+            config,
+            dir,
+            &mut readers,
+            cache,
+            owners,
+            &mut hash,
+            &mut out,
+        );
+        if hashed {
             out.digests
                 .push((dir.path.clone(), Digest256(hash.finalize().into())));
         }
@@ -174,11 +187,13 @@ enum Walked {
     Below(String, Entry),
 }
 
-/// Hashes configured directory `dir` into `hash`; `false` when it is missing or its
-/// top cannot be read (recorded in `out`).
+/// Hashes configured directory `dir` into `hash`, its files read by `readers` (which
+/// keep hashes in `cache`); `false` when it is missing or its top cannot be read
+/// (recorded in `out`).
 fn digest_directory(
     config: &Config,
     dir: &Directory,
+    readers: &mut Readers,
     cache: &HashCache,
     owners: bool,
     hash: &mut Sha256,
@@ -200,9 +215,19 @@ fn digest_directory(
     loop {
         if let Some((logical, fd, own)) = next.take() {
             let everything = Region::default();
-            if let Some(mut children) =
-                children(&fd, &logical, dir, everything, cache, &mut out.unreadable)
-            {
+            let listed = children(
+                &fd,
+                &logical,
+                dir,
+                everything,
+                readers,
+                cache,
+                &mut out.unreadable,
+            );
+            if let Some(mut children) = listed {
+                let read = settle(readers.drain(), &mut out.unreadable);
+                children
+                    .extend(read.map(|(child, entry)| (name_in(&child).to_string(), child, entry)));
                 let level = level_digest(&logical, &own, &mut children, owners);
                 out.levels.push((logical, level));
                 let mut items = Vec::with_capacity(children.len());
@@ -438,11 +463,21 @@ pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
 pub fn scan_region(config: &Config, region: Region, cache: &HashCache) -> Scan {
     let mut out = Scan::default();
     let mut found = Vec::new();
+    let mut readers = Readers::new(cache);
     for dir in &config.directories {
         if region.holds(&dir.path) {
-            scan_directory(config, dir, region, cache, &mut found, &mut out);
+            scan_directory(
+                config,
+                dir,
+                region,
+                &mut readers,
+                cache,
+                &mut found,
+                &mut out,
+            );
         }
     }
+    found.extend(settle(readers.drain(), &mut out.unreadable));
     // Built at once from the sorted list, the map's nodes are full and allocated
     // together, after the paths: at 100,000 paths, a quarter less memory than inserting
     // them one by one, and no holes left between the paths when it is freed.
@@ -450,10 +485,13 @@ pub fn scan_region(config: &Config, region: Region, cache: &HashCache) -> Scan {
     out
 }
 
+/// Scans what `region` lists of configured directory `dir` into `found`, but for the
+/// regular files it hands to `readers` (which keep hashes in `cache`).
 fn scan_directory(
     config: &Config,
     dir: &Directory,
     region: Region,
+    readers: &mut Readers,
     cache: &HashCache,
     found: &mut Vec<(String, Entry)>,
     out: &mut Scan,
@@ -476,13 +514,22 @@ fn scan_directory(
     let mut pending = Vec::new();
     loop {
         if let Some((logical, fd)) = next.take() {
-            let listed = children(&fd, &logical, dir, region, cache, &mut out.unreadable);
+            let listed = children(
+                &fd,
+                &logical,
+                dir,
+                region,
+                readers,
+                cache,
+                &mut out.unreadable,
+            );
             for (_, child, state) in listed.into_iter().flatten() {
                 if state.content.is_dir() && region.reaches_below(&child) {
                     pending.push(child.clone());
                 }
                 found.push((child, state));
             }
+            found.extend(settle(readers.ready(), &mut out.unreadable));
         }
         let Some(logical) = pending.pop() else {
             return;
@@ -558,13 +605,15 @@ fn open_top(
 /// The entries a scan of `dir` within `region` takes from directory `fd` (logical path
 /// `logical`), as (name, logical path, entry): not gosyncd's temporary files, nor
 /// excluded names, nor names that are not UTF-8 or not a regular file, directory or
-/// symlink (logged). What cannot be read is recorded in `unreadable`; `None` when the
-/// directory itself cannot be listed.
+/// symlink (logged). Regular files whose hash is not kept are handed to `readers`
+/// instead, to be read. What cannot be read is recorded in `unreadable`; `None` when
+/// the directory itself cannot be listed.
 fn children(
-    fd: &OwnedFd,
+    fd: &Arc<OwnedFd>,
     logical: &str,
     dir: &Directory,
     region: Region,
+    readers: &mut Readers,
     cache: &HashCache,
     unreadable: &mut Vec<(String, String)>,
 ) -> Option<Vec<(String, String, Entry)>> {
@@ -589,9 +638,10 @@ fn children(
         if dir.excludes.is_excluded(&child) || !region.holds(&child) {
             continue;
         }
-        match read_below(fd, &name, &child, cache) {
-            Ok(Some(state)) => out.push((name, child, state)),
-            Ok(None) => {
+        match stat_below(fd, &name, &child, cache) {
+            Ok(Found::Entry(state)) => out.push((name, child, state)),
+            Ok(Found::ToHash { size }) => readers.read(fd, child, size),
+            Ok(Found::Other) => {
                 warn!(path = %child, "skipping a file that is not a regular file, directory or symlink")
             }
             Err(e) => {
@@ -601,6 +651,31 @@ fn children(
         }
     }
     Some(out)
+}
+
+/// The entries of the files `readers` read; those that could not be read are recorded
+/// in `unreadable` (logged), in path order.
+fn settle(
+    read: Vec<readers::Read>,
+    unreadable: &mut Vec<(String, String)>,
+) -> impl Iterator<Item = (String, Entry)> {
+    let (entries, mut failed): (Vec<_>, Vec<_>) =
+        read.into_iter().partition(|(_, entry)| entry.is_ok());
+    failed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+    for (path, error) in failed {
+        if let Err(e) = error {
+            warn!(path = %path, error = %e, "cannot read");
+            unreadable.push((path, e.to_string()));
+        }
+    }
+    entries
+        .into_iter()
+        .filter_map(|(path, entry)| Some((path, entry.ok()?)))
+}
+
+/// The name of logical path `logical` in its directory.
+fn name_in(logical: &str) -> &str {
+    logical.rsplit_once('/').map_or(logical, |(_, name)| name)
 }
 
 /// The logical path of `name` in directory `logical`, allocated at its exact size: a
@@ -635,7 +710,26 @@ fn read_below(
     logical: &str,
     cache: &HashCache,
 ) -> io::Result<Option<Entry>> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    match stat_below(fd, name, logical, cache)? {
+        Found::Entry(entry) => Ok(Some(entry)),
+        Found::ToHash { .. } => hash_below(fd, name, logical, cache).map(Some),
+        Found::Other => Ok(None),
+    }
+}
+
+/// What the `stat` of a name found.
+enum Found {
+    /// A directory, a symlink, or a regular file whose hash was kept.
+    Entry(Entry),
+    /// A regular file of `size` bytes, whose content must be read ([`hash_below`]).
+    ToHash { size: u64 },
+    /// A device, socket or fifo.
+    Other,
+}
+
+/// What name `name` in directory `fd` is, never following a link (see [`read_below`]).
+fn stat_below(fd: &OwnedFd, name: &str, logical: &str, cache: &HashCache) -> io::Result<Found> {
+    use rustix::fs::{AtFlags, FileType};
     let st = rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?;
     let content = match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => Content::Dir,
@@ -647,41 +741,47 @@ fn read_below(
             Content::Symlink { target }
         }
         FileType::RegularFile => {
-            if let Some(sha256) = cache.get(logical, &Stamp::of_stat(&st)) {
-                let size = st.st_size as u64;
-                return Ok(Some(entry_of(&st, Content::File { size, sha256 })));
-            }
-            // Size, metadata and hash all come from the one opened file, and only if it
-            // did not change while it was read: a file being written is reported as
-            // such, never as one version's size with another's hash.
-            let opened = rustix::fs::openat(
-                fd,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            let before = rustix::fs::fstat(&opened)?;
-            if FileType::from_raw_mode(before.st_mode) != FileType::RegularFile {
-                return Err(io::Error::other(format!(
-                    "{logical} is no longer a regular file"
-                )));
-            }
-            let mut file = File::from(opened);
-            let sha256 = hash_reader(&mut file)?;
-            let after = rustix::fs::fstat(&file)?;
-            if Stamp::of_stat(&before) != Stamp::of_stat(&after) {
-                return Err(io::Error::other("changed while it was read"));
-            }
-            let stamp = Stamp::of_stat(&after);
-            if stamp.settled_before(now_ns()) {
-                cache.put(logical, &stamp, sha256);
-            }
-            let size = after.st_size as u64;
-            return Ok(Some(entry_of(&after, Content::File { size, sha256 })));
+            let size = st.st_size as u64;
+            let Some(sha256) = cache.get(logical, &Stamp::of_stat(&st)) else {
+                return Ok(Found::ToHash { size });
+            };
+            Content::File { size, sha256 }
         }
-        _ => return Ok(None),
+        _ => return Ok(Found::Other),
     };
-    Ok(Some(entry_of(&st, content)))
+    Ok(Found::Entry(entry_of(&st, content)))
+}
+
+/// Reads regular file `name` of directory `fd` (logical path `logical`) and says its
+/// entry. Size, metadata and hash all come from the one opened file, and only if it did
+/// not change while it was read: a file being written is reported as such, never as one
+/// version's size with another's hash.
+fn hash_below(fd: &OwnedFd, name: &str, logical: &str, cache: &HashCache) -> io::Result<Entry> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let opened = rustix::fs::openat(
+        fd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let before = rustix::fs::fstat(&opened)?;
+    if FileType::from_raw_mode(before.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other(format!(
+            "{logical} is no longer a regular file"
+        )));
+    }
+    let mut file = File::from(opened);
+    let sha256 = hash_reader(&mut file)?;
+    let after = rustix::fs::fstat(&file)?;
+    if Stamp::of_stat(&before) != Stamp::of_stat(&after) {
+        return Err(io::Error::other("changed while it was read"));
+    }
+    let stamp = Stamp::of_stat(&after);
+    if stamp.settled_before(now_ns()) {
+        cache.put(logical, &stamp, sha256);
+    }
+    let size = after.st_size as u64;
+    Ok(entry_of(&after, Content::File { size, sha256 }))
 }
 
 /// The entry of a path whose state is `st`, holding `content`.
@@ -775,6 +875,49 @@ mod tests {
         let before = scan_digests(&config, &cache, true).digests;
         std::fs::write(app.join("a/x.d/2"), "changed").unwrap();
         assert_ne!(scan_digests(&config, &cache, true).digests, before);
+    }
+
+    #[test]
+    fn a_tree_large_enough_to_be_read_on_several_threads_is_scanned_and_digested_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        // 400 files over 8 directories, of sizes from empty to 300 KiB: several
+        // directories are each worth sharing, and their files are read as the walk goes.
+        let mut written = BTreeMap::new();
+        for i in 0..400usize {
+            let logical = format!("/etc/app/d{}/f{i:03}", i % 8);
+            let size = if i % 50 == 0 {
+                300 * 1024
+            } else {
+                (i * 37) % 9000
+            };
+            let content: Vec<u8> = (0..size).map(|b| (b ^ i) as u8).collect();
+            let local = tmp.path().join(&logical[1..]);
+            std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+            std::fs::write(local, &content).unwrap();
+            written.insert(logical, content);
+        }
+        let config = config_at(tmp.path(), "");
+        for cache in [HashCache::default(), kept(&config).1] {
+            let scanned = scan(&config, &[], &cache);
+            assert!(scanned.unreadable.is_empty(), "{:?}", scanned.unreadable);
+            // The tree, its 8 directories and each file, with its own size and hash.
+            assert_eq!(scanned.entries.len(), 1 + 8 + written.len());
+            for (logical, content) in &written {
+                let expected = Content::File {
+                    size: content.len() as u64,
+                    sha256: Digest256(Sha256::digest(content).into()),
+                };
+                assert_eq!(scanned.entries[logical].content, expected, "{logical}");
+            }
+            let walked = scan_digests(&config, &cache, false);
+            let whole = digest(&scanned.entries, "/etc/app", false, |_| true);
+            assert_eq!(walked.digests, [("/etc/app".to_string(), whole)]);
+            let levels = level_digests(&scanned.entries, "/etc/app", false, |_| true);
+            assert_eq!(walked.levels.len(), levels.len());
+            for (level, digest) in &walked.levels {
+                assert_eq!(levels.get(level.as_str()), Some(digest), "{level}");
+            }
+        }
     }
 
     #[test]

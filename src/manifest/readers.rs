@@ -1,0 +1,370 @@
+//! Reading the regular files a walk finds: on this thread while there is little to read,
+//! on helper threads as well once there is enough to share. Hashing is most of what a
+//! scan costs when no hash is kept (a command beside no daemon, a daemon starting): a
+//! second core nearly halves it.
+//!
+//! The walker lists and `stat`s; each file whose content must be read is handed over
+//! with its directory's descriptor, so that it is opened below that descriptor, never
+//! by path. The helpers live as long as the walk, and exit with it: an idle daemon keeps
+//! no thread for this.
+
+use std::any::Any;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::{hash_below, name_in, HashCache};
+use crate::protocol::Entry;
+use tracing::debug;
+
+/// A regular file to read: its logical path, whose last component is its name in
+/// directory `dir`.
+struct ToRead {
+    dir: Arc<OwnedFd>,
+    logical: String,
+}
+
+/// A file read: its logical path, and its entry or why it could not be read.
+pub(super) type Read = (String, io::Result<Entry>);
+
+/// What a helper sends back: a file read, or the panic that stopped it, to go on
+/// unwinding in the walker's thread.
+type Outcome = Result<Read, Box<dyn Any + Send>>;
+
+/// Reads the files a walk hands over ([`Readers::read`]), and gives back what was read
+/// ([`Readers::drain`]).
+pub(super) struct Readers {
+    cache: HashCache,
+    way: Way,
+    /// Files read on this thread since the last drain.
+    done: Vec<Read>,
+}
+
+/// How a walk's files are read.
+enum Way {
+    /// Held until there is enough to start helpers, with what reading them will cost
+    /// (in bytes hashed); read here at the next drain otherwise.
+    Gathering { held: Vec<ToRead>, work: u64 },
+    /// Handed to helper threads.
+    Shared(Helpers),
+    /// Read here as they are handed over: no core to spare, or no thread to be had.
+    Alone,
+}
+
+/// Helper threads, started once a walk has found enough to read.
+struct Helpers {
+    to_read: SyncSender<ToRead>,
+    /// The helpers' end of `to_read`, shared; the walker takes from it too while it
+    /// waits for them.
+    queue: Arc<Mutex<Receiver<ToRead>>>,
+    outcomes: Receiver<Outcome>,
+    /// Files handed over and not given back yet.
+    out: usize,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Readers {
+    /// Readers for one walk, taking and keeping hashes in `cache`.
+    pub(super) fn new(cache: &HashCache) -> Readers {
+        Readers {
+            cache: cache.clone(),
+            way: Way::Gathering {
+                held: Vec::new(),
+                work: 0,
+            },
+            done: Vec::new(),
+        }
+    }
+
+    /// Hands over the regular file of directory `dir` at logical path `logical`, `size`
+    /// bytes long, to be read.
+    pub(super) fn read(&mut self, dir: &Arc<OwnedFd>, logical: String, size: u64) {
+        let file = ToRead {
+            dir: dir.clone(),
+            logical,
+        };
+        match &mut self.way {
+            Way::Gathering { held, work } => {
+                held.push(file);
+                *work += size + PER_FILE_WORK;
+                if *work >= WORK_TO_SHARE {
+                    let held = std::mem::take(held);
+                    self.way = match Helpers::start(&self.cache) {
+                        Some(helpers) => Way::Shared(helpers),
+                        None => Way::Alone,
+                    };
+                    for file in held {
+                        self.hand(file);
+                    }
+                }
+            }
+            _ => self.hand(file),
+        }
+    }
+
+    /// Hands `file` to a helper, or reads it here when they are all behind or there
+    /// are none.
+    fn hand(&mut self, file: ToRead) {
+        let file = match &mut self.way {
+            Way::Shared(helpers) => match helpers.to_read.try_send(file) {
+                Ok(()) => {
+                    helpers.out += 1;
+                    return;
+                }
+                Err(TrySendError::Full(file) | TrySendError::Disconnected(file)) => file,
+            },
+            _ => file,
+        };
+        self.done.push(read(&self.cache, file));
+    }
+
+    /// The files read since the last call, without waiting for the others: a walk
+    /// takes them as it goes, so that they are not all held twice at its end.
+    pub(super) fn ready(&mut self) -> Vec<Read> {
+        let mut done = std::mem::take(&mut self.done);
+        if let Way::Shared(helpers) = &mut self.way {
+            while let Ok(outcome) = helpers.outcomes.try_recv() {
+                helpers.out -= 1;
+                done.push(outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            }
+        }
+        done
+    }
+
+    /// Every file handed over and not given back yet, read, in no particular order.
+    pub(super) fn drain(&mut self) -> Vec<Read> {
+        if let Way::Gathering { held, work } = &mut self.way {
+            *work = 0;
+            for file in std::mem::take(held) {
+                self.done.push(read(&self.cache, file));
+            }
+        }
+        let mut done = std::mem::take(&mut self.done);
+        let Way::Shared(helpers) = &mut self.way else {
+            return done;
+        };
+        // Take a share of what waits, then wait for what the helpers hold. A helper
+        // waiting for the next file holds the queue: then nothing waits in it.
+        while helpers.out > 0 {
+            let next = match helpers.queue.try_lock() {
+                Ok(queue) => queue.try_recv(),
+                Err(_) => Err(TryRecvError::Empty),
+            };
+            let Ok(file) = next else {
+                break;
+            };
+            helpers.out -= 1;
+            done.push(read(&self.cache, file));
+        }
+        while helpers.out > 0 {
+            let outcome = helpers
+                .outcomes
+                .recv()
+                .expect("a helper stays while files are out");
+            helpers.out -= 1;
+            done.push(outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+        done
+    }
+}
+
+impl Helpers {
+    /// Starts one helper per core beyond this one ([`helper_count`]); `None` with no
+    /// core to spare, or when the system gives no thread.
+    fn start(cache: &HashCache) -> Option<Helpers> {
+        let (to_read, queue) = mpsc::sync_channel(QUEUED_FILES_MAX);
+        let queue = Arc::new(Mutex::new(queue));
+        let (outcomes_to, outcomes) = mpsc::channel();
+        let threads: Vec<_> = (0..helper_count())
+            .map_while(|_| {
+                let (queue, outcomes_to) = (queue.clone(), outcomes_to.clone());
+                let cache = cache.clone();
+                let started = std::thread::Builder::new()
+                    .name("gosyncd-read".into())
+                    .spawn(move || help(&queue, &outcomes_to, &cache));
+                started
+                    .inspect_err(|e| debug!(error = %e, "cannot start a thread to read files"))
+                    .ok()
+            })
+            .collect();
+        (!threads.is_empty()).then_some(Helpers {
+            to_read,
+            queue,
+            outcomes,
+            out: 0,
+            threads,
+        })
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        let Way::Shared(helpers) = std::mem::replace(&mut self.way, Way::Alone) else {
+            return;
+        };
+        // Closing the queue ends each helper once it is empty.
+        drop(helpers.to_read);
+        drop(helpers.queue);
+        for thread in helpers.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A helper's life: read what the queue holds until it is closed.
+fn help(queue: &Mutex<Receiver<ToRead>>, outcomes: &mpsc::Sender<Outcome>, cache: &HashCache) {
+    loop {
+        let next = match queue.lock() {
+            Ok(queue) => queue.recv(),
+            Err(_) => return,
+        };
+        let Ok(file) = next else {
+            return;
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(cache, file)));
+        if outcomes.send(outcome).is_err() {
+            return;
+        }
+    }
+}
+
+fn read(cache: &HashCache, file: ToRead) -> Read {
+    let entry = hash_below(&file.dir, name_in(&file.logical), &file.logical, cache);
+    (file.logical, entry)
+}
+
+/// Helper threads a walk may start: one per core beyond the walker's, at most
+/// [`MAX_HELPERS`].
+fn helper_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |cores| cores.get())
+            .saturating_sub(1)
+            .min(MAX_HELPERS)
+    })
+}
+
+/// More helpers than this would wait on the disk rather than hash.
+const MAX_HELPERS: usize = 3;
+
+/// Files handed over and not yet taken by a helper, at most: each holds its directory
+/// open, and a walker that finds the queue full reads the file itself.
+const QUEUED_FILES_MAX: usize = 64;
+
+/// What opening, reading and closing a file costs beside its bytes, counted as bytes
+/// hashed (a few microseconds of system calls).
+const PER_FILE_WORK: u64 = 8 * 1024;
+
+/// Work to read, in bytes hashed, that is worth starting helpers for (each costs tens
+/// of microseconds to start).
+const WORK_TO_SHARE: u64 = 256 * 1024;
+
+#[cfg(test)]
+impl Readers {
+    /// Whether helper threads read the files handed over.
+    fn shared(&self) -> bool {
+        matches!(self.way, Way::Shared(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Content, Digest256};
+    use sha2::{Digest, Sha256};
+
+    /// Files `/etc/app/f000` ... of `count` distinct contents of `size` bytes each, in
+    /// `app`, as (logical path, content).
+    fn files(app: &std::path::Path, count: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+        std::fs::create_dir_all(app).unwrap();
+        (0..count)
+            .map(|i| {
+                let name = format!("f{i:03}");
+                let content: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+                std::fs::write(app.join(&name), &content).unwrap();
+                (format!("/etc/app/{name}"), content)
+            })
+            .collect()
+    }
+
+    fn read_back(read: Vec<Read>) -> std::collections::BTreeMap<String, io::Result<Entry>> {
+        let count = read.len();
+        let back: std::collections::BTreeMap<_, _> = read.into_iter().collect();
+        assert_eq!(back.len(), count, "a file came back twice");
+        back
+    }
+
+    #[test]
+    fn files_handed_over_are_read_by_helpers_once_there_is_enough_each_coming_back_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        let written = files(&app, 120, 8 * 1024);
+        let dir = Arc::new(crate::tree::open_dir(&app).unwrap());
+        let mut readers = Readers::new(&HashCache::default());
+        // A little is read here: no thread is started for it.
+        readers.read(&dir, written[0].0.clone(), 8 * 1024);
+        assert!(!readers.shared());
+        let first = read_back(readers.drain());
+        assert_eq!(first.keys().collect::<Vec<_>>(), [&written[0].0]);
+        for (logical, _) in &written[1..] {
+            readers.read(&dir, logical.clone(), 8 * 1024);
+        }
+        // 119 files of 8 KiB are worth sharing wherever there is a core to spare.
+        assert_eq!(readers.shared(), helper_count() > 0);
+        let mut read = readers.ready();
+        read.extend(readers.drain());
+        let back = read_back(read);
+        assert_eq!(back.len(), written.len() - 1);
+        for (logical, content) in &written[1..] {
+            let entry = back[logical].as_ref().unwrap();
+            let expected = Content::File {
+                size: content.len() as u64,
+                sha256: Digest256(Sha256::digest(content).into()),
+            };
+            assert_eq!(entry.content, expected, "{logical}");
+        }
+        assert!(readers.drain().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_comes_back_as_an_error_naming_it_and_the_others_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        let written = files(&app, 60, 16 * 1024);
+        // A FIFO where a regular file was seen, and a name that is gone.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            app.join("fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let dir = Arc::new(crate::tree::open_dir(&app).unwrap());
+        let mut readers = Readers::new(&HashCache::default());
+        for (logical, _) in &written[..30] {
+            readers.read(&dir, logical.clone(), 16 * 1024);
+        }
+        readers.read(&dir, "/etc/app/fifo".into(), 16 * 1024);
+        readers.read(&dir, "/etc/app/gone".into(), 16 * 1024);
+        for (logical, _) in &written[30..] {
+            readers.read(&dir, logical.clone(), 16 * 1024);
+        }
+        assert_eq!(readers.shared(), helper_count() > 0);
+        let back = read_back(readers.drain());
+        assert_eq!(back.len(), written.len() + 2);
+        let fifo = back["/etc/app/fifo"].as_ref().unwrap_err().to_string();
+        assert!(
+            fifo.contains("/etc/app/fifo is no longer a regular file"),
+            "{fifo}"
+        );
+        let gone = back["/etc/app/gone"].as_ref().unwrap_err();
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        for (logical, _) in &written {
+            assert!(back[logical].is_ok(), "{logical}");
+        }
+    }
+}
