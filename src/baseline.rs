@@ -37,26 +37,34 @@ struct Row {
     found: Found,
 }
 
-/// A file, by inode and ctime (its size and mtime are the entry's); inode 0 (which no
-/// file has) stands for none.
+/// A file, by a fingerprint of its inode and ctime (its size and mtime are the entry's).
+/// Eight bytes instead of sixteen, in a row kept for every path: at 100,000 paths,
+/// 0.8 MB of an idle daemon.
+///
+/// The fingerprint is exact where a file changes in the ways files change: two stamps
+/// with the same inode and different ctimes, or the same ctime and different inodes,
+/// never share it, as each half goes through a bijection. Two stamps that differ in both
+/// share it only by a 2^-64 chance, and a hash is taken from it only when the size and
+/// mtime agree as well.
 #[derive(Clone, Copy, PartialEq, Eq)]
-struct Found {
-    ino: u64,
-    ctime_ns: i64,
-}
+struct Found(u64);
 
 impl Found {
-    const NONE: Found = Found {
-        ino: 0,
-        ctime_ns: 0,
-    };
+    /// No file: the fingerprint of inode 0, which no file has, at ctime 0. A file whose
+    /// stamp happens to share it is never taken as found: it is read again.
+    const NONE: Found = Found(0);
 
     fn of(stamp: &Stamp) -> Found {
-        Found {
-            ino: stamp.ino,
-            ctime_ns: stamp.ctime_ns,
-        }
+        Found(stamp.ino ^ mix(stamp.ctime_ns as u64))
     }
+}
+
+/// A bijection of 64-bit integers that spreads every bit of its input over the output
+/// (SplitMix64's finaliser).
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Row {
@@ -342,6 +350,36 @@ mod tests {
         baseline.hashed("/d/a", &stamp, Digest256::of(b"v1"));
         baseline.take_changes(&scan_of(&[("/d/a", b"v3")]), &[], true);
         assert_eq!(baseline.hash_of("/d/a", &stamp), None);
+    }
+
+    #[test]
+    fn a_file_changed_in_place_or_replaced_never_shares_the_fingerprint_it_had() {
+        let stamp = |ino: u64, ctime_ns: i64| Stamp {
+            dev: 1,
+            ino,
+            size: 2,
+            mtime_ns: 0,
+            ctime_ns,
+        };
+        // Inodes and ctimes as they come: neighbours, and ctimes a clock tick apart.
+        let inodes: Vec<u64> = (1..200).chain([1 << 32, (1 << 32) + 1, u64::MAX]).collect();
+        let ctimes: Vec<i64> = (0..200)
+            .map(|i| 1_700_000_000_000_000_000 + i * 4_000_000)
+            .chain([0, 1, -1, i64::MAX])
+            .collect();
+        // No two of them share a fingerprint, even those that differ in both halves
+        // (which a plain `ino ^ ctime` would not give: 1 at 2 and 2 at 1).
+        let seen: std::collections::HashSet<u64> = inodes
+            .iter()
+            .flat_map(|&ino| ctimes.iter().map(move |&c| Found::of(&stamp(ino, c)).0))
+            .collect();
+        assert_eq!(seen.len(), inodes.len() * ctimes.len());
+        // A stamp whose fingerprint is that of no file is never taken as found.
+        let unlucky = stamp(mix(5), 5);
+        assert!(Found::of(&unlucky) == Found::NONE);
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"v1")]).entries);
+        baseline.hashed("/d/a", &unlucky, Digest256::of(b"v1"));
+        assert_eq!(baseline.hash_of("/d/a", &unlucky), None);
     }
 
     #[test]
