@@ -299,7 +299,7 @@ mod tests {
         let baseline = Baseline::new(scan_of(&[("/d/a", b"v1")]).entries);
         let ops = baseline.take_changes(&scan_of(&[("/d/a", b"v2")]), &[], true);
         assert_eq!(ops.len(), 1);
-        assert_eq!(ops[0].expect, Some(file_entry(b"v1")));
+        assert_eq!(ops[0].expect.as_deref(), Some(&file_entry(b"v1")));
         assert_eq!(
             ops[0].action,
             Action::Put {

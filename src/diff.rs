@@ -62,7 +62,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
     };
     let mut wanted = Vec::new();
     for op in ops {
-        let before = file(op.expect.as_ref());
+        let before = file(op.expect.as_deref());
         let after = match &op.action {
             Action::Put { entry } => file(Some(entry)),
             Action::Delete => None,

@@ -75,7 +75,7 @@ impl Planned<'_> {
                 },
                 None => Action::Delete,
             },
-            expect: self.expect.cloned(),
+            expect: self.expect.cloned().map(Box::new),
         }
     }
 
@@ -86,7 +86,7 @@ impl Planned<'_> {
             (Action::Delete, None) => true,
             _ => false,
         };
-        action && op.path == self.path && op.expect.as_ref() == self.expect
+        action && op.path == self.path && op.expect.as_deref() == self.expect
     }
 }
 
@@ -281,8 +281,8 @@ mod tests {
         let remote = manifest(&[("/d/a", file("old", 0o644)), ("/d/b", file("b", 0o644))]);
         let ops = plan(&local, &remote, true);
         assert_eq!(ops[0].path, "/d/b");
-        assert_eq!(ops[0].expect, Some(file("b", 0o644)));
-        assert_eq!(ops[1].expect, Some(file("old", 0o644)));
+        assert_eq!(ops[0].expect.as_deref(), Some(&file("b", 0o644)));
+        assert_eq!(ops[1].expect.as_deref(), Some(&file("old", 0o644)));
     }
 
     /// Applies operations to a model of the receiver, checking each expectation and that
@@ -292,7 +292,7 @@ mod tests {
         for op in ops {
             assert_eq!(
                 state.get(op.path.as_str()),
-                op.expect.as_ref(),
+                op.expect.as_deref(),
                 "expectation of {}",
                 op.path
             );

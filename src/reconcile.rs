@@ -386,7 +386,7 @@ mod tests {
     /// An outbox holding `path` as rejected by its peer, which kept v1.
     fn rejected(outbox: &Outbox, path: &str) {
         let op = Op {
-            expect: Some(file_entry(b"v1")),
+            expect: Some(Box::new(file_entry(b"v1"))),
             ..put(path, b"v2")
         };
         outbox.merge(&[op], |_| None);

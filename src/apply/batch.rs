@@ -169,7 +169,7 @@ mod tests {
         let delete = |path: &str, expect: Option<Entry>| Op {
             path: path.into(),
             action: Action::Delete,
-            expect,
+            expect: expect.map(Box::new),
         };
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         let file = Entry {
@@ -255,7 +255,7 @@ mod rollback_tests {
         std::fs::create_dir_all(&app).unwrap();
         std::fs::write(app.join("old.cfg"), "old").unwrap();
         let old = Op {
-            expect: Some(crate::testing::file_entry(b"old")),
+            expect: Some(Box::new(crate::testing::file_entry(b"old"))),
             ..put("/etc/app/old.cfg", b"replaced")
         };
         let header = BatchHeader::new(vec![put("/etc/app/new.cfg", b"new"), old]);

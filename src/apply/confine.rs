@@ -281,7 +281,7 @@ mod tests {
         };
         let delete = Op {
             path: "/etc/app/c".into(),
-            expect: Some(crate::testing::file_entry(b"a file")),
+            expect: Some(Box::new(crate::testing::file_entry(b"a file"))),
             action: Action::Delete,
         };
         assert!(deep(vec![delete]).is_ok());

@@ -504,14 +504,14 @@ fn settled_or_conflicting(op: &Op, current: Option<&Entry>, owners: bool) -> Opt
     if already {
         return Some(Outcome::Applied);
     }
-    let as_expected = crate::protocol::same_or_absent(current, op.expect.as_ref(), owners);
+    let as_expected = crate::protocol::same_or_absent(current, op.expect.as_deref(), owners);
     if as_expected {
         return None;
     }
     let describe = |e: Option<&Entry>| e.map_or_else(|| "nothing".to_string(), Entry::describe);
     Some(Outcome::Conflict(format!(
         "changed on the peer since the sync was planned (expected {}, found {})",
-        describe(op.expect.as_ref()),
+        describe(op.expect.as_deref()),
         describe(current)
     )))
 }
@@ -581,7 +581,7 @@ mod tests {
         let op = |path: &str, action: Action, expect: Option<Entry>| Op {
             path: path.into(),
             action,
-            expect,
+            expect: expect.map(Box::new),
         };
         let sub = crate::manifest::read_entry(&app.join("sub")).unwrap();
         let make_dir = Action::Put {
@@ -623,7 +623,7 @@ mod tests {
         let old = crate::manifest::read_entry(&app.join("x"))
             .unwrap()
             .unwrap();
-        op.expect = Some(old);
+        op.expect = Some(Box::new(old));
         if let Action::Put { entry } = &mut op.action {
             entry.mode = 0o600;
         }
@@ -689,7 +689,9 @@ mod tests {
         std::fs::write(&outside, b"same").unwrap();
         std::fs::hard_link(&outside, app.join("x")).unwrap();
         let mut op = put("/etc/app/x", b"same");
-        op.expect = crate::manifest::read_entry(&app.join("x")).unwrap();
+        op.expect = crate::manifest::read_entry(&app.join("x"))
+            .unwrap()
+            .map(Box::new);
         if let Action::Put { entry } = &mut op.action {
             entry.mode = 0o1777;
         }
@@ -718,7 +720,7 @@ mod tests {
             action: Action::Put {
                 entry: at_time(bytes, mtime_ns),
             },
-            expect: Some(at_time(expect, 0)),
+            expect: Some(Box::new(at_time(expect, 0))),
         }
     }
 
@@ -742,7 +744,7 @@ mod tests {
         let delete = Op {
             path: "/etc/app/x".into(),
             action: Action::Delete,
-            expect: Some(at_time(b"base", 0)),
+            expect: Some(Box::new(at_time(b"base", 0))),
         };
         assert!(!newer_wins(newest, &delete, Some(&held)), "a deletion");
         assert!(

@@ -353,7 +353,7 @@ pub fn put_local(
             Some(entry) => Action::Put { entry },
             None => Action::Delete,
         },
-        expect: current,
+        expect: current.map(Box::new),
     };
     // The same path as a received batch: checked, its content received next to the
     // target, then carried out.

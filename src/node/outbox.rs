@@ -209,13 +209,13 @@ impl Outbox {
                     // A touch may have read this node's version after the burst
                     // recorded it: what the peer holds is what the change expects.
                     if known.provisional {
-                        known.holds = op.expect.clone();
+                        known.holds = op.expect.as_deref().cloned();
                     }
                     known.held = None;
                     known.provisional = false;
                 })
                 .or_insert_with(|| Known {
-                    holds: op.expect.clone(),
+                    holds: op.expect.as_deref().cloned(),
                     held: None,
                     sent: None,
                     provisional: false,
@@ -754,7 +754,7 @@ mod tests {
 
     fn update(path: &str, from: &[u8], to: &[u8]) -> Op {
         Op {
-            expect: Some(file_entry(from)),
+            expect: Some(Box::new(file_entry(from))),
             ..put(path, to)
         }
     }
@@ -765,7 +765,7 @@ mod tests {
         let gone = |path: &str| Op {
             path: path.into(),
             action: crate::protocol::Action::Delete,
-            expect: Some(file_entry(b"x")),
+            expect: Some(Box::new(file_entry(b"x"))),
         };
         // A tree deleted here (/d/old and the 5 files in it), a tree put (/d/new and 5
         // files), and 3 files in a directory the peer judges whole (/w).

@@ -27,7 +27,9 @@ pub struct Op {
     pub action: Action,
     /// What the receiver held when the operation was planned (`None`: nothing).
     /// The receiver refuses the operation as a conflict when this no longer holds.
-    pub expect: Option<Entry>,
+    /// Boxed: an operation is 96 bytes instead of 160, and the operations of a push to
+    /// empty peers (none of which expects anything) 6 MB less at 100,000 paths.
+    pub expect: Option<Box<Entry>>,
 }
 
 impl Op {
@@ -40,7 +42,7 @@ impl Op {
         let Content::File { size, sha256 } = &entry.content else {
             return None;
         };
-        match &self.expect {
+        match self.expect.as_deref() {
             Some(Entry {
                 content: Content::File { sha256: old, .. },
                 ..
@@ -119,11 +121,19 @@ mod tests {
     use crate::testing::{file_entry, put};
 
     #[test]
+    fn an_operation_stays_small_as_a_push_holds_one_per_path() {
+        // A path, an entry to put, a pointer to what is expected: 96 bytes. Unboxed,
+        // the expectation made it 160, 6 MB more in a push of 100,000 paths.
+        let size = std::mem::size_of::<super::Op>();
+        assert!(size <= 96, "{size}");
+    }
+
+    #[test]
     fn metadata_only_update_carries_no_content() {
         let mut op = put("/etc/a", b"same");
-        op.expect = Some(file_entry(b"same"));
+        op.expect = Some(Box::new(file_entry(b"same")));
         assert_eq!(op.needs_content(), None);
-        op.expect = Some(file_entry(b"other"));
+        op.expect = Some(Box::new(file_entry(b"other")));
         assert_eq!(op.needs_content(), Some(4));
     }
 }

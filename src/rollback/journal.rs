@@ -287,13 +287,13 @@ mod tests {
             },
             put("/etc/app/conf.d/a.cfg", b"a"),
             Op {
-                expect: Some(file_entry(b"old")),
+                expect: Some(Box::new(file_entry(b"old"))),
                 ..put("/etc/app/old.cfg", b"replaced")
             },
             Op {
                 path: "/etc/app/gone.cfg".into(),
                 action: Action::Delete,
-                expect: Some(file_entry(b"gone")),
+                expect: Some(Box::new(file_entry(b"gone"))),
             },
         ]);
         let body = encode_batch(&header, &[b"new", b"a", b"replaced"]);

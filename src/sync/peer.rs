@@ -627,7 +627,7 @@ mod tests {
         let delete = |path: &str| Op {
             path: path.into(),
             action: Action::Delete,
-            expect: Some(file_entry(b"x")),
+            expect: Some(Box::new(file_entry(b"x"))),
         };
         let put = |path: &str| Op {
             path: path.into(),
@@ -708,7 +708,7 @@ mod tests {
         let against = local.plan(&ours, &holding, true);
         assert_eq!(against.len(), 2);
         assert!(!Arc::ptr_eq(&first, &against));
-        assert_eq!(against[1].expect.as_ref(), Some(&older));
+        assert_eq!(against[1].expect.as_deref(), Some(&older));
         // Once no push holds it, it is gone.
         let weak = Arc::downgrade(&first);
         drop(first);

@@ -498,7 +498,7 @@ async fn deleting_a_directory_that_still_holds_a_file_names_the_file_not_an_excl
     let delete = |path: &str| Op {
         path: path.into(),
         action: Action::Delete,
-        expect: Some(theirs[path].clone()),
+        expect: Some(Box::new(theirs[path].clone())),
     };
     let body = encode_batch(
         &BatchHeader::new(vec![delete("/etc/app/dir"), delete("/etc/app/held")]),
