@@ -142,31 +142,7 @@ fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
     if paths.is_empty() || records.is_empty() || node.applying() {
         return;
     }
-    let mut touched: Vec<_> = Vec::new();
-    for path in paths {
-        let known = baseline.get(path);
-        let local = node.config.local_path(path);
-        let meta = std::fs::symlink_metadata(&local);
-        // A file holding the very version known (size, mode and mtime: a received file
-        // has its sender's) is not an edit: the events a received batch made, taken
-        // after the batch ended. Spooled, it would be delivered at the next start
-        // whatever the file held by then.
-        if holds_known(meta.as_ref().ok(), known.as_ref()) {
-            continue;
-        }
-        match meta {
-            // A directory gone: everything known below it goes with it.
-            Err(_) if known.as_ref().is_some_and(|e| e.content.is_dir()) => {
-                touched.extend(baseline.below(path));
-            }
-            // A directory made or moved in: what it holds comes with it.
-            Ok(meta) if meta.is_dir() => {
-                touched.extend(changed_below(&node.config, baseline, &local))
-            }
-            _ => {}
-        }
-        touched.push((path.clone(), known));
-    }
+    let touched = touched(&node.config, baseline, paths);
     if touched.is_empty() {
         return;
     }
@@ -179,6 +155,56 @@ fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
     if noted {
         spool.save(false);
     }
+}
+
+/// What `paths` (sorted logical paths whose events were taken) make waiting for
+/// delivery, each with the version known there: a path whose file does not hold the
+/// version known; with a directory gone, everything known below it; with a directory
+/// made or moved in, what it holds.
+fn touched(config: &Config, baseline: &Baseline, paths: &[String]) -> Vec<(String, Option<Entry>)> {
+    let mut touched: Vec<_> = Vec::new();
+    // The directories found gone: everything known below each is noted with it, and the
+    // paths below it that follow it (`paths` is sorted, parents first) are not noted
+    // again. In an `rm -rf`, each path would otherwise be copied once per directory
+    // above it. (A path noted twice is noted once: this only saves the copies.)
+    let mut gone: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let below_gone = |gone: &std::collections::HashSet<&str>, path: &str| {
+        let mut at = path;
+        while at != "/" {
+            at = crate::paths::parent(at);
+            if gone.contains(at) {
+                return true;
+            }
+        }
+        false
+    };
+    for path in paths {
+        if !gone.is_empty() && below_gone(&gone, path) {
+            continue;
+        }
+        let known = baseline.get(path);
+        let local = config.local_path(path);
+        let meta = std::fs::symlink_metadata(&local);
+        // A file holding the very version known (size, mode and mtime: a received file
+        // has its sender's) is not an edit: the events a received batch made, taken
+        // after the batch ended. Spooled, it would be delivered at the next start
+        // whatever the file held by then.
+        if holds_known(meta.as_ref().ok(), known.as_ref()) {
+            continue;
+        }
+        match meta {
+            // A directory gone: everything known below it goes with it.
+            Err(_) if known.as_ref().is_some_and(|e| e.content.is_dir()) => {
+                touched.extend(baseline.below(path));
+                gone.insert(path);
+            }
+            // A directory made or moved in: what it holds comes with it.
+            Ok(meta) if meta.is_dir() => touched.extend(changed_below(config, baseline, &local)),
+            _ => {}
+        }
+        touched.push((path.clone(), known));
+    }
+    touched
 }
 
 /// What a directory made or moved in holds, each path with the version known there,
@@ -224,6 +250,47 @@ mod tests {
     use super::*;
     use crate::manifest::{scan, HashCache};
     use crate::testing::config_at;
+
+    #[test]
+    fn a_tree_deleted_is_noted_once_each_path_with_the_version_known() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config_at(tmp.path(), "");
+        let app = tmp.path().join("etc/app");
+        for dir in ["d/sub/deeper", "d.d"] {
+            std::fs::create_dir_all(app.join(dir)).unwrap();
+        }
+        for file in ["d/a", "d/sub/b", "d/sub/deeper/c", "d.d/e", "kept"] {
+            std::fs::write(app.join(file), file).unwrap();
+        }
+        let baseline = Baseline::new(scan(&config, &[], &HashCache::forgetful()).entries);
+        std::fs::remove_dir_all(app.join("d")).unwrap();
+        std::fs::remove_dir_all(app.join("d.d")).unwrap();
+        // The events of an `rm -rf` of both, sorted as the toucher takes them.
+        let paths: Vec<String> = [
+            "d",
+            "d.d",
+            "d.d/e",
+            "d/a",
+            "d/sub",
+            "d/sub/b",
+            "d/sub/deeper",
+            "d/sub/deeper/c",
+        ]
+        .iter()
+        .map(|p| format!("/etc/app/{p}"))
+        .collect();
+        let noted = touched(&config, &baseline, &paths);
+        let mut seen: Vec<&str> = noted.iter().map(|(p, _)| p.as_str()).collect();
+        seen.sort_unstable();
+        let mut expected: Vec<&str> = paths.iter().map(String::as_str).collect();
+        expected.sort_unstable();
+        // Every path gone, none twice: `d` and what it held, `d.d` and `e`, not `kept`.
+        assert_eq!(seen, expected);
+        for (path, known) in &noted {
+            assert_eq!(known, &baseline.get(path), "{path}");
+            assert!(known.is_some(), "{path}");
+        }
+    }
 
     #[test]
     fn a_directory_noted_brings_what_it_holds_but_the_files_holding_the_version_known() {
