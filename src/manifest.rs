@@ -757,19 +757,7 @@ fn stat_below(fd: &OwnedFd, name: &str, logical: &str, cache: &HashCache) -> io:
 /// not change while it was read: a file being written is reported as such, never as one
 /// version's size with another's hash.
 fn hash_below(fd: &OwnedFd, name: &str, logical: &str, cache: &HashCache) -> io::Result<Entry> {
-    use rustix::fs::{FileType, Mode, OFlags};
-    let opened = rustix::fs::openat(
-        fd,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let before = rustix::fs::fstat(&opened)?;
-    if FileType::from_raw_mode(before.st_mode) != FileType::RegularFile {
-        return Err(io::Error::other(format!(
-            "{logical} is no longer a regular file"
-        )));
-    }
+    let (opened, before) = crate::tree::open_regular_with_stat(fd, name)?;
     let mut file = File::from(opened);
     let sha256 = hash_reader(&mut file)?;
     let after = rustix::fs::fstat(&file)?;

@@ -345,6 +345,14 @@ pub(crate) fn open_dir(path: impl AsRef<std::path::Path>) -> rustix::io::Result<
 /// Opens an existing regular file for reading: never through a symlink, never blocking
 /// on a FIFO that replaced it, and refusing anything that is not a regular file.
 pub(crate) fn open_regular(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> {
+    open_regular_with_stat(parent, name).map(|(fd, _)| fd)
+}
+
+/// [`open_regular`], with what `fstat` said of the file opened.
+pub(crate) fn open_regular_with_stat(
+    parent: &OwnedFd,
+    name: &str,
+) -> io::Result<(OwnedFd, rustix::fs::Stat)> {
     let fd = rustix::fs::openat(
         parent,
         name,
@@ -357,7 +365,7 @@ pub(crate) fn open_regular(parent: &OwnedFd, name: &str) -> io::Result<OwnedFd> 
             "{name} is no longer a regular file"
         )));
     }
-    Ok(fd)
+    Ok((fd, st))
 }
 
 pub(crate) fn temp_name() -> String {

@@ -667,14 +667,7 @@ mod tests {
         let c = test_config(tmp.path());
         let app = tmp.path().join("etc/app");
         std::fs::create_dir_all(&app).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            app.join("fifo").as_path(),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        crate::testing::make_fifo(&app.join("fifo"));
         let outcome = apply_op(&c, false, &put("/etc/app/fifo", b"x"), Some(b"x"));
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
     }
