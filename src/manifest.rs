@@ -485,8 +485,9 @@ pub fn scan_region(config: &Config, region: Region, cache: &HashCache) -> Scan {
     out
 }
 
-/// Scans what `region` lists of configured directory `dir` into `found`, but for the
-/// regular files it hands to `readers` (which keep hashes in `cache`).
+/// Scans what `region` lists of configured directory `dir` into `found`. Regular files
+/// whose hash is not kept are handed to `readers` (which keep hashes in `cache`); those
+/// read so far are taken after each directory, the rest by the caller.
 fn scan_directory(
     config: &Config,
     dir: &Directory,
@@ -654,7 +655,7 @@ fn children(
 }
 
 /// The entries of the files `readers` read; those that could not be read are recorded
-/// in `unreadable` (logged), in path order.
+/// in `unreadable` (logged), in path order within `read`.
 fn settle(
     read: Vec<readers::Read>,
     unreadable: &mut Vec<(String, String)>,

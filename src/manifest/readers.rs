@@ -11,7 +11,8 @@
 use std::any::Any;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -38,7 +39,7 @@ type Outcome = Result<Read, Box<dyn Any + Send>>;
 pub(super) struct Readers {
     cache: HashCache,
     way: Way,
-    /// Files read on this thread since the last drain.
+    /// Files read on this thread and not given back yet.
     done: Vec<Read>,
 }
 
@@ -89,7 +90,13 @@ impl Readers {
             Way::Gathering { held, work } => {
                 held.push(file);
                 *work += size + PER_FILE_WORK;
-                if *work >= WORK_TO_SHARE {
+                if *work < WORK_TO_SHARE && held.len() >= QUEUED_FILES_MAX {
+                    // Many small files: read here, rather than hold their directories
+                    // open, while the work counts on towards helpers.
+                    for file in std::mem::take(held) {
+                        self.done.push(read(&self.cache, file));
+                    }
+                } else if *work >= WORK_TO_SHARE {
                     let held = std::mem::take(held);
                     self.way = match Helpers::start(&self.cache) {
                         Some(helpers) => Way::Shared(helpers),
@@ -145,18 +152,23 @@ impl Readers {
         let Way::Shared(helpers) = &mut self.way else {
             return done;
         };
-        // Take a share of what waits, then wait for what the helpers hold. A helper
-        // waiting for the next file holds the queue: then nothing waits in it.
+        // Take a share of what waits until the helpers hold the rest. The queue's lock is
+        // tried, never waited for: a helper waiting for the next file holds it. While
+        // it is busy, what comes back is taken, and the queue tried again.
         while helpers.out > 0 {
-            let next = match helpers.queue.try_lock() {
-                Ok(queue) => queue.try_recv(),
-                Err(_) => Err(TryRecvError::Empty),
-            };
-            let Ok(file) = next else {
-                break;
-            };
-            helpers.out -= 1;
-            done.push(read(&self.cache, file));
+            match helpers.queue.try_lock().map(|queue| queue.try_recv()) {
+                Ok(Ok(file)) => {
+                    helpers.out -= 1;
+                    done.push(read(&self.cache, file));
+                }
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    if let Ok(outcome) = helpers.outcomes.recv_timeout(QUEUE_RETRY) {
+                        helpers.out -= 1;
+                        done.push(outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                    }
+                }
+            }
         }
         while helpers.out > 0 {
             let outcome = helpers
@@ -171,21 +183,29 @@ impl Readers {
 }
 
 impl Helpers {
-    /// Starts one helper per core beyond this one ([`helper_count`]); `None` with no
-    /// core to spare, or when the system gives no thread.
+    /// Starts one helper per core beyond this one ([`helper_count`]), as long as the
+    /// process runs fewer than [`MAX_RUNNING`]; `None` with no core to spare, none left
+    /// to this walk, or when the system gives no thread.
     fn start(cache: &HashCache) -> Option<Helpers> {
         let (to_read, queue) = mpsc::sync_channel(QUEUED_FILES_MAX);
         let queue = Arc::new(Mutex::new(queue));
         let (outcomes_to, outcomes) = mpsc::channel();
         let threads: Vec<_> = (0..helper_count())
             .map_while(|_| {
+                if RUNNING.fetch_add(1, Ordering::SeqCst) >= MAX_RUNNING {
+                    RUNNING.fetch_sub(1, Ordering::SeqCst);
+                    return None;
+                }
                 let (queue, outcomes_to) = (queue.clone(), outcomes_to.clone());
                 let cache = cache.clone();
                 let started = std::thread::Builder::new()
                     .name("gosyncd-read".into())
                     .spawn(move || help(&queue, &outcomes_to, &cache));
                 started
-                    .inspect_err(|e| debug!(error = %e, "cannot start a thread to read files"))
+                    .inspect_err(|e| {
+                        RUNNING.fetch_sub(1, Ordering::SeqCst);
+                        debug!(error = %e, "cannot start a thread to read files")
+                    })
                     .ok()
             })
             .collect();
@@ -204,11 +224,14 @@ impl Drop for Readers {
         let Way::Shared(helpers) = std::mem::replace(&mut self.way, Way::Alone) else {
             return;
         };
-        // Closing the queue ends each helper once it is empty.
+        // Closing the queue ends each helper once it is empty, and closing the way back
+        // at its next file (after a panic here, what is still queued is not read).
         drop(helpers.to_read);
         drop(helpers.queue);
+        drop(helpers.outcomes);
         for thread in helpers.threads {
             let _ = thread.join();
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -250,9 +273,19 @@ fn helper_count() -> usize {
 /// More helpers than this would wait on the disk rather than hash.
 const MAX_HELPERS: usize = 3;
 
-/// Files handed over and not yet taken by a helper, at most: each holds its directory
-/// open, and a walker that finds the queue full reads the file itself.
-const QUEUED_FILES_MAX: usize = 64;
+/// Helper threads running in the process, all walks together (a daemon answering
+/// several peers at once): at most [`MAX_RUNNING`]. A walk that finds none left reads
+/// its files itself.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+const MAX_RUNNING: usize = 8;
+
+/// Files handed over and not yet taken by a helper, at most, and files held before
+/// helpers start: each holds its directory open, and a walker that finds the queue full
+/// reads the file itself.
+const QUEUED_FILES_MAX: usize = 16;
+
+/// How long the walker waits for a file to come back before it tries the queue again.
+const QUEUE_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What opening, reading and closing a file costs beside its bytes, counted as bytes
 /// hashed (a few microseconds of system calls).

@@ -166,7 +166,7 @@ fn touched(config: &Config, baseline: &Baseline, paths: &[String]) -> Vec<(Strin
     // The directories found gone: everything known below each is noted with it, and the
     // paths below it that follow it (`paths` is sorted, parents first) are not noted
     // again. In an `rm -rf`, each path would otherwise be copied once per directory
-    // above it. (A path noted twice is noted once: this only saves the copies.)
+    // above it.
     let mut gone: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let below_gone = |gone: &std::collections::HashSet<&str>, path: &str| {
         let mut at = path;
@@ -179,7 +179,9 @@ fn touched(config: &Config, baseline: &Baseline, paths: &[String]) -> Vec<(Strin
         false
     };
     for path in paths {
-        if !gone.is_empty() && below_gone(&gone, path) {
+        // Only what the baseline knows came with the directory: a path it does not
+        // know (made again since, say) is looked at as any other.
+        if !gone.is_empty() && below_gone(&gone, path) && baseline.knows(path) {
             continue;
         }
         let known = baseline.get(path);
