@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::config::{Config, Directory};
-use crate::paths::{parent, Region};
+use crate::paths::{file_name, parent, Region};
 use crate::protocol::{Content, Digest256, Entry};
 use crate::tree::{is_temp_name, Parents};
 
@@ -163,15 +163,7 @@ pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestS
     let mut readers = Readers::new(cache);
     for dir in &config.directories {
         let mut hash = Sha256::new();
-        let hashed = digest_directory(
-            config,
-            dir,
-            &mut readers,
-            cache,
-            owners,
-            &mut hash,
-            &mut out,
-        );
+        let hashed = digest_directory(config, dir, &mut readers, owners, &mut hash, &mut out);
         if hashed {
             out.digests
                 .push((dir.path.clone(), Digest256(hash.finalize().into())));
@@ -187,14 +179,12 @@ enum Walked {
     Below(String, Entry),
 }
 
-/// Hashes configured directory `dir` into `hash`, its files read by `readers` (which
-/// keep hashes in `cache`); `false` when it is missing or its top cannot be read
-/// (recorded in `out`).
+/// Hashes configured directory `dir` into `hash`, its files read by `readers`; `false`
+/// when it is missing or its top cannot be read (recorded in `out`).
 fn digest_directory(
     config: &Config,
     dir: &Directory,
     readers: &mut Readers,
-    cache: &HashCache,
     owners: bool,
     hash: &mut Sha256,
     out: &mut DigestScan,
@@ -215,19 +205,12 @@ fn digest_directory(
     loop {
         if let Some((logical, fd, own)) = next.take() {
             let everything = Region::default();
-            let listed = children(
-                &fd,
-                &logical,
-                dir,
-                everything,
-                readers,
-                cache,
-                &mut out.unreadable,
-            );
+            let listed = children(&fd, &logical, dir, everything, readers, &mut out.unreadable);
             if let Some(mut children) = listed {
                 let read = settle(readers.drain(), &mut out.unreadable);
-                children
-                    .extend(read.map(|(child, entry)| (name_in(&child).to_string(), child, entry)));
+                children.extend(
+                    read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)),
+                );
                 let level = level_digest(&logical, &own, &mut children, owners);
                 out.levels.push((logical, level));
                 let mut items = Vec::with_capacity(children.len());
@@ -466,15 +449,7 @@ pub fn scan_region(config: &Config, region: Region, cache: &HashCache) -> Scan {
     let mut readers = Readers::new(cache);
     for dir in &config.directories {
         if region.holds(&dir.path) {
-            scan_directory(
-                config,
-                dir,
-                region,
-                &mut readers,
-                cache,
-                &mut found,
-                &mut out,
-            );
+            scan_directory(config, dir, region, &mut readers, &mut found, &mut out);
         }
     }
     found.extend(settle(readers.drain(), &mut out.unreadable));
@@ -486,14 +461,13 @@ pub fn scan_region(config: &Config, region: Region, cache: &HashCache) -> Scan {
 }
 
 /// Scans what `region` lists of configured directory `dir` into `found`. Regular files
-/// whose hash is not kept are handed to `readers` (which keep hashes in `cache`); those
-/// read so far are taken after each directory, the rest by the caller.
+/// whose hash is not kept are handed to `readers`; those read so far are taken after
+/// each directory, the rest by the caller.
 fn scan_directory(
     config: &Config,
     dir: &Directory,
     region: Region,
     readers: &mut Readers,
-    cache: &HashCache,
     found: &mut Vec<(String, Entry)>,
     out: &mut Scan,
 ) {
@@ -515,15 +489,7 @@ fn scan_directory(
     let mut pending = Vec::new();
     loop {
         if let Some((logical, fd)) = next.take() {
-            let listed = children(
-                &fd,
-                &logical,
-                dir,
-                region,
-                readers,
-                cache,
-                &mut out.unreadable,
-            );
+            let listed = children(&fd, &logical, dir, region, readers, &mut out.unreadable);
             for (_, child, state) in listed.into_iter().flatten() {
                 if state.content.is_dir() && region.reaches_below(&child) {
                     pending.push(child.clone());
@@ -606,16 +572,15 @@ fn open_top(
 /// The entries a scan of `dir` within `region` takes from directory `fd` (logical path
 /// `logical`), as (name, logical path, entry): not gosyncd's temporary files, nor
 /// excluded names, nor names that are not UTF-8 or not a regular file, directory or
-/// symlink (logged). Regular files whose hash is not kept are handed to `readers`
-/// instead, to be read. What cannot be read is recorded in `unreadable`; `None` when
-/// the directory itself cannot be listed.
+/// symlink (logged). Regular files whose hash is not kept (in the cache `readers` keep
+/// hashes in) are handed to `readers` instead, to be read. What cannot be read is
+/// recorded in `unreadable`; `None` when the directory itself cannot be listed.
 fn children(
     fd: &Arc<OwnedFd>,
     logical: &str,
     dir: &Directory,
     region: Region,
     readers: &mut Readers,
-    cache: &HashCache,
     unreadable: &mut Vec<(String, String)>,
 ) -> Option<Vec<(String, String, Entry)>> {
     let names = match list(fd) {
@@ -639,7 +604,7 @@ fn children(
         if dir.excludes.is_excluded(&child) || !region.holds(&child) {
             continue;
         }
-        match stat_below(fd, &name, &child, cache) {
+        match stat_below(fd, &name, &child, readers.cache()) {
             Ok(Found::Entry(state)) => out.push((name, child, state)),
             Ok(Found::ToHash { size }) => readers.read(fd, child, size),
             Ok(Found::Other) => {
@@ -672,11 +637,6 @@ fn settle(
     entries
         .into_iter()
         .filter_map(|(path, entry)| Some((path, entry.ok()?)))
-}
-
-/// The name of logical path `logical` in its directory.
-fn name_in(logical: &str) -> &str {
-    logical.rsplit_once('/').map_or(logical, |(_, name)| name)
 }
 
 /// The logical path of `name` in directory `logical`, allocated at its exact size: a

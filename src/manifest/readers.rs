@@ -16,7 +16,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::{hash_below, name_in, HashCache};
+use super::{hash_below, HashCache};
+use crate::paths::file_name;
 use crate::protocol::Entry;
 use tracing::debug;
 
@@ -79,6 +80,11 @@ impl Readers {
         }
     }
 
+    /// Where the hashes of the files read are taken and kept.
+    pub(super) fn cache(&self) -> &HashCache {
+        &self.cache
+    }
+
     /// Hands over the regular file of directory `dir` at logical path `logical`, `size`
     /// bytes long, to be read.
     pub(super) fn read(&mut self, dir: &Arc<OwnedFd>, logical: String, size: u64) {
@@ -133,8 +139,7 @@ impl Readers {
         let mut done = std::mem::take(&mut self.done);
         if let Way::Shared(helpers) = &mut self.way {
             while let Ok(outcome) = helpers.outcomes.try_recv() {
-                helpers.out -= 1;
-                done.push(outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                done.push(helpers.took(outcome));
             }
         }
         done
@@ -156,16 +161,16 @@ impl Readers {
         // tried, never waited for: a helper waiting for the next file holds it. While
         // it is busy, what comes back is taken, and the queue tried again.
         while helpers.out > 0 {
-            match helpers.queue.try_lock().map(|queue| queue.try_recv()) {
-                Ok(Ok(file)) => {
+            let next = helpers.queue.try_lock().map(|queue| queue.try_recv()).ok();
+            match next {
+                Some(Ok(file)) => {
                     helpers.out -= 1;
                     done.push(read(&self.cache, file));
                 }
-                Ok(Err(_)) => break,
-                Err(_) => {
+                Some(Err(_)) => break,
+                None => {
                     if let Ok(outcome) = helpers.outcomes.recv_timeout(QUEUE_RETRY) {
-                        helpers.out -= 1;
-                        done.push(outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                        done.push(helpers.took(outcome));
                     }
                 }
             }
@@ -175,8 +180,7 @@ impl Readers {
                 .outcomes
                 .recv()
                 .expect("a helper stays while files are out");
-            helpers.out -= 1;
-            done.push(outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            done.push(helpers.took(outcome));
         }
         done
     }
@@ -217,6 +221,13 @@ impl Helpers {
             threads,
         })
     }
+
+    /// The file a helper gave back, no longer out; a helper's panic goes on unwinding
+    /// here.
+    fn took(&mut self, outcome: Outcome) -> Read {
+        self.out -= 1;
+        outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
 }
 
 impl Drop for Readers {
@@ -254,7 +265,7 @@ fn help(queue: &Mutex<Receiver<ToRead>>, outcomes: &mpsc::Sender<Outcome>, cache
 }
 
 fn read(cache: &HashCache, file: ToRead) -> Read {
-    let entry = hash_below(&file.dir, name_in(&file.logical), &file.logical, cache);
+    let entry = hash_below(&file.dir, file_name(&file.logical), &file.logical, cache);
     (file.logical, entry)
 }
 
