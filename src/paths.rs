@@ -206,6 +206,11 @@ pub fn parent(path: &str) -> &str {
     }
 }
 
+/// The ancestors of a normalised path, nearest first, up to `/` itself.
+pub fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(path), |at| (*at != "/").then(|| parent(at))).skip(1)
+}
+
 /// Whether `path` is inside one of `scope`, or is an ancestor of one of them (so that
 /// the directories leading to a scoped path are created too). An empty scope is everything.
 pub fn in_scope(path: &str, scope: &[String]) -> bool {
@@ -257,6 +262,16 @@ impl<'a> Region<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paths_ancestors_run_from_its_parent_up_to_the_root() {
+        assert_eq!(
+            ancestors("/etc/app/d/x").collect::<Vec<_>>(),
+            ["/etc/app/d", "/etc/app", "/etc", "/"]
+        );
+        assert_eq!(ancestors("/etc").collect::<Vec<_>>(), ["/"]);
+        assert_eq!(ancestors("/").count(), 0);
+    }
 
     #[test]
     fn a_logical_path_is_shared_when_cloned_and_travels_as_a_string() {

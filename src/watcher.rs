@@ -189,16 +189,7 @@ fn burst_scope(config: &crate::config::Config, mut paths: BTreeSet<String>) -> V
         paths = up;
     }
     // A path within another one of the scope adds nothing to it.
-    let within_another = |path: &str| {
-        let mut at = path;
-        while at != "/" {
-            at = crate::paths::parent(at);
-            if paths.contains(at) {
-                return true;
-            }
-        }
-        false
-    };
+    let within_another = |path: &str| crate::paths::ancestors(path).any(|at| paths.contains(at));
     paths
         .iter()
         .filter(|path| !within_another(path))

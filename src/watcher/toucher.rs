@@ -169,14 +169,7 @@ fn touched(config: &Config, baseline: &Baseline, paths: &[String]) -> Vec<(Strin
     // above it.
     let mut gone: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let below_gone = |gone: &std::collections::HashSet<&str>, path: &str| {
-        let mut at = path;
-        while at != "/" {
-            at = crate::paths::parent(at);
-            if gone.contains(at) {
-                return true;
-            }
-        }
-        false
+        crate::paths::ancestors(path).any(|at| gone.contains(at))
     };
     for path in paths {
         // Only what the baseline knows came with the directory: a path it does not
