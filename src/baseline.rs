@@ -27,7 +27,61 @@ use crate::protocol::{Action, Content, Digest256, Entry, Op};
 /// takes that version's hash instead of reading the file again. A daemon keeps one row
 /// per path and no other per-file record.
 pub struct Baseline {
-    map: Mutex<BTreeMap<Box<str>, Row>>,
+    rows: Mutex<Rows>,
+}
+
+/// The rows, by path, kept packed.
+///
+/// A map filled one path at a time (the batches of an initial sync received, a tree
+/// restored) leaves its nodes about half full, as a full node splits in two: a daemon
+/// that had received 100,000 paths held 18 MB of nodes for them, against 9.7 MB for the
+/// same rows built at once from a scan. Once paths added or removed since the map was
+/// last packed come to a sixteenth of its size, it is packed again: rebuilt in order from
+/// its own rows, which fills every node and frees the old nodes as it goes, so no second
+/// copy is ever held. A pass over the map for every sixteenth of it changed: about
+/// sixteen rows moved per path added or removed (at 100,000 paths, a pass takes a few
+/// milliseconds).
+struct Rows {
+    map: BTreeMap<Box<str>, Row>,
+    /// Paths added or removed since the map was last packed.
+    loose: usize,
+}
+
+/// Below this many paths added or removed, the map is not packed however small it is.
+const PACK_AFTER_AT_LEAST: usize = 64;
+
+impl Rows {
+    fn insert(&mut self, path: Box<str>, row: Row) {
+        if self.map.insert(path, row).is_none() {
+            self.loosened();
+        }
+    }
+
+    fn remove(&mut self, path: &str) {
+        if self.map.remove(path).is_some() {
+            self.loosened();
+        }
+    }
+
+    fn loosened(&mut self) {
+        self.loose += 1;
+        if self.loose >= PACK_AFTER_AT_LEAST.max(self.map.len() / 16) {
+            self.pack();
+        }
+    }
+
+    /// Rebuilds the map with full nodes. `append` merges two maps by pushing their rows,
+    /// in order, into new nodes filled to capacity, freeing each old node once passed;
+    /// it needs both sides non-empty to do so (into an empty map, it only swaps them).
+    fn pack(&mut self) {
+        self.loose = 0;
+        let Some(first) = self.map.pop_first() else {
+            return;
+        };
+        let mut packed = BTreeMap::from([first]);
+        packed.append(&mut self.map);
+        self.map = packed;
+    }
 }
 
 /// What is known of one path.
@@ -91,12 +145,14 @@ impl Row {
 impl Baseline {
     pub fn new(initial: Manifest) -> Baseline {
         Baseline {
-            map: Mutex::new(
-                initial
+            // Built at once, in order: packed.
+            rows: Mutex::new(Rows {
+                map: initial
                     .into_iter()
                     .map(|(path, entry)| (path.into_boxed_str(), Row::new(entry)))
                     .collect(),
-            ),
+                loose: 0,
+            }),
         }
     }
 
@@ -112,8 +168,8 @@ impl Baseline {
     /// (less the settling time), when the version known was read: its hash is that
     /// version's. A file changed since (or being changed) is read again by the next scan.
     fn keep_hashes(&self, config: &Config, began_ns: i64) {
-        let mut map = self.map.lock().expect("baseline lock");
-        for (path, row) in map.iter_mut() {
+        let mut rows = self.rows.lock().expect("baseline lock");
+        for (path, row) in rows.map.iter_mut() {
             if !matches!(row.entry.content, Content::File { .. }) {
                 continue;
             }
@@ -131,33 +187,39 @@ impl Baseline {
 
     /// Records what a peer's push left at `path` (`None`: deleted).
     pub fn record(&self, path: &str, state: Option<Entry>) {
-        let mut map = self.map.lock().expect("baseline lock");
+        let mut rows = self.rows.lock().expect("baseline lock");
         match state {
-            Some(entry) => map.insert(path.into(), Row::new(entry)),
-            None => map.remove(path),
-        };
+            Some(entry) => rows.insert(path.into(), Row::new(entry)),
+            None => rows.remove(path),
+        }
     }
 
     /// The state last known at `path`.
     pub fn get(&self, path: &str) -> Option<Entry> {
-        self.map
+        self.rows
             .lock()
             .expect("baseline lock")
+            .map
             .get(path)
             .map(|row| row.entry.clone())
     }
 
     /// Whether anything is known at `path`.
     pub fn knows(&self, path: &str) -> bool {
-        self.map.lock().expect("baseline lock").contains_key(path)
+        self.rows
+            .lock()
+            .expect("baseline lock")
+            .map
+            .contains_key(path)
     }
 
     /// Every path known, and what is known there, below directory `dir`.
     pub fn below(&self, dir: &str) -> Vec<(String, Option<Entry>)> {
         let prefix = format!("{dir}/");
-        self.map
+        self.rows
             .lock()
             .expect("baseline lock")
+            .map
             .range::<str, _>((
                 std::ops::Bound::Included(prefix.as_str()),
                 std::ops::Bound::Unbounded,
@@ -196,7 +258,8 @@ impl Baseline {
         let covered =
             |path: &str| in_scope(path, scope) && !unknown.iter().any(|u| is_within(path, u));
 
-        let mut map = self.map.lock().expect("baseline lock");
+        let mut rows = self.rows.lock().expect("baseline lock");
+        let map = &rows.map;
         // Both sides borrow their paths and entries: at 100,000 paths, copies of both
         // were the largest thing a daemon ever held.
         let ops = {
@@ -241,16 +304,14 @@ impl Baseline {
         // What was known there and is gone has a deletion among the operations; what is
         // there now is recorded whole (its mtime too, which makes no operation).
         for op in ops.iter().filter(|op| op.action == Action::Delete) {
-            map.remove(op.path.as_str());
+            rows.remove(op.path.as_str());
         }
         for (path, entry) in scan.entries.iter().filter(|(path, _)| covered(path)) {
-            match map.get_mut(path.as_str()) {
+            match rows.map.get_mut(path.as_str()) {
                 // The same version, where the same file was found: its hash stays kept.
                 Some(known) if known.entry == *entry => {}
                 Some(known) => *known = Row::new(entry.clone()),
-                None => {
-                    map.insert(path.as_str().into(), Row::new(entry.clone()));
-                }
+                None => rows.insert(path.as_str().into(), Row::new(entry.clone())),
             }
         }
         ops
@@ -259,8 +320,8 @@ impl Baseline {
 
 impl Hashes for Baseline {
     fn hash_of(&self, logical: &str, stamp: &Stamp) -> Option<Digest256> {
-        let map = self.map.lock().expect("baseline lock");
-        let row = map.get(logical)?;
+        let rows = self.rows.lock().expect("baseline lock");
+        let row = rows.map.get(logical)?;
         if row.found == Found::NONE || row.found != Found::of(stamp) {
             return None;
         }
@@ -268,9 +329,9 @@ impl Hashes for Baseline {
     }
 
     fn hashed(&self, logical: &str, stamp: &Stamp, digest: Digest256) {
-        let mut map = self.map.lock().expect("baseline lock");
+        let mut rows = self.rows.lock().expect("baseline lock");
         // Kept only where the file holds the version known: a hash is never a version.
-        if let Some(row) = map.get_mut(logical) {
+        if let Some(row) = rows.map.get_mut(logical) {
             if row.file_digest(stamp) == Some(&digest) {
                 row.found = Found::of(stamp);
             }
