@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use crate::config::Config;
 use crate::manifest::{Hashes, Manifest, Scan, Stamp};
-use crate::paths::{in_scope, is_within};
+use crate::paths::{in_scope, is_within, LogicalPath};
 use crate::plan::plan;
 use crate::protocol::{Action, Content, Digest256, Entry, Op};
 
@@ -149,7 +149,7 @@ impl Baseline {
             rows: Mutex::new(Rows {
                 map: initial
                     .into_iter()
-                    .map(|(path, entry)| (path.into_boxed_str(), Row::new(entry)))
+                    .map(|(path, entry)| (Box::from(path.as_str()), Row::new(entry)))
                     .collect(),
                 loose: 0,
             }),
@@ -268,11 +268,11 @@ impl Baseline {
                 .filter(|(path, _)| covered(path))
                 .map(|(p, row)| (&**p, &row.entry))
                 .collect();
-            let now: BTreeMap<&str, &Entry> = scan
+            // The operations share the scan's paths.
+            let now: BTreeMap<&LogicalPath, &Entry> = scan
                 .entries
                 .iter()
                 .filter(|(path, _)| covered(path))
-                .map(|(p, e)| (p.as_str(), e))
                 .collect();
             // A directory found gone takes everything below it: a scope naming one file
             // of a tree being deleted (`rm -rf` still under way when the burst ended)
@@ -281,7 +281,7 @@ impl Baseline {
             // holds them.
             let gone: Vec<&str> = before
                 .iter()
-                .filter(|(path, entry)| entry.content.is_dir() && !now.contains_key(*path))
+                .filter(|(path, entry)| entry.content.is_dir() && !now.contains_key(**path))
                 .map(|(path, _)| *path)
                 .filter(|dir| !unknown.iter().any(|u| is_within(dir, u)))
                 .collect();
@@ -349,7 +349,7 @@ mod tests {
         Scan {
             entries: entries
                 .iter()
-                .map(|(p, b)| (p.to_string(), file_entry(b)))
+                .map(|(p, b)| ((*p).into(), file_entry(b)))
                 .collect(),
             ..Scan::default()
         }

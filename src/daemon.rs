@@ -486,8 +486,8 @@ mod tests {
     fn spooled_paths_are_asked_about_before_they_are_pushed_again_held_ones_stay() {
         let baseline = Baseline::new(
             [
-                ("/d/new".to_string(), file_entry(b"ours")),
-                ("/d/held".to_string(), file_entry(b"ours too")),
+                ("/d/new".into(), file_entry(b"ours")),
+                ("/d/held".into(), file_entry(b"ours too")),
             ]
             .into_iter()
             .collect(),

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::config::{Config, Directory};
-use crate::paths::{file_name, parent, Region};
+use crate::paths::{file_name, parent, LogicalPath, Region};
 use crate::protocol::{Content, Digest256, Entry};
 use crate::tree::{is_temp_name, Parents};
 
@@ -26,7 +26,7 @@ mod readers;
 use readers::Readers;
 
 /// Logical path -> state, ordered so that parents come before their children.
-pub type Manifest = BTreeMap<String, Entry>;
+pub type Manifest = BTreeMap<LogicalPath, Entry>;
 
 /// A digest of the part of `entries` inside configured directory `dir` that `keep`
 /// keeps: what two nodes compare to learn, without listing it, whether they hold the
@@ -52,7 +52,7 @@ pub fn digest(
 fn within<'a>(
     entries: &'a Manifest,
     dir: &'a str,
-) -> impl Iterator<Item = (&'a String, &'a Entry)> {
+) -> impl Iterator<Item = (&'a LogicalPath, &'a Entry)> {
     entries
         .range::<str, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
         // Every path starting with `dir`'s text is together in the order; some of them
@@ -100,7 +100,7 @@ pub fn level_digests(
 fn level_digest(
     logical: &str,
     own: &Entry,
-    children: &mut [(String, String, Entry)],
+    children: &mut [(String, LogicalPath, Entry)],
     owners: bool,
 ) -> Digest256 {
     children.sort_unstable_by(|(a, ..), (b, ..)| a.as_bytes().cmp(b.as_bytes()));
@@ -174,9 +174,9 @@ pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestS
 
 /// One item of a directory being walked for its digest, in the manifest's order.
 enum Walked {
-    Entry(String, Entry),
+    Entry(LogicalPath, Entry),
     /// The entries below a child directory, with its own entry.
-    Below(String, Entry),
+    Below(LogicalPath, Entry),
 }
 
 /// Hashes configured directory `dir` into `hash`, its files read by `readers`; `false`
@@ -201,7 +201,7 @@ fn digest_directory(
     };
     digest_entry(hash, &dir.path, &top, owners);
     let mut walking: Vec<std::vec::IntoIter<Walked>> = Vec::new();
-    let mut next = Some((dir.path.clone(), fd, top));
+    let mut next = Some((LogicalPath::from(&dir.path), fd, top));
     loop {
         if let Some((logical, fd, own)) = next.take() {
             let everything = Region::default();
@@ -212,7 +212,7 @@ fn digest_directory(
                     read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)),
                 );
                 let level = level_digest(&logical, &own, &mut children, owners);
-                out.levels.push((logical, level));
+                out.levels.push((logical.into(), level));
                 let mut items = Vec::with_capacity(children.len());
                 for (name, child, entry) in children {
                     if entry.content.is_dir() {
@@ -468,7 +468,7 @@ fn scan_directory(
     dir: &Directory,
     region: Region,
     readers: &mut Readers,
-    found: &mut Vec<(String, Entry)>,
+    found: &mut Vec<(LogicalPath, Entry)>,
     out: &mut Scan,
 ) {
     // The configured directory itself may be a symlink placed by the administrator;
@@ -484,8 +484,8 @@ fn scan_directory(
     ) else {
         return;
     };
-    found.push((dir.path.clone(), entry));
-    let mut next = Some((dir.path.clone(), top));
+    found.push((dir.path.as_str().into(), entry));
+    let mut next = Some((LogicalPath::from(&dir.path), top));
     let mut pending = Vec::new();
     loop {
         if let Some((logical, fd)) = next.take() {
@@ -511,15 +511,15 @@ fn open_walked(
     config: &Config,
     dir: &Directory,
     parents: &mut Parents,
-    logical: String,
+    logical: LogicalPath,
     unreadable: &mut Vec<(String, String)>,
-) -> Option<(String, Arc<OwnedFd>)> {
+) -> Option<(LogicalPath, Arc<OwnedFd>)> {
     match parents.dir(config, dir, &logical) {
         Ok(fd) => Some((logical, fd)),
         Err(blocked) => {
             let error = blocked.error();
             warn!(path = %logical, %error, "cannot read");
-            unreadable.push((logical, error.to_string()));
+            unreadable.push((logical.into(), error.to_string()));
             None
         }
     }
@@ -582,7 +582,7 @@ fn children(
     region: Region,
     readers: &mut Readers,
     unreadable: &mut Vec<(String, String)>,
-) -> Option<Vec<(String, String, Entry)>> {
+) -> Option<Vec<(String, LogicalPath, Entry)>> {
     let names = match list(fd) {
         Ok(names) => names,
         Err(error) => {
@@ -612,7 +612,7 @@ fn children(
             }
             Err(e) => {
                 warn!(path = %child, error = %e, "cannot read");
-                unreadable.push((child, e.to_string()));
+                unreadable.push((child.into(), e.to_string()));
             }
         }
     }
@@ -624,14 +624,14 @@ fn children(
 fn settle(
     read: Vec<readers::Read>,
     unreadable: &mut Vec<(String, String)>,
-) -> impl Iterator<Item = (String, Entry)> {
+) -> impl Iterator<Item = (LogicalPath, Entry)> {
     let (entries, mut failed): (Vec<_>, Vec<_>) =
         read.into_iter().partition(|(_, entry)| entry.is_ok());
     failed.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
     for (path, error) in failed {
         if let Err(e) = error {
             warn!(path = %path, error = %e, "cannot read");
-            unreadable.push((path, e.to_string()));
+            unreadable.push((path.into(), e.to_string()));
         }
     }
     entries
@@ -639,14 +639,14 @@ fn settle(
         .filter_map(|(path, entry)| Some((path, entry.ok()?)))
 }
 
-/// The logical path of `name` in directory `logical`, allocated at its exact size: a
-/// daemon keeps one per path.
-fn child_path(logical: &str, name: &str) -> String {
+/// The logical path of `name` in directory `logical`, held once: the plan made from a
+/// scan shares it, instead of a copy of its own per operation.
+fn child_path(logical: &str, name: &str) -> LogicalPath {
     let mut child = String::with_capacity(logical.len() + 1 + name.len());
     child.push_str(logical);
     child.push('/');
     child.push_str(name);
-    child
+    LogicalPath::from(child.as_str())
 }
 
 /// The names in an opened directory, but `.` and `..`.
@@ -856,7 +856,11 @@ mod tests {
                     size: content.len() as u64,
                     sha256: Digest256(Sha256::digest(content).into()),
                 };
-                assert_eq!(scanned.entries[logical].content, expected, "{logical}");
+                assert_eq!(
+                    scanned.entries[logical.as_str()].content,
+                    expected,
+                    "{logical}"
+                );
             }
             let walked = scan_digests(&config, &cache, false);
             let whole = digest(&scanned.entries, "/etc/app", false, |_| true);
@@ -944,7 +948,7 @@ mod tests {
         let tree = |entries: &[(&str, Entry)]| -> Manifest {
             entries
                 .iter()
-                .map(|(p, e)| (p.to_string(), e.clone()))
+                .map(|(p, e)| ((*p).into(), e.clone()))
                 .collect()
         };
         let base = tree(&[

@@ -483,7 +483,10 @@ impl Node {
                 let entries = scan
                     .entries
                     .into_iter()
-                    .map(|(path, entry)| WireEntry { path, entry })
+                    .map(|(path, entry)| WireEntry {
+                        path: path.into(),
+                        entry,
+                    })
                     .collect();
                 (entries, Vec::new())
             }

@@ -45,6 +45,38 @@ impl Borrow<str> for LogicalPath {
     }
 }
 
+/// A map of `&LogicalPath` is looked up by `&str`, as one of `LogicalPath` is.
+impl Borrow<str> for &LogicalPath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The key of a map of paths, from which an operation's path is made: shared where the
+/// key is a [`LogicalPath`], copied otherwise.
+pub trait PathKey: Borrow<str> + Ord {
+    /// The path held once, if the key is one.
+    fn shared(&self) -> Option<&LogicalPath> {
+        None
+    }
+}
+
+impl PathKey for String {}
+
+impl PathKey for &str {}
+
+impl PathKey for LogicalPath {
+    fn shared(&self) -> Option<&LogicalPath> {
+        Some(self)
+    }
+}
+
+impl PathKey for &LogicalPath {
+    fn shared(&self) -> Option<&LogicalPath> {
+        Some(self)
+    }
+}
+
 impl fmt::Display for LogicalPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&*self.0, f)

@@ -9,6 +9,7 @@
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
+use crate::paths::{LogicalPath, PathKey};
 use crate::protocol::{Action, Entry, Op};
 
 /// Plans the operations that turn `remote` into `local`.
@@ -22,9 +23,9 @@ pub fn plan<LK, LE, RK, RE>(
     owners: bool,
 ) -> Vec<Op>
 where
-    LK: Borrow<str> + Ord,
+    LK: PathKey,
     LE: Borrow<Entry>,
-    RK: Borrow<str> + Ord,
+    RK: PathKey,
     RE: Borrow<Entry>,
 {
     let mut count = 0;
@@ -44,9 +45,9 @@ pub fn plans_as<LK, LE, RK, RE>(
     planned: &[Op],
 ) -> bool
 where
-    LK: Borrow<str> + Ord,
+    LK: PathKey,
     LE: Borrow<Entry>,
-    RK: Borrow<str> + Ord,
+    RK: PathKey,
     RE: Borrow<Entry>,
 {
     let (mut index, mut same) = (0, true);
@@ -60,6 +61,8 @@ where
 /// One operation of a plan, borrowing from the manifests it is made from.
 struct Planned<'a> {
     path: &'a str,
+    /// `path`, where the manifest it comes from holds it once: the operation shares it.
+    shared: Option<&'a LogicalPath>,
     /// The state to put; `None`: a deletion.
     put: Option<&'a Entry>,
     expect: Option<&'a Entry>,
@@ -68,7 +71,10 @@ struct Planned<'a> {
 impl Planned<'_> {
     fn to_op(&self) -> Op {
         Op {
-            path: self.path.into(),
+            path: match self.shared {
+                Some(path) => path.clone(),
+                None => self.path.into(),
+            },
             action: match self.put {
                 Some(entry) => Action::Put {
                     entry: entry.clone(),
@@ -98,9 +104,9 @@ fn plan_each<'a, LK, LE, RK, RE>(
     owners: bool,
     mut each: impl FnMut(Planned<'a>),
 ) where
-    LK: Borrow<str> + Ord,
+    LK: PathKey,
     LE: Borrow<Entry>,
-    RK: Borrow<str> + Ord,
+    RK: PathKey,
     RE: Borrow<Entry>,
 {
     let replaced_by_other_kind = |path: &str, theirs: &Entry| match local.get(path) {
@@ -109,18 +115,19 @@ fn plan_each<'a, LK, LE, RK, RE>(
         Some(ours) => ours.borrow().content.is_dir() != theirs.content.is_dir(),
     };
 
-    for (path, theirs) in remote.iter().rev() {
-        let (path, theirs) = (path.borrow(), theirs.borrow());
+    for (key, theirs) in remote.iter().rev() {
+        let (path, theirs) = (key.borrow(), theirs.borrow());
         if replaced_by_other_kind(path, theirs) {
             each(Planned {
                 path,
+                shared: key.shared(),
                 put: None,
                 expect: Some(theirs),
             });
         }
     }
-    for (path, ours) in local {
-        let (path, ours) = (path.borrow(), ours.borrow());
+    for (key, ours) in local {
+        let (path, ours) = (key.borrow(), ours.borrow());
         let expect = match remote.get(path).map(Borrow::borrow) {
             Some(theirs) if replaced_by_other_kind(path, theirs) => None,
             Some(theirs) if ours.same_state(theirs, owners) => continue,
@@ -129,6 +136,7 @@ fn plan_each<'a, LK, LE, RK, RE>(
         };
         each(Planned {
             path,
+            shared: key.shared(),
             put: Some(ours),
             expect,
         });
@@ -175,7 +183,7 @@ mod tests {
     fn manifest(entries: &[(&str, Entry)]) -> Manifest {
         entries
             .iter()
-            .map(|(p, e)| (p.to_string(), e.clone()))
+            .map(|(p, e)| ((*p).into(), e.clone()))
             .collect()
     }
 
@@ -315,7 +323,7 @@ mod tests {
                             op.path
                         );
                     }
-                    state.insert(op.path.to_string(), entry.clone());
+                    state.insert(op.path.clone(), entry.clone());
                 }
             }
         }
@@ -354,11 +362,11 @@ mod tests {
                         break;
                     }
                     if i == last {
-                        if !m.contains_key(&path) {
-                            m.insert(path.clone(), entry.clone());
+                        if !m.contains_key(path.as_str()) {
+                            m.insert(path.as_str().into(), entry.clone());
                         }
                     } else {
-                        m.entry(path.clone()).or_insert_with(dir);
+                        m.entry(path.as_str().into()).or_insert_with(dir);
                     }
                 }
             }

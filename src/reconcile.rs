@@ -249,7 +249,7 @@ async fn compare_with(
         .directories
         .iter()
         .map(|d| d.path.clone())
-        .filter(|d| scan.entries.contains_key(d))
+        .filter(|d| scan.entries.contains_key(d.as_str()))
         .collect();
     (dirs, present, scan.missing.is_empty())
 }

@@ -329,7 +329,7 @@ impl Engine {
             .directories
             .iter()
             .filter(|d| match &scanned {
-                Some(scan) => scan.entries.contains_key(&d.path),
+                Some(scan) => scan.entries.contains_key(d.path.as_str()),
                 None => !missing.contains(&d.path) && paths::in_scope(&d.path, scope),
             })
             .map(|d| (d.path.clone(), Vec::new()))
@@ -452,7 +452,7 @@ impl Engine {
         for (path, reason) in refused {
             report.changes.push(Change {
                 path: path.into(),
-                status: ChangeStatus::Refused(reason),
+                status: ChangeStatus::Refused(reason.into()),
             });
         }
         let ops: Vec<Op> = ops
@@ -521,9 +521,10 @@ impl Engine {
         };
         for (dir, excluded) in kept_directories(&self.config, &listing, &failed) {
             for change in report.changes.iter_mut().filter(|c| c.path == dir) {
-                change.status = ChangeStatus::Kept(format!(
-                    "directory kept: it holds paths excluded on this node: {excluded}"
-                ));
+                change.status = ChangeStatus::Kept(
+                    format!("directory kept: it holds paths excluded on this node: {excluded}")
+                        .into(),
+                );
             }
         }
     }

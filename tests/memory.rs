@@ -64,7 +64,7 @@ fn built_at_once(all: &[String], keep: impl Fn(usize) -> bool) -> (Baseline, isi
             .iter()
             .enumerate()
             .filter(|(n, _)| keep(*n))
-            .map(|(n, p)| (p.clone(), entry(n)))
+            .map(|(n, p)| (p.as_str().into(), entry(n)))
             .collect();
         Baseline::new(scan)
     })

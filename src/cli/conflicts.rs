@@ -173,7 +173,8 @@ async fn states_of(
     let config = engine.config().clone();
     let scope = paths.to_vec();
     let local = tokio::task::spawn_blocking(move || {
-        manifest::scan(&config, &scope, &HashCache::forgetful()).entries
+        let entries = manifest::scan(&config, &scope, &HashCache::forgetful()).entries;
+        entries.into_iter().map(|(p, e)| (p.into(), e)).collect()
     })
     .await
     .map_err(|e| format!("cannot scan this node's tree: {e}"));
@@ -531,7 +532,7 @@ pub async fn fetch_from(
         .manifest(paths)
         .await
         .map_err(|e| anyhow!("cannot ask {node} for its version: {e}"))?
-        .take_entries();
+        .take_entries::<String>();
     let files: Vec<String> = paths
         .iter()
         .filter(|p| matches!(theirs.get(*p), Some(e) if matches!(e.content, Content::File { .. })))

@@ -285,7 +285,7 @@ fn tree_of(group: &LocalGroup, i: usize) -> Vec<(String, crate::protocol::Conten
     let scan = manifest::scan(&group.nodes[i].config, &[], &HashCache::forgetful());
     scan.entries
         .into_iter()
-        .map(|(path, entry)| (path, entry.content, entry.mode))
+        .map(|(path, entry)| (path.into(), entry.content, entry.mode))
         .collect()
 }
 

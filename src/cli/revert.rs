@@ -75,9 +75,10 @@ pub async fn revert(engine: &Engine, scope: &[String], dry_run: bool) -> anyhow:
                 .join("; ")
         ));
     }
-    let mut paths: std::collections::BTreeSet<&String> = local.entries.keys().collect();
+    let mut paths: std::collections::BTreeSet<&str> =
+        local.entries.keys().map(|p| p.as_str()).collect();
     for (_, entries, _, _) in &peers {
-        paths.extend(entries.keys());
+        paths.extend(entries.keys().map(String::as_str));
     }
     let owners = crate::tree::applies_owners();
     let same = |a: &Option<Entry>, b: &Option<Entry>| {
@@ -117,7 +118,7 @@ pub async fn revert(engine: &Engine, scope: &[String], dry_run: bool) -> anyhow:
         let ours = local.entries.get(path).cloned();
         if !same(&ours, &group) {
             plan.push(Reverted {
-                path: path.clone(),
+                path: path.to_string(),
                 was: ours,
                 now: group,
                 from: from.to_string(),

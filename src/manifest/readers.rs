@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::{hash_below, HashCache};
-use crate::paths::file_name;
+use crate::paths::{file_name, LogicalPath};
 use crate::protocol::Entry;
 use tracing::debug;
 
@@ -25,11 +25,11 @@ use tracing::debug;
 /// directory `dir`.
 struct ToRead {
     dir: Arc<OwnedFd>,
-    logical: String,
+    logical: LogicalPath,
 }
 
 /// A file read: its logical path, and its entry or why it could not be read.
-pub(super) type Read = (String, io::Result<Entry>);
+pub(super) type Read = (LogicalPath, io::Result<Entry>);
 
 /// What a helper sends back: a file read, or the panic that stopped it, to go on
 /// unwinding in the walker's thread.
@@ -87,7 +87,7 @@ impl Readers {
 
     /// Hands over the regular file of directory `dir` at logical path `logical`, `size`
     /// bytes long, to be read.
-    pub(super) fn read(&mut self, dir: &Arc<OwnedFd>, logical: String, size: u64) {
+    pub(super) fn read(&mut self, dir: &Arc<OwnedFd>, logical: LogicalPath, size: u64) {
         let file = ToRead {
             dir: dir.clone(),
             logical,
@@ -334,7 +334,7 @@ mod tests {
             .collect()
     }
 
-    fn read_back(read: Vec<Read>) -> std::collections::BTreeMap<String, io::Result<Entry>> {
+    fn read_back(read: Vec<Read>) -> std::collections::BTreeMap<LogicalPath, io::Result<Entry>> {
         let count = read.len();
         let back: std::collections::BTreeMap<_, _> = read.into_iter().collect();
         assert_eq!(back.len(), count, "a file came back twice");
@@ -349,12 +349,12 @@ mod tests {
         let dir = Arc::new(crate::tree::open_dir(&app).unwrap());
         let mut readers = Readers::new(&HashCache::default());
         // A little is read here: no thread is started for it.
-        readers.read(&dir, written[0].0.clone(), 8 * 1024);
+        readers.read(&dir, written[0].0.as_str().into(), 8 * 1024);
         assert!(!readers.shared());
         let first = read_back(readers.drain());
         assert_eq!(first.keys().collect::<Vec<_>>(), [&written[0].0]);
         for (logical, _) in &written[1..] {
-            readers.read(&dir, logical.clone(), 8 * 1024);
+            readers.read(&dir, logical.as_str().into(), 8 * 1024);
         }
         // 119 files of 8 KiB are worth sharing wherever there is a core to spare.
         assert_eq!(readers.shared(), helper_count() > 0);
@@ -363,7 +363,7 @@ mod tests {
         let back = read_back(read);
         assert_eq!(back.len(), written.len() - 1);
         for (logical, content) in &written[1..] {
-            let entry = back[logical].as_ref().unwrap();
+            let entry = back[logical.as_str()].as_ref().unwrap();
             let expected = Content::File {
                 size: content.len() as u64,
                 sha256: Digest256(Sha256::digest(content).into()),
@@ -383,12 +383,12 @@ mod tests {
         let dir = Arc::new(crate::tree::open_dir(&app).unwrap());
         let mut readers = Readers::new(&HashCache::default());
         for (logical, _) in &written[..30] {
-            readers.read(&dir, logical.clone(), 16 * 1024);
+            readers.read(&dir, logical.as_str().into(), 16 * 1024);
         }
         readers.read(&dir, "/etc/app/fifo".into(), 16 * 1024);
         readers.read(&dir, "/etc/app/gone".into(), 16 * 1024);
         for (logical, _) in &written[30..] {
-            readers.read(&dir, logical.clone(), 16 * 1024);
+            readers.read(&dir, logical.as_str().into(), 16 * 1024);
         }
         assert_eq!(readers.shared(), helper_count() > 0);
         let back = read_back(readers.drain());
@@ -398,7 +398,7 @@ mod tests {
         let gone = back["/etc/app/gone"].as_ref().unwrap_err();
         assert_eq!(gone.kind(), io::ErrorKind::NotFound);
         for (logical, _) in &written {
-            assert!(back[logical].is_ok(), "{logical}");
+            assert!(back[logical.as_str()].is_ok(), "{logical}");
         }
     }
 }

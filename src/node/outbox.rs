@@ -353,7 +353,7 @@ impl Outbox {
         let mut paths = self.paths.lock().expect("outbox lock");
         for (path, flight) in paths.in_flight.iter_mut() {
             flight.sent = Some(Sent {
-                entry: ours.get(path).cloned(),
+                entry: ours.get(path.as_str()).cloned(),
             });
         }
     }
@@ -892,7 +892,7 @@ mod tests {
             let outbox = Outbox::default();
             outbox.merge(&[put("/d/a", b"v1")], no_dir);
             let sent = outbox.take();
-            let ours = [("/d/a".to_string(), file_entry(b"v1"))];
+            let ours = [("/d/a".into(), file_entry(b"v1"))];
             outbox.sending(&ours.into_iter().collect());
             let sent = sent.into_iter().map(|(p, k)| (p, k.holds)).collect();
             assert_eq!(outbox.settle(sent, report).retry, 1);

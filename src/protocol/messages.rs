@@ -327,11 +327,14 @@ impl ManifestResponse {
         self.unreadable.dedup();
     }
 
-    /// Takes its entries out, by path.
-    pub fn take_entries(&mut self) -> std::collections::BTreeMap<String, super::Entry> {
+    /// Takes its entries out, by path (a `String` or a [`LogicalPath`]
+    /// (crate::paths::LogicalPath)).
+    pub fn take_entries<K: From<String> + Ord>(
+        &mut self,
+    ) -> std::collections::BTreeMap<K, super::Entry> {
         std::mem::take(&mut self.entries)
             .into_iter()
-            .map(|w| (w.path, w.entry))
+            .map(|w| (K::from(w.path), w.entry))
             .collect()
     }
 }

@@ -16,7 +16,7 @@ use super::{Change, ChangeStatus, Options, PeerReport};
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
 use crate::manifest::Scan;
-use crate::paths::{in_scope, is_within, overlaps, Region};
+use crate::paths::{in_scope, is_within, overlaps, LogicalPath, Region};
 use crate::plan::{plan, plans_as};
 use crate::protocol::{Action, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
 
@@ -109,7 +109,7 @@ impl LocalState {
 
     /// The plan from `ours` to `theirs` ([`plan`]), shared with any peer of this run
     /// for which it is the same plan.
-    fn plan(&self, ours: &View, theirs: &View, owners: bool) -> Arc<Vec<Op>> {
+    fn plan(&self, ours: &Ours, theirs: &View, owners: bool) -> Arc<Vec<Op>> {
         // Held while planning: a peer planned alike waits, then shares.
         let mut plans = self.plans.lock().expect("plans lock");
         plans.retain(|plan| plan.strong_count() > 0);
@@ -196,7 +196,7 @@ fn plan_for(
     for dir in refused_dirs {
         report.changes.push(Change {
             path: dir.0.into(),
-            status: ChangeStatus::Refused(dir.1),
+            status: ChangeStatus::Refused(dir.1.into()),
         });
     }
     // Owners count where the peer applies them and this node can read them as they are:
@@ -213,9 +213,9 @@ fn plan_for(
     for (dir, excluded) in keeps {
         report.changes.push(Change {
             path: dir.into(),
-            status: ChangeStatus::Kept(format!(
-                "directory kept: it holds paths excluded on this node: {excluded}"
-            )),
+            status: ChangeStatus::Kept(
+                format!("directory kept: it holds paths excluded on this node: {excluded}").into(),
+            ),
         });
     }
     if !options.force {
@@ -325,12 +325,15 @@ fn mass_delete(
 
 /// A manifest restricted to part of its paths, borrowing them from it: each peer of a run
 /// has its views of the one local scan.
-type View<'a> = BTreeMap<&'a str, &'a Entry>;
+type View<'a, K = &'a str> = BTreeMap<K, &'a Entry>;
+
+/// This node's side: its paths are the scan's, which the operations planned share.
+type Ours<'a> = View<'a, &'a LogicalPath>;
 
 /// The local and remote manifests restricted to what this peer and this node both
 /// synchronise, within what the run lists.
 struct Views<'a> {
-    ours: View<'a>,
+    ours: Ours<'a>,
     theirs: View<'a>,
     /// The configured directories the peer cannot take, with the reason.
     refused: Vec<(String, String)>,
@@ -350,7 +353,7 @@ fn views<'a>(
 ) -> Views<'a> {
     let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
         // Missing here or out of scope: not part of this run.
-        local.scan.entries.contains_key(&dir.path) && in_scope(&dir.path, scope)
+        local.scan.entries.contains_key(dir.path.as_str()) && in_scope(&dir.path, scope)
     });
     let unknown: Vec<&str> = local
         .scan
@@ -364,7 +367,7 @@ fn views<'a>(
     let mut unlisted: Vec<(&str, usize)> = Vec::new();
     // Collected from the sorted entries, so that the map is built at once, its nodes
     // full, rather than grown by inserts.
-    let ours: View = local
+    let ours: Ours = local
         .scan
         .entries
         .iter()
@@ -388,7 +391,6 @@ fn views<'a>(
             }
             false
         })
-        .map(|(p, e)| (p.as_str(), e))
         .collect();
     let theirs: View = remote
         .entries
@@ -450,7 +452,7 @@ pub(crate) fn directories_differing(
     config
         .directories
         .iter()
-        .filter(|dir| scan.entries.contains_key(&dir.path))
+        .filter(|dir| scan.entries.contains_key(dir.path.as_str()))
         .filter(|dir| judge(scan, theirs, &dir.path) != Judged::Same)
         .map(|dir| dir.path.clone())
         .collect()
@@ -681,7 +683,8 @@ mod tests {
             ..crate::testing::file_entry(b"")
         };
         let (top, a, b) = (dir(0), file_entry(b"a"), file_entry(b"b"));
-        let ours: View = [("/etc/app", &top), ("/etc/app/x", &a), ("/etc/app/y", &b)]
+        let paths = ["/etc/app", "/etc/app/x", "/etc/app/y"].map(LogicalPath::from);
+        let ours: Ours = [(&paths[0], &top), (&paths[1], &a), (&paths[2], &b)]
             .into_iter()
             .collect();
         // Two empty peers whose configured directories were made at other times: the
@@ -691,6 +694,14 @@ mod tests {
         let empty2: View = [("/etc/app", &top2)].into_iter().collect();
         let first = local.plan(&ours, &empty1, true);
         assert_eq!(first.len(), 2);
+        // Its operations hold this node's paths, not copies of them.
+        for (op, path) in first.iter().zip(&paths[1..]) {
+            assert_eq!(op.path, *path);
+            assert!(
+                std::ptr::eq(op.path.as_ptr(), path.as_ptr()),
+                "{path} copied"
+            );
+        }
         assert!(Arc::ptr_eq(&first, &local.plan(&ours, &empty2, true)));
         // A peer holding part of it, or planned against another version: its own.
         let part: View = [("/etc/app", &top1), ("/etc/app/x", &a)]

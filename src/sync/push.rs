@@ -61,10 +61,13 @@ pub(super) fn without_oversized(
         {
             report.changes.push(Change {
                 path: op.path.clone(),
-                status: ChangeStatus::Refused(format!(
-                    "{size} bytes, over the peer's max_file_size ({} bytes)",
-                    limits.max_file_size
-                )),
+                status: ChangeStatus::Refused(
+                    format!(
+                        "{size} bytes, over the peer's max_file_size ({} bytes)",
+                        limits.max_file_size
+                    )
+                    .into(),
+                ),
             });
         }
     }
@@ -127,7 +130,7 @@ pub(super) async fn push(
                     }
                     report.changes.push(Change {
                         path: op.path,
-                        status: ChangeStatus::Failed(reason),
+                        status: ChangeStatus::Failed(reason.into()),
                     });
                     indices = rest;
                 }

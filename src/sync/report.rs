@@ -39,19 +39,19 @@ pub enum ChangeStatus {
     Done(ChangeKind),
     /// The peer holds another version than the one the change was planned against (an
     /// edit made there): nothing was overwritten.
-    Conflict(String),
+    Conflict(Reason),
     /// Could not be done this time (the peer's disk is full, an I/O error, no
     /// permission, a read-only filesystem, the file changed here while it was sent):
     /// worth retrying, and the watcher does.
-    Failed(String),
+    Failed(Reason),
     /// Refused for good by the peer's rules or this node's (a link in the way, a
     /// directory the peer does not have, a file over its size limit, the mass-delete
     /// guard): sending it again is useless until the path changes here.
-    Refused(String),
+    Refused(Reason),
     /// A directory left in place on purpose (it holds paths the peer excludes).
-    Kept(String),
+    Kept(Reason),
     /// Applied, then put back by the peer: its `validate` command refused the result.
-    Rejected(String),
+    Rejected(Reason),
 }
 
 impl ChangeStatus {
@@ -59,11 +59,11 @@ impl ChangeStatus {
     pub fn of(outcome: Outcome, kind: ChangeKind) -> ChangeStatus {
         match outcome {
             Outcome::Applied => ChangeStatus::Done(kind),
-            Outcome::Conflict(reason) => ChangeStatus::Conflict(reason),
-            Outcome::Failed(reason) => ChangeStatus::Failed(reason),
-            Outcome::Refused(reason) => ChangeStatus::Refused(reason),
-            Outcome::Kept(reason) => ChangeStatus::Kept(reason),
-            Outcome::Rejected(reason) => ChangeStatus::Rejected(reason),
+            Outcome::Conflict(reason) => ChangeStatus::Conflict(reason.into()),
+            Outcome::Failed(reason) => ChangeStatus::Failed(reason.into()),
+            Outcome::Refused(reason) => ChangeStatus::Refused(reason.into()),
+            Outcome::Kept(reason) => ChangeStatus::Kept(reason.into()),
+            Outcome::Rejected(reason) => ChangeStatus::Rejected(reason.into()),
         }
     }
 
@@ -91,6 +91,45 @@ impl ChangeStatus {
             | ChangeStatus::Kept(r)
             | ChangeStatus::Rejected(r) => Some(r),
         }
+    }
+}
+
+/// Why a change was not made: one pointer. A push keeps a [`Change`] per path and peer,
+/// nearly all of them done; a reason held inline would make each 48 bytes instead of 32
+/// (at 100,000 paths pushed to three peers, 4.8 MB).
+#[derive(Clone, PartialEq, Eq)]
+#[allow(clippy::box_collection)]
+pub struct Reason(Box<String>);
+
+impl From<String> for Reason {
+    fn from(reason: String) -> Reason {
+        Reason(Box::new(reason))
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(reason: &str) -> Reason {
+        Reason(Box::new(reason.to_string()))
+    }
+}
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl fmt::Debug for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self.0, f)
     }
 }
 
@@ -249,5 +288,25 @@ impl Report {
                 .iter()
                 .any(|c| matches!(c.status, ChangeStatus::Done(_)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_stays_small_as_a_push_keeps_one_per_path_and_peer() {
+        assert!(std::mem::size_of::<Change>() <= 32);
+        let refused = ChangeStatus::Refused("a link in the way".into());
+        assert_eq!(refused.reason(), Some("a link in the way"));
+        let change = Change {
+            path: "/etc/app/x".into(),
+            status: refused,
+        };
+        assert_eq!(
+            change.line("10.0.0.2:8080").to_string(),
+            "[!] 10.0.0.2:8080 /etc/app/x skipped: a link in the way"
+        );
     }
 }

@@ -119,11 +119,11 @@ pub async fn deliver(
         // its version was recorded is put back below and sent by the write's burst.
         let ours: Manifest = pending
             .keys()
-            .filter_map(|p| baseline.get(p).map(|e| (p.clone(), e)))
+            .filter_map(|p| baseline.get(p).map(|e| (p.into(), e)))
             .collect();
         let theirs: Manifest = pending
             .iter()
-            .filter_map(|(p, e)| e.clone().map(|e| (p.clone(), e)))
+            .filter_map(|(p, e)| e.clone().map(|e| (p.into(), e)))
             .collect();
         let ops = plan(&ours, &theirs, node.owners);
         if ops.is_empty() {

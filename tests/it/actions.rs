@@ -57,7 +57,7 @@ async fn a_batch_that_fails_validation_is_put_back_on_that_node_and_reported_as_
     for change in &rejected.changes {
         match &change.status {
             ChangeStatus::Rejected(reason) => assert_eq!(
-                reason,
+                &**reason,
                 "validation failed: app.cfg: unknown directive BROKEN",
                 "{}",
                 change.line(&rejected.peer)
@@ -257,7 +257,7 @@ async fn a_refusal_names_the_line_that_explains_and_how_the_command_ended_in_wor
             .changes
             .iter()
             .map(|c| match &c.status {
-                ChangeStatus::Rejected(reason) => reason.clone(),
+                ChangeStatus::Rejected(reason) => reason.to_string(),
                 other => panic!("{}: {other:?}", c.path),
             })
             .collect()

@@ -288,6 +288,7 @@ async fn sigkill_of_a_receiver_mid_batch_leaves_each_file_old_or_new_and_the_nex
         let left = temp_files_below(&root_of(n1));
         let mut found: Vec<String> = manifest_of(n1)
             .into_keys()
+            .map(String::from)
             .filter(|p| p != "/etc/app")
             .collect();
         found.sort();
@@ -710,14 +711,14 @@ async fn two_pushes_planned_against_the_same_state_apply_one_and_refuse_the_othe
     let theirs: Manifest = remote
         .entries
         .iter()
-        .map(|w| (w.path.clone(), w.entry.clone()))
+        .map(|w| (w.path.as_str().into(), w.entry.clone()))
         .collect();
     let batch = |side: &str| {
         let mut ours = theirs.clone();
         let mut contents = BTreeMap::new();
         for j in 0..RACE_FILES {
             let bytes = race_content(side, j);
-            ours.insert(race_path(j), file_entry(&bytes, 0o644));
+            ours.insert(race_path(j).into(), file_entry(&bytes, 0o644));
             contents.insert(race_path(j), bytes);
         }
         let ops = plan(&ours, &theirs, remote.owners);

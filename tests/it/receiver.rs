@@ -239,7 +239,7 @@ fn manifest_from(response: &gosyncd::protocol::ManifestResponse) -> Manifest {
     response
         .entries
         .iter()
-        .map(|w| (w.path.clone(), w.entry.clone()))
+        .map(|w| (w.path.as_str().into(), w.entry.clone()))
         .collect()
 }
 
