@@ -233,6 +233,10 @@ impl Spool {
     }
 }
 
+/// How long a lock this process holds is waited for: the time for a stopped daemon's
+/// spool to be dropped.
+const OWN_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Makes the state directory if missing and takes its lock, or says which process
 /// holds it.
 fn lock(dir: &Path) -> anyhow::Result<OwnedFd> {
@@ -257,21 +261,30 @@ fn lock(dir: &Path) -> anyhow::Result<OwnedFd> {
         .open(&path)
         .with_context(|| format!("state_directory {}: cannot open {LOCK_FILE}", dir.display()))?;
     let fd = OwnedFd::from(file);
-    match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(rustix::io::Errno::WOULDBLOCK) => {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            let holder = holder.trim();
-            bail!(
-                "state_directory {} is in use by another gosyncd daemon (pid {}): two daemons must not share one; give each its own state_directory",
-                dir.display(),
-                if holder.is_empty() { "unknown" } else { holder }
-            );
+    let began = std::time::Instant::now();
+    loop {
+        match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => bail!(
+                "state_directory {}: cannot lock {LOCK_FILE}: {e}",
+                dir.display()
+            ),
+            Ok(()) => break,
         }
-        Err(e) => bail!(
-            "state_directory {}: cannot lock {LOCK_FILE}: {e}",
-            dir.display()
-        ),
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        let holder = holder.trim();
+        // Held by this process: by the spool of a daemon that has stopped (a reload, a
+        // restart in-process), being dropped on another thread between the last
+        // reference going and the lock being closed. It is released in a moment.
+        if holder == std::process::id().to_string() && began.elapsed() < OWN_RELEASE_WAIT {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            continue;
+        }
+        bail!(
+            "state_directory {} is in use by another gosyncd daemon (pid {}): two daemons must not share one; give each its own state_directory",
+            dir.display(),
+            if holder.is_empty() { "unknown" } else { holder }
+        );
     }
     let mut file = std::fs::File::from(fd);
     file.set_len(0)?;
@@ -523,6 +536,22 @@ mod tests {
             err.contains(&format!("pid {}", std::process::id())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_lock_this_process_is_letting_go_of_is_waited_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let held = lock(&state).unwrap();
+        let releasing = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+        });
+        let began = std::time::Instant::now();
+        let taken = lock(&state);
+        releasing.join().unwrap();
+        assert!(taken.is_ok(), "{:?}", taken.err());
+        assert!(began.elapsed() >= std::time::Duration::from_millis(90));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::push::push;
 use super::{Change, ChangeStatus, Options, PeerReport};
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
+use crate::manifest::Manifest;
 use crate::manifest::Scan;
 use crate::paths::{in_scope, is_within, overlaps, LogicalPath, Region};
 use crate::plan::{plan, plans_as};
@@ -116,11 +117,11 @@ impl LocalState {
         if let Some(plan) = plans
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|plan| plans_as(ours, theirs, owners, plan))
+            .find(|plan| ours.plans_as(theirs, owners, plan))
         {
             return plan;
         }
-        let made = Arc::new(plan(ours, theirs, owners));
+        let made = Arc::new(ours.plan(theirs, owners));
         plans.push(Arc::downgrade(&made));
         made
     }
@@ -328,7 +329,29 @@ fn mass_delete(
 type View<'a, K = &'a str> = BTreeMap<K, &'a Entry>;
 
 /// This node's side: its paths are the scan's, which the operations planned share.
-type Ours<'a> = View<'a, &'a LogicalPath>;
+enum Ours<'a> {
+    /// All of this node's tree: the scan itself, not a copy of its map (at 100,000
+    /// paths, 4 MB less at the peak of a push).
+    Whole(&'a Manifest),
+    /// The part of it this peer takes.
+    Part(View<'a, &'a LogicalPath>),
+}
+
+impl Ours<'_> {
+    fn plan(&self, theirs: &View, owners: bool) -> Vec<Op> {
+        match self {
+            Ours::Whole(ours) => plan(ours, theirs, owners),
+            Ours::Part(ours) => plan(ours, theirs, owners),
+        }
+    }
+
+    fn plans_as(&self, theirs: &View, owners: bool, planned: &[Op]) -> bool {
+        match self {
+            Ours::Whole(ours) => plans_as(ours, theirs, owners, planned),
+            Ours::Part(ours) => plans_as(ours, theirs, owners, planned),
+        }
+    }
+}
 
 /// The local and remote manifests restricted to what this peer and this node both
 /// synchronise, within what the run lists.
@@ -365,33 +388,46 @@ fn views<'a>(
     let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
 
     let mut unlisted: Vec<(&str, usize)> = Vec::new();
-    // Collected from the sorted entries, so that the map is built at once, its nodes
-    // full, rather than grown by inserts.
-    let ours: Ours = local
-        .scan
-        .entries
-        .iter()
-        .filter(|(path, _)| {
-            if !known(path) || !in_scope(path, scope) {
-                return false;
-            }
-            let Some((dir, _)) = shared.iter().find(|(dir, theirs)| {
-                is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
-            }) else {
-                return false;
-            };
-            if listed.holds(path) {
-                return true;
-            }
-            if **path != dir.path {
-                match unlisted.iter_mut().find(|(d, _)| *d == dir.path) {
-                    Some((_, n)) => *n += 1,
-                    None => unlisted.push((&dir.path, 1)),
-                }
-            }
-            false
-        })
-        .collect();
+    // Whether this peer takes `path`, and if not, the configured directory it is in
+    // when that is why (the peer did not list the part of the tree it is in).
+    let takes = |path: &str| -> Result<(), Option<&str>> {
+        if !known(path) || !in_scope(path, scope) {
+            return Err(None);
+        }
+        let Some((dir, _)) = shared.iter().find(|(dir, theirs)| {
+            is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
+        }) else {
+            return Err(None);
+        };
+        match listed.holds(path) {
+            true => Ok(()),
+            false => Err(Some(&dir.path)),
+        }
+    };
+    let mut taken = 0;
+    for path in local.scan.entries.keys() {
+        match takes(path) {
+            Ok(()) => taken += 1,
+            Err(Some(dir)) if path != dir => match unlisted.iter_mut().find(|(d, _)| *d == dir) {
+                Some((_, n)) => *n += 1,
+                None => unlisted.push((dir, 1)),
+            },
+            Err(_) => {}
+        }
+    }
+    let ours = match taken == local.scan.entries.len() {
+        true => Ours::Whole(&local.scan.entries),
+        // Collected from the sorted entries, so that the map is built at once, its
+        // nodes full, rather than grown by inserts.
+        false => Ours::Part(
+            local
+                .scan
+                .entries
+                .iter()
+                .filter(|(path, _)| takes(path).is_ok())
+                .collect(),
+        ),
+    };
     let theirs: View = remote
         .entries
         .iter()
@@ -684,9 +720,11 @@ mod tests {
         };
         let (top, a, b) = (dir(0), file_entry(b"a"), file_entry(b"b"));
         let paths = ["/etc/app", "/etc/app/x", "/etc/app/y"].map(LogicalPath::from);
-        let ours: Ours = [(&paths[0], &top), (&paths[1], &a), (&paths[2], &b)]
-            .into_iter()
-            .collect();
+        let ours = Ours::Part(
+            [(&paths[0], &top), (&paths[1], &a), (&paths[2], &b)]
+                .into_iter()
+                .collect(),
+        );
         // Two empty peers whose configured directories were made at other times: the
         // same plan.
         let (top1, top2) = (dir(1), dir(2));
