@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 mod batch;
+pub mod frames;
 mod messages;
 mod operation;
 mod state;

@@ -152,7 +152,7 @@ async fn manifest(
     State(node): State<Arc<Node>>,
     addr: Option<Extension<ClientAddr>>,
     body: Bytes,
-) -> Result<Json<ManifestResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let request: ManifestRequest = serde_json::from_slice(&body)
         .map_err(|e| refuse(&addr, format!("malformed manifest request: {e}")))?;
     for (field, paths) in [
@@ -190,7 +190,26 @@ async fn manifest(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
-    Ok(Json(response))
+    Ok(streamed_json(response))
+}
+
+/// An answer serialised as it is sent, a frame at a time, by a blocking task: a listing
+/// of 100,000 paths is about 30 MB of JSON, which a buffer made whole would hold (and
+/// up to twice that as it grows) beside the listing itself.
+fn streamed_json(answer: ManifestResponse) -> Response {
+    let (tx, stream) = protocol::frames::channel();
+    tokio::task::spawn_blocking(move || {
+        let mut frames = protocol::frames::Frames::new(&tx);
+        // An error here is the client gone: nothing to tell anyone.
+        if serde_json::to_writer(&mut frames, &answer).is_ok() {
+            let _ = frames.send();
+        }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn content(
@@ -427,4 +446,53 @@ fn too_large(addr: &Option<Extension<ClientAddr>>, limit: usize) -> ApiError {
 fn refuse(addr: &Option<Extension<ClientAddr>>, reason: String) -> ApiError {
     warn!(client = %client_of(addr), %reason, "request refused");
     ApiError::BadRequest(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{DirectoryInfo, PeerLimits, WireEntry};
+    use crate::testing::file_entry;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_streamed_frame_by_frame_is_the_listing_encoded_whole() {
+        // About 1.5 MB of JSON: many frames.
+        let answer = ManifestResponse {
+            identity: Identity {
+                node_id: "node".into(),
+                version: "test".into(),
+            },
+            owners: true,
+            directories: vec![DirectoryInfo {
+                path: "/etc/app".into(),
+                exclude: Vec::new(),
+                present: true,
+                together: false,
+            }],
+            entries: (0..10_000)
+                .map(|i| WireEntry {
+                    path: format!("/etc/app/conf.d/{i:05}.conf"),
+                    entry: file_entry(i.to_string().as_bytes()),
+                })
+                .collect(),
+            unreadable: vec!["/etc/app/secret".into()],
+            limits: PeerLimits::default(),
+            digests: Vec::new(),
+        };
+        let whole = serde_json::to_vec(&answer).unwrap();
+        assert!(whole.len() > 4 * protocol::frames::FRAME_BYTES);
+        let response = streamed_json(answer.clone());
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[axum::http::header::CONTENT_TYPE],
+            "application/json"
+        );
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!(body.len(), whole.len());
+        assert!(body == whole, "the streamed answer differs");
+        let back: ManifestResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.entries, answer.entries);
+    }
 }

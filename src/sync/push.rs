@@ -10,7 +10,6 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tracing::debug;
 
 use super::peer::PeerTerms;
@@ -18,6 +17,7 @@ use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEven
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
 use crate::paths::is_within;
+use crate::protocol::frames::{self, Frames, FRAME_BYTES};
 use crate::protocol::{self, Action, ApplyAnswer, Content, Entry, Op, PeerLimits};
 use crate::tree::Parents;
 
@@ -272,24 +272,15 @@ impl Outgoing {
     }
 }
 
-/// Frames of a body waiting to be sent, per request.
-const FRAMES_IN_FLIGHT: usize = 4;
-/// Bytes of contents gathered into one frame of a body: a few TLS records. Every peer
-/// of a run has its frames in flight, so they are the sender's memory per peer.
-const FRAME_BYTES: usize = 64 * 1024;
-
 /// The body of a batch as a stream: the header, then each content read from disk as
 /// the request goes, by a blocking task of its own. A file that no longer matches its
 /// operation is recorded as the batch's fault and ends the stream with an error.
 fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) {
     let length = batch.body_length();
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(FRAMES_IN_FLIGHT);
+    let (tx, stream) = frames::channel();
     let (config, batch) = (config.clone(), batch.clone());
     tokio::task::spawn_blocking(move || {
-        let mut frames = Frames {
-            tx: &tx,
-            frame: Vec::with_capacity(FRAME_BYTES),
-        };
+        let mut frames = Frames::new(&tx);
         if protocol::write_batch_header(&batch.header(), batch.head_length, &mut frames).is_err() {
             // The request is gone: serialising a header cannot fail otherwise.
             return;
@@ -308,48 +299,7 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
         }
         let _ = frames.send();
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|frame| (frame, rx))
-    });
     (reqwest::Body::wrap_stream(stream), length)
-}
-
-/// The frames of a body on their way: contents gathered into frames of
-/// [`FRAME_BYTES`], so that many small files cost few hand-overs to the request.
-struct Frames<'a> {
-    tx: &'a tokio::sync::mpsc::Sender<io::Result<Bytes>>,
-    frame: Vec<u8>,
-}
-
-/// The header is written through the frames as it is serialised.
-impl io::Write for Frames<'_> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let room = FRAME_BYTES.saturating_sub(self.frame.len()).max(1);
-        let taken = bytes.len().min(room);
-        self.frame.extend_from_slice(&bytes[..taken]);
-        if self.frame.len() >= FRAME_BYTES {
-            self.flush()?;
-        }
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-            .map_err(|()| io::Error::new(io::ErrorKind::BrokenPipe, "the request is gone"))
-    }
-}
-
-impl Frames<'_> {
-    /// Sends what is gathered; `Err` when the request is gone.
-    fn send(&mut self) -> Result<(), ()> {
-        if self.frame.is_empty() {
-            return Ok(());
-        }
-        let frame = std::mem::replace(&mut self.frame, Vec::with_capacity(FRAME_BYTES));
-        self.tx
-            .blocking_send(Ok(Bytes::from(frame)))
-            .map_err(|_| ())
-    }
 }
 
 /// Adds one file's content, as planned by `op`, to the frames. `Err(None)`: the request
@@ -414,7 +364,7 @@ fn send_file(
         };
         left -= n as u64;
         if frames.frame.len() >= FRAME_BYTES {
-            frames.send().map_err(|()| None)?;
+            frames.send().map_err(|_| None)?;
         }
     }
     // Written meanwhile: what was sent may be a mix of two versions.
@@ -631,10 +581,7 @@ mod tests {
             .collect();
         let header = BatchHeader::new(ops);
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        let mut frames = Frames {
-            tx: &tx,
-            frame: Vec::new(),
-        };
+        let mut frames = Frames::new(&tx);
         let length = protocol::batch_header_length(&header);
         protocol::write_batch_header(&header, length, &mut frames).unwrap();
         frames.send().unwrap();
