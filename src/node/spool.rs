@@ -544,14 +544,14 @@ mod tests {
         let state = tmp.path().join("state");
         let held = lock(&state).unwrap();
         let releasing = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(30));
             drop(held);
         });
         let began = std::time::Instant::now();
         let taken = lock(&state);
         releasing.join().unwrap();
         assert!(taken.is_ok(), "{:?}", taken.err());
-        assert!(began.elapsed() >= std::time::Duration::from_millis(90));
+        assert!(began.elapsed() >= std::time::Duration::from_millis(20));
     }
 
     #[test]

@@ -53,6 +53,17 @@ impl<'a> Frames<'a> {
             .blocking_send(Ok(Bytes::from(frame)))
             .map_err(|_| Gone)
     }
+
+    /// Sends the last frame, making no room for another.
+    pub fn finish(mut self) -> Result<(), Gone> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let frame = std::mem::take(&mut self.frame);
+        self.tx
+            .blocking_send(Ok(Bytes::from(frame)))
+            .map_err(|_| Gone)
+    }
 }
 
 /// The body's receiver is gone: the request or the answer was dropped.

@@ -200,9 +200,17 @@ fn streamed_json(answer: ManifestResponse) -> Response {
     let (tx, stream) = protocol::frames::channel();
     tokio::task::spawn_blocking(move || {
         let mut frames = protocol::frames::Frames::new(&tx);
-        // An error here is the client gone: nothing to tell anyone.
-        if serde_json::to_writer(&mut frames, &answer).is_ok() {
-            let _ = frames.send();
+        match serde_json::to_writer(&mut frames, &answer) {
+            Ok(()) => {
+                let _ = frames.finish();
+            }
+            // The answer is cut off as failed, never ended as if whole (when the client
+            // is gone, there is no one to tell).
+            Err(e) => {
+                let _ = tx.blocking_send(Err(std::io::Error::other(format!(
+                    "cannot encode the answer: {e}"
+                ))));
+            }
         }
     });
     (

@@ -297,7 +297,7 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
                 return;
             }
         }
-        let _ = frames.send();
+        let _ = frames.finish();
     });
     (reqwest::Body::wrap_stream(stream), length)
 }
