@@ -273,9 +273,10 @@ fn lock(dir: &Path) -> anyhow::Result<OwnedFd> {
         }
         let holder = std::fs::read_to_string(&path).unwrap_or_default();
         let holder = holder.trim();
-        // Held by this process: by the spool of a daemon that has stopped (a reload, a
-        // restart in-process), being dropped on another thread between the last
-        // reference going and the lock being closed. It is released in a moment.
+        // Held by this process: by the spool of a daemon that has stopped (started again
+        // in the same process, as the tests do), being dropped on another thread between
+        // the last reference going and the lock being closed. It is released in a
+        // moment. (A reload never meets this: it shares the running daemon's spool.)
         if holder == std::process::id().to_string() && began.elapsed() < OWN_RELEASE_WAIT {
             std::thread::sleep(std::time::Duration::from_millis(5));
             continue;

@@ -49,9 +49,7 @@ impl<'a> Frames<'a> {
             return Ok(());
         }
         let frame = std::mem::replace(&mut self.frame, Vec::with_capacity(FRAME_BYTES));
-        self.tx
-            .blocking_send(Ok(Bytes::from(frame)))
-            .map_err(|_| Gone)
+        self.hand_over(frame)
     }
 
     /// Sends the last frame, making no room for another.
@@ -60,6 +58,10 @@ impl<'a> Frames<'a> {
             return Ok(());
         }
         let frame = std::mem::take(&mut self.frame);
+        self.hand_over(frame)
+    }
+
+    fn hand_over(&self, frame: Vec<u8>) -> Result<(), Gone> {
         self.tx
             .blocking_send(Ok(Bytes::from(frame)))
             .map_err(|_| Gone)
