@@ -228,7 +228,7 @@ async fn under_newest_the_later_edit_wins_a_conflict_everywhere_and_the_earlier_
     conflict_between_nodes_0_and_1(&mut group).await;
 
     // Node 1's later edit everywhere: nodes 0 and 2, which held the earlier one, each
-    // replaced it once (counted once its batch is done), and node 1 refused node 0's.
+    // replaced it once (counted once its batch is done).
     let resolved = || -> Vec<u64> {
         group
             .nodes
@@ -243,13 +243,10 @@ async fn under_newest_the_later_edit_wins_a_conflict_everywhere_and_the_earlier_
         || state(&group, FILE),
     )
     .await;
-    eventually_showing(
-        "node 0's push refused by node 1",
-        WAIT,
-        || counters(&group.nodes[1]).conflicts_refused >= 1,
-        || state(&group, FILE),
-    )
-    .await;
+    // Node 0's own push to node 1 may come first, and node 1 refuses it as the
+    // earlier edit; or node 1's may reach node 0 first, and node 0 then pushes the
+    // version it took, which node 1 already holds. Either way node 1 replaced nothing
+    // (its count above is 0, and it keeps no backup below).
     for i in [0, 2] {
         let metrics = scrape(group.nodes[i].config.metrics_address.unwrap()).await;
         assert!(
