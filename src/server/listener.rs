@@ -151,6 +151,9 @@ pub async fn serve(
             {
                 debug!(%client, error = %e, "connection ended with an error");
             }
+            // A connection ends once its client has been quiet for a while, and the code
+            // it ran (the handshake, the request, closing) is idle again.
+            crate::memory::give_back_soon();
         });
     }
     connections.shutdown().await;
