@@ -144,7 +144,8 @@ pub async fn serve(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(READ_BUFFER);
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
                 .await
@@ -158,6 +159,12 @@ pub async fn serve(
     }
     connections.shutdown().await;
 }
+
+/// The most a connection reads from its client at once. A request body's frames are
+/// slices of the buffer they were read into, and each keeps all of it until the batch
+/// has read it: at hyper's default (about 400 KiB), the frames waiting for the receiver
+/// held up to 4 MiB per request.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// A pool of handshake places, and its share per address (or network).
 struct Pool {

@@ -282,6 +282,36 @@ async fn requests_that_stall_are_dropped_after_their_timeouts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_larger_than_a_connection_reads_at_once_is_refused() {
+    // A connection reads at most 64 KiB at once (a body's frames keep the buffer they
+    // were read into), and a head that does not fit its buffer is refused: one of
+    // 300 KiB, which hyper's default buffer (about 400 KiB) took. Nothing is written.
+    let group = start(2).await;
+    let (n0, target) = (&group.nodes[0], group.nodes[1].addr);
+    let before = snapshot(group.path());
+
+    let mut large = tls_from(n0, target).await;
+    let head = format!(
+        "POST /v1/apply HTTP/1.1\r\nhost: {target}\r\nx-padding: {}\r\n\
+         content-type: application/vnd.gosyncd.batch\r\ncontent-length: 0\r\n\r\n",
+        "x".repeat(300 * 1024)
+    );
+    // The server may close before all of it is written.
+    let _ = large.write_all(head.as_bytes()).await;
+    let answer = closed_within(&mut large, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // The node still serves.
+    let mut next = tls_from(n0, target).await;
+    next.write_all(b"GET /v1/identity HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(&mut next, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(snapshot(group.path()), before, "a refused request wrote");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_beyond_max_concurrent_applies_are_answered_503_and_retryable() {
     let mut group = start(2).await;
     with_limits(
