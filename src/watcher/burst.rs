@@ -52,7 +52,7 @@ pub struct Burst {
     /// (or created).
     open: BTreeMap<PathBuf, Instant>,
     /// Files renamed away while open for writing, until the rename's other half.
-    renamed: HashMap<usize, Vec<(PathBuf, Instant)>>,
+    renamed: HashMap<u32, Vec<(PathBuf, Instant)>>,
     /// Logical paths deleted or renamed away, and not back (yet).
     vanished: BTreeSet<String>,
     /// When the last event arrived.

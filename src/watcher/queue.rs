@@ -40,15 +40,28 @@ pub enum ChangeKind {
     /// A file open for writing was closed (`IN_CLOSE_WRITE`): its content is complete.
     Closed,
     /// Renamed away (`IN_MOVED_FROM`); the number pairs it with its [`ChangeKind::MovedTo`].
-    MovedFrom(usize),
+    MovedFrom(u32),
     /// Renamed into place (`IN_MOVED_TO`): complete, as an editor's save is.
-    MovedTo(usize),
+    MovedTo(u32),
     /// Deleted.
     Removed,
     /// Mode, owner, times or extended attributes changed.
     Attributes,
     /// Anything else the backend reports.
     Other,
+}
+
+/// Whether the path's name is a gosyncd temporary name.
+fn temporary(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(crate::tree::is_temp_name)
+}
+
+/// The number pairing the two halves of a rename: inotify's cookie, 32 bits (notify
+/// widens it). Kept at 32 bits, an event waiting in the queue is 32 bytes instead of 40.
+fn cookie(event: &notify::Event) -> u32 {
+    event.tracker().map_or(0, |t| t as u32)
 }
 
 impl Change {
@@ -64,10 +77,10 @@ impl Change {
             EventKind::Modify(ModifyKind::Data(_)) => ChangeKind::Written,
             EventKind::Modify(ModifyKind::Metadata(_)) => ChangeKind::Attributes,
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
-                ChangeKind::MovedFrom(event.tracker().unwrap_or(0))
+                ChangeKind::MovedFrom(cookie(&event))
             }
             EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                ChangeKind::MovedTo(event.tracker().unwrap_or(0))
+                ChangeKind::MovedTo(cookie(&event))
             }
             // The pair of a rename, already reported as its two halves.
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return Vec::new(),
@@ -142,7 +155,15 @@ impl Queue {
         let (changes, rescan) = match result {
             // The kernel's queue overflowed, or the backend asks for a rescan.
             Ok(event) if event.need_rescan() => (Vec::new(), true),
-            Ok(event) => (Change::of(event), false),
+            Ok(event) => {
+                let mut changes = Change::of(event);
+                // A receiver's own temporary names (a file linked next to its target,
+                // then renamed over it): never in a manifest, and dropped by every
+                // consumer. Dropped here, a batch received leaves a third of the events
+                // waiting, not all of them.
+                changes.retain(|c| !temporary(&c.path));
+                (changes, false)
+            }
             Err(e) => {
                 warn!("watcher: {}", describe(&e));
                 (Vec::new(), true)
@@ -220,6 +241,14 @@ mod tests {
         Ok(notify::Event::new(kind).add_path(PathBuf::from(path)))
     }
 
+    #[test]
+    fn an_event_waiting_in_the_queue_stays_small() {
+        // Up to WATCH_QUEUE_EVENTS of them wait while the loop is busy (a receiver's
+        // watcher sees four or five per file an initial sync writes).
+        let size = std::mem::size_of::<Change>();
+        assert!(size <= 32, "{size}");
+    }
+
     fn modified(path: &str) -> notify::Result<notify::Event> {
         event(
             EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
@@ -286,6 +315,33 @@ mod tests {
             generation.current() > start,
             "a write is counted as it arrives"
         );
+    }
+
+    #[test]
+    fn a_receivers_temporary_names_are_neither_queued_nor_counted() {
+        let generation = Arc::new(Generation::default());
+        generation.watched();
+        let (queue, receiver) = Queue::new(8, generation.clone(), None);
+        let start = generation.current();
+        // A content linked next to its target under a temporary name, then renamed.
+        let temporary = format!("/r/etc/app/{}", crate::tree::temp_name());
+        queue.forward(event(EventKind::Create(CreateKind::File), &temporary));
+        let moved = |mode| EventKind::Modify(ModifyKind::Name(mode));
+        queue.forward(event(moved(RenameMode::From), &temporary));
+        assert!(receiver.take().changes.is_empty());
+        assert_eq!(generation.current(), start);
+
+        queue.forward(event(moved(RenameMode::To), "/r/etc/app/x.cfg"));
+        let taken = receiver.take();
+        assert_eq!(taken.changes.len(), 1);
+        assert_eq!(taken.changes[0].path, PathBuf::from("/r/etc/app/x.cfg"));
+        assert!(generation.current() > start);
+        // Only gosyncd's own names: an editor's temporary file is an event like any.
+        queue.forward(event(
+            EventKind::Create(CreateKind::File),
+            "/r/etc/app/.x.cfg.swp",
+        ));
+        assert_eq!(receiver.take().changes.len(), 1);
     }
 
     #[test]
