@@ -86,7 +86,7 @@ fn trim_heap() {}
 /// kernel maps a program's file 64 KiB or more around each page first read and never
 /// unmaps it, so a daemon whose start-up (reading its configuration and keys, scanning
 /// and hashing its tree, comparing with its peers) ran through most of its code keeps
-/// all of it resident while idle: at 10,000 files, 5.9 of its 13 MiB. The pages stay in
+/// all of it resident while idle: at 10,000 files, 5.8 of its 13.3 MiB. The pages stay in
 /// the page cache, shared with every other process running this program; what runs
 /// afterwards is mapped again from there as it runs (a minor fault each), so only what
 /// the daemon uses counts as its memory.
