@@ -456,8 +456,17 @@ async fn run(running: Running) {
     // Stop watching, let pushes under way finish (within a deadline), then go.
     propagation.abort();
     drift.abort();
-    if let Some(metrics) = metrics {
+    if let Some(metrics) = &metrics {
         metrics.abort();
+    }
+    // An aborted task is dropped at its next turn, not at once: awaited, the watcher (and
+    // the paths it notes), the comparison and the metrics listener are gone before this
+    // daemon is, so that one started again at once on the same state and addresses
+    // neither meets their late events nor finds the metrics address taken.
+    let _ = propagation.await;
+    let _ = drift.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
     }
     let _ = running.stopping.send(true);
     let finishing = async {
