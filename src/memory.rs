@@ -35,8 +35,9 @@ fn now_ms() -> u64 {
 }
 
 /// Gives memory back once the process has been [`QUIET`] for a while after this call:
-/// after a large piece of work, whose answer and logs still hold some of it now. Outside
-/// a runtime, at once.
+/// after a large piece of work, whose answer and logs still hold some of it now, or work
+/// that ran code the daemon does not run while idle (a connection's end). Calls close
+/// together give back once. Outside a runtime, at once.
 pub fn give_back_soon() {
     LAST_WORK_MS.store(now_ms(), Ordering::SeqCst);
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -155,8 +156,10 @@ fn program_pages() -> std::io::Result<Vec<(Mapping, Vec<u64>)>> {
     mappings
         .into_iter()
         .filter(|m| m.file == program && m.read_only_private)
-        .map(|m| Ok((pagemap_entries(&pagemap, m.start, m.end)?, m)))
-        .map(|r| r.map(|(entries, m)| (m, entries)))
+        .map(|m| {
+            let entries = pagemap_entries(&pagemap, m.start, m.end)?;
+            Ok((m, entries))
+        })
         .collect()
 }
 
