@@ -144,8 +144,8 @@ fn digest_entry(hash: &mut Sha256, path: &str, entry: &Entry, owners: bool) {
 pub struct DigestScan {
     pub digests: Vec<(String, Digest256)>,
     /// The digest of each level of those directories (see [`level_digests`]), hashed in
-    /// the same walk.
-    pub levels: Vec<(String, Digest256)>,
+    /// the same walk, with how many children the level holds.
+    pub levels: Vec<(String, Digest256, u64)>,
     pub missing: Vec<String>,
     pub unreadable: Vec<(String, String)>,
 }
@@ -212,7 +212,8 @@ fn digest_directory(
                     read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)),
                 );
                 let level = level_digest(&logical, &own, &mut children, owners);
-                out.levels.push((logical.into(), level));
+                out.levels
+                    .push((logical.into(), level, children.len() as u64));
                 let mut items = Vec::with_capacity(children.len());
                 for (name, child, entry) in children {
                     if entry.content.is_dir() {
@@ -867,8 +868,14 @@ mod tests {
             assert_eq!(walked.digests, [("/etc/app".to_string(), whole)]);
             let levels = level_digests(&scanned.entries, "/etc/app", false, |_| true);
             assert_eq!(walked.levels.len(), levels.len());
-            for (level, digest) in &walked.levels {
+            for (level, digest, children) in &walked.levels {
                 assert_eq!(levels.get(level.as_str()), Some(digest), "{level}");
+                let scanned_children = scanned
+                    .entries
+                    .keys()
+                    .filter(|p| p.as_str() != "/etc/app" && crate::paths::parent(p) == level)
+                    .count();
+                assert_eq!(*children, scanned_children as u64, "{level}");
             }
         }
     }
@@ -890,7 +897,11 @@ mod tests {
         let levels = |owners: bool| {
             let walked = scan_digests(&config, &HashCache::default(), owners);
             assert!(walked.unreadable.is_empty(), "{:?}", walked.unreadable);
-            let walked: BTreeMap<String, Digest256> = walked.levels.into_iter().collect();
+            let walked: BTreeMap<String, Digest256> = walked
+                .levels
+                .into_iter()
+                .map(|(path, digest, _)| (path, digest))
+                .collect();
             let scanned = scan(&config, &[], &HashCache::default());
             assert_eq!(
                 walked,

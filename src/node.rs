@@ -439,11 +439,22 @@ impl Node {
         }
         // Hashed while walking: the tree's manifest is never built for this.
         let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
-        let as_digests = |list: Vec<(String, crate::protocol::Digest256)>| {
-            list.into_iter()
-                .map(|(path, sha256)| DirectoryDigest { path, sha256 })
-                .collect()
-        };
+        let digests = walked
+            .digests
+            .into_iter()
+            .map(|(path, sha256)| DirectoryDigest {
+                path,
+                sha256,
+                entries: None,
+            });
+        let levels = walked
+            .levels
+            .into_iter()
+            .map(|(path, sha256, children)| DirectoryDigest {
+                path,
+                sha256,
+                entries: Some(children),
+            });
         let fresh = KeptDigests {
             generation: before.unwrap_or_default(),
             at: std::time::Instant::now(),
@@ -451,9 +462,9 @@ impl Node {
                 &walked.missing,
                 walked.unreadable,
                 Vec::new(),
-                as_digests(walked.digests),
+                digests.collect(),
             ),
-            levels: as_digests(walked.levels),
+            levels: levels.collect(),
         };
         let answered = answer(&fresh);
         if before.is_some() {
@@ -475,6 +486,7 @@ impl Node {
                     .map(|d| DirectoryDigest {
                         path: d.path.clone(),
                         sha256: manifest::digest(&scan.entries, &d.path, self.owners, |_| true),
+                        entries: None,
                     })
                     .collect();
                 (Vec::new(), digests)

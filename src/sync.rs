@@ -9,10 +9,11 @@
 //!
 //! This file holds the [`Engine`]: building it, a run over every peer, and the watcher's
 //! pushes. The rest is in child modules: `report` (a run's options and what it reports),
-//! `progress` (what a run tells as it goes), `peer` (one peer's part of a run), `push`
-//! (sending operations in batches) and `self_detect` (a remote that resolves to this
-//! node).
+//! `progress` (what a run tells as it goes), `peer` (one peer's part of a run), `beside`
+//! (where a peer differs, from the levels of this node's daemon), `push` (sending
+//! operations in batches) and `self_detect` (a remote that resolves to this node).
 
+mod beside;
 mod peer;
 mod progress;
 mod push;
@@ -585,12 +586,13 @@ async fn one_peer(
     };
     if let (true, Ok(digests)) = (whole, &manifest) {
         if self_id.as_deref() != Some(digests.identity.node_id.as_str()) {
-            if local
-                .digests
-                .as_ref()
-                .is_some_and(|ours| digests_agree(config, ours, digests))
-            {
-                return empty();
+            if let Some(ours) = local.digests.as_ref() {
+                if digests_agree(config, ours, digests) {
+                    return empty();
+                }
+                if let Some(narrowed) = local.narrow(config, &link.peer, digests, &options).await {
+                    return beside_daemon(config, link, claim, narrowed, self_id, &options).await;
+                }
             }
             let local = local.get().await;
             let mut differing = directories_differing(config, local.scan(), digests);
@@ -638,6 +640,81 @@ async fn one_peer(
     };
     sync_peer(
         config, &link.peer, manifest, local, self_id, &options, listed,
+    )
+    .await
+}
+
+/// One peer's part of a run beside this node's daemon, the levels where the trees
+/// differ being `narrowed`: those levels are listed by both, and compared. Should this
+/// node's daemon not answer, its whole tree is read instead.
+async fn beside_daemon(
+    config: &Arc<Config>,
+    link: &PeerLink,
+    claim: Arc<LazyLocal>,
+    narrowed: beside::Narrowed,
+    self_id: Option<String>,
+    options: &Options,
+) -> PeerReport {
+    let beside::Narrowed {
+        whole,
+        shallow,
+        held,
+    } = narrowed;
+    if whole.is_empty() && shallow.is_empty() {
+        return PeerReport {
+            peer: link.label().to_string(),
+            ..PeerReport::default()
+        };
+    }
+    debug!(
+        ?whole,
+        levels = shallow.len(),
+        "digests differ: listing where"
+    );
+    let listed = Region {
+        scope: &whole,
+        shallow: &shallow,
+    };
+    let own = claim.source.own.as_ref().zip(self_id.as_deref());
+    let (manifest, ours) = match own {
+        Some((own, id)) => {
+            let (manifest, ours) = tokio::join!(link.peer.listing(listed), own.listing(listed));
+            (manifest, serving_this_node(config, id, ours))
+        }
+        None => (link.peer.listing(listed).await, None),
+    };
+    let state = match (ours, &manifest) {
+        // Reported without this node's tree.
+        (_, Err(_)) => Arc::new(LocalState::new(Scan::default())),
+        (Some(mut ours), Ok(theirs)) => {
+            debug!("this node's levels that differ, as its daemon knows them");
+            // What the peer holds outside what was listed, for the mass-delete guard.
+            let outside = held
+                .into_iter()
+                .map(|(dir, n)| {
+                    let listed = theirs
+                        .entries
+                        .iter()
+                        .filter(|w| w.path != dir && is_within(&w.path, &dir))
+                        .count();
+                    (dir, (n as usize).saturating_sub(listed))
+                })
+                .collect();
+            let scan = Scan {
+                missing: missing_directories(&ours),
+                entries: ours.take_entries(),
+                unreadable: Vec::new(),
+            };
+            Arc::new(LocalState::listed(scan, outside))
+        }
+        (None, Ok(_)) => claim.get().await,
+    };
+    let local = ToPlan {
+        state,
+        _claim: claim,
+    };
+    sync_peer(
+        config, &link.peer, manifest, local, self_id, options, listed,
     )
     .await
 }
@@ -701,6 +778,29 @@ impl LazyLocal {
     fn finish(&self, mut scan: Scan) -> Arc<LocalState> {
         scan.unreadable.extend(self.refused.iter().cloned());
         Arc::new(LocalState::new(scan))
+    }
+
+    /// Where the peer's tree differs from this node's, by levels, when this node's
+    /// daemon keeps its digests (`self.digests`, which differ from the peer's,
+    /// `theirs`) and both can answer levels that tell (see [`beside::narrow`]).
+    async fn narrow(
+        &self,
+        config: &Config,
+        peer: &Peer,
+        theirs: &ManifestResponse,
+        options: &Options,
+    ) -> Option<beside::Narrowed> {
+        let (ours, own, id) = (
+            self.digests.as_ref()?,
+            self.source.own.as_ref()?,
+            self.source.self_id.as_deref()?,
+        );
+        // A directory this node's own validation refused is left alone: the whole tree
+        // knows which.
+        if options.list_whole || !self.refused.is_empty() {
+            return None;
+        }
+        beside::narrow(config, peer, own, id, ours, theirs, &options.scope).await
     }
 
     async fn get(&self) -> Arc<LocalState> {

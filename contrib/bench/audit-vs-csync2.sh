@@ -24,18 +24,23 @@
 #   (c) no-change sync                 gosyncd sync           | csync2 -x
 #   (b2) (b), node 1's daemon running  gosyncd sync -dry      | (csync2's (b), not run again)
 #   (c2) (c), node 1's daemon running  gosyncd sync           | (csync2's (c), not run again)
+#   (d2) one file changed, sync all,   gosyncd sync           | (csync2's (d))
+#        node 1's daemon running
 #   (d) one file changed, sync all     gosyncd sync           | csync2 -x
 #   (e) one file changed, that path    gosyncd sync PATH      | csync2 -c FILE, then csync2 -u
 # In (b) and (c), node 1 runs no gosyncd daemon: `gosyncd sync` hashes node 1's tree
-# itself. For (b2) and (c2), node 1's daemon (the same config) runs: started after (c),
+# itself. For (b2), (c2) and (d2), node 1's daemon runs (the same config, with a
+# debounce of 60 s, so that its watcher holds (d2)'s edits while the timed sync pushes
+# them; node1-daemon.hcl, which those runs use too): started after (c),
 # with the group in sync (its first comparison must find no drift with any peer), it
 # gives `gosyncd sync` node 1's digests (kept while its tree does not change) and, where
 # they differ, its tree from its hash cache (checked with an untimed debug run before
-# and after); it is stopped before (d): its watcher would push the edits of
-# (d) and (e) before the timed sync. The parts of (b) and (e) for csync2 are shown for
-# reference. It also reports the peak RSS of each client run (/usr/bin/time) and the
+# and after); in (d2), where node 1's digests differ from the peers', its levels and
+# then its listing of the level that differs (checked with an untimed debug run). It
+# is stopped before (d): its watcher would push the edits of (d) and (e) later on.
+# The parts of (b) and (e) for csync2 are shown for reference. It also reports the peak RSS of each client run (/usr/bin/time) and the
 # resident memory of the idle daemons of both tools (VmRSS: node 1's gosyncd daemon
-# after (c2), the peers' after the runs). Every real sync is
+# after (d2), the peers' after the runs). Every real sync is
 # verified: each peer's tree must match the source (paths, types, modes, owners, sizes,
 # SHA-256 of contents), and csync2 must have nothing left dirty; the script fails
 # loudly otherwise. Last, untimed, it rewrites a file on one csync2 peer alone and says
@@ -120,6 +125,7 @@ cport=$("${helper[@]}" freeport 30865 127.0.0.2 "${peers[@]}")
 
 remotes=("127.0.0.2:$gport" "127.0.0.3:$gport" "127.0.0.4:$gport" "127.0.0.5:$gport")
 write_config "$work/node1.hcl" "127.0.0.2:$gport" "$work/node1" "" "${remotes[@]}"
+write_config "$work/node1-daemon.hcl" "127.0.0.2:$gport" "$work/node1" 60s "${remotes[@]}"
 for i in 1 2 3; do
     write_config "$work/peer$i.hcl" "${peers[i - 1]}:$gport" "$work/peer$i" "" "${remotes[@]}"
 done
@@ -345,7 +351,7 @@ wait_converged() {
 # tree itself, and (b2) and (c2) would measure (b) and (c) again).
 own_manifest() {
     local out="$logs/gosyncd-own-manifest-$1" status=0
-    "$bin" -config "$work/node1.hcl" -d sync -dry --exit-code >"$out.out" 2>"$out.err" ||
+    "$bin" -config "$work/node1-daemon.hcl" -d sync -dry --exit-code >"$out.out" 2>"$out.err" ||
         status=$?
     [ "$status" -eq 0 ] || fail_run gosyncd "-d sync -dry --exit-code ($1)" "$status" "$out"
     grep -qE "this node's (digests as its daemon keeps them|tree as its daemon knows it)" \
@@ -356,7 +362,7 @@ own_manifest() {
 }
 
 log "starting node 1's gosyncd daemon on 127.0.0.2:$gport for (b2) and (c2)"
-"$bin" -config "$work/node1.hcl" >"$logs/node1.log" 2>&1 &
+"$bin" -config "$work/node1-daemon.hcl" >"$logs/node1.log" 2>&1 &
 node1_pid=$!
 wait_listening 127.0.0.2 "$gport" "$node1_pid" "$logs/node1.log"
 wait_converged
@@ -365,19 +371,40 @@ log "  converged; sync takes node 1's tree from its daemon"
 
 log "(b2) no-change audit, node 1's daemon running, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
-    gosyncd_run nochange-daemon "$run" "$work/node1.hcl" sync -dry --exit-code
+    gosyncd_run nochange-daemon "$run" "$work/node1-daemon.hcl" sync -dry --exit-code
     log "  run $run: gosyncd $(last gosyncd-nochange-daemon)s"
 done
 
 log "(c2) no-change sync, node 1's daemon running, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
-    gosyncd_run nochangesync-daemon "$run" "$work/node1.hcl" sync
+    gosyncd_run nochangesync-daemon "$run" "$work/node1-daemon.hcl" sync
     n=$(changes "$logs/gosyncd-nochangesync-daemon-$run.out")
     [ "$n" = 0 ] || die "gosyncd reported $n changes with nothing changed"
     verify "gosyncd no-change sync, node 1's daemon running (run $run)" "${gosyncd_dirs[@]}"
     log "  run $run: gosyncd $(last gosyncd-nochangesync-daemon)s"
 done
 own_manifest after
+
+# (d2): an untimed debug dry run first must say that node 1's daemon listed the level
+# that differs (else it listed node 1's whole tree, and (d2) would measure that).
+"${helper[@]}" edit "$src/$target" 1001
+out="$logs/gosyncd-own-levels"
+"$bin" -config "$work/node1-daemon.hcl" -d sync -dry >"$out.out" 2>"$out.err" ||
+    fail_run gosyncd "-d sync -dry (levels)" "$?" "$out"
+grep -q "this node's levels that differ, as its daemon knows them" "$out.err" || {
+    grep -E "levels cannot tell|tree as its daemon knows it" "$out.err" | tail -n 3 >&2
+    die "gosyncd sync did not take the level that differs from node 1's daemon"
+}
+log "(d2) one file changed ($target), sync all, node 1's daemon running, $RUNS runs"
+for ((run = 1; run <= RUNS; run++)); do
+    # The debug run's edit is pushed by the first run, with this one.
+    [ "$run" = 1 ] || "${helper[@]}" edit "$src/$target" $((1001 + run))
+    gosyncd_run onefile-daemon "$run" "$work/node1-daemon.hcl" sync
+    n=$(grep -c '\[M\]' "$logs/gosyncd-onefile-daemon-$run.out" || true)
+    [ "$n" = 3 ] || die "gosyncd reported $n updates for one file on 3 peers"
+    verify "gosyncd one-file sync, node 1's daemon running (run $run)" "${gosyncd_dirs[@]}"
+    log "  run $run: gosyncd $(last gosyncd-onefile-daemon)s"
+done
 
 # Node 1's daemon idle, once nothing has happened for 2 s; then stopped (before (d)).
 sleep 2
@@ -450,7 +477,7 @@ echo
 "${helper[@]}" table-csync2 "$res"
 echo
 echo "gosyncd peer daemon warnings logged (per daemon): $warnings"
-echo "gosyncd node 1 daemon warnings logged (it ran for (b2) and (c2)): $node1_warnings"
+echo "gosyncd node 1 daemon warnings logged (it ran for (b2), (c2) and (d2)): $node1_warnings"
 echo "csync2 daemon lines with 'error' (per daemon): $cerrors"
 echo "a file changed on csync2's peer 127.0.0.3 behind its back, then node 1's -cr / and -T: $drift"
 echo "load average (1/5/15 min) before the runs: $load_start; after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -256,6 +256,7 @@ def table_csync2(results):
         ("(c) no-change sync", "nochangesync", "nochangesync"),
         ("(c2) no-change sync, node 1's daemon running", "nochangesync-daemon", "nochangesync"),
         ("(d) one file changed, sync all", "onefile", "onefile"),
+        ("(d2) (d), node 1's daemon running", "onefile-daemon", "onefile"),
         ("(e) one file changed, sync its path", "onepath", "onepath"),
     ]
     for label, gkey, ckey in rows:
@@ -272,6 +273,8 @@ def table_csync2(results):
     print("      takes node 1's tree from it; in (b) and (c) none runs there); csync2: its runs")
     print("      of (b) and (c), not repeated")
     print("  (d) gosyncd sync                     | csync2 -x")
+    print("  (d2) gosyncd as in (d), with node 1's daemon running (its watcher holding the edit:")
+    print("      a 60 s debounce); csync2: its runs of (d)")
     print("  (e) gosyncd sync /etc/bench/FILE     | csync2 -c FILE (checkfile), then csync2 -u"
           " (update)")
     print()
@@ -289,7 +292,7 @@ def table_csync2(results):
         print(f"  {label:<58} {fmt(v, 'med'):>7} / {fmt(v, 'min')}")
     print()
     print("memory (maximum resident set size of each client run, over the runs; daemons:")
-    print("VmRSS once idle, node 1's after (c2), the peers' after the runs, the largest of")
+    print("VmRSS once idle, node 1's after (d2), the peers' after the runs, the largest of")
     print("the three):")
     for label, key in [
         ("gosyncd sync client, (b) audit", "rss-gosyncd-nochange"),
@@ -297,11 +300,13 @@ def table_csync2(results):
          "rss-gosyncd-nochange-daemon"),
         ("csync2 client, (b) -cr / and -T", "rss-csync2-check rss-csync2-test"),
         ("gosyncd sync client, (d) one file", "rss-gosyncd-onefile"),
+        ("gosyncd sync client, (d2) one file, node 1's daemon running",
+         "rss-gosyncd-onefile-daemon"),
         ("csync2 client, (d) -x", "rss-csync2-onefile"),
         ("gosyncd sync client, initial sync", "rss-gosyncd-initial"),
         ("csync2 client, initial -x", "rss-csync2-initial"),
-        ("gosyncd node 1 daemon, idle after (c2)", "rss-gosyncd-node1-idle"),
-        ("gosyncd node 1 daemon, peak (VmHWM) after (c2)", "rss-gosyncd-node1-hwm"),
+        ("gosyncd node 1 daemon, idle after (d2)", "rss-gosyncd-node1-idle"),
+        ("gosyncd node 1 daemon, peak (VmHWM) after (d2)", "rss-gosyncd-node1-hwm"),
         ("gosyncd peer daemon, idle", "rss-gosyncd-idle"),
         ("gosyncd peer daemon, peak (VmHWM)", "rss-gosyncd-hwm"),
         ("csync2 daemon (-ii), idle", "rss-csync2-idle"),

@@ -33,6 +33,12 @@ pub struct ManifestRequest {
 pub struct DirectoryDigest {
     pub path: String,
     pub sha256: super::Digest256,
+    /// In an answer of levels: how many entries the level holds besides the
+    /// directory's own (its children). Their sum over a configured directory's levels
+    /// is how many entries it holds, which a sender comparing levels counts for the
+    /// mass-delete guard without listing them. Absent elsewhere, and from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
 }
 
 /// A configured directory as the receiver sees it.

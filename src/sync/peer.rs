@@ -90,6 +90,10 @@ impl PeerTerms {
 /// The local scan, shared by all peers of a run, and the plans made for them.
 pub(super) struct LocalState {
     scan: Scan,
+    /// Per configured directory, how many entries of the peer's lie outside what was
+    /// listed, when `scan` holds only what was listed (see [`LocalState::listed`]).
+    /// Otherwise empty: those of this node's entries that lie outside are counted.
+    outside: Vec<(String, usize)>,
     /// Each plan made so far: peers whose plans are the same (an initial sync to empty
     /// peers) share one, not a copy each. Held weakly: a plan goes once every push of
     /// it is done.
@@ -100,7 +104,18 @@ impl LocalState {
     pub(super) fn new(scan: Scan) -> LocalState {
         LocalState {
             scan,
+            outside: Vec::new(),
             plans: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The state of this node's tree as far as one peer's run lists it (`scan` holds
+    /// those entries only), for which the peer holds `outside` entries per configured
+    /// directory outside what was listed: what the mass-delete guard counts there.
+    pub(super) fn listed(scan: Scan, outside: Vec<(String, usize)>) -> LocalState {
+        LocalState {
+            outside,
+            ..LocalState::new(scan)
         }
     }
 
@@ -415,6 +430,12 @@ fn views<'a>(
             Err(_) => {}
         }
     }
+    for (dir, n) in &local.outside {
+        match unlisted.iter_mut().find(|(d, _)| d == dir) {
+            Some((_, held)) => *held += n,
+            None => unlisted.push((dir, *n)),
+        }
+    }
     let ours = match taken == local.scan.entries.len() {
         true => Ours::Whole(&local.scan.entries),
         // Collected from the sorted entries, so that the map is built at once, its
@@ -648,6 +669,7 @@ mod tests {
                 .map(|bytes| DirectoryDigest {
                     path: "/etc/app".into(),
                     sha256: Digest256::of(bytes),
+                    entries: None,
                 })
                 .into_iter()
                 .collect(),

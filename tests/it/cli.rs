@@ -419,7 +419,7 @@ async fn gosyncd_debug(args: Vec<std::ffi::OsString>) -> (Option<i32>, String, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_takes_this_nodes_tree_from_its_daemon_when_it_serves_the_same_directories() {
-    let group = start_with(spec(2)).await;
+    let mut group = start_with(spec(2)).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     write(n0, "/etc/app/a.conf", "a\n");
     write(n0, "/etc/app/notes.txt", "n\n");
@@ -433,12 +433,13 @@ async fn a_sync_takes_this_nodes_tree_from_its_daemon_when_it_serves_the_same_di
     };
     let added = |path: &str| format!("[+] {} {path} added", n1.addr);
 
-    // Node 0's daemon serves the directory the command syncs: its manifest is used.
+    // Node 0's daemon serves the directory the command syncs: its levels, and its
+    // listing of the levels that differ from the peer's, are used.
     let (code, stdout, stderr) =
         gosyncd_debug(config_args(&n0.config_path, &["sync", "-dry"])).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stderr.contains("this node's tree as its daemon knows it"),
+        stderr.contains("this node's levels that differ, as its daemon knows them"),
         "{stderr}"
     );
     assert_eq!(
@@ -459,6 +460,29 @@ async fn a_sync_takes_this_nodes_tree_from_its_daemon_when_it_serves_the_same_di
     );
     assert_eq!(changes(&stdout), [added("/etc/app/a.conf")]);
     assert!(!exists(n1, "/etc/app/notes.txt"));
+
+    // A peer excluding other names than node 0's daemon: their levels cannot be
+    // compared as they are, and node 0's whole tree is taken from its daemon. The
+    // peer's excludes still hold: notes.txt is not sent, so nothing is to be done.
+    let excluding = config_variant(&group, 1, "node2-excluding.hcl", |text| {
+        text.replace("exclude = []", "exclude = [\"*.txt\"]")
+    });
+    group.nodes[1].config =
+        std::sync::Arc::new(gosyncd::config::Config::from_file(&excluding).unwrap());
+    group.restart(1).await.unwrap();
+    let n0 = &group.nodes[0];
+    let (code, stdout, stderr) =
+        gosyncd_debug(config_args(&n0.config_path, &["sync", "-dry"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("this node's tree as its daemon knows it"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("this node's levels that differ"),
+        "{stderr}"
+    );
+    assert_eq!(changes(&stdout), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -543,6 +567,26 @@ async fn an_audit_of_a_deep_tree_with_one_file_changed_lists_only_its_level() {
         stderr.contains("digests differ: listing where whole=[] levels=1"),
         "{stderr}"
     );
+    // Node 0's daemon answered its levels too, and listed the one level that differs:
+    // not its whole tree.
+    assert!(
+        stderr.contains("this node's levels that differ, as its daemon knows them"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("this node's tree as its daemon knows it"),
+        "{stderr}"
+    );
+
+    // The real sync pushes that one file, and the group agrees again.
+    let (code, stdout, stderr) = gosyncd_debug(config_args(&n0.config_path, &["sync"])).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("[M] {} /etc/app/a/b/c/1.conf updated", n1.addr)),
+        "{stdout}"
+    );
+    assert!(holds(n1, "/etc/app/a/b/c/1.conf", "changed\n"));
+    audit_finds_nothing(&n0.config_path).await;
 }
 
 /// Runs `sync -dry` at debug level with `config`, checks that it succeeds and finds

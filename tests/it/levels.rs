@@ -210,6 +210,16 @@ async fn a_run_comparing_levels_answers_what_a_run_listing_the_whole_directory_a
             n1,
         );
         assert_eq!(named, whole, "seed {seed}, round {round}, named");
+        // A command beside node 0's daemon compares the daemon's levels with the
+        // peer's, and lists only those that differ, on both sides.
+        let beside = gosyncd::sync::engine_for_cli(n0.config.clone())
+            .await
+            .expect("engine beside the daemon");
+        let beside = told(&run(&beside, &[], true).await, n1);
+        assert_eq!(
+            beside, whole,
+            "seed {seed}, round {round}, beside the daemon"
+        );
         if !by_levels.0.is_empty() {
             differing_runs += 1;
         }
