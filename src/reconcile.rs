@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{Config, Role};
 use crate::manifest;
-use crate::paths::is_within;
+use crate::paths::{is_within, LogicalPath};
 use crate::protocol::ManifestResponse;
 
 use crate::node::{Node, Outbox, PeerRecord};
@@ -347,7 +347,7 @@ fn sort(
     compared: &[String],
     before: &Before,
 ) -> BTreeSet<String> {
-    let differing: BTreeSet<&str> = peer.changes.iter().map(|c| c.path.as_str()).collect();
+    let differing: BTreeSet<LogicalPath> = peer.changes.iter().map(|c| c.path).collect();
     outbox.forget_held_before(before.mark, |path| {
         compared.iter().any(|dir| is_within(path, dir)) && !differing.contains(path)
     });
@@ -399,7 +399,8 @@ mod tests {
             changes: vec![Change {
                 path: path.into(),
                 status: ChangeStatus::Rejected("validation failed".into()),
-            }],
+            }]
+            .into(),
             peer_holds: vec![(path.into(), Some(file_entry(b"v1")))],
             ..PeerReport::default()
         };

@@ -14,6 +14,7 @@
 //! operations in batches) and `self_detect` (a remote that resolves to this node).
 
 mod beside;
+mod changes;
 mod peer;
 mod progress;
 mod push;
@@ -29,6 +30,7 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+pub use self::changes::Changes;
 pub use self::peer::PeerLink;
 pub(crate) use self::peer::{digests_agree, directories_differing};
 use self::peer::{
@@ -521,12 +523,10 @@ impl Engine {
             return;
         };
         for (dir, excluded) in kept_directories(&self.config, &listing, &failed) {
-            for change in report.changes.iter_mut().filter(|c| c.path == dir) {
-                change.status = ChangeStatus::Kept(
-                    format!("directory kept: it holds paths excluded on this node: {excluded}")
-                        .into(),
-                );
-            }
+            let kept = format!("directory kept: it holds paths excluded on this node: {excluded}");
+            report
+                .changes
+                .restate(&dir, &ChangeStatus::Kept(kept.into()));
         }
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::manifest::Manifest;
-use crate::paths::is_within;
+use crate::paths::{is_within, LogicalPath};
 use crate::protocol::{Entry, HeldKind, Op};
 use crate::sync::{ChangeStatus, PeerReport};
 
@@ -468,13 +468,11 @@ impl Outbox {
         // By path, once: a catch-up push can carry many thousands.
         let changed_locally: std::collections::HashSet<&str> =
             report.changed_locally.iter().map(String::as_str).collect();
-        let mut not_done: std::collections::HashMap<&str, &ChangeStatus> = Default::default();
+        let mut not_done: std::collections::HashMap<LogicalPath, ChangeStatus> = Default::default();
         for change in &report.changes {
             if !matches!(change.status, ChangeStatus::Done(_)) {
                 // A type change is two operations on one path: the first not done decides.
-                not_done
-                    .entry(change.path.as_str())
-                    .or_insert(&change.status);
+                not_done.entry(change.path).or_insert(change.status);
             }
         }
         let maybe_applied: std::collections::HashSet<&str> =
@@ -862,7 +860,8 @@ mod tests {
             changes: vec![crate::sync::Change {
                 path: path.into(),
                 status,
-            }],
+            }]
+            .into(),
             peer_holds: vec![(path.into(), holds)],
             ..PeerReport::default()
         }

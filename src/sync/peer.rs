@@ -182,10 +182,7 @@ pub(super) async fn sync_peer(
         report.diffs = crate::diff::diffs(config, peer, &ops).await;
     }
     if options.dry_run || ops.is_empty() {
-        report.changes.extend(ops.iter().map(|op| Change {
-            path: op.path.clone(),
-            status: ChangeStatus::Done(op.change()),
-        }));
+        report.changes.push_plan(&ops);
         return report;
     }
     push(config, peer, ops, &terms, &options.progress, &mut report).await;

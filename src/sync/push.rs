@@ -100,8 +100,6 @@ pub(super) async fn push(
         operations: ops.len(),
         bytes: content_bytes(ops.iter()),
     });
-    // One change per operation, beside what the report held before the push.
-    let changes_at_end = report.changes.len() + ops.len();
     for mut indices in split_batches(config, &ops, terms) {
         // Whether a try of this batch may have been applied without its answer arriving.
         let mut maybe_applied = false;
@@ -169,22 +167,20 @@ pub(super) async fn push(
                 peer: label.clone(),
                 report: action,
             }));
-        // Reserved at once for the whole push: its changes are the largest thing a push
-        // keeps, and a vector growing batch by batch would hold up to twice their room.
-        // Not before the first answer: until then, this node's tree may still be held
-        // for the peers still planning (at 100,000 paths, 9 MiB less at the peak of an
-        // initial sync to three peers).
-        report
-            .changes
-            .reserve_exact(changes_at_end.saturating_sub(report.changes.len()));
-        for (op, result) in batch.ops().zip(response.results) {
+        // What was done as planned is kept as its place in the plan, which the report
+        // then holds (see `Changes`).
+        for (&index, result) in batch.indices.iter().zip(response.results) {
+            let op = &ops[index];
             if let Some(found) = result.found {
                 report.peer_holds.push((op.path.to_string(), found.entry));
             }
-            report.changes.push(Change {
-                path: op.path.clone(),
-                status: ChangeStatus::of(result.outcome, op.change()),
-            });
+            match ChangeStatus::of(result.outcome, op.change()) {
+                ChangeStatus::Done(_) => report.changes.push_done(&ops, index),
+                status => report.changes.push(Change {
+                    path: op.path.clone(),
+                    status,
+                }),
+            }
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::Progress;
+use super::{Changes, Progress};
 use crate::paths::LogicalPath;
 use crate::protocol::{ActionReport, ChangeKind, Entry, Outcome};
 
@@ -94,9 +94,8 @@ impl ChangeStatus {
     }
 }
 
-/// Why a change was not made: one pointer. A push keeps a [`Change`] per path and peer,
-/// nearly all of them done; a reason held inline would make each 48 bytes instead of 32
-/// (at 100,000 paths pushed to three peers, 4.8 MB).
+/// Why a change was not made: one pointer, so that a [`Change`] is 32 bytes rather than
+/// 48 (a watcher's burst, or a push refused whole, keeps one per path).
 #[derive(Clone, PartialEq, Eq)]
 #[allow(clippy::box_collection)]
 pub struct Reason(Box<String>);
@@ -134,8 +133,8 @@ impl fmt::Debug for Reason {
 }
 
 /// What happened to one path on the peer of the [`PeerReport`] holding it: one line of
-/// output ([`Change::line`]). The peer is the report's, not repeated per change: a large
-/// push keeps one of these per path and peer.
+/// output ([`Change::line`]). The peer is the report's, not repeated per change. A
+/// report keeps the changes done as planned more compactly (see [`Changes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// Shared with the operation it reports, and with the other peers' records of it.
@@ -145,7 +144,12 @@ pub struct Change {
 
 impl Change {
     /// The line telling this change on `peer`.
-    pub fn line<'a>(&'a self, peer: &'a str) -> Line<'a> {
+    pub fn line<'a>(&self, peer: &'a str) -> Line<'a> {
+        self.clone().into_line(peer)
+    }
+
+    /// The line telling this change on `peer`.
+    pub fn into_line(self, peer: &str) -> Line<'_> {
         Line { peer, change: self }
     }
 }
@@ -153,7 +157,7 @@ impl Change {
 /// A change with its peer, displayed as the original tool's line.
 pub struct Line<'a> {
     peer: &'a str,
-    change: &'a Change,
+    change: Change,
 }
 
 impl fmt::Display for Line<'_> {
@@ -219,7 +223,7 @@ impl fmt::Display for ActionLine {
 pub struct PeerReport {
     pub peer: String,
     /// One per path the run changed or would change (or failed to) on this peer.
-    pub changes: Vec<Change>,
+    pub changes: Changes,
     /// The peer could not be synchronised (unreachable, refused the request, ...).
     pub error: Option<String>,
     /// The error was the peer refusing the request (sending it again is useless), not
@@ -248,7 +252,9 @@ pub struct PeerReport {
 impl PeerReport {
     /// The lines telling each change, in order.
     pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
-        self.changes.iter().map(|change| change.line(&self.peer))
+        self.changes
+            .iter()
+            .map(|change| change.into_line(&self.peer))
     }
 
     pub fn failed(&self) -> bool {
@@ -296,7 +302,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_change_stays_small_as_a_push_keeps_one_per_path_and_peer() {
+    fn a_change_stays_small_and_tells_its_line() {
         assert!(std::mem::size_of::<Change>() <= 32);
         let refused = ChangeStatus::Refused("a link in the way".into());
         assert_eq!(refused.reason(), Some("a link in the way"));
