@@ -105,16 +105,17 @@ impl Excludes {
     }
 
     /// Whether `path` or any of its ancestors below `dir` is excluded.
+    /// The caller has checked [`is_within`] (`path` and `dir` normalised).
     pub fn excludes_any_component(&self, dir: &str, path: &str) -> bool {
-        let mut current = dir.to_string();
-        for component in paths::components_below(path, dir) {
-            current.push('/');
-            current.push_str(component);
-            if self.is_excluded(&current) {
-                return true;
-            }
-        }
-        false
+        // Each ancestor below `dir`, and `path` itself, is a prefix of `path`: checked
+        // in place, without building it (this runs for every path of both trees).
+        let start = dir.len();
+        path[start..]
+            .match_indices('/')
+            .map(|(i, _)| start + i)
+            .chain(std::iter::once(path.len()))
+            .filter(|&end| end > start)
+            .any(|end| self.is_excluded(&path[..end]))
     }
 }
 
@@ -141,6 +142,15 @@ mod tests {
         assert!(!ex.is_excluded("/etc/x/swp"));
         assert!(ex.excludes_any_component("/etc/x", "/etc/x/dir~/inner.cfg"));
         assert!(!ex.excludes_any_component("/etc/x", "/etc/x/dir/inner.cfg"));
+        assert!(ex.excludes_any_component("/etc/x", "/etc/x/a/b/.#c/d/e.cfg"));
+        assert!(ex.excludes_any_component("/etc/x", "/etc/x/a/b/c.swp"));
+        assert!(!ex.excludes_any_component("/etc/x", "/etc/x"));
+        // An absolute entry excludes what is below it, and only that.
+        let ex = Excludes::new("/etc/x", &["/etc/x/a/private".into()]).unwrap();
+        assert!(ex.excludes_any_component("/etc/x", "/etc/x/a/private/key"));
+        assert!(ex.excludes_any_component("/etc/x", "/etc/x/a/private"));
+        assert!(!ex.excludes_any_component("/etc/x", "/etc/x/a/private2/key"));
+        assert!(!ex.excludes_any_component("/etc/x", "/etc/x/a"));
         assert!(Excludes::new("/etc/x", &["a/b".into()]).is_err());
     }
 }
