@@ -395,10 +395,13 @@ grep -q "this node's levels that differ, as its daemon knows them" "$out.err" ||
     grep -E "levels cannot tell|tree as its daemon knows it" "$out.err" | tail -n 3 >&2
     die "gosyncd sync did not take the level that differs from node 1's daemon"
 }
+# Its edit pushed, untimed: each timed run below follows an edit of its own, so that
+# node 1's daemon walks its tree again for each.
+"$bin" -config "$work/node1-daemon.hcl" sync >"$out.out" 2>"$out.err" ||
+    fail_run gosyncd "sync (levels)" "$?" "$out"
 log "(d2) one file changed ($target), sync all, node 1's daemon running, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
-    # The debug run's edit is pushed by the first run, with this one.
-    [ "$run" = 1 ] || "${helper[@]}" edit "$src/$target" $((1001 + run))
+    "${helper[@]}" edit "$src/$target" $((1001 + run))
     gosyncd_run onefile-daemon "$run" "$work/node1-daemon.hcl" sync
     n=$(grep -c '\[M\]' "$logs/gosyncd-onefile-daemon-$run.out" || true)
     [ "$n" = 3 ] || die "gosyncd reported $n updates for one file on 3 peers"
