@@ -275,12 +275,17 @@ impl Burst {
 /// anonymous file (`O_TMPFILE`, which a receiver writes what it receives into) under
 /// `#` and its inode number, a name nothing can be found at.
 pub(super) fn unnamed_file(local: &std::path::Path) -> bool {
-    let pseudo = local
+    pseudo_name(local) && std::fs::symlink_metadata(local).is_err()
+}
+
+/// Whether the name of `local` is one the kernel gives an anonymous file: `#` and
+/// digits (a file may be named so too).
+pub(super) fn pseudo_name(local: &std::path::Path) -> bool {
+    local
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix('#'))
-        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()));
-    pseudo && std::fs::symlink_metadata(local).is_err()
+        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -127,9 +127,39 @@ pub struct Queue {
     generation: Arc<Generation>,
     /// Where each event's path goes at once, to be spooled before its burst ends.
     touch: Option<TouchHandle>,
+    /// The last path named as an anonymous file is (see [`Queue::anonymous`]), and
+    /// whether nothing was at it.
+    last_pseudo: Arc<Mutex<Option<(PathBuf, bool)>>>,
 }
 
 impl Queue {
+    /// Whether `change` is about an anonymous file (`O_TMPFILE`, which a receiver
+    /// writes each content it receives into): the kernel names it `#` and its inode
+    /// number, a name nothing is at ([`super::burst::unnamed_file`]). A file received
+    /// makes several such events in a row: the name is looked up for the first of them
+    /// only. The answer holds until an event that may make a path appear (a name
+    /// created or moved in, anywhere); such an event is looked up again.
+    fn anonymous(&self, change: &Change) -> bool {
+        let mut last = self.last_pseudo.lock().expect("pseudo name lock");
+        if matches!(
+            change.kind,
+            ChangeKind::Created | ChangeKind::CreatedDirectory | ChangeKind::MovedTo(_)
+        ) {
+            *last = None;
+        }
+        if !super::burst::pseudo_name(&change.path) {
+            return false;
+        }
+        if let Some((path, unnamed)) = last.as_ref() {
+            if *path == change.path {
+                return *unnamed;
+            }
+        }
+        let unnamed = std::fs::symlink_metadata(&change.path).is_err();
+        *last = Some((change.path.clone(), unnamed));
+        unnamed
+    }
+
     /// A queue of `capacity` events, and the receiving end for [`propagate`](super::propagate);
     /// `generation` counts the events that may change the tree; `touch`, if any, is
     /// handed every event's path as it arrives.
@@ -145,6 +175,7 @@ impl Queue {
                 capacity,
                 generation,
                 touch,
+                last_pseudo: Arc::default(),
             },
             QueueReceiver { shared },
         )
@@ -160,8 +191,9 @@ impl Queue {
                 // A receiver's own temporary names (a file linked next to its target,
                 // then renamed over it): never in a manifest, and dropped by every
                 // consumer. Dropped here, a batch received leaves a third of the events
-                // waiting, not all of them.
-                changes.retain(|c| !temporary(&c.path));
+                // waiting, not all of them. So are the writes to the anonymous file it
+                // receives a content into, before it has a name.
+                changes.retain(|c| !temporary(&c.path) && !self.anonymous(c));
                 (changes, false)
             }
             Err(e) => {
@@ -342,6 +374,48 @@ mod tests {
             "/r/etc/app/.x.cfg.swp",
         ));
         assert_eq!(receiver.take().changes.len(), 1);
+    }
+
+    #[test]
+    fn writes_to_an_anonymous_file_are_dropped_and_a_file_named_so_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let generation = Arc::new(Generation::default());
+        generation.watched();
+        let (queue, receiver) = Queue::new(64, generation.clone(), None);
+        let start = generation.current();
+        let at = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+        let attributes = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
+        // A content received: written into an anonymous file, then linked and renamed.
+        for _ in 0..3 {
+            queue.forward(modified(&at("#4242")));
+        }
+        queue.forward(event(attributes, &at("#4242")));
+        assert!(receiver.take().changes.is_empty());
+        assert_eq!(generation.current(), start, "not a change of the tree");
+
+        // A file that is named so: created, then written. Its events are changes.
+        std::fs::write(tmp.path().join("#4242"), "real").unwrap();
+        queue.forward(event(EventKind::Create(CreateKind::File), &at("#4242")));
+        queue.forward(modified(&at("#4242")));
+        let taken = receiver.take();
+        assert_eq!(taken.changes.len(), 2, "{taken:?}");
+        assert!(generation.current() > start);
+
+        // Looked up once for a run of events at one name: once gone, the name is still
+        // taken as a file's until a name appears somewhere (which may be this one).
+        std::fs::remove_file(tmp.path().join("#4242")).unwrap();
+        queue.forward(modified(&at("#4242")));
+        assert_eq!(receiver.take().changes.len(), 1);
+        queue.forward(event(EventKind::Create(CreateKind::File), &at("other")));
+        queue.forward(modified(&at("#4242")));
+        let taken = receiver.take();
+        assert_eq!(taken.changes.len(), 1, "only the creation: {taken:?}");
+        // A directory moved in may bring a file of that name: looked up again.
+        std::fs::write(tmp.path().join("#4242"), "moved in").unwrap();
+        let moved_in = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        queue.forward(event(moved_in, &at("dir")));
+        queue.forward(modified(&at("#4242")));
+        assert_eq!(receiver.take().changes.len(), 2);
     }
 
     #[test]
