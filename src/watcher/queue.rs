@@ -136,15 +136,20 @@ impl Queue {
     /// Whether `change` is about an anonymous file (`O_TMPFILE`, which a receiver
     /// writes each content it receives into): the kernel names it `#` and its inode
     /// number, a name nothing is at ([`super::burst::unnamed_file`]). A file received
-    /// makes several such events in a row: the name is looked up for the first of them
-    /// only. The answer holds until an event that may make a path appear (a name
-    /// created or moved in, anywhere); such an event is looked up again.
+    /// makes several such events: the name is looked up for the first of them only. The
+    /// answer holds until a name is created or moved in at that path or above it (a
+    /// directory moved in brings what it holds); such an event is looked up again.
     fn anonymous(&self, change: &Change) -> bool {
         let mut last = self.last_pseudo.lock().expect("pseudo name lock");
-        if matches!(
+        let appears = matches!(
             change.kind,
             ChangeKind::Created | ChangeKind::CreatedDirectory | ChangeKind::MovedTo(_)
-        ) {
+        );
+        if appears
+            && last
+                .as_ref()
+                .is_some_and(|(path, _)| path.starts_with(&change.path))
+        {
             *last = None;
         }
         if !super::burst::pseudo_name(&change.path) {
@@ -401,20 +406,18 @@ mod tests {
         assert_eq!(taken.changes.len(), 2, "{taken:?}");
         assert!(generation.current() > start);
 
-        // Looked up once for a run of events at one name: once gone, the name is still
-        // taken as a file's until a name appears somewhere (which may be this one).
-        std::fs::remove_file(tmp.path().join("#4242")).unwrap();
-        queue.forward(modified(&at("#4242")));
-        assert_eq!(receiver.take().changes.len(), 1);
-        queue.forward(event(EventKind::Create(CreateKind::File), &at("other")));
-        queue.forward(modified(&at("#4242")));
-        let taken = receiver.take();
-        assert_eq!(taken.changes.len(), 1, "only the creation: {taken:?}");
-        // A directory moved in may bring a file of that name: looked up again.
-        std::fs::write(tmp.path().join("#4242"), "moved in").unwrap();
+        // Looked up once: the answer holds until a name appears at that path or above.
+        queue.forward(modified(&at("#7")));
+        assert!(receiver.take().changes.is_empty());
+        std::fs::write(tmp.path().join("#7"), "made without its event").unwrap();
+        queue.forward(modified(&at("#7")));
+        queue.forward(event(EventKind::Create(CreateKind::File), &at("sibling")));
+        queue.forward(modified(&at("#7")));
+        assert_eq!(receiver.take().changes.len(), 1, "the sibling only");
+        // The directory moved in (with what it holds): looked up again.
         let moved_in = EventKind::Modify(ModifyKind::Name(RenameMode::To));
-        queue.forward(event(moved_in, &at("dir")));
-        queue.forward(modified(&at("#4242")));
+        queue.forward(event(moved_in, tmp.path().to_str().unwrap()));
+        queue.forward(modified(&at("#7")));
         assert_eq!(receiver.take().changes.len(), 2);
     }
 
