@@ -604,17 +604,8 @@ async fn one_peer(
                 true => (differing, Vec::new()),
                 false => narrow(config, &link.peer, local.scan(), digests, differing).await,
             };
-            if whole.is_empty() && shallow.is_empty() {
+            let Some(listed) = where_to_list(&whole, &shallow) else {
                 return empty();
-            }
-            debug!(
-                ?whole,
-                levels = shallow.len(),
-                "digests differ: listing where"
-            );
-            let listed = Region {
-                scope: &whole,
-                shallow: &shallow,
             };
             let manifest = link.peer.listing(listed).await;
             let local = ToPlan {
@@ -644,6 +635,23 @@ async fn one_peer(
     .await
 }
 
+/// What to list where digests differ: the configured directories `whole`, and the
+/// directories `shallow` one level deep (logged); `None` when no level differs.
+fn where_to_list<'a>(whole: &'a [String], shallow: &'a [String]) -> Option<Region<'a>> {
+    if whole.is_empty() && shallow.is_empty() {
+        return None;
+    }
+    debug!(
+        ?whole,
+        levels = shallow.len(),
+        "digests differ: listing where"
+    );
+    Some(Region {
+        scope: whole,
+        shallow,
+    })
+}
+
 /// One peer's part of a run beside this node's daemon, the levels where the trees
 /// differ being `narrowed`: those levels are listed by both, and compared. Should this
 /// node's daemon not answer, its whole tree is read instead.
@@ -660,20 +668,11 @@ async fn beside_daemon(
         shallow,
         held,
     } = narrowed;
-    if whole.is_empty() && shallow.is_empty() {
+    let Some(listed) = where_to_list(&whole, &shallow) else {
         return PeerReport {
             peer: link.label().to_string(),
             ..PeerReport::default()
         };
-    }
-    debug!(
-        ?whole,
-        levels = shallow.len(),
-        "digests differ: listing where"
-    );
-    let listed = Region {
-        scope: &whole,
-        shallow: &shallow,
     };
     let own = claim.source.own.as_ref().zip(self_id.as_deref());
     let (manifest, ours) = match own {
