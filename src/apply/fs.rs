@@ -243,13 +243,24 @@ impl Target<'_> {
     }
 
     /// Renames a prepared temporary entry over the name, unless preparing it failed or
-    /// the name changed since it was checked; the temporary entry never survives.
+    /// the name changed since it was checked; the temporary entry never survives. A name
+    /// that was free is taken only if it still is, in one step (where the filesystem
+    /// can: otherwise checked, then renamed, as a name that was taken is).
     pub(super) fn rename_into_place(
         &self,
         tmp: &str,
         prepared: io::Result<()>,
     ) -> io::Result<Outcome> {
         let outcome = prepared.and_then(|()| {
+            if self.checked.is_none() {
+                let free = rustix::fs::RenameFlags::NOREPLACE;
+                match rustix::fs::renameat_with(self.parent, tmp, self.parent, self.name, free) {
+                    Ok(()) => return Ok(Outcome::Applied),
+                    Err(Errno::EXIST) => return Ok(changed_underneath()),
+                    Err(Errno::INVAL | Errno::NOSYS) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             if !self.unchanged()? {
                 return Ok(changed_underneath());
             }
@@ -404,6 +415,58 @@ mod tests {
         assert_eq!(names, ["x"], "the temporary file is removed");
         assert!(matches!(target.delete(None).unwrap(), Outcome::Conflict(_)));
         assert!(app.join("x").exists());
+    }
+
+    #[test]
+    fn a_name_taken_between_check_and_rename_of_a_new_file_is_a_conflict() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let dir = c.directory_of("/etc/app/new").unwrap();
+        let (parent, name) = open_parent(&c, dir, "/etc/app/new").unwrap();
+        assert!(current_state(&parent, &name).unwrap().is_none());
+        let target = Target {
+            parent: &parent,
+            name: &name,
+            checked: None,
+        };
+        let entry = match put("/etc/app/new", b"pushed").action {
+            Action::Put { entry } => entry,
+            Action::Delete => unreachable!(),
+        };
+        let prepare = || {
+            let Step::Rename(tmp) = target
+                .put(
+                    &entry,
+                    Some(Ok(received(&c, "/etc/app/new", b"pushed"))),
+                    false,
+                    true,
+                )
+                .unwrap()
+            else {
+                panic!("a file put leaves a temporary file to rename")
+            };
+            tmp
+        };
+        // Made on the peer after the check, before the rename: kept, as a conflict.
+        let tmp = prepare();
+        std::fs::write(app.join("new"), b"made meanwhile").unwrap();
+        let outcome = target.rename_into_place(&tmp, Ok(())).unwrap();
+        assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
+        assert_eq!(std::fs::read(app.join("new")).unwrap(), b"made meanwhile");
+        let names: Vec<_> = std::fs::read_dir(&app)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["new"], "the temporary file is removed");
+
+        // Still free: taken.
+        std::fs::remove_file(app.join("new")).unwrap();
+        let tmp = prepare();
+        let outcome = target.rename_into_place(&tmp, Ok(())).unwrap();
+        assert_eq!(outcome, Outcome::Applied);
+        assert_eq!(std::fs::read(app.join("new")).unwrap(), b"pushed");
     }
 
     #[test]
