@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use tracing::debug;
 
+use super::peer::{digest_of, levels_apart};
 use super::LEVELS_LISTED_MAX;
 use crate::client::Peer;
 use crate::config::Config;
@@ -77,9 +78,6 @@ fn differing(
     if ours.owners != theirs.owners {
         return None;
     }
-    let digest_of = |m: &ManifestResponse, dir: &str| -> Option<Digest256> {
-        m.digests.iter().find(|d| d.path == dir).map(|d| d.sha256)
-    };
     let mut differing = Vec::new();
     for dir in &config.directories {
         let present = |m: &ManifestResponse| {
@@ -130,18 +128,7 @@ fn compare(
             held += level.entries?;
         }
         narrowed.held.push((dir.clone(), held));
-        let mut differ: Vec<String> = mine
-            .iter()
-            .filter(|(path, digest)| peers.get(*path) != Some(*digest))
-            .map(|(path, _)| path.to_string())
-            .chain(
-                peers
-                    .keys()
-                    .filter(|path| !mine.contains_key(*path))
-                    .map(|path| path.to_string()),
-            )
-            .collect();
-        differ.sort_unstable();
+        let differ = levels_apart(&mine, &peers);
         match differ.len() <= LEVELS_LISTED_MAX {
             true => narrowed.shallow.extend(differ),
             false => narrowed.whole.push(dir.clone()),

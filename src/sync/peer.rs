@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::manifest::Scan;
 use crate::paths::{in_scope, is_within, overlaps, LogicalPath, Region};
 use crate::plan::{plan, plans_as};
-use crate::protocol::{Action, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
+use crate::protocol::{Action, Digest256, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
 
 /// One peer as the engine reaches it: its client, and the terms it last announced
 /// (remembered so that an automatic push costs one round trip). Shared by the engine and
@@ -577,7 +577,7 @@ pub(crate) fn levels_differing(
     let ours = crate::manifest::level_digests(&scan.entries, dir, levels.owners, |path| {
         !excludes.excludes_any_component(dir, path)
     });
-    let theirs: BTreeMap<&str, crate::protocol::Digest256> = levels
+    let theirs: BTreeMap<&str, Digest256> = levels
         .digests
         .iter()
         .filter(|d| {
@@ -588,19 +588,37 @@ pub(crate) fn levels_differing(
     if !theirs.contains_key(dir) {
         return None;
     }
+    Some(levels_apart(&ours, &theirs))
+}
+
+/// The directories whose level digest differs between two sides' levels (by
+/// directory), or that only one side has, in order.
+pub(super) fn levels_apart<A, B>(
+    ours: &BTreeMap<A, Digest256>,
+    theirs: &BTreeMap<B, Digest256>,
+) -> Vec<String>
+where
+    A: std::borrow::Borrow<str> + Ord,
+    B: std::borrow::Borrow<str> + Ord,
+{
     let mut differ: Vec<String> = ours
         .iter()
-        .filter(|(path, digest)| theirs.get(path.as_str()) != Some(*digest))
-        .map(|(path, _)| path.clone())
+        .filter(|(path, digest)| theirs.get((*path).borrow()) != Some(*digest))
+        .map(|(path, _)| path.borrow().to_string())
         .chain(
             theirs
                 .keys()
-                .filter(|path| !ours.contains_key(**path))
-                .map(|path| path.to_string()),
+                .filter(|path| !ours.contains_key((*path).borrow()))
+                .map(|path| path.borrow().to_string()),
         )
         .collect();
     differ.sort_unstable();
-    Some(differ)
+    differ
+}
+
+/// The digest configured directory `dir` has in answer `m`, if any.
+pub(super) fn digest_of(m: &ManifestResponse, dir: &str) -> Option<Digest256> {
+    m.digests.iter().find(|d| d.path == dir).map(|d| d.sha256)
 }
 
 /// Whether a peer's digests show that it holds exactly this node's tree, from the
@@ -614,9 +632,6 @@ pub(crate) fn digests_agree(
     ours: &ManifestResponse,
     theirs: &ManifestResponse,
 ) -> bool {
-    let digest_of = |m: &ManifestResponse, dir: &str| {
-        m.digests.iter().find(|d| d.path == dir).map(|d| d.sha256)
-    };
     ours.owners == theirs.owners
         && config
             .directories
