@@ -89,9 +89,6 @@ impl Burst {
         for change in taken.changes {
             // Only what this node synchronises: excluded and temporary names never
             // travel, and a swap file an editor keeps open must not hold a save back.
-            if unnamed_file(&change.path) {
-                continue;
-            }
             let Some(logical) = config
                 .logical_path(&change.path)
                 .filter(|p| crate::tree::confine(config, p).is_ok())
@@ -271,13 +268,6 @@ impl Burst {
     }
 }
 
-/// Whether an event names a file that has no name: the kernel reports the writes to an
-/// anonymous file (`O_TMPFILE`, which a receiver writes what it receives into) under
-/// `#` and its inode number, a name nothing can be found at.
-pub(super) fn unnamed_file(local: &std::path::Path) -> bool {
-    pseudo_name(local) && std::fs::symlink_metadata(local).is_err()
-}
-
 /// Whether the name of `local` is one the kernel gives an anonymous file: `#` and
 /// digits (a file may be named so too).
 pub(super) fn pseudo_name(local: &std::path::Path) -> bool {
@@ -293,15 +283,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn writes_to_a_file_without_a_name_are_not_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let pseudo = dir.path().join("#10043449");
-        assert!(unnamed_file(&pseudo), "nothing is there: an anonymous file");
-        std::fs::write(&pseudo, "a real file named so").unwrap();
-        assert!(!unnamed_file(&pseudo), "a real file is a change");
-        assert!(!unnamed_file(&dir.path().join("#notes#")));
-        assert!(!unnamed_file(&dir.path().join("#")));
-        assert!(!unnamed_file(&dir.path().join("12345")));
+    fn the_name_of_an_anonymous_file_is_a_hash_and_digits() {
+        let dir = std::path::Path::new("/r/etc");
+        assert!(pseudo_name(&dir.join("#10043449")));
+        assert!(!pseudo_name(&dir.join("#notes#")));
+        assert!(!pseudo_name(&dir.join("#12a")));
+        assert!(!pseudo_name(&dir.join("#")));
+        assert!(!pseudo_name(&dir.join("12345")));
     }
     use crate::watcher::queue::Change;
 

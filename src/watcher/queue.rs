@@ -135,10 +135,13 @@ pub struct Queue {
 impl Queue {
     /// Whether `change` is about an anonymous file (`O_TMPFILE`, which a receiver
     /// writes each content it receives into): the kernel names it `#` and its inode
-    /// number, a name nothing is at ([`super::burst::unnamed_file`]). A file received
-    /// makes several such events: the name is looked up for the first of them only. The
-    /// answer holds until a name is created or moved in at that path or above it (a
-    /// directory moved in brings what it holds); such an event is looked up again.
+    /// number, a name nothing is at ([`super::burst::pseudo_name`]). Only the events
+    /// an anonymous file makes count (writes, attributes, the close): the removal or
+    /// renaming away of a file really named so leaves nothing at its name, and is a
+    /// change. A file received makes several such events: the name is looked up for
+    /// the first of them only. The answer holds until a name is created or moved in at
+    /// that path or above it (a directory moved in brings what it holds); such an event
+    /// is looked up again.
     fn anonymous(&self, change: &Change) -> bool {
         let mut last = self.last_pseudo.lock().expect("pseudo name lock");
         let appears = matches!(
@@ -152,7 +155,11 @@ impl Queue {
         {
             *last = None;
         }
-        if !super::burst::pseudo_name(&change.path) {
+        let written = matches!(
+            change.kind,
+            ChangeKind::Written | ChangeKind::Attributes | ChangeKind::Closed
+        );
+        if !written || !super::burst::pseudo_name(&change.path) {
             return false;
         }
         if let Some((path, unnamed)) = last.as_ref() {
@@ -419,6 +426,20 @@ mod tests {
         queue.forward(event(moved_in, tmp.path().to_str().unwrap()));
         queue.forward(modified(&at("#7")));
         assert_eq!(receiver.take().changes.len(), 2);
+
+        // A file really named so, removed or renamed away: nothing is at its name
+        // afterwards, and yet it is a change, however its writes were answered.
+        std::fs::remove_file(tmp.path().join("#7")).unwrap();
+        std::fs::remove_file(tmp.path().join("#4242")).unwrap();
+        let moved_away = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        queue.forward(event(moved_away, &at("#4242")));
+        queue.forward(event(EventKind::Remove(RemoveKind::File), &at("#7")));
+        let kinds: Vec<_> = receiver.take().changes.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ChangeKind::MovedFrom(0), ChangeKind::Removed]);
+        // The close of an anonymous file is dropped like its writes.
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        queue.forward(event(closed, &at("#99")));
+        assert!(receiver.take().changes.is_empty());
     }
 
     #[test]

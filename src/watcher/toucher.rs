@@ -120,8 +120,7 @@ fn run(shared: &Shared, node: &Node, baseline: &Baseline) {
         let logical: BTreeSet<String> = paths
             .iter()
             // Only what this node synchronises: excluded and temporary names never
-            // travel, nor an anonymous file's writes.
-            .filter(|local| !super::burst::unnamed_file(local))
+            // travel (an anonymous file's writes were dropped by the queue).
             .filter_map(|local| node.config.logical_path(local))
             .filter(|p| crate::tree::confine(&node.config, p).is_ok())
             .collect();

@@ -79,6 +79,35 @@ async fn created_modified_and_deleted_files_reach_every_peer() {
     );
 }
 
+/// The kernel names the writes to an anonymous file `#` and its inode number; a file
+/// really named so is synchronised like any other, down to its removal and its renaming
+/// away, after which nothing is at its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_named_like_an_anonymous_file_is_created_renamed_and_deleted_everywhere() {
+    let group = watching(2).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let (first, second) = ("/etc/app/#123", "/etc/app/#456");
+
+    write(n0, first, "named so\n");
+    write(n0, second, "also named so\n");
+    eventually_in(&group, WAIT, "both files on the peer", || {
+        holds(n1, first, "named so\n") && holds(n1, second, "also named so\n")
+    })
+    .await;
+
+    remove(n0, first);
+    eventually_in(&group, WAIT, "the removal on the peer", || {
+        !exists(n1, first)
+    })
+    .await;
+
+    rename(n0, second, "/etc/app/renamed.conf");
+    eventually_in(&group, WAIT, "the renaming on the peer", || {
+        !exists(n1, second) && holds(n1, "/etc/app/renamed.conf", "also named so\n")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renamed_files_and_directories_are_renamed_on_every_peer() {
     let group = watching(3).await;
