@@ -194,6 +194,23 @@ impl Baseline {
         }
     }
 
+    /// Records the file a peer's push put at `path`, holding `entry`, found with `stamp`
+    /// right after it was put: a scan that finds the same stamp there takes `entry`'s
+    /// hash instead of reading the file. Only where the stamp is of `entry` (its size and
+    /// mtime) and its mtime at least two seconds before `now_ns` (see
+    /// [`Stamp::mtime_settled_before`]); otherwise the file will be read again, as any
+    /// file changed recently is.
+    pub fn record_put(&self, path: &str, entry: Entry, stamp: &Stamp, now_ns: i64) {
+        let mut row = Row::new(entry);
+        if row.file_digest(stamp).is_some() && stamp.mtime_settled_before(now_ns) {
+            row.found = Found::of(stamp);
+        }
+        self.rows
+            .lock()
+            .expect("baseline lock")
+            .insert(path.into(), row);
+    }
+
     /// The state last known at `path`.
     pub fn get(&self, path: &str) -> Option<Entry> {
         self.rows

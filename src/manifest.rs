@@ -288,6 +288,14 @@ impl Stamp {
     pub fn settled_before(&self, ns: i64) -> bool {
         ns.saturating_sub(self.ctime_ns.max(self.mtime_ns)) > CACHE_SETTLE_NS
     }
+
+    /// Whether the file's mtime is at least [`CACHE_SETTLE_NS`] before `ns`: for a file
+    /// this process has just put in place, with the mtime it was given, whose ctime is
+    /// therefore recent. Any write to it afterwards sets its mtime to the time of that
+    /// write, which an mtime this old cannot equal; only the ctime can stay in its tick.
+    pub fn mtime_settled_before(&self, ns: i64) -> bool {
+        ns.saturating_sub(self.mtime_ns) > CACHE_SETTLE_NS
+    }
 }
 
 /// How many changes a watcher has seen in the tree: an answer computed from a scan is

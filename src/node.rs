@@ -18,7 +18,7 @@ use crate::access::Allowlist;
 use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::hooks;
-use crate::manifest::{self, Generation, HashCache};
+use crate::manifest::{self, now_ns, Generation, HashCache, Stamp};
 use crate::protocol::{
     DirectoryDigest, DirectoryInfo, Entry, HeldPath, Identity, ManifestResponse, PeerStatus,
     StatusCounters, StatusResponse, WireEntry,
@@ -386,10 +386,14 @@ impl Node {
     /// A peer's push left `state` at `path` here (`None`: deleted). A daemon records it
     /// as the path's version, so that its watcher finds nothing new in the write and
     /// pushes nothing back, and what was held against its previous version no longer
-    /// holds.
-    pub fn record_received(&self, path: &str, state: Option<Entry>) {
+    /// holds. `stamp`: the file put there, as found right after it was put (see
+    /// [`Baseline::record_put`]).
+    pub fn record_received(&self, path: &str, state: Option<Entry>, stamp: Option<Stamp>) {
         if let Some(baseline) = &self.baseline {
-            baseline.record(path, state);
+            match (state, stamp) {
+                (Some(entry), Some(stamp)) => baseline.record_put(path, entry, &stamp, now_ns()),
+                (state, _) => baseline.record(path, state),
+            }
             for record in self.peers.get().into_iter().flatten() {
                 record.outbox.received(path);
             }

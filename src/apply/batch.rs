@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::session::{Resolution, Session};
 use super::staging::{receive, Staged};
 use crate::config::Config;
+use crate::manifest::Stamp;
 use crate::protocol::{BatchHeader, BatchReader, OpResult, Outcome};
 use crate::rollback::{Journal, Undo};
 
@@ -50,13 +51,14 @@ pub fn apply_batch(
             tracing::warn!(error = %e, "cannot flush a rollback journal to disk");
         }
     }
-    session.finish(config, &mut results);
+    let stamps = session.finish(config, &mut results);
     Applied {
         results,
         undo,
         changed,
         resolved,
         journals,
+        stamps,
     }
 }
 
@@ -86,6 +88,9 @@ pub struct Applied {
     resolved: Vec<Resolution>,
     /// The rollback journal of each validated directory the batch changed.
     journals: BTreeMap<String, Journal>,
+    /// The stamp of each file put in place, by operation, as it was found right after
+    /// its rename.
+    stamps: Vec<(usize, Stamp)>,
 }
 
 impl Applied {
@@ -135,6 +140,14 @@ impl Applied {
     pub fn commit(mut self) -> Vec<OpResult> {
         std::mem::take(&mut self.results)
     }
+
+    /// The stamp of each file this batch put in place, by operation index, as it was
+    /// found right after its rename (see [`Applied::commit`] for which stand applied).
+    pub fn take_stamps(&mut self) -> Vec<(usize, Stamp)> {
+        let mut stamps = std::mem::take(&mut self.stamps);
+        stamps.sort_unstable_by_key(|(index, _)| *index);
+        stamps
+    }
 }
 
 impl Drop for Applied {
@@ -157,6 +170,7 @@ mod tests {
     use crate::protocol::{Action, BatchHeader, Content, Entry, Op};
     use crate::testing::put;
     use std::path::Path;
+    use std::sync::Arc;
 
     #[test]
     fn deleting_below_a_directory_already_deleted_is_done_not_failed() {
@@ -196,6 +210,99 @@ mod tests {
             assert_eq!(result.outcome, Outcome::Applied, "{}", result.path);
         }
         assert!(!app.join("gone").exists());
+    }
+
+    /// Each file put in place is told with the stamp a scan finds there afterwards, and
+    /// a daemon's baseline that records it takes the hash it received instead of reading
+    /// the file, while nothing changes the file and only for an mtime two seconds old.
+    #[test]
+    fn a_file_put_is_known_by_its_stamp_and_its_hash_is_not_read_again() {
+        use crate::baseline::Baseline;
+        use crate::manifest::{now_ns, scan, HashCache};
+        use crate::protocol::Digest256;
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let names: Vec<String> = (0..20).map(|i| format!("/etc/app/f{i:02}")).collect();
+        let header = BatchHeader::new(
+            names
+                .iter()
+                .map(|path| put(path, path.as_bytes()))
+                // Expects a file where there is none: a conflict, nothing put.
+                .chain([Op {
+                    expect: Some(Box::new(crate::testing::file_entry(b"other"))),
+                    ..put("/etc/app/conflict", b"/etc/app/conflict")
+                }])
+                .collect(),
+        );
+        let contents: Vec<&[u8]> = header.ops.iter().map(|op| op.path.as_bytes()).collect();
+        let body = crate::protocol::encode_batch(&header, &contents);
+        let (header, mut applied) = apply_body(&c, false, body.as_slice(), "a test").unwrap();
+        let stamps = applied.take_stamps();
+        let results = applied.commit();
+        let indices: Vec<usize> = stamps.iter().map(|(index, _)| *index).collect();
+        assert_eq!(
+            indices,
+            (0..20).collect::<Vec<_>>(),
+            "every file put, in order"
+        );
+        assert_ne!(results[20].outcome, Outcome::Applied);
+        for (index, stamp) in &stamps {
+            let st = rustix::fs::stat(c.local_path(&names[*index])).unwrap();
+            assert_eq!(*stamp, Stamp::of_stat(&st), "{}", names[*index]);
+        }
+
+        // Recorded with another hash than the content's (as no daemon would), so that
+        // where the scan takes the recorded hash rather than reading the file, it shows.
+        let baseline = Arc::new(Baseline::new(Default::default()));
+        let recorded = Digest256::of(b"recorded, not read");
+        for (index, stamp) in &stamps {
+            let Action::Put { entry } = &header.ops[*index].action else {
+                unreachable!()
+            };
+            let mut entry = entry.clone();
+            entry.content = Content::File {
+                size: stamp.size,
+                sha256: recorded,
+            };
+            baseline.record_put(&names[*index], entry, stamp, now_ns());
+        }
+        let cache = HashCache::kept_by(baseline.clone());
+        let digest_of = |path: &str| match &scan(&c, &[], &cache).entries[path].content {
+            Content::File { sha256, .. } => *sha256,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(
+            digest_of("/etc/app/f00"),
+            recorded,
+            "the hash taken, not read"
+        );
+        assert_eq!(digest_of("/etc/app/f01"), recorded);
+
+        // Written again (the same size): read.
+        std::fs::write(app.join("f00"), "/etc/app/fXX").unwrap();
+        assert_eq!(digest_of("/etc/app/f00"), Digest256::of(b"/etc/app/fXX"));
+        // Recorded with an mtime of less than two seconds ago: read.
+        let (index, stamp) = stamps[1];
+        let st = rustix::fs::stat(c.local_path(&names[index])).unwrap();
+        let Action::Put { entry } = &header.ops[index].action else {
+            unreachable!()
+        };
+        let recent = Entry {
+            content: Content::File {
+                size: stamp.size,
+                sha256: recorded,
+            },
+            ..entry.clone()
+        };
+        let now = stamp.mtime_ns + 1_000_000_000;
+        assert_eq!(Stamp::of_stat(&st), stamp);
+        baseline.record_put(&names[index], recent, &stamp, now);
+        assert_eq!(
+            digest_of(&names[index]),
+            Digest256::of(names[index].as_bytes())
+        );
     }
 
     #[test]

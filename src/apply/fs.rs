@@ -17,10 +17,12 @@ use crate::config::Config;
 use crate::protocol::{Content, Entry, Outcome};
 use crate::tree::{is_temp_name, open_parent, open_regular, temp_name};
 
-/// What a put did: finished, or left a temporary file to rename at the end of the batch.
+/// What a put did: finished, or left a temporary file to rename at the end of the batch,
+/// with its device and inode (so that the file found at the name afterwards is known to
+/// be it).
 pub(super) enum Step {
     Done(Outcome),
-    Rename(String),
+    Rename(String, (u64, u64)),
 }
 
 /// What this node holds at `path` now, read without following a link below its
@@ -231,10 +233,11 @@ impl Target<'_> {
             if fsync {
                 file.sync_all()?;
             }
-            Ok(())
+            let st = rustix::fs::fstat(&file)?;
+            Ok((st.st_dev, st.st_ino))
         })();
         match written {
-            Ok(()) => Ok(Step::Rename(tmp)),
+            Ok(inode) => Ok(Step::Rename(tmp, inode)),
             Err(e) => {
                 let _ = rustix::fs::unlinkat(self.parent, tmp.as_str(), AtFlags::empty());
                 Err(e)
@@ -392,7 +395,7 @@ mod tests {
             Action::Put { entry } => entry,
             Action::Delete => unreachable!(),
         };
-        let Step::Rename(tmp) = target
+        let Step::Rename(tmp, _) = target
             .put(
                 &entry,
                 Some(Ok(received(&c, "/etc/app/x", b"pushed"))),
@@ -436,7 +439,7 @@ mod tests {
             Action::Delete => unreachable!(),
         };
         let prepare = || {
-            let Step::Rename(tmp) = target
+            let Step::Rename(tmp, _) = target
                 .put(
                     &entry,
                     Some(Ok(received(&c, "/etc/app/new", b"pushed"))),

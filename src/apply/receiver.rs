@@ -13,6 +13,7 @@ use tracing::warn;
 use super::Resolution;
 use crate::config::{Config, Side};
 use crate::hooks::{self, Runner};
+use crate::manifest::Stamp;
 use crate::protocol::{Action, ActionReport, BatchHeader, Entry, Found, OpResult, Outcome};
 
 /// A node's receiving side: its configuration, and whether it applies owners.
@@ -36,13 +37,14 @@ impl Receiver {
     /// of every directory it changed, puts back what a failed validation refuses, and
     /// returns the results with the paths changed per directory and the conflicts
     /// settled for the incoming version. `record` is told the state each applied
-    /// operation left (`None`: deleted), in order, once the batch is committed.
+    /// operation left (`None`: deleted), in order, once the batch is committed, with
+    /// the stamp of a file put in place as it was found right after its rename.
     pub async fn apply_and_validate(
         &self,
         header: BatchHeader,
         staged: super::Staged,
         origin: String,
-        mut record: impl FnMut(&str, Option<Entry>),
+        mut record: impl FnMut(&str, Option<Entry>, Option<Stamp>),
     ) -> Result<Received, String> {
         let config = self.config.clone();
         let owners = self.owners;
@@ -75,23 +77,26 @@ impl Receiver {
         // What the sender did not get is answered with what this node holds there now,
         // so that it knows instead of assuming.
         let config = self.config.clone();
-        let (results, resolved) = tokio::task::spawn_blocking(move || {
+        let (results, resolved, stamps) = tokio::task::spawn_blocking(move || {
             let resolved = applied.resolved();
+            let stamps = applied.take_stamps();
             let mut results = applied.commit();
             for result in results.iter_mut().filter(|r| !r.outcome.is_applied()) {
                 result.found = super::state_of(&config, &result.path).map(|entry| Found { entry });
             }
-            (results, resolved)
+            (results, resolved, stamps)
         })
         .await
         .map_err(|e| format!("commit failed: {e}"))?;
-        for (op, result) in ops.iter().zip(&results) {
+        let mut stamps = stamps.into_iter().peekable();
+        for (index, (op, result)) in ops.iter().zip(&results).enumerate() {
+            let stamp = stamps.next_if(|(at, _)| *at == index).map(|(_, s)| s);
             if result.outcome == Outcome::Applied {
                 let state = match &op.action {
                     Action::Put { entry } => Some(entry.clone()),
                     Action::Delete => None,
                 };
-                record(&op.path, state);
+                record(&op.path, state, stamp);
             }
         }
         Ok(Received {

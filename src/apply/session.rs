@@ -17,6 +17,7 @@ use rustix::io::Errno;
 use super::fs::{changed_underneath, current_state, Fingerprint, Step, Target};
 use super::staging::Received;
 use crate::config::{Config, Directory, OnConflict, Side};
+use crate::manifest::Stamp;
 use crate::paths;
 use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};
 use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
@@ -29,6 +30,8 @@ struct Pending {
     path: String,
     tmp: String,
     checked: Option<Fingerprint>,
+    /// The device and inode of the temporary file.
+    inode: (u64, u64),
 }
 
 /// The work of one batch that is deferred to its end, so that durability costs one
@@ -208,7 +211,7 @@ impl Session {
                 }
                 outcome
             }
-            Ok(Step::Rename(tmp)) => {
+            Ok(Step::Rename(tmp, inode)) => {
                 self.changed.insert(at.index);
                 self.filesystems.insert(at.config.local_path(&at.dir.path));
                 self.pending.push(Pending {
@@ -216,6 +219,7 @@ impl Session {
                     path: at.op.path.to_string(),
                     tmp,
                     checked: target.checked,
+                    inode,
                 });
                 Outcome::Applied
             }
@@ -331,7 +335,16 @@ impl Session {
     }
 
     /// Flushes, renames the pending files into place and fsyncs the changed directories.
-    pub(super) fn finish(mut self, config: &Config, results: &mut [OpResult]) {
+    /// Returns the stamp of each file put in place, by operation: read once the file has
+    /// its name (the rename moved its ctime), it is what a scan of this node finds there
+    /// while nothing changes the file, so that a daemon can take the hash it received
+    /// instead of reading the file again.
+    pub(super) fn finish(
+        mut self,
+        config: &Config,
+        results: &mut [OpResult],
+    ) -> Vec<(usize, Stamp)> {
+        let mut stamps = Vec::new();
         let mut flush_failed = None;
         if !self.fsync_each {
             for local in &self.filesystems {
@@ -355,9 +368,19 @@ impl Session {
                         Some(reason) => Err(io::Error::other(reason.clone())),
                         None => Ok(()),
                     };
-                    target
+                    let outcome = target
                         .rename_into_place(&pending.tmp, prepared)
-                        .unwrap_or_else(|e| Outcome::Failed(e.to_string()))
+                        .unwrap_or_else(|e| Outcome::Failed(e.to_string()));
+                    if outcome == Outcome::Applied {
+                        let flags = AtFlags::SYMLINK_NOFOLLOW;
+                        match rustix::fs::statat(&*parent, name.as_str(), flags) {
+                            Ok(st) if (st.st_dev, st.st_ino) == pending.inode => {
+                                stamps.push((pending.index, Stamp::of_stat(&st)));
+                            }
+                            _ => {}
+                        }
+                    }
+                    outcome
                 }
             };
             if outcome == Outcome::Applied {
@@ -382,6 +405,7 @@ impl Session {
                 }
             }
         }
+        stamps
     }
 }
 

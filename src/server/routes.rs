@@ -364,7 +364,7 @@ async fn apply(
     let task = tokio::spawn(async move {
         let held = (one_at_a_time, receiving, writing);
         let receiver = worker.receiver();
-        let record = |path: &str, state| worker.record_received(path, state);
+        let record = |path: &str, state, stamp| worker.record_received(path, state, stamp);
         let results = receiver
             .apply_and_validate(header, staged, origin, record)
             .await;
