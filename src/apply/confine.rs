@@ -92,8 +92,18 @@ pub fn validate_batch(config: &Config, header: &BatchHeader) -> Result<(), Strin
     confined.sort_unstable_by_key(|(path, _)| *path);
     confined.dedup_by_key(|(path, _)| *path);
     let mut parents = Parents::default();
+    // The last directory found missing: the paths below it (next in sorted order) have
+    // nothing to follow either, and are not looked up again one by one (an initial sync
+    // would look each file's parent up in vain).
+    let mut missing: Option<String> = None;
     for (path, dir) in confined {
-        check_parents(config, &mut parents, dir, path, &deleted)?;
+        if missing
+            .as_deref()
+            .is_some_and(|gone| paths::is_within(paths::parent(path), gone))
+        {
+            continue;
+        }
+        missing = check_parents(config, &mut parents, dir, path, &deleted)?;
     }
     Ok(())
 }
@@ -161,34 +171,36 @@ pub(crate) fn check_mode(config: &Config, dir: &Directory, op: &Op) -> Result<()
 
 /// Refuses `path` when one of its parents below `dir` is a symlink on this node, unless
 /// the same batch deletes that symlink first (a link replaced by a directory). The
-/// parents are reached through `parents`, shared by the whole batch.
+/// parents are reached through `parents`, shared by the whole batch. Says which parent
+/// is missing, if one is (the batch makes it).
 fn check_parents(
     config: &Config,
     parents: &mut Parents,
     dir: &Directory,
     path: &str,
     deleted: &std::collections::HashSet<&str>,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     use rustix::fs::FileType;
     use rustix::io::Errno;
     let parent = paths::parent(path);
     if !paths::is_within(parent, &dir.path) {
-        return Ok(()); // the configured directory itself: its parent is trusted
+        return Ok(None); // the configured directory itself: its parent is trusted
     }
     match parents.dir(config, dir, parent) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(None),
         // Missing: the batch makes it, or fails on it; nothing to follow.
-        Err(Blocked::Top(_)) => Ok(()),
+        Err(Blocked::Top(_)) => Ok(None),
         Err(Blocked::At { at, error, kind }) => match kind {
-            // The rest is made by the batch.
-            _ if error == Errno::NOENT => Ok(()),
-            Some(FileType::Symlink) if deleted.contains(at.as_str()) => Ok(()),
+            // The rest is made by the batch: said, so that what is below is not looked
+            // up again.
+            _ if error == Errno::NOENT => Ok(Some(at)),
+            Some(FileType::Symlink) if deleted.contains(at.as_str()) => Ok(None),
             Some(FileType::Symlink) => Err(format!(
                 "{path}: refused, {at} is a symlink on this node (links are never followed)"
             )),
             // Not a directory, and the last parent: the executor decides. Further up, a
             // file the batch deletes first (a file replaced by a directory tree).
-            Some(_) if at == parent || deleted.contains(at.as_str()) => Ok(()),
+            Some(_) if at == parent || deleted.contains(at.as_str()) => Ok(None),
             _ => Err(format!("{path}: cannot inspect {at}: {error}")),
         },
     }
@@ -311,5 +323,27 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    /// What is below a missing directory is not looked up again, and that never spares
+    /// a path that is not below it: a symlink whose name sorts right after the paths below
+    /// the missing directory still refuses the batch.
+    #[test]
+    fn a_symlink_beside_a_missing_directory_still_refuses_the_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        // "/etc/app/a0/..." sorts right after "/etc/app/a/...".
+        std::os::unix::fs::symlink(tmp.path().join("outside"), app.join("a0")).unwrap();
+        let mut ops: Vec<Op> = (0..5)
+            .map(|i| put(&format!("/etc/app/a/d/f{i}"), b"new"))
+            .collect();
+        assert!(validate_batch(&c, &BatchHeader::new(ops.clone())).is_ok());
+        ops.push(put("/etc/app/a0/evil", b"2"));
+        ops.push(put("/etc/app/a/d/g", b"new"));
+        let err = refusal(&c, ops);
+        assert!(err.contains("/etc/app/a0 is a symlink"), "{err}");
     }
 }
