@@ -87,7 +87,9 @@ pub fn receive<R: Read>(
     config: &Config,
     mut reader: BatchReader<R>,
 ) -> Result<(BatchHeader, Staged), String> {
-    let mut tops: BTreeMap<String, Result<Arc<OwnedFd>, String>> = BTreeMap::new();
+    // Per configured directory: where its anonymous files are made, and its top.
+    type Opened = Result<(Arc<OwnedFd>, Arc<OwnedFd>), String>;
+    let mut tops: BTreeMap<String, Opened> = BTreeMap::new();
     let mut staged = Staged::default();
     let budget = anonymous_budget(config);
     let mut anonymous = 0;
@@ -103,14 +105,18 @@ pub fn receive<R: Read>(
         let top = tops
             .entry(dir.path.clone())
             .or_insert_with(|| {
-                open_dir(config.local_path(&dir.path))
+                let top = open_dir(config.local_path(&dir.path))
                     .map(Arc::new)
-                    .map_err(|e| format!("cannot open the configured directory {}: {e}", dir.path))
+                    .map_err(|e| {
+                        format!("cannot open the configured directory {}: {e}", dir.path)
+                    })?;
+                Ok((anonymous_files_in(config, &top), top))
             })
             .clone();
         let file = match top {
-            Ok(top) => {
-                let file = receive_one(&mut reader, index, top, anonymous < budget)?;
+            Ok((unwatched, top)) => {
+                let anonymous_in = (anonymous < budget).then_some(&*unwatched);
+                let file = receive_one(&mut reader, index, top, anonymous_in)?;
                 if let Ok(Received {
                     held: Held::Anonymous(_),
                     ..
@@ -132,16 +138,62 @@ pub fn receive<R: Read>(
     Ok((header, staged))
 }
 
+/// Where the anonymous files for the configured directory opened as `top` are made: the
+/// state directory, where that is on the same mount (so that a file made there can be
+/// linked into `top`), else `top` itself. The kernel tells the watcher of every write to
+/// an anonymous file made in a watched directory (under a name it makes up, `#` and the
+/// inode number), several events per file received, which the watcher wakes up for and
+/// drops; made in the state directory, nothing in the watched tree changes until the
+/// file is linked next to its target.
+///
+/// A new file takes some of its attributes from the directory it is made in, and those
+/// must be the configured directory's: where files get a security label (SELinux,
+/// Smack), where `top` hands its group down (set-group-ID) or has a default ACL, the
+/// anonymous files are made in `top` as before.
+fn anonymous_files_in(config: &Config, top: &Arc<OwnedFd>) -> Arc<OwnedFd> {
+    let labelled = ["/sys/fs/selinux/enforce", "/sys/fs/smackfs/load2"]
+        .iter()
+        .any(|marker| std::path::Path::new(marker).exists());
+    if labelled {
+        return top.clone();
+    }
+    use rustix::fs::{statx, StatxFlags};
+    let elsewhere = || -> io::Result<Option<OwnedFd>> {
+        let mount_of = |fd: &OwnedFd| -> io::Result<Option<u64>> {
+            let st = statx(
+                fd,
+                "",
+                AtFlags::EMPTY_PATH,
+                StatxFlags::MODE | StatxFlags::MNT_ID,
+            )?;
+            let inherits = u32::from(st.stx_mode) & Mode::SGID.bits() != 0;
+            let known = StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID);
+            Ok((known && !inherits).then_some(st.stx_mnt_id))
+        };
+        // A default ACL: the size of the attribute, asked with an empty buffer.
+        let acl = rustix::fs::fgetxattr(&**top, "system.posix_acl_default", &mut [0u8; 0][..]);
+        let Some(mount) = mount_of(top)?.filter(|_| acl.is_err()) else {
+            return Ok(None);
+        };
+        let state = open_dir(&config.state_directory)?;
+        Ok((mount_of(&state)? == Some(mount)).then_some(state))
+    };
+    match elsewhere() {
+        Ok(Some(state)) => Arc::new(state),
+        _ => top.clone(),
+    }
+}
+
 /// Receives one content into a new file on the filesystem of `top`, anonymous when
-/// `anonymous` allows it and the filesystem has them: the file, or why it could not be
-/// kept (the body was read past it all the same). `Err` outside: the body fails.
+/// `anonymous_in` says where (and the filesystem has them): the file, or why it could
+/// not be kept (the body was read past it all the same). `Err` outside: the body fails.
 fn receive_one<R: Read>(
     reader: &mut BatchReader<R>,
     index: usize,
     top: Arc<OwnedFd>,
-    anonymous: bool,
+    anonymous_in: Option<&OwnedFd>,
 ) -> Result<Result<Received, String>, String> {
-    let created = match anonymous.then(|| create_anonymous(&top)).transpose() {
+    let created = match anonymous_in.map(create_anonymous).transpose() {
         Ok(Some(fd)) => Ok((
             Held::Anonymous(fd.try_clone().map_err(|e| e.to_string())?),
             fd,
@@ -420,6 +472,67 @@ mod tests {
             Vec::<String>::new(),
             "the rest are removed"
         );
+    }
+
+    /// Where each content of a batch is held: the directory its anonymous file was made
+    /// in, as the kernel names it (`/proc/self/fd`).
+    fn made_in(staged: &Staged) -> Vec<std::path::PathBuf> {
+        use std::os::fd::AsRawFd;
+        staged
+            .files
+            .iter()
+            .map(|file| match file {
+                Some(Ok(Received {
+                    held: Held::Anonymous(fd),
+                    ..
+                })) => {
+                    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                    let target = std::fs::read_link(link).unwrap();
+                    target.parent().unwrap().to_path_buf()
+                }
+                _ => panic!("an anonymous file"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn anonymous_files_are_made_in_the_state_directory_unless_the_top_hands_attributes_down() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = test_config(tmp.path());
+        c.state_directory = tmp.path().join("state");
+        std::fs::create_dir(&c.state_directory).unwrap();
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let receive_three = || {
+            let (body, contents) = batch_of(3, b"file 2\n");
+            let reader = BatchReader::start(body.as_slice()).unwrap();
+            let (_, staged) = receive(&c, reader).unwrap();
+            (staged, contents)
+        };
+
+        let (mut staged, contents) = receive_three();
+        assert_eq!(made_in(&staged), vec![c.state_directory.clone(); 3]);
+        assert!(temp_names(&app).is_empty(), "the probe's name is gone");
+        // Moved next to its target, it holds its bytes.
+        let received = staged.take(1).unwrap().unwrap();
+        let (tmp_name, _) = received.move_to(&open_dir(&app).unwrap()).unwrap();
+        assert_eq!(std::fs::read(app.join(&tmp_name)).unwrap(), contents[1]);
+        std::fs::remove_file(app.join(&tmp_name)).unwrap();
+        drop(staged);
+
+        // A top that hands its group down: made there, as a file made in it would be.
+        let mode = std::fs::metadata(&app).unwrap().permissions().mode();
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(mode | 0o2000)).unwrap();
+        let (staged, _) = receive_three();
+        assert_eq!(made_in(&staged), vec![app.clone(); 3]);
+        drop(staged);
+        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(mode)).unwrap();
+
+        // No state directory: in the top.
+        std::fs::remove_dir(&c.state_directory).unwrap();
+        let (staged, _) = receive_three();
+        assert_eq!(made_in(&staged), vec![app.clone(); 3]);
     }
 
     #[test]
