@@ -513,7 +513,7 @@ mod tests {
 
         let (mut staged, contents) = receive_three();
         assert_eq!(made_in(&staged), vec![c.state_directory.clone(); 3]);
-        assert!(temp_names(&app).is_empty(), "the probe's name is gone");
+        assert!(temp_names(&app).is_empty(), "nothing is named in the top");
         // Moved next to its target, it holds its bytes.
         let received = staged.take(1).unwrap().unwrap();
         let (tmp_name, _) = received.move_to(&open_dir(&app).unwrap()).unwrap();

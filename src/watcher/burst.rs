@@ -268,29 +268,10 @@ impl Burst {
     }
 }
 
-/// Whether the name of `local` is one the kernel gives an anonymous file: `#` and
-/// digits (a file may be named so too).
-pub(super) fn pseudo_name(local: &std::path::Path) -> bool {
-    local
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix('#'))
-        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_name_of_an_anonymous_file_is_a_hash_and_digits() {
-        let dir = std::path::Path::new("/r/etc");
-        assert!(pseudo_name(&dir.join("#10043449")));
-        assert!(!pseudo_name(&dir.join("#notes#")));
-        assert!(!pseudo_name(&dir.join("#12a")));
-        assert!(!pseudo_name(&dir.join("#")));
-        assert!(!pseudo_name(&dir.join("12345")));
-    }
     use crate::watcher::queue::Change;
 
     const SETTLE: Duration = Duration::from_millis(20);

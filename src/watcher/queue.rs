@@ -58,6 +58,16 @@ fn temporary(path: &std::path::Path) -> bool {
         .is_some_and(crate::tree::is_temp_name)
 }
 
+/// Whether the name of `local` is one the kernel gives an anonymous file: `#` and
+/// digits (a file may be named so too).
+fn pseudo_name(local: &std::path::Path) -> bool {
+    local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix('#'))
+        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The number pairing the two halves of a rename: inotify's cookie, 32 bits (notify
 /// widens it). Kept at 32 bits, an event waiting in the queue is 32 bytes instead of 40.
 fn cookie(event: &notify::Event) -> u32 {
@@ -135,7 +145,7 @@ pub struct Queue {
 impl Queue {
     /// Whether `change` is about an anonymous file (`O_TMPFILE`, which a receiver
     /// writes each content it receives into): the kernel names it `#` and its inode
-    /// number, a name nothing is at ([`super::burst::pseudo_name`]). Only the events
+    /// number, a name nothing is at ([`pseudo_name`]). Only the events
     /// an anonymous file makes count (writes, attributes, the close): the removal or
     /// renaming away of a file really named so leaves nothing at its name, and is a
     /// change. A file received makes several such events: the name is looked up for
@@ -159,7 +169,7 @@ impl Queue {
             change.kind,
             ChangeKind::Written | ChangeKind::Attributes | ChangeKind::Closed
         );
-        if !written || !super::burst::pseudo_name(&change.path) {
+        if !written || !pseudo_name(&change.path) {
             return false;
         }
         if let Some((path, unnamed)) = last.as_ref() {
@@ -386,6 +396,16 @@ mod tests {
             "/r/etc/app/.x.cfg.swp",
         ));
         assert_eq!(receiver.take().changes.len(), 1);
+    }
+
+    #[test]
+    fn the_name_of_an_anonymous_file_is_a_hash_and_digits() {
+        let dir = std::path::Path::new("/r/etc");
+        assert!(pseudo_name(&dir.join("#10043449")));
+        assert!(!pseudo_name(&dir.join("#notes#")));
+        assert!(!pseudo_name(&dir.join("#12a")));
+        assert!(!pseudo_name(&dir.join("#")));
+        assert!(!pseudo_name(&dir.join("12345")));
     }
 
     #[test]
