@@ -368,11 +368,18 @@ pub(crate) fn open_regular_with_stat(
     Ok((fd, st))
 }
 
+/// A new temporary file name: this process's random half, drawn once, and a count. A
+/// name is made for every file received: drawing 128 random bits each time cost a
+/// system call per file. A name already taken (planted) makes the creation fail, as
+/// before: every temporary file is made with `O_EXCL`.
 pub(crate) fn temp_name() -> String {
-    format!(
-        "{TEMP_PREFIX}{}{TEMP_SUFFIX}",
-        uuid::Uuid::new_v4().simple()
-    )
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PROCESS: OnceLock<u64> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let process = *PROCESS.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let count = COUNT.fetch_add(1, Ordering::Relaxed);
+    format!("{TEMP_PREFIX}{process:016x}{count:016x}{TEMP_SUFFIX}")
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 //! received file next to its target. A body that fails half-way (a bad hash, a truncated
 //! or stalled stream) leaves nothing behind.
 //!
-//! Most contents of a batch (see [`anonymous_budget`]) are received into anonymous files
-//! (`O_TMPFILE`: no name, so nothing in the directory changes until one is linked next to
-//! its target, and nothing survives a crash); the rest, or all of them where the
-//! filesystem has no anonymous files, into temporary files at the top of the configured
-//! directory, removed when the batch does not take them.
+//! Contents are received into anonymous files (`O_TMPFILE`: no name, so nothing in the
+//! directory changes until one is linked next to its target, and nothing survives a
+//! crash) as long as this process holds fewer than its [`Budget`] allows; the rest, or all of them where the filesystem has no anonymous
+//! files, into temporary files at the top of the configured directory, removed when the
+//! batch does not take them.
 //!
 //! It decides nothing about the operations: a content this node cannot keep (a full
 //! disk, a missing directory) becomes that operation's failure, told to the session.
@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
@@ -27,21 +28,56 @@ use crate::config::Config;
 use crate::protocol::{BatchHeader, BatchReader, ContentError};
 use crate::tree::{open_dir, temp_name};
 
-/// Contents of a batch received into anonymous files at least, each holding a descriptor
-/// until the batch is carried out; more where the descriptor limit allows it (see
-/// [`anonymous_budget`]). The rest are named.
+/// Contents held in anonymous files at least, whatever the descriptor limit.
 const ANONYMOUS_MIN: usize = 64;
 
-/// How many contents of one batch may be held in anonymous files: half the descriptors
-/// this process may open, shared by the batches received at once.
-fn anonymous_budget(config: &Config) -> usize {
-    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .unwrap_or(u64::MAX);
-    let share = soft / 2 / config.limits.max_concurrent_applies.max(1) as u64;
-    usize::try_from(share)
-        .unwrap_or(usize::MAX)
-        .max(ANONYMOUS_MIN)
+/// How many contents may be held in open anonymous files at once, by all the batches
+/// being received: each holds a descriptor until its batch is carried out. Past it,
+/// contents are received into named temporary files, which hold none.
+pub(crate) struct Budget {
+    held: AtomicUsize,
+    most: usize,
+}
+
+impl Budget {
+    pub(crate) const fn new(most: usize) -> Budget {
+        Budget {
+            held: AtomicUsize::new(0),
+            most,
+        }
+    }
+
+    /// This process's budget: half the descriptors it may open (the daemon raises its
+    /// soft limit to the hard one as it starts), at least [`ANONYMOUS_MIN`].
+    fn of_process() -> &'static Budget {
+        static BUDGET: OnceLock<Budget> = OnceLock::new();
+        BUDGET.get_or_init(|| {
+            let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(u64::MAX);
+            let half = usize::try_from(soft / 2).unwrap_or(usize::MAX);
+            Budget::new(half.max(ANONYMOUS_MIN))
+        })
+    }
+
+    /// A place for one more anonymous file, if the budget has one.
+    fn take(&'static self) -> Option<Slot> {
+        if self.held.fetch_add(1, Ordering::Relaxed) < self.most {
+            Some(Slot(self))
+        } else {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// One anonymous file's place in its [`Budget`], given back when it is dropped.
+struct Slot(&'static Budget);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A file's content received on the filesystem of its configured directory. Dropped
@@ -53,8 +89,8 @@ pub(crate) struct Received {
 
 /// Where a received content is.
 enum Held {
-    /// An anonymous file, open.
-    Anonymous(OwnedFd),
+    /// An anonymous file, open, with its place in the budget.
+    Anonymous { file: File, _slot: Slot },
     /// A temporary file at the top of the configured directory (empty once moved), with
     /// its inode, so that the one moved into place is known to be it.
     Named { tmp: String, inode: (u64, u64) },
@@ -85,14 +121,21 @@ impl Staged {
 /// whatever was received is removed.
 pub fn receive<R: Read>(
     config: &Config,
+    reader: BatchReader<R>,
+) -> Result<(BatchHeader, Staged), String> {
+    receive_within(config, reader, Budget::of_process())
+}
+
+/// [`receive`], holding as many anonymous files as `budget` has room for.
+fn receive_within<R: Read>(
+    config: &Config,
     mut reader: BatchReader<R>,
+    budget: &'static Budget,
 ) -> Result<(BatchHeader, Staged), String> {
     // Per configured directory: where its anonymous files are made, and its top.
     type Opened = Result<(Arc<OwnedFd>, Arc<OwnedFd>), String>;
     let mut tops: BTreeMap<String, Opened> = BTreeMap::new();
     let mut staged = Staged::default();
-    let budget = anonymous_budget(config);
-    let mut anonymous = 0;
     for index in 0..reader.header.ops.len() {
         let op = &reader.header.ops[index];
         if op.needs_content().is_none() {
@@ -115,16 +158,8 @@ pub fn receive<R: Read>(
             .clone();
         let file = match top {
             Ok((unwatched, top)) => {
-                let anonymous_in = (anonymous < budget).then_some(&*unwatched);
-                let file = receive_one(&mut reader, index, top, anonymous_in)?;
-                if let Ok(Received {
-                    held: Held::Anonymous(_),
-                    ..
-                }) = &file
-                {
-                    anonymous += 1;
-                }
-                file
+                let anonymous_in = budget.take().map(|slot| (&*unwatched, slot));
+                receive_one(&mut reader, index, top, anonymous_in)?
             }
             Err(reason) => {
                 into_nothing(&mut reader, index)?;
@@ -185,22 +220,23 @@ fn anonymous_files_in(config: &Config, top: &Arc<OwnedFd>) -> Arc<OwnedFd> {
 }
 
 /// Receives one content into a new file on the filesystem of `top`, anonymous when
-/// `anonymous_in` says where (and the filesystem has them): the file, or why it could
-/// not be kept (the body was read past it all the same). `Err` outside: the body fails.
+/// `anonymous_in` says where, with its place in the budget (and the filesystem has
+/// them): the file, or why it could not be kept (the body was read past it all the
+/// same). `Err` outside: the body fails.
 fn receive_one<R: Read>(
     reader: &mut BatchReader<R>,
     index: usize,
     top: Arc<OwnedFd>,
-    anonymous_in: Option<&OwnedFd>,
+    anonymous_in: Option<(&OwnedFd, Slot)>,
 ) -> Result<Result<Received, String>, String> {
-    let created = match anonymous_in.map(create_anonymous).transpose() {
-        Ok(Some(fd)) => Ok((
-            Held::Anonymous(fd.try_clone().map_err(|e| e.to_string())?),
-            fd,
-        )),
-        Ok(None) | Err(_) => create_named(&top),
+    let created = match anonymous_in.map(|(dir, slot)| (create_anonymous(dir), slot)) {
+        Some((Ok(fd), slot)) => {
+            let file = File::from(fd);
+            Ok((Held::Anonymous { file, _slot: slot }, None))
+        }
+        Some((Err(_), _)) | None => create_named(&top).map(|(held, file)| (held, Some(file))),
     };
-    let (held, fd) = match created {
+    let (held, named) = match created {
         Ok(created) => created,
         Err(e) => {
             into_nothing(reader, index)?;
@@ -208,8 +244,12 @@ fn receive_one<R: Read>(
         }
     };
     let received = Received { top, held };
-    let mut file = File::from(fd);
-    match reader.content_into(index, &mut file) {
+    let mut sink: &File = match (&received.held, &named) {
+        (Held::Anonymous { file, .. }, _) => file,
+        (Held::Named { .. }, Some(file)) => file,
+        (Held::Named { .. }, None) => unreachable!("a named file is created open"),
+    };
+    match reader.content_into(index, &mut sink) {
         Ok(()) => Ok(Ok(received)),
         Err(ContentError::Body(why)) => Err(why),
         Err(ContentError::Sink(e)) => Ok(Err(format!("cannot receive the content: {e}"))),
@@ -227,7 +267,7 @@ fn create_anonymous(top: &OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// A new temporary file at `top`, with the descriptor to write it through.
-fn create_named(top: &OwnedFd) -> io::Result<(Held, OwnedFd)> {
+fn create_named(top: &OwnedFd) -> io::Result<(Held, File)> {
     let tmp = temp_name();
     let fd = rustix::fs::openat(
         top,
@@ -241,7 +281,7 @@ fn create_named(top: &OwnedFd) -> io::Result<(Held, OwnedFd)> {
                 tmp,
                 inode: (st.st_dev, st.st_ino),
             },
-            fd,
+            File::from(fd),
         )),
         Err(e) => {
             let _ = rustix::fs::unlinkat(top, tmp.as_str(), AtFlags::empty());
@@ -265,15 +305,22 @@ impl Received {
     pub(super) fn move_to(mut self, parent: &OwnedFd) -> io::Result<(String, File)> {
         let tmp = temp_name();
         match &mut self.held {
-            Held::Anonymous(fd) => match link_anonymous(fd, parent, &tmp) {
+            Held::Anonymous { file, .. } => match link_anonymous(file.as_fd(), parent, &tmp) {
                 Ok(()) => {
-                    let fd = fd.try_clone()?;
-                    Ok((tmp, File::from(fd)))
+                    let Held::Anonymous { file, .. } = std::mem::replace(
+                        &mut self.held,
+                        Held::Named {
+                            tmp: String::new(),
+                            inode: (0, 0),
+                        },
+                    ) else {
+                        unreachable!("matched as anonymous")
+                    };
+                    Ok((tmp, file))
                 }
                 Err(Errno::XDEV) => {
-                    let source = fd.try_clone()?;
-                    rustix::fs::seek(&source, rustix::fs::SeekFrom::Start(0))?;
-                    copy_into(File::from(source), parent, tmp)
+                    rustix::fs::seek(&*file, rustix::fs::SeekFrom::Start(0))?;
+                    copy_into(file, parent, tmp)
                 }
                 Err(e) => Err(e.into()),
             },
@@ -314,7 +361,7 @@ impl Received {
                         if (st.st_dev, st.st_ino) != inode {
                             return Err(replaced());
                         }
-                        copy_into(File::from(source), parent, tmp)
+                        copy_into(&File::from(source), parent, tmp)
                     }
                     Err(e) => Err(e.into()),
                 }
@@ -330,7 +377,11 @@ fn replaced() -> io::Error {
 /// Gives the anonymous file `fd` the name `tmp` in `parent`: by descriptor (which takes
 /// `CAP_DAC_READ_SEARCH`, as a daemon running as root has), or else through its `/proc`
 /// link.
-fn link_anonymous(fd: &OwnedFd, parent: &OwnedFd, tmp: &str) -> rustix::io::Result<()> {
+fn link_anonymous(
+    fd: std::os::fd::BorrowedFd<'_>,
+    parent: &OwnedFd,
+    tmp: &str,
+) -> rustix::io::Result<()> {
     use std::os::fd::AsRawFd;
     match rustix::fs::linkat(fd, "", parent, tmp, AtFlags::EMPTY_PATH) {
         Err(Errno::PERM | Errno::NOENT | Errno::INVAL) => {
@@ -348,7 +399,7 @@ fn link_anonymous(fd: &OwnedFd, parent: &OwnedFd, tmp: &str) -> rustix::io::Resu
 }
 
 /// Copies `source` into a new temporary file `tmp` in `parent`.
-fn copy_into(mut source: File, parent: &OwnedFd, tmp: String) -> io::Result<(String, File)> {
+fn copy_into(mut source: &File, parent: &OwnedFd, tmp: String) -> io::Result<(String, File)> {
     let fd = rustix::fs::openat(
         parent,
         tmp.as_str(),
@@ -416,16 +467,16 @@ mod tests {
     #[test]
     fn contents_past_the_anonymous_budget_are_named_and_all_go_when_the_body_fails() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = test_config(tmp.path());
-        // A budget of the minimum: 64 anonymous contents, the rest named.
-        c.limits.max_concurrent_applies = usize::MAX;
+        let c = test_config(tmp.path());
+        // A budget of 64 anonymous contents: the rest are named.
+        let budget: &'static Budget = Box::leak(Box::new(Budget::new(ANONYMOUS_MIN)));
         let app = tmp.path().join("etc/app");
         std::fs::create_dir_all(&app).unwrap();
         let n = ANONYMOUS_MIN + 36;
 
         let (body, _) = batch_of(n, b"file 99 but not as announced");
         let reader = BatchReader::start(body.as_slice()).unwrap();
-        let err = receive(&c, reader)
+        let err = receive_within(&c, reader, budget)
             .err()
             .expect("a bad hash refuses the batch");
         assert!(
@@ -440,7 +491,7 @@ mod tests {
 
         let (body, contents) = batch_of(n, format!("file {}\n", n - 1).as_bytes());
         let reader = BatchReader::start(body.as_slice()).unwrap();
-        let (_, mut staged) = receive(&c, reader).unwrap();
+        let (_, mut staged) = receive_within(&c, reader, budget).unwrap();
         let named = (0..n)
             .filter(|&i| {
                 matches!(
@@ -454,6 +505,22 @@ mod tests {
             .count();
         assert_eq!(named, 36, "past the budget, contents are named");
         assert_eq!(temp_names(&app).len(), 36);
+        // The budget is the process's, not the batch's: while these are held, another
+        // batch's contents are all named.
+        let (body, _) = batch_of(3, b"file 2\n");
+        let reader = BatchReader::start(body.as_slice()).unwrap();
+        let (_, other) = receive_within(&c, reader, budget).unwrap();
+        assert!(
+            other.files.iter().all(|f| matches!(
+                f,
+                Some(Ok(Received {
+                    held: Held::Named { .. },
+                    ..
+                }))
+            )),
+            "the budget is spent"
+        );
+        drop(other);
         // Each one, taken and moved next to its target, holds its bytes.
         for (i, content) in contents.iter().enumerate().step_by(9) {
             let received = staged.take(i).unwrap().unwrap();
@@ -472,6 +539,11 @@ mod tests {
             Vec::<String>::new(),
             "the rest are removed"
         );
+        assert_eq!(
+            budget.held.load(Ordering::Relaxed),
+            0,
+            "every anonymous file gave its place back"
+        );
     }
 
     /// Where each content of a batch is held: the directory its anonymous file was made
@@ -483,10 +555,10 @@ mod tests {
             .iter()
             .map(|file| match file {
                 Some(Ok(Received {
-                    held: Held::Anonymous(fd),
+                    held: Held::Anonymous { file, .. },
                     ..
                 })) => {
-                    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                    let link = format!("/proc/self/fd/{}", file.as_raw_fd());
                     let target = std::fs::read_link(link).unwrap();
                     target.parent().unwrap().to_path_buf()
                 }

@@ -115,6 +115,10 @@ pub struct BatchReader<R> {
 /// Bytes read from the body at once.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
+/// A batch header up to this size is read whole before it is parsed (a sender's batch of
+/// 4,096 operations is about 1.5 MB); a larger one is parsed as it arrives.
+const HEADER_READ_WHOLE_BYTES: usize = 4 * 1024 * 1024;
+
 impl<R: Read> BatchReader<R> {
     /// Reads and checks the magic, the header length and the header.
     pub fn start(mut body: R) -> Result<BatchReader<R>, String> {
@@ -132,17 +136,32 @@ impl<R: Read> BatchReader<R> {
                 "batch header of {len} bytes exceeds the limit of {MAX_BATCH_HEADER_BYTES}"
             ));
         }
-        // Parsed as it is read: a header of many operations is megabytes of JSON, which
-        // a receiver need not hold beside the operations it becomes.
-        let mut json =
-            io::BufReader::with_capacity(READ_BUFFER_BYTES, (&mut body).take(len as u64));
-        let header = serde_json::from_reader::<_, BatchHeader>(&mut json);
-        let short = json.get_ref().limit() > 0;
-        let header = match header {
-            Err(e) if e.is_io() => return Err(format!("batch not received: {e}")),
-            _ if short => return Err("batch body shorter than its header length".into()),
-            Err(e) => return Err(format!("malformed batch header: {e}")),
-            Ok(header) => header,
+        let header = if len <= HEADER_READ_WHOLE_BYTES {
+            // Read whole, then parsed: several times faster than parsing as it is read.
+            let mut json = vec![0u8; len];
+            read_full(&mut body, &mut json).map_err(|e| match e {
+                Short::Ended => "batch body shorter than its header length".to_string(),
+                Short::Broken(e) => format!("batch not received: {e}"),
+            })?;
+            serde_json::from_slice::<BatchHeader>(&json)
+                .map_err(|e| format!("malformed batch header: {e}"))?
+        } else {
+            // Parsed as it is read: such a header is tens of megabytes of JSON, which a
+            // receiver need not hold beside the operations it becomes.
+            let mut json =
+                io::BufReader::with_capacity(READ_BUFFER_BYTES, (&mut body).take(len as u64));
+            let header = serde_json::from_reader::<_, BatchHeader>(&mut json);
+            let short = json.get_ref().limit() > 0;
+            match header {
+                Err(e) if e.is_io() => return Err(format!("batch not received: {e}")),
+                // The JSON ends where the body does, before the length said.
+                Err(e) if e.is_eof() && short => {
+                    return Err("batch body shorter than its header length".into())
+                }
+                Err(e) => return Err(format!("malformed batch header: {e}")),
+                Ok(_) if short => return Err("batch body shorter than its header length".into()),
+                Ok(header) => header,
+            }
         };
         if header.ops.len() > MAX_OPS_PER_BATCH {
             return Err(format!(
@@ -341,6 +360,27 @@ mod tests {
         longer.truncate(whole.len());
         longer.extend_from_slice(b"  ");
         assert_eq!(decode_batch(&longer).unwrap().header.ops, header.ops);
+    }
+
+    /// A header larger than [`HEADER_READ_WHOLE_BYTES`] is parsed as it arrives, and
+    /// reads as one read whole does: the same operations, the same refusals.
+    #[test]
+    fn a_header_past_the_whole_read_size_reads_as_a_small_one() {
+        let long_name = "n".repeat(200);
+        let ops: Vec<Op> = (0..20_000)
+            .map(|i| put(&format!("/etc/app/{long_name}{i}"), b""))
+            .collect();
+        let header = BatchHeader::new(ops);
+        let whole = encode_batch(&header, &[]);
+        assert!(whole.len() > HEADER_READ_WHOLE_BYTES + 8, "{}", whole.len());
+        assert_eq!(decode_batch(&whole).unwrap().header.ops, header.ops);
+        let err = decode_batch(&whole[..whole.len() - 10]).unwrap_err();
+        assert!(err.contains("shorter than its header length"), "{err}");
+        let mut broken = whole.clone();
+        let at = broken.len() / 2;
+        broken[at] = b'\x01';
+        let err = decode_batch(&broken).unwrap_err();
+        assert!(err.contains("malformed batch header"), "{err}");
     }
 }
 
