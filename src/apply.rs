@@ -5,15 +5,16 @@
 //! configured directories and not excluded by THIS node's config. Below a configured
 //! directory nothing is followed: every component is opened with `O_NOFOLLOW` relative
 //! to its parent's descriptor, so a symlink planted anywhere on the way cannot lead a
-//! write outside. Files land through a temporary file in the same directory that is
-//! fsynced, given its mode, owner and mtime, renamed over the target, and followed by an
-//! fsync of the directory: a crash leaves the old file or the new one, never a mix.
+//! write outside. Files land through a temporary file that is given its mode, owner and
+//! mtime, flushed, and renamed over the target (or, for a new file, an anonymous one
+//! linked at the free name), followed by an fsync of the directory: a crash leaves the
+//! old file or the new one, never a mix.
 //!
 //! The path rules and the no-follow opening of directories are [`crate::tree`]'s, shared
 //! with the sender and the scans. Split by stage: `confine` checks a whole batch before
 //! anything is written; `staging` receives the batch's contents into temporary files;
 //! `batch` runs it and holds the results until they are committed or rejected;
-//! `session` carries out each operation, deferring renames and flushes to the end of
+//! `session` carries out each operation, deferring renames, links and flushes to the end of
 //! the batch; `fs` holds the primitives that read and change one name only while it
 //! holds what was checked. This file re-exports what the rest of the crate calls and
 //! holds the property test of the receiver as a whole.

@@ -221,6 +221,21 @@ impl Baseline {
             .map(|row| row.entry.clone())
     }
 
+    /// Whether the version known at `path` is a file of `size` bytes last modified at
+    /// `mtime_ns`: a file found so holds that version (what this node received or
+    /// pushed there), not one being written.
+    pub fn holds_file(&self, path: &str, size: u64, mtime_ns: i64) -> bool {
+        self.rows
+            .lock()
+            .expect("baseline lock")
+            .map
+            .get(path)
+            .is_some_and(|row| {
+                matches!(row.entry.content, Content::File { size: known, .. } if known == size)
+                    && row.entry.mtime_ns == mtime_ns
+            })
+    }
+
     /// Whether anything is known at `path`.
     pub fn knows(&self, path: &str) -> bool {
         self.rows
@@ -385,6 +400,32 @@ mod tests {
             }
         );
         assert_eq!(baseline.get("/d/a"), Some(file_entry(b"v2")));
+    }
+
+    #[test]
+    fn a_file_holds_the_version_known_by_its_size_and_mtime_only() {
+        let v1 = file_entry(b"v1");
+        let baseline = Baseline::new(scan_of(&[("/d/a", b"v1")]).entries);
+        baseline.record(
+            "/d/dir",
+            Some(Entry {
+                content: Content::Dir,
+                ..v1.clone()
+            }),
+        );
+        assert!(baseline.holds_file("/d/a", 2, v1.mtime_ns));
+        assert!(!baseline.holds_file("/d/a", 3, v1.mtime_ns), "another size");
+        assert!(
+            !baseline.holds_file("/d/a", 2, v1.mtime_ns + 1),
+            "another mtime"
+        );
+        assert!(
+            !baseline.holds_file("/d/b", 2, v1.mtime_ns),
+            "nothing known there"
+        );
+        assert!(!baseline.holds_file("/d/dir", 2, v1.mtime_ns), "not a file");
+        baseline.record("/d/a", None);
+        assert!(!baseline.holds_file("/d/a", 2, v1.mtime_ns), "deleted");
     }
 
     #[test]

@@ -102,10 +102,20 @@ pub async fn propagate(
                 burst.add(&config, queue.take(), Instant::now(), &mut overdue);
                 continue;
             }
-            if burst.open() > 0 {
+            // While a received batch is being written, the files it links into place are
+            // not recorded yet: looked at once it is done.
+            if burst.open() > 0 && !node.applying() {
+                let known = |path: &std::path::Path, meta: &std::fs::Metadata| {
+                    use std::os::unix::fs::MetadataExt;
+                    let mtime_ns = crate::manifest::nanos(meta.mtime(), meta.mtime_nsec());
+                    config
+                        .logical_path(path)
+                        .is_some_and(|p| baseline.holds_file(&p, meta.size(), mtime_ns))
+                };
                 burst.recheck(
                     Instant::now(),
                     |path| std::fs::symlink_metadata(path).ok(),
+                    known,
                     writers::open_for_writing,
                 );
                 let late = burst.overdue(Instant::now(), config.open_write_timeout, &mut overdue);

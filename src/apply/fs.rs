@@ -23,6 +23,9 @@ use crate::tree::{is_temp_name, open_parent, open_regular, temp_name};
 pub(super) enum Step {
     Done(Outcome),
     Rename(String, (u64, u64)),
+    /// An anonymous file, complete with its content and metadata, to be given the name
+    /// (free when checked) at the end of the batch: one link, and no temporary name.
+    Link(Received),
 }
 
 /// What this node holds at `path` now, read without following a link below its
@@ -136,6 +139,14 @@ impl Target<'_> {
         match &entry.content {
             Content::File { sha256, .. } => match content {
                 Some(Ok(received)) => {
+                    if let (None, Some(file)) = (self.checked, received.anonymous()) {
+                        set_meta(file, entry, owners)?;
+                        set_mtime(file, entry)?;
+                        if fsync {
+                            file.sync_all()?;
+                        }
+                        return Ok(Step::Link(received));
+                    }
                     let (tmp, file) = received.move_to(self.parent)?;
                     self.finish_file(tmp, file, entry, owners, fsync)
                 }
@@ -274,6 +285,30 @@ impl Target<'_> {
             let _ = rustix::fs::unlinkat(self.parent, tmp, AtFlags::empty());
         }
         outcome
+    }
+
+    /// Gives a prepared anonymous file the name, which was free when checked and is
+    /// taken only if it still is, in one step, unless preparing the batch failed. Where
+    /// the file is on another mount than the name, its bytes and metadata are copied
+    /// into a temporary file next to it, flushed, and renamed instead. The outcome, with
+    /// what the file is once named (for a link).
+    pub(super) fn link_into_place(
+        &self,
+        received: Received,
+        prepared: io::Result<()>,
+    ) -> io::Result<(Outcome, Option<rustix::fs::Stat>)> {
+        prepared?;
+        match received.link_at(self.parent, self.name) {
+            Ok(st) => Ok((Outcome::Applied, Some(st))),
+            Err(Errno::EXIST) => Ok((changed_underneath(), None)),
+            Err(Errno::XDEV) => {
+                let (tmp, file) = received.move_to(self.parent)?;
+                file.sync_all()?;
+                drop(file);
+                Ok((self.rename_into_place(&tmp, Ok(()))?, None))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(super) fn delete(&self, current: Option<&Entry>) -> io::Result<Outcome> {
@@ -420,8 +455,11 @@ mod tests {
         assert!(app.join("x").exists());
     }
 
+    /// A new file is linked into place (received into an anonymous file) or renamed
+    /// there (received into a named one) only while its name is free: a file made there
+    /// on the peer after the check is kept, as a conflict, and nothing is left behind.
     #[test]
-    fn a_name_taken_between_check_and_rename_of_a_new_file_is_a_conflict() {
+    fn a_name_taken_between_check_and_placing_of_a_new_file_is_a_conflict() {
         let tmp = tempfile::tempdir().unwrap();
         let c = test_config(tmp.path());
         let app = tmp.path().join("etc/app");
@@ -438,38 +476,58 @@ mod tests {
             Action::Put { entry } => entry,
             Action::Delete => unreachable!(),
         };
-        let prepare = || {
-            let Step::Rename(tmp, _) = target
-                .put(
-                    &entry,
-                    Some(Ok(received(&c, "/etc/app/new", b"pushed"))),
-                    false,
-                    true,
-                )
-                .unwrap()
-            else {
-                panic!("a file put leaves a temporary file to rename")
+        type Receive = fn(&Config, &str, &[u8]) -> Received;
+        for (kind, receive, linked) in [
+            ("anonymous", received as Receive, true),
+            (
+                "named",
+                super::super::staging::received_named as Receive,
+                false,
+            ),
+        ] {
+            // Prepared, then placed: the outcome.
+            let place = |made_meanwhile: bool| {
+                let step = target
+                    .put(
+                        &entry,
+                        Some(Ok(receive(&c, "/etc/app/new", b"pushed"))),
+                        false,
+                        true,
+                    )
+                    .unwrap();
+                if made_meanwhile {
+                    std::fs::write(app.join("new"), b"made meanwhile").unwrap();
+                }
+                match step {
+                    Step::Link(received) => {
+                        assert!(linked, "{kind}: linked");
+                        target.link_into_place(received, Ok(())).unwrap().0
+                    }
+                    Step::Rename(tmp, _) => {
+                        assert!(!linked, "{kind}: renamed");
+                        target.rename_into_place(&tmp, Ok(())).unwrap()
+                    }
+                    Step::Done(outcome) => panic!("{kind}: done at once: {outcome:?}"),
+                }
             };
-            tmp
-        };
-        // Made on the peer after the check, before the rename: kept, as a conflict.
-        let tmp = prepare();
-        std::fs::write(app.join("new"), b"made meanwhile").unwrap();
-        let outcome = target.rename_into_place(&tmp, Ok(())).unwrap();
-        assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
-        assert_eq!(std::fs::read(app.join("new")).unwrap(), b"made meanwhile");
-        let names: Vec<_> = std::fs::read_dir(&app)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["new"], "the temporary file is removed");
+            let outcome = place(true);
+            assert!(
+                matches!(outcome, Outcome::Conflict(_)),
+                "{kind}: {outcome:?}"
+            );
+            assert_eq!(std::fs::read(app.join("new")).unwrap(), b"made meanwhile");
+            let names: Vec<_> = std::fs::read_dir(&app)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["new"], "{kind}: nothing else is left");
 
-        // Still free: taken.
-        std::fs::remove_file(app.join("new")).unwrap();
-        let tmp = prepare();
-        let outcome = target.rename_into_place(&tmp, Ok(())).unwrap();
-        assert_eq!(outcome, Outcome::Applied);
-        assert_eq!(std::fs::read(app.join("new")).unwrap(), b"pushed");
+            // Still free: taken.
+            std::fs::remove_file(app.join("new")).unwrap();
+            assert_eq!(place(false), Outcome::Applied, "{kind}");
+            assert_eq!(std::fs::read(app.join("new")).unwrap(), b"pushed");
+            std::fs::remove_file(app.join("new")).unwrap();
+        }
     }
 
     #[test]

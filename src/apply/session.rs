@@ -23,22 +23,30 @@ use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};
 use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
 use crate::tree::{open_dir, Parents};
 
-/// A file written under a temporary name, renamed over its target at the end of the
-/// batch once its data is durable.
+/// A file put in place at the end of the batch, once its data is durable.
 struct Pending {
     index: usize,
     path: String,
-    tmp: String,
     checked: Option<Fingerprint>,
-    /// The device and inode of the temporary file.
-    inode: (u64, u64),
+    how: Placing,
+}
+
+/// How a pending file takes its name.
+enum Placing {
+    /// Written under the temporary name `tmp`, renamed over the target; `inode`: the
+    /// device and inode of the temporary file.
+    Rename { tmp: String, inode: (u64, u64) },
+    /// An anonymous file, linked at the name (which was free).
+    Link(Received),
 }
 
 /// The work of one batch that is deferred to its end, so that durability costs one
 /// flush per batch rather than two fsyncs per file. Order of events for a file: the
-/// temporary file is written; its data is flushed (fsync, or `syncfs` of its whole
-/// filesystem); the target is checked again and the temporary file renamed over it;
-/// the directory is fsynced. A crash at any point leaves the old file or the new one.
+/// temporary file is written and given its metadata; its data is flushed (fsync, or
+/// `syncfs` of its whole filesystem); the target is checked again and the temporary
+/// file renamed over it, or, for a new file received into an anonymous one, that file
+/// is linked at the name while it is still free; the directory is fsynced. A crash at
+/// any point leaves the old file or the new one (or none, for a new one).
 pub(super) struct Session {
     fsync_each: bool,
     pending: Vec<Pending>,
@@ -212,15 +220,11 @@ impl Session {
                 outcome
             }
             Ok(Step::Rename(tmp, inode)) => {
-                self.changed.insert(at.index);
-                self.filesystems.insert(at.config.local_path(&at.dir.path));
-                self.pending.push(Pending {
-                    index: at.index,
-                    path: at.op.path.to_string(),
-                    tmp,
-                    checked: target.checked,
-                    inode,
-                });
+                self.defer(at, target.checked, Placing::Rename { tmp, inode });
+                Outcome::Applied
+            }
+            Ok(Step::Link(received)) => {
+                self.defer(at, target.checked, Placing::Link(received));
                 Outcome::Applied
             }
             Err(e) => Outcome::Failed(e.to_string()),
@@ -237,6 +241,18 @@ impl Session {
             }
         }
         outcome
+    }
+
+    /// Leaves a file to be put in place at the end of the batch.
+    fn defer(&mut self, at: &At<'_>, checked: Option<Fingerprint>, how: Placing) {
+        self.changed.insert(at.index);
+        self.filesystems.insert(at.config.local_path(&at.dir.path));
+        self.pending.push(Pending {
+            index: at.index,
+            path: at.op.path.to_string(),
+            checked,
+            how,
+        });
     }
 
     /// The previous version at the operation's path: into the backups, and kept for a
@@ -334,9 +350,9 @@ impl Session {
         Ok(top)
     }
 
-    /// Flushes, renames the pending files into place and fsyncs the changed directories.
+    /// Flushes, puts the pending files in place and fsyncs the changed directories.
     /// Returns the stamp of each file put in place, by operation: read once the file has
-    /// its name (the rename moved its ctime), it is what a scan of this node finds there
+    /// its name (the rename or link moved its ctime), it is what a scan of this node finds there
     /// while nothing changes the file, so that a daemon can take the hash it received
     /// instead of reading the file again.
     pub(super) fn finish(
@@ -368,17 +384,23 @@ impl Session {
                         Some(reason) => Err(io::Error::other(reason.clone())),
                         None => Ok(()),
                     };
-                    let outcome = target
-                        .rename_into_place(&pending.tmp, prepared)
-                        .unwrap_or_else(|e| Outcome::Failed(e.to_string()));
-                    if outcome == Outcome::Applied {
-                        let flags = AtFlags::SYMLINK_NOFOLLOW;
-                        match rustix::fs::statat(&*parent, name.as_str(), flags) {
-                            Ok(st) if (st.st_dev, st.st_ino) == pending.inode => {
-                                stamps.push((pending.index, Stamp::of_stat(&st)));
-                            }
-                            _ => {}
+                    let placed = match pending.how {
+                        Placing::Rename { tmp, inode } => {
+                            target.rename_into_place(&tmp, prepared).map(|outcome| {
+                                let flags = AtFlags::SYMLINK_NOFOLLOW;
+                                let st = (outcome == Outcome::Applied)
+                                    .then(|| rustix::fs::statat(&*parent, name.as_str(), flags))
+                                    .and_then(Result::ok)
+                                    .filter(|st| (st.st_dev, st.st_ino) == inode);
+                                (outcome, st)
+                            })
                         }
+                        Placing::Link(received) => target.link_into_place(received, prepared),
+                    };
+                    let (outcome, st) =
+                        placed.unwrap_or_else(|e| (Outcome::Failed(e.to_string()), None));
+                    if let (Outcome::Applied, Some(st)) = (&outcome, st) {
+                        stamps.push((pending.index, Stamp::of_stat(&st)));
                     }
                     outcome
                 }

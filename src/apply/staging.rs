@@ -299,9 +299,33 @@ fn into_nothing<R: Read>(reader: &mut BatchReader<R>, index: usize) -> Result<()
 }
 
 impl Received {
+    /// The anonymous file holding the content, if it is one: it can be given its
+    /// metadata before it has a name, and then be linked at its target's.
+    pub(super) fn anonymous(&self) -> Option<&File> {
+        match &self.held {
+            Held::Anonymous { file, .. } => Some(file),
+            Held::Named { .. } => None,
+        }
+    }
+
+    /// Links the anonymous file at `name` in `parent` (failing with `EXIST` where the
+    /// name is taken), and says what it is once named. Not for a named file.
+    pub(super) fn link_at(
+        &self,
+        parent: &OwnedFd,
+        name: &str,
+    ) -> rustix::io::Result<rustix::fs::Stat> {
+        let Some(file) = self.anonymous() else {
+            return Err(Errno::INVAL);
+        };
+        link_anonymous(file.as_fd(), parent, name)?;
+        rustix::fs::fstat(file)
+    }
+
     /// Puts the received file in `parent` under a new temporary name, and opens it to be
     /// given its metadata. Across filesystems (a mount below the configured directory),
-    /// its bytes are copied instead.
+    /// its bytes are copied instead, with the mode, owner and mtime the anonymous file
+    /// was given.
     pub(super) fn move_to(mut self, parent: &OwnedFd) -> io::Result<(String, File)> {
         let tmp = temp_name();
         match &mut self.held {
@@ -320,7 +344,15 @@ impl Received {
                 }
                 Err(Errno::XDEV) => {
                     rustix::fs::seek(&*file, rustix::fs::SeekFrom::Start(0))?;
-                    copy_into(file, parent, tmp)
+                    let st = rustix::fs::fstat(&*file)?;
+                    let (tmp, copy) = copy_into(file, parent, tmp)?;
+                    match copy_metadata(&st, &copy) {
+                        Ok(()) => Ok((tmp, copy)),
+                        Err(e) => {
+                            let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
+                            Err(e.into())
+                        }
+                    }
                 }
                 Err(e) => Err(e.into()),
             },
@@ -398,6 +430,28 @@ fn link_anonymous(
     }
 }
 
+/// Gives `copy` the owner, mode and mtime `st` says (those an anonymous file was given).
+fn copy_metadata(st: &rustix::fs::Stat, copy: &File) -> rustix::io::Result<()> {
+    use rustix::fs::{Gid, Timespec, Timestamps, Uid, UTIME_OMIT};
+    let own = rustix::fs::fstat(copy)?;
+    if (own.st_uid, own.st_gid) != (st.st_uid, st.st_gid) {
+        let (uid, gid) = (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid));
+        rustix::fs::fchown(copy, Some(uid), Some(gid))?;
+    }
+    rustix::fs::fchmod(copy, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    };
+    rustix::fs::futimens(copy, &times)
+}
+
 /// Copies `source` into a new temporary file `tmp` in `parent`.
 fn copy_into(mut source: &File, parent: &OwnedFd, tmp: String) -> io::Result<(String, File)> {
     let fd = rustix::fs::openat(
@@ -429,10 +483,22 @@ impl Drop for Received {
 /// The content `bytes` for a put of `path`, received as a batch of its own would be.
 #[cfg(test)]
 pub(super) fn received(config: &Config, path: &str, bytes: &[u8]) -> Received {
+    received_within(config, path, bytes, Budget::of_process())
+}
+
+/// [`received`], into a named temporary file (as past the budget).
+#[cfg(test)]
+pub(super) fn received_named(config: &Config, path: &str, bytes: &[u8]) -> Received {
+    static NONE: Budget = Budget::new(0);
+    received_within(config, path, bytes, &NONE)
+}
+
+#[cfg(test)]
+fn received_within(config: &Config, path: &str, bytes: &[u8], budget: &'static Budget) -> Received {
     let header = crate::protocol::BatchHeader::new(vec![crate::testing::put(path, bytes)]);
     let body = crate::protocol::encode_batch(&header, &[bytes]);
     let reader = BatchReader::start(body.as_slice()).expect("a well-formed batch");
-    let (_, mut staged) = receive(config, reader).expect("received");
+    let (_, mut staged) = receive_within(config, reader, budget).expect("received");
     staged.take(0).expect("a content").expect("kept")
 }
 

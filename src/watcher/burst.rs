@@ -206,21 +206,24 @@ impl Burst {
             .max(Duration::from_millis(1))
     }
 
-    /// Drops the files that nobody is writing any more: gone, not a regular file, or
-    /// held open for writing by no process (`writers`, asked at most once per
-    /// [`WRITERS_INTERVAL`]; `None` when it cannot tell). That covers what the events
-    /// cannot: a write with no open file behind it (an mtime set through the path,
-    /// `truncate(2)`) and a hard link made, neither of which is ever closed.
+    /// Drops the files that nobody is writing any more: gone, not a regular file,
+    /// holding the version this node knows there (`known`: a file a peer's push linked
+    /// into place whole, which no close follows), or held open for writing by no process
+    /// (`writers`, asked at most once per [`WRITERS_INTERVAL`]; `None` when it cannot
+    /// tell). That covers what the events cannot: a write with no open file behind it
+    /// (an mtime set through the path, `truncate(2)`) and a hard link made, neither of
+    /// which is ever closed. A write to a file dropped here makes it open again.
     pub fn recheck(
         &mut self,
         now: Instant,
         stat: impl Fn(&Path) -> Option<std::fs::Metadata>,
+        known: impl Fn(&Path, &std::fs::Metadata) -> bool,
         writers: impl FnOnce(&HashSet<FileId>) -> Option<HashSet<FileId>>,
     ) {
         use std::os::unix::fs::MetadataExt;
         let mut ids = HashMap::new();
         self.open.retain(|path, _| match stat(path) {
-            Some(meta) if meta.file_type().is_file() => {
+            Some(meta) if meta.file_type().is_file() && !known(path, &meta) => {
                 ids.insert(path.clone(), (meta.dev(), meta.ino()));
                 true
             }
@@ -406,7 +409,7 @@ mod tests {
     }
 
     #[test]
-    fn recheck_lets_go_of_files_gone_not_regular_or_written_by_nobody() {
+    fn recheck_lets_go_of_files_gone_not_regular_known_or_written_by_nobody() {
         let (tmp, config) = setup();
         let dir = tmp.path().join("etc/app");
         std::fs::create_dir_all(&dir).unwrap();
@@ -415,6 +418,7 @@ mod tests {
         std::os::unix::fs::symlink("source", dir.join("sym")).unwrap();
         std::fs::write(dir.join("writing"), "half").unwrap();
         std::fs::write(dir.join("touched"), "").unwrap();
+        std::fs::write(dir.join("received"), "whole").unwrap();
         let t0 = Instant::now();
         let mut overdue = Overdue::new();
         let mut burst = Burst::new(t0);
@@ -424,15 +428,18 @@ mod tests {
             ("/etc/app/gone", ChangeKind::Written),
             ("/etc/app/writing", ChangeKind::Written),
             ("/etc/app/touched", ChangeKind::Written),
+            // Linked into place whole by a peer's push: its version is the one known.
+            ("/etc/app/received", ChangeKind::Created),
         ];
         burst.add(&config, taken(tmp.path(), &changes), t0, &mut overdue);
-        assert_eq!(burst.open(), 5);
+        assert_eq!(burst.open(), 6);
         let stat = |p: &Path| std::fs::symlink_metadata(p).ok();
         let id = |name: &str| super::super::writers::file_id(&dir.join(name)).unwrap();
         // Only "writing" has a writer (the link shares the source's inode, which has none).
         let writing = id("writing");
+        let known = |p: &Path, meta: &std::fs::Metadata| p.ends_with("received") && meta.len() == 5;
         let mut asked = Vec::new();
-        burst.recheck(t0, stat, |wanted| {
+        burst.recheck(t0, stat, known, |wanted| {
             asked.push(wanted.len());
             Some(HashSet::from([writing]))
         });
@@ -442,13 +449,19 @@ mod tests {
             [&dir.join("writing")]
         );
         // Not asked again within the interval; asked after it; can't tell: kept.
-        burst.recheck(t0 + WRITERS_INTERVAL / 2, stat, |_| {
+        burst.recheck(t0 + WRITERS_INTERVAL / 2, stat, known, |_| {
             panic!("asked too soon")
         });
-        burst.recheck(t0 + WRITERS_INTERVAL, stat, |_| None);
+        burst.recheck(t0 + WRITERS_INTERVAL, stat, known, |_| None);
         assert_eq!(burst.open(), 1, "kept when nobody can tell");
-        burst.recheck(t0 + WRITERS_INTERVAL * 2, stat, |_| Some(HashSet::new()));
+        burst.recheck(t0 + WRITERS_INTERVAL * 2, stat, known, |_| {
+            Some(HashSet::new())
+        });
         assert_eq!(burst.open(), 0, "closed meanwhile");
+        // Written after it was let go: open again.
+        let written = [("/etc/app/received", ChangeKind::Written)];
+        burst.add(&config, taken(tmp.path(), &written), t0, &mut overdue);
+        assert_eq!(burst.open(), 1);
     }
 
     #[test]
