@@ -45,6 +45,8 @@ pub struct Node {
     /// Received batches being written now (the watcher's scan holds `apply_lock` too,
     /// and is not one).
     writing: Arc<std::sync::atomic::AtomicUsize>,
+    /// Received batches written so far.
+    written: Arc<std::sync::atomic::AtomicU64>,
     /// Apply requests being received or applied (`max_concurrent_applies`).
     pub(crate) applies: Arc<Semaphore>,
     /// When the last apply request began or ended: a comparison waits while pushes
@@ -281,18 +283,24 @@ impl Node {
         self.writing.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
+    /// How many received batches were written so far.
+    pub fn batches_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Says that a received batch is being written until the guard is dropped (see
     /// [`Node::applying`]); taken under `apply_lock`.
     pub(crate) fn writing_batch(&self) -> impl Drop + Send + 'static {
-        struct Writing(Arc<std::sync::atomic::AtomicUsize>);
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        struct Writing(Arc<AtomicUsize>, Arc<AtomicU64>);
         impl Drop for Writing {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                self.1.fetch_add(1, Ordering::SeqCst);
+                self.0.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        self.writing
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Writing(self.writing.clone())
+        self.writing.fetch_add(1, Ordering::SeqCst);
+        Writing(self.writing.clone(), self.written.clone())
     }
 
     /// This node, applying received batches one at a time with `previous` (and scanning
@@ -300,6 +308,7 @@ impl Node {
     pub fn applying_after(mut self, previous: &Node) -> Node {
         self.apply_lock = previous.apply_lock.clone();
         self.writing = previous.writing.clone();
+        self.written = previous.written.clone();
         self
     }
 
@@ -321,6 +330,7 @@ impl Node {
             cache,
             apply_lock: Arc::new(Mutex::new(())),
             writing: Arc::default(),
+            written: Arc::default(),
             applies: Arc::new(Semaphore::new(limits.max_concurrent_applies)),
             last_received: std::sync::Mutex::new(None),
             baseline,

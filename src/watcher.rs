@@ -90,14 +90,42 @@ pub async fn propagate(
             continue;
         }
         // Gather until every file is complete and the settle window has passed.
+        let batches_before = node.batches_written();
         loop {
             let now = Instant::now();
             let known = |path: &str| baseline.knows(path);
             if burst.complete(now, config.debounce, known) {
                 break;
             }
+            let version_known = |path: &std::path::Path, meta: &std::fs::Metadata| {
+                use std::os::unix::fs::MetadataExt;
+                let mtime_ns = crate::manifest::nanos(meta.mtime(), meta.mtime_nsec());
+                config
+                    .logical_path(path)
+                    .is_some_and(|p| baseline.holds_file(&p, meta.size(), mtime_ns))
+            };
+            // A large burst while peers' batches are written here is taken between two
+            // batches, once its files are complete, rather than when the pushes pause:
+            // received back to back, the batches of an initial sync would otherwise
+            // make one burst of the whole tree, held and scanned at once.
+            let between_batches = burst.paths.len() >= crate::memory::LARGE_WORK
+                && node.batches_written() != batches_before;
+            if between_batches && !node.applying() {
+                burst.recheck(
+                    now,
+                    |path| std::fs::symlink_metadata(path).ok(),
+                    version_known,
+                    writers::open_for_writing,
+                );
+                if burst.open() == 0 {
+                    break;
+                }
+            }
             let timing = (config.debounce, config.open_write_timeout);
-            let wait = burst.wait(now, timing, known);
+            let mut wait = burst.wait(now, timing, known);
+            if between_batches {
+                wait = wait.min(BETWEEN_BATCHES_POLL);
+            }
             if tokio::time::timeout(wait, queue.ready()).await.is_ok() {
                 burst.add(&config, queue.take(), Instant::now(), &mut overdue);
                 continue;
@@ -105,17 +133,10 @@ pub async fn propagate(
             // While a received batch is being written, the files it links into place are
             // not recorded yet: looked at once it is done.
             if burst.open() > 0 && !node.applying() {
-                let known = |path: &std::path::Path, meta: &std::fs::Metadata| {
-                    use std::os::unix::fs::MetadataExt;
-                    let mtime_ns = crate::manifest::nanos(meta.mtime(), meta.mtime_nsec());
-                    config
-                        .logical_path(path)
-                        .is_some_and(|p| baseline.holds_file(&p, meta.size(), mtime_ns))
-                };
                 burst.recheck(
                     Instant::now(),
                     |path| std::fs::symlink_metadata(path).ok(),
-                    known,
+                    version_known,
                     writers::open_for_writing,
                 );
                 let late = burst.overdue(Instant::now(), config.open_write_timeout, &mut overdue);
@@ -165,6 +186,10 @@ pub async fn propagate(
         held_back.extend(refused);
     }
 }
+
+/// How often a large burst looks for the end of the received batch being written (see
+/// `propagate`).
+const BETWEEN_BATCHES_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What to scan for a burst that touched `paths`: the paths themselves, or, beyond
 /// [`MAX_SCOPED_PATHS`], the directories holding them (their parents, then theirs, up to

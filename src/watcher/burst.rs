@@ -51,6 +51,11 @@ pub struct Burst {
     /// Files open for writing, by local path, with when they were first seen written
     /// (or created).
     open: BTreeMap<PathBuf, Instant>,
+    /// No file of `open` was first seen before this (`None` while none is open): when
+    /// the first of them can become overdue, without a walk over all of them at every
+    /// event (a burst of an initial sync received holds every file it creates for a
+    /// moment). Exact again after [`Burst::overdue`] looks at them all.
+    open_since: Option<Instant>,
     /// Files renamed away while open for writing, until the rename's other half.
     renamed: HashMap<u32, Vec<(PathBuf, Instant)>>,
     /// Logical paths deleted or renamed away, and not back (yet).
@@ -71,6 +76,7 @@ impl Burst {
             paths: BTreeSet::new(),
             rescan: false,
             open: BTreeMap::new(),
+            open_since: None,
             renamed: HashMap::new(),
             vanished: BTreeSet::new(),
             last_event: now,
@@ -84,6 +90,7 @@ impl Burst {
             self.rescan = true;
             // Which files are open is unknown now: the rescan takes what is there.
             self.open.clear();
+            self.open_since = None;
             self.renamed.clear();
         }
         for change in taken.changes {
@@ -113,6 +120,7 @@ impl Burst {
                 ChangeKind::Written if overdue.contains(&path) => {}
                 ChangeKind::Written | ChangeKind::Created => {
                     self.open.entry(path).or_insert(now);
+                    self.opened(now);
                 }
                 ChangeKind::Closed => {
                     overdue.remove(&path);
@@ -130,6 +138,7 @@ impl Burst {
                     if let Some(moved) = self.renamed.remove(&cookie) {
                         for (relative, since) in moved {
                             self.open.insert(path.join(relative), since);
+                            self.opened(since);
                         }
                     }
                 }
@@ -140,6 +149,14 @@ impl Burst {
             }
             self.paths.insert(logical);
         }
+    }
+
+    /// Notes that a file first seen at `since` is open.
+    fn opened(&mut self, since: Instant) {
+        self.open_since = match self.open_since {
+            Some(first) if self.open.len() > 1 => Some(first.min(since)),
+            _ => Some(since),
+        };
     }
 
     /// Takes the open files at or below `path` (a file or a directory renamed or
@@ -193,10 +210,8 @@ impl Burst {
             return quiet;
         }
         let first_due = self
-            .open
-            .values()
-            .map(|since| (*since + bound).saturating_duration_since(now))
-            .min()
+            .open_since
+            .map(|since| (since + bound).saturating_duration_since(now))
             .unwrap_or_default();
         // Looked at again now and then: a close the kernel could not report (a file
         // deleted or renamed out of sight by another way) must not hold the burst.
@@ -252,6 +267,9 @@ impl Burst {
         bound: Duration,
         overdue: &mut Overdue,
     ) -> Vec<PathBuf> {
+        if self.open_since.is_none_or(|since| now < since + bound) {
+            return Vec::new();
+        }
         let late: Vec<PathBuf> = self
             .open
             .iter()
@@ -262,6 +280,7 @@ impl Burst {
             self.open.remove(path);
             overdue.insert(path.clone());
         }
+        self.open_since = self.open.values().min().copied();
         late
     }
 
