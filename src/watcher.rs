@@ -90,7 +90,7 @@ pub async fn propagate(
             continue;
         }
         // Gather until every file is complete and the settle window has passed.
-        let batches_before = node.batches_written();
+        let mut batches_before = node.batches_written();
         loop {
             let now = Instant::now();
             let known = |path: &str| baseline.knows(path);
@@ -120,6 +120,9 @@ pub async fn propagate(
                 if burst.open() == 0 {
                     break;
                 }
+                // A file still being written here: this burst waits for it as any burst
+                // does, looked at again at the end of the next batch.
+                batches_before = node.batches_written();
             }
             let timing = (config.debounce, config.open_write_timeout);
             let mut wait = burst.wait(now, timing, known);
