@@ -289,9 +289,10 @@ impl Target<'_> {
 
     /// Gives a prepared anonymous file the name, which was free when checked and is
     /// taken only if it still is, in one step, unless preparing the batch failed. Where
-    /// the file is on another mount than the name, its bytes and metadata are copied
-    /// into a temporary file next to it, flushed, and renamed instead. The outcome, with
-    /// what the file is once named (for a link).
+    /// the file is on another mount than the name, its bytes are copied into a temporary
+    /// file next to it, which is given the owner, mode and mtime the anonymous file was
+    /// given, flushed, and renamed instead. The outcome, with what the file is once
+    /// named (for a link).
     pub(super) fn link_into_place(
         &self,
         received: Received,
@@ -302,10 +303,22 @@ impl Target<'_> {
             Ok(st) => Ok((Outcome::Applied, Some(st))),
             Err(Errno::EXIST) => Ok((changed_underneath(), None)),
             Err(Errno::XDEV) => {
+                let given = received.anonymous().map(rustix::fs::fstat).transpose()?;
                 let (tmp, file) = received.move_to(self.parent)?;
-                file.sync_all()?;
+                let copied = given
+                    .map_or(Ok(()), |st| {
+                        let owner = (st.st_uid, st.st_gid);
+                        let own = rustix::fs::fstat(&file)?;
+                        let chown = ((own.st_uid, own.st_gid) != owner).then_some(owner);
+                        set_owner_and_mode(&file, chown, st.st_mode & 0o7777)?;
+                        set_mtime_ns(
+                            &file,
+                            crate::manifest::nanos(st.st_mtime, st.st_mtime_nsec as i64),
+                        )
+                    })
+                    .and_then(|()| file.sync_all());
                 drop(file);
-                Ok((self.rename_into_place(&tmp, Ok(()))?, None))
+                Ok((self.rename_into_place(&tmp, copied)?, None))
             }
             Err(e) => Err(e.into()),
         }
@@ -349,21 +362,30 @@ impl Target<'_> {
 }
 
 fn set_meta(fd: impl AsFd, entry: &Entry, owners: bool) -> io::Result<()> {
-    if owners {
+    set_owner_and_mode(fd, owners.then_some((entry.uid, entry.gid)), entry.mode)
+}
+
+/// Gives `fd` the owner `owner` (user and group), if one is given, and mode `mode`.
+fn set_owner_and_mode(fd: impl AsFd, owner: Option<(u32, u32)>, mode: u32) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
         rustix::fs::fchown(
             &fd,
-            Some(rustix::fs::Uid::from_raw(entry.uid)),
-            Some(rustix::fs::Gid::from_raw(entry.gid)),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
         )?;
     }
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(entry.mode))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
     Ok(())
 }
 
 fn set_mtime(fd: impl AsFd, entry: &Entry) -> io::Result<()> {
+    set_mtime_ns(fd, entry.mtime_ns)
+}
+
+fn set_mtime_ns(fd: impl AsFd, mtime_ns: i64) -> io::Result<()> {
     let mtime = Timespec {
-        tv_sec: entry.mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: entry.mtime_ns.rem_euclid(1_000_000_000) as _,
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
     };
     let times = Timestamps {
         last_access: Timespec {

@@ -7,9 +7,9 @@
 //!
 //! Contents are received into anonymous files (`O_TMPFILE`: no name, so nothing in the
 //! directory changes until one is linked next to its target, and nothing survives a
-//! crash) as long as this process holds fewer than its [`Budget`] allows; the rest, or all of them where the filesystem has no anonymous
-//! files, into temporary files at the top of the configured directory, removed when the
-//! batch does not take them.
+//! crash) as long as this process holds fewer than its [`Budget`] allows; the rest, or
+//! all of them where the filesystem has no anonymous files, into temporary files at the
+//! top of the configured directory, removed when the batch does not take them.
 //!
 //! It decides nothing about the operations: a content this node cannot keep (a full
 //! disk, a missing directory) becomes that operation's failure, told to the session.
@@ -329,8 +329,7 @@ impl Received {
 
     /// Puts the received file in `parent` under a new temporary name, and opens it to be
     /// given its metadata. Across filesystems (a mount below the configured directory),
-    /// its bytes are copied instead, with the mode, owner and mtime the anonymous file
-    /// was given.
+    /// its bytes are copied instead.
     pub(super) fn move_to(mut self, parent: &OwnedFd) -> io::Result<(String, File)> {
         let tmp = temp_name();
         match &mut self.held {
@@ -349,15 +348,7 @@ impl Received {
                 }
                 Err(Errno::XDEV) => {
                     rustix::fs::seek(&*file, rustix::fs::SeekFrom::Start(0))?;
-                    let st = rustix::fs::fstat(&*file)?;
-                    let (tmp, copy) = copy_into(file, parent, tmp)?;
-                    match copy_metadata(&st, &copy) {
-                        Ok(()) => Ok((tmp, copy)),
-                        Err(e) => {
-                            let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
-                            Err(e.into())
-                        }
-                    }
+                    copy_into(file, parent, tmp)
                 }
                 Err(e) => Err(e.into()),
             },
@@ -433,28 +424,6 @@ fn link_anonymous(
         }
         linked => linked,
     }
-}
-
-/// Gives `copy` the owner, mode and mtime `st` says (those an anonymous file was given).
-fn copy_metadata(st: &rustix::fs::Stat, copy: &File) -> rustix::io::Result<()> {
-    use rustix::fs::{Gid, Timespec, Timestamps, Uid, UTIME_OMIT};
-    let own = rustix::fs::fstat(copy)?;
-    if (own.st_uid, own.st_gid) != (st.st_uid, st.st_gid) {
-        let (uid, gid) = (Uid::from_raw(st.st_uid), Gid::from_raw(st.st_gid));
-        rustix::fs::fchown(copy, Some(uid), Some(gid))?;
-    }
-    rustix::fs::fchmod(copy, Mode::from_raw_mode(st.st_mode & 0o7777))?;
-    let times = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec as _,
-        },
-    };
-    rustix::fs::futimens(copy, &times)
 }
 
 /// Copies `source` into a new temporary file `tmp` in `parent`.
