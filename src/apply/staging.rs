@@ -250,12 +250,11 @@ fn receive_one<R: Read>(
         (Held::Named { .. }, None) => unreachable!("a named file is created open"),
     };
     match reader.content_into(index, &mut sink) {
-        Ok(()) => {
-            // Whole: its writeback starts now, while the rest of the batch arrives, so
-            // that the batch's flush at its end finds little left to write.
-            let _ = rustix::fs::fadvise(sink, 0, None, rustix::fs::Advice::DontNeed);
-            Ok(Ok(received))
-        }
+        // Its writeback is left to the batch's flush, which writes the contents of many
+        // files together. Started here for each file (`fadvise`), it cost a request to
+        // the disk per file from this thread: the initial sync of 10,000 files on disk
+        // took 10-15% longer.
+        Ok(()) => Ok(Ok(received)),
         Err(ContentError::Body(why)) => Err(why),
         Err(ContentError::Sink(e)) => Ok(Err(format!("cannot receive the content: {e}"))),
     }
