@@ -421,10 +421,14 @@ async fn send(
 /// `on_change`: see `terms`) grows to those limits only, so that the peer sees all of
 /// the push's changes there at once (almost every sync is one batch). Any other batch
 /// ends at [`OPS_PER_SPLIT_BATCH`] operations.
-fn split_batches(config: &Config, ops: &[Op], terms: &PeerTerms) -> Vec<Vec<usize>> {
+fn split_batches<'a>(
+    config: &'a Config,
+    ops: &'a [Op],
+    terms: &'a PeerTerms,
+) -> impl Iterator<Item = Vec<usize>> + 'a {
     let budget = terms.limits.max_request_size as usize;
     let most = terms.limits.max_batch_entries.min(OPS_PER_BATCH);
-    let top = |op: &Op| {
+    let top = move |op: &Op| {
         matches!(&op.action, Action::Put { entry } if entry.content.is_dir())
             && config.directories.iter().any(|d| d.path == op.path)
     };
@@ -434,25 +438,33 @@ fn split_batches(config: &Config, ops: &[Op], terms: &PeerTerms) -> Vec<Vec<usiz
             .iter()
             .any(|d| d.together && is_within(&op.path, &d.path))
     };
-    let mut batches = vec![(0..ops.len()).filter(|&i| top(&ops[i])).collect::<Vec<_>>()];
-    // Whether `batch` holds an operation of a directory judged as a whole.
-    let (mut batch, mut used, mut whole) = (Vec::new(), BATCH_FRAMING_BYTES, false);
-    for (index, op) in ops.iter().enumerate().filter(|(_, op)| !top(op)) {
-        let size = op.needs_content().unwrap_or(0) as usize + op.path.len() + HEADER_BYTES_PER_OP;
-        let full = used + size > budget
-            || batch.len() >= most
-            || (!whole && batch.len() >= OPS_PER_SPLIT_BATCH);
-        if full && !batch.is_empty() {
-            batches.push(std::mem::take(&mut batch));
-            (used, whole) = (BATCH_FRAMING_BYTES, false);
+    let tops: Vec<usize> = (0..ops.len()).filter(|&i| top(&ops[i])).collect();
+    // Made as the push goes: the batches of a plan of 100,000 operations are not held.
+    let mut rest = ops
+        .iter()
+        .enumerate()
+        .filter(move |(_, op)| !top(op))
+        .peekable();
+    let others = std::iter::from_fn(move || {
+        // Whether `batch` holds an operation of a directory judged as a whole.
+        let (mut batch, mut used, mut whole) = (Vec::new(), BATCH_FRAMING_BYTES, false);
+        while let Some(&(index, op)) = rest.peek() {
+            let size =
+                op.needs_content().unwrap_or(0) as usize + op.path.len() + HEADER_BYTES_PER_OP;
+            let full = used + size > budget
+                || batch.len() >= most
+                || (!whole && batch.len() >= OPS_PER_SPLIT_BATCH);
+            if full && !batch.is_empty() {
+                break;
+            }
+            used += size;
+            whole |= together(op);
+            batch.push(index);
+            rest.next();
         }
-        used += size;
-        whole |= together(op);
-        batch.push(index);
-    }
-    batches.push(batch);
-    batches.retain(|batch| !batch.is_empty());
-    batches
+        (!batch.is_empty()).then_some(batch)
+    });
+    (!tops.is_empty()).then_some(tops).into_iter().chain(others)
 }
 
 #[cfg(test)]
@@ -492,7 +504,10 @@ mod tests {
             directories: Vec::new(),
             limits,
         };
-        let batches = picked(&split_batches(&config, &ops, &terms(limits)), &ops);
+        let batches = picked(
+            &split_batches(&config, &ops, &terms(limits)).collect::<Vec<_>>(),
+            &ops,
+        );
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 3, 3, 3, 1]);
         assert_eq!(batches[0], [top]);
@@ -503,7 +518,10 @@ mod tests {
             max_request_size: 1 << 30,
             ..limits
         };
-        let batches = picked(&split_batches(&config, &files, &terms(limits)), &files);
+        let batches = picked(
+            &split_batches(&config, &files, &terms(limits)).collect::<Vec<_>>(),
+            &files,
+        );
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [4, 4, 2]);
         assert_eq!(batches.concat(), files);
@@ -529,7 +547,7 @@ mod tests {
                 directories,
                 limits: PeerLimits::default(),
             };
-            let batches = split_batches(&config, ops, &terms);
+            let batches = split_batches(&config, ops, &terms).collect::<Vec<_>>();
             assert_eq!(
                 batches.concat(),
                 (0..ops.len()).collect::<Vec<_>>(),
@@ -556,7 +574,7 @@ mod tests {
             directories: free,
             limits: PeerLimits::default(),
         };
-        let batches = split_batches(&config, &mixed, &terms);
+        let batches = split_batches(&config, &mixed, &terms).collect::<Vec<_>>();
         let lengths: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(lengths, [n, 5 + 2 * n + 3]);
         assert_eq!(
