@@ -150,6 +150,9 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
             }
         }
     }
+    // The comparison path by path reads the tree again, as far as the peers differ: the
+    // whole scan is not held beside it (at 100,000 paths, 15 MB).
+    drop(scan);
     if !differing.is_empty() {
         verdicts.extend(compare_paths(engine, records, &compare, differing, first).await);
     }
@@ -157,8 +160,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
         let still_differs = |path: &str| verdicts.iter().any(|drift| drift.contains(path));
         node.local_edits.settle(mark, still_differs);
     }
-    // The peers' answers and any scan of the tree are freed now.
-    drop(scan);
+    // The peers' answers are freed now.
     crate::memory::give_back_soon();
 }
 
