@@ -722,7 +722,8 @@ async fn beside_daemon(
 /// directories `differing`, whose digests differ: the directories to list whole, and
 /// the directories to list one level deep. A directory is listed whole when its levels
 /// cannot tell (part of it unreadable on either side, a peer that could not answer
-/// them); otherwise only the levels that differ are listed.
+/// them); otherwise only the levels that differ are listed, and a directory only one
+/// side has with all below it.
 async fn narrow(
     config: &Config,
     peer: &crate::client::Peer,
@@ -747,16 +748,20 @@ async fn narrow(
     let mut shallow = Vec::new();
     for dir in judged {
         match levels_differing(config, scan, &levels, &dir) {
-            Some(differ) if differ.len() <= LEVELS_LISTED_MAX => shallow.extend(differ),
+            Some(apart) if apart.whole.len() + apart.shallow.len() <= LEVELS_LISTED_MAX => {
+                whole.extend(apart.whole);
+                shallow.extend(apart.shallow);
+            }
             _ => whole.push(dir),
         }
     }
     (whole, shallow)
 }
 
-/// Past this many differing levels in a configured directory (an initial sync, a tree
-/// rewritten), it is listed whole: each path of both trees is checked against every
-/// level listed, which would then cost more than the listing saves.
+/// Past this many places to list in a configured directory (differing levels and
+/// directories only one side has: an initial sync, a tree rewritten), it is listed
+/// whole: each path of both trees is checked against every place listed, which would
+/// then cost more than the listing saves.
 const LEVELS_LISTED_MAX: usize = 64;
 
 /// This node's side of one run: the digests its daemon keeps (when usable), and the

@@ -128,9 +128,12 @@ fn compare(
             held += level.entries?;
         }
         narrowed.held.push((dir.clone(), held));
-        let differ = levels_apart(&mine, &peers);
-        match differ.len() <= LEVELS_LISTED_MAX {
-            true => narrowed.shallow.extend(differ),
+        let apart = levels_apart(&mine, &peers);
+        match apart.whole.len() + apart.shallow.len() <= LEVELS_LISTED_MAX {
+            true => {
+                narrowed.whole.extend(apart.whole);
+                narrowed.shallow.extend(apart.shallow);
+            }
             false => narrowed.whole.push(dir.clone()),
         }
     }

@@ -564,7 +564,7 @@ pub(crate) fn levels_differing(
     scan: &Scan,
     levels: &ManifestResponse,
     dir: &str,
-) -> Option<Vec<String>> {
+) -> Option<Apart> {
     let ours_dir = config.directories.iter().find(|d| d.path == dir)?;
     let info = levels
         .directories
@@ -591,29 +591,53 @@ pub(crate) fn levels_differing(
     Some(levels_apart(&ours, &theirs))
 }
 
-/// The directories whose level digest differs between two sides' levels (by
-/// directory), or that only one side has, in order.
+/// Where two sides' levels (by directory) differ: what to list so that every path where
+/// their trees differ is listed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Apart {
+    /// Directories only one side has, to list with all below them: every path there
+    /// differs, and the side that lacks the directory lists nothing (a subtree added or
+    /// removed would otherwise be as many levels as it has directories).
+    pub whole: Vec<String>,
+    /// Directories both sides have whose level differs, to list one level deep.
+    pub shallow: Vec<String>,
+}
+
+/// Where two sides' levels differ (see [`Apart`]), in order.
 pub(super) fn levels_apart<A, B>(
     ours: &BTreeMap<A, Digest256>,
     theirs: &BTreeMap<B, Digest256>,
-) -> Vec<String>
+) -> Apart
 where
     A: std::borrow::Borrow<str> + Ord,
     B: std::borrow::Borrow<str> + Ord,
 {
-    let mut differ: Vec<String> = ours
+    let mut differ: Vec<(&str, bool)> = ours
         .iter()
-        .filter(|(path, digest)| theirs.get((*path).borrow()) != Some(*digest))
-        .map(|(path, _)| path.borrow().to_string())
+        .filter_map(|(path, digest)| match theirs.get(path.borrow()) {
+            None => Some((path.borrow(), true)),
+            Some(other) => (other != digest).then_some((path.borrow(), false)),
+        })
         .chain(
             theirs
                 .keys()
                 .filter(|path| !ours.contains_key((*path).borrow()))
-                .map(|path| path.borrow().to_string()),
+                .map(|path| (path.borrow(), true)),
         )
         .collect();
+    // In order, a directory comes before all below it.
     differ.sort_unstable();
-    differ
+    let mut apart = Apart::default();
+    for (path, one_sided) in differ {
+        if apart.whole.last().is_some_and(|w| is_within(path, w)) {
+            continue;
+        }
+        match one_sided {
+            true => apart.whole.push(path.to_string()),
+            false => apart.shallow.push(path.to_string()),
+        }
+    }
+    apart
 }
 
 /// The digest configured directory `dir` has in answer `m`, if any.
@@ -741,6 +765,60 @@ mod tests {
             refused.contains("refusing to delete 11 of the 20 entries"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn levels_list_a_subtree_one_side_lacks_whole_and_the_levels_both_have_one_deep() {
+        let levels = |pairs: &[(&str, &[u8])]| -> BTreeMap<String, Digest256> {
+            pairs
+                .iter()
+                .map(|(path, bytes)| (path.to_string(), Digest256::of(bytes)))
+                .collect()
+        };
+        // /d/a and all below it only here, /d/c and all below it only there; /d and /d/b
+        // differ; /d/same does not.
+        let ours = levels(&[
+            ("/d", b"1"),
+            ("/d/a", b"a"),
+            ("/d/a/x", b"ax"),
+            ("/d/a/x/y", b"axy"),
+            ("/d/b", b"b1"),
+            ("/d/same", b"s"),
+        ]);
+        let theirs = levels(&[
+            ("/d", b"2"),
+            ("/d/b", b"b2"),
+            ("/d/b/new", b"bn"),
+            ("/d/c", b"c"),
+            ("/d/c/z", b"cz"),
+            ("/d/same", b"s"),
+        ]);
+        let apart = levels_apart(&ours, &theirs);
+        assert_eq!(apart.whole, ["/d/a", "/d/b/new", "/d/c"]);
+        assert_eq!(apart.shallow, ["/d", "/d/b"]);
+        // The same, seen from the other side.
+        assert_eq!(levels_apart(&theirs, &ours), apart);
+        // Every path where the trees differ is listed.
+        let listed = Region {
+            scope: &apart.whole,
+            shallow: &apart.shallow,
+        };
+        for path in [
+            "/d/a/x/y/f",
+            "/d/a/x/g",
+            "/d/c/z/h",
+            "/d/b/new/i",
+            "/d/b/j",
+            "/d/k",
+        ] {
+            assert!(listed.holds(path), "{path} listed");
+        }
+        assert!(
+            !listed.holds("/d/same/l"),
+            "a level both hold alike is not listed"
+        );
+        // Nothing differs: nothing to list.
+        assert_eq!(levels_apart(&ours, &ours), Apart::default());
     }
 
     #[test]
