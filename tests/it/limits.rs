@@ -470,6 +470,46 @@ async fn a_manifest_larger_than_max_manifest_size_is_refused_by_the_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_to_read_at_once_is_parsed_as_it_arrives_within_max_manifest_size() {
+    let mut group = start(2).await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    // One directory of 8,000 files, each different on the two nodes: the peer's listing
+    // of it is about 1.6 MB, more than a sender reads whole before parsing.
+    const FILES: usize = 8_000;
+    for i in 0..FILES {
+        write(n0, &format!("/etc/app/many/f{i:05}.conf"), "ours\n");
+        write(n1, &format!("/etc/app/many/f{i:05}.conf"), "theirs\n");
+    }
+    let report = dry_run(&group, 0).await;
+    assert_eq!(peer_report(&report, n1).error, None);
+    let mut updated: Vec<String> = summary(&report, n1)
+        .into_iter()
+        .filter(|line| line.starts_with("M "))
+        .collect();
+    updated.dedup();
+    assert_eq!(updated.len(), FILES, "every file of the answer was read");
+    assert_eq!(
+        updated[FILES - 1],
+        format!("M /etc/app/many/f{:05}.conf", FILES - 1)
+    );
+
+    // Past max_manifest_size (here between what is read whole and the answer's size),
+    // the answer is refused as too large while it arrives, and nothing is written.
+    let variant = config_variant(&group, 0, "node1-mid-manifest.hcl", |text| {
+        format!("{text}\nlimits {{\n  max_manifest_size = \"1200KiB\"\n}}\n")
+    });
+    group.nodes[0].config = Arc::new(Config::from_file(&variant).unwrap());
+    let n1 = &group.nodes[1];
+    let report = sync(&group, 0).await;
+    let error = peer_report(&report, n1).error.clone().unwrap_or_default();
+    assert!(
+        error.contains("max_manifest_size of 1228800 bytes"),
+        "{error}"
+    );
+    assert_eq!(read(n1, "/etc/app/many/f00000.conf"), b"theirs\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_holds_back_a_file_over_the_peers_size_limit_and_delivers_the_rest() {
     let mut group = start_with(GroupSpec {
         watch: true,
