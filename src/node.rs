@@ -21,7 +21,7 @@ use crate::hooks;
 use crate::manifest::{self, now_ns, Generation, HashCache, Stamp};
 use crate::protocol::{
     DirectoryDigest, DirectoryInfo, Entry, HeldPath, Identity, ManifestResponse, PeerStatus,
-    StatusCounters, StatusResponse, WireEntry,
+    StatusCounters, StatusResponse,
 };
 use crate::sync::PeerLink;
 
@@ -472,12 +472,7 @@ impl Node {
         let fresh = KeptDigests {
             generation: before.unwrap_or_default(),
             at: std::time::Instant::now(),
-            answer: self.response(
-                &walked.missing,
-                walked.unreadable,
-                Vec::new(),
-                digests.collect(),
-            ),
+            answer: self.response(&walked.missing, walked.unreadable, digests.collect()),
             levels: levels.collect(),
         };
         let answered = answer(&fresh);
@@ -489,35 +484,23 @@ impl Node {
 
     /// This node's answer from a scan: its entries, or (`digests_only`) one digest per
     /// configured directory present and no entries.
-    pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> ManifestResponse {
-        let (entries, digests) = match digests_only {
-            true => {
-                let digests = self
-                    .config
-                    .directories
-                    .iter()
-                    .filter(|d| !scan.missing.contains(&d.path))
-                    .map(|d| DirectoryDigest {
-                        path: d.path.clone(),
-                        sha256: manifest::digest(&scan.entries, &d.path, self.owners, |_| true),
-                        entries: None,
-                    })
-                    .collect();
-                (Vec::new(), digests)
-            }
-            false => {
-                let entries = scan
-                    .entries
-                    .into_iter()
-                    .map(|(path, entry)| WireEntry {
-                        path: path.into(),
-                        entry,
-                    })
-                    .collect();
-                (entries, Vec::new())
-            }
-        };
-        self.response(&scan.missing, scan.unreadable, entries, digests)
+    pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> Answer {
+        if !digests_only {
+            let head = self.response(&scan.missing, scan.unreadable, Vec::new());
+            return Answer::Listing(head, scan.entries);
+        }
+        let digests = self
+            .config
+            .directories
+            .iter()
+            .filter(|d| !scan.missing.contains(&d.path))
+            .map(|d| DirectoryDigest {
+                path: d.path.clone(),
+                sha256: manifest::digest(&scan.entries, &d.path, self.owners, |_| true),
+                entries: None,
+            })
+            .collect();
+        Answer::Whole(self.response(&scan.missing, scan.unreadable, digests))
     }
 
     /// A manifest answer of this node: its identity, rights, configured directories
@@ -526,7 +509,6 @@ impl Node {
         &self,
         missing: &[String],
         unreadable: Vec<(String, String)>,
-        entries: Vec<WireEntry>,
         digests: Vec<DirectoryDigest>,
     ) -> ManifestResponse {
         ManifestResponse {
@@ -543,7 +525,7 @@ impl Node {
                     together: d.hooks.run_for_received(),
                 })
                 .collect(),
-            entries,
+            entries: Vec::new(),
             unreadable: unreadable.into_iter().map(|(p, _)| p).collect(),
             limits: self.config.limits.announced(),
             digests,
@@ -572,10 +554,118 @@ impl Node {
     }
 }
 
+/// A manifest answer of this node, as it is sent.
+pub enum Answer {
+    Whole(ManifestResponse),
+    /// A listing: the answer without its entries, and the entries of the scan made for
+    /// it, serialised as the answer's `entries` as they are sent rather than copied
+    /// into [`WireEntry`]s first (at 100,000 paths, 15 MB less beside the scan).
+    Listing(ManifestResponse, manifest::Manifest),
+}
+
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (head, entries) = match self {
+            Answer::Whole(whole) => return whole.serialize(serializer),
+            Answer::Listing(head, entries) => (head, entries),
+        };
+        // The fields of a `ManifestResponse`, its entries taken from the scan.
+        #[derive(serde::Serialize)]
+        struct Shape<'a> {
+            #[serde(flatten)]
+            identity: &'a crate::protocol::Identity,
+            owners: bool,
+            directories: &'a [DirectoryInfo],
+            entries: Entries<'a>,
+            unreadable: &'a [String],
+            limits: &'a crate::protocol::PeerLimits,
+            #[serde(skip_serializing_if = "<[DirectoryDigest]>::is_empty")]
+            digests: &'a [DirectoryDigest],
+        }
+        struct Entries<'a>(&'a manifest::Manifest);
+        impl serde::Serialize for Entries<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                #[derive(serde::Serialize)]
+                struct Wire<'a> {
+                    path: &'a str,
+                    #[serde(flatten)]
+                    entry: &'a crate::protocol::Entry,
+                }
+                serializer.collect_seq(self.0.iter().map(|(path, entry)| Wire {
+                    path: path.as_str(),
+                    entry,
+                }))
+            }
+        }
+        Shape {
+            identity: &head.identity,
+            owners: head.owners,
+            directories: &head.directories,
+            entries: Entries(entries),
+            unreadable: &head.unreadable,
+            limits: &head.limits,
+            digests: &head.digests,
+        }
+        .serialize(serializer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::WireEntry;
     use std::time::Duration;
+
+    #[test]
+    fn a_listing_answer_is_sent_as_the_answer_with_the_scans_entries_would_be() {
+        let config = Arc::new(crate::testing::config_at(
+            std::path::Path::new("/srv/node"),
+            "",
+        ));
+        let node = Node::new(config, Arc::default(), None);
+        let entries: manifest::Manifest = [
+            (
+                "/etc/app",
+                crate::protocol::Entry {
+                    content: crate::protocol::Content::Dir,
+                    ..crate::testing::file_entry(b"")
+                },
+            ),
+            ("/etc/app/a b.conf", crate::testing::file_entry(b"a")),
+            (
+                "/etc/app/\u{e9}t\u{e9}",
+                crate::testing::file_entry(b"\"quoted\""),
+            ),
+        ]
+        .into_iter()
+        .map(|(path, entry)| (path.into(), entry))
+        .collect();
+        let (missing, unreadable) = (
+            vec!["/etc/gone".to_string()],
+            vec![("/etc/app/locked".to_string(), "denied".to_string())],
+        );
+        let scan = manifest::Scan {
+            entries: entries.clone(),
+            missing: missing.clone(),
+            unreadable: unreadable.clone(),
+        };
+        let sent = serde_json::to_value(node.answer(scan, false)).unwrap();
+        let whole = ManifestResponse {
+            entries: entries
+                .iter()
+                .map(|(path, entry)| WireEntry {
+                    path: path.to_string(),
+                    entry: entry.clone(),
+                })
+                .collect(),
+            ..node.response(&missing, unreadable, Vec::new())
+        };
+        assert_eq!(sent, serde_json::to_value(&whole).unwrap());
+        let read: ManifestResponse = serde_json::from_value(sent).unwrap();
+        assert_eq!(read.entries.len(), 3);
+        assert_eq!(read.entries[2].path, "/etc/app/\u{e9}t\u{e9}");
+        assert_eq!(read.unreadable, ["/etc/app/locked"]);
+    }
 
     #[test]
     fn a_comparison_waits_while_a_push_arrives_and_a_moment_after() {

@@ -23,11 +23,11 @@ use super::body::{self, BodyError};
 use super::{ClientAddr, ClientSubject};
 use crate::apply;
 use crate::manifest;
-use crate::node::Node;
+use crate::node::{Answer, Node};
 use crate::paths;
 use crate::protocol::{
-    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, ManifestResponse, OpResult, Outcome,
-    StatusResponse, MAX_MANIFEST_REQUEST_BYTES,
+    self, ApplyResponse, ErrorBody, Identity, ManifestRequest, OpResult, Outcome, StatusResponse,
+    MAX_MANIFEST_REQUEST_BYTES,
 };
 
 /// Errors a handler answers with; each maps to one status.
@@ -176,14 +176,14 @@ async fn manifest(
     }
     let response = tokio::task::spawn_blocking(move || {
         if !request.levels.is_empty() {
-            return node.levels(&request.levels);
+            return Answer::Whole(node.levels(&request.levels));
         }
         let region = paths::Region {
             scope: &request.scope,
             shallow: &request.shallow,
         };
         if request.digests_only && region.is_everything() {
-            return node.whole_tree_digests();
+            return Answer::Whole(node.whole_tree_digests());
         }
         let scan = manifest::scan_region(&node.config, region, &node.cache);
         node.answer(scan, request.digests_only)
@@ -196,7 +196,7 @@ async fn manifest(
 /// An answer serialised as it is sent, a frame at a time, by a blocking task: a listing
 /// of 100,000 paths is about 30 MB of JSON, which a buffer made whole would hold (and
 /// up to twice that as it grows) beside the listing itself.
-fn streamed_json(answer: ManifestResponse) -> Response {
+fn streamed_json(answer: impl serde::Serialize + Send + 'static) -> Response {
     let (tx, stream) = protocol::frames::channel();
     tokio::task::spawn_blocking(move || {
         let mut frames = protocol::frames::Frames::new(&tx);
@@ -459,6 +459,7 @@ fn refuse(addr: &Option<Extension<ClientAddr>>, reason: String) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ManifestResponse;
     use crate::protocol::{DirectoryInfo, PeerLimits, WireEntry};
     use crate::testing::file_entry;
 
