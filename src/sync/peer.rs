@@ -12,6 +12,7 @@ use std::sync::{Arc, Weak};
 use tracing::debug;
 
 use super::push::push;
+use super::report::Reason;
 use super::{Change, ChangeStatus, Options, PeerReport};
 use crate::client::{self, Peer};
 use crate::config::{Config, Directory, Excludes};
@@ -235,9 +236,10 @@ fn plan_for(
         if let Some(refusal) = mass_delete(config, &options.scope, &theirs, &unlisted, &ops) {
             report.error = Some(refusal);
             report.refused = true;
+            let refused: Reason = "not sent: mass-delete guard".into();
             report.changes.extend(ops.iter().map(|op| Change {
                 path: op.path.clone(),
-                status: ChangeStatus::Refused("not sent: mass-delete guard".into()),
+                status: ChangeStatus::Refused(refused.clone()),
             }));
             return None;
         }

@@ -95,20 +95,21 @@ impl ChangeStatus {
 }
 
 /// Why a change was not made: one pointer, so that a [`Change`] is 32 bytes rather than
-/// 48 (a watcher's burst, or a push refused whole, keeps one per path).
+/// 48 (a watcher's burst, or a push refused whole, keeps one per path), and shared by
+/// the changes refused for one reason (clones share it).
 #[derive(Clone, PartialEq, Eq)]
-#[allow(clippy::box_collection)]
-pub struct Reason(Box<String>);
+#[allow(clippy::rc_buffer)]
+pub struct Reason(std::sync::Arc<String>);
 
 impl From<String> for Reason {
     fn from(reason: String) -> Reason {
-        Reason(Box::new(reason))
+        Reason(std::sync::Arc::new(reason))
     }
 }
 
 impl From<&str> for Reason {
     fn from(reason: &str) -> Reason {
-        Reason(Box::new(reason.to_string()))
+        Reason(std::sync::Arc::new(reason.to_string()))
     }
 }
 
