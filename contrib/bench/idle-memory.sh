@@ -11,7 +11,11 @@
 #     RssFile (code and libraries paged in) and VmHWM of each, from /proc;
 #   * one lsyncd watching the same tree with `default.rsync` to an rsync daemon holding a
 #     copy (its start-up rsync finds nothing to send), then WAIT seconds idle, the same
-#     figures of lsyncd (rsync's daemon is listed beside it).
+#     figures of lsyncd (rsync's daemon is listed beside it);
+#   * between the two, node 3's daemon restarted with half of its tree moved aside: it
+#     compares at its start and finds the drift, and an edit on node 1 pushed to both
+#     peers makes them compare again; each gosyncd daemon's peak over those comparisons
+#     (VmHWM, reset before) is listed as "node 3 lacking half of the tree".
 #
 #   contrib/bench/idle-memory.sh                      # 10,000 and 100,000 files
 #   SIZES=10000 WAIT=10 contrib/bench/idle-memory.sh  # quicker
@@ -85,6 +89,29 @@ for n in $SIZES; do
         >"$res/problems-$n"; then
         die "the daemons logged warnings: $(head -n 5 "$res/problems-$n")"
     fi
+
+    # Drift: node 3 restarted without half of its tree (app10 to app19 moved aside). It
+    # compares at its start and finds the drift; an edit on node 1, pushed to both
+    # peers, makes them compare again. Each daemon's peak over those comparisons (VmHWM,
+    # reset first) is that of comparing with a peer that lacks half of the tree.
+    log "$n files: node 3 restarted without half of its tree, compared"
+    stop "${pids[2]}"
+    mkdir -p "$work/aside-$n"
+    mv "$work/n$n-3/etc/bench"/app1? "$work/aside-$n/"
+    for i in 1 2; do echo 5 >"/proc/${pids[i - 1]}/clear_refs"; done
+    "$bin" -config "$work/n$n-3.hcl" >"$logs/node$n-3-drift.log" 2>&1 &
+    pids[2]=$!
+    wait_listening "${ips[2]}" "$gport" "${pids[2]}" "$logs/node$n-3-drift.log"
+    for ((k = 0; k < 1200; k++)); do
+        grep -q 'differ from this node' "$logs/node$n-3-drift.log" && break
+        sleep 0.1
+    done
+    grep -q 'differ from this node' "$logs/node$n-3-drift.log" ||
+        die "node 3 did not report its drift in 120 s"
+    edited=$(find "$work/n$n-1/etc/bench/app00" -type f -print -quit)
+    "${helper[@]}" edit "$edited" 1
+    sleep 15
+    for i in 1 2 3; do memory "drift-$n-node$i" "${pids[i - 1]}" >>"$res/memory"; done
     for pid in "${pids[@]}"; do stop "$pid"; done
 
     log "$n files: lsyncd"
@@ -98,14 +125,17 @@ for n in $SIZES; do
     memory "rsync-daemon-$n" "$rsyncd_pid" >>"$res/memory"
     stop "$lsyncd_pid"
     stop "$rsyncd_pid"
-    rm -rf "$src" "$work/rsync-$n" "$work"/n"$n"-*/etc
+    rm -rf "$src" "$work/rsync-$n" "$work"/n"$n"-*/etc "$work/aside-$n"
 done
 
 printf '\nIdle resident memory, MiB (%s s idle after start-up; gosyncd: %s)\n\n' "$WAIT" "$("$bin" --version)"
 printf '| daemon | files | VmRSS | RssAnon | RssFile | VmHWM |\n| --- | --- | --- | --- | --- | --- |\n'
 awk '{
     split($1, k, "-")
+    name = k[1]
+    if (k[1] == "rsync") name = "rsync --daemon"
+    else if (k[1] == "gosyncd") name = "gosyncd " k[3]
+    else if (k[1] == "drift") name = "gosyncd " k[3] ", node 3 lacking half of the tree"
     printf "| %s | %s | %.1f | %.1f | %.1f | %.1f |\n", \
-        (k[1] == "rsync" ? "rsync --daemon" : k[1]) (k[3] != "" && k[1] == "gosyncd" ? " " k[3] : ""), \
-        (k[1] == "rsync" ? k[3] : k[2]), $2 / 1024, $3 / 1024, $4 / 1024, $5 / 1024
+        name, (k[1] == "rsync" ? k[3] : k[2]), $2 / 1024, $3 / 1024, $4 / 1024, $5 / 1024
 }' "$res/memory"
