@@ -15,7 +15,6 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Remote;
 use crate::paths::Region;
-use crate::protocol::frames;
 use crate::protocol::{
     self, ApplyResponse, ContentRequest, ContentResponse, ErrorBody, Identity, ManifestRequest,
     ManifestResponse, StatusResponse,
@@ -302,7 +301,7 @@ impl Peer {
 
     /// Sends one batch body of `length` bytes, streamed as it is produced. The answer is
     /// read as `T`: [`ApplyResponse`] whole, or the sender's compact [`protocol::ApplyAnswer`].
-    pub async fn apply_stream<T: DeserializeOwned + Send + 'static>(
+    pub async fn apply_stream<T: DeserializeOwned>(
         &self,
         body: reqwest::Body,
         length: u64,
@@ -318,80 +317,7 @@ impl Peer {
         self.call(request, protocol::APPLY_TIMEOUT).await
     }
 
-    /// Reads a successful answer as `T`, at most `max_manifest_size` bytes of it. An
-    /// answer up to [`ANSWER_READ_WHOLE_BYTES`] is read whole, then parsed; a larger one
-    /// (a listing of a large tree) is parsed as it arrives, by a blocking task, and
-    /// never held whole beside what it is parsed into.
-    async fn read_answer<T: DeserializeOwned + Send + 'static>(
-        &self,
-        mut response: reqwest::Response,
-        limit: &Limit,
-    ) -> Result<T, PeerError> {
-        let max = self.transport.max_response;
-        let too_large = || {
-            PeerError::Refused(format!(
-                "answer larger than this node's max_manifest_size of {max} bytes"
-            ))
-        };
-        let unreadable =
-            |e: serde_json::Error| PeerError::Refused(format!("unreadable answer: {e}"));
-        let mut read = 0u64;
-        let mut head = Vec::new();
-        let first_large = loop {
-            match response.chunk().await.map_err(|e| explain(&e, limit))? {
-                None => return serde_json::from_slice(&head).map_err(unreadable),
-                Some(chunk) => {
-                    read += chunk.len() as u64;
-                    if read > max {
-                        return Err(too_large());
-                    }
-                    if head.len() + chunk.len() > ANSWER_READ_WHOLE_BYTES {
-                        break chunk;
-                    }
-                    head.extend_from_slice(&chunk);
-                }
-            }
-        };
-        let (tx, reader) = frames::reader_channel(frames::FRAMES_IN_FLIGHT);
-        let parsing = tokio::task::spawn_blocking(move || {
-            serde_json::from_reader::<_, T>(std::io::BufReader::with_capacity(
-                frames::FRAME_BYTES,
-                reader,
-            ))
-        });
-        // Whatever ends the answer early, the parser sees the end of its input: a broken
-        // answer is reported as such, not as what the parser makes of it.
-        let mut failed = None;
-        let mut next = Some(first_large);
-        if !head.is_empty() && tx.send(Ok(head.into())).await.is_err() {
-            next = None;
-        }
-        while let Some(chunk) = next.take() {
-            if tx.send(Ok(chunk)).await.is_err() {
-                // The parser stopped: the answer is unreadable, which it says.
-                break;
-            }
-            match response.chunk().await {
-                Err(e) => failed = Some(explain(&e, limit)),
-                Ok(None) => {}
-                Ok(Some(chunk)) => {
-                    read += chunk.len() as u64;
-                    match read > max {
-                        true => failed = Some(too_large()),
-                        false => next = Some(chunk),
-                    }
-                }
-            }
-        }
-        drop(tx);
-        let parsed = parsing.await.expect("answer parser");
-        match failed {
-            Some(e) => Err(e),
-            None => parsed.map_err(unreadable),
-        }
-    }
-
-    async fn call<T: DeserializeOwned + Send + 'static>(
+    async fn call<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
         timeout: Duration,
@@ -404,7 +330,7 @@ impl Peer {
             answer = &mut sent => answer,
             reason = self.refused_meanwhile() => return Err(PeerError::Unreachable(reason)),
         };
-        let response = match answer {
+        let mut response = match answer {
             Ok(response) => response,
             Err(e) if !e.is_timeout() && tls::explain(&e, tls::End::Client).is_none() => {
                 // A TLS 1.3 server refuses a client certificate after the handshake, and
@@ -418,7 +344,18 @@ impl Peer {
         };
         let status = response.status();
         if status.is_success() {
-            return self.read_answer(response, &limit).await;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, &limit))? {
+                let limit = self.transport.max_response;
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Err(PeerError::Refused(format!(
+                        "answer larger than this node's max_manifest_size of {limit} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            return serde_json::from_slice(&body)
+                .map_err(|e| PeerError::Refused(format!("unreadable answer: {e}")));
         }
         let detail = match response.json::<ErrorBody>().await {
             Ok(body) => body.error,
@@ -507,10 +444,6 @@ impl Peer {
 /// How long a call waits for its answer before checking, on a connection of its own,
 /// whether the peer refuses this node's certificate.
 const TLS_RECHECK_AFTER: Duration = Duration::from_secs(2);
-
-/// An answer up to this size is read whole before it is parsed (parsing from memory is
-/// the faster); a larger one is parsed as it arrives.
-const ANSWER_READ_WHOLE_BYTES: usize = 1024 * 1024;
 
 /// The time limit of a call, and when it started: a timeout well before the limit is the
 /// link's (TCP gave up), not the call's.

@@ -27,41 +27,6 @@ pub fn channel() -> (
     (tx, stream)
 }
 
-/// The blocking end of a body received as frames: read as its frames arrive, through
-/// a bounded channel, so that a large body is never held whole.
-pub struct FrameReader {
-    frames: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl io::Read for FrameReader {
-    fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.frames.blocking_recv() {
-                None => return Ok(0),
-                Some(frame) => self.current = frame?,
-            }
-        }
-        let n = into.len().min(self.current.len());
-        into[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
-    }
-}
-
-/// A channel for a body received as frames, at most `in_flight` of them waiting: the
-/// end that receives the frames, and the reader.
-pub fn reader_channel(in_flight: usize) -> (FrameSender, FrameReader) {
-    let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
-    (
-        tx,
-        FrameReader {
-            frames: rx,
-            current: Bytes::new(),
-        },
-    )
-}
-
 /// The frames of a body on their way, written from a blocking task: many small writes
 /// cost few hand-overs to the body.
 pub struct Frames<'a> {

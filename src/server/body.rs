@@ -3,7 +3,7 @@
 //! which the receiver reads the batch from. At most [`CHUNKS_IN_FLIGHT`] frames wait
 //! between the two, so a request costs the same memory whatever its size.
 
-use std::io;
+use std::io::{self, Read};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -31,11 +31,36 @@ impl BodyError {
 }
 
 /// The blocking end of a streamed body.
-pub(super) use crate::protocol::frames::FrameReader as BodyReader;
+pub(super) struct BodyReader {
+    frames: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, into: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.frames.blocking_recv() {
+                None => return Ok(0),
+                Some(frame) => self.current = frame?,
+            }
+        }
+        let n = into.len().min(self.current.len());
+        into[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
 
 /// A channel for one body: the pump's end and the reader's.
 pub(super) fn channel() -> (mpsc::Sender<io::Result<Bytes>>, BodyReader) {
-    crate::protocol::frames::reader_channel(CHUNKS_IN_FLIGHT)
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    (
+        tx,
+        BodyReader {
+            frames: rx,
+            current: Bytes::new(),
+        },
+    )
 }
 
 /// Reads `body` into `to` as it arrives, at most `limit` bytes, giving up when it makes no
@@ -123,7 +148,6 @@ const GATHER_BYTES: usize = 256 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     fn body_of(chunks: Vec<&'static [u8]>) -> Body {
         let stream = futures_util::stream::iter(

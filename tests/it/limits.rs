@@ -470,11 +470,11 @@ async fn a_manifest_larger_than_max_manifest_size_is_refused_by_the_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_too_large_to_read_at_once_is_parsed_as_it_arrives_within_max_manifest_size() {
+async fn a_large_answer_is_read_whole_within_max_manifest_size_and_refused_past_it() {
     let mut group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     // One directory of 8,000 files, each different on the two nodes: the peer's listing
-    // of it is about 1.6 MB, more than a sender reads whole before parsing.
+    // of it is about 1.6 MB, in many frames.
     const FILES: usize = 8_000;
     for i in 0..FILES {
         write(n0, &format!("/etc/app/many/f{i:05}.conf"), "ours\n");
@@ -493,8 +493,9 @@ async fn an_answer_too_large_to_read_at_once_is_parsed_as_it_arrives_within_max_
         format!("M /etc/app/many/f{:05}.conf", FILES - 1)
     );
 
-    // Past max_manifest_size (here between what is read whole and the answer's size),
-    // the answer is refused as too large while it arrives, and nothing is written.
+    // Past max_manifest_size (here below the answer's size but above its first
+    // frames), the answer is refused as too large while it arrives, and nothing is
+    // written.
     let variant = config_variant(&group, 0, "node1-mid-manifest.hcl", |text| {
         format!("{text}\nlimits {{\n  max_manifest_size = \"1200KiB\"\n}}\n")
     });
