@@ -119,8 +119,8 @@ impl Burst {
             match change.kind {
                 ChangeKind::Written if overdue.contains(&path) => {}
                 ChangeKind::Written | ChangeKind::Created => {
-                    self.open.entry(path).or_insert(now);
-                    self.opened(now);
+                    let since = *self.open.entry(path).or_insert(now);
+                    self.opened(since);
                 }
                 ChangeKind::Closed => {
                     overdue.remove(&path);
@@ -498,6 +498,13 @@ mod tests {
         assert!(burst
             .overdue(t0 + BOUND / 2, BOUND, &mut overdue)
             .is_empty());
+        // Written again meanwhile: still open since its first write.
+        burst.add(
+            &config,
+            taken(tmp.path(), &log),
+            t0 + BOUND / 2,
+            &mut overdue,
+        );
         let late = burst.overdue(t0 + BOUND, BOUND, &mut overdue);
         assert_eq!(late, [tmp.path().join("etc/app/app.log")]);
         assert!(burst.complete(t0 + BOUND, SETTLE, none));
