@@ -433,6 +433,14 @@ mod tests {
     use crate::protocol::Action;
     use crate::testing::put;
 
+    /// The names in directory `dir`, in no particular order.
+    fn names_in(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
     #[test]
     fn a_change_between_check_and_rename_is_a_conflict() {
         let tmp = tempfile::tempdir().unwrap();
@@ -468,11 +476,7 @@ mod tests {
         let outcome = target.rename_into_place(&tmp, Ok(())).unwrap();
         assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
         assert_eq!(std::fs::read(app.join("x")).unwrap(), b"edited meanwhile");
-        let names: Vec<_> = std::fs::read_dir(&app)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["x"], "the temporary file is removed");
+        assert_eq!(names_in(&app), ["x"], "the temporary file is removed");
         assert!(matches!(target.delete(None).unwrap(), Outcome::Conflict(_)));
         assert!(app.join("x").exists());
     }
@@ -538,11 +542,7 @@ mod tests {
                 "{kind}: {outcome:?}"
             );
             assert_eq!(std::fs::read(app.join("new")).unwrap(), b"made meanwhile");
-            let names: Vec<_> = std::fs::read_dir(&app)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            assert_eq!(names, ["new"], "{kind}: nothing else is left");
+            assert_eq!(names_in(&app), ["new"], "{kind}: nothing else is left");
 
             // Still free: taken.
             std::fs::remove_file(app.join("new")).unwrap();
