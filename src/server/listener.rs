@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Extension;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -139,10 +139,8 @@ pub async fn serve(
             let app = app.layer(Extension(ClientSubject(subject.into())));
             // HTTP/1.1 only: one request at a time per connection keeps the memory a
             // client can claim bounded by the connection limit.
-            let mut builder =
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+            let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(READ_BUFFER);
