@@ -25,6 +25,7 @@ mod fs;
 mod receiver;
 mod session;
 mod staging;
+mod writeback;
 
 pub use batch::{apply_batch, apply_body, Applied};
 pub use confine::validate_batch;

@@ -15,7 +15,7 @@ use crate::rollback::{Journal, Undo};
 
 /// Batches with at most this many file contents fsync each file; larger ones flush
 /// their filesystems once with `syncfs`, which is far cheaper than one fsync per file.
-const FSYNC_EACH_MAX_FILES: usize = 16;
+pub(super) const FSYNC_EACH_MAX_FILES: usize = 16;
 
 /// Carries out a validated batch whose contents are `staged`, in order, and reports each
 /// operation's outcome. `owners` says whether owners are applied (this process runs as

@@ -52,6 +52,9 @@ pub(super) struct Session {
     pending: Vec<Pending>,
     /// Configured directories (local paths) holding pending files: one `syncfs` each.
     filesystems: BTreeSet<PathBuf>,
+    /// The tops of configured directories (local paths) opened as the batch's contents
+    /// began to arrive, which its `syncfs` goes through.
+    received_in: BTreeMap<PathBuf, Arc<OwnedFd>>,
     /// Directories (logical paths) whose entries changed: one fsync each.
     dirty: BTreeSet<String>,
     /// Where the batch comes from, for backups.
@@ -79,6 +82,7 @@ impl Session {
             fsync_each,
             pending: Vec::new(),
             filesystems: BTreeSet::new(),
+            received_in: BTreeMap::new(),
             dirty: BTreeSet::new(),
             origin: origin.to_string(),
             undo: Vec::new(),
@@ -102,6 +106,11 @@ impl Session {
         let Some(dir) = config.directory_of(&op.path) else {
             return Outcome::Failed("outside the configured directories".into());
         };
+        if let Some(Ok(received)) = &content {
+            self.received_in
+                .entry(config.local_path(&dir.path))
+                .or_insert_with(|| received.top().clone());
+        }
         if let Err(why) = super::check_mode(config, dir, op) {
             return Outcome::Refused(why);
         }
@@ -363,8 +372,15 @@ impl Session {
         let mut stamps = Vec::new();
         let mut flush_failed = None;
         if !self.fsync_each {
+            // The kernel reports a writeback error to each open directory once, and only
+            // those opened before it happened: the top opened as the batch began to
+            // arrive is told of every error since, even one an early flush (see
+            // `writeback`) or another process's flush was told of first.
             for local in &self.filesystems {
-                let flushed = open_dir(local).and_then(rustix::fs::syncfs);
+                let flushed = match self.received_in.get(local) {
+                    Some(top) => rustix::fs::syncfs(&**top),
+                    None => open_dir(local).and_then(rustix::fs::syncfs),
+                };
                 if let Err(e) = flushed {
                     flush_failed = Some(format!("cannot flush the data to disk: {e}"));
                 }

@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use super::writeback::Early;
 use crate::config::Config;
 use crate::protocol::{BatchHeader, BatchReader, ContentError};
 use crate::tree::{open_dir, temp_name};
@@ -136,6 +137,14 @@ fn receive_within<R: Read>(
     type Opened = Result<(Arc<OwnedFd>, Arc<OwnedFd>), String>;
     let mut tops: BTreeMap<String, Opened> = BTreeMap::new();
     let mut staged = Staged::default();
+    // A batch flushed with one `syncfs` at its end starts writing back early.
+    let contents = reader
+        .header
+        .ops
+        .iter()
+        .filter(|op| op.needs_content().is_some())
+        .count();
+    let mut early = (contents > super::batch::FSYNC_EACH_MAX_FILES).then(Early::default);
     for index in 0..reader.header.ops.len() {
         let op = &reader.header.ops[index];
         if op.needs_content().is_none() {
@@ -158,6 +167,9 @@ fn receive_within<R: Read>(
             .clone();
         let file = match top {
             Ok((unwatched, top)) => {
+                if let (Some(early), Some(size)) = (&mut early, op.needs_content()) {
+                    early.received(size, &top);
+                }
                 let anonymous_in = budget.take().map(|slot| (&*unwatched, slot));
                 receive_one(&mut reader, index, top, anonymous_in)?
             }
@@ -303,6 +315,12 @@ fn into_nothing<R: Read>(reader: &mut BatchReader<R>, index: usize) -> Result<()
 }
 
 impl Received {
+    /// The top of the configured directory it was received for, opened before the batch
+    /// wrote anything there.
+    pub(super) fn top(&self) -> &Arc<OwnedFd> {
+        &self.top
+    }
+
     /// The anonymous file holding the content, if it is one: it can be given its
     /// metadata before it has a name, and then be linked at its target's.
     pub(super) fn anonymous(&self) -> Option<&File> {
@@ -502,6 +520,37 @@ mod tests {
         let body = encode_batch(&crate::protocol::BatchHeader::new(ops), &sent);
         (body, contents)
     }
+
+    #[test]
+    fn a_large_batch_starts_flushing_while_it_arrives_and_a_batch_flushed_file_by_file_does_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("etc/app")).unwrap();
+        let megabyte = |i: usize| vec![i as u8; 1 << 20];
+        let receive = |files: usize| {
+            let contents: Vec<Vec<u8>> = (0..files).map(megabyte).collect();
+            let ops = (0..files)
+                .map(|i| put(&format!("/etc/app/big{i}"), &contents[i]))
+                .collect();
+            let sent: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
+            let body = encode_batch(&crate::protocol::BatchHeader::new(ops), &sent);
+            let before = super::super::writeback::started();
+            let reader = BatchReader::start(body.as_slice()).unwrap();
+            let (_, staged) = receive(&c, reader).unwrap();
+            assert_eq!(staged.files(), files);
+            assert!(staged.files.iter().all(|f| matches!(f, Some(Ok(_)))));
+            super::super::writeback::started() - before
+        };
+        // 16 files of 1 MiB: each is fsynced on its own, nothing starts early.
+        assert_eq!(receive(FSYNC_EACH), 0);
+        // 20 MiB in 20 files, flushed together at the end: a flush starts once 8 MiB
+        // arrived (and again at 16 unless the first still runs).
+        let started = receive(FSYNC_EACH + 4);
+        assert!((1..=2).contains(&started), "{started} early flushes");
+    }
+
+    /// The most contents a batch fsyncs one by one.
+    const FSYNC_EACH: usize = crate::apply::batch::FSYNC_EACH_MAX_FILES;
 
     #[test]
     fn contents_past_the_anonymous_budget_are_named_and_all_go_when_the_body_fails() {
