@@ -372,10 +372,11 @@ impl Session {
         let mut stamps = Vec::new();
         let mut flush_failed = None;
         if !self.fsync_each {
-            // The kernel reports a writeback error to each open directory once, and only
-            // those opened before it happened: the top opened as the batch began to
-            // arrive is told of every error since, even one an early flush (see
-            // `writeback`) or another process's flush was told of first.
+            // The kernel tells each open directory of a writeback error once: one opened
+            // before the error, or after it while nobody was told of it yet. The top
+            // opened as the batch began to arrive is told of every error since, even one
+            // an early flush (see `writeback`) or another process's flush was told of
+            // first.
             for local in &self.filesystems {
                 let flushed = match self.received_in.get(local) {
                     Some(top) => rustix::fs::syncfs(&**top),

@@ -8,11 +8,11 @@
 //! write. One such flush runs at a time in the process; the receiving thread never waits
 //! for it.
 //!
-//! An early flush goes through a directory it opens itself: the kernel tells each open
-//! directory of a writeback error once, so the batch's own flush, through the top opened
-//! as the batch began to arrive, is still told of any error since (see `session`), and
-//! no file is put in place on the strength of a flush that failed. What an early flush
-//! returns is left: it only starts work early.
+//! An early flush goes through a directory it opens itself, and what it returns is left:
+//! it only starts work early. The kernel tells each open directory of a writeback error
+//! once, and the batch's own flush goes through the top opened as the batch began to
+//! arrive, which is told of any error since, whoever was told first (see `session`): no
+//! file is put in place on the strength of a flush that failed.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
