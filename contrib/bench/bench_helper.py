@@ -176,6 +176,14 @@ def times(results, key):
         return [float(line) for line in f if line.strip()]
 
 
+def cpu(results, key):
+    path = os.path.join(results, key + ".cpu")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [float(line) for line in f if line.strip()]
+
+
 def read_value(results, key, default="-"):
     path = os.path.join(results, key)
     if not os.path.exists(path):
@@ -221,6 +229,14 @@ def table(results):
     for label, key in refs:
         v = times(results, key)
         print(f"  {label:<58} {fmt(v, 'med'):>7} / {fmt(v, 'min')}")
+    print()
+    print("CPU time of the machine during each run (every process of both ends and the")
+    print("kernel's threads; median seconds; writes rsync leaves unflushed are written")
+    print("back after its run, not charged to it):")
+    for label, key in rows:
+        g, r = cpu(results, f"gosyncd-{key}"), cpu(results, f"rsync-{key}")
+        ratio = f"{statistics.median(g) / statistics.median(r):.2f}x" if g and r else "-"
+        print(f"  {label:<34} gosyncd {fmt(g, 'med'):>7}   rsync {fmt(r, 'med'):>7}   {ratio:>6}")
     print()
     print("peak memory (max resident set size):")
     for label, key in [

@@ -17,7 +17,8 @@
 # gosyncd handles its peers concurrently, so the three rsyncs run concurrently too; their
 # sequential time is shown for reference, as are rsync --fsync (gosyncd makes what it
 # writes durable), rsync -c (gosyncd hashes every file) and a gosyncd dry run against one
-# peer (the sender's local scan and one manifest). It also reports the peak RSS of the gosyncd sync
+# peer (the sender's local scan and one manifest). It also reports the machine's CPU time
+# during each timed run (/proc/stat, all processes), the peak RSS of the gosyncd sync
 # client (/usr/bin/time) and of the peer daemons (VmHWM). Every gosyncd and rsync run is
 # verified: each peer's tree must match the source (paths, types, modes, owners, sizes,
 # SHA-256 of contents); the script fails loudly otherwise. The gosyncd peers' trees are
@@ -152,6 +153,21 @@ record() {
     awk -v a="$2" -v b="$3" 'BEGIN { printf "%.4f\n", b - a }' >>"$res/$1.times"
 }
 
+# busy_ticks: the machine's CPU time so far, all CPUs and processes, in clock ticks
+# (/proc/stat: user, nice, system, irq, softirq and steal).
+busy_ticks() {
+    local _cpu user nice system _idle _iowait irq softirq steal _rest
+    read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+    echo $((user + nice + system + irq + softirq + steal))
+}
+ticks_per_second=$(getconf CLK_TCK)
+
+# record_cpu KEY T0 T1: appends the CPU seconds between busy_ticks T0 and T1 to KEY's.
+record_cpu() {
+    awk -v a="$2" -v b="$3" -v hz="$ticks_per_second" \
+        'BEGIN { printf "%.2f\n", (b - a) / hz }' >>"$res/$1.cpu"
+}
+
 # max_rss FILE: the last line /usr/bin/time -f %M wrote (kilobytes).
 max_rss() { tail -n 1 "$1"; }
 
@@ -215,12 +231,14 @@ verify() {
 gosyncd_run() {
     local key=$1 run=$2 config=$3
     shift 3
-    local out="$logs/gosyncd-$key-$run" status=0 t0 t1
+    local out="$logs/gosyncd-$key-$run" status=0 t0 t1 c0 c1
     sync # flush earlier writes so that they are not charged to this run
+    c0=$(busy_ticks)
     t0=$EPOCHREALTIME
     /usr/bin/time -f %M -o "$out.rss" "$bin" -config "$config" "$@" >"$out.out" 2>"$out.err" ||
         status=$?
     t1=$EPOCHREALTIME
+    c1=$(busy_ticks)
     if [ "$status" -ne 0 ]; then
         printf '[bench] stderr of gosyncd %s:\n' "$*" >&2
         tail -n 20 "$out.err" >&2
@@ -229,6 +247,7 @@ gosyncd_run() {
         die "gosyncd $* exited with status $status (scenario $key, run $run)"
     fi
     record "gosyncd-$key" "$t0" "$t1"
+    record_cpu "gosyncd-$key" "$c0" "$c1"
     max_rss "$out.rss" >>"$res/rss-gosyncd-$key.kb"
 }
 
@@ -237,8 +256,9 @@ gosyncd_run() {
 rsync_run() {
     local key=$1 run=$2 mode=$3
     shift 3
-    local out="$logs/$key-$run" status=0 i t0 t1 pids=()
+    local out="$logs/$key-$run" status=0 i t0 t1 c0 c1 pids=()
     sync
+    c0=$(busy_ticks)
     t0=$EPOCHREALTIME
     for i in 1 2 3; do
         local cmd=(/usr/bin/time -f %M -o "$out-$i.rss"
@@ -252,11 +272,13 @@ rsync_run() {
     done
     for i in "${pids[@]}"; do wait "$i" || status=$?; done
     t1=$EPOCHREALTIME
+    c1=$(busy_ticks)
     if [ "$status" -ne 0 ]; then
         cat "$out"-*.err >&2
         die "rsync $* failed with status $status (scenario $key, run $run)"
     fi
     record "$key" "$t0" "$t1"
+    record_cpu "$key" "$c0" "$c1"
     [ "$key" != rsync-initial ] || max_rss "$out-1.rss" >>"$res/rss-rsync-initial.kb"
 }
 
