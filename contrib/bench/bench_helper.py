@@ -168,20 +168,20 @@ def listening(ip, port):
 # ---------------------------------------------------------------------------- table
 
 
-def times(results, key):
-    path = os.path.join(results, key + ".times")
+def numbers(results, key, suffix):
+    path = os.path.join(results, key + suffix)
     if not os.path.exists(path):
         return []
     with open(path) as f:
         return [float(line) for line in f if line.strip()]
+
+
+def times(results, key):
+    return numbers(results, key, ".times")
 
 
 def cpu(results, key):
-    path = os.path.join(results, key + ".cpu")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [float(line) for line in f if line.strip()]
+    return numbers(results, key, ".cpu")
 
 
 def read_value(results, key, default="-"):
