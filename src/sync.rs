@@ -748,21 +748,12 @@ async fn narrow(
     let mut shallow = Vec::new();
     for dir in judged {
         match levels_differing(config, scan, &levels, &dir) {
-            Some(apart) if apart.whole.len() + apart.shallow.len() <= LEVELS_LISTED_MAX => {
-                whole.extend(apart.whole);
-                shallow.extend(apart.shallow);
-            }
-            _ => whole.push(dir),
+            Some(apart) => apart.list(&dir, &mut whole, &mut shallow),
+            None => whole.push(dir),
         }
     }
     (whole, shallow)
 }
-
-/// Past this many places to list in a configured directory (differing levels and
-/// directories only one side has: an initial sync, a tree rewritten), it is listed
-/// whole: each path of both trees is checked against every place listed, which would
-/// then cost more than the listing saves.
-const LEVELS_LISTED_MAX: usize = 64;
 
 /// This node's side of one run: the digests its daemon keeps (when usable), and the
 /// full local state, made once, when the first peer whose digests differ needs it.

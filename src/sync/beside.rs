@@ -15,7 +15,6 @@ use std::collections::BTreeMap;
 use tracing::debug;
 
 use super::peer::{digest_of, levels_apart};
-use super::LEVELS_LISTED_MAX;
 use crate::client::Peer;
 use crate::config::Config;
 use crate::paths::{self, is_within, overlaps};
@@ -128,14 +127,7 @@ fn compare(
             held += level.entries?;
         }
         narrowed.held.push((dir.clone(), held));
-        let apart = levels_apart(&mine, &peers);
-        match apart.whole.len() + apart.shallow.len() <= LEVELS_LISTED_MAX {
-            true => {
-                narrowed.whole.extend(apart.whole);
-                narrowed.shallow.extend(apart.shallow);
-            }
-            false => narrowed.whole.push(dir.clone()),
-        }
+        levels_apart(&mine, &peers).list(dir, &mut narrowed.whole, &mut narrowed.shallow);
     }
     Some(narrowed)
 }

@@ -605,6 +605,25 @@ pub(crate) struct Apart {
     pub shallow: Vec<String>,
 }
 
+impl Apart {
+    /// Adds what to list of configured directory `dir` to `whole` and `shallow`: these
+    /// places, or past [`LEVELS_LISTED_MAX`] of them, `dir` whole.
+    pub(crate) fn list(self, dir: &str, whole: &mut Vec<String>, shallow: &mut Vec<String>) {
+        if self.whole.len() + self.shallow.len() > LEVELS_LISTED_MAX {
+            whole.push(dir.to_string());
+            return;
+        }
+        whole.extend(self.whole);
+        shallow.extend(self.shallow);
+    }
+}
+
+/// Past this many places to list in a configured directory (differing levels and
+/// directories only one side has: an initial sync, a tree rewritten), it is listed
+/// whole: each path of both trees is checked against every place listed, which would
+/// then cost more than the listing saves.
+const LEVELS_LISTED_MAX: usize = 64;
+
 /// Where two sides' levels differ (see [`Apart`]), in order.
 pub(super) fn levels_apart<A, B>(
     ours: &BTreeMap<A, Digest256>,
