@@ -147,10 +147,10 @@ fn receive_within<R: Read>(
     let mut early = (contents > super::batch::FSYNC_EACH_MAX_FILES).then(Early::default);
     for index in 0..reader.header.ops.len() {
         let op = &reader.header.ops[index];
-        if op.needs_content().is_none() {
+        let Some(size) = op.needs_content() else {
             staged.files.push(None);
             continue;
-        }
+        };
         let dir = config
             .directory_of(&op.path)
             .ok_or_else(|| format!("{}: outside the configured directories", op.path))?;
@@ -167,7 +167,7 @@ fn receive_within<R: Read>(
             .clone();
         let file = match top {
             Ok((unwatched, top)) => {
-                if let (Some(early), Some(size)) = (&mut early, op.needs_content()) {
+                if let Some(early) = &mut early {
                     early.received(size, &top);
                 }
                 let anonymous_in = budget.take().map(|slot| (&*unwatched, slot));
