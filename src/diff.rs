@@ -7,7 +7,8 @@ use std::io;
 
 use crate::client::Peer;
 use crate::config::Config;
-use crate::protocol::{self, Action, Content, Entry, FileText, Op};
+use crate::plan::Planned;
+use crate::protocol::{self, Content, Entry, FileText};
 
 /// The text of a file (confined as a write would be, links never followed), for a
 /// diff; or a note saying why there is none.
@@ -52,7 +53,7 @@ pub fn read_text(config: &Config, path: &str, limit: u64) -> FileText {
 
 /// The unified diffs (peer's version -> this node's) of the files `ops` change in
 /// content, in their order; a note for a file that is binary, too large or unreadable.
-pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, String)> {
+pub async fn diffs(config: &Config, peer: &Peer, ops: &[Planned<'_>]) -> Vec<(String, String)> {
     let file = |e: Option<&Entry>| match e {
         Some(Entry {
             content: Content::File { sha256, .. },
@@ -62,11 +63,7 @@ pub async fn diffs(config: &Config, peer: &Peer, ops: &[Op]) -> Vec<(String, Str
     };
     let mut wanted = Vec::new();
     for op in ops {
-        let before = file(op.expect.as_deref());
-        let after = match &op.action {
-            Action::Put { entry } => file(Some(entry)),
-            Action::Delete => None,
-        };
+        let (before, after) = (file(op.expect.as_deref()), file(op.put));
         if (before.is_some() || after.is_some()) && before != after {
             wanted.push((op.path.clone(), before.is_some(), after.is_some()));
         }

@@ -12,19 +12,24 @@ use std::collections::BTreeMap;
 use crate::paths::{LogicalPath, PathKey};
 use crate::protocol::{Action, Entry, Op};
 
+mod shared;
+
+pub use shared::{Plan, Planned};
+
 /// Plans the operations that turn `remote` into `local`.
 ///
 /// `owners` says whether the receiver applies owners; when it does not, differing owners
 /// alone cause no operation. Either side may be a [`Manifest`](crate::manifest::Manifest)
 /// or a view that borrows one (paths and entries by reference).
-pub fn plan<LK, LE, RK, RE>(
-    local: &BTreeMap<LK, LE>,
+pub fn plan<'l, 'e, LK, LE, RK, RE>(
+    local: &'l BTreeMap<LK, LE>,
     remote: &BTreeMap<RK, RE>,
     owners: bool,
 ) -> Vec<Op>
 where
     LK: PathKey,
     LE: Borrow<Entry>,
+    &'l LE: Held<'e>,
     RK: PathKey,
     RE: Borrow<Entry>,
 {
@@ -37,16 +42,46 @@ where
     ops
 }
 
-/// Whether [`plan`] of `local` and `remote` would be `planned`, told without making it.
-pub fn plans_as<LK, LE, RK, RE>(
-    local: &BTreeMap<LK, LE>,
+/// The operations of [`plan`], referring to the entries they put where `local` holds
+/// them (see [`Plan`]).
+pub fn planned<'l, 'e, LK, LE, RK, RE>(
+    local: &'l BTreeMap<LK, LE>,
     remote: &BTreeMap<RK, RE>,
     owners: bool,
-    planned: &[Op],
+) -> Vec<Planned<'e>>
+where
+    LK: PathKey,
+    LE: Borrow<Entry>,
+    &'l LE: Held<'e>,
+    RK: PathKey,
+    RE: Borrow<Entry>,
+{
+    let mut count = 0;
+    plan_each(local, remote, owners, |_| count += 1);
+    // Held until the operations are sent, to every peer of a run at once: made at their
+    // exact number.
+    let mut ops = Vec::with_capacity(count);
+    plan_each(local, remote, owners, |op| {
+        ops.push(Planned {
+            path: op.logical_path(),
+            put: op.put,
+            expect: op.expect.cloned().map(Box::new),
+        })
+    });
+    ops
+}
+
+/// Whether [`plan`] of `local` and `remote` would be `planned`, told without making it.
+pub fn plans_as<'l, 'e, LK, LE, RK, RE>(
+    local: &'l BTreeMap<LK, LE>,
+    remote: &BTreeMap<RK, RE>,
+    owners: bool,
+    planned: &[Planned<'_>],
 ) -> bool
 where
     LK: PathKey,
     LE: Borrow<Entry>,
+    &'l LE: Held<'e>,
     RK: PathKey,
     RE: Borrow<Entry>,
 {
@@ -58,23 +93,47 @@ where
     same && index == planned.len()
 }
 
-/// One operation of a plan, borrowing from the manifests it is made from.
-struct Planned<'a> {
-    path: &'a str,
-    /// `path`, where the manifest it comes from holds it once: the operation shares it.
-    shared: Option<&'a LogicalPath>,
-    /// The state to put; `None`: a deletion.
-    put: Option<&'a Entry>,
-    expect: Option<&'a Entry>,
+/// An entry of a map a plan is made from, borrowed for `'e`: a manifest's entry, for as
+/// long as the manifest is borrowed; a view's, for as long as the manifest the view
+/// borrows it from (so that a plan can outlive a view made to plan it).
+pub trait Held<'e> {
+    fn entry(self) -> &'e Entry;
 }
 
-impl Planned<'_> {
+impl<'e> Held<'e> for &'e Entry {
+    fn entry(self) -> &'e Entry {
+        self
+    }
+}
+
+impl<'e> Held<'e> for &&'e Entry {
+    fn entry(self) -> &'e Entry {
+        self
+    }
+}
+
+/// One operation of a plan, borrowing from the maps it is made from: this node's
+/// entries (`'l`) and the peer's (`'r`).
+struct Each<'p, 'l, 'r> {
+    path: &'p str,
+    /// `path`, where the manifest it comes from holds it once: the operation shares it.
+    shared: Option<&'p LogicalPath>,
+    /// The state to put; `None`: a deletion.
+    put: Option<&'l Entry>,
+    expect: Option<&'r Entry>,
+}
+
+impl Each<'_, '_, '_> {
+    fn logical_path(&self) -> LogicalPath {
+        match self.shared {
+            Some(path) => path.clone(),
+            None => self.path.into(),
+        }
+    }
+
     fn to_op(&self) -> Op {
         Op {
-            path: match self.shared {
-                Some(path) => path.clone(),
-                None => self.path.into(),
-            },
+            path: self.logical_path(),
             action: match self.put {
                 Some(entry) => Action::Put {
                     entry: entry.clone(),
@@ -86,26 +145,22 @@ impl Planned<'_> {
     }
 
     /// Whether it is `op`.
-    fn is(&self, op: &Op) -> bool {
-        let action = match (&op.action, self.put) {
-            (Action::Put { entry }, Some(put)) => entry == put,
-            (Action::Delete, None) => true,
-            _ => false,
-        };
-        action && op.path == self.path && op.expect.as_deref() == self.expect
+    fn is(&self, op: &Planned<'_>) -> bool {
+        op.put == self.put && op.path == self.path && op.expect.as_deref() == self.expect
     }
 }
 
 /// Calls `each` with every operation of the plan from `remote` to `local`, in order
 /// (see [`plan`]).
-fn plan_each<'a, LK, LE, RK, RE>(
-    local: &'a BTreeMap<LK, LE>,
-    remote: &'a BTreeMap<RK, RE>,
+fn plan_each<'p, 'l: 'p, 'e, 'r: 'p, LK, LE, RK, RE>(
+    local: &'l BTreeMap<LK, LE>,
+    remote: &'r BTreeMap<RK, RE>,
     owners: bool,
-    mut each: impl FnMut(Planned<'a>),
+    mut each: impl FnMut(Each<'p, 'e, 'r>),
 ) where
     LK: PathKey,
     LE: Borrow<Entry>,
+    &'l LE: Held<'e>,
     RK: PathKey,
     RE: Borrow<Entry>,
 {
@@ -118,7 +173,7 @@ fn plan_each<'a, LK, LE, RK, RE>(
     for (key, theirs) in remote.iter().rev() {
         let (path, theirs) = (key.borrow(), theirs.borrow());
         if replaced_by_other_kind(path, theirs) {
-            each(Planned {
+            each(Each {
                 path,
                 shared: key.shared(),
                 put: None,
@@ -127,14 +182,14 @@ fn plan_each<'a, LK, LE, RK, RE>(
         }
     }
     for (key, ours) in local {
-        let (path, ours) = (key.borrow(), ours.borrow());
+        let (path, ours) = (key.borrow(), ours.entry());
         let expect = match remote.get(path).map(Borrow::borrow) {
             Some(theirs) if replaced_by_other_kind(path, theirs) => None,
             Some(theirs) if ours.same_state(theirs, owners) => continue,
             Some(theirs) => Some(theirs),
             None => None,
         };
-        each(Planned {
+        each(Each {
             path,
             shared: key.shared(),
             put: Some(ours),

@@ -27,6 +27,7 @@ pub use messages::{
     DirectoryInfo, ErrorBody, FileText, HeldKind, HeldPath, Identity, ManifestRequest,
     ManifestResponse, OpAnswer, PeerLimits, PeerStatus, Role, StatusCounters, StatusResponse,
 };
+pub(crate) use operation::{change_of, content_needed};
 pub use operation::{Action, ChangeKind, Found, Op, OpResult, Outcome};
 pub use state::{same_or_absent, Content, Digest256, Entry, WireEntry};
 

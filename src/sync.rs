@@ -47,7 +47,8 @@ use crate::config::{Config, Remote};
 use crate::hooks;
 use crate::manifest::{self, HashCache, Scan};
 use crate::paths::{self, is_within, Region};
-use crate::protocol::{Action, ManifestResponse, Op};
+use crate::plan::Plan;
+use crate::protocol::{ManifestResponse, Op};
 use crate::tls::TlsMaterial;
 
 /// The engine: this node's config, its peers and its hash cache.
@@ -238,7 +239,8 @@ impl Engine {
             let mut tasks = JoinSet::new();
             for (index, (link, manifest)) in links.into_iter().cloned().zip(manifests).enumerate() {
                 // Each peer's own hold on this node's side, let go once it has planned:
-                // the run keeps none, so the local tree goes once every peer has planned.
+                // the run keeps none, so the local tree goes once every peer has planned
+                // and no plan refers to its entries.
                 let local = local.clone();
                 let config = self.config.clone();
                 let self_id = self.self_id.clone();
@@ -470,15 +472,13 @@ impl Engine {
         if ops.is_empty() {
             return report;
         }
-        let dir_deletes: Vec<Op> = ops
+        let dir_deletes: Vec<String> = ops
             .iter()
-            .filter(|op| {
-                op.action == Action::Delete
-                    && op.expect.as_ref().is_some_and(|e| e.content.is_dir())
-            })
-            .cloned()
+            .filter(|op| op.deletes_directory())
+            .map(|op| op.path.to_string())
             .collect();
-        let ops = push::without_oversized(Arc::new(ops), &terms.limits, &mut report);
+        let ops = Arc::new(Plan::of_ops(ops));
+        let ops = push::without_oversized(ops, &terms.limits, &mut report);
         let progress = Progress::default();
         push(&self.config, peer, ops, &terms, &progress, &mut report)
             .instrument(span.clone())
@@ -503,26 +503,26 @@ impl Engine {
     async fn explain_kept_directories(
         &self,
         peer: &Peer,
-        deletes: Vec<Op>,
+        deletes: Vec<String>,
         report: &mut PeerReport,
     ) {
-        let failed: Vec<Op> = deletes
+        let failed: Vec<String> = deletes
             .into_iter()
-            .filter(|op| {
+            .filter(|path| {
                 report
                     .changes
                     .iter()
-                    .any(|c| c.path == op.path && matches!(c.status, ChangeStatus::Failed(_)))
+                    .any(|c| c.path == path.as_str() && matches!(c.status, ChangeStatus::Failed(_)))
             })
             .collect();
         if failed.is_empty() {
             return;
         }
-        let scope: Vec<String> = failed.iter().map(|op| op.path.to_string()).collect();
-        let Ok(listing) = peer.manifest(&scope).await else {
+        let Ok(listing) = peer.manifest(&failed).await else {
             return;
         };
-        for (dir, excluded) in kept_directories(&self.config, &listing, &failed) {
+        let deleted = failed.iter().map(String::as_str);
+        for (dir, excluded) in kept_directories(&self.config, &listing, deleted) {
             let kept = format!("directory kept: it holds paths excluded on this node: {excluded}");
             report
                 .changes
@@ -760,8 +760,8 @@ async fn narrow(
 struct LazyLocal {
     digests: Option<ManifestResponse>,
     /// Made once, when first needed. It goes with this side, which the peers of a run
-    /// hold until they have planned (see [`ToPlan`]), so that the pushes do not hold this
-    /// node's whole tree besides their plans.
+    /// hold until they have planned (see [`ToPlan`]), and with the last plan that refers
+    /// to its entries (see [`Plan`](crate::plan::Plan)).
     state: tokio::sync::OnceCell<Arc<LocalState>>,
     source: LocalSource,
     scope: Vec<String>,
@@ -807,9 +807,10 @@ impl LazyLocal {
 }
 
 impl Drop for LazyLocal {
-    /// Once every peer has planned, this node's tree goes, and so does the work of
-    /// reading and planning it: the memory and the code it took are given back soon after,
-    /// while the pushes go on (an initial sync of 100,000 files keeps going for seconds).
+    /// Once every peer has planned, the work of reading and planning this node's tree is
+    /// done (and the tree goes, unless plans refer to it): the memory and the code it
+    /// took are given back soon after, while the pushes go on (an initial sync of 100,000
+    /// files keeps going for seconds).
     fn drop(&mut self) {
         if self.state.initialized() {
             crate::memory::give_back_soon();

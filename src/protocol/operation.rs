@@ -36,28 +36,50 @@ impl Op {
     /// Whether the batch body carries content for this operation: a file whose
     /// content differs from what the receiver is expected to hold.
     pub fn needs_content(&self) -> Option<u64> {
-        let Action::Put { entry } = &self.action else {
-            return None;
-        };
-        let Content::File { size, sha256 } = &entry.content else {
-            return None;
-        };
-        match self.expect.as_deref() {
-            Some(Entry {
-                content: Content::File { sha256: old, .. },
-                ..
-            }) if old == sha256 => None,
-            _ => Some(*size),
-        }
+        content_needed(self.put(), self.expect.as_deref())
     }
 
     /// The change this operation makes, as shown to users.
     pub fn change(&self) -> ChangeKind {
-        match (&self.action, &self.expect) {
-            (Action::Delete, _) => ChangeKind::Deleted,
-            (Action::Put { .. }, None) => ChangeKind::Added,
-            (Action::Put { .. }, Some(_)) => ChangeKind::Updated,
+        change_of(self.put().is_some(), self.expect.is_some())
+    }
+
+    /// The state it puts; `None`: a deletion.
+    pub fn put(&self) -> Option<&Entry> {
+        match &self.action {
+            Action::Put { entry } => Some(entry),
+            Action::Delete => None,
         }
+    }
+
+    /// Whether it deletes a directory.
+    pub fn deletes_directory(&self) -> bool {
+        self.action == Action::Delete && self.expect.as_ref().is_some_and(|e| e.content.is_dir())
+    }
+}
+
+/// The size of the content a batch body carries for an operation that puts `put` where
+/// the receiver is expected to hold `expect`: a file whose content differs from it.
+pub(crate) fn content_needed(put: Option<&Entry>, expect: Option<&Entry>) -> Option<u64> {
+    let Content::File { size, sha256 } = &put?.content else {
+        return None;
+    };
+    match expect {
+        Some(Entry {
+            content: Content::File { sha256: old, .. },
+            ..
+        }) if old == sha256 => None,
+        _ => Some(*size),
+    }
+}
+
+/// The change an operation makes that puts something (or not) where the receiver is
+/// expected to hold something (or not).
+pub(crate) fn change_of(puts: bool, expected: bool) -> ChangeKind {
+    match (puts, expected) {
+        (false, _) => ChangeKind::Deleted,
+        (true, false) => ChangeKind::Added,
+        (true, true) => ChangeKind::Updated,
     }
 }
 

@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{Change, ChangeStatus};
-use crate::protocol::Op;
+use crate::plan::{Plan, Planned};
 
 /// What a run did (or would do) to each path on one peer, in order: each a [`Change`],
 /// made as it is read ([`Changes::iter`]).
@@ -28,7 +28,7 @@ enum Item {
     /// The operations of `plan` at `indices`, in this order, done (or to be done) as
     /// planned.
     Done {
-        plan: Arc<Vec<Op>>,
+        plan: Arc<Plan>,
         indices: Vec<u32>,
     },
 }
@@ -48,7 +48,7 @@ impl Changes {
     }
 
     /// Operation `index` of `plan`, done (or to be done) as planned.
-    pub fn push_done(&mut self, plan: &Arc<Vec<Op>>, index: usize) {
+    pub fn push_done(&mut self, plan: &Arc<Plan>, index: usize) {
         let index = u32::try_from(index).expect("a plan holds fewer than 2^32 operations");
         match self.items.last_mut() {
             Some(Item::Done {
@@ -64,7 +64,7 @@ impl Changes {
     }
 
     /// Every operation of `plan`, done (or to be done) as planned.
-    pub fn push_plan(&mut self, plan: &Arc<Vec<Op>>) {
+    pub fn push_plan(&mut self, plan: &Arc<Plan>) {
         for index in 0..plan.len() {
             self.push_done(plan, index);
         }
@@ -90,18 +90,15 @@ impl Changes {
                     items.push(Item::One(change));
                 }
                 Item::Done { plan, indices } => {
-                    if !indices
-                        .iter()
-                        .any(|&i| plan[i as usize].path.as_str() == path)
-                    {
+                    let path_of = |i: u32| &plan.ops()[i as usize].path;
+                    if !indices.iter().any(|&i| path_of(i).as_str() == path) {
                         items.push(Item::Done { plan, indices });
                         continue;
                     }
                     // Split around the changes restated.
                     let mut run: Vec<u32> = Vec::new();
                     for i in indices {
-                        let op = &plan[i as usize];
-                        if op.path.as_str() != path {
+                        if path_of(i).as_str() != path {
                             run.push(i);
                             continue;
                         }
@@ -112,7 +109,7 @@ impl Changes {
                             });
                         }
                         items.push(Item::One(Change {
-                            path: op.path.clone(),
+                            path: path_of(i).clone(),
                             status: status.clone(),
                         }));
                     }
@@ -129,7 +126,7 @@ impl Changes {
 /// The changes of a [`Changes`], in order.
 pub struct Iter<'a> {
     items: std::slice::Iter<'a, Item>,
-    run: Option<(&'a [Op], std::slice::Iter<'a, u32>)>,
+    run: Option<(&'a [Planned<'a>], std::slice::Iter<'a, u32>)>,
 }
 
 impl Iterator for Iter<'_> {
@@ -149,7 +146,7 @@ impl Iterator for Iter<'_> {
             }
             match self.items.next()? {
                 Item::One(change) => return Some(change.clone()),
-                Item::Done { plan, indices } => self.run = Some((plan, indices.iter())),
+                Item::Done { plan, indices } => self.run = Some((plan.ops(), indices.iter())),
             }
         }
     }
@@ -204,22 +201,16 @@ impl fmt::Debug for Changes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Action, ChangeKind};
-    use crate::testing::file_entry;
+    use crate::protocol::ChangeKind;
+    use crate::testing::put;
 
-    fn plan_of(paths: &[&str]) -> Arc<Vec<Op>> {
-        Arc::new(
+    fn plan_of(paths: &[&str]) -> Arc<Plan> {
+        Arc::new(Plan::of_ops(
             paths
                 .iter()
-                .map(|path| Op {
-                    path: (*path).into(),
-                    action: Action::Put {
-                        entry: file_entry(path.as_bytes()),
-                    },
-                    expect: None,
-                })
+                .map(|path| put(path, path.as_bytes()))
                 .collect(),
-        )
+        ))
     }
 
     fn told(changes: &Changes) -> Vec<String> {

@@ -19,8 +19,8 @@ use crate::config::{Config, Directory, Excludes};
 use crate::manifest::Manifest;
 use crate::manifest::Scan;
 use crate::paths::{in_scope, is_within, overlaps, LogicalPath, Region};
-use crate::plan::{plan, plans_as};
-use crate::protocol::{Action, Digest256, DirectoryInfo, Entry, ManifestResponse, Op, PeerLimits};
+use crate::plan::{planned, plans_as, Plan, Planned};
+use crate::protocol::{Digest256, DirectoryInfo, Entry, ManifestResponse, PeerLimits};
 
 /// One peer as the engine reaches it: its client, and the terms it last announced
 /// (remembered so that an automatic push costs one round trip). Shared by the engine and
@@ -97,8 +97,8 @@ pub(super) struct LocalState {
     outside: Vec<(String, usize)>,
     /// Each plan made so far: peers whose plans are the same (an initial sync to empty
     /// peers) share one, not a copy each. Held weakly: a plan goes once every push of
-    /// it is done.
-    plans: std::sync::Mutex<Vec<Weak<Vec<Op>>>>,
+    /// it is done (and this state with the last one: the plans refer to its entries).
+    plans: std::sync::Mutex<Vec<Weak<Plan>>>,
 }
 
 impl LocalState {
@@ -124,22 +124,39 @@ impl LocalState {
         &self.scan
     }
 
-    /// The plan from `ours` to `theirs` ([`plan`]), shared with any peer of this run
-    /// for which it is the same plan.
-    fn plan(&self, ours: &Ours, theirs: &View, owners: bool) -> Arc<Vec<Op>> {
+    /// The plan from `ours` (what the peer takes of this state) to `theirs`
+    /// ([`planned`]), shared with any peer of this run for which it is the same plan. It
+    /// keeps this state: its operations refer to the entries they put.
+    fn plan(
+        self: &Arc<Self>,
+        ours: impl for<'s> Fn(&'s LocalState) -> Ours<'s>,
+        theirs: &View,
+        owners: bool,
+    ) -> Arc<Plan> {
         // Held while planning: a peer planned alike waits, then shares.
         let mut plans = self.plans.lock().expect("plans lock");
         plans.retain(|plan| plan.strong_count() > 0);
-        if let Some(plan) = plans
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|plan| ours.plans_as(theirs, owners, plan))
-        {
+        let made: Vec<Arc<Plan>> = plans.iter().filter_map(Weak::upgrade).collect();
+        let mut same = None;
+        let plan = Plan::new(self.clone(), |local| {
+            let ours = ours(local);
+            match made
+                .iter()
+                .find(|plan| ours.plans_as(theirs, owners, plan.ops()))
+            {
+                Some(plan) => {
+                    same = Some(plan.clone());
+                    Vec::new()
+                }
+                None => ours.plan(theirs, owners),
+            }
+        });
+        if let Some(plan) = same {
             return plan;
         }
-        let made = Arc::new(ours.plan(theirs, owners));
-        plans.push(Arc::downgrade(&made));
-        made
+        let plan = Arc::new(plan);
+        plans.push(Arc::downgrade(&plan));
+        plan
     }
 }
 
@@ -174,13 +191,13 @@ pub(super) async fn sync_peer(
     let Some(ops) = plan_for(config, &local.state, &remote, options, listed, &mut report) else {
         return report;
     };
-    // Planned: neither tree's listing is needed any more. Once every peer of the run has
-    // planned, this node's goes, and the pushes hold only their plans.
+    // Planned: the peer's listing is not needed any more, nor this node's but for the
+    // entries the plan refers to (it keeps this node's state while it lives).
     let terms = PeerTerms::of(&remote);
     drop((remote, local));
     let ops = super::push::without_oversized(ops, &terms.limits, &mut report);
     if options.dry_run && options.diff && !ops.is_empty() {
-        report.diffs = crate::diff::diffs(config, peer, &ops).await;
+        report.diffs = crate::diff::diffs(config, peer, ops.ops()).await;
     }
     if options.dry_run || ops.is_empty() {
         report.changes.push_plan(&ops);
@@ -195,34 +212,28 @@ pub(super) async fn sync_peer(
 /// is reported. `None` when the mass-delete guard refuses it (reported too).
 fn plan_for(
     config: &Config,
-    local: &LocalState,
+    local: &Arc<LocalState>,
     remote: &ManifestResponse,
     options: &Options,
     listed: Region<'_>,
     report: &mut PeerReport,
-) -> Option<Arc<Vec<Op>>> {
-    let Views {
-        ours,
-        theirs,
-        refused: refused_dirs,
-        unlisted,
-    } = views(config, local, remote, &options.scope, listed);
-    for dir in refused_dirs {
+) -> Option<Arc<Plan>> {
+    let views = views(config, local, remote, &options.scope, listed);
+    for dir in &views.refused {
         report.changes.push(Change {
-            path: dir.0.into(),
-            status: ChangeStatus::Refused(dir.1.into()),
+            path: dir.0.as_str().into(),
+            status: ChangeStatus::Refused(dir.1.as_str().into()),
         });
     }
     // Owners count where the peer applies them and this node can read them as they are:
     // a sender not running as root holds its own copies, owned by itself.
     let owners = remote.owners && crate::tree::applies_owners();
-    let mut ops = local.plan(&ours, &theirs, owners);
+    let mut ops = local.plan(|local| views.ours(local), &views.theirs, owners);
     // A directory on the peer holding paths this node excludes stays: deleting it could
     // only fail, and those paths are not this node's to delete.
-    let keeps = kept_directories(config, remote, &ops);
+    let keeps = kept_directories(config, remote, directories_deleted(ops.ops()));
     if !keeps.is_empty() {
-        let kept = |op: &Op| keeps.iter().any(|(dir, _)| *dir == op.path);
-        ops = Arc::new(ops.iter().filter(|op| !kept(op)).cloned().collect());
+        ops = Arc::new(ops.retain(|op| !keeps.iter().any(|(dir, _)| *dir == op.path)));
     }
     for (dir, excluded) in keeps {
         report.changes.push(Change {
@@ -233,11 +244,12 @@ fn plan_for(
         });
     }
     if !options.force {
-        if let Some(refusal) = mass_delete(config, &options.scope, &theirs, &unlisted, &ops) {
+        let (theirs, unlisted) = (&views.theirs, &views.unlisted);
+        if let Some(refusal) = mass_delete(config, &options.scope, theirs, unlisted, ops.ops()) {
             report.error = Some(refusal);
             report.refused = true;
             let refused: Reason = "not sent: mass-delete guard".into();
-            report.changes.extend(ops.iter().map(|op| Change {
+            report.changes.extend(ops.ops().iter().map(|op| Change {
                 path: op.path.clone(),
                 status: ChangeStatus::Refused(refused.clone()),
             }));
@@ -247,28 +259,32 @@ fn plan_for(
     Some(ops)
 }
 
-/// The directories `ops` delete on the peer that hold paths this node excludes, with the
-/// first such path of each.
-pub(super) fn kept_directories(
+/// The directories the operations `ops` delete.
+fn directories_deleted<'a>(ops: &'a [Planned<'_>]) -> impl Iterator<Item = &'a str> {
+    ops.iter()
+        .filter(|op| op.deletes_directory())
+        .map(|op| op.path.as_str())
+}
+
+/// Of the directories `deleted` on the peer, those that hold paths this node excludes,
+/// with the first such path of each.
+pub(super) fn kept_directories<'a>(
     config: &Config,
     remote: &ManifestResponse,
-    ops: &[Op],
+    deleted: impl Iterator<Item = &'a str>,
 ) -> Vec<(String, String)> {
-    ops.iter()
-        .filter(|op| {
-            op.action == Action::Delete && op.expect.as_ref().is_some_and(|e| e.content.is_dir())
-        })
-        .filter_map(|op| {
-            let dir = config.directory_of(&op.path)?;
+    deleted
+        .filter_map(|path| {
+            let dir = config.directory_of(path)?;
             remote
                 .entries
                 .iter()
                 .find(|w| {
-                    w.path != op.path
-                        && is_within(&w.path, &op.path)
+                    w.path != path
+                        && is_within(&w.path, path)
                         && dir.excludes.excludes_any_component(&dir.path, &w.path)
                 })
-                .map(|w| (op.path.to_string(), w.path.clone()))
+                .map(|w| (path.to_string(), w.path.clone()))
         })
         .collect()
 }
@@ -289,7 +305,7 @@ fn mass_delete(
     scope: &[String],
     theirs: &View,
     unlisted: &[(&str, usize)],
-    ops: &[Op],
+    ops: &[Planned<'_>],
 ) -> Option<String> {
     // A sync scoped below a directory sees only part of it: no share can be judged.
     let whole = |dir: &str| scope.is_empty() || scope.iter().any(|s| is_within(dir, s));
@@ -306,14 +322,14 @@ fn mass_delete(
         let in_dir = || ops.iter().filter(|op| is_within(&op.path, &dir.path));
         // Only deletions are collected: an initial sync is all puts.
         let mut deleted: std::collections::HashSet<&str> = in_dir()
-            .filter(|op| op.action == Action::Delete)
+            .filter(|op| op.put.is_none())
             .map(|op| op.path.as_str())
             .collect();
         if held == 0 || deleted.is_empty() {
             continue;
         }
         let mut puts = false;
-        for op in in_dir().filter(|op| op.action != Action::Delete) {
+        for op in in_dir().filter(|op| op.put.is_some()) {
             // A path deleted and put again changes type; it is not lost.
             deleted.remove(op.path.as_str());
             puts = true;
@@ -351,15 +367,15 @@ enum Ours<'a> {
     Part(View<'a, &'a LogicalPath>),
 }
 
-impl Ours<'_> {
-    fn plan(&self, theirs: &View, owners: bool) -> Vec<Op> {
+impl<'a> Ours<'a> {
+    fn plan(&self, theirs: &View, owners: bool) -> Vec<Planned<'a>> {
         match self {
-            Ours::Whole(ours) => plan(ours, theirs, owners),
-            Ours::Part(ours) => plan(ours, theirs, owners),
+            Ours::Whole(ours) => planned(*ours, theirs, owners),
+            Ours::Part(ours) => planned(ours, theirs, owners),
         }
     }
 
-    fn plans_as(&self, theirs: &View, owners: bool, planned: &[Op]) -> bool {
+    fn plans_as(&self, theirs: &View, owners: bool, planned: &[Planned<'_>]) -> bool {
         match self {
             Ours::Whole(ours) => plans_as(ours, theirs, owners, planned),
             Ours::Part(ours) => plans_as(ours, theirs, owners, planned),
@@ -370,13 +386,57 @@ impl Ours<'_> {
 /// The local and remote manifests restricted to what this peer and this node both
 /// synchronise, within what the run lists.
 struct Views<'a> {
-    ours: Ours<'a>,
+    /// Whether the peer takes every path of this node's state.
+    whole: bool,
     theirs: View<'a>,
     /// The configured directories the peer cannot take, with the reason.
     refused: Vec<(String, String)>,
     /// Per configured directory, how many of this node's entries (below it, as the peer
     /// would take them) lie outside what the peer listed.
     unlisted: Vec<(&'a str, usize)>,
+    /// The configured directories both sides have, with the peer's excludes.
+    shared: Vec<(&'a Directory, Excludes)>,
+    /// Paths unreadable on either side: nothing below them is planned.
+    unknown: Vec<&'a str>,
+    scope: &'a [String],
+    listed: Region<'a>,
+}
+
+impl<'a> Views<'a> {
+    /// Whether this peer takes `path`, and if not, the configured directory it is in
+    /// when that is why (the peer did not list the part of the tree it is in).
+    fn takes(&self, path: &str) -> Result<(), Option<&'a str>> {
+        if self.unknown.iter().any(|u| is_within(path, u)) || !in_scope(path, self.scope) {
+            return Err(None);
+        }
+        let Some(&(dir, _)) = self.shared.iter().find(|(dir, theirs)| {
+            is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
+        }) else {
+            return Err(None);
+        };
+        match self.listed.holds(path) {
+            true => Ok(()),
+            false => Err(Some(&dir.path)),
+        }
+    }
+
+    /// This node's side: what the peer takes of `local` (the state these views were
+    /// made of).
+    fn ours<'s>(&self, local: &'s LocalState) -> Ours<'s> {
+        match self.whole {
+            true => Ours::Whole(&local.scan.entries),
+            // Collected from the sorted entries, so that the map is built at once, its
+            // nodes full, rather than grown by inserts.
+            false => Ours::Part(
+                local
+                    .scan
+                    .entries
+                    .iter()
+                    .filter(|(path, _)| self.takes(path).is_ok())
+                    .collect(),
+            ),
+        }
+    }
 }
 
 /// The [`Views`] of a run over `scope` for which the peer listed `listed` (its answer,
@@ -385,8 +445,8 @@ fn views<'a>(
     config: &'a Config,
     local: &'a LocalState,
     remote: &'a ManifestResponse,
-    scope: &[String],
-    listed: Region<'_>,
+    scope: &'a [String],
+    listed: Region<'a>,
 ) -> Views<'a> {
     let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
         // Missing here or out of scope: not part of this run.
@@ -399,28 +459,20 @@ fn views<'a>(
         .map(|(p, _)| p.as_str())
         .chain(remote.unreadable.iter().map(String::as_str))
         .collect();
-    let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
-
-    let mut unlisted: Vec<(&str, usize)> = Vec::new();
-    // Whether this peer takes `path`, and if not, the configured directory it is in
-    // when that is why (the peer did not list the part of the tree it is in).
-    let takes = |path: &str| -> Result<(), Option<&str>> {
-        if !known(path) || !in_scope(path, scope) {
-            return Err(None);
-        }
-        let Some((dir, _)) = shared.iter().find(|(dir, theirs)| {
-            is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
-        }) else {
-            return Err(None);
-        };
-        match listed.holds(path) {
-            true => Ok(()),
-            false => Err(Some(&dir.path)),
-        }
+    let mut views = Views {
+        whole: false,
+        theirs: View::new(),
+        refused,
+        unlisted: Vec::new(),
+        shared,
+        unknown,
+        scope,
+        listed,
     };
+    let mut unlisted: Vec<(&str, usize)> = Vec::new();
     let mut taken = 0;
     for path in local.scan.entries.keys() {
-        match takes(path) {
+        match views.takes(path) {
             Ok(()) => taken += 1,
             Err(Some(dir)) if path != dir => match unlisted.iter_mut().find(|(d, _)| *d == dir) {
                 Some((_, n)) => *n += 1,
@@ -435,37 +487,21 @@ fn views<'a>(
             None => unlisted.push((dir, *n)),
         }
     }
-    let ours = match taken == local.scan.entries.len() {
-        true => Ours::Whole(&local.scan.entries),
-        // Collected from the sorted entries, so that the map is built at once, its
-        // nodes full, rather than grown by inserts.
-        false => Ours::Part(
-            local
-                .scan
-                .entries
-                .iter()
-                .filter(|(path, _)| takes(path).is_ok())
-                .collect(),
-        ),
-    };
-    let theirs: View = remote
+    views.whole = taken == local.scan.entries.len();
+    views.theirs = remote
         .entries
         .iter()
         .filter(|w| {
-            known(&w.path)
-                && shared.iter().any(|(dir, _)| {
+            !views.unknown.iter().any(|u| is_within(&w.path, u))
+                && views.shared.iter().any(|(dir, _)| {
                     is_within(&w.path, &dir.path)
                         && !dir.excludes.excludes_any_component(&dir.path, &w.path)
                 })
         })
         .map(|w| (w.path.as_str(), &w.entry))
         .collect();
-    Views {
-        ours,
-        theirs,
-        refused,
-        unlisted,
-    }
+    views.unlisted = unlisted;
+    views
 }
 
 /// A peer's rules for the configured directories `wanted` selects: for each directory
@@ -702,7 +738,7 @@ pub(crate) fn digests_agree(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Content, Digest256, DirectoryDigest, Identity};
+    use crate::protocol::{Action, Content, Digest256, DirectoryDigest, Identity, Op};
     use crate::testing::file_entry;
 
     /// A digests answer for `/etc/app` (present, with `exclude`), holding `digest`.
@@ -756,7 +792,10 @@ mod tests {
             },
             expect: None,
         };
-        let guard = |ops: &[Op]| mass_delete(&config, &[], &theirs, &[], ops);
+        let guard = |ops: &[Op]| {
+            let plan = Plan::of_ops(ops.to_vec());
+            mass_delete(&config, &[], &theirs, &[], plan.ops())
+        };
         // Every entry deleted, nothing put: the directory would be emptied.
         let all: Vec<Op> = held.iter().map(|(p, _)| delete(p)).collect();
         let refused = guard(&all).expect("emptied");
@@ -844,7 +883,6 @@ mod tests {
 
     #[test]
     fn peers_with_the_same_plan_share_it_while_it_is_held() {
-        let local = LocalState::new(Scan::default());
         let dir = |mtime_ns: i64| Entry {
             content: Content::Dir,
             mode: 0o755,
@@ -852,33 +890,42 @@ mod tests {
             ..crate::testing::file_entry(b"")
         };
         let (top, a, b) = (dir(0), file_entry(b"a"), file_entry(b"b"));
-        let paths = ["/etc/app", "/etc/app/x", "/etc/app/y"].map(LogicalPath::from);
-        let ours = Ours::Part(
-            [(&paths[0], &top), (&paths[1], &a), (&paths[2], &b)]
+        let scan = Scan {
+            entries: [("/etc/app", &top), ("/etc/app/x", &a), ("/etc/app/y", &b)]
                 .into_iter()
+                .map(|(path, entry)| (LogicalPath::from(path), entry.clone()))
                 .collect(),
-        );
+            ..Scan::default()
+        };
+        let local = Arc::new(LocalState::new(scan));
+        fn whole(local: &LocalState) -> Ours<'_> {
+            Ours::Whole(&local.scan.entries)
+        }
         // Two empty peers whose configured directories were made at other times: the
         // same plan.
         let (top1, top2) = (dir(1), dir(2));
         let empty1: View = [("/etc/app", &top1)].into_iter().collect();
         let empty2: View = [("/etc/app", &top2)].into_iter().collect();
-        let first = local.plan(&ours, &empty1, true);
+        let first = local.plan(whole, &empty1, true);
         assert_eq!(first.len(), 2);
-        // Its operations hold this node's paths, not copies of them.
-        for (op, path) in first.iter().zip(&paths[1..]) {
+        // Its operations refer to this node's paths and entries, not copies of them.
+        for (op, (path, entry)) in first.ops().iter().zip(local.scan.entries.iter().skip(1)) {
             assert_eq!(op.path, *path);
             assert!(
                 std::ptr::eq(op.path.as_ptr(), path.as_ptr()),
                 "{path} copied"
             );
+            assert!(
+                std::ptr::eq(op.put.unwrap(), entry),
+                "{path}'s entry copied"
+            );
         }
-        assert!(Arc::ptr_eq(&first, &local.plan(&ours, &empty2, true)));
+        assert!(Arc::ptr_eq(&first, &local.plan(whole, &empty2, true)));
         // A peer holding part of it, or planned against another version: its own.
         let part: View = [("/etc/app", &top1), ("/etc/app/x", &a)]
             .into_iter()
             .collect();
-        let other = local.plan(&ours, &part, true);
+        let other = local.plan(whole, &part, true);
         assert_eq!(other.len(), 1);
         let older = Entry {
             mode: 0o600,
@@ -887,15 +934,18 @@ mod tests {
         let holding: View = [("/etc/app", &top1), ("/etc/app/y", &older)]
             .into_iter()
             .collect();
-        let against = local.plan(&ours, &holding, true);
+        let against = local.plan(whole, &holding, true);
         assert_eq!(against.len(), 2);
         assert!(!Arc::ptr_eq(&first, &against));
-        assert_eq!(against[1].expect.as_deref(), Some(&older));
-        // Once no push holds it, it is gone.
+        assert_eq!(against.ops()[1].expect.as_deref(), Some(&older));
+        // Once no push holds it, it is gone; the state goes with the last plan.
         let weak = Arc::downgrade(&first);
         drop(first);
         assert!(weak.upgrade().is_none());
-        assert!(Arc::ptr_eq(&other, &local.plan(&ours, &part, true)));
+        assert!(Arc::ptr_eq(&other, &local.plan(whole, &part, true)));
+        let state = Arc::downgrade(&local);
+        drop((local, other, against));
+        assert!(state.upgrade().is_none(), "a plan gone keeps no state");
     }
 
     #[test]

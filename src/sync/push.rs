@@ -17,8 +17,9 @@ use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEven
 use crate::client::{Peer, PeerError};
 use crate::config::Config;
 use crate::paths::is_within;
+use crate::plan::{Plan, Planned};
 use crate::protocol::frames::{self, Frames, FRAME_BYTES};
-use crate::protocol::{self, Action, ApplyAnswer, Content, Entry, Op, PeerLimits};
+use crate::protocol::{self, ApplyAnswer, Content, PeerLimits};
 use crate::tree::Parents;
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
@@ -41,37 +42,32 @@ const BATCH_FRAMING_BYTES: usize = 1024;
 /// (a dry run reports them as the real run does). The plan stays shared with other
 /// peers unless there is one.
 pub(super) fn without_oversized(
-    ops: Arc<Vec<Op>>,
+    ops: Arc<Plan>,
     limits: &PeerLimits,
     report: &mut PeerReport,
-) -> Arc<Vec<Op>> {
-    let too_large = |op: &Op| matches!(&op.action, Action::Put { entry: Entry { content: Content::File { size, .. }, .. } } if *size > limits.max_file_size);
-    if !ops.iter().any(too_large) {
+) -> Arc<Plan> {
+    let size = |op: &Planned<'_>| match op.put.map(|entry| &entry.content) {
+        Some(Content::File { size, .. }) => *size,
+        _ => 0,
+    };
+    let too_large = |op: &Planned<'_>| size(op) > limits.max_file_size;
+    if !ops.ops().iter().any(too_large) {
         return ops;
     }
-    let (oversized, kept): (Vec<&Op>, Vec<&Op>) = ops.iter().partition(|op| too_large(op));
-    for op in oversized {
-        if let Action::Put {
-            entry:
-                Entry {
-                    content: Content::File { size, .. },
-                    ..
-                },
-        } = &op.action
-        {
-            report.changes.push(Change {
-                path: op.path.clone(),
-                status: ChangeStatus::Refused(
-                    format!(
-                        "{size} bytes, over the peer's max_file_size ({} bytes)",
-                        limits.max_file_size
-                    )
-                    .into(),
-                ),
-            });
-        }
+    for op in ops.ops().iter().filter(|op| too_large(op)) {
+        report.changes.push(Change {
+            path: op.path.clone(),
+            status: ChangeStatus::Refused(
+                format!(
+                    "{} bytes, over the peer's max_file_size ({} bytes)",
+                    size(op),
+                    limits.max_file_size
+                )
+                .into(),
+            ),
+        });
     }
-    Arc::new(kept.into_iter().cloned().collect())
+    Arc::new(ops.retain(|op| !too_large(op)))
 }
 
 /// Sends the operations with their contents and records the outcome of each, telling
@@ -89,25 +85,26 @@ pub(super) fn without_oversized(
 pub(super) async fn push(
     config: &Arc<Config>,
     peer: &Peer,
-    ops: Arc<Vec<Op>>,
+    plan: Arc<Plan>,
     terms: &PeerTerms,
     progress: &Progress,
     report: &mut PeerReport,
 ) {
     let label = peer.remote.label.clone();
+    let ops = plan.ops();
     progress.tell(ProgressEvent::Planned {
         peer: label.clone(),
         operations: ops.len(),
         bytes: content_bytes(ops.iter()),
     });
-    for mut indices in split_batches(config, &ops, terms) {
+    for mut indices in split_batches(config, ops, terms) {
         // Whether a try of this batch may have been applied without its answer arriving.
         let mut maybe_applied = false;
         let response = loop {
             if indices.is_empty() {
                 break None;
             }
-            let batch = Arc::new(Outgoing::new(ops.clone(), indices));
+            let batch = Arc::new(Outgoing::new(plan.clone(), indices));
             let sent = send(peer, config, &batch, &mut maybe_applied).await;
             let fault = batch.fault.lock().expect("fault lock").take();
             match (sent, fault) {
@@ -115,7 +112,7 @@ pub(super) async fn push(
                 // request failed, so it applied nothing. Again without it.
                 (Err(_), Some(fault)) => {
                     let mut rest = batch.indices.clone();
-                    let op = ops[rest.remove(fault.index)].clone();
+                    let op = &ops[rest.remove(fault.index)];
                     let reason = match fault.why {
                         Unsendable::Changed => {
                             report.changed_locally.push(op.path.to_string());
@@ -127,7 +124,7 @@ pub(super) async fn push(
                         report.maybe_applied.push(op.path.to_string());
                     }
                     report.changes.push(Change {
-                        path: op.path,
+                        path: op.path.clone(),
                         status: ChangeStatus::Failed(reason.into()),
                     });
                     indices = rest;
@@ -175,7 +172,7 @@ pub(super) async fn push(
                 report.peer_holds.push((op.path.to_string(), found.entry));
             }
             match ChangeStatus::of(result.outcome, op.change()) {
-                ChangeStatus::Done(_) => report.changes.push_done(&ops, index),
+                ChangeStatus::Done(_) => report.changes.push_done(&plan, index),
                 status => report.changes.push(Change {
                     path: op.path.clone(),
                     status,
@@ -186,8 +183,8 @@ pub(super) async fn push(
 }
 
 /// Bytes of file content the operations carry.
-fn content_bytes<'a>(ops: impl Iterator<Item = &'a Op>) -> u64 {
-    ops.filter_map(Op::needs_content).sum()
+fn content_bytes<'a, 'e: 'a>(ops: impl Iterator<Item = &'a Planned<'e>>) -> u64 {
+    ops.filter_map(Planned::needs_content).sum()
 }
 
 /// Why a planned file could not be sent.
@@ -200,7 +197,7 @@ enum Unsendable {
 /// A batch being sent: the operations at `indices` of the plan `plan`, and what went
 /// wrong on this side while its contents were read, if anything.
 struct Outgoing {
-    plan: Arc<Vec<Op>>,
+    plan: Arc<Plan>,
     indices: Vec<usize>,
     /// The length of the encoded header, as it opens the body. The header itself is
     /// serialised into the body's frames as they go: it is megabytes for a large batch.
@@ -219,7 +216,7 @@ struct SentHeader<'a> {
 
 /// The operations at `indices` of `plan`, serialised as a sequence.
 struct Picked<'a> {
-    plan: &'a [Op],
+    plan: &'a [Planned<'a>],
     indices: &'a [usize],
 }
 
@@ -236,7 +233,7 @@ struct Fault {
 }
 
 impl Outgoing {
-    fn new(plan: Arc<Vec<Op>>, indices: Vec<usize>) -> Outgoing {
+    fn new(plan: Arc<Plan>, indices: Vec<usize>) -> Outgoing {
         let mut batch = Outgoing {
             plan,
             indices,
@@ -248,14 +245,15 @@ impl Outgoing {
     }
 
     /// Its operations, in order.
-    fn ops(&self) -> impl Iterator<Item = &Op> {
-        self.indices.iter().map(|&i| &self.plan[i])
+    fn ops(&self) -> impl Iterator<Item = &Planned<'_>> {
+        let ops = self.plan.ops();
+        self.indices.iter().map(|&i| &ops[i])
     }
 
     fn header(&self) -> SentHeader<'_> {
         SentHeader {
             ops: Picked {
-                plan: &self.plan,
+                plan: self.plan.ops(),
                 indices: &self.indices,
             },
             foreign_owners: !crate::tree::applies_owners(),
@@ -303,10 +301,10 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
 fn send_file(
     config: &Config,
     parents: &mut Parents,
-    op: &Op,
+    op: &Planned<'_>,
     frames: &mut Frames<'_>,
 ) -> Result<(), Option<Unsendable>> {
-    let Action::Put { entry } = &op.action else {
+    let Some(entry) = op.put else {
         return Ok(());
     };
     let Content::File { size, sha256 } = &entry.content else {
@@ -423,16 +421,16 @@ async fn send(
 /// ends at [`OPS_PER_SPLIT_BATCH`] operations.
 fn split_batches<'a>(
     config: &'a Config,
-    ops: &'a [Op],
+    ops: &'a [Planned<'a>],
     terms: &'a PeerTerms,
 ) -> impl Iterator<Item = Vec<usize>> + 'a {
     let budget = terms.limits.max_request_size as usize;
     let most = terms.limits.max_batch_entries.min(OPS_PER_BATCH);
-    let top = move |op: &Op| {
-        matches!(&op.action, Action::Put { entry } if entry.content.is_dir())
+    let top = move |op: &Planned<'_>| {
+        op.put.is_some_and(|entry| entry.content.is_dir())
             && config.directories.iter().any(|d| d.path == op.path)
     };
-    let together = |op: &Op| {
+    let together = |op: &Planned<'_>| {
         terms
             .directories
             .iter()
@@ -470,8 +468,14 @@ fn split_batches<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::BatchHeader;
+    use crate::protocol::{Action, BatchHeader, Entry, Op};
     use crate::testing::{config_at, put};
+
+    /// The batches of `ops` for a peer of `terms`, as indices.
+    fn batches_of(config: &Config, ops: &[Op], terms: &PeerTerms) -> Vec<Vec<usize>> {
+        let plan = Plan::of_ops(ops.to_vec());
+        split_batches(config, plan.ops(), terms).collect()
+    }
 
     #[test]
     fn batches_keep_the_order_and_the_limits_with_the_configured_directory_first() {
@@ -504,10 +508,7 @@ mod tests {
             directories: Vec::new(),
             limits,
         };
-        let batches = picked(
-            &split_batches(&config, &ops, &terms(limits)).collect::<Vec<_>>(),
-            &ops,
-        );
+        let batches = picked(&batches_of(&config, &ops, &terms(limits)), &ops);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [1, 3, 3, 3, 1]);
         assert_eq!(batches[0], [top]);
@@ -518,10 +519,7 @@ mod tests {
             max_request_size: 1 << 30,
             ..limits
         };
-        let batches = picked(
-            &split_batches(&config, &files, &terms(limits)).collect::<Vec<_>>(),
-            &files,
-        );
+        let batches = picked(&batches_of(&config, &files, &terms(limits)), &files);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [4, 4, 2]);
         assert_eq!(batches.concat(), files);
@@ -547,7 +545,7 @@ mod tests {
                 directories,
                 limits: PeerLimits::default(),
             };
-            let batches = split_batches(&config, ops, &terms).collect::<Vec<_>>();
+            let batches = batches_of(&config, ops, &terms);
             assert_eq!(
                 batches.concat(),
                 (0..ops.len()).collect::<Vec<_>>(),
@@ -574,7 +572,7 @@ mod tests {
             directories: free,
             limits: PeerLimits::default(),
         };
-        let batches = split_batches(&config, &mixed, &terms).collect::<Vec<_>>();
+        let batches = batches_of(&config, &mixed, &terms);
         let lengths: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(lengths, [n, 5 + 2 * n + 3]);
         assert_eq!(
