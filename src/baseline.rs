@@ -145,12 +145,13 @@ impl Row {
 impl Baseline {
     pub fn new(initial: Manifest) -> Baseline {
         Baseline {
-            // Built at once, in order: packed.
+            // Built in order: packed; a part at a time, as the scan's map goes.
             rows: Mutex::new(Rows {
-                map: initial
-                    .into_iter()
-                    .map(|(path, entry)| (Box::from(path.as_str()), Row::new(entry)))
-                    .collect(),
+                map: crate::manifest::sorted_into_map(
+                    initial
+                        .into_iter()
+                        .map(|(path, entry)| (Box::from(path.as_str()), Row::new(entry))),
+                ),
                 loose: 0,
             }),
         }
