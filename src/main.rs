@@ -11,7 +11,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    gosyncd::memory::one_arena();
+    gosyncd::memory::set_up_allocator();
     let cli = Cli::parse_from(cli::normalize_args(std::env::args_os()));
     // The demo prints its own story on stdout; its daemons' logs, even the warnings it
     // sets out to cause (the drift at start-up), would break into it: errors only.
