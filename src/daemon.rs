@@ -119,6 +119,7 @@ impl Daemon {
             WATCH_QUEUE_EVENTS,
             node.generation.clone(),
             toucher.as_ref().map(watcher::Toucher::handle),
+            Some(node.placed.clone()),
         );
         let watch = if watch {
             let watch = watcher::watch(&config, queue)?;

@@ -22,7 +22,10 @@ use crate::paths::{file_name, parent, LogicalPath, Region};
 use crate::protocol::{Content, Digest256, Entry};
 use crate::tree::{is_temp_name, Parents};
 
+mod placed;
 mod readers;
+
+pub use placed::Placed;
 use readers::Readers;
 
 /// Logical path -> state, ordered so that parents come before their children.

@@ -18,7 +18,7 @@ use crate::access::Allowlist;
 use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::hooks;
-use crate::manifest::{self, now_ns, Generation, HashCache, Stamp};
+use crate::manifest::{self, now_ns, Generation, HashCache, Placed, Stamp};
 use crate::protocol::{
     DirectoryDigest, DirectoryInfo, Entry, HeldPath, Identity, ManifestResponse, PeerStatus,
     StatusCounters, StatusResponse,
@@ -68,6 +68,8 @@ pub struct Node {
     pub reconcile_now: tokio::sync::Notify,
     /// Counts the changes seen in the tree (a daemon's watcher and applied batches).
     pub generation: Arc<Generation>,
+    /// The files a peer's batch put in place here, noted for this node's watcher.
+    pub placed: Arc<Placed>,
     /// The last answer to a request for the whole tree's digests, while it is current.
     pub(crate) digests: std::sync::Mutex<Option<KeptDigests>>,
     /// The edits made here and not pushed (a receive-only node's; empty on a sending
@@ -340,6 +342,7 @@ impl Node {
             spool: None,
             reconcile_now: tokio::sync::Notify::new(),
             generation: Arc::default(),
+            placed: Arc::default(),
             digests: std::sync::Mutex::new(None),
             local_edits: LocalEdits::default(),
         }
@@ -390,6 +393,12 @@ impl Node {
         crate::apply::Receiver {
             config: self.config.clone(),
             owners: self.owners,
+            // Noted only for a watcher, which takes the notes.
+            placed: self
+                .generation
+                .current()
+                .is_some()
+                .then(|| self.placed.clone()),
         }
     }
 

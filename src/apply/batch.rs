@@ -5,11 +5,12 @@
 //! except through the session and the rollback records.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::session::{Resolution, Session};
 use super::staging::{receive, Staged};
 use crate::config::Config;
-use crate::manifest::Stamp;
+use crate::manifest::{Placed, Stamp};
 use crate::protocol::{BatchHeader, BatchReader, OpResult, Outcome};
 use crate::rollback::{Journal, Undo};
 
@@ -29,9 +30,11 @@ pub fn apply_batch(
     header: &BatchHeader,
     mut staged: Staged,
     origin: &str,
+    placed: Option<Arc<Placed>>,
 ) -> Applied {
     let mut session = Session::new(staged.files() <= FSYNC_EACH_MAX_FILES, origin);
     session.foreign_owners = header.foreign_owners;
+    session.placed = placed;
     let mut results: Vec<OpResult> = header
         .ops
         .iter()
@@ -74,7 +77,7 @@ pub fn apply_body(
     let reader = BatchReader::start(body)?;
     super::validate_batch(config, &reader.header)?;
     let (header, staged) = receive(config, reader)?;
-    let applied = apply_batch(config, owners, &header, staged, origin);
+    let applied = apply_batch(config, owners, &header, staged, origin, None);
     Ok((header, applied))
 }
 

@@ -13,13 +13,15 @@ use tracing::warn;
 use super::Resolution;
 use crate::config::{Config, Side};
 use crate::hooks::{self, Runner};
-use crate::manifest::Stamp;
+use crate::manifest::{Placed, Stamp};
 use crate::protocol::{Action, ActionReport, BatchHeader, Entry, Found, OpResult, Outcome};
 
 /// A node's receiving side: its configuration, and whether it applies owners.
 pub struct Receiver {
     pub config: Arc<Config>,
     pub owners: bool,
+    /// Where each file put in place is noted, for this node's watcher.
+    pub placed: Option<Arc<Placed>>,
 }
 
 /// What a received batch came to.
@@ -47,9 +49,9 @@ impl Receiver {
         mut record: impl FnMut(&str, Option<Entry>, Option<Stamp>),
     ) -> Result<Received, String> {
         let config = self.config.clone();
-        let owners = self.owners;
+        let (owners, placed) = (self.owners, self.placed.clone());
         let (ops, mut applied) = tokio::task::spawn_blocking(move || {
-            let applied = super::apply_batch(&config, owners, &header, staged, &origin);
+            let applied = super::apply_batch(&config, owners, &header, staged, &origin, placed);
             (header.ops, applied)
         })
         .await

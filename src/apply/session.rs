@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use super::fs::{changed_underneath, current_state, Fingerprint, Step, Target};
 use super::staging::Received;
 use crate::config::{Config, Directory, OnConflict, Side};
-use crate::manifest::Stamp;
+use crate::manifest::{Placed, Stamp};
 use crate::paths;
 use crate::protocol::{Action, Content, Entry, Op, OpResult, Outcome};
 use crate::rollback::{keep_previous, Journal, Kept, Previous, Undo};
@@ -74,6 +74,8 @@ pub(super) struct Session {
     /// The sender's owners are not the files' (it does not run as root): none is
     /// applied, and a replaced file keeps its owner here.
     pub(super) foreign_owners: bool,
+    /// Where each file put in place is noted, for this node's watcher (see [`Placed`]).
+    pub(super) placed: Option<Arc<Placed>>,
 }
 
 impl Session {
@@ -92,6 +94,7 @@ impl Session {
             tops: BTreeMap::new(),
             parents: Parents::default(),
             foreign_owners: false,
+            placed: None,
         }
     }
 
@@ -417,7 +420,11 @@ impl Session {
                     let (outcome, st) =
                         placed.unwrap_or_else(|e| (Outcome::Failed(e.to_string()), None));
                     if let (Outcome::Applied, Some(st)) = (&outcome, st) {
-                        stamps.push((pending.index, Stamp::of_stat(&st)));
+                        let stamp = Stamp::of_stat(&st);
+                        if let Some(placed) = &self.placed {
+                            placed.note(config.local_path(&pending.path), stamp);
+                        }
+                        stamps.push((pending.index, stamp));
                     }
                     outcome
                 }

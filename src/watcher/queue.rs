@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::toucher::TouchHandle;
-use crate::manifest::Generation;
+use crate::manifest::{Generation, Placed};
 
 /// Events the queue holds before it gives up on them and asks for a rescan instead.
 pub const WATCH_QUEUE_EVENTS: usize = 65_536;
@@ -140,6 +140,8 @@ pub struct Queue {
     /// The last path named as an anonymous file is (see [`Queue::anonymous`]), and
     /// whether nothing was at it.
     last_pseudo: Arc<Mutex<Option<(PathBuf, bool)>>>,
+    /// The files this node's receiver put in place (see [`Queue::placed`]).
+    placed: Option<Arc<Placed>>,
 }
 
 impl Queue {
@@ -182,6 +184,15 @@ impl Queue {
         unnamed
     }
 
+    /// Whether `change` is the name a file received from a peer got here, as this
+    /// node's receiver noted it (see [`Placed`]): the receiver recorded its version, so
+    /// there is nothing to gather, spool or scan for it. Dropped here, a batch received
+    /// leaves no event waiting (the batch counts in the tree's generation itself).
+    fn placed(&self, change: &Change) -> bool {
+        matches!(change.kind, ChangeKind::Created | ChangeKind::MovedTo(_))
+            && self.placed.as_ref().is_some_and(|p| p.take(&change.path))
+    }
+
     /// A queue of `capacity` events, and the receiving end for [`propagate`](super::propagate);
     /// `generation` counts the events that may change the tree; `touch`, if any, is
     /// handed every event's path as it arrives.
@@ -189,6 +200,7 @@ impl Queue {
         capacity: usize,
         generation: Arc<Generation>,
         touch: Option<TouchHandle>,
+        placed: Option<Arc<Placed>>,
     ) -> (Queue, QueueReceiver) {
         let shared = Arc::new(Shared::default());
         (
@@ -198,6 +210,7 @@ impl Queue {
                 generation,
                 touch,
                 last_pseudo: Arc::default(),
+                placed,
             },
             QueueReceiver { shared },
         )
@@ -215,7 +228,7 @@ impl Queue {
                 // consumer. Dropped here, a batch received leaves a third of the events
                 // waiting, not all of them. So are the writes to the anonymous file it
                 // receives a content into, before it has a name.
-                changes.retain(|c| !temporary(&c.path) && !self.anonymous(c));
+                changes.retain(|c| !temporary(&c.path) && !self.anonymous(c) && !self.placed(c));
                 (changes, false)
             }
             Err(e) => {
@@ -312,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_turns_into_a_rescan_instead_of_blocking_or_losing_it() {
-        let (queue, receiver) = Queue::new(1, Arc::default(), None);
+        let (queue, receiver) = Queue::new(1, Arc::default(), None, None);
         queue.forward(modified("/r/etc/app/a"));
         // The queue is full: this event cannot be queued, and neither its path.
         queue.forward(modified("/r/etc/app/b"));
@@ -333,8 +346,64 @@ mod tests {
     }
 
     #[test]
+    fn the_name_a_received_file_got_here_is_no_change_but_any_other_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let placed = Arc::new(Placed::default());
+        let generation = Arc::new(Generation::default());
+        let (queue, receiver) = Queue::new(64, generation.clone(), None, Some(placed.clone()));
+        let stamp = |path: &std::path::Path| {
+            crate::manifest::Stamp::of_stat(&rustix::fs::lstat(path).unwrap())
+        };
+        let created = |path: &std::path::Path| {
+            event(EventKind::Create(CreateKind::File), path.to_str().unwrap())
+        };
+        let (received, replaced, made) = (
+            tmp.path().join("received"),
+            tmp.path().join("replaced"),
+            tmp.path().join("made"),
+        );
+        for path in [&received, &replaced, &made] {
+            std::fs::write(path, "x").unwrap();
+        }
+        placed.note(received.clone(), stamp(&received));
+        placed.note(replaced.clone(), stamp(&replaced));
+        // Another file took the second's name before its event was read.
+        std::fs::write(tmp.path().join("new"), "y").unwrap();
+        std::fs::rename(tmp.path().join("new"), &replaced).unwrap();
+        generation.watched();
+        let before = generation.current();
+        queue.forward(created(&received));
+        assert_eq!(
+            generation.current(),
+            before,
+            "nothing changed but what the batch counts itself"
+        );
+        queue.forward(created(&replaced));
+        queue.forward(created(&made));
+        // The received file's name again, or a write to it: changes made here.
+        queue.forward(created(&received));
+        queue.forward(modified(received.to_str().unwrap()));
+        let paths: Vec<(PathBuf, ChangeKind)> = receiver
+            .take()
+            .changes
+            .into_iter()
+            .map(|c| (c.path, c.kind))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                (replaced, ChangeKind::Created),
+                (made, ChangeKind::Created),
+                (received.clone(), ChangeKind::Created),
+                (received, ChangeKind::Written),
+            ]
+        );
+        assert!(placed.is_empty());
+    }
+
+    #[test]
     fn an_overflow_notice_or_a_watch_error_asks_for_a_rescan() {
-        let (queue, receiver) = Queue::new(8, Arc::default(), None);
+        let (queue, receiver) = Queue::new(8, Arc::default(), None, None);
         let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
         queue.forward(Ok(overflow));
         assert!(receiver.take().rescan);
@@ -346,7 +415,7 @@ mod tests {
     fn reads_alone_send_nothing_and_a_close_after_writing_completes_a_file() {
         let generation = Arc::new(Generation::default());
         generation.watched();
-        let (queue, receiver) = Queue::new(8, generation.clone(), None);
+        let (queue, receiver) = Queue::new(8, generation.clone(), None, None);
         let start = generation.current();
         queue.forward(event(
             EventKind::Access(AccessKind::Open(AccessMode::Any)),
@@ -375,7 +444,7 @@ mod tests {
     fn a_receivers_temporary_names_are_neither_queued_nor_counted() {
         let generation = Arc::new(Generation::default());
         generation.watched();
-        let (queue, receiver) = Queue::new(8, generation.clone(), None);
+        let (queue, receiver) = Queue::new(8, generation.clone(), None, None);
         let start = generation.current();
         // A content linked next to its target under a temporary name, then renamed.
         let temporary = format!("/r/etc/app/{}", crate::tree::temp_name());
@@ -413,7 +482,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let generation = Arc::new(Generation::default());
         generation.watched();
-        let (queue, receiver) = Queue::new(64, generation.clone(), None);
+        let (queue, receiver) = Queue::new(64, generation.clone(), None, None);
         let start = generation.current();
         let at = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
         let attributes = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
