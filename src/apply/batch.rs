@@ -215,6 +215,39 @@ mod tests {
         assert!(!app.join("gone").exists());
     }
 
+    /// With a watcher to tell, each file put in place is noted there, as it is found
+    /// right after it got its name; a path not put is not.
+    #[test]
+    fn each_file_put_is_noted_for_the_watcher_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("etc/app")).unwrap();
+        std::fs::write(tmp.path().join("etc/app/held"), "here").unwrap();
+        let mut updated = put("/etc/app/updated", b"new");
+        std::fs::write(tmp.path().join("etc/app/updated"), "old").unwrap();
+        updated.expect = Some(Box::new(crate::testing::file_entry(b"old")));
+        let header = BatchHeader::new(vec![
+            put("/etc/app/new", b"new"),
+            updated,
+            // Expects nothing where a file is: a conflict, nothing put.
+            put("/etc/app/held", b"new"),
+        ]);
+        let body = crate::protocol::encode_batch(&header, &[b"new", b"new", b"new"]);
+        let reader = BatchReader::start(body.as_slice()).unwrap();
+        crate::apply::validate_batch(&c, &reader.header).unwrap();
+        let (header, staged) = receive(&c, reader).unwrap();
+        let placed = Arc::new(Placed::default());
+        let applied = apply_batch(&c, false, &header, staged, "a test", Some(placed.clone()));
+        let results = applied.commit();
+        let outcomes: Vec<bool> = results.iter().map(|r| r.outcome.is_applied()).collect();
+        assert_eq!(outcomes, [true, true, false]);
+        assert_eq!(placed.len(), 2);
+        for (path, noted) in [("new", true), ("updated", true), ("held", false)] {
+            let local = tmp.path().join("etc/app").join(path);
+            assert_eq!(placed.take(&local), noted, "{path}");
+        }
+    }
+
     /// Each file put in place is told with the stamp a scan finds there afterwards, and
     /// a daemon's baseline that records it takes the hash it received instead of reading
     /// the file, while nothing changes the file and only for an mtime two seconds old.
