@@ -33,13 +33,7 @@ where
     RK: PathKey,
     RE: Borrow<Entry>,
 {
-    let mut count = 0;
-    plan_each(local, remote, owners, |_| count += 1);
-    // Held until the operations are sent, to every peer of a run at once: made at their
-    // exact number.
-    let mut ops = Vec::with_capacity(count);
-    plan_each(local, remote, owners, |op| ops.push(op.to_op()));
-    ops
+    collect(local, remote, owners, |op| op.to_op())
 }
 
 /// The operations of [`plan`], referring to the entries they put where `local` holds
@@ -56,18 +50,33 @@ where
     RK: PathKey,
     RE: Borrow<Entry>,
 {
+    collect(local, remote, owners, |op| Planned {
+        path: op.logical_path(),
+        put: op.put,
+        expect: op.expect.cloned().map(Box::new),
+    })
+}
+
+/// Each operation of the plan from `remote` to `local`, as `make` makes it.
+fn collect<'l, 'e, LK, LE, RK, RE, T>(
+    local: &'l BTreeMap<LK, LE>,
+    remote: &BTreeMap<RK, RE>,
+    owners: bool,
+    mut make: impl FnMut(Each<'_, 'e, '_>) -> T,
+) -> Vec<T>
+where
+    LK: PathKey,
+    LE: Borrow<Entry>,
+    &'l LE: Held<'e>,
+    RK: PathKey,
+    RE: Borrow<Entry>,
+{
     let mut count = 0;
     plan_each(local, remote, owners, |_| count += 1);
     // Held until the operations are sent, to every peer of a run at once: made at their
     // exact number.
     let mut ops = Vec::with_capacity(count);
-    plan_each(local, remote, owners, |op| {
-        ops.push(Planned {
-            path: op.logical_path(),
-            put: op.put,
-            expect: op.expect.cloned().map(Box::new),
-        })
-    });
+    plan_each(local, remote, owners, |op| ops.push(make(op)));
     ops
 }
 
