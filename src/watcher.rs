@@ -91,6 +91,7 @@ pub async fn propagate(
         }
         // Gather until every file is complete and the settle window has passed.
         let mut batches_before = node.batches_written();
+        let placed_before = node.placed.taken();
         loop {
             let now = Instant::now();
             let known = |path: &str| baseline.knows(path);
@@ -107,8 +108,11 @@ pub async fn propagate(
             // A large burst while peers' batches are written here is taken between two
             // batches, once its files are complete, rather than when the pushes pause:
             // received back to back, the batches of an initial sync would otherwise
-            // make one burst of the whole tree, held and scanned at once.
-            let between_batches = burst.paths.len() >= crate::memory::LARGE_WORK
+            // make one burst of the whole tree, held and scanned at once. The files the
+            // batches put in place count, though their events were taken as no change:
+            // the directories they made are in the burst, to be scanned.
+            let placed = node.placed.taken().saturating_sub(placed_before);
+            let between_batches = burst.paths.len() + placed >= crate::memory::LARGE_WORK
                 && node.batches_written() != batches_before;
             if between_batches && !node.applying() {
                 burst.recheck(

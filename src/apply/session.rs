@@ -390,6 +390,9 @@ impl Session {
                 }
             }
         }
+        if let Some(placed) = &self.placed {
+            placed.batch_begins();
+        }
         for pending in std::mem::take(&mut self.pending) {
             let dir = config.directory_of(&pending.path).expect("validated path");
             let outcome = match self.parents.parent(config, dir, &pending.path) {

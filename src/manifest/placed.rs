@@ -11,42 +11,65 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::Stamp;
 
-/// Notes kept at most; past it they are all dropped (events then go through bursts, as
-/// they would without notes). Notes whose event was taken before them are never asked
-/// for, and stay until then or until the path is noted again.
-const PLACED_NOTES_MAX: usize = 64 * 1024;
-
-/// The files this process put in place and whose events were not taken yet.
+/// The files this process put in place and whose events were not taken yet: those of
+/// the batch being placed, and of the one before (its last events may still be on their
+/// way). A note whose event was read before it was made is never asked for: it goes
+/// with its batch's turn, two batches later.
 #[derive(Default)]
 pub struct Placed {
-    notes: Mutex<HashMap<PathBuf, Stamp>>,
+    notes: Mutex<[HashMap<PathBuf, Stamp>; 2]>,
+    /// Events taken as placings so far.
+    taken: AtomicUsize,
 }
 
 impl Placed {
+    /// A batch begins to put its files in place: the notes of the one before the last go.
+    pub fn batch_begins(&self) {
+        let mut notes = self.notes.lock().expect("placed lock");
+        let [older, last] = &mut *notes;
+        *older = std::mem::take(last);
+    }
+
     /// Notes that this process put the file `stamp` describes at `path` (local).
     pub fn note(&self, path: PathBuf, stamp: Stamp) {
-        let mut notes = self.notes.lock().expect("placed lock");
-        if notes.len() >= PLACED_NOTES_MAX {
-            notes.clear();
-        }
-        notes.insert(path, stamp);
+        self.notes.lock().expect("placed lock")[1].insert(path, stamp);
     }
 
     /// Whether a name created or moved in at `path` (local) is the placing of a file
     /// noted there, which is still there unchanged. The note is taken either way.
     pub fn take(&self, path: &Path) -> bool {
-        let Some(noted) = self.notes.lock().expect("placed lock").remove(path) else {
-            return false;
+        let noted = {
+            let mut notes = self.notes.lock().expect("placed lock");
+            let [older, last] = &mut *notes;
+            match last.remove(path) {
+                Some(noted) => noted,
+                None => match older.remove(path) {
+                    Some(noted) => noted,
+                    None => return false,
+                },
+            }
         };
-        rustix::fs::lstat(path).is_ok_and(|st| Stamp::of_stat(&st) == noted)
+        let placing = rustix::fs::lstat(path).is_ok_and(|st| Stamp::of_stat(&st) == noted);
+        if placing {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        placing
+    }
+
+    /// How many events were taken as placings so far: how much a receiver wrote that
+    /// the watcher did not have to look at.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
-        self.notes.lock().expect("placed lock").len()
+        let notes = self.notes.lock().expect("placed lock");
+        notes[0].len() + notes[1].len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,6 +101,7 @@ mod tests {
         assert_eq!(placed.len(), 3);
         assert!(placed.take(&a), "the file put there, unchanged");
         assert!(!placed.take(&a), "taken once: a second event is a change");
+        assert_eq!(placed.taken(), 1);
         // Changed here since it was noted (its ctime moved), or replaced by another file.
         let noted = stamp(&b);
         placed.note(
@@ -93,5 +117,14 @@ mod tests {
         assert!(!placed.take(&c), "another file");
         assert!(placed.is_empty(), "each note taken");
         assert!(!placed.take(&tmp.path().join("never")), "never noted");
+
+        // A note left (its event came first) lasts the next batch, not the one after.
+        placed.note(a.clone(), stamp(&a));
+        placed.batch_begins();
+        placed.note(b.clone(), stamp(&b));
+        assert_eq!(placed.len(), 2);
+        placed.batch_begins();
+        assert_eq!(placed.len(), 1, "the note of two batches ago went");
+        assert!(placed.take(&b), "the last batch's note is still taken");
     }
 }
