@@ -34,8 +34,8 @@ pub use self::changes::Changes;
 pub use self::peer::PeerLink;
 pub(crate) use self::peer::{digests_agree, directories_differing};
 use self::peer::{
-    kept_directories, levels_can_tell, levels_differing, peer_rules, sync_peer, LocalState,
-    PeerTerms,
+    directories_deleted, kept_directories, levels_can_tell, levels_differing, peer_rules,
+    sync_peer, LocalState, PeerTerms,
 };
 pub use self::progress::{PeerTally, Progress, ProgressEvent};
 use self::push::push;
@@ -472,12 +472,8 @@ impl Engine {
         if ops.is_empty() {
             return report;
         }
-        let dir_deletes: Vec<String> = ops
-            .iter()
-            .filter(|op| op.deletes_directory())
-            .map(|op| op.path.to_string())
-            .collect();
         let ops = Arc::new(Plan::of_ops(ops));
+        let dir_deletes: Vec<String> = directories_deleted(ops.ops()).map(str::to_string).collect();
         let ops = push::without_oversized(ops, &terms.limits, &mut report);
         let progress = Progress::default();
         push(&self.config, peer, ops, &terms, &progress, &mut report)

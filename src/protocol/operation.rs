@@ -51,11 +51,6 @@ impl Op {
             Action::Delete => None,
         }
     }
-
-    /// Whether it deletes a directory.
-    pub fn deletes_directory(&self) -> bool {
-        self.action == Action::Delete && self.expect.as_ref().is_some_and(|e| e.content.is_dir())
-    }
 }
 
 /// The size of the content a batch body carries for an operation that puts `put` where

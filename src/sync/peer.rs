@@ -260,7 +260,7 @@ fn plan_for(
 }
 
 /// The directories the operations `ops` delete.
-fn directories_deleted<'a>(ops: &'a [Planned<'_>]) -> impl Iterator<Item = &'a str> {
+pub(super) fn directories_deleted<'a>(ops: &'a [Planned<'_>]) -> impl Iterator<Item = &'a str> {
     ops.iter()
         .filter(|op| op.deletes_directory())
         .map(|op| op.path.as_str())
