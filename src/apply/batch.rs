@@ -18,6 +18,12 @@ use crate::rollback::{Journal, Undo};
 /// their filesystems once with `syncfs`, which is far cheaper than one fsync per file.
 pub(super) const FSYNC_EACH_MAX_FILES: usize = 16;
 
+/// Whether a batch with `contents` file contents flushes them together with `syncfs`
+/// (rather than an fsync each: see [`FSYNC_EACH_MAX_FILES`]).
+pub(super) fn flushed_together(contents: usize) -> bool {
+    contents > FSYNC_EACH_MAX_FILES
+}
+
 /// Carries out a validated batch whose contents are `staged`, in order, and reports each
 /// operation's outcome. `owners` says whether owners are applied (this process runs as
 /// root); `origin` says where the batch comes from, for the backups it takes.
@@ -32,7 +38,7 @@ pub fn apply_batch(
     origin: &str,
     placed: Option<Arc<Placed>>,
 ) -> Applied {
-    let mut session = Session::new(staged.files() <= FSYNC_EACH_MAX_FILES, origin);
+    let mut session = Session::new(!flushed_together(staged.files()), origin);
     session.foreign_owners = header.foreign_owners;
     session.placed = placed;
     let mut results: Vec<OpResult> = header

@@ -144,7 +144,7 @@ fn receive_within<R: Read>(
         .iter()
         .filter(|op| op.needs_content().is_some())
         .count();
-    let mut early = (contents > super::batch::FSYNC_EACH_MAX_FILES).then(Early::default);
+    let mut early = super::batch::flushed_together(contents).then(Early::default);
     for index in 0..reader.header.ops.len() {
         let op = &reader.header.ops[index];
         let Some(size) = op.needs_content() else {
