@@ -403,10 +403,15 @@ struct Views<'a> {
 }
 
 impl<'a> Views<'a> {
+    /// Whether `path` lies outside what either side could not read.
+    fn known(&self, path: &str) -> bool {
+        !self.unknown.iter().any(|u| is_within(path, u))
+    }
+
     /// Whether this peer takes `path`, and if not, the configured directory it is in
     /// when that is why (the peer did not list the part of the tree it is in).
     fn takes(&self, path: &str) -> Result<(), Option<&'a str>> {
-        if self.unknown.iter().any(|u| is_within(path, u)) || !in_scope(path, self.scope) {
+        if !self.known(path) || !in_scope(path, self.scope) {
             return Err(None);
         }
         let Some(&(dir, _)) = self.shared.iter().find(|(dir, theirs)| {
@@ -492,7 +497,7 @@ fn views<'a>(
         .entries
         .iter()
         .filter(|w| {
-            !views.unknown.iter().any(|u| is_within(&w.path, u))
+            views.known(&w.path)
                 && views.shared.iter().any(|(dir, _)| {
                     is_within(&w.path, &dir.path)
                         && !dir.excludes.excludes_any_component(&dir.path, &w.path)
