@@ -4,6 +4,7 @@
 //! ([`BatchReader`], which a receiver streams through); it does not check paths, which
 //! is the receiver's job.
 
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,26 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// 4,096 operations is about 1.5 MB); a larger one is parsed as it arrives.
 const HEADER_READ_WHOLE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Reads at most `left` bytes from `inner`, counting them down where its owner still
+/// sees the count once the reader is gone.
+struct Limited<'a, R> {
+    inner: R,
+    left: &'a Cell<u64>,
+}
+
+impl<R: Read> Read for Limited<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left.get();
+        let most = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if most == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(&mut buf[..most])?;
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
+}
+
 impl<R: Read> BatchReader<R> {
     /// Reads and checks the magic, the header length and the header.
     pub fn start(mut body: R) -> Result<BatchReader<R>, String> {
@@ -148,10 +169,18 @@ impl<R: Read> BatchReader<R> {
         } else {
             // Parsed as it is read: such a header is tens of megabytes of JSON, which a
             // receiver need not hold beside the operations it becomes.
-            let mut json =
-                io::BufReader::with_capacity(READ_BUFFER_BYTES, (&mut body).take(len as u64));
-            let header = serde_json::from_reader::<_, BatchHeader>(&mut json);
-            let short = json.get_ref().limit() > 0;
+            // The reader goes in by value: std reads a `BufReader` a byte at a time from
+            // its buffer, but anything else (a `&mut BufReader`) by a call per byte.
+            let left = Cell::new(len as u64);
+            let json = io::BufReader::with_capacity(
+                READ_BUFFER_BYTES,
+                Limited {
+                    inner: &mut body,
+                    left: &left,
+                },
+            );
+            let header = serde_json::from_reader::<_, BatchHeader>(json);
+            let short = left.get() > 0;
             match header {
                 Err(e) if e.is_io() => return Err(format!("batch not received: {e}")),
                 // The JSON ends where the body does, before the length said.

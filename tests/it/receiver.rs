@@ -610,17 +610,28 @@ async fn a_tree_2000_levels_deep_is_applied_and_sent_again_in_linear_time() {
             "a {depth}-level tree, a batch of {bytes} bytes: applied in {took:?} (first, again, \
              a third time)"
         );
-        figures.push((bytes as f64, took.into_iter().max().unwrap()));
+        figures.push((bytes as f64, took));
     }
-    // Quadratic in the size would be 16 times as long; allow twice linear for noise.
-    let ((half_bytes, half), (full_bytes, full)) = (figures[0], figures[1]);
+    // Quadratic in the size would be 14 times as long; allow twice linear for noise. Each
+    // send is compared with its like (the first makes the directories), and the median of
+    // the three ratios is judged, so that one send slowed by other work does not decide.
+    let ((half_bytes, half), (full_bytes, full)) = (&figures[0], &figures[1]);
     let size_ratio = full_bytes / half_bytes;
-    let time_ratio = full.as_secs_f64() / half.as_secs_f64().max(0.05);
+    let mut time_ratios: Vec<f64> = half
+        .iter()
+        .zip(full)
+        .map(|(half, full)| full.as_secs_f64() / half.as_secs_f64().max(0.05))
+        .collect();
+    time_ratios.sort_by(f64::total_cmp);
     assert!(
-        time_ratio < 2.0 * size_ratio,
+        time_ratios[1] < 2.0 * size_ratio,
         "1,000 levels: {half:?}, 2,000 levels: {full:?}, for {size_ratio:.1} times the bytes"
     );
-    assert!(full < std::time::Duration::from_secs(20), "{full:?}");
+    assert!(
+        full.iter()
+            .all(|took| *took < std::time::Duration::from_secs(20)),
+        "{full:?}"
+    );
     // The receiving node's own scan reaches the deepest file (its local path is longer
     // than PATH_MAX), so the tree travels on from there.
     let scan = manifest::scan(&n1.config, &[], &HashCache::default());
