@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use crate::config::Config;
 use crate::manifest::{Hashes, Manifest, Scan, Stamp};
-use crate::paths::{in_scope, is_within, LogicalPath};
+use crate::paths::{in_scope_of, is_within, LogicalPath};
 use crate::plan::plan;
 use crate::protocol::{Action, Content, Digest256, Entry, Op};
 
@@ -288,24 +288,23 @@ impl Baseline {
             .map(|(p, _)| p.as_str())
             .chain(scan.missing.iter().map(String::as_str))
             .collect();
-        let covered =
-            |path: &str| in_scope(path, scope) && !unknown.iter().any(|u| is_within(path, u));
+        let known = |path: &str| !unknown.iter().any(|u| is_within(path, u));
+        // What the scan found in scope, its paths shared by the operations. Both sides
+        // are looked up by the scope's paths and ranges, not filtered whole; and both
+        // borrow their paths and entries: at 100,000 paths, copies of both were the
+        // largest thing a daemon ever held.
+        let now: BTreeMap<&LogicalPath, &Entry> = in_scope_of(&scan.entries, scope)
+            .into_iter()
+            .filter(|(path, _)| known(path))
+            .collect();
 
         let mut rows = self.rows.lock().expect("baseline lock");
         let map = &rows.map;
-        // Both sides borrow their paths and entries: at 100,000 paths, copies of both
-        // were the largest thing a daemon ever held.
         let ops = {
-            let mut before: BTreeMap<&str, &Entry> = map
-                .iter()
-                .filter(|(path, _)| covered(path))
+            let mut before: BTreeMap<&str, &Entry> = in_scope_of(map, scope)
+                .into_iter()
+                .filter(|(path, _)| known(path))
                 .map(|(p, row)| (&**p, &row.entry))
-                .collect();
-            // The operations share the scan's paths.
-            let now: BTreeMap<&LogicalPath, &Entry> = scan
-                .entries
-                .iter()
-                .filter(|(path, _)| covered(path))
                 .collect();
             // A directory found gone takes everything below it: a scope naming one file
             // of a tree being deleted (`rm -rf` still under way when the burst ended)
@@ -316,7 +315,6 @@ impl Baseline {
                 .iter()
                 .filter(|(path, entry)| entry.content.is_dir() && !now.contains_key(**path))
                 .map(|(path, _)| *path)
-                .filter(|dir| !unknown.iter().any(|u| is_within(dir, u)))
                 .collect();
             for dir in gone {
                 let prefix = format!("{dir}/");
@@ -339,7 +337,7 @@ impl Baseline {
         for op in ops.iter().filter(|op| op.action == Action::Delete) {
             rows.remove(op.path.as_str());
         }
-        for (path, entry) in scan.entries.iter().filter(|(path, _)| covered(path)) {
+        for (path, entry) in now {
             match rows.map.get_mut(path.as_str()) {
                 // The same version, where the same file was found: its hash stays kept.
                 Some(known) if known.entry == *entry => {}

@@ -249,6 +249,37 @@ pub fn in_scope(path: &str, scope: &[String]) -> bool {
     scope.is_empty() || scope.iter().any(|s| overlaps(path, s))
 }
 
+/// The entries of `map` whose keys are [`in_scope`] of `scope`: each scope path, its
+/// ancestors and the range below it are looked up, instead of every key being tested
+/// (a burst's scope against a daemon's 100,000 versions).
+pub fn in_scope_of<'m, K: Borrow<str> + Ord, V>(
+    map: &'m std::collections::BTreeMap<K, V>,
+    scope: &[String],
+) -> std::collections::BTreeMap<&'m K, &'m V> {
+    if scope.is_empty() {
+        return map.iter().collect();
+    }
+    let mut taken = std::collections::BTreeMap::new();
+    for s in scope {
+        for at in std::iter::once(s.as_str()).chain(ancestors(s)) {
+            if let Some((k, v)) = map.get_key_value(at) {
+                taken.insert(k, v);
+            }
+        }
+        let below = if s.ends_with('/') {
+            s.clone()
+        } else {
+            format!("{s}/")
+        };
+        let range = map.range::<str, _>((
+            std::ops::Bound::Included(below.as_str()),
+            std::ops::Bound::Unbounded,
+        ));
+        taken.extend(range.take_while(|(k, _)| (*k).borrow().starts_with(below.as_str())));
+    }
+    taken
+}
+
 /// A part of the tree to list: every path of `scope` with all below it, and every
 /// directory of `shallow` one level deep (its own entry and its children's), each with
 /// its ancestors. Both empty: the whole tree.
@@ -294,6 +325,53 @@ impl<'a> Region<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_scope_of_takes_what_in_scope_takes() {
+        let keys = [
+            "/",
+            "/etc",
+            "/etc/a",
+            "/etc/a-b",
+            "/etc/a-b/x",
+            "/etc/a.conf",
+            "/etc/a/b",
+            "/etc/a/b/c",
+            "/etc/a/bc",
+            "/etc/ab",
+            "/etc/b",
+            "/etc/b/a",
+            "/var/a",
+        ];
+        let map: std::collections::BTreeMap<Box<str>, usize> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ((*k).into(), i))
+            .collect();
+        let scopes: [&[&str]; 8] = [
+            &[],
+            &["/etc/a"],
+            &["/etc/a/b"],
+            &["/etc/a/b/c/d"],
+            &["/etc/a", "/etc/a/b", "/var"],
+            &["/"],
+            &["/etc/a-b", "/etc/b/a"],
+            &["/nothing/here"],
+        ];
+        for scope in scopes {
+            let scope: Vec<String> = scope.iter().map(|s| s.to_string()).collect();
+            let expected: Vec<&str> = keys
+                .iter()
+                .copied()
+                .filter(|k| in_scope(k, &scope))
+                .collect();
+            let taken: Vec<&str> = in_scope_of(&map, &scope)
+                .into_keys()
+                .map(|k| &**k)
+                .collect();
+            assert_eq!(taken, expected, "scope {scope:?}");
+        }
+    }
 
     #[test]
     fn a_paths_ancestors_run_from_its_parent_up_to_the_root() {
