@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::operation::ResultFields;
 use super::{Found, OpResult, Outcome, WireEntry};
 
 /// Asks a receiver for its manifest.
@@ -386,12 +387,24 @@ pub struct ApplyAnswer {
 
 /// One operation's [`OpResult`], without its path.
 #[derive(Debug, Deserialize)]
+#[serde(try_from = "ResultFields<serde::de::IgnoredAny, Option<Box<Found>>>")]
 pub struct OpAnswer {
     #[serde(flatten)]
     pub outcome: Outcome,
     /// Boxed: most operations are applied, and hold none.
     #[serde(default)]
     pub found: Option<Box<Found>>,
+}
+
+impl TryFrom<ResultFields<serde::de::IgnoredAny, Option<Box<Found>>>> for OpAnswer {
+    type Error = &'static str;
+
+    fn try_from(
+        fields: ResultFields<serde::de::IgnoredAny, Option<Box<Found>>>,
+    ) -> Result<OpAnswer, &'static str> {
+        let (outcome, _, found) = fields.into_parts()?;
+        Ok(OpAnswer { outcome, found })
+    }
 }
 
 /// How one of a receiver's commands ended.

@@ -39,11 +39,23 @@ impl Serialize for Digest256 {
 
 impl<'de> Deserialize<'de> for Digest256 {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(&text, &mut out)
-            .map_err(|_| serde::de::Error::custom("sha256 must be 64 hex digits"))?;
-        Ok(Digest256(out))
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Digest256;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex digits")
+            }
+
+            // Read from the text where it lies: no string is made for it.
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Digest256, E> {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(text, &mut out)
+                    .map_err(|_| E::custom("sha256 must be 64 hex digits"))?;
+                Ok(Digest256(out))
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -78,6 +90,7 @@ impl Content {
 /// depend on clocks. Its one use is a receiver settling a conflict by the newer version,
 /// where its directory says `on_conflict = "newest"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "EntryFields")]
 pub struct Entry {
     #[serde(flatten)]
     pub content: Content,
@@ -125,8 +138,75 @@ impl Entry {
 
 /// One path with its state, as listed in a manifest response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "EntryFields<Option<String>>")]
 pub struct WireEntry {
     pub path: String,
     #[serde(flatten)]
     pub entry: Entry,
+}
+
+/// An entry's fields as they travel, side by side: its content's `kind` and fields, and
+/// its metadata (and, listed in a manifest, its `path`). Entries are read through this
+/// plain struct rather than serde's `flatten`, which gathers every field of the map in
+/// a buffer of its own first: several times slower, and a receiver reads 100,000
+/// entries in an initial sync, an audit as many.
+#[derive(Deserialize)]
+struct EntryFields<P: Default = serde::de::IgnoredAny> {
+    #[serde(default)]
+    path: P,
+    kind: Kind,
+    size: Option<u64>,
+    sha256: Option<Digest256>,
+    target: Option<String>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    #[serde(default)]
+    mtime_ns: i64,
+}
+
+/// The `kind` of an entry's content.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl<P: Default> TryFrom<EntryFields<P>> for Entry {
+    type Error = String;
+
+    fn try_from(fields: EntryFields<P>) -> Result<Entry, String> {
+        let missing = |field: &str, kind: &str| format!("missing field `{field}` of a {kind}");
+        let content = match fields.kind {
+            Kind::File => Content::File {
+                size: fields.size.ok_or_else(|| missing("size", "file"))?,
+                sha256: fields.sha256.ok_or_else(|| missing("sha256", "file"))?,
+            },
+            Kind::Dir => Content::Dir,
+            Kind::Symlink => Content::Symlink {
+                target: fields.target.ok_or_else(|| missing("target", "symlink"))?,
+            },
+        };
+        Ok(Entry {
+            content,
+            mode: fields.mode,
+            uid: fields.uid,
+            gid: fields.gid,
+            mtime_ns: fields.mtime_ns,
+        })
+    }
+}
+
+impl TryFrom<EntryFields<Option<String>>> for WireEntry {
+    type Error = String;
+
+    fn try_from(mut fields: EntryFields<Option<String>>) -> Result<WireEntry, String> {
+        let path = fields.path.take().ok_or("missing field `path`")?;
+        Ok(WireEntry {
+            path,
+            entry: Entry::try_from(fields)?,
+        })
+    }
 }
