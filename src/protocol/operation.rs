@@ -9,7 +9,7 @@ use super::{Content, Entry};
 use crate::paths::LogicalPath;
 
 /// What an operation does.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "lowercase")]
 pub enum Action {
     /// Make the path hold `entry`. File content follows in the batch body when
@@ -125,7 +125,7 @@ pub enum ChangeKind {
 }
 
 /// How one operation ended on the receiver.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", content = "reason", rename_all = "lowercase")]
 pub enum Outcome {
     Applied,

@@ -60,7 +60,7 @@ impl<'de> Deserialize<'de> for Digest256 {
 }
 
 /// What a path is, with what identifies its content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Content {
     File { size: u64, sha256: Digest256 },
