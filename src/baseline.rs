@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use crate::config::Config;
 use crate::manifest::{Hashes, Manifest, Scan, Stamp};
-use crate::paths::{in_scope_of, is_within, LogicalPath};
+use crate::paths::{below, in_scope_of, is_within, LogicalPath};
 use crate::plan::plan;
 use crate::protocol::{Action, Content, Digest256, Entry, Op};
 
@@ -248,16 +248,8 @@ impl Baseline {
 
     /// Every path known, and what is known there, below directory `dir`.
     pub fn below(&self, dir: &str) -> Vec<(String, Option<Entry>)> {
-        let prefix = format!("{dir}/");
-        self.rows
-            .lock()
-            .expect("baseline lock")
-            .map
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix.as_str()),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(path, _)| path.starts_with(&prefix))
+        let rows = self.rows.lock().expect("baseline lock");
+        below(&rows.map, dir)
             .map(|(path, row)| (path.to_string(), Some(row.entry.clone())))
             .collect()
     }
@@ -317,15 +309,7 @@ impl Baseline {
                 .map(|(path, _)| *path)
                 .collect();
             for dir in gone {
-                let prefix = format!("{dir}/");
-                let below = map
-                    .range::<str, _>((
-                        std::ops::Bound::Included(prefix.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .take_while(|(path, _)| path.starts_with(&prefix))
-                    .map(|(p, row)| (&**p, &row.entry));
-                before.extend(below);
+                before.extend(below(map, dir).map(|(p, row)| (&**p, &row.entry)));
             }
             plan(&now, &before, owners)
         };

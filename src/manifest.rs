@@ -56,12 +56,11 @@ fn within<'a>(
     entries: &'a Manifest,
     dir: &'a str,
 ) -> impl Iterator<Item = (&'a LogicalPath, &'a Entry)> {
+    // `dir` sorts before every path below it.
     entries
-        .range::<str, _>((std::ops::Bound::Included(dir), std::ops::Bound::Unbounded))
-        // Every path starting with `dir`'s text is together in the order; some of them
-        // (`dir-x`) are not within it.
-        .take_while(move |(path, _)| path.starts_with(dir))
-        .filter(move |(path, _)| crate::paths::is_within(path, dir))
+        .get_key_value(dir)
+        .into_iter()
+        .chain(crate::paths::below(entries, dir))
 }
 
 /// The digest of each level of configured directory `dir` in `entries` (the part `keep`

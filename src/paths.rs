@@ -266,18 +266,26 @@ pub fn in_scope_of<'m, K: Borrow<str> + Ord, V>(
                 taken.insert(k, v);
             }
         }
-        let below = if s.ends_with('/') {
-            s.clone()
-        } else {
-            format!("{s}/")
-        };
-        let range = map.range::<str, _>((
-            std::ops::Bound::Included(below.as_str()),
-            std::ops::Bound::Unbounded,
-        ));
-        taken.extend(range.take_while(|(k, _)| (*k).borrow().starts_with(below.as_str())));
+        taken.extend(below(map, s));
     }
     taken
+}
+
+/// The entries of `map` strictly below directory `dir` (every key within it but its
+/// own), in order: one range of the map, not a test of every key.
+pub fn below<'m, K: Borrow<str> + Ord, V>(
+    map: &'m std::collections::BTreeMap<K, V>,
+    dir: &str,
+) -> impl Iterator<Item = (&'m K, &'m V)> {
+    let prefix = match dir.ends_with('/') {
+        true => dir.to_string(),
+        false => format!("{dir}/"),
+    };
+    map.range::<str, _>((
+        std::ops::Bound::Included(prefix.as_str()),
+        std::ops::Bound::Unbounded,
+    ))
+    .take_while(move |(k, _)| (*k).borrow().starts_with(prefix.as_str()))
 }
 
 /// A part of the tree to list: every path of `scope` with all below it, and every
