@@ -121,6 +121,10 @@ impl Daemon {
             toucher.as_ref().map(watcher::Toucher::handle),
             Some(node.placed.clone()),
         );
+        // A name another process created where this node's receiver was placing a file
+        // (which then failed) is looked at like any change.
+        let missed = queue.detached();
+        node.placed.on_missed(move |path| missed.look_at(path));
         let watch = if watch {
             let watch = watcher::watch(&config, queue)?;
             // From now on every change is counted: answers from the tree may be kept.

@@ -1,7 +1,7 @@
 //! Automatic propagation: filesystem events -> bursts -> the engine.
 //!
-//! The notify callback only converts events and appends them to a queue; it never
-//! blocks. The propagation loop gathers a burst until it is complete: every file it
+//! The kernel watch's thread only converts events and appends them to a queue; it never
+//! waits for the loop. The propagation loop gathers a burst until it is complete: every file it
 //! touched closed or renamed into place, and the settle window (`debounce`) passed with
 //! no new event (see [`Burst`]). It then scans the paths touched, compares them with
 //! this node's [`Baseline`], and hands the difference to each peer's [`Outbox`], which
@@ -10,8 +10,8 @@
 //! nothing: its own edits are drift, reported as such ([`not_pushed`]).
 //!
 //! This file holds that loop: [`propagate`] gathers a burst and hands its changes to the
-//! outboxes. The rest is in child modules: `queue` (the notify callback's side and
-//! [`Change`]), `burst` (when a burst is complete), `writers` (which files processes
+//! outboxes. The rest is in child modules: `kernel` (the kernel's watch and the
+//! thread reading it), `queue` (that thread's side of the queue, and [`Change`]), `burst` (when a burst is complete), `writers` (which files processes
 //! hold open for writing), `directories` (starting the watch,
 //! directory identity and re-watching) and `deliver` ([`deliver`]: a task per peer that
 //! empties its [`Outbox`](crate::node::Outbox), with retry and backoff).
@@ -19,6 +19,7 @@
 mod burst;
 mod deliver;
 mod directories;
+mod kernel;
 mod queue;
 mod toucher;
 mod writers;

@@ -254,6 +254,54 @@ mod tests {
         }
     }
 
+    /// A directory made as it is to be (mode, owner) is noted with what it is once it
+    /// holds what the batch made in it, so that this node's watcher needs to look at
+    /// nothing in it; one that had to be changed after it was made (a mode the umask
+    /// cut, a sticky bit) is not, as its own change of metadata is an event.
+    #[test]
+    fn each_directory_made_as_it_is_to_be_is_noted_for_the_watcher() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("etc/app")).unwrap();
+        let dir = |path: &str, mode: u32| Op {
+            path: path.into(),
+            action: Action::Put {
+                entry: Entry {
+                    content: Content::Dir,
+                    mode,
+                    uid: rustix::process::geteuid().as_raw(),
+                    gid: rustix::process::getegid().as_raw(),
+                    mtime_ns: 0,
+                },
+            },
+            expect: None,
+        };
+        let header = BatchHeader::new(vec![
+            dir("/etc/app/d", 0o755),
+            dir("/etc/app/d/sub", 0o700),
+            dir("/etc/app/sticky", 0o1777),
+        ]);
+        let body = crate::protocol::encode_batch(&header, &[]);
+        let reader = BatchReader::start(body.as_slice()).unwrap();
+        crate::apply::validate_batch(&c, &reader.header).unwrap();
+        let (header, staged) = receive(&c, reader).unwrap();
+        let placed = Arc::new(Placed::default());
+        let applied = apply_batch(&c, false, &header, staged, "a test", Some(placed.clone()));
+        assert!(applied.commit().iter().all(|r| r.outcome.is_applied()));
+        let local = |path: &str| tmp.path().join("etc/app").join(path);
+        let found = |path: &str| Stamp::of_stat(&rustix::fs::lstat(local(path)).unwrap());
+        let mode = |path: &str| rustix::fs::lstat(local(path)).unwrap().st_mode & 0o7777;
+        assert_eq!(
+            (mode("d"), mode("d/sub"), mode("sticky")),
+            (0o755, 0o700, 0o1777)
+        );
+        assert_eq!(placed.len(), 2);
+        for path in ["d", "d/sub"] {
+            assert!(placed.take_made(&local(path), Some(&found(path))), "{path}");
+        }
+        assert!(!placed.take_made(&local("sticky"), Some(&found("sticky"))));
+    }
+
     /// Each file put in place is told with the stamp a scan finds there afterwards, and
     /// a daemon's baseline that records it takes the hash it received instead of reading
     /// the file, while nothing changes the file and only for an mtime two seconds old.

@@ -14,6 +14,7 @@ use rustix::io::Errno;
 
 use super::staging::Received;
 use crate::config::Config;
+use crate::manifest::Stamp;
 use crate::protocol::{Content, Entry, Outcome};
 use crate::tree::{is_temp_name, open_parent, open_regular, temp_name};
 
@@ -26,6 +27,12 @@ pub(super) enum Step {
     /// An anonymous file, complete with its content and metadata, to be given the name
     /// (free when checked) at the end of the batch: one link, and no temporary name.
     Link(Received),
+    /// A directory made at the name (it was free): applied. With what it is once given
+    /// its metadata, and what its parent is once it holds it.
+    Made {
+        made: Stamp,
+        parent: Stamp,
+    },
 }
 
 /// What this node holds at `path` now, read without following a link below its
@@ -173,27 +180,40 @@ impl Target<'_> {
                 }
             },
             Content::Dir => {
-                match rustix::fs::mkdirat(self.parent, self.name, Mode::from_raw_mode(0o700)) {
-                    Ok(()) => {}
-                    Err(Errno::EXIST) if self.checked.is_some() => {}
-                    Err(Errno::EXIST) => return Ok(Step::Done(changed_underneath())),
-                    Err(e) => return Err(e.into()),
-                }
+                // Made with its mode at once where this process already is the owner it
+                // is to have (nobody else may enter it meanwhile then): a directory
+                // received then makes no event but its creation, for this node's watcher
+                // to look at. Otherwise private until it is given its owner.
+                let owned = !owners || (entry.uid, entry.gid) == process_owner();
+                let first = if owned { entry.mode & 0o777 } else { 0o700 };
+                let made =
+                    match rustix::fs::mkdirat(self.parent, self.name, Mode::from_raw_mode(first)) {
+                        Ok(()) => true,
+                        Err(Errno::EXIST) if self.checked.is_some() => false,
+                        Err(Errno::EXIST) => return Ok(Step::Done(changed_underneath())),
+                        Err(e) => return Err(e.into()),
+                    };
                 let fd = rustix::fs::openat(
                     self.parent,
                     self.name,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )?;
-                let opened = Fingerprint::of(&rustix::fs::fstat(&fd)?);
+                let st = rustix::fs::fstat(&fd)?;
+                let opened = Fingerprint::of(&st);
                 if self
                     .checked
                     .is_some_and(|c| (c.dev, c.ino) != (opened.dev, opened.ino))
                 {
                     return Ok(Step::Done(changed_underneath()));
                 }
-                set_meta(&fd, entry, owners)?;
-                Ok(Step::Done(Outcome::Applied))
+                match give_meta(&fd, &st, entry, owners)? {
+                    false if made => Ok(Step::Made {
+                        made: Stamp::of_stat(&st),
+                        parent: Stamp::of_stat(&rustix::fs::fstat(self.parent)?),
+                    }),
+                    _ => Ok(Step::Done(Outcome::Applied)),
+                }
             }
             Content::Symlink { target } => {
                 let tmp = temp_name();
@@ -365,6 +385,33 @@ fn set_meta(fd: impl AsFd, entry: &Entry, owners: bool) -> io::Result<()> {
     set_owner_and_mode(fd, owners.then_some((entry.uid, entry.gid)), entry.mode)
 }
 
+/// The user and group this process creates files as.
+fn process_owner() -> (u32, u32) {
+    (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    )
+}
+
+/// Gives `fd`, found as `st`, the owner (when `owners`) and mode of `entry`, each only
+/// where it differs: each change of metadata is an event for every watcher of its
+/// directory. Whether it changed anything.
+fn give_meta(
+    fd: impl AsFd,
+    st: &rustix::fs::Stat,
+    entry: &Entry,
+    owners: bool,
+) -> io::Result<bool> {
+    let owner = (owners && (st.st_uid, st.st_gid) != (entry.uid, entry.gid))
+        .then_some((entry.uid, entry.gid));
+    // A change of owner clears the set-user and set-group bits: the mode goes after it.
+    if owner.is_none() && st.st_mode & 0o7777 == entry.mode & 0o7777 {
+        return Ok(false);
+    }
+    set_owner_and_mode(fd, owner, entry.mode)?;
+    Ok(true)
+}
+
 /// Gives `fd` the owner `owner` (user and group), if one is given, and mode `mode`.
 fn set_owner_and_mode(fd: impl AsFd, owner: Option<(u32, u32)>, mode: u32) -> io::Result<()> {
     if let Some((uid, gid)) = owner {
@@ -534,6 +581,7 @@ mod tests {
                         target.rename_into_place(&tmp, Ok(())).unwrap()
                     }
                     Step::Done(outcome) => panic!("{kind}: done at once: {outcome:?}"),
+                    Step::Made { .. } => panic!("{kind}: a directory made"),
                 }
             };
             let outcome = place(true);

@@ -218,10 +218,25 @@ impl Session {
                 }
                 other => other.map(Step::Done),
             },
-            Action::Put { entry } => match &kept_owner {
-                Some(kept) => target.put(kept, content, true, self.fsync_each),
-                None => target.put(entry, content, owners, self.fsync_each),
-            },
+            Action::Put { entry } => {
+                // A directory made: told to the watcher, which then has nothing to look
+                // at in it if it is still as made once watched (and nor in its parent,
+                // if made here too, as it is now).
+                let making = match (&self.placed, &entry.content, target.checked) {
+                    (Some(placed), Content::Dir, None) => {
+                        Some(placed.making(at.config.local_path(&at.op.path)))
+                    }
+                    _ => None,
+                };
+                let step = match &kept_owner {
+                    Some(kept) => target.put(kept, content, true, self.fsync_each),
+                    None => target.put(entry, content, owners, self.fsync_each),
+                };
+                if let (Some(making), Ok(Step::Made { made, parent })) = (making, &step) {
+                    making.made(*made, *parent);
+                }
+                step
+            }
         };
         let outcome = match step {
             Ok(Step::Done(outcome)) => {
@@ -237,6 +252,11 @@ impl Session {
             }
             Ok(Step::Link(received)) => {
                 self.defer(at, target.checked, Placing::Link(received));
+                Outcome::Applied
+            }
+            Ok(Step::Made { .. }) => {
+                self.changed.insert(at.index);
+                self.dirty.insert(paths::parent(&at.op.path).to_string());
                 Outcome::Applied
             }
             Err(e) => Outcome::Failed(e.to_string()),
@@ -407,6 +427,15 @@ impl Session {
                         Some(reason) => Err(io::Error::other(reason.clone())),
                         None => Ok(()),
                     };
+                    // Noted before it is named, so that its event cannot come first.
+                    let noted = match (&self.placed, &prepared) {
+                        (Some(placed), Ok(())) => {
+                            let local = config.local_path(&pending.path);
+                            placed.placing(local.clone());
+                            Some((placed, local))
+                        }
+                        _ => None,
+                    };
                     let placed = match pending.how {
                         Placing::Rename { tmp, inode } => {
                             target.rename_into_place(&tmp, prepared).map(|outcome| {
@@ -422,12 +451,11 @@ impl Session {
                     };
                     let (outcome, st) =
                         placed.unwrap_or_else(|e| (Outcome::Failed(e.to_string()), None));
+                    if let (Some((placed, local)), false) = (noted, outcome == Outcome::Applied) {
+                        placed.unplace(&local);
+                    }
                     if let (Outcome::Applied, Some(st)) = (&outcome, st) {
-                        let stamp = Stamp::of_stat(&st);
-                        if let Some(placed) = &self.placed {
-                            placed.note(config.local_path(&pending.path), stamp);
-                        }
-                        stamps.push((pending.index, stamp));
+                        stamps.push((pending.index, Stamp::of_stat(&st)));
                     }
                     outcome
                 }

@@ -8,73 +8,35 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
 use tracing::{info, warn};
 
-use super::queue::{describe, is_out_of_watches, Queue};
+use super::kernel;
+use super::queue::{describe, Queue};
 use crate::config::Config;
 
 /// A running filesystem watch; dropping it stops watching.
-///
-/// notify's own watcher, without a debouncer: every event arrives as the kernel
-/// reports it, closes and renames included, which is what tells a finished file from
-/// one still being written.
-pub type Watch = notify::RecommendedWatcher;
+pub type Watch = kernel::Watch;
 
 /// Watches every configured directory that exists, recursively, never following a
-/// symbolic link out of it.
+/// symbolic link out of it. Where a directory below one cannot be watched (a daemon not
+/// running as root, a subdirectory it may not read), the rest of the tree is still
+/// watched, as `sync` still scans it, and that one is skipped with a warning. Only
+/// running out of watches, or a configured directory that cannot be watched at all, is
+/// an error.
 pub fn watch(config: &Config, queue: Queue) -> anyhow::Result<Watch> {
-    let settings = notify::Config::default().with_follow_symlinks(false);
-    let mut watcher = notify::RecommendedWatcher::new(
-        move |result: notify::Result<notify::Event>| queue.forward(result),
-        settings,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot start the filesystem watcher: {}", describe(&e)))?;
+    let watch = Watch::start(queue)
+        .map_err(|e| anyhow::anyhow!("cannot start the filesystem watcher: {}", describe(&e)))?;
     for dir in &config.directories {
         let local = config.local_path(&dir.path);
         if !local.is_dir() {
             warn!(directory = %dir.path, "configured directory is missing: not watched");
             continue;
         }
-        watch_tree(&mut watcher, &local)
+        watch
+            .watch_tree(&local)
             .map_err(|e| anyhow::anyhow!("cannot watch {}: {}", dir.path, describe(&e)))?;
     }
-    Ok(watcher)
-}
-
-/// Watches `top` recursively. Where a directory below it cannot be watched (a daemon
-/// not running as root, a subdirectory it may not read), the rest of the tree is still
-/// watched, as `sync` still scans it: `top` alone and each of its subdirectories as a
-/// tree of its own, down to the ones that cannot be, which are skipped with a warning.
-/// Only running out of watches is an error.
-pub(super) fn watch_tree(watcher: &mut Watch, top: &std::path::Path) -> notify::Result<()> {
-    let denied = match watcher.watch(top, RecursiveMode::Recursive) {
-        Ok(()) => return Ok(()),
-        Err(e) if is_out_of_watches(&e) => return Err(e),
-        Err(e) => e,
-    };
-    let _ = watcher.unwatch(top);
-    if let Err(e) = watcher.watch(top, RecursiveMode::NonRecursive) {
-        if is_out_of_watches(&e) {
-            return Err(e);
-        }
-        warn!(directory = %top.display(), "cannot watch: {}: its changes are found by the next sync or comparison", describe(&e));
-        return Ok(());
-    }
-    let children = match std::fs::read_dir(top) {
-        Ok(children) => children,
-        Err(e) => {
-            warn!(directory = %top.display(), error = %e, "cannot list (watching it alone): {}", describe(&denied));
-            return Ok(());
-        }
-    };
-    for child in children.flatten() {
-        // Never through a link: the file type of the entry itself.
-        if child.file_type().is_ok_and(|t| t.is_dir()) {
-            watch_tree(watcher, &child.path())?;
-        }
-    }
-    Ok(())
+    Ok(watch)
 }
 
 /// How often the configured directories themselves are checked.
@@ -112,8 +74,8 @@ pub(super) fn rewatch(
             warn!(directory = %dir.path, "configured directory disappeared: watched again when it reappears");
             continue;
         }
-        let _ = watch.unwatch(&local);
-        match watch_tree(watch, &local) {
+        watch.unwatch(&local);
+        match watch.watch_tree(&local) {
             Ok(()) => {
                 info!(directory = %dir.path, "configured directory (re)appeared: watching it");
                 appeared.push(local);
@@ -125,24 +87,4 @@ pub(super) fn rewatch(
         }
     }
     appeared
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn running_out_of_inotify_watches_names_the_sysctl_to_raise() {
-        for err in [
-            notify::Error::new(notify::ErrorKind::MaxFilesWatch),
-            notify::Error::io(std::io::Error::from_raw_os_error(28)),
-        ] {
-            let text = describe(&err);
-            assert!(
-                text.contains("fs.inotify.max_user_watches") && text.contains("524288"),
-                "{text}"
-            );
-        }
-        assert!(!describe(&notify::Error::generic("other")).contains("inotify"));
-    }
 }

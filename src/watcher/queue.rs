@@ -1,5 +1,6 @@
-//! The queue from the notify callback to the propagation loop: converting notify's raw
-//! events into [`Change`]s, and the flag that turns lost events into a rescan.
+//! The queue from the kernel watch's thread to the propagation loop: the [`Change`]s it
+//! read, filtered of a receiver's own writes, and the flag that turns lost events into
+//! a rescan.
 //!
 //! It must never block the callback and never lose a request to rescan; it does not
 //! watch anything itself nor read the tree. The callback appends to a buffer under a
@@ -9,13 +10,11 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
-use notify::EventKind;
 use tokio::sync::Notify;
 use tracing::warn;
 
 use super::toucher::TouchHandle;
-use crate::manifest::{Generation, Placed};
+use crate::manifest::{Generation, Placed, Stamp};
 
 /// Events the queue holds before it gives up on them and asks for a rescan instead.
 pub const WATCH_QUEUE_EVENTS: usize = 65_536;
@@ -66,45 +65,6 @@ fn pseudo_name(local: &std::path::Path) -> bool {
         .and_then(|n| n.to_str())
         .and_then(|n| n.strip_prefix('#'))
         .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// The number pairing the two halves of a rename: inotify's cookie, 32 bits (notify
-/// widens it). Kept at 32 bits, an event waiting in the queue is 32 bytes instead of 40.
-fn cookie(event: &notify::Event) -> u32 {
-    event.tracker().map_or(0, |t| t as u32)
-}
-
-impl Change {
-    /// The changes one notify event stands for; none for what changes nothing.
-    pub fn of(event: notify::Event) -> Vec<Change> {
-        let kind = match event.kind {
-            // Opening or reading a file changes nothing, and the daemon reads files
-            // itself (scanning, sending): only writes count.
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => ChangeKind::Closed,
-            EventKind::Access(_) => return Vec::new(),
-            EventKind::Create(CreateKind::Folder) => ChangeKind::CreatedDirectory,
-            EventKind::Create(_) => ChangeKind::Created,
-            EventKind::Modify(ModifyKind::Data(_)) => ChangeKind::Written,
-            EventKind::Modify(ModifyKind::Metadata(_)) => ChangeKind::Attributes,
-            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
-                ChangeKind::MovedFrom(cookie(&event))
-            }
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                ChangeKind::MovedTo(cookie(&event))
-            }
-            // The pair of a rename, already reported as its two halves.
-            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return Vec::new(),
-            EventKind::Remove(RemoveKind::Folder | RemoveKind::File | RemoveKind::Any) => {
-                ChangeKind::Removed
-            }
-            _ => ChangeKind::Other,
-        };
-        event
-            .paths
-            .into_iter()
-            .map(|path| Change { path, kind })
-            .collect()
-    }
 }
 
 /// What the loop takes from the queue at once.
@@ -216,26 +176,56 @@ impl Queue {
         )
     }
 
-    /// Hands one of notify's results on, without waiting for the loop.
-    pub(super) fn forward(&self, result: notify::Result<notify::Event>) {
-        let (changes, rescan) = match result {
-            // The kernel's queue overflowed, or the backend asks for a rescan.
-            Ok(event) if event.need_rescan() => (Vec::new(), true),
-            Ok(event) => {
-                let mut changes = Change::of(event);
-                // A receiver's own temporary names (a file linked next to its target,
-                // then renamed over it): never in a manifest, and dropped by every
-                // consumer. Dropped here, a batch received leaves a third of the events
-                // waiting, not all of them. So are the writes to the anonymous file it
-                // receives a content into, before it has a name.
-                changes.retain(|c| !temporary(&c.path) && !self.anonymous(c) && !self.placed(c));
-                (changes, false)
-            }
-            Err(e) => {
-                warn!("watcher: {}", describe(&e));
-                (Vec::new(), true)
-            }
+    /// Whether the directory at `local` is one this node's receiver made, found as made
+    /// (`stamp`) once watched, holding only directories (see [`Placed`]); `None`: holding
+    /// other things. A tree of such directories holds nothing made unseen, and their
+    /// versions are recorded: there is nothing to gather or scan. The receiver's note is
+    /// taken either way.
+    pub(super) fn made_here(&self, local: &std::path::Path, stamp: Option<&Stamp>) -> bool {
+        let Some(placed) = &self.placed else {
+            return false;
         };
+        if stamp.is_none() {
+            // Listed as it began to be watched: what was put in it made no event.
+            placed.forget_below(local);
+        }
+        placed.take_made(local, stamp)
+    }
+
+    /// The same queue, without the receiver's notes: for the receiver itself (see
+    /// [`Queue::look_at`]).
+    pub fn detached(&self) -> Queue {
+        Queue {
+            placed: None,
+            ..self.clone()
+        }
+    }
+
+    /// Queues a name created at `local` that no event will tell of.
+    pub fn look_at(&self, local: PathBuf) {
+        let kind = ChangeKind::Created;
+        self.queue(vec![Change { path: local, kind }], false);
+    }
+
+    /// Hands changes read from the kernel on, without waiting for the loop.
+    pub(super) fn forward(&self, mut changes: Vec<Change>) {
+        // A receiver's own temporary names (a file linked next to its target, then
+        // renamed over it): never in a manifest, and dropped by every consumer. Dropped
+        // here, a batch received leaves a third of the events waiting, not all of
+        // them. So are the writes to the anonymous file it receives a content into,
+        // before it has a name, and the names it gave the files it received.
+        changes.retain(|c| !temporary(&c.path) && !self.anonymous(c) && !self.placed(c));
+        self.queue(changes, false);
+    }
+
+    /// Events were lost (the kernel's queue overflowed, the watch failed): `why` is
+    /// warned, and everything is compared again.
+    pub(super) fn lost(&self, why: &str) {
+        warn!("watcher: {why}");
+        self.queue(Vec::new(), true);
+    }
+
+    fn queue(&self, changes: Vec<Change>, rescan: bool) {
         if changes.is_empty() && !rescan {
             return;
         }
@@ -272,40 +262,25 @@ impl QueueReceiver {
     }
 }
 
-/// Whether the user ran out of inotify watches.
-pub(super) fn is_out_of_watches(err: &notify::Error) -> bool {
-    matches!(&err.kind, notify::ErrorKind::MaxFilesWatch)
-        || matches!(&err.kind, notify::ErrorKind::Io(io) if is_enospc(io))
-}
-
-/// inotify answers ENOSPC when the user's watches run out.
-fn is_enospc(io: &std::io::Error) -> bool {
-    io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
-}
-
-/// Words for watch errors; running out of inotify watches names the sysctl to raise.
-pub(super) fn describe(err: &notify::Error) -> String {
-    match &err.kind {
-        notify::ErrorKind::MaxFilesWatch => {
-            "out of inotify watches: raise fs.inotify.max_user_watches (for example \
-             `sysctl fs.inotify.max_user_watches=524288`)"
-                .to_string()
-        }
-        notify::ErrorKind::Io(io) if is_enospc(io) => {
-            "out of inotify watches (ENOSPC): raise fs.inotify.max_user_watches (for example \
-             `sysctl fs.inotify.max_user_watches=524288`)"
-                .to_string()
-        }
-        _ => err.to_string(),
+/// Words for a watch error; running out of inotify watches names the sysctl to raise.
+pub(super) fn describe(err: &std::io::Error) -> String {
+    if err.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        return "out of inotify watches: raise fs.inotify.max_user_watches (for example \
+                `sysctl fs.inotify.max_user_watches=524288`)"
+            .to_string();
     }
+    err.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(kind: EventKind, path: &str) -> notify::Result<notify::Event> {
-        Ok(notify::Event::new(kind).add_path(PathBuf::from(path)))
+    fn event(kind: ChangeKind, path: &str) -> Vec<Change> {
+        vec![Change {
+            path: PathBuf::from(path),
+            kind,
+        }]
     }
 
     #[test]
@@ -316,11 +291,8 @@ mod tests {
         assert!(size <= 32, "{size}");
     }
 
-    fn modified(path: &str) -> notify::Result<notify::Event> {
-        event(
-            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
-            path,
-        )
+    fn modified(path: &str) -> Vec<Change> {
+        event(ChangeKind::Written, path)
     }
 
     #[tokio::test]
@@ -347,29 +319,16 @@ mod tests {
 
     #[test]
     fn the_name_a_received_file_got_here_is_no_change_but_any_other_is() {
-        let tmp = tempfile::tempdir().unwrap();
         let placed = Arc::new(Placed::default());
         let generation = Arc::new(Generation::default());
         let (queue, receiver) = Queue::new(64, generation.clone(), None, Some(placed.clone()));
-        let stamp = |path: &std::path::Path| {
-            crate::manifest::Stamp::of_stat(&rustix::fs::lstat(path).unwrap())
-        };
-        let created = |path: &std::path::Path| {
-            event(EventKind::Create(CreateKind::File), path.to_str().unwrap())
-        };
-        let (received, replaced, made) = (
-            tmp.path().join("received"),
-            tmp.path().join("replaced"),
-            tmp.path().join("made"),
-        );
-        for path in [&received, &replaced, &made] {
-            std::fs::write(path, "x").unwrap();
-        }
-        placed.note(received.clone(), stamp(&received));
-        placed.note(replaced.clone(), stamp(&replaced));
-        // Another file took the second's name before its event was read.
-        std::fs::write(tmp.path().join("new"), "y").unwrap();
-        std::fs::rename(tmp.path().join("new"), &replaced).unwrap();
+        let missed = queue.detached();
+        placed.on_missed(move |path| missed.look_at(path));
+        let created = |path: &std::path::Path| event(ChangeKind::Created, path.to_str().unwrap());
+        let at = |name: &str| PathBuf::from("/r/etc/app").join(name);
+        let (received, taken_over, made) = (at("received"), at("taken-over"), at("made"));
+        placed.placing(received.clone());
+        placed.placing(taken_over.clone());
         generation.watched();
         let before = generation.current();
         queue.forward(created(&received));
@@ -378,7 +337,11 @@ mod tests {
             before,
             "nothing changed but what the batch counts itself"
         );
-        queue.forward(created(&replaced));
+        // Another process created the second name before the receiver could: its event
+        // took the note, and the placing failed. Told, the queue holds it all the same.
+        queue.forward(created(&taken_over));
+        assert!(receiver.take().changes.is_empty());
+        placed.unplace(&taken_over);
         queue.forward(created(&made));
         // The received file's name again, or a write to it: changes made here.
         queue.forward(created(&received));
@@ -392,7 +355,7 @@ mod tests {
         assert_eq!(
             paths,
             [
-                (replaced, ChangeKind::Created),
+                (taken_over, ChangeKind::Created),
                 (made, ChangeKind::Created),
                 (received.clone(), ChangeKind::Created),
                 (received, ChangeKind::Written),
@@ -402,42 +365,13 @@ mod tests {
     }
 
     #[test]
-    fn an_overflow_notice_or_a_watch_error_asks_for_a_rescan() {
+    fn lost_events_ask_for_a_rescan() {
         let (queue, receiver) = Queue::new(8, Arc::default(), None, None);
-        let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
-        queue.forward(Ok(overflow));
+        queue.lost("the kernel's event queue overflowed");
         assert!(receiver.take().rescan);
-        queue.forward(Err(notify::Error::generic("backend failed")));
-        assert!(receiver.take().rescan);
-    }
-
-    #[test]
-    fn reads_alone_send_nothing_and_a_close_after_writing_completes_a_file() {
-        let generation = Arc::new(Generation::default());
-        generation.watched();
-        let (queue, receiver) = Queue::new(8, generation.clone(), None, None);
-        let start = generation.current();
-        queue.forward(event(
-            EventKind::Access(AccessKind::Open(AccessMode::Any)),
-            "/r/a",
-        ));
-        queue.forward(event(
-            EventKind::Access(AccessKind::Close(AccessMode::Read)),
-            "/r/a",
-        ));
+        queue.forward(modified("/r/a"));
         let taken = receiver.take();
-        assert!(taken.changes.is_empty() && !taken.rescan);
-        // The daemon reads files itself: reading must not make its answers stale.
-        assert_eq!(generation.current(), start);
-        queue.forward(event(
-            EventKind::Access(AccessKind::Close(AccessMode::Write)),
-            "/r/a",
-        ));
-        assert_eq!(receiver.take().changes[0].kind, ChangeKind::Closed);
-        assert!(
-            generation.current() > start,
-            "a write is counted as it arrives"
-        );
+        assert!(!taken.rescan && taken.changes.len() == 1);
     }
 
     #[test]
@@ -448,22 +382,18 @@ mod tests {
         let start = generation.current();
         // A content linked next to its target under a temporary name, then renamed.
         let temporary = format!("/r/etc/app/{}", crate::tree::temp_name());
-        queue.forward(event(EventKind::Create(CreateKind::File), &temporary));
-        let moved = |mode| EventKind::Modify(ModifyKind::Name(mode));
-        queue.forward(event(moved(RenameMode::From), &temporary));
+        queue.forward(event(ChangeKind::Created, &temporary));
+        queue.forward(event(ChangeKind::MovedFrom(3), &temporary));
         assert!(receiver.take().changes.is_empty());
         assert_eq!(generation.current(), start);
 
-        queue.forward(event(moved(RenameMode::To), "/r/etc/app/x.cfg"));
+        queue.forward(event(ChangeKind::MovedTo(3), "/r/etc/app/x.cfg"));
         let taken = receiver.take();
         assert_eq!(taken.changes.len(), 1);
         assert_eq!(taken.changes[0].path, PathBuf::from("/r/etc/app/x.cfg"));
         assert!(generation.current() > start);
         // Only gosyncd's own names: an editor's temporary file is an event like any.
-        queue.forward(event(
-            EventKind::Create(CreateKind::File),
-            "/r/etc/app/.x.cfg.swp",
-        ));
+        queue.forward(event(ChangeKind::Created, "/r/etc/app/.x.cfg.swp"));
         assert_eq!(receiver.take().changes.len(), 1);
     }
 
@@ -485,7 +415,7 @@ mod tests {
         let (queue, receiver) = Queue::new(64, generation.clone(), None, None);
         let start = generation.current();
         let at = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
-        let attributes = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
+        let attributes = ChangeKind::Attributes;
         // A content received: written into an anonymous file, then linked and renamed.
         for _ in 0..3 {
             queue.forward(modified(&at("#4242")));
@@ -496,7 +426,7 @@ mod tests {
 
         // A file that is named so: created, then written. Its events are changes.
         std::fs::write(tmp.path().join("#4242"), "real").unwrap();
-        queue.forward(event(EventKind::Create(CreateKind::File), &at("#4242")));
+        queue.forward(event(ChangeKind::Created, &at("#4242")));
         queue.forward(modified(&at("#4242")));
         let taken = receiver.take();
         assert_eq!(taken.changes.len(), 2, "{taken:?}");
@@ -507,11 +437,11 @@ mod tests {
         assert!(receiver.take().changes.is_empty());
         std::fs::write(tmp.path().join("#7"), "made without its event").unwrap();
         queue.forward(modified(&at("#7")));
-        queue.forward(event(EventKind::Create(CreateKind::File), &at("sibling")));
+        queue.forward(event(ChangeKind::Created, &at("sibling")));
         queue.forward(modified(&at("#7")));
         assert_eq!(receiver.take().changes.len(), 1, "the sibling only");
         // The directory moved in (with what it holds): looked up again.
-        let moved_in = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        let moved_in = ChangeKind::MovedTo(5);
         queue.forward(event(moved_in, tmp.path().to_str().unwrap()));
         queue.forward(modified(&at("#7")));
         assert_eq!(receiver.take().changes.len(), 2);
@@ -520,34 +450,12 @@ mod tests {
         // afterwards, and yet it is a change, however its writes were answered.
         std::fs::remove_file(tmp.path().join("#7")).unwrap();
         std::fs::remove_file(tmp.path().join("#4242")).unwrap();
-        let moved_away = EventKind::Modify(ModifyKind::Name(RenameMode::From));
-        queue.forward(event(moved_away, &at("#4242")));
-        queue.forward(event(EventKind::Remove(RemoveKind::File), &at("#7")));
+        queue.forward(event(ChangeKind::MovedFrom(0), &at("#4242")));
+        queue.forward(event(ChangeKind::Removed, &at("#7")));
         let kinds: Vec<_> = receiver.take().changes.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, [ChangeKind::MovedFrom(0), ChangeKind::Removed]);
         // The close of an anonymous file is dropped like its writes.
-        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
-        queue.forward(event(closed, &at("#99")));
+        queue.forward(event(ChangeKind::Closed, &at("#99")));
         assert!(receiver.take().changes.is_empty());
-    }
-
-    #[test]
-    fn a_rename_is_its_two_halves_paired_by_their_cookie() {
-        let from = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::From)))
-            .add_path("/r/a.tmp".into())
-            .set_tracker(7);
-        let to = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::To)))
-            .add_path("/r/a".into())
-            .set_tracker(7);
-        let both = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
-            .add_path("/r/a.tmp".into())
-            .add_path("/r/a".into())
-            .set_tracker(7);
-        let kinds: Vec<_> = [from, to, both]
-            .into_iter()
-            .flat_map(Change::of)
-            .map(|c| c.kind)
-            .collect();
-        assert_eq!(kinds, [ChangeKind::MovedFrom(7), ChangeKind::MovedTo(7)]);
     }
 }

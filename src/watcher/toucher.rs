@@ -1,7 +1,7 @@
 //! Spooling what is being written before its burst ends: a daemon killed in the
 //! middle of a burst delivers the paths it touched when it starts again.
 //!
-//! The notify callback hands every event's path to [`Toucher`] as it arrives, and a
+//! The kernel watch's thread hands every event's path to [`Toucher`] as it arrives, and a
 //! thread of its own notes each in every peer's outbox (see [`Outbox::touch`]) and
 //! writes the spool, without waiting for the propagation loop, which may be busy with
 //! the previous burst (scanning, validating) while the next one is being written. It
