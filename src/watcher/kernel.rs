@@ -633,6 +633,31 @@ mod tests {
     }
 
     #[test]
+    fn a_link_to_a_directory_outside_is_never_watched_through() {
+        let (watch, receiver, tmp) = started(None);
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("sub")).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        let seen = until(&receiver, &link);
+        assert!(seen.contains(&created(&link)), "{seen:?}");
+        // Planted where a directory was being walked: a link is not a directory.
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("d/inner")).unwrap();
+        std::fs::write(outside.path().join("secret"), "x").unwrap();
+        std::fs::write(outside.path().join("sub/secret"), "x").unwrap();
+        let marker = tmp.path().join("marker");
+        std::fs::write(&marker, "").unwrap();
+        let seen = until(&receiver, &marker);
+        assert!(!seen.iter().any(|(p, _)| p.ends_with("secret")), "{seen:?}");
+        // The tree and the directory made in it, nothing through either link.
+        assert_eq!(watch.watched(), 2);
+        let err = watch.watch_tree(&link).unwrap_err();
+        assert!(err.to_string().contains("link"), "{err}");
+        assert_eq!(watch.watched(), 2);
+    }
+
+    #[test]
     fn a_configured_directory_deleted_is_reported_as_its_own_removal() {
         let (_watch, receiver, tmp) = started(None);
         let top = tmp.path().to_path_buf();
