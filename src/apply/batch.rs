@@ -254,6 +254,43 @@ mod tests {
         }
     }
 
+    /// A file received gets its mode whatever the umask cut from it when it was made, or
+    /// whatever bits cannot be given at creation (sticky), down to none at all.
+    #[test]
+    fn each_file_received_has_its_mode_whatever_it_was_made_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("etc/app")).unwrap();
+        let modes = [0o644, 0o600, 0o666, 0o1755, 0o000];
+        let ops: Vec<Op> = modes
+            .iter()
+            .map(|mode| {
+                let mut op = put(&format!("/etc/app/f{mode:o}"), b"x");
+                if let Action::Put { entry } = &mut op.action {
+                    entry.mode = *mode;
+                    entry.uid = rustix::process::geteuid().as_raw();
+                    entry.gid = rustix::process::getegid().as_raw();
+                }
+                op
+            })
+            .collect();
+        let header = BatchHeader::new(ops);
+        let body = crate::protocol::encode_batch(&header, &[b"x".as_slice(); 5]);
+        let reader = BatchReader::start(body.as_slice()).unwrap();
+        crate::apply::validate_batch(&c, &reader.header).unwrap();
+        let (header, staged) = receive(&c, reader).unwrap();
+        let applied = apply_batch(&c, true, &header, staged, "a test", None);
+        let results = applied.commit();
+        assert!(
+            results.iter().all(|r| r.outcome.is_applied()),
+            "{results:?}"
+        );
+        for mode in modes {
+            let st = rustix::fs::lstat(tmp.path().join(format!("etc/app/f{mode:o}"))).unwrap();
+            assert_eq!(st.st_mode & 0o7777, mode, "{mode:o}");
+        }
+    }
+
     /// A directory made as it is to be (mode, owner) is noted with what it is once it
     /// holds what the batch made in it, so that this node's watcher needs to look at
     /// nothing in it; one that had to be changed after it was made (a mode the umask

@@ -147,7 +147,7 @@ impl Target<'_> {
             Content::File { sha256, .. } => match content {
                 Some(Ok(received)) => {
                     if let (None, Some(file)) = (self.checked, received.anonymous()) {
-                        set_meta(file, entry, owners)?;
+                        give_meta(file, &rustix::fs::fstat(file)?, entry, owners)?;
                         set_mtime(file, entry)?;
                         if fsync {
                             file.sync_all()?;
@@ -184,7 +184,12 @@ impl Target<'_> {
                 // is to have (nobody else may enter it meanwhile then): a directory
                 // received then makes no event but its creation, for this node's watcher
                 // to look at. Otherwise private until it is given its owner.
-                let owned = !owners || (entry.uid, entry.gid) == process_owner();
+                // (A parent with the set-group-ID bit gives it its own group instead.)
+                let setgid = || {
+                    rustix::fs::fstat(self.parent)
+                        .map_or(true, |st| st.st_mode & Mode::SGID.bits() != 0)
+                };
+                let owned = !owners || ((entry.uid, entry.gid) == process_owner() && !setgid());
                 let first = if owned { entry.mode & 0o777 } else { 0o700 };
                 let made =
                     match rustix::fs::mkdirat(self.parent, self.name, Mode::from_raw_mode(first)) {

@@ -26,7 +26,7 @@ use rustix::io::Errno;
 
 use super::writeback::Early;
 use crate::config::Config;
-use crate::protocol::{BatchHeader, BatchReader, ContentError};
+use crate::protocol::{Action, BatchHeader, BatchReader, ContentError};
 use crate::tree::{open_dir, temp_name};
 
 /// Contents held in anonymous files at least, whatever the descriptor limit.
@@ -151,6 +151,13 @@ fn receive_within<R: Read>(
             staged.files.push(None);
             continue;
         };
+        // An anonymous file is made with the permissions it is to have (the umask
+        // allowing), so that it rarely needs a change of mode: nobody can open it
+        // before it has a name.
+        let mode = match &op.action {
+            Action::Put { entry } => entry.mode & 0o777,
+            _ => 0o600,
+        };
         let dir = config
             .directory_of(&op.path)
             .ok_or_else(|| format!("{}: outside the configured directories", op.path))?;
@@ -171,7 +178,7 @@ fn receive_within<R: Read>(
                     early.received(size, &top);
                 }
                 let anonymous_in = budget.take().map(|slot| (&*unwatched, slot));
-                receive_one(&mut reader, index, top, anonymous_in)?
+                receive_one(&mut reader, index, top, anonymous_in, mode)?
             }
             Err(reason) => {
                 into_nothing(&mut reader, index)?;
@@ -240,8 +247,9 @@ fn receive_one<R: Read>(
     index: usize,
     top: Arc<OwnedFd>,
     anonymous_in: Option<(&OwnedFd, Slot)>,
+    mode: u32,
 ) -> Result<Result<Received, String>, String> {
-    let created = match anonymous_in.map(|(dir, slot)| (create_anonymous(dir), slot)) {
+    let created = match anonymous_in.map(|(dir, slot)| (create_anonymous(dir, mode), slot)) {
         Some((Ok(fd), slot)) => {
             let file = File::from(fd);
             Ok((Held::Anonymous { file, _slot: slot }, None))
@@ -272,13 +280,13 @@ fn receive_one<R: Read>(
     }
 }
 
-/// An anonymous file on the filesystem of `top`.
-fn create_anonymous(top: &OwnedFd) -> io::Result<OwnedFd> {
+/// An anonymous file on the filesystem of `top`, with permissions `mode`.
+fn create_anonymous(top: &OwnedFd, mode: u32) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
         top,
         ".",
         OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(mode),
     )?)
 }
 

@@ -29,7 +29,7 @@ use super::Stamp;
 #[derive(Default)]
 pub struct Placed {
     /// A file being placed (`None`), or a directory made, as it was made.
-    notes: Mutex<[HashMap<PathBuf, Option<Stamp>>; 2]>,
+    notes: Mutex<[HashMap<PathBuf, Note>; 2]>,
     /// Tells the watcher of a path whose creation by another process was taken for a
     /// placing of this one.
     missed: std::sync::OnceLock<Box<dyn Fn(PathBuf) + Send + Sync>>,
@@ -40,6 +40,34 @@ pub struct Placed {
     making: Mutex<HashSet<PathBuf>>,
     making_done: Condvar,
 }
+
+/// What is noted of a path: a file being placed (`None`), or a directory made, as it was
+/// made; and when.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Note {
+    made: Option<Stamp>,
+    at: Instant,
+}
+
+impl Note {
+    fn new(made: Option<Stamp>) -> Note {
+        Note {
+            made,
+            at: Instant::now(),
+        }
+    }
+
+    /// Whether it may still be taken: a note whose event did not come within
+    /// [`NOTE_LIFETIME`] may stand for an event that never comes, and is not.
+    fn current(&self) -> bool {
+        self.at.elapsed() < NOTE_LIFETIME
+    }
+}
+
+/// How long a note may wait for its event: far longer than a watcher takes to read an
+/// event, even behind an initial sync's, and short enough that a note left (its event
+/// lost) cannot take another process's event at that path a while later.
+const NOTE_LIFETIME: Duration = Duration::from_secs(10);
 
 /// How long the watcher waits for a directory being made to be noted: the few system
 /// calls between its creation and its note, unless the receiving thread is held off the
@@ -85,7 +113,7 @@ impl Placed {
 
     /// This process is about to give a file the name `path` (local).
     pub fn placing(&self, path: PathBuf) {
-        self.notes.lock().expect("placed lock")[1].insert(path, None);
+        self.notes.lock().expect("placed lock")[1].insert(path, Note::new(None));
     }
 
     /// The file noted at `path` did not get its name. If an event took the note
@@ -105,7 +133,7 @@ impl Placed {
 
     /// Notes that this process made the directory `stamp` describes at `path` (local).
     fn note(&self, path: PathBuf, stamp: Stamp) {
-        self.notes.lock().expect("placed lock")[1].insert(path, Some(stamp));
+        self.notes.lock().expect("placed lock")[1].insert(path, Note::new(Some(stamp)));
     }
 
     /// Whether a name created or moved in at `path` (local) is the placing of a file
@@ -116,11 +144,19 @@ impl Placed {
             let [older, last] = &mut *notes;
             last.remove(path).or_else(|| older.remove(path))
         };
-        let placing = noted == Some(None);
+        let placing = noted.is_some_and(|note| note.made.is_none() && note.current());
         if placing {
             self.taken.fetch_add(1, Ordering::Relaxed);
         }
         placing
+    }
+
+    /// Forgets every note (the watcher lost events: everything is compared again).
+    pub fn forget_all(&self) {
+        let mut notes = self.notes.lock().expect("placed lock");
+        for map in notes.iter_mut() {
+            map.clear();
+        }
     }
 
     /// The watcher listed directory `dir` (local) as it began to watch it: the names put
@@ -171,8 +207,10 @@ impl Placed {
     /// `stamp` describes: this process made a directory in it.
     pub fn refresh(&self, path: &Path, stamp: Stamp) {
         let mut notes = self.notes.lock().expect("placed lock");
-        if let Some(noted @ Some(_)) = notes.iter_mut().rev().find_map(|n| n.get_mut(path)) {
-            *noted = Some(stamp);
+        if let Some(note) = notes.iter_mut().rev().find_map(|n| n.get_mut(path)) {
+            if note.made.is_some() {
+                note.made = Some(stamp);
+            }
         }
     }
 
@@ -186,7 +224,10 @@ impl Placed {
             let mut notes = self.notes.lock().expect("placed lock");
             let [older, last] = &mut *notes;
             match last.remove(path).or_else(|| older.remove(path)) {
-                Some(Some(noted)) => noted,
+                Some(note) if note.current() => match note.made {
+                    Some(noted) => noted,
+                    None => return false,
+                },
                 _ => return false,
             }
         };

@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 use rustix::fs::inotify::{self, ReadFlags, WatchFlags};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use tracing::warn;
 
@@ -36,8 +36,10 @@ use crate::manifest::Stamp;
 
 /// What every directory is watched for: names created, deleted, moved in or out,
 /// files written, closed after writing, and metadata; the watched directory's own
-/// deletion or move (which matters for a configured directory only). Never through a
-/// link, and nothing about a file once it has no name (`IN_EXCL_UNLINK`).
+/// deletion or move (which matters for a configured directory only). Nothing about a
+/// file once it has no name (`IN_EXCL_UNLINK`). A directory is watched through the
+/// descriptor it was opened by (`/proc/self/fd/N`, which the kernel follows to it), so
+/// not `IN_DONT_FOLLOW`: it was opened without following a link.
 fn mask() -> WatchFlags {
     WatchFlags::CREATE
         | WatchFlags::DELETE
@@ -49,7 +51,6 @@ fn mask() -> WatchFlags {
         | WatchFlags::DELETE_SELF
         | WatchFlags::MOVE_SELF
         | WatchFlags::ONLYDIR
-        | WatchFlags::DONT_FOLLOW
         | WatchFlags::EXCL_UNLINK
 }
 
@@ -107,17 +108,18 @@ impl Watch {
     /// watched; only running out of watches, or `top` itself failing, is an error.
     pub fn watch_tree(&self, top: &Path) -> io::Result<()> {
         let mut dirs = self.shared.dirs.lock().expect("watch lock");
+        if !dirs.tops.iter().any(|t| t == top) {
+            dirs.tops.push(top.to_path_buf());
+        }
         match dirs.add_tree(&self.shared.fd, top, &mut |_, _| false) {
-            Err(e) => Err(e),
-            Ok(None) => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} cannot be watched", top.display()),
-            )),
-            Ok(Some(_)) => {
-                if !dirs.tops.iter().any(|t| t == top) {
-                    dirs.tops.push(top.to_path_buf());
-                }
-                Ok(())
+            Ok(Some(_)) => Ok(()),
+            failed => {
+                dirs.tops.retain(|t| t != top);
+                failed?;
+                Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} cannot be watched", top.display()),
+                ))
             }
         }
     }
@@ -159,37 +161,73 @@ impl Dirs {
         dir: &Path,
         made: &mut dyn FnMut(&Path, Option<&Stamp>) -> bool,
     ) -> io::Result<Option<bool>> {
-        let mut clean = None;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(path) = stack.pop() {
-            let top = clean.is_none();
-            match self.add(fd, &path) {
+        let first = match self.open_confined(dir) {
+            Ok(first) => first,
+            Err(e) => {
+                warn_denied(dir, e);
+                return Ok(None);
+            }
+        };
+        let mut clean = true;
+        // Each directory is opened from its parent's descriptor, never through a link,
+        // watched and listed through that descriptor: a link planted anywhere on its
+        // path is never followed, however the tree changes meanwhile.
+        let mut stack = vec![Walked::Opened(first, dir.to_path_buf())];
+        while let Some(next) = stack.pop() {
+            let (opened, path) = match next {
+                Walked::Opened(opened, path) => (opened, path),
+                Walked::Below(parent, name, path) => match open_below(&parent, &name) {
+                    Ok(opened) => (opened, path),
+                    Err(e) => {
+                        warn_denied(&path, e);
+                        clean = false;
+                        continue;
+                    }
+                },
+            };
+            match self.add(fd, &opened, &path) {
                 Ok(()) => {}
                 Err(e) if e == Errno::NOSPC => return Err(e.into()),
                 Err(e) => {
-                    if e == Errno::ACCESS || e == Errno::PERM {
-                        warn!(directory = %path.display(), "cannot watch: {e}: its changes are found by the next sync or comparison");
-                    }
-                    if top {
-                        return Ok(None);
-                    }
-                    clean = Some(false);
+                    warn_denied(&path, e);
+                    clean = false;
                     continue;
                 }
             }
-            let as_made = match list_dirs(&path, &mut stack) {
+            let opened = Arc::new(opened);
+            let as_made = match list_dirs(&opened, &path, &mut stack) {
                 Ok((stamp, true)) => made(&path, Some(&stamp)),
                 Ok((_, false)) | Err(_) => made(&path, None),
             };
-            clean = Some(clean.unwrap_or(true) && as_made);
+            clean &= as_made;
         }
-        Ok(clean)
+        Ok(Some(clean))
     }
 
-    fn add(&mut self, fd: &OwnedFd, path: &Path) -> Result<(), Errno> {
-        let wd = inotify::add_watch(fd, path, mask())?;
-        // The same directory known under another path (moved, its old watch not
-        // forgotten yet): the new path is the one.
+    /// Opens directory `path`, below one of the configured directories watched, from
+    /// that directory's descriptor, never through a link.
+    fn open_confined(&self, path: &Path) -> Result<OwnedFd, Errno> {
+        let top = self
+            .tops
+            .iter()
+            .filter(|top| path.starts_with(top))
+            .max_by_key(|top| top.as_os_str().len())
+            .ok_or(Errno::NOENT)?;
+        let mut opened = crate::tree::open_dir(top)?;
+        let below = path.strip_prefix(top).map_err(|_| Errno::NOENT)?;
+        for component in below.components() {
+            opened = open_below(&opened, component.as_os_str())?;
+        }
+        Ok(opened)
+    }
+
+    /// Watches the directory `opened` (at `path`) through its descriptor.
+    fn add(&mut self, fd: &OwnedFd, opened: &OwnedFd, path: &Path) -> Result<(), Errno> {
+        use std::os::fd::AsRawFd;
+        let by_descriptor = format!("/proc/self/fd/{}", opened.as_raw_fd());
+        let wd = inotify::add_watch(fd, by_descriptor.as_str(), mask())?;
+        // The same directory known under another path (moved, renamed over): the new
+        // path is the one, and events already waiting for it are told under it.
         if let Some(old) = self.by_wd.insert(wd, path.to_path_buf()) {
             if old != path && self.by_path.get(&old) == Some(&wd) {
                 self.by_path.remove(&old);
@@ -214,26 +252,6 @@ impl Dirs {
         }
     }
 
-    /// The directory `from` and those below it are now at `to`: same watches, new paths.
-    fn rename_below(&mut self, from: &Path, to: &Path) {
-        let moved: Vec<(PathBuf, i32)> = self
-            .by_path
-            .range(from.to_path_buf()..)
-            .take_while(|(p, _)| p.starts_with(from))
-            .map(|(p, wd)| (p.clone(), *wd))
-            .collect();
-        for (old, wd) in moved {
-            self.by_path.remove(&old);
-            let new = match old.strip_prefix(from) {
-                Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
-                Ok(rest) => to.join(rest),
-                Err(_) => continue,
-            };
-            self.by_wd.insert(wd, new.clone());
-            self.by_path.insert(new, wd);
-        }
-    }
-
     /// The kernel dropped watch `wd` (its directory was deleted, or it was removed).
     fn forget(&mut self, wd: i32) {
         if let Some(path) = self.by_wd.remove(&wd) {
@@ -244,14 +262,36 @@ impl Dirs {
     }
 }
 
-/// Lists directory `path`, pushing its subdirectories (never a link) onto `stack`;
-/// returns its stamp, and whether it holds nothing but directories.
-fn list_dirs(path: &Path, stack: &mut Vec<PathBuf>) -> io::Result<(Stamp, bool)> {
+/// A directory to watch in a walk: opened, or to open from its parent.
+enum Walked {
+    Opened(OwnedFd, PathBuf),
+    Below(Arc<OwnedFd>, std::ffi::OsString, PathBuf),
+}
+
+/// Opens directory `name` of `parent`, never through a link.
+fn open_below(parent: &OwnedFd, name: &OsStr) -> Result<OwnedFd, Errno> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
-    let stat = rustix::fs::fstat(&fd)?;
+    rustix::fs::openat(parent, name, flags, Mode::empty())
+}
+
+/// Warns of a directory that cannot be watched for want of permission; one that is gone
+/// or no longer a directory says so by its own events.
+fn warn_denied(path: &Path, e: Errno) {
+    if e == Errno::ACCESS || e == Errno::PERM {
+        warn!(directory = %path.display(), "cannot watch: {e}: its changes are found by the next sync or comparison");
+    }
+}
+
+/// Lists directory `opened` (at `path`), pushing its subdirectories (never a link) onto
+/// `stack`; returns its stamp, and whether it holds nothing but directories.
+fn list_dirs(
+    opened: &Arc<OwnedFd>,
+    path: &Path,
+    stack: &mut Vec<Walked>,
+) -> io::Result<(Stamp, bool)> {
+    let stat = rustix::fs::fstat(&**opened)?;
     let mut only_dirs = true;
-    for entry in rustix::fs::Dir::read_from(&fd)? {
+    for entry in rustix::fs::Dir::read_from(&**opened)? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
@@ -260,14 +300,19 @@ fn list_dirs(path: &Path, stack: &mut Vec<PathBuf>) -> io::Result<(Stamp, bool)>
         let is_dir = match entry.file_type() {
             FileType::Directory => true,
             FileType::Unknown => {
-                rustix::fs::statat(&fd, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
+                rustix::fs::statat(&**opened, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW)
                     .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
             }
             _ => false,
         };
         only_dirs &= is_dir;
         if is_dir {
-            stack.push(path.join(OsStr::from_bytes(name)));
+            let name = OsStr::from_bytes(name);
+            stack.push(Walked::Below(
+                opened.clone(),
+                name.to_os_string(),
+                path.join(name),
+            ));
         }
     }
     Ok((Stamp::of_stat(&stat), only_dirs))
@@ -283,6 +328,7 @@ fn read_events(shared: &Shared, wake: &OwnedFd, queue: &Queue) {
         changes: Vec::new(),
         lost: None,
         moved_away: None,
+        overflowed: false,
     };
     loop {
         let mut fds = [
@@ -318,6 +364,7 @@ fn read_events(shared: &Shared, wake: &OwnedFd, queue: &Queue) {
         // Both halves of a rename are queued by the rename itself: a directory whose
         // other half is not there moved out of the watched trees.
         reading.moved_out();
+        reading.walk_again();
         reading.hand_over();
     }
 }
@@ -332,6 +379,8 @@ struct Reading<'a> {
     /// A watched directory renamed away (the rename's cookie, its path), until the
     /// other half tells where to.
     moved_away: Option<(u32, PathBuf)>,
+    /// The kernel dropped events since the trees were last walked again.
+    overflowed: bool,
 }
 
 impl Reading<'_> {
@@ -339,6 +388,7 @@ impl Reading<'_> {
         let mask = event.events();
         if mask.contains(ReadFlags::QUEUE_OVERFLOW) {
             self.lost = Some("the kernel's event queue overflowed".into());
+            self.overflowed = true;
             return;
         }
         let fd = &self.shared.fd;
@@ -367,41 +417,32 @@ impl Reading<'_> {
         };
         // The other half of a directory renamed away, or it moved out.
         let is_dir = mask.contains(ReadFlags::ISDIR);
-        let moved_within = match self.moved_away.take() {
-            Some((cookie, from)) if is_dir && kind == ChangeKind::MovedTo(cookie) => Some(from),
-            Some((_, from)) => {
-                dirs.remove_below(fd, &from);
-                None
+        match self.moved_away.take() {
+            Some((cookie, _)) if is_dir && kind == ChangeKind::MovedTo(cookie) => {}
+            Some((_, from)) => dirs.remove_below(fd, &from),
+            None => {}
+        }
+        match kind {
+            ChangeKind::MovedFrom(cookie) if is_dir => {
+                self.moved_away = Some((cookie, path.clone()));
             }
-            None => None,
-        };
-        if is_dir {
-            match kind {
-                ChangeKind::MovedFrom(cookie) => self.moved_away = Some((cookie, path.clone())),
-                // Moved within the watched trees: the same directories, watched as they
-                // are, under their new paths (events already queued included).
-                ChangeKind::MovedTo(_) if moved_within.is_some() => {
-                    let from = moved_within.expect("checked");
-                    dirs.rename_below(&from, &path);
+            // A directory made or moved in (from elsewhere in the trees or outside them):
+            // walked from where it is now. A directory already watched keeps its watch,
+            // under this path, with the events already waiting for it; those made in it
+            // before it was watched are watched now.
+            ChangeKind::MovedTo(_) | ChangeKind::CreatedDirectory if is_dir => {
+                let queue = self.queue;
+                let created = kind == ChangeKind::CreatedDirectory;
+                // Made here: the receiver's own directories, each as it made it.
+                let mut made =
+                    |dir: &Path, stamp: Option<&Stamp>| queue.made_here(dir, stamp) && created;
+                match dirs.add_tree(fd, &path, &mut made) {
+                    Ok(Some(true)) if created => return,
+                    Ok(_) => {}
+                    Err(e) => self.lost = Some(super::queue::describe(&e)),
                 }
-                ChangeKind::MovedTo(_) | ChangeKind::CreatedDirectory => {
-                    dirs.remove_below(fd, &path);
-                    // Made here: the receiver's own directories, each as it made it.
-                    let queue = self.queue;
-                    let mut made = |dir: &Path, stamp: Option<&Stamp>| queue.made_here(dir, stamp);
-                    let mut not_made = |_: &Path, _: Option<&Stamp>| false;
-                    let made: &mut dyn FnMut(&Path, Option<&Stamp>) -> bool = match kind {
-                        ChangeKind::CreatedDirectory => &mut made,
-                        _ => &mut not_made,
-                    };
-                    match dirs.add_tree(fd, &path, made) {
-                        Ok(Some(true)) => return,
-                        Ok(_) => {}
-                        Err(e) => self.lost = Some(super::queue::describe(&e)),
-                    }
-                }
-                _ => {}
             }
+            _ => {}
         }
         drop(dirs);
         self.changes.push(Change { path, kind });
@@ -412,6 +453,23 @@ impl Reading<'_> {
         if let Some((_, from)) = self.moved_away.take() {
             let mut dirs = self.shared.dirs.lock().expect("watch lock");
             dirs.remove_below(&self.shared.fd, &from);
+        }
+    }
+
+    /// After the kernel dropped events: every configured directory walked again (the
+    /// directories made or moved in meanwhile are watched, those moved away are not),
+    /// and the receiver's notes forgotten (their events may be among those dropped).
+    /// Everything is compared again (the loss is handed over as such).
+    fn walk_again(&mut self) {
+        if !std::mem::take(&mut self.overflowed) {
+            return;
+        }
+        self.queue.forget_placings();
+        let mut dirs = self.shared.dirs.lock().expect("watch lock");
+        for top in dirs.tops.clone() {
+            if let Err(e) = dirs.add_tree(&self.shared.fd, &top, &mut |_, _| false) {
+                self.lost = Some(super::queue::describe(&e));
+            }
         }
     }
 
@@ -652,9 +710,101 @@ mod tests {
         assert!(!seen.iter().any(|(p, _)| p.ends_with("secret")), "{seen:?}");
         // The tree and the directory made in it, nothing through either link.
         assert_eq!(watch.watched(), 2);
-        let err = watch.watch_tree(&link).unwrap_err();
-        assert!(err.to_string().contains("link"), "{err}");
-        assert_eq!(watch.watched(), 2);
+    }
+
+    /// Directories made, renamed within the tree, swapped or replaced by a link while
+    /// the reader is behind (it waits for the watch table meanwhile): each is watched
+    /// where it is, under its path, and nothing through the link.
+    #[test]
+    fn directories_renamed_swapped_or_replaced_while_the_reader_is_behind_are_watched_where_they_are(
+    ) {
+        let (watch, receiver, tmp) = started(None);
+        let at = |path: &str| tmp.path().join(path);
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("sub")).unwrap();
+        for dir in ["x/in-x", "y/in-y"] {
+            std::fs::create_dir_all(at(dir)).unwrap();
+        }
+        until(&receiver, &at("y"));
+        {
+            let _behind = watch.shared.dirs.lock().unwrap();
+            // Made, then renamed before it was watched; made in a directory then moved.
+            std::fs::create_dir(at("a")).unwrap();
+            std::fs::rename(at("a"), at("b")).unwrap();
+            std::fs::create_dir(at("x/new")).unwrap();
+            std::fs::rename(at("x"), at("c")).unwrap();
+            // Swapped in one step.
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                at("c"),
+                rustix::fs::CWD,
+                at("y"),
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .unwrap();
+            // Made with a subdirectory, moved away, and a link to a directory outside
+            // planted at its name.
+            std::fs::create_dir_all(at("d/sub")).unwrap();
+            std::fs::rename(at("d"), at("d.old")).unwrap();
+            std::os::unix::fs::symlink(outside.path(), at("d")).unwrap();
+        }
+        let marker = at("marker");
+        std::fs::write(&marker, "").unwrap();
+        until(&receiver, &marker);
+        std::fs::write(outside.path().join("sub/secret"), "").unwrap();
+        // "y" holds what "x" held (and "new"), "c" what "y" held.
+        let files = ["b/f", "y/new/f", "y/in-x/f", "c/in-y/f", "d.old/sub/f"];
+        for file in files {
+            std::fs::write(at(file), "").unwrap();
+        }
+        let seen = until(&receiver, &at("d.old/sub/f"));
+        for file in files {
+            assert!(seen.contains(&created(&at(file))), "{file}: {seen:?}");
+        }
+        assert!(!seen.iter().any(|(p, _)| p.ends_with("secret")), "{seen:?}");
+    }
+
+    #[test]
+    fn events_the_kernel_dropped_ask_for_a_rescan_and_every_directory_is_watched_again() {
+        let (watch, receiver, tmp) = started(None);
+        let late = tmp.path().join("late");
+        {
+            let _behind = watch.shared.dirs.lock().unwrap();
+            std::fs::create_dir(&late).unwrap();
+            // Past the kernel's queue (16,384 events by default).
+            let max = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+                .ok()
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(16_384);
+            let many = tmp.path().join("many");
+            std::fs::write(&many, "").unwrap();
+            for i in 0..max + 16 {
+                std::fs::rename(&many, tmp.path().join(format!("m{i}"))).unwrap();
+                std::fs::rename(tmp.path().join(format!("m{i}")), &many).unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut rescan = false;
+        while !rescan && Instant::now() < deadline {
+            rescan = receiver.take().rescan;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(rescan, "the loss is told");
+        let file = late.join("g");
+        std::fs::write(&file, "").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while !seen.contains(&created(&file)) && Instant::now() < deadline {
+            seen.extend(
+                receiver
+                    .take()
+                    .changes
+                    .into_iter()
+                    .map(|c| (c.path, c.kind)),
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(seen.contains(&created(&file)), "{seen:?}");
     }
 
     #[test]

@@ -207,6 +207,13 @@ impl Queue {
         self.queue(vec![Change { path: local, kind }], false);
     }
 
+    /// Forgets every note of the receiver's: their events may never come.
+    pub(super) fn forget_placings(&self) {
+        if let Some(placed) = &self.placed {
+            placed.forget_all();
+        }
+    }
+
     /// Hands changes read from the kernel on, without waiting for the loop.
     pub(super) fn forward(&self, mut changes: Vec<Change>) {
         // A receiver's own temporary names (a file linked next to its target, then
