@@ -9,11 +9,13 @@
 //!   two events instead of five);
 //! - when a directory created in a watched one is watched: here before the next event
 //!   is read, so that what it holds once watched is all that happened in it unseen;
-//! - a directory this node's receiver made, still empty once watched, is no change
-//!   at all: nothing to gather, scan or compare (see [`Queue::made_here`]).
+//! - a directory this node's receiver made, holding nothing but directories it made
+//!   once watched, is no change at all: nothing to gather, scan or compare (see
+//!   [`Queue::made_here`]).
 //!
-//! It watches directories only, recursively, never through a symbolic link, and does
-//! not read files, scan or compare.
+//! It watches directories only, recursively, each opened from its parent's descriptor
+//! and watched through it, never through a symbolic link; it does not read files, scan
+//! or compare.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -457,8 +459,8 @@ impl Reading<'_> {
     }
 
     /// After the kernel dropped events: every configured directory walked again (the
-    /// directories made or moved in meanwhile are watched, those moved away are not),
-    /// and the receiver's notes forgotten (their events may be among those dropped).
+    /// directories made or moved in meanwhile are watched), and the receiver's notes
+    /// forgotten (their events may be among those dropped).
     /// Everything is compared again (the loss is handed over as such).
     fn walk_again(&mut self) {
         if !std::mem::take(&mut self.overflowed) {
