@@ -237,6 +237,10 @@ def table(results):
         g, r = cpu(results, f"gosyncd-{key}"), cpu(results, f"rsync-{key}")
         ratio = f"{statistics.median(g) / statistics.median(r):.2f}x" if g and r else "-"
         print(f"  {label:<34} gosyncd {fmt(g, 'med'):>7}   rsync {fmt(r, 'med'):>7}   {ratio:>6}")
+    after = [float(x) for x in read_value(results, "gosyncd-initial.after", "").split()]
+    if after:
+        print(f"  after (a), the peer daemons' comparison with each other (anti-entropy, not")
+        print(f"  charged to the run above; CPU until the machine is quiet): {statistics.median(after):.2f}")
     print()
     print("peak memory (max resident set size):")
     for label, key in [

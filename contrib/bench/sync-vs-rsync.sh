@@ -23,7 +23,9 @@
 # verified: each peer's tree must match the source (paths, types, modes, owners, sizes,
 # SHA-256 of contents); the script fails loudly otherwise. The gosyncd peers' trees are
 # emptied before each initial sync with their daemons stopped (see empty_peers below),
-# so their VmHWM covers the last initial sync, (b) and (c).
+# so their VmHWM covers the last initial sync, (b) and (c). Each timed run starts on a
+# quiet machine (see settle below): the peer daemons' comparison with each other after
+# a push is reported apart, not charged to the run that follows it.
 #
 # Run it from anywhere in the repository (it builds the release binary first):
 #     contrib/bench/sync-vs-rsync.sh
@@ -168,6 +170,27 @@ record_cpu() {
         'BEGIN { printf "%.2f\n", (b - a) / hz }' >>"$res/$1.cpu"
 }
 
+# settle [KEY]: waits (30 s at most) until the machine is quiet: under 5% of one CPU
+# over half a second. The peer daemons compare their trees with each other 2 s after a
+# push to them ends (anti-entropy); run after gosyncd's initial sync, that work used to
+# fall inside the rsync run that followed and was charged to rsync. With KEY, the CPU
+# seconds spent while waiting are appended to KEY's `.after` results.
+settle() {
+    local c0 c1 before deadline=$((SECONDS + 30))
+    c0=$(busy_ticks)
+    sleep 2.5 # the daemons' comparison starts 2 s after the last push
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        before=$(busy_ticks)
+        sleep 0.5
+        [ $(($(busy_ticks) - before)) -lt $((ticks_per_second / 40)) ] && break
+    done
+    c1=$(busy_ticks)
+    if [ -n "${1:-}" ]; then
+        awk -v a="$c0" -v b="$c1" -v hz="$ticks_per_second" \
+            'BEGIN { printf "%.2f\n", (b - a) / hz }' >>"$res/$1.after"
+    fi
+}
+
 # max_rss FILE: the last line /usr/bin/time -f %M wrote (kilobytes).
 max_rss() { tail -n 1 "$1"; }
 
@@ -232,6 +255,7 @@ gosyncd_run() {
     local key=$1 run=$2 config=$3
     shift 3
     local out="$logs/gosyncd-$key-$run" status=0 t0 t1 c0 c1
+    settle
     sync # flush earlier writes so that they are not charged to this run
     c0=$(busy_ticks)
     t0=$EPOCHREALTIME
@@ -257,6 +281,7 @@ rsync_run() {
     local key=$1 run=$2 mode=$3
     shift 3
     local out="$logs/$key-$run" status=0 i t0 t1 c0 c1 pids=()
+    settle
     sync
     c0=$(busy_ticks)
     t0=$EPOCHREALTIME
@@ -294,6 +319,7 @@ log "(a) initial sync to 3 empty peers, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
     empty_peers
     gosyncd_run initial "$run" "$work/node1.hcl" sync
+    settle gosyncd-initial
     added=$(grep -c '\[+\]' "$logs/gosyncd-initial-$run.out" || true)
     verify "gosyncd initial sync (run $run)" "${gosyncd_dirs[@]}"
 
