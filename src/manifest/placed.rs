@@ -9,8 +9,9 @@
 //! placing that fails takes its note back; if an event took it already, it was another
 //! process's, and the watcher is told to look at the path (see [`Placed::on_missed`]).
 //! A note whose event never comes (the file was put in a directory not watched yet)
-//! goes when the watcher lists that directory ([`Placed::forget_below`]), or with its
-//! batch's turn.
+//! goes when the watcher lists that directory ([`Placed::forget_below`]) or loses
+//! events ([`Placed::forget_all`]), with its batch's turn, and is never taken after
+//! [`NOTE_LIFETIME`].
 //!
 //! A directory is noted once made, with its stamp (see [`Placed::making`]).
 
@@ -22,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use super::Stamp;
 
-/// The files this process put in place and whose events were not taken yet: those of
-/// the batch being placed, and of the one before (its last events may still be on their
-/// way). A note whose event was read before it was made is never asked for: it goes
-/// with its batch's turn, two batches later.
+/// The files and directories this process put in place and whose events were not taken
+/// yet: those of the batch being placed, and of the one before (its last events may
+/// still be on their way). A note left goes with its batch's turn, two batches later,
+/// and is not taken after [`NOTE_LIFETIME`].
 #[derive(Default)]
 pub struct Placed {
     /// A file being placed (`None`), or a directory made, as it was made.
