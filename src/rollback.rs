@@ -18,7 +18,7 @@ use std::io;
 use std::sync::Arc;
 
 use rustix::fd::OwnedFd;
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, Mode};
 use rustix::io::Errno;
 
 use crate::config::Config;
@@ -89,12 +89,7 @@ impl Undo {
                 if !is_dir {
                     rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(*mode))?;
                 }
-                let fd = rustix::fs::openat(
-                    &parent,
-                    name.as_str(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
+                let fd = crate::tree::open_subdir(&parent, name.as_str())?;
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
             }
         }

@@ -318,14 +318,23 @@ fn open_below(
     fd: &OwnedFd,
     component: &str,
 ) -> Result<OwnedFd, (Errno, Option<rustix::fs::FileType>)> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    rustix::fs::openat(fd, component, flags, Mode::empty()).map_err(|error| {
+    open_subdir(fd, component).map_err(|error| {
         let kind = (error != Errno::NOENT)
             .then(|| rustix::fs::statat(fd, component, AtFlags::SYMLINK_NOFOLLOW).ok())
             .flatten()
             .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
         (error, kind)
     })
+}
+
+/// Opens directory `name` of `parent` to act in it through its descriptor, never
+/// through a link.
+pub(crate) fn open_subdir<P: rustix::path::Arg>(
+    parent: impl std::os::fd::AsFd,
+    name: P,
+) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    rustix::fs::openat(parent, name, flags, Mode::empty())
 }
 
 fn blocked_at(at: String, (error, kind): (Errno, Option<rustix::fs::FileType>)) -> Blocked {

@@ -16,7 +16,7 @@ use super::staging::Received;
 use crate::config::Config;
 use crate::manifest::Stamp;
 use crate::protocol::{Content, Entry, Outcome};
-use crate::tree::{is_temp_name, open_parent, open_regular, temp_name};
+use crate::tree::{is_temp_name, open_parent, open_regular, open_subdir, temp_name};
 
 /// What a put did: finished, or left a temporary file to rename at the end of the batch,
 /// with its device and inode (so that the file found at the name afterwards is known to
@@ -198,12 +198,7 @@ impl Target<'_> {
                         Err(Errno::EXIST) => return Ok(Step::Done(changed_underneath())),
                         Err(e) => return Err(e.into()),
                     };
-                let fd = rustix::fs::openat(
-                    self.parent,
-                    self.name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?;
+                let fd = open_subdir(self.parent, self.name)?;
                 let st = rustix::fs::fstat(&fd)?;
                 let opened = Fingerprint::of(&st);
                 if self
@@ -371,8 +366,7 @@ impl Target<'_> {
     /// The names a directory at the name still holds (it could not be deleted), without
     /// following a link to it.
     pub(super) fn remaining_names(&self) -> io::Result<Vec<String>> {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let fd = rustix::fs::openat(self.parent, self.name, flags, Mode::empty())?;
+        let fd = open_subdir(self.parent, self.name)?;
         let mut names = Vec::new();
         for entry in rustix::fs::Dir::read_from(&fd)? {
             let entry = entry?;

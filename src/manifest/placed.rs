@@ -120,12 +120,7 @@ impl Placed {
     /// The file noted at `path` did not get its name. If an event took the note
     /// meanwhile, the name created there was another process's: the watcher is told.
     pub fn unplace(&self, path: &Path) {
-        let noted = {
-            let mut notes = self.notes.lock().expect("placed lock");
-            let [older, last] = &mut *notes;
-            last.remove(path).or_else(|| older.remove(path))
-        };
-        if noted.is_none() {
+        if self.remove(path).is_none() {
             if let Some(tell) = self.missed.get() {
                 tell(path.to_path_buf());
             }
@@ -140,11 +135,7 @@ impl Placed {
     /// Whether a name created or moved in at `path` (local) is the placing of a file
     /// noted there. The note is taken either way.
     pub fn take(&self, path: &Path) -> bool {
-        let noted = {
-            let mut notes = self.notes.lock().expect("placed lock");
-            let [older, last] = &mut *notes;
-            last.remove(path).or_else(|| older.remove(path))
-        };
+        let noted = self.remove(path);
         let placing = noted.is_some_and(|note| note.made.is_none() && note.current());
         if placing {
             self.taken.fetch_add(1, Ordering::Relaxed);
@@ -221,22 +212,22 @@ impl Placed {
     /// taken either way.
     pub fn take_made(&self, path: &Path, stamp: Option<&Stamp>) -> bool {
         self.wait_made(path);
-        let noted = {
-            let mut notes = self.notes.lock().expect("placed lock");
-            let [older, last] = &mut *notes;
-            match last.remove(path).or_else(|| older.remove(path)) {
-                Some(note) if note.current() => match note.made {
-                    Some(noted) => noted,
-                    None => return false,
-                },
-                _ => return false,
-            }
-        };
-        let made = stamp == Some(&noted);
+        let noted = self
+            .remove(path)
+            .filter(Note::current)
+            .and_then(|note| note.made);
+        let made = noted.is_some() && stamp == noted.as_ref();
         if made {
             self.taken.fetch_add(1, Ordering::Relaxed);
         }
         made
+    }
+
+    /// Takes the note at `path`, the last batch's or the one before's.
+    fn remove(&self, path: &Path) -> Option<Note> {
+        let mut notes = self.notes.lock().expect("placed lock");
+        let [older, last] = &mut *notes;
+        last.remove(path).or_else(|| older.remove(path))
     }
 
     /// How many events were taken as placings so far: how much a receiver wrote that

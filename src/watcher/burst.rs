@@ -114,7 +114,7 @@ impl Burst {
                 | ChangeKind::Written => {
                     self.vanished.remove(&logical);
                 }
-                ChangeKind::Closed | ChangeKind::Attributes | ChangeKind::Other => {}
+                ChangeKind::Closed | ChangeKind::Attributes => {}
             }
             match change.kind {
                 ChangeKind::Written if overdue.contains(&path) => {}
@@ -145,7 +145,7 @@ impl Burst {
                 ChangeKind::Removed => {
                     self.take_below(&path);
                 }
-                ChangeKind::CreatedDirectory | ChangeKind::Attributes | ChangeKind::Other => {}
+                ChangeKind::CreatedDirectory | ChangeKind::Attributes => {}
             }
             self.paths.insert(logical);
         }

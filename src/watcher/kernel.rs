@@ -29,12 +29,13 @@ use std::thread::JoinHandle;
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 use rustix::fd::OwnedFd;
 use rustix::fs::inotify::{self, ReadFlags, WatchFlags};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 use tracing::warn;
 
 use super::queue::{Change, ChangeKind, Queue};
 use crate::manifest::Stamp;
+use crate::tree::open_subdir;
 
 /// What every directory is watched for: names created, deleted, moved in or out,
 /// files written, closed after writing, and metadata; the watched directory's own
@@ -178,7 +179,7 @@ impl Dirs {
         while let Some(next) = stack.pop() {
             let (opened, path) = match next {
                 Walked::Opened(opened, path) => (opened, path),
-                Walked::Below(parent, name, path) => match open_below(&parent, &name) {
+                Walked::Below(parent, name, path) => match open_subdir(&*parent, &name) {
                     Ok(opened) => (opened, path),
                     Err(e) => {
                         warn_denied(&path, e);
@@ -218,7 +219,7 @@ impl Dirs {
         let mut opened = crate::tree::open_dir(top)?;
         let below = path.strip_prefix(top).map_err(|_| Errno::NOENT)?;
         for component in below.components() {
-            opened = open_below(&opened, component.as_os_str())?;
+            opened = open_subdir(&opened, component.as_os_str())?;
         }
         Ok(opened)
     }
@@ -268,12 +269,6 @@ impl Dirs {
 enum Walked {
     Opened(OwnedFd, PathBuf),
     Below(Arc<OwnedFd>, std::ffi::OsString, PathBuf),
-}
-
-/// Opens directory `name` of `parent`, never through a link.
-fn open_below(parent: &OwnedFd, name: &OsStr) -> Result<OwnedFd, Errno> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    rustix::fs::openat(parent, name, flags, Mode::empty())
 }
 
 /// Warns of a directory that cannot be watched for want of permission; one that is gone

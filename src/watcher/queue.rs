@@ -2,8 +2,8 @@
 //! read, filtered of a receiver's own writes, and the flag that turns lost events into
 //! a rescan.
 //!
-//! It must never block the callback and never lose a request to rescan; it does not
-//! watch anything itself nor read the tree. The callback appends to a buffer under a
+//! It must never block the reading thread and never lose a request to rescan; it does
+//! not watch anything itself nor read the tree. The thread appends to a buffer under a
 //! mutex held for a push, and wakes the loop, which takes the whole buffer at once: a
 //! `git checkout` of thousands of files is a few wake-ups, not one per event.
 
@@ -46,8 +46,6 @@ pub enum ChangeKind {
     Removed,
     /// Mode, owner, times or extended attributes changed.
     Attributes,
-    /// Anything else the backend reports.
-    Other,
 }
 
 /// Whether the path's name is a gosyncd temporary name.
@@ -84,7 +82,7 @@ struct Shared {
 
 /// The watcher's side of the queue to the propagation loop.
 ///
-/// The callback never blocks on the loop: it appends and wakes it. Beyond
+/// The reading thread never blocks on the loop: it appends and wakes it. Beyond
 /// [`WATCH_QUEUE_EVENTS`] waiting events it drops them and raises the rescan flag,
 /// which the loop sees with the next events it takes, so a full queue can never drop the
 /// request to rescan.

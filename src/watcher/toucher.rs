@@ -43,7 +43,7 @@ pub struct Toucher {
     shared: Arc<Shared>,
 }
 
-/// The side the notify callback holds: never blocks beyond a short lock.
+/// The side the watch's reading thread holds: never blocks beyond a short lock.
 #[derive(Clone)]
 pub struct TouchHandle {
     shared: Arc<Shared>,
@@ -74,7 +74,7 @@ impl Toucher {
         Ok(Toucher { shared })
     }
 
-    /// What the notify callback hands paths to.
+    /// What the watch's reading thread hands paths to.
     pub fn handle(&self) -> TouchHandle {
         TouchHandle {
             shared: self.shared.clone(),
