@@ -301,7 +301,7 @@ impl Peer {
 
     /// Sends one batch body of `length` bytes, streamed as it is produced. The answer is
     /// read as `T`: [`ApplyResponse`] whole, or the sender's compact [`protocol::ApplyAnswer`].
-    pub async fn apply_stream<T: DeserializeOwned>(
+    pub async fn apply_stream<T: DeserializeOwned + Send + 'static>(
         &self,
         body: reqwest::Body,
         length: u64,
@@ -317,7 +317,7 @@ impl Peer {
         self.call(request, protocol::APPLY_TIMEOUT).await
     }
 
-    async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned + Send + 'static>(
         &self,
         request: reqwest::RequestBuilder,
         timeout: Duration,
@@ -330,7 +330,7 @@ impl Peer {
             answer = &mut sent => answer,
             reason = self.refused_meanwhile() => return Err(PeerError::Unreachable(reason)),
         };
-        let mut response = match answer {
+        let response = match answer {
             Ok(response) => response,
             Err(e) if !e.is_timeout() && tls::explain(&e, tls::End::Client).is_none() => {
                 // A TLS 1.3 server refuses a client certificate after the handshake, and
@@ -344,18 +344,7 @@ impl Peer {
         };
         let status = response.status();
         if status.is_success() {
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, &limit))? {
-                let limit = self.transport.max_response;
-                if (body.len() + chunk.len()) as u64 > limit {
-                    return Err(PeerError::Refused(format!(
-                        "answer larger than this node's max_manifest_size of {limit} bytes"
-                    )));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            return serde_json::from_slice(&body)
-                .map_err(|e| PeerError::Refused(format!("unreadable answer: {e}")));
+            return self.answer(response, &limit).await;
         }
         let detail = match response.json::<ErrorBody>().await {
             Ok(body) => body.error,
@@ -374,6 +363,93 @@ impl Peer {
         } else {
             PeerError::Unreachable(message)
         })
+    }
+}
+
+impl Peer {
+    /// The JSON answer of a call, read as `T`. A short answer is read whole first; a
+    /// long one (a listing of 100,000 paths is about 30 MB) is read as it arrives, on a
+    /// blocking thread, so that the bytes are never held whole beside what they decode
+    /// into. Either way an answer over `max_manifest_size` is refused.
+    async fn answer<T: DeserializeOwned + Send + 'static>(
+        &self,
+        mut response: reqwest::Response,
+        limit: &Limit,
+    ) -> Result<T, PeerError> {
+        let most = self.transport.max_response;
+        let too_large = || {
+            PeerError::Refused(format!(
+                "answer larger than this node's max_manifest_size of {most} bytes"
+            ))
+        };
+        let unreadable =
+            |e: serde_json::Error| PeerError::Refused(format!("unreadable answer: {e}"));
+        let mut read = 0u64;
+        let mut body = Vec::new();
+        while body.len() <= READ_WHOLE_MAX {
+            let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, limit))? else {
+                return serde_json::from_slice(&body).map_err(unreadable);
+            };
+            read += chunk.len() as u64;
+            if read > most {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+        let first = bytes::Bytes::from(body);
+        let decoding = tokio::task::spawn_blocking(move || {
+            let reader = std::io::BufReader::with_capacity(64 * 1024, Chunks { at: first, rx });
+            serde_json::from_reader::<_, T>(reader)
+        });
+        let fed = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len() as u64;
+                    if read > most {
+                        break Err(too_large());
+                    }
+                    // The decoder stopped early: it has its error.
+                    if tx.send(chunk).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(explain(&e, limit)),
+            }
+        };
+        drop(tx);
+        let decoded = decoding.await.expect("answer decoder");
+        // An answer cut short fails to decode: what cut it short is the error.
+        fed?;
+        decoded.map_err(unreadable)
+    }
+}
+
+/// An answer up to this long is read whole, then decoded; a longer one is decoded as it
+/// arrives (see [`Peer::answer`]).
+const READ_WHOLE_MAX: usize = 1 << 20;
+/// Parts of a long answer received and not decoded yet, at most.
+const CHUNKS_AHEAD: usize = 16;
+
+/// A long answer's bytes as they arrive, for a decoder on a blocking thread: the part
+/// being read, then each part the call hands over, to the end of the answer.
+struct Chunks {
+    at: bytes::Bytes,
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(next) => self.at = next,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.at.len());
+        buf[..n].copy_from_slice(&self.at.split_to(n));
+        Ok(n)
     }
 }
 

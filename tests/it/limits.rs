@@ -470,7 +470,7 @@ async fn a_manifest_larger_than_max_manifest_size_is_refused_by_the_sender() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_answer_is_read_whole_within_max_manifest_size_and_refused_past_it() {
+async fn a_large_answer_is_read_as_it_arrives_within_max_manifest_size_and_refused_past_it() {
     let mut group = start(2).await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     // One directory of 8,000 files, each different on the two nodes: the peer's listing
