@@ -455,16 +455,36 @@ pub fn scan(config: &Config, scope: &[String], cache: &HashCache) -> Scan {
 
 /// Scans what `region` lists of every configured directory.
 pub fn scan_region(config: &Config, region: Region, cache: &HashCache) -> Scan {
-    let mut out = Scan::default();
     let mut found = Vec::new();
+    let mut out = walk_region(config, region, cache, &mut |path, entry| {
+        found.push((path, entry));
+        true
+    });
+    out.entries = into_map(found);
+    out
+}
+
+/// Walks what `region` lists of every configured directory, handing each entry to
+/// `found` as it is found (in no particular order), until `found` says `false`. The
+/// scan returned holds what was missing or unreadable, and no entries: a listing sent
+/// as it is walked never holds the tree.
+pub fn walk_region(
+    config: &Config,
+    region: Region,
+    cache: &HashCache,
+    found: &mut dyn FnMut(LogicalPath, Entry) -> bool,
+) -> Scan {
+    let mut out = Scan::default();
     let mut readers = Readers::new(cache);
+    let mut going = true;
     for dir in &config.directories {
-        if region.holds(&dir.path) {
-            scan_directory(config, dir, region, &mut readers, &mut found, &mut out);
+        if going && region.holds(&dir.path) {
+            going = scan_directory(config, dir, region, &mut readers, found, &mut out);
         }
     }
-    found.extend(settle(readers.drain(), &mut out.unreadable));
-    out.entries = into_map(found);
+    for (path, entry) in settle(readers.drain(), &mut out.unreadable) {
+        going = going && found(path, entry);
+    }
     out
 }
 
@@ -516,17 +536,18 @@ pub fn sorted_into_map<K: Ord, V>(items: impl ExactSizeIterator<Item = (K, V)>) 
     }
 }
 
-/// Scans what `region` lists of configured directory `dir` into `found`. Regular files
-/// whose hash is not kept are handed to `readers`; those read so far are taken after
-/// each directory, the rest by the caller.
+/// Scans what `region` lists of configured directory `dir`, handing each entry to
+/// `found`; `false` when `found` stopped it. Regular files whose hash is not kept are
+/// handed to `readers`; those read so far are taken after each directory, the rest by
+/// the caller.
 fn scan_directory(
     config: &Config,
     dir: &Directory,
     region: Region,
     readers: &mut Readers,
-    found: &mut Vec<(LogicalPath, Entry)>,
+    found: &mut dyn FnMut(LogicalPath, Entry) -> bool,
     out: &mut Scan,
-) {
+) -> bool {
     // The configured directory itself may be a symlink placed by the administrator;
     // below it, nothing is followed: each directory is opened from its parent's
     // descriptor, and each name is read relative to its directory's.
@@ -538,9 +559,11 @@ fn scan_directory(
         &mut out.missing,
         &mut out.unreadable,
     ) else {
-        return;
+        return true;
     };
-    found.push((dir.path.as_str().into(), entry));
+    if !found(dir.path.as_str().into(), entry) {
+        return false;
+    }
     let mut next = Some((LogicalPath::from(&dir.path), top));
     let mut pending = Vec::new();
     loop {
@@ -550,12 +573,18 @@ fn scan_directory(
                 if state.content.is_dir() && region.reaches_below(&child) {
                     pending.push(child.clone());
                 }
-                found.push((child, state));
+                if !found(child, state) {
+                    return false;
+                }
             }
-            found.extend(settle(readers.ready(), &mut out.unreadable));
+            for (child, state) in settle(readers.ready(), &mut out.unreadable) {
+                if !found(child, state) {
+                    return false;
+                }
+            }
         }
         let Some(logical) = pending.pop() else {
-            return;
+            return true;
         };
         next = open_walked(config, dir, &mut parents, logical, &mut out.unreadable);
     }
@@ -859,6 +888,31 @@ mod tests {
             let again = sorted_into_map(map.clone().into_iter());
             assert_eq!(again, whole, "{count} paths, from a map");
         }
+    }
+
+    #[test]
+    fn a_walk_stops_when_what_it_finds_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::testing::config_at(tmp.path(), "");
+        let app = config.local_path("/etc/app");
+        std::fs::create_dir_all(app.join("sub")).unwrap();
+        for i in 0..40 {
+            std::fs::write(app.join(format!("f{i}")), "x").unwrap();
+            std::fs::write(app.join(format!("sub/g{i}")), "y").unwrap();
+        }
+        let cache = HashCache::forgetful();
+        let mut all = Vec::new();
+        walk_region(&config, Region::default(), &cache, &mut |path, _| {
+            all.push(path);
+            true
+        });
+        assert_eq!(all.len(), 82, "the top, sub and 80 files");
+        let mut taken = 0;
+        walk_region(&config, Region::default(), &cache, &mut |_, _| {
+            taken += 1;
+            taken < 3
+        });
+        assert_eq!(taken, 3);
     }
 
     #[test]

@@ -491,13 +491,9 @@ impl Node {
         answered
     }
 
-    /// This node's answer from a scan: its entries, or (`digests_only`) one digest per
-    /// configured directory present and no entries.
-    pub fn answer(&self, scan: manifest::Scan, digests_only: bool) -> Answer {
-        if !digests_only {
-            let head = self.response(&scan.missing, scan.unreadable, Vec::new());
-            return Answer::Listing(head, scan.entries);
-        }
+    /// This node's answer from a scan, for a request of digests only: one digest per
+    /// configured directory present, and no entries.
+    pub fn digests_answer(&self, scan: manifest::Scan) -> ManifestResponse {
         let digests = self
             .config
             .directories
@@ -509,7 +505,7 @@ impl Node {
                 entries: None,
             })
             .collect();
-        Answer::Whole(self.response(&scan.missing, scan.unreadable, digests))
+        self.response(&scan.missing, scan.unreadable, digests)
     }
 
     /// A manifest answer of this node: its identity, rights, configured directories
@@ -566,56 +562,117 @@ impl Node {
 /// A manifest answer of this node, as it is sent.
 pub enum Answer {
     Whole(ManifestResponse),
-    /// A listing: the answer without its entries, and the entries of the scan made for
-    /// it, serialised as the answer's `entries` as they are sent rather than copied
-    /// into [`WireEntry`]s first (at 100,000 paths, 15 MB less beside the scan).
-    Listing(ManifestResponse, manifest::Manifest),
+    /// A listing of what `region` (scope, shallow) lists of this node's tree, walked as
+    /// it is sent: each entry is written as the walk finds it, and the fields that
+    /// depend on the walk (which configured directories are present, what could not be
+    /// read) follow the entries. The daemon never holds the tree for a listing: at
+    /// 100,000 paths it held about 40 MB for each listing under way.
+    Listing {
+        node: Arc<Node>,
+        scope: Vec<String>,
+        shallow: Vec<String>,
+    },
 }
 
 impl serde::Serialize for Answer {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let (head, entries) = match self {
+        let (node, scope, shallow) = match self {
             Answer::Whole(whole) => return whole.serialize(serializer),
-            Answer::Listing(head, entries) => (head, entries),
+            Answer::Listing {
+                node,
+                scope,
+                shallow,
+            } => (node, scope, shallow),
         };
-        // The fields of a `ManifestResponse`, its entries taken from the scan.
+        let walked = std::cell::RefCell::new(None);
+        // The fields of a `ManifestResponse`, in the order they can be written.
         #[derive(serde::Serialize)]
         struct Shape<'a> {
             #[serde(flatten)]
             identity: &'a crate::protocol::Identity,
             owners: bool,
-            directories: &'a [DirectoryInfo],
-            entries: Entries<'a>,
-            unreadable: &'a [String],
-            limits: &'a crate::protocol::PeerLimits,
-            #[serde(skip_serializing_if = "<[DirectoryDigest]>::is_empty")]
-            digests: &'a [DirectoryDigest],
-        }
-        struct Entries<'a>(&'a manifest::Manifest);
-        impl serde::Serialize for Entries<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                #[derive(serde::Serialize)]
-                struct Wire<'a> {
-                    path: &'a str,
-                    #[serde(flatten)]
-                    entry: &'a crate::protocol::Entry,
-                }
-                serializer.collect_seq(self.0.iter().map(|(path, entry)| Wire {
-                    path: path.as_str(),
-                    entry,
-                }))
-            }
+            limits: crate::protocol::PeerLimits,
+            entries: Walking<'a>,
+            directories: After<'a, Vec<DirectoryInfo>>,
+            unreadable: After<'a, Vec<String>>,
         }
         Shape {
-            identity: &head.identity,
-            owners: head.owners,
-            directories: &head.directories,
-            entries: Entries(entries),
-            unreadable: &head.unreadable,
-            limits: &head.limits,
-            digests: &head.digests,
+            identity: &node.identity,
+            owners: node.owners,
+            limits: node.config.limits.announced(),
+            entries: Walking {
+                node,
+                region: crate::paths::Region { scope, shallow },
+                walked: &walked,
+            },
+            directories: After(&walked, |head| &head.directories),
+            unreadable: After(&walked, |head| &head.unreadable),
         }
         .serialize(serializer)
+    }
+}
+
+/// The entries of a listing, written as the walk finds them; what the walk found
+/// besides goes into `walked`, as the head of the answer.
+struct Walking<'a> {
+    node: &'a Node,
+    region: crate::paths::Region<'a>,
+    walked: &'a std::cell::RefCell<Option<ManifestResponse>>,
+}
+
+impl serde::Serialize for Walking<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            path: &'a str,
+            #[serde(flatten)]
+            entry: &'a crate::protocol::Entry,
+        }
+        let node = self.node;
+        let mut seq = serializer.serialize_seq(None)?;
+        let mut failed = None;
+        let scan = manifest::walk_region(
+            &node.config,
+            self.region,
+            &node.cache,
+            &mut |path, entry| {
+                let wire = Wire {
+                    path: path.as_str(),
+                    entry: &entry,
+                };
+                match seq.serialize_element(&wire) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            },
+        );
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let head = node.response(&scan.missing, scan.unreadable, Vec::new());
+        *self.walked.borrow_mut() = Some(head);
+        seq.end()
+    }
+}
+
+/// A field of a listing's head, known once its entries are written.
+struct After<'a, T>(
+    &'a std::cell::RefCell<Option<ManifestResponse>>,
+    fn(&ManifestResponse) -> &T,
+);
+
+impl<T: serde::Serialize> serde::Serialize for After<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &*self.0.borrow() {
+            Some(head) => (self.1)(head).serialize(serializer),
+            None => Err(serde::ser::Error::custom(
+                "a listing's head before its entries",
+            )),
+        }
     }
 }
 
@@ -625,55 +682,124 @@ mod tests {
     use crate::protocol::WireEntry;
     use std::time::Duration;
 
+    /// A listing as a peer reads it, its entries in path order.
+    fn listed(answer: Answer) -> ManifestResponse {
+        let mut read: ManifestResponse =
+            serde_json::from_slice(&serde_json::to_vec(&answer).unwrap()).unwrap();
+        read.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        read
+    }
+
     #[test]
-    fn a_listing_answer_is_sent_as_the_answer_with_the_scans_entries_would_be() {
-        let config = Arc::new(crate::testing::config_at(
-            std::path::Path::new("/srv/node"),
-            "",
+    fn a_listing_walked_as_it_is_sent_is_the_answer_a_scan_would_make() {
+        let root = tempfile::tempdir().unwrap();
+        let app = root.path().join("etc/app");
+        std::fs::create_dir_all(app.join("sub/deeper")).unwrap();
+        std::fs::write(app.join("a b.conf"), "a").unwrap();
+        std::fs::write(app.join("\u{e9}t\u{e9}"), "\"quoted\"").unwrap();
+        std::fs::write(app.join("sub/deeper/x"), "x").unwrap();
+        std::os::unix::fs::symlink("../a b.conf", app.join("sub/link")).unwrap();
+        let text = crate::testing::config_text(root.path(), "") + "directory \"/etc/gone\" {}\n";
+        let node = Arc::new(Node::new(
+            Arc::new(crate::testing::parse(&text)),
+            Arc::default(),
+            None,
         ));
-        let node = Node::new(config, Arc::default(), None);
-        let entries: manifest::Manifest = [
-            (
+        for (scope, shallow) in [
+            (vec![], vec![]),
+            (vec!["/etc/app/sub".to_string()], vec![]),
+            (vec![], vec!["/etc/app".to_string()]),
+        ] {
+            let region = crate::paths::Region {
+                scope: &scope,
+                shallow: &shallow,
+            };
+            let scan = manifest::scan_region(&node.config, region, &node.cache);
+            let whole = ManifestResponse {
+                entries: scan
+                    .entries
+                    .iter()
+                    .map(|(path, entry)| WireEntry {
+                        path: path.to_string(),
+                        entry: entry.clone(),
+                    })
+                    .collect(),
+                ..node.response(&scan.missing, scan.unreadable.clone(), Vec::new())
+            };
+            let sent = listed(Answer::Listing {
+                node: node.clone(),
+                scope: scope.clone(),
+                shallow: shallow.clone(),
+            });
+            assert!(!sent.entries.is_empty(), "{scope:?} {shallow:?}");
+            assert_eq!(
+                serde_json::to_value(&sent).unwrap(),
+                serde_json::to_value(&whole).unwrap(),
+                "{scope:?} {shallow:?}"
+            );
+        }
+        let all = listed(Answer::Listing {
+            node: node.clone(),
+            scope: Vec::new(),
+            shallow: Vec::new(),
+        });
+        let paths: Vec<&str> = all.entries.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
                 "/etc/app",
-                crate::protocol::Entry {
-                    content: crate::protocol::Content::Dir,
-                    ..crate::testing::file_entry(b"")
-                },
-            ),
-            ("/etc/app/a b.conf", crate::testing::file_entry(b"a")),
-            (
+                "/etc/app/a b.conf",
+                "/etc/app/sub",
+                "/etc/app/sub/deeper",
+                "/etc/app/sub/deeper/x",
+                "/etc/app/sub/link",
                 "/etc/app/\u{e9}t\u{e9}",
-                crate::testing::file_entry(b"\"quoted\""),
-            ),
-        ]
-        .into_iter()
-        .map(|(path, entry)| (path.into(), entry))
-        .collect();
-        let (missing, unreadable) = (
-            vec!["/etc/gone".to_string()],
-            vec![("/etc/app/locked".to_string(), "denied".to_string())],
+            ]
         );
-        let scan = manifest::Scan {
-            entries: entries.clone(),
-            missing: missing.clone(),
-            unreadable: unreadable.clone(),
+        let gone = all
+            .directories
+            .iter()
+            .find(|d| d.path == "/etc/gone")
+            .unwrap();
+        assert!(
+            !gone.present,
+            "a missing configured directory is told after the walk"
+        );
+    }
+
+    #[test]
+    fn a_listing_whose_reader_goes_away_stops_its_walk() {
+        struct Closing(usize);
+        impl std::io::Write for Closing {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.0 < buf.len() {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                self.0 -= buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let root = tempfile::tempdir().unwrap();
+        let app = root.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        for i in 0..50 {
+            std::fs::write(app.join(format!("f{i}")), "x").unwrap();
+        }
+        let node = Arc::new(Node::new(
+            Arc::new(crate::testing::config_at(root.path(), "")),
+            Arc::default(),
+            None,
+        ));
+        let answer = Answer::Listing {
+            node,
+            scope: Vec::new(),
+            shallow: Vec::new(),
         };
-        let sent = serde_json::to_value(node.answer(scan, false)).unwrap();
-        let whole = ManifestResponse {
-            entries: entries
-                .iter()
-                .map(|(path, entry)| WireEntry {
-                    path: path.to_string(),
-                    entry: entry.clone(),
-                })
-                .collect(),
-            ..node.response(&missing, unreadable, Vec::new())
-        };
-        assert_eq!(sent, serde_json::to_value(&whole).unwrap());
-        let read: ManifestResponse = serde_json::from_value(sent).unwrap();
-        assert_eq!(read.entries.len(), 3);
-        assert_eq!(read.entries[2].path, "/etc/app/\u{e9}t\u{e9}");
-        assert_eq!(read.unreadable, ["/etc/app/locked"]);
+        let failed = serde_json::to_writer(Closing(1000), &answer).unwrap_err();
+        assert!(failed.is_io(), "{failed}");
     }
 
     #[test]

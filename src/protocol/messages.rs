@@ -295,6 +295,7 @@ pub struct ManifestResponse {
     /// Whether the receiver applies owners (it runs as root).
     pub owners: bool,
     pub directories: Vec<DirectoryInfo>,
+    /// In no particular order: a listing is sent as the receiver walks its tree.
     pub entries: Vec<WireEntry>,
     /// Subtrees the receiver could not read; senders leave them alone.
     #[serde(default)]

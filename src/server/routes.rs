@@ -174,6 +174,15 @@ async fn manifest(
             format!("levels: {path} is not a configured directory on this node"),
         ));
     }
+    let listing = request.levels.is_empty() && !request.digests_only;
+    if listing {
+        // Walked as it is sent (see `Answer::Listing`).
+        return Ok(streamed_json(Answer::Listing {
+            node,
+            scope: request.scope,
+            shallow: request.shallow,
+        }));
+    }
     let response = tokio::task::spawn_blocking(move || {
         if !request.levels.is_empty() {
             return Answer::Whole(node.levels(&request.levels));
@@ -182,11 +191,11 @@ async fn manifest(
             scope: &request.scope,
             shallow: &request.shallow,
         };
-        if request.digests_only && region.is_everything() {
+        if region.is_everything() {
             return Answer::Whole(node.whole_tree_digests());
         }
         let scan = manifest::scan_region(&node.config, region, &node.cache);
-        node.answer(scan, request.digests_only)
+        Answer::Whole(node.digests_answer(scan))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
