@@ -356,6 +356,7 @@ impl Engine {
             source: self.local_source(),
             scope: scope.to_vec(),
             refused,
+            listings: std::sync::Mutex::default(),
         });
         if let Some(scan) = scanned {
             let _ = local.state.set(local.finish(scan));
@@ -606,6 +607,7 @@ async fn one_peer(
             let manifest = link.peer.listing(listed).await;
             let local = ToPlan {
                 state: local,
+                outside: Vec::new(),
                 _claim: claim,
             };
             return sync_peer(
@@ -623,6 +625,7 @@ async fn one_peer(
     let listed = Region::scope(&options.scope);
     let local = ToPlan {
         state,
+        outside: Vec::new(),
         _claim: claim,
     };
     sync_peer(
@@ -670,21 +673,13 @@ async fn beside_daemon(
             ..PeerReport::default()
         };
     };
-    let own = claim.source.own.as_ref().zip(self_id.as_deref());
-    let (manifest, ours) = match own {
-        Some((own, id)) => {
-            let (manifest, ours) = tokio::join!(link.peer.listing(listed), own.listing(listed));
-            (manifest, serving_this_node(config, id, ours))
-        }
-        None => (link.peer.listing(listed).await, None),
-    };
-    let state = match (ours, &manifest) {
+    let (manifest, ours) = tokio::join!(link.peer.listing(listed), claim.listed(config, listed));
+    let (state, outside) = match (ours, &manifest) {
         // Reported without this node's tree.
-        (_, Err(_)) => Arc::new(LocalState::new(Scan::default())),
-        (Some(mut ours), Ok(theirs)) => {
-            debug!("this node's levels that differ, as its daemon knows them");
+        (_, Err(_)) => (Arc::new(LocalState::new(Scan::default())), Vec::new()),
+        (Some(ours), Ok(theirs)) => {
             // What the peer holds outside what was listed, for the mass-delete guard.
-            let outside = held
+            let outside: Vec<(String, usize)> = held
                 .into_iter()
                 .map(|(dir, n)| {
                     let listed = theirs
@@ -695,17 +690,13 @@ async fn beside_daemon(
                     (dir, (n as usize).saturating_sub(listed))
                 })
                 .collect();
-            let scan = Scan {
-                missing: missing_directories(&ours),
-                entries: ours.take_entries(),
-                unreadable: Vec::new(),
-            };
-            Arc::new(LocalState::listed(scan, outside))
+            (ours, outside)
         }
-        (None, Ok(_)) => claim.get().await,
+        (None, Ok(_)) => (claim.get().await, Vec::new()),
     };
     let local = ToPlan {
         state,
+        outside,
         _claim: claim,
     };
     sync_peer(
@@ -763,7 +754,19 @@ struct LazyLocal {
     scope: Vec<String>,
     /// Directories whose own validation failed: left alone, as unreadable ones are.
     refused: Vec<(String, String)>,
+    /// What this node's daemon listed, per region listed: peers whose trees differ from
+    /// this node's in the same places (an initial sync to empty peers) share one
+    /// listing, and plan from one state, rather than a copy each.
+    listings: std::sync::Mutex<Vec<(Listed, Arc<OnceListing>)>>,
 }
+
+/// A region listed, as [`Region`] but owned: the directories listed whole, and those
+/// listed one level deep.
+type Listed = (Vec<String>, Vec<String>);
+
+/// This node's entries in a region as its daemon listed them, once; `None` when the
+/// daemon could not serve them (the tree is read here then).
+type OnceListing = tokio::sync::OnceCell<Option<Arc<LocalState>>>;
 
 impl LazyLocal {
     fn finish(&self, mut scan: Scan) -> Arc<LocalState> {
@@ -794,6 +797,40 @@ impl LazyLocal {
         beside::narrow(config, peer, own, id, ours, theirs, &options.scope).await
     }
 
+    /// This node's entries in `region` as its daemon lists them, asked once for all the
+    /// peers of the run that list that region; `None` when there is no daemon to ask, or
+    /// it cannot serve them.
+    async fn listed(&self, config: &Config, region: Region<'_>) -> Option<Arc<LocalState>> {
+        let (own, id) = (self.source.own.as_ref()?, self.source.self_id.as_deref()?);
+        let once = {
+            let mut listings = self.listings.lock().expect("listings lock");
+            let found = listings
+                .iter()
+                .find(|((scope, shallow), _)| scope == region.scope && shallow == region.shallow);
+            match found {
+                Some((_, once)) => once.clone(),
+                None => {
+                    let once = Arc::new(OnceListing::new());
+                    let key = (region.scope.to_vec(), region.shallow.to_vec());
+                    listings.push((key, once.clone()));
+                    once
+                }
+            }
+        };
+        once.get_or_init(|| async {
+            let mut ours = serving_this_node(config, id, own.listing(region).await)?;
+            debug!("this node's levels that differ, as its daemon knows them");
+            let scan = Scan {
+                missing: missing_directories(&ours),
+                entries: ours.take_entries(),
+                unreadable: Vec::new(),
+            };
+            Some(Arc::new(LocalState::new(scan)))
+        })
+        .await
+        .clone()
+    }
+
     async fn get(&self) -> Arc<LocalState> {
         self.state
             .get_or_init(|| async { self.finish(self.source.scan(&self.scope).await) })
@@ -819,6 +856,9 @@ impl Drop for LazyLocal {
 /// has planned: the last claim dropped lets the local state go.
 struct ToPlan {
     state: Arc<LocalState>,
+    /// Where `state` holds only what was listed: how many of the peer's entries lie
+    /// outside that, per configured directory (see [`peer::Mine`]).
+    outside: Vec<(String, usize)>,
     _claim: Arc<LazyLocal>,
 }
 
@@ -918,6 +958,7 @@ mod tests {
             },
             scope: Vec::new(),
             refused: Vec::new(),
+            listings: std::sync::Mutex::default(),
         });
         // Two peers' claims; the run keeps none.
         let (first, second) = (local.clone(), local);

@@ -88,13 +88,19 @@ impl PeerTerms {
     }
 }
 
+/// This node's side as one peer plans from it: the state the peers of a run share, and
+/// how many of the peer's entries lie outside what was listed, per configured directory,
+/// where the state holds only what was listed (what the mass-delete guard counts there;
+/// empty otherwise: this node's entries that lie outside are counted).
+#[derive(Clone, Copy)]
+struct Mine<'a> {
+    state: &'a Arc<LocalState>,
+    outside: &'a [(String, usize)],
+}
+
 /// The local scan, shared by all peers of a run, and the plans made for them.
 pub(super) struct LocalState {
     scan: Scan,
-    /// Per configured directory, how many entries of the peer's lie outside what was
-    /// listed, when `scan` holds only what was listed (see [`LocalState::listed`]).
-    /// Otherwise empty: those of this node's entries that lie outside are counted.
-    outside: Vec<(String, usize)>,
     /// Each plan made so far: peers whose plans are the same (an initial sync to empty
     /// peers) share one, not a copy each. Held weakly: a plan goes once every push of
     /// it is done (and this state with the last one: the plans refer to its entries).
@@ -105,18 +111,7 @@ impl LocalState {
     pub(super) fn new(scan: Scan) -> LocalState {
         LocalState {
             scan,
-            outside: Vec::new(),
             plans: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The state of this node's tree as far as one peer's run lists it (`scan` holds
-    /// those entries only), for which the peer holds `outside` entries per configured
-    /// directory outside what was listed: what the mass-delete guard counts there.
-    pub(super) fn listed(scan: Scan, outside: Vec<(String, usize)>) -> LocalState {
-        LocalState {
-            outside,
-            ..LocalState::new(scan)
         }
     }
 
@@ -188,7 +183,11 @@ pub(super) async fn sync_peer(
         return report;
     }
 
-    let Some(ops) = plan_for(config, &local.state, &remote, options, listed, &mut report) else {
+    let mine = Mine {
+        state: &local.state,
+        outside: &local.outside,
+    };
+    let Some(ops) = plan_for(config, mine, &remote, options, listed, &mut report) else {
         return report;
     };
     // Planned: the peer's listing is not needed any more, nor this node's but for the
@@ -212,7 +211,7 @@ pub(super) async fn sync_peer(
 /// is reported. `None` when the mass-delete guard refuses it (reported too).
 fn plan_for(
     config: &Config,
-    local: &Arc<LocalState>,
+    local: Mine<'_>,
     remote: &ManifestResponse,
     options: &Options,
     listed: Region<'_>,
@@ -228,7 +227,9 @@ fn plan_for(
     // Owners count where the peer applies them and this node can read them as they are:
     // a sender not running as root holds its own copies, owned by itself.
     let owners = remote.owners && crate::tree::applies_owners();
-    let mut ops = local.plan(|local| views.ours(local), &views.theirs, owners);
+    let mut ops = local
+        .state
+        .plan(|local| views.ours(local), &views.theirs, owners);
     // A directory on the peer holding paths this node excludes stays: deleting it could
     // only fail, and those paths are not this node's to delete.
     let keeps = kept_directories(config, remote, directories_deleted(ops.ops()));
@@ -448,16 +449,17 @@ impl<'a> Views<'a> {
 /// `remote`).
 fn views<'a>(
     config: &'a Config,
-    local: &'a LocalState,
+    local: Mine<'a>,
     remote: &'a ManifestResponse,
     scope: &'a [String],
     listed: Region<'a>,
 ) -> Views<'a> {
     let (shared, refused) = peer_rules(config, &remote.directories, |dir| {
         // Missing here or out of scope: not part of this run.
-        local.scan.entries.contains_key(dir.path.as_str()) && in_scope(&dir.path, scope)
+        local.state.scan.entries.contains_key(dir.path.as_str()) && in_scope(&dir.path, scope)
     });
     let unknown: Vec<&str> = local
+        .state
         .scan
         .unreadable
         .iter()
@@ -476,7 +478,7 @@ fn views<'a>(
     };
     let mut unlisted: Vec<(&str, usize)> = Vec::new();
     let mut taken = 0;
-    for path in local.scan.entries.keys() {
+    for path in local.state.scan.entries.keys() {
         match views.takes(path) {
             Ok(()) => taken += 1,
             Err(Some(dir)) if path != dir => match unlisted.iter_mut().find(|(d, _)| *d == dir) {
@@ -486,13 +488,13 @@ fn views<'a>(
             Err(_) => {}
         }
     }
-    for (dir, n) in &local.outside {
+    for (dir, n) in local.outside {
         match unlisted.iter_mut().find(|(d, _)| d == dir) {
             Some((_, held)) => *held += n,
             None => unlisted.push((dir, *n)),
         }
     }
-    views.whole = taken == local.scan.entries.len();
+    views.whole = taken == local.state.scan.entries.len();
     views.theirs = remote
         .entries
         .iter()
