@@ -493,22 +493,22 @@ const MAP_WHOLE_MAX: usize = 16 * 1024;
 /// Parts a long list is made into a map in (see [`into_map`]).
 const MAP_PARTS: usize = 4;
 
-/// The map of the scan's list `found` (each path once). Built from the sorted list, its
+/// The map of the list `found` (each key once): a scan's, or a listing's. Built from the sorted list, its
 /// nodes are full: at 100,000 paths, a quarter less memory than inserting the paths one
 /// by one. A long list is made into a map a part at a time, from its end, each part
 /// leaving the list as it joins the map, so that the whole list is never held beside the
 /// whole map (8.8 MB less at the peak of a scan of 100,000 paths). Each part joins the
 /// map by rebuilding it: at four parts, every entry is moved about twice more.
-fn into_map(mut found: Vec<(LogicalPath, Entry)>) -> Manifest {
+pub fn into_map<K: Ord, V>(mut found: Vec<(K, V)>) -> BTreeMap<K, V> {
     if found.len() <= MAP_WHOLE_MAX {
         return found.into_iter().collect();
     }
     found.shrink_to_fit();
     found.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
     let part = found.len().div_ceil(MAP_PARTS);
-    let mut map = Manifest::new();
+    let mut map = BTreeMap::new();
     while !found.is_empty() {
-        let mut below: Manifest = found.drain(found.len().saturating_sub(part)..).collect();
+        let mut below: BTreeMap<K, V> = found.drain(found.len().saturating_sub(part)..).collect();
         found.shrink_to_fit();
         below.append(&mut map);
         map = below;

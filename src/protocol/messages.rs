@@ -336,14 +336,17 @@ impl ManifestResponse {
     }
 
     /// Takes its entries out, by path (a `String` or a [`LogicalPath`]
-    /// (crate::paths::LogicalPath)).
+    /// (crate::paths::LogicalPath)), into a map made as a scan's is (see
+    /// [`manifest::into_map`](crate::manifest::into_map)): the entries, in their own
+    /// memory, leave it a part at a time as they join the map.
     pub fn take_entries<K: From<String> + Ord>(
         &mut self,
     ) -> std::collections::BTreeMap<K, super::Entry> {
-        std::mem::take(&mut self.entries)
+        let pairs: Vec<(K, super::Entry)> = std::mem::take(&mut self.entries)
             .into_iter()
             .map(|w| (K::from(w.path), w.entry))
-            .collect()
+            .collect();
+        crate::manifest::into_map(pairs)
     }
 }
 
