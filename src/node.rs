@@ -72,6 +72,10 @@ pub struct Node {
     pub placed: Arc<Placed>,
     /// The last answer to a request for the whole tree's digests, while it is current.
     pub(crate) digests: std::sync::Mutex<Option<KeptDigests>>,
+    /// Held while the whole tree's digests are walked: requests that come meanwhile
+    /// (each peer of the group compares with this node after a push) wait for that
+    /// walk's answer, rather than walk the tree each.
+    digests_walking: std::sync::Mutex<()>,
     /// The edits made here and not pushed (a receive-only node's; empty on a sending
     /// node, which pushes them).
     pub local_edits: LocalEdits,
@@ -344,6 +348,7 @@ impl Node {
             generation: Arc::default(),
             placed: Arc::default(),
             digests: std::sync::Mutex::new(None),
+            digests_walking: std::sync::Mutex::new(()),
             local_edits: LocalEdits::default(),
         }
     }
@@ -451,14 +456,24 @@ impl Node {
     /// `answer` of the kept digests and levels, or of a walk made now (and kept, when
     /// the watcher tells the tree's generation).
     fn digests_walked<T>(&self, answer: impl Fn(&KeptDigests) -> T) -> T {
-        let before = self.generation.current();
-        if let Some(now) = before {
+        let kept = |now: Option<u64>| {
             let kept = self.digests.lock().expect("digests lock");
-            if let Some(kept) = kept.as_ref() {
-                if kept.generation == now && kept.at.elapsed() < DIGESTS_KEPT_FOR {
-                    return answer(kept);
-                }
-            }
+            kept.as_ref()
+                .filter(|kept| Some(kept.generation) == now && kept.at.elapsed() < DIGESTS_KEPT_FOR)
+                .map(&answer)
+        };
+        if let Some(answered) = kept(self.generation.current()) {
+            return answered;
+        }
+        // One walk at a time, when its answer can be kept: one that ended while this
+        // request waited answers it too.
+        let _walking = self
+            .generation
+            .current()
+            .map(|_| self.digests_walking.lock().expect("digests walking lock"));
+        let before = self.generation.current();
+        if let Some(answered) = kept(before) {
+            return answered;
         }
         // Hashed while walking: the tree's manifest is never built for this.
         let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
