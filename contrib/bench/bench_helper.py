@@ -198,6 +198,11 @@ def fmt(values, how):
     return f"{(statistics.median if how == 'med' else min)(values):.3f}"
 
 
+def theirs(key):
+    """The rsync scenario a gosyncd scenario is compared with."""
+    return key.removeprefix("beside-")
+
+
 def table(results):
     print(read_value(results, "title"))
     print()
@@ -207,12 +212,13 @@ def table(results):
     print("-" * len(head))
     rows = [
         ("(a) initial sync, 3 empty peers", "initial"),
+        ("(a) beside node 1's daemon", "beside-initial"),
         ("(b) no-change audit (dry run)", "nochange"),
         ("(c) one file changed", "onefile"),
     ]
     for label, key in rows:
-        g, r, s = times(results, f"gosyncd-{key}"), times(results, f"rsync-{key}"), \
-            times(results, f"rsyncseq-{key}")
+        g, r, s = times(results, f"gosyncd-{key}"), times(results, f"rsync-{theirs(key)}"), \
+            times(results, f"rsyncseq-{theirs(key)}")
         ratio = f"{statistics.median(g) / statistics.median(r):.2f}x" if g and r else "-"
         print(f"{label:<34} {fmt(g, 'med'):>11} {fmt(g, 'min'):>7}   {fmt(r, 'med'):>9}"
               f" {fmt(r, 'min'):>7}   {ratio:>6}   {fmt(s, 'med'):>13}")
@@ -234,7 +240,7 @@ def table(results):
     print("kernel's threads; median seconds; writes rsync leaves unflushed are written")
     print("back after its run, not charged to it):")
     for label, key in rows:
-        g, r = cpu(results, f"gosyncd-{key}"), cpu(results, f"rsync-{key}")
+        g, r = cpu(results, f"gosyncd-{key}"), cpu(results, f"rsync-{theirs(key)}")
         ratio = f"{statistics.median(g) / statistics.median(r):.2f}x" if g and r else "-"
         print(f"  {label:<34} gosyncd {fmt(g, 'med'):>7}   rsync {fmt(r, 'med'):>7}   {ratio:>6}")
     after = [float(x) for x in read_value(results, "gosyncd-initial.after", "").split()]
@@ -245,6 +251,9 @@ def table(results):
     print("peak memory (max resident set size):")
     for label, key in [
         ("gosyncd sync client, (a) initial", "rss-gosyncd-initial"),
+        ("gosyncd sync client, (a) initial, node 1's daemon running", "rss-gosyncd-beside-initial"),
+        ("gosyncd node 1's daemon, (a) with it running", "rss-node1-daemon"),
+        ("gosyncd peer daemons, (a) with it, their start included", "rss-peers-beside"),
         ("gosyncd sync client, (b) no-change dry run", "rss-gosyncd-nochange"),
         ("gosyncd sync client, (c) one file changed", "rss-gosyncd-onefile"),
         ("gosyncd peer daemon 127.0.0.3 (VmHWM after the runs)", "rss-daemon-1"),

@@ -12,6 +12,8 @@
 #
 # What it measures, RUNS times each (median and min of wall-clock seconds):
 #   (a) initial sync to three empty peers  gosyncd sync       | rsync -a --delete
+#       and again with node 1's own daemon running, as every node of a group runs one:
+#       the command then takes node 1's tree from the daemon, which keeps its hashes
 #   (b) no-change audit                    gosyncd sync -dry  | rsync -a --delete -n -i
 #   (c) one file changed, then sync        gosyncd sync       | rsync -a --delete
 # gosyncd handles its peers concurrently, so the three rsyncs run concurrently too; their
@@ -315,6 +317,25 @@ printf '%s\n' "$("$bin" --version) vs $(rsync --version | awk 'NR == 1 { print $
     paste -sd' ' >"$res/title"
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+# with_node1_daemon RUN: the initial sync again, node 1's own daemon running (started
+# after the peers, stopped after the run; its VmHWM kept). Both ends of the group then
+# compare at the daemons' starts: drift is logged, nothing is pushed.
+with_node1_daemon() {
+    local run=$1 pid
+    empty_peers
+    "$bin" -config "$work/node1.hcl" >>"$logs/node1.log" 2>&1 &
+    pid=$!
+    wait_listening 127.0.0.2 "$gport" "$pid" "$logs/node1.log"
+    gosyncd_run beside-initial "$run" "$work/node1.hcl" sync
+    settle gosyncd-beside-initial
+    verify "gosyncd initial sync beside node 1's daemon (run $run)" "${gosyncd_dirs[@]}"
+    awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" >>"$res/rss-node1-daemon.kb"
+    for i in 1 2 3; do
+        awk '/^VmHWM:/ { print $2 }' "/proc/${daemon_pids[i - 1]}/status" >>"$res/rss-peers-beside.kb"
+    done
+    stop "$pid"
+}
+
 log "(a) initial sync to 3 empty peers, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
     empty_peers
@@ -332,9 +353,18 @@ for ((run = 1; run <= RUNS; run++)); do
     empty "${rsync_dirs[@]}"
     rsync_run rsyncfsync-initial "$run" conc --fsync
     verify "rsync --fsync initial copy (run $run)" "${rsync_dirs[@]}"
+    with_node1_daemon "$run"
     log "  run $run: gosyncd $(tail -n 1 "$res/gosyncd-initial.times")s ($added paths added)," \
+        "beside node 1's daemon $(tail -n 1 "$res/gosyncd-beside-initial.times")s," \
         "rsync $(tail -n 1 "$res/rsync-initial.times")s"
 done
+# The peers' VmHWM from here on: (b) and (c), and the last initial sync without node 1's
+# daemon (the one with it makes the peers compare their empty trees with node 1's at
+# their start, which is not part of a sync).
+empty_peers
+gosyncd_run initial "$((RUNS + 1))" "$work/node1.hcl" sync
+settle gosyncd-initial
+verify "gosyncd initial sync (one run more)" "${gosyncd_dirs[@]}"
 
 log "(b) no-change audit, $RUNS runs"
 for ((run = 1; run <= RUNS; run++)); do
