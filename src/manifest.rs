@@ -805,7 +805,9 @@ fn stat_below(fd: &OwnedFd, name: &str, logical: &str, cache: &HashCache) -> io:
 fn hash_below(fd: &OwnedFd, name: &str, logical: &str, cache: &HashCache) -> io::Result<Entry> {
     let (opened, before) = crate::tree::open_regular_with_stat(fd, name)?;
     let mut file = File::from(opened);
-    let sha256 = hash_reader(&mut file)?;
+    // Read to the size it had, not to the end (one system call less for a small file):
+    // grown or shrunk meanwhile, it has another size after.
+    let sha256 = hash_reader((&mut file).take(before.st_size as u64))?;
     let after = rustix::fs::fstat(&file)?;
     if Stamp::of_stat(&before) != Stamp::of_stat(&after) {
         return Err(io::Error::other("changed while it was read"));

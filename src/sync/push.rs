@@ -324,8 +324,8 @@ fn send_file(
     let (parent, name) = parents
         .parent(config, dir, &op.path)
         .map_err(|e| Some(Unsendable::Unreadable(e.to_string())))?;
-    let fd = crate::tree::open_regular(&parent, &name).map_err(|e| unreadable(&e))?;
-    let before = rustix::fs::fstat(&fd).map_err(|e| unreadable(&e))?;
+    let (fd, before) =
+        crate::tree::open_regular_with_stat(&parent, &name).map_err(|e| unreadable(&e))?;
     if before.st_size as u64 != size {
         return Err(Some(Unsendable::Changed));
     }

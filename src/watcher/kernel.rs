@@ -344,9 +344,13 @@ fn read_events(shared: &Shared, wake: &OwnedFd, queue: &Queue) {
             return;
         }
         let mut reader = inotify::Reader::new(&shared.fd, &mut buffer);
+        let mut read = 0;
         loop {
             match reader.next() {
-                Ok(event) => reading.event(&event),
+                Ok(event) => {
+                    read += 1;
+                    reading.event(&event)
+                }
                 Err(Errno::AGAIN) => break,
                 Err(Errno::INTR) => continue,
                 Err(e) => {
@@ -363,8 +367,21 @@ fn read_events(shared: &Shared, wake: &OwnedFd, queue: &Queue) {
         reading.moved_out();
         reading.walk_again();
         reading.hand_over();
+        // Events coming in a stream (a peer's batch placing thousands of files): let more
+        // of them gather before the next read, rather than wake for a few at a time. A
+        // save's few events are read at once.
+        if read >= STREAM_EVENTS {
+            std::thread::sleep(STREAM_GATHER);
+        }
     }
 }
+
+/// Events read at once from which more are taken to be coming in a stream.
+const STREAM_EVENTS: usize = 64;
+/// How long the reading thread lets a stream's events gather between two reads: a
+/// batch places a few hundred files a millisecond, far below what the kernel's queue
+/// holds (`fs.inotify.max_queued_events`, 16,384 by default).
+const STREAM_GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// What the reading thread holds between events.
 struct Reading<'a> {
