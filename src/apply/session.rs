@@ -5,7 +5,7 @@
 //! is reached again through the `fs` primitives. What the outcomes mean for the caller
 //! (commit or rejection) is not its business but `batch`'s.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -76,6 +76,9 @@ pub(super) struct Session {
     pub(super) foreign_owners: bool,
     /// Where each file put in place is noted, for this node's watcher (see [`Placed`]).
     pub(super) placed: Option<Arc<Placed>>,
+    /// Directories (logical paths) this batch made: what is put in them is put without
+    /// reading the state of its name first (see [`Session::apply_at`]).
+    made: HashSet<String>,
 }
 
 impl Session {
@@ -95,6 +98,7 @@ impl Session {
             parents: Parents::default(),
             foreign_owners: false,
             placed: None,
+            made: HashSet::new(),
         }
     }
 
@@ -174,9 +178,20 @@ impl Session {
         owners: bool,
         content: Option<Result<Received, String>>,
     ) -> Outcome {
-        let checked = match at.current_state() {
-            Ok(checked) => checked,
-            Err(outcome) => return outcome,
+        // A name in a directory this batch made holds nothing but what another process
+        // may have put there since: a put there reads no state (an initial sync's every
+        // file), and takes the name only if it is still free, as a put of a new path
+        // does (a link, a rename or a `mkdir` that fails on a taken name, then a
+        // conflict). Nothing there is replaced unseen.
+        let fresh = at.kept.is_none()
+            && matches!(at.op.action, Action::Put { .. })
+            && self.made.contains(paths::parent(&at.op.path));
+        let checked = match fresh {
+            true => None,
+            false => match at.current_state() {
+                Ok(checked) => checked,
+                Err(outcome) => return outcome,
+            },
         };
         let current = checked.as_ref().map(|(entry, _)| entry);
         // Owners the sender could not know: compared nowhere, and a replaced file keeps
@@ -255,6 +270,7 @@ impl Session {
                 Outcome::Applied
             }
             Ok(Step::Made { .. }) => {
+                self.made.insert(at.op.path.to_string());
                 self.changed.insert(at.index);
                 self.dirty.insert(paths::parent(&at.op.path).to_string());
                 Outcome::Applied
@@ -711,6 +727,75 @@ mod tests {
             assert_eq!(r.outcome, Outcome::Applied, "{}", r.path);
         }
         assert!(app.join("sub/new").is_dir());
+    }
+
+    #[test]
+    fn what_another_process_puts_in_a_directory_the_batch_made_is_never_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = test_config(tmp.path());
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(&app).unwrap();
+        let dir = Op {
+            path: "/etc/app/new".into(),
+            action: Action::Put {
+                entry: Entry {
+                    content: Content::Dir,
+                    mode: 0o755,
+                    uid: rustix::process::geteuid().as_raw(),
+                    gid: rustix::process::getegid().as_raw(),
+                    mtime_ns: 0,
+                },
+            },
+            expect: None,
+        };
+        let (file, other) = (
+            put("/etc/app/new/f", b"pushed"),
+            put("/etc/app/new/g", b"g"),
+        );
+        let link = put("/etc/app/new/l", b"");
+        let link = Op {
+            action: Action::Put {
+                entry: Entry {
+                    content: Content::Symlink { target: "f".into() },
+                    ..crate::testing::file_entry(b"")
+                },
+            },
+            ..link
+        };
+        let ops = [dir, file, other, link];
+        let contents: Vec<&[u8]> = vec![b"pushed", b"g"];
+        let body = crate::protocol::encode_batch(&BatchHeader::new(ops.to_vec()), &contents);
+        let reader = crate::protocol::BatchReader::start(body.as_slice()).unwrap();
+        let (_, mut staged) = crate::apply::staging::receive(&c, reader).unwrap();
+        let mut session = Session::new(true, "a test");
+        let mut results = Vec::new();
+        for (index, op) in ops.iter().enumerate() {
+            let outcome = session.apply(&c, true, index, op, staged.take(index));
+            results.push(OpResult {
+                path: op.path.to_string(),
+                outcome,
+                found: None,
+            });
+            if index == 0 {
+                // Another process, between the batch's mkdir and its puts.
+                std::fs::write(app.join("new/f"), b"theirs").unwrap();
+                std::fs::create_dir(app.join("new/l")).unwrap();
+            }
+        }
+        session.finish(&c, &mut results);
+        let outcomes: Vec<&Outcome> = results.iter().map(|r| &r.outcome).collect();
+        assert_eq!(outcomes[0], &Outcome::Applied);
+        assert!(matches!(outcomes[1], Outcome::Conflict(_)), "{outcomes:?}");
+        assert_eq!(outcomes[2], &Outcome::Applied);
+        assert!(matches!(outcomes[3], Outcome::Conflict(_)), "{outcomes:?}");
+        assert_eq!(std::fs::read(app.join("new/f")).unwrap(), b"theirs");
+        assert_eq!(std::fs::read(app.join("new/g")).unwrap(), b"g");
+        assert!(app.join("new/l").is_dir());
+        let left: Vec<String> = std::fs::read_dir(app.join("new"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 3, "no temporary file left: {left:?}");
     }
 
     #[test]
