@@ -19,6 +19,7 @@ use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::hooks;
 use crate::manifest::{self, now_ns, Generation, HashCache, Placed, Stamp};
+use crate::paths::LogicalPath;
 use crate::protocol::{
     DirectoryDigest, DirectoryInfo, Entry, HeldPath, Identity, ManifestResponse, PeerStatus,
     StatusCounters, StatusResponse,
@@ -163,9 +164,13 @@ impl PeerRecord {
 
     /// Records the paths found to differ from this node that nobody is delivering;
     /// returns whether that set changed.
-    pub fn set_drift(&self, drift: &std::collections::BTreeSet<String>) -> bool {
+    pub fn set_drift(&self, drift: &std::collections::BTreeSet<LogicalPath>) -> bool {
         let mut state = self.state.lock().expect("peer record lock");
-        let listed: Vec<String> = drift.iter().take(DRIFT_PATHS_LISTED).cloned().collect();
+        let listed: Vec<String> = drift
+            .iter()
+            .take(DRIFT_PATHS_LISTED)
+            .map(LogicalPath::to_string)
+            .collect();
         let changed = state.drift_paths != Some(drift.len() as u64) || state.drift != listed;
         state.drift_paths = Some(drift.len() as u64);
         state.drift = listed;

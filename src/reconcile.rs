@@ -77,8 +77,10 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     let config = engine.config().clone();
     // Local edits noted from here on are newer than what this pass sees.
     let mark = node.local_edits.mark();
-    // The drift of each peer judged by this pass.
-    let mut verdicts: Vec<BTreeSet<String>> = Vec::new();
+    // The paths found to differ from a peer judged by this pass, all peers together
+    // (paths shared with the comparison's plan), and whether any peer was judged.
+    let mut differs = Drift::new();
+    let mut judged = false;
     let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     // Holds learnt from here on are newer than what this pass sees: never forgotten by it.
     let marks: Vec<u64> = records.iter().map(|r| r.outbox.mark()).collect();
@@ -139,8 +141,8 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
                     // A directory missing here cannot be judged: no verdict rather than a
                     // false "no drift".
                     if let (Some(record), true) = (record, none_missing) {
-                        report_drift(record, BTreeSet::new(), config.role);
-                        verdicts.push(BTreeSet::new());
+                        report_drift(record, &Drift::new(), config.role);
+                        judged = true;
                     }
                 } else {
                     debug!(peer = %label, directories = ?dirs, "digests differ: comparing");
@@ -154,11 +156,13 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     // whole scan is not held beside it (at 100,000 paths, 15 MB).
     drop(scan);
     if !differing.is_empty() {
-        verdicts.extend(compare_paths(engine, records, &compare, differing, first).await);
+        for drift in compare_paths(engine, records, &compare, differing, first).await {
+            differs.extend(drift);
+            judged = true;
+        }
     }
-    if !verdicts.is_empty() {
-        let still_differs = |path: &str| verdicts.iter().any(|drift| drift.contains(path));
-        node.local_edits.settle(mark, still_differs);
+    if judged {
+        node.local_edits.settle(mark, |path| differs.contains(path));
     }
     // The peers' answers are freed now.
     crate::memory::give_back_soon();
@@ -173,7 +177,7 @@ async fn compare_paths(
     compare: &BTreeSet<String>,
     differing: BTreeSet<String>,
     first: bool,
-) -> Vec<BTreeSet<String>> {
+) -> Vec<Drift> {
     // Only the peers whose digests differ: the others would list the same directories
     // for nothing.
     let options = Options {
@@ -206,6 +210,11 @@ async fn compare_paths(
         first,
     )
 }
+
+/// The paths found to differ from a peer, shared with the comparison's plan (a path
+/// once for all peers: at 100,000 paths and three empty peers, a copy of each for each
+/// peer was 30 MB).
+type Drift = BTreeSet<LogicalPath>;
 
 /// A peer's outbox as a comparison began.
 #[derive(Default)]
@@ -268,7 +277,7 @@ fn settle(
     scope: &[String],
     role: Role,
     first: bool,
-) -> Vec<BTreeSet<String>> {
+) -> Vec<Drift> {
     let mut verdicts = Vec::new();
     let record_of = |label: &str| records.iter().find(|r| r.label() == label);
     for peer in &report.peers {
@@ -295,7 +304,7 @@ fn settle(
         let none = Before::default();
         let before = before.get(&peer.peer).unwrap_or(&none);
         let drift = sort(peer, &record.outbox, scope, before);
-        report_drift(record, drift.clone(), role);
+        report_drift(record, &drift, role);
         verdicts.push(drift);
     }
     verdicts
@@ -303,17 +312,17 @@ fn settle(
 
 /// Records a peer's drift, and logs it when it changed, with what to do: on a
 /// receive-only node, which never pushes, the group's version is taken back here.
-fn report_drift(record: &PeerRecord, drift: BTreeSet<String>, role: Role) {
+fn report_drift(record: &PeerRecord, drift: &Drift, role: Role) {
     let peer = record.label();
     record.set_unreachable(false);
-    if !record.set_drift(&drift) {
+    if !record.set_drift(drift) {
         return;
     }
     if drift.is_empty() {
         info!(%peer, "no drift with this peer");
         return;
     }
-    let list: Vec<&str> = drift.iter().map(String::as_str).collect();
+    let list: Vec<&str> = drift.iter().map(LogicalPath::as_str).collect();
     let shown = list[..list.len().min(DRIFT_PATHS_SHOWN)].join(", ");
     let more = list.len().saturating_sub(DRIFT_PATHS_SHOWN);
     let more = if more > 0 {
@@ -343,12 +352,7 @@ fn report_drift(record: &PeerRecord, drift: BTreeSet<String>, role: Role) {
 /// outbox are delivered now (woken), held ones stay held (those no longer differing are
 /// forgotten: the peer holds this node's version now, unless the hold is newer than the
 /// comparison); returns the rest, the drift.
-fn sort(
-    peer: &PeerReport,
-    outbox: &Outbox,
-    compared: &[String],
-    before: &Before,
-) -> BTreeSet<String> {
+fn sort(peer: &PeerReport, outbox: &Outbox, compared: &[String], before: &Before) -> Drift {
     let differing: BTreeSet<LogicalPath> = peer.changes.iter().map(|c| c.path).collect();
     outbox.forget_held_before(before.mark, |path| {
         compared.iter().any(|dir| is_within(path, dir)) && !differing.contains(path)
@@ -369,7 +373,7 @@ fn sort(
             }
             None => !before.waiting.contains(c.path.as_str()),
         })
-        .map(|c| c.path.to_string())
+        .map(|c| c.path)
         .collect();
     if waiting {
         outbox.contact();
