@@ -384,16 +384,21 @@ impl Peer {
         };
         let unreadable =
             |e: serde_json::Error| PeerError::Refused(format!("unreadable answer: {e}"));
+        // Every part of the answer counts towards `most`, read whole or not.
         let mut read = 0u64;
+        let mut count = |chunk: &bytes::Bytes| {
+            read += chunk.len() as u64;
+            match read > most {
+                true => Err(too_large()),
+                false => Ok(()),
+            }
+        };
         let mut body = Vec::new();
         while body.len() <= READ_WHOLE_MAX {
             let Some(chunk) = response.chunk().await.map_err(|e| explain(&e, limit))? else {
                 return serde_json::from_slice(&body).map_err(unreadable);
             };
-            read += chunk.len() as u64;
-            if read > most {
-                return Err(too_large());
-            }
+            count(&chunk)?;
             body.extend_from_slice(&chunk);
         }
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
@@ -405,9 +410,8 @@ impl Peer {
         let fed = loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
-                    read += chunk.len() as u64;
-                    if read > most {
-                        break Err(too_large());
+                    if let Err(e) = count(&chunk) {
+                        break Err(e);
                     }
                     // The decoder stopped early: it has its error.
                     if tx.send(chunk).await.is_err() {

@@ -493,9 +493,9 @@ const MAP_WHOLE_MAX: usize = 16 * 1024;
 /// Parts a long list is made into a map in (see [`into_map`]).
 const MAP_PARTS: usize = 4;
 
-/// The map of the list `found` (each key once): a scan's, or a listing's. Built from the sorted list, its
-/// nodes are full: at 100,000 paths, a quarter less memory than inserting the paths one
-/// by one. A long list is made into a map a part at a time, from its end, each part
+/// The map of the list `found` (each key once): a scan's, or a listing's. Built from the
+/// sorted list, its nodes are full: at 100,000 paths, a quarter less memory than
+/// inserting the paths one by one. A long list is made into a map a part at a time, from its end, each part
 /// leaving the list as it joins the map, so that the whole list is never held beside the
 /// whole map (8.8 MB less at the peak of a scan of 100,000 paths). Each part joins the
 /// map by rebuilding it: at four parts, every entry is moved about twice more.

@@ -467,15 +467,13 @@ impl Node {
                 .filter(|kept| Some(kept.generation) == now && kept.at.elapsed() < DIGESTS_KEPT_FOR)
                 .map(&answer)
         };
-        if let Some(answered) = kept(self.generation.current()) {
+        let now = self.generation.current();
+        if let Some(answered) = kept(now) {
             return answered;
         }
-        // One walk at a time, when its answer can be kept: one that ended while this
-        // request waited answers it too.
-        let _walking = self
-            .generation
-            .current()
-            .map(|_| self.digests_walking.lock().expect("digests walking lock"));
+        // One walk at a time, when its answer can be kept (the tree is watched): one that
+        // ended while this request waited answers it too.
+        let _walking = now.map(|_| self.digests_walking.lock().expect("digests walking lock"));
         let before = self.generation.current();
         if let Some(answered) = kept(before) {
             return answered;
