@@ -3,12 +3,14 @@
 //! A push keeps a change per path and peer until its report is told: at 100,000 paths
 //! pushed to three peers, 300,000 of them. Nearly all are operations of the plan done
 //! as planned, and the plan is kept anyway (the peers planned alike share it): those
-//! are kept as their index in it, 4 bytes each instead of a 32-byte [`Change`], and
-//! made into changes as they are read. Anything else is kept as its change.
+//! are kept as runs of consecutive indices in it (a batch's operations are done in
+//! order, so a whole push is a few runs), and made into changes as they are read.
+//! Anything else is kept as its change.
 //!
 //! Plain data: no I/O.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::{Change, ChangeStatus};
@@ -25,11 +27,11 @@ pub struct Changes {
 #[derive(Clone)]
 enum Item {
     One(Change),
-    /// The operations of `plan` at `indices`, in this order, done (or to be done) as
-    /// planned.
+    /// The operations of `plan` in `runs` of consecutive indices, in this order, done
+    /// (or to be done) as planned.
     Done {
         plan: Arc<Plan>,
-        indices: Vec<u32>,
+        runs: Vec<Range<u32>>,
     },
 }
 
@@ -50,24 +52,34 @@ impl Changes {
     /// Operation `index` of `plan`, done (or to be done) as planned.
     pub fn push_done(&mut self, plan: &Arc<Plan>, index: usize) {
         let index = u32::try_from(index).expect("a plan holds fewer than 2^32 operations");
-        match self.items.last_mut() {
-            Some(Item::Done {
-                plan: last,
-                indices,
-            }) if Arc::ptr_eq(last, plan) => indices.push(index),
-            _ => self.items.push(Item::Done {
-                plan: plan.clone(),
-                indices: vec![index],
-            }),
-        }
-        self.len += 1;
+        self.push_run(plan, index..index + 1);
     }
 
     /// Every operation of `plan`, done (or to be done) as planned.
     pub fn push_plan(&mut self, plan: &Arc<Plan>) {
-        for index in 0..plan.len() {
-            self.push_done(plan, index);
+        let len = u32::try_from(plan.len()).expect("a plan holds fewer than 2^32 operations");
+        self.push_run(plan, 0..len);
+    }
+
+    /// The operations of `plan` in `run`, done (or to be done) as planned.
+    fn push_run(&mut self, plan: &Arc<Plan>, run: Range<u32>) {
+        if run.is_empty() {
+            return;
         }
+        self.len += run.len();
+        if let Some(Item::Done { plan: last, runs }) = self.items.last_mut() {
+            if Arc::ptr_eq(last, plan) {
+                match runs.last_mut() {
+                    Some(before) if before.end == run.start => before.end = run.end,
+                    _ => runs.push(run),
+                }
+                return;
+            }
+        }
+        self.items.push(Item::Done {
+            plan: plan.clone(),
+            runs: vec![run],
+        });
     }
 
     /// The changes, in order.
@@ -89,33 +101,30 @@ impl Changes {
                     }
                     items.push(Item::One(change));
                 }
-                Item::Done { plan, indices } => {
+                Item::Done { plan, runs } => {
                     let path_of = |i: u32| &plan.ops()[i as usize].path;
-                    if !indices.iter().any(|&i| path_of(i).as_str() == path) {
-                        items.push(Item::Done { plan, indices });
+                    if !runs
+                        .iter()
+                        .flat_map(Range::clone)
+                        .any(|i| path_of(i).as_str() == path)
+                    {
+                        items.push(Item::Done { plan, runs });
                         continue;
                     }
                     // Split around the changes restated.
-                    let mut run: Vec<u32> = Vec::new();
-                    for i in indices {
+                    let mut kept = Changes::default();
+                    for i in runs.into_iter().flatten() {
                         if path_of(i).as_str() != path {
-                            run.push(i);
+                            kept.push_run(&plan, i..i + 1);
                             continue;
                         }
-                        if !run.is_empty() {
-                            items.push(Item::Done {
-                                plan: plan.clone(),
-                                indices: std::mem::take(&mut run),
-                            });
-                        }
+                        items.append(&mut std::mem::take(&mut kept).items);
                         items.push(Item::One(Change {
                             path: path_of(i).clone(),
                             status: status.clone(),
                         }));
                     }
-                    if !run.is_empty() {
-                        items.push(Item::Done { plan, indices: run });
-                    }
+                    items.append(&mut kept.items);
                 }
             }
         }
@@ -123,10 +132,13 @@ impl Changes {
     }
 }
 
+/// The indices of an item's runs, in order.
+type Indices<'a> = std::iter::Flatten<std::iter::Cloned<std::slice::Iter<'a, Range<u32>>>>;
+
 /// The changes of a [`Changes`], in order.
 pub struct Iter<'a> {
     items: std::slice::Iter<'a, Item>,
-    run: Option<(&'a [Planned<'a>], std::slice::Iter<'a, u32>)>,
+    run: Option<(&'a [Planned<'a>], Indices<'a>)>,
 }
 
 impl Iterator for Iter<'_> {
@@ -135,7 +147,7 @@ impl Iterator for Iter<'_> {
     fn next(&mut self) -> Option<Change> {
         loop {
             if let Some((plan, indices)) = &mut self.run {
-                if let Some(&i) = indices.next() {
+                if let Some(i) = indices.next() {
                     let op = &plan[i as usize];
                     return Some(Change {
                         path: op.path.clone(),
@@ -146,7 +158,9 @@ impl Iterator for Iter<'_> {
             }
             match self.items.next()? {
                 Item::One(change) => return Some(change.clone()),
-                Item::Done { plan, indices } => self.run = Some((plan.ops(), indices.iter())),
+                Item::Done { plan, runs } => {
+                    self.run = Some((plan.ops(), runs.iter().cloned().flatten()));
+                }
             }
         }
     }
@@ -249,18 +263,26 @@ mod tests {
         let one_by_one: Changes = changes.iter().collect();
         assert_eq!(one_by_one, changes);
         assert_eq!(changes.iter().next().unwrap().status.name(), "refused");
-        // Runs of the same plan are one item: what a run of operations costs is an
-        // index each.
+        // Operations of the same plan told one after the other are one item, and
+        // consecutive ones one run.
         assert_eq!(changes.items.len(), 4);
+        let Item::Done { runs, .. } = &changes.items[1] else {
+            panic!("kept one by one");
+        };
+        assert_eq!(runs, &[0..1, 2..3]);
 
         let mut big = Changes::default();
         let many = plan_of(&vec!["/etc/app/f"; 10_000]);
+        for index in 0..many.len() {
+            big.push_done(&many, index);
+        }
         big.push_plan(&many);
+        assert_eq!(big.len(), 20_000);
         assert_eq!(big.items.len(), 1);
-        let Item::Done { indices, .. } = &big.items[0] else {
+        let Item::Done { runs, .. } = &big.items[0] else {
             panic!("kept one by one");
         };
-        assert!(indices.capacity() * std::mem::size_of::<u32>() <= 2 * 4 * 10_000);
+        assert_eq!(runs, &[0..10_000, 0..10_000]);
         assert!(big
             .iter()
             .all(|c| c.status == ChangeStatus::Done(ChangeKind::Added)));
