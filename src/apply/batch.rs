@@ -46,7 +46,7 @@ pub fn apply_batch(
         .iter()
         .enumerate()
         .map(|(index, op)| OpResult {
-            path: op.path.to_string(),
+            path: op.path.clone(),
             outcome: session.apply(config, owners, index, op, staged.take(index)),
             found: None,
         })
@@ -110,7 +110,7 @@ impl Applied {
                 .iter()
                 .enumerate()
                 .filter(|(index, r)| r.outcome == Outcome::Applied && self.changed.contains(index))
-                .map(|(_, r)| r.path.clone()),
+                .map(|(_, r)| r.path.to_string()),
         )
     }
 

@@ -650,7 +650,7 @@ mod tests {
         let mut session = Session::new(true, "a test");
         let outcome = session.apply(config, owners, 0, op, staged.take(0));
         let mut results = vec![OpResult {
-            path: op.path.to_string(),
+            path: op.path.clone(),
             outcome,
             found: None,
         }];
@@ -717,7 +717,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(index, op)| OpResult {
-                path: op.path.to_string(),
+                path: op.path.clone(),
                 outcome: session.apply(&c, false, index, op, None),
                 found: None,
             })
@@ -772,7 +772,7 @@ mod tests {
         for (index, op) in ops.iter().enumerate() {
             let outcome = session.apply(&c, true, index, op, staged.take(index));
             results.push(OpResult {
-                path: op.path.to_string(),
+                path: op.path.clone(),
                 outcome,
                 found: None,
             });

@@ -161,17 +161,18 @@ fn receive_within<R: Read>(
         let dir = config
             .directory_of(&op.path)
             .ok_or_else(|| format!("{}: outside the configured directories", op.path))?;
-        let top = tops
-            .entry(dir.path.clone())
-            .or_insert_with(|| {
+        // Looked up before it is made: the directory's path is copied once, not per file.
+        let top = match tops.get(&dir.path) {
+            Some(top) => top.clone(),
+            None => {
                 let top = open_dir(config.local_path(&dir.path))
                     .map(Arc::new)
-                    .map_err(|e| {
-                        format!("cannot open the configured directory {}: {e}", dir.path)
-                    })?;
-                Ok((anonymous_files_in(config, &top), top))
-            })
-            .clone();
+                    .map(|top| (anonymous_files_in(config, &top), top))
+                    .map_err(|e| format!("cannot open the configured directory {}: {e}", dir.path));
+                tops.insert(dir.path.clone(), top.clone());
+                top
+            }
+        };
         let file = match top {
             Ok((unwatched, top)) => {
                 if let Some(early) = &mut early {

@@ -155,7 +155,7 @@ impl Outcome {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(try_from = "ResultFields<Option<String>, Option<Found>>")]
 pub struct OpResult {
-    pub path: String,
+    pub path: LogicalPath,
     #[serde(flatten)]
     pub outcome: Outcome,
     /// For an operation not applied: what the receiver holds at the path once the batch
@@ -213,7 +213,7 @@ impl TryFrom<ResultFields<Option<String>, Option<Found>>> for OpResult {
     ) -> Result<OpResult, &'static str> {
         let (outcome, path, found) = fields.into_parts()?;
         Ok(OpResult {
-            path: path.ok_or("missing field `path`")?,
+            path: path.ok_or("missing field `path`")?.into(),
             outcome,
             found,
         })
