@@ -15,6 +15,7 @@
 
 mod beside;
 mod changes;
+mod contents;
 mod peer;
 mod progress;
 mod push;
@@ -31,6 +32,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use self::changes::Changes;
+use self::contents::{RunContents, Sharer};
 pub use self::peer::PeerLink;
 pub(crate) use self::peer::{digests_agree, directories_differing};
 use self::peer::{
@@ -357,6 +359,7 @@ impl Engine {
             scope: scope.to_vec(),
             refused,
             listings: std::sync::Mutex::default(),
+            contents: RunContents::default(),
         });
         if let Some(scan) = scanned {
             let _ = local.state.set(local.finish(scan));
@@ -477,9 +480,19 @@ impl Engine {
         let dir_deletes: Vec<String> = directories_deleted(ops.ops()).map(str::to_string).collect();
         let ops = push::without_oversized(ops, &terms.limits, &mut report);
         let progress = Progress::default();
-        push(&self.config, peer, ops, &terms, &progress, &mut report)
-            .instrument(span.clone())
-            .await;
+        // Each peer's push reads its own files: nothing is kept for the others.
+        let contents = Arc::new(Sharer::alone());
+        push(
+            &self.config,
+            peer,
+            ops,
+            &terms,
+            &progress,
+            &contents,
+            &mut report,
+        )
+        .instrument(span.clone())
+        .await;
         if report.error.is_some() {
             // The peer may have restarted with other directories or limits: ask again
             // before the next push.
@@ -608,7 +621,7 @@ async fn one_peer(
             let local = ToPlan {
                 state: local,
                 outside: Vec::new(),
-                _claim: claim,
+                claim,
             };
             return sync_peer(
                 config, &link.peer, manifest, local, self_id, &options, listed,
@@ -626,7 +639,7 @@ async fn one_peer(
     let local = ToPlan {
         state,
         outside: Vec::new(),
-        _claim: claim,
+        claim,
     };
     sync_peer(
         config, &link.peer, manifest, local, self_id, &options, listed,
@@ -697,7 +710,7 @@ async fn beside_daemon(
     let local = ToPlan {
         state,
         outside,
-        _claim: claim,
+        claim,
     };
     sync_peer(
         config, &link.peer, manifest, local, self_id, options, listed,
@@ -758,6 +771,8 @@ struct LazyLocal {
     /// this node's in the same places (an initial sync to empty peers) share one
     /// listing, and plan from one state, rather than a copy each.
     listings: std::sync::Mutex<Vec<(Listed, Arc<OnceListing>)>>,
+    /// Contents read by the push to one peer, for the pushes of the same plan to others.
+    contents: RunContents,
 }
 
 /// A region listed, as [`Region`] but owned: the directories listed whole, and those
@@ -859,7 +874,7 @@ struct ToPlan {
     /// Where `state` holds only what was listed: how many of the peer's entries lie
     /// outside that, per configured directory (see [`peer::Mine`]).
     outside: Vec<(String, usize)>,
-    _claim: Arc<LazyLocal>,
+    claim: Arc<LazyLocal>,
 }
 
 /// An answer of this node's daemon (identity `id`), when it is usable here: that daemon
@@ -959,6 +974,7 @@ mod tests {
             scope: Vec::new(),
             refused: Vec::new(),
             listings: std::sync::Mutex::default(),
+            contents: RunContents::default(),
         });
         // Two peers' claims; the run keeps none.
         let (first, second) = (local.clone(), local);

@@ -7,7 +7,7 @@ use std::io;
 use bytes::Bytes;
 
 /// Frames of a body waiting to be sent, per body.
-pub const FRAMES_IN_FLIGHT: usize = 4;
+pub const FRAMES_IN_FLIGHT: usize = 2;
 /// Bytes gathered into one frame of a body: a few TLS records. Every body being sent
 /// has its frames in flight: a sender's memory per peer, a daemon's per answer.
 pub const FRAME_BYTES: usize = 64 * 1024;

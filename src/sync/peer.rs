@@ -193,8 +193,10 @@ pub(super) async fn sync_peer(
     // Planned: the peer's listing is not needed any more, nor this node's but for the
     // entries the plan refers to (it keeps this node's state while it lives).
     let terms = PeerTerms::of(&remote);
-    drop((remote, local));
     let ops = super::push::without_oversized(ops, &terms.limits, &mut report);
+    // The pushes given this very plan read each file once between them.
+    let contents = Arc::new(local.claim.contents.join(&ops));
+    drop((remote, local));
     if options.dry_run && options.diff && !ops.is_empty() {
         report.diffs = crate::diff::diffs(config, peer, ops.ops()).await;
     }
@@ -202,7 +204,16 @@ pub(super) async fn sync_peer(
         report.changes.push_plan(&ops);
         return report;
     }
-    push(config, peer, ops, &terms, &options.progress, &mut report).await;
+    push(
+        config,
+        peer,
+        ops,
+        &terms,
+        &options.progress,
+        &contents,
+        &mut report,
+    )
+    .await;
     report
 }
 

@@ -6,12 +6,13 @@
 //!
 //! It does not plan or choose what to send: the caller hands it the operations.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
 
+use super::contents::Sharer;
 use super::peer::PeerTerms;
 use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEvent};
 use crate::client::{Peer, PeerError};
@@ -29,8 +30,10 @@ const OPS_PER_BATCH: usize = 100_000;
 /// (see [`DirectoryInfo::together`](crate::protocol::DirectoryInfo)): both ends hold a
 /// batch's operations while it is under way, a few hundred bytes each, so a large push
 /// (an initial sync) goes in batches of this many, and its memory does not grow with the
-/// tree. Each batch costs one request and one flush on the receiver.
-const OPS_PER_SPLIT_BATCH: usize = 4096;
+/// tree. Each batch costs one request and one flush on the receiver. Its answer, a
+/// result of about 60 bytes per operation, comes at once: the sender's connection
+/// grows its read buffer to hold it (4096 operations made that 400 KiB per peer).
+const OPS_PER_SPLIT_BATCH: usize = 2048;
 /// Room counted for one operation's entry in a batch header, besides its path: the
 /// JSON of an entry with both states (two digests, modes, owners, times) is under 400
 /// bytes.
@@ -88,6 +91,7 @@ pub(super) async fn push(
     plan: Arc<Plan>,
     terms: &PeerTerms,
     progress: &Progress,
+    contents: &Arc<Sharer>,
     report: &mut PeerReport,
 ) {
     let label = peer.remote.label.clone();
@@ -105,7 +109,7 @@ pub(super) async fn push(
                 break None;
             }
             let batch = Arc::new(Outgoing::new(plan.clone(), indices));
-            let sent = send(peer, config, &batch, &mut maybe_applied).await;
+            let sent = send(peer, config, &batch, contents, &mut maybe_applied).await;
             let fault = batch.fault.lock().expect("fault lock").take();
             match (sent, fault) {
                 // A file of this batch could not be sent as planned: the peer was told the
@@ -269,10 +273,14 @@ impl Outgoing {
 /// The body of a batch as a stream: the header, then each content read from disk as
 /// the request goes, by a blocking task of its own. A file that no longer matches its
 /// operation is recorded as the batch's fault and ends the stream with an error.
-fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) {
+fn body_of(
+    config: &Arc<Config>,
+    batch: &Arc<Outgoing>,
+    contents: &Arc<Sharer>,
+) -> (reqwest::Body, u64) {
     let length = batch.body_length();
     let (tx, stream) = frames::channel();
-    let (config, batch) = (config.clone(), batch.clone());
+    let (config, batch, contents) = (config.clone(), batch.clone(), contents.clone());
     tokio::task::spawn_blocking(move || {
         let mut frames = Frames::new(&tx);
         if protocol::write_batch_header(&batch.header(), batch.head_length, &mut frames).is_err() {
@@ -284,7 +292,8 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
             if op.needs_content().is_none() {
                 continue;
             }
-            if let Err(why) = send_file(&config, &mut parents, op, &mut frames) {
+            let planned = (batch.indices[index], op);
+            if let Err(why) = send_file(&config, &mut parents, planned, &contents, &mut frames) {
                 let Some(why) = why else { return };
                 *batch.fault.lock().expect("fault lock") = Some(Fault { index, why });
                 let _ = tx.blocking_send(Err(io::Error::other("a file changed while it was sent")));
@@ -296,12 +305,15 @@ fn body_of(config: &Arc<Config>, batch: &Arc<Outgoing>) -> (reqwest::Body, u64) 
     (reqwest::Body::wrap_stream(stream), length)
 }
 
-/// Adds one file's content, as planned by `op`, to the frames. `Err(None)`: the request
-/// is gone (nothing more to send); `Err(Some(why))`: the file cannot be sent as planned.
+/// Adds one file's content, as planned by `op` (operation `index` of the plan), to the
+/// frames: as another push of the run read it, if it left it in `contents`, or read
+/// from disk now (and left there for the others). `Err(None)`: the request is gone
+/// (nothing more to send); `Err(Some(why))`: the file cannot be sent as planned.
 fn send_file(
     config: &Config,
     parents: &mut Parents,
-    op: &Planned<'_>,
+    (index, op): (usize, &Planned<'_>),
+    contents: &Sharer,
     frames: &mut Frames<'_>,
 ) -> Result<(), Option<Unsendable>> {
     let Some(entry) = op.put else {
@@ -311,6 +323,12 @@ fn send_file(
         return Ok(());
     };
     let size = *size;
+    let shares = contents.shares(size);
+    if shares {
+        if let Some(bytes) = contents.take(index, sha256) {
+            return frames.write_all(&bytes).map_err(|_| None);
+        }
+    }
     let unreadable = |e: &dyn std::fmt::Display| {
         Some(Unsendable::Unreadable(format!(
             "cannot read the local file: {e}"
@@ -342,6 +360,7 @@ fn send_file(
         rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(0)).map_err(|e| unreadable(&e))?;
     }
     let mut file = std::fs::File::from(fd);
+    let mut kept = shares.then(|| Vec::with_capacity(size as usize));
     let mut left = size;
     while left > 0 {
         let frame = &mut frames.frame;
@@ -357,6 +376,9 @@ fn send_file(
             Err(e) => return Err(unreadable(&e)),
         };
         left -= n as u64;
+        if let Some(kept) = &mut kept {
+            kept.extend_from_slice(&frames.frame[start..start + n]);
+        }
         if frames.frame.len() >= FRAME_BYTES {
             frames.send().map_err(|_| None)?;
         }
@@ -366,6 +388,9 @@ fn send_file(
     let stamp = |st: &rustix::fs::Stat| (st.st_size, mtime(st), st.st_ctime, st.st_ctime_nsec);
     if stamp(&after) != stamp(&before) {
         return Err(Some(Unsendable::Changed));
+    }
+    if let Some(kept) = kept {
+        contents.keep(index, *sha256, kept);
     }
     Ok(())
 }
@@ -388,12 +413,13 @@ async fn send(
     peer: &Peer,
     config: &Arc<Config>,
     batch: &Arc<Outgoing>,
+    contents: &Arc<Sharer>,
     maybe_applied: &mut bool,
 ) -> Result<ApplyAnswer, PeerError> {
     let deadline = Instant::now() + BUSY_RETRY_BOUND;
     let mut wait = BUSY_RETRY_FIRST;
     loop {
-        let (body, length) = body_of(config, batch);
+        let (body, length) = body_of(config, batch, contents);
         match peer.apply_stream(body, length).await {
             Err(e)
                 if e.is_momentary()
