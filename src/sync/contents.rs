@@ -47,6 +47,10 @@ struct Kept {
     reached: Vec<Option<usize>>,
     by_index: BTreeMap<usize, Content>,
     bytes: usize,
+    /// The pushes that held the one ahead up for [`KEPT_FOR`]: nothing is kept for them
+    /// any more (they read their files themselves), so that one slow or stalled peer
+    /// does not hold the others to the pace of a content kept per half second.
+    behind: u64,
 }
 
 #[derive(Debug)]
@@ -163,7 +167,7 @@ impl Sharer {
             other.wanted &= !bit;
             return;
         }
-        let wanted = kept.still(kept.members & !bit, index);
+        let wanted = kept.still(kept.members & !bit & !kept.behind, index);
         if wanted == 0 || bytes.len() > KEPT_BYTES {
             return;
         }
@@ -196,11 +200,28 @@ impl Sharer {
                     forget = true;
                 }
                 _ => {
+                    // Those that have not taken it in that time are left behind: what
+                    // is kept only for them goes.
+                    let late = content.wanted;
+                    kept.behind |= late;
+                    for content in kept.by_index.values_mut() {
+                        content.wanted &= !late;
+                    }
                     if let Some(gone) = kept.by_index.remove(&oldest) {
                         kept.bytes -= gone.bytes.len();
                     }
+                    forget = true;
                 }
             }
+        }
+        // Those it was kept for may have been left behind meanwhile, and what was kept
+        // for them alone not let go of yet.
+        if wanted & kept.behind != 0 {
+            kept.forget_unwanted();
+        }
+        let wanted = wanted & !kept.behind;
+        if wanted == 0 {
+            return;
         }
         kept.bytes += bytes.len();
         let content = Content {
@@ -331,15 +352,44 @@ mod tests {
             assert!(waited >= Duration::from_millis(90), "{waited:?}");
             assert!(waited < KEPT_FOR, "{waited:?}");
         });
-        // The other push is held up: operation 1 goes once it has waited its time.
+        // The other push is held up: once the oldest has waited its time, it goes, and
+        // with it everything kept for that push alone.
         let started = Instant::now();
         s[0].keep(3, digest, block.clone());
         let waited = started.elapsed();
         assert!(waited < KEPT_FOR + Duration::from_millis(200), "{waited:?}");
-        assert_eq!(s[1].take(1, &digest), None, "the oldest went");
-        assert!(s[1].take(2, &digest).is_some());
-        assert!(s[1].take(3, &digest).is_some());
         assert_eq!(bytes_kept(&s[0]), 0);
+        assert_eq!(s[1].take(1, &digest), None, "the oldest went");
+        assert_eq!(s[1].take(2, &digest), None, "kept for it alone");
+        assert_eq!(s[1].take(3, &digest), None, "not kept: no push wants it");
+    }
+
+    #[test]
+    fn a_push_that_held_the_others_up_once_is_kept_nothing_more() {
+        let s = sharers(3);
+        let block = vec![7u8; KEPT_BYTES / 2];
+        let digest = Digest256::of(&block);
+        // The third push takes its share; the second is stalled.
+        s[0].keep(0, digest, block.clone());
+        s[0].keep(1, digest, block.clone());
+        assert!(s[2].take(0, &digest).is_some());
+        assert!(s[2].take(1, &digest).is_some());
+        let started = Instant::now();
+        s[0].keep(2, digest, block.clone());
+        assert!(
+            started.elapsed() >= KEPT_FOR,
+            "waited once for the stalled push"
+        );
+        // Left behind: what was kept for it alone went, and no later content waits
+        // for it.
+        assert_eq!(s[1].take(0, &digest), None);
+        let started = Instant::now();
+        for index in 3..10 {
+            s[0].keep(index, digest, block.clone());
+            assert!(s[2].take(index, &digest).is_some(), "still shared");
+        }
+        assert!(started.elapsed() < KEPT_FOR, "{:?}", started.elapsed());
+        assert_eq!(s[1].take(9, &digest), None, "kept for the others only");
     }
 
     #[test]
