@@ -363,6 +363,12 @@ impl HashCache {
         HashCache { kept: Some(hashes) }
     }
 
+    /// Whether it keeps hashes at all: a scan for a cache that keeps none reads every
+    /// regular file whatever its `stat` says.
+    fn remembers(&self) -> bool {
+        self.kept.is_some()
+    }
+
     fn get(&self, logical: &str, stamp: &Stamp) -> Option<Digest256> {
         self.kept.as_ref()?.hash_of(logical, stamp)
     }
@@ -677,7 +683,12 @@ fn children(
         }
     };
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
+    // Where every regular file is read anyway, one the listing says is regular is not
+    // `stat`ed first: opening it says what it is (a file that is no longer regular then
+    // is recorded as unreadable, and nothing below it is planned). Its size counts only
+    // until helpers start.
+    let unstatted = !readers.cache().remembers();
+    for (name, kind) in names {
         let Ok(name) = name.into_string() else {
             warn!(directory = %logical, "skipping a name that is not UTF-8");
             continue;
@@ -687,6 +698,10 @@ fn children(
         }
         let child = child_path(logical, &name);
         if dir.excludes.is_excluded(&child) || !region.holds(&child) {
+            continue;
+        }
+        if unstatted && kind == rustix::fs::FileType::RegularFile && !readers.gathering() {
+            readers.read(fd, child, 0);
             continue;
         }
         match stat_below(fd, &name, &child, readers.cache()) {
@@ -734,15 +749,17 @@ fn child_path(logical: &str, name: &str) -> LogicalPath {
     LogicalPath::from(child.as_str())
 }
 
-/// The names in an opened directory, but `.` and `..`.
-fn list(fd: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+/// The names in an opened directory, but `.` and `..`, each with the type the listing
+/// gives (`Unknown` where the file system gives none).
+fn list(fd: &OwnedFd) -> io::Result<Vec<(std::ffi::OsString, rustix::fs::FileType)>> {
     use std::os::unix::ffi::OsStrExt;
     let mut names = Vec::new();
     for entry in rustix::fs::Dir::read_from(fd)? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+            let name = std::ffi::OsStr::from_bytes(name).to_os_string();
+            names.push((name, entry.file_type()));
         }
     }
     Ok(names)
@@ -1269,6 +1286,62 @@ mod tests {
         assert_ne!(
             walked,
             scan_digests(&config, &HashCache::forgetful(), true).digests
+        );
+    }
+
+    /// Kept hashes that never hold one: every file is `stat`ed first, then read.
+    struct Never;
+
+    impl Hashes for Never {
+        fn hash_of(&self, _: &str, _: &Stamp) -> Option<Digest256> {
+            None
+        }
+        fn hashed(&self, _: &str, _: &Stamp, _: Digest256) {}
+    }
+
+    #[test]
+    fn a_scan_that_opens_listed_files_without_stat_finds_what_one_that_stats_them_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("etc/app");
+        std::fs::create_dir_all(app.join("sub/deeper")).unwrap();
+        // Enough files for helpers to start: past that, a listed regular file is
+        // opened without a `stat` where no hash is kept.
+        for i in 0..200 {
+            let dir = if i % 3 == 0 {
+                app.join("sub")
+            } else {
+                app.clone()
+            };
+            std::fs::write(dir.join(format!("f{i:03}.conf")), format!("{i}\n")).unwrap();
+        }
+        std::fs::write(app.join("sub/deeper/last"), b"last").unwrap();
+        std::fs::write(app.join("zz.swp"), b"excluded").unwrap();
+        std::os::unix::fs::symlink("f001.conf", app.join("zz-link")).unwrap();
+        std::os::unix::fs::symlink("sub", app.join("zz-dir-link")).unwrap();
+        std::fs::create_dir(app.join("zz-empty")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            app.join("zz-fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let config = config_at(tmp.path(), r#""*.swp""#);
+        let unstatted = scan(&config, &[], &HashCache::forgetful());
+        let statted = scan(&config, &[], &HashCache::kept_by(Arc::new(Never)));
+        assert_eq!(unstatted.entries, statted.entries);
+        assert_eq!(unstatted.unreadable, statted.unreadable);
+        assert!(unstatted.unreadable.is_empty());
+        assert_eq!(unstatted.entries.len(), 1 + 2 + 200 + 1 + 3);
+        assert!(!unstatted.entries.contains_key("/etc/app/zz.swp"));
+        assert!(!unstatted.entries.contains_key("/etc/app/zz-fifo"));
+        assert_eq!(
+            unstatted.entries["/etc/app/sub/f000.conf"].content,
+            Content::File {
+                size: 2,
+                sha256: Digest256::of(b"0\n")
+            }
         );
     }
 

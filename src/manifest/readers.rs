@@ -3,9 +3,10 @@
 //! scan costs when no hash is kept (a command beside no daemon, a daemon starting): a
 //! second core nearly halves it.
 //!
-//! The walker lists and `stat`s; each file whose content must be read is handed over
-//! with its directory's descriptor, so that it is opened below that descriptor, never
-//! by path. The helpers live as long as the walk, and exit with it: an idle daemon keeps
+//! The walker lists and `stat`s (where no hash is kept, a file the listing says is
+//! regular is not `stat`ed: opening it tells); each file whose content must be read is
+//! handed over with its directory's descriptor, so that it is opened below that
+//! descriptor, never by path. The helpers live as long as the walk, and exit with it: an idle daemon keeps
 //! no thread for this.
 
 use std::any::Any;
@@ -83,6 +84,12 @@ impl Readers {
     /// Where the hashes of the files read are taken and kept.
     pub(super) fn cache(&self) -> &HashCache {
         &self.cache
+    }
+
+    /// Whether files handed over are still gathered to decide on helpers: their sizes
+    /// count then, not later.
+    pub(super) fn gathering(&self) -> bool {
+        matches!(self.way, Way::Gathering { .. })
     }
 
     /// Hands over the regular file of directory `dir` at logical path `logical`, `size`
