@@ -48,8 +48,9 @@ struct Kept {
     by_index: BTreeMap<usize, Content>,
     bytes: usize,
     /// The pushes that held the one ahead up for [`KEPT_FOR`]: nothing is kept for them
-    /// any more (they read their files themselves), so that one slow or stalled peer
-    /// does not hold the others to the pace of a content kept per half second.
+    /// (they read their files themselves) until they catch up with the slowest of the
+    /// others, so that one slow or stalled peer does not hold the others to the pace of
+    /// a content kept per half second.
     behind: u64,
 }
 
@@ -77,6 +78,17 @@ impl Kept {
             .filter(|&slot| wanted & (1 << slot) != 0)
             .filter(|&slot| self.reached[slot].is_none_or(|at| at < index))
             .fold(0, |still, slot| still | (1 << slot))
+    }
+
+    /// Whether push `slot`, left behind and now at `index`, has caught up with the
+    /// slowest of the others that are not: contents are kept for it again.
+    fn caught_up(&self, slot: usize, index: usize) -> bool {
+        let others = self.members & !self.behind & !(1 << slot);
+        (0..self.reached.len())
+            .filter(|&other| others & (1 << other) != 0)
+            .map(|other| self.reached[other].unwrap_or(0))
+            .min()
+            .is_none_or(|slowest| index >= slowest)
     }
 
     /// Lets go of every content no push will take.
@@ -137,6 +149,9 @@ impl Sharer {
         let bit = 1 << slot;
         let mut kept = self.shared.lock();
         kept.reached[slot] = Some(index);
+        if kept.behind & bit != 0 && kept.caught_up(slot, index) {
+            kept.behind &= !bit;
+        }
         let content = kept.by_index.get_mut(&index)?;
         if content.sha256 != *sha256 || content.wanted & bit == 0 {
             return None;
@@ -365,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    fn a_push_that_held_the_others_up_once_is_kept_nothing_more() {
+    fn a_push_that_held_the_others_up_is_kept_nothing_until_it_catches_up() {
         let s = sharers(3);
         let block = vec![7u8; KEPT_BYTES / 2];
         let digest = Digest256::of(&block);
@@ -390,6 +405,11 @@ mod tests {
         }
         assert!(started.elapsed() < KEPT_FOR, "{:?}", started.elapsed());
         assert_eq!(s[1].take(9, &digest), None, "kept for the others only");
+        // Caught up with the slowest of the others, it shares again.
+        assert_eq!(s[2].take(10, &digest), None);
+        assert_eq!(s[1].take(10, &digest), None, "read by itself");
+        s[0].keep(11, digest, block.clone());
+        assert!(s[1].take(11, &digest).is_some(), "kept for it again");
     }
 
     #[test]
