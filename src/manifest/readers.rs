@@ -6,8 +6,8 @@
 //! The walker lists and `stat`s (where no hash is kept, a file the listing says is
 //! regular is not `stat`ed: opening it tells); each file whose content must be read is
 //! handed over with its directory's descriptor, so that it is opened below that
-//! descriptor, never by path. The helpers live as long as the walk, and exit with it: an idle daemon keeps
-//! no thread for this.
+//! descriptor, never by path. The helpers live as long as the walk, and exit with it:
+//! an idle daemon keeps no thread for this.
 
 use std::any::Any;
 use std::io;
