@@ -74,10 +74,18 @@ pub(crate) struct Sharer {
 impl Kept {
     /// Of `wanted`, the pushes that have not gone past `index` yet.
     fn still(&self, wanted: u64, index: usize) -> u64 {
-        (0..SHARERS_MOST)
-            .filter(|&slot| wanted & (1 << slot) != 0)
-            .filter(|&slot| self.reached[slot].is_none_or(|at| at < index))
-            .fold(0, |still, slot| still | (1 << slot))
+        // The bits set only (a few pushes), not every possible one: this runs for each
+        // content kept whenever the room is full.
+        let mut still = 0;
+        let mut bits = wanted;
+        while bits != 0 {
+            let slot = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if self.reached[slot].is_none_or(|at| at < index) {
+                still |= 1 << slot;
+            }
+        }
+        still
     }
 
     /// Whether push `slot`, left behind and now at `index`, has caught up with the
