@@ -501,10 +501,11 @@ const MAP_PARTS: usize = 4;
 
 /// The map of the list `found` (each key once): a scan's, or a listing's. Built from the
 /// sorted list, its nodes are full: at 100,000 paths, a quarter less memory than
-/// inserting the paths one by one. A long list is made into a map a part at a time, from its end, each part
-/// leaving the list as it joins the map, so that the whole list is never held beside the
-/// whole map (8.8 MB less at the peak of a scan of 100,000 paths). Each part joins the
-/// map by rebuilding it: at four parts, every entry is moved about twice more.
+/// inserting the paths one by one. A long list is made into a map a part at a time,
+/// from its end, each part leaving the list as it joins the map, so that the whole list
+/// is never held beside the whole map (8.8 MB less at the peak of a scan of 100,000
+/// paths). Each part joins the map by rebuilding it: at four parts, every entry is moved
+/// about twice more.
 pub fn into_map<K: Ord, V>(mut found: Vec<(K, V)>) -> BTreeMap<K, V> {
     if found.len() <= MAP_WHOLE_MAX {
         return found.into_iter().collect();

@@ -310,6 +310,13 @@ mod tests {
         sharer.shared.lock().bytes
     }
 
+    /// A content that fills half the room, and its digest: two of them fill it.
+    fn half_the_room() -> (Vec<u8>, Digest256) {
+        let block = vec![7u8; KEPT_BYTES / 2];
+        let digest = Digest256::of(&block);
+        (block, digest)
+    }
+
     #[test]
     fn a_content_is_taken_by_each_other_push_once_at_its_version_only() {
         let s = sharers(3);
@@ -359,8 +366,7 @@ mod tests {
     #[test]
     fn a_push_waits_for_room_until_the_oldest_is_taken_or_too_old() {
         let s = sharers(2);
-        let block = vec![7u8; KEPT_BYTES / 2];
-        let digest = Digest256::of(&block);
+        let (block, digest) = half_the_room();
         s[0].keep(0, digest, block.clone());
         s[0].keep(1, digest, block.clone());
         std::thread::scope(|scope| {
@@ -390,8 +396,7 @@ mod tests {
     #[test]
     fn a_push_that_held_the_others_up_is_kept_nothing_until_it_catches_up() {
         let s = sharers(3);
-        let block = vec![7u8; KEPT_BYTES / 2];
-        let digest = Digest256::of(&block);
+        let (block, digest) = half_the_room();
         // The third push takes its share; the second is stalled.
         s[0].keep(0, digest, block.clone());
         s[0].keep(1, digest, block.clone());
@@ -423,8 +428,7 @@ mod tests {
     #[test]
     fn a_push_behind_another_never_waits_for_room() {
         let s = sharers(3);
-        let block = vec![7u8; KEPT_BYTES / 2];
-        let digest = Digest256::of(&block);
+        let (block, digest) = half_the_room();
         // The first push is ahead, and filled the room for the two others.
         s[0].keep(10, digest, block.clone());
         s[0].keep(11, digest, block.clone());
