@@ -32,7 +32,7 @@ use tracing::{debug, error, warn};
 
 use self::burst::{Burst, Overdue};
 pub use self::deliver::deliver;
-use self::directories::{directory_identity, rewatch, DirectoryIdentity};
+use self::directories::rewatch;
 pub use self::directories::{watch, Watch, DIRECTORY_CHECK_INTERVAL};
 pub use self::queue::{Change, ChangeKind, Queue, QueueReceiver, Taken, WATCH_QUEUE_EVENTS};
 pub use self::toucher::{TouchHandle, Toucher};
@@ -69,11 +69,6 @@ pub async fn propagate(
 ) {
     let Some(mut watch) = watch else { return };
     let config = engine.config().clone();
-    let mut watched: Vec<Option<DirectoryIdentity>> = config
-        .directories
-        .iter()
-        .map(|d| directory_identity(&config.local_path(&d.path)))
-        .collect();
     let mut check = tokio::time::interval(DIRECTORY_CHECK_INTERVAL);
     // Directories whose last changes failed their validation.
     let mut held_back: BTreeSet<String> = BTreeSet::new();
@@ -82,7 +77,7 @@ pub async fn propagate(
         let first = tokio::select! {
             _ = queue.ready() => queue.take(),
             _ = check.tick() => {
-                appeared(rewatch(&config, &mut watch, &mut watched), &node.generation)
+                appeared(rewatch(&config, &mut watch), &node.generation)
             }
         };
         let mut burst = Burst::new(Instant::now());
@@ -167,7 +162,7 @@ pub async fn propagate(
             .iter()
             .any(|d| burst.paths.contains(&d.path))
         {
-            let again = appeared(rewatch(&config, &mut watch, &mut watched), &node.generation);
+            let again = appeared(rewatch(&config, &mut watch), &node.generation);
             burst.add(&config, again, Instant::now(), &mut overdue);
         }
         if let Some(toucher) = &toucher {

@@ -625,6 +625,11 @@ mod tests {
         let seen = until(&receiver, &file);
         assert!(seen.contains(&created(&file)), "{seen:?}");
         assert_eq!(watch.watched(), 4);
+        // The file's later events (its writing and closing) are taken before the move,
+        // which is then the only thing said of the old path: one queue, in order.
+        let marker = tmp.path().join("marker");
+        std::fs::write(&marker, "").unwrap();
+        until(&receiver, &marker);
 
         // Moved: watched under its new path, and no longer under the old one.
         let moved = tmp.path().join("moved");
