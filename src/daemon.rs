@@ -352,9 +352,9 @@ fn maybe_delivered(
         .map(|(path, known)| {
             let mut known = known.clone();
             if known.sent.is_none() && known.held.is_none() {
-                known.sent = Some(Sent {
+                known.sent = Some(Box::new(Sent {
                     entry: baseline.get(path),
-                });
+                }));
             }
             (path.clone(), known)
         })
@@ -513,13 +513,13 @@ mod tests {
             provisional: false,
         };
         let held = Known {
-            held: Some(Held::Conflict("edited there".into())),
+            held: Some(Box::new(Held::Conflict("edited there".into()))),
             ..waiting.clone()
         };
         let under_way = Known {
-            sent: Some(Sent {
+            sent: Some(Box::new(Sent {
                 entry: Some(file_entry(b"an older one")),
-            }),
+            })),
             ..waiting.clone()
         };
         let spooled: BTreeMap<String, Known> = [
@@ -532,13 +532,16 @@ mod tests {
         .collect();
         let replayed = maybe_delivered(&spooled, &baseline);
         assert_eq!(
-            replayed["/d/new"].sent,
-            Some(Sent {
+            replayed["/d/new"].sent.as_deref(),
+            Some(&Sent {
                 entry: Some(file_entry(b"ours"))
             })
         );
         // Deleted here since: what may have been delivered is the deletion.
-        assert_eq!(replayed["/d/gone"].sent, Some(Sent { entry: None }));
+        assert_eq!(
+            replayed["/d/gone"].sent.as_deref(),
+            Some(&Sent { entry: None })
+        );
         assert_eq!(replayed["/d/held"], held);
         assert_eq!(replayed["/d/sent"], under_way);
         assert_eq!(replayed["/d/new"].holds, None, "what the peer held is kept");

@@ -278,7 +278,7 @@ async fn resolve_sent(
         .collect();
     let uncertain: Vec<(&String, &Sent)> = taken
         .iter()
-        .filter_map(|(path, known)| known.sent.as_ref().map(|sent| (path, sent)))
+        .filter_map(|(path, known)| known.sent.as_deref().map(|sent| (path, sent)))
         .collect();
     if uncertain.is_empty() {
         return Ok(pending);
