@@ -247,10 +247,10 @@ impl Baseline {
     }
 
     /// Every path known, and what is known there, below directory `dir`.
-    pub fn below(&self, dir: &str) -> Vec<(String, Option<Entry>)> {
+    pub fn below(&self, dir: &str) -> Vec<(LogicalPath, Option<Entry>)> {
         let rows = self.rows.lock().expect("baseline lock");
         below(&rows.map, dir)
-            .map(|(path, row)| (path.to_string(), Some(row.entry.clone())))
+            .map(|(path, row)| (LogicalPath::from(&**path), Some(row.entry.clone())))
             .collect()
     }
 

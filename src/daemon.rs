@@ -21,6 +21,7 @@ use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::manifest::{self, HashCache};
 use crate::node::{Known, Node, PeerRecord, Sent, Spool, Spooled};
+use crate::paths::LogicalPath;
 use crate::server;
 use crate::sync::Engine;
 use crate::tls::TlsMaterial;
@@ -205,7 +206,12 @@ impl Daemon {
         let edits = &self.node.local_edits;
         edits.note(previous.local_edits.first(usize::MAX));
         for record in theirs.iter().filter(|r| !r.outbox.is_empty()) {
-            let paths: Vec<String> = record.outbox.snapshot().into_keys().collect();
+            let paths: Vec<String> = record
+                .outbox
+                .snapshot()
+                .into_keys()
+                .map(|p| p.to_string())
+                .collect();
             warn!(
                 peer = %record.label(),
                 pending = paths.len(),
@@ -316,6 +322,7 @@ fn set_spool_aside(config: &Config, spool: &Spool, spooled: Spooled) -> Vec<Stri
     let paths: std::collections::BTreeSet<String> = spooled
         .into_values()
         .flat_map(BTreeMap::into_keys)
+        .map(|p| p.to_string())
         .collect();
     match spool.set_aside() {
         Ok(None) => {}
@@ -344,9 +351,9 @@ fn set_spool_aside(config: &Config, spool: &Spool, spooled: Spooled) -> Vec<Stri
 /// which version it holds, instead of expecting the older one and calling this node's
 /// own version a conflict. Held paths stay as they are.
 fn maybe_delivered(
-    spooled: &BTreeMap<String, Known>,
+    spooled: &BTreeMap<LogicalPath, Known>,
     baseline: &Baseline,
-) -> BTreeMap<String, Known> {
+) -> BTreeMap<LogicalPath, Known> {
     spooled
         .iter()
         .map(|(path, known)| {
@@ -522,11 +529,11 @@ mod tests {
             })),
             ..waiting.clone()
         };
-        let spooled: BTreeMap<String, Known> = [
-            ("/d/new".to_string(), waiting.clone()),
-            ("/d/held".to_string(), held.clone()),
-            ("/d/gone".to_string(), waiting.clone()),
-            ("/d/sent".to_string(), under_way.clone()),
+        let spooled: BTreeMap<LogicalPath, Known> = [
+            ("/d/new".into(), waiting.clone()),
+            ("/d/held".into(), held.clone()),
+            ("/d/gone".into(), waiting.clone()),
+            ("/d/sent".into(), under_way.clone()),
         ]
         .into_iter()
         .collect();

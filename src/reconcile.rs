@@ -193,7 +193,12 @@ async fn compare_paths(
         .iter()
         .map(|r| {
             let before = Before {
-                waiting: r.outbox.snapshot().into_keys().collect(),
+                waiting: r
+                    .outbox
+                    .snapshot()
+                    .into_keys()
+                    .map(|p| p.to_string())
+                    .collect(),
                 mark: r.outbox.mark(),
             };
             (r.label().to_string(), before)
@@ -396,7 +401,7 @@ mod tests {
             ..put(path, b"v2")
         };
         outbox.merge(&[op], |_| None);
-        let sent: BTreeMap<String, Option<crate::protocol::Entry>> = outbox
+        let sent: BTreeMap<LogicalPath, Option<crate::protocol::Entry>> = outbox
             .take()
             .into_iter()
             .map(|(path, known)| (path, known.holds))

@@ -108,11 +108,11 @@ pub struct Outbox {
 /// The differences of one peer, and those being pushed to it.
 #[derive(Default)]
 struct Paths {
-    known: BTreeMap<String, Known>,
+    known: BTreeMap<LogicalPath, Known>,
     /// Sent and not answered yet: what the peer was expected to hold. Kept apart from
     /// `known` (where a newer edit may wait meanwhile) and spooled with it, so that a
     /// push under way is never missing from the spool nor taken twice.
-    in_flight: BTreeMap<String, InFlight>,
+    in_flight: BTreeMap<LogicalPath, InFlight>,
     /// Since when changes have been waiting without a moment with none: the age of the
     /// oldest change waiting. Set when a change is added to none, cleared when none is
     /// left after a delivery. (Dropping a held or provisional path never ends a wait:
@@ -123,14 +123,32 @@ struct Paths {
     /// When each path held was learnt to be held, by `holds_learnt`: a comparison
     /// forgets only the holds older than its view of the trees. (Paths no longer held
     /// linger until the next forgetting.)
-    held_at: std::collections::HashMap<String, u64>,
+    held_at: std::collections::HashMap<LogicalPath, u64>,
 }
 
 impl Paths {
     /// Notes that `path` was learnt to be held now.
-    fn stamp_held(&mut self, path: &str) {
+    fn stamp_held(&mut self, path: &LogicalPath) {
         self.holds_learnt += 1;
-        self.held_at.insert(path.to_string(), self.holds_learnt);
+        self.held_at.insert(path.clone(), self.holds_learnt);
+    }
+
+    /// Adds records for paths it has none of, the first of each path: the many of a
+    /// large burst (an `rm -rf`, a checkout) as a map built whole and merged in, whose
+    /// nodes are full, rather than one at a time, which leaves them half full (at
+    /// 300,000 records, a record per path and peer, 27 MiB more).
+    fn add_new(&mut self, mut new: Vec<(LogicalPath, Known)>) {
+        if new.len() < PACKED_AT_LEAST.max(self.known.len() / 8) {
+            for (path, known) in new {
+                self.known.entry(path).or_insert(known);
+            }
+            return;
+        }
+        // Stable: the first of each path stays first, and is the one kept.
+        new.sort_by(|a, b| a.0.cmp(&b.0));
+        new.dedup_by(|later, first| later.0 == first.0);
+        let mut new: BTreeMap<LogicalPath, Known> = new.into_iter().collect();
+        self.known.append(&mut new);
     }
 
     /// Whether the difference `known` at `path` waits for delivery: neither held, nor
@@ -163,6 +181,10 @@ impl Paths {
         }
     }
 }
+
+/// Below this many new records at once, [`Paths::add_new`] inserts them one at a time:
+/// merging rewrites the whole map.
+const PACKED_AT_LEAST: usize = 256;
 
 /// A push under way: what the peer was expected to hold, and, once planned, what was
 /// sent.
@@ -204,11 +226,10 @@ impl Outbox {
         if !ops.is_empty() {
             paths.started_waiting(std::time::SystemTime::now());
         }
+        let mut new = Vec::new();
         for op in ops {
-            paths
-                .known
-                .entry(op.path.to_string())
-                .and_modify(|known| {
+            match paths.known.get_mut(op.path.as_str()) {
+                Some(known) => {
                     // A touch may have read this node's version after the burst
                     // recorded it: what the peer holds is what the change expects.
                     if known.provisional {
@@ -216,14 +237,19 @@ impl Outbox {
                     }
                     known.held = None;
                     known.provisional = false;
-                })
-                .or_insert_with(|| Known {
-                    holds: op.expect.as_deref().cloned(),
-                    held: None,
-                    sent: None,
-                    provisional: false,
-                });
+                }
+                None => new.push((
+                    op.path.clone(),
+                    Known {
+                        holds: op.expect.as_deref().cloned(),
+                        held: None,
+                        sent: None,
+                        provisional: false,
+                    },
+                )),
+            }
         }
+        paths.add_new(new);
     }
 
     /// Notes paths being written here, before their burst ends and their change is
@@ -236,23 +262,23 @@ impl Outbox {
     /// path was written again, and a crash before the burst's end would lose the edit.
     ///
     /// Returns whether a path was noted (the spool must be written again).
-    pub fn touch(&self, touched: &[(String, Option<Entry>)]) -> bool {
+    pub fn touch(&self, touched: &[(LogicalPath, Option<Entry>)]) -> bool {
         let mut paths = self.paths.lock().expect("outbox lock");
-        let mut noted = false;
-        for (path, holds) in touched {
-            if !paths.known.contains_key(path) {
-                noted = true;
-                paths.known.insert(
-                    path.clone(),
-                    Known {
-                        holds: holds.clone(),
-                        held: None,
-                        sent: None,
-                        provisional: true,
-                    },
-                );
-            }
-        }
+        let new: Vec<_> = touched
+            .iter()
+            .filter(|(path, _)| !paths.known.contains_key(path.as_str()))
+            .map(|(path, holds)| {
+                let known = Known {
+                    holds: holds.clone(),
+                    held: None,
+                    sent: None,
+                    provisional: true,
+                };
+                (path.clone(), known)
+            })
+            .collect();
+        let noted = !new.is_empty();
+        paths.add_new(new);
         noted
     }
 
@@ -284,7 +310,7 @@ impl Outbox {
     /// Takes every difference waiting for delivery (the held ones stay), and keeps them
     /// as in flight until [`Outbox::settle`].
     #[cfg(test)]
-    pub(crate) fn take(&self) -> BTreeMap<String, Known> {
+    pub(crate) fn take(&self) -> BTreeMap<LogicalPath, Known> {
         self.take_some(usize::MAX, |_| true, |_| false)
     }
 
@@ -303,9 +329,9 @@ impl Outbox {
         limit: usize,
         whole: impl Fn(&str) -> bool,
         deleted: impl Fn(&str) -> bool,
-    ) -> BTreeMap<String, Known> {
+    ) -> BTreeMap<LogicalPath, Known> {
         let mut paths = self.paths.lock().expect("outbox lock");
-        let waiting: Vec<String> = {
+        let waiting: Vec<LogicalPath> = {
             let all: Vec<&str> = paths
                 .known
                 .iter()
@@ -333,12 +359,12 @@ impl Outbox {
             chosen
                 .into_iter()
                 .filter(|path| left.is_empty() || !below_left(path) || !deleted(path))
-                .map(str::to_string)
+                .map(|path| paths.known.get_key_value(path).expect("listed").0.clone())
                 .collect()
         };
         let mut taken = BTreeMap::new();
         for path in waiting {
-            let known = paths.known.remove(&path).expect("listed");
+            let known = paths.known.remove(path.as_str()).expect("listed");
             paths.in_flight.insert(
                 path.clone(),
                 InFlight {
@@ -362,7 +388,7 @@ impl Outbox {
     }
 
     /// Puts taken differences back as they were (their push was not even tried).
-    pub(crate) fn put_back(&self, taken: BTreeMap<String, Known>) {
+    pub(crate) fn put_back(&self, taken: BTreeMap<LogicalPath, Known>) {
         let mut paths = self.paths.lock().expect("outbox lock");
         for (path, known) in taken {
             paths.in_flight.remove(&path);
@@ -381,25 +407,25 @@ impl Outbox {
     /// Puts back what a delivery learnt of `path`: the peer holds `holds`. A newer edit
     /// merged while the push was under way stays waiting, now against that state;
     /// otherwise the path waits (`held` is `None`) or is held.
-    pub(crate) fn learn(&self, path: String, holds: Option<Entry>, held: Option<Held>) {
+    pub(crate) fn learn(&self, path: LogicalPath, holds: Option<Entry>, held: Option<Held>) {
         self.put(path, holds, held, false);
     }
 
     /// [`Outbox::learn`] after a push whose answer never came: the peer may hold the
     /// version sent, and is asked before the next push.
-    pub(crate) fn unanswered(&self, path: String, holds: Option<Entry>) {
+    pub(crate) fn unanswered(&self, path: LogicalPath, holds: Option<Entry>) {
         self.put(path, holds, None, true);
     }
 
     pub(crate) fn put(
         &self,
-        path: String,
+        path: LogicalPath,
         holds: Option<Entry>,
         held: Option<Held>,
         maybe_sent: bool,
     ) {
         let mut paths = self.paths.lock().expect("outbox lock");
-        let flight = paths.in_flight.remove(&path);
+        let flight = paths.in_flight.remove(path.as_str());
         let sent = if maybe_sent {
             flight.and_then(|f| f.sent)
         } else {
@@ -451,7 +477,7 @@ impl Outbox {
     /// ended, from the peer's answers.
     pub(crate) fn settle(
         &self,
-        sent: BTreeMap<String, Option<Entry>>,
+        sent: BTreeMap<LogicalPath, Option<Entry>>,
         report: &PeerReport,
     ) -> Settled {
         let mut settled = Settled::default();
@@ -587,9 +613,11 @@ impl Outbox {
         let mut paths = self.paths.lock().expect("outbox lock");
         let Paths { known, held_at, .. } = &mut *paths;
         known.retain(|path, known| {
-            known.held.is_none() || !which(path) || held_at.get(path).is_some_and(|&at| at > mark)
+            known.held.is_none()
+                || !which(path)
+                || held_at.get(path.as_str()).is_some_and(|&at| at > mark)
         });
-        held_at.retain(|path, _| known.get(path).is_some_and(|k| k.held.is_some()));
+        held_at.retain(|path, _| known.get(path.as_str()).is_some_and(|k| k.held.is_some()));
     }
 
     /// Hands every difference over to `other` (a daemon reloading its config passes
@@ -618,7 +646,7 @@ impl Outbox {
     /// Adds differences known from elsewhere (a predecessor, the spool): their
     /// expectation is the older one and wins; a newer edit waiting here keeps its path
     /// released; nothing restored is provisional (its burst is over).
-    pub fn restore(&self, known: BTreeMap<String, Known>) {
+    pub fn restore(&self, known: BTreeMap<LogicalPath, Known>) {
         let mut paths = self.paths.lock().expect("outbox lock");
         for (path, mut older) in known {
             older.provisional = false;
@@ -649,7 +677,7 @@ impl Outbox {
 
     /// Every difference, those in flight included (with what the peer was expected to
     /// hold when they were sent), for the spool and comparisons.
-    pub fn snapshot(&self) -> BTreeMap<String, Known> {
+    pub fn snapshot(&self) -> BTreeMap<LogicalPath, Known> {
         snapshot_of(&self.paths.lock().expect("outbox lock"))
     }
 
@@ -664,7 +692,7 @@ impl Outbox {
                 known
                     .held
                     .as_deref()
-                    .map(|held| (path.clone(), held.clone()))
+                    .map(|held| (path.to_string(), held.clone()))
             })
             .collect()
     }
@@ -682,7 +710,7 @@ impl Outbox {
             if let Some(key) = group(path) {
                 if !seen.contains(&key) {
                     seen.push(key);
-                    first.push(path.clone());
+                    first.push(path.to_string());
                 }
             }
         }
@@ -764,7 +792,7 @@ pub(crate) fn each_spooled(outboxes: &[Arc<Outbox>], mut each: impl FnMut(&str, 
     }
 }
 
-fn snapshot_of(paths: &Paths) -> BTreeMap<String, Known> {
+fn snapshot_of(paths: &Paths) -> BTreeMap<LogicalPath, Known> {
     let mut all = paths.known.clone();
     for (path, flight) in &paths.in_flight {
         all.insert(
@@ -797,12 +825,45 @@ mod tests {
     use crate::testing::{file_entry, put};
 
     /// What the peer is expected to hold at each path taken for delivery.
-    fn take(outbox: &Outbox) -> BTreeMap<String, Option<Entry>> {
+    fn take(outbox: &Outbox) -> BTreeMap<LogicalPath, Option<Entry>> {
         outbox
             .take()
             .into_iter()
             .map(|(path, known)| (path, known.holds))
             .collect()
+    }
+
+    #[test]
+    fn a_large_touch_or_merge_notes_each_new_path_once_the_first_of_it_winning() {
+        let outbox = Outbox::default();
+        // Waiting already: a touch leaves it as it is.
+        outbox.merge(&[update("/d/0000", b"before", b"now")], no_dir);
+        let mut touched: Vec<(LogicalPath, Option<Entry>)> = (0..1000)
+            .map(|i| (format!("/d/{i:04}").into(), Some(file_entry(b"first"))))
+            .collect();
+        touched.push(("/d/0007".into(), Some(file_entry(b"second"))));
+        touched.reverse();
+        touched.swap(0, 1000);
+        assert!(outbox.touch(&touched));
+        let all = outbox.snapshot();
+        assert_eq!(all.len(), 1000);
+        assert_eq!(all["/d/0000"].holds, Some(file_entry(b"before")));
+        assert!(!all["/d/0000"].provisional);
+        assert_eq!(all["/d/0007"].holds, Some(file_entry(b"first")));
+        assert!(all["/d/0999"].provisional);
+        assert!(!outbox.touch(&touched), "nothing new");
+
+        // A merge of many new paths, one of them twice (a type change): the first
+        // operation's expectation stands, as one at a time.
+        let mut ops: Vec<Op> = (0..1000)
+            .map(|i| update(&format!("/e/{i:04}"), b"old", b"new"))
+            .collect();
+        ops.push(update("/e/0500", b"other", b"newer"));
+        outbox.merge(&ops, no_dir);
+        let all = outbox.snapshot();
+        assert_eq!(all.len(), 2000);
+        assert_eq!(all["/e/0500"].holds, Some(file_entry(b"old")));
+        assert!(all.values().filter(|k| k.provisional).count() == 999);
     }
 
     #[test]
@@ -815,30 +876,30 @@ mod tests {
         };
         let first = Arc::new(Outbox::default());
         first.restore(BTreeMap::from([
-            ("/d/a".to_string(), known(b"a1")),
-            ("/d/b".to_string(), known(b"b1")),
+            ("/d/a".into(), known(b"a1")),
+            ("/d/b".into(), known(b"b1")),
         ]));
         // In flight, with what was sent; then a newer edit of one of them waits beside.
         first.take();
         first.sending(&BTreeMap::from([("/d/a".into(), file_entry(b"a2"))]));
         first.merge(&[update("/d/a", b"a2", b"a3")], no_dir);
-        first.touch(&[("/d/e".to_string(), None)]);
+        first.touch(&[("/d/e".into(), None)]);
         first.learn("/d/f".into(), None, Some(Held::Refused("too large".into())));
         let second = Arc::new(Outbox::default());
         second.restore(BTreeMap::from([
-            ("/d/a".to_string(), known(b"other")),
-            ("/d/c".to_string(), known(b"c")),
+            ("/d/a".into(), known(b"other")),
+            ("/d/c".into(), known(b"c")),
         ]));
         second.take();
-        second.restore(BTreeMap::from([("/d/0".to_string(), known(b"0"))]));
+        second.restore(BTreeMap::from([("/d/0".into(), known(b"0"))]));
 
         let mut expected = first.snapshot();
         for (path, known) in second.snapshot() {
             expected.entry(path).or_insert(known);
         }
-        let mut walked: Vec<(String, Known)> = Vec::new();
+        let mut walked: Vec<(LogicalPath, Known)> = Vec::new();
         each_spooled(&[first.clone(), second.clone()], |path, known| {
-            walked.push((path.to_string(), known.clone()));
+            walked.push((path.into(), known.clone()));
         });
         assert_eq!(walked, expected.into_iter().collect::<Vec<_>>());
         assert_eq!(walked.len(), 6, "{walked:?}");
@@ -887,7 +948,7 @@ mod tests {
         let deleted = |path: &str| path.starts_with("/d/old");
         let whole = |path: &str| is_within(path, "/w");
         let take_some = |limit| -> Vec<String> {
-            let taken: Vec<String> = outbox
+            let taken: Vec<LogicalPath> = outbox
                 .take_some(limit, whole, deleted)
                 .into_keys()
                 .collect();
@@ -895,7 +956,7 @@ mod tests {
                 changes: taken
                     .iter()
                     .map(|path| crate::sync::Change {
-                        path: path.as_str().into(),
+                        path: path.clone(),
                         status: ChangeStatus::Done(crate::protocol::ChangeKind::Added),
                     })
                     .collect(),
@@ -903,7 +964,7 @@ mod tests {
             };
             let pending = taken.iter().map(|p| (p.clone(), None)).collect();
             outbox.settle(pending, &done);
-            taken
+            taken.iter().map(|p| p.to_string()).collect()
         };
         // The directory put goes first with what follows it; the paths of /w all go.
         assert_eq!(
@@ -934,7 +995,7 @@ mod tests {
         assert!(outbox.first_waiting(top).is_empty());
         // A held path is not waiting.
         outbox.restore(BTreeMap::from([(
-            "/c/1".to_string(),
+            "/c/1".into(),
             Known {
                 holds: None,
                 held: Some(Box::new(Held::Refused("too large".into()))),
@@ -1048,7 +1109,7 @@ mod tests {
     #[test]
     fn an_edit_in_a_directory_releases_every_change_its_validation_rejected_with_it() {
         let outbox = Outbox::default();
-        let app = |path: &str| path.starts_with("/d/").then(|| "/d".to_string());
+        let app = |path: &str| path.starts_with("/d/").then(|| "/d".into());
         outbox.merge(
             &[
                 update("/d/a", b"1", b"bad"),
@@ -1068,7 +1129,7 @@ mod tests {
         outbox.settle(sent, &report);
         // The fix of /d/a: /d/b, rejected with it, goes again; /e/c waits for its own.
         outbox.merge(&[update("/d/a", b"bad", b"fixed")], app);
-        let again: Vec<String> = take(&outbox).into_keys().collect();
+        let again: Vec<LogicalPath> = take(&outbox).into_keys().collect();
         assert_eq!(again, ["/d/a", "/d/b"]);
         assert_eq!(outbox.held().len(), 1);
     }
@@ -1078,8 +1139,8 @@ mod tests {
         let outbox = Outbox::default();
         outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
         outbox.touch(&[
-            ("/d/a".to_string(), Some(file_entry(b"v2"))),
-            ("/d/b".to_string(), Some(file_entry(b"b1"))),
+            ("/d/a".into(), Some(file_entry(b"v2"))),
+            ("/d/b".into(), Some(file_entry(b"b1"))),
         ]);
         let spooled = outbox.snapshot();
         assert_eq!(
@@ -1094,10 +1155,10 @@ mod tests {
         assert_eq!(outbox.len(), 1, "what is touched is not pending");
         // Its burst ends: /d/b changed after all, and goes; a path touched and not
         // changed is dropped.
-        outbox.touch(&[("/d/c".to_string(), None)]);
+        outbox.touch(&[("/d/c".into(), None)]);
         outbox.merge(&[update("/d/b", b"b1", b"b2")], no_dir);
-        outbox.touch(&[("/e/next".to_string(), None)]);
-        outbox.drop_provisional(&["/d".to_string()]);
+        outbox.touch(&[("/e/next".into(), None)]);
+        outbox.drop_provisional(&["/d".into()]);
         assert!(!outbox.snapshot().contains_key("/d/c"));
         assert!(
             outbox.snapshot()["/e/next"].provisional,
@@ -1115,7 +1176,7 @@ mod tests {
         let outbox = Outbox::default();
         outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
         let sent: BTreeMap<_, _> = take(&outbox);
-        outbox.touch(&[("/d/a".to_string(), Some(file_entry(b"v2")))]);
+        outbox.touch(&[("/d/a".into(), Some(file_entry(b"v2")))]);
         assert_eq!(
             outbox.snapshot()["/d/a"].holds,
             Some(file_entry(b"v1")),
@@ -1142,7 +1203,7 @@ mod tests {
     fn a_touch_that_read_the_new_version_still_delivers_the_change() {
         // The touch's thread read the baseline after the burst recorded v2.
         let outbox = Outbox::default();
-        outbox.touch(&[("/d/a".to_string(), Some(file_entry(b"v2")))]);
+        outbox.touch(&[("/d/a".into(), Some(file_entry(b"v2")))]);
         outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
         assert_eq!(take(&outbox)["/d/a"], Some(file_entry(b"v1")));
     }
@@ -1152,7 +1213,7 @@ mod tests {
         let outbox = Outbox::default();
         outbox.merge(&[update("/d/a", b"v1", b"v2")], no_dir);
         let sent = take(&outbox);
-        outbox.touch(&[("/d/a".to_string(), Some(file_entry(b"v2")))]);
+        outbox.touch(&[("/d/a".into(), Some(file_entry(b"v2")))]);
         let report = answered(
             "/d/a",
             ChangeStatus::Rejected("validate failed".into()),
@@ -1191,7 +1252,7 @@ mod tests {
         // A newer edit waits here; the predecessor knew the peer held v1 and held a
         // rejection there.
         outbox.merge(&[update("/d/a", b"v2", b"v3")], no_dir);
-        outbox.touch(&[("/d/b".to_string(), None)]);
+        outbox.touch(&[("/d/b".into(), None)]);
         let older = |holds: &[u8], held: Option<Held>| Known {
             holds: Some(file_entry(holds)),
             held: held.map(Box::new),
@@ -1200,10 +1261,10 @@ mod tests {
         };
         outbox.restore(BTreeMap::from([
             (
-                "/d/a".to_string(),
+                "/d/a".into(),
                 older(b"v1", Some(Held::Rejected("no".into()))),
             ),
-            ("/d/b".to_string(), older(b"b1", None)),
+            ("/d/b".into(), older(b"b1", None)),
         ]));
         assert!(outbox.held().is_empty(), "the newer edit released /d/a");
         let taken = take(&outbox);

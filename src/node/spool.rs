@@ -31,6 +31,7 @@ use tracing::{error, warn};
 
 use super::outbox::{self, Known, Outbox};
 use crate::config::Config;
+use crate::paths::LogicalPath;
 
 /// The spool's file in the state directory.
 pub const SPOOL_FILE: &str = "outbox.json";
@@ -66,7 +67,7 @@ struct SpoolFile {
 struct SpooledPeer {
     /// The peer as written in `remotes`.
     peer: String,
-    paths: BTreeMap<String, Known>,
+    paths: BTreeMap<LogicalPath, Known>,
 }
 
 /// A [`SpooledPeer`] as it is written: its paths encoded from its outboxes as they are,
@@ -98,7 +99,7 @@ impl Serialize for Spooling<'_> {
 }
 
 /// What a spool file held, per peer label.
-pub type Spooled = BTreeMap<String, BTreeMap<String, Known>>;
+pub type Spooled = BTreeMap<String, BTreeMap<LogicalPath, Known>>;
 
 /// A daemon's spool, shared by the daemons of one process that use the same state
 /// directory (a reload's successor and its predecessor).
@@ -463,7 +464,7 @@ mod tests {
         let outbox = Arc::new(Outbox::default());
         outbox.restore(BTreeMap::from([
             (
-                "/etc/app/a".to_string(),
+                "/etc/app/a".into(),
                 Known {
                     holds: Some(file_entry(b"v1")),
                     held: None,
@@ -472,7 +473,7 @@ mod tests {
                 },
             ),
             (
-                "/etc/app/b".to_string(),
+                "/etc/app/b".into(),
                 Known {
                     holds: None,
                     held: Some(Box::new(Held::Rejected("validation failed".into()))),
@@ -511,12 +512,7 @@ mod tests {
         };
         let outbox = |paths: &[(&str, &[u8])]| {
             let outbox = Arc::new(Outbox::default());
-            outbox.restore(
-                paths
-                    .iter()
-                    .map(|(p, h)| (p.to_string(), known(h)))
-                    .collect(),
-            );
+            outbox.restore(paths.iter().map(|(p, h)| ((*p).into(), known(h))).collect());
             outbox
         };
         // A reload's predecessor and successor hold some for one peer; another peer

@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use crate::baseline::Baseline;
 use crate::manifest::Manifest;
 use crate::node::{Known, Node, PeerRecord, Sent, Spool};
-use crate::paths::is_within;
+use crate::paths::{is_within, LogicalPath};
 use crate::plan::plan;
 use crate::protocol::Entry;
 use crate::sync::{ChangeStatus, Engine, PeerReport};
@@ -119,11 +119,11 @@ pub async fn deliver(
         // its version was recorded is put back below and sent by the write's burst.
         let ours: Manifest = pending
             .keys()
-            .filter_map(|p| baseline.get(p).map(|e| (p.into(), e)))
+            .filter_map(|p| baseline.get(p).map(|e| (p.clone(), e)))
             .collect();
         let theirs: Manifest = pending
             .iter()
-            .filter_map(|(p, e)| e.clone().map(|e| (p.into(), e)))
+            .filter_map(|(p, e)| e.clone().map(|e| (p.clone(), e)))
             .collect();
         let ops = plan(&ours, &theirs, node.owners);
         if ops.is_empty() {
@@ -270,20 +270,20 @@ fn kept_where(spooled: bool) -> &'static str {
 /// rather than overwrite it.
 async fn resolve_sent(
     record: &PeerRecord,
-    taken: &BTreeMap<String, Known>,
-) -> Result<BTreeMap<String, Option<Entry>>, crate::client::PeerError> {
-    let mut pending: BTreeMap<String, Option<Entry>> = taken
+    taken: &BTreeMap<LogicalPath, Known>,
+) -> Result<BTreeMap<LogicalPath, Option<Entry>>, crate::client::PeerError> {
+    let mut pending: BTreeMap<LogicalPath, Option<Entry>> = taken
         .iter()
         .map(|(path, known)| (path.clone(), known.holds.clone()))
         .collect();
-    let uncertain: Vec<(&String, &Sent)> = taken
+    let uncertain: Vec<(&LogicalPath, &Sent)> = taken
         .iter()
         .filter_map(|(path, known)| known.sent.as_deref().map(|sent| (path, sent)))
         .collect();
     if uncertain.is_empty() {
         return Ok(pending);
     }
-    let scope: Vec<String> = uncertain.iter().map(|(path, _)| (*path).clone()).collect();
+    let scope: Vec<String> = uncertain.iter().map(|(path, _)| path.to_string()).collect();
     let listing = record.link.peer.manifest(&scope).await?;
     // A path the peer could not read, or whose directory it lacks, is not in its
     // listing and yet may hold anything: what it holds stays unknown, and the push goes
@@ -304,7 +304,7 @@ async fn resolve_sent(
         if unknown(path) {
             continue;
         }
-        let now = holds.get(path.as_str()).copied();
+        let now = holds.get(LogicalPath::as_str(path)).copied();
         let delivered = crate::protocol::same_or_absent(now, sent.entry.as_ref(), listing.owners);
         if delivered {
             pending.insert(path.clone(), sent.entry.clone());

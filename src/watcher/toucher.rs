@@ -17,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use crate::baseline::Baseline;
 use crate::config::Config;
 use crate::node::Node;
+use crate::paths::LogicalPath;
 use crate::protocol::Entry;
 
 /// The paths handed over and not yet noted, and how far the thread got.
@@ -160,7 +161,11 @@ fn touch_now(node: &Node, baseline: &Baseline, paths: &[String]) {
 /// delivery, each with the version known there: a path whose file does not hold the
 /// version known; with a directory gone, everything known below it; with a directory
 /// made or moved in, what it holds.
-fn touched(config: &Config, baseline: &Baseline, paths: &[String]) -> Vec<(String, Option<Entry>)> {
+fn touched(
+    config: &Config,
+    baseline: &Baseline,
+    paths: &[String],
+) -> Vec<(LogicalPath, Option<Entry>)> {
     let mut touched: Vec<_> = Vec::new();
     // The directories found gone: everything known below each is noted with it, and the
     // paths below it that follow it (`paths` is sorted, parents first) are not noted
@@ -196,7 +201,7 @@ fn touched(config: &Config, baseline: &Baseline, paths: &[String]) -> Vec<(Strin
             Ok(meta) if meta.is_dir() => touched.extend(changed_below(config, baseline, &local)),
             _ => {}
         }
-        touched.push((path.clone(), known));
+        touched.push((path.as_str().into(), known));
     }
     touched
 }
@@ -210,7 +215,7 @@ fn changed_below(
     config: &Config,
     baseline: &Baseline,
     local: &Path,
-) -> Vec<(String, Option<Entry>)> {
+) -> Vec<(LogicalPath, Option<Entry>)> {
     walkdir::WalkDir::new(local)
         .min_depth(1)
         .follow_links(false)
@@ -221,7 +226,7 @@ fn changed_below(
             crate::tree::confine(config, &path).ok()?;
             let known = baseline.get(&path);
             let holds = holds_known(e.metadata().ok().as_ref(), known.as_ref());
-            (!holds).then_some((path, known))
+            (!holds).then_some((path.into(), known))
         })
         .collect()
 }
