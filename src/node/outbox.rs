@@ -745,7 +745,7 @@ impl Outbox {
 /// predecessor's and successor's, in the order registered), in path order, as
 /// [`Outbox::snapshot`] of each has them, the first outbox's where two hold a path:
 /// without copying them, so that a spool of 100,000 paths is written with none copied.
-/// Every outbox is locked meanwhile.
+/// Every outbox is locked meanwhile: each must be given once.
 pub(crate) fn each_spooled(outboxes: &[Arc<Outbox>], mut each: impl FnMut(&str, &Known)) {
     let guards: Vec<_> = outboxes
         .iter()

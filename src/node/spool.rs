@@ -240,6 +240,8 @@ impl Spool {
                 continue;
             }
             match peers.iter_mut().find(|(peer, _)| peer == label) {
+                // Each once: they are all locked at once as they are written.
+                Some((_, outboxes)) if outboxes.iter().any(|o| Arc::ptr_eq(o, outbox)) => {}
                 Some((_, outboxes)) => outboxes.push(outbox.clone()),
                 None => peers.push((label.clone(), vec![outbox.clone()])),
             }
@@ -516,11 +518,11 @@ mod tests {
             outbox
         };
         // A reload's predecessor and successor hold some for one peer; another peer
-        // holds its own; a peer holding nothing is left out.
-        spool.register(
-            "127.0.0.3:8080",
-            outbox(&[("/etc/app/a", b"old"), ("/etc/app/b", b"b")]),
-        );
+        // holds its own; a peer holding nothing is left out. One registered twice is
+        // written once (its lock is taken once).
+        let older = outbox(&[("/etc/app/a", b"old"), ("/etc/app/b", b"b")]);
+        spool.register("127.0.0.3:8080", older.clone());
+        spool.register("127.0.0.3:8080", older);
         spool.register("127.0.0.4:8080", outbox(&[("/etc/app/c", b"c")]));
         spool.register(
             "127.0.0.3:8080",
