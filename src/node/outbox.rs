@@ -193,6 +193,19 @@ struct InFlight {
     sent: Option<Box<Sent>>,
 }
 
+impl InFlight {
+    /// The path's record as it stands while the push is under way: what the peer was
+    /// expected to hold, and what was sent (as the spool and comparisons see it).
+    fn as_known(&self) -> Known {
+        Known {
+            holds: self.holds.clone(),
+            held: None,
+            sent: self.sent.clone(),
+            provisional: false,
+        }
+    }
+}
+
 /// How a delivery ended, for the delivering loop.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Settled {
@@ -756,15 +769,10 @@ pub(crate) fn each_spooled(outboxes: &[Arc<Outbox>], mut each: impl FnMut(&str, 
     // stand for its record of them, and an earlier outbox's for a later one's.
     let mut sources: Vec<Source<'_>> = Vec::new();
     for paths in &guards {
-        let in_flight = paths.in_flight.iter().map(|(path, flight)| {
-            let known = Known {
-                holds: flight.holds.clone(),
-                held: None,
-                sent: flight.sent.clone(),
-                provisional: false,
-            };
-            (path.as_str(), Cow::Owned(known))
-        });
+        let in_flight = paths
+            .in_flight
+            .iter()
+            .map(|(path, flight)| (path.as_str(), Cow::Owned(flight.as_known())));
         let known = paths
             .known
             .iter()
@@ -795,15 +803,7 @@ pub(crate) fn each_spooled(outboxes: &[Arc<Outbox>], mut each: impl FnMut(&str, 
 fn snapshot_of(paths: &Paths) -> BTreeMap<LogicalPath, Known> {
     let mut all = paths.known.clone();
     for (path, flight) in &paths.in_flight {
-        all.insert(
-            path.clone(),
-            Known {
-                holds: flight.holds.clone(),
-                held: None,
-                sent: flight.sent.clone(),
-                provisional: false,
-            },
-        );
+        all.insert(path.clone(), flight.as_known());
     }
     all
 }
