@@ -71,29 +71,28 @@ pub(crate) struct Sharer {
     slot: Option<usize>,
 }
 
+/// The pushes whose bits `bits` sets, by slot: the bits set only (a few pushes), not
+/// every possible one, since this runs for each content kept whenever the room is full.
+fn slots(mut bits: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        let slot = (bits != 0).then(|| bits.trailing_zeros() as usize)?;
+        bits &= bits - 1;
+        Some(slot)
+    })
+}
+
 impl Kept {
     /// Of `wanted`, the pushes that have not gone past `index` yet.
     fn still(&self, wanted: u64, index: usize) -> u64 {
-        // The bits set only (a few pushes), not every possible one: this runs for each
-        // content kept whenever the room is full.
-        let mut still = 0;
-        let mut bits = wanted;
-        while bits != 0 {
-            let slot = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            if self.reached[slot].is_none_or(|at| at < index) {
-                still |= 1 << slot;
-            }
-        }
-        still
+        slots(wanted)
+            .filter(|&slot| self.reached[slot].is_none_or(|at| at < index))
+            .fold(0, |still, slot| still | (1 << slot))
     }
 
     /// Whether push `slot`, left behind and now at `index`, has caught up with the
     /// slowest of the others that are not: contents are kept for it again.
     fn caught_up(&self, slot: usize, index: usize) -> bool {
-        let others = self.members & !self.behind & !(1 << slot);
-        (0..self.reached.len())
-            .filter(|&other| others & (1 << other) != 0)
+        slots(self.members & !self.behind & !(1 << slot))
             .map(|other| self.reached[other].unwrap_or(0))
             .min()
             .is_none_or(|slowest| index >= slowest)
