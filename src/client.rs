@@ -301,11 +301,19 @@ impl Peer {
 
     /// Sends one batch body of `length` bytes, streamed as it is produced. The answer is
     /// read as `T`: [`ApplyResponse`] whole, or the sender's compact [`protocol::ApplyAnswer`].
-    pub async fn apply_stream<T: DeserializeOwned + Send + 'static>(
+    pub async fn apply_stream<T: protocol::ApplyAnswered>(
         &self,
         body: reqwest::Body,
         length: u64,
     ) -> Result<T, PeerError> {
+        let begun = self.apply_begin(body, length).await?;
+        self.apply_answer(begun).await
+    }
+
+    /// Sends one batch body of `length` bytes, streamed as it is produced, until the
+    /// answer begins: the peer has received the whole batch and holds its turn to apply
+    /// it, before any batch sent from now on ([`protocol::APPLY_ROUTE`]).
+    pub async fn apply_begin(&self, body: reqwest::Body, length: u64) -> Result<Begun, PeerError> {
         let request = self
             .transport
             .http
@@ -314,7 +322,23 @@ impl Peer {
             .header(reqwest::header::CONTENT_TYPE, protocol::BATCH_CONTENT_TYPE)
             .header(reqwest::header::CONTENT_LENGTH, length)
             .body(body);
-        self.call(request, protocol::APPLY_TIMEOUT).await
+        let (response, limit) = self.begin(request, protocol::APPLY_TIMEOUT).await?;
+        Ok(Begun { response, limit })
+    }
+
+    /// The rest of an answer [`Peer::apply_begin`] began, read as `T`, once the batch is
+    /// done: a batch the peer refused after it arrived is an error.
+    pub async fn apply_answer<T: protocol::ApplyAnswered>(
+        &self,
+        begun: Begun,
+    ) -> Result<T, PeerError> {
+        let mut answer: T = self.answer(begun.response, &begun.limit).await?;
+        match answer.refused() {
+            Some(reason) => Err(PeerError::Refused(format!(
+                "refused the batch once it had arrived: {reason}"
+            ))),
+            None => Ok(answer),
+        }
     }
 
     async fn call<T: DeserializeOwned + Send + 'static>(
@@ -322,6 +346,17 @@ impl Peer {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, PeerError> {
+        let (response, limit) = self.begin(request, timeout).await?;
+        self.answer(response, &limit).await
+    }
+
+    /// Makes a call up to the beginning of a successful answer; an answer of another
+    /// status is the error it says.
+    async fn begin(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<(reqwest::Response, Limit), PeerError> {
         let started = std::time::Instant::now();
         let limit = Limit { timeout, started };
         let sent = request.send();
@@ -344,7 +379,7 @@ impl Peer {
         };
         let status = response.status();
         if status.is_success() {
-            return self.answer(response, &limit).await;
+            return Ok((response, limit));
         }
         let detail = match response.json::<ErrorBody>().await {
             Ok(body) => body.error,
@@ -530,6 +565,13 @@ const TLS_RECHECK_AFTER: Duration = Duration::from_secs(2);
 struct Limit {
     timeout: Duration,
     started: std::time::Instant,
+}
+
+/// A batch a peer has received whole and holds its turn to apply, whose answer is still
+/// to come ([`Peer::apply_answer`]).
+pub struct Begun {
+    response: reqwest::Response,
+    limit: Limit,
 }
 
 fn explain(err: &reqwest::Error, limit: &Limit) -> PeerError {

@@ -70,6 +70,12 @@ fn register_received(registry: &mut Registry, node: &Node) {
     );
     counter(
         registry,
+        "apply_requests_busy",
+        "Apply requests answered busy (503): max_concurrent_applies were under way",
+        get(&stats.applies_busy),
+    );
+    counter(
+        registry,
         "received_bytes",
         "Bytes of apply requests received from peers",
         get(&stats.bytes_received),

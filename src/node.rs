@@ -247,6 +247,8 @@ impl PeerRecord {
 pub struct Stats {
     /// Apply requests received from peers.
     pub apply_requests: AtomicU64,
+    /// Apply requests answered busy (503): `max_concurrent_applies` were under way.
+    pub applies_busy: AtomicU64,
     /// Operations received and applied.
     pub applied: AtomicU64,
     /// Operations received and refused as conflicts.
@@ -270,6 +272,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatusCounters {
             apply_requests: get(&self.apply_requests),
+            applies_busy: get(&self.applies_busy),
             applied: get(&self.applied),
             conflicts_refused: get(&self.conflicts_refused),
             conflicts_resolved_newest: get(&self.conflicts_resolved_newest),

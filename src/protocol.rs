@@ -23,9 +23,10 @@ pub use batch::{
     Batch, BatchHeader, BatchReader, ContentError,
 };
 pub use messages::{
-    ActionReport, ApplyAnswer, ApplyResponse, ContentRequest, ContentResponse, DirectoryDigest,
-    DirectoryInfo, ErrorBody, FileText, HeldKind, HeldPath, Identity, ManifestRequest,
-    ManifestResponse, OpAnswer, PeerLimits, PeerStatus, Role, StatusCounters, StatusResponse,
+    ActionReport, ApplyAnswer, ApplyAnswered, ApplyResponse, ContentRequest, ContentResponse,
+    DirectoryDigest, DirectoryInfo, ErrorBody, FileText, HeldKind, HeldPath, Identity,
+    ManifestRequest, ManifestResponse, OpAnswer, PeerLimits, PeerStatus, Role, StatusCounters,
+    StatusResponse,
 };
 pub(crate) use operation::{change_of, content_needed};
 pub use operation::{Action, ChangeKind, Found, Op, OpResult, Outcome};
@@ -49,7 +50,10 @@ pub const MAX_DIFF_FILE_BYTES: u64 = 1024 * 1024;
 /// Most text one `/v1/content` answer holds; the files past it are answered as
 /// deferred, to be asked for again.
 pub const MAX_CONTENT_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
-/// Applies one batch of operations with their contents.
+/// Applies one batch of operations with their contents. The answer begins once the
+/// batch has arrived whole and holds its turn to be applied (status 200; a refusal
+/// before that is a 4xx); its body, the [`ApplyResponse`], follows once the batch is
+/// done. A batch sent after that beginning is applied after this one.
 pub const APPLY_ROUTE: &str = "/v1/apply";
 /// Media type of an apply request body.
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.gosyncd.batch";
@@ -68,6 +72,9 @@ pub const MAX_BATCH_HEADER_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_MANIFEST_REQUEST_BYTES: usize = 1024 * 1024;
 /// Most operations one batch may carry.
 pub const MAX_OPS_PER_BATCH: usize = 1_000_000;
+/// Apply requests a receiver takes at once unless configured otherwise
+/// (`max_concurrent_applies`).
+pub const DEFAULT_CONCURRENT_APPLIES: usize = 4;
 /// Longest path accepted on the wire, in bytes (Linux's PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest symlink target accepted on the wire, in bytes.

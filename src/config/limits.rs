@@ -63,7 +63,7 @@ impl Default for Limits {
             max_handshakes: 64,
             max_handshakes_per_address: 8,
             max_stranger_handshakes: 16,
-            max_concurrent_applies: 4,
+            max_concurrent_applies: crate::protocol::DEFAULT_CONCURRENT_APPLIES,
         }
     }
 }
@@ -201,6 +201,7 @@ impl Limits {
             max_request_size: self.max_request_size,
             max_file_size: self.max_file_size,
             max_batch_entries: self.max_batch_entries,
+            max_concurrent_applies: self.max_concurrent_applies,
         }
     }
 }

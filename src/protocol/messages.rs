@@ -71,6 +71,9 @@ pub struct Identity {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusCounters {
     pub apply_requests: u64,
+    /// Apply requests answered busy (503), `max_concurrent_applies` being under way.
+    #[serde(default)]
+    pub applies_busy: u64,
     pub applied: u64,
     pub conflicts_refused: u64,
     /// Operations received that conflicted with this node's own edit and were applied
@@ -356,6 +359,14 @@ pub struct PeerLimits {
     pub max_request_size: u64,
     pub max_file_size: u64,
     pub max_batch_entries: usize,
+    /// Apply requests it receives at once: a sender sends a batch while the one before
+    /// is applied only where this is two or more. Absent from older receivers' answers.
+    #[serde(default = "default_concurrent_applies")]
+    pub max_concurrent_applies: usize,
+}
+
+fn default_concurrent_applies() -> usize {
+    super::DEFAULT_CONCURRENT_APPLIES
 }
 
 impl Default for PeerLimits {
@@ -366,6 +377,7 @@ impl Default for PeerLimits {
             max_request_size: super::MAX_APPLY_BODY_BYTES as u64,
             max_file_size: super::DEFAULT_MAX_FILE_SIZE,
             max_batch_entries: super::MAX_OPS_PER_BATCH,
+            max_concurrent_applies: super::DEFAULT_CONCURRENT_APPLIES,
         }
     }
 }
@@ -377,6 +389,10 @@ pub struct ApplyResponse {
     /// The `on_change` commands the batch made the receiver run.
     #[serde(default)]
     pub actions: Vec<ActionReport>,
+    /// Why the batch was refused after it arrived whole, and nothing of it applied: the
+    /// answer had begun by then (see [`APPLY_ROUTE`](super::APPLY_ROUTE)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The receiver's answer to a batch as a sender reads it: one outcome per operation, in
@@ -387,6 +403,26 @@ pub struct ApplyAnswer {
     pub results: Vec<OpAnswer>,
     #[serde(default)]
     pub actions: Vec<ActionReport>,
+    #[serde(default)]
+    pub refused: Option<String>,
+}
+
+/// An answer to a batch, as either end reads it.
+pub trait ApplyAnswered: serde::de::DeserializeOwned + Send + 'static {
+    /// Why the peer refused the batch after it had arrived whole, if it did.
+    fn refused(&mut self) -> Option<String>;
+}
+
+impl ApplyAnswered for ApplyResponse {
+    fn refused(&mut self) -> Option<String> {
+        self.refused.take()
+    }
+}
+
+impl ApplyAnswered for ApplyAnswer {
+    fn refused(&mut self) -> Option<String> {
+        self.refused.take()
+    }
 }
 
 /// One operation's [`OpResult`], without its path.
@@ -511,6 +547,7 @@ mod tests {
                 },
             ],
             actions: Vec::new(),
+            refused: None,
         };
         let json = serde_json::to_vec(&response).unwrap();
         let answer: ApplyAnswer = serde_json::from_slice(&json).unwrap();

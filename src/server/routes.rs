@@ -304,11 +304,12 @@ async fn apply(
     addr: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ApplyResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let limits = &node.config.limits;
     let limit = limits.max_request_size as usize;
     let _arriving = node.receiving();
     let Ok(receiving) = node.applies.clone().try_acquire_owned() else {
+        node.stats.applies_busy.fetch_add(1, Ordering::Relaxed);
         warn!(client = %client_of(&addr), limit = limits.max_concurrent_applies, "apply refused: too many under way");
         return Err(ApiError::Busy(format!(
             "{} apply requests are under way already (max_concurrent_applies); try again later",
@@ -384,20 +385,45 @@ async fn apply(
         if large {
             crate::memory::give_back_soon();
         }
-        let received = results?;
+        let received = match results {
+            Ok(received) => received,
+            Err(reason) => {
+                warn!(%client, %reason, "batch refused once it had arrived");
+                return ApplyResponse {
+                    results: Vec::new(),
+                    actions: Vec::new(),
+                    refused: Some(reason),
+                };
+            }
+        };
         let actions = receiver
             .run_on_change(&worker.runner, received.changed)
             .await;
-        Ok::<_, String>((received.results, received.resolved, actions))
+        // Counted and logged here, where a client that disconnects stops nothing.
+        count_and_log(&worker, &client, &received.results);
+        count_and_log_resolved(&worker, &client, &received.resolved);
+        ApplyResponse {
+            results: received.results,
+            actions,
+            refused: None,
+        }
     });
-    let (results, resolved, actions) = task
-        .await
-        .map_err(|e| ApiError::Internal(format!("apply failed: {e}")))?
-        .map_err(|reason| refuse(&addr, reason))?;
-
-    count_and_log(&node, &client, &results);
-    count_and_log_resolved(&node, &client, &resolved);
-    Ok(Json(ApplyResponse { results, actions }))
+    // The answer begins now: the batch has arrived whole and holds the turn to be
+    // applied, so that a sender may send its next batch meanwhile, knowing that this one
+    // is applied first. What became of each operation follows once it is done.
+    let answer = async move {
+        let answer = task.await.unwrap_or_else(|e| ApplyResponse {
+            results: Vec::new(),
+            actions: Vec::new(),
+            refused: Some(format!("apply failed: {e}")),
+        });
+        let json = serde_json::to_vec(&answer).expect("an apply answer serialises");
+        Ok::<_, std::convert::Infallible>(Bytes::from(json))
+    };
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(futures_util::stream::once(answer)))
+        .map_err(|e| ApiError::Internal(format!("apply answer: {e}")))
 }
 
 /// Counts and logs the conflicts a batch from `client` settled for its versions, newer

@@ -1,8 +1,8 @@
 //! Sending planned operations to one peer: leaving out what the peer would refuse as too
 //! large, splitting the rest into batches that fit the peer's limits, streaming each
 //! batch with its contents read from disk as they go (and sending it again without a
-//! file that changed since the scan), and turning the peer's answers into changes and
-//! action lines.
+//! file that changed since the scan) while the peer applies the one before, and turning
+//! the peer's answers into changes and action lines.
 //!
 //! It does not plan or choose what to send: the caller hands it the operations.
 
@@ -15,7 +15,7 @@ use tracing::debug;
 use super::contents::Sharer;
 use super::peer::PeerTerms;
 use super::{ActionLine, Change, ChangeStatus, PeerReport, Progress, ProgressEvent};
-use crate::client::{Peer, PeerError};
+use crate::client::{Begun, Peer, PeerError};
 use crate::config::Config;
 use crate::paths::is_within;
 use crate::plan::{Plan, Planned};
@@ -83,6 +83,13 @@ pub(super) fn without_oversized(
 /// so a change that keeps the size and the mtime makes it refuse the batch whole rather
 /// than take the wrong bytes.
 ///
+/// Each batch is sent once the answer to the one before has begun (the peer holds that
+/// one's turn to be applied, see [`protocol::APPLY_ROUTE`]), so that the peer receives a
+/// batch while it applies the one before, and applies them in order; the answers are
+/// read in order. The batch that makes a configured directory is answered before the
+/// next is sent, since the contents that follow may be received in that directory; so
+/// is every batch to a peer that takes one apply request at a time.
+///
 /// `ops` is the plan, which peers planned alike share: each batch is the indices of its
 /// operations in it.
 pub(super) async fn push(
@@ -101,15 +108,18 @@ pub(super) async fn push(
         operations: ops.len(),
         bytes: content_bytes(ops.iter()),
     });
+    // The batch sent before, whose answer has begun and not ended: it holds its turn to
+    // be applied before the one being sent, which is received meanwhile.
+    let mut answering: Option<Answering> = None;
     for mut indices in split_batches(config, ops, terms) {
         // Whether a try of this batch may have been applied without its answer arriving.
         let mut maybe_applied = false;
-        let response = loop {
+        let begun = loop {
             if indices.is_empty() {
                 break None;
             }
             let batch = Arc::new(Outgoing::new(plan.clone(), indices));
-            let sent = send(peer, config, &batch, contents, &mut maybe_applied).await;
+            let sent = begin(peer, config, &batch, contents, &mut maybe_applied).await;
             let fault = batch.fault.lock().expect("fault lock").take();
             match (sent, fault) {
                 // A file of this batch could not be sent as planned: the peer was told the
@@ -134,56 +144,124 @@ pub(super) async fn push(
                     indices = rest;
                 }
                 (Err(e), None) => {
+                    if let Some(before) = answering.take() {
+                        settle(before, peer, config, contents, progress, report).await;
+                    }
                     report.refused = e.is_refusal();
                     report.error = Some(e.to_string());
                     return;
                 }
-                (Ok(response), _) => break Some((batch, response)),
+                (Ok(begun), _) => break Some(Answering { batch, begun }),
             }
         };
-        let Some((batch, response)) = response else {
+        if let Some(before) = answering.take() {
+            if !settle(before, peer, config, contents, progress, report).await {
+                return;
+            }
+        }
+        let Some(begun) = begun else {
             continue;
         };
-        if response.results.len() != batch.indices.len() {
-            // Every operation is answered, or none is trusted: a path left out would
-            // otherwise count as delivered.
-            report.error = Some(format!(
-                "the peer answered {} results for {} operations",
-                response.results.len(),
-                batch.indices.len()
-            ));
-            return;
-        }
-        let bytes = content_bytes(batch.ops());
-        debug!(operations = batch.indices.len(), bytes, "batch sent");
-        report.bytes_sent += batch.body_length();
-        progress.tell(ProgressEvent::Sent {
-            peer: label.clone(),
-            operations: batch.indices.len(),
-            bytes,
-        });
-        report
-            .actions
-            .extend(response.actions.into_iter().map(|action| ActionLine {
-                peer: label.clone(),
-                report: action,
-            }));
-        // What was done as planned is kept as its place in the plan, which the report
-        // then holds (see `Changes`).
-        for (&index, result) in batch.indices.iter().zip(response.results) {
-            let op = &ops[index];
-            if let Some(found) = result.found {
-                report.peer_holds.push((op.path.to_string(), found.entry));
+        // What follows may be received in the directory this batch makes; a peer that
+        // takes one request at a time would answer the next one busy.
+        let first = begun
+            .batch
+            .ops()
+            .any(|op| makes_configured_directory(config, op));
+        if first || terms.limits.max_concurrent_applies < 2 {
+            if !settle(begun, peer, config, contents, progress, report).await {
+                return;
             }
-            match ChangeStatus::of(result.outcome, op.change()) {
-                ChangeStatus::Done(_) => report.changes.push_done(&plan, index),
-                status => report.changes.push(Change {
-                    path: op.path.clone(),
-                    status,
-                }),
-            }
+        } else {
+            answering = Some(begun);
         }
     }
+    if let Some(last) = answering {
+        settle(last, peer, config, contents, progress, report).await;
+    }
+}
+
+/// A batch the peer has received whole, whose answer is under way.
+struct Answering {
+    batch: Arc<Outgoing>,
+    begun: Begun,
+}
+
+/// Reads the answer to a batch and turns it into changes, sending the batch again if the
+/// answer was cut off by a busy or reset connection (the receiver treats what is
+/// already in place as done). Returns whether the push goes on; if not, the peer's
+/// error is in `report`.
+async fn settle(
+    answering: Answering,
+    peer: &Peer,
+    config: &Arc<Config>,
+    contents: &Arc<Sharer>,
+    progress: &Progress,
+    report: &mut PeerReport,
+) -> bool {
+    let Answering { batch, begun } = answering;
+    let answer = match peer.apply_answer::<ApplyAnswer>(begun).await {
+        Err(e) if e.is_momentary() => {
+            debug!(error = %e, "answer cut off: sending the batch again");
+            let mut maybe_applied = true;
+            match begin(peer, config, &batch, contents, &mut maybe_applied).await {
+                Ok(begun) => peer.apply_answer::<ApplyAnswer>(begun).await,
+                Err(e) => Err(e),
+            }
+        }
+        answer => answer,
+    };
+    let response = match answer {
+        Ok(response) => response,
+        Err(e) => {
+            report.refused = e.is_refusal();
+            report.error = Some(e.to_string());
+            return false;
+        }
+    };
+    let plan = &batch.plan;
+    let ops = plan.ops();
+    if response.results.len() != batch.indices.len() {
+        // Every operation is answered, or none is trusted: a path left out would
+        // otherwise count as delivered.
+        report.error = Some(format!(
+            "the peer answered {} results for {} operations",
+            response.results.len(),
+            batch.indices.len()
+        ));
+        return false;
+    }
+    let bytes = content_bytes(batch.ops());
+    debug!(operations = batch.indices.len(), bytes, "batch sent");
+    report.bytes_sent += batch.body_length();
+    let label = &peer.remote.label;
+    progress.tell(ProgressEvent::Sent {
+        peer: label.clone(),
+        operations: batch.indices.len(),
+        bytes,
+    });
+    report
+        .actions
+        .extend(response.actions.into_iter().map(|action| ActionLine {
+            peer: label.clone(),
+            report: action,
+        }));
+    // What was done as planned is kept as its place in the plan, which the report
+    // then holds (see `Changes`).
+    for (&index, result) in batch.indices.iter().zip(response.results) {
+        let op = &ops[index];
+        if let Some(found) = result.found {
+            report.peer_holds.push((op.path.to_string(), found.entry));
+        }
+        match ChangeStatus::of(result.outcome, op.change()) {
+            ChangeStatus::Done(_) => report.changes.push_done(plan, index),
+            status => report.changes.push(Change {
+                path: op.path.clone(),
+                status,
+            }),
+        }
+    }
+    true
 }
 
 /// Bytes of file content the operations carry.
@@ -402,25 +480,26 @@ const BUSY_RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest wait between two tries on a busy peer.
 const BUSY_RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// Sends one batch, again and again while the peer is busy or resets the connection,
-/// within [`BUSY_RETRY_BOUND`]. Sending a batch twice is safe: the receiver treats an
-/// operation whose path already holds the wanted state as done. A try whose body failed
-/// on this side is not repeated: the caller drops the file at fault first.
+/// Sends one batch until its answer begins, again and again while the peer is busy
+/// (503, too many applies under way) or resets the connection, within
+/// [`BUSY_RETRY_BOUND`]. Sending a batch twice is safe: the receiver treats an operation
+/// whose path already holds the wanted state as done. A try whose body failed on this
+/// side is not repeated: the caller drops the file at fault first.
 ///
 /// `maybe_applied` is set once a try ends that way: a connection reset after the request
 /// went out may have left the batch applied, whatever the later tries say.
-async fn send(
+async fn begin(
     peer: &Peer,
     config: &Arc<Config>,
     batch: &Arc<Outgoing>,
     contents: &Arc<Sharer>,
     maybe_applied: &mut bool,
-) -> Result<ApplyAnswer, PeerError> {
+) -> Result<Begun, PeerError> {
     let deadline = Instant::now() + BUSY_RETRY_BOUND;
     let mut wait = BUSY_RETRY_FIRST;
     loop {
         let (body, length) = body_of(config, batch, contents);
-        match peer.apply_stream(body, length).await {
+        match peer.apply_begin(body, length).await {
             Err(e)
                 if e.is_momentary()
                     && batch.fault.lock().expect("fault lock").is_none()
@@ -431,9 +510,16 @@ async fn send(
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(BUSY_RETRY_MAX);
             }
-            answer => return answer,
+            begun => return begun,
         }
     }
+}
+
+/// Whether `op` makes a configured directory, which the contents of later batches are
+/// received in.
+fn makes_configured_directory(config: &Config, op: &Planned<'_>) -> bool {
+    op.put.is_some_and(|entry| entry.content.is_dir())
+        && config.directories.iter().any(|d| d.path == op.path)
 }
 
 /// Splits operations into batches that fit the receiver's limits: the body size (the
@@ -452,10 +538,7 @@ fn split_batches<'a>(
 ) -> impl Iterator<Item = Vec<usize>> + 'a {
     let budget = terms.limits.max_request_size as usize;
     let most = terms.limits.max_batch_entries.min(OPS_PER_BATCH);
-    let top = move |op: &Planned<'_>| {
-        op.put.is_some_and(|entry| entry.content.is_dir())
-            && config.directories.iter().any(|d| d.path == op.path)
-    };
+    let top = move |op: &Planned<'_>| makes_configured_directory(config, op);
     let together = |op: &Planned<'_>| {
         terms
             .directories
@@ -523,6 +606,7 @@ mod tests {
             max_request_size: (BATCH_FRAMING_BYTES + 3 * (600 + 10 + HEADER_BYTES_PER_OP)) as u64,
             max_file_size: 1 << 20,
             max_batch_entries: 100,
+            max_concurrent_applies: 1,
         };
         let picked = |batches: &[Vec<usize>], ops: &[Op]| -> Vec<Vec<Op>> {
             batches

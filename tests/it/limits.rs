@@ -348,6 +348,7 @@ async fn applies_beyond_max_concurrent_applies_are_answered_503_and_retryable() 
         !err.is_refusal() && err.to_string().contains("max_concurrent_applies"),
         "a busy peer is to be retried, and says why: {err}"
     );
+    assert!(counters(n1).applies_busy >= 1, "{:?}", counters(n1));
 
     // Once the holder goes, the same request goes through.
     drop(holder);
@@ -546,4 +547,28 @@ async fn the_watcher_holds_back_a_file_over_the_peers_size_limit_and_delivers_th
         "{toward_1:?}"
     );
     assert!(!exists(n1, "/etc/app/big.bin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_sends_its_next_batch_while_one_is_applied_only_to_a_peer_that_takes_two() {
+    // More operations than two batches hold (2,048 each).
+    const FILES: usize = 5_000;
+    let mut group = start(3).await;
+    // Node 2 takes one apply request at a time; node 3, the default four.
+    with_limits(&mut group, 1, "max_concurrent_applies = 1").await;
+    let (n0, n1, n2) = (&group.nodes[0], &group.nodes[1], &group.nodes[2]);
+    for i in 0..FILES {
+        write(n0, &format!("/etc/app/f{i:05}.conf"), format!("{i}\n"));
+    }
+    let before = [counters(n1), counters(n2)];
+    let report = sync(&group, 0).await;
+    assert_clean(&report);
+    assert_same_tree(n0, n1);
+    assert_same_tree(n0, n2);
+    for (node, before) in [n1, n2].into_iter().zip(before) {
+        let after = counters(node);
+        assert_eq!(after.apply_requests - before.apply_requests, 3, "{after:?}");
+        // None sent while the peer had no place for it.
+        assert_eq!(after.applies_busy, before.applies_busy, "{after:?}");
+    }
 }

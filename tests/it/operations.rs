@@ -110,6 +110,7 @@ async fn the_metrics_endpoint_serves_the_text_format_and_its_counters_move() {
         .as_secs_f64();
     assert!((now - last).abs() < 60.0, "{last} vs {now}");
     assert_eq!(at(&receiver, "gosyncd_apply_requests_total"), 1.0);
+    assert_eq!(at(&receiver, "gosyncd_apply_requests_busy_total"), 0.0);
     assert_eq!(at(&receiver, "gosyncd_applied_operations_total"), 1.0);
     assert!(at(&receiver, "gosyncd_received_bytes_total") > 8.0);
 

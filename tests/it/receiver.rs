@@ -13,8 +13,8 @@ use gosyncd::manifest::{self, HashCache, Manifest};
 use gosyncd::node::Node;
 use gosyncd::plan::plan;
 use gosyncd::protocol::{
-    encode_batch, Action, BatchHeader, Content, Op, Outcome, APPLY_ROUTE, BATCH_CONTENT_TYPE,
-    MAX_APPLY_BODY_BYTES,
+    encode_batch, Action, ApplyResponse, BatchHeader, Content, Entry, Op, Outcome, APPLY_ROUTE,
+    BATCH_CONTENT_TYPE, MAX_APPLY_BODY_BYTES,
 };
 use gosyncd::server::router;
 use tower::ServiceExt;
@@ -687,4 +687,66 @@ async fn a_synced_name_shaped_like_a_backup_version_does_not_break_backups() {
             "round {round}: {report:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_begins_once_its_batch_has_arrived_and_a_batch_sent_then_is_applied_after_it() {
+    let mut group = start(2).await;
+    // Node 2 takes a second and a half to judge each batch, and says when it is done.
+    let judged = group.path().join("judged");
+    with_directory_lines(
+        &mut group,
+        1,
+        &format!(
+            r#"  validate = "sleep 1.5; echo done >> {}""#,
+            judged.display()
+        ),
+    )
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let dir = Entry {
+        content: Content::Dir,
+        mode: 0o755,
+        ..file_entry(b"", 0o755)
+    };
+    let made = Op {
+        path: "/etc/app/made".into(),
+        action: Action::Put { entry: dir },
+        expect: None,
+    };
+    let first = encode_batch(
+        &BatchHeader::new(vec![made, put("/etc/app/made/a.conf", b"first")]),
+        &[b"first"],
+    );
+    // Only in the directory the first batch makes.
+    let second = batch(&[("/etc/app/made/b.conf", b"second")]);
+    let peer = peer_as(n0, n1.addr);
+    let length = |body: &Vec<u8>| body.len() as u64;
+
+    let begun = peer
+        .apply_begin(first.clone().into(), length(&first))
+        .await
+        .expect("the first batch received");
+    assert!(
+        !judged.exists(),
+        "the answer began only once the first batch was applied and judged"
+    );
+    let next = peer
+        .apply_begin(second.clone().into(), length(&second))
+        .await
+        .expect("the second batch received");
+    assert_eq!(
+        std::fs::read_to_string(&judged).unwrap_or_default(),
+        "done\n",
+        "the second batch held its turn before the first was done"
+    );
+    let first: ApplyResponse = peer.apply_answer(begun).await.unwrap();
+    let second: ApplyResponse = peer.apply_answer(next).await.unwrap();
+    for result in first.results.iter().chain(&second.results) {
+        assert_eq!(result.outcome, Outcome::Applied, "{}", result.path);
+    }
+    assert_eq!(first.results.len() + second.results.len(), 3);
+    assert_eq!(read(n1, "/etc/app/made/a.conf"), b"first");
+    assert_eq!(read(n1, "/etc/app/made/b.conf"), b"second");
+    assert_eq!(std::fs::read_to_string(&judged).unwrap(), "done\ndone\n");
 }
