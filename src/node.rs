@@ -555,6 +555,7 @@ impl Node {
             unreadable: unreadable.into_iter().map(|(p, _)| p).collect(),
             limits: self.config.limits.announced(),
             digests,
+            receiving: false,
         }
     }
 

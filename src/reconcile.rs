@@ -34,18 +34,34 @@ use crate::sync::{
 /// Paths named in a drift warning before it says "and N more".
 const DRIFT_PATHS_SHOWN: usize = 10;
 
-/// How long a comparison waits after the last batch this node received.
-const QUIET_AFTER_RECEIVING: Duration = Duration::from_secs(2);
+/// How long a comparison waits after the last batch this node received; a node says it
+/// is receiving (in its digests) for as long after a batch.
+pub(crate) const QUIET_AFTER_RECEIVING: Duration = Duration::from_secs(2);
+/// Passes in a row that leave a peer unjudged because it or this node was receiving a
+/// push, each followed by another after [`QUIET_AFTER_RECEIVING`]; the last one judges
+/// whatever it finds.
+const DEFERRED_PASSES_MOST: u32 = 3;
 
 /// Compares with every peer now, then every `reconcile_interval` or when a peer comes
 /// back, until the task is aborted.
 pub async fn reconcile(engine: Arc<Engine>, node: Arc<Node>) {
     let interval = engine.config().reconcile_interval;
     let mut first = true;
+    // Passes in a row that left a peer to judge once a push ends.
+    let mut deferred = 0;
     loop {
         after_pushes(&node, interval).await;
-        pass(&engine, &node, first).await;
+        let waiting = pass(&engine, &node, first, deferred < DEFERRED_PASSES_MOST).await;
         first = false;
+        if waiting {
+            deferred += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(QUIET_AFTER_RECEIVING) => {}
+                _ = node.reconcile_now.notified() => {}
+            }
+            continue;
+        }
+        deferred = 0;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = node.reconcile_now.notified() => {}
@@ -72,8 +88,11 @@ async fn after_pushes(node: &Node, longest: Duration) {
 
 /// One comparison with every peer: digests first, and a full comparison (the engine's
 /// dry run) only of the directories whose digests differ, with the peers they differ
-/// on.
-async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
+/// on. A peer whose digests differ while it or this node is receiving a push is judged
+/// by a later pass, if `may_wait`: a push under way makes differences that last until
+/// it ends (one node has a batch, another not yet), and comparing them costs a listing
+/// of the whole directory. Returns whether a peer was left for a later pass.
+async fn pass(engine: &Engine, node: &Arc<Node>, first: bool, may_wait: bool) -> bool {
     let config = engine.config().clone();
     // Local edits noted from here on are newer than what this pass sees.
     let mark = node.local_edits.mark();
@@ -107,6 +126,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     let mut differing: BTreeSet<String> = BTreeSet::new();
     // The peers whose digests differ, to compare path by path.
     let mut compare: BTreeSet<String> = BTreeSet::new();
+    let mut waiting = false;
     for ask in asks {
         let (label, answer) = ask.await.expect("digest task");
         let (record, mark) = record_of(&label).unzip();
@@ -124,6 +144,15 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
             }
             // A remote that is this node under another name.
             Ok(theirs) if theirs.identity.node_id == node.identity.node_id => {}
+            // Judged later, before anything is scanned or listed for it.
+            Ok(theirs)
+                if may_wait
+                    && (theirs.receiving || node.until_quiet(QUIET_AFTER_RECEIVING).is_some())
+                    && !digests_agree(&config, &ours, &theirs) =>
+            {
+                debug!(peer = %label, "digests differ while a push is under way: comparing after it");
+                waiting = true;
+            }
             Ok(theirs) => {
                 let (dirs, present, none_missing) =
                     compare_with(&config, node, &ours, &theirs, &mut scan).await;
@@ -166,6 +195,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool) {
     }
     // The peers' answers are freed now.
     crate::memory::give_back_soon();
+    waiting
 }
 
 /// Compares the directories `differing` path by path with the peers `compare` (the

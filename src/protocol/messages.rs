@@ -311,6 +311,12 @@ pub struct ManifestResponse {
     /// `entries` is empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub digests: Vec<DirectoryDigest>,
+    /// In an answer of digests: the receiver is being pushed to, or was moments ago
+    /// (see [`Node::until_quiet`](crate::node::Node::until_quiet)), so that its tree may
+    /// still change as the push goes on: a daemon comparing with it waits before it
+    /// judges a difference. Absent from older nodes' answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receiving: bool,
 }
 
 impl ManifestResponse {
@@ -508,6 +514,7 @@ mod tests {
             unreadable: unreadable.iter().map(|p| p.to_string()).collect(),
             limits: PeerLimits::default(),
             digests: Vec::new(),
+            receiving: false,
         };
         let first = answer(&["/etc/app", "/etc/app/b"], &["/etc/app/x"], true);
         let second = answer(&["/etc/app", "/etc/app/a"], &["/etc/app/x"], false);

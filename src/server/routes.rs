@@ -191,11 +191,16 @@ async fn manifest(
             scope: &request.scope,
             shallow: &request.shallow,
         };
-        if region.is_everything() {
-            return Answer::Whole(node.whole_tree_digests());
-        }
-        let scan = manifest::scan_region(&node.config, region, &node.cache);
-        Answer::Whole(node.digests_answer(scan))
+        let mut answer = if region.is_everything() {
+            node.whole_tree_digests()
+        } else {
+            let scan = manifest::scan_region(&node.config, region, &node.cache);
+            node.digests_answer(scan)
+        };
+        answer.receiving = node
+            .until_quiet(crate::reconcile::QUIET_AFTER_RECEIVING)
+            .is_some();
+        Answer::Whole(answer)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("scan failed: {e}")))?;
@@ -522,6 +527,7 @@ mod tests {
             unreadable: vec!["/etc/app/secret".into()],
             limits: PeerLimits::default(),
             digests: Vec::new(),
+            receiving: false,
         };
         let whole = serde_json::to_vec(&answer).unwrap();
         assert!(whole.len() > 4 * protocol::frames::FRAME_BYTES);

@@ -784,6 +784,7 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            receiving: false,
         }
     }
 

@@ -572,3 +572,56 @@ async fn a_push_sends_its_next_batch_while_one_is_applied_only_to_a_peer_that_ta
         assert_eq!(after.applies_busy, before.applies_busy, "{after:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comparison_judges_a_peer_that_is_being_pushed_to_once_the_push_ends() {
+    // Only the comparisons this test wakes (and those at start-up).
+    let group = start_with(GroupSpec {
+        reconcile_interval: Some(Duration::from_secs(600)),
+        ..spec(2)
+    })
+    .await;
+    let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
+    let drift_seen = || {
+        n0.peer_status()
+            .and_then(|peers| peers.first().cloned())
+            .map(|p| (p.drift_paths, p.drift))
+    };
+    eventually("node 1 compared with node 2 at start-up", WAIT, || {
+        (drift_seen() == Some((Some(0), Vec::new()))).then_some(())
+    })
+    .await;
+    let to_node_2 = peer_as(n0, n1.addr);
+    let receiving = || async { to_node_2.digests().await.map(|answer| answer.receiving) };
+    assert!(!receiving().await.unwrap(), "node 2 receives nothing yet");
+
+    // Node 2 is being pushed to: an apply request whose body is still coming.
+    let mut holder = tls_from(n0, n1.addr).await;
+    holder
+        .write_all(apply_head(n1.addr, 100_000).as_bytes())
+        .await
+        .unwrap();
+    holder.flush().await.unwrap();
+    eventually_async("node 2 says it is receiving", WAIT, || async {
+        receiving().await.ok().filter(|r| *r)
+    })
+    .await;
+    // A difference nobody pushes (node 2 runs no watcher), found by the comparison
+    // node 1 makes now.
+    write(n1, "/etc/app/drifted.cfg", "drifted\n");
+    peer_as(n1, n0.addr).compare().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        drift_seen(),
+        Some((Some(0), Vec::new())),
+        "node 1 judged node 2 while a push to it was under way"
+    );
+
+    // The push ends (its sender gone): node 1 compares again by itself, and judges.
+    drop(holder);
+    eventually("node 1 reports the drift once the push ended", WAIT, || {
+        (drift_seen() == Some((Some(1), vec!["/etc/app/drifted.cfg".to_string()]))).then_some(())
+    })
+    .await;
+    assert!(!receiving().await.unwrap(), "node 2 still says it receives");
+}
