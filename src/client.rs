@@ -306,23 +306,38 @@ impl Peer {
         body: reqwest::Body,
         length: u64,
     ) -> Result<T, PeerError> {
-        let begun = self.apply_begin(body, length).await?;
+        let begun = self.apply_request(body, length, false).await?;
         self.apply_answer(begun).await
     }
 
     /// Sends one batch body of `length` bytes, streamed as it is produced, until the
     /// answer begins: the peer has received the whole batch and holds its turn to apply
-    /// it, before any batch sent from now on ([`protocol::APPLY_ROUTE`]).
+    /// it, before any batch sent from now on ([`protocol::APPLY_ROUTE`]). The answer is
+    /// asked for brief: where every operation was applied, their count
+    /// ([`ApplyResponse::applied`]) rather than a result each.
     pub async fn apply_begin(&self, body: reqwest::Body, length: u64) -> Result<Begun, PeerError> {
-        let request = self
+        self.apply_request(body, length, true).await
+    }
+
+    async fn apply_request(
+        &self,
+        body: reqwest::Body,
+        length: u64,
+        brief: bool,
+    ) -> Result<Begun, PeerError> {
+        let mut request = self
             .transport
             .http
             .post(format!("{}{}", self.remote.url(), protocol::APPLY_ROUTE))
             .timeout(protocol::APPLY_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, protocol::BATCH_CONTENT_TYPE)
-            .header(reqwest::header::CONTENT_LENGTH, length)
-            .body(body);
-        let (response, limit) = self.begin(request, protocol::APPLY_TIMEOUT).await?;
+            .header(reqwest::header::CONTENT_LENGTH, length);
+        if brief {
+            request = request.header(protocol::ANSWER_HEADER, "brief");
+        }
+        let (response, limit) = self
+            .begin(request.body(body), protocol::APPLY_TIMEOUT)
+            .await?;
         Ok(Begun { response, limit })
     }
 

@@ -57,6 +57,10 @@ pub const MAX_CONTENT_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
 pub const APPLY_ROUTE: &str = "/v1/apply";
 /// Media type of an apply request body.
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.gosyncd.batch";
+/// Request header of an apply request (with the value `brief`) whose sender takes an
+/// answer of every operation applied as their count ([`ApplyResponse::applied`]) rather
+/// than a result for each.
+pub const ANSWER_HEADER: &str = "x-gosyncd-answer";
 
 /// Magic bytes opening every batch body.
 pub const BATCH_MAGIC: &[u8; 4] = b"GSB1";

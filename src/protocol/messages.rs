@@ -399,6 +399,10 @@ pub struct ApplyResponse {
     /// answer had begun by then (see [`APPLY_ROUTE`](super::APPLY_ROUTE)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// To a sender that asked for a brief answer ([`ANSWER_HEADER`](super::ANSWER_HEADER)),
+    /// where every operation was applied: how many, and `results` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<usize>,
 }
 
 /// The receiver's answer to a batch as a sender reads it: one outcome per operation, in
@@ -411,6 +415,8 @@ pub struct ApplyAnswer {
     pub actions: Vec<ActionReport>,
     #[serde(default)]
     pub refused: Option<String>,
+    #[serde(default)]
+    pub applied: Option<usize>,
 }
 
 /// An answer to a batch, as either end reads it.
@@ -555,6 +561,7 @@ mod tests {
             ],
             actions: Vec::new(),
             refused: None,
+            applied: None,
         };
         let json = serde_json::to_vec(&response).unwrap();
         let answer: ApplyAnswer = serde_json::from_slice(&json).unwrap();

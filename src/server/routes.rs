@@ -321,6 +321,9 @@ async fn apply(
             limits.max_concurrent_applies
         )));
     };
+    let brief = headers
+        .get(protocol::ANSWER_HEADER)
+        .is_some_and(|v| v.as_bytes() == b"brief");
     let announced = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -398,6 +401,7 @@ async fn apply(
                     results: Vec::new(),
                     actions: Vec::new(),
                     refused: Some(reason),
+                    applied: None,
                 };
             }
         };
@@ -407,10 +411,23 @@ async fn apply(
         // Counted and logged here, where a client that disconnects stops nothing.
         count_and_log(&worker, &client, &received.results);
         count_and_log_resolved(&worker, &client, &received.resolved);
-        ApplyResponse {
-            results: received.results,
-            actions,
-            refused: None,
+        let every = received
+            .results
+            .iter()
+            .all(|r| r.outcome == Outcome::Applied && r.found.is_none());
+        match brief && every {
+            true => ApplyResponse {
+                applied: Some(received.results.len()),
+                results: Vec::new(),
+                actions,
+                refused: None,
+            },
+            false => ApplyResponse {
+                results: received.results,
+                actions,
+                refused: None,
+                applied: None,
+            },
         }
     });
     // The answer begins now: the batch has arrived whole and holds the turn to be
@@ -421,6 +438,7 @@ async fn apply(
             results: Vec::new(),
             actions: Vec::new(),
             refused: Some(format!("apply failed: {e}")),
+            applied: None,
         });
         let json = serde_json::to_vec(&answer).expect("an apply answer serialises");
         Ok::<_, std::convert::Infallible>(Bytes::from(json))

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::paths::is_within;
 use crate::plan::{Plan, Planned};
 use crate::protocol::frames::{self, Frames, FRAME_BYTES};
-use crate::protocol::{self, ApplyAnswer, Content, PeerLimits};
+use crate::protocol::{self, ApplyAnswer, Content, Outcome, PeerLimits};
 use crate::tree::Parents;
 
 /// Operations per batch when splitting large pushes, which keeps the JSON header well
@@ -221,12 +221,14 @@ async fn settle(
     };
     let plan = &batch.plan;
     let ops = plan.ops();
-    if response.results.len() != batch.indices.len() {
+    let answered = response.applied.unwrap_or(response.results.len());
+    if answered != batch.indices.len()
+        || (response.applied.is_some() && !response.results.is_empty())
+    {
         // Every operation is answered, or none is trusted: a path left out would
         // otherwise count as delivered.
         report.error = Some(format!(
-            "the peer answered {} results for {} operations",
-            response.results.len(),
+            "the peer answered {answered} results for {} operations",
             batch.indices.len()
         ));
         return false;
@@ -247,13 +249,21 @@ async fn settle(
             report: action,
         }));
     // What was done as planned is kept as its place in the plan, which the report
-    // then holds (see `Changes`).
-    for (&index, result) in batch.indices.iter().zip(response.results) {
+    // then holds (see `Changes`). A brief answer (`applied`): every operation applied.
+    let mut results = response.results.into_iter();
+    for &index in &batch.indices {
         let op = &ops[index];
-        if let Some(found) = result.found {
+        let (outcome, found) = match response.applied {
+            Some(_) => (Outcome::Applied, None),
+            None => {
+                let result = results.next().expect("as many results as operations");
+                (result.outcome, result.found)
+            }
+        };
+        if let Some(found) = found {
             report.peer_holds.push((op.path.to_string(), found.entry));
         }
-        match ChangeStatus::of(result.outcome, op.change()) {
+        match ChangeStatus::of(outcome, op.change()) {
             ChangeStatus::Done(_) => report.changes.push_done(plan, index),
             status => report.changes.push(Change {
                 path: op.path.clone(),

@@ -698,7 +698,7 @@ async fn an_answer_begins_once_its_batch_has_arrived_and_a_batch_sent_then_is_ap
         &mut group,
         1,
         &format!(
-            r#"  validate = "sleep 1.5; echo done >> {}""#,
+            r#"  validate = "sleep 1.5; echo done: $GOSYNCD_CHANGED >> {}""#,
             judged.display()
         ),
     )
@@ -718,8 +718,20 @@ async fn an_answer_begins_once_its_batch_has_arrived_and_a_batch_sent_then_is_ap
         &BatchHeader::new(vec![made, put("/etc/app/made/a.conf", b"first")]),
         &[b"first"],
     );
-    // Only in the directory the first batch makes.
-    let second = batch(&[("/etc/app/made/b.conf", b"second")]);
+    // Only in the directory the first batch makes; and a file planned against a state
+    // node 2 does not hold, refused as a conflict.
+    let elsewhere = Op {
+        expect: Some(Box::new(file_entry(b"not what it holds", 0o644))),
+        ..put("/etc/app/held.conf", b"replaced")
+    };
+    // On both nodes: a difference would have node 2 compare with node 1, which runs
+    // its `validate` on its own tree.
+    write(n0, "/etc/app/held.conf", "held\n");
+    write(n1, "/etc/app/held.conf", "held\n");
+    let second = encode_batch(
+        &BatchHeader::new(vec![put("/etc/app/made/b.conf", b"second"), elsewhere]),
+        &[b"second", b"replaced"],
+    );
     let peer = peer_as(n0, n1.addr);
     let length = |body: &Vec<u8>| body.len() as u64;
 
@@ -735,18 +747,25 @@ async fn an_answer_begins_once_its_batch_has_arrived_and_a_batch_sent_then_is_ap
         .apply_begin(second.clone().into(), length(&second))
         .await
         .expect("the second batch received");
+    let judged_now = std::fs::read_to_string(&judged).unwrap_or_default();
     assert_eq!(
-        std::fs::read_to_string(&judged).unwrap_or_default(),
-        "done\n",
-        "the second batch held its turn before the first was done"
+        judged_now.lines().count(),
+        1,
+        "the second batch held its turn before the first was done, or after it was \
+         done itself: {judged_now}"
     );
+    // Answered briefly where all was applied, in full otherwise.
     let first: ApplyResponse = peer.apply_answer(begun).await.unwrap();
+    assert_eq!((first.applied, first.results.len()), (Some(2), 0));
     let second: ApplyResponse = peer.apply_answer(next).await.unwrap();
-    for result in first.results.iter().chain(&second.results) {
-        assert_eq!(result.outcome, Outcome::Applied, "{}", result.path);
-    }
-    assert_eq!(first.results.len() + second.results.len(), 3);
+    assert_eq!(second.applied, None);
+    let outcomes: Vec<_> = second.results.iter().map(|r| &r.outcome).collect();
+    assert!(
+        matches!(outcomes[..], [Outcome::Applied, Outcome::Conflict(_)]),
+        "{outcomes:?}"
+    );
     assert_eq!(read(n1, "/etc/app/made/a.conf"), b"first");
     assert_eq!(read(n1, "/etc/app/made/b.conf"), b"second");
-    assert_eq!(std::fs::read_to_string(&judged).unwrap(), "done\ndone\n");
+    assert_eq!(read(n1, "/etc/app/held.conf"), b"held\n");
+    assert_eq!(std::fs::read_to_string(&judged).unwrap().lines().count(), 2);
 }
