@@ -450,8 +450,7 @@ impl Engine {
         {
             Ok(terms) => terms,
             Err(e) => {
-                report.refused = e.is_refusal();
-                report.error = Some(e.to_string());
+                report.fail(&e);
                 return report;
             }
         };

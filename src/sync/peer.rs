@@ -172,8 +172,7 @@ pub(super) async fn sync_peer(
     let remote = match manifest {
         Ok(remote) => remote,
         Err(e) => {
-            report.refused = e.is_refusal();
-            report.error = Some(e.to_string());
+            report.fail(&e);
             return report;
         }
     };

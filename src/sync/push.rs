@@ -147,8 +147,7 @@ pub(super) async fn push(
                     if let Some(before) = answering.take() {
                         settle(before, peer, config, contents, progress, report).await;
                     }
-                    report.refused = e.is_refusal();
-                    report.error = Some(e.to_string());
+                    report.fail(&e);
                     return;
                 }
                 (Ok(begun), _) => break Some(Answering { batch, begun }),
@@ -214,8 +213,7 @@ async fn settle(
     let response = match answer {
         Ok(response) => response,
         Err(e) => {
-            report.refused = e.is_refusal();
-            report.error = Some(e.to_string());
+            report.fail(&e);
             return false;
         }
     };

@@ -251,6 +251,13 @@ pub struct PeerReport {
 }
 
 impl PeerReport {
+    /// Records that the exchange with the peer failed with `e`, and whether the peer
+    /// refused it.
+    pub(crate) fn fail(&mut self, e: &crate::client::PeerError) {
+        self.refused = e.is_refusal();
+        self.error = Some(e.to_string());
+    }
+
     /// The lines telling each change, in order.
     pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
         self.changes

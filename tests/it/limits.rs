@@ -71,6 +71,18 @@ fn apply_head(to: SocketAddr, length: usize) -> String {
     )
 }
 
+/// An apply request from `from` to `to` whose body never comes: `to` is receiving it
+/// until the connection is dropped (or its `idle_timeout`).
+async fn applying(from: &GroupNode, to: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut request = tls_from(from, to).await;
+    request
+        .write_all(apply_head(to, 100_000).as_bytes())
+        .await
+        .unwrap();
+    request.flush().await.unwrap();
+    request
+}
+
 /// A batch creating each `(path, bytes)`.
 fn creating(files: &[(&str, &[u8])]) -> Vec<u8> {
     let header = BatchHeader::new(
@@ -322,12 +334,7 @@ async fn applies_beyond_max_concurrent_applies_are_answered_503_and_retryable() 
     .await;
     let (n0, n1) = (&group.nodes[0], &group.nodes[1]);
     // One apply that is being received (its body never comes) holds the only place.
-    let mut holder = tls_from(n0, n1.addr).await;
-    holder
-        .write_all(apply_head(n1.addr, 100_000).as_bytes())
-        .await
-        .unwrap();
-    holder.flush().await.unwrap();
+    let holder = applying(n0, n1.addr).await;
 
     let peer = peer_as(n0, n1.addr);
     let body = creating(&[("/etc/app/second.conf", b"second\n")]);
@@ -596,12 +603,7 @@ async fn a_comparison_judges_a_peer_that_is_being_pushed_to_once_the_push_ends()
     assert!(!receiving().await.unwrap(), "node 2 receives nothing yet");
 
     // Node 2 is being pushed to: an apply request whose body is still coming.
-    let mut holder = tls_from(n0, n1.addr).await;
-    holder
-        .write_all(apply_head(n1.addr, 100_000).as_bytes())
-        .await
-        .unwrap();
-    holder.flush().await.unwrap();
+    let holder = applying(n0, n1.addr).await;
     eventually_async("node 2 says it is receiving", WAIT, || async {
         receiving().await.ok().filter(|r| *r)
     })
