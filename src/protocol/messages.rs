@@ -395,8 +395,9 @@ pub struct ApplyResponse {
     /// The `on_change` commands the batch made the receiver run.
     #[serde(default)]
     pub actions: Vec<ActionReport>,
-    /// Why the batch was refused after it arrived whole, and nothing of it applied: the
-    /// answer had begun by then (see [`APPLY_ROUTE`](super::APPLY_ROUTE)).
+    /// Why the receiver could not carry the batch out once it had arrived whole (the
+    /// answer had begun by then, see [`APPLY_ROUTE`](super::APPLY_ROUTE)): no result
+    /// follows, and none of its operations counts as applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
     /// To a sender that asked for a brief answer ([`ANSWER_HEADER`](super::ANSWER_HEADER)),
