@@ -724,8 +724,15 @@ async fn an_answer_begins_once_its_batch_has_arrived_and_a_batch_sent_then_is_ap
         expect: Some(Box::new(file_entry(b"not what it holds", 0o644))),
         ..put("/etc/app/held.conf", b"replaced")
     };
-    // On both nodes: a difference would have node 2 compare with node 1, which runs
-    // its `validate` on its own tree.
+    // On both nodes, once node 2 has compared with node 1 at its start: a difference
+    // seen by a comparison would have node 2 run its `validate` on its own tree.
+    eventually("node 2 compared with node 1 at start-up", WAIT, || {
+        n1.peer_status()
+            .and_then(|peers| peers.first().cloned())
+            .and_then(|p| p.drift_paths)
+            .filter(|drift| *drift == 0)
+    })
+    .await;
     write(n0, "/etc/app/held.conf", "held\n");
     write(n1, "/etc/app/held.conf", "held\n");
     let second = encode_batch(
