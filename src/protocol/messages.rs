@@ -406,6 +406,19 @@ pub struct ApplyResponse {
     pub applied: Option<usize>,
 }
 
+impl ApplyResponse {
+    /// The answer to a batch the receiver could not carry out once it had arrived whole
+    /// (see [`ApplyResponse::refused`]).
+    pub fn refusal(reason: String) -> ApplyResponse {
+        ApplyResponse {
+            results: Vec::new(),
+            actions: Vec::new(),
+            refused: Some(reason),
+            applied: None,
+        }
+    }
+}
+
 /// The receiver's answer to a batch as a sender reads it: one outcome per operation, in
 /// the batch's order, without the path each result repeats (the sender has it in its
 /// own operation). A sender of a large batch keeps a fraction of the whole answer.

@@ -397,12 +397,7 @@ async fn apply(
             Ok(received) => received,
             Err(reason) => {
                 warn!(%client, %reason, "batch refused once it had arrived");
-                return ApplyResponse {
-                    results: Vec::new(),
-                    actions: Vec::new(),
-                    refused: Some(reason),
-                    applied: None,
-                };
+                return ApplyResponse::refusal(reason);
             }
         };
         let actions = receiver
@@ -434,12 +429,9 @@ async fn apply(
     // applied, so that a sender may send its next batch meanwhile, knowing that this one
     // is applied first. What became of each operation follows once it is done.
     let answer = async move {
-        let answer = task.await.unwrap_or_else(|e| ApplyResponse {
-            results: Vec::new(),
-            actions: Vec::new(),
-            refused: Some(format!("apply failed: {e}")),
-            applied: None,
-        });
+        let answer = task
+            .await
+            .unwrap_or_else(|e| ApplyResponse::refusal(format!("apply failed: {e}")));
         let json = serde_json::to_vec(&answer).expect("an apply answer serialises");
         Ok::<_, std::convert::Infallible>(Bytes::from(json))
     };
