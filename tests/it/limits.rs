@@ -539,20 +539,32 @@ async fn the_watcher_holds_back_a_file_over_the_peers_size_limit_and_delivers_th
         },
     )
     .await;
-    // The large one is held as refused, named with the limit, and never sent.
-    let status = peer_as(n1, n0.addr).status().await.unwrap();
-    let toward_1 = status
-        .peers
-        .iter()
-        .find(|p| p.peer == n1.addr.to_string())
-        .unwrap();
-    assert!(
-        toward_1
-            .held
-            .iter()
-            .any(|h| h.path == "/etc/app/big.bin" && h.reason.contains("max_file_size")),
-        "{toward_1:?}"
-    );
+    // The large one is held as refused, named with the limit, and never sent. The
+    // sender records it from the peer's answer, which ends after the small file is in
+    // place there: the status route is asked until it tells.
+    let status = peer_as(n1, n0.addr);
+    eventually_async(
+        "node 1 holds big.bin back as over node 2's max_file_size",
+        WAIT,
+        || async {
+            let status = status.status().await.map_err(|e| e.to_string())?;
+            let toward_1 = status
+                .peers
+                .iter()
+                .find(|p| p.peer == n1.addr.to_string())
+                .ok_or("node 1 names no record of node 2")?;
+            if toward_1
+                .held
+                .iter()
+                .any(|h| h.path == "/etc/app/big.bin" && h.reason.contains("max_file_size"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{toward_1:?}"))
+            }
+        },
+    )
+    .await;
     assert!(!exists(n1, "/etc/app/big.bin"));
 }
 
