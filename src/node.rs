@@ -162,17 +162,18 @@ impl PeerRecord {
         }
     }
 
-    /// Records the paths found to differ from this node that nobody is delivering;
-    /// returns whether that set changed.
-    pub fn set_drift(&self, drift: &std::collections::BTreeSet<LogicalPath>) -> bool {
+    /// Records the paths found to differ from this node that nobody is delivering:
+    /// `count` in all, `first` the first of them in path order (those beyond
+    /// [`DRIFT_PATHS_LISTED`] are not kept); returns whether what is shown changed.
+    pub fn set_drift(&self, count: usize, first: &[LogicalPath]) -> bool {
         let mut state = self.state.lock().expect("peer record lock");
-        let listed: Vec<String> = drift
+        let listed: Vec<String> = first
             .iter()
             .take(DRIFT_PATHS_LISTED)
             .map(LogicalPath::to_string)
             .collect();
-        let changed = state.drift_paths != Some(drift.len() as u64) || state.drift != listed;
-        state.drift_paths = Some(drift.len() as u64);
+        let changed = state.drift_paths != Some(count as u64) || state.drift != listed;
+        state.drift_paths = Some(count as u64);
         state.drift = listed;
         changed
     }

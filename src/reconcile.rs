@@ -25,10 +25,10 @@ use crate::manifest;
 use crate::paths::{is_within, LogicalPath};
 use crate::protocol::ManifestResponse;
 
-use crate::node::{Node, Outbox, PeerRecord};
+use crate::node::{LocalEdits, Node, Outbox, PeerRecord, DRIFT_PATHS_LISTED};
 use crate::sync::{
-    digests_agree, directories_differing, missing_directories, ChangeStatus, Engine, Options,
-    PeerReport, Report,
+    differing_by_digests, digests_agree, directories_differing, missing_directories, ChangeStatus,
+    Engine, Options, PeerReport, Report,
 };
 
 /// Paths named in a drift warning before it says "and N more".
@@ -96,9 +96,9 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool, may_wait: bool) ->
     let config = engine.config().clone();
     // Local edits noted from here on are newer than what this pass sees.
     let mark = node.local_edits.mark();
-    // The paths found to differ from a peer judged by this pass, all peers together
-    // (paths shared with the comparison's plan), and whether any peer was judged.
-    let mut differs = Drift::new();
+    // The local edits found to differ from a peer judged by this pass, all peers
+    // together, and whether any peer was judged.
+    let mut differs: BTreeSet<LogicalPath> = BTreeSet::new();
     let mut judged = false;
     let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     // Holds learnt from here on are newer than what this pass sees: never forgotten by it.
@@ -170,7 +170,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool, may_wait: bool) ->
                     // A directory missing here cannot be judged: no verdict rather than a
                     // false "no drift".
                     if let (Some(record), true) = (record, none_missing) {
-                        report_drift(record, &Drift::new(), config.role);
+                        report_drift(record, &Drift::default(), config.role);
                         judged = true;
                     }
                 } else {
@@ -185,8 +185,8 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool, may_wait: bool) ->
     // whole scan is not held beside it (at 100,000 paths, 15 MB).
     drop(scan);
     if !differing.is_empty() {
-        for drift in compare_paths(engine, records, &compare, differing, first).await {
-            differs.extend(drift);
+        for drift in compare_paths(engine, node, &compare, differing, first).await {
+            differs.extend(drift.edited_here);
             judged = true;
         }
     }
@@ -203,7 +203,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool, may_wait: bool) ->
 /// could judge.
 async fn compare_paths(
     engine: &Engine,
-    records: &[Arc<PeerRecord>],
+    node: &Node,
     compare: &BTreeSet<String>,
     differing: BTreeSet<String>,
     first: bool,
@@ -219,6 +219,7 @@ async fn compare_paths(
     // What waits for each peer now: delivered while the comparison runs, it would look
     // like drift when the comparison ends.
     // And the holds learnt so far: one learnt while it runs is newer than what it shows.
+    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     let before: BTreeMap<String, Before> = records
         .iter()
         .map(|r| {
@@ -237,7 +238,7 @@ async fn compare_paths(
     let report = engine.run(&options, |_| {}).await;
     settle(
         &report,
-        records,
+        node,
         compare,
         &before,
         &options.scope,
@@ -246,10 +247,23 @@ async fn compare_paths(
     )
 }
 
-/// The paths found to differ from a peer, shared with the comparison's plan (a path
-/// once for all peers: at 100,000 paths and three empty peers, a copy of each for each
-/// peer was 30 MB).
-type Drift = BTreeSet<LogicalPath>;
+/// What a comparison found to differ from a peer that nobody is delivering: how many
+/// paths, the first of them in path order (what is logged and shown), and those of
+/// them this node keeps as its own edits. Not the whole set of paths: three sets of
+/// 100,000 (three peers lacking a tree) took 9 MB at the height of a comparison.
+#[derive(Default)]
+struct Drift {
+    count: usize,
+    /// Paths shared with the comparison's plan.
+    first: Vec<LogicalPath>,
+    edited_here: Vec<LogicalPath>,
+}
+
+impl Drift {
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
 
 /// A peer's outbox as a comparison began.
 #[derive(Default)]
@@ -261,9 +275,9 @@ struct Before {
 }
 
 /// The configured directories where a peer's digests `theirs` differ from this node's
-/// tree, those present here, and whether none is missing here. This node's digests
-/// `ours` settle a peer that agrees; otherwise the tree is scanned (once a pass: kept in
-/// `scan`) and compared directory by directory.
+/// tree, those present here, and whether none is missing here, from this node's digests
+/// `ours` where they tell; otherwise the tree is scanned (once a pass: kept in `scan`)
+/// and compared directory by directory.
 async fn compare_with(
     config: &Arc<Config>,
     node: &Node,
@@ -271,14 +285,16 @@ async fn compare_with(
     theirs: &ManifestResponse,
     scan: &mut Option<manifest::Scan>,
 ) -> (Vec<String>, Vec<String>, bool) {
-    if digests_agree(config, ours, theirs) {
+    // Where the digests tell, the tree is not read (at 100,000 paths, 14 MB and a
+    // second of a scan before the dry run scans it again).
+    if let Some(dirs) = differing_by_digests(config, ours, theirs) {
         let present = ours
             .directories
             .iter()
             .filter(|d| d.present)
             .map(|d| d.path.clone())
             .collect();
-        return (Vec::new(), present, missing_directories(ours).is_empty());
+        return (dirs, present, missing_directories(ours).is_empty());
     }
     let scan = match scan {
         Some(scan) => scan,
@@ -306,7 +322,7 @@ async fn compare_with(
 /// where its holds learnt ended). Returns the drift of each peer judged.
 fn settle(
     report: &Report,
-    records: &[Arc<PeerRecord>],
+    node: &Node,
     compared: &BTreeSet<String>,
     before: &BTreeMap<String, Before>,
     scope: &[String],
@@ -314,6 +330,7 @@ fn settle(
     first: bool,
 ) -> Vec<Drift> {
     let mut verdicts = Vec::new();
+    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
     let record_of = |label: &str| records.iter().find(|r| r.label() == label);
     for peer in &report.peers {
         let Some(record) = record_of(&peer.peer) else {
@@ -338,7 +355,7 @@ fn settle(
         }
         let none = Before::default();
         let before = before.get(&peer.peer).unwrap_or(&none);
-        let drift = sort(peer, &record.outbox, scope, before);
+        let drift = sort(peer, &record.outbox, scope, before, &node.local_edits);
         report_drift(record, &drift, role);
         verdicts.push(drift);
     }
@@ -350,16 +367,21 @@ fn settle(
 fn report_drift(record: &PeerRecord, drift: &Drift, role: Role) {
     let peer = record.label();
     record.set_unreachable(false);
-    if !record.set_drift(drift) {
+    if !record.set_drift(drift.count, &drift.first) {
         return;
     }
     if drift.is_empty() {
         info!(%peer, "no drift with this peer");
         return;
     }
-    let list: Vec<&str> = drift.iter().map(LogicalPath::as_str).collect();
-    let shown = list[..list.len().min(DRIFT_PATHS_SHOWN)].join(", ");
-    let more = list.len().saturating_sub(DRIFT_PATHS_SHOWN);
+    let shown: Vec<&str> = drift
+        .first
+        .iter()
+        .take(DRIFT_PATHS_SHOWN)
+        .map(LogicalPath::as_str)
+        .collect();
+    let shown = shown.join(", ");
+    let more = drift.count.saturating_sub(DRIFT_PATHS_SHOWN);
     let more = if more > 0 {
         format!(" and {more} more")
     } else {
@@ -368,14 +390,14 @@ fn report_drift(record: &PeerRecord, drift: &Drift, role: Role) {
     if role.sends() {
         warn!(
             %peer,
-            paths = list.len(),
+            paths = drift.count,
             "drift: {shown}{more} differ from this node; nothing was pushed. \
              Run `gosyncd sync` on the node whose files are authoritative",
         );
     } else {
         warn!(
             %peer,
-            paths = list.len(),
+            paths = drift.count,
             "drift: {shown}{more} differ from this node; nothing was pushed: this node is \
              receive-only. Run `gosyncd revert PATH` here to take the group's version back, \
              or `gosyncd sync` on the node whose files are authoritative",
@@ -387,33 +409,64 @@ fn report_drift(record: &PeerRecord, drift: &Drift, role: Role) {
 /// outbox are delivered now (woken), held ones stay held (those no longer differing are
 /// forgotten: the peer holds this node's version now, unless the hold is newer than the
 /// comparison); returns the rest, the drift.
-fn sort(peer: &PeerReport, outbox: &Outbox, compared: &[String], before: &Before) -> Drift {
-    let differing: BTreeSet<LogicalPath> = peer.changes.iter().map(|c| c.path).collect();
+fn sort(
+    peer: &PeerReport,
+    outbox: &Outbox,
+    compared: &[String],
+    before: &Before,
+    local_edits: &LocalEdits,
+) -> Drift {
+    // Each path found to differ, once (a type change is two changes of one path), in
+    // path order.
+    let mut differing = Vec::with_capacity(peer.changes.len());
+    differing.extend(peer.changes.iter().map(|c| c.path));
+    differing.sort_unstable();
+    differing.dedup();
     outbox.forget_held_before(before.mark, |path| {
-        compared.iter().any(|dir| is_within(path, dir)) && !differing.contains(path)
+        compared.iter().any(|dir| is_within(path, dir))
+            && differing
+                .binary_search_by(|p| p.as_str().cmp(path))
+                .is_err()
     });
+    drop(differing);
     let known = outbox.snapshot();
     let mut waiting = false;
-    let drift = peer
-        .changes
-        .iter()
-        // What a sync would change, or would refuse to (the mass-delete guard, a
-        // directory the peer lacks); a directory kept for the peer's excludes is not
-        // a difference.
-        .filter(|c| !matches!(c.status, ChangeStatus::Kept(_)))
-        .filter(|c| match known.get(c.path.as_str()) {
-            Some(k) => {
-                waiting |= k.held.is_none();
-                false
-            }
-            None => !before.waiting.contains(c.path.as_str()),
-        })
-        .map(|c| c.path)
-        .collect();
+    let mut drift = Vec::with_capacity(peer.changes.len());
+    drift.extend(
+        peer.changes
+            .iter()
+            // What a sync would change, or would refuse to (the mass-delete guard, a
+            // directory the peer lacks); a directory kept for the peer's excludes is not
+            // a difference.
+            .filter(|c| !matches!(c.status, ChangeStatus::Kept(_)))
+            .filter(|c| match known.get(c.path.as_str()) {
+                Some(k) => {
+                    waiting |= k.held.is_none();
+                    false
+                }
+                None => !before.waiting.contains(c.path.as_str()),
+            })
+            .map(|c| c.path),
+    );
     if waiting {
         outbox.contact();
     }
-    drift
+    drift.sort_unstable();
+    drift.dedup();
+    // Only a receive-only node keeps edits of its own.
+    let edited_here = match local_edits.is_empty() {
+        true => Vec::new(),
+        false => drift
+            .iter()
+            .filter(|p| local_edits.contains(p))
+            .cloned()
+            .collect(),
+    };
+    Drift {
+        count: drift.len(),
+        first: drift.into_iter().take(DRIFT_PATHS_LISTED).collect(),
+        edited_here,
+    }
 }
 
 #[cfg(test)]
@@ -462,7 +515,8 @@ mod tests {
             peer: "p".into(),
             ..PeerReport::default()
         };
-        let drift = sort(&equal, &outbox, &["/etc/app".into()], &before);
+        let edits = LocalEdits::default();
+        let drift = sort(&equal, &outbox, &["/etc/app".into()], &before, &edits);
         assert!(drift.is_empty());
         let held = outbox.held();
         assert_eq!(held.len(), 1, "the rejection was forgotten: {held:?}");
@@ -479,7 +533,7 @@ mod tests {
             waiting: BTreeSet::new(),
             mark: outbox.mark(),
         };
-        sort(&equal, &outbox, &["/etc/app".into()], &after);
+        sort(&equal, &outbox, &["/etc/app".into()], &after, &edits);
         assert!(outbox.held().is_empty());
     }
 }

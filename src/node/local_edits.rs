@@ -44,6 +44,15 @@ impl LocalEdits {
             .remove(path);
     }
 
+    /// Whether `path` is kept as edited here.
+    pub fn contains(&self, path: &str) -> bool {
+        self.inner
+            .lock()
+            .expect("local edits lock")
+            .paths
+            .contains_key(path)
+    }
+
     /// A mark for a comparison that starts now: edits noted after it are newer than
     /// what the comparison sees.
     pub fn mark(&self) -> u64 {

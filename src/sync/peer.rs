@@ -730,26 +730,49 @@ pub(crate) fn digests_agree(
     ours: &ManifestResponse,
     theirs: &ManifestResponse,
 ) -> bool {
-    ours.owners == theirs.owners
-        && config
-            .directories
+    differing_by_digests(config, ours, theirs).is_some_and(|differing| differing.is_empty())
+}
+
+/// What [`directories_differing`] answers, told from the digests of this node's daemon
+/// (`ours`) without reading this node's tree: the configured directories present here
+/// whose digest differs on the peer, or that it lacks, or that either side could not
+/// read whole. `None` when the digests cannot tell for one of them (the peer reads it
+/// with other excludes or other rights, or this node has no digest of it): its tree is
+/// compared with the peer's digests then.
+pub(crate) fn differing_by_digests(
+    config: &Config,
+    ours: &ManifestResponse,
+    theirs: &ManifestResponse,
+) -> Option<Vec<String>> {
+    if ours.owners != theirs.owners {
+        return None;
+    }
+    let present = |m: &ManifestResponse, dir: &str| {
+        m.directories
             .iter()
-            .filter(|dir| {
-                ours.directories
-                    .iter()
-                    .any(|d| d.path == dir.path && d.present)
-            })
-            .all(|dir| {
-                let same_excludes = theirs
-                    .directories
-                    .iter()
-                    .any(|d| d.path == dir.path && d.exclude == dir.excludes.entries);
-                let readable =
-                    |m: &ManifestResponse| !m.unreadable.iter().any(|p| overlaps(p, &dir.path));
-                let readable = readable(ours) && readable(theirs);
-                let ours = digest_of(ours, &dir.path);
-                same_excludes && readable && ours.is_some() && ours == digest_of(theirs, &dir.path)
-            })
+            .find(|d| d.path == dir && d.present)
+            .map(|d| d.exclude.clone())
+    };
+    let readable = |m: &ManifestResponse, dir: &str| !m.unreadable.iter().any(|p| overlaps(p, dir));
+    let mut differing = Vec::new();
+    for dir in config.directories.iter() {
+        if present(ours, &dir.path).is_none() {
+            continue;
+        }
+        let digest = digest_of(ours, &dir.path)?;
+        let Some(exclude) = present(theirs, &dir.path) else {
+            differing.push(dir.path.clone());
+            continue;
+        };
+        if exclude != dir.excludes.entries {
+            return None;
+        }
+        let readable = readable(ours, &dir.path) && readable(theirs, &dir.path);
+        if !readable || digest_of(theirs, &dir.path) != Some(digest) {
+            differing.push(dir.path.clone());
+        }
+    }
+    Some(differing)
 }
 
 #[cfg(test)]
@@ -1006,9 +1029,31 @@ mod tests {
         missing.directories[0].present = false;
         assert!(!digests_agree(&config, &ours, &missing));
 
+        // What differs, told without the tree where the digests can tell.
+        let differing = |theirs: &ManifestResponse| differing_by_digests(&config, &ours, theirs);
+        assert_eq!(differing(&ours), Some(Vec::new()));
+        assert_eq!(differing(&other), Some(vec!["/etc/app".to_string()]));
+        assert_eq!(differing(&missing), Some(vec!["/etc/app".to_string()]));
+        assert_eq!(differing(&unreadable), Some(vec!["/etc/app".to_string()]));
+        assert_eq!(
+            differing(&answer(&excluding, Some(b"tree"), true)),
+            None,
+            "read with other excludes: the tree must be compared"
+        );
+        assert_eq!(
+            differing(&answer(&ours_excludes, Some(b"tree"), false)),
+            None
+        );
+        let no_digest_here = answer(&ours_excludes, None, true);
+        assert_eq!(differing_by_digests(&config, &no_digest_here, &ours), None);
+
         // A directory missing here is not compared (the run reports it as missing).
         let mut gone_here = answer(&ours_excludes, None, true);
         gone_here.directories[0].present = false;
         assert!(digests_agree(&config, &gone_here, &other));
+        assert_eq!(
+            differing_by_digests(&config, &gone_here, &other),
+            Some(Vec::new())
+        );
     }
 }
