@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use gosyncd::config::Config;
 use gosyncd::group::{GroupNode, GroupSpec, LocalGroup};
-use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op};
+use gosyncd::protocol::{encode_batch, Action, BatchHeader, Op, StatusResponse};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -542,27 +542,19 @@ async fn the_watcher_holds_back_a_file_over_the_peers_size_limit_and_delivers_th
     // The large one is held as refused, named with the limit, and never sent. The
     // sender records it from the peer's answer, which ends after the small file is in
     // place there: the status route is asked until it tells.
-    let status = peer_as(n1, n0.addr);
-    eventually_async(
+    let held = |status: &StatusResponse| {
+        status.peers.iter().any(|p| {
+            p.peer == n1.addr.to_string()
+                && p.held
+                    .iter()
+                    .any(|h| h.path == "/etc/app/big.bin" && h.reason.contains("max_file_size"))
+        })
+    };
+    let asks_n0 = peer_as(n1, n0.addr);
+    status_when(
+        &asks_n0,
         "node 1 holds big.bin back as over node 2's max_file_size",
-        WAIT,
-        || async {
-            let status = status.status().await.map_err(|e| e.to_string())?;
-            let toward_1 = status
-                .peers
-                .iter()
-                .find(|p| p.peer == n1.addr.to_string())
-                .ok_or("node 1 names no record of node 2")?;
-            if toward_1
-                .held
-                .iter()
-                .any(|h| h.path == "/etc/app/big.bin" && h.reason.contains("max_file_size"))
-            {
-                Ok(())
-            } else {
-                Err(format!("{toward_1:?}"))
-            }
-        },
+        held,
     )
     .await;
     assert!(!exists(n1, "/etc/app/big.bin"));

@@ -338,19 +338,15 @@ async fn a_node_made_receive_only_replays_no_spool_its_sending_run_left_and_move
     );
     // The spooled edit is a local edit not pushed, and the comparison keeps it as such.
     let asks_n0 = peer_as(n1, n0.addr);
-    eventually_async(
+    status_when(
+        &asks_n0,
         "the spooled edit reported as drift and as a local edit not pushed",
-        WAIT,
-        || async {
-            let status = asks_n0.status().await.map_err(|e| e.to_string())?;
+        |status| {
             let drift = status
                 .peers
                 .iter()
                 .all(|p| p.drift_paths == Some(1) && p.drift == [file]);
-            match drift && status.local_edits == [file] {
-                true => Ok(()),
-                false => Err(format!("{status:#?}")),
-            }
+            drift && status.local_edits == [file]
         },
     )
     .await;

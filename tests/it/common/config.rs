@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gosyncd::client::{self, Peer};
 use gosyncd::config::{Config, Remote};
 use gosyncd::group::{GroupNode, LocalGroup};
-use gosyncd::protocol::{Content, Digest256, Entry};
+use gosyncd::protocol::{Content, Digest256, Entry, StatusResponse};
 use gosyncd::tls::TlsMaterial;
 
 /// Writes a modified copy of node `i`'s config next to it (so relative TLS paths still
@@ -135,6 +135,23 @@ pub fn peer_as(node: &GroupNode, addr: SocketAddr) -> Peer {
         remote,
         client::http_client(tls, Some(node.addr.ip())).unwrap(),
     )
+}
+
+/// Asks `peer`'s status route until `ready` holds of its answer, and returns that
+/// answer; fails the test with the last one after [`WAIT`].
+pub async fn status_when(
+    peer: &Peer,
+    what: &str,
+    ready: impl Fn(&StatusResponse) -> bool,
+) -> StatusResponse {
+    super::eventually_async(what, super::WAIT, || async {
+        let status = peer.status().await.map_err(|e| e.to_string())?;
+        match ready(&status) {
+            true => Ok(status),
+            false => Err(format!("{status:#?}")),
+        }
+    })
+    .await
 }
 
 pub fn peer_with(tls: rustls::ClientConfig, addr: SocketAddr) -> Peer {
