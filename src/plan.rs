@@ -72,18 +72,12 @@ where
     RK: PathKey,
     RE: Borrow<Entry>,
 {
-    let mut count = 0;
-    plan_each(local, remote, owners, |_| count += 1);
-    let mut ops = Vec::with_capacity(count);
-    plan_each(local, remote, owners, |op| {
-        ops.push(Outline {
-            path: op.path,
-            shared: op.shared,
-            put: op.put.is_some(),
-            deletes_directory: op.put.is_none() && op.expect.is_some_and(|e| e.content.is_dir()),
-        })
-    });
-    ops
+    collect(local, remote, owners, |op| Outline {
+        path: op.path,
+        shared: op.shared,
+        put: op.put.is_some(),
+        deletes_directory: op.put.is_none() && op.expect.is_some_and(|e| e.content.is_dir()),
+    })
 }
 
 /// An operation of a plan in outline: its path (borrowed), whether it puts or deletes,
@@ -120,11 +114,11 @@ impl<'p> From<&'p Planned<'_>> for Outline<'p> {
 }
 
 /// Each operation of the plan from `remote` to `local`, as `make` makes it.
-fn collect<'l, 'e, LK, LE, RK, RE, T>(
+fn collect<'p, 'l: 'p, 'e, 'r: 'p, LK, LE, RK, RE, T>(
     local: &'l BTreeMap<LK, LE>,
-    remote: &BTreeMap<RK, RE>,
+    remote: &'r BTreeMap<RK, RE>,
     owners: bool,
-    mut make: impl FnMut(Each<'_, 'e, '_>) -> T,
+    mut make: impl FnMut(Each<'p, 'e, 'r>) -> T,
 ) -> Vec<T>
 where
     LK: PathKey,
