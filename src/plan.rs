@@ -158,6 +158,33 @@ where
     same && index == planned.len()
 }
 
+/// Whether [`plan`] of `local` and `remote` deletes anything, told without planning.
+pub fn deletes_any<LK, LE, RK, RE>(local: &BTreeMap<LK, LE>, remote: &BTreeMap<RK, RE>) -> bool
+where
+    LK: PathKey,
+    LE: Borrow<Entry>,
+    RK: PathKey,
+    RE: Borrow<Entry>,
+{
+    remote
+        .iter()
+        .any(|(key, theirs)| deleted(local, key.borrow(), theirs.borrow()))
+}
+
+/// Whether the plan deletes `path`, which the peer holds as `theirs`: this node lacks
+/// it, or holds another kind there (a directory cannot be renamed over a file, or the
+/// reverse: it is deleted first).
+fn deleted<LK: PathKey, LE: Borrow<Entry>>(
+    local: &BTreeMap<LK, LE>,
+    path: &str,
+    theirs: &Entry,
+) -> bool {
+    match local.get(path) {
+        None => true,
+        Some(ours) => ours.borrow().content.is_dir() != theirs.content.is_dir(),
+    }
+}
+
 /// An entry of a map a plan is made from, borrowed for `'e`: a manifest's entry, for as
 /// long as the manifest is borrowed; a view's, for as long as the manifest the view
 /// borrows it from (so that a plan can outlive a view made to plan it).
@@ -229,15 +256,9 @@ fn plan_each<'p, 'l: 'p, 'e, 'r: 'p, LK, LE, RK, RE>(
     RK: PathKey,
     RE: Borrow<Entry>,
 {
-    let replaced_by_other_kind = |path: &str, theirs: &Entry| match local.get(path) {
-        None => true,
-        // A directory cannot be renamed over a file (or the reverse): delete it first.
-        Some(ours) => ours.borrow().content.is_dir() != theirs.content.is_dir(),
-    };
-
     for (key, theirs) in remote.iter().rev() {
         let (path, theirs) = (key.borrow(), theirs.borrow());
-        if replaced_by_other_kind(path, theirs) {
+        if deleted(local, path, theirs) {
             each(Each {
                 path,
                 shared: key.shared(),
@@ -249,7 +270,7 @@ fn plan_each<'p, 'l: 'p, 'e, 'r: 'p, LK, LE, RK, RE>(
     for (key, ours) in local {
         let (path, ours) = (key.borrow(), ours.entry());
         let expect = match remote.get(path).map(Borrow::borrow) {
-            Some(theirs) if replaced_by_other_kind(path, theirs) => None,
+            Some(theirs) if deleted(local, path, theirs) => None,
             Some(theirs) if ours.same_state(theirs, owners) => continue,
             Some(theirs) => Some(theirs),
             None => None,
@@ -529,6 +550,8 @@ mod tests {
             let outlined: Vec<_> = outline(&local, &remote, true).iter().map(told).collect();
             let from_plan: Vec<_> = made.iter().map(|op| told(&Outline::from(op))).collect();
             prop_assert_eq!(outlined, from_plan);
+            let deletes = made.iter().any(|op| op.put.is_none());
+            prop_assert_eq!(deletes_any(&local, &remote), deletes);
         }
     }
 }

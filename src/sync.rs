@@ -36,8 +36,8 @@ use self::contents::{RunContents, Sharer};
 pub use self::peer::PeerLink;
 pub(crate) use self::peer::{differing_by_digests, digests_agree, directories_differing};
 use self::peer::{
-    directories_deleted, kept_directories, levels_can_tell, levels_differing, peer_rules,
-    sync_peer, LocalState, PeerTerms,
+    directories_deleted, kept_directories, kept_for_excludes, levels_can_tell, levels_differing,
+    peer_rules, sync_peer, LocalState, PeerTerms,
 };
 pub use self::progress::{PeerTally, Progress, ProgressEvent};
 use self::push::push;
@@ -532,10 +532,7 @@ impl Engine {
         };
         let deleted = failed.iter().map(String::as_str);
         for (dir, excluded) in kept_directories(&self.config, &listing, deleted) {
-            let kept = format!("directory kept: it holds paths excluded on this node: {excluded}");
-            report
-                .changes
-                .restate(&dir, &ChangeStatus::Kept(kept.into()));
+            report.changes.restate(&dir, &kept_for_excludes(&excluded));
         }
     }
 }

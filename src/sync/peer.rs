@@ -19,7 +19,7 @@ use crate::config::{Config, Directory, Excludes};
 use crate::manifest::Manifest;
 use crate::manifest::Scan;
 use crate::paths::{in_scope, is_within, overlaps, LogicalPath, Region};
-use crate::plan::{outline, planned, plans_as, Outline, Plan, Planned};
+use crate::plan::{deletes_any, outline, planned, plans_as, Outline, Plan, Planned};
 use crate::protocol::{Digest256, DirectoryInfo, Entry, ManifestResponse, PeerLimits};
 
 /// One peer as the engine reaches it: its client, and the terms it last announced
@@ -253,10 +253,7 @@ fn plan_for(
         for (dir, excluded) in &keeps {
             report.changes.push(Change {
                 path: dir.as_str().into(),
-                status: ChangeStatus::Kept(
-                    format!("directory kept: it holds paths excluded on this node: {excluded}")
-                        .into(),
-                ),
+                status: kept_for_excludes(excluded),
             });
         }
         if !options.force {
@@ -310,6 +307,14 @@ pub(super) fn kept_directories<'a>(
                 .map(|w| (path.to_string(), w.path.clone()))
         })
         .collect()
+}
+
+/// The status of a directory kept on the peer because it holds `excluded`, a path
+/// excluded on this node (see [`kept_directories`]).
+pub(super) fn kept_for_excludes(excluded: &str) -> ChangeStatus {
+    ChangeStatus::Kept(
+        format!("directory kept: it holds paths excluded on this node: {excluded}").into(),
+    )
 }
 
 /// Deletions below this count never trip the share rule of the mass-delete guard.
@@ -399,14 +404,9 @@ impl<'a> Ours<'a> {
     /// Whether the plan to `theirs` deletes anything: a path of theirs this node lacks,
     /// or holds as another kind (a directory against anything else).
     fn deletes_any(&self, theirs: &View) -> bool {
-        let deleted = |ours: Option<&Entry>, theirs: &Entry| {
-            ours.is_none_or(|ours| ours.content.is_dir() != theirs.content.is_dir())
-        };
         match self {
-            Ours::Whole(ours) => theirs.iter().any(|(p, e)| deleted(ours.get(*p), e)),
-            Ours::Part(ours) => theirs
-                .iter()
-                .any(|(p, e)| deleted(ours.get(*p).copied(), e)),
+            Ours::Whole(ours) => deletes_any(*ours, theirs),
+            Ours::Part(ours) => deletes_any(ours, theirs),
         }
     }
 
