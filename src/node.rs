@@ -367,7 +367,7 @@ impl Node {
     pub fn heard_from(&self, ip: std::net::IpAddr) {
         // A dual-stack listener sees IPv4 peers as IPv4-mapped IPv6 addresses.
         let ip = ip.to_canonical();
-        for record in self.peers.get().into_iter().flatten() {
+        for record in self.records() {
             if record.addresses.contains(&ip) {
                 record.outbox.contact();
                 if record.set_unreachable(false) {
@@ -427,7 +427,7 @@ impl Node {
                 (Some(entry), Some(stamp)) => baseline.record_put(path, entry, &stamp, now_ns()),
                 (state, _) => baseline.record(path, state),
             }
-            for record in self.peers.get().into_iter().flatten() {
+            for record in self.records() {
                 record.outbox.received(path);
             }
             self.local_edits.received(path);
@@ -573,12 +573,14 @@ impl Node {
         }
     }
 
+    /// The record of each peer (none for a bare server).
+    pub fn records(&self) -> &[Arc<PeerRecord>] {
+        self.peers.get().map(Vec::as_slice).unwrap_or_default()
+    }
+
     /// What the watcher knows of each peer (nothing when this node does not watch).
     pub fn peer_status(&self) -> Vec<PeerStatus> {
-        self.peers
-            .get()
-            .map(|peers| peers.iter().map(|p| p.status()).collect())
-            .unwrap_or_default()
+        self.records().iter().map(|p| p.status()).collect()
     }
 }
 

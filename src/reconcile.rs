@@ -100,7 +100,7 @@ async fn pass(engine: &Engine, node: &Arc<Node>, first: bool, may_wait: bool) ->
     // together, and whether any peer was judged.
     let mut differs: BTreeSet<LogicalPath> = BTreeSet::new();
     let mut judged = false;
-    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    let records = node.records();
     // Holds learnt from here on are newer than what this pass sees: never forgotten by it.
     let marks: Vec<u64> = records.iter().map(|r| r.outbox.mark()).collect();
     let asks: Vec<_> = engine
@@ -219,7 +219,7 @@ async fn compare_paths(
     // What waits for each peer now: delivered while the comparison runs, it would look
     // like drift when the comparison ends.
     // And the holds learnt so far: one learnt while it runs is newer than what it shows.
-    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    let records = node.records();
     let before: BTreeMap<String, Before> = records
         .iter()
         .map(|r| {
@@ -330,7 +330,7 @@ fn settle(
     first: bool,
 ) -> Vec<Drift> {
     let mut verdicts = Vec::new();
-    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    let records = node.records();
     let record_of = |label: &str| records.iter().find(|r| r.label() == label);
     for peer in &report.peers {
         let Some(record) = record_of(&peer.peer) else {

@@ -314,7 +314,7 @@ async fn push_burst(
             "no change to push (a write received from a peer, or undone)"
         );
         // What the burst touched and did not change is not delivered.
-        for record in node.peers.get().into_iter().flatten() {
+        for record in node.records() {
             record.outbox.drop_provisional(&scope);
         }
         if let Some(spool) = node.spool.clone() {
@@ -322,7 +322,7 @@ async fn push_burst(
         }
         return refused;
     }
-    let records = node.peers.get().map(Vec::as_slice).unwrap_or_default();
+    let records = node.records();
     for record in records {
         record.outbox.merge(&ops, |path| {
             config.directory_of(path).map(|dir| dir.path.clone())
@@ -363,7 +363,7 @@ fn not_pushed(node: &Node, ops: &[crate::protocol::Op]) {
          sending node"
     );
     node.local_edits.note(paths.iter().cloned());
-    for record in node.peers.get().into_iter().flatten() {
+    for record in node.records() {
         record.add_drift(&paths);
     }
     node.reconcile_now.notify_one();
