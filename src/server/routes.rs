@@ -410,19 +410,14 @@ async fn apply(
             .results
             .iter()
             .all(|r| r.outcome == Outcome::Applied && r.found.is_none());
-        match brief && every {
-            true => ApplyResponse {
-                applied: Some(received.results.len()),
-                results: Vec::new(),
-                actions,
-                refused: None,
-            },
-            false => ApplyResponse {
-                results: received.results,
-                actions,
-                refused: None,
-                applied: None,
-            },
+        let mut results = received.results;
+        // A brief answer: their count instead of the results.
+        let applied = (brief && every).then(|| std::mem::take(&mut results).len());
+        ApplyResponse {
+            results,
+            actions,
+            refused: None,
+            applied,
         }
     });
     // The answer begins now: the batch has arrived whole and holds the turn to be
