@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use crate::config::{Config, Directory};
-use crate::paths::{file_name, parent, LogicalPath, Region};
+use crate::paths::{ancestors, file_name, is_within, parent, LogicalPath, Region};
 use crate::protocol::{Content, Digest256, Entry};
 use crate::tree::{is_temp_name, Parents};
 
@@ -36,17 +36,30 @@ pub type Manifest = BTreeMap<LogicalPath, Entry>;
 /// same tree. It covers what a sync compares (content, the mode of all but links,
 /// owners when `owners`), never times, so two trees a sync would leave alone have the
 /// same digest.
+///
+/// It is made of the digests of the directory's levels (see [`level_digests`]), which
+/// between them cover every path once: a daemon keeps those, and after a change makes
+/// again only the levels of the directories that changed.
 pub fn digest(
     entries: &Manifest,
     dir: &str,
     owners: bool,
     keep: impl Fn(&str) -> bool,
 ) -> Digest256 {
+    let levels = level_digests(entries, dir, owners, keep);
+    digest_of_levels(levels.iter().map(|(path, level)| (path.as_str(), level)))
+}
+
+/// The digest of a configured directory from the digests of its levels, given in the
+/// order of their paths.
+pub fn digest_of_levels<'a>(
+    levels: impl IntoIterator<Item = (&'a str, &'a Digest256)>,
+) -> Digest256 {
     let mut hash = Sha256::new();
-    for (path, entry) in within(entries, dir) {
-        if keep(path) {
-            digest_entry(&mut hash, path, entry, owners);
-        }
+    for (path, level) in levels {
+        hash.update(path.as_bytes());
+        hash.update([0]);
+        hash.update(level.0);
     }
     Digest256(hash.finalize().into())
 }
@@ -146,105 +159,272 @@ fn digest_entry(hash: &mut Sha256, path: &str, entry: &Entry, owners: bool) {
 pub struct DigestScan {
     pub digests: Vec<(String, Digest256)>,
     /// The digest of each level of those directories (see [`level_digests`]), hashed in
-    /// the same walk, with how many children the level holds.
-    pub levels: Vec<(String, Digest256, u64)>,
+    /// the same walk, with how many children the level holds, by directory.
+    pub levels: BTreeMap<String, (Digest256, u64)>,
     pub missing: Vec<String>,
     pub unreadable: Vec<(String, String)>,
 }
 
 /// The digest of every configured directory present, equal to [`digest`] of a full
-/// [`scan`] (with `keep` keeping everything), computed while walking: entries are hashed
-/// in the manifest's order as they are read, and none is kept, so a digest costs memory
-/// for the directories being walked only, never for the tree.
-///
-/// The manifest's order is that of whole logical paths: within a directory, a child
-/// directory's entries (`name/...`) come where `name/` sorts among its siblings' names
-/// (after `name.conf`, before `name0`), not right after the directory's own entry.
+/// [`scan`] (with `keep` keeping everything), computed while walking: each directory's
+/// level is hashed as it is read, and no entry is kept, so a digest costs memory for
+/// the levels, never for the tree.
 pub fn scan_digests(config: &Config, cache: &HashCache, owners: bool) -> DigestScan {
     let mut out = DigestScan::default();
     let mut readers = Readers::new(cache);
+    let mut parents = Parents::default();
     for dir in &config.directories {
-        let mut hash = Sha256::new();
-        let hashed = digest_directory(config, dir, &mut readers, owners, &mut hash, &mut out);
-        if hashed {
-            out.digests
-                .push((dir.path.clone(), Digest256(hash.finalize().into())));
-        }
+        walk_top(config, dir, &mut parents, &mut readers, owners, &mut out);
     }
+    out.digests = directory_digests(config, &out.levels);
     out
 }
 
-/// One item of a directory being walked for its digest, in the manifest's order.
-enum Walked {
-    Entry(LogicalPath, Entry),
-    /// The entries below a child directory, with its own entry.
-    Below(LogicalPath, Entry),
-}
-
-/// Hashes configured directory `dir` into `hash`, its files read by `readers`; `false`
-/// when it is missing or its top cannot be read (recorded in `out`).
-fn digest_directory(
+/// Walks configured directory `dir` whole into `out`.
+fn walk_top(
     config: &Config,
     dir: &Directory,
+    parents: &mut Parents,
     readers: &mut Readers,
     owners: bool,
-    hash: &mut Sha256,
     out: &mut DigestScan,
-) -> bool {
-    let mut parents = Parents::default();
-    let Some((fd, top)) = open_top(
-        config,
-        dir,
-        &mut parents,
-        &mut out.missing,
-        &mut out.unreadable,
-    ) else {
-        return false;
+) {
+    let Some((fd, top)) = open_top(config, dir, parents, &mut out.missing, &mut out.unreadable)
+    else {
+        return;
     };
-    digest_entry(hash, &dir.path, &top, owners);
-    let mut walking: Vec<std::vec::IntoIter<Walked>> = Vec::new();
-    let mut next = Some((LogicalPath::from(&dir.path), fd, top));
-    loop {
-        if let Some((logical, fd, own)) = next.take() {
-            let everything = Region::default();
-            let listed = children(&fd, &logical, dir, everything, readers, &mut out.unreadable);
-            if let Some(mut children) = listed {
-                let read = settle(readers.drain(), &mut out.unreadable);
-                children.extend(
-                    read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)),
-                );
-                let level = level_digest(&logical, &own, &mut children, owners);
-                out.levels
-                    .push((logical.into(), level, children.len() as u64));
-                let mut items = Vec::with_capacity(children.len());
-                for (name, child, entry) in children {
-                    if entry.content.is_dir() {
-                        let below = Walked::Below(child.clone(), entry.clone());
-                        items.push((format!("{name}/"), below));
-                    }
-                    items.push((name, Walked::Entry(child, entry)));
-                }
-                items.sort_unstable_by(|(a, _), (b, _)| a.as_bytes().cmp(b.as_bytes()));
-                walking.push(
-                    items
-                        .into_iter()
-                        .map(|(_, item)| item)
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                );
+    let top = (LogicalPath::from(&dir.path), top);
+    walk_levels(config, dir, parents, top, Some(fd), readers, owners, out);
+}
+
+/// The digest of each configured directory whose top level is in `levels`, made from
+/// its levels (see [`digest`]).
+fn directory_digests(
+    config: &Config,
+    levels: &BTreeMap<String, (Digest256, u64)>,
+) -> Vec<(String, Digest256)> {
+    config
+        .directories
+        .iter()
+        .filter(|dir| levels.contains_key(&dir.path))
+        .map(|dir| {
+            let within =
+                levels_within(levels, &dir.path).map(|(path, (level, _))| (path.as_str(), level));
+            (dir.path.clone(), digest_of_levels(within))
+        })
+        .collect()
+}
+
+/// The levels of `levels` that are directory `path` or below it, in order.
+fn levels_within<'a>(
+    levels: &'a BTreeMap<String, (Digest256, u64)>,
+    path: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a (Digest256, u64))> {
+    // Every path that starts with `path` comes in one stretch from it; not all of them
+    // are below it (`/etc/app-x` for `/etc/app`).
+    levels
+        .range::<str, _>((std::ops::Bound::Included(path), std::ops::Bound::Unbounded))
+        .take_while(move |(at, _)| at.starts_with(path))
+        .filter(move |(at, _)| is_within(at, path))
+}
+
+/// Walks again, in a tree whose last walk for digests is `walked`, where it changed at
+/// or below the local paths `touched`: the directory holding each (its level lists it),
+/// and each that is a directory whole; then makes every configured directory's digest
+/// again from the levels. The same as a new [`scan_digests`] when every change in the
+/// tree since `walked` was made is at or below one of `touched`.
+pub fn rescan_digests(
+    config: &Config,
+    cache: &HashCache,
+    owners: bool,
+    walked: &mut DigestScan,
+    touched: &std::collections::BTreeSet<std::path::PathBuf>,
+) {
+    use std::collections::BTreeSet;
+    let mut whole: BTreeSet<String> = BTreeSet::new();
+    let mut relist: BTreeSet<String> = BTreeSet::new();
+    for logical in touched
+        .iter()
+        .filter_map(|local| config.logical_path(local))
+    {
+        if !config.directories.iter().any(|d| d.path == logical) {
+            relist.insert(parent(&logical).to_string());
+        }
+        whole.insert(logical);
+    }
+    // A configured directory that appeared or went, whatever the events said: walked
+    // whole (as `open_top` finds it).
+    for dir in &config.directories {
+        let is_dir = std::fs::metadata(config.local_path(&dir.path)).is_ok_and(|m| m.is_dir());
+        if is_dir != walked.levels.contains_key(&dir.path) {
+            whole.insert(dir.path.clone());
+        }
+    }
+    let mut readers = Readers::new(cache);
+    let mut parents = Parents::default();
+    let roots: Vec<&String> = whole
+        .iter()
+        .filter(|path| !ancestors(path).any(|at| whole.contains(at)))
+        .collect();
+    for path in &roots {
+        walk_whole(config, owners, path, walked, &mut readers, &mut parents);
+    }
+    let mut relist: Vec<String> = relist
+        .into_iter()
+        .filter(|d| !roots.iter().any(|root| is_within(d, root)))
+        .collect();
+    while let Some(path) = relist.pop() {
+        if !walked.levels.contains_key(&path) {
+            // Not walked before (new, or unreadable then): whole, and its directory
+            // lists it.
+            walk_whole(config, owners, &path, walked, &mut readers, &mut parents);
+            if config.directory_of(&path).is_some_and(|d| d.path != path) {
+                relist.push(parent(&path).to_string());
+            }
+            continue;
+        }
+        let dir = config
+            .directory_of(&path)
+            .expect("a level is in a configured directory");
+        walked
+            .unreadable
+            .retain(|(at, _)| at != &path && parent(at) != path);
+        let listed = parents.dir(config, dir, &path).ok().and_then(|fd| {
+            let own = rustix::fs::fstat(&*fd).ok()?;
+            let children = children(
+                &fd,
+                &path,
+                dir,
+                Region::default(),
+                &mut readers,
+                &mut walked.unreadable,
+            )?;
+            Some((entry_of(&own, Content::Dir), children))
+        });
+        let Some((own, mut children)) = listed else {
+            // Gone or unreadable now: its directory tells.
+            walk_whole(config, owners, &path, walked, &mut readers, &mut parents);
+            if dir.path != path {
+                relist.push(parent(&path).to_string());
+            }
+            continue;
+        };
+        let read = settle(readers.drain(), &mut walked.unreadable);
+        children.extend(read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)));
+        let level = level_digest(&path, &own, &mut children, owners);
+        walked
+            .levels
+            .insert(path.clone(), (level, children.len() as u64));
+        // Directories that went: forgotten; that came: walked whole.
+        let now: BTreeSet<&str> = children
+            .iter()
+            .filter(|(_, _, entry)| entry.content.is_dir())
+            .map(|(_, child, _)| child.as_str())
+            .collect();
+        let gone: Vec<String> = levels_within(&walked.levels, &path)
+            .map(|(at, _)| at)
+            .filter(|at| at.as_str() != path && parent(at) == path && !now.contains(at.as_str()))
+            .cloned()
+            .collect();
+        for at in gone {
+            forget_below(walked, &at);
+        }
+        for child in now {
+            if !walked.levels.contains_key(child) {
+                walk_whole(config, owners, child, walked, &mut readers, &mut parents);
             }
         }
-        let Some(items) = walking.last_mut() else {
-            return true;
+    }
+    walked.digests = directory_digests(config, &walked.levels);
+}
+
+/// Walks `path` again whole, if it is a directory shown in its configured directory,
+/// after forgetting what was walked at or below it.
+fn walk_whole(
+    config: &Config,
+    owners: bool,
+    path: &str,
+    walked: &mut DigestScan,
+    readers: &mut Readers,
+    parents: &mut Parents,
+) {
+    forget_below(walked, path);
+    let Some(dir) = config.directory_of(path) else {
+        return;
+    };
+    if dir.path == path {
+        walked.missing.retain(|m| m != path);
+        return walk_top(config, dir, parents, readers, owners, walked);
+    }
+    let shown = ancestors(path)
+        .take_while(|at| is_within(at, &dir.path) && *at != dir.path)
+        .chain([path])
+        .all(|at| !dir.excludes.is_excluded(at) && !is_temp_name(file_name(at)));
+    if !shown {
+        return;
+    }
+    let Ok(fd) = parents.dir(config, dir, parent(path)) else {
+        // Its directory tells, when it is listed.
+        return;
+    };
+    if let Ok(Found::Entry(own)) = stat_below(&fd, file_name(path), path, readers.cache()) {
+        if own.content.is_dir() {
+            let start = (LogicalPath::from(path), own);
+            walk_levels(config, dir, parents, start, None, readers, owners, walked);
+        }
+    }
+}
+
+/// Forgets the levels and the unreadable paths at or below `path`.
+fn forget_below(walked: &mut DigestScan, path: &str) {
+    let below: Vec<String> = levels_within(&walked.levels, path)
+        .map(|(at, _)| at.clone())
+        .collect();
+    for at in below {
+        walked.levels.remove(&at);
+    }
+    walked.unreadable.retain(|(at, _)| !is_within(at, path));
+}
+
+/// Adds to `out.levels` the level of directory `start` of configured directory `dir`
+/// (its logical path and own entry; open as `fd`, if it is) and of every directory
+/// below it, its files read by `readers`.
+#[allow(clippy::too_many_arguments)]
+fn walk_levels(
+    config: &Config,
+    dir: &Directory,
+    parents: &mut Parents,
+    start: (LogicalPath, Entry),
+    fd: Option<Arc<OwnedFd>>,
+    readers: &mut Readers,
+    owners: bool,
+    out: &mut DigestScan,
+) {
+    let mut opened = fd;
+    let mut walking = vec![start];
+    while let Some((logical, own)) = walking.pop() {
+        let (logical, fd) = match opened.take() {
+            Some(fd) => (logical, fd),
+            None => match open_walked(config, dir, parents, logical, &mut out.unreadable) {
+                Some(opened) => opened,
+                None => continue,
+            },
         };
-        match items.next() {
-            None => {
-                walking.pop();
-            }
-            Some(Walked::Entry(path, entry)) => digest_entry(hash, &path, &entry, owners),
-            Some(Walked::Below(logical, own)) => {
-                next = open_walked(config, dir, &mut parents, logical, &mut out.unreadable)
-                    .map(|(logical, fd)| (logical, fd, own))
+        let everything = Region::default();
+        let Some(mut children) =
+            children(&fd, &logical, dir, everything, readers, &mut out.unreadable)
+        else {
+            continue;
+        };
+        let read = settle(readers.drain(), &mut out.unreadable);
+        children.extend(read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)));
+        let level = level_digest(&logical, &own, &mut children, owners);
+        out.levels
+            .insert(logical.to_string(), (level, children.len() as u64));
+        // In reverse, so that the first is walked next.
+        for (_, child, entry) in children.into_iter().rev() {
+            if entry.content.is_dir() {
+                walking.push((child, entry));
             }
         }
     }
@@ -307,17 +487,51 @@ impl Stamp {
 ///
 /// The watcher counts every event that may change something (writes, creations,
 /// removals, renames, attributes, lost events), and each applied batch counts once
-/// more when it is done, before its answer is sent.
+/// more when it is done, before its answer is sent. Each count notes where the change
+/// was, when that is known, before it counts ([`Generation::take_touched`]).
 #[derive(Default)]
 pub struct Generation {
     count: AtomicU64,
     watched: AtomicBool,
+    touched: std::sync::Mutex<Touched>,
 }
 
+/// Where the tree changed since the last [`Generation::take_touched`]: at or below each
+/// of these local paths, or anywhere (`None`).
+pub type Touched = Option<std::collections::BTreeSet<std::path::PathBuf>>;
+
+/// Paths noted as touched at most: past that, the whole tree is.
+const TOUCHED_MOST: usize = 10_000;
+
 impl Generation {
-    /// A change may have happened.
+    /// A change may have happened anywhere.
     pub fn bump(&self) {
+        *self.touched.lock().expect("touched lock") = None;
         self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A change may have happened at or below each of the local paths `paths`.
+    pub fn bump_at<'a>(&self, paths: impl IntoIterator<Item = &'a Path>) {
+        {
+            let mut touched = self.touched.lock().expect("touched lock");
+            if let Some(set) = touched.as_mut() {
+                set.extend(paths.into_iter().map(Path::to_path_buf));
+                if set.len() > TOUCHED_MOST {
+                    *touched = None;
+                }
+            }
+        }
+        // After the note: a walk that reads the count after this took the note too.
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Where the tree changed since the last call (anywhere, the first time). Taken
+    /// after [`current`](Self::current): every change counted by then is in it.
+    pub fn take_touched(&self) -> Touched {
+        self.touched
+            .lock()
+            .expect("touched lock")
+            .replace(Default::default())
     }
 
     /// The watch runs from now on: changes are counted.
@@ -1027,7 +1241,7 @@ mod tests {
             assert_eq!(walked.digests, [("/etc/app".to_string(), whole)]);
             let levels = level_digests(&scanned.entries, "/etc/app", false, |_| true);
             assert_eq!(walked.levels.len(), levels.len());
-            for (level, digest, children) in &walked.levels {
+            for (level, (digest, children)) in &walked.levels {
                 assert_eq!(levels.get(level.as_str()), Some(digest), "{level}");
                 let scanned_children = scanned
                     .entries
@@ -1059,7 +1273,7 @@ mod tests {
             let walked: BTreeMap<String, Digest256> = walked
                 .levels
                 .into_iter()
-                .map(|(path, digest, _)| (path, digest))
+                .map(|(path, (digest, _))| (path, digest))
                 .collect();
             let scanned = scan(&config, &[], &HashCache::default());
             assert_eq!(
@@ -1115,10 +1329,17 @@ mod tests {
             mtime_ns,
             ..crate::testing::file_entry(bytes)
         };
+        // Each tree holds the directories too: a level is a directory's.
         let tree = |entries: &[(&str, Entry)]| -> Manifest {
+            let dir = Entry {
+                content: Content::Dir,
+                mode: 0o755,
+                ..crate::testing::file_entry(b"")
+            };
             entries
                 .iter()
                 .map(|(p, e)| ((*p).into(), e.clone()))
+                .chain(["/d", "/d-x"].map(|d| (d.into(), dir.clone())))
                 .collect()
         };
         let base = tree(&[
@@ -1375,5 +1596,175 @@ mod tests {
             scan.missing.is_empty(),
             "out-of-scope directories are not scanned"
         );
+    }
+
+    /// A change to the tree of the test below, at one of [`TREE_PATHS`].
+    #[derive(Clone, Debug)]
+    enum TreeChange {
+        Write(usize, u8),
+        Remove(usize),
+        MakeDirs(usize),
+        Rename(usize, usize),
+        Chmod(usize),
+        /// Made, or removed, with the event naming the directory that holds it only.
+        ToldToParent(Box<TreeChange>),
+        /// Made, or removed, with an event naming another name in the directory that
+        /// holds it only: whatever a listing of that directory shows is found.
+        ToldBeside(Box<TreeChange>),
+    }
+
+    /// Paths below `/etc/app` (the first is the configured directory itself), some
+    /// excluded (`*.swp`), some a gosyncd temporary name.
+    const TREE_PATHS: [&str; 12] = [
+        "",
+        "a",
+        "a/b",
+        "a/b/c",
+        "a/x",
+        "d",
+        "d/e",
+        "f",
+        "a/b/f2",
+        "d/e/g",
+        "a/k.swp",
+        "a/.gosyncd-tmp-x",
+    ];
+
+    /// Makes `change` in the tree under `app`; returns the paths an event would name:
+    /// the path changed, or the first directory made on the way to it (whose contents
+    /// no event may tell of), or both ends of a rename.
+    fn make_change(app: &Path, change: &TreeChange) -> Vec<std::path::PathBuf> {
+        let at = |i: usize| match TREE_PATHS[i] {
+            "" => app.to_path_buf(),
+            rel => app.join(rel),
+        };
+        // The first of `path`'s directories that does not exist, or `path`.
+        let first_missing = |path: &Path| {
+            path.ancestors()
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .find(|p| std::fs::symlink_metadata(p).is_err())
+                .map_or_else(|| path.to_path_buf(), Path::to_path_buf)
+        };
+        match change {
+            TreeChange::Write(i, byte) => {
+                let path = at(*i);
+                let touched = first_missing(&path);
+                let parent = path.parent().unwrap();
+                if std::fs::create_dir_all(parent).is_err() || path.is_dir() {
+                    return vec![touched];
+                }
+                let _ = std::fs::write(&path, [*byte]);
+                vec![touched]
+            }
+            TreeChange::Remove(i) => {
+                let path = at(*i);
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path).unwrap(),
+                    Ok(_) => std::fs::remove_file(&path).unwrap(),
+                    Err(_) => {}
+                }
+                vec![path]
+            }
+            TreeChange::MakeDirs(i) => {
+                let path = at(*i);
+                let touched = first_missing(&path);
+                let _ = std::fs::create_dir_all(&path);
+                vec![touched]
+            }
+            TreeChange::Rename(i, j) => {
+                let (from, to) = (at(*i), at(*j));
+                let free = std::fs::symlink_metadata(&to).is_err()
+                    && to.parent().is_some_and(Path::is_dir)
+                    && !to.starts_with(&from);
+                if free && std::fs::symlink_metadata(&from).is_ok() {
+                    std::fs::rename(&from, &to).unwrap();
+                }
+                vec![from, to]
+            }
+            TreeChange::ToldToParent(change) => make_change(app, change)
+                .into_iter()
+                .map(|path| match path.parent() {
+                    Some(parent) if path != app => parent.to_path_buf(),
+                    _ => path,
+                })
+                .collect(),
+            // Beside the configured directory: outside every one.
+            TreeChange::ToldBeside(change) => make_change(app, change)
+                .into_iter()
+                .map(|path| path.parent().unwrap().join("beside"))
+                .collect(),
+            TreeChange::Chmod(i) => {
+                let path = at(*i);
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    let mode = if m.permissions().mode() & 0o7777 == 0o700 {
+                        0o755
+                    } else {
+                        0o700
+                    };
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+                }
+                vec![path]
+            }
+        }
+    }
+
+    fn tree_change() -> impl proptest::strategy::Strategy<Value = TreeChange> {
+        use proptest::prelude::*;
+        let path = 0..TREE_PATHS.len();
+        prop_oneof![
+            (path.clone(), any::<u8>()).prop_map(|(i, b)| TreeChange::Write(i, b)),
+            path.clone().prop_map(TreeChange::Remove),
+            path.clone().prop_map(TreeChange::MakeDirs),
+            (path.clone(), path.clone()).prop_map(|(i, j)| TreeChange::Rename(i, j)),
+            path.clone().prop_map(TreeChange::Chmod),
+            path.clone()
+                .prop_map(|i| TreeChange::ToldToParent(Box::new(TreeChange::Remove(i)))),
+            path.clone()
+                .prop_map(|i| TreeChange::ToldToParent(Box::new(TreeChange::MakeDirs(i)))),
+            path.clone()
+                .prop_map(|i| TreeChange::ToldBeside(Box::new(TreeChange::Remove(i)))),
+            path.prop_map(|i| TreeChange::ToldBeside(Box::new(TreeChange::MakeDirs(i)))),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(crate::testing::cases(64)))]
+
+        /// What a daemon keeps of its walk, walked again only where events said the
+        /// tree changed, is what a walk of the whole tree finds, after every change.
+        #[test]
+        fn digests_walked_again_where_the_tree_changed_are_those_of_a_whole_walk(
+            changes in proptest::collection::vec(tree_change(), 1..12),
+            owners in proptest::prelude::any::<bool>(),
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let app = tmp.path().join("etc/app");
+            std::fs::create_dir_all(app.join("a/b")).unwrap();
+            std::fs::write(app.join("a/b/c"), "c").unwrap();
+            std::fs::write(app.join("f"), "f").unwrap();
+            let config = config_at(tmp.path(), "\"*.swp\"");
+            let cache = HashCache::kept_by(Arc::new(crate::baseline::Baseline::of_scan(
+                &config,
+                Manifest::new(),
+                now_ns(),
+            )));
+            let mut walked = scan_digests(&config, &cache, owners);
+            for change in &changes {
+                let touched = make_change(&app, change).into_iter().collect();
+                rescan_digests(&config, &cache, owners, &mut walked, &touched);
+                let whole = scan_digests(&config, &cache, owners);
+                proptest::prop_assert_eq!(&walked.levels, &whole.levels, "after {:?}", change);
+                proptest::prop_assert_eq!(&walked.digests, &whole.digests);
+                proptest::prop_assert_eq!(&walked.missing, &whole.missing);
+                let sorted = |u: &[(String, String)]| {
+                    let mut u = u.to_vec();
+                    u.sort();
+                    u
+                };
+                proptest::prop_assert_eq!(sorted(&walked.unreadable), sorted(&whole.unreadable));
+            }
+        }
     }
 }

@@ -99,13 +99,14 @@ impl Drop for Receiving {
 const DIGESTS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An answer to a request for digests, and the levels hashed in the same walk, kept for
-/// the next request while nothing changed.
+/// the next request while nothing changed, and walked again where something did.
 pub(crate) struct KeptDigests {
     /// The tree's generation when the scan it comes from began.
     pub(crate) generation: u64,
+    /// When the tree was last walked whole.
     pub(crate) at: std::time::Instant,
     pub(crate) answer: ManifestResponse,
-    pub(crate) levels: Vec<DirectoryDigest>,
+    pub(crate) walked: manifest::DigestScan,
 }
 
 /// Everything a daemon knows of one peer, in one place: how to reach it (the client and
@@ -452,10 +453,15 @@ impl Node {
             let within = |path: &str| dirs.iter().any(|dir| crate::paths::is_within(path, dir));
             ManifestResponse {
                 digests: kept
+                    .walked
                     .levels
                     .iter()
-                    .filter(|d| within(&d.path))
-                    .cloned()
+                    .filter(|(path, _)| within(path))
+                    .map(|(path, &(sha256, children))| DirectoryDigest {
+                        path: path.clone(),
+                        sha256,
+                        entries: Some(children),
+                    })
                     .collect(),
                 ..kept.answer.clone()
             }
@@ -482,29 +488,37 @@ impl Node {
         if let Some(answered) = kept(before) {
             return answered;
         }
-        // Hashed while walking: the tree's manifest is never built for this.
-        let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
-        let digests = walked
-            .digests
-            .into_iter()
-            .map(|(path, sha256)| DirectoryDigest {
-                path,
-                sha256,
-                entries: None,
-            });
-        let levels = walked
-            .levels
-            .into_iter()
-            .map(|(path, sha256, children)| DirectoryDigest {
-                path,
-                sha256,
-                entries: Some(children),
-            });
+        // Where the tree changed since the kept walk: every change counted by `before`.
+        let touched = before.and_then(|_| self.generation.take_touched());
+        let previous = self.digests.lock().expect("digests lock").take();
+        // Hashed while walking: the tree's manifest is never built for this. Walked again
+        // only where it changed, for as long as an unchanged answer is kept: a change
+        // the watcher cannot see is found by the next walk of the whole tree.
+        let (walked, at) = match (previous, touched) {
+            (Some(mut kept), Some(touched)) if kept.at.elapsed() < DIGESTS_KEPT_FOR => {
+                let walked = &mut kept.walked;
+                manifest::rescan_digests(&self.config, &self.cache, self.owners, walked, &touched);
+                (kept.walked, kept.at)
+            }
+            _ => {
+                let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
+                (walked, std::time::Instant::now())
+            }
+        };
+        let digests = walked.digests.iter().map(|(path, sha256)| DirectoryDigest {
+            path: path.clone(),
+            sha256: *sha256,
+            entries: None,
+        });
         let fresh = KeptDigests {
             generation: before.unwrap_or_default(),
-            at: std::time::Instant::now(),
-            answer: self.response(&walked.missing, walked.unreadable, digests.collect()),
-            levels: levels.collect(),
+            at,
+            answer: self.response(
+                &walked.missing,
+                walked.unreadable.clone(),
+                digests.collect(),
+            ),
+            walked,
         };
         let answered = answer(&fresh);
         if before.is_some() {

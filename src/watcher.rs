@@ -240,7 +240,7 @@ fn burst_scope(config: &crate::config::Config, mut paths: BTreeSet<String>) -> V
 /// `generation`.
 fn appeared(directories: Vec<std::path::PathBuf>, generation: &Generation) -> Taken {
     if !directories.is_empty() {
-        generation.bump();
+        generation.bump_at(directories.iter().map(|d| d.as_path()));
     }
     Taken {
         changes: directories

@@ -379,6 +379,15 @@ async fn apply(
     let worker = node.clone();
     let origin = format!("a sync from {client}");
     let large = header.ops.len() >= crate::memory::LARGE_WORK;
+    // Where the batch may change the tree: its paths (a rollback restores those too).
+    let touched: Vec<std::path::PathBuf> = match large {
+        true => Vec::new(),
+        false => header
+            .ops
+            .iter()
+            .map(|op| node.config.local_path(&op.path))
+            .collect(),
+    };
     let task = tokio::spawn(async move {
         let held = (one_at_a_time, receiving, writing);
         let receiver = worker.receiver();
@@ -388,7 +397,12 @@ async fn apply(
             .await;
         // Whatever it left, the tree may have changed: answers computed before are not
         // current any more, even before the watcher sees the writes.
-        worker.generation.bump();
+        match large {
+            true => worker.generation.bump(),
+            false => worker
+                .generation
+                .bump_at(touched.iter().map(|p| p.as_path())),
+        }
         drop(held);
         if large {
             crate::memory::give_back_soon();

@@ -234,7 +234,12 @@ impl Queue {
         if changes.is_empty() && !rescan {
             return;
         }
-        self.generation.bump();
+        match rescan {
+            true => self.generation.bump(),
+            false => self
+                .generation
+                .bump_at(changes.iter().map(|c| c.path.as_path())),
+        }
         if let Some(touch) = &self.touch {
             touch.add(changes.iter().map(|c| c.path.clone()));
         }
