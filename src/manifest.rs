@@ -501,7 +501,7 @@ pub struct Generation {
 pub type Touched = Option<std::collections::BTreeSet<std::path::PathBuf>>;
 
 /// Paths noted as touched at most: past that, the whole tree is.
-const TOUCHED_MOST: usize = 10_000;
+const TOUCHED_MOST: usize = 4096;
 
 impl Generation {
     /// A change may have happened anywhere.
