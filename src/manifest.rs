@@ -335,6 +335,10 @@ pub fn rescan_digests(
             }
         }
     }
+    // In the order of the configured directories, as a walk of the whole tree finds them.
+    walked
+        .missing
+        .sort_by_key(|m| config.directories.iter().position(|d| &d.path == m));
     walked.digests = directory_digests(config, &walked.levels);
 }
 
@@ -1596,6 +1600,42 @@ mod tests {
             scan.missing.is_empty(),
             "out-of-scope directories are not scanned"
         );
+    }
+
+    #[test]
+    fn configured_directories_that_come_and_go_are_missing_as_a_whole_walk_finds_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut text = config_text(tmp.path(), "");
+        text.push_str("directory \"/etc/one\" {\n}\ndirectory \"/etc/two\" {\n}\n");
+        let config = crate::testing::parse(&text);
+        let cache = HashCache::default();
+        let mut walked = scan_digests(&config, &cache, false);
+        assert_eq!(walked.missing, ["/etc/app", "/etc/one", "/etc/two"]);
+        let local = |logical: &str| config.local_path(logical);
+        // Each appears, then goes, told by an event naming it, or by none.
+        for (dir, told) in [("/etc/one", true), ("/etc/app", false), ("/etc/two", true)] {
+            std::fs::create_dir_all(local(dir).join("sub")).unwrap();
+            std::fs::write(local(dir).join("sub/f"), dir).unwrap();
+            let touched = if told {
+                [local(dir)].into()
+            } else {
+                Default::default()
+            };
+            rescan_digests(&config, &cache, false, &mut walked, &touched);
+            let whole = scan_digests(&config, &cache, false);
+            assert_eq!(walked.missing, whole.missing, "{dir} came");
+            assert_eq!(walked.levels, whole.levels, "{dir} came");
+            assert_eq!(walked.digests, whole.digests, "{dir} came");
+        }
+        for dir in ["/etc/two", "/etc/app"] {
+            std::fs::remove_dir_all(local(dir)).unwrap();
+            rescan_digests(&config, &cache, false, &mut walked, &Default::default());
+            let whole = scan_digests(&config, &cache, false);
+            assert_eq!(walked.missing, whole.missing, "{dir} went");
+            assert_eq!(walked.levels, whole.levels, "{dir} went");
+            assert_eq!(walked.digests, whole.digests, "{dir} went");
+        }
+        assert_eq!(walked.missing, ["/etc/app", "/etc/two"]);
     }
 
     /// A change to the tree of the test below, at one of [`TREE_PATHS`].

@@ -498,10 +498,15 @@ impl Node {
             (Some(mut kept), Some(touched)) if kept.at.elapsed() < DIGESTS_KEPT_FOR => {
                 let walked = &mut kept.walked;
                 manifest::rescan_digests(&self.config, &self.cache, self.owners, walked, &touched);
+                tracing::debug!(
+                    paths = touched.len(),
+                    "digests: walked again where the tree changed"
+                );
                 (kept.walked, kept.at)
             }
             _ => {
                 let walked = manifest::scan_digests(&self.config, &self.cache, self.owners);
+                tracing::debug!("digests: walked the whole tree");
                 (walked, std::time::Instant::now())
             }
         };
