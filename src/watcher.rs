@@ -113,7 +113,7 @@ pub async fn propagate(
             if between_batches && !node.applying() {
                 burst.recheck(
                     now,
-                    |path| std::fs::symlink_metadata(path).ok(),
+                    |path| stat_in_tree(&config, path),
                     version_known,
                     writers::open_for_writing,
                 );
@@ -138,7 +138,7 @@ pub async fn propagate(
             if burst.open() > 0 && !node.applying() {
                 burst.recheck(
                     Instant::now(),
-                    |path| std::fs::symlink_metadata(path).ok(),
+                    |path| stat_in_tree(&config, path),
                     version_known,
                     writers::open_for_writing,
                 );
@@ -369,10 +369,77 @@ fn not_pushed(node: &Node, ops: &[crate::protocol::Op]) {
     node.reconcile_now.notify_one();
 }
 
+/// What is at local path `path` in a configured directory, not following a link there
+/// or on the way: each directory opened from its parent's descriptor, so that a path
+/// longer than `PATH_MAX` (4,096 bytes, the `root` prefix included) is found too.
+/// `None` when it is missing, outside the configured directories or behind a link.
+fn stat_in_tree(
+    config: &crate::config::Config,
+    path: &std::path::Path,
+) -> Option<std::fs::Metadata> {
+    let logical = config.logical_path(path)?;
+    let dir = config.directory_of(&logical)?;
+    let name = (logical != dir.path).then(|| crate::paths::file_name(&logical))?;
+    let parent = crate::paths::parent(&logical);
+    let fd = crate::tree::Parents::default()
+        .dir(config, dir, parent)
+        .ok()?;
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let opened = rustix::fs::openat(&*fd, name, flags, Mode::empty()).ok()?;
+    std::fs::File::from(opened).metadata().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::config_at;
+
+    #[test]
+    fn a_file_is_found_below_a_path_longer_than_path_max_and_never_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = config_at(tmp.path(), "");
+        // 20 directories of 250 bytes: a local path of over 5,000 bytes, which a call
+        // taking the whole path refuses. Made from each one's descriptor.
+        use rustix::fs::{Mode, OFlags};
+        let mut logical = "/etc/app".to_string();
+        std::fs::create_dir_all(config.local_path(&logical)).unwrap();
+        let mut at: std::os::fd::OwnedFd = std::fs::File::open(config.local_path(&logical))
+            .unwrap()
+            .into();
+        for i in 0..20 {
+            let name = format!("{i:02}{}", "d".repeat(248));
+            rustix::fs::mkdirat(&at, name.as_str(), Mode::from(0o755)).unwrap();
+            at = rustix::fs::openat(&at, name.as_str(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+            logical = format!("{logical}/{name}");
+        }
+        let flags = OFlags::CREATE | OFlags::WRONLY;
+        let file = rustix::fs::openat(&at, "f.conf", flags, Mode::from(0o644)).unwrap();
+        rustix::io::write(&file, b"half").unwrap();
+        let local = config.local_path(&format!("{logical}/f.conf"));
+        assert!(local.as_os_str().len() > 5_000);
+        assert!(
+            std::fs::symlink_metadata(&local).is_err(),
+            "too long for a path call"
+        );
+        let found = stat_in_tree(&config, &local).expect("found through descriptors");
+        assert!(found.is_file());
+        assert_eq!(found.len(), 4);
+        // A link planted on the way, or as the file itself, is not followed.
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("f.conf"), "outside").unwrap();
+        let planted = config.local_path("/etc/app/planted");
+        std::os::unix::fs::symlink(&outside, &planted).unwrap();
+        assert!(stat_in_tree(&config, &planted.join("f.conf")).is_none());
+        let link = stat_in_tree(&config, &planted).expect("the link itself");
+        assert!(link.file_type().is_symlink());
+        assert!(
+            stat_in_tree(&config, &outside.join("f.conf")).is_none(),
+            "outside"
+        );
+        assert!(stat_in_tree(&config, &config.local_path("/etc/app/none")).is_none());
+    }
 
     fn scope_of(paths: impl IntoIterator<Item = String>) -> Vec<String> {
         let config = config_at(std::path::Path::new("/srv/node"), "");
