@@ -729,7 +729,7 @@ async fn narrow(
 ) -> (Vec<String>, Vec<String>) {
     let (judged, mut whole): (Vec<String>, Vec<String>) = differing
         .into_iter()
-        .partition(|dir| levels_can_tell(scan, digests, dir));
+        .partition(|dir| levels_can_tell(config, scan, digests, dir));
     if judged.is_empty() {
         return (whole, Vec::new());
     }

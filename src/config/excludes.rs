@@ -104,6 +104,12 @@ impl Excludes {
         self.paths.iter().any(|p| is_within(path, p)) || self.names.is_match(paths::file_name(path))
     }
 
+    /// Whether these are the very entries of `other`: what one leaves out of a tree, the
+    /// other does too (for the same directory).
+    pub fn same_as(&self, other: &Excludes) -> bool {
+        self.entries == other.entries
+    }
+
     /// Whether `path` or any of its ancestors below `dir` is excluded.
     /// The caller has checked [`is_within`] (`path` and `dir` normalised).
     pub fn excludes_any_component(&self, dir: &str, path: &str) -> bool {
@@ -122,6 +128,16 @@ impl Excludes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excludes_are_the_same_only_with_the_same_entries() {
+        let entries = |e: &[&str]| e.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = Excludes::new("/etc/x", &entries(&["*.swp", "/etc/x/private"])).unwrap();
+        let b = Excludes::new("/etc/x", &entries(&["*.swp", "/etc/x/private"])).unwrap();
+        let c = Excludes::new("/etc/x", &entries(&["*.swp"])).unwrap();
+        assert!(a.same_as(&b));
+        assert!(!a.same_as(&c) && !c.same_as(&a));
+    }
 
     #[test]
     fn exclude_paths_match_on_component_boundaries() {

@@ -17,11 +17,18 @@ impl Digest256 {
     pub fn of(bytes: &[u8]) -> Self {
         Digest256(Sha256::digest(bytes).into())
     }
+
+    /// Its 64 hex digits, written into `out` (a header names one for each file it puts,
+    /// for each peer: no string is made for it).
+    fn hex<'a>(&self, out: &'a mut [u8; 64]) -> &'a str {
+        hex::encode_to_slice(self.0, out).expect("64 bytes hold 32 in hex");
+        std::str::from_utf8(out).expect("hex digits")
+    }
 }
 
 impl fmt::Display for Digest256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        f.write_str(self.hex(&mut [0; 64]))
     }
 }
 
@@ -33,7 +40,7 @@ impl fmt::Debug for Digest256 {
 
 impl Serialize for Digest256 {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(self.0))
+        s.serialize_str(self.hex(&mut [0; 64]))
     }
 }
 

@@ -456,8 +456,11 @@ impl<'a> Views<'a> {
         if !self.known(path) || !in_scope(path, self.scope) {
             return Err(None);
         }
+        // Each side left out what it excludes: the peer's excludes count only where they
+        // are others.
         let Some(&(dir, _)) = self.shared.iter().find(|(dir, theirs)| {
-            is_within(path, &dir.path) && !theirs.excludes_any_component(&dir.path, path)
+            is_within(path, &dir.path)
+                && (dir.excludes.same_as(theirs) || !theirs.excludes_any_component(&dir.path, path))
         }) else {
             return Err(None);
         };
@@ -593,7 +596,7 @@ pub(crate) fn directories_differing(
         .directories
         .iter()
         .filter(|dir| scan.entries.contains_key(dir.path.as_str()))
-        .filter(|dir| judge(scan, theirs, &dir.path) != Judged::Same)
+        .filter(|dir| judge(scan, theirs, dir) != Judged::Same)
         .map(|dir| dir.path.clone())
         .collect()
 }
@@ -601,7 +604,15 @@ pub(crate) fn directories_differing(
 /// Whether configured directory `dir`, whose digest differs on the peer (`theirs`, its
 /// digests), can be compared level by level: its digests differ, and nothing kept them
 /// from telling (see [`judge`]).
-pub(crate) fn levels_can_tell(scan: &Scan, theirs: &ManifestResponse, dir: &str) -> bool {
+pub(crate) fn levels_can_tell(
+    config: &Config,
+    scan: &Scan,
+    theirs: &ManifestResponse,
+    dir: &str,
+) -> bool {
+    let Some(dir) = config.directories.iter().find(|d| d.path == dir) else {
+        return false;
+    };
     judge(scan, theirs, dir) == Judged::Differs
 }
 
@@ -616,7 +627,8 @@ enum Judged {
     CannotTell,
 }
 
-fn judge(scan: &Scan, theirs: &ManifestResponse, dir: &str) -> Judged {
+fn judge(scan: &Scan, theirs: &ManifestResponse, ours: &Directory) -> Judged {
+    let dir = ours.path.as_str();
     let info = theirs.directories.iter().find(|d| d.path == dir);
     let digest = theirs.digests.iter().find(|d| d.path == dir);
     let (Some(info), Some(digest)) = (info, digest) else {
@@ -630,8 +642,11 @@ fn judge(scan: &Scan, theirs: &ManifestResponse, dir: &str) -> Judged {
     if unreadable {
         return Judged::CannotTell;
     }
+    // The scan left out what this node excludes: the peer's excludes count only where
+    // they are others.
+    let same = ours.excludes.same_as(&excludes);
     let ours = crate::manifest::digest(&scan.entries, dir, theirs.owners, |path| {
-        !excludes.excludes_any_component(dir, path)
+        same || !excludes.excludes_any_component(dir, path)
     });
     match ours == digest.sha256 {
         true => Judged::Same,
@@ -660,14 +675,18 @@ pub(crate) fn levels_differing(
     if levels.unreadable.iter().any(|p| overlaps(p, dir)) {
         return None;
     }
+    // Each side left out what it excludes: the other's excludes count only where they
+    // are others.
+    let same = ours_dir.excludes.same_as(&excludes);
     let ours = crate::manifest::level_digests(&scan.entries, dir, levels.owners, |path| {
-        !excludes.excludes_any_component(dir, path)
+        same || !excludes.excludes_any_component(dir, path)
     });
     let theirs: BTreeMap<&str, Digest256> = levels
         .digests
         .iter()
         .filter(|d| {
-            is_within(&d.path, dir) && !ours_dir.excludes.excludes_any_component(dir, &d.path)
+            is_within(&d.path, dir)
+                && (same || !ours_dir.excludes.excludes_any_component(dir, &d.path))
         })
         .map(|d| (d.path.as_str(), d.sha256))
         .collect();
