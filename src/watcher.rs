@@ -379,14 +379,10 @@ fn stat_in_tree(
 ) -> Option<std::fs::Metadata> {
     let logical = config.logical_path(path)?;
     let dir = config.directory_of(&logical)?;
-    let name = (logical != dir.path).then(|| crate::paths::file_name(&logical))?;
-    let parent = crate::paths::parent(&logical);
-    let fd = crate::tree::Parents::default()
-        .dir(config, dir, parent)
-        .ok()?;
+    let (fd, name) = crate::tree::open_parent(config, dir, &logical).ok()?;
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let opened = rustix::fs::openat(&*fd, name, flags, Mode::empty()).ok()?;
+    let opened = rustix::fs::openat(&fd, name.as_str(), flags, Mode::empty()).ok()?;
     std::fs::File::from(opened).metadata().ok()
 }
 
