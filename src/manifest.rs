@@ -290,18 +290,10 @@ pub fn rescan_digests(
             .unreadable
             .retain(|(at, _)| at != &path && parent(at) != path);
         let listed = parents.dir(config, dir, &path).ok().and_then(|fd| {
-            let own = rustix::fs::fstat(&*fd).ok()?;
-            let children = children(
-                &fd,
-                &path,
-                dir,
-                Region::default(),
-                &mut readers,
-                &mut walked.unreadable,
-            )?;
-            Some((entry_of(&own, Content::Dir), children))
+            let own = entry_of(&rustix::fs::fstat(&*fd).ok()?, Content::Dir);
+            list_level(&fd, &path, &own, dir, &mut readers, owners, walked)
         });
-        let Some((own, mut children)) = listed else {
+        let Some(children) = listed else {
             // Gone or unreadable now: its directory tells.
             walk_whole(config, owners, &path, walked, &mut readers, &mut parents);
             if dir.path != path {
@@ -309,12 +301,6 @@ pub fn rescan_digests(
             }
             continue;
         };
-        let read = settle(readers.drain(), &mut walked.unreadable);
-        children.extend(read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)));
-        let level = level_digest(&path, &own, &mut children, owners);
-        walked
-            .levels
-            .insert(path.clone(), (level, children.len() as u64));
         // Directories that went: forgotten; that came: walked whole.
         let now: BTreeSet<&str> = children
             .iter()
@@ -414,17 +400,9 @@ fn walk_levels(
                 None => continue,
             },
         };
-        let everything = Region::default();
-        let Some(mut children) =
-            children(&fd, &logical, dir, everything, readers, &mut out.unreadable)
-        else {
+        let Some(children) = list_level(&fd, &logical, &own, dir, readers, owners, out) else {
             continue;
         };
-        let read = settle(readers.drain(), &mut out.unreadable);
-        children.extend(read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)));
-        let level = level_digest(&logical, &own, &mut children, owners);
-        out.levels
-            .insert(logical.to_string(), (level, children.len() as u64));
         // In reverse, so that the first is walked next.
         for (_, child, entry) in children.into_iter().rev() {
             if entry.content.is_dir() {
@@ -432,6 +410,28 @@ fn walk_levels(
             }
         }
     }
+}
+
+/// Lists directory `logical` of configured directory `dir` (open as `fd`, its own entry
+/// `own`), its files read by `readers`, and puts its level into `out.levels`; returns
+/// its children, or `None` when it cannot be listed (recorded in `out.unreadable`).
+fn list_level(
+    fd: &Arc<OwnedFd>,
+    logical: &str,
+    own: &Entry,
+    dir: &Directory,
+    readers: &mut Readers,
+    owners: bool,
+    out: &mut DigestScan,
+) -> Option<Vec<(String, LogicalPath, Entry)>> {
+    let everything = Region::default();
+    let mut children = children(fd, logical, dir, everything, readers, &mut out.unreadable)?;
+    let read = settle(readers.drain(), &mut out.unreadable);
+    children.extend(read.map(|(child, entry)| (file_name(&child).to_string(), child, entry)));
+    let level = level_digest(logical, own, &mut children, owners);
+    out.levels
+        .insert(logical.to_string(), (level, children.len() as u64));
+    Some(children)
 }
 
 /// The result of scanning.
