@@ -34,7 +34,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 pub use self::changes::Changes;
 use self::contents::{RunContents, Sharer};
 pub use self::peer::PeerLink;
-pub(crate) use self::peer::{differing_by_digests, digests_agree, directories_differing};
+pub(crate) use self::peer::{
+    differing_by_digests, digests_agree, directories_differing, same_tree,
+};
 use self::peer::{
     directories_deleted, kept_directories, kept_for_excludes, levels_can_tell, levels_differing,
     peer_rules, sync_peer, LocalState, PeerTerms,

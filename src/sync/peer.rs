@@ -783,6 +783,34 @@ pub(crate) fn digests_agree(
     differing_by_digests(config, ours, theirs).is_some_and(|differing| differing.is_empty())
 }
 
+/// Whether two peers' digests show that they hold the same tree, read the same way: a
+/// comparison with one then finds what a comparison with the other would. They must
+/// have the same configured directories present, with the same excludes, a digest for
+/// each (the same), the same rights and limits, and nothing unreadable. `false` when
+/// that cannot be told this way.
+pub(crate) fn same_tree(a: &ManifestResponse, b: &ManifestResponse) -> bool {
+    let read_alike = |x: &DirectoryInfo, y: &DirectoryInfo| {
+        (&x.path, &x.exclude, x.present) == (&y.path, &y.exclude, y.present)
+    };
+    let digested = |m: &ManifestResponse| {
+        m.directories
+            .iter()
+            .filter(|d| d.present)
+            .all(|d| digest_of(m, &d.path).is_some())
+    };
+    a.owners == b.owners
+        && a.limits == b.limits
+        && a.unreadable.is_empty()
+        && b.unreadable.is_empty()
+        && a.directories.len() == b.directories.len()
+        && a.directories
+            .iter()
+            .zip(&b.directories)
+            .all(|(x, y)| read_alike(x, y))
+        && digested(a)
+        && a.digests == b.digests
+}
+
 /// What [`directories_differing`] answers, told from the digests of this node's daemon
 /// (`ours`) without reading this node's tree: the configured directories present here
 /// whose digest differs on the peer, or that it lacks, or that either side could not
@@ -1106,5 +1134,48 @@ mod tests {
             differing_by_digests(&config, &gone_here, &other),
             Some(Vec::new())
         );
+    }
+
+    #[test]
+    fn peers_hold_the_same_tree_only_when_their_digests_tell_it_alike() {
+        let tree = answer(&[], Some(b"tree"), true);
+        assert!(same_tree(&tree, &answer(&[], Some(b"tree"), true)));
+
+        let mut unlike = vec![
+            ("another tree", answer(&[], Some(b"other"), true)),
+            (
+                "other excludes",
+                answer(&["*.txt".into()], Some(b"tree"), true),
+            ),
+            ("other rights", answer(&[], Some(b"tree"), false)),
+            ("no digest", answer(&[], None, true)),
+        ];
+        let mut unreadable = answer(&[], Some(b"tree"), true);
+        unreadable.unreadable.push("/etc/app/secret".into());
+        unlike.push(("part unreadable", unreadable));
+        let mut missing = answer(&[], Some(b"tree"), true);
+        missing.directories[0].present = false;
+        unlike.push(("the directory missing", missing));
+        let mut limited = answer(&[], Some(b"tree"), true);
+        limited.limits.max_file_size /= 2;
+        unlike.push(("other limits", limited));
+        let mut more = answer(&[], Some(b"tree"), true);
+        more.directories.push(DirectoryInfo {
+            path: "/etc/more".into(),
+            exclude: Vec::new(),
+            present: false,
+            together: false,
+        });
+        unlike.push(("another directory configured", more));
+        for (why, other) in &unlike {
+            assert!(!same_tree(&tree, other), "{why}");
+            assert!(!same_tree(other, &tree), "{why}, the other way");
+        }
+        // Two peers lacking the directory alike hold the same (nothing).
+        let mut gone = answer(&[], None, true);
+        gone.directories[0].present = false;
+        let mut gone_too = answer(&[], None, true);
+        gone_too.directories[0].present = false;
+        assert!(same_tree(&gone, &gone_too));
     }
 }

@@ -11,6 +11,7 @@
 //! Every wait polls a condition with a deadline, or waits for an event (a marker file a
 //! command creates, a line in a daemon's log); nothing sleeps to synchronise.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,6 +209,78 @@ async fn drift_nobody_delivers_is_reported_with_its_paths_and_never_pushed() {
         || state(&group),
     )
     .await;
+}
+
+/// Node `i`'s drift with each of its peers, by peer: how many paths, and the first.
+fn drift_by_peer(node: &GroupNode) -> BTreeMap<String, (Option<u64>, Vec<String>)> {
+    node.peer_status()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.peer, (p.drift_paths, p.drift)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_node_judges_each_peer_whether_their_trees_are_alike_or_not() {
+    let mut group = start_with(GroupSpec {
+        watch: true,
+        reconcile_interval: Some(Duration::from_secs(1)),
+        ..spec(3)
+    })
+    .await;
+    let (one, two) = (
+        group.nodes[0].addr.to_string(),
+        group.nodes[1].addr.to_string(),
+    );
+    let expect = |pairs: [(&String, &[&str]); 2]| {
+        pairs
+            .iter()
+            .map(|(peer, paths)| {
+                let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+                ((*peer).clone(), (Some(paths.len() as u64), paths))
+            })
+            .collect::<BTreeMap<_, _>>()
+    };
+    // Node 3 drifts while its daemon is stopped; nodes 1 and 2 hold the same tree, so
+    // node 3 may compare once for both: each is still told the drift.
+    group.stop(2).await;
+    write(&group.nodes[2], "/etc/app/only-here.cfg", "drifted\n");
+    group.restart(2).await.unwrap();
+    let alike = expect([
+        (&one, &["/etc/app/only-here.cfg"]),
+        (&two, &["/etc/app/only-here.cfg"]),
+    ]);
+    eventually_showing(
+        "node 3 reports its drift with both peers",
+        WAIT,
+        || drift_by_peer(&group.nodes[2]) == alike,
+        || format!("{:?}\n{}", drift_by_peer(&group.nodes[2]), describe(&group)),
+    )
+    .await;
+
+    // Node 1 drifts too, another way: its tree is no longer node 2's, and node 3's
+    // drift with each peer is that peer's own.
+    group.stop(0).await;
+    write(&group.nodes[0], "/etc/app/extra.cfg", "node 1 only\n");
+    group.restart(0).await.unwrap();
+    let unlike = expect([
+        (&one, &["/etc/app/extra.cfg", "/etc/app/only-here.cfg"]),
+        (&two, &["/etc/app/only-here.cfg"]),
+    ]);
+    eventually_showing(
+        "node 3 reports a drift of its own with each peer",
+        WAIT,
+        || drift_by_peer(&group.nodes[2]) == unlike,
+        || format!("{:?}\n{}", drift_by_peer(&group.nodes[2]), describe(&group)),
+    )
+    .await;
+    for node in &group.nodes[..2] {
+        assert!(
+            !exists(node, "/etc/app/only-here.cfg"),
+            "the drifted file was pushed\n{}",
+            describe(&group)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
