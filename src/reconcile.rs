@@ -456,19 +456,24 @@ fn sort(
     before: &Before,
     local_edits: &LocalEdits,
 ) -> Drift {
-    // Each path found to differ, once (a type change is two changes of one path), in
-    // path order.
-    let mut differing = Vec::with_capacity(peer.changes.len());
-    differing.extend(peer.changes.iter().map(|c| c.path));
-    differing.sort_unstable();
-    differing.dedup();
+    // The held paths that still differ: the others in the directories compared are
+    // forgotten. Held paths are few; the differences can be 100,000 (a peer lacking a
+    // tree), so no second set of them is made for this.
+    let held = outbox.held();
+    let still: BTreeSet<&str> = match held.is_empty() {
+        true => BTreeSet::new(),
+        false => {
+            let held: BTreeSet<&str> = held.iter().map(|(path, _)| path.as_str()).collect();
+            peer.changes
+                .iter()
+                .filter_map(|c| held.get(c.path.as_str()).copied())
+                .collect()
+        }
+    };
     outbox.forget_held_before(before.mark, |path| {
-        compared.iter().any(|dir| is_within(path, dir))
-            && differing
-                .binary_search_by(|p| p.as_str().cmp(path))
-                .is_err()
+        compared.iter().any(|dir| is_within(path, dir)) && !still.contains(path)
     });
-    drop(differing);
+    drop(still);
     let known = outbox.snapshot();
     let mut waiting = false;
     let mut drift = Vec::with_capacity(peer.changes.len());
@@ -575,5 +580,40 @@ mod tests {
         };
         sort(&equal, &outbox, &["/etc/app".into()], &after, &edits);
         assert!(outbox.held().is_empty());
+    }
+
+    #[test]
+    fn a_comparison_forgets_the_holds_that_no_longer_differ_and_keeps_the_others() {
+        let outbox = Outbox::default();
+        for path in ["/etc/app/a.cfg", "/etc/app/b.cfg", "/etc/other/c.cfg"] {
+            rejected(&outbox, path);
+        }
+        let after = Before {
+            waiting: BTreeSet::new(),
+            mark: outbox.mark(),
+        };
+        // Of the held paths, only b.cfg still differs, beside a path never held; c.cfg
+        // lies outside what was compared.
+        let changes = ["/etc/app/b.cfg", "/etc/app/new.cfg"].map(|path| Change {
+            path: path.into(),
+            status: ChangeStatus::Done(crate::protocol::ChangeKind::Added),
+        });
+        let report = PeerReport {
+            peer: "p".into(),
+            changes: changes.to_vec().into(),
+            ..PeerReport::default()
+        };
+        let drift = sort(
+            &report,
+            &outbox,
+            &["/etc/app".into()],
+            &after,
+            &LocalEdits::default(),
+        );
+        let held: Vec<String> = outbox.held().into_iter().map(|(path, _)| path).collect();
+        assert_eq!(held, ["/etc/app/b.cfg", "/etc/other/c.cfg"]);
+        // A held path is not drift: it is shown as held.
+        assert_eq!(drift.count, 1);
+        assert_eq!(drift.first, [LogicalPath::from("/etc/app/new.cfg")]);
     }
 }
