@@ -764,7 +764,7 @@ mod tests {
                     .entries
                     .iter()
                     .map(|(path, entry)| WireEntry {
-                        path: path.to_string(),
+                        path: path.clone(),
                         entry: entry.clone(),
                     })
                     .collect(),

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::operation::ResultFields;
 use super::{Found, OpResult, Outcome, WireEntry};
+use crate::paths::LogicalPath;
 
 /// Asks a receiver for its manifest.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -344,11 +345,11 @@ impl ManifestResponse {
         self.unreadable.dedup();
     }
 
-    /// Takes its entries out, by path (a `String` or a [`LogicalPath`]
-    /// (crate::paths::LogicalPath)), into a map made as a scan's is (see
+    /// Takes its entries out, by path (a `String`, or the [`LogicalPath`] as read), into a
+    /// map made as a scan's is (see
     /// [`manifest::into_map`](crate::manifest::into_map)): the entries, in their own
     /// memory, leave it a part at a time as they join the map.
-    pub fn take_entries<K: From<String> + Ord>(
+    pub fn take_entries<K: From<LogicalPath> + Ord>(
         &mut self,
     ) -> std::collections::BTreeMap<K, super::Entry> {
         let pairs: Vec<(K, super::Entry)> = std::mem::take(&mut self.entries)
@@ -527,7 +528,7 @@ mod tests {
             entries: paths
                 .iter()
                 .map(|p| WireEntry {
-                    path: p.to_string(),
+                    path: (*p).into(),
                     entry: file_entry(p.as_bytes()),
                 })
                 .collect(),

@@ -6,6 +6,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::paths::LogicalPath;
 use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest, hex on the wire.
@@ -145,9 +147,9 @@ impl Entry {
 
 /// One path with its state, as listed in a manifest response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "EntryFields<Option<String>>")]
+#[serde(try_from = "EntryFields<Option<LogicalPath>>")]
 pub struct WireEntry {
-    pub path: String,
+    pub path: LogicalPath,
     #[serde(flatten)]
     pub entry: Entry,
 }
@@ -206,10 +208,10 @@ impl<P: Default> TryFrom<EntryFields<P>> for Entry {
     }
 }
 
-impl TryFrom<EntryFields<Option<String>>> for WireEntry {
+impl TryFrom<EntryFields<Option<LogicalPath>>> for WireEntry {
     type Error = String;
 
-    fn try_from(mut fields: EntryFields<Option<String>>) -> Result<WireEntry, String> {
+    fn try_from(mut fields: EntryFields<Option<LogicalPath>>) -> Result<WireEntry, String> {
         let path = fields.path.take().ok_or("missing field `path`")?;
         Ok(WireEntry {
             path,

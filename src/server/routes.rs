@@ -539,7 +539,7 @@ mod tests {
             }],
             entries: (0..10_000)
                 .map(|i| WireEntry {
-                    path: format!("/etc/app/conf.d/{i:05}.conf"),
+                    path: format!("/etc/app/conf.d/{i:05}.conf").into(),
                     entry: file_entry(i.to_string().as_bytes()),
                 })
                 .collect(),

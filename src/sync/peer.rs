@@ -304,7 +304,7 @@ pub(super) fn kept_directories<'a>(
                         && is_within(&w.path, path)
                         && dir.excludes.excludes_any_component(&dir.path, &w.path)
                 })
-                .map(|w| (path.to_string(), w.path.clone()))
+                .map(|w| (path.to_string(), w.path.to_string()))
         })
         .collect()
 }
@@ -340,7 +340,7 @@ fn mass_delete(
     for dir in config.directories.iter().filter(|d| whole(&d.path)) {
         let held = theirs
             .keys()
-            .filter(|p| **p != dir.path && is_within(p, &dir.path))
+            .filter(|p| p.as_str() != dir.path && is_within(p, &dir.path))
             .count()
             + unlisted
                 .iter()
@@ -381,8 +381,9 @@ fn mass_delete(
 }
 
 /// A manifest restricted to part of its paths, borrowing them from it: each peer of a run
-/// has its views of the one local scan.
-type View<'a, K = &'a str> = BTreeMap<K, &'a Entry>;
+/// has its views of the one local scan. Its paths are shared with what is planned from
+/// it: a path deleted on the peer is the one read in its listing, not a copy.
+type View<'a> = BTreeMap<&'a LogicalPath, &'a Entry>;
 
 /// This node's side: its paths are the scan's, which the operations planned share.
 enum Ours<'a> {
@@ -390,7 +391,7 @@ enum Ours<'a> {
     /// paths, 4 MB less at the peak of a push).
     Whole(&'a Manifest),
     /// The part of it this peer takes.
-    Part(View<'a, &'a LogicalPath>),
+    Part(View<'a>),
 }
 
 impl<'a> Ours<'a> {
@@ -549,7 +550,7 @@ fn views<'a>(
                         && !dir.excludes.excludes_any_component(&dir.path, &w.path)
                 })
         })
-        .map(|w| (w.path.as_str(), &w.entry))
+        .map(|w| (&w.path, &w.entry))
         .collect();
     views.unlisted = unlisted;
     views
@@ -892,10 +893,10 @@ mod tests {
     fn the_mass_delete_guard_counts_deletions_but_not_type_changes() {
         let tmp = tempfile::tempdir().unwrap();
         let config = crate::testing::config_at(tmp.path(), "");
-        let held: Vec<(String, Entry)> = (0..20)
-            .map(|i| (format!("/etc/app/f{i:02}"), file_entry(b"x")))
+        let held: Vec<(LogicalPath, Entry)> = (0..20)
+            .map(|i| (format!("/etc/app/f{i:02}").into(), file_entry(b"x")))
             .collect();
-        let theirs: View = held.iter().map(|(p, e)| (p.as_str(), e)).collect();
+        let theirs: View = held.iter().map(|(p, e)| (p, e)).collect();
         let delete = |path: &str| Op {
             path: path.into(),
             action: Action::Delete,
@@ -1024,8 +1025,10 @@ mod tests {
         // Two empty peers whose configured directories were made at other times: the
         // same plan.
         let (top1, top2) = (dir(1), dir(2));
-        let empty1: View = [("/etc/app", &top1)].into_iter().collect();
-        let empty2: View = [("/etc/app", &top2)].into_iter().collect();
+        let [app, x, y, gone] =
+            ["/etc/app", "/etc/app/x", "/etc/app/y", "/etc/app/gone"].map(LogicalPath::from);
+        let empty1: View = [(&app, &top1)].into_iter().collect();
+        let empty2: View = [(&app, &top2)].into_iter().collect();
         let first = local.plan(whole, &empty1, true);
         assert_eq!(first.len(), 2);
         // Its operations refer to this node's paths and entries, not copies of them.
@@ -1042,29 +1045,31 @@ mod tests {
         }
         assert!(Arc::ptr_eq(&first, &local.plan(whole, &empty2, true)));
         // A peer holding part of it, or planned against another version: its own.
-        let part: View = [("/etc/app", &top1), ("/etc/app/x", &a)]
-            .into_iter()
-            .collect();
+        let part: View = [(&app, &top1), (&x, &a)].into_iter().collect();
         let other = local.plan(whole, &part, true);
         assert_eq!(other.len(), 1);
         let older = Entry {
             mode: 0o600,
             ..b.clone()
         };
-        let holding: View = [("/etc/app", &top1), ("/etc/app/y", &older)]
-            .into_iter()
-            .collect();
+        let holding: View = [(&app, &top1), (&y, &older)].into_iter().collect();
         let against = local.plan(whole, &holding, true);
         assert_eq!(against.len(), 2);
         assert!(!Arc::ptr_eq(&first, &against));
         assert_eq!(against.ops()[1].expect.as_deref(), Some(&older));
+        // A path deleted on the peer is the one its listing holds, not a copy.
+        let more: View = [(&app, &top1), (&gone, &older)].into_iter().collect();
+        let deleting = local.plan(whole, &more, true);
+        let deleted = deleting.ops().iter().find(|op| op.put.is_none()).unwrap();
+        assert_eq!(deleted.path, gone);
+        assert!(std::ptr::eq(deleted.path.as_ptr(), gone.as_ptr()), "copied");
         // Once no push holds it, it is gone; the state goes with the last plan.
         let weak = Arc::downgrade(&first);
         drop(first);
         assert!(weak.upgrade().is_none());
         assert!(Arc::ptr_eq(&other, &local.plan(whole, &part, true)));
         let state = Arc::downgrade(&local);
-        drop((local, other, against));
+        drop((local, other, against, deleting));
         assert!(state.upgrade().is_none(), "a plan gone keeps no state");
     }
 
