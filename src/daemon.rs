@@ -101,7 +101,8 @@ impl Daemon {
                 cache,
                 Some(node.identity.node_id.clone()),
             )
-            .await?,
+            .await?
+            .answering_from(node.clone()),
         );
         if let Some(reason) = engine.no_peer_left() {
             warn!("{reason}");

@@ -272,6 +272,23 @@ impl LocalGroup {
         .await
     }
 
+    /// An engine acting as node `i`'s daemon does for its comparisons with its peers:
+    /// this node's digests and levels taken from the running daemon, its tree read only
+    /// where they differ from a peer's. An error when the node does not run.
+    pub async fn daemon_engine(&self, i: usize) -> anyhow::Result<Engine> {
+        let node = &self.nodes[i];
+        let running = node.running.as_ref().context("the node does not run")?;
+        let tls = TlsMaterial::load(&node.config)?;
+        let engine = Engine::new(
+            node.config.clone(),
+            &tls,
+            running.node.cache.clone(),
+            node.node_id(),
+        )
+        .await?;
+        Ok(engine.answering_from(running.node.clone()))
+    }
+
     /// The temporary directory holding everything.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -720,6 +720,17 @@ impl<T: serde::Serialize> serde::Serialize for After<'_, T> {
     }
 }
 
+/// The daemon's own runs take this node's digests and levels as its routes answer them.
+impl crate::sync::KeptTree for Node {
+    fn digests(&self) -> ManifestResponse {
+        self.whole_tree_digests()
+    }
+
+    fn levels(&self, dirs: &[String]) -> ManifestResponse {
+        Node::levels(self, dirs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

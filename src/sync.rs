@@ -16,6 +16,7 @@
 mod beside;
 mod changes;
 mod contents;
+mod own;
 mod peer;
 mod progress;
 mod push;
@@ -33,6 +34,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use self::changes::Changes;
 use self::contents::{RunContents, Sharer};
+pub use self::own::{KeptTree, Own};
 pub use self::peer::PeerLink;
 pub(crate) use self::peer::{
     differing_by_digests, digests_agree, directories_differing, same_tree,
@@ -63,9 +65,9 @@ pub struct Engine {
     /// The identity of the daemon of this node, when known: a remote announcing it is
     /// this node under another name.
     self_id: Option<String>,
-    /// For a command: the daemon of this node, whose manifest (from its hash cache)
-    /// saves hashing the tree again.
-    own: Option<Peer>,
+    /// This node's daemon: for a command, a client for it, whose manifest (from its
+    /// hash cache) saves hashing the tree again; in the daemon, what it keeps of its tree.
+    own: Option<Own>,
 }
 
 impl Engine {
@@ -122,6 +124,14 @@ impl Engine {
             self_id,
             own: None,
         })
+    }
+
+    /// The engine of the daemon whose node keeps `kept`: its runs (its comparisons with
+    /// its peers) take this node's digests and levels from it, and read this node's tree
+    /// only where the levels differ from a peer's.
+    pub fn answering_from(mut self, kept: Arc<dyn KeptTree>) -> Engine {
+        self.own = Some(Own::Here(kept));
+        self
     }
 
     /// Why this node has no peer to sync with, when every remote is this node itself.
@@ -182,7 +192,7 @@ impl Engine {
 
     /// A client for this node's own daemon, when one answered as this node.
     pub fn own_daemon_client(&self) -> Option<Peer> {
-        self.own.clone()
+        self.own.as_ref().and_then(Own::client).cloned()
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -374,15 +384,14 @@ impl Engine {
             config: self.config.clone(),
             cache: self.cache.clone(),
             own: self.own.clone(),
-            self_id: self.self_id.clone(),
         }
     }
 
-    /// The digests of this node's directories as its daemon keeps them, when a command
-    /// runs beside a daemon that serves these very terms; `None` otherwise.
+    /// The digests of this node's directories as its daemon keeps them, in the daemon
+    /// or when a command runs beside a daemon that serves these very terms; `None`
+    /// otherwise.
     async fn own_digests(&self) -> Option<ManifestResponse> {
-        let (own, id) = (self.own.as_ref()?, self.self_id.as_ref()?);
-        let ours = serving_this_node(&self.config, id, own.digests().await)?;
+        let ours = self.own.as_ref()?.digests(&self.config).await?;
         debug!("this node's digests as its daemon keeps them");
         Some(ours)
     }
@@ -544,8 +553,7 @@ impl Engine {
 struct LocalSource {
     config: Arc<Config>,
     cache: Arc<HashCache>,
-    own: Option<Peer>,
-    self_id: Option<String>,
+    own: Option<Own>,
 }
 
 impl LocalSource {
@@ -553,8 +561,9 @@ impl LocalSource {
     /// beside one that serves the same directories (its hashes are cached), else
     /// scanned here.
     async fn scan(&self, scope: &[String]) -> Scan {
-        if let (Some(own), Some(id)) = (&self.own, &self.self_id) {
-            if let Some(mut theirs) = serving_this_node(&self.config, id, own.manifest(scope).await)
+        if let Some(Own::Daemon { peer, id }) = &self.own {
+            if let Some(mut theirs) =
+                serving_this_node(&self.config, id, peer.manifest(scope).await)
             {
                 debug!("this node's tree as its daemon knows it");
                 return Scan {
@@ -684,7 +693,7 @@ async fn beside_daemon(
             ..PeerReport::default()
         };
     };
-    let (manifest, ours) = tokio::join!(link.peer.listing(listed), claim.listed(config, listed));
+    let (manifest, ours) = tokio::join!(link.peer.listing(listed), claim.listed(listed));
     let (state, outside) = match (ours, &manifest) {
         // Reported without this node's tree.
         (_, Err(_)) => (Arc::new(LocalState::new(Scan::default())), Vec::new()),
@@ -797,24 +806,20 @@ impl LazyLocal {
         theirs: &ManifestResponse,
         options: &Options,
     ) -> Option<beside::Narrowed> {
-        let (ours, own, id) = (
-            self.digests.as_ref()?,
-            self.source.own.as_ref()?,
-            self.source.self_id.as_deref()?,
-        );
+        let (ours, own) = (self.digests.as_ref()?, self.source.own.as_ref()?);
         // A directory this node's own validation refused is left alone: the whole tree
         // knows which.
         if options.list_whole || !self.refused.is_empty() {
             return None;
         }
-        beside::narrow(config, peer, own, id, ours, theirs, &options.scope).await
+        beside::narrow(config, peer, own, ours, theirs, &options.scope).await
     }
 
-    /// This node's entries in `region` as its daemon lists them, asked once for all the
-    /// peers of the run that list that region; `None` when there is no daemon to ask, or
-    /// it cannot serve them.
-    async fn listed(&self, config: &Config, region: Region<'_>) -> Option<Arc<LocalState>> {
-        let (own, id) = (self.source.own.as_ref()?, self.source.self_id.as_deref()?);
+    /// This node's entries in `region` as its daemon lists them (or, in the daemon, as
+    /// read now), once for all the peers of the run that list that region; `None` when
+    /// there is no daemon to ask, or it cannot serve them.
+    async fn listed(&self, region: Region<'_>) -> Option<Arc<LocalState>> {
+        let own = self.source.own.as_ref()?;
         let once = {
             let mut listings = self.listings.lock().expect("listings lock");
             let found = listings
@@ -831,13 +836,9 @@ impl LazyLocal {
             }
         };
         once.get_or_init(|| async {
-            let mut ours = serving_this_node(config, id, own.listing(region).await)?;
+            let (config, cache) = (&self.source.config, &self.source.cache);
+            let scan = own.listed(config, cache, region).await?;
             debug!("this node's levels that differ, as its daemon knows them");
-            let scan = Scan {
-                missing: missing_directories(&ours),
-                entries: ours.take_entries(),
-                unreadable: Vec::new(),
-            };
             Some(Arc::new(LocalState::new(scan)))
         })
         .await
@@ -933,7 +934,9 @@ pub async fn engine_for_cli(config: Arc<Config>) -> anyhow::Result<Engine> {
         Some(own) => Engine::discover_self_id(own).await,
         None => None,
     };
-    let own = own.filter(|_| self_id.is_some());
+    let own = own
+        .zip(self_id.clone())
+        .map(|(peer, id)| Own::Daemon { peer, id });
     let mut engine = Engine::build(
         config,
         &tls,
@@ -967,7 +970,6 @@ mod tests {
                 config,
                 cache: Arc::new(HashCache::forgetful()),
                 own: None,
-                self_id: None,
             },
             scope: Vec::new(),
             refused: Vec::new(),

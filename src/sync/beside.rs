@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use tracing::debug;
 
 use super::peer::{digest_of, levels_apart};
+use super::Own;
 use crate::client::Peer;
 use crate::config::Config;
 use crate::paths::{self, is_within, overlaps};
@@ -32,12 +33,11 @@ pub(super) struct Narrowed {
 
 /// Where the peer's tree differs from this node's in scope `scope`, told by the levels
 /// of both, `ours` and `theirs` being their digests (which differ). `own` is this
-/// node's daemon, identity `id`. `None` when levels cannot tell (see the module).
+/// node's daemon. `None` when levels cannot tell (see the module).
 pub(super) async fn narrow(
     config: &Config,
     peer: &Peer,
-    own: &Peer,
-    id: &str,
+    own: &Own,
     ours: &ManifestResponse,
     theirs: &ManifestResponse,
     scope: &[String],
@@ -49,8 +49,9 @@ pub(super) async fn narrow(
     if differing.is_empty() {
         return Some(Narrowed::default());
     }
-    let (own_levels, peer_levels) = tokio::join!(own.levels(&differing), peer.levels(&differing));
-    let own_levels = super::serving_this_node(config, id, own_levels)?;
+    let (own_levels, peer_levels) =
+        tokio::join!(own.levels(config, &differing), peer.levels(&differing));
+    let own_levels = own_levels?;
     let peer_levels = match peer_levels {
         Ok(levels) => levels,
         Err(e) => {

@@ -220,6 +220,18 @@ async fn a_run_comparing_levels_answers_what_a_run_listing_the_whole_directory_a
             beside, whole,
             "seed {seed}, round {round}, beside the daemon"
         );
+        // Node 0's daemon compares with its peers from its own digests and levels, and
+        // reads its tree where they differ.
+        let dry = Options {
+            dry_run: true,
+            ..Options::default()
+        };
+        let in_daemon = group.daemon_engine(0).await.expect("node 0 runs");
+        let in_daemon = told(&in_daemon.run(&dry, |_| {}).await);
+        assert_eq!(
+            in_daemon, whole,
+            "seed {seed}, round {round}, in the daemon"
+        );
         if !by_levels.0 .0.is_empty() {
             differing_runs += 1;
         }
