@@ -5,7 +5,9 @@
 //! as planned, and the plan is kept anyway (the peers planned alike share it): those
 //! are kept as runs of consecutive indices in it (a batch's operations are done in
 //! order, so a whole push is a few runs), and made into changes as they are read.
-//! Anything else is kept as its change.
+//! Changes in a row with one status (a plan the mass-delete guard refused: a change per
+//! path it would have made) are kept as their paths, the status once. Anything else is
+//! kept as its change.
 //!
 //! Plain data: no I/O.
 
@@ -14,6 +16,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::{Change, ChangeStatus};
+use crate::paths::LogicalPath;
 use crate::plan::{Plan, Planned};
 
 /// What a run did (or would do) to each path on one peer, in order: each a [`Change`],
@@ -27,6 +30,11 @@ pub struct Changes {
 #[derive(Clone)]
 enum Item {
     One(Change),
+    /// Changes in a row with the same status, two or more: their paths.
+    Alike {
+        status: ChangeStatus,
+        paths: Vec<LogicalPath>,
+    },
     /// The operations of `plan` in `runs` of consecutive indices, in this order, done
     /// (or to be done) as planned.
     Done {
@@ -45,8 +53,21 @@ impl Changes {
     }
 
     pub fn push(&mut self, change: Change) {
-        self.items.push(Item::One(change));
         self.len += 1;
+        match self.items.last_mut() {
+            Some(Item::Alike { status, paths }) if *status == change.status => {
+                paths.push(change.path);
+            }
+            Some(Item::One(before)) if before.status == change.status => {
+                let paths = vec![before.path.clone(), change.path];
+                let last = self.items.last_mut().expect("the change before");
+                *last = Item::Alike {
+                    status: change.status,
+                    paths,
+                };
+            }
+            _ => self.items.push(Item::One(change)),
+        }
     }
 
     /// Operation `index` of `plan`, done (or to be done) as planned.
@@ -87,6 +108,7 @@ impl Changes {
         Iter {
             items: self.items.iter(),
             run: None,
+            alike: None,
         }
     }
 
@@ -100,6 +122,21 @@ impl Changes {
                         change.status = status.clone();
                     }
                     items.push(Item::One(change));
+                }
+                Item::Alike { status: was, paths } => {
+                    if !paths.iter().any(|p| p.as_str() == path) {
+                        items.push(Item::Alike { status: was, paths });
+                        continue;
+                    }
+                    let mut kept = Changes::default();
+                    for p in paths {
+                        let status = match p.as_str() == path {
+                            true => status.clone(),
+                            false => was.clone(),
+                        };
+                        kept.push(Change { path: p, status });
+                    }
+                    items.append(&mut kept.items);
                 }
                 Item::Done { plan, runs } => {
                     let path_of = |i: u32| &plan.ops()[i as usize].path;
@@ -139,6 +176,7 @@ type Indices<'a> = std::iter::Flatten<std::iter::Cloned<std::slice::Iter<'a, Ran
 pub struct Iter<'a> {
     items: std::slice::Iter<'a, Item>,
     run: Option<(&'a [Planned<'a>], Indices<'a>)>,
+    alike: Option<(&'a ChangeStatus, std::slice::Iter<'a, LogicalPath>)>,
 }
 
 impl Iterator for Iter<'_> {
@@ -156,8 +194,18 @@ impl Iterator for Iter<'_> {
                 }
                 self.run = None;
             }
+            if let Some((status, paths)) = &mut self.alike {
+                if let Some(path) = paths.next() {
+                    return Some(Change {
+                        path: path.clone(),
+                        status: (*status).clone(),
+                    });
+                }
+                self.alike = None;
+            }
             match self.items.next()? {
                 Item::One(change) => return Some(change.clone()),
+                Item::Alike { status, paths } => self.alike = Some((status, paths.iter())),
                 Item::Done { plan, runs } => {
                     self.run = Some((plan.ops(), runs.iter().cloned().flatten()));
                 }
@@ -286,6 +334,31 @@ mod tests {
         assert!(big
             .iter()
             .all(|c| c.status == ChangeStatus::Done(ChangeKind::Added)));
+    }
+
+    #[test]
+    fn changes_in_a_row_with_one_status_are_kept_as_their_paths_and_told_in_order() {
+        let guard = ChangeStatus::Refused("not sent: mass-delete guard".into());
+        let full = ChangeStatus::Failed("disk full".into());
+        let change = |path: &str, status: &ChangeStatus| Change {
+            path: path.into(),
+            status: status.clone(),
+        };
+        let paths: Vec<String> = (0..1000).map(|i| format!("/etc/app/f{i:04}")).collect();
+        let mut expected = vec![change("/etc/app/first", &full)];
+        expected.extend(paths.iter().map(|p| change(p, &guard)));
+        expected.push(change("/etc/app/last", &full));
+        let mut changes: Changes = expected.clone().into();
+        assert_eq!(changes.len(), 1002);
+        assert_eq!(changes.items.len(), 3, "kept one by one");
+        assert_eq!(changes.iter().collect::<Vec<_>>(), expected);
+
+        // Restated, one change in the middle splits them around it.
+        changes.restate("/etc/app/f0500", &full);
+        expected[501].status = full.clone();
+        assert_eq!(changes.len(), 1002);
+        assert_eq!(changes.iter().collect::<Vec<_>>(), expected);
+        assert_eq!(changes.items.len(), 5);
     }
 
     #[test]
