@@ -10,8 +10,10 @@
 //! This file holds the [`Engine`]: building it, a run over every peer, and the watcher's
 //! pushes. The rest is in child modules: `report` (a run's options and what it reports),
 //! `progress` (what a run tells as it goes), `peer` (one peer's part of a run), `beside`
-//! (where a peer differs, from the levels of this node's daemon), `push` (sending
-//! operations in batches) and `self_detect` (a remote that resolves to this node).
+//! (where a peer differs, from the levels of this node's daemon), `own` (that daemon, as
+//! a run asks it: over the API beside a command, directly in the daemon), `push`
+//! (sending operations in batches) and `self_detect` (a remote that resolves to this
+//! node).
 
 mod beside;
 mod changes;

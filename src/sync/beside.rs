@@ -1,6 +1,6 @@
-//! A run beside this node's daemon, where a peer's digests differ from the daemon's:
-//! the daemon is asked for its levels, as the peer is, and the two answers say where
-//! the trees differ. Only those levels are then listed, by both, so that one file
+//! A run beside this node's daemon, or the daemon's own (its comparison with a peer),
+//! where a peer's digests differ from the daemon's: the daemon is asked for its levels,
+//! as the peer is, and the two answers say where the trees differ. Only those levels are then listed, by both, so that one file
 //! changed in a large tree costs a few small answers rather than this node's whole
 //! tree (about 80 ms at 10,000 files, growing with the tree).
 //!
