@@ -220,6 +220,23 @@ fn drift_by_peer(node: &GroupNode) -> BTreeMap<String, (Option<u64>, Vec<String>
         .collect()
 }
 
+/// Waits until node `i` shows the drift `expected` with its peers (see [`drift_by_peer`]).
+async fn shows_drift(
+    group: &LocalGroup,
+    i: usize,
+    what: &str,
+    expected: &BTreeMap<String, (Option<u64>, Vec<String>)>,
+) {
+    let node = &group.nodes[i];
+    eventually_showing(
+        what,
+        WAIT,
+        || drift_by_peer(node) == *expected,
+        || format!("{:?}\n{}", drift_by_peer(node), describe(group)),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drifted_node_judges_each_peer_whether_their_trees_are_alike_or_not() {
     let mut group = start_with(GroupSpec {
@@ -250,11 +267,11 @@ async fn a_drifted_node_judges_each_peer_whether_their_trees_are_alike_or_not() 
         (&one, &["/etc/app/only-here.cfg"]),
         (&two, &["/etc/app/only-here.cfg"]),
     ]);
-    eventually_showing(
+    shows_drift(
+        &group,
+        2,
         "node 3 reports its drift with both peers",
-        WAIT,
-        || drift_by_peer(&group.nodes[2]) == alike,
-        || format!("{:?}\n{}", drift_by_peer(&group.nodes[2]), describe(&group)),
+        &alike,
     )
     .await;
 
@@ -267,13 +284,8 @@ async fn a_drifted_node_judges_each_peer_whether_their_trees_are_alike_or_not() 
         (&one, &["/etc/app/extra.cfg", "/etc/app/only-here.cfg"]),
         (&two, &["/etc/app/only-here.cfg"]),
     ]);
-    eventually_showing(
-        "node 3 reports a drift of its own with each peer",
-        WAIT,
-        || drift_by_peer(&group.nodes[2]) == unlike,
-        || format!("{:?}\n{}", drift_by_peer(&group.nodes[2]), describe(&group)),
-    )
-    .await;
+    let what = "node 3 reports a drift of its own with each peer";
+    shows_drift(&group, 2, what, &unlike).await;
     for node in &group.nodes[..2] {
         assert!(
             !exists(node, "/etc/app/only-here.cfg"),
