@@ -11,7 +11,7 @@
 //! [`Outbox::touch`]: crate::node::Outbox::touch
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::baseline::Baseline;
@@ -188,7 +188,7 @@ fn touched(
         // has its sender's) is not an edit: the events a received batch made, taken
         // after the batch ended. Spooled, it would be delivered at the next start
         // whatever the file held by then.
-        if holds_known(meta.as_ref().ok(), known.as_ref()) {
+        if holds_known(meta.as_ref().ok().map(Seen::of), known.as_ref()) {
             continue;
         }
         match meta {
@@ -198,7 +198,7 @@ fn touched(
                 gone.insert(path);
             }
             // A directory made or moved in: what it holds comes with it.
-            Ok(meta) if meta.is_dir() => touched.extend(changed_below(config, baseline, &local)),
+            Ok(meta) if meta.is_dir() => touched.extend(changed_below(config, baseline, path)),
             _ => {}
         }
         touched.push((path.as_str().into(), known));
@@ -210,38 +210,98 @@ fn touched(
 /// but for the files holding that very version: those of a received batch, whose
 /// directory's event is taken after the batch ended (a large batch's would otherwise
 /// all be noted, and spooled, once more). Only what this node synchronises: excluded
-/// and temporary names never travel.
+/// and temporary names never travel. Walked through descriptors, from the configured
+/// directory down and never through a link, so that a tree deeper than `PATH_MAX` is
+/// noted at once, as any other (a whole path that long cannot be looked up).
 fn changed_below(
     config: &Config,
     baseline: &Baseline,
-    local: &Path,
+    logical: &str,
 ) -> Vec<(LogicalPath, Option<Entry>)> {
-    walkdir::WalkDir::new(local)
-        .min_depth(1)
-        .follow_links(false)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let path = config.logical_path(e.path())?;
-            crate::tree::confine(config, &path).ok()?;
+    let Some(dir) = config.directory_of(logical) else {
+        return Vec::new();
+    };
+    let mut parents = crate::tree::Parents::default();
+    let mut below = vec![logical.to_string()];
+    let mut changed = Vec::new();
+    while let Some(at) = below.pop() {
+        let Ok(fd) = parents.dir(config, dir, &at) else {
+            continue;
+        };
+        let Ok(listing) = rustix::fs::Dir::read_from(&*fd) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let path = format!("{at}/{name}");
+            // Excluded names take what is below them out too.
+            if crate::tree::confine(config, &path).is_err() {
+                continue;
+            }
+            let seen = rustix::fs::statat(&*fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|st| Seen::of_stat(&st));
+            if seen.is_some_and(|s| s.dir) {
+                below.push(path.clone());
+            }
             let known = baseline.get(&path);
-            let holds = holds_known(e.metadata().ok().as_ref(), known.as_ref());
-            (!holds).then_some((path.into(), known))
-        })
-        .collect()
+            if !holds_known(seen, known.as_ref()) {
+                changed.push((path.into(), known));
+            }
+        }
+    }
+    changed
 }
 
-/// Whether a path found with `meta` (none: gone or unreadable) is a regular file holding
-/// the version `known` there: same size, mode and mtime.
-fn holds_known(meta: Option<&std::fs::Metadata>, known: Option<&Entry>) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Some(meta), Some(known)) = (meta, known) else {
+/// What a path's status says that tells whether it holds a version known.
+#[derive(Clone, Copy)]
+struct Seen {
+    file: bool,
+    dir: bool,
+    size: u64,
+    mode: u32,
+    mtime_ns: i64,
+}
+
+impl Seen {
+    fn of(meta: &std::fs::Metadata) -> Seen {
+        use std::os::unix::fs::MetadataExt;
+        Seen {
+            file: meta.is_file(),
+            dir: meta.is_dir(),
+            size: meta.len(),
+            mode: meta.mode() & 0o7777,
+            mtime_ns: crate::manifest::mtime_ns(meta),
+        }
+    }
+
+    fn of_stat(st: &rustix::fs::Stat) -> Seen {
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        Seen {
+            file: kind == rustix::fs::FileType::RegularFile,
+            dir: kind == rustix::fs::FileType::Directory,
+            size: st.st_size as u64,
+            mode: st.st_mode & 0o7777,
+            mtime_ns: crate::manifest::nanos(st.st_mtime, st.st_mtime_nsec as i64),
+        }
+    }
+}
+
+/// Whether a path `seen` so (none: gone or unreadable) is a regular file holding the
+/// version `known` there: same size, mode and mtime.
+fn holds_known(seen: Option<Seen>, known: Option<&Entry>) -> bool {
+    let (Some(seen), Some(known)) = (seen, known) else {
         return false;
     };
-    matches!(known.content, crate::protocol::Content::File { size, .. } if size == meta.len())
-        && meta.is_file()
-        && known.mode == meta.mode() & 0o7777
-        && known.mtime_ns == crate::manifest::mtime_ns(meta)
+    matches!(known.content, crate::protocol::Content::File { size, .. } if size == seen.size)
+        && seen.file
+        && known.mode == seen.mode
+        && known.mtime_ns == seen.mtime_ns
 }
 
 #[cfg(test)]
@@ -306,7 +366,7 @@ mod tests {
         std::fs::write(dir.join("new"), b"v1").unwrap();
         std::fs::write(dir.join("edited.swp"), b"x").unwrap();
 
-        let mut noted = changed_below(&config, &baseline, &dir);
+        let mut noted = changed_below(&config, &baseline, "/etc/app/d");
         noted.sort_by(|a, b| a.0.cmp(&b.0));
         let paths: Vec<&str> = noted.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
@@ -316,5 +376,72 @@ mod tests {
         // Each with the version known, which a delivery expects the peer to hold.
         assert!(noted[0].1.is_some());
         assert_eq!(noted[1].1, None);
+    }
+
+    #[test]
+    fn a_tree_moved_in_deeper_than_path_max_is_noted_whole_and_no_link_is_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A long root, so that local paths pass PATH_MAX where logical ones do not.
+        let root = ["r", "s", "t"]
+            .iter()
+            .fold(tmp.path().to_path_buf(), |at, c| at.join(c.repeat(200)));
+        std::fs::create_dir_all(&root).unwrap();
+        let config = config_at(&root, "");
+        std::fs::create_dir_all(config.local_path("/etc/app")).unwrap();
+        let baseline = Baseline::new(scan(&config, &[], &HashCache::forgetful()).entries);
+        // 15 directories of 250 bytes, each made from its parent's descriptor: the
+        // deepest local paths pass 4,096 bytes, which no call taking a whole path
+        // accepts, while their logical paths stay under that.
+        use rustix::fs::{Mode, OFlags};
+        let top: std::os::fd::OwnedFd = std::fs::File::open(config.local_path("/etc/app"))
+            .unwrap()
+            .into();
+        let mut at = top;
+        let mut logical = "/etc/app".to_string();
+        let mut expected = Vec::new();
+        for i in 0..15 {
+            let name = format!("{i:02}{}", "d".repeat(248));
+            rustix::fs::mkdirat(&at, name.as_str(), Mode::from(0o755)).unwrap();
+            at = rustix::fs::openat(&at, name.as_str(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+            logical = format!("{logical}/{name}");
+            expected.push(logical.clone());
+        }
+        let flags = OFlags::CREATE | OFlags::WRONLY;
+        rustix::fs::openat(&at, "f.conf", flags, Mode::from(0o644)).unwrap();
+        expected.push(format!("{logical}/f.conf"));
+        assert!(config.local_path(&logical).as_os_str().len() > 4_096);
+        assert!(std::fs::symlink_metadata(config.local_path(&logical)).is_err());
+        // A link to a directory outside, planted in the tree: noted, never followed.
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.conf"), "outside").unwrap();
+        let first = expected[0].clone();
+        std::os::unix::fs::symlink(&outside, config.local_path(&first).join("link")).unwrap();
+        expected.push(format!("{first}/link"));
+        expected.remove(0);
+
+        let mut noted: Vec<String> = changed_below(&config, &baseline, &first)
+            .into_iter()
+            .map(|(path, known)| {
+                assert_eq!(known, None, "{path}");
+                path.to_string()
+            })
+            .collect();
+        noted.sort();
+        expected.sort();
+        // Told by depth and last name: the paths themselves are 4,000 bytes long.
+        let short = |paths: &[String]| -> Vec<String> {
+            let name = |p: &String| p.rsplit('/').next().unwrap_or_default()[..2].to_string();
+            paths
+                .iter()
+                .map(|p| format!("{}:{}", p.matches('/').count(), name(p)))
+                .collect()
+        };
+        assert!(
+            noted == expected,
+            "{:?}\nnot {:?}",
+            short(&noted),
+            short(&expected)
+        );
     }
 }
