@@ -183,7 +183,14 @@ fn touched(
         }
         let known = baseline.get(path);
         let local = config.local_path(path);
-        let meta = std::fs::symlink_metadata(&local);
+        // A path too long for a whole-path call is looked at through the directories'
+        // descriptors, as the watcher's check of open files does.
+        let meta = match std::fs::symlink_metadata(&local) {
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                super::stat_in_tree(config, &local).ok_or(e)
+            }
+            found => found,
+        };
         // A file holding the very version known (size, mode and mtime: a received file
         // has its sender's) is not an edit: the events a received batch made, taken
         // after the batch ended. Spooled, it would be delivered at the next start
@@ -429,6 +436,30 @@ mod tests {
             .collect();
         noted.sort();
         expected.sort();
+        // An event naming a directory whose own local path passes PATH_MAX: it is found
+        // a directory, and brings what it holds.
+        let deep = expected
+            .iter()
+            .find(|p| config.local_path(p).as_os_str().len() > 4_096)
+            .unwrap()
+            .clone();
+        let mut from_event: Vec<String> = touched(&config, &baseline, std::slice::from_ref(&deep))
+            .into_iter()
+            .map(|(path, _)| path.to_string())
+            .collect();
+        from_event.sort();
+        let within: Vec<String> = expected
+            .iter()
+            .filter(|p| crate::paths::is_within(p, &deep))
+            .cloned()
+            .collect();
+        assert!(within.len() >= 2, "a directory and what it holds");
+        assert!(
+            from_event == within,
+            "{} of {} noted",
+            from_event.len(),
+            within.len()
+        );
         // Told by depth and last name: the paths themselves are 4,000 bytes long.
         let short = |paths: &[String]| -> Vec<String> {
             let name = |p: &String| p.rsplit('/').next().unwrap_or_default()[..2].to_string();
