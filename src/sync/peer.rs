@@ -351,11 +351,13 @@ fn mass_delete(
         // A plan deletes a path at most once and puts it at most once. Counted, not
         // collected: an initial sync is all puts, an emptied tree all deletions (at
         // 100,000 paths, a set of them took 3 MB).
-        let deletions = in_dir().filter(|op| !op.put).count();
+        let (puts, deletions) = in_dir().fold((0, 0), |(puts, deletions), op| match op.put {
+            true => (puts + 1, deletions),
+            false => (puts, deletions + 1),
+        });
         if held == 0 || deletions == 0 {
             continue;
         }
-        let puts = in_dir().filter(|op| op.put).count();
         // A path deleted and put again changes type; it is not lost. Those are found
         // from the fewer of the two kinds.
         let retyped = match puts {
